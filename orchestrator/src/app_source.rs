@@ -1,0 +1,95 @@
+//! Turning what the user points at (a `skiff.toml`, a directory holding one,
+//! or a bare `.wasm` component) into a manifest, and running the
+//! components' build commands.
+
+use anyhow::{Context, bail};
+use skiff_runtime::Manifest;
+use skiff_runtime::manifest::MANIFEST_FILE;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// An app as found on disk.
+pub struct AppSource {
+    /// The parsed manifest.
+    pub manifest: Manifest,
+    /// The directory relative paths in the manifest are resolved against.
+    pub base_dir: PathBuf,
+}
+
+impl AppSource {
+    /// Resolves `path`: a manifest file, a directory with `skiff.toml`, or a
+    /// `.wasm` file.
+    ///
+    /// # Errors
+    ///
+    /// When the path does not exist, a directory has no manifest, or the
+    /// manifest is invalid.
+    pub fn open(path: &Path) -> anyhow::Result<AppSource> {
+        if !path.exists() {
+            bail!("{} does not exist", path.display());
+        }
+        let manifest_path = if path.is_dir() {
+            let candidate = path.join(MANIFEST_FILE);
+            if !candidate.is_file() {
+                bail!(
+                    "{} has no {MANIFEST_FILE}; point at an app directory, a manifest or a .wasm file",
+                    path.display()
+                );
+            }
+            candidate
+        } else if path.extension().is_some_and(|e| e == "wasm") {
+            let wasm = path
+                .canonicalize()
+                .with_context(|| format!("cannot resolve {}", path.display()))?;
+            let base_dir = wasm.parent().map(Path::to_path_buf).unwrap_or_default();
+            return Ok(AppSource {
+                manifest: Manifest::for_single_component(&wasm),
+                base_dir,
+            });
+        } else {
+            path.to_path_buf()
+        };
+        let manifest = Manifest::from_file(&manifest_path)?;
+        let base_dir = manifest_path
+            .canonicalize()
+            .with_context(|| format!("cannot resolve {}", manifest_path.display()))?
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_default();
+        Ok(AppSource { manifest, base_dir })
+    }
+
+    /// Runs every component's `build` command in turn, output streaming to
+    /// the terminal; stops at the first failure, naming the component.
+    ///
+    /// # Errors
+    ///
+    /// A build command that cannot start or exits unsuccessfully.
+    pub fn build(&self) -> anyhow::Result<()> {
+        for (name, spec) in &self.manifest.component {
+            let Some(command) = &spec.build else {
+                continue;
+            };
+            let workdir = match &spec.workdir {
+                Some(dir) => self.base_dir.join(dir),
+                None => self.base_dir.clone(),
+            };
+            eprintln!("building component \"{name}\": {command}");
+            let status = Command::new("sh")
+                .arg("-c")
+                .arg(command)
+                .current_dir(&workdir)
+                .status()
+                .with_context(|| {
+                    format!(
+                        "cannot start the build of component \"{name}\" in {}",
+                        workdir.display()
+                    )
+                })?;
+            if !status.success() {
+                bail!("build of component \"{name}\" failed ({status}): {command}");
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,91 @@
+//! `skiff run`: build (optionally), load and serve one app on this machine.
+
+use crate::app_source::AppSource;
+use crate::home;
+use anyhow::Context;
+use skiff_runtime::capability::logging::{LogSink, StderrSink};
+use skiff_runtime::{CacheOutcome, CompileCache, EngineConfig, LoadedApp, Server, SkiffEngine};
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
+
+/// Arguments of `skiff run`.
+#[derive(Debug, clap::Args)]
+pub struct RunArgs {
+    /// A skiff.toml, a directory holding one, or a .wasm component.
+    #[arg(default_value = ".")]
+    path: PathBuf,
+    /// Address to serve on.
+    #[arg(long, default_value = "127.0.0.1:3000")]
+    listen: SocketAddr,
+    /// Run each component's build command first.
+    #[arg(long)]
+    build: bool,
+}
+
+/// Runs `skiff run`.
+pub fn run(args: RunArgs) -> anyhow::Result<()> {
+    let source = AppSource::open(&args.path)?;
+    if args.build {
+        source.build()?;
+    }
+    let runtime = tokio::runtime::Runtime::new().context("failed to start the async runtime")?;
+    runtime.block_on(serve(source, args.listen))
+}
+
+async fn serve(source: AppSource, listen: SocketAddr) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let engine = SkiffEngine::new(EngineConfig::default())?;
+    let cache = CompileCache::open(&home::cache_dir(), engine.engine())?;
+    let app = LoadedApp::load(&engine, &cache, &source.manifest, &source.base_dir)?;
+    let log_sink: Arc<dyn LogSink> = Arc::new(StderrSink);
+    let server = Server::bind(listen, Arc::new(app), log_sink).await?;
+    let app = server.app();
+
+    let url = format!("http://{}", server.local_addr());
+    let mut out = std::io::stdout().lock();
+    writeln!(
+        out,
+        "App \"{}\" {} loaded in {:.0?}",
+        app.name,
+        app.version,
+        started.elapsed()
+    )?;
+    for component in &app.components {
+        let route = component
+            .route
+            .as_ref()
+            .map_or_else(|| "(no route)".to_string(), |r| r.to_string());
+        let origin = match component.cache {
+            CacheOutcome::Hit => "from compile cache",
+            CacheOutcome::Compiled => "compiled",
+        };
+        writeln!(out, "  {route} -> {} ({origin})", component.name)?;
+    }
+    writeln!(out, "Serving {url} (Ctrl-C to stop)")?;
+    out.flush()?;
+    drop(out);
+
+    server.run(shutdown_signal()).await;
+    eprintln!("stopped");
+    Ok(())
+}
+
+/// Completes on Ctrl-C or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("installing a SIGTERM handler");
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+    eprintln!("shutting down: finishing in-flight requests");
+}

@@ -1,0 +1,304 @@
+//! Outbound HTTP: requests a guest makes through `wasi:http/outgoing-handler`,
+//! denied unless the destination matches `allowed_outbound_hosts`.
+
+use super::{Capability, PrepareContext};
+use crate::instance::InstanceBuilder;
+use crate::manifest::ComponentSpec;
+use serde::Deserialize;
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+use wasmtime_wasi_http::{Error as HttpError, RequestOptions, WasiBody, WasiHttpHooks};
+
+/// Connect timeout when the guest sets none.
+const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Time to the response's first byte when the guest sets none.
+const DEFAULT_FIRST_BYTE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Longest pause between response body frames when the guest sets none.
+const DEFAULT_BETWEEN_BYTES_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// One `allowed_outbound_hosts` entry: `scheme://host[:port]`, where scheme,
+/// host and port may each be `*`, and host may be `*.example.com`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
+pub struct OutboundHost {
+    scheme: Option<String>,
+    host: HostPattern,
+    port: PortPattern,
+    text: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum HostPattern {
+    Any,
+    /// `*.example.com`, stored as `.example.com`.
+    Suffix(String),
+    Exact(String),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum PortPattern {
+    Any,
+    /// No port written: the scheme's default.
+    Default,
+    Exact(u16),
+}
+
+impl TryFrom<String> for OutboundHost {
+    type Error = String;
+
+    fn try_from(text: String) -> Result<Self, String> {
+        let bad = |why: &str| {
+            format!(
+                "invalid allowed_outbound_hosts entry {text:?}: {why}; write scheme://host[:port], such as \"https://api.example.com\" or \"http://127.0.0.1:8080\""
+            )
+        };
+        let (scheme, rest) = text.split_once("://").ok_or_else(|| bad("no scheme"))?;
+        let scheme = match scheme {
+            "*" => None,
+            "http" | "https" => Some(scheme.to_string()),
+            _ => return Err(bad("the scheme must be http, https or *")),
+        };
+        let rest = rest.strip_suffix('/').unwrap_or(rest);
+        if rest.contains('/') {
+            return Err(bad("paths are not allowed"));
+        }
+        let (host, port) = match rest.rsplit_once(':') {
+            // An IPv6 literal in brackets has colons of its own.
+            Some((host, port)) if !port.contains(']') => (host, Some(port)),
+            _ => (rest, None),
+        };
+        let port = match port {
+            None => PortPattern::Default,
+            Some("*") => PortPattern::Any,
+            Some(p) => PortPattern::Exact(p.parse().map_err(|_| bad("the port is not a number"))?),
+        };
+        let host = host.to_ascii_lowercase();
+        let host = if host == "*" {
+            HostPattern::Any
+        } else if let Some(suffix) = host.strip_prefix("*.") {
+            HostPattern::Suffix(format!(".{suffix}"))
+        } else if host.is_empty() || host.contains('*') {
+            return Err(bad(
+                "'*' may only stand for the whole host or its first labels",
+            ));
+        } else {
+            HostPattern::Exact(host)
+        };
+        Ok(OutboundHost {
+            scheme,
+            host,
+            port,
+            text,
+        })
+    }
+}
+
+impl fmt::Display for OutboundHost {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.text)
+    }
+}
+
+impl OutboundHost {
+    /// Whether a request to `scheme://host:port` is covered by this entry.
+    pub fn allows(&self, scheme: &str, host: &str, port: u16) -> bool {
+        let scheme_ok = self.scheme.as_deref().is_none_or(|s| s == scheme);
+        let host = host.to_ascii_lowercase();
+        let host_ok = match &self.host {
+            HostPattern::Any => true,
+            HostPattern::Suffix(suffix) => host.ends_with(suffix.as_str()),
+            HostPattern::Exact(exact) => *exact == host,
+        };
+        let port_ok = match self.port {
+            PortPattern::Any => true,
+            PortPattern::Exact(p) => p == port,
+            PortPattern::Default => port == default_port(scheme),
+        };
+        scheme_ok && host_ok && port_ok
+    }
+}
+
+fn default_port(scheme: &str) -> u16 {
+    if scheme == "https" { 443 } else { 80 }
+}
+
+/// The outbound HTTP capability of one component.
+pub struct OutboundHttp {
+    policy: Arc<OutboundPolicy>,
+}
+
+/// The hosts one component may call.
+#[derive(Debug)]
+pub struct OutboundPolicy {
+    component: String,
+    allowed: Vec<OutboundHost>,
+}
+
+impl OutboundPolicy {
+    /// A policy that allows exactly `allowed`.
+    pub fn new(component: &str, allowed: Vec<OutboundHost>) -> OutboundPolicy {
+        OutboundPolicy {
+            component: component.to_string(),
+            allowed,
+        }
+    }
+
+    /// Whether `uri` may be requested.
+    pub fn allows(&self, uri: &http::Uri) -> bool {
+        let scheme = uri.scheme_str().unwrap_or("http");
+        let Some(host) = uri.host() else {
+            return false;
+        };
+        let port = uri.port_u16().unwrap_or_else(|| default_port(scheme));
+        self.allowed
+            .iter()
+            .any(|entry| entry.allows(scheme, host, port))
+    }
+}
+
+impl OutboundHttp {
+    /// Takes `allowed_outbound_hosts`, already checked when parsed.
+    ///
+    /// # Errors
+    ///
+    /// None today; the signature matches the other capabilities.
+    pub fn prepare(spec: &ComponentSpec, cx: &PrepareContext<'_>) -> Result<OutboundHttp, String> {
+        Ok(OutboundHttp {
+            policy: Arc::new(OutboundPolicy::new(
+                cx.component.as_str(),
+                spec.allowed_outbound_hosts.clone(),
+            )),
+        })
+    }
+}
+
+impl Capability for OutboundHttp {
+    fn grant(&self, instance: &mut InstanceBuilder) -> Result<(), String> {
+        instance.outbound = Some(self.policy.clone());
+        Ok(())
+    }
+}
+
+/// The `wasi:http` hooks of one instance: the policy check in front of the
+/// real client.
+pub struct OutboundHooks {
+    /// `None`: no outbound HTTP at all.
+    pub policy: Option<Arc<OutboundPolicy>>,
+}
+
+type SendFuture = Box<
+    dyn Future<
+            Output = Result<
+                (
+                    http::Response<WasiBody>,
+                    Box<dyn Future<Output = Result<(), HttpError>> + Send>,
+                ),
+                HttpError,
+            >,
+        > + Send,
+>;
+
+impl WasiHttpHooks for OutboundHooks {
+    fn send_request(
+        &mut self,
+        request: http::Request<WasiBody>,
+        options: Option<RequestOptions>,
+        _fut: Box<dyn Future<Output = Result<(), HttpError>> + Send>,
+    ) -> SendFuture {
+        let allowed = self
+            .policy
+            .as_ref()
+            .is_some_and(|policy| policy.allows(request.uri()));
+        if !allowed {
+            let component = self
+                .policy
+                .as_ref()
+                .map_or("?", |policy| policy.component.as_str());
+            tracing::warn!(
+                component,
+                uri = %request.uri(),
+                "outbound request denied: not in allowed_outbound_hosts"
+            );
+            return Box::new(async { Err(HttpError::HttpRequestDenied) });
+        }
+        let options = with_default_timeouts(options);
+        Box::new(async move {
+            use http_body_util::BodyExt;
+            let (response, io) =
+                wasmtime_wasi_http::default_send_request(request, Some(options)).await?;
+            Ok((
+                response.map(BodyExt::boxed_unsync),
+                Box::new(io) as Box<dyn Future<Output = _> + Send>,
+            ))
+        })
+    }
+}
+
+/// Fills in the timeouts the guest left unset, so no outbound call waits
+/// forever.
+fn with_default_timeouts(options: Option<RequestOptions>) -> RequestOptions {
+    let options = options.unwrap_or_default();
+    RequestOptions {
+        connect_timeout: options.connect_timeout.or(Some(DEFAULT_CONNECT_TIMEOUT)),
+        first_byte_timeout: options
+            .first_byte_timeout
+            .or(Some(DEFAULT_FIRST_BYTE_TIMEOUT)),
+        between_bytes_timeout: options
+            .between_bytes_timeout
+            .or(Some(DEFAULT_BETWEEN_BYTES_TIMEOUT)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn host(s: &str) -> OutboundHost {
+        OutboundHost::try_from(s.to_string()).unwrap()
+    }
+
+    fn policy(entries: &[&str]) -> OutboundPolicy {
+        OutboundPolicy::new("t", entries.iter().map(|e| host(e)).collect())
+    }
+
+    #[test]
+    fn exact_host_uses_default_port() {
+        let p = policy(&["https://api.example.com"]);
+        assert!(p.allows(&"https://api.example.com/x".parse().unwrap()));
+        assert!(p.allows(&"https://API.example.com:443/".parse().unwrap()));
+        assert!(!p.allows(&"http://api.example.com/".parse().unwrap()));
+        assert!(!p.allows(&"https://api.example.com:8443/".parse().unwrap()));
+        assert!(!p.allows(&"https://evil.com/".parse().unwrap()));
+    }
+
+    #[test]
+    fn wildcards() {
+        let p = policy(&["*://*.example.com:*", "http://127.0.0.1:8080"]);
+        assert!(p.allows(&"http://a.example.com:1234/".parse().unwrap()));
+        assert!(p.allows(&"https://b.c.example.com/".parse().unwrap()));
+        assert!(!p.allows(&"https://example.com/".parse().unwrap()));
+        assert!(!p.allows(&"https://badexample.com/".parse().unwrap()));
+        assert!(p.allows(&"http://127.0.0.1:8080/".parse().unwrap()));
+        assert!(!p.allows(&"http://127.0.0.1:8081/".parse().unwrap()));
+    }
+
+    #[test]
+    fn empty_policy_denies_everything() {
+        assert!(!policy(&[]).allows(&"http://127.0.0.1/".parse().unwrap()));
+    }
+
+    #[test]
+    fn bad_entries_name_the_entry() {
+        for bad in [
+            "example.com",
+            "ftp://x",
+            "http://x/path",
+            "http://x:port",
+            "http://a*b",
+        ] {
+            let err = OutboundHost::try_from(bad.to_string()).unwrap_err();
+            assert!(err.contains(&format!("{bad:?}")), "{err}");
+        }
+    }
+}

@@ -1,0 +1,211 @@
+//! Loading one component: read its bytes, check they are a Wasm component,
+//! compile (or take from the cache), link against what Skiff provides, and
+//! prepare its capabilities. The result can be instantiated per request.
+
+use crate::cache::{CacheOutcome, CompileCache};
+use crate::capability::{self, Capability, PrepareContext};
+use crate::engine::SkiffEngine;
+use crate::instance::InstanceState;
+use crate::limits::ConcurrencyGate;
+use crate::manifest::{ComponentName, ComponentSpec, Limits};
+use crate::route::Route;
+use std::path::{Path, PathBuf};
+use wasmtime_wasi_http::p2::bindings::ProxyPre;
+
+/// Why a component could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    /// The `source` file does not exist or cannot be read.
+    #[error("component \"{component}\": cannot read source {}: {reason}", path.display())]
+    Source {
+        /// The component.
+        component: ComponentName,
+        /// The resolved source path.
+        path: PathBuf,
+        /// What went wrong, with a hint.
+        reason: String,
+    },
+    /// The bytes are not WebAssembly, or are a core module, or are damaged.
+    #[error("component \"{component}\": {} {reason}", path.display())]
+    NotAComponent {
+        /// The component.
+        component: ComponentName,
+        /// The resolved source path.
+        path: PathBuf,
+        /// What the bytes are instead, with a hint.
+        reason: String,
+    },
+    /// The component imports something Skiff does not provide.
+    #[error("component \"{component}\" imports {import}, which Skiff does not provide ({detail})")]
+    UnsatisfiedImport {
+        /// The component.
+        component: ComponentName,
+        /// The import, e.g. `wasi:keyvalue/store@0.2.0`.
+        import: String,
+        /// wasmtime's full message.
+        detail: String,
+    },
+    /// The component does not export `wasi:http/incoming-handler`.
+    #[error(
+        "component \"{component}\" does not export wasi:http/incoming-handler@0.2.x, so it cannot serve HTTP ({detail})"
+    )]
+    NotHttp {
+        /// The component.
+        component: ComponentName,
+        /// wasmtime's full message.
+        detail: String,
+    },
+    /// The manifest asks for something this node refuses.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// A component compiled, linked and ready to serve on this node.
+pub struct LoadedComponent {
+    /// Its name in the manifest.
+    pub name: ComponentName,
+    /// The route it serves, if any.
+    pub route: Option<Route>,
+    /// Its limits.
+    pub limits: Limits,
+    /// sha256 of its bytes, hex.
+    pub digest: String,
+    /// Whether the compile cache had it.
+    pub cache: CacheOutcome,
+    pub(crate) pre: ProxyPre<InstanceState>,
+    pub(crate) capabilities: Vec<Box<dyn Capability>>,
+    pub(crate) gate: ConcurrencyGate,
+}
+
+impl LoadedComponent {
+    /// Loads the component `name` described by `spec`, resolving relative
+    /// paths against `base_dir`.
+    ///
+    /// # Errors
+    ///
+    /// [`LoadError`] naming the component and what is wrong with it.
+    pub fn load(
+        engine: &SkiffEngine,
+        cache: &CompileCache,
+        name: &ComponentName,
+        spec: &ComponentSpec,
+        base_dir: &Path,
+    ) -> Result<LoadedComponent, LoadError> {
+        let max_memory = engine.config().max_instance_memory;
+        if spec.limits.memory.bytes() > max_memory {
+            return Err(LoadError::Invalid(format!(
+                "component \"{name}\": limits.memory \"{}\" is above this node's maximum of {} MiB",
+                spec.limits.memory,
+                max_memory >> 20
+            )));
+        }
+        let capabilities = capability::prepare(
+            spec,
+            &PrepareContext {
+                component: name,
+                base_dir,
+            },
+        )
+        .map_err(LoadError::Invalid)?;
+
+        let path = base_dir.join(&spec.source);
+        let wasm = std::fs::read(&path).map_err(|e| LoadError::Source {
+            component: name.clone(),
+            path: path.clone(),
+            reason: if e.kind() == std::io::ErrorKind::NotFound {
+                "no such file; build it first (skiff run --build) or fix `source`".to_string()
+            } else {
+                e.to_string()
+            },
+        })?;
+        check_component_header(&wasm).map_err(|reason| LoadError::NotAComponent {
+            component: name.clone(),
+            path: path.clone(),
+            reason,
+        })?;
+        let digest = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&wasm));
+
+        let (component, cache_outcome) =
+            cache.load_or_compile(engine.engine(), &wasm).map_err(|e| {
+                LoadError::NotAComponent {
+                    component: name.clone(),
+                    path: path.clone(),
+                    reason: format!("is not a valid Wasm component: {e:#}"),
+                }
+            })?;
+
+        let instance_pre = engine.linker().instantiate_pre(&component).map_err(|e| {
+            let detail = format!("{e:#}");
+            LoadError::UnsatisfiedImport {
+                component: name.clone(),
+                import: first_backticked(&detail)
+                    .unwrap_or("an interface")
+                    .to_string(),
+                detail,
+            }
+        })?;
+        let pre = ProxyPre::new(instance_pre).map_err(|e| LoadError::NotHttp {
+            component: name.clone(),
+            detail: format!("{e:#}"),
+        })?;
+
+        Ok(LoadedComponent {
+            name: name.clone(),
+            route: spec.route.clone(),
+            limits: spec.limits.clone(),
+            digest,
+            cache: cache_outcome,
+            pre,
+            capabilities,
+            gate: ConcurrencyGate::new(spec.limits.max_concurrency, spec.limits.max_queued),
+        })
+    }
+}
+
+/// Checks the 8-byte preamble: `\0asm`, then the component-model version
+/// and layer. Core modules and non-Wasm files get a message saying what
+/// they are and what to do.
+fn check_component_header(wasm: &[u8]) -> Result<(), String> {
+    const MAGIC: &[u8] = b"\0asm";
+    if wasm.len() < 8 || &wasm[..4] != MAGIC {
+        return Err("is not a WebAssembly file (no \\0asm header)".to_string());
+    }
+    // Bytes 4..6 are the version, 6..8 the layer: 1 for components.
+    match (wasm[6], wasm[7]) {
+        (1, 0) => Ok(()),
+        (0, 0) => Err(
+            "is a core Wasm module, not a component; build for wasm32-wasip2 or wrap it with `wasm-tools component new`"
+                .to_string(),
+        ),
+        _ => Err("has an unknown WebAssembly layer".to_string()),
+    }
+}
+
+/// The first `quoted` name in a wasmtime error, which names the import.
+fn first_backticked(message: &str) -> Option<&str> {
+    let start = message.find('`')? + 1;
+    let len = message[start..].find('`')?;
+    Some(&message[start..start + len])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn header_tells_components_from_modules_and_junk() {
+        assert!(check_component_header(b"\0asm\x0d\0\x01\0rest").is_ok());
+        let core = check_component_header(b"\0asm\x01\0\0\0").unwrap_err();
+        assert!(core.contains("core Wasm module"), "{core}");
+        let junk = check_component_header(b"hello world").unwrap_err();
+        assert!(junk.contains("not a WebAssembly file"), "{junk}");
+        assert!(check_component_header(b"\0as").is_err());
+    }
+
+    #[test]
+    fn import_name_is_taken_from_the_message() {
+        let msg = "component imports instance `wasi:keyvalue/store@0.2.0`, but a matching implementation was not found in the linker";
+        assert_eq!(first_backticked(msg), Some("wasi:keyvalue/store@0.2.0"));
+        assert_eq!(first_backticked("no quotes"), None);
+    }
+}

@@ -1,0 +1,140 @@
+//! The process-wide wasmtime engine: pooling allocator with bounded memory
+//! reservations, epoch interruption driven by one ticker thread, and the
+//! linker that provides WASI 0.2 and `wasi:http` to every component.
+
+use crate::instance::InstanceState;
+use std::sync::Arc;
+use std::sync::mpsc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+use wasmtime::component::Linker;
+use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
+
+/// How often the epoch advances; the granularity of CPU interruption.
+pub const EPOCH_TICK: Duration = Duration::from_millis(10);
+
+/// Sizing of the engine's instance pool.
+#[derive(Debug, Clone, Copy)]
+pub struct EngineConfig {
+    /// Component instances alive at once across the process; default 1000.
+    pub max_instances: u32,
+    /// The largest memory any one instance may have, in bytes; each pool
+    /// slot reserves this much virtual memory. Default 1 GiB.
+    pub max_instance_memory: u64,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig {
+            max_instances: 1000,
+            max_instance_memory: 1 << 30,
+        }
+    }
+}
+
+/// The engine, its linker and its epoch ticker. One per process.
+pub struct SkiffEngine {
+    engine: Engine,
+    linker: Arc<Linker<InstanceState>>,
+    config: EngineConfig,
+    _ticker: EpochTicker,
+}
+
+/// Why the engine could not be created.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot create the Wasm engine: {0}")]
+pub struct EngineError(String);
+
+impl SkiffEngine {
+    /// Builds the engine and starts its epoch ticker.
+    ///
+    /// # Errors
+    ///
+    /// When wasmtime rejects the configuration, e.g. the pool cannot reserve
+    /// its virtual memory.
+    pub fn new(config: EngineConfig) -> Result<SkiffEngine, EngineError> {
+        let mut pool = PoolingAllocationConfig::new();
+        // A Rust wasm32-wasip2 component holds a handful of core instances
+        // (the program plus the shims wit-component adds); budget for more.
+        const CORE_INSTANCES_PER_COMPONENT: u32 = 8;
+        pool.total_component_instances(config.max_instances)
+            .total_core_instances(config.max_instances * CORE_INSTANCES_PER_COMPONENT)
+            .total_memories(config.max_instances * 2)
+            .total_tables(config.max_instances * CORE_INSTANCES_PER_COMPONENT)
+            .total_stacks(config.max_instances)
+            .max_memory_size(config.max_instance_memory as usize)
+            .max_memories_per_component(2)
+            .max_tables_per_component(CORE_INSTANCES_PER_COMPONENT);
+
+        let mut wasm = Config::new();
+        wasm.allocation_strategy(InstanceAllocationStrategy::Pooling(pool))
+            .epoch_interruption(true)
+            // Reserve only what the largest allowed memory needs, not the
+            // default 4 GiB per slot, so the pool's address space stays sane.
+            .memory_reservation(config.max_instance_memory)
+            .memory_guard_size(64 << 10)
+            .memory_reservation_for_growth(0);
+        let engine = Engine::new(&wasm).map_err(|e| EngineError(format!("{e:#}")))?;
+
+        let mut linker = Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker)
+            .and_then(|()| wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker))
+            .map_err(|e| EngineError(format!("{e:#}")))?;
+
+        let ticker = EpochTicker::start(engine.clone());
+        Ok(SkiffEngine {
+            engine,
+            linker: Arc::new(linker),
+            config,
+            _ticker: ticker,
+        })
+    }
+
+    /// The wasmtime engine.
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    /// The linker providing WASI 0.2 and `wasi:http`.
+    pub fn linker(&self) -> &Linker<InstanceState> {
+        &self.linker
+    }
+
+    /// The pool sizing this engine was built with.
+    pub fn config(&self) -> &EngineConfig {
+        &self.config
+    }
+}
+
+/// Advances the engine's epoch every [`EPOCH_TICK`]; stops when dropped.
+struct EpochTicker {
+    stop: Option<mpsc::Sender<()>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl EpochTicker {
+    fn start(engine: Engine) -> EpochTicker {
+        let (stop, stopped) = mpsc::channel::<()>();
+        let thread = std::thread::Builder::new()
+            .name("skiff-epoch".into())
+            .spawn(move || {
+                while let Err(mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(EPOCH_TICK) {
+                    engine.increment_epoch();
+                }
+            })
+            .expect("spawning the epoch ticker thread");
+        EpochTicker {
+            stop: Some(stop),
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for EpochTicker {
+    fn drop(&mut self) {
+        drop(self.stop.take());
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}

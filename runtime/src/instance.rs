@@ -1,0 +1,82 @@
+//! The per-instance host state kept in each wasmtime `Store`: the WASI
+//! context, the `wasi:http` context and hooks, the resource table and the
+//! memory limiter.
+
+use crate::capability::logging::LogSink;
+use crate::capability::outbound_http::{OutboundHooks, OutboundPolicy};
+use crate::limits::InstanceLimiter;
+use std::sync::Arc;
+use wasmtime::component::ResourceTable;
+use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
+use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
+
+/// Collects the grants of every capability for one instance.
+pub struct InstanceBuilder {
+    /// WASI context under construction; capabilities add env, preopens, stdio.
+    pub wasi: WasiCtxBuilder,
+    /// Outbound HTTP policy; `None` denies every outbound request.
+    pub outbound: Option<Arc<OutboundPolicy>>,
+    /// Where guest stdout/stderr lines go.
+    pub log_sink: Arc<dyn LogSink>,
+}
+
+/// Sizes that bound one instance's host-side resources.
+#[derive(Debug, Clone, Copy)]
+pub struct InstanceLimits {
+    /// Linear memory cap in bytes, summed over the instance's memories.
+    pub memory_bytes: usize,
+}
+
+impl InstanceBuilder {
+    /// An instance with nothing granted: no env, files, network or outbound
+    /// HTTP; stdio discarded until the logging capability sets it.
+    pub fn new(log_sink: Arc<dyn LogSink>) -> InstanceBuilder {
+        InstanceBuilder {
+            wasi: WasiCtx::builder(),
+            outbound: None,
+            log_sink,
+        }
+    }
+
+    /// Finishes the state for a new `Store`.
+    pub fn build(mut self, limits: InstanceLimits) -> InstanceState {
+        InstanceState {
+            wasi: self.wasi.build(),
+            http: WasiHttpCtx::new(),
+            table: ResourceTable::new(),
+            hooks: OutboundHooks {
+                policy: self.outbound,
+            },
+            limiter: InstanceLimiter::new(limits.memory_bytes),
+        }
+    }
+}
+
+/// The `T` of every `Store<T>` Skiff creates.
+pub struct InstanceState {
+    wasi: WasiCtx,
+    http: WasiHttpCtx,
+    table: ResourceTable,
+    hooks: OutboundHooks,
+    /// The limiter wasmtime consults on every `memory.grow` and `table.grow`.
+    pub limiter: InstanceLimiter,
+}
+
+impl WasiView for InstanceState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+impl WasiHttpView for InstanceState {
+    fn http(&mut self) -> WasiHttpCtxView<'_> {
+        WasiHttpCtxView {
+            ctx: &mut self.http,
+            table: &mut self.table,
+            hooks: &mut self.hooks,
+        }
+    }
+}

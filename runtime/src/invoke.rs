@@ -1,0 +1,225 @@
+//! One HTTP request through one fresh, sandboxed instance: admission by the
+//! concurrency gate, a new `Store` with only the component's grants, the
+//! `wasi:http/incoming-handler` call under the wall-clock and CPU limits,
+//! and the mapping of every failure to a status code.
+
+use crate::capability::logging::LogSink;
+use crate::component::LoadedComponent;
+use crate::instance::{InstanceBuilder, InstanceLimits};
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use std::sync::Arc;
+use wasmtime::{Store, Trap, UpdateDeadline};
+use wasmtime_wasi_http::WasiHttpView;
+use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
+use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
+
+/// The body of every response Skiff sends.
+pub type ResponseBody = HyperOutgoingBody;
+
+/// Why a request failed on the host side, for logs and metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailureReason {
+    /// Every instance slot and queue place was taken.
+    Overloaded,
+    /// The wall-clock timeout elapsed.
+    Timeout,
+    /// A `memory.grow` past the memory limit was refused and the guest died.
+    MemoryLimit,
+    /// The guest overflowed its stack.
+    StackOverflow,
+    /// Any other trap (panic, unreachable, bad memory access...).
+    Trap,
+    /// The guest returned without setting a response.
+    NoResponse,
+    /// The instance could not be created.
+    Instantiate,
+}
+
+impl FailureReason {
+    /// A short stable name, as used in logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FailureReason::Overloaded => "overloaded",
+            FailureReason::Timeout => "timeout",
+            FailureReason::MemoryLimit => "memory_limit",
+            FailureReason::StackOverflow => "stack_overflow",
+            FailureReason::Trap => "trap",
+            FailureReason::NoResponse => "no_response",
+            FailureReason::Instantiate => "instantiate",
+        }
+    }
+}
+
+/// Serves `request` with a fresh instance of `component`.
+pub async fn invoke(
+    component: &LoadedComponent,
+    request: hyper::Request<Incoming>,
+    log_sink: &Arc<dyn LogSink>,
+) -> hyper::Response<ResponseBody> {
+    let name = component.name.as_str();
+    let Ok(permit) = component.gate.enter().await else {
+        tracing::warn!(component = name, reason = "overloaded", "request refused");
+        let mut response = plain(
+            http::StatusCode::SERVICE_UNAVAILABLE,
+            format!("component \"{name}\" is at its concurrency limit; retry shortly\n"),
+        );
+        response.headers_mut().insert(
+            http::header::RETRY_AFTER,
+            http::HeaderValue::from_static("1"),
+        );
+        return response;
+    };
+
+    let mut builder = InstanceBuilder::new(log_sink.clone());
+    for capability in &component.capabilities {
+        if let Err(e) = capability.grant(&mut builder) {
+            tracing::error!(component = name, "cannot prepare instance: {e}");
+            return plain(
+                http::StatusCode::INTERNAL_SERVER_ERROR,
+                format!("component \"{name}\" could not be started\n"),
+            );
+        }
+    }
+    let state = builder.build(InstanceLimits {
+        memory_bytes: component.limits.memory.bytes() as usize,
+    });
+    let mut store = Store::new(component.pre.engine(), state);
+    store.limiter(|state| &mut state.limiter);
+    // Yield to the executor every epoch tick: a busy guest shares its
+    // thread, and the timeout below gets a chance to fire.
+    store.set_epoch_deadline(1);
+    store.epoch_deadline_callback(|_| Ok(UpdateDeadline::Yield(1)));
+
+    let (sender, receiver) = tokio::sync::oneshot::channel();
+    let prepared = store
+        .data_mut()
+        .http()
+        .new_incoming_request(Scheme::Http, request)
+        .and_then(|req| {
+            let out = store.data_mut().http().new_response_outparam(sender)?;
+            Ok((req, out))
+        });
+    let (req, out) = match prepared {
+        Ok(pair) => pair,
+        Err(e) => {
+            return plain(
+                http::StatusCode::BAD_REQUEST,
+                format!("bad request: {e:#}\n"),
+            );
+        }
+    };
+
+    let pre = component.pre.clone();
+    let timeout = component.limits.timeout.as_duration();
+    // The task owns the store and the permit until the guest returns, which
+    // may be after the response head is sent (streaming bodies).
+    let task = tokio::spawn(async move {
+        let _permit = permit;
+        let run = async {
+            let proxy = pre
+                .instantiate_async(&mut store)
+                .await
+                .map_err(|e| (FailureReason::Instantiate, e))?;
+            proxy
+                .wasi_http_incoming_handler()
+                .call_handle(&mut store, req, out)
+                .await
+                .map_err(|e| (classify_trap(&e, &store), e))
+        };
+        match tokio::time::timeout(timeout, run).await {
+            Ok(result) => result,
+            Err(_) => Err((
+                FailureReason::Timeout,
+                wasmtime::Error::msg(format!("exceeded its {timeout:?} timeout")),
+            )),
+        }
+    });
+
+    match receiver.await {
+        Ok(Ok(response)) => response,
+        Ok(Err(code)) => {
+            tracing::warn!(component = name, "guest answered with error {code:?}");
+            plain(
+                http::StatusCode::INTERNAL_SERVER_ERROR,
+                format!("component \"{name}\" failed: {code:?}\n"),
+            )
+        }
+        Err(_) => {
+            let (reason, error) = match task.await {
+                Ok(Ok(())) => (
+                    FailureReason::NoResponse,
+                    wasmtime::Error::msg("returned without setting a response"),
+                ),
+                Ok(Err(failure)) => failure,
+                Err(join) => (FailureReason::Trap, wasmtime::Error::msg(join.to_string())),
+            };
+            failure_response(name, reason, &error)
+        }
+    }
+}
+
+/// Attributes a failed call to a limit where the store's state shows one
+/// was hit.
+fn classify_trap(
+    error: &wasmtime::Error,
+    store: &Store<crate::instance::InstanceState>,
+) -> FailureReason {
+    if store.data().limiter.memory_refused() {
+        return FailureReason::MemoryLimit;
+    }
+    match error.downcast_ref::<Trap>() {
+        Some(Trap::StackOverflow) => FailureReason::StackOverflow,
+        _ => FailureReason::Trap,
+    }
+}
+
+/// The response for a request whose instance failed before answering.
+fn failure_response(
+    name: &str,
+    reason: FailureReason,
+    error: &wasmtime::Error,
+) -> hyper::Response<ResponseBody> {
+    tracing::warn!(
+        component = name,
+        reason = reason.as_str(),
+        "request failed: {error:#}"
+    );
+    let (status, what) = match reason {
+        FailureReason::Timeout => (http::StatusCode::GATEWAY_TIMEOUT, "timed out"),
+        FailureReason::MemoryLimit => (
+            http::StatusCode::INTERNAL_SERVER_ERROR,
+            "exceeded its memory limit",
+        ),
+        FailureReason::StackOverflow => (
+            http::StatusCode::INTERNAL_SERVER_ERROR,
+            "overflowed its stack",
+        ),
+        FailureReason::Trap => (http::StatusCode::INTERNAL_SERVER_ERROR, "trapped"),
+        FailureReason::NoResponse => (
+            http::StatusCode::INTERNAL_SERVER_ERROR,
+            "returned without a response",
+        ),
+        FailureReason::Instantiate | FailureReason::Overloaded => (
+            http::StatusCode::SERVICE_UNAVAILABLE,
+            "could not be instantiated",
+        ),
+    };
+    plain(status, format!("component \"{name}\" {what}\n"))
+}
+
+/// A plain-text response generated by Skiff itself.
+pub fn plain(status: http::StatusCode, text: String) -> hyper::Response<ResponseBody> {
+    let mut response = hyper::Response::new(
+        Full::new(Bytes::from(text))
+            .map_err(|never| match never {})
+            .boxed_unsync(),
+    );
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    response
+}

@@ -1,0 +1,328 @@
+//! The app manifest, `skiff.toml`: its schema, parsing with errors that name
+//! file, line and field, and the checks that span several components.
+
+mod units;
+pub use units::{ByteSize, DurationSpec};
+
+use crate::capability::outbound_http::OutboundHost;
+use crate::route::Route;
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+/// The file name `skiff run DIR` looks for.
+pub const MANIFEST_FILE: &str = "skiff.toml";
+
+/// Why a manifest could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum ManifestError {
+    /// The file could not be read at all.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        /// The manifest path.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// TOML syntax error, unknown field, or a value of the wrong form.
+    #[error("{path}:{line}:{column}: {message}")]
+    Syntax {
+        /// The manifest path.
+        path: PathBuf,
+        /// 1-based line of the offending text.
+        line: usize,
+        /// 1-based column of the offending text.
+        column: usize,
+        /// What was wrong, naming the field.
+        message: String,
+    },
+    /// The file parsed but its contents contradict each other.
+    #[error("{path}: {message}")]
+    Invalid {
+        /// The manifest path.
+        path: PathBuf,
+        /// What was wrong, naming the component and key.
+        message: String,
+    },
+}
+
+/// A parsed `skiff.toml`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Manifest {
+    /// `[app]`: the app's identity.
+    pub app: AppInfo,
+    /// `[component.<name>]` tables, one per component, by name.
+    #[serde(default)]
+    pub component: BTreeMap<ComponentName, ComponentSpec>,
+}
+
+/// `[app]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AppInfo {
+    /// `name = "hello"`: lower-case letters, digits and `-`.
+    pub name: ComponentName,
+    /// `version = "0.1.0"`; default `"0.0.0"`.
+    #[serde(default = "default_version")]
+    pub version: String,
+    /// `description = "..."`; optional.
+    #[serde(default)]
+    pub description: Option<String>,
+}
+
+fn default_version() -> String {
+    "0.0.0".to_string()
+}
+
+/// `[component.<name>]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ComponentSpec {
+    /// `source = "target/wasm32-wasip2/release/hello.wasm"`: the component's
+    /// bytes, relative to the manifest's directory.
+    pub source: PathBuf,
+    /// `build = "cargo build --target wasm32-wasip2 --release"`: run by
+    /// `skiff run --build` through `sh -c`, in `workdir`.
+    #[serde(default)]
+    pub build: Option<String>,
+    /// `workdir = "."`: where `build` runs, relative to the manifest's
+    /// directory; default the manifest's directory.
+    #[serde(default)]
+    pub workdir: Option<PathBuf>,
+    /// `route = "/api/..."`: exact (`/x`), prefix (`/x/...`) or everything
+    /// (`/...`). A component without a route is not reachable from outside.
+    #[serde(default)]
+    pub route: Option<Route>,
+    /// `env = { GREETING = "hi" }`: the only environment variables the
+    /// component sees.
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    /// `files = [{ source = "public", destination = "/www" }]`: host
+    /// directories mounted read-only into the guest.
+    #[serde(default)]
+    pub files: Vec<FileMount>,
+    /// `allowed_outbound_hosts = ["https://api.example.com"]`: hosts the
+    /// component may call; everything else is denied.
+    #[serde(default)]
+    pub allowed_outbound_hosts: Vec<OutboundHost>,
+    /// `[component.<name>.limits]`
+    #[serde(default)]
+    pub limits: Limits,
+}
+
+/// One read-only directory mount.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct FileMount {
+    /// Host directory, relative to the manifest's directory.
+    pub source: PathBuf,
+    /// Absolute path where the guest sees it, e.g. `"/www"`.
+    pub destination: String,
+}
+
+/// `[component.<name>.limits]`: what one instance of the component may use.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// `memory = "128MiB"`: linear memory cap per instance; growth past it
+    /// fails inside the guest. Default 128 MiB.
+    pub memory: ByteSize,
+    /// `timeout = "30s"`: wall-clock budget for one request, including
+    /// streaming the response body. Default 30 s.
+    pub timeout: DurationSpec,
+    /// `max_concurrency = 100`: instances of this component running at once
+    /// on one node. Default 100.
+    pub max_concurrency: u32,
+    /// `max_queued = 100`: requests waiting for a free instance slot before
+    /// further ones get 503. Default 100.
+    pub max_queued: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            memory: ByteSize::mib(128),
+            timeout: DurationSpec::secs(30),
+            max_concurrency: 100,
+            max_queued: 100,
+        }
+    }
+}
+
+/// A name of an app or component: `[a-z0-9][a-z0-9-]*`, at most 63 bytes, so
+/// it can appear in DNS names (`<component>.<app>.skiff.internal`).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Deserialize)]
+#[serde(try_from = "String")]
+pub struct ComponentName(String);
+
+impl ComponentName {
+    /// The name as a string.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for ComponentName {
+    type Error = String;
+
+    fn try_from(name: String) -> Result<Self, String> {
+        let valid_chars = name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+        let valid_start = name
+            .bytes()
+            .next()
+            .is_some_and(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
+        if !valid_chars || !valid_start || name.len() > 63 {
+            return Err(format!(
+                "invalid name {name:?}: use lower-case letters, digits and '-', starting with a letter or digit, at most 63 characters"
+            ));
+        }
+        Ok(ComponentName(name))
+    }
+}
+
+impl fmt::Display for ComponentName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl Manifest {
+    /// Reads and validates the manifest at `path`.
+    ///
+    /// # Errors
+    ///
+    /// [`ManifestError`] naming the file, and the line and field where the
+    /// problem is one of syntax or form.
+    pub fn from_file(path: &Path) -> Result<Manifest, ManifestError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ManifestError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Manifest::parse(&text, path)
+    }
+
+    /// Parses and validates manifest `text`; `path` is only used in errors.
+    ///
+    /// # Errors
+    ///
+    /// As [`Manifest::from_file`].
+    pub fn parse(text: &str, path: &Path) -> Result<Manifest, ManifestError> {
+        let manifest: Manifest = toml::from_str(text).map_err(|err| {
+            let (line, column) = err
+                .span()
+                .map(|span| line_and_column(text, span.start))
+                .unwrap_or((1, 1));
+            ManifestError::Syntax {
+                path: path.to_path_buf(),
+                line,
+                column,
+                message: err.message().trim_end().to_string(),
+            }
+        })?;
+        manifest
+            .validate()
+            .map_err(|message| ManifestError::Invalid {
+                path: path.to_path_buf(),
+                message,
+            })?;
+        Ok(manifest)
+    }
+
+    /// The manifest for a bare `.wasm` file: one component named after the
+    /// file, serving every path, with default limits and no capabilities.
+    pub fn for_single_component(wasm: &Path) -> Manifest {
+        let stem = wasm
+            .file_stem()
+            .map(|s| s.to_string_lossy().to_ascii_lowercase())
+            .unwrap_or_default();
+        let cleaned: String = stem
+            .chars()
+            .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+            .collect();
+        let cleaned = cleaned
+            .trim_matches('-')
+            .chars()
+            .take(63)
+            .collect::<String>();
+        let name = ComponentName::try_from(cleaned)
+            .unwrap_or_else(|_| ComponentName("component".to_string()));
+        let spec = ComponentSpec {
+            source: wasm.to_path_buf(),
+            build: None,
+            workdir: None,
+            route: Some(Route::everything()),
+            env: BTreeMap::new(),
+            files: Vec::new(),
+            allowed_outbound_hosts: Vec::new(),
+            limits: Limits::default(),
+        };
+        Manifest {
+            app: AppInfo {
+                name: name.clone(),
+                version: default_version(),
+                description: None,
+            },
+            component: BTreeMap::from([(name, spec)]),
+        }
+    }
+
+    /// Checks that need the whole manifest: at least one component, no two
+    /// components on one route, sane limits and mounts.
+    fn validate(&self) -> Result<(), String> {
+        if self.component.is_empty() {
+            return Err(
+                "no components: add a [component.<name>] table with a `source`".to_string(),
+            );
+        }
+        let mut routes: BTreeMap<&Route, &ComponentName> = BTreeMap::new();
+        for (name, spec) in &self.component {
+            if let Some(route) = &spec.route
+                && let Some(other) = routes.insert(route, name)
+            {
+                return Err(format!(
+                    "components \"{other}\" and \"{name}\" both claim route \"{route}\""
+                ));
+            }
+            let limits = &spec.limits;
+            if limits.max_concurrency == 0 {
+                return Err(format!(
+                    "component \"{name}\": limits.max_concurrency must be at least 1"
+                ));
+            }
+            if limits.timeout.as_duration().is_zero() {
+                return Err(format!(
+                    "component \"{name}\": limits.timeout must be above 0"
+                ));
+            }
+            if limits.memory.bytes() < 64 * 1024 {
+                return Err(format!(
+                    "component \"{name}\": limits.memory must be at least \"64KiB\" (one Wasm page)"
+                ));
+            }
+            for mount in &spec.files {
+                if !mount.destination.starts_with('/') {
+                    return Err(format!(
+                        "component \"{name}\": files destination {:?} must be an absolute guest path such as \"/data\"",
+                        mount.destination
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Converts a byte offset in `text` to a 1-based (line, column).
+fn line_and_column(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    (line, column)
+}
+
+#[cfg(test)]
+mod tests;

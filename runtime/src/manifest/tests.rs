@@ -1,0 +1,100 @@
+use super::*;
+
+fn parse(text: &str) -> Result<Manifest, ManifestError> {
+    Manifest::parse(text, Path::new("app/skiff.toml"))
+}
+
+fn error(text: &str) -> String {
+    parse(text).unwrap_err().to_string()
+}
+
+#[test]
+fn full_manifest_parses_with_defaults() {
+    let m = parse(
+        r#"
+[app]
+name = "shop"
+
+[component.api]
+source = "api.wasm"
+route = "/api/..."
+env = { MODE = "prod" }
+files = [{ source = "static", destination = "/static" }]
+allowed_outbound_hosts = ["https://pay.example.com"]
+[component.api.limits]
+memory = "32MiB"
+timeout = "2s"
+
+[component.web]
+source = "web.wasm"
+route = "/..."
+"#,
+    )
+    .unwrap();
+    assert_eq!(m.app.name.as_str(), "shop");
+    assert_eq!(m.app.version, "0.0.0");
+    let api = &m.component[&ComponentName::try_from("api".to_string()).unwrap()];
+    assert_eq!(api.limits.memory, ByteSize::mib(32));
+    assert_eq!(
+        api.limits.timeout.as_duration(),
+        std::time::Duration::from_secs(2)
+    );
+    assert_eq!(api.limits.max_concurrency, 100);
+    assert_eq!(api.env["MODE"], "prod");
+    let web = &m.component[&ComponentName::try_from("web".to_string()).unwrap()];
+    assert_eq!(web.limits, Limits::default());
+}
+
+#[test]
+fn syntax_errors_name_file_and_line() {
+    let err = error("[app]\nname = \"x\"\n[component.a\nsource = 1\n");
+    assert!(err.starts_with("app/skiff.toml:3:"), "{err}");
+}
+
+#[test]
+fn unknown_fields_are_named_with_their_line() {
+    let err = error("[app]\nname = \"x\"\n\n[component.a]\nsource = \"a.wasm\"\nrout = \"/\"\n");
+    assert!(err.starts_with("app/skiff.toml:6:1:"), "{err}");
+    assert!(err.contains("unknown field `rout`"), "{err}");
+}
+
+#[test]
+fn bad_values_are_named() {
+    let err = error("[app]\nname = \"x\"\n[component.a]\nsource = \"a.wasm\"\nroute = \"api\"\n");
+    assert!(err.starts_with("app/skiff.toml:5:"), "{err}");
+    assert!(err.contains("invalid route \"api\""), "{err}");
+
+    let err = error(
+        "[app]\nname = \"x\"\n[component.a]\nsource = \"a.wasm\"\n[component.a.limits]\nmemory = \"lots\"\n",
+    );
+    assert!(err.starts_with("app/skiff.toml:6:"), "{err}");
+    assert!(err.contains("invalid size \"lots\""), "{err}");
+
+    let err = error("[app]\nname = \"Bad Name\"\n[component.a]\nsource = \"a.wasm\"\n");
+    assert!(err.contains("invalid name \"Bad Name\""), "{err}");
+}
+
+#[test]
+fn cross_component_conflicts_are_named() {
+    let err = error(
+        "[app]\nname = \"x\"\n[component.a]\nsource = \"a.wasm\"\nroute = \"/...\"\n[component.b]\nsource = \"b.wasm\"\nroute = \"/...\"\n",
+    );
+    assert_eq!(
+        err,
+        "app/skiff.toml: components \"a\" and \"b\" both claim route \"/...\""
+    );
+    let err = error("[app]\nname = \"x\"\n");
+    assert!(err.contains("no components"), "{err}");
+    let err = error(
+        "[app]\nname = \"x\"\n[component.a]\nsource = \"a.wasm\"\nfiles = [{ source = \"d\", destination = \"rel\" }]\n",
+    );
+    assert!(err.contains("must be an absolute guest path"), "{err}");
+}
+
+#[test]
+fn a_bare_wasm_file_becomes_a_one_component_app() {
+    let m = Manifest::for_single_component(Path::new("/tmp/My_Hello.wasm"));
+    let (name, spec) = m.component.iter().next().unwrap();
+    assert_eq!(name.as_str(), "my-hello");
+    assert_eq!(spec.route, Some(Route::everything()));
+}

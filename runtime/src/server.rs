@@ -1,0 +1,158 @@
+//! The HTTP/1.1 front door of `skiff run`: accepts connections with hyper,
+//! routes each request to its component, and shuts down gracefully,
+//! finishing in-flight requests.
+
+use crate::app::LoadedApp;
+use crate::capability::logging::LogSink;
+use crate::invoke::{ResponseBody, invoke, plain};
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper_util::rt::TokioIo;
+use hyper_util::server::graceful::GracefulShutdown;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+
+/// How long in-flight requests may take to finish after shutdown begins.
+pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Why the server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// The listen address is taken.
+    #[error(
+        "cannot listen on {addr}: the address is already in use; stop the other server or pick another with --listen"
+    )]
+    AddrInUse {
+        /// The address asked for.
+        addr: SocketAddr,
+    },
+    /// Any other bind failure.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address asked for.
+        addr: SocketAddr,
+        /// The OS error.
+        source: std::io::Error,
+    },
+}
+
+/// A bound listener serving one app.
+pub struct Server {
+    listener: TcpListener,
+    app: Arc<LoadedApp>,
+    log_sink: Arc<dyn LogSink>,
+}
+
+impl Server {
+    /// Binds `addr` for `app`.
+    ///
+    /// # Errors
+    ///
+    /// [`ServeError`] when the address cannot be bound.
+    pub async fn bind(
+        addr: SocketAddr,
+        app: Arc<LoadedApp>,
+        log_sink: Arc<dyn LogSink>,
+    ) -> Result<Server, ServeError> {
+        let listener = TcpListener::bind(addr).await.map_err(|source| {
+            if source.kind() == std::io::ErrorKind::AddrInUse {
+                ServeError::AddrInUse { addr }
+            } else {
+                ServeError::Bind { addr, source }
+            }
+        })?;
+        Ok(Server {
+            listener,
+            app,
+            log_sink,
+        })
+    }
+
+    /// The address actually bound (useful with port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener
+            .local_addr()
+            .expect("a bound TCP listener has an address")
+    }
+
+    /// The app being served.
+    pub fn app(&self) -> Arc<LoadedApp> {
+        self.app.clone()
+    }
+
+    /// Serves until `shutdown` completes, then stops accepting and waits up
+    /// to [`DRAIN_TIMEOUT`] for open connections to finish their requests.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) {
+        let local = self.local_addr();
+        let graceful = GracefulShutdown::new();
+        let mut shutdown = std::pin::pin!(shutdown);
+        loop {
+            let (stream, _peer) = tokio::select! {
+                accepted = self.listener.accept() => match accepted {
+                    Ok(conn) => conn,
+                    Err(e) => {
+                        // Out of file descriptors and the like: back off
+                        // briefly rather than spin.
+                        tracing::warn!("accept failed: {e}");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+                () = &mut shutdown => break,
+            };
+            let _ = stream.set_nodelay(true);
+            let app = self.app.clone();
+            let log_sink = self.log_sink.clone();
+            let service = hyper::service::service_fn(move |request| {
+                let app = app.clone();
+                let log_sink = log_sink.clone();
+                async move {
+                    Ok::<_, std::convert::Infallible>(
+                        dispatch(&app, request, &log_sink, local).await,
+                    )
+                }
+            });
+            let connection = http1::Builder::new()
+                .keep_alive(true)
+                .serve_connection(TokioIo::new(stream), service);
+            let connection = graceful.watch(connection);
+            tokio::spawn(async move {
+                if let Err(e) = connection.await {
+                    tracing::debug!("connection ended with error: {e}");
+                }
+            });
+        }
+        drop(self.listener);
+        if tokio::time::timeout(DRAIN_TIMEOUT, graceful.shutdown())
+            .await
+            .is_err()
+        {
+            tracing::warn!("some connections did not finish within {DRAIN_TIMEOUT:?}");
+        }
+    }
+}
+
+/// Routes one request to its component.
+async fn dispatch(
+    app: &LoadedApp,
+    mut request: hyper::Request<Incoming>,
+    log_sink: &Arc<dyn LogSink>,
+    local: SocketAddr,
+) -> hyper::Response<ResponseBody> {
+    let Some(component) = app.route(request.uri().path()) else {
+        return plain(
+            http::StatusCode::NOT_FOUND,
+            format!("no route for {}\n", request.uri().path()),
+        );
+    };
+    // HTTP/1.0 clients may omit Host; the guest still needs an authority.
+    if request.uri().authority().is_none()
+        && !request.headers().contains_key(http::header::HOST)
+        && let Ok(host) = http::HeaderValue::from_str(&local.to_string())
+    {
+        request.headers_mut().insert(http::header::HOST, host);
+    }
+    invoke(component, request, log_sink).await
+}

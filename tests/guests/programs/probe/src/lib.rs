@@ -1,0 +1,70 @@
+//! Reports what the sandbox lets it see and do, one probe per path:
+//! `/env` lists every environment variable, `/read?PATH` reads a file,
+//! `/write?PATH` tries to create one, `/list?PATH` lists a directory,
+//! `/sleep?MS` sleeps, `/status?CODE` answers with that status.
+
+use skiff_sdk::http::StatusCode;
+use skiff_sdk::{Request, Response};
+
+fn probe(request: Request) -> Response {
+    let arg = request.uri().query().unwrap_or("").to_string();
+    let arg = percent_decode(&arg);
+    let result: Result<String, String> = match request.uri().path() {
+        "/env" => Ok(std::env::vars()
+            .map(|(k, v)| format!("{k}={v}\n"))
+            .collect()),
+        "/read" => std::fs::read_to_string(&arg).map_err(|e| e.to_string()),
+        "/write" => std::fs::write(&arg, b"x")
+            .map(|()| "written".to_string())
+            .map_err(|e| e.to_string()),
+        "/list" => std::fs::read_dir(&arg)
+            .map(|entries| {
+                entries
+                    .filter_map(Result::ok)
+                    .map(|e| format!("{}\n", e.file_name().to_string_lossy()))
+                    .collect()
+            })
+            .map_err(|e| e.to_string()),
+        "/sleep" => {
+            let ms: u64 = arg.parse().unwrap_or(100);
+            std::thread::sleep(std::time::Duration::from_millis(ms));
+            Ok(format!("slept {ms}ms"))
+        }
+        "/status" => {
+            let code = arg.parse().unwrap_or(200);
+            let mut response = Response::new(format!("status {code}").into());
+            *response.status_mut() = StatusCode::from_u16(code).unwrap_or(StatusCode::OK);
+            return response;
+        }
+        other => Err(format!("unknown probe {other}")),
+    };
+    match result {
+        Ok(text) => Response::new(text.into()),
+        Err(e) => {
+            let mut response = Response::new(format!("denied: {e}").into());
+            *response.status_mut() = StatusCode::FORBIDDEN;
+            response
+        }
+    }
+}
+
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%'
+            && i + 2 < bytes.len()
+            && let Ok(b) = u8::from_str_radix(&s[i + 1..i + 3], 16)
+        {
+            out.push(b);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+skiff_sdk::export_handler!(probe);

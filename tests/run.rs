@@ -1,0 +1,345 @@
+//! End to end: `skiff run` serving real components on loopback, and every
+//! kind of bad input refused with a clear message.
+
+mod support;
+
+use skiff_test_guests as guests;
+use support::*;
+
+#[test]
+fn hello_example_answers_200() {
+    let home = temp_dir();
+    let app = format!("{}/hello", guests::EXAMPLES_DIR);
+    let skiff = Running::start(home.path(), &[&app]);
+    let (status, body) = get(&skiff.at("/"));
+    assert_eq!(status, 200);
+    assert_eq!(body, "Hello from Skiff!\n");
+    assert!(skiff.banner.contains("/... -> hello"), "{}", skiff.banner);
+}
+
+#[test]
+fn a_bare_wasm_component_is_served_on_every_path() {
+    let home = temp_dir();
+    let skiff = Running::start(home.path(), &[guests::HELLO]);
+    assert_eq!(get(&skiff.at("/any/where?x")).0, 200);
+}
+
+#[test]
+fn echo_round_trips_method_path_query_headers_and_a_1mib_body() {
+    let home = temp_dir();
+    let app = format!("{}/echo", guests::EXAMPLES_DIR);
+    let skiff = Running::start(home.path(), &[&app]);
+    let body: Vec<u8> = (0..(1 << 20)).map(|i: u32| (i * 7 % 251) as u8).collect();
+    let mut response = http()
+        .put(&skiff.at("/some/path?a=1&b=two"))
+        .header("x-custom", "value 42")
+        .send(&body[..])
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let header = |name: &str| {
+        response
+            .headers()
+            .get(name)
+            .map(|v| v.to_str().unwrap().to_string())
+    };
+    assert_eq!(header("echo-method").as_deref(), Some("PUT"));
+    assert_eq!(header("echo-path").as_deref(), Some("/some/path"));
+    assert_eq!(header("echo-query").as_deref(), Some("a=1&b=two"));
+    assert_eq!(header("echo-header-x-custom").as_deref(), Some("value 42"));
+    let echoed = response
+        .body_mut()
+        .with_config()
+        .limit(4 << 20)
+        .read_to_vec()
+        .unwrap();
+    assert_eq!(echoed.len(), body.len());
+    assert!(echoed == body, "echoed body differs");
+}
+
+#[test]
+fn exact_routes_beat_prefixes_longest_prefix_wins_and_unknown_is_404() {
+    let home = temp_dir();
+    let dir = temp_dir();
+    let manifest = write_manifest(
+        dir.path(),
+        &format!(
+            r#"
+[app]
+name = "routes"
+
+[component.root]
+source = {hello}
+route = "/site/..."
+env = {{ GREETING = "root" }}
+
+[component.api]
+source = {hello}
+route = "/site/api/..."
+env = {{ GREETING = "api" }}
+
+[component.exact]
+source = {echo}
+route = "/site/api/echo"
+"#,
+            hello = toml_path(guests::HELLO),
+            echo = toml_path(guests::ECHO),
+        ),
+    );
+    let skiff = Running::start(home.path(), &[manifest.to_str().unwrap()]);
+    assert_eq!(get(&skiff.at("/site")).1, "root from Skiff!\n");
+    assert_eq!(get(&skiff.at("/site/x/y")).1, "root from Skiff!\n");
+    assert_eq!(get(&skiff.at("/site/api")).1, "api from Skiff!\n");
+    assert_eq!(get(&skiff.at("/site/api/users/1")).1, "api from Skiff!\n");
+    let exact = http().get(&skiff.at("/site/api/echo")).call().unwrap();
+    assert_eq!(
+        exact.headers().get("echo-path").unwrap(),
+        "/site/api/echo",
+        "the exact route goes to the echo component"
+    );
+    let (status, body) = get(&skiff.at("/elsewhere"));
+    assert_eq!(status, 404);
+    assert!(body.contains("no route for /elsewhere"), "{body}");
+}
+
+#[test]
+fn env_and_files_are_visible_only_as_granted() {
+    let home = temp_dir();
+    let dir = temp_dir();
+    let data = dir.path().join("data");
+    std::fs::create_dir(&data).unwrap();
+    std::fs::write(data.join("note.txt"), "granted file").unwrap();
+    // skiff itself runs with the test's whole environment (PATH, HOME...);
+    // the guest must see none of it.
+    let manifest = write_manifest(
+        dir.path(),
+        &format!(
+            r#"
+[app]
+name = "probe"
+
+[component.probe]
+source = {probe}
+route = "/..."
+env = {{ GRANTED = "yes" }}
+files = [{{ source = "data", destination = "/data" }}]
+"#,
+            probe = toml_path(guests::PROBE),
+        ),
+    );
+    let skiff = Running::start(home.path(), &[manifest.to_str().unwrap()]);
+    let (status, env) = get(&skiff.at("/env"));
+    assert_eq!(status, 200);
+    assert_eq!(env, "GRANTED=yes\n", "only the granted variable is visible");
+
+    assert_eq!(
+        get(&skiff.at("/read?/data/note.txt")),
+        (200, "granted file".to_string())
+    );
+    let (status, body) = get(&skiff.at("/write?/data/new.txt"));
+    assert_eq!(status, 403, "the mount is read-only: {body}");
+    assert!(!data.join("new.txt").exists());
+    for outside in ["/etc/passwd", "/data/../../etc/passwd", "/"] {
+        let (status, body) = get(&skiff.at(&format!("/read?{outside}")));
+        assert_eq!(status, 403, "{outside} must not be readable: {body}");
+    }
+}
+
+#[test]
+fn outbound_http_succeeds_when_allowed_and_is_refused_otherwise() {
+    let upstream = Upstream::start("upstream says hi");
+    let home = temp_dir();
+    let dir = temp_dir();
+    let manifest = |allowed: &str| {
+        format!(
+            r#"
+[app]
+name = "fetcher"
+
+[component.fetch]
+source = {fetch}
+route = "/..."
+allowed_outbound_hosts = [{allowed}]
+"#,
+            fetch = toml_path(guests::FETCH),
+        )
+    };
+    let allowed_dir = dir.path().join("allowed");
+    std::fs::create_dir(&allowed_dir).unwrap();
+    let allowed = write_manifest(
+        &allowed_dir,
+        &manifest(&format!("\"http://{}\"", upstream.addr)),
+    );
+    let skiff = Running::start(home.path(), &[allowed.to_str().unwrap()]);
+    let target = format!("/?url=http://{}/", upstream.addr);
+    assert_eq!(
+        get(&skiff.at(&target)),
+        (200, "upstream says hi".to_string())
+    );
+    assert_eq!(upstream.hits(), 1);
+    drop(skiff);
+
+    let denied_dir = dir.path().join("denied");
+    std::fs::create_dir(&denied_dir).unwrap();
+    let denied = write_manifest(&denied_dir, &manifest("\"https://example.com\""));
+    let skiff = Running::start(home.path(), &[denied.to_str().unwrap()]);
+    let (status, body) = get(&skiff.at(&target));
+    assert_eq!(status, 403, "{body}");
+    assert!(body.contains("not allowed"), "{body}");
+    assert_eq!(
+        upstream.hits(),
+        1,
+        "a denied request never reaches the network"
+    );
+    assert!(
+        skiff.stderr().contains("outbound request denied"),
+        "the denial is logged"
+    );
+}
+
+#[test]
+fn second_start_takes_the_component_from_the_compile_cache() {
+    let home = temp_dir();
+    let first = Running::start(home.path(), &[guests::ECHO]);
+    assert!(first.banner.contains("(compiled)"), "{}", first.banner);
+    drop(first);
+    let second = Running::start(home.path(), &[guests::ECHO]);
+    assert!(
+        second.banner.contains("(from compile cache)"),
+        "{}",
+        second.banner
+    );
+    assert_eq!(get(&second.at("/")).0, 200);
+    drop(second);
+
+    // An entry not sealed by this home's key is discarded, never loaded.
+    let cache = home.path().join("cache");
+    for entry in std::fs::read_dir(&cache).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "cwasm") {
+            let mut bytes = std::fs::read(&path).unwrap();
+            bytes[0] ^= 0xff;
+            std::fs::write(&path, bytes).unwrap();
+        }
+    }
+    let third = Running::start(home.path(), &[guests::ECHO]);
+    assert!(third.banner.contains("(compiled)"), "{}", third.banner);
+    assert!(third.stderr().contains("not sealed"), "{}", third.stderr());
+    assert_eq!(get(&third.at("/")).0, 200);
+}
+
+#[test]
+fn sigterm_lets_in_flight_requests_finish() {
+    let home = temp_dir();
+    let skiff = Running::start(home.path(), &[guests::PROBE]);
+    let slow = {
+        let url = skiff.at("/sleep?700");
+        std::thread::spawn(move || get(&url))
+    };
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    let status = skiff.terminate();
+    assert!(status.success(), "skiff exits cleanly: {status}");
+    assert_eq!(slow.join().unwrap(), (200, "slept 700ms".to_string()));
+}
+
+// === bad input ===
+
+#[test]
+fn manifest_syntax_errors_name_file_line_and_field() {
+    let home = temp_dir();
+    let dir = temp_dir();
+    let manifest = write_manifest(
+        dir.path(),
+        "[app]\nname = \"x\"\n\n[component.a]\nsource = \"a.wasm\"\nroutes = \"/\"\n",
+    );
+    let stderr = expect_failure(home.path(), &["run", manifest.to_str().unwrap()]);
+    assert!(stderr.contains("skiff.toml:6:1"), "{stderr}");
+    assert!(stderr.contains("unknown field `routes`"), "{stderr}");
+
+    std::fs::write(&manifest, "[app\nname = 1\n").unwrap();
+    let stderr = expect_failure(home.path(), &["run", manifest.to_str().unwrap()]);
+    assert!(stderr.contains("skiff.toml:1:"), "{stderr}");
+}
+
+#[test]
+fn missing_and_non_component_sources_are_refused_by_name() {
+    let home = temp_dir();
+    let dir = temp_dir();
+    let app = |source: &str| {
+        format!("[app]\nname = \"bad\"\n[component.web]\nsource = {source:?}\nroute = \"/...\"\n")
+    };
+    let manifest = write_manifest(dir.path(), &app("missing.wasm"));
+    let stderr = expect_failure(home.path(), &["run", manifest.to_str().unwrap()]);
+    assert!(stderr.contains("component \"web\""), "{stderr}");
+    assert!(stderr.contains("missing.wasm"), "{stderr}");
+    assert!(stderr.contains("no such file"), "{stderr}");
+
+    std::fs::write(dir.path().join("text.wasm"), "not wasm at all").unwrap();
+    std::fs::write(&manifest, app("text.wasm")).unwrap();
+    let stderr = expect_failure(home.path(), &["run", manifest.to_str().unwrap()]);
+    assert!(stderr.contains("is not a WebAssembly file"), "{stderr}");
+
+    // The smallest valid core module: header only.
+    std::fs::write(dir.path().join("core.wasm"), b"\0asm\x01\0\0\0").unwrap();
+    std::fs::write(&manifest, app("core.wasm")).unwrap();
+    let stderr = expect_failure(home.path(), &["run", manifest.to_str().unwrap()]);
+    assert!(
+        stderr.contains("is a core Wasm module, not a component"),
+        "{stderr}"
+    );
+
+    let truncated = std::fs::read(guests::HELLO).unwrap();
+    std::fs::write(
+        dir.path().join("cut.wasm"),
+        &truncated[..truncated.len() / 2],
+    )
+    .unwrap();
+    std::fs::write(&manifest, app("cut.wasm")).unwrap();
+    let stderr = expect_failure(home.path(), &["run", manifest.to_str().unwrap()]);
+    assert!(stderr.contains("is not a valid Wasm component"), "{stderr}");
+}
+
+#[test]
+fn a_component_with_an_unknown_import_is_refused_naming_it() {
+    let home = temp_dir();
+    let stderr = expect_failure(home.path(), &["run", guests::UNKNOWN_IMPORT]);
+    assert!(
+        stderr.contains("imports skiff-test:missing/oracle"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("which Skiff does not provide"), "{stderr}");
+}
+
+#[test]
+fn a_port_in_use_is_reported() {
+    let home = temp_dir();
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let stderr = expect_failure(home.path(), &["run", guests::HELLO, "--listen", &addr]);
+    assert!(stderr.contains(&addr), "{stderr}");
+    assert!(stderr.contains("already in use"), "{stderr}");
+}
+
+#[test]
+fn paths_without_an_app_are_refused() {
+    let home = temp_dir();
+    let empty = temp_dir();
+    let stderr = expect_failure(home.path(), &["run", empty.path().to_str().unwrap()]);
+    assert!(stderr.contains("has no skiff.toml"), "{stderr}");
+    let stderr = expect_failure(home.path(), &["run", "/no/such/place"]);
+    assert!(stderr.contains("/no/such/place does not exist"), "{stderr}");
+}
+
+#[test]
+fn build_failures_name_the_component() {
+    let home = temp_dir();
+    let dir = temp_dir();
+    let manifest = write_manifest(
+        dir.path(),
+        "[app]\nname = \"b\"\n[component.broken]\nsource = \"x.wasm\"\nbuild = \"exit 3\"\n",
+    );
+    let stderr = expect_failure(home.path(), &["run", "--build", manifest.to_str().unwrap()]);
+    assert!(
+        stderr.contains("build of component \"broken\" failed"),
+        "{stderr}"
+    );
+}
