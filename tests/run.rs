@@ -190,10 +190,7 @@ allowed_outbound_hosts = [{allowed}]
         1,
         "a denied request never reaches the network"
     );
-    assert!(
-        skiff.stderr().contains("outbound request denied"),
-        "the denial is logged"
-    );
+    skiff.wait_for_stderr("outbound request denied");
 }
 
 #[test]
@@ -223,7 +220,7 @@ fn second_start_takes_the_component_from_the_compile_cache() {
     }
     let third = Running::start(home.path(), &[guests::ECHO]);
     assert!(third.banner.contains("(compiled)"), "{}", third.banner);
-    assert!(third.stderr().contains("not sealed"), "{}", third.stderr());
+    third.wait_for_stderr("not sealed");
     assert_eq!(get(&third.at("/")).0, 200);
 }
 

@@ -162,6 +162,14 @@ impl LoadedComponent {
     }
 }
 
+impl LoadedComponent {
+    /// The pre-instantiated component, for callers that instantiate it
+    /// themselves (benchmarks, job runners).
+    pub fn proxy_pre(&self) -> &ProxyPre<InstanceState> {
+        &self.pre
+    }
+}
+
 /// Checks the 8-byte preamble: `\0asm`, then the component-model version
 /// and layer. Core modules and non-Wasm files get a message saying what
 /// they are and what to do.

@@ -3,7 +3,7 @@
 //! memory limiter.
 
 use crate::capability::logging::LogSink;
-use crate::capability::outbound_http::{OutboundHooks, OutboundPolicy};
+use crate::capability::outbound_http::{OutboundGrant, OutboundHooks};
 use crate::limits::InstanceLimiter;
 use std::sync::Arc;
 use wasmtime::component::ResourceTable;
@@ -14,8 +14,8 @@ use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 pub struct InstanceBuilder {
     /// WASI context under construction; capabilities add env, preopens, stdio.
     pub wasi: WasiCtxBuilder,
-    /// Outbound HTTP policy; `None` denies every outbound request.
-    pub outbound: Option<Arc<OutboundPolicy>>,
+    /// Outbound HTTP grant; `None` denies every outbound request.
+    pub outbound: Option<Arc<OutboundGrant>>,
     /// Where guest stdout/stderr lines go.
     pub log_sink: Arc<dyn LogSink>,
 }
@@ -23,8 +23,12 @@ pub struct InstanceBuilder {
 /// Sizes that bound one instance's host-side resources.
 #[derive(Debug, Clone, Copy)]
 pub struct InstanceLimits {
-    /// Linear memory cap in bytes, summed over the instance's memories.
+    /// Cap in bytes on each of the instance's linear memories.
     pub memory_bytes: usize,
+    /// Outbound HTTP requests the instance may make.
+    pub outbound_requests: u32,
+    /// Entries the instance's resource table may hold at once.
+    pub resources: usize,
 }
 
 impl InstanceBuilder {
@@ -40,12 +44,16 @@ impl InstanceBuilder {
 
     /// Finishes the state for a new `Store`.
     pub fn build(mut self, limits: InstanceLimits) -> InstanceState {
+        let mut table = ResourceTable::new();
+        table.set_max_capacity(limits.resources);
         InstanceState {
             wasi: self.wasi.build(),
             http: WasiHttpCtx::new(),
-            table: ResourceTable::new(),
+            table,
             hooks: OutboundHooks {
-                policy: self.outbound,
+                grant: self.outbound,
+                remaining: limits.outbound_requests,
+                limit_logged: false,
             },
             limiter: InstanceLimiter::new(limits.memory_bytes),
         }

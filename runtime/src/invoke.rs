@@ -3,13 +3,15 @@
 //! `wasi:http/incoming-handler` call under the wall-clock and CPU limits,
 //! and the mapping of every failure to a status code.
 
+use crate::body_limit::{LimitedBody, declared_length};
 use crate::capability::logging::LogSink;
 use crate::component::LoadedComponent;
-use crate::instance::{InstanceBuilder, InstanceLimits};
+use crate::instance::{InstanceBuilder, InstanceLimits, InstanceState};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use wasmtime::{Store, Trap, UpdateDeadline};
 use wasmtime_wasi_http::WasiHttpView;
 use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
@@ -35,6 +37,10 @@ pub enum FailureReason {
     NoResponse,
     /// The instance could not be created.
     Instantiate,
+    /// The request body exceeded `max_request_body`.
+    RequestTooLarge,
+    /// The response body exceeded `max_response_body`.
+    ResponseTooLarge,
 }
 
 impl FailureReason {
@@ -48,6 +54,8 @@ impl FailureReason {
             FailureReason::Trap => "trap",
             FailureReason::NoResponse => "no_response",
             FailureReason::Instantiate => "instantiate",
+            FailureReason::RequestTooLarge => "request_too_large",
+            FailureReason::ResponseTooLarge => "response_too_large",
         }
     }
 }
@@ -59,6 +67,11 @@ pub async fn invoke(
     log_sink: &Arc<dyn LogSink>,
 ) -> hyper::Response<ResponseBody> {
     let name = component.name.as_str();
+    let limits = &component.limits;
+    let request_limit = limits.max_request_body.bytes();
+    if declared_length(request.headers()).is_some_and(|len| len > request_limit) {
+        return request_too_large(name, request_limit);
+    }
     let Ok(permit) = component.gate.enter().await else {
         tracing::warn!(component = name, reason = "overloaded", "request refused");
         let mut response = plain(
@@ -72,26 +85,20 @@ pub async fn invoke(
         return response;
     };
 
-    let mut builder = InstanceBuilder::new(log_sink.clone());
-    for capability in &component.capabilities {
-        if let Err(e) = capability.grant(&mut builder) {
+    let mut store = match new_store(component, log_sink) {
+        Ok(store) => store,
+        Err(e) => {
             tracing::error!(component = name, "cannot prepare instance: {e}");
             return plain(
                 http::StatusCode::INTERNAL_SERVER_ERROR,
                 format!("component \"{name}\" could not be started\n"),
             );
         }
-    }
-    let state = builder.build(InstanceLimits {
-        memory_bytes: component.limits.memory.bytes() as usize,
-    });
-    let mut store = Store::new(component.pre.engine(), state);
-    store.limiter(|state| &mut state.limiter);
-    // Yield to the executor every epoch tick: a busy guest shares its
-    // thread, and the timeout below gets a chance to fire.
-    store.set_epoch_deadline(1);
-    store.epoch_deadline_callback(|_| Ok(UpdateDeadline::Yield(1)));
+    };
 
+    let request_overflow = Arc::new(AtomicBool::new(false));
+    let request =
+        request.map(|body| LimitedBody::request(body, request_limit, request_overflow.clone()));
     let (sender, receiver) = tokio::sync::oneshot::channel();
     let prepared = store
         .data_mut()
@@ -137,8 +144,12 @@ pub async fn invoke(
         }
     });
 
-    match receiver.await {
-        Ok(Ok(response)) => response,
+    let answer = receiver.await;
+    if request_overflow.load(Ordering::Acquire) {
+        return request_too_large(name, request_limit);
+    }
+    match answer {
+        Ok(Ok(response)) => limit_response(name, response, limits.max_response_body.bytes()),
         Ok(Err(code)) => {
             tracing::warn!(component = name, "guest answered with error {code:?}");
             plain(
@@ -160,12 +171,90 @@ pub async fn invoke(
     }
 }
 
+/// The 413 for a request body over the component's limit.
+fn request_too_large(name: &str, limit: u64) -> hyper::Response<ResponseBody> {
+    tracing::warn!(
+        component = name,
+        reason = FailureReason::RequestTooLarge.as_str(),
+        "request refused"
+    );
+    plain(
+        http::StatusCode::PAYLOAD_TOO_LARGE,
+        format!(
+            "request body exceeds the {limit} bytes component \"{name}\" accepts (limits.max_request_body)\n"
+        ),
+    )
+}
+
+/// Refuses a response declaring more than `limit` bytes, and cuts off one
+/// that streams past it.
+fn limit_response(
+    name: &str,
+    response: hyper::Response<ResponseBody>,
+    limit: u64,
+) -> hyper::Response<ResponseBody> {
+    if declared_length(response.headers()).is_some_and(|len| len > limit) {
+        tracing::warn!(
+            component = name,
+            reason = FailureReason::ResponseTooLarge.as_str(),
+            "response refused: declared length over limits.max_response_body"
+        );
+        return plain(
+            http::StatusCode::INTERNAL_SERVER_ERROR,
+            format!("component \"{name}\" produced a response larger than its limit\n"),
+        );
+    }
+    let overflow = Arc::new(AtomicBool::new(false));
+    let component = name.to_string();
+    response.map(move |body| {
+        let limited = LimitedBody::response(body, limit, overflow);
+        limited
+            .map_err(move |e| {
+                if matches!(e, wasmtime_wasi_http::Error::HttpResponseBodySize(_)) {
+                    tracing::warn!(
+                        component,
+                        reason = FailureReason::ResponseTooLarge.as_str(),
+                        "response cut off at limits.max_response_body"
+                    );
+                }
+                e
+            })
+            .boxed_unsync()
+    })
+}
+
+/// A fresh `Store` for one instance of `component`: its capabilities
+/// granted, its memory limiter installed, and epoch yielding enabled.
+///
+/// # Errors
+///
+/// A message when a capability cannot be granted (e.g. a mount vanished).
+pub fn new_store(
+    component: &LoadedComponent,
+    log_sink: &Arc<dyn LogSink>,
+) -> Result<Store<InstanceState>, String> {
+    let mut builder = InstanceBuilder::new(log_sink.clone());
+    for capability in &component.capabilities {
+        capability.grant(&mut builder)?;
+    }
+    let limits = &component.limits;
+    let state = builder.build(InstanceLimits {
+        memory_bytes: limits.memory.bytes() as usize,
+        outbound_requests: limits.max_outbound_requests,
+        resources: limits.max_resources as usize,
+    });
+    let mut store = Store::new(component.pre.engine(), state);
+    store.limiter(|state| &mut state.limiter);
+    // Yield to the executor every epoch tick: a busy guest shares its
+    // thread, and the request timeout gets a chance to fire.
+    store.set_epoch_deadline(1);
+    store.epoch_deadline_callback(|_| Ok(UpdateDeadline::Yield(1)));
+    Ok(store)
+}
+
 /// Attributes a failed call to a limit where the store's state shows one
 /// was hit.
-fn classify_trap(
-    error: &wasmtime::Error,
-    store: &Store<crate::instance::InstanceState>,
-) -> FailureReason {
+fn classify_trap(error: &wasmtime::Error, store: &Store<InstanceState>) -> FailureReason {
     if store.data().limiter.memory_refused() {
         return FailureReason::MemoryLimit;
     }
@@ -200,6 +289,14 @@ fn failure_response(
         FailureReason::NoResponse => (
             http::StatusCode::INTERNAL_SERVER_ERROR,
             "returned without a response",
+        ),
+        FailureReason::RequestTooLarge => (
+            http::StatusCode::PAYLOAD_TOO_LARGE,
+            "refused an oversized request body",
+        ),
+        FailureReason::ResponseTooLarge => (
+            http::StatusCode::INTERNAL_SERVER_ERROR,
+            "produced an oversized response",
         ),
         FailureReason::Instantiate | FailureReason::Overloaded => (
             http::StatusCode::SERVICE_UNAVAILABLE,

@@ -10,6 +10,7 @@
 #![warn(missing_docs)]
 
 pub mod app;
+pub mod body_limit;
 pub mod cache;
 pub mod capability;
 pub mod component;

@@ -138,6 +138,19 @@ pub struct Limits {
     /// `max_queued = 100`: requests waiting for a free instance slot before
     /// further ones get 503. Default 100.
     pub max_queued: u32,
+    /// `max_request_body = "16MiB"`: larger request bodies get 413.
+    /// Default 16 MiB.
+    pub max_request_body: ByteSize,
+    /// `max_response_body = "128MiB"`: a response growing past this is cut
+    /// off (or refused with 500 when its length is declared up front).
+    /// Default 128 MiB.
+    pub max_response_body: ByteSize,
+    /// `max_outbound_requests = 32`: outbound HTTP requests one instance
+    /// may make. Default 32.
+    pub max_outbound_requests: u32,
+    /// `max_resources = 10000`: host resources (streams, fields, requests...)
+    /// one instance may hold at once. Default 10,000.
+    pub max_resources: u32,
 }
 
 impl Default for Limits {
@@ -147,6 +160,10 @@ impl Default for Limits {
             timeout: DurationSpec::secs(30),
             max_concurrency: 100,
             max_queued: 100,
+            max_request_body: ByteSize::mib(16),
+            max_response_body: ByteSize::mib(128),
+            max_outbound_requests: 32,
+            max_resources: 10_000,
         }
     }
 }

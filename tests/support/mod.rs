@@ -99,6 +99,22 @@ impl Running {
         self.stderr.lock().unwrap().clone()
     }
 
+    /// Waits up to 5 s for `needle` to appear on stderr; returns stderr.
+    pub fn wait_for_stderr(&self, needle: &str) -> String {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let stderr = self.stderr();
+            if stderr.contains(needle) {
+                return stderr;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "stderr never showed {needle:?}:\n{stderr}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// Sends SIGTERM and waits for the process to exit.
     pub fn terminate(mut self) -> std::process::ExitStatus {
         let pid = self.child.id().to_string();

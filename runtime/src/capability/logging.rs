@@ -6,6 +6,7 @@ use crate::instance::InstanceBuilder;
 use crate::manifest::ComponentSpec;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::task::{Context, Poll};
 use tokio::io::AsyncWrite;
 use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
@@ -13,6 +14,10 @@ use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
 /// Longest line kept whole; longer output is split so that a guest writing
 /// without newlines cannot grow host memory.
 const MAX_LINE: usize = 16 * 1024;
+
+/// Lines one instance may log; past this its output is dropped, so a guest
+/// printing in a loop cannot flood the node's logs.
+pub const MAX_LINES_PER_INSTANCE: u32 = 1000;
 
 /// Which guest stream a line came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -59,15 +64,18 @@ impl GuestLogs {
 impl Capability for GuestLogs {
     fn grant(&self, instance: &mut InstanceBuilder) -> Result<(), String> {
         let sink = instance.log_sink.clone();
+        let budget = Arc::new(AtomicU32::new(MAX_LINES_PER_INSTANCE));
         instance.wasi.stdout(GuestOutput {
             component: self.component.clone(),
             stream: LogStream::Stdout,
             sink: sink.clone(),
+            budget: budget.clone(),
         });
         instance.wasi.stderr(GuestOutput {
             component: self.component.clone(),
             stream: LogStream::Stderr,
             sink,
+            budget,
         });
         Ok(())
     }
@@ -78,6 +86,8 @@ struct GuestOutput {
     component: Arc<str>,
     stream: LogStream,
     sink: Arc<dyn LogSink>,
+    /// Lines the instance may still log, shared by its stdout and stderr.
+    budget: Arc<AtomicU32>,
 }
 
 impl IsTerminal for GuestOutput {
@@ -92,6 +102,7 @@ impl StdoutStream for GuestOutput {
             component: self.component.clone(),
             stream: self.stream,
             sink: self.sink.clone(),
+            budget: self.budget.clone(),
             pending: Vec::new(),
         })
     }
@@ -102,12 +113,28 @@ struct LineWriter {
     component: Arc<str>,
     stream: LogStream,
     sink: Arc<dyn LogSink>,
+    budget: Arc<AtomicU32>,
     pending: Vec<u8>,
 }
 
 impl LineWriter {
     fn emit(&mut self, upto: usize) {
         let line: Vec<u8> = self.pending.drain(..upto).collect();
+        let left = self
+            .budget
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1));
+        match left {
+            Err(_) => return,
+            Ok(1) => {
+                self.sink.line(
+                    &self.component,
+                    self.stream,
+                    &format!("(log limit of {MAX_LINES_PER_INSTANCE} lines reached; further output of this instance dropped)"),
+                );
+                return;
+            }
+            Ok(_) => {}
+        }
         let text = String::from_utf8_lossy(&line);
         let text = text.strip_suffix('\n').unwrap_or(&text);
         let text = text.strip_suffix('\r').unwrap_or(text);

@@ -1,4 +1,5 @@
-//! Reports what the sandbox lets it see and do, one probe per path:
+//! Reports what the sandbox lets it see and do, one probe per last path
+//! segment:
 //! `/env` lists every environment variable, `/read?PATH` reads a file,
 //! `/write?PATH` tries to create one, `/list?PATH` lists a directory,
 //! `/sleep?MS` sleeps, `/status?CODE` answers with that status.
@@ -9,15 +10,17 @@ use skiff_sdk::{Request, Response};
 fn probe(request: Request) -> Response {
     let arg = request.uri().query().unwrap_or("").to_string();
     let arg = percent_decode(&arg);
-    let result: Result<String, String> = match request.uri().path() {
-        "/env" => Ok(std::env::vars()
+    // Match on the last path segment so the probe works under any route.
+    let probe = request.uri().path().rsplit('/').next().unwrap_or("");
+    let result: Result<String, String> = match probe {
+        "env" => Ok(std::env::vars()
             .map(|(k, v)| format!("{k}={v}\n"))
             .collect()),
-        "/read" => std::fs::read_to_string(&arg).map_err(|e| e.to_string()),
-        "/write" => std::fs::write(&arg, b"x")
+        "read" => std::fs::read_to_string(&arg).map_err(|e| e.to_string()),
+        "write" => std::fs::write(&arg, b"x")
             .map(|()| "written".to_string())
             .map_err(|e| e.to_string()),
-        "/list" => std::fs::read_dir(&arg)
+        "list" => std::fs::read_dir(&arg)
             .map(|entries| {
                 entries
                     .filter_map(Result::ok)
@@ -25,12 +28,12 @@ fn probe(request: Request) -> Response {
                     .collect()
             })
             .map_err(|e| e.to_string()),
-        "/sleep" => {
+        "sleep" => {
             let ms: u64 = arg.parse().unwrap_or(100);
             std::thread::sleep(std::time::Duration::from_millis(ms));
             Ok(format!("slept {ms}ms"))
         }
-        "/status" => {
+        "status" => {
             let code = arg.parse().unwrap_or(200);
             let mut response = Response::new(format!("status {code}").into());
             *response.status_mut() = StatusCode::from_u16(code).unwrap_or(StatusCode::OK);

@@ -1,21 +1,10 @@
-//! Outbound HTTP: requests a guest makes through `wasi:http/outgoing-handler`,
-//! denied unless the destination matches `allowed_outbound_hosts`.
+//! Which destinations a component may call: the `allowed_outbound_hosts`
+//! entries, and which internal addresses (loopback, private, link-local)
+//! they name explicitly.
 
-use super::{Capability, PrepareContext};
-use crate::instance::InstanceBuilder;
-use crate::manifest::ComponentSpec;
 use serde::Deserialize;
 use std::fmt;
-use std::sync::Arc;
-use std::time::Duration;
-use wasmtime_wasi_http::{Error as HttpError, RequestOptions, WasiBody, WasiHttpHooks};
-
-/// Connect timeout when the guest sets none.
-const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-/// Time to the response's first byte when the guest sets none.
-const DEFAULT_FIRST_BYTE_TIMEOUT: Duration = Duration::from_secs(30);
-/// Longest pause between response body frames when the guest sets none.
-const DEFAULT_BETWEEN_BYTES_TIMEOUT: Duration = Duration::from_secs(30);
+use std::net::IpAddr;
 
 /// One `allowed_outbound_hosts` entry: `scheme://host[:port]`, where scheme,
 /// host and port may each be `*`, and host may be `*.example.com`.
@@ -119,13 +108,8 @@ impl OutboundHost {
     }
 }
 
-fn default_port(scheme: &str) -> u16 {
+pub(super) fn default_port(scheme: &str) -> u16 {
     if scheme == "https" { 443 } else { 80 }
-}
-
-/// The outbound HTTP capability of one component.
-pub struct OutboundHttp {
-    policy: Arc<OutboundPolicy>,
 }
 
 /// The hosts one component may call.
@@ -144,6 +128,25 @@ impl OutboundPolicy {
         }
     }
 
+    /// Whether `ip`, an internal address, is named by an entry: as an IP
+    /// literal host, or as `localhost` for loopback addresses.
+    pub fn names_internal_address(&self, ip: IpAddr) -> bool {
+        self.allowed.iter().any(|entry| match &entry.host {
+            HostPattern::Exact(host) if host == "localhost" => ip.is_loopback(),
+            HostPattern::Exact(host) => host
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .parse::<IpAddr>()
+                .is_ok_and(|listed| listed == ip),
+            _ => false,
+        })
+    }
+
+    /// The component this policy belongs to.
+    pub fn component(&self) -> &str {
+        &self.component
+    }
+
     /// Whether `uri` may be requested.
     pub fn allows(&self, uri: &http::Uri) -> bool {
         let scheme = uri.scheme_str().unwrap_or("http");
@@ -154,99 +157,6 @@ impl OutboundPolicy {
         self.allowed
             .iter()
             .any(|entry| entry.allows(scheme, host, port))
-    }
-}
-
-impl OutboundHttp {
-    /// Takes `allowed_outbound_hosts`, already checked when parsed.
-    ///
-    /// # Errors
-    ///
-    /// None today; the signature matches the other capabilities.
-    pub fn prepare(spec: &ComponentSpec, cx: &PrepareContext<'_>) -> Result<OutboundHttp, String> {
-        Ok(OutboundHttp {
-            policy: Arc::new(OutboundPolicy::new(
-                cx.component.as_str(),
-                spec.allowed_outbound_hosts.clone(),
-            )),
-        })
-    }
-}
-
-impl Capability for OutboundHttp {
-    fn grant(&self, instance: &mut InstanceBuilder) -> Result<(), String> {
-        instance.outbound = Some(self.policy.clone());
-        Ok(())
-    }
-}
-
-/// The `wasi:http` hooks of one instance: the policy check in front of the
-/// real client.
-pub struct OutboundHooks {
-    /// `None`: no outbound HTTP at all.
-    pub policy: Option<Arc<OutboundPolicy>>,
-}
-
-type SendFuture = Box<
-    dyn Future<
-            Output = Result<
-                (
-                    http::Response<WasiBody>,
-                    Box<dyn Future<Output = Result<(), HttpError>> + Send>,
-                ),
-                HttpError,
-            >,
-        > + Send,
->;
-
-impl WasiHttpHooks for OutboundHooks {
-    fn send_request(
-        &mut self,
-        request: http::Request<WasiBody>,
-        options: Option<RequestOptions>,
-        _fut: Box<dyn Future<Output = Result<(), HttpError>> + Send>,
-    ) -> SendFuture {
-        let allowed = self
-            .policy
-            .as_ref()
-            .is_some_and(|policy| policy.allows(request.uri()));
-        if !allowed {
-            let component = self
-                .policy
-                .as_ref()
-                .map_or("?", |policy| policy.component.as_str());
-            tracing::warn!(
-                component,
-                uri = %request.uri(),
-                "outbound request denied: not in allowed_outbound_hosts"
-            );
-            return Box::new(async { Err(HttpError::HttpRequestDenied) });
-        }
-        let options = with_default_timeouts(options);
-        Box::new(async move {
-            use http_body_util::BodyExt;
-            let (response, io) =
-                wasmtime_wasi_http::default_send_request(request, Some(options)).await?;
-            Ok((
-                response.map(BodyExt::boxed_unsync),
-                Box::new(io) as Box<dyn Future<Output = _> + Send>,
-            ))
-        })
-    }
-}
-
-/// Fills in the timeouts the guest left unset, so no outbound call waits
-/// forever.
-fn with_default_timeouts(options: Option<RequestOptions>) -> RequestOptions {
-    let options = options.unwrap_or_default();
-    RequestOptions {
-        connect_timeout: options.connect_timeout.or(Some(DEFAULT_CONNECT_TIMEOUT)),
-        first_byte_timeout: options
-            .first_byte_timeout
-            .or(Some(DEFAULT_FIRST_BYTE_TIMEOUT)),
-        between_bytes_timeout: options
-            .between_bytes_timeout
-            .or(Some(DEFAULT_BETWEEN_BYTES_TIMEOUT)),
     }
 }
 
@@ -281,6 +191,17 @@ mod tests {
         assert!(!p.allows(&"https://badexample.com/".parse().unwrap()));
         assert!(p.allows(&"http://127.0.0.1:8080/".parse().unwrap()));
         assert!(!p.allows(&"http://127.0.0.1:8081/".parse().unwrap()));
+    }
+
+    #[test]
+    fn internal_addresses_count_only_when_named() {
+        let p = policy(&["http://127.0.0.1:8080", "http://localhost:*", "https://*"]);
+        assert!(p.names_internal_address("127.0.0.1".parse().unwrap()));
+        assert!(p.names_internal_address("::1".parse().unwrap()));
+        assert!(!p.names_internal_address("169.254.169.254".parse().unwrap()));
+        assert!(!p.names_internal_address("10.0.0.1".parse().unwrap()));
+        let p = policy(&["https://*"]);
+        assert!(!p.names_internal_address("127.0.0.1".parse().unwrap()));
     }
 
     #[test]

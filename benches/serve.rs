@@ -1,0 +1,306 @@
+//! Benchmark: serving the hello component.
+//!
+//! 1. Throughput and latency under `wrk` (64 connections, 10 s a round)
+//!    through `skiff run`, and through `wasmtime serve -Scli` when a
+//!    `wasmtime` binary is on PATH, interleaved round by round; prints
+//!    requests/s, p50 and p99, and the ratio.
+//! 2. Per-request instantiation time: a fresh store with the component's
+//!    grants plus `instantiate`, measured in process.
+//! 3. Cold start: from spawning `skiff run` (warm compile cache) to the first
+//!    200.
+//!
+//! Run: `cargo bench -p skiff-orchestrator --bench serve`. Needs `wrk`.
+//! `SKIFF_BENCH_SECONDS` and `SKIFF_BENCH_ROUNDS` shorten or lengthen it.
+
+use skiff_runtime::capability::logging::{LogSink, StderrSink};
+use skiff_runtime::{CompileCache, EngineConfig, LoadedApp, Manifest, SkiffEngine};
+use std::io::{BufRead, BufReader};
+use std::net::TcpListener;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+const CONNECTIONS: u32 = 64;
+
+fn main() {
+    let seconds: u32 = env_or("SKIFF_BENCH_SECONDS", 10);
+    let rounds: u32 = env_or("SKIFF_BENCH_ROUNDS", 3);
+    let wasm = skiff_test_guests::HELLO;
+    let home = tempfile::tempdir().unwrap();
+
+    println!("== throughput: hello, {CONNECTIONS} connections, {seconds}s x {rounds} rounds");
+    if Command::new("wrk").arg("--version").output().is_err() {
+        println!("wrk not found: apt-get install wrk");
+        return;
+    }
+    let skiff = Server::skiff(home.path(), wasm);
+    let wasmtime = Server::wasmtime(wasm);
+    if wasmtime.is_none() {
+        println!(
+            "(no wasmtime on PATH: install with `cargo install wasmtime-cli --version 48.0.8 --locked` for the comparison)"
+        );
+    }
+    let mut skiff_runs = Vec::new();
+    let mut wasmtime_runs = Vec::new();
+    for round in 1..=rounds {
+        let run = wrk(&skiff.url, seconds);
+        println!("round {round} skiff:    {run}");
+        skiff_runs.push(run);
+        if let Some(wasmtime) = &wasmtime {
+            let run = wrk(&wasmtime.url, seconds);
+            println!("round {round} wasmtime: {run}");
+            wasmtime_runs.push(run);
+        }
+    }
+    let skiff_best = WrkRun::median(&skiff_runs);
+    println!("skiff    median: {skiff_best}");
+    if !wasmtime_runs.is_empty() {
+        let wt = WrkRun::median(&wasmtime_runs);
+        println!("wasmtime median: {wt}");
+        println!(
+            "ratio skiff/wasmtime: {:.2}x requests/s, p99 {:.2}x (lower is better)",
+            skiff_best.requests_per_sec / wt.requests_per_sec,
+            skiff_best.p99_ms / wt.p99_ms
+        );
+    }
+    drop(skiff);
+    drop(wasmtime);
+
+    println!("== instantiation");
+    instantiation(home.path(), wasm);
+
+    println!("== cold start (warm compile cache)");
+    let mut starts: Vec<Duration> = (0..5).map(|_| cold_start(home.path(), wasm)).collect();
+    starts.sort();
+    println!(
+        "skiff run -> first 200: median {:.1} ms (min {:.1}, max {:.1})",
+        ms(starts[2]),
+        ms(starts[0]),
+        ms(starts[4])
+    );
+}
+
+fn env_or(name: &str, default: u32) -> u32 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+/// A server process under load; killed when dropped.
+struct Server {
+    child: Child,
+    url: String,
+}
+
+impl Server {
+    fn skiff(home: &Path, wasm: &str) -> Server {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_skiff"))
+            .args(["run", wasm, "--listen", "127.0.0.1:0"])
+            .env("SKIFF_HOME", home)
+            .env("RUST_LOG", "error")
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("starting skiff");
+        let stdout = child.stdout.take().unwrap();
+        let mut url = None;
+        for line in BufReader::new(stdout).lines() {
+            let line = line.unwrap();
+            if let Some(rest) = line.strip_prefix("Serving ") {
+                url = Some(rest.split_whitespace().next().unwrap().to_string());
+                break;
+            }
+        }
+        let url = url.expect("skiff printed its URL");
+        wait_for_200(&url, Duration::from_secs(30));
+        Server { child, url }
+    }
+
+    fn wasmtime(wasm: &str) -> Option<Server> {
+        Command::new("wasmtime").arg("--version").output().ok()?;
+        let port = free_port();
+        let child = Command::new("wasmtime")
+            .args([
+                "serve",
+                "-Scli",
+                "--addr",
+                &format!("127.0.0.1:{port}"),
+                wasm,
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .ok()?;
+        let url = format!("http://127.0.0.1:{port}");
+        wait_for_200(&url, Duration::from_secs(60));
+        Some(Server { child, url })
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Polls `url` until it answers 200; panics after `limit`.
+fn wait_for_200(url: &str, limit: Duration) {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if get_status(url) == Some(200) {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    panic!("{url} did not answer 200 within {limit:?}");
+}
+
+fn get_status(url: &str) -> Option<u16> {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(5)))
+        .build()
+        .into();
+    agent.get(url).call().ok().map(|r| r.status().as_u16())
+}
+
+/// One `wrk` run's figures.
+#[derive(Debug, Clone, Copy)]
+struct WrkRun {
+    requests_per_sec: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+    errors: u64,
+}
+
+impl std::fmt::Display for WrkRun {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{:>9.0} req/s  p50 {:>6.2} ms  p99 {:>6.2} ms  errors {}",
+            self.requests_per_sec, self.p50_ms, self.p99_ms, self.errors
+        )
+    }
+}
+
+impl WrkRun {
+    fn median(runs: &[WrkRun]) -> WrkRun {
+        let mut sorted = runs.to_vec();
+        sorted.sort_by(|a, b| a.requests_per_sec.total_cmp(&b.requests_per_sec));
+        sorted[sorted.len() / 2]
+    }
+}
+
+fn wrk(url: &str, seconds: u32) -> WrkRun {
+    let output = Command::new("wrk")
+        .args([
+            "-t2",
+            &format!("-c{CONNECTIONS}"),
+            &format!("-d{seconds}s"),
+            "--latency",
+            url,
+        ])
+        .output()
+        .expect("running wrk");
+    let text = String::from_utf8_lossy(&output.stdout);
+    let field = |prefix: &str| -> Option<&str> {
+        text.lines()
+            .map(str::trim)
+            .find_map(|l| l.strip_prefix(prefix))
+            .map(str::trim)
+    };
+    let errors = text
+        .lines()
+        .filter(|l| l.contains("Socket errors") || l.contains("Non-2xx"))
+        .flat_map(|l| l.split(|c: char| !c.is_ascii_digit()))
+        .filter_map(|n| n.parse::<u64>().ok())
+        .sum();
+    WrkRun {
+        requests_per_sec: field("Requests/sec:")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0.0),
+        p50_ms: field("50%").map(parse_wrk_duration).unwrap_or(f64::NAN),
+        p99_ms: field("99%").map(parse_wrk_duration).unwrap_or(f64::NAN),
+        errors,
+    }
+}
+
+/// `"1.23ms"`, `"456.00us"`, `"1.02s"` -> milliseconds.
+fn parse_wrk_duration(text: &str) -> f64 {
+    let (number, scale) = if let Some(n) = text.strip_suffix("us") {
+        (n, 0.001)
+    } else if let Some(n) = text.strip_suffix("ms") {
+        (n, 1.0)
+    } else if let Some(n) = text.strip_suffix('s') {
+        (n, 1000.0)
+    } else {
+        (text, 1.0)
+    };
+    number.parse::<f64>().unwrap_or(f64::NAN) * scale
+}
+
+/// Mean time to create a store with the component's grants and instantiate.
+fn instantiation(home: &Path, wasm: &str) {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let engine = SkiffEngine::new(EngineConfig::default()).unwrap();
+        let cache = CompileCache::open(&home.join("cache"), engine.engine()).unwrap();
+        let manifest = Manifest::for_single_component(Path::new(wasm));
+        let app = LoadedApp::load(&engine, &cache, &manifest, Path::new("/")).unwrap();
+        let component = &app.components[0];
+        let sink: Arc<dyn LogSink> = Arc::new(StderrSink);
+        const N: u32 = 20_000;
+        let instantiate_once = || async {
+            let mut store = skiff_runtime::invoke::new_store(component, &sink).unwrap();
+            component.proxy_pre().instantiate_async(&mut store).await.unwrap();
+        };
+        for _ in 0..1000 {
+            instantiate_once().await;
+        }
+        let start = Instant::now();
+        for _ in 0..N {
+            instantiate_once().await;
+        }
+        let per = start.elapsed() / N;
+        println!(
+            "store + instantiate: {:.1} us per request (mean of {N}; target < 20 us)",
+            per.as_secs_f64() * 1e6
+        );
+    });
+}
+
+/// Spawns `skiff run` and times it to the first 200.
+fn cold_start(home: &Path, wasm: &str) -> Duration {
+    let port = free_port();
+    let url = format!("http://127.0.0.1:{port}/");
+    let start = Instant::now();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_skiff"))
+        .args(["run", wasm, "--listen", &format!("127.0.0.1:{port}")])
+        .env("SKIFF_HOME", home)
+        .env("RUST_LOG", "error")
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("starting skiff");
+    wait_for_200(&url, Duration::from_secs(30));
+    let elapsed = start.elapsed();
+    let _ = child.kill();
+    let _ = child.wait();
+    elapsed
+}

@@ -1,0 +1,125 @@
+//! Size limits on the bodies that cross the sandbox boundary: a request
+//! body larger than `max_request_body` fails the guest's read and the
+//! request gets 413; a response body larger than `max_response_body` is cut
+//! off so a guest cannot stream without end.
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{Context, Poll};
+use wasmtime_wasi_http::Error as HttpError;
+
+/// A body that fails once more than `limit` bytes have passed, recording
+/// that it did in `exceeded`.
+pub struct LimitedBody<B> {
+    inner: B,
+    remaining: u64,
+    limit: u64,
+    exceeded: Arc<AtomicBool>,
+    error: fn(u64) -> HttpError,
+}
+
+impl<B> LimitedBody<B> {
+    /// A request body: overflowing it is the client's fault.
+    pub fn request(inner: B, limit: u64, exceeded: Arc<AtomicBool>) -> LimitedBody<B> {
+        LimitedBody {
+            inner,
+            remaining: limit,
+            limit,
+            exceeded,
+            error: |limit| HttpError::HttpRequestBodySize(Some(limit)),
+        }
+    }
+
+    /// A response body: overflowing it is the guest's fault.
+    pub fn response(inner: B, limit: u64, exceeded: Arc<AtomicBool>) -> LimitedBody<B> {
+        LimitedBody {
+            inner,
+            remaining: limit,
+            limit,
+            exceeded,
+            error: |limit| HttpError::HttpResponseBodySize(Some(limit)),
+        }
+    }
+}
+
+impl<B> Body for LimitedBody<B>
+where
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: Into<HttpError>,
+{
+    type Data = Bytes;
+    type Error = HttpError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, HttpError>>> {
+        let this = self.get_mut();
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                let len = frame.data_ref().map_or(0, |d| d.len() as u64);
+                if len > this.remaining {
+                    this.remaining = 0;
+                    this.exceeded.store(true, Ordering::Release);
+                    return Poll::Ready(Some(Err((this.error)(this.limit))));
+                }
+                this.remaining -= len;
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e.into()))),
+            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// The `content-length` of `headers`, if present and valid.
+pub fn declared_length(headers: &http::HeaderMap) -> Option<u64> {
+    headers
+        .get(http::header::CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .parse()
+        .ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::{BodyExt, Full, StreamBody};
+
+    #[tokio::test]
+    async fn passes_bodies_within_the_limit() {
+        let flag = Arc::new(AtomicBool::new(false));
+        let body = Full::new(Bytes::from_static(b"hello"));
+        let limited = LimitedBody::request(body, 5, flag.clone());
+        let collected = limited.collect().await.unwrap().to_bytes();
+        assert_eq!(&collected[..], b"hello");
+        assert!(!flag.load(Ordering::Acquire));
+    }
+
+    #[tokio::test]
+    async fn fails_and_flags_past_the_limit() {
+        let flag = Arc::new(AtomicBool::new(false));
+        let chunks = (0..10).map(|_| Ok::<_, HttpError>(Frame::data(Bytes::from_static(b"xxxx"))));
+        let body = StreamBody::new(futures::stream::iter(chunks));
+        let limited = LimitedBody::response(body, 10, flag.clone());
+        let err = limited.collect().await.unwrap_err();
+        assert!(
+            matches!(err, HttpError::HttpResponseBodySize(Some(10))),
+            "{err:?}"
+        );
+        assert!(flag.load(Ordering::Acquire));
+    }
+}

@@ -1,0 +1,72 @@
+//! A guest that misbehaves on request, one attack per path, for the
+//! sandbox tests: `/loop`, `/memory`, `/recursion`, `/huge`, `/panic`,
+//! `/resources`, `/outbound-flood?URL`, `/fetch?URL`, `/read-body`, and
+//! `/ok` for a well-behaved answer.
+
+use skiff_sdk::http::StatusCode;
+use skiff_sdk::{Body, Request, Response, outbound};
+use std::hint::black_box;
+use std::io::Read;
+
+fn attack(request: Request) -> Response {
+    let arg = request.uri().query().unwrap_or("").to_string();
+    match request.uri().path() {
+        "/ok" => text(StatusCode::OK, "fine".into()),
+        "/loop" => {
+            let mut n: u64 = 0;
+            loop {
+                n = black_box(n.wrapping_add(1));
+            }
+        }
+        "/memory" => {
+            let mut hoard: Vec<Vec<u8>> = Vec::new();
+            loop {
+                hoard.push(vec![1u8; 1 << 20]);
+                black_box(&hoard);
+            }
+        }
+        "/recursion" => text(StatusCode::OK, recurse(black_box(1)).to_string()),
+        "/huge" => Response::new(Body::from_reader(std::io::repeat(b'x').take(1 << 30))),
+        "/panic" => panic!("deliberate panic"),
+        "/resources" => {
+            let mut held = Vec::new();
+            loop {
+                held.push(wasip2::http::types::Fields::new());
+                black_box(&held);
+            }
+        }
+        "/outbound-flood" => {
+            let (mut ok, mut refused) = (0, 0);
+            for _ in 0..1000 {
+                match outbound::get(&arg) {
+                    Ok(_) => ok += 1,
+                    Err(_) => refused += 1,
+                }
+            }
+            text(StatusCode::OK, format!("ok={ok} refused={refused}"))
+        }
+        "/fetch" => match outbound::get(&arg) {
+            Ok(response) => text(StatusCode::OK, format!("reached: {}", response.status())),
+            Err(e) => text(StatusCode::BAD_GATEWAY, format!("refused: {e}")),
+        },
+        "/read-body" => match request.into_body().bytes() {
+            Ok(bytes) => text(StatusCode::OK, format!("read {} bytes", bytes.len())),
+            Err(e) => text(StatusCode::BAD_REQUEST, format!("body failed: {e}")),
+        },
+        other => text(StatusCode::NOT_FOUND, format!("no attack {other}")),
+    }
+}
+
+#[allow(unconditional_recursion)]
+fn recurse(depth: u64) -> u64 {
+    let frame = black_box([depth; 64]);
+    recurse(black_box(frame[3] + 1)) + frame[7]
+}
+
+fn text(status: StatusCode, body: String) -> Response {
+    let mut response = Response::new(body.into());
+    *response.status_mut() = status;
+    response
+}
+
+skiff_sdk::export_handler!(attack);

@@ -1,0 +1,312 @@
+//! End to end: hostile guests are contained. Each attack fails only its
+//! own request, with a precise status and a logged reason, while a
+//! well-behaved component in the same process keeps serving.
+
+mod support;
+
+use skiff_test_guests as guests;
+use std::io::{Read, Write};
+use std::time::{Duration, Instant};
+use support::*;
+
+/// An app with the hostile guest at `/...`, hello at `/good`, and the probe
+/// at `/probe/...` with `data/` mounted; `allowed` is the hostile guest's
+/// `allowed_outbound_hosts`.
+fn hostile_app(dir: &std::path::Path, allowed: &str, extra_limits: &str) -> String {
+    let data = dir.join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    std::fs::write(data.join("ok.txt"), "inside").unwrap();
+    let _ = std::os::unix::fs::symlink("/etc/passwd", data.join("passwd-link"));
+    let _ = std::os::unix::fs::symlink("..", data.join("up"));
+    let manifest = write_manifest(
+        dir,
+        &format!(
+            r#"
+[app]
+name = "hostile"
+
+[component.hostile]
+source = {hostile}
+route = "/..."
+allowed_outbound_hosts = [{allowed}]
+[component.hostile.limits]
+memory = "32MiB"
+timeout = "2s"
+max_request_body = "1MiB"
+max_response_body = "8MiB"
+max_outbound_requests = 5
+{extra_limits}
+
+[component.good]
+source = {hello}
+route = "/good"
+
+[component.probe]
+source = {probe}
+route = "/probe/..."
+env = {{ ONLY_THIS = "1" }}
+files = [{{ source = "data", destination = "/data" }}]
+"#,
+            hostile = toml_path(guests::HOSTILE),
+            hello = toml_path(guests::HELLO),
+            probe = toml_path(guests::PROBE),
+        ),
+    );
+    manifest.to_str().unwrap().to_string()
+}
+
+fn start(allowed: &str) -> (Running, tempfile::TempDir, tempfile::TempDir) {
+    let home = temp_dir();
+    let dir = temp_dir();
+    let manifest = hostile_app(dir.path(), allowed, "");
+    (Running::start(home.path(), &[&manifest]), home, dir)
+}
+
+fn assert_neighbour_serves(skiff: &Running) {
+    assert_eq!(
+        get(&skiff.at("/good")),
+        (200, "Hello from Skiff!\n".to_string())
+    );
+}
+
+#[test]
+fn an_infinite_loop_times_out_while_neighbours_keep_serving() {
+    let (skiff, _h, _d) = start("");
+    let looping = {
+        let url = skiff.at("/loop");
+        std::thread::spawn(move || {
+            let started = Instant::now();
+            (get(&url), started.elapsed())
+        })
+    };
+    std::thread::sleep(Duration::from_millis(300));
+    let started = Instant::now();
+    assert_neighbour_serves(&skiff);
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "neighbour was held up"
+    );
+    let ((status, body), took) = looping.join().unwrap();
+    assert_eq!(status, 504, "{body}");
+    assert!(body.contains("timed out"), "{body}");
+    assert!(
+        took < Duration::from_secs(4),
+        "the 2s timeout fired late: {took:?}"
+    );
+    skiff.wait_for_stderr("reason=\"timeout\"");
+}
+
+#[test]
+fn a_memory_bomb_hits_its_cap_and_fails_alone() {
+    let (skiff, _h, _d) = start("");
+    let (status, body) = get(&skiff.at("/memory"));
+    assert_eq!(status, 500);
+    assert!(body.contains("exceeded its memory limit"), "{body}");
+    skiff.wait_for_stderr("reason=\"memory_limit\"");
+    assert_neighbour_serves(&skiff);
+}
+
+#[test]
+fn unbounded_recursion_panics_and_table_exhaustion_trap_alone() {
+    let (skiff, _h, _d) = start("");
+    for attack in ["/recursion", "/panic", "/resources"] {
+        let (status, body) = get(&skiff.at(attack));
+        assert_eq!(status, 500, "{attack}: {body}");
+        assert!(body.contains("trapped"), "{attack}: {body}");
+        assert_neighbour_serves(&skiff);
+    }
+    skiff.wait_for_stderr("resource table has no free keys");
+    skiff.wait_for_stderr("[hostile] deliberate panic");
+}
+
+#[test]
+fn a_gigabyte_response_is_cut_off_at_the_response_limit() {
+    let (skiff, _h, _d) = start("");
+    let mut response = http().get(&skiff.at("/huge")).call().unwrap();
+    let mut received = 0u64;
+    let mut buf = vec![0u8; 1 << 16];
+    let mut reader = response.body_mut().with_config().limit(u64::MAX).reader();
+    while let Ok(n) = reader.read(&mut buf) {
+        if n == 0 {
+            break;
+        }
+        received += n as u64;
+    }
+    assert!(
+        received <= 8 << 20,
+        "received {received} bytes past the 8 MiB limit"
+    );
+    skiff.wait_for_stderr("reason=\"response_too_large\"");
+    assert_neighbour_serves(&skiff);
+}
+
+#[test]
+fn an_outbound_flood_is_capped_per_instance() {
+    let upstream = Upstream::start("pong");
+    let allowed = format!("\"http://{}\"", upstream.addr);
+    let (skiff, _h, _d) = start(&allowed);
+    let target = format!("/outbound-flood?http://{}/", upstream.addr);
+    assert_eq!(
+        get(&skiff.at(&target)),
+        (200, "ok=5 refused=995".to_string())
+    );
+    assert_eq!(upstream.hits(), 5);
+    let log = skiff.wait_for_stderr("max_outbound_requests reached");
+    assert_eq!(
+        log.matches("max_outbound_requests reached").count(),
+        1,
+        "{log}"
+    );
+    assert_neighbour_serves(&skiff);
+}
+
+#[test]
+fn outbound_to_a_host_not_allowed_is_denied() {
+    let upstream = Upstream::start("pong");
+    let (skiff, _h, _d) = start("\"https://api.example.com\"");
+    let (status, body) = get(&skiff.at(&format!("/fetch?http://{}/", upstream.addr)));
+    assert_eq!(status, 502);
+    assert!(body.contains("denied"), "{body}");
+    assert_eq!(upstream.hits(), 0);
+}
+
+#[test]
+fn internal_addresses_are_refused_unless_named_even_under_a_wildcard() {
+    let upstream = Upstream::start("pong");
+    let port = upstream.addr.rsplit(':').next().unwrap().to_string();
+    let (skiff, _h, _d) = start("\"http://*:*\"");
+    for target in [
+        format!("http://{}/", upstream.addr),
+        format!("http://localhost:{port}/"),
+        "http://169.254.169.254/latest/meta-data/".to_string(),
+        "http://[::1]/".to_string(),
+        "http://10.0.0.1/".to_string(),
+    ] {
+        let (status, body) = get(&skiff.at(&format!("/fetch?{target}")));
+        assert_eq!(status, 502, "{target}: {body}");
+        assert!(body.contains("DestinationIpProhibited"), "{target}: {body}");
+    }
+    assert_eq!(
+        upstream.hits(),
+        0,
+        "no connection reached the loopback server"
+    );
+    drop(skiff);
+
+    // Named explicitly, the same loopback server is reachable.
+    let (skiff, _h, _d) = start(&format!("\"http://{}\"", upstream.addr));
+    let (status, body) = get(&skiff.at(&format!("/fetch?http://{}/", upstream.addr)));
+    assert_eq!((status, body.as_str()), (200, "reached: 200 OK"));
+}
+
+#[test]
+fn files_and_env_stay_inside_what_was_granted() {
+    let (skiff, _h, _d) = start("");
+    assert_eq!(get(&skiff.at("/probe/env")).1, "ONLY_THIS=1\n");
+    assert_eq!(
+        get(&skiff.at("/probe/read?/data/ok.txt")),
+        (200, "inside".into())
+    );
+    for escape in [
+        "/etc/passwd",
+        "/data/../../../etc/passwd",
+        "/data/passwd-link",
+        "/data/up/skiff.toml",
+        "/data/up/../../etc/passwd",
+    ] {
+        let (status, body) = get(&skiff.at(&format!("/probe/read?{escape}")));
+        assert_eq!(status, 403, "{escape} leaked: {body}");
+    }
+    let (status, _) = get(&skiff.at("/probe/write?/data/ok.txt"));
+    assert_eq!(status, 403, "the mount is read-only");
+    assert_eq!(get(&skiff.at("/probe/read?/data/ok.txt")).1, "inside");
+}
+
+#[test]
+fn oversized_request_bodies_get_413_declared_or_streamed() {
+    let (skiff, _h, _d) = start("");
+    let body = vec![7u8; 2 << 20];
+    let response = http()
+        .post(&skiff.at("/read-body"))
+        .send(&body[..])
+        .unwrap();
+    assert_eq!(response.status(), 413);
+    // Chunked: no length up front, so the limit trips mid-stream.
+    let chunked = std::io::Cursor::new(body);
+    let response = http()
+        .post(&skiff.at("/read-body"))
+        .send(ureq::SendBody::from_reader(&mut { chunked }))
+        .unwrap();
+    assert_eq!(response.status(), 413);
+    let ok = http()
+        .post(&skiff.at("/read-body"))
+        .send(&[1u8; 1000][..])
+        .unwrap();
+    assert_eq!(ok.status(), 200);
+    assert_neighbour_serves(&skiff);
+}
+
+#[test]
+fn a_slow_drip_body_is_bounded_by_the_timeout() {
+    let (skiff, _h, _d) = start("");
+    let addr = skiff.url.trim_start_matches("http://").to_string();
+    let mut stream = std::net::TcpStream::connect(&addr).unwrap();
+    stream
+        .write_all(b"POST /read-body HTTP/1.1\r\nhost: x\r\ncontent-length: 100\r\n\r\n")
+        .unwrap();
+    let started = Instant::now();
+    let dripper = {
+        let mut stream = stream.try_clone().unwrap();
+        std::thread::spawn(move || {
+            for _ in 0..20 {
+                if stream.write_all(b"x").is_err() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(250));
+            }
+        })
+    };
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut head = [0u8; 12];
+    stream.read_exact(&mut head).unwrap();
+    assert_eq!(&head, b"HTTP/1.1 504", "{}", String::from_utf8_lossy(&head));
+    assert!(started.elapsed() < Duration::from_secs(4));
+    assert_neighbour_serves(&skiff);
+    drop(stream);
+    dripper.join().unwrap();
+}
+
+#[test]
+fn past_the_concurrency_limit_requests_get_503_with_retry_after() {
+    let home = temp_dir();
+    let dir = temp_dir();
+    let manifest = write_manifest(
+        dir.path(),
+        &format!(
+            "[app]\nname = \"busy\"\n[component.probe]\nsource = {}\nroute = \"/...\"\n[component.probe.limits]\nmax_concurrency = 1\nmax_queued = 1\n",
+            toml_path(guests::PROBE)
+        ),
+    );
+    let skiff = Running::start(home.path(), &[manifest.to_str().unwrap()]);
+    let slow: Vec<_> = (0..2)
+        .map(|_| {
+            let url = skiff.at("/sleep?800");
+            let handle = std::thread::spawn(move || get(&url).0);
+            std::thread::sleep(Duration::from_millis(150));
+            handle
+        })
+        .collect();
+    let response = http().get(&skiff.at("/sleep?1")).call().unwrap();
+    assert_eq!(response.status(), 503);
+    assert_eq!(response.headers().get("retry-after").unwrap(), "1");
+    for handle in slow {
+        assert_eq!(
+            handle.join().unwrap(),
+            200,
+            "running and queued requests finish"
+        );
+    }
+    skiff.wait_for_stderr("reason=\"overloaded\"");
+}
