@@ -21,16 +21,19 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+mod support;
+use support::{WrkRun, wrk, wrk_available};
+
 const CONNECTIONS: u32 = 64;
 
 fn main() {
-    let seconds: u32 = env_or("SKIFF_BENCH_SECONDS", 10);
+    let seconds = u64::from(env_or("SKIFF_BENCH_SECONDS", 10));
     let rounds: u32 = env_or("SKIFF_BENCH_ROUNDS", 3);
     let wasm = skiff_test_guests::HELLO;
     let home = tempfile::tempdir().unwrap();
 
     println!("== throughput: hello, {CONNECTIONS} connections, {seconds}s x {rounds} rounds");
-    if Command::new("wrk").arg("--version").output().is_err() {
+    if !wrk_available() {
         println!("wrk not found: apt-get install wrk");
         return;
     }
@@ -44,11 +47,11 @@ fn main() {
     let mut skiff_runs = Vec::new();
     let mut wasmtime_runs = Vec::new();
     for round in 1..=rounds {
-        let run = wrk(&skiff.url, seconds);
+        let run = wrk(&skiff.url, 2, CONNECTIONS, seconds);
         println!("round {round} skiff:    {run}");
         skiff_runs.push(run);
         if let Some(wasmtime) = &wasmtime {
-            let run = wrk(&wasmtime.url, seconds);
+            let run = wrk(&wasmtime.url, 2, CONNECTIONS, seconds);
             println!("round {round} wasmtime: {run}");
             wasmtime_runs.push(run);
         }
@@ -178,81 +181,6 @@ fn get_status(url: &str) -> Option<u16> {
     agent.get(url).call().ok().map(|r| r.status().as_u16())
 }
 
-/// One `wrk` run's figures.
-#[derive(Debug, Clone, Copy)]
-struct WrkRun {
-    requests_per_sec: f64,
-    p50_ms: f64,
-    p99_ms: f64,
-    errors: u64,
-}
-
-impl std::fmt::Display for WrkRun {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "{:>9.0} req/s  p50 {:>6.2} ms  p99 {:>6.2} ms  errors {}",
-            self.requests_per_sec, self.p50_ms, self.p99_ms, self.errors
-        )
-    }
-}
-
-impl WrkRun {
-    fn median(runs: &[WrkRun]) -> WrkRun {
-        let mut sorted = runs.to_vec();
-        sorted.sort_by(|a, b| a.requests_per_sec.total_cmp(&b.requests_per_sec));
-        sorted[sorted.len() / 2]
-    }
-}
-
-fn wrk(url: &str, seconds: u32) -> WrkRun {
-    let output = Command::new("wrk")
-        .args([
-            "-t2",
-            &format!("-c{CONNECTIONS}"),
-            &format!("-d{seconds}s"),
-            "--latency",
-            url,
-        ])
-        .output()
-        .expect("running wrk");
-    let text = String::from_utf8_lossy(&output.stdout);
-    let field = |prefix: &str| -> Option<&str> {
-        text.lines()
-            .map(str::trim)
-            .find_map(|l| l.strip_prefix(prefix))
-            .map(str::trim)
-    };
-    let errors = text
-        .lines()
-        .filter(|l| l.contains("Socket errors") || l.contains("Non-2xx"))
-        .flat_map(|l| l.split(|c: char| !c.is_ascii_digit()))
-        .filter_map(|n| n.parse::<u64>().ok())
-        .sum();
-    WrkRun {
-        requests_per_sec: field("Requests/sec:")
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0.0),
-        p50_ms: field("50%").map(parse_wrk_duration).unwrap_or(f64::NAN),
-        p99_ms: field("99%").map(parse_wrk_duration).unwrap_or(f64::NAN),
-        errors,
-    }
-}
-
-/// `"1.23ms"`, `"456.00us"`, `"1.02s"` -> milliseconds.
-fn parse_wrk_duration(text: &str) -> f64 {
-    let (number, scale) = if let Some(n) = text.strip_suffix("us") {
-        (n, 0.001)
-    } else if let Some(n) = text.strip_suffix("ms") {
-        (n, 1.0)
-    } else if let Some(n) = text.strip_suffix('s') {
-        (n, 1000.0)
-    } else {
-        (text, 1.0)
-    };
-    number.parse::<f64>().unwrap_or(f64::NAN) * scale
-}
-
 /// Mean time to create a store with the component's grants and instantiate.
 fn instantiation(home: &Path, wasm: &str) {
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -269,7 +197,11 @@ fn instantiation(home: &Path, wasm: &str) {
         const N: u32 = 20_000;
         let instantiate_once = || async {
             let mut store = skiff_runtime::invoke::new_store(component, &sink).unwrap();
-            component.proxy_pre().instantiate_async(&mut store).await.unwrap();
+            component
+                .proxy_pre()
+                .instantiate_async(&mut store)
+                .await
+                .unwrap();
         };
         for _ in 0..1000 {
             instantiate_once().await;

@@ -2,9 +2,12 @@
 //! or a bare `.wasm` component) into a manifest, and running the
 //! components' build commands.
 
+use crate::home;
+use crate::registry::{self, Registry};
 use anyhow::{Context, bail};
 use skiff_runtime::Manifest;
 use skiff_runtime::manifest::MANIFEST_FILE;
+use skiff_runtime::package::{self, Store, StoreError};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -57,6 +60,34 @@ impl AppSource {
             .map(Path::to_path_buf)
             .unwrap_or_default();
         Ok(AppSource { manifest, base_dir })
+    }
+
+    /// Resolves `reference` in the local package store, pulling it first
+    /// when it names a registry and is not there yet. The package is
+    /// verified and its file layers unpacked.
+    ///
+    /// # Errors
+    ///
+    /// An unknown reference, a failed pull, or a package that fails
+    /// verification.
+    pub fn from_package(reference: &str) -> anyhow::Result<AppSource> {
+        let store = Store::open(&home::store_dir())?;
+        let descriptor = match store.resolve(reference) {
+            Ok(descriptor) => descriptor,
+            Err(StoreError::UnknownReference { .. }) if registry::is_remote(reference) => {
+                let registry = Registry::for_reference(reference)?;
+                tokio::runtime::Runtime::new()
+                    .context("failed to start the async runtime")?
+                    .block_on(registry.pull(&store))?
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let manifest = package::open(&store, &descriptor.digest)
+            .with_context(|| format!("cannot run package {reference}"))?;
+        Ok(AppSource {
+            manifest,
+            base_dir: PathBuf::from("/"),
+        })
     }
 
     /// Runs every component's `build` command in turn, output streaming to

@@ -18,3 +18,13 @@ pub fn skiff_home() -> PathBuf {
 pub fn cache_dir() -> PathBuf {
     skiff_home().join("cache")
 }
+
+/// The local package store.
+pub fn store_dir() -> PathBuf {
+    skiff_home().join("store")
+}
+
+/// Saved registry credentials (`skiff login`).
+pub fn credentials_file() -> PathBuf {
+    skiff_home().join("credentials.json")
+}

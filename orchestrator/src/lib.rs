@@ -7,4 +7,6 @@
 
 pub mod app_source;
 pub mod cli;
+pub mod credentials;
 pub mod home;
+pub mod registry;

@@ -19,6 +19,7 @@ pub mod instance;
 pub mod invoke;
 pub mod limits;
 pub mod manifest;
+pub mod package;
 pub mod route;
 pub mod server;
 

@@ -6,7 +6,7 @@ pub use units::{ByteSize, DurationSpec};
 
 use crate::capability::outbound_http::OutboundHost;
 use crate::route::Route;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -48,7 +48,7 @@ pub enum ManifestError {
 }
 
 /// A parsed `skiff.toml`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Manifest {
     /// `[app]`: the app's identity.
@@ -59,7 +59,7 @@ pub struct Manifest {
 }
 
 /// `[app]`
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AppInfo {
     /// `name = "hello"`: lower-case letters, digits and `-`.
@@ -77,7 +77,7 @@ fn default_version() -> String {
 }
 
 /// `[component.<name>]`
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ComponentSpec {
     /// `source = "target/wasm32-wasip2/release/hello.wasm"`: the component's
@@ -85,11 +85,11 @@ pub struct ComponentSpec {
     pub source: PathBuf,
     /// `build = "cargo build --target wasm32-wasip2 --release"`: run by
     /// `skiff run --build` through `sh -c`, in `workdir`.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub build: Option<String>,
     /// `workdir = "."`: where `build` runs, relative to the manifest's
     /// directory; default the manifest's directory.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub workdir: Option<PathBuf>,
     /// `route = "/api/..."`: exact (`/x`), prefix (`/x/...`) or everything
     /// (`/...`). A component without a route is not reachable from outside.
@@ -113,7 +113,7 @@ pub struct ComponentSpec {
 }
 
 /// One read-only directory mount.
-#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct FileMount {
     /// Host directory, relative to the manifest's directory.
@@ -123,7 +123,7 @@ pub struct FileMount {
 }
 
 /// `[component.<name>.limits]`: what one instance of the component may use.
-#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields, default)]
 pub struct Limits {
     /// `memory = "128MiB"`: linear memory cap per instance; growth past it
@@ -170,8 +170,8 @@ impl Default for Limits {
 
 /// A name of an app or component: `[a-z0-9][a-z0-9-]*`, at most 63 bytes, so
 /// it can appear in DNS names (`<component>.<app>.skiff.internal`).
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Deserialize)]
-#[serde(try_from = "String")]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
 pub struct ComponentName(String);
 
 impl ComponentName {
@@ -198,6 +198,12 @@ impl TryFrom<String> for ComponentName {
             ));
         }
         Ok(ComponentName(name))
+    }
+}
+
+impl From<ComponentName> for String {
+    fn from(name: ComponentName) -> String {
+        name.0
     }
 }
 
@@ -289,7 +295,11 @@ impl Manifest {
 
     /// Checks that need the whole manifest: at least one component, no two
     /// components on one route, sane limits and mounts.
-    fn validate(&self) -> Result<(), String> {
+    ///
+    /// # Errors
+    ///
+    /// A message naming the components and keys at fault.
+    pub fn validate(&self) -> Result<(), String> {
         if self.component.is_empty() {
             return Err(
                 "no components: add a [component.<name>] table with a `source`".to_string(),

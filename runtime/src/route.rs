@@ -1,12 +1,12 @@
 //! Routes (`/x`, `/x/...`, `/...`) and the router that picks the component
 //! for a request path: an exact route wins, then the longest prefix.
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use std::fmt;
 
 /// A route a component serves, as written in the manifest.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Deserialize)]
-#[serde(try_from = "String")]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
 pub enum Route {
     /// `/x`: only this exact path.
     Exact(String),
@@ -59,6 +59,12 @@ impl TryFrom<String> for Route {
             text
         };
         Ok(Route::Exact(exact))
+    }
+}
+
+impl From<Route> for String {
+    fn from(route: Route) -> String {
+        route.to_string()
     }
 }
 

@@ -1,6 +1,8 @@
 //! The `skiff` command line: argument parsing and dispatch to one module per
 //! subcommand.
 
+mod package;
+mod registry;
 mod run;
 
 use clap::{Parser, Subcommand};
@@ -19,6 +21,23 @@ enum Command {
     /// Serve an app locally: a skiff.toml, a directory holding one, or a
     /// bare .wasm component.
     Run(run::RunArgs),
+    /// Run each component's build command.
+    Build(package::BuildArgs),
+    /// Pack an app into a content-addressed package in the local store.
+    Pack(package::PackArgs),
+    /// List the packages in the local store.
+    #[command(alias = "packages")]
+    Images,
+    /// Remove a package (by tag or digest) from the local store.
+    Rmi(package::RmiArgs),
+    /// Give a package another tag, e.g. its registry location.
+    Tag(package::TagArgs),
+    /// Push a package to an OCI registry.
+    Push(registry::PushArgs),
+    /// Pull a package from an OCI registry.
+    Pull(registry::PullArgs),
+    /// Save credentials for an OCI registry.
+    Login(registry::LoginArgs),
 }
 
 /// Parses the command line, runs the command, and turns errors into a
@@ -28,6 +47,14 @@ pub fn main() -> ExitCode {
     init_logging();
     let result = match cli.command {
         Command::Run(args) => run::run(args),
+        Command::Build(args) => package::build(args),
+        Command::Pack(args) => package::pack(args),
+        Command::Images => package::images(),
+        Command::Rmi(args) => package::rmi(args),
+        Command::Tag(args) => package::tag(args),
+        Command::Push(args) => registry::push(args),
+        Command::Pull(args) => registry::pull(args),
+        Command::Login(args) => registry::login(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

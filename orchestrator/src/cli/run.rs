@@ -14,9 +14,10 @@ use std::time::Instant;
 /// Arguments of `skiff run`.
 #[derive(Debug, clap::Args)]
 pub struct RunArgs {
-    /// A skiff.toml, a directory holding one, or a .wasm component.
+    /// A skiff.toml, a directory holding one, a .wasm component, or a
+    /// package reference (`name:tag`, `sha256:...`, `registry/repo:tag`).
     #[arg(default_value = ".")]
-    path: PathBuf,
+    path: String,
     /// Address to serve on.
     #[arg(long, default_value = "127.0.0.1:3000")]
     listen: SocketAddr,
@@ -27,12 +28,23 @@ pub struct RunArgs {
 
 /// Runs `skiff run`.
 pub fn run(args: RunArgs) -> anyhow::Result<()> {
-    let source = AppSource::open(&args.path)?;
+    let path = PathBuf::from(&args.path);
+    let source = if path.exists() || looks_like_path(&args.path) {
+        AppSource::open(&path)?
+    } else {
+        AppSource::from_package(&args.path)?
+    };
     if args.build {
         source.build()?;
     }
     let runtime = tokio::runtime::Runtime::new().context("failed to start the async runtime")?;
     runtime.block_on(serve(source, args.listen))
+}
+
+/// Paths that do not exist still read as paths (and get a "does not exist"
+/// error) when they could not be a package reference.
+fn looks_like_path(arg: &str) -> bool {
+    arg.starts_with('.') || arg.starts_with('/') || arg.ends_with(".wasm") || arg.ends_with(".toml")
 }
 
 async fn serve(source: AppSource, listen: SocketAddr) -> anyhow::Result<()> {

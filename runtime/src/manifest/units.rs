@@ -1,18 +1,18 @@
 //! Human-friendly quantities in the manifest: byte sizes (`"64MiB"`) and
 //! durations (`"30s"`), parsed by `bytesize` and `humantime`.
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::time::Duration;
 
 /// A number of bytes, written `"64MiB"`, `"1GiB"`, `"512KiB"` or `"1000"`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Deserialize)]
-#[serde(try_from = "SizeInput")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(try_from = "SizeInput", into = "u64")]
 pub struct ByteSize(u64);
 
 /// A span of time, written `"30s"`, `"500ms"` or `"2m"`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Deserialize)]
-#[serde(try_from = "String")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
 pub struct DurationSpec(Duration);
 
 /// Byte sizes may be given as a string with a unit or as a bare integer.
@@ -49,6 +49,18 @@ impl TryFrom<SizeInput> for ByteSize {
                     format!("invalid size {text:?}: write a number with a unit, such as \"64MiB\"")
                 }),
         }
+    }
+}
+
+impl From<ByteSize> for u64 {
+    fn from(size: ByteSize) -> u64 {
+        size.0
+    }
+}
+
+impl From<DurationSpec> for String {
+    fn from(duration: DurationSpec) -> String {
+        duration.to_string()
     }
 }
 

@@ -2,14 +2,14 @@
 //! entries, and which internal addresses (loopback, private, link-local)
 //! they name explicitly.
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::net::IpAddr;
 
 /// One `allowed_outbound_hosts` entry: `scheme://host[:port]`, where scheme,
 /// host and port may each be `*`, and host may be `*.example.com`.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(try_from = "String")]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
 pub struct OutboundHost {
     scheme: Option<String>,
     host: HostPattern,
@@ -80,6 +80,12 @@ impl TryFrom<String> for OutboundHost {
             port,
             text,
         })
+    }
+}
+
+impl From<OutboundHost> for String {
+    fn from(host: OutboundHost) -> String {
+        host.text
     }
 }
 

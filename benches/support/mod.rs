@@ -1,0 +1,95 @@
+//! Shared by the benchmark programs: running `wrk` and reading its figures.
+
+#![allow(dead_code)]
+
+use std::process::Command;
+
+/// One `wrk` run's figures.
+#[derive(Debug, Clone, Copy)]
+pub struct WrkRun {
+    /// Requests per second.
+    pub requests_per_sec: f64,
+    /// Median latency, ms.
+    pub p50_ms: f64,
+    /// 99th percentile latency, ms.
+    pub p99_ms: f64,
+    /// Socket errors plus non-2xx responses.
+    pub errors: u64,
+}
+
+impl std::fmt::Display for WrkRun {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{:>9.0} req/s  p50 {:>6.2} ms  p99 {:>6.2} ms  errors {}",
+            self.requests_per_sec, self.p50_ms, self.p99_ms, self.errors
+        )
+    }
+}
+
+impl WrkRun {
+    /// The run with the median requests/s.
+    pub fn median(runs: &[WrkRun]) -> WrkRun {
+        let mut sorted = runs.to_vec();
+        sorted.sort_by(|a, b| a.requests_per_sec.total_cmp(&b.requests_per_sec));
+        sorted[sorted.len() / 2]
+    }
+}
+
+/// Whether `wrk` is installed.
+pub fn wrk_available() -> bool {
+    Command::new("wrk").arg("--version").output().is_ok()
+}
+
+/// Runs `wrk` against `url` with `threads` threads, `connections`
+/// connections, for `seconds`.
+pub fn wrk(url: &str, threads: u32, connections: u32, seconds: u64) -> WrkRun {
+    let output = Command::new("wrk")
+        .args([
+            &format!("-t{threads}"),
+            &format!("-c{connections}"),
+            &format!("-d{seconds}s"),
+            "--latency",
+            url,
+        ])
+        .output()
+        .expect("running wrk");
+    parse(&String::from_utf8_lossy(&output.stdout))
+}
+
+fn parse(text: &str) -> WrkRun {
+    let field = |prefix: &str| -> Option<&str> {
+        text.lines()
+            .map(str::trim)
+            .find_map(|l| l.strip_prefix(prefix))
+            .map(str::trim)
+    };
+    let errors = text
+        .lines()
+        .filter(|l| l.contains("Socket errors") || l.contains("Non-2xx"))
+        .flat_map(|l| l.split(|c: char| !c.is_ascii_digit()))
+        .filter_map(|n| n.parse::<u64>().ok())
+        .sum();
+    WrkRun {
+        requests_per_sec: field("Requests/sec:")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0.0),
+        p50_ms: field("50%").map_or(f64::NAN, duration_ms),
+        p99_ms: field("99%").map_or(f64::NAN, duration_ms),
+        errors,
+    }
+}
+
+/// `"1.23ms"`, `"456.00us"`, `"1.02s"` -> milliseconds.
+fn duration_ms(text: &str) -> f64 {
+    let (number, scale) = if let Some(n) = text.strip_suffix("us") {
+        (n, 0.001)
+    } else if let Some(n) = text.strip_suffix("ms") {
+        (n, 1.0)
+    } else if let Some(n) = text.strip_suffix('s') {
+        (n, 1000.0)
+    } else {
+        (text, 1.0)
+    };
+    number.parse::<f64>().unwrap_or(f64::NAN) * scale
+}

@@ -1,0 +1,344 @@
+//! The local package store, `$SKIFF_HOME/store`: an OCI image layout
+//! (`oci-layout`, `index.json`, `blobs/sha256/...`). Blobs are written
+//! atomically and verified against their digest on every read, so a
+//! tampered or truncated blob is refused and never loaded.
+
+use super::Digest;
+use super::oci::{Descriptor, ImageIndex, ImageManifest, REF_NAME_ANNOTATION};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+/// Why the store could not do what was asked.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// File system trouble.
+    #[error("package store {}: {source}", path.display())]
+    Io {
+        /// The file involved.
+        path: PathBuf,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// A blob a package refers to is absent.
+    #[error("blob {digest} is missing from the package store; pack or pull the package again")]
+    Missing {
+        /// The blob.
+        digest: Digest,
+    },
+    /// A blob's content does not match its digest.
+    #[error(
+        "blob {digest} is corrupt (its content hashes to {actual}); remove the package with `skiff rmi` and pack or pull it again"
+    )]
+    Corrupt {
+        /// The digest it should have.
+        digest: Digest,
+        /// The digest it has.
+        actual: Digest,
+    },
+    /// No package has this reference.
+    #[error("no package {reference:?} in the local store; see `skiff images`")]
+    UnknownReference {
+        /// The reference asked for.
+        reference: String,
+    },
+    /// `index.json` or a manifest is not valid JSON of the right shape.
+    #[error("package store {}: {message}", path.display())]
+    Format {
+        /// The file involved.
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+/// The local package store.
+pub struct Store {
+    root: PathBuf,
+}
+
+/// Adds `:latest` to a reference without a tag; digests pass unchanged.
+pub fn normalize_reference(reference: &str) -> String {
+    if reference.starts_with("sha256:") || reference.contains('@') {
+        return reference.to_string();
+    }
+    let last = reference.rsplit('/').next().unwrap_or(reference);
+    if last.contains(':') {
+        reference.to_string()
+    } else {
+        format!("{reference}:latest")
+    }
+}
+
+impl Store {
+    /// Opens (creating if needed) the store at `root`.
+    ///
+    /// # Errors
+    ///
+    /// When the directories cannot be created.
+    pub fn open(root: &Path) -> Result<Store, StoreError> {
+        let blobs = root.join("blobs/sha256");
+        std::fs::create_dir_all(&blobs).map_err(|source| StoreError::Io {
+            path: blobs.clone(),
+            source,
+        })?;
+        let layout = root.join("oci-layout");
+        if !layout.exists() {
+            write_atomic(&layout, br#"{"imageLayoutVersion":"1.0.0"}"#)?;
+        }
+        Ok(Store {
+            root: root.to_path_buf(),
+        })
+    }
+
+    /// Where blob `digest` lives.
+    pub fn blob_path(&self, digest: &Digest) -> PathBuf {
+        self.root.join("blobs/sha256").join(digest.hex())
+    }
+
+    /// Stores `bytes`, returning their digest.
+    ///
+    /// # Errors
+    ///
+    /// When the blob cannot be written.
+    pub fn put(&self, bytes: &[u8]) -> Result<Digest, StoreError> {
+        let digest = Digest::of(bytes);
+        let path = self.blob_path(&digest);
+        if !path.exists() {
+            write_atomic(&path, bytes)?;
+        }
+        Ok(digest)
+    }
+
+    /// Stores `bytes` only if they hash to `expected` (a pulled blob).
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::Corrupt`] on a mismatch, leaving the store unchanged.
+    pub fn put_verified(&self, expected: &Digest, bytes: &[u8]) -> Result<(), StoreError> {
+        let actual = Digest::of(bytes);
+        if &actual != expected {
+            return Err(StoreError::Corrupt {
+                digest: expected.clone(),
+                actual,
+            });
+        }
+        self.put(bytes).map(drop)
+    }
+
+    /// Whether blob `digest` is present (not checked for damage).
+    pub fn has(&self, digest: &Digest) -> bool {
+        self.blob_path(digest).is_file()
+    }
+
+    /// Reads blob `digest`, verifying it.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::Missing`] or [`StoreError::Corrupt`].
+    pub fn read(&self, digest: &Digest) -> Result<Vec<u8>, StoreError> {
+        let path = self.blob_path(digest);
+        let bytes = std::fs::read(&path).map_err(|source| {
+            if source.kind() == std::io::ErrorKind::NotFound {
+                StoreError::Missing {
+                    digest: digest.clone(),
+                }
+            } else {
+                StoreError::Io { path, source }
+            }
+        })?;
+        let actual = Digest::of(&bytes);
+        if &actual != digest {
+            return Err(StoreError::Corrupt {
+                digest: digest.clone(),
+                actual,
+            });
+        }
+        Ok(bytes)
+    }
+
+    /// Reads and parses the image manifest `digest`.
+    ///
+    /// # Errors
+    ///
+    /// As [`Store::read`], or a manifest that does not parse.
+    pub fn manifest(&self, digest: &Digest) -> Result<ImageManifest, StoreError> {
+        let bytes = self.read(digest)?;
+        serde_json::from_slice(&bytes).map_err(|e| StoreError::Format {
+            path: self.blob_path(digest),
+            message: format!("not an OCI image manifest: {e}"),
+        })
+    }
+
+    /// Every tag and the manifest it names.
+    ///
+    /// # Errors
+    ///
+    /// When `index.json` cannot be read.
+    pub fn list(&self) -> Result<Vec<(String, Descriptor)>, StoreError> {
+        Ok(self
+            .index()?
+            .manifests
+            .into_iter()
+            .filter_map(|d| {
+                let name = d.annotations.get(REF_NAME_ANNOTATION)?.clone();
+                Some((name, d))
+            })
+            .collect())
+    }
+
+    /// The manifest `reference` names: a tag (`name:tag`) or a digest.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::UnknownReference`].
+    pub fn resolve(&self, reference: &str) -> Result<Descriptor, StoreError> {
+        let wanted = normalize_reference(reference);
+        let found = self
+            .list()?
+            .into_iter()
+            .find(|(name, d)| *name == wanted || d.digest.as_str() == wanted);
+        found
+            .map(|(_, d)| d)
+            .ok_or_else(|| StoreError::UnknownReference {
+                reference: reference.to_string(),
+            })
+    }
+
+    /// Points `reference` at the manifest `descriptor`, replacing any
+    /// previous target of that tag.
+    ///
+    /// # Errors
+    ///
+    /// When `index.json` cannot be written.
+    pub fn tag(&self, reference: &str, descriptor: &Descriptor) -> Result<(), StoreError> {
+        let name = normalize_reference(reference);
+        let mut index = self.index()?;
+        index
+            .manifests
+            .retain(|d| d.annotations.get(REF_NAME_ANNOTATION) != Some(&name));
+        let mut entry = descriptor.clone();
+        entry
+            .annotations
+            .insert(REF_NAME_ANNOTATION.to_string(), name);
+        index.manifests.push(entry);
+        index.manifests.sort_by(|a, b| {
+            a.annotations
+                .get(REF_NAME_ANNOTATION)
+                .cmp(&b.annotations.get(REF_NAME_ANNOTATION))
+        });
+        self.write_index(&index)
+    }
+
+    /// Removes the tag `reference`, then every blob no remaining tag needs.
+    /// Returns the removed tag's descriptor.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::UnknownReference`], or I/O errors.
+    pub fn remove(&self, reference: &str) -> Result<Descriptor, StoreError> {
+        let target = self.resolve(reference)?;
+        let wanted = normalize_reference(reference);
+        let mut index = self.index()?;
+        // By digest: every tag of that package goes; by tag: only that tag.
+        let by_digest = wanted.starts_with("sha256:");
+        index.manifests.retain(|d| {
+            if by_digest {
+                d.digest != target.digest
+            } else {
+                d.annotations.get(REF_NAME_ANNOTATION) != Some(&wanted)
+            }
+        });
+        self.write_index(&index)?;
+        self.collect_garbage(&index);
+        Ok(target)
+    }
+
+    /// Deletes blobs no manifest in `index` refers to (best effort).
+    fn collect_garbage(&self, index: &ImageIndex) {
+        let mut live = std::collections::BTreeSet::new();
+        for entry in &index.manifests {
+            live.insert(entry.digest.hex().to_string());
+            if let Ok(manifest) = self.manifest(&entry.digest) {
+                live.insert(manifest.config.digest.hex().to_string());
+                live.extend(manifest.layers.iter().map(|l| l.digest.hex().to_string()));
+            }
+        }
+        let Ok(entries) = std::fs::read_dir(self.root.join("blobs/sha256")) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if !live.contains(&name) {
+                let _ = std::fs::remove_file(entry.path());
+                let _ = std::fs::remove_dir_all(self.root.join("unpacked").join(&name));
+            }
+        }
+    }
+
+    /// The directory holding file layer `digest` unpacked, unpacking it
+    /// (after verifying the blob) the first time.
+    ///
+    /// # Errors
+    ///
+    /// A missing or corrupt blob, or a layer that fails to unpack.
+    pub fn unpacked(&self, digest: &Digest) -> Result<PathBuf, StoreError> {
+        let dir = self.root.join("unpacked").join(digest.hex());
+        if dir.join(".complete").exists() {
+            return Ok(dir);
+        }
+        let layer = self.read(digest)?;
+        let io = |path: &Path| {
+            let path = path.to_path_buf();
+            move |source| StoreError::Io { path, source }
+        };
+        let staging = self
+            .root
+            .join("unpacked")
+            .join(format!(".{}.tmp", digest.hex()));
+        let _ = std::fs::remove_dir_all(&staging);
+        std::fs::create_dir_all(&staging).map_err(io(&staging))?;
+        super::layer::unpack(&layer, &staging).map_err(|e| StoreError::Format {
+            path: self.blob_path(digest),
+            message: format!("file layer does not unpack: {e}"),
+        })?;
+        std::fs::write(staging.join(".complete"), b"").map_err(io(&staging))?;
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::rename(&staging, &dir).map_err(io(&dir))?;
+        Ok(dir)
+    }
+
+    fn index(&self) -> Result<ImageIndex, StoreError> {
+        let path = self.root.join("index.json");
+        match std::fs::read(&path) {
+            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| StoreError::Format {
+                path,
+                message: format!("index.json is damaged: {e}"),
+            }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(ImageIndex {
+                schema_version: 2,
+                manifests: Vec::new(),
+            }),
+            Err(source) => Err(StoreError::Io { path, source }),
+        }
+    }
+
+    fn write_index(&self, index: &ImageIndex) -> Result<(), StoreError> {
+        let bytes = serde_json::to_vec_pretty(index).expect("the index serializes");
+        write_atomic(&self.root.join("index.json"), &bytes)
+    }
+}
+
+/// Writes `bytes` to `path` through a temporary file and a rename, so a
+/// crash never leaves a partial file under the final name.
+fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
+    let io = |source| StoreError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(io)?;
+    tmp.write_all(bytes).map_err(io)?;
+    tmp.as_file().sync_all().map_err(io)?;
+    tmp.persist(path).map_err(|e| io(e.error))?;
+    Ok(())
+}
