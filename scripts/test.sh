@@ -5,6 +5,12 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 rustup target add wasm32-wasip2 >/dev/null
 rustup component add rustfmt clippy >/dev/null 2>&1 || true
+# The package tests push to and pull from a real OCI registry (the CNCF
+# distribution registry), which they start on loopback themselves.
+if ! command -v docker-registry >/dev/null; then
+  echo "== installing docker-registry"
+  (apt-get update -qq && apt-get install -y -qq docker-registry) >/dev/null
+fi
 
 echo "== cargo fmt"
 cargo fmt --all -- --check

@@ -7,7 +7,7 @@
 use crate::credentials;
 use anyhow::{Context, anyhow, bail};
 use oci_client::client::{ClientConfig, ClientProtocol};
-use oci_client::errors::OciDistributionError;
+use oci_client::errors::{OciDistributionError, OciErrorCode};
 use oci_client::secrets::RegistryAuth;
 use oci_client::{Client, Reference, RegistryOperation};
 use skiff_runtime::package::oci::{
@@ -280,8 +280,40 @@ impl Registry {
             OciDistributionError::ImageManifestNotFoundError(_) => {
                 anyhow!("{} not found in registry {registry}", self.reference)
             }
+            OciDistributionError::RegistryError { envelope, .. } => {
+                let codes: Vec<&OciErrorCode> = envelope.errors.iter().map(|e| &e.code).collect();
+                if codes.iter().any(|c| {
+                    matches!(
+                        c,
+                        OciErrorCode::ManifestUnknown
+                            | OciErrorCode::NameUnknown
+                            | OciErrorCode::NotFound
+                    )
+                }) {
+                    anyhow!("{} not found in registry {registry}", self.reference)
+                } else if codes
+                    .iter()
+                    .any(|c| matches!(c, OciErrorCode::Unauthorized | OciErrorCode::Denied))
+                {
+                    anyhow!(
+                        "registry {registry} refused access to {}: {envelope}; log in with `skiff login {registry}`",
+                        self.reference.repository()
+                    )
+                } else {
+                    anyhow!("registry {registry}: {envelope}")
+                }
+            }
             OciDistributionError::RequestError(e) if e.is_connect() || e.is_timeout() => {
                 anyhow!("cannot reach registry {registry}: {e}")
+            }
+            OciDistributionError::RequestError(e)
+                if e.status()
+                    .is_some_and(|s| s.as_u16() == 401 || s.as_u16() == 403) =>
+            {
+                anyhow!(
+                    "registry {registry} refused access to {} ({e}); log in with `skiff login {registry}` or set SKIFF_REGISTRY_USERNAME/SKIFF_REGISTRY_PASSWORD",
+                    self.reference.repository()
+                )
             }
             _ => anyhow!("registry {registry}: {error}"),
         }
