@@ -332,6 +332,111 @@ fn a_registry_with_auth_wants_credentials_from_login_or_the_environment() {
     );
 }
 
+/// Publishes `wasm` as a single component in the CNCF Wasm OCI layout,
+/// speaking the distribution API directly, as other Wasm tooling would.
+fn publish_component(registry: &TestRegistry, repo: &str, tag: &str, wasm: &[u8]) {
+    use sha2::Digest as _;
+    let agent = http();
+    let base = format!("http://{}/v2/{repo}", registry.addr);
+    let upload = |bytes: &[u8]| -> (String, usize) {
+        let digest = format!("sha256:{}", hex::encode(sha2::Sha256::digest(bytes)));
+        let started = agent
+            .post(&format!("{base}/blobs/uploads/"))
+            .send_empty()
+            .unwrap();
+        assert_eq!(started.status(), 202);
+        let location = started
+            .headers()
+            .get("location")
+            .unwrap()
+            .to_str()
+            .unwrap()
+            .to_string();
+        let location = if location.starts_with("http") {
+            location
+        } else {
+            format!("http://{}{location}", registry.addr)
+        };
+        let separator = if location.contains('?') { '&' } else { '?' };
+        let done = agent
+            .put(&format!("{location}{separator}digest={digest}"))
+            .header("content-type", "application/octet-stream")
+            .send(bytes)
+            .unwrap();
+        assert_eq!(done.status(), 201);
+        (digest, bytes.len())
+    };
+    let config = br#"{"architecture":"wasm","os":"wasip2"}"#;
+    let (config_digest, config_size) = upload(config);
+    let (layer_digest, layer_size) = upload(wasm);
+    let manifest = format!(
+        r#"{{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","artifactType":"application/wasm","config":{{"mediaType":"application/vnd.wasm.config.v0+json","digest":"{config_digest}","size":{config_size}}},"layers":[{{"mediaType":"application/wasm","digest":"{layer_digest}","size":{layer_size}}}]}}"#
+    );
+    let put = agent
+        .put(&format!("{base}/manifests/{tag}"))
+        .header("content-type", "application/vnd.oci.image.manifest.v1+json")
+        .send(manifest.as_bytes())
+        .unwrap();
+    assert_eq!(put.status(), 201);
+}
+
+#[test]
+fn a_component_source_may_be_an_oci_artifact_published_by_other_tooling() {
+    let registry = TestRegistry::start();
+    publish_component(
+        &registry,
+        "tools/hello",
+        "1.0",
+        &std::fs::read(guests::HELLO).unwrap(),
+    );
+    let home = temp_dir();
+    let dir = temp_dir();
+    let manifest = write_manifest(
+        dir.path(),
+        &format!(
+            "[app]\nname = \"remote\"\n[component.hello]\nsource = \"oci://{}/tools/hello:1.0\"\nroute = \"/...\"\nenv = {{ GREETING = \"Remote\" }}\n",
+            registry.addr
+        ),
+    );
+    let skiff = Running::start(home.path(), &[manifest.to_str().unwrap()]);
+    assert_eq!(
+        get(&skiff.at("/")),
+        (200, "Remote from Skiff!\n".to_string())
+    );
+    drop(skiff);
+    // Packing embeds the fetched component.
+    let packed = skiff_ok(home.path(), &["pack", manifest.to_str().unwrap()]);
+    assert!(packed.contains("remote:0.0.0"), "{packed}");
+
+    // A Skiff package is not a single component.
+    skiff_ok(
+        home.path(),
+        &[
+            "tag",
+            "remote:0.0.0",
+            &format!("{}/apps/remote:1", registry.addr),
+        ],
+    );
+    skiff_ok(
+        home.path(),
+        &["push", &format!("{}/apps/remote:1", registry.addr)],
+    );
+    std::fs::write(
+        &manifest,
+        format!(
+            "[app]\nname = \"remote\"\n[component.hello]\nsource = \"oci://{}/apps/remote:1\"\nroute = \"/...\"\n",
+            registry.addr
+        ),
+    )
+    .unwrap();
+    let stderr = expect_failure(home.path(), &["run", manifest.to_str().unwrap()]);
+    assert!(stderr.contains("component \"hello\""), "{stderr}");
+    assert!(
+        stderr.contains("is not a Wasm component artifact"),
+        "{stderr}"
+    );
+}
+
 #[test]
 fn rmi_removes_the_tag_and_unshared_blobs() {
     let home = temp_dir();

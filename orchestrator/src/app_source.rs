@@ -52,7 +52,8 @@ impl AppSource {
         } else {
             path.to_path_buf()
         };
-        let manifest = Manifest::from_file(&manifest_path)?;
+        let mut manifest = Manifest::from_file(&manifest_path)?;
+        fetch_remote_sources(&mut manifest)?;
         let base_dir = manifest_path
             .canonicalize()
             .with_context(|| format!("cannot resolve {}", manifest_path.display()))?
@@ -123,4 +124,38 @@ impl AppSource {
         }
         Ok(())
     }
+}
+
+/// Replaces every `oci://REGISTRY/REPO:TAG` component source with the path
+/// of that component, pulled (and verified) into the local store. Such a
+/// source is a single component in the CNCF Wasm OCI layout, as published
+/// by other Wasm tooling.
+fn fetch_remote_sources(manifest: &mut Manifest) -> anyhow::Result<()> {
+    let remote: Vec<_> = manifest
+        .component
+        .iter()
+        .filter_map(|(name, spec)| {
+            let source = spec.source.to_str()?.strip_prefix("oci://")?;
+            Some((name.clone(), source.to_string()))
+        })
+        .collect();
+    if remote.is_empty() {
+        return Ok(());
+    }
+    let store = Store::open(&home::store_dir())?;
+    let runtime = tokio::runtime::Runtime::new().context("failed to start the async runtime")?;
+    for (name, reference) in remote {
+        let registry = Registry::for_reference(&reference)?;
+        let digest = runtime
+            .block_on(registry.pull_component(&store))
+            .with_context(|| {
+                format!("component \"{name}\": cannot fetch source oci://{reference}")
+            })?;
+        let spec = manifest
+            .component
+            .get_mut(&name)
+            .expect("the component was just listed");
+        spec.source = store.blob_path(&digest);
+    }
+    Ok(())
 }
