@@ -460,3 +460,51 @@ fn rmi_removes_the_tag_and_unshared_blobs() {
     );
     assert!(!skiff_ok(home.path(), &["images"]).contains("site"));
 }
+
+#[test]
+fn dependencies_are_composed_for_run_and_pack() {
+    let home = temp_dir();
+    let app = format!("{}/greeting", guests::EXAMPLES_DIR);
+    let skiff = Running::start(home.path(), &[&app]);
+    assert_eq!(
+        get(&skiff.at("/?name=Ada")),
+        (
+            200,
+            "Hello, Ada! (from the greeter library component)\n".to_string()
+        )
+    );
+    drop(skiff);
+
+    let packed = skiff_ok(home.path(), &["pack", &app]);
+    assert!(packed.contains("greeting:0.1.0"), "{packed}");
+    let skiff = Running::start(home.path(), &["greeting:0.1.0"]);
+    assert_eq!(get(&skiff.at("/?name=Bo")).0, 200);
+}
+
+#[test]
+fn a_dependency_that_does_not_fit_is_refused_by_name() {
+    let home = temp_dir();
+    let dir = temp_dir();
+    let app = |import: &str, library: &str| {
+        format!(
+            "[app]\nname = \"deps\"\n[component.web]\nsource = {}\nroute = \"/...\"\n[component.web.dependencies]\n{import:?} = {}\n",
+            toml_path(guests::GREETING),
+            toml_path(library)
+        )
+    };
+    let manifest = write_manifest(
+        dir.path(),
+        &app("skiff-examples:greeter/greet", guests::HELLO),
+    );
+    let stderr = expect_failure(home.path(), &["run", manifest.to_str().unwrap()]);
+    assert!(stderr.contains("component \"web\""), "{stderr}");
+    assert!(stderr.contains("does not export it"), "{stderr}");
+
+    std::fs::write(&manifest, app("acme:missing/thing", guests::GREETER)).unwrap();
+    let stderr = expect_failure(home.path(), &["pack", manifest.to_str().unwrap()]);
+    assert!(
+        stderr.contains("dependency \"acme:missing/thing\""),
+        "{stderr}"
+    );
+    assert!(stderr.contains("has no such import"), "{stderr}");
+}

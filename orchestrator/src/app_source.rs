@@ -7,6 +7,7 @@ use crate::registry::{self, Registry};
 use anyhow::{Context, bail};
 use skiff_runtime::Manifest;
 use skiff_runtime::manifest::MANIFEST_FILE;
+use skiff_runtime::package::compose::{Dependency, compose};
 use skiff_runtime::package::{self, Store, StoreError};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -52,8 +53,7 @@ impl AppSource {
         } else {
             path.to_path_buf()
         };
-        let mut manifest = Manifest::from_file(&manifest_path)?;
-        fetch_remote_sources(&mut manifest)?;
+        let manifest = Manifest::from_file(&manifest_path)?;
         let base_dir = manifest_path
             .canonicalize()
             .with_context(|| format!("cannot resolve {}", manifest_path.display()))?
@@ -61,6 +61,19 @@ impl AppSource {
             .map(Path::to_path_buf)
             .unwrap_or_default();
         Ok(AppSource { manifest, base_dir })
+    }
+
+    /// Makes every component a local, self-contained file: fetches
+    /// `oci://` sources and composes declared dependencies. Call after
+    /// [`AppSource::build`], whose outputs it may read.
+    ///
+    /// # Errors
+    ///
+    /// A source that cannot be fetched or a dependency that does not fit,
+    /// naming the component.
+    pub fn resolve(&mut self) -> anyhow::Result<()> {
+        fetch_remote_sources(&mut self.manifest)?;
+        compose_dependencies(&mut self.manifest, &self.base_dir)
     }
 
     /// Resolves `reference` in the local package store, pulling it first
@@ -124,6 +137,67 @@ impl AppSource {
         }
         Ok(())
     }
+}
+
+/// Composes every component that declares `dependencies` with them, stores
+/// the result, and points the component's source at it; afterwards the
+/// manifest has no dependencies left, so running and packing see one
+/// self-contained component.
+fn compose_dependencies(manifest: &mut Manifest, base_dir: &Path) -> anyhow::Result<()> {
+    if manifest
+        .component
+        .values()
+        .all(|spec| spec.dependencies.is_empty())
+    {
+        return Ok(());
+    }
+    let store = Store::open(&home::store_dir())?;
+    for (name, spec) in &mut manifest.component {
+        if spec.dependencies.is_empty() {
+            continue;
+        }
+        let main_path = base_dir.join(&spec.source);
+        let main = std::fs::read(&main_path).with_context(|| {
+            format!(
+                "component \"{name}\": cannot read source {}",
+                main_path.display()
+            )
+        })?;
+        let mut libraries = Vec::new();
+        for (import, source) in &spec.dependencies {
+            let wasm = read_dependency(&store, base_dir, source)
+                .with_context(|| format!("component \"{name}\": dependency {import:?}"))?;
+            libraries.push((import.as_str(), source.as_str(), wasm));
+        }
+        let dependencies: Vec<Dependency<'_>> = libraries
+            .iter()
+            .map(|(import, source, wasm)| Dependency {
+                import,
+                source,
+                wasm,
+            })
+            .collect();
+        let composed = compose(&main, &dependencies)
+            .with_context(|| format!("component \"{name}\": cannot compose its dependencies"))?;
+        let digest = store.put(&composed)?;
+        spec.source = store.blob_path(&digest);
+        spec.dependencies.clear();
+    }
+    Ok(())
+}
+
+/// A dependency's bytes, from a path relative to `base_dir` or an `oci://`
+/// reference.
+fn read_dependency(store: &Store, base_dir: &Path, source: &str) -> anyhow::Result<Vec<u8>> {
+    if let Some(reference) = source.strip_prefix("oci://") {
+        let registry = Registry::for_reference(reference)?;
+        let digest = tokio::runtime::Runtime::new()
+            .context("failed to start the async runtime")?
+            .block_on(registry.pull_component(store))?;
+        return Ok(store.read(&digest)?);
+    }
+    let path = base_dir.join(source);
+    std::fs::read(&path).with_context(|| format!("cannot read {}", path.display()))
 }
 
 /// Replaces every `oci://REGISTRY/REPO:TAG` component source with the path

@@ -110,6 +110,12 @@ pub struct ComponentSpec {
     /// `[component.<name>.limits]`
     #[serde(default)]
     pub limits: Limits,
+    /// `[component.<name>.dependencies]`, e.g.
+    /// `"acme:lib/greet" = "../lib/greeter.wasm"` (or an `oci://` reference):
+    /// imports satisfied by another component's exports, composed into one
+    /// component before the app is run or packed.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub dependencies: BTreeMap<String, String>,
 }
 
 /// One read-only directory mount.
@@ -282,6 +288,7 @@ impl Manifest {
             files: Vec::new(),
             allowed_outbound_hosts: Vec::new(),
             limits: Limits::default(),
+            dependencies: BTreeMap::new(),
         };
         Manifest {
             app: AppInfo {

@@ -35,10 +35,11 @@ pub struct PackArgs {
 
 /// Packs an app into the local store and prints its digest.
 pub fn pack(args: PackArgs) -> anyhow::Result<()> {
-    let source = AppSource::open(&args.path)?;
+    let mut source = AppSource::open(&args.path)?;
     if args.build {
         source.build()?;
     }
+    source.resolve()?;
     let store = Store::open(&home::store_dir())?;
     let packed = package::pack(&source.manifest, &source.base_dir, &store)?;
     let tag = args.tag.unwrap_or_else(|| {

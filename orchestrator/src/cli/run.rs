@@ -30,13 +30,15 @@ pub struct RunArgs {
 pub fn run(args: RunArgs) -> anyhow::Result<()> {
     let path = PathBuf::from(&args.path);
     let source = if path.exists() || looks_like_path(&args.path) {
-        AppSource::open(&path)?
+        let mut source = AppSource::open(&path)?;
+        if args.build {
+            source.build()?;
+        }
+        source.resolve()?;
+        source
     } else {
         AppSource::from_package(&args.path)?
     };
-    if args.build {
-        source.build()?;
-    }
     let runtime = tokio::runtime::Runtime::new().context("failed to start the async runtime")?;
     runtime.block_on(serve(source, args.listen))
 }

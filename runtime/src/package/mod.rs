@@ -7,6 +7,7 @@
 //! deterministic tar+gzip layers). Packing the same inputs gives the same
 //! digest. Opening a package verifies every blob it uses.
 
+pub mod compose;
 pub mod digest;
 pub mod layer;
 pub mod oci;
