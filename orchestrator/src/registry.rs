@@ -21,8 +21,73 @@ pub struct Registry {
     client: Client,
     reference: Reference,
     auth: RegistryAuth,
-    /// Print per-blob progress (on a terminal only).
+    /// Show progress bars (on a terminal only).
     progress: bool,
+}
+
+/// A progress bar over the bytes of one transfer; hidden off a terminal.
+struct Progress(Option<indicatif::ProgressBar>);
+
+impl Progress {
+    fn new(enabled: bool, verb: &str, total: u64) -> Progress {
+        if !enabled {
+            return Progress(None);
+        }
+        let bar = indicatif::ProgressBar::new(total);
+        bar.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec}",
+            )
+            .expect("a valid template")
+            .progress_chars("=> "),
+        );
+        bar.set_message(verb.to_string());
+        Progress(Some(bar))
+    }
+
+    fn advance(&self, bytes: u64) {
+        if let Some(bar) = &self.0 {
+            bar.inc(bytes);
+        }
+    }
+
+    fn finish(&self) {
+        if let Some(bar) = &self.0 {
+            bar.finish();
+        }
+    }
+}
+
+/// Collects a pulled blob while advancing the progress bar.
+struct ProgressSink<'a> {
+    bytes: Vec<u8>,
+    progress: &'a Progress,
+}
+
+impl tokio::io::AsyncWrite for ProgressSink<'_> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        self.bytes.extend_from_slice(buf);
+        self.progress.advance(buf.len() as u64);
+        std::task::Poll::Ready(Ok(buf.len()))
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
 }
 
 /// Whether `reference` names a registry (`host[:port]/repo[:tag]`) rather
@@ -144,31 +209,27 @@ impl Registry {
         self.authenticate(RegistryOperation::Push).await?;
         let manifest_bytes = store.read(&descriptor.digest)?;
         let image: ImageManifest = store.manifest(&descriptor.digest)?;
-        for blob in std::iter::once(&image.config).chain(&image.layers) {
+        let blobs: Vec<&Descriptor> = std::iter::once(&image.config)
+            .chain(&image.layers)
+            .collect();
+        let progress = Progress::new(self.progress, "pushing", blobs.iter().map(|b| b.size).sum());
+        for blob in blobs {
             let digest = blob.digest.as_str();
             let exists = self
                 .client
                 .blob_exists(&self.reference, digest)
                 .await
                 .map_err(|e| self.explain(e))?;
-            if exists {
-                self.say(&format!(
-                    "  {} already in the registry",
-                    blob.digest.short()
-                ));
-                continue;
+            if !exists {
+                let bytes = store.read(&blob.digest)?;
+                self.client
+                    .push_blob(&self.reference, bytes, digest)
+                    .await
+                    .map_err(|e| self.explain(e))?;
             }
-            let bytes = store.read(&blob.digest)?;
-            self.client
-                .push_blob(&self.reference, bytes, digest)
-                .await
-                .map_err(|e| self.explain(e))?;
-            self.say(&format!(
-                "  pushed {} ({} bytes)",
-                blob.digest.short(),
-                blob.size
-            ));
+            progress.advance(blob.size);
         }
+        progress.finish();
         let content_type = MANIFEST_MEDIA_TYPE.parse().expect("a valid header value");
         self.client
             .push_manifest_raw(&self.reference, manifest_bytes, content_type)
@@ -187,9 +248,14 @@ impl Registry {
     /// of a mismatched blob).
     pub async fn pull(&self, store: &Store) -> anyhow::Result<Descriptor> {
         let (bytes, image) = self.pull_manifest().await?;
-        for blob in std::iter::once(&image.config).chain(&image.layers) {
-            self.pull_blob(store, blob).await?;
+        let blobs: Vec<&Descriptor> = std::iter::once(&image.config)
+            .chain(&image.layers)
+            .collect();
+        let progress = Progress::new(self.progress, "pulling", blobs.iter().map(|b| b.size).sum());
+        for blob in blobs {
+            self.pull_blob(store, blob, &progress).await?;
         }
+        progress.finish();
         store.put(&bytes)?;
         let descriptor = Descriptor::of(MANIFEST_MEDIA_TYPE, &bytes);
         store.tag(&self.reference.whole(), &descriptor)?;
@@ -218,7 +284,9 @@ impl Registry {
                 wasm.len()
             );
         }
-        self.pull_blob(store, wasm[0]).await?;
+        let progress = Progress::new(self.progress, "pulling", wasm[0].size);
+        self.pull_blob(store, wasm[0], &progress).await?;
+        progress.finish();
         Ok(wasm[0].digest.clone())
     }
 
@@ -241,31 +309,30 @@ impl Registry {
         Ok((bytes.to_vec(), image))
     }
 
-    async fn pull_blob(&self, store: &Store, blob: &Descriptor) -> anyhow::Result<()> {
+    async fn pull_blob(
+        &self,
+        store: &Store,
+        blob: &Descriptor,
+        progress: &Progress,
+    ) -> anyhow::Result<()> {
         if store.read(&blob.digest).is_ok() {
-            self.say(&format!("  {} already in the store", blob.digest.short()));
+            progress.advance(blob.size);
             return Ok(());
         }
-        let mut bytes = Vec::with_capacity(blob.size as usize);
+        let mut sink = ProgressSink {
+            // Sized from the descriptor, but capped so that a lying one
+            // cannot make us reserve gigabytes up front.
+            bytes: Vec::with_capacity(blob.size.min(64 << 20) as usize),
+            progress,
+        };
         self.client
-            .pull_blob(&self.reference, blob.digest.as_str(), &mut bytes)
+            .pull_blob(&self.reference, blob.digest.as_str(), &mut sink)
             .await
             .map_err(|e| self.explain(e))?;
         store
-            .put_verified(&blob.digest, &bytes)
+            .put_verified(&blob.digest, &sink.bytes)
             .with_context(|| format!("refusing a blob of {}", self.reference))?;
-        self.say(&format!(
-            "  pulled {} ({} bytes)",
-            blob.digest.short(),
-            blob.size
-        ));
         Ok(())
-    }
-
-    fn say(&self, line: &str) {
-        if self.progress {
-            eprintln!("{line}");
-        }
     }
 
     /// Turns a client error into a message that says what to do.
