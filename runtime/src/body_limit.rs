@@ -3,7 +3,7 @@
 //! request gets 413; a response body larger than `max_response_body` is cut
 //! off so a guest cannot stream without end.
 
-use bytes::Bytes;
+use bytes::{Buf, Bytes};
 use http_body::{Body, Frame, SizeHint};
 use std::pin::Pin;
 use std::sync::Arc;
@@ -81,6 +81,78 @@ where
 
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
+    }
+}
+
+/// Request bodies are read and discarded after a 413 up to this much, so
+/// the client gets to read the response instead of a connection reset.
+pub const DRAIN_BYTES: u64 = 16 << 20;
+/// ... or for this long, whichever comes first.
+pub const DRAIN_TIME: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Reads and discards `body`, within [`DRAIN_BYTES`] and [`DRAIN_TIME`].
+pub async fn drain<B>(mut body: B)
+where
+    B: Body + Unpin,
+{
+    use http_body_util::BodyExt;
+    let _ = tokio::time::timeout(DRAIN_TIME, async {
+        let mut seen = 0u64;
+        while let Some(Ok(frame)) = body.frame().await {
+            seen += frame.data_ref().map_or(0, |d| d.remaining() as u64);
+            if seen > DRAIN_BYTES {
+                break;
+            }
+        }
+    })
+    .await;
+}
+
+/// A request body that is drained (see [`drain`]) when dropped after it
+/// overflowed, so the 413 reaches the client.
+pub struct RequestBody(Option<LimitedBody<hyper::body::Incoming>>);
+
+impl RequestBody {
+    /// Limits `body` to `limit` bytes, flagging `exceeded` on overflow.
+    pub fn new(body: hyper::body::Incoming, limit: u64, exceeded: Arc<AtomicBool>) -> RequestBody {
+        RequestBody(Some(LimitedBody::request(body, limit, exceeded)))
+    }
+}
+
+impl Body for RequestBody {
+    type Data = Bytes;
+    type Error = HttpError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, HttpError>>> {
+        match &mut self.get_mut().0 {
+            Some(body) => Pin::new(body).poll_frame(cx),
+            None => Poll::Ready(None),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.0.as_ref().is_none_or(|b| b.is_end_stream())
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.0
+            .as_ref()
+            .map_or_else(SizeHint::default, |b| b.size_hint())
+    }
+}
+
+impl Drop for RequestBody {
+    fn drop(&mut self) {
+        if let Some(body) = self.0.take()
+            && body.exceeded.load(Ordering::Acquire)
+            && !body.inner.is_end_stream()
+            && let Ok(runtime) = tokio::runtime::Handle::try_current()
+        {
+            runtime.spawn(drain(body.inner));
+        }
     }
 }
 

@@ -4,10 +4,12 @@
 
 use crate::cache::{CacheOutcome, CompileCache};
 use crate::capability::{self, Capability, PrepareContext};
+use crate::cpu_lane::CpuLane;
 use crate::engine::SkiffEngine;
 use crate::instance::InstanceState;
 use crate::limits::ConcurrencyGate;
 use crate::manifest::{ComponentName, ComponentSpec, Limits};
+use crate::reaper::ReaperHandle;
 use crate::route::Route;
 use std::path::{Path, PathBuf};
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
@@ -75,6 +77,8 @@ pub struct LoadedComponent {
     pub(crate) pre: ProxyPre<InstanceState>,
     pub(crate) capabilities: Vec<Box<dyn Capability>>,
     pub(crate) gate: ConcurrencyGate,
+    pub(crate) cpu_lane: CpuLane,
+    pub(crate) reaper: ReaperHandle,
 }
 
 impl LoadedComponent {
@@ -158,6 +162,8 @@ impl LoadedComponent {
             pre,
             capabilities,
             gate: ConcurrencyGate::new(spec.limits.max_concurrency, spec.limits.max_queued),
+            cpu_lane: engine.cpu_lane().clone(),
+            reaper: engine.reaper(),
         })
     }
 }

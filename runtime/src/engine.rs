@@ -2,7 +2,9 @@
 //! reservations, epoch interruption driven by one ticker thread, and the
 //! linker that provides WASI 0.2 and `wasi:http` to every component.
 
+use crate::cpu_lane::CpuLane;
 use crate::instance::InstanceState;
+use crate::reaper::{Reaper, ReaperHandle};
 use std::sync::Arc;
 use std::sync::mpsc;
 use std::thread::JoinHandle;
@@ -11,7 +13,7 @@ use wasmtime::component::Linker;
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
 /// How often the epoch advances; the granularity of CPU interruption.
-pub const EPOCH_TICK: Duration = Duration::from_millis(10);
+pub const EPOCH_TICK: Duration = Duration::from_millis(1);
 
 /// Sizing of the engine's instance pool.
 #[derive(Debug, Clone, Copy)]
@@ -37,6 +39,8 @@ pub struct SkiffEngine {
     engine: Engine,
     linker: Arc<Linker<InstanceState>>,
     config: EngineConfig,
+    cpu_lane: CpuLane,
+    reaper: Reaper,
     _ticker: EpochTicker,
 }
 
@@ -86,6 +90,8 @@ impl SkiffEngine {
             engine,
             linker: Arc::new(linker),
             config,
+            cpu_lane: CpuLane::for_this_machine(),
+            reaper: Reaper::start(),
             _ticker: ticker,
         })
     }
@@ -98,6 +104,16 @@ impl SkiffEngine {
     /// The linker providing WASI 0.2 and `wasi:http`.
     pub fn linker(&self) -> &Linker<InstanceState> {
         &self.linker
+    }
+
+    /// The lane CPU-bound instances share.
+    pub fn cpu_lane(&self) -> &CpuLane {
+        &self.cpu_lane
+    }
+
+    /// Where large finished instances are torn down.
+    pub fn reaper(&self) -> ReaperHandle {
+        self.reaper.handle()
     }
 
     /// The pool sizing this engine was built with.

@@ -3,16 +3,17 @@
 //! `wasi:http/incoming-handler` call under the wall-clock and CPU limits,
 //! and the mapping of every failure to a status code.
 
-use crate::body_limit::{LimitedBody, declared_length};
+use crate::body_limit::{LimitedBody, RequestBody, declared_length, drain};
 use crate::capability::logging::LogSink;
 use crate::component::LoadedComponent;
 use crate::instance::{InstanceBuilder, InstanceLimits, InstanceState};
+use crate::reaper::ReaperHandle;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use wasmtime::{Store, Trap, UpdateDeadline};
+use wasmtime::{Store, Trap};
 use wasmtime_wasi_http::WasiHttpView;
 use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
 use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
@@ -70,6 +71,7 @@ pub async fn invoke(
     let limits = &component.limits;
     let request_limit = limits.max_request_body.bytes();
     if declared_length(request.headers()).is_some_and(|len| len > request_limit) {
+        tokio::spawn(drain(request.into_body()));
         return request_too_large(name, request_limit);
     }
     let Ok(permit) = component.gate.enter().await else {
@@ -98,7 +100,7 @@ pub async fn invoke(
 
     let request_overflow = Arc::new(AtomicBool::new(false));
     let request =
-        request.map(|body| LimitedBody::request(body, request_limit, request_overflow.clone()));
+        request.map(|body| RequestBody::new(body, request_limit, request_overflow.clone()));
     let (sender, receiver) = tokio::sync::oneshot::channel();
     let prepared = store
         .data_mut()
@@ -119,6 +121,7 @@ pub async fn invoke(
     };
 
     let pre = component.pre.clone();
+    let reaper = component.reaper.clone();
     let timeout = component.limits.timeout.as_duration();
     // The task owns the store and the permit until the guest returns, which
     // may be after the response head is sent (streaming bodies).
@@ -135,13 +138,15 @@ pub async fn invoke(
                 .await
                 .map_err(|e| (classify_trap(&e, &store), e))
         };
-        match tokio::time::timeout(timeout, run).await {
+        let result = match tokio::time::timeout(timeout, run).await {
             Ok(result) => result,
             Err(_) => Err((
                 FailureReason::Timeout,
                 wasmtime::Error::msg(format!("exceeded its {timeout:?} timeout")),
             )),
-        }
+        };
+        release(store, &reaper);
+        result
     });
 
     let answer = receiver.await;
@@ -178,12 +183,18 @@ fn request_too_large(name: &str, limit: u64) -> hyper::Response<ResponseBody> {
         reason = FailureReason::RequestTooLarge.as_str(),
         "request refused"
     );
-    plain(
+    let mut response = plain(
         http::StatusCode::PAYLOAD_TOO_LARGE,
         format!(
             "request body exceeds the {limit} bytes component \"{name}\" accepts (limits.max_request_body)\n"
         ),
-    )
+    );
+    // The rest of the body is drained, not read: do not reuse the connection.
+    response.headers_mut().insert(
+        http::header::CONNECTION,
+        http::HeaderValue::from_static("close"),
+    );
+    response
 }
 
 /// Refuses a response declaring more than `limit` bytes, and cuts off one
@@ -246,10 +257,22 @@ pub fn new_store(
     let mut store = Store::new(component.pre.engine(), state);
     store.limiter(|state| &mut state.limiter);
     // Yield to the executor every epoch tick: a busy guest shares its
-    // thread, and the request timeout gets a chance to fire.
+    // thread, the request timeout gets a chance to fire, and CPU-bound
+    // guests take turns in the CPU lane.
     store.set_epoch_deadline(1);
-    store.epoch_deadline_callback(|_| Ok(UpdateDeadline::Yield(1)));
+    store.epoch_deadline_callback(component.cpu_lane.epoch_callback());
     Ok(store)
+}
+
+/// Instances whose memory grew past this are torn down by the reaper,
+/// off the async workers.
+const LARGE_INSTANCE_MEMORY: usize = 8 << 20;
+
+/// Drops a finished instance: here when small, on the reaper when large.
+fn release(store: Store<InstanceState>, reaper: &ReaperHandle) {
+    if store.data().limiter.peak_memory() > LARGE_INSTANCE_MEMORY {
+        reaper.reap(store);
+    }
 }
 
 /// Attributes a failed call to a limit where the store's state shows one

@@ -14,12 +14,14 @@ pub mod body_limit;
 pub mod cache;
 pub mod capability;
 pub mod component;
+pub mod cpu_lane;
 pub mod engine;
 pub mod instance;
 pub mod invoke;
 pub mod limits;
 pub mod manifest;
 pub mod package;
+pub mod reaper;
 pub mod route;
 pub mod server;
 

@@ -16,6 +16,7 @@ const MAX_TABLE_ELEMENTS: usize = 100_000;
 pub struct InstanceLimiter {
     memory_bytes: usize,
     memory_refused: bool,
+    peak_memory: usize,
 }
 
 impl InstanceLimiter {
@@ -24,7 +25,13 @@ impl InstanceLimiter {
         InstanceLimiter {
             memory_bytes,
             memory_refused: false,
+            peak_memory: 0,
         }
+    }
+
+    /// The largest linear memory size granted, in bytes.
+    pub fn peak_memory(&self) -> usize {
+        self.peak_memory
     }
 
     /// Whether a `memory.grow` past the cap was refused.
@@ -44,6 +51,7 @@ impl ResourceLimiter for InstanceLimiter {
             self.memory_refused = true;
             return Ok(false);
         }
+        self.peak_memory = self.peak_memory.max(desired);
         Ok(true)
     }
 

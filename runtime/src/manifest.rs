@@ -154,8 +154,8 @@ pub struct Limits {
     /// `max_outbound_requests = 32`: outbound HTTP requests one instance
     /// may make. Default 32.
     pub max_outbound_requests: u32,
-    /// `max_resources = 10000`: host resources (streams, fields, requests...)
-    /// one instance may hold at once. Default 10,000.
+    /// `max_resources = 1000`: host resources (streams, fields, requests...)
+    /// one instance may hold at once. Default 1,000.
     pub max_resources: u32,
 }
 
@@ -169,7 +169,7 @@ impl Default for Limits {
             max_request_body: ByteSize::mib(16),
             max_response_body: ByteSize::mib(128),
             max_outbound_requests: 32,
-            max_resources: 10_000,
+            max_resources: 1_000,
         }
     }
 }
