@@ -1,9 +1,8 @@
-//! Fair CPU sharing between instances. Every instance yields to the
-//! executor at each epoch tick; one that is still running after a short
-//! burst is CPU-bound, and CPU-bound instances then take turns in a lane
-//! with fewer slots than the node has cores. Short requests never enter the
-//! lane, so a few guests spinning in loops cannot take every core from
-//! their neighbours.
+//! Fair CPU sharing between instances. An instance still running after a
+//! short burst is CPU-bound: from then on it yields to the executor at every
+//! epoch tick and queues for a slot in a lane with fewer slots than the node
+//! has cores. Short requests never enter the lane, so a few guests spinning
+//! in loops cannot take every core from their neighbours.
 
 use std::sync::{Arc, Mutex};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -11,7 +10,7 @@ use wasmtime::{StoreContextMut, UpdateDeadline};
 
 /// Ticks (of [`crate::engine::EPOCH_TICK`]) an instance may run before it
 /// counts as CPU-bound.
-pub const BURST_TICKS: u32 = 10;
+pub const BURST_TICKS: u32 = 2;
 
 /// The shared lane of CPU-bound instances.
 #[derive(Debug, Clone)]
@@ -33,8 +32,8 @@ impl CpuLane {
         CpuLane::new(cores / 2)
     }
 
-    /// The epoch-deadline callback for one new store: yield every tick;
-    /// past the burst, give up the lane slot at each tick and queue for it
+    /// The epoch-deadline callback for one new store: run through the
+    /// burst; past it, give up the lane slot at each tick and queue for it
     /// again, so CPU-bound instances round-robin through the lane.
     pub fn epoch_callback<T>(
         &self,
@@ -46,12 +45,9 @@ impl CpuLane {
         move |_| {
             ticks = ticks.saturating_add(1);
             if ticks <= BURST_TICKS {
-                // `yield_now` goes to the back of the run queue; a plain
-                // self-wake could be polled again at once.
-                return Ok(UpdateDeadline::YieldCustom(
-                    1,
-                    Box::pin(tokio::task::yield_now()),
-                ));
+                // Short requests run to completion: yielding them would
+                // only send them to the back of the run queue.
+                return Ok(UpdateDeadline::Continue(1));
             }
             drop(held.lock().expect("lane slot lock").take());
             let slots = slots.clone();

@@ -68,7 +68,10 @@ impl SkiffEngine {
             .total_stacks(config.max_instances)
             .max_memory_size(config.max_instance_memory as usize)
             .max_memories_per_component(2)
-            .max_tables_per_component(CORE_INSTANCES_PER_COMPONENT);
+            .max_tables_per_component(CORE_INSTANCES_PER_COMPONENT)
+            // A deep recursion touches a fiber stack's pages; decommit all
+            // but the first 64 KiB on reuse so they do not stay resident.
+            .async_stack_keep_resident(64 << 10);
 
         let mut wasm = Config::new();
         wasm.allocation_strategy(InstanceAllocationStrategy::Pooling(pool))
@@ -77,7 +80,9 @@ impl SkiffEngine {
             // default 4 GiB per slot, so the pool's address space stays sane.
             .memory_reservation(config.max_instance_memory)
             .memory_guard_size(64 << 10)
-            .memory_reservation_for_growth(0);
+            .memory_reservation_for_growth(0)
+            // Zeroed stacks are also what lets the pool decommit them.
+            .async_stack_zeroing(true);
         let engine = Engine::new(&wasm).map_err(|e| EngineError(format!("{e:#}")))?;
 
         let mut linker = Linker::new(&engine);

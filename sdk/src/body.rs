@@ -85,8 +85,12 @@ impl Body {
             Inner::Bytes(bytes) => {
                 // The host accepts at most 4 KiB per blocking write.
                 for chunk in bytes.chunks(4096) {
-                    out.blocking_write_and_flush(chunk)
-                        .map_err(|e| io::Error::other(format!("{e:?}")))?;
+                    out.blocking_write_and_flush(chunk).map_err(|e| match e {
+                        wasip2::io::streams::StreamError::Closed => {
+                            io::Error::from(io::ErrorKind::BrokenPipe)
+                        }
+                        other => io::Error::other(format!("{other:?}")),
+                    })?;
                 }
                 Ok(())
             }

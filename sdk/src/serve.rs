@@ -104,7 +104,13 @@ fn send_response(response: Response, response_out: wasi::ResponseOutparam) {
         Err(e) => {
             // The head is already sent; dropping the body unfinished tells the
             // host the response is incomplete, so the client sees an error.
-            eprintln!("response body failed: {e}");
+            // A client that went away is not worth a log line.
+            if !matches!(
+                e.kind(),
+                std::io::ErrorKind::BrokenPipe | std::io::ErrorKind::UnexpectedEof
+            ) {
+                eprintln!("response body failed: {e}");
+            }
             drop(outgoing_body);
         }
     }
