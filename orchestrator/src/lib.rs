@@ -10,3 +10,4 @@ pub mod cli;
 pub mod credentials;
 pub mod home;
 pub mod registry;
+pub mod scheduler;

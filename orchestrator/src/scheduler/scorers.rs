@@ -1,0 +1,71 @@
+//! Scorers: each ranks a feasible node for a replica; the pipeline adds
+//! their scores and takes the highest.
+
+use super::{Allocation, NodeInfo, ReplicaRequest, Strategy};
+
+/// One ranking criterion.
+pub trait Scorer: Send + Sync {
+    /// Higher is better; scorers that do not apply return 0.
+    fn score(
+        &self,
+        node: &NodeInfo,
+        index: usize,
+        allocation: &Allocation,
+        request: &ReplicaRequest,
+    ) -> f64;
+}
+
+/// Penalizes nodes already running a replica of the same component, so
+/// replicas land on distinct nodes whenever a distinct node fits. Its weight
+/// dominates the load scorers (which stay within 0..=1).
+pub struct AntiAffinity;
+
+impl Scorer for AntiAffinity {
+    fn score(
+        &self,
+        _: &NodeInfo,
+        index: usize,
+        allocation: &Allocation,
+        request: &ReplicaRequest,
+    ) -> f64 {
+        -10.0 * f64::from(allocation.replicas_of(&request.component, index))
+    }
+}
+
+/// The fraction of the node's memory free after placing: spread prefers
+/// emptier nodes.
+pub struct Spread;
+
+impl Scorer for Spread {
+    fn score(
+        &self,
+        node: &NodeInfo,
+        index: usize,
+        allocation: &Allocation,
+        request: &ReplicaRequest,
+    ) -> f64 {
+        if request.strategy != Strategy::Spread || node.memory == 0 {
+            return 0.0;
+        }
+        1.0 - (allocation.used(index) + request.memory) as f64 / node.memory as f64
+    }
+}
+
+/// The fraction of the node's memory used after placing: binpack prefers
+/// fuller nodes, leaving others empty.
+pub struct Binpack;
+
+impl Scorer for Binpack {
+    fn score(
+        &self,
+        node: &NodeInfo,
+        index: usize,
+        allocation: &Allocation,
+        request: &ReplicaRequest,
+    ) -> f64 {
+        if request.strategy != Strategy::Binpack || node.memory == 0 {
+            return 0.0;
+        }
+        (allocation.used(index) + request.memory) as f64 / node.memory as f64
+    }
+}
