@@ -108,6 +108,15 @@ fn digest_in(output: &str) -> String {
         .to_string()
 }
 
+/// Packs the static app into `home` and tags it as `REGISTRY/acme/site:1.0.0`;
+/// returns that reference.
+fn pack_and_tag(home: &Path, dir: &Path, registry: &TestRegistry) -> String {
+    skiff_ok(home, &["pack", static_app(dir).to_str().unwrap()]);
+    let remote = format!("{}/acme/site:1.0.0", registry.addr);
+    skiff_ok(home, &["tag", "site:1.0.0", &remote]);
+    remote
+}
+
 /// The sha256 of a file, in hex.
 fn sha256_hex(path: &str) -> String {
     let out = Command::new("sha256sum").arg(path).output().unwrap();
@@ -229,12 +238,7 @@ fn a_tampered_blob_in_the_registry_is_refused_on_pull() {
     let registry = TestRegistry::start();
     let home = temp_dir();
     let dir = temp_dir();
-    skiff_ok(
-        home.path(),
-        &["pack", static_app(dir.path()).to_str().unwrap()],
-    );
-    let remote = format!("{}/acme/site:1.0.0", registry.addr);
-    skiff_ok(home.path(), &["tag", "site:1.0.0", &remote]);
+    let remote = pack_and_tag(home.path(), dir.path(), &registry);
     skiff_ok(home.path(), &["push", &remote]);
 
     let hex = sha256_hex(guests::STATIC_FILES);
@@ -285,12 +289,7 @@ fn a_registry_with_auth_wants_credentials_from_login_or_the_environment() {
     let registry = TestRegistry::start_with_auth(Some(("alice", "s3cret")));
     let home = temp_dir();
     let dir = temp_dir();
-    skiff_ok(
-        home.path(),
-        &["pack", static_app(dir.path()).to_str().unwrap()],
-    );
-    let remote = format!("{}/acme/site:1.0.0", registry.addr);
-    skiff_ok(home.path(), &["tag", "site:1.0.0", &remote]);
+    let remote = pack_and_tag(home.path(), dir.path(), &registry);
 
     let stderr = expect_failure(home.path(), &["push", &remote]);
     assert!(stderr.contains("refused access"), "{stderr}");

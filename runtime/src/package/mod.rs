@@ -139,31 +139,25 @@ pub fn open(store: &Store, digest: &Digest) -> Result<Manifest, PackageError> {
     manifest.validate().map_err(|e| {
         PackageError::NotAPackage(format!("{digest}: the locked manifest is invalid: {e}"))
     })?;
-    let listed = |d: &Digest| image.layers.iter().any(|l| &l.digest == d);
-    for (name, spec) in &mut manifest.component {
-        let layer: Digest = spec
-            .source
+    // A locked path must be the digest of one of this package's layers.
+    let layer_of = |name: &str, path: &Path, what: &str| -> Result<Digest, PackageError> {
+        let layer: Digest = path
             .to_string_lossy()
             .parse()
             .map_err(|e| PackageError::NotAPackage(format!("component \"{name}\": {e}")))?;
-        if !listed(&layer) {
+        if !image.layers.iter().any(|l| l.digest == layer) {
             return Err(PackageError::NotAPackage(format!(
-                "component \"{name}\": layer {layer} is not in the package"
+                "component \"{name}\": {what} {layer} is not in the package"
             )));
         }
+        Ok(layer)
+    };
+    for (name, spec) in &mut manifest.component {
+        let layer = layer_of(name.as_str(), &spec.source, "layer")?;
         store.read(&layer)?;
         spec.source = store.blob_path(&layer);
         for mount in &mut spec.files {
-            let layer: Digest = mount
-                .source
-                .to_string_lossy()
-                .parse()
-                .map_err(|e| PackageError::NotAPackage(format!("component \"{name}\": {e}")))?;
-            if !listed(&layer) {
-                return Err(PackageError::NotAPackage(format!(
-                    "component \"{name}\": file layer {layer} is not in the package"
-                )));
-            }
+            let layer = layer_of(name.as_str(), &mount.source, "file layer")?;
             mount.source = store.unpacked(&layer)?;
         }
     }
