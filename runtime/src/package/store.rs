@@ -212,6 +212,7 @@ impl Store {
     /// When `index.json` cannot be written.
     pub fn tag(&self, reference: &str, descriptor: &Descriptor) -> Result<(), StoreError> {
         let name = normalize_reference(reference);
+        let _lock = self.lock_index()?;
         let mut index = self.index()?;
         index
             .manifests
@@ -236,6 +237,7 @@ impl Store {
     ///
     /// [`StoreError::UnknownReference`], or I/O errors.
     pub fn remove(&self, reference: &str) -> Result<Descriptor, StoreError> {
+        let _lock = self.lock_index()?;
         let target = self.resolve(reference)?;
         let wanted = normalize_reference(reference);
         let mut index = self.index()?;
@@ -307,6 +309,25 @@ impl Store {
         Ok(dir)
     }
 
+    /// Serializes read-modify-write cycles of `index.json` between
+    /// processes (two `skiff pack` at once must not lose a tag). Released
+    /// when the returned file is dropped.
+    fn lock_index(&self) -> Result<std::fs::File, StoreError> {
+        let path = self.root.join("index.lock");
+        let io = |source| StoreError::Io {
+            path: path.clone(),
+            source,
+        };
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(io)?;
+        file.lock().map_err(io)?;
+        Ok(file)
+    }
+
     fn index(&self) -> Result<ImageIndex, StoreError> {
         let path = self.root.join("index.json");
         match std::fs::read(&path) {
@@ -341,4 +362,61 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
     tmp.as_file().sync_all().map_err(io)?;
     tmp.persist(path).map_err(|e| io(e.error))?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::package::oci::MANIFEST_MEDIA_TYPE;
+
+    #[test]
+    fn references_get_a_default_tag() {
+        assert_eq!(normalize_reference("hello"), "hello:latest");
+        assert_eq!(normalize_reference("hello:1"), "hello:1");
+        assert_eq!(
+            normalize_reference("127.0.0.1:5000/a/b"),
+            "127.0.0.1:5000/a/b:latest"
+        );
+        assert_eq!(
+            normalize_reference("127.0.0.1:5000/a/b:2"),
+            "127.0.0.1:5000/a/b:2"
+        );
+    }
+
+    #[test]
+    fn reads_verify_and_refuse_damaged_blobs() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let digest = store.put(b"component bytes").unwrap();
+        assert_eq!(store.read(&digest).unwrap(), b"component bytes");
+        std::fs::write(store.blob_path(&digest), b"component bytez").unwrap();
+        let err = store.read(&digest).unwrap_err();
+        assert!(matches!(err, StoreError::Corrupt { .. }), "{err}");
+        assert!(err.to_string().contains(digest.as_str()), "{err}");
+        let err = store.put_verified(&digest, b"other bytes").unwrap_err();
+        assert!(matches!(err, StoreError::Corrupt { .. }));
+    }
+
+    #[test]
+    fn concurrent_tags_are_all_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().to_path_buf();
+        let threads: Vec<_> = (0..8)
+            .map(|i| {
+                let root = root.clone();
+                std::thread::spawn(move || {
+                    let store = Store::open(&root).unwrap();
+                    let bytes = format!("manifest {i}").into_bytes();
+                    store.put(&bytes).unwrap();
+                    let descriptor = Descriptor::of(MANIFEST_MEDIA_TYPE, &bytes);
+                    store.tag(&format!("app{i}:1"), &descriptor).unwrap();
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        let store = Store::open(&root).unwrap();
+        assert_eq!(store.list().unwrap().len(), 8);
+    }
 }
