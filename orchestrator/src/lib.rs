@@ -9,5 +9,6 @@ pub mod app_source;
 pub mod cli;
 pub mod credentials;
 pub mod home;
+pub mod mesh;
 pub mod registry;
 pub mod scheduler;

@@ -1,0 +1,153 @@
+//! The cluster certificate authority (ECDSA P-256, via rcgen). It signs
+//! short-lived node certificates from CSRs; the CSR proves possession of
+//! the key, but every name in the issued certificate is chosen by the CA,
+//! never copied from the request.
+
+use rcgen::{
+    BasicConstraints, CertificateParams, CertificateSigningRequestParams, DistinguishedName,
+    DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose,
+    PKCS_ECDSA_P256_SHA256, SanType,
+};
+use std::time::Duration;
+
+/// How long node certificates live before they must be renewed.
+pub const NODE_CERT_LIFETIME: Duration = Duration::from_secs(24 * 3600);
+/// How long the CA itself lives.
+const CA_LIFETIME: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
+
+/// Why the CA could not do what was asked.
+#[derive(Debug, thiserror::Error)]
+pub enum CaError {
+    /// Key or certificate generation failed.
+    #[error("certificate authority: {0}")]
+    Generate(String),
+    /// A stored CA could not be loaded.
+    #[error("cannot load the cluster CA: {0}")]
+    Load(String),
+    /// A CSR did not parse or its signature does not verify.
+    #[error("refusing certificate signing request: {0}")]
+    BadRequest(String),
+    /// A node name that cannot appear in a certificate.
+    #[error("invalid node name {0:?}: use letters, digits, '-' and '.'")]
+    BadName(String),
+}
+
+/// The cluster CA.
+pub struct ClusterCa {
+    cluster: String,
+    cert_pem: String,
+    key_pem: String,
+    issuer: Issuer<'static, KeyPair>,
+}
+
+impl ClusterCa {
+    /// Creates a new CA for the cluster named `cluster`.
+    ///
+    /// # Errors
+    ///
+    /// [`CaError::Generate`] when key generation fails.
+    pub fn create(cluster: &str) -> Result<ClusterCa, CaError> {
+        let gen_err = |e: rcgen::Error| CaError::Generate(e.to_string());
+        let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).map_err(gen_err)?;
+        let mut params = CertificateParams::new(Vec::<String>::new()).map_err(gen_err)?;
+        params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+        params.distinguished_name = name(&format!("skiff cluster {cluster} CA"));
+        params.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::CrlSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
+        let now = time::OffsetDateTime::now_utc();
+        params.not_before = now - time::Duration::minutes(5);
+        params.not_after = now + CA_LIFETIME;
+        let cert = params.self_signed(&key).map_err(gen_err)?;
+        let key_pem = key.serialize_pem();
+        Ok(ClusterCa {
+            cluster: cluster.to_string(),
+            cert_pem: cert.pem(),
+            key_pem,
+            issuer: Issuer::new(params, key),
+        })
+    }
+
+    /// Loads a CA saved with [`ClusterCa::cert_pem`] and [`ClusterCa::key_pem`].
+    ///
+    /// # Errors
+    ///
+    /// [`CaError::Load`] for unparsable PEM.
+    pub fn load(cluster: &str, cert_pem: &str, key_pem: &str) -> Result<ClusterCa, CaError> {
+        let load_err = |e: rcgen::Error| CaError::Load(e.to_string());
+        let key = KeyPair::from_pem(key_pem).map_err(load_err)?;
+        let issuer = Issuer::from_ca_cert_pem(cert_pem, key).map_err(load_err)?;
+        Ok(ClusterCa {
+            cluster: cluster.to_string(),
+            cert_pem: cert_pem.to_string(),
+            key_pem: key_pem.to_string(),
+            issuer,
+        })
+    }
+
+    /// The CA certificate, PEM; every node trusts exactly this.
+    pub fn cert_pem(&self) -> &str {
+        &self.cert_pem
+    }
+
+    /// The CA private key, PEM; stays with the control plane.
+    pub fn key_pem(&self) -> &str {
+        &self.key_pem
+    }
+
+    /// The SPIFFE ID of node `name`: `spiffe://<cluster>/node/<name>`.
+    pub fn node_id(&self, name: &str) -> String {
+        format!("spiffe://{}/node/{name}", self.cluster)
+    }
+
+    /// Issues a certificate for node `name` from its CSR (PEM): valid for
+    /// [`NODE_CERT_LIFETIME`], for both server and client authentication,
+    /// naming `name` as DNS name and the node's SPIFFE ID as URI.
+    ///
+    /// # Errors
+    ///
+    /// [`CaError::BadRequest`] for a CSR that does not parse or verify,
+    /// [`CaError::BadName`] for an unusable name.
+    pub fn sign_node(&self, name: &str, csr_pem: &str) -> Result<String, CaError> {
+        let valid_name = !name.is_empty()
+            && name.len() <= 63
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.');
+        if !valid_name {
+            return Err(CaError::BadName(name.to_string()));
+        }
+        let mut request = CertificateSigningRequestParams::from_pem(csr_pem)
+            .map_err(|e| CaError::BadRequest(e.to_string()))?;
+        let gen_err = |e: rcgen::Error| CaError::Generate(e.to_string());
+        let mut params = CertificateParams::new(Vec::<String>::new()).map_err(gen_err)?;
+        params.distinguished_name = name_of_node(name);
+        params.subject_alt_names = vec![
+            SanType::DnsName(name.try_into().map_err(gen_err)?),
+            SanType::URI(self.node_id(name).try_into().map_err(gen_err)?),
+        ];
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.extended_key_usages = vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ];
+        let now = time::OffsetDateTime::now_utc();
+        params.not_before = now - time::Duration::minutes(5);
+        params.not_after = now + NODE_CERT_LIFETIME;
+        request.params = params;
+        let cert = request.signed_by(&self.issuer).map_err(gen_err)?;
+        Ok(cert.pem())
+    }
+}
+
+fn name(common_name: &str) -> DistinguishedName {
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::CommonName, common_name);
+    dn
+}
+
+fn name_of_node(node: &str) -> DistinguishedName {
+    name(&format!("skiff node {node}"))
+}
