@@ -12,3 +12,4 @@ pub mod home;
 pub mod mesh;
 pub mod registry;
 pub mod scheduler;
+pub mod state;

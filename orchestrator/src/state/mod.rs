@@ -1,0 +1,247 @@
+//! The control plane's desired state, in an embedded transactional store
+//! (redb): the apps declared with their package digest and scale, and the
+//! one-time join tokens. Every change is one ACID transaction, so a control
+//! plane killed mid-write reopens to the state before or after that write,
+//! never between. Applying the same declaration twice changes nothing.
+
+#[cfg(test)]
+mod tests;
+
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use std::collections::BTreeMap;
+use std::path::Path;
+
+const APPS: TableDefinition<&str, &[u8]> = TableDefinition::new("apps");
+const JOIN_TOKENS: TableDefinition<&str, u64> = TableDefinition::new("join_tokens");
+
+/// One declared app.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AppRecord {
+    /// The app's name.
+    pub name: String,
+    /// The digest of the package it runs.
+    pub package: String,
+    /// Desired replicas per component.
+    pub scale: BTreeMap<String, u32>,
+    /// Bumped on every change; 1 when first declared.
+    pub generation: u64,
+}
+
+/// What applying a declaration did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Applied {
+    /// The app is new.
+    Created,
+    /// The app changed; its new generation.
+    Updated(u64),
+    /// The declaration matched what was stored.
+    Unchanged,
+}
+
+/// Why the store failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    /// The database could not be opened, read or written.
+    #[error("cluster state store: {0}")]
+    Store(String),
+    /// A record could not be decoded.
+    #[error("cluster state store: damaged record {key:?}: {message}")]
+    Damaged {
+        /// The record's key.
+        key: String,
+        /// What was wrong.
+        message: String,
+    },
+    /// No such app.
+    #[error("no app {0:?}; see `skiff apps`")]
+    UnknownApp(String),
+    /// No such component in the app.
+    #[error("app {app:?} has no component {component:?}")]
+    UnknownComponent {
+        /// The app.
+        app: String,
+        /// The component asked for.
+        component: String,
+    },
+}
+
+fn store_err(e: impl std::fmt::Display) -> StateError {
+    StateError::Store(e.to_string())
+}
+
+/// The desired-state store.
+pub struct ClusterStore {
+    db: Database,
+}
+
+impl ClusterStore {
+    /// Opens (creating if needed) the store at `path`.
+    ///
+    /// # Errors
+    ///
+    /// When the file cannot be opened or is not a redb database.
+    pub fn open(path: &Path) -> Result<ClusterStore, StateError> {
+        let db = Database::create(path).map_err(store_err)?;
+        let tx = db.begin_write().map_err(store_err)?;
+        tx.open_table(APPS).map_err(store_err)?;
+        tx.open_table(JOIN_TOKENS).map_err(store_err)?;
+        tx.commit().map_err(store_err)?;
+        Ok(ClusterStore { db })
+    }
+
+    /// Declares `name` to run `package` at `scale`; idempotent.
+    ///
+    /// # Errors
+    ///
+    /// Store failures.
+    pub fn apply_app(
+        &self,
+        name: &str,
+        package: &str,
+        scale: BTreeMap<String, u32>,
+    ) -> Result<Applied, StateError> {
+        let tx = self.db.begin_write().map_err(store_err)?;
+        let applied = {
+            let mut apps = tx.open_table(APPS).map_err(store_err)?;
+            let current = match apps.get(name).map_err(store_err)? {
+                Some(bytes) => Some(decode(name, bytes.value())?),
+                None => None,
+            };
+            match current {
+                Some(app) if app.package == package && app.scale == scale => Applied::Unchanged,
+                current => {
+                    let generation = current.map_or(1, |app| app.generation + 1);
+                    let record = AppRecord {
+                        name: name.to_string(),
+                        package: package.to_string(),
+                        scale,
+                        generation,
+                    };
+                    let bytes = serde_json::to_vec(&record).expect("a record serializes");
+                    apps.insert(name, bytes.as_slice()).map_err(store_err)?;
+                    if generation == 1 {
+                        Applied::Created
+                    } else {
+                        Applied::Updated(generation)
+                    }
+                }
+            }
+        };
+        tx.commit().map_err(store_err)?;
+        Ok(applied)
+    }
+
+    /// Sets the desired replicas of one component.
+    ///
+    /// # Errors
+    ///
+    /// An unknown app or component, or store failures.
+    pub fn scale(&self, app: &str, component: &str, replicas: u32) -> Result<Applied, StateError> {
+        let record = self
+            .app(app)?
+            .ok_or_else(|| StateError::UnknownApp(app.to_string()))?;
+        if !record.scale.contains_key(component) {
+            return Err(StateError::UnknownComponent {
+                app: app.to_string(),
+                component: component.to_string(),
+            });
+        }
+        let mut scale = record.scale;
+        scale.insert(component.to_string(), replicas);
+        self.apply_app(app, &record.package, scale)
+    }
+
+    /// The app `name`, if declared.
+    ///
+    /// # Errors
+    ///
+    /// Store failures or a damaged record.
+    pub fn app(&self, name: &str) -> Result<Option<AppRecord>, StateError> {
+        let tx = self.db.begin_read().map_err(store_err)?;
+        let apps = tx.open_table(APPS).map_err(store_err)?;
+        match apps.get(name).map_err(store_err)? {
+            Some(bytes) => Ok(Some(decode(name, bytes.value())?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Every declared app, by name.
+    ///
+    /// # Errors
+    ///
+    /// Store failures or a damaged record.
+    pub fn apps(&self) -> Result<Vec<AppRecord>, StateError> {
+        let tx = self.db.begin_read().map_err(store_err)?;
+        let apps = tx.open_table(APPS).map_err(store_err)?;
+        let mut all = Vec::new();
+        for entry in apps.iter().map_err(store_err)? {
+            let (key, value) = entry.map_err(store_err)?;
+            all.push(decode(key.value(), value.value())?);
+        }
+        Ok(all)
+    }
+
+    /// Removes app `name`; whether it existed.
+    ///
+    /// # Errors
+    ///
+    /// Store failures.
+    pub fn delete_app(&self, name: &str) -> Result<bool, StateError> {
+        let tx = self.db.begin_write().map_err(store_err)?;
+        let existed = tx
+            .open_table(APPS)
+            .map_err(store_err)?
+            .remove(name)
+            .map_err(store_err)?
+            .is_some();
+        tx.commit().map_err(store_err)?;
+        Ok(existed)
+    }
+
+    /// Records a join token (only its hash is stored), valid until
+    /// `expires_unix` (seconds).
+    ///
+    /// # Errors
+    ///
+    /// Store failures.
+    pub fn add_join_token(&self, token: &str, expires_unix: u64) -> Result<(), StateError> {
+        let tx = self.db.begin_write().map_err(store_err)?;
+        tx.open_table(JOIN_TOKENS)
+            .map_err(store_err)?
+            .insert(token_hash(token).as_str(), expires_unix)
+            .map_err(store_err)?;
+        tx.commit().map_err(store_err)
+    }
+
+    /// Uses up `token`: true the first time for a known, unexpired token,
+    /// false ever after (or for an unknown one).
+    ///
+    /// # Errors
+    ///
+    /// Store failures.
+    pub fn consume_join_token(&self, token: &str, now_unix: u64) -> Result<bool, StateError> {
+        let tx = self.db.begin_write().map_err(store_err)?;
+        let valid = tx
+            .open_table(JOIN_TOKENS)
+            .map_err(store_err)?
+            .remove(token_hash(token).as_str())
+            .map_err(store_err)?
+            .is_some_and(|expires| expires.value() > now_unix);
+        tx.commit().map_err(store_err)?;
+        Ok(valid)
+    }
+}
+
+fn decode(key: &str, bytes: &[u8]) -> Result<AppRecord, StateError> {
+    serde_json::from_slice(bytes).map_err(|e| StateError::Damaged {
+        key: key.to_string(),
+        message: e.to_string(),
+    })
+}
+
+/// Tokens are stored hashed, so a copy of the store does not reveal them.
+fn token_hash(token: &str) -> String {
+    hex::encode(Sha256::digest(token.as_bytes()))
+}

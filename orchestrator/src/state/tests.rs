@@ -1,0 +1,120 @@
+use super::*;
+use std::process::Command;
+
+fn scale(pairs: &[(&str, u32)]) -> BTreeMap<String, u32> {
+    pairs.iter().map(|(c, n)| (c.to_string(), *n)).collect()
+}
+
+#[test]
+fn applying_the_same_declaration_twice_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = ClusterStore::open(&dir.path().join("state.redb")).unwrap();
+    let s = scale(&[("web", 3)]);
+    assert_eq!(
+        store.apply_app("shop", "sha256:aa", s.clone()).unwrap(),
+        Applied::Created
+    );
+    assert_eq!(
+        store.apply_app("shop", "sha256:aa", s.clone()).unwrap(),
+        Applied::Unchanged
+    );
+    assert_eq!(
+        store.apply_app("shop", "sha256:bb", s).unwrap(),
+        Applied::Updated(2)
+    );
+    assert_eq!(store.scale("shop", "web", 5).unwrap(), Applied::Updated(3));
+    assert!(matches!(
+        store.scale("shop", "nope", 1),
+        Err(StateError::UnknownComponent { .. })
+    ));
+    assert!(matches!(
+        store.scale("none", "web", 1),
+        Err(StateError::UnknownApp(_))
+    ));
+    assert_eq!(store.app("shop").unwrap().unwrap().scale["web"], 5);
+}
+
+#[test]
+fn state_survives_a_restart_and_deletes_stick() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state.redb");
+    {
+        let store = ClusterStore::open(&path).unwrap();
+        store
+            .apply_app("a", "sha256:01", scale(&[("x", 1)]))
+            .unwrap();
+        store
+            .apply_app("b", "sha256:02", scale(&[("y", 2)]))
+            .unwrap();
+        assert!(store.delete_app("a").unwrap());
+        assert!(!store.delete_app("a").unwrap());
+    }
+    let store = ClusterStore::open(&path).unwrap();
+    let names: Vec<String> = store.apps().unwrap().into_iter().map(|a| a.name).collect();
+    assert_eq!(names, vec!["b"]);
+}
+
+#[test]
+fn join_tokens_work_once_and_expire() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = ClusterStore::open(&dir.path().join("state.redb")).unwrap();
+    store.add_join_token("secret-1", 1_000).unwrap();
+    store.add_join_token("secret-2", 1_000).unwrap();
+    assert!(store.consume_join_token("secret-1", 500).unwrap());
+    assert!(
+        !store.consume_join_token("secret-1", 500).unwrap(),
+        "reuse is refused"
+    );
+    assert!(!store.consume_join_token("wrong", 500).unwrap());
+    assert!(
+        !store.consume_join_token("secret-2", 2_000).unwrap(),
+        "expired"
+    );
+}
+
+/// With SKIFF_STATE_WRITER set, this "test" is the victim process: it
+/// writes generations in a loop until killed.
+#[test]
+fn writer_for_crash_test() {
+    let Ok(path) = std::env::var("SKIFF_STATE_WRITER") else {
+        return;
+    };
+    let store = ClusterStore::open(Path::new(&path)).unwrap();
+    for i in 0u32.. {
+        store
+            .apply_app("busy", &format!("sha256:{i:064x}"), scale(&[("c", i % 7)]))
+            .unwrap();
+    }
+}
+
+#[test]
+fn a_store_killed_mid_write_reopens_consistent() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state.redb");
+    for round in 0..3 {
+        let mut writer = Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "state::tests::writer_for_crash_test",
+                "--nocapture",
+            ])
+            .env("SKIFF_STATE_WRITER", &path)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(300 + 100 * round));
+        writer.kill().unwrap(); // SIGKILL, mid-transaction most likely
+        writer.wait().unwrap();
+        let store = ClusterStore::open(&path).unwrap();
+        let app = store
+            .app("busy")
+            .unwrap()
+            .expect("committed writes survive");
+        // Every field of the record comes from the same committed write.
+        let i = u32::from_str_radix(app.package.trim_start_matches("sha256:"), 16).unwrap();
+        assert_eq!(app.scale["c"], i % 7);
+        // Generations keep counting across restarts; each write bumps it.
+        assert!(app.generation > u64::from(i), "{app:?}");
+    }
+}
