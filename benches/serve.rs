@@ -196,7 +196,7 @@ fn instantiation(home: &Path, wasm: &str) {
         .unwrap();
     runtime.block_on(async {
         let engine = SkiffEngine::new(EngineConfig::default()).unwrap();
-        let cache = CompileCache::open(&home.join("cache"), engine.engine()).unwrap();
+        let cache = CompileCache::open(&home.join("cache")).unwrap();
         let manifest = Manifest::for_single_component(Path::new(wasm));
         let app = LoadedApp::load(&engine, &cache, &manifest, Path::new("/")).unwrap();
         let component = &app.components[0];

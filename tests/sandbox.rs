@@ -310,3 +310,43 @@ fn past_the_concurrency_limit_requests_get_503_with_retry_after() {
     }
     skiff.wait_for_stderr("reason=\"overloaded\"");
 }
+
+#[test]
+fn the_wasm_stack_is_limited_per_component() {
+    let home = temp_dir();
+    let dir = temp_dir();
+    let manifest = write_manifest(
+        dir.path(),
+        &format!(
+            "[app]\nname = \"stacks\"\n\
+             [component.shallow]\nsource = {hostile}\nroute = \"/shallow/...\"\n\
+             [component.shallow.limits]\nstack = \"64KiB\"\n\
+             [component.deep]\nsource = {hostile}\nroute = \"/deep-ok/...\"\n\
+             [component.deep.limits]\nstack = \"4MiB\"\n",
+            hostile = toml_path(guests::HOSTILE)
+        ),
+    );
+    let skiff = Running::start(home.path(), &[manifest.to_str().unwrap()]);
+    let (status, body) = get(&skiff.at("/shallow/deep?20000"));
+    assert_eq!(status, 500, "{body}");
+    assert!(body.contains("overflowed its stack"), "{body}");
+    assert_eq!(
+        get(&skiff.at("/deep-ok/deep?20000")),
+        (200, "depth 20000".to_string()),
+        "the same guest with a larger stack gets through"
+    );
+    assert_eq!(get(&skiff.at("/shallow/deep?10")).0, 200);
+
+    let too_big = write_manifest(
+        dir.path(),
+        &format!(
+            "[app]\nname = \"stacks\"\n[component.huge]\nsource = {}\nroute = \"/...\"\n[component.huge.limits]\nstack = \"64MiB\"\n",
+            toml_path(guests::HOSTILE)
+        ),
+    );
+    let stderr = expect_failure(home.path(), &["run", too_big.to_str().unwrap()]);
+    assert!(
+        stderr.contains("limits.stack \"64.0 MiB\" is above this node's maximum of 8 MiB"),
+        "{stderr}"
+    );
+}

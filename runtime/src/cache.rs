@@ -33,8 +33,6 @@ pub enum CacheOutcome {
 pub struct CompileCache {
     dir: PathBuf,
     key: [u8; 32],
-    /// Hex digest of the engine's compatibility hash, part of every key.
-    engine_id: String,
 }
 
 /// Why the cache could not be opened.
@@ -46,25 +44,21 @@ pub struct CacheError {
 }
 
 impl CompileCache {
-    /// Opens (creating if needed) the cache in `dir` for `engine`.
+    /// Opens (creating if needed) the cache in `dir`.
     ///
     /// # Errors
     ///
     /// When the directory or its key file cannot be created or read.
-    pub fn open(dir: &Path, engine: &Engine) -> Result<CompileCache, CacheError> {
+    pub fn open(dir: &Path) -> Result<CompileCache, CacheError> {
         let err = |source| CacheError {
             dir: dir.to_path_buf(),
             source,
         };
         std::fs::create_dir_all(dir).map_err(err)?;
         let key = load_or_create_key(&dir.join("key")).map_err(err)?;
-        let mut hasher = Sha256Hasher(Sha256::new());
-        engine.precompile_compatibility_hash().hash(&mut hasher);
-        let engine_id = hex::encode(&hasher.0.finalize()[..8]);
         Ok(CompileCache {
             dir: dir.to_path_buf(),
             key,
-            engine_id,
         })
     }
 
@@ -81,7 +75,10 @@ impl CompileCache {
         wasm: &[u8],
     ) -> Result<(Component, CacheOutcome), wasmtime::Error> {
         let digest = hex::encode(Sha256::digest(wasm));
-        let path = self.dir.join(format!("{digest}-{}.cwasm", self.engine_id));
+        let mut hasher = Sha256Hasher(Sha256::new());
+        engine.precompile_compatibility_hash().hash(&mut hasher);
+        let engine_id = hex::encode(&hasher.0.finalize()[..8]);
+        let path = self.dir.join(format!("{digest}-{engine_id}.cwasm"));
         if let Some(component) = self.load(engine, &path) {
             return Ok((component, CacheOutcome::Hit));
         }

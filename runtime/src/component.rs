@@ -103,6 +103,13 @@ impl LoadedComponent {
                 max_memory >> 20
             )));
         }
+        if spec.limits.stack.bytes() > engine.config().max_stack {
+            return Err(LoadError::Invalid(format!(
+                "component \"{name}\": limits.stack \"{}\" is above this node's maximum of {} MiB",
+                spec.limits.stack,
+                engine.config().max_stack >> 20
+            )));
+        }
         let capabilities = capability::prepare(
             spec,
             &PrepareContext {
@@ -129,16 +136,19 @@ impl LoadedComponent {
         })?;
         let digest = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&wasm));
 
+        let class = engine
+            .for_stack(spec.limits.stack.bytes() as usize)
+            .map_err(|e| LoadError::Invalid(format!("component \"{name}\": {e}")))?;
         let (component, cache_outcome) =
-            cache.load_or_compile(engine.engine(), &wasm).map_err(|e| {
-                LoadError::NotAComponent {
+            cache
+                .load_or_compile(class.engine(), &wasm)
+                .map_err(|e| LoadError::NotAComponent {
                     component: name.clone(),
                     path: path.clone(),
                     reason: format!("is not a valid Wasm component: {e:#}"),
-                }
-            })?;
+                })?;
 
-        let instance_pre = engine.linker().instantiate_pre(&component).map_err(|e| {
+        let instance_pre = class.linker().instantiate_pre(&component).map_err(|e| {
             let detail = format!("{e:#}");
             LoadError::UnsatisfiedImport {
                 component: name.clone(),

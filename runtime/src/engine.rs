@@ -1,12 +1,15 @@
-//! The process-wide wasmtime engine: pooling allocator with bounded memory
-//! reservations, epoch interruption driven by one ticker thread, and the
-//! linker that provides WASI 0.2 and `wasi:http` to every component.
+//! The process's wasmtime engines: pooling allocator with bounded memory
+//! reservations, epoch interruption driven by a ticker thread, and the
+//! linker that provides WASI 0.2 and `wasi:http` to every component; one
+//! engine per Wasm stack size in use.
 
 use crate::cpu_lane::CpuLane;
 use crate::instance::InstanceState;
+use crate::manifest::DEFAULT_STACK;
 use crate::reaper::{Reaper, ReaperHandle};
-use std::sync::Arc;
+use std::collections::BTreeMap;
 use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 use wasmtime::component::Linker;
@@ -18,11 +21,13 @@ pub const EPOCH_TICK: Duration = Duration::from_millis(1);
 /// Sizing of the engine's instance pool.
 #[derive(Debug, Clone, Copy)]
 pub struct EngineConfig {
-    /// Component instances alive at once across the process; default 1000.
+    /// Component instances alive at once per stack class; default 1000.
     pub max_instances: u32,
     /// The largest memory any one instance may have, in bytes; each pool
     /// slot reserves this much virtual memory. Default 1 GiB.
     pub max_instance_memory: u64,
+    /// The largest `limits.stack` a component may ask for; default 8 MiB.
+    pub max_stack: u64,
 }
 
 impl Default for EngineConfig {
@@ -30,18 +35,44 @@ impl Default for EngineConfig {
         EngineConfig {
             max_instances: 1000,
             max_instance_memory: 1 << 30,
+            max_stack: 8 << 20,
         }
     }
 }
 
-/// The engine, its linker and its epoch ticker. One per process.
+/// Host stack beyond the Wasm stack on each async fiber, for host calls.
+const HOST_STACK: usize = 1536 << 10;
+
+/// The Wasm engines of one process, one per stack class.
+///
+/// wasmtime fixes the Wasm stack limit per `Engine`, so components asking
+/// for different `limits.stack` values run in different engines, created
+/// on first use. Most nodes only ever have the default class. Every engine
+/// shares the process's CPU lane and reaper.
 pub struct SkiffEngine {
-    engine: Engine,
-    linker: Arc<Linker<InstanceState>>,
     config: EngineConfig,
+    classes: Mutex<BTreeMap<usize, Arc<StackClass>>>,
     cpu_lane: CpuLane,
     reaper: Reaper,
+}
+
+/// One engine: its wasmtime `Engine`, linker and epoch ticker.
+pub struct StackClass {
+    engine: Engine,
+    linker: Linker<InstanceState>,
     _ticker: EpochTicker,
+}
+
+impl StackClass {
+    /// The wasmtime engine.
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    /// The linker providing WASI 0.2 and `wasi:http`.
+    pub fn linker(&self) -> &Linker<InstanceState> {
+        &self.linker
+    }
 }
 
 /// Why the engine could not be created.
@@ -50,13 +81,41 @@ pub struct SkiffEngine {
 pub struct EngineError(String);
 
 impl SkiffEngine {
-    /// Builds the engine and starts its epoch ticker.
+    /// Builds the default engine and starts its epoch ticker.
     ///
     /// # Errors
     ///
     /// When wasmtime rejects the configuration, e.g. the pool cannot reserve
     /// its virtual memory.
     pub fn new(config: EngineConfig) -> Result<SkiffEngine, EngineError> {
+        let engine = SkiffEngine {
+            config,
+            classes: Mutex::new(BTreeMap::new()),
+            cpu_lane: CpuLane::for_this_machine(),
+            reaper: Reaper::start(),
+        };
+        engine.for_stack(DEFAULT_STACK)?;
+        Ok(engine)
+    }
+
+    /// The engine whose Wasm stack limit is `stack` bytes, created on first
+    /// use.
+    ///
+    /// # Errors
+    ///
+    /// When wasmtime rejects the configuration.
+    pub fn for_stack(&self, stack: usize) -> Result<Arc<StackClass>, EngineError> {
+        let mut classes = self.classes.lock().expect("engine classes lock");
+        if let Some(class) = classes.get(&stack) {
+            return Ok(class.clone());
+        }
+        let class = Arc::new(self.build_class(stack)?);
+        classes.insert(stack, class.clone());
+        Ok(class)
+    }
+
+    fn build_class(&self, stack: usize) -> Result<StackClass, EngineError> {
+        let config = &self.config;
         let mut pool = PoolingAllocationConfig::new();
         // A Rust wasm32-wasip2 component holds a handful of core instances
         // (the program plus the shims wit-component adds); budget for more.
@@ -76,6 +135,8 @@ impl SkiffEngine {
         let mut wasm = Config::new();
         wasm.allocation_strategy(InstanceAllocationStrategy::Pooling(pool))
             .epoch_interruption(true)
+            .max_wasm_stack(stack)
+            .async_stack_size(stack + HOST_STACK)
             // Reserve only what the largest allowed memory needs, not the
             // default 4 GiB per slot, so the pool's address space stays sane.
             .memory_reservation(config.max_instance_memory)
@@ -91,24 +152,11 @@ impl SkiffEngine {
             .map_err(|e| EngineError(format!("{e:#}")))?;
 
         let ticker = EpochTicker::start(engine.clone());
-        Ok(SkiffEngine {
+        Ok(StackClass {
             engine,
-            linker: Arc::new(linker),
-            config,
-            cpu_lane: CpuLane::for_this_machine(),
-            reaper: Reaper::start(),
+            linker,
             _ticker: ticker,
         })
-    }
-
-    /// The wasmtime engine.
-    pub fn engine(&self) -> &Engine {
-        &self.engine
-    }
-
-    /// The linker providing WASI 0.2 and `wasi:http`.
-    pub fn linker(&self) -> &Linker<InstanceState> {
-        &self.linker
     }
 
     /// The lane CPU-bound instances share.

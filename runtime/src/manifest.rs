@@ -11,6 +11,9 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
+/// The Wasm stack an instance gets unless `limits.stack` says otherwise.
+pub const DEFAULT_STACK: usize = 512 << 10;
+
 /// The file name `skiff run DIR` looks for.
 pub const MANIFEST_FILE: &str = "skiff.toml";
 
@@ -154,6 +157,9 @@ pub struct Limits {
     /// `max_outbound_requests = 32`: outbound HTTP requests one instance
     /// may make. Default 32.
     pub max_outbound_requests: u32,
+    /// `stack = "512KiB"`: the Wasm call stack of one instance; deeper
+    /// recursion traps. Default 512 KiB.
+    pub stack: ByteSize,
     /// `max_resources = 1000`: host resources (streams, fields, requests...)
     /// one instance may hold at once. Default 1,000.
     pub max_resources: u32,
@@ -169,6 +175,7 @@ impl Default for Limits {
             max_request_body: ByteSize::mib(16),
             max_response_body: ByteSize::mib(128),
             max_outbound_requests: 32,
+            stack: ByteSize::kib(512),
             max_resources: 1_000,
         }
     }
@@ -335,6 +342,11 @@ impl Manifest {
             if limits.memory.bytes() < 64 * 1024 {
                 return Err(format!(
                     "component \"{name}\": limits.memory must be at least \"64KiB\" (one Wasm page)"
+                ));
+            }
+            if limits.stack.bytes() < 64 * 1024 {
+                return Err(format!(
+                    "component \"{name}\": limits.stack must be at least \"64KiB\""
                 ));
             }
             for mount in &spec.files {

@@ -52,7 +52,7 @@ fn looks_like_path(arg: &str) -> bool {
 async fn serve(source: AppSource, listen: SocketAddr) -> anyhow::Result<()> {
     let started = Instant::now();
     let engine = SkiffEngine::new(EngineConfig::default())?;
-    let cache = CompileCache::open(&home::cache_dir(), engine.engine())?;
+    let cache = CompileCache::open(&home::cache_dir())?;
     let app = LoadedApp::load(&engine, &cache, &source.manifest, &source.base_dir)?;
     let log_sink: Arc<dyn LogSink> = Arc::new(StderrSink);
     let server = Server::bind(listen, Arc::new(app), log_sink).await?;

@@ -24,6 +24,11 @@ enum SizeInput {
 }
 
 impl ByteSize {
+    /// `n` kibibytes.
+    pub const fn kib(n: u64) -> ByteSize {
+        ByteSize(n * 1024)
+    }
+
     /// `n` mebibytes.
     pub const fn mib(n: u64) -> ByteSize {
         ByteSize(n * 1024 * 1024)

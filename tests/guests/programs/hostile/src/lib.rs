@@ -1,6 +1,7 @@
 //! A guest that misbehaves on request, one attack per path, for the
 //! sandbox tests: `/loop`, `/memory`, `/recursion`, `/huge`, `/panic`,
-//! `/resources`, `/outbound-flood?URL`, `/fetch?URL`, `/read-body`, and
+//! `/resources`, `/deep?N` (recursion on the Wasm stack),
+//! `/outbound-flood?URL`, `/fetch?URL`, `/read-body`, and
 //! `/ok` for a well-behaved answer.
 
 use skiff_sdk::http::StatusCode;
@@ -10,7 +11,9 @@ use std::io::Read;
 
 fn attack(request: Request) -> Response {
     let arg = request.uri().query().unwrap_or("").to_string();
-    match request.uri().path() {
+    // Match on the last path segment, so the guest works under any route.
+    let attack = format!("/{}", request.uri().path().rsplit('/').next().unwrap_or(""));
+    match attack.as_str() {
         "/ok" => text(StatusCode::OK, "fine".into()),
         "/loop" => {
             let mut n: u64 = 0;
@@ -26,6 +29,10 @@ fn attack(request: Request) -> Response {
             }
         }
         "/recursion" => text(StatusCode::OK, recurse(black_box(1)).to_string()),
+        "/deep" => {
+            let depth = arg.parse().unwrap_or(10_000);
+            text(StatusCode::OK, format!("depth {}", deep(black_box(depth))))
+        }
         "/huge" => Response::new(Body::from_reader(std::io::repeat(b'x').take(1 << 30))),
         "/panic" => panic!("deliberate panic"),
         "/resources" => {
@@ -61,6 +68,15 @@ fn attack(request: Request) -> Response {
 fn recurse(depth: u64) -> u64 {
     let frame = black_box([depth; 64]);
     recurse(black_box(frame[3] + 1)) + frame[7]
+}
+
+/// Recursion on the Wasm call stack itself (scalars only, nothing on the
+/// guest's shadow stack in linear memory).
+fn deep(n: u64) -> u64 {
+    if n == 0 {
+        return 0;
+    }
+    black_box(deep(black_box(n - 1))) + 1
 }
 
 fn text(status: StatusCode, body: String) -> Response {
