@@ -62,8 +62,9 @@ impl CompileCache {
         })
     }
 
-    /// Returns the compiled form of `wasm`, from the cache when a sealed
-    /// entry exists, otherwise by compiling it (and storing the result).
+    /// Returns the compiled form of `wasm` (whose sha256, hex, is `digest`),
+    /// from the cache when a sealed entry exists, otherwise by compiling it
+    /// (and storing the result).
     ///
     /// # Errors
     ///
@@ -72,9 +73,9 @@ impl CompileCache {
     pub fn load_or_compile(
         &self,
         engine: &Engine,
+        digest: &str,
         wasm: &[u8],
     ) -> Result<(Component, CacheOutcome), wasmtime::Error> {
-        let digest = hex::encode(Sha256::digest(wasm));
         let mut hasher = Sha256Hasher(Sha256::new());
         engine.precompile_compatibility_hash().hash(&mut hasher);
         let engine_id = hex::encode(&hasher.0.finalize()[..8]);

@@ -139,14 +139,13 @@ impl LoadedComponent {
         let class = engine
             .for_stack(spec.limits.stack.bytes() as usize)
             .map_err(|e| LoadError::Invalid(format!("component \"{name}\": {e}")))?;
-        let (component, cache_outcome) =
-            cache
-                .load_or_compile(class.engine(), &wasm)
-                .map_err(|e| LoadError::NotAComponent {
-                    component: name.clone(),
-                    path: path.clone(),
-                    reason: format!("is not a valid Wasm component: {e:#}"),
-                })?;
+        let (component, cache_outcome) = cache
+            .load_or_compile(class.engine(), &digest, &wasm)
+            .map_err(|e| LoadError::NotAComponent {
+                component: name.clone(),
+                path: path.clone(),
+                reason: format!("is not a valid Wasm component: {e:#}"),
+            })?;
 
         let instance_pre = class.linker().instantiate_pre(&component).map_err(|e| {
             let detail = format!("{e:#}");

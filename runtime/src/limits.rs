@@ -104,11 +104,6 @@ impl ConcurrencyGate {
         let _leave_queue = QueueSlot(&self.queued);
         self.permits.clone().acquire_owned().await.map_err(|_| Busy)
     }
-
-    /// Requests running right now.
-    pub fn in_flight(&self, max_concurrency: u32) -> usize {
-        max_concurrency as usize - self.permits.available_permits()
-    }
 }
 
 /// Leaves the wait queue when dropped, also when the waiting request is

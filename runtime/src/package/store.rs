@@ -125,11 +125,6 @@ impl Store {
         self.put(bytes).map(drop)
     }
 
-    /// Whether blob `digest` is present (not checked for damage).
-    pub fn has(&self, digest: &Digest) -> bool {
-        self.blob_path(digest).is_file()
-    }
-
     /// Reads blob `digest`, verifying it.
     ///
     /// # Errors
