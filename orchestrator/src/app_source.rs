@@ -8,6 +8,7 @@ use anyhow::{Context, bail};
 use skiff_runtime::Manifest;
 use skiff_runtime::manifest::MANIFEST_FILE;
 use skiff_runtime::package::compose::{Dependency, compose};
+use skiff_runtime::package::oci::Descriptor;
 use skiff_runtime::package::{self, Store, StoreError};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -86,16 +87,7 @@ impl AppSource {
     /// verification.
     pub fn from_package(reference: &str) -> anyhow::Result<AppSource> {
         let store = Store::open(&home::store_dir())?;
-        let descriptor = match store.resolve(reference) {
-            Ok(descriptor) => descriptor,
-            Err(StoreError::UnknownReference { .. }) if registry::is_remote(reference) => {
-                let registry = Registry::for_reference(reference)?;
-                tokio::runtime::Runtime::new()
-                    .context("failed to start the async runtime")?
-                    .block_on(registry.pull(&store))?
-            }
-            Err(e) => return Err(e.into()),
-        };
+        let descriptor = local_package(&store, reference)?;
         let manifest = package::open(&store, &descriptor.digest)
             .with_context(|| format!("cannot run package {reference}"))?;
         Ok(AppSource {
@@ -198,6 +190,35 @@ fn read_dependency(store: &Store, base_dir: &Path, source: &str) -> anyhow::Resu
     }
     let path = base_dir.join(source);
     std::fs::read(&path).with_context(|| format!("cannot read {}", path.display()))
+}
+
+/// The descriptor of package `reference` in `store`, pulling it first when
+/// it names a registry and is not there yet.
+///
+/// # Errors
+///
+/// An unknown reference or a failed pull.
+pub fn local_package(store: &Store, reference: &str) -> anyhow::Result<Descriptor> {
+    match store.resolve(reference) {
+        Ok(descriptor) => Ok(descriptor),
+        Err(StoreError::UnknownReference { .. }) if registry::is_remote(reference) => {
+            let registry = Registry::for_reference(reference)?;
+            tokio::runtime::Runtime::new()
+                .context("failed to start the async runtime")?
+                .block_on(registry.pull(store))
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Whether a command-line argument names a path rather than a package
+/// reference: it exists, or could not be a reference.
+pub fn is_path(arg: &str) -> bool {
+    Path::new(arg).exists()
+        || arg.starts_with('.')
+        || arg.starts_with('/')
+        || arg.ends_with(".wasm")
+        || arg.ends_with(".toml")
 }
 
 /// Replaces every `oci://REGISTRY/REPO:TAG` component source with the path

@@ -6,7 +6,6 @@ use crate::home;
 use anyhow::Context;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
-use std::io::Write;
 
 /// A username and password (or token) for one registry.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -40,20 +39,7 @@ pub fn for_registry(registry: &str) -> anyhow::Result<Option<Credentials>> {
 pub fn save(registry: &str, credentials: Credentials) -> anyhow::Result<()> {
     let mut all = load()?;
     all.insert(registry.to_string(), credentials);
-    let path = home::credentials_file();
-    let dir = path.parent().expect("the credentials file has a directory");
-    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        tmp.as_file()
-            .set_permissions(std::fs::Permissions::from_mode(0o600))?;
-    }
-    tmp.write_all(&serde_json::to_vec_pretty(&all)?)?;
-    tmp.persist(&path)
-        .with_context(|| format!("cannot write {}", path.display()))?;
-    Ok(())
+    home::write_private(&home::credentials_file(), &serde_json::to_vec_pretty(&all)?)
 }
 
 fn load() -> anyhow::Result<BTreeMap<String, Credentials>> {

@@ -1,7 +1,8 @@
 //! The Skiff home directory: `$SKIFF_HOME`, default `~/.skiff`. It holds
 //! the compile cache and, later, the package store and cluster config.
 
-use std::path::PathBuf;
+use anyhow::Context;
+use std::path::{Path, PathBuf};
 
 /// The Skiff home directory.
 pub fn skiff_home() -> PathBuf {
@@ -27,4 +28,28 @@ pub fn store_dir() -> PathBuf {
 /// Saved registry credentials (`skiff login`).
 pub fn credentials_file() -> PathBuf {
     skiff_home().join("credentials.json")
+}
+
+/// Writes `bytes` to `path` atomically with mode 0600, creating parents.
+///
+/// # Errors
+///
+/// The file or its directory cannot be written.
+pub fn write_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    use std::io::Write;
+    let dir = path.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let mut file = tempfile::NamedTempFile::new_in(dir)
+        .with_context(|| format!("cannot write in {}", dir.display()))?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        file.as_file()
+            .set_permissions(std::fs::Permissions::from_mode(0o600))?;
+    }
+    file.write_all(bytes)?;
+    file.as_file().sync_all()?;
+    file.persist(path)
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(())
 }

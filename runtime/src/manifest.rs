@@ -119,6 +119,71 @@ pub struct ComponentSpec {
     /// component before the app is run or packed.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub dependencies: BTreeMap<String, String>,
+    /// `[component.<name>.scale]`: how many replicas a cluster runs.
+    #[serde(default)]
+    pub scale: Scale,
+    /// `[component.<name>.placement]`: where a cluster may run them.
+    #[serde(default)]
+    pub placement: Placement,
+}
+
+/// `[component.<name>.scale]`
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Scale {
+    /// `replicas = 3`: replicas the cluster keeps running. Default 1;
+    /// `skiff run` ignores it (it serves one copy).
+    pub replicas: u32,
+}
+
+impl Default for Scale {
+    fn default() -> Self {
+        Scale { replicas: 1 }
+    }
+}
+
+/// `[component.<name>.placement]`
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Placement {
+    /// `labels = { zone = "eu-1" }`: a node must carry every one of these
+    /// labels to run a replica.
+    pub labels: BTreeMap<String, String>,
+    /// `strategy = "spread"` (default: replicas on the least loaded nodes)
+    /// or `"binpack"` (fill nodes before using more).
+    pub strategy: PlacementStrategy,
+    /// `memory = "256MiB"`: what one replica reserves on its node. Default
+    /// `limits.memory` times `limits.max_concurrency`, the most its
+    /// instances can use at once.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub memory: Option<ByteSize>,
+}
+
+/// How a component's replicas are placed over nodes.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum PlacementStrategy {
+    /// Prefer the least loaded node.
+    #[default]
+    Spread,
+    /// Prefer the most loaded node that still fits.
+    Binpack,
+}
+
+impl ComponentSpec {
+    /// Memory one replica reserves on its node, bytes: the declared
+    /// `placement.memory`, else memory limit times max concurrency.
+    pub fn replica_memory(&self) -> u64 {
+        self.placement.memory.map_or_else(
+            || {
+                self.limits
+                    .memory
+                    .bytes()
+                    .saturating_mul(u64::from(self.limits.max_concurrency.max(1)))
+            },
+            ByteSize::bytes,
+        )
+    }
 }
 
 /// One read-only directory mount.
@@ -296,6 +361,8 @@ impl Manifest {
             allowed_outbound_hosts: Vec::new(),
             limits: Limits::default(),
             dependencies: BTreeMap::new(),
+            scale: Scale::default(),
+            placement: Placement::default(),
         };
         Manifest {
             app: AppInfo {

@@ -8,11 +8,11 @@ use crate::invoke::{ResponseBody, invoke, plain};
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 
 /// How long in-flight requests may take to finish after shutdown begins.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
@@ -89,25 +89,11 @@ impl Server {
     /// to [`DRAIN_TIMEOUT`] for open connections to finish their requests.
     pub async fn run(self, shutdown: impl Future<Output = ()>) {
         let local = self.local_addr();
-        let graceful = GracefulShutdown::new();
-        let mut shutdown = std::pin::pin!(shutdown);
-        loop {
-            let (stream, _peer) = tokio::select! {
-                accepted = self.listener.accept() => match accepted {
-                    Ok(conn) => conn,
-                    Err(e) => {
-                        // Out of file descriptors and the like: back off
-                        // briefly rather than spin.
-                        tracing::warn!("accept failed: {e}");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
-                },
-                () = &mut shutdown => break,
-            };
-            let _ = stream.set_nodelay(true);
-            let app = self.app.clone();
-            let log_sink = self.log_sink.clone();
+        let app = self.app.clone();
+        let log_sink = self.log_sink.clone();
+        accept_until(self.listener, shutdown, DRAIN_TIMEOUT, move |accepted| {
+            let app = app.clone();
+            let log_sink = log_sink.clone();
             let service = hyper::service::service_fn(move |request| {
                 let app = app.clone();
                 let log_sink = log_sink.clone();
@@ -117,30 +103,90 @@ impl Server {
                     )
                 }
             });
-            let connection = http1::Builder::new()
-                .keep_alive(true)
-                // A client trickling its request head (slowloris) is cut off.
-                .timer(TokioTimer::new())
-                .header_read_timeout(HEADER_READ_TIMEOUT)
-                .serve_connection(TokioIo::new(stream), service);
-            let connection = graceful.watch(connection);
-            tokio::spawn(async move {
-                if let Err(e) = connection.await {
-                    tracing::debug!("connection ended with error: {e}");
-                }
-            });
-        }
-        drop(self.listener);
-        if tokio::time::timeout(DRAIN_TIMEOUT, graceful.shutdown())
-            .await
-            .is_err()
-        {
-            tracing::warn!("some connections did not finish within {DRAIN_TIMEOUT:?}");
-        }
+            tokio::spawn(serve_http1(
+                accepted.watcher,
+                TokioIo::new(accepted.stream),
+                service,
+            ));
+        })
+        .await;
     }
 }
 
-/// Routes one request to its component.
+/// A connection taken by [`accept_until`].
+pub struct Accepted {
+    /// The TCP stream, with Nagle's algorithm off.
+    pub stream: TcpStream,
+    /// The peer's address.
+    pub peer: SocketAddr,
+    /// Keeps graceful shutdown waiting while the connection is served.
+    pub watcher: Watcher,
+}
+
+/// Accepts connections on `listener` until `shutdown` completes, handing
+/// each to `serve`; then stops accepting and waits up to `drain` for the
+/// connections being watched to finish their requests.
+pub async fn accept_until(
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()>,
+    drain: Duration,
+    mut serve: impl FnMut(Accepted),
+) {
+    let graceful = GracefulShutdown::new();
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(conn) => conn,
+                Err(e) => {
+                    // Out of file descriptors and the like: back off
+                    // briefly rather than spin.
+                    tracing::warn!("accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let _ = stream.set_nodelay(true);
+        serve(Accepted {
+            stream,
+            peer,
+            watcher: graceful.watcher(),
+        });
+    }
+    drop(listener);
+    if tokio::time::timeout(drain, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!("some connections did not finish within {drain:?}");
+    }
+}
+
+/// Serves HTTP/1.1 on `io` with `service`, with keep-alive and a limit on
+/// reading request heads (a client trickling its head, slowloris, is cut
+/// off), watched by `watcher` for graceful shutdown.
+pub async fn serve_http1<I, S, B>(watcher: Watcher, io: I, service: S)
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    S: hyper::service::HttpService<Incoming, ResBody = B> + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    B: http_body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let connection = http1::Builder::new()
+        .keep_alive(true)
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .serve_connection(io, service);
+    if let Err(e) = watcher.watch(connection).await {
+        tracing::debug!("connection ended with error: {e}");
+    }
+}
+
 async fn dispatch(
     app: &LoadedApp,
     mut request: hyper::Request<Incoming>,

@@ -35,10 +35,17 @@ impl Running {
     /// Starts `skiff run ARGS --listen 127.0.0.1:0` and waits for it to
     /// serve.
     pub fn start(home: &Path, args: &[&str]) -> Running {
+        let mut all = vec!["run"];
+        all.extend_from_slice(args);
+        all.extend_from_slice(&["--listen", "127.0.0.1:0"]);
+        Running::launch(home, &all, "Serving ")
+    }
+
+    /// Starts `skiff ARGS` and waits for a stdout line containing
+    /// `marker`; `url` is the word after it.
+    pub fn launch(home: &Path, args: &[&str], marker: &str) -> Running {
         let mut child = skiff(home)
-            .arg("run")
             .args(args)
-            .args(["--listen", "127.0.0.1:0"])
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -59,13 +66,14 @@ impl Running {
         });
         let (tx, rx) = std::sync::mpsc::channel();
         let stdout = child.stdout.take().unwrap();
+        let marker = marker.to_string();
         std::thread::spawn(move || {
             let mut banner = String::new();
             for line in BufReader::new(stdout).lines() {
                 let Ok(line) = line else { break };
                 banner.push_str(&line);
                 banner.push('\n');
-                if let Some(rest) = line.strip_prefix("Serving ") {
+                if let Some((_, rest)) = line.split_once(marker.as_str()) {
                     let url = rest.split_whitespace().next().unwrap().to_string();
                     let _ = tx.send((url, banner.clone()));
                 }
@@ -82,7 +90,7 @@ impl Running {
                 let _ = child.kill();
                 let _ = child.wait();
                 panic!(
-                    "skiff run {args:?} did not start serving; stderr:\n{}",
+                    "skiff {args:?} did not start serving; stderr:\n{}",
                     stderr.lock().unwrap()
                 );
             }
@@ -113,6 +121,12 @@ impl Running {
             );
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// Kills the process at once (SIGKILL), as a crash would.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 
     /// Sends SIGTERM and waits for the process to exit.

@@ -1,6 +1,8 @@
 //! The `skiff` command line: argument parsing and dispatch to one module per
 //! subcommand.
 
+mod apps;
+mod cluster;
 mod package;
 mod registry;
 mod run;
@@ -38,6 +40,35 @@ enum Command {
     Pull(registry::PullArgs),
     /// Save credentials for an OCI registry.
     Login(registry::LoginArgs),
+    /// A one-machine cluster: control plane, a node and ingress in one
+    /// process, with PATH deployed.
+    Up(cluster::UpArgs),
+    /// Run the control plane.
+    Server(cluster::ServerArgs),
+    /// Run a node that joins a control plane.
+    Node(cluster::NodeArgs),
+    /// Make a one-time token for a node to join.
+    JoinToken(cluster::JoinTokenArgs),
+    /// Deploy an app to the cluster (packs it first if given a path).
+    Deploy(apps::DeployArgs),
+    /// List the cluster's apps.
+    Apps(apps::ListArgs),
+    /// List replicas: where each runs, its state, and why a pending one waits.
+    Ps(apps::PsArgs),
+    /// List the cluster's nodes.
+    Nodes(apps::ListArgs),
+    /// Set a component's replica count.
+    Scale(apps::ScaleArgs),
+    /// Delete an app and its replicas.
+    Delete(apps::NameArgs),
+    /// Stop placing new replicas on a node.
+    Cordon(apps::NameArgs),
+    /// Let a cordoned or drained node take replicas again.
+    Uncordon(apps::NameArgs),
+    /// Move every replica off a node and cordon it.
+    Drain(apps::NameArgs),
+    /// Print (and with -f follow) the guest output of an app's replicas.
+    Logs(apps::LogsArgs),
 }
 
 /// Parses the command line, runs the command, and turns errors into a
@@ -55,6 +86,20 @@ pub fn main() -> ExitCode {
         Command::Push(args) => registry::push(args),
         Command::Pull(args) => registry::pull(args),
         Command::Login(args) => registry::login(args),
+        Command::Up(args) => cluster::up(args),
+        Command::Server(args) => cluster::server(args),
+        Command::Node(args) => cluster::node(args),
+        Command::JoinToken(args) => cluster::join_token(args),
+        Command::Deploy(args) => apps::deploy(args),
+        Command::Apps(args) => apps::apps(args),
+        Command::Ps(args) => apps::ps(args),
+        Command::Nodes(args) => apps::nodes(args),
+        Command::Scale(args) => apps::scale(args),
+        Command::Delete(args) => apps::delete(args),
+        Command::Cordon(args) => apps::node_action(args, "cordon"),
+        Command::Uncordon(args) => apps::node_action(args, "uncordon"),
+        Command::Drain(args) => apps::node_action(args, "drain"),
+        Command::Logs(args) => apps::logs(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,6 +1,6 @@
 //! `skiff run`: build (optionally), load and serve one app on this machine.
 
-use crate::app_source::AppSource;
+use crate::app_source::{self, AppSource};
 use crate::home;
 use anyhow::Context;
 use skiff_runtime::capability::logging::{LogSink, StderrSink};
@@ -28,9 +28,8 @@ pub struct RunArgs {
 
 /// Runs `skiff run`.
 pub fn run(args: RunArgs) -> anyhow::Result<()> {
-    let path = PathBuf::from(&args.path);
-    let source = if path.exists() || looks_like_path(&args.path) {
-        let mut source = AppSource::open(&path)?;
+    let source = if app_source::is_path(&args.path) {
+        let mut source = AppSource::open(&PathBuf::from(&args.path))?;
         if args.build {
             source.build()?;
         }
@@ -41,12 +40,6 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
     };
     let runtime = tokio::runtime::Runtime::new().context("failed to start the async runtime")?;
     runtime.block_on(serve(source, args.listen))
-}
-
-/// Paths that do not exist still read as paths (and get a "does not exist"
-/// error) when they could not be a package reference.
-fn looks_like_path(arg: &str) -> bool {
-    arg.starts_with('.') || arg.starts_with('/') || arg.ends_with(".wasm") || arg.ends_with(".toml")
 }
 
 async fn serve(source: AppSource, listen: SocketAddr) -> anyhow::Result<()> {
@@ -88,7 +81,7 @@ async fn serve(source: AppSource, listen: SocketAddr) -> anyhow::Result<()> {
 }
 
 /// Completes on Ctrl-C or SIGTERM.
-async fn shutdown_signal() {
+pub(crate) async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {

@@ -142,6 +142,45 @@ impl ClusterCa {
     }
 }
 
+impl ClusterCa {
+    /// Issues the control plane's own serving certificate for `hosts` (IP
+    /// addresses or DNS names it is reached by), with a fresh key. Returns
+    /// `(chain_pem, key_pem)`; the chain holds the leaf then the CA, so a
+    /// joining node can check the CA against its token's pin.
+    ///
+    /// # Errors
+    ///
+    /// A host that is neither an IP address nor a DNS name.
+    pub fn sign_control_plane(&self, hosts: &[String]) -> Result<(String, String), CaError> {
+        let gen_err = |e: rcgen::Error| CaError::Generate(e.to_string());
+        let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).map_err(gen_err)?;
+        let mut params = CertificateParams::new(Vec::<String>::new()).map_err(gen_err)?;
+        params.distinguished_name = name(&format!("skiff cluster {} control plane", self.cluster));
+        let mut sans = vec![SanType::URI(
+            format!("spiffe://{}/control-plane", self.cluster)
+                .try_into()
+                .map_err(gen_err)?,
+        )];
+        for host in hosts {
+            sans.push(match host.parse::<std::net::IpAddr>() {
+                Ok(ip) => SanType::IpAddress(ip),
+                Err(_) => SanType::DnsName(host.clone().try_into().map_err(gen_err)?),
+            });
+        }
+        params.subject_alt_names = sans;
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        let now = time::OffsetDateTime::now_utc();
+        params.not_before = now - time::Duration::minutes(5);
+        params.not_after = now + CA_LIFETIME;
+        let cert = params.signed_by(&key, &self.issuer).map_err(gen_err)?;
+        Ok((
+            format!("{}{}", cert.pem(), self.cert_pem),
+            key.serialize_pem(),
+        ))
+    }
+}
+
 fn name(common_name: &str) -> DistinguishedName {
     let mut dn = DistinguishedName::new();
     dn.push(DnType::CommonName, common_name);

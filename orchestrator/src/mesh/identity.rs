@@ -86,6 +86,38 @@ impl NodeIdentity {
         Ok(Arc::new(config))
     }
 
+    /// The node certificate, PEM.
+    pub fn cert_pem(&self) -> &str {
+        &self.cert_pem
+    }
+
+    /// The node key, PEM.
+    pub fn key_pem(&self) -> &str {
+        &self.key_pem
+    }
+
+    /// The cluster CA certificate, PEM.
+    pub fn ca_pem(&self) -> &str {
+        &self.ca_pem
+    }
+
+    /// When the node certificate stops being valid, and when it started,
+    /// Unix seconds.
+    ///
+    /// # Errors
+    ///
+    /// An unreadable certificate.
+    pub fn validity(&self) -> Result<(i64, i64), IdentityError> {
+        let der = self.chain()?.remove(0);
+        let (_, cert) = x509_parser::parse_x509_certificate(&der)
+            .map_err(|e| IdentityError(format!("node certificate: {e}")))?;
+        let validity = cert.validity();
+        Ok((
+            validity.not_before.timestamp(),
+            validity.not_after.timestamp(),
+        ))
+    }
+
     fn roots(&self) -> Result<RootCertStore, IdentityError> {
         let mut roots = RootCertStore::empty();
         let ca = CertificateDer::from_pem_slice(self.ca_pem.as_bytes())

@@ -1,6 +1,7 @@
-//! The control plane's desired state, in an embedded transactional store
-//! (redb): the apps declared with their package digest and scale, and the
-//! one-time join tokens. Every change is one ACID transaction, so a control
+//! The control plane's durable state, in an embedded transactional store
+//! (redb): the apps declared with their package digest and scale, the nodes
+//! that joined, where each replica is assigned, and the one-time join
+//! tokens. Every change is one ACID transaction, so a control
 //! plane killed mid-write reopens to the state before or after that write,
 //! never between. Applying the same declaration twice changes nothing.
 
@@ -15,6 +16,51 @@ use std::path::Path;
 
 const APPS: TableDefinition<&str, &[u8]> = TableDefinition::new("apps");
 const JOIN_TOKENS: TableDefinition<&str, u64> = TableDefinition::new("join_tokens");
+const NODES: TableDefinition<&str, &[u8]> = TableDefinition::new("nodes");
+const REPLICAS: TableDefinition<&str, &[u8]> = TableDefinition::new("replicas");
+
+/// A node that joined the cluster.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeRecord {
+    /// The node's name (also in its certificate).
+    pub name: String,
+    /// `key=value` labels.
+    pub labels: BTreeMap<String, String>,
+    /// Memory the node offers to replicas, bytes.
+    pub memory: u64,
+    /// Where its HTTP ingress listens.
+    pub ingress: String,
+    /// Where its mesh (mTLS) endpoint listens.
+    pub mesh: String,
+    /// Takes no new replicas.
+    pub cordoned: bool,
+    /// Cordoned, and its replicas are moved elsewhere.
+    pub drained: bool,
+}
+
+/// One replica of a component, and the node it is assigned to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReplicaRecord {
+    /// Unique id, `app/component/N`.
+    pub id: String,
+    /// The app.
+    pub app: String,
+    /// The component.
+    pub component: String,
+    /// The node running it; `None` while pending.
+    pub node: Option<String>,
+    /// When it was created, Unix seconds.
+    pub created_unix: u64,
+}
+
+/// One change to the replica table, applied with others atomically.
+#[derive(Debug, Clone)]
+pub enum ReplicaChange {
+    /// Insert or replace a replica.
+    Put(ReplicaRecord),
+    /// Remove the replica with this id.
+    Remove(String),
+}
 
 /// One declared app.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -87,6 +133,8 @@ impl ClusterStore {
         let tx = db.begin_write().map_err(store_err)?;
         tx.open_table(APPS).map_err(store_err)?;
         tx.open_table(JOIN_TOKENS).map_err(store_err)?;
+        tx.open_table(NODES).map_err(store_err)?;
+        tx.open_table(REPLICAS).map_err(store_err)?;
         tx.commit().map_err(store_err)?;
         Ok(ClusterStore { db })
     }
@@ -106,7 +154,7 @@ impl ClusterStore {
         let applied = {
             let mut apps = tx.open_table(APPS).map_err(store_err)?;
             let current = match apps.get(name).map_err(store_err)? {
-                Some(bytes) => Some(decode(name, bytes.value())?),
+                Some(bytes) => Some(decode::<AppRecord>(name, bytes.value())?),
                 None => None,
             };
             match current {
@@ -173,17 +221,11 @@ impl ClusterStore {
     ///
     /// Store failures or a damaged record.
     pub fn apps(&self) -> Result<Vec<AppRecord>, StateError> {
-        let tx = self.db.begin_read().map_err(store_err)?;
-        let apps = tx.open_table(APPS).map_err(store_err)?;
-        let mut all = Vec::new();
-        for entry in apps.iter().map_err(store_err)? {
-            let (key, value) = entry.map_err(store_err)?;
-            all.push(decode(key.value(), value.value())?);
-        }
-        Ok(all)
+        all_json(&self.db, APPS)
     }
 
-    /// Removes app `name`; whether it existed.
+    /// Removes app `name` and its replicas, in one transaction; whether it
+    /// existed.
     ///
     /// # Errors
     ///
@@ -196,8 +238,77 @@ impl ClusterStore {
             .remove(name)
             .map_err(store_err)?
             .is_some();
+        {
+            let mut replicas = tx.open_table(REPLICAS).map_err(store_err)?;
+            let prefix = format!("{name}/");
+            let ids: Vec<String> = replicas
+                .iter()
+                .map_err(store_err)?
+                .filter_map(|entry| entry.ok().map(|(key, _)| key.value().to_string()))
+                .filter(|id| id.starts_with(&prefix))
+                .collect();
+            for id in ids {
+                replicas.remove(id.as_str()).map_err(store_err)?;
+            }
+        }
         tx.commit().map_err(store_err)?;
         Ok(existed)
+    }
+
+    /// Records (or replaces) node `record`.
+    ///
+    /// # Errors
+    ///
+    /// Store failures.
+    pub fn put_node(&self, record: &NodeRecord) -> Result<(), StateError> {
+        put_json(&self.db, NODES, &record.name, record)
+    }
+
+    /// Every node that joined, by name.
+    ///
+    /// # Errors
+    ///
+    /// Store failures or a damaged record.
+    pub fn nodes(&self) -> Result<Vec<NodeRecord>, StateError> {
+        all_json(&self.db, NODES)
+    }
+
+    /// Every replica, by id.
+    ///
+    /// # Errors
+    ///
+    /// Store failures or a damaged record.
+    pub fn replicas(&self) -> Result<Vec<ReplicaRecord>, StateError> {
+        all_json(&self.db, REPLICAS)
+    }
+
+    /// Applies `changes` to the replica table in one transaction.
+    ///
+    /// # Errors
+    ///
+    /// Store failures; then nothing was applied.
+    pub fn change_replicas(&self, changes: &[ReplicaChange]) -> Result<(), StateError> {
+        if changes.is_empty() {
+            return Ok(());
+        }
+        let tx = self.db.begin_write().map_err(store_err)?;
+        {
+            let mut replicas = tx.open_table(REPLICAS).map_err(store_err)?;
+            for change in changes {
+                match change {
+                    ReplicaChange::Put(record) => {
+                        let bytes = serde_json::to_vec(record).expect("a record serializes");
+                        replicas
+                            .insert(record.id.as_str(), bytes.as_slice())
+                            .map_err(store_err)?;
+                    }
+                    ReplicaChange::Remove(id) => {
+                        replicas.remove(id.as_str()).map_err(store_err)?;
+                    }
+                }
+            }
+        }
+        tx.commit().map_err(store_err)
     }
 
     /// Records a join token (only its hash is stored), valid until
@@ -234,7 +345,36 @@ impl ClusterStore {
     }
 }
 
-fn decode(key: &str, bytes: &[u8]) -> Result<AppRecord, StateError> {
+fn put_json<T: Serialize>(
+    db: &Database,
+    table: TableDefinition<&str, &[u8]>,
+    key: &str,
+    value: &T,
+) -> Result<(), StateError> {
+    let bytes = serde_json::to_vec(value).expect("a record serializes");
+    let tx = db.begin_write().map_err(store_err)?;
+    tx.open_table(table)
+        .map_err(store_err)?
+        .insert(key, bytes.as_slice())
+        .map_err(store_err)?;
+    tx.commit().map_err(store_err)
+}
+
+fn all_json<T: serde::de::DeserializeOwned>(
+    db: &Database,
+    table: TableDefinition<&str, &[u8]>,
+) -> Result<Vec<T>, StateError> {
+    let tx = db.begin_read().map_err(store_err)?;
+    let table = tx.open_table(table).map_err(store_err)?;
+    let mut all = Vec::new();
+    for entry in table.iter().map_err(store_err)? {
+        let (key, value) = entry.map_err(store_err)?;
+        all.push(decode(key.value(), value.value())?);
+    }
+    Ok(all)
+}
+
+fn decode<T: serde::de::DeserializeOwned>(key: &str, bytes: &[u8]) -> Result<T, StateError> {
     serde_json::from_slice(bytes).map_err(|e| StateError::Damaged {
         key: key.to_string(),
         message: e.to_string(),

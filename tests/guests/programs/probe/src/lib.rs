@@ -2,7 +2,8 @@
 //! segment:
 //! `/env` lists every environment variable, `/read?PATH` reads a file,
 //! `/write?PATH` tries to create one, `/list?PATH` lists a directory,
-//! `/sleep?MS` sleeps, `/status?CODE` answers with that status.
+//! `/sleep?MS` sleeps, `/status?CODE` answers with that status, `/log?TEXT`
+//! writes TEXT to stdout and `err TEXT` to stderr.
 
 use skiff_sdk::http::StatusCode;
 use skiff_sdk::{Request, Response};
@@ -38,6 +39,11 @@ fn probe(request: Request) -> Response {
             let mut response = Response::new(format!("status {code}").into());
             *response.status_mut() = StatusCode::from_u16(code).unwrap_or(StatusCode::OK);
             return response;
+        }
+        "log" => {
+            println!("{arg}");
+            eprintln!("err {arg}");
+            Ok("logged".to_string())
         }
         other => Err(format!("unknown probe {other}")),
     };

@@ -1,0 +1,284 @@
+//! The JSON bodies of the control plane's `/v1` API, shared by the server,
+//! the node agent and the CLI so that each side reads what the other wrote.
+
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// An error reply: every non-2xx answer carries one.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ErrorBody {
+    /// What was wrong, for a person.
+    pub error: String,
+}
+
+/// `POST /v1/join`: a node asks to join with a one-time token.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct JoinRequest {
+    /// The join token printed by `skiff server` or `skiff join-token`.
+    pub token: String,
+    /// The node's name; it goes into the node's certificate.
+    pub name: String,
+    /// PEM certificate signing request for the node's key.
+    pub csr_pem: String,
+}
+
+/// The answer to a join: the node's certificate and the cluster's CA.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct JoinResponse {
+    /// The node's certificate, signed by the cluster CA.
+    pub cert_pem: String,
+    /// The cluster CA's certificate.
+    pub ca_pem: String,
+}
+
+/// `POST /v1/node/renew` (mTLS): a fresh certificate for the same name.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RenewRequest {
+    /// PEM certificate signing request for the node's new key.
+    pub csr_pem: String,
+}
+
+/// What a node reports about the replicas of one component it holds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ComponentStatus {
+    /// The app.
+    pub app: String,
+    /// The component.
+    pub component: String,
+    /// The package digest it was loaded from.
+    pub package: String,
+    /// Loading, running or failed.
+    pub state: LoadState,
+    /// Why it failed, and when it is retried.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// Where a node is with one component.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LoadState {
+    /// Pulling its package or compiling it.
+    Loading,
+    /// Serving.
+    Running,
+    /// Failed to load; retried with backoff.
+    Failed,
+}
+
+/// One line a guest wrote, shipped from its node to the control plane.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct GuestLine {
+    /// The app.
+    pub app: String,
+    /// The component.
+    pub component: String,
+    /// `stdout` or `stderr`.
+    pub stream: String,
+    /// The line, without its newline.
+    pub line: String,
+    /// When it was written, Unix milliseconds.
+    pub unix_ms: u64,
+}
+
+/// `POST /v1/node/sync` (mTLS): the node's heartbeat. The control plane
+/// holds it until the desired state moves past `version` or a heartbeat
+/// interval passes, so it doubles as the node's watch.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SyncRequest {
+    /// The desired-state version the node last applied; 0 at start.
+    pub version: u64,
+    /// `key=value` labels.
+    pub labels: BTreeMap<String, String>,
+    /// Memory offered to replicas, bytes.
+    pub memory: u64,
+    /// Ingress address, `ip:port`.
+    pub ingress: String,
+    /// Mesh address, `ip:port`.
+    pub mesh: String,
+    /// Each component held, and its state.
+    pub components: Vec<ComponentStatus>,
+    /// Guest log lines since the last sync.
+    pub logs: Vec<GuestLine>,
+}
+
+/// The answer to a sync.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SyncResponse {
+    /// The current desired-state version.
+    pub version: u64,
+    /// The desired state, when it moved past the node's version.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub desired: Option<DesiredState>,
+    /// Milliseconds the node waits before its next sync.
+    pub heartbeat_ms: u64,
+}
+
+/// What a node should hold, and where every app's replicas are.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct DesiredState {
+    /// Components this node runs.
+    pub assignments: Vec<Assignment>,
+    /// Every app's routes and endpoints, for ingress.
+    pub apps: Vec<AppRouting>,
+}
+
+/// One component a node should run.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Assignment {
+    /// The app.
+    pub app: String,
+    /// The component.
+    pub component: String,
+    /// The package digest holding it.
+    pub package: String,
+    /// Replicas of it placed on this node (at least 1).
+    pub replicas: u32,
+}
+
+/// How ingress reaches an app.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AppRouting {
+    /// The app.
+    pub name: String,
+    /// `(route, component)` for every routed component.
+    pub routes: Vec<(String, String)>,
+    /// Per component, the nodes running a replica (one entry per replica).
+    pub endpoints: BTreeMap<String, Vec<Endpoint>>,
+}
+
+/// A node running a replica.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Endpoint {
+    /// The node's name (its certificate's DNS name).
+    pub node: String,
+    /// Its mesh address.
+    pub mesh: String,
+}
+
+/// `POST /v1/apps`: declare the app in an uploaded package.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DeployRequest {
+    /// The package digest; its blobs must be uploaded first.
+    pub package: String,
+}
+
+/// The answer to a deploy.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DeployResponse {
+    /// The app's name.
+    pub app: String,
+    /// `created`, `updated` or `unchanged`.
+    pub outcome: String,
+    /// The app's generation after the deploy.
+    pub generation: u64,
+}
+
+/// `POST /v1/apps/NAME/scale`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ScaleRequest {
+    /// The component.
+    pub component: String,
+    /// Desired replicas.
+    pub replicas: u32,
+}
+
+/// An app, as `skiff apps` shows it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AppView {
+    /// Its name.
+    pub name: String,
+    /// Its version.
+    pub version: String,
+    /// The package digest.
+    pub package: String,
+    /// Bumped on every change.
+    pub generation: u64,
+    /// Each component.
+    pub components: Vec<ComponentView>,
+}
+
+/// A component of an app.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ComponentView {
+    /// Its name.
+    pub name: String,
+    /// Its route, if any.
+    pub route: Option<String>,
+    /// Desired replicas.
+    pub desired: u32,
+    /// Replicas running.
+    pub running: u32,
+}
+
+/// A replica, as `skiff ps` shows it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ReplicaView {
+    /// `app/component/N`.
+    pub id: String,
+    /// The app.
+    pub app: String,
+    /// The component.
+    pub component: String,
+    /// Its node; none while pending.
+    pub node: Option<String>,
+    /// `pending`, `starting`, `running`, `failed` or `unknown` (its node
+    /// is down).
+    pub state: String,
+    /// Seconds since it was created.
+    pub age_secs: u64,
+    /// Why it is pending or failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+/// A node, as `skiff nodes` shows it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct NodeView {
+    /// Its name.
+    pub name: String,
+    /// `ready`, `down`, `cordoned` or `draining`.
+    pub state: String,
+    /// Its labels.
+    pub labels: BTreeMap<String, String>,
+    /// Memory offered, bytes.
+    pub memory: u64,
+    /// Memory reserved by its replicas, bytes.
+    pub reserved: u64,
+    /// Replicas assigned to it.
+    pub replicas: u32,
+    /// Ingress address.
+    pub ingress: String,
+    /// Milliseconds since its last heartbeat.
+    pub last_seen_ms: u64,
+}
+
+/// `GET /v1/apps/NAME/logs`: lines after a cursor.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LogsResponse {
+    /// The lines, oldest first.
+    pub lines: Vec<LogEntry>,
+    /// Pass as `after` to get only newer lines.
+    pub next: u64,
+}
+
+/// One guest line as stored by the control plane.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LogEntry {
+    /// Position in the control plane's log; increasing.
+    pub seq: u64,
+    /// The node that ran the replica.
+    pub node: String,
+    /// The line as the guest wrote it.
+    #[serde(flatten)]
+    pub line: GuestLine,
+}
+
+/// `POST /v1/join-tokens`: a new one-time join token.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct JoinTokenResponse {
+    /// The token.
+    pub token: String,
+    /// When it expires, Unix seconds.
+    pub expires_unix: u64,
+}

@@ -1,0 +1,415 @@
+//! `skiff deploy`, `apps`, `ps`, `nodes`, `scale`, `delete`, `cordon`,
+//! `uncordon`, `drain` and `logs`: the cluster from the user's side, through
+//! the control plane's API. Every listing has `-o json` for scripts.
+
+use super::cluster::runtime;
+use crate::api::{AppView, LogsResponse, NodeView, ReplicaView};
+use crate::api_client::ApiClient;
+use crate::cluster_config::ClusterConfig;
+use crate::deploy;
+use http::Method;
+use serde::Serialize;
+use std::time::{Duration, Instant};
+
+/// Options every cluster command takes.
+#[derive(Debug, clap::Args)]
+pub struct ClusterArgs {
+    /// The control plane's URL; default the one in cluster.json.
+    #[arg(long, global = true)]
+    pub server: Option<String>,
+    /// Output format: `table` or `json`.
+    #[arg(long, short, default_value = "table", value_parser = ["table", "json"])]
+    pub output: String,
+}
+
+impl ClusterArgs {
+    /// Whether JSON output was asked for.
+    pub fn json(&self) -> bool {
+        self.output == "json"
+    }
+
+    fn client(&self) -> anyhow::Result<ApiClient> {
+        ClusterConfig::load(self.server.as_deref())?.client()
+    }
+}
+
+/// Arguments of `skiff deploy`.
+#[derive(Debug, clap::Args)]
+pub struct DeployArgs {
+    /// A skiff.toml, a directory holding one, a .wasm component, or a
+    /// package reference.
+    #[arg(default_value = ".")]
+    target: String,
+    /// Run each component's build command first.
+    #[arg(long)]
+    build: bool,
+    /// Wait until every component has a running replica.
+    #[arg(long)]
+    wait: bool,
+    #[command(flatten)]
+    cluster: ClusterArgs,
+}
+
+/// Packs, uploads and declares an app.
+pub fn deploy(args: DeployArgs) -> anyhow::Result<()> {
+    let prepared = deploy::prepare(&args.target, args.build)?;
+    let client = args.cluster.client()?;
+    runtime()?.block_on(async {
+        let declared = deploy::upload_and_declare(&client, &prepared).await?;
+        if args.wait {
+            wait_until_running(&client, &declared.app, Duration::from_secs(60)).await?;
+        }
+        if args.cluster.json() {
+            println!("{}", serde_json::to_string_pretty(&declared)?);
+        } else {
+            println!(
+                "app \"{}\" {} (package {}, generation {})",
+                declared.app,
+                declared.outcome,
+                prepared.descriptor.digest.short(),
+                declared.generation
+            );
+        }
+        Ok(())
+    })
+}
+
+/// Waits until every component of `app` has at least one running replica.
+///
+/// # Errors
+///
+/// Not running within `limit`, with each replica's state and reason.
+pub async fn wait_until_running(
+    client: &ApiClient,
+    app: &str,
+    limit: Duration,
+) -> anyhow::Result<()> {
+    let deadline = Instant::now() + limit;
+    loop {
+        let apps: Vec<AppView> = client.get("/v1/apps").await?;
+        let ready = apps
+            .iter()
+            .find(|a| a.name == app)
+            .is_some_and(|a| a.components.iter().all(|c| c.running > 0 || c.desired == 0));
+        if ready {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            let replicas: Vec<ReplicaView> = client.get(&format!("/v1/replicas?app={app}")).await?;
+            let states: Vec<String> = replicas
+                .iter()
+                .map(|r| {
+                    format!(
+                        "{}: {}{}",
+                        r.id,
+                        r.state,
+                        r.reason
+                            .as_ref()
+                            .map(|w| format!(" ({w})"))
+                            .unwrap_or_default()
+                    )
+                })
+                .collect();
+            anyhow::bail!(
+                "app \"{app}\" is not running after {limit:?}: {}",
+                states.join("; ")
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Arguments of a listing command.
+#[derive(Debug, clap::Args)]
+pub struct ListArgs {
+    #[command(flatten)]
+    cluster: ClusterArgs,
+}
+
+/// Lists apps.
+pub fn apps(args: ListArgs) -> anyhow::Result<()> {
+    let client = args.cluster.client()?;
+    let apps: Vec<AppView> = runtime()?.block_on(client.get("/v1/apps"))?;
+    if args.cluster.json() {
+        return print_json(&apps);
+    }
+    let rows = apps
+        .iter()
+        .flat_map(|app| {
+            app.components.iter().map(move |c| {
+                vec![
+                    app.name.clone(),
+                    app.version.clone(),
+                    c.name.clone(),
+                    c.route.clone().unwrap_or_else(|| "-".to_string()),
+                    format!("{}/{}", c.running, c.desired),
+                    app.package.chars().take(19).collect(),
+                ]
+            })
+        })
+        .collect();
+    table(
+        &["APP", "VERSION", "COMPONENT", "ROUTE", "RUNNING", "PACKAGE"],
+        rows,
+    );
+    Ok(())
+}
+
+/// Arguments of `skiff ps`.
+#[derive(Debug, clap::Args)]
+pub struct PsArgs {
+    /// Only this app's replicas.
+    app: Option<String>,
+    #[command(flatten)]
+    cluster: ClusterArgs,
+}
+
+/// Lists replicas.
+pub fn ps(args: PsArgs) -> anyhow::Result<()> {
+    let client = args.cluster.client()?;
+    let path = match &args.app {
+        Some(app) => format!("/v1/replicas?app={app}"),
+        None => "/v1/replicas".to_string(),
+    };
+    let replicas: Vec<ReplicaView> = runtime()?.block_on(client.get(&path))?;
+    if args.cluster.json() {
+        return print_json(&replicas);
+    }
+    let rows = replicas
+        .into_iter()
+        .map(|r| {
+            vec![
+                r.id,
+                r.component,
+                r.node.unwrap_or_else(|| "-".to_string()),
+                r.state,
+                age(r.age_secs),
+                r.reason.unwrap_or_default(),
+            ]
+        })
+        .collect();
+    table(
+        &["REPLICA", "COMPONENT", "NODE", "STATE", "AGE", "REASON"],
+        rows,
+    );
+    Ok(())
+}
+
+/// Lists nodes.
+pub fn nodes(args: ListArgs) -> anyhow::Result<()> {
+    let client = args.cluster.client()?;
+    let nodes: Vec<NodeView> = runtime()?.block_on(client.get("/v1/nodes"))?;
+    if args.cluster.json() {
+        return print_json(&nodes);
+    }
+    let rows = nodes
+        .into_iter()
+        .map(|n| {
+            let labels: Vec<String> = n.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            vec![
+                n.name,
+                n.state,
+                n.replicas.to_string(),
+                format!(
+                    "{}/{}",
+                    bytesize::ByteSize::b(n.reserved).display().iec(),
+                    bytesize::ByteSize::b(n.memory).display().iec()
+                ),
+                n.ingress,
+                if labels.is_empty() {
+                    "-".to_string()
+                } else {
+                    labels.join(",")
+                },
+            ]
+        })
+        .collect();
+    table(
+        &["NODE", "STATE", "REPLICAS", "MEMORY", "INGRESS", "LABELS"],
+        rows,
+    );
+    Ok(())
+}
+
+/// Arguments of `skiff scale`.
+#[derive(Debug, clap::Args)]
+pub struct ScaleArgs {
+    /// `APP/COMPONENT`, or `APP` when it has one component.
+    target: String,
+    /// Desired replicas.
+    replicas: u32,
+    #[command(flatten)]
+    cluster: ClusterArgs,
+}
+
+/// Sets a component's replica count.
+pub fn scale(args: ScaleArgs) -> anyhow::Result<()> {
+    let client = args.cluster.client()?;
+    runtime()?.block_on(async {
+        let (app, component) = match args.target.split_once('/') {
+            Some((app, component)) => (app.to_string(), component.to_string()),
+            None => {
+                let apps: Vec<AppView> = client.get("/v1/apps").await?;
+                let app = apps
+                    .into_iter()
+                    .find(|a| a.name == args.target)
+                    .ok_or_else(|| anyhow::anyhow!("no app {:?}; see `skiff apps`", args.target))?;
+                match app.components.as_slice() {
+                    [only] => (app.name.clone(), only.name.clone()),
+                    _ => anyhow::bail!(
+                        "app \"{}\" has several components; write APP/COMPONENT",
+                        app.name
+                    ),
+                }
+            }
+        };
+        let answer: serde_json::Value = client
+            .post(
+                &format!("/v1/apps/{app}/scale"),
+                &crate::api::ScaleRequest {
+                    component: component.clone(),
+                    replicas: args.replicas,
+                },
+            )
+            .await?;
+        if args.cluster.json() {
+            return print_json(&answer);
+        }
+        println!("{app}/{component} scaled to {}", args.replicas);
+        Ok(())
+    })
+}
+
+/// Arguments of a command naming one thing.
+#[derive(Debug, clap::Args)]
+pub struct NameArgs {
+    /// The app or node.
+    name: String,
+    #[command(flatten)]
+    cluster: ClusterArgs,
+}
+
+/// Deletes an app and its replicas.
+pub fn delete(args: NameArgs) -> anyhow::Result<()> {
+    let client = args.cluster.client()?;
+    let answer: serde_json::Value = runtime()?.block_on(async {
+        let bytes = client
+            .send(
+                Method::DELETE,
+                &format!("/v1/apps/{}", args.name),
+                None,
+                crate::api_client::DEFAULT_TIMEOUT,
+            )
+            .await?;
+        Ok::<_, anyhow::Error>(serde_json::from_slice(&bytes)?)
+    })?;
+    if args.cluster.json() {
+        return print_json(&answer);
+    }
+    println!("app \"{}\" deleted", args.name);
+    Ok(())
+}
+
+/// Cordons, uncordons or drains a node.
+pub fn node_action(args: NameArgs, action: &str) -> anyhow::Result<()> {
+    let client = args.cluster.client()?;
+    let answer: serde_json::Value = runtime()?.block_on(client.post(
+        &format!("/v1/nodes/{}/{action}", args.name),
+        &serde_json::json!({}),
+    ))?;
+    if args.cluster.json() {
+        return print_json(&answer);
+    }
+    let done = match action {
+        "cordon" => "cordoned: it keeps its replicas and takes no new ones",
+        "drain" => "draining: its replicas are moving to other nodes",
+        _ => "uncordoned: it takes new replicas again",
+    };
+    println!("node \"{}\" {done}", args.name);
+    Ok(())
+}
+
+/// Arguments of `skiff logs`.
+#[derive(Debug, clap::Args)]
+pub struct LogsArgs {
+    /// `APP` or `APP/COMPONENT`.
+    target: String,
+    /// Keep printing new lines.
+    #[arg(long, short)]
+    follow: bool,
+    #[command(flatten)]
+    cluster: ClusterArgs,
+}
+
+/// Prints guest output of an app's replicas.
+pub fn logs(args: LogsArgs) -> anyhow::Result<()> {
+    let client = args.cluster.client()?;
+    let (app, component) = match args.target.split_once('/') {
+        Some((app, component)) => (app.to_string(), Some(component.to_string())),
+        None => (args.target.clone(), None),
+    };
+    runtime()?.block_on(async {
+        let mut after = 0;
+        loop {
+            let mut path = format!("/v1/apps/{app}/logs?after={after}");
+            if let Some(component) = &component {
+                path.push_str(&format!("&component={component}"));
+            }
+            if args.follow {
+                path.push_str("&wait_ms=25000");
+            }
+            let logs: LogsResponse = client.get(&path).await?;
+            for entry in &logs.lines {
+                if args.cluster.json() {
+                    println!("{}", serde_json::to_string(entry)?);
+                } else {
+                    println!(
+                        "{} {}/{} | {}",
+                        entry.node, entry.line.app, entry.line.component, entry.line.line
+                    );
+                }
+            }
+            after = logs.next;
+            if !args.follow {
+                return Ok(());
+            }
+        }
+    })
+}
+
+fn print_json<T: Serialize>(value: &T) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string_pretty(value)?);
+    Ok(())
+}
+
+/// Prints rows under headers, columns padded to their widest cell.
+fn table(headers: &[&str], rows: Vec<Vec<String>>) {
+    let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
+    for row in &rows {
+        for (width, cell) in widths.iter_mut().zip(row) {
+            *width = (*width).max(cell.len());
+        }
+    }
+    let line = |cells: Vec<&str>| {
+        let padded: Vec<String> = cells
+            .iter()
+            .zip(&widths)
+            .map(|(cell, width)| format!("{cell:<width$}"))
+            .collect();
+        println!("{}", padded.join("  ").trim_end());
+    };
+    line(headers.to_vec());
+    for row in &rows {
+        line(row.iter().map(String::as_str).collect());
+    }
+}
+
+/// `42s`, `5m`, `3h`, `2d`.
+fn age(secs: u64) -> String {
+    match secs {
+        s if s < 120 => format!("{s}s"),
+        s if s < 7200 => format!("{}m", s / 60),
+        s if s < 172_800 => format!("{}h", s / 3600),
+        s => format!("{}d", s / 86_400),
+    }
+}

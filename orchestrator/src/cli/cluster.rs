@@ -1,0 +1,298 @@
+//! `skiff server`, `skiff node`, `skiff up` and `skiff join-token`:
+//! starting the control plane and nodes.
+
+use super::run::shutdown_signal;
+use crate::cluster_config::{self, ClusterConfig};
+use crate::control::{ControlPlane, ControlPlaneConfig};
+use crate::deploy;
+use crate::home;
+use crate::node::{Node, NodeConfig};
+use anyhow::Context;
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+/// Arguments of `skiff server`.
+#[derive(Debug, clap::Args)]
+pub struct ServerArgs {
+    /// Where the cluster state, CA and packages live; default
+    /// `$SKIFF_HOME/server`.
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Address of the HTTPS API.
+    #[arg(long, default_value = "127.0.0.1:7070")]
+    listen: SocketAddr,
+    /// Another name or IP the API is reached by (repeatable); it goes into
+    /// the API's certificate.
+    #[arg(long = "host")]
+    hosts: Vec<String>,
+    /// How often nodes heartbeat, e.g. `1s`.
+    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+    heartbeat: Duration,
+    /// A node silent this long is down and its replicas move, e.g. `3s`.
+    #[arg(long, default_value = "3s", value_parser = humantime::parse_duration)]
+    down_after: Duration,
+}
+
+/// Runs the control plane until Ctrl-C or SIGTERM.
+pub fn server(args: ServerArgs) -> anyhow::Result<()> {
+    let mut config = ControlPlaneConfig::new(
+        args.data_dir
+            .unwrap_or_else(|| home::skiff_home().join("server")),
+        args.listen,
+    );
+    config.hosts = args.hosts;
+    config.heartbeat = args.heartbeat;
+    config.down_after = args.down_after;
+    runtime()?.block_on(async {
+        let control = ControlPlane::start(config).await?;
+        let url = control.url();
+        save_cluster_config(&control)?;
+        let mut out = std::io::stdout().lock();
+        writeln!(out, "Control plane serving {url}")?;
+        writeln!(
+            out,
+            "CLI settings written to {}",
+            cluster_config::path().display()
+        )?;
+        if control.first_start {
+            let token = control.new_join_token()?;
+            writeln!(out, "Join a node with:")?;
+            writeln!(out, "  skiff node --server {url} --token {}", token.token)?;
+        } else {
+            writeln!(
+                out,
+                "Make a join token for a new node with `skiff join-token`"
+            )?;
+        }
+        out.flush()?;
+        drop(out);
+        control.serve(shutdown_signal()).await;
+        Ok(())
+    })
+}
+
+fn save_cluster_config(control: &ControlPlane) -> anyhow::Result<()> {
+    ClusterConfig {
+        server: control.url(),
+        token: control.admin_token().to_string(),
+        ca_pem: control.ca_pem().to_string(),
+    }
+    .save(&cluster_config::path())
+}
+
+/// Arguments of `skiff node`.
+#[derive(Debug, clap::Args)]
+pub struct NodeArgs {
+    /// The control plane's URL, e.g. `https://10.0.0.1:7070`.
+    #[arg(long)]
+    server: String,
+    /// A join token (needed only the first time this node starts).
+    #[arg(long, env = "SKIFF_JOIN_TOKEN")]
+    token: Option<String>,
+    /// The node's name; default the host name.
+    #[arg(long)]
+    name: Option<String>,
+    /// Placement labels, e.g. `zone=eu-1,disk=ssd`.
+    #[arg(long, value_delimiter = ',')]
+    labels: Vec<String>,
+    /// Memory offered to replicas, e.g. `4GiB` or `memory=4GiB`; default
+    /// the machine's memory.
+    #[arg(long)]
+    capacity: Option<String>,
+    /// HTTP ingress address.
+    #[arg(long, default_value = "127.0.0.1:3000")]
+    listen: SocketAddr,
+    /// Mesh (mTLS) address; default the ingress IP with a free port.
+    #[arg(long)]
+    mesh_listen: Option<SocketAddr>,
+    /// Where the node's identity and packages live; default
+    /// `$SKIFF_HOME/node-<name>`.
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+}
+
+/// Runs a node until Ctrl-C or SIGTERM.
+pub fn node(args: NodeArgs) -> anyhow::Result<()> {
+    let name = args.name.unwrap_or_else(host_name);
+    let mut labels = BTreeMap::new();
+    for label in &args.labels {
+        let (key, value) = label
+            .split_once('=')
+            .filter(|(k, _)| !k.is_empty())
+            .with_context(|| format!("invalid label {label:?}: write key=value"))?;
+        labels.insert(key.to_string(), value.to_string());
+    }
+    let memory = match &args.capacity {
+        Some(capacity) => parse_capacity(capacity)?,
+        None => machine_memory(),
+    };
+    let config = NodeConfig {
+        server: args.server,
+        token: args.token,
+        data_dir: args
+            .data_dir
+            .unwrap_or_else(|| home::skiff_home().join(format!("node-{name}"))),
+        name,
+        labels,
+        memory,
+        listen: args.listen,
+        mesh_listen: args
+            .mesh_listen
+            .unwrap_or_else(|| SocketAddr::new(args.listen.ip(), 0)),
+    };
+    if config.mesh_listen.ip().is_unspecified() {
+        anyhow::bail!(
+            "the mesh address {} is not one other nodes can reach: pass --mesh-listen IP:PORT with this node's address",
+            config.mesh_listen
+        );
+    }
+    runtime()?.block_on(async {
+        let node = Node::start(config.clone()).await?;
+        println!(
+            "Node {} serving ingress on http://{} (mesh {}), control plane {}",
+            config.name,
+            node.ingress_addr(),
+            node.mesh_addr(),
+            config.server
+        );
+        node.run(shutdown_signal()).await;
+        Ok(())
+    })
+}
+
+/// Arguments of `skiff up`.
+#[derive(Debug, clap::Args)]
+pub struct UpArgs {
+    /// An app to deploy: a skiff.toml, a directory holding one, a .wasm
+    /// component, or a package reference.
+    path: Option<String>,
+    /// HTTP ingress address.
+    #[arg(long, default_value = "127.0.0.1:3000")]
+    listen: SocketAddr,
+    /// Address of the control plane's HTTPS API.
+    #[arg(long, default_value = "127.0.0.1:7070")]
+    api: SocketAddr,
+    /// Run each component's build command first.
+    #[arg(long)]
+    build: bool,
+}
+
+/// A one-machine cluster: control plane, one node and ingress in one
+/// process, with an app deployed.
+pub fn up(args: UpArgs) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let prepared = match &args.path {
+        Some(path) => Some(deploy::prepare(path, args.build)?),
+        None => None,
+    };
+    let dir = home::skiff_home().join("up");
+    runtime()?.block_on(async {
+        let control =
+            ControlPlane::start(ControlPlaneConfig::new(dir.join("server"), args.api)).await?;
+        save_cluster_config(&control)?;
+        let node_dir = dir.join("node");
+        let token = if node_dir.join("node.pem").exists() {
+            None
+        } else {
+            Some(control.new_join_token()?.token)
+        };
+        let url = control.url();
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let wait = |mut stopped: tokio::sync::watch::Receiver<bool>| async move {
+            let _ = stopped.wait_for(|s| *s).await;
+        };
+        let control_task = tokio::spawn(control.serve(wait(stopped.clone())));
+        let node = Node::start(NodeConfig {
+            server: url.clone(),
+            token,
+            name: "local".to_string(),
+            labels: BTreeMap::new(),
+            memory: machine_memory(),
+            listen: args.listen,
+            mesh_listen: SocketAddr::new(args.listen.ip(), 0),
+            data_dir: node_dir,
+        })
+        .await?;
+        let ingress = node.ingress_addr();
+        let node_task = tokio::spawn(node.run(wait(stopped)));
+        let client = ClusterConfig::load(None)?.client()?;
+        if let Some(prepared) = &prepared {
+            let declared = deploy::upload_and_declare(&client, prepared).await?;
+            super::apps::wait_until_running(&client, &declared.app, Duration::from_secs(60))
+                .await?;
+            println!(
+                "App \"{}\" ({}) running in {:.0?}",
+                declared.app,
+                prepared.descriptor.digest.short(),
+                started.elapsed()
+            );
+        }
+        println!("Serving http://{ingress} (control plane {url}; Ctrl-C to stop)");
+        println!("Try: skiff ps, skiff apps, skiff logs <app>");
+        shutdown_signal().await;
+        let _ = stop.send(true);
+        let _ = node_task.await;
+        let _ = control_task.await;
+        Ok(())
+    })
+}
+
+/// Arguments of `skiff join-token`.
+#[derive(Debug, clap::Args)]
+pub struct JoinTokenArgs {
+    #[command(flatten)]
+    cluster: super::apps::ClusterArgs,
+}
+
+/// Prints a new one-time join token.
+pub fn join_token(args: JoinTokenArgs) -> anyhow::Result<()> {
+    let config = ClusterConfig::load(args.cluster.server.as_deref())?;
+    let client = config.client()?;
+    let token: crate::api::JoinTokenResponse =
+        runtime()?.block_on(client.post("/v1/join-tokens", &serde_json::json!({})))?;
+    if args.cluster.json() {
+        println!("{}", serde_json::to_string_pretty(&token)?);
+    } else {
+        println!("{}", token.token);
+        eprintln!(
+            "valid once, for 24 h: skiff node --server {} --token {}",
+            config.server, token.token
+        );
+    }
+    Ok(())
+}
+
+pub(crate) fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Runtime::new().context("failed to start the async runtime")
+}
+
+fn host_name() -> String {
+    std::fs::read_to_string("/etc/hostname")
+        .ok()
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "node".to_string())
+}
+
+/// `4GiB` or `memory=4GiB`.
+fn parse_capacity(text: &str) -> anyhow::Result<u64> {
+    let size = text.strip_prefix("memory=").unwrap_or(text);
+    size.parse::<bytesize::ByteSize>()
+        .map(|s| s.as_u64())
+        .map_err(|e| anyhow::anyhow!("invalid --capacity {text:?}: {e}; write e.g. 4GiB"))
+}
+
+/// Total memory of this machine, from /proc/meminfo; 4 GiB if unknown.
+fn machine_memory() -> u64 {
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|info| {
+            let line = info.lines().find(|l| l.starts_with("MemTotal:"))?;
+            let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+            Some(kib * 1024)
+        })
+        .unwrap_or(4 << 30)
+}

@@ -1,0 +1,719 @@
+//! The control plane's `/v1` API over TLS. Three kinds of caller: the CLI
+//! (bearer admin token), nodes (their CA-signed client certificate), and
+//! joining nodes (a one-time join token in the body). Every refusal is a
+//! JSON `{"error": ...}` naming what was wrong.
+
+use super::reconcile::{desired_for, replica_node_running};
+use super::{LiveNode, Shared, catalog, unix_now};
+use crate::api::{
+    AppView, ComponentStatus, ComponentView, DeployRequest, DeployResponse, ErrorBody, JoinRequest,
+    JoinResponse, LoadState, NodeView, RenewRequest, ReplicaView, ScaleRequest, SyncRequest,
+    SyncResponse,
+};
+use crate::node::HANDSHAKE_TIMEOUT;
+use crate::state::{Applied, NodeRecord};
+use bytes::Bytes;
+use http::{Method, StatusCode};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use skiff_runtime::package::Digest;
+use skiff_runtime::server::{accept_until, serve_http1};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
+
+/// Largest blob a deploy may upload.
+pub const MAX_BLOB: usize = 512 << 20;
+/// Largest JSON body.
+const MAX_JSON: usize = 16 << 20;
+
+type Response = hyper::Response<Full<Bytes>>;
+
+/// Accepts TLS connections and serves the API until `shutdown`.
+pub(super) async fn serve(
+    shared: Arc<Shared>,
+    listener: TcpListener,
+    tls: Arc<rustls::ServerConfig>,
+    shutdown: impl Future<Output = ()>,
+) {
+    let acceptor = TlsAcceptor::from(tls);
+    accept_until(
+        listener,
+        shutdown,
+        Duration::from_secs(5),
+        move |accepted| {
+            let acceptor = acceptor.clone();
+            let shared = shared.clone();
+            tokio::spawn(async move {
+                let peer = accepted.peer;
+                let handshake = acceptor.accept(accepted.stream);
+                let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake).await {
+                    Ok(Ok(tls)) => tls,
+                    Ok(Err(e)) => {
+                        tracing::debug!(%peer, "TLS handshake refused: {e}");
+                        return;
+                    }
+                    Err(_) => return,
+                };
+                let node = tls
+                    .get_ref()
+                    .1
+                    .peer_certificates()
+                    .and_then(|certs| certs.first())
+                    .and_then(crate::mesh::peer_spiffe_id)
+                    .and_then(|id| {
+                        id.strip_prefix(&format!("spiffe://{}/node/", shared.cluster))
+                            .map(str::to_string)
+                    });
+                let service = hyper::service::service_fn(move |request| {
+                    let shared = shared.clone();
+                    let node = node.clone();
+                    async move {
+                        Ok::<_, std::convert::Infallible>(
+                            handle(&shared, node.as_deref(), request).await,
+                        )
+                    }
+                });
+                serve_http1(accepted.watcher, TokioIo::new(tls), service).await;
+            });
+        },
+    )
+    .await;
+}
+
+/// A refusal with a status and a message.
+#[derive(Debug)]
+struct Refusal(StatusCode, String);
+
+impl Refusal {
+    fn bad(message: impl Into<String>) -> Refusal {
+        Refusal(StatusCode::BAD_REQUEST, message.into())
+    }
+    fn not_found(message: impl Into<String>) -> Refusal {
+        Refusal(StatusCode::NOT_FOUND, message.into())
+    }
+    fn internal(e: impl std::fmt::Display) -> Refusal {
+        Refusal(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
+    }
+}
+
+type Handled = Result<Response, Refusal>;
+
+async fn handle(
+    shared: &Shared,
+    node: Option<&str>,
+    request: hyper::Request<Incoming>,
+) -> Response {
+    let method = request.method().clone();
+    let path = request.uri().path().to_string();
+    let query = request.uri().query().unwrap_or("").to_string();
+    let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+    let result = match (&method, segments.as_slice()) {
+        (&Method::GET, ["v1", "health"]) => json(StatusCode::OK, &serde_json::json!({"ok": true})),
+        (&Method::POST, ["v1", "join"]) => join(shared, request).await,
+        (_, ["v1", "node", rest @ ..]) => match node {
+            None => Err(Refusal(
+                StatusCode::UNAUTHORIZED,
+                "node calls need a client certificate signed by the cluster CA".to_string(),
+            )),
+            Some(node) => match (&method, rest) {
+                (&Method::POST, ["sync"]) => sync(shared, node, request).await,
+                (&Method::POST, ["renew"]) => renew(shared, node, request).await,
+                (&Method::GET, ["blobs", digest]) => get_blob(shared, digest),
+                _ => Err(Refusal::not_found(format!("no API {method} {path}"))),
+            },
+        },
+        _ => match authorize(shared, &request) {
+            Err(refusal) => Err(refusal),
+            Ok(()) => admin(shared, &method, &segments, &query, request).await,
+        },
+    };
+    result.unwrap_or_else(|Refusal(status, error)| {
+        if status.is_server_error() {
+            tracing::error!("{method} {path}: {error}");
+        }
+        json(status, &ErrorBody { error }).expect("an error serializes")
+    })
+}
+
+fn authorize(shared: &Shared, request: &hyper::Request<Incoming>) -> Result<(), Refusal> {
+    let presented = request
+        .headers()
+        .get(http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    // Compare digests, so the time taken says nothing about the token.
+    use sha2::{Digest as _, Sha256};
+    match presented {
+        Some(token) if Sha256::digest(token) == Sha256::digest(&shared.admin_token) => Ok(()),
+        Some(_) => Err(Refusal(
+            StatusCode::UNAUTHORIZED,
+            "the admin token is not valid for this cluster".to_string(),
+        )),
+        None => Err(Refusal(
+            StatusCode::UNAUTHORIZED,
+            "missing admin token: send `Authorization: Bearer <token>` (the CLI reads it from cluster.json or SKIFF_TOKEN)".to_string(),
+        )),
+    }
+}
+
+async fn admin(
+    shared: &Shared,
+    method: &Method,
+    segments: &[&str],
+    query: &str,
+    request: hyper::Request<Incoming>,
+) -> Handled {
+    match (method, segments) {
+        (&Method::HEAD, ["v1", "blobs", digest]) => {
+            let digest = parse_digest(digest)?;
+            let status = if shared.packages.blob_path(&digest).exists() {
+                StatusCode::OK
+            } else {
+                StatusCode::NOT_FOUND
+            };
+            Ok(empty(status))
+        }
+        (&Method::PUT, ["v1", "blobs", digest]) => {
+            let digest = parse_digest(digest)?;
+            let bytes = body(request, MAX_BLOB).await?;
+            let actual = Digest::of(&bytes);
+            if actual != digest {
+                return Err(Refusal::bad(format!(
+                    "blob refused: the uploaded bytes hash to {actual}, not {digest}"
+                )));
+            }
+            shared
+                .packages
+                .put_verified(&digest, &bytes)
+                .map_err(|e| Refusal::bad(format!("blob refused: {e}")))?;
+            Ok(empty(StatusCode::CREATED))
+        }
+        (&Method::POST, ["v1", "apps"]) => deploy(shared, read_json(request).await?),
+        (&Method::GET, ["v1", "apps"]) => json(StatusCode::OK, &app_views(shared)),
+        (&Method::DELETE, ["v1", "apps", app]) => {
+            let existed = shared.store.delete_app(app).map_err(Refusal::internal)?;
+            if !existed {
+                return Err(Refusal::not_found(format!(
+                    "no app {app:?}; see `skiff apps`"
+                )));
+            }
+            {
+                let mut live = shared.live.lock().expect("live state lock");
+                live.apps.remove(*app);
+                live.replicas.retain(|_, r| r.app != *app);
+            }
+            tracing::info!(app, "app deleted");
+            shared.bump();
+            json(StatusCode::OK, &serde_json::json!({"deleted": app}))
+        }
+        (&Method::POST, ["v1", "apps", app, "scale"]) => {
+            let scale: ScaleRequest = read_json(request).await?;
+            let applied = shared
+                .store
+                .scale(app, &scale.component, scale.replicas)
+                .map_err(|e| match e {
+                    crate::state::StateError::UnknownApp(_)
+                    | crate::state::StateError::UnknownComponent { .. } => {
+                        Refusal::not_found(e.to_string())
+                    }
+                    e => Refusal::internal(e),
+                })?;
+            let record = shared.store.app(app).map_err(Refusal::internal)?;
+            if let Some(record) = record {
+                shared
+                    .live
+                    .lock()
+                    .expect("live state lock")
+                    .apps
+                    .insert(record.name.clone(), record);
+            }
+            shared.wake.notify_one();
+            json(
+                StatusCode::OK,
+                &serde_json::json!({"app": app, "component": scale.component, "replicas": scale.replicas, "changed": applied != Applied::Unchanged}),
+            )
+        }
+        (&Method::GET, ["v1", "apps", app, "logs"]) => {
+            let params = query_params(query);
+            let after = params
+                .get("after")
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0);
+            let wait = params
+                .get("wait_ms")
+                .and_then(|v| v.parse().ok())
+                .map(|ms: u64| Duration::from_millis(ms.min(30_000)));
+            let component = params.get("component").map(String::as_str);
+            if !shared
+                .live
+                .lock()
+                .expect("live state lock")
+                .apps
+                .contains_key(*app)
+            {
+                return Err(Refusal::not_found(format!(
+                    "no app {app:?}; see `skiff apps`"
+                )));
+            }
+            let logs = shared.logs.read(app, component, after, wait).await;
+            json(StatusCode::OK, &logs)
+        }
+        (&Method::GET, ["v1", "replicas"]) => {
+            let params = query_params(query);
+            json(
+                StatusCode::OK,
+                &replica_views(shared, params.get("app").map(String::as_str)),
+            )
+        }
+        (&Method::GET, ["v1", "nodes"]) => json(StatusCode::OK, &node_views(shared)),
+        (&Method::POST, ["v1", "nodes", name, action]) => node_action(shared, name, action),
+        (&Method::POST, ["v1", "join-tokens"]) => {
+            let token = shared.new_join_token().map_err(Refusal::internal)?;
+            json(StatusCode::CREATED, &token)
+        }
+        _ => Err(Refusal::not_found(format!(
+            "no API {method} /{}",
+            segments.join("/")
+        ))),
+    }
+}
+
+fn deploy(shared: &Shared, request: DeployRequest) -> Handled {
+    let spec = catalog::read(&shared.packages, &request.package)
+        .map_err(|e| Refusal::bad(format!("package refused: {e}")))?;
+    let scale: BTreeMap<String, u32> = spec
+        .components
+        .iter()
+        .map(|(name, plan)| (name.clone(), plan.replicas))
+        .collect();
+    let applied = shared
+        .store
+        .apply_app(&spec.name, &request.package, scale)
+        .map_err(Refusal::internal)?;
+    let record = shared
+        .store
+        .app(&spec.name)
+        .map_err(Refusal::internal)?
+        .ok_or_else(|| Refusal::internal("the app vanished after it was stored"))?;
+    let outcome = match applied {
+        Applied::Created => "created",
+        Applied::Updated(_) => "updated",
+        Applied::Unchanged => "unchanged",
+    };
+    tracing::info!(
+        app = spec.name,
+        package = request.package,
+        outcome,
+        "deploy"
+    );
+    let response = DeployResponse {
+        app: spec.name.clone(),
+        outcome: outcome.to_string(),
+        generation: record.generation,
+    };
+    {
+        let mut live = shared.live.lock().expect("live state lock");
+        live.specs.insert(request.package.clone(), Arc::new(spec));
+        live.apps.insert(record.name.clone(), record);
+    }
+    if applied != Applied::Unchanged {
+        super::reconcile::pass(shared);
+        shared.bump();
+    }
+    json(StatusCode::OK, &response)
+}
+
+async fn join(shared: &Shared, request: hyper::Request<Incoming>) -> Handled {
+    let join: JoinRequest = read_json(request).await?;
+    {
+        let live = shared.live.lock().expect("live state lock");
+        if let Some(node) = live.nodes.get(&join.name)
+            && !node.down
+            && node.last_seen.elapsed() < shared.config.down_after
+        {
+            return Err(Refusal(
+                StatusCode::CONFLICT,
+                format!(
+                    "a node named {:?} is already active in this cluster; pick another --name",
+                    join.name
+                ),
+            ));
+        }
+    }
+    let valid = shared
+        .store
+        .consume_join_token(&join.token, unix_now())
+        .map_err(Refusal::internal)?;
+    if !valid {
+        tracing::warn!(node = join.name, "join refused: bad token");
+        return Err(Refusal(
+            StatusCode::UNAUTHORIZED,
+            "the join token is not valid: it is unknown, expired or already used; make a new one with `skiff join-token`".to_string(),
+        ));
+    }
+    let cert_pem = shared
+        .ca
+        .sign_node(&join.name, &join.csr_pem)
+        .map_err(|e| Refusal::bad(e.to_string()))?;
+    tracing::info!(node = join.name, "node joined");
+    json(
+        StatusCode::OK,
+        &JoinResponse {
+            cert_pem,
+            ca_pem: shared.ca.cert_pem().to_string(),
+        },
+    )
+}
+
+async fn renew(shared: &Shared, node: &str, request: hyper::Request<Incoming>) -> Handled {
+    let renew: RenewRequest = read_json(request).await?;
+    let cert_pem = shared
+        .ca
+        .sign_node(node, &renew.csr_pem)
+        .map_err(|e| Refusal::bad(e.to_string()))?;
+    tracing::info!(node, "node certificate renewed");
+    json(
+        StatusCode::OK,
+        &JoinResponse {
+            cert_pem,
+            ca_pem: shared.ca.cert_pem().to_string(),
+        },
+    )
+}
+
+/// Marks a node as having lost its held heartbeat if the handler is
+/// dropped before answering (the connection closed under it).
+struct HeldHeartbeat<'a> {
+    shared: &'a Shared,
+    node: &'a str,
+    armed: bool,
+}
+
+impl Drop for HeldHeartbeat<'_> {
+    fn drop(&mut self) {
+        if self.armed
+            && let Some(node) = self
+                .shared
+                .live
+                .lock()
+                .expect("live state lock")
+                .nodes
+                .get_mut(self.node)
+        {
+            node.connection_lost = Some(Instant::now());
+            self.shared.wake.notify_one();
+        }
+    }
+}
+
+async fn sync(shared: &Shared, node: &str, request: hyper::Request<Incoming>) -> Handled {
+    let sync: SyncRequest = read_json(request).await?;
+    let mut wake = false;
+    let mut bump = false;
+    {
+        let mut live = shared.live.lock().expect("live state lock");
+        let record = NodeRecord {
+            name: node.to_string(),
+            labels: sync.labels.clone(),
+            memory: sync.memory,
+            ingress: sync.ingress.clone(),
+            mesh: sync.mesh.clone(),
+            cordoned: false,
+            drained: false,
+        };
+        let now = Instant::now();
+        let entry = live.nodes.entry(node.to_string()).or_insert_with(|| {
+            wake = true;
+            LiveNode {
+                record: record.clone(),
+                last_seen: now,
+                connection_lost: None,
+                down: false,
+                components: Vec::new(),
+            }
+        });
+        let updated = NodeRecord {
+            cordoned: entry.record.cordoned,
+            drained: entry.record.drained,
+            ..record
+        };
+        if entry.record != updated || wake {
+            shared.store.put_node(&updated).map_err(Refusal::internal)?;
+            entry.record = updated;
+            wake = true;
+            bump = true;
+        }
+        entry.last_seen = now;
+        entry.connection_lost = None;
+        if entry.down {
+            tracing::info!(node, "node is back");
+            entry.down = false;
+            wake = true;
+            bump = true;
+        }
+        if running_set(&entry.components) != running_set(&sync.components) {
+            bump = true;
+        }
+        entry.components = sync.components;
+    }
+    shared.logs.append(node, sync.logs);
+    if wake {
+        shared.wake.notify_one();
+    }
+    if bump {
+        shared.bump();
+    }
+    let mut version = shared.version.subscribe();
+    if *version.borrow_and_update() == sync.version {
+        let mut held = HeldHeartbeat {
+            shared,
+            node,
+            armed: true,
+        };
+        let _ = tokio::time::timeout(shared.config.heartbeat, version.changed()).await;
+        held.armed = false;
+    }
+    let current = *shared.version.borrow();
+    let desired = (current != sync.version).then(|| {
+        let live = shared.live.lock().expect("live state lock");
+        desired_for(&live, node)
+    });
+    json(
+        StatusCode::OK,
+        &SyncResponse {
+            version: current,
+            desired,
+            heartbeat_ms: shared.config.heartbeat.as_millis() as u64,
+        },
+    )
+}
+
+fn running_set(components: &[ComponentStatus]) -> Vec<(&str, &str, &str)> {
+    let mut set: Vec<_> = components
+        .iter()
+        .filter(|c| c.state == LoadState::Running)
+        .map(|c| (c.app.as_str(), c.component.as_str(), c.package.as_str()))
+        .collect();
+    set.sort_unstable();
+    set
+}
+
+fn get_blob(shared: &Shared, digest: &str) -> Handled {
+    let digest = parse_digest(digest)?;
+    let bytes = shared
+        .packages
+        .read(&digest)
+        .map_err(|e| Refusal::not_found(e.to_string()))?;
+    Ok(hyper::Response::builder()
+        .status(StatusCode::OK)
+        .header(http::header::CONTENT_TYPE, "application/octet-stream")
+        .body(Full::new(Bytes::from(bytes)))
+        .expect("a valid response"))
+}
+
+fn node_action(shared: &Shared, name: &str, action: &str) -> Handled {
+    let mut live = shared.live.lock().expect("live state lock");
+    let node = live
+        .nodes
+        .get_mut(name)
+        .ok_or_else(|| Refusal::not_found(format!("no node {name:?}; see `skiff nodes`")))?;
+    let mut record = node.record.clone();
+    match action {
+        "cordon" => record.cordoned = true,
+        "uncordon" => {
+            record.cordoned = false;
+            record.drained = false;
+        }
+        "drain" => {
+            record.cordoned = true;
+            record.drained = true;
+        }
+        _ => {
+            return Err(Refusal::not_found(format!(
+                "unknown node action {action:?}: use cordon, uncordon or drain"
+            )));
+        }
+    }
+    shared.store.put_node(&record).map_err(Refusal::internal)?;
+    node.record = record;
+    drop(live);
+    tracing::info!(node = name, action, "node updated");
+    shared.wake.notify_one();
+    shared.bump();
+    json(
+        StatusCode::OK,
+        &serde_json::json!({"node": name, "action": action}),
+    )
+}
+
+fn app_views(shared: &Shared) -> Vec<AppView> {
+    let live = shared.live.lock().expect("live state lock");
+    live.apps
+        .values()
+        .map(|app| {
+            let spec = live.specs.get(&app.package);
+            let components = spec
+                .map(|spec| {
+                    spec.components
+                        .iter()
+                        .map(|(name, plan)| ComponentView {
+                            name: name.clone(),
+                            route: plan.route.clone(),
+                            desired: app.scale.get(name).copied().unwrap_or(plan.replicas),
+                            running: live
+                                .replicas
+                                .values()
+                                .filter(|r| r.app == app.name && &r.component == name)
+                                .filter(|r| replica_node_running(&live, r).is_some())
+                                .count() as u32,
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            AppView {
+                name: app.name.clone(),
+                version: spec.map(|s| s.version.clone()).unwrap_or_default(),
+                package: app.package.clone(),
+                generation: app.generation,
+                components,
+            }
+        })
+        .collect()
+}
+
+fn replica_views(shared: &Shared, app: Option<&str>) -> Vec<ReplicaView> {
+    let live = shared.live.lock().expect("live state lock");
+    let now = unix_now();
+    live.replicas
+        .values()
+        .filter(|r| app.is_none_or(|a| r.app == a))
+        .map(|r| {
+            let (state, reason) = match &r.node {
+                None => (
+                    "pending",
+                    Some(
+                        live.pending
+                            .get(&r.id)
+                            .cloned()
+                            .unwrap_or_else(|| "not placed yet".to_string()),
+                    ),
+                ),
+                Some(node) => match live.nodes.get(node) {
+                    Some(n) if n.down => ("unknown", Some(format!("node {node} is down"))),
+                    Some(n) => match n
+                        .components
+                        .iter()
+                        .find(|c| c.app == r.app && c.component == r.component)
+                    {
+                        Some(c) if c.state == LoadState::Running => ("running", None),
+                        Some(c) if c.state == LoadState::Failed => ("failed", c.error.clone()),
+                        _ => ("starting", None),
+                    },
+                    None => ("unknown", Some(format!("node {node} is not known"))),
+                },
+            };
+            ReplicaView {
+                id: r.id.clone(),
+                app: r.app.clone(),
+                component: r.component.clone(),
+                node: r.node.clone(),
+                state: state.to_string(),
+                age_secs: now.saturating_sub(r.created_unix),
+                reason,
+            }
+        })
+        .collect()
+}
+
+fn node_views(shared: &Shared) -> Vec<NodeView> {
+    let live = shared.live.lock().expect("live state lock");
+    live.nodes
+        .values()
+        .map(|n| {
+            let name = &n.record.name;
+            let on_node: Vec<_> = live
+                .replicas
+                .values()
+                .filter(|r| r.node.as_deref() == Some(name.as_str()))
+                .collect();
+            let reserved = on_node
+                .iter()
+                .filter_map(|r| live.spec(&r.app)?.components.get(&r.component))
+                .map(|plan| plan.request.memory)
+                .sum();
+            let state = if n.down {
+                "down"
+            } else if n.record.drained {
+                "draining"
+            } else if n.record.cordoned {
+                "cordoned"
+            } else {
+                "ready"
+            };
+            NodeView {
+                name: name.clone(),
+                state: state.to_string(),
+                labels: n.record.labels.clone(),
+                memory: n.record.memory,
+                reserved,
+                replicas: on_node.len() as u32,
+                ingress: n.record.ingress.clone(),
+                last_seen_ms: n.last_seen.elapsed().as_millis() as u64,
+            }
+        })
+        .collect()
+}
+
+fn parse_digest(text: &str) -> Result<Digest, Refusal> {
+    text.parse()
+        .map_err(|e| Refusal::bad(format!("bad digest {text:?}: {e}")))
+}
+
+fn query_params(query: &str) -> BTreeMap<String, String> {
+    query
+        .split('&')
+        .filter_map(|pair| pair.split_once('='))
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+async fn body(request: hyper::Request<Incoming>, limit: usize) -> Result<Bytes, Refusal> {
+    Limited::new(request.into_body(), limit)
+        .collect()
+        .await
+        .map(|collected| collected.to_bytes())
+        .map_err(|e| {
+            Refusal(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("cannot read the request body (limit {limit} bytes): {e}"),
+            )
+        })
+}
+
+async fn read_json<T: DeserializeOwned>(request: hyper::Request<Incoming>) -> Result<T, Refusal> {
+    let bytes = body(request, MAX_JSON).await?;
+    serde_json::from_slice(&bytes).map_err(|e| Refusal::bad(format!("invalid JSON body: {e}")))
+}
+
+fn json<T: Serialize>(status: StatusCode, value: &T) -> Handled {
+    Ok(hyper::Response::builder()
+        .status(status)
+        .header(http::header::CONTENT_TYPE, "application/json")
+        .body(Full::new(Bytes::from(
+            serde_json::to_vec(value).expect("a response serializes"),
+        )))
+        .expect("a valid response"))
+}
+
+fn empty(status: StatusCode) -> Response {
+    hyper::Response::builder()
+        .status(status)
+        .body(Full::new(Bytes::new()))
+        .expect("a valid response")
+}

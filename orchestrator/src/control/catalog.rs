@@ -1,0 +1,69 @@
+//! What the control plane knows about an uploaded package: each
+//! component's route, default replicas and placement, read from the
+//! package's locked manifest after verifying every blob.
+
+use crate::scheduler::{ReplicaRequest, Strategy};
+use skiff_runtime::manifest::PlacementStrategy;
+use skiff_runtime::package::{self, Digest, Store};
+use std::collections::BTreeMap;
+
+/// An app as declared by its package.
+#[derive(Debug, Clone)]
+pub struct AppSpec {
+    /// The app's name.
+    pub name: String,
+    /// The app's version.
+    pub version: String,
+    /// Each component, by name.
+    pub components: BTreeMap<String, ComponentPlan>,
+}
+
+/// How one component is routed and placed.
+#[derive(Debug, Clone)]
+pub struct ComponentPlan {
+    /// Its route, if any.
+    pub route: Option<String>,
+    /// Replicas the manifest asks for.
+    pub replicas: u32,
+    /// What the scheduler needs to place one replica.
+    pub request: ReplicaRequest,
+}
+
+/// Reads package `digest` from `store`, verifying every blob.
+///
+/// # Errors
+///
+/// A malformed digest, a missing or corrupt blob, or a package whose
+/// manifest is not valid.
+pub fn read(store: &Store, digest: &str) -> Result<AppSpec, String> {
+    let digest: Digest = digest
+        .parse()
+        .map_err(|e| format!("package {digest}: {e}"))?;
+    let manifest = package::open(store, &digest).map_err(|e| e.to_string())?;
+    let name = manifest.app.name.to_string();
+    let components = manifest
+        .component
+        .iter()
+        .map(|(component, spec)| {
+            let plan = ComponentPlan {
+                route: spec.route.as_ref().map(ToString::to_string),
+                replicas: spec.scale.replicas,
+                request: ReplicaRequest {
+                    component: format!("{name}/{component}"),
+                    memory: spec.replica_memory(),
+                    required_labels: spec.placement.labels.clone(),
+                    strategy: match spec.placement.strategy {
+                        PlacementStrategy::Spread => Strategy::Spread,
+                        PlacementStrategy::Binpack => Strategy::Binpack,
+                    },
+                },
+            };
+            (component.to_string(), plan)
+        })
+        .collect();
+    Ok(AppSpec {
+        name,
+        version: manifest.app.version.clone(),
+        components,
+    })
+}

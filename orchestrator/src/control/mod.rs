@@ -1,0 +1,304 @@
+//! The control plane (`skiff server`): the durable cluster state, the CA,
+//! the `/v1` API over TLS, and the controller that keeps every declared
+//! replica placed on a live node.
+//!
+//! State is split in two. What must survive a restart (apps, nodes,
+//! replica assignments, join tokens) is in the redb [`ClusterStore`], and
+//! every change to it is one transaction. What is rebuilt from heartbeats
+//! (liveness, what each node reports running) is only in memory; after a
+//! restart every known node gets a fresh heartbeat window to reconnect, so
+//! nothing is moved just because the control plane was away.
+
+mod api;
+mod catalog;
+mod logs;
+mod reconcile;
+
+pub use catalog::AppSpec;
+
+use crate::api::{ComponentStatus, JoinTokenResponse};
+use crate::mesh::ClusterCa;
+use crate::state::{AppRecord, ClusterStore, NodeRecord, ReplicaRecord};
+use anyhow::Context;
+use skiff_runtime::package::Store;
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use tokio::net::TcpListener;
+use tokio::sync::{Notify, watch};
+
+/// How long a join token printed at first start, or made by
+/// `skiff join-token`, stays valid.
+pub const JOIN_TOKEN_LIFETIME: Duration = Duration::from_secs(24 * 3600);
+
+/// How the control plane runs.
+#[derive(Debug, Clone)]
+pub struct ControlPlaneConfig {
+    /// Where the store, the CA and uploaded packages live.
+    pub data_dir: PathBuf,
+    /// The API's address.
+    pub listen: SocketAddr,
+    /// Extra names or IPs the API is reached by (its certificate names
+    /// the listen address, `localhost` and 127.0.0.1 already).
+    pub hosts: Vec<String>,
+    /// How often nodes heartbeat.
+    pub heartbeat: Duration,
+    /// A node silent this long is down and its replicas move.
+    pub down_after: Duration,
+}
+
+impl ControlPlaneConfig {
+    /// Defaults: heartbeat every second, down after 3 s.
+    pub fn new(data_dir: PathBuf, listen: SocketAddr) -> ControlPlaneConfig {
+        ControlPlaneConfig {
+            data_dir,
+            listen,
+            hosts: Vec::new(),
+            heartbeat: Duration::from_secs(1),
+            down_after: Duration::from_secs(3),
+        }
+    }
+}
+
+/// A started control plane, ready to [`ControlPlane::serve`].
+pub struct ControlPlane {
+    shared: Arc<Shared>,
+    listener: TcpListener,
+    tls: Arc<rustls::ServerConfig>,
+    /// True when this start created the cluster.
+    pub first_start: bool,
+}
+
+/// What the API handlers and the controller share.
+pub(crate) struct Shared {
+    config: ControlPlaneConfig,
+    cluster: String,
+    store: ClusterStore,
+    packages: Store,
+    ca: ClusterCa,
+    admin_token: String,
+    live: Mutex<Live>,
+    version: watch::Sender<u64>,
+    wake: Notify,
+    logs: logs::LogRing,
+}
+
+/// The in-memory view: the durable records plus liveness.
+#[derive(Default)]
+pub(crate) struct Live {
+    nodes: BTreeMap<String, LiveNode>,
+    apps: BTreeMap<String, AppRecord>,
+    specs: HashMap<String, Arc<AppSpec>>,
+    replicas: BTreeMap<String, ReplicaRecord>,
+    /// Why each pending replica could not be placed.
+    pending: BTreeMap<String, String>,
+}
+
+/// A node as the control plane sees it now.
+pub(crate) struct LiveNode {
+    record: NodeRecord,
+    last_seen: Instant,
+    /// When its held heartbeat connection broke, if it has not come back.
+    connection_lost: Option<Instant>,
+    down: bool,
+    components: Vec<ComponentStatus>,
+}
+
+impl ControlPlane {
+    /// Opens (or on first start creates) the cluster in
+    /// `config.data_dir`, binds the API address, and issues the API's
+    /// certificate.
+    ///
+    /// # Errors
+    ///
+    /// An unreadable data directory, a damaged store or CA, or an
+    /// address that cannot be bound.
+    pub async fn start(config: ControlPlaneConfig) -> anyhow::Result<ControlPlane> {
+        let dir = &config.data_dir;
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("cannot create the data directory {}", dir.display()))?;
+        let ca_cert = dir.join("ca.pem");
+        let first_start = !ca_cert.exists();
+        let cluster = "skiff".to_string();
+        let ca = if first_start {
+            let ca = ClusterCa::create(&cluster)?;
+            crate::home::write_private(&dir.join("ca.key"), ca.key_pem().as_bytes())?;
+            crate::home::write_private(&ca_cert, ca.cert_pem().as_bytes())?;
+            ca
+        } else {
+            ClusterCa::load(&cluster, &read(&ca_cert)?, &read(&dir.join("ca.key"))?)?
+        };
+        let token_file = dir.join("admin-token");
+        let admin_token = if token_file.exists() {
+            read(&token_file)?.trim().to_string()
+        } else {
+            let token = random_hex(32);
+            crate::home::write_private(&token_file, token.as_bytes())?;
+            token
+        };
+        let store = ClusterStore::open(&dir.join("state.redb"))?;
+        let packages = Store::open(&dir.join("packages"))?;
+
+        let listener = TcpListener::bind(config.listen).await.map_err(|e| {
+            if e.kind() == std::io::ErrorKind::AddrInUse {
+                anyhow::anyhow!(
+                    "cannot listen on {}: the address is already in use; stop the other server or pick another with --listen",
+                    config.listen
+                )
+            } else {
+                anyhow::anyhow!("cannot listen on {}: {e}", config.listen)
+            }
+        })?;
+        let mut hosts = vec!["localhost".to_string(), "127.0.0.1".to_string()];
+        let ip = config.listen.ip();
+        if !ip.is_unspecified() {
+            hosts.push(ip.to_string());
+        }
+        hosts.extend(config.hosts.iter().cloned());
+        hosts.sort();
+        hosts.dedup();
+        let (chain, key) = ca.sign_control_plane(&hosts)?;
+        let tls = crate::tls::control_plane_server(ca.cert_pem(), &chain, &key)?;
+
+        let live = Live::load(&store, &packages)?;
+        // A version unlike any earlier run's, so a node that kept running
+        // while the control plane restarted takes the full state again.
+        let version = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(1, |d| d.as_millis() as u64);
+        let shared = Arc::new(Shared {
+            config,
+            cluster,
+            store,
+            packages,
+            ca,
+            admin_token,
+            live: Mutex::new(live),
+            version: watch::Sender::new(version),
+            wake: Notify::new(),
+            logs: logs::LogRing::default(),
+        });
+        Ok(ControlPlane {
+            shared,
+            listener,
+            tls,
+            first_start,
+        })
+    }
+
+    /// The API's URL, `https://ip:port`.
+    pub fn url(&self) -> String {
+        let addr = self
+            .listener
+            .local_addr()
+            .expect("a bound listener has an address");
+        let host = if addr.ip().is_unspecified() {
+            "127.0.0.1".to_string()
+        } else {
+            addr.ip().to_string()
+        };
+        format!("https://{host}:{}", addr.port())
+    }
+
+    /// The admin token the CLI presents.
+    pub fn admin_token(&self) -> &str {
+        &self.shared.admin_token
+    }
+
+    /// The cluster CA certificate.
+    pub fn ca_pem(&self) -> &str {
+        self.shared.ca.cert_pem()
+    }
+
+    /// Makes a new one-time join token.
+    ///
+    /// # Errors
+    ///
+    /// Store failures.
+    pub fn new_join_token(&self) -> anyhow::Result<JoinTokenResponse> {
+        Ok(self.shared.new_join_token()?)
+    }
+
+    /// Serves the API and runs the controller until `shutdown` completes.
+    pub async fn serve(self, shutdown: impl Future<Output = ()>) {
+        let controller = tokio::spawn(reconcile::run(self.shared.clone()));
+        api::serve(self.shared, self.listener, self.tls, shutdown).await;
+        controller.abort();
+    }
+}
+
+impl Shared {
+    fn new_join_token(&self) -> Result<JoinTokenResponse, crate::state::StateError> {
+        let pin = crate::tls::ca_pin(self.ca.cert_pem()).expect("the cluster CA is readable");
+        let token = format!("skt1.{pin}.{}", random_hex(16));
+        let expires_unix = unix_now() + JOIN_TOKEN_LIFETIME.as_secs();
+        self.store.add_join_token(&token, expires_unix)?;
+        Ok(JoinTokenResponse {
+            token,
+            expires_unix,
+        })
+    }
+
+    /// Marks the desired state changed: held heartbeats return at once.
+    fn bump(&self) {
+        self.version.send_modify(|v| *v += 1);
+    }
+}
+
+impl Live {
+    fn load(store: &ClusterStore, packages: &Store) -> anyhow::Result<Live> {
+        let now = Instant::now();
+        let mut live = Live::default();
+        for record in store.nodes()? {
+            live.nodes.insert(
+                record.name.clone(),
+                LiveNode {
+                    record,
+                    last_seen: now,
+                    connection_lost: None,
+                    down: false,
+                    components: Vec::new(),
+                },
+            );
+        }
+        for app in store.apps()? {
+            match catalog::read(packages, &app.package) {
+                Ok(spec) => {
+                    live.specs.insert(app.package.clone(), Arc::new(spec));
+                }
+                Err(e) => tracing::error!(app = app.name, "cannot read the app's package: {e}"),
+            }
+            live.apps.insert(app.name.clone(), app);
+        }
+        for replica in store.replicas()? {
+            live.replicas.insert(replica.id.clone(), replica);
+        }
+        Ok(live)
+    }
+
+    fn spec(&self, app: &str) -> Option<&Arc<AppSpec>> {
+        self.apps
+            .get(app)
+            .and_then(|record| self.specs.get(&record.package))
+    }
+}
+
+fn read(path: &Path) -> anyhow::Result<String> {
+    std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))
+}
+
+/// `bytes` random bytes, hex.
+pub(crate) fn random_hex(bytes: usize) -> String {
+    let mut buf = vec![0u8; bytes];
+    getrandom::fill(&mut buf).expect("the OS random source works");
+    hex::encode(buf)
+}
+
+/// Seconds since the Unix epoch.
+pub(crate) fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}

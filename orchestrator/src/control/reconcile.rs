@@ -1,0 +1,342 @@
+//! The controller: one pass marks silent nodes down, takes replicas off
+//! down and drained nodes, matches each component's replica count to its
+//! declared scale, and places pending replicas with the scheduler. A pass
+//! runs when something changed and a few times per heartbeat regardless.
+
+use super::{ControlPlaneConfig, Live, Shared, unix_now};
+use crate::api::{AppRouting, Assignment, DesiredState, Endpoint, LoadState};
+use crate::scheduler::{ClusterSnapshot, Decision, NodeInfo, Scheduler};
+use crate::state::{ReplicaChange, ReplicaRecord};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+/// Runs controller passes until aborted.
+pub(super) async fn run(shared: Arc<Shared>) {
+    let tick = shared.config.heartbeat / 4;
+    loop {
+        tokio::select! {
+            () = shared.wake.notified() => {}
+            () = tokio::time::sleep(tick) => {}
+        }
+        pass(&shared);
+    }
+}
+
+/// One controller pass, persisted in one transaction.
+pub(super) fn pass(shared: &Shared) {
+    let mut live = shared.live.lock().expect("live state lock");
+    let outcome = reconcile(&mut live, Instant::now(), &shared.config, unix_now());
+    if let Err(e) = shared.store.change_replicas(&outcome.changes) {
+        // Keep memory equal to what is stored; the next pass retries.
+        tracing::error!("cannot record replica changes: {e}");
+        match shared.store.replicas() {
+            Ok(replicas) => {
+                live.replicas = replicas.into_iter().map(|r| (r.id.clone(), r)).collect();
+            }
+            Err(e) => tracing::error!("cannot reload replicas: {e}"),
+        }
+    }
+    drop(live);
+    if outcome.changed {
+        shared.bump();
+    }
+}
+
+/// What a pass did.
+#[derive(Default)]
+pub(super) struct Outcome {
+    changes: Vec<ReplicaChange>,
+    changed: bool,
+}
+
+impl Outcome {
+    fn put(&mut self, replica: &ReplicaRecord) {
+        self.changes.push(ReplicaChange::Put(replica.clone()));
+        self.changed = true;
+    }
+
+    fn remove(&mut self, id: &str) {
+        self.changes.push(ReplicaChange::Remove(id.to_string()));
+        self.changed = true;
+    }
+}
+
+fn reconcile(live: &mut Live, now: Instant, config: &ControlPlaneConfig, now_unix: u64) -> Outcome {
+    let mut out = Outcome::default();
+    mark_down(live, now, config, &mut out);
+    release_lost(live, &mut out);
+    match_scale(live, now_unix, &mut out);
+    place_pending(live, &mut out);
+    out
+}
+
+/// A node is down when silent past `down_after`, or sooner when its held
+/// heartbeat connection broke and it did not reconnect within a heartbeat
+/// (a killed process closes its sockets; a live one reconnects at once).
+fn mark_down(live: &mut Live, now: Instant, config: &ControlPlaneConfig, out: &mut Outcome) {
+    for (name, node) in &mut live.nodes {
+        let silent = now.saturating_duration_since(node.last_seen);
+        let lost = node
+            .connection_lost
+            .is_some_and(|at| now.saturating_duration_since(at) > config.heartbeat);
+        if !node.down && (silent > config.down_after || lost) {
+            node.down = true;
+            node.components.clear();
+            out.changed = true;
+            tracing::warn!(
+                node = name,
+                "node is down: no heartbeat for {silent:.1?}; moving its replicas"
+            );
+        }
+    }
+}
+
+/// Replicas on nodes that are down, drained or gone become pending again;
+/// replicas of deleted apps or components are removed.
+fn release_lost(live: &mut Live, out: &mut Outcome) {
+    let mut removed = Vec::new();
+    for replica in live.replicas.values_mut() {
+        let declared = live
+            .apps
+            .get(&replica.app)
+            .and_then(|app| live.specs.get(&app.package))
+            .is_some_and(|spec| spec.components.contains_key(&replica.component));
+        if !declared {
+            removed.push(replica.id.clone());
+            continue;
+        }
+        let Some(node) = &replica.node else { continue };
+        let keep = live
+            .nodes
+            .get(node)
+            .is_some_and(|n| !n.down && !n.record.drained);
+        if !keep {
+            tracing::info!(replica = replica.id, node, "replica released from its node");
+            replica.node = None;
+            out.put(replica);
+        }
+    }
+    for id in removed {
+        live.replicas.remove(&id);
+        live.pending.remove(&id);
+        out.remove(&id);
+    }
+}
+
+/// Adds or removes replicas so each component has its declared count.
+fn match_scale(live: &mut Live, now_unix: u64, out: &mut Outcome) {
+    let mut wanted: Vec<(String, String, u32)> = Vec::new();
+    for (name, app) in &live.apps {
+        let Some(spec) = live.specs.get(&app.package) else {
+            continue;
+        };
+        for (component, plan) in &spec.components {
+            let desired = app.scale.get(component).copied().unwrap_or(plan.replicas);
+            wanted.push((name.clone(), component.clone(), desired));
+        }
+    }
+    for (app, component, desired) in wanted {
+        let mut removed = Vec::new();
+        let prefix = format!("{app}/{component}/");
+        let mut current: Vec<&ReplicaRecord> = live
+            .replicas
+            .range(prefix.clone()..)
+            .take_while(|(id, _)| id.starts_with(&prefix))
+            .map(|(_, r)| r)
+            .collect();
+        let count = current.len() as u32;
+        if count > desired {
+            // One at a time: a pending one first, then one from the node
+            // with the most replicas of this component, then the newest.
+            for _ in desired..count {
+                let per_node =
+                    |node: &Option<String>| current.iter().filter(|r| &r.node == node).count();
+                let victim = current
+                    .iter()
+                    .enumerate()
+                    .max_by_key(|(_, r)| (r.node.is_none(), per_node(&r.node), index_of(&r.id)))
+                    .map(|(i, r)| (i, r.id.clone()));
+                let Some((i, id)) = victim else { break };
+                current.remove(i);
+                removed.push(id);
+            }
+        } else if count < desired {
+            let first = current
+                .iter()
+                .map(|r| index_of(&r.id) + 1)
+                .max()
+                .unwrap_or(0);
+            for next in first..first + u64::from(desired - count) {
+                let replica = ReplicaRecord {
+                    id: format!("{prefix}{next}"),
+                    app: app.clone(),
+                    component: component.clone(),
+                    node: None,
+                    created_unix: now_unix,
+                };
+                out.put(&replica);
+                live.replicas.insert(replica.id.clone(), replica);
+            }
+        }
+        for id in removed {
+            live.replicas.remove(&id);
+            live.pending.remove(&id);
+            out.remove(&id);
+        }
+    }
+}
+
+fn index_of(id: &str) -> u64 {
+    id.rsplit('/')
+        .next()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Places every pending replica the scheduler can fit.
+fn place_pending(live: &mut Live, out: &mut Outcome) {
+    let pending: Vec<String> = live
+        .replicas
+        .values()
+        .filter(|r| r.node.is_none())
+        .map(|r| r.id.clone())
+        .collect();
+    if pending.is_empty() {
+        live.pending.clear();
+        return;
+    }
+    let names: Vec<String> = live.nodes.keys().cloned().collect();
+    let index: BTreeMap<&str, usize> = names
+        .iter()
+        .enumerate()
+        .map(|(i, n)| (n.as_str(), i))
+        .collect();
+    let snapshot = ClusterSnapshot {
+        nodes: live
+            .nodes
+            .values()
+            .map(|n| NodeInfo {
+                name: n.record.name.clone(),
+                labels: n.record.labels.clone(),
+                memory: n.record.memory,
+                ready: !n.down,
+                cordoned: n.record.cordoned || n.record.drained,
+            })
+            .collect(),
+        running: live
+            .replicas
+            .values()
+            .filter_map(|r| {
+                let node = index.get(r.node.as_deref()?)?;
+                let plan = component_plan(live, &r.app, &r.component)?;
+                Some((*node, plan.request.component.clone(), plan.request.memory))
+            })
+            .collect(),
+    };
+    let requests: Vec<_> = pending
+        .iter()
+        .filter_map(|id| {
+            let r = &live.replicas[id];
+            component_plan(live, &r.app, &r.component).map(|plan| plan.request.clone())
+        })
+        .collect();
+    let plan = Scheduler::new().plan(&snapshot, &requests);
+    for (id, decision) in pending.iter().zip(plan.decisions) {
+        match decision {
+            Decision::Placed(node) => {
+                let replica = live.replicas.get_mut(id).expect("pending replica exists");
+                replica.node = Some(names[node].clone());
+                tracing::info!(replica = id, node = names[node], "replica placed");
+                out.put(replica);
+                live.pending.remove(id);
+            }
+            Decision::Unschedulable(why) => {
+                let reason = why.to_string();
+                if live.pending.get(id) != Some(&reason) {
+                    tracing::warn!(replica = id, "cannot place replica: {reason}");
+                    live.pending.insert(id.clone(), reason);
+                    out.changed = true;
+                }
+            }
+        }
+    }
+}
+
+fn component_plan<'a>(
+    live: &'a Live,
+    app: &str,
+    component: &str,
+) -> Option<&'a super::catalog::ComponentPlan> {
+    live.spec(app)?.components.get(component)
+}
+
+/// What node `name` should run, and where every app's running replicas are.
+pub(super) fn desired_for(live: &Live, name: &str) -> DesiredState {
+    let mut assignments: BTreeMap<(String, String), u32> = BTreeMap::new();
+    for replica in live.replicas.values() {
+        if replica.node.as_deref() == Some(name) {
+            *assignments
+                .entry((replica.app.clone(), replica.component.clone()))
+                .or_default() += 1;
+        }
+    }
+    let assignments = assignments
+        .into_iter()
+        .filter_map(|((app, component), replicas)| {
+            let package = live.apps.get(&app)?.package.clone();
+            Some(Assignment {
+                app,
+                component,
+                package,
+                replicas,
+            })
+        })
+        .collect();
+    let apps = live
+        .apps
+        .keys()
+        .filter_map(|app| {
+            let spec = live.spec(app)?;
+            let routes = spec
+                .components
+                .iter()
+                .filter_map(|(c, plan)| Some((plan.route.clone()?, c.clone())))
+                .collect();
+            let mut endpoints: BTreeMap<String, Vec<Endpoint>> = BTreeMap::new();
+            for replica in live.replicas.values().filter(|r| &r.app == app) {
+                if let Some(node) = replica_node_running(live, replica) {
+                    endpoints
+                        .entry(replica.component.clone())
+                        .or_default()
+                        .push(Endpoint {
+                            node: node.record.name.clone(),
+                            mesh: node.record.mesh.clone(),
+                        });
+                }
+            }
+            Some(AppRouting {
+                name: app.clone(),
+                routes,
+                endpoints,
+            })
+        })
+        .collect();
+    DesiredState { assignments, apps }
+}
+
+/// The replica's node, when that node is up and reports its component
+/// running.
+pub(super) fn replica_node_running<'a>(
+    live: &'a Live,
+    replica: &ReplicaRecord,
+) -> Option<&'a super::LiveNode> {
+    let node = live.nodes.get(replica.node.as_deref()?)?;
+    let running = !node.down
+        && node.components.iter().any(|c| {
+            c.app == replica.app
+                && c.component == replica.component
+                && c.state == LoadState::Running
+        });
+    running.then_some(node)
+}

@@ -1,0 +1,143 @@
+//! The node's identity: its key and CA-signed certificate, obtained by
+//! joining with a one-time token, kept in the data directory so restarts
+//! need no token, and renewed over mTLS at half its lifetime.
+
+use super::{NodeConfig, NodeShared};
+use crate::api::{JoinRequest, JoinResponse, RenewRequest};
+use crate::api_client::ApiClient;
+use crate::mesh::NodeIdentity;
+use anyhow::Context;
+use std::path::Path;
+use std::sync::Arc;
+
+/// The identity in use and everything built from it.
+pub(crate) struct Current {
+    /// Key, certificate and CA.
+    pub identity: NodeIdentity,
+    /// The control plane client, presenting the certificate.
+    pub api: ApiClient,
+    /// The mesh endpoint's TLS settings.
+    pub mesh_server: Arc<rustls::ServerConfig>,
+    not_before: i64,
+    not_after: i64,
+}
+
+impl Current {
+    fn new(identity: NodeIdentity, server: &str) -> anyhow::Result<Current> {
+        let api = ApiClient::new(server, identity.client_config()?, None);
+        let mesh_server = identity.server_config()?;
+        let (not_before, not_after) = identity.validity()?;
+        Ok(Current {
+            identity,
+            api,
+            mesh_server,
+            not_before,
+            not_after,
+        })
+    }
+}
+
+/// The saved identity, or a new one from joining with `config.token`.
+///
+/// # Errors
+///
+/// No saved identity and no token, a malformed or refused token, an
+/// unreachable control plane, or a data directory of another node.
+pub(crate) async fn load_or_join(config: &NodeConfig) -> anyhow::Result<Current> {
+    let dir = &config.data_dir;
+    if dir.join("node.pem").exists() {
+        let saved_name = std::fs::read_to_string(dir.join("name")).unwrap_or_default();
+        if saved_name.trim() != config.name {
+            anyhow::bail!(
+                "{} holds the identity of node {:?}, not {:?}; use another --data-dir or the same --name",
+                dir.display(),
+                saved_name.trim(),
+                config.name
+            );
+        }
+        let read = |file: &str| {
+            std::fs::read_to_string(dir.join(file))
+                .with_context(|| format!("cannot read {}", dir.join(file).display()))
+        };
+        let identity = NodeIdentity::new(read("node.key")?, read("node.pem")?, read("ca.pem")?);
+        return Current::new(identity, &config.server);
+    }
+    let Some(token) = &config.token else {
+        anyhow::bail!(
+            "this node has not joined a cluster yet: pass --token with a join token (printed by `skiff server`, or made with `skiff join-token`)"
+        );
+    };
+    let pin = match token.split('.').collect::<Vec<_>>().as_slice() {
+        ["skt1", pin, secret] if pin.len() == 32 && !secret.is_empty() => pin.to_string(),
+        _ => anyhow::bail!(
+            "malformed join token: expected skt1.<ca-pin>.<secret>, as printed by `skiff join-token`"
+        ),
+    };
+    let client = ApiClient::new(&config.server, crate::tls::client_pinned(&pin)?, None);
+    let (key_pem, csr_pem) = NodeIdentity::request()?;
+    let joined: JoinResponse = client
+        .post(
+            "/v1/join",
+            &JoinRequest {
+                token: token.clone(),
+                name: config.name.clone(),
+                csr_pem,
+            },
+        )
+        .await
+        .with_context(|| format!("cannot join the cluster at {}", config.server))?;
+    save(dir, &config.name, &key_pem, &joined)?;
+    tracing::info!(
+        node = config.name,
+        "joined the cluster at {}",
+        config.server
+    );
+    Current::new(
+        NodeIdentity::new(key_pem, joined.cert_pem, joined.ca_pem),
+        &config.server,
+    )
+}
+
+fn save(dir: &Path, name: &str, key_pem: &str, issued: &JoinResponse) -> anyhow::Result<()> {
+    crate::home::write_private(&dir.join("node.key"), key_pem.as_bytes())?;
+    crate::home::write_private(&dir.join("ca.pem"), issued.ca_pem.as_bytes())?;
+    crate::home::write_private(&dir.join("name"), name.as_bytes())?;
+    // Written last: its presence means the identity is complete.
+    crate::home::write_private(&dir.join("node.pem"), issued.cert_pem.as_bytes())
+}
+
+/// Renews the certificate once half its lifetime has passed; on failure
+/// keeps the current one and tries again at the next heartbeat.
+pub(crate) async fn renew_if_due(shared: &Arc<NodeShared>) {
+    let due = {
+        let current = shared.identity.read().expect("identity lock");
+        let half = current.not_before + (current.not_after - current.not_before) / 2;
+        crate::control::unix_now() as i64 >= half
+    };
+    if !due {
+        return;
+    }
+    let renewed = async {
+        let (key_pem, csr_pem) = NodeIdentity::request()?;
+        let issued: JoinResponse = shared
+            .api()
+            .post("/v1/node/renew", &RenewRequest { csr_pem })
+            .await?;
+        save(
+            &shared.config.data_dir,
+            &shared.config.name,
+            &key_pem,
+            &issued,
+        )?;
+        let identity = NodeIdentity::new(key_pem, issued.cert_pem, issued.ca_pem);
+        shared.forwarder.use_identity(&identity)?;
+        Current::new(identity, &shared.config.server)
+    };
+    match renewed.await {
+        Ok(current) => {
+            *shared.identity.write().expect("identity lock") = current;
+            tracing::info!("node certificate renewed");
+        }
+        Err(e) => tracing::warn!("cannot renew the node certificate yet: {e:#}"),
+    }
+}

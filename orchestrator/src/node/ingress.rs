@@ -1,0 +1,150 @@
+//! HTTP ingress: any node accepts a request for any app. The app is the
+//! one a `Host: <app>.<domain>` names, else the one whose routes match the
+//! path best; the component is the app's route for the path. A replica on
+//! this node serves it; otherwise it is forwarded over the mesh to a node
+//! that has one, round-robin.
+
+use super::NodeShared;
+use crate::api::{AppRouting, Endpoint};
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use skiff_runtime::invoke::{ResponseBody, invoke, plain};
+use skiff_runtime::route::Route;
+use skiff_runtime::server::{DRAIN_TIMEOUT, accept_until, serve_http1};
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use tokio::net::TcpListener;
+
+/// Every app's routes and endpoints, as last heard from the control plane.
+#[derive(Default)]
+pub(crate) struct Routing {
+    apps: Vec<AppRoutes>,
+}
+
+struct AppRoutes {
+    name: String,
+    routes: Vec<(Route, String)>,
+    endpoints: HashMap<String, Vec<Endpoint>>,
+    next: AtomicUsize,
+}
+
+impl Routing {
+    pub(crate) fn new(apps: &[AppRouting]) -> Routing {
+        let mut apps: Vec<AppRoutes> = apps
+            .iter()
+            .map(|app| AppRoutes {
+                name: app.name.clone(),
+                routes: app
+                    .routes
+                    .iter()
+                    .filter_map(|(route, component)| {
+                        Some((Route::try_from(route.clone()).ok()?, component.clone()))
+                    })
+                    .collect(),
+                endpoints: app.endpoints.clone().into_iter().collect(),
+                next: AtomicUsize::new(0),
+            })
+            .collect();
+        apps.sort_by(|a, b| a.name.cmp(&b.name));
+        Routing { apps }
+    }
+
+    /// The app and component for a request.
+    fn pick(&self, host: Option<&str>, path: &str) -> Option<(&AppRoutes, &str)> {
+        let named = host
+            .map(|h| h.split(':').next().unwrap_or(h))
+            .and_then(|h| h.split_once('.'))
+            .and_then(|(first, _)| self.apps.iter().find(|a| a.name == first));
+        let candidates: Vec<&AppRoutes> = match named {
+            Some(app) => vec![app],
+            None => self.apps.iter().collect(),
+        };
+        let mut best: Option<((bool, usize), &AppRoutes, &str)> = None;
+        for app in candidates {
+            for (route, component) in &app.routes {
+                if !route.matches(path) {
+                    continue;
+                }
+                let rank = match route {
+                    Route::Exact(p) => (true, p.len()),
+                    Route::Prefix(p) => (false, p.len()),
+                };
+                if best.as_ref().is_none_or(|(r, _, _)| rank > *r) {
+                    best = Some((rank, app, component));
+                }
+            }
+        }
+        best.map(|(_, app, component)| (app, component))
+    }
+}
+
+/// Serves ingress on `listener` until `shutdown`, then drains.
+pub(crate) async fn serve(
+    node: Arc<NodeShared>,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()>,
+) {
+    accept_until(listener, shutdown, DRAIN_TIMEOUT, move |accepted| {
+        let node = node.clone();
+        let service = hyper::service::service_fn(move |request| {
+            let node = node.clone();
+            async move { Ok::<_, std::convert::Infallible>(dispatch(&node, request).await) }
+        });
+        tokio::spawn(serve_http1(
+            accepted.watcher,
+            TokioIo::new(accepted.stream),
+            service,
+        ));
+    })
+    .await;
+}
+
+async fn dispatch(
+    node: &Arc<NodeShared>,
+    mut request: hyper::Request<Incoming>,
+) -> hyper::Response<ResponseBody> {
+    let routing = node.routing.read().expect("routing lock").clone();
+    let host = request
+        .headers()
+        .get(http::header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .map(str::to_string);
+    let Some((app, component)) = routing.pick(host.as_deref(), request.uri().path()) else {
+        return plain(
+            http::StatusCode::NOT_FOUND,
+            format!("no app serves {}\n", request.uri().path()),
+        );
+    };
+    if host.is_none()
+        && let Ok(value) = http::HeaderValue::from_str(&node.ingress_addr.to_string())
+    {
+        request.headers_mut().insert(http::header::HOST, value);
+    }
+    if let Some((local, sink)) = node.replicas.serving(&app.name, component) {
+        return invoke(&local, request, &sink).await;
+    }
+    let endpoints: Vec<&Endpoint> = app
+        .endpoints
+        .get(component)
+        .map(|eps| eps.iter().filter(|e| e.node != node.config.name).collect())
+        .unwrap_or_default();
+    if endpoints.is_empty() {
+        let mut response = plain(
+            http::StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "app \"{}\" component \"{component}\" has no running replica right now; see `skiff ps {}`\n",
+                app.name, app.name
+            ),
+        );
+        response.headers_mut().insert(
+            http::header::RETRY_AFTER,
+            http::HeaderValue::from_static("1"),
+        );
+        return response;
+    }
+    let start = app.next.fetch_add(1, Ordering::Relaxed);
+    node.forwarder
+        .forward(&app.name, component, &endpoints, start, request)
+        .await
+}

@@ -1,0 +1,260 @@
+//! The mesh between nodes: an mTLS endpoint that serves forwarded requests
+//! for replicas on this node, and the client that forwards to other nodes.
+//! Both sides present their node certificate and accept only peers signed
+//! by the cluster CA; plaintext is refused. A forwarded request names its
+//! target in the `skiff-app` and `skiff-component` headers.
+
+use super::NodeShared;
+use crate::api::{AppRouting, Endpoint};
+use crate::mesh::NodeIdentity;
+use bytes::Bytes;
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Empty};
+use hyper::body::Incoming;
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::connect::dns::Name;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use skiff_runtime::invoke::{ResponseBody, invoke, plain, relayed};
+use skiff_runtime::server::{DRAIN_TIMEOUT, accept_until, serve_http1};
+use std::collections::HashMap;
+use std::future::Ready;
+use std::net::SocketAddr;
+use std::sync::{Arc, RwLock};
+use std::task::{Context, Poll};
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
+
+/// Header naming the app of a forwarded request.
+pub const APP_HEADER: &str = "skiff-app";
+/// Header naming the component of a forwarded request.
+pub const COMPONENT_HEADER: &str = "skiff-component";
+/// Connecting to a peer node may take this long before the next is tried.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// A peer must finish its TLS handshake within this.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+type ForwardBody = BoxBody<Bytes, hyper::Error>;
+type MeshClient = Client<HttpsConnector<HttpConnector<MeshResolver>>, ForwardBody>;
+
+/// Forwards requests to other nodes.
+pub(crate) struct Forwarder {
+    addresses: Arc<RwLock<HashMap<String, SocketAddr>>>,
+    client: RwLock<MeshClient>,
+}
+
+/// Resolves node names (the DNS names in their certificates) to the mesh
+/// addresses the control plane reported, so TLS verifies the peer's name.
+#[derive(Clone)]
+struct MeshResolver {
+    addresses: Arc<RwLock<HashMap<String, SocketAddr>>>,
+}
+
+impl tower_service::Service<Name> for MeshResolver {
+    type Response = std::vec::IntoIter<SocketAddr>;
+    type Error = std::io::Error;
+    type Future = Ready<Result<Self::Response, std::io::Error>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), std::io::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, name: Name) -> Self::Future {
+        let found = self
+            .addresses
+            .read()
+            .expect("mesh address lock")
+            .get(name.as_str())
+            .copied();
+        std::future::ready(found.map(|addr| vec![addr].into_iter()).ok_or_else(|| {
+            std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                format!("no mesh address known for node {}", name.as_str()),
+            )
+        }))
+    }
+}
+
+impl Forwarder {
+    pub(crate) fn new(identity: &NodeIdentity) -> anyhow::Result<Forwarder> {
+        let addresses = Arc::new(RwLock::new(HashMap::new()));
+        let client = RwLock::new(client(identity, &addresses)?);
+        Ok(Forwarder { addresses, client })
+    }
+
+    /// Switches to a renewed certificate.
+    pub(crate) fn use_identity(&self, identity: &NodeIdentity) -> anyhow::Result<()> {
+        *self.client.write().expect("mesh client lock") = client(identity, &self.addresses)?;
+        Ok(())
+    }
+
+    /// Records where every node with a replica listens.
+    pub(crate) fn learn(&self, apps: &[AppRouting]) {
+        let mut addresses = self.addresses.write().expect("mesh address lock");
+        for endpoint in apps.iter().flat_map(|a| a.endpoints.values().flatten()) {
+            if let Ok(addr) = endpoint.mesh.parse() {
+                addresses.insert(endpoint.node.clone(), addr);
+            }
+        }
+    }
+
+    /// Sends `request` to one of `endpoints`, starting at `start`. A
+    /// request without a body moves on to the next endpoint when one
+    /// cannot be connected to; one with a body is sent once (it cannot be
+    /// replayed).
+    pub(crate) async fn forward(
+        &self,
+        app: &str,
+        component: &str,
+        endpoints: &[&Endpoint],
+        start: usize,
+        request: hyper::Request<Incoming>,
+    ) -> hyper::Response<ResponseBody> {
+        let client = self.client.read().expect("mesh client lock").clone();
+        let replayable = !has_body(&request);
+        let (parts, body) = request.into_parts();
+        let mut body = Some(body.boxed());
+        let mut last_error = String::new();
+        for i in 0..endpoints.len() {
+            let endpoint = endpoints[(start + i) % endpoints.len()];
+            let body = match body.take() {
+                Some(body) => body,
+                None if replayable => Empty::new().map_err(|never| match never {}).boxed(),
+                None => break,
+            };
+            let port = endpoint.mesh.rsplit(':').next().unwrap_or("0");
+            let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+            let mut forwarded = hyper::Request::builder()
+                .method(parts.method.clone())
+                .uri(format!("https://{}:{port}{path}", endpoint.node))
+                .body(body)
+                .expect("a valid forwarded request");
+            *forwarded.headers_mut() = parts.headers.clone();
+            let headers = forwarded.headers_mut();
+            headers.insert(APP_HEADER, header_value(app));
+            headers.insert(COMPONENT_HEADER, header_value(component));
+            match client.request(forwarded).await {
+                Ok(response) => return response.map(relayed),
+                Err(e) => {
+                    tracing::warn!(
+                        app,
+                        component,
+                        node = endpoint.node,
+                        "forwarding failed: {e}"
+                    );
+                    last_error = format!("node {}: {e}", endpoint.node);
+                    if !e.is_connect() {
+                        break;
+                    }
+                }
+            }
+        }
+        plain(
+            http::StatusCode::BAD_GATEWAY,
+            format!(
+                "app \"{app}\" component \"{component}\": no replica could be reached ({last_error})\n"
+            ),
+        )
+    }
+}
+
+fn header_value(text: &str) -> http::HeaderValue {
+    http::HeaderValue::from_str(text).expect("app and component names are valid header values")
+}
+
+fn has_body(request: &hyper::Request<Incoming>) -> bool {
+    let headers = request.headers();
+    headers.contains_key(http::header::TRANSFER_ENCODING)
+        || headers
+            .get(http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.trim() != "0")
+}
+
+fn client(
+    identity: &NodeIdentity,
+    addresses: &Arc<RwLock<HashMap<String, SocketAddr>>>,
+) -> anyhow::Result<MeshClient> {
+    let mut http = HttpConnector::new_with_resolver(MeshResolver {
+        addresses: addresses.clone(),
+    });
+    http.enforce_http(false);
+    http.set_nodelay(true);
+    http.set_connect_timeout(Some(CONNECT_TIMEOUT));
+    let https = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config((*identity.client_config()?).clone())
+        .https_only()
+        .enable_http1()
+        .wrap_connector(http);
+    Ok(Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(Duration::from_secs(30))
+        .build(https))
+}
+
+/// Serves forwarded requests on `listener` until `shutdown`.
+pub(crate) async fn serve(
+    node: Arc<NodeShared>,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()>,
+) {
+    accept_until(listener, shutdown, DRAIN_TIMEOUT, move |accepted| {
+        let tls = node
+            .identity
+            .read()
+            .expect("identity lock")
+            .mesh_server
+            .clone();
+        let node = node.clone();
+        tokio::spawn(async move {
+            let peer = accepted.peer;
+            let handshake = TlsAcceptor::from(tls).accept(accepted.stream);
+            let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake).await {
+                Ok(Ok(stream)) => stream,
+                Ok(Err(e)) => {
+                    tracing::warn!(%peer, "mesh connection refused: {e}");
+                    return;
+                }
+                Err(_) => return,
+            };
+            let service = hyper::service::service_fn(move |request| {
+                let node = node.clone();
+                async move {
+                    Ok::<_, std::convert::Infallible>(serve_forwarded(&node, request).await)
+                }
+            });
+            serve_http1(accepted.watcher, TokioIo::new(stream), service).await;
+        });
+    })
+    .await;
+}
+
+/// Serves a request another node forwarded; never forwards it again, so a
+/// stale endpoint cannot make a loop.
+async fn serve_forwarded(
+    node: &Arc<NodeShared>,
+    mut request: hyper::Request<Incoming>,
+) -> hyper::Response<ResponseBody> {
+    let headers = request.headers_mut();
+    let name = |h: Option<http::HeaderValue>| h.and_then(|v| v.to_str().ok().map(str::to_string));
+    let (Some(app), Some(component)) = (
+        name(headers.remove(APP_HEADER)),
+        name(headers.remove(COMPONENT_HEADER)),
+    ) else {
+        return plain(
+            http::StatusCode::BAD_REQUEST,
+            format!("a mesh request names its target with {APP_HEADER} and {COMPONENT_HEADER}\n"),
+        );
+    };
+    match node.replicas.serving(&app, &component) {
+        Some((local, sink)) => invoke(&local, request, &sink).await,
+        None => plain(
+            http::StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "node {} runs no replica of app \"{app}\" component \"{component}\"\n",
+                node.config.name
+            ),
+        ),
+    }
+}

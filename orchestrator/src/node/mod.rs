@@ -1,0 +1,309 @@
+//! The node agent (`skiff node`): joins the cluster, heartbeats, runs the
+//! replicas assigned to it, serves HTTP ingress for every app, and
+//! exchanges forwarded requests with other nodes over mTLS.
+//!
+//! The heartbeat is also the watch: the control plane holds each
+//! heartbeat until the desired state changes or a heartbeat interval
+//! passes, so assignments arrive as soon as they are made. When the
+//! control plane is unreachable the node keeps serving what it has and
+//! forwarding with the endpoints it last saw (static stability).
+
+mod identity;
+mod ingress;
+mod mesh;
+mod replicas;
+
+pub use mesh::HANDSHAKE_TIMEOUT;
+
+use crate::api::{DesiredState, GuestLine, SyncRequest, SyncResponse};
+use crate::api_client::ApiClient;
+use anyhow::Context;
+use http::Method;
+use skiff_runtime::capability::logging::{LogSink, LogStream};
+use skiff_runtime::package::Store;
+use skiff_runtime::{CompileCache, EngineConfig, SkiffEngine};
+use std::collections::{BTreeMap, VecDeque};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use tokio::net::TcpListener;
+use tokio::sync::Notify;
+
+/// Guest log lines a node keeps while the control plane is away.
+const MAX_BUFFERED_LINES: usize = 10_000;
+/// Lines shipped per heartbeat.
+const LINES_PER_SYNC: usize = 2_000;
+
+/// How a node runs.
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    /// The control plane, `https://host:port`.
+    pub server: String,
+    /// A join token; needed only the first time.
+    pub token: Option<String>,
+    /// The node's name in the cluster.
+    pub name: String,
+    /// `key=value` labels for placement.
+    pub labels: BTreeMap<String, String>,
+    /// Memory offered to replicas, bytes.
+    pub memory: u64,
+    /// HTTP ingress address.
+    pub listen: SocketAddr,
+    /// Mesh (mTLS) address; port 0 picks a free one.
+    pub mesh_listen: SocketAddr,
+    /// Where the node's identity, packages and cache live.
+    pub data_dir: PathBuf,
+}
+
+/// A node that joined and bound its addresses, ready to run.
+pub struct Node {
+    shared: Arc<NodeShared>,
+    ingress: TcpListener,
+    mesh: TcpListener,
+}
+
+/// What the node's tasks share.
+pub(crate) struct NodeShared {
+    config: NodeConfig,
+    ingress_addr: SocketAddr,
+    mesh_addr: SocketAddr,
+    engine: SkiffEngine,
+    cache: CompileCache,
+    packages: Store,
+    identity: RwLock<identity::Current>,
+    routing: RwLock<Arc<ingress::Routing>>,
+    replicas: replicas::LocalReplicas,
+    forwarder: mesh::Forwarder,
+    logs: Mutex<LogBuffer>,
+    /// Something the control plane should hear about happened.
+    changed: Notify,
+}
+
+#[derive(Default)]
+struct LogBuffer {
+    lines: VecDeque<(u64, GuestLine)>,
+    next: u64,
+}
+
+impl Node {
+    /// Loads or obtains (joining with the token) the node's identity and
+    /// binds its ingress and mesh addresses.
+    ///
+    /// # Errors
+    ///
+    /// A refused join, an unreachable control plane at first join, or an
+    /// address that cannot be bound.
+    pub async fn start(config: NodeConfig) -> anyhow::Result<Node> {
+        std::fs::create_dir_all(&config.data_dir).with_context(|| {
+            format!(
+                "cannot create the data directory {}",
+                config.data_dir.display()
+            )
+        })?;
+        let current = identity::load_or_join(&config).await?;
+        let bind = |addr: SocketAddr, what: &'static str| async move {
+            TcpListener::bind(addr).await.map_err(|e| {
+                if e.kind() == std::io::ErrorKind::AddrInUse {
+                    anyhow::anyhow!(
+                        "cannot listen on {addr} for {what}: the address is already in use"
+                    )
+                } else {
+                    anyhow::anyhow!("cannot listen on {addr} for {what}: {e}")
+                }
+            })
+        };
+        let ingress = bind(config.listen, "ingress").await?;
+        let mesh = bind(config.mesh_listen, "the mesh").await?;
+        let ingress_addr = ingress.local_addr()?;
+        let mesh_addr = mesh.local_addr()?;
+        let engine = SkiffEngine::new(EngineConfig::default())?;
+        let cache = CompileCache::open(&crate::home::cache_dir())?;
+        let packages = Store::open(&config.data_dir.join("packages"))?;
+        let forwarder = mesh::Forwarder::new(&current.identity)?;
+        let shared = Arc::new(NodeShared {
+            config,
+            ingress_addr,
+            mesh_addr,
+            engine,
+            cache,
+            packages,
+            identity: RwLock::new(current),
+            routing: RwLock::new(Arc::new(ingress::Routing::default())),
+            replicas: replicas::LocalReplicas::default(),
+            forwarder,
+            logs: Mutex::new(LogBuffer::default()),
+            changed: Notify::new(),
+        });
+        Ok(Node {
+            shared,
+            ingress,
+            mesh,
+        })
+    }
+
+    /// Where ingress listens.
+    pub fn ingress_addr(&self) -> SocketAddr {
+        self.shared.ingress_addr
+    }
+
+    /// Where the mesh endpoint listens.
+    pub fn mesh_addr(&self) -> SocketAddr {
+        self.shared.mesh_addr
+    }
+
+    /// Heartbeats, runs replicas and serves until `shutdown` completes;
+    /// then finishes in-flight requests.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) {
+        let sync = tokio::spawn(sync_loop(self.shared.clone()));
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let mesh = tokio::spawn(mesh::serve(
+            self.shared.clone(),
+            self.mesh,
+            wait_for(stopped.clone()),
+        ));
+        let ingress = tokio::spawn(ingress::serve(
+            self.shared.clone(),
+            self.ingress,
+            wait_for(stopped),
+        ));
+        shutdown.await;
+        sync.abort();
+        let _ = stop.send(true);
+        let _ = ingress.await;
+        let _ = mesh.await;
+    }
+}
+
+async fn wait_for(mut stopped: tokio::sync::watch::Receiver<bool>) {
+    let _ = stopped.wait_for(|stop| *stop).await;
+}
+
+impl NodeShared {
+    fn api(&self) -> ApiClient {
+        self.identity.read().expect("identity lock").api.clone()
+    }
+
+    fn apply(self: &Arc<Self>, desired: DesiredState) {
+        self.forwarder.learn(&desired.apps);
+        *self.routing.write().expect("routing lock") =
+            Arc::new(ingress::Routing::new(&desired.apps));
+        self.replicas.apply(self, desired.assignments);
+    }
+
+    /// A log sink that tags lines with `app` and buffers them for the
+    /// control plane.
+    fn log_sink(self: &Arc<Self>, app: &str) -> Arc<dyn LogSink> {
+        Arc::new(NodeLogSink {
+            app: app.to_string(),
+            node: Arc::downgrade(self),
+        })
+    }
+}
+
+/// Heartbeats forever; see the module docs.
+async fn sync_loop(shared: Arc<NodeShared>) {
+    let mut version = 0;
+    let mut heartbeat = Duration::from_secs(1);
+    let mut unreachable_since: Option<Instant> = None;
+    loop {
+        let (components, shipped) = {
+            let logs = shared.logs.lock().expect("log buffer lock");
+            let lines: Vec<_> = logs.lines.iter().take(LINES_PER_SYNC).cloned().collect();
+            (shared.replicas.status(), lines)
+        };
+        let request = SyncRequest {
+            version,
+            labels: shared.config.labels.clone(),
+            memory: shared.config.memory,
+            ingress: shared.ingress_addr.to_string(),
+            mesh: shared.mesh_addr.to_string(),
+            components,
+            logs: shipped.iter().map(|(_, line)| line.clone()).collect(),
+        };
+        let api = shared.api();
+        let changed = shared.changed.notified();
+        let call = api.call::<_, SyncResponse>(
+            Method::POST,
+            "/v1/node/sync",
+            &request,
+            heartbeat + Duration::from_secs(10),
+        );
+        let answer = tokio::select! {
+            answer = call => answer,
+            // Report at once; the held heartbeat is abandoned.
+            () = changed => continue,
+        };
+        match answer {
+            Ok(response) => {
+                if let Some(since) = unreachable_since.take() {
+                    tracing::info!(
+                        "control plane reachable again after {:.1?}",
+                        since.elapsed()
+                    );
+                }
+                if let Some((last, _)) = shipped.last() {
+                    let mut logs = shared.logs.lock().expect("log buffer lock");
+                    while logs.lines.front().is_some_and(|(seq, _)| seq <= last) {
+                        logs.lines.pop_front();
+                    }
+                }
+                heartbeat = Duration::from_millis(response.heartbeat_ms.max(100));
+                version = response.version;
+                if let Some(desired) = response.desired {
+                    shared.apply(desired);
+                }
+                identity::renew_if_due(&shared).await;
+            }
+            Err(e) => {
+                if unreachable_since.is_none() {
+                    tracing::warn!("{e}; serving the last known assignments until it is back");
+                    unreachable_since = Some(Instant::now());
+                }
+                if e.status() == Some(http::StatusCode::UNAUTHORIZED) {
+                    tracing::error!("the control plane refused this node's certificate");
+                }
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        }
+    }
+}
+
+/// Guest lines of one app on this node: echoed to stderr and buffered
+/// for the control plane.
+struct NodeLogSink {
+    app: String,
+    node: std::sync::Weak<NodeShared>,
+}
+
+impl LogSink for NodeLogSink {
+    fn line(&self, component: &str, stream: LogStream, line: &str) {
+        eprintln!("[{}/{component}] {line}", self.app);
+        let Some(node) = self.node.upgrade() else {
+            return;
+        };
+        let unix_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        let mut logs = node.logs.lock().expect("log buffer lock");
+        logs.next += 1;
+        let seq = logs.next;
+        logs.lines.push_back((
+            seq,
+            GuestLine {
+                app: self.app.clone(),
+                component: component.to_string(),
+                stream: match stream {
+                    LogStream::Stdout => "stdout",
+                    LogStream::Stderr => "stderr",
+                }
+                .to_string(),
+                line: line.to_string(),
+                unix_ms,
+            },
+        ));
+        if logs.lines.len() > MAX_BUFFERED_LINES {
+            logs.lines.pop_front();
+        }
+    }
+}

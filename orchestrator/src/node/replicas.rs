@@ -1,0 +1,218 @@
+//! The replicas this node runs: for each assigned component, pull its
+//! package from the control plane by digest (verifying every blob), load
+//! it, and serve it; a load that fails is retried with exponential backoff
+//! and its error reported. Components no longer assigned are dropped;
+//! requests already inside them finish.
+
+use super::NodeShared;
+use crate::api::{Assignment, ComponentStatus, LoadState};
+use http::Method;
+use skiff_runtime::LoadedComponent;
+use skiff_runtime::capability::logging::LogSink;
+use skiff_runtime::manifest::ComponentName;
+use skiff_runtime::package::{self, Digest};
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// First retry after a failed load; doubled per failure.
+const FIRST_BACKOFF: Duration = Duration::from_secs(1);
+/// Longest wait between retries.
+const MAX_BACKOFF: Duration = Duration::from_secs(60);
+
+/// `(app, component)`.
+type Key = (String, String);
+
+/// The components held, by app and component.
+#[derive(Default)]
+pub(crate) struct LocalReplicas {
+    held: Mutex<HashMap<Key, Held>>,
+}
+
+struct Held {
+    package: String,
+    state: LoadState,
+    error: Option<String>,
+    serving: Option<(Arc<LoadedComponent>, Arc<dyn LogSink>)>,
+    failures: u32,
+    /// Bumped on every (re)load, so a stale load result is ignored.
+    attempt: u64,
+}
+
+impl LocalReplicas {
+    /// Makes the held set equal `assignments`: loads what is new (or
+    /// moved to a new package), drops what is no longer assigned.
+    pub(crate) fn apply(&self, node: &Arc<NodeShared>, assignments: Vec<Assignment>) {
+        let mut held = self.held.lock().expect("replica lock");
+        let wanted: HashMap<Key, String> = assignments
+            .into_iter()
+            .map(|a| ((a.app, a.component), a.package))
+            .collect();
+        held.retain(|(app, component), h| {
+            let keep = wanted.get(&(app.clone(), component.clone())) == Some(&h.package);
+            if !keep {
+                tracing::info!(app, component, "replica removed from this node");
+            }
+            keep
+        });
+        for (key, package) in wanted {
+            if held.contains_key(&key) {
+                continue;
+            }
+            held.insert(
+                key.clone(),
+                Held {
+                    package: package.clone(),
+                    state: LoadState::Loading,
+                    error: None,
+                    serving: None,
+                    failures: 0,
+                    attempt: 1,
+                },
+            );
+            tokio::spawn(load(node.clone(), key, package, 1));
+        }
+    }
+
+    /// The loaded component for `app`/`component`, if it is serving here.
+    pub(crate) fn serving(
+        &self,
+        app: &str,
+        component: &str,
+    ) -> Option<(Arc<LoadedComponent>, Arc<dyn LogSink>)> {
+        self.held
+            .lock()
+            .expect("replica lock")
+            .get(&(app.to_string(), component.to_string()))
+            .and_then(|h| h.serving.clone())
+    }
+
+    /// What to report to the control plane.
+    pub(crate) fn status(&self) -> Vec<ComponentStatus> {
+        let held = self.held.lock().expect("replica lock");
+        let mut status: Vec<_> = held
+            .iter()
+            .map(|((app, component), h)| ComponentStatus {
+                app: app.clone(),
+                component: component.clone(),
+                package: h.package.clone(),
+                state: h.state,
+                error: h.error.clone(),
+            })
+            .collect();
+        status.sort_by(|a, b| (&a.app, &a.component).cmp(&(&b.app, &b.component)));
+        status
+    }
+}
+
+/// Pulls and loads one component, then records the outcome (unless the
+/// assignment changed meanwhile) and schedules a retry on failure.
+async fn load(node: Arc<NodeShared>, key: Key, package: String, attempt: u64) {
+    let (app, component) = key.clone();
+    let result = pull_and_load(&node, &app, &component, &package).await;
+    let retry_in = {
+        let mut held = node.replicas.held.lock().expect("replica lock");
+        let Some(h) = held.get_mut(&key).filter(|h| h.attempt == attempt) else {
+            return;
+        };
+        match result {
+            Ok(loaded) => {
+                tracing::info!(app, component, "replica running");
+                h.state = LoadState::Running;
+                h.error = None;
+                h.failures = 0;
+                h.serving = Some((Arc::new(loaded), node.log_sink(&app)));
+                None
+            }
+            Err(e) => {
+                h.failures += 1;
+                let backoff = FIRST_BACKOFF
+                    .saturating_mul(1 << (h.failures - 1).min(6))
+                    .min(MAX_BACKOFF);
+                tracing::error!(
+                    app,
+                    component,
+                    "replica failed to load: {e}; retrying in {backoff:?}"
+                );
+                h.state = LoadState::Failed;
+                h.error = Some(format!(
+                    "{e} (attempt {}, next in {}s)",
+                    h.failures,
+                    backoff.as_secs()
+                ));
+                Some(backoff)
+            }
+        }
+    };
+    node.changed.notify_one();
+    if let Some(backoff) = retry_in {
+        tokio::time::sleep(backoff).await;
+        let next = {
+            let mut held = node.replicas.held.lock().expect("replica lock");
+            match held.get_mut(&key).filter(|h| h.attempt == attempt) {
+                Some(h) => {
+                    h.attempt += 1;
+                    h.attempt
+                }
+                None => return,
+            }
+        };
+        Box::pin(load(node, key, package, next)).await;
+    }
+}
+
+async fn pull_and_load(
+    node: &Arc<NodeShared>,
+    app: &str,
+    component: &str,
+    package: &str,
+) -> Result<LoadedComponent, String> {
+    let digest: Digest = package
+        .parse()
+        .map_err(|e| format!("package {package}: {e}"))?;
+    pull(node, &digest).await?;
+    let node = node.clone();
+    let component = ComponentName::try_from(component.to_string())?;
+    let app = app.to_string();
+    tokio::task::spawn_blocking(move || {
+        let manifest = package::open(&node.packages, &digest).map_err(|e| e.to_string())?;
+        let spec = manifest.component.get(&component).ok_or_else(|| {
+            format!("package {digest} of app {app:?} has no component {component:?}")
+        })?;
+        LoadedComponent::load(&node.engine, &node.cache, &component, spec, Path::new("/"))
+            .map_err(|e| e.to_string())
+    })
+    .await
+    .map_err(|e| format!("the load task failed: {e}"))?
+}
+
+/// Fetches every blob of package `digest` this node lacks, verifying each
+/// against its digest before it is stored.
+async fn pull(node: &Arc<NodeShared>, digest: &Digest) -> Result<(), String> {
+    fetch(node, digest).await?;
+    let image = node.packages.manifest(digest).map_err(|e| e.to_string())?;
+    for blob in std::iter::once(&image.config).chain(&image.layers) {
+        fetch(node, &blob.digest).await?;
+    }
+    Ok(())
+}
+
+async fn fetch(node: &Arc<NodeShared>, digest: &Digest) -> Result<(), String> {
+    if node.packages.blob_path(digest).exists() {
+        return Ok(());
+    }
+    let bytes = node
+        .api()
+        .send(
+            Method::GET,
+            &format!("/v1/node/blobs/{digest}"),
+            None,
+            Duration::from_secs(300),
+        )
+        .await
+        .map_err(|e| format!("cannot fetch {digest}: {e}"))?;
+    node.packages
+        .put_verified(digest, &bytes)
+        .map_err(|e| e.to_string())
+}

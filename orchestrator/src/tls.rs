@@ -1,0 +1,200 @@
+//! TLS settings shared by the control plane, nodes and the CLI: which
+//! certificates each side presents and which it trusts. Everything uses
+//! rustls with the ring provider.
+
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::server::WebPkiClientVerifier;
+use rustls::{DigitallySignedStruct, RootCertStore, SignatureScheme};
+use sha2::{Digest, Sha256};
+use std::sync::Arc;
+
+/// Why a TLS configuration could not be built.
+#[derive(Debug, thiserror::Error)]
+#[error("TLS setup: {0}")]
+pub struct TlsError(pub String);
+
+fn tls_err(e: impl std::fmt::Display) -> TlsError {
+    TlsError(e.to_string())
+}
+
+/// The crypto provider every config uses.
+pub fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// The certificates in PEM text, in order.
+///
+/// # Errors
+///
+/// Text with no certificate or an unreadable one.
+pub fn certs(pem: &str) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let certs = CertificateDer::pem_slice_iter(pem.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(tls_err)?;
+    if certs.is_empty() {
+        return Err(TlsError("no certificate in PEM text".to_string()));
+    }
+    Ok(certs)
+}
+
+/// A root store holding only the cluster CA.
+///
+/// # Errors
+///
+/// An unreadable CA certificate.
+pub fn roots(ca_pem: &str) -> Result<RootCertStore, TlsError> {
+    let mut roots = RootCertStore::empty();
+    for cert in certs(ca_pem)? {
+        roots.add(cert).map_err(tls_err)?;
+    }
+    Ok(roots)
+}
+
+/// The short fingerprint of a CA certificate carried in join tokens: the
+/// first 16 bytes of the sha256 of its DER, hex.
+///
+/// # Errors
+///
+/// An unreadable CA certificate.
+pub fn ca_pin(ca_pem: &str) -> Result<String, TlsError> {
+    let ca = certs(ca_pem)?.remove(0);
+    Ok(pin_of(&ca))
+}
+
+fn pin_of(cert: &CertificateDer<'_>) -> String {
+    hex::encode(&Sha256::digest(cert.as_ref())[..16])
+}
+
+/// The control plane's server config: its certificate chain (leaf, then
+/// CA), and client certificates *optional* but verified against the CA
+/// when present. Nodes present one; the CLI and joining nodes do not, and
+/// authenticate with tokens instead.
+///
+/// # Errors
+///
+/// Unreadable certificates or key.
+pub fn control_plane_server(
+    ca_pem: &str,
+    chain_pem: &str,
+    key_pem: &str,
+) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+    let provider = provider();
+    let verifier =
+        WebPkiClientVerifier::builder_with_provider(Arc::new(roots(ca_pem)?), provider.clone())
+            .allow_unauthenticated()
+            .build()
+            .map_err(tls_err)?;
+    let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).map_err(tls_err)?;
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(tls_err)?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(certs(chain_pem)?, key)
+        .map_err(tls_err)?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
+}
+
+/// A client config trusting only the cluster CA, presenting no
+/// certificate (the CLI).
+///
+/// # Errors
+///
+/// An unreadable CA certificate.
+pub fn client_trusting(ca_pem: &str) -> Result<Arc<rustls::ClientConfig>, TlsError> {
+    let config = rustls::ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(tls_err)?
+        .with_root_certificates(roots(ca_pem)?)
+        .with_no_client_auth();
+    Ok(Arc::new(config))
+}
+
+/// A client config for a node that has not joined yet: it knows only the
+/// CA's pin from its join token, so it accepts a server whose chain
+/// carries a CA with that pin and whose leaf that CA signed for the name
+/// dialled.
+///
+/// # Errors
+///
+/// None in practice; the signature matches the other builders.
+pub fn client_pinned(pin: &str) -> Result<Arc<rustls::ClientConfig>, TlsError> {
+    let provider = provider();
+    let verifier = PinnedCa {
+        pin: pin.to_ascii_lowercase(),
+        algorithms: provider.signature_verification_algorithms,
+        provider: provider.clone(),
+    };
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(tls_err)?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(verifier))
+        .with_no_client_auth();
+    Ok(Arc::new(config))
+}
+
+/// Trusts a server chain whose CA matches a pin (see [`client_pinned`]).
+#[derive(Debug)]
+struct PinnedCa {
+    pin: String,
+    algorithms: WebPkiSupportedAlgorithms,
+    provider: Arc<CryptoProvider>,
+}
+
+impl ServerCertVerifier for PinnedCa {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let ca = intermediates
+            .iter()
+            .find(|cert| pin_of(cert) == self.pin)
+            .ok_or_else(|| {
+                rustls::Error::General(
+                    "the server's CA does not match the join token; is this the right cluster?"
+                        .to_string(),
+                )
+            })?;
+        let mut roots = RootCertStore::empty();
+        roots
+            .add(ca.clone().into_owned())
+            .map_err(|e| rustls::Error::General(e.to_string()))?;
+        rustls::client::WebPkiServerVerifier::builder_with_provider(
+            Arc::new(roots),
+            self.provider.clone(),
+        )
+        .build()
+        .map_err(|e| rustls::Error::General(e.to_string()))?
+        .verify_server_cert(end_entity, &[], server_name, ocsp_response, now)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.algorithms.supported_schemes()
+    }
+}

@@ -1,0 +1,613 @@
+//! End-to-end tests of the cluster: a real control plane and real nodes on
+//! loopback addresses 127.0.0.x, driven through the `skiff` CLI, killed and
+//! restarted like real processes.
+
+mod support;
+
+use serde_json::Value;
+use skiff_orchestrator::api_client::ApiClient;
+use skiff_orchestrator::mesh::{ClusterCa, NodeIdentity};
+use skiff_test_guests::{HELLO, PROBE};
+use std::path::Path;
+use std::time::{Duration, Instant};
+use support::{Running, get, skiff, temp_dir, toml_path, write_manifest};
+
+/// A control plane and its nodes, sharing one Skiff home.
+struct Cluster {
+    home: tempfile::TempDir,
+    server: Running,
+    /// `https://127.0.0.1:PORT`
+    api: String,
+    nodes: Vec<TestNode>,
+}
+
+struct TestNode {
+    name: String,
+    process: Running,
+    mesh: String,
+}
+
+impl Cluster {
+    /// A control plane and `nodes` nodes on 127.0.0.2, .3, ... each
+    /// labelled `zone=z<N>` and offering 1 GiB.
+    fn start(nodes: usize) -> Cluster {
+        let home = temp_dir();
+        let server = start_server(home.path(), "127.0.0.1:0");
+        let api = server.url.clone();
+        let mut cluster = Cluster {
+            home,
+            server,
+            api,
+            nodes: Vec::new(),
+        };
+        for i in 1..=nodes {
+            cluster.add_node(i);
+        }
+        cluster
+    }
+
+    fn home(&self) -> &Path {
+        self.home.path()
+    }
+
+    fn add_node(&mut self, i: usize) {
+        let token = self.cli(&["join-token"]).trim().to_string();
+        let name = format!("node-{i}");
+        let listen = format!("127.0.0.{}:0", i + 1);
+        let zone = format!("zone=z{i}");
+        let process = Running::launch(
+            self.home(),
+            &[
+                "node",
+                "--server",
+                &self.api,
+                "--token",
+                &token,
+                "--name",
+                &name,
+                "--listen",
+                &listen,
+                "--capacity",
+                "1GiB",
+                "--labels",
+                &zone,
+            ],
+            "serving ingress on ",
+        );
+        let mesh = process
+            .banner
+            .split("(mesh ")
+            .nth(1)
+            .and_then(|rest| rest.split(')').next())
+            .expect("the node prints its mesh address")
+            .to_string();
+        self.nodes.push(TestNode {
+            name,
+            process,
+            mesh,
+        });
+    }
+
+    /// Runs `skiff ARGS`, expecting success; returns stdout.
+    fn cli(&self, args: &[&str]) -> String {
+        let output = skiff(self.home())
+            .args(args)
+            .output()
+            .expect("running skiff");
+        assert!(
+            output.status.success(),
+            "skiff {args:?} failed:\n{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    }
+
+    /// Runs `skiff ARGS`, expecting failure; returns stderr.
+    fn cli_fails(&self, args: &[&str]) -> String {
+        support::expect_failure(self.home(), args)
+    }
+
+    /// `skiff ARGS -o json`, parsed.
+    fn json(&self, args: &[&str]) -> Value {
+        let mut all = args.to_vec();
+        all.extend_from_slice(&["-o", "json"]);
+        serde_json::from_str(&self.cli(&all)).expect("JSON output")
+    }
+
+    /// Every replica of `app` as `(id, node, state)`.
+    fn replicas(&self, app: &str) -> Vec<(String, Option<String>, String)> {
+        self.json(&["ps", app])
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| {
+                (
+                    r["id"].as_str().unwrap().to_string(),
+                    r["node"].as_str().map(str::to_string),
+                    r["state"].as_str().unwrap().to_string(),
+                )
+            })
+            .collect()
+    }
+
+    /// Waits until `app` has exactly `count` replicas, all running.
+    fn wait_running(&self, app: &str, count: usize) -> Vec<(String, Option<String>, String)> {
+        wait_until(
+            Duration::from_secs(15),
+            &format!("{count} running replicas of {app}"),
+            || {
+                let replicas = self.replicas(app);
+                (replicas.len() == count && replicas.iter().all(|r| r.2 == "running"))
+                    .then_some(replicas)
+            },
+        )
+    }
+
+    fn node(&self, name: &str) -> &TestNode {
+        self.nodes.iter().find(|n| n.name == name).unwrap()
+    }
+
+    fn admin_client(&self, token: Option<&str>) -> ApiClient {
+        let config: Value =
+            serde_json::from_slice(&std::fs::read(self.home().join("cluster.json")).unwrap())
+                .unwrap();
+        let tls =
+            skiff_orchestrator::tls::client_trusting(config["ca_pem"].as_str().unwrap()).unwrap();
+        ApiClient::new(&self.api, tls, token.map(str::to_string))
+    }
+
+    fn ca_pem(&self) -> String {
+        std::fs::read_to_string(self.home().join("server/ca.pem")).unwrap()
+    }
+}
+
+fn start_server(home: &Path, listen: &str) -> Running {
+    let data = home.join("server");
+    Running::launch(
+        home,
+        &[
+            "server",
+            "--listen",
+            listen,
+            "--data-dir",
+            data.to_str().unwrap(),
+        ],
+        "Control plane serving ",
+    )
+}
+
+/// Polls `check` every 50 ms until it returns a value or `limit` passes.
+fn wait_until<T>(limit: Duration, what: &str, mut check: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(value) = check() {
+            return value;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// An app `name` running hello with `replicas` replicas reserving 64 MiB.
+fn hello_app(dir: &Path, name: &str, replicas: u32) -> String {
+    write_manifest(
+        dir,
+        &format!(
+            "[app]\nname = \"{name}\"\n\
+             [component.web]\nsource = {}\nroute = \"/...\"\n\
+             [component.web.scale]\nreplicas = {replicas}\n\
+             [component.web.placement]\nmemory = \"64MiB\"\n",
+            toml_path(HELLO)
+        ),
+    );
+    dir.to_str().unwrap().to_string()
+}
+
+fn distinct_nodes(replicas: &[(String, Option<String>, String)]) -> usize {
+    let mut nodes: Vec<_> = replicas.iter().filter_map(|r| r.1.clone()).collect();
+    nodes.sort();
+    nodes.dedup();
+    nodes.len()
+}
+
+#[test]
+fn replicas_spread_heal_and_outlive_the_control_plane() {
+    let mut cluster = Cluster::start(3);
+    let app_dir = temp_dir();
+    let app = hello_app(app_dir.path(), "web", 3);
+    let deployed = cluster.cli(&["deploy", &app, "--wait"]);
+    assert!(deployed.contains("app \"web\" created"), "{deployed}");
+    let again = cluster.cli(&["deploy", &app]);
+    assert!(
+        again.contains("unchanged"),
+        "deploying twice changes nothing: {again}"
+    );
+
+    let replicas = cluster.wait_running("web", 3);
+    assert_eq!(
+        distinct_nodes(&replicas),
+        3,
+        "one replica per node: {replicas:?}"
+    );
+    for node in &cluster.nodes {
+        let (status, body) = get(&node.process.at("/"));
+        assert_eq!(
+            (status, body.as_str()),
+            (200, "Hello from Skiff!\n"),
+            "via {}",
+            node.name
+        );
+    }
+    let nodes = cluster.json(&["nodes"]);
+    assert_eq!(nodes.as_array().unwrap().len(), 3);
+    assert!(
+        nodes
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|n| n["state"] == "ready"),
+        "{nodes}"
+    );
+
+    // A node dies: its replica is placed elsewhere and every surviving
+    // ingress keeps answering.
+    cluster.nodes[2].process.kill();
+    let killed = Instant::now();
+    let survivors = ["node-1", "node-2"];
+    let moved = wait_until(
+        Duration::from_secs(5),
+        "the dead node's replica to move",
+        || {
+            let replicas = cluster.replicas("web");
+            let placed = replicas.len() == 3
+                && replicas
+                    .iter()
+                    .all(|r| r.2 == "running" && survivors.contains(&r.1.as_deref().unwrap_or("")));
+            placed.then_some(replicas)
+        },
+    );
+    for name in survivors {
+        let (status, _) = get(&cluster.node(name).process.at("/"));
+        assert_eq!(status, 200, "via {name} after the failure");
+    }
+    assert!(
+        killed.elapsed() < Duration::from_secs(5),
+        "healed in {:?}",
+        killed.elapsed()
+    );
+    let down = cluster.json(&["nodes"]);
+    assert!(
+        down.as_array()
+            .unwrap()
+            .iter()
+            .any(|n| n["name"] == "node-3" && n["state"] == "down"),
+        "{down}"
+    );
+
+    // The control plane dies: nodes keep serving what they have.
+    let api = cluster.api.clone();
+    let port = api.rsplit(':').next().unwrap().to_string();
+    cluster.server.kill();
+    for _ in 0..3 {
+        for name in survivors {
+            let (status, _) = get(&cluster.node(name).process.at("/"));
+            assert_eq!(status, 200, "via {name} with the control plane down");
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    }
+
+    // It comes back with the same apps and replicas, none lost or doubled.
+    cluster.server = start_server(cluster.home(), &format!("127.0.0.1:{port}"));
+    let apps = cluster.json(&["apps"]);
+    assert_eq!(apps.as_array().unwrap().len(), 1, "{apps}");
+    let after = cluster.wait_running("web", 3);
+    let ids = |r: &[(String, Option<String>, String)]| {
+        r.iter()
+            .map(|r| (r.0.clone(), r.1.clone()))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        ids(&after),
+        ids(&moved),
+        "the same replicas on the same nodes"
+    );
+
+    // Scale up and down.
+    cluster.cli(&["scale", "web/web", "5"]);
+    cluster.wait_running("web", 5);
+    cluster.cli(&["scale", "web", "2"]);
+    let scaled = cluster.wait_running("web", 2);
+    assert_eq!(distinct_nodes(&scaled), 2, "{scaled:?}");
+
+    // Drain a node: its replicas move, and its ingress still forwards.
+    let drained = cluster.cli(&["drain", "node-1"]);
+    assert!(drained.contains("draining"), "{drained}");
+    wait_until(Duration::from_secs(5), "node-1 to be empty", || {
+        let replicas = cluster.replicas("web");
+        (replicas.len() == 2
+            && replicas
+                .iter()
+                .all(|r| r.1.as_deref() == Some("node-2") && r.2 == "running"))
+        .then_some(())
+    });
+    let (status, body) = get(&cluster.node("node-1").process.at("/"));
+    assert_eq!(
+        (status, body.as_str()),
+        (200, "Hello from Skiff!\n"),
+        "forwarded by the drained node"
+    );
+    cluster.cli(&["delete", "web"]);
+    assert!(cluster.replicas("web").is_empty());
+}
+
+#[test]
+fn pending_and_failing_replicas_say_why_and_bad_deploys_change_nothing() {
+    let cluster = Cluster::start(2);
+    let picky_dir = temp_dir();
+    write_manifest(
+        picky_dir.path(),
+        &format!(
+            "[app]\nname = \"picky\"\n\
+             [component.api]\nsource = {}\nroute = \"/...\"\n\
+             [component.api.placement]\nmemory = \"64MiB\"\nlabels = {{ zone = \"mars\" }}\n\
+             [component.big]\nsource = {}\nroute = \"/big/...\"\n\
+             [component.big.placement]\nmemory = \"2GiB\"\n",
+            toml_path(HELLO),
+            toml_path(HELLO)
+        ),
+    );
+    cluster.cli(&["deploy", picky_dir.path().to_str().unwrap()]);
+    let table = wait_until(Duration::from_secs(5), "pending reasons", || {
+        let table = cluster.cli(&["ps", "picky"]);
+        (table.contains("0/2 nodes fit: 2 labels do not match")
+            && table.contains("0/2 nodes fit: 2 insufficient memory"))
+        .then_some(table)
+    });
+    assert!(table.contains("pending"), "{table}");
+    let (status, body) = get(&cluster.nodes[0].process.at("/"));
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("no running replica"), "{body}");
+
+    // A replica whose component this node refuses is retried with backoff,
+    // its error shown.
+    let deep_dir = temp_dir();
+    write_manifest(
+        deep_dir.path(),
+        &format!(
+            "[app]\nname = \"deep\"\n\
+             [component.deep]\nsource = {}\nroute = \"/deep/...\"\n\
+             [component.deep.limits]\nstack = \"16MiB\"\n\
+             [component.deep.placement]\nmemory = \"64MiB\"\n",
+            toml_path(HELLO)
+        ),
+    );
+    cluster.cli(&["deploy", deep_dir.path().to_str().unwrap()]);
+    let failed = wait_until(Duration::from_secs(10), "the load failure in ps", || {
+        let replicas = cluster.json(&["ps", "deep"]);
+        let replica = replicas.as_array()?.first()?.clone();
+        (replica["state"] == "failed").then_some(replica)
+    });
+    let reason = failed["reason"].as_str().unwrap();
+    assert!(reason.contains("above this node's maximum"), "{reason}");
+    assert!(reason.contains("next in"), "{reason}");
+
+    // An invalid manifest is refused before anything is uploaded.
+    let apps_before = cluster.json(&["apps"]);
+    let bad_dir = temp_dir();
+    write_manifest(bad_dir.path(), "[app]\nname = \"bad\"\nreplicas = 3\n");
+    let error = cluster.cli_fails(&["deploy", bad_dir.path().to_str().unwrap()]);
+    assert!(error.contains("replicas"), "{error}");
+    assert_eq!(cluster.json(&["apps"]), apps_before);
+
+    // The API refuses a blob that does not match its digest, and a package
+    // it does not hold.
+    let client = cluster.admin_client(Some(&admin_token(&cluster)));
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let digest = format!("sha256:{}", "ab".repeat(32));
+    let refused = runtime
+        .block_on(client.send(
+            http::Method::PUT,
+            &format!("/v1/blobs/{digest}"),
+            Some((
+                bytes::Bytes::from_static(b"not that"),
+                "application/octet-stream",
+            )),
+            Duration::from_secs(10),
+        ))
+        .unwrap_err();
+    assert_eq!(
+        refused.status(),
+        Some(http::StatusCode::BAD_REQUEST),
+        "{refused}"
+    );
+    assert!(refused.to_string().contains("hash to"), "{refused}");
+    let refused = runtime
+        .block_on(client.post::<_, Value>("/v1/apps", &serde_json::json!({ "package": digest })))
+        .unwrap_err();
+    assert!(refused.to_string().contains("package refused"), "{refused}");
+    assert_eq!(cluster.json(&["apps"]), apps_before);
+}
+
+fn admin_token(cluster: &Cluster) -> String {
+    std::fs::read_to_string(cluster.home().join("server/admin-token")).unwrap()
+}
+
+#[test]
+fn strangers_are_refused() {
+    let cluster = Cluster::start(1);
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+
+    // The API wants the admin token.
+    for token in [None, Some("wrong")] {
+        let refused = runtime
+            .block_on(cluster.admin_client(token).get::<Value>("/v1/apps"))
+            .unwrap_err();
+        assert_eq!(
+            refused.status(),
+            Some(http::StatusCode::UNAUTHORIZED),
+            "{refused}"
+        );
+    }
+    let output = skiff(cluster.home())
+        .args(["apps"])
+        .env("SKIFF_TOKEN", "wrong")
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("admin token is not valid"));
+
+    // A join token works once; a made-up one never.
+    let token = cluster.cli(&["join-token"]).trim().to_string();
+    // An address already taken, so a node stops right after joining.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let taken = taken.local_addr().unwrap().to_string();
+    let join = |token: &str, name: &str| {
+        let data = cluster.home().join(name);
+        support::expect_failure(
+            cluster.home(),
+            &[
+                "node",
+                "--server",
+                &cluster.api,
+                "--token",
+                token,
+                "--name",
+                name,
+                "--listen",
+                &taken,
+                "--data-dir",
+                data.to_str().unwrap(),
+            ],
+        )
+    };
+    let first = join(&token, "once");
+    assert!(
+        first.contains("already in use"),
+        "joined, then stopped: {first}"
+    );
+    let reused = join(&token, "twice");
+    assert!(reused.contains("join token is not valid"), "{reused}");
+    let pin = token.split('.').nth(1).unwrap();
+    let forged = join(&format!("skt1.{pin}.{}", "0".repeat(32)), "forged");
+    assert!(forged.contains("join token is not valid"), "{forged}");
+    let other_cluster = join(
+        &format!("skt1.{}.{}", "0".repeat(32), "1".repeat(32)),
+        "lost",
+    );
+    assert!(
+        other_cluster.contains("does not match the join token"),
+        "{other_cluster}"
+    );
+    let garbage = join("hello", "garbage");
+    assert!(garbage.contains("malformed join token"), "{garbage}");
+
+    // A certificate from another CA is refused by the control plane and
+    // by a node's mesh endpoint; so is plaintext.
+    let rogue_ca = ClusterCa::create("skiff").unwrap();
+    let (key, csr) = NodeIdentity::request().unwrap();
+    let rogue_cert = rogue_ca.sign_node("node-1", &csr).unwrap();
+    let rogue = NodeIdentity::new(key, rogue_cert, cluster.ca_pem());
+    let rogue_api = ApiClient::new(&cluster.api, rogue.client_config().unwrap(), None);
+    let refused = runtime
+        .block_on(rogue_api.get::<Value>("/v1/node/blobs/sha256:00"))
+        .unwrap_err();
+    assert!(
+        refused.status().is_none(),
+        "refused at the handshake: {refused}"
+    );
+
+    let mesh = &cluster.nodes[0].mesh;
+    let tls = runtime.block_on(async {
+        let stream = tokio::net::TcpStream::connect(mesh).await.unwrap();
+        let connector = tokio_rustls::TlsConnector::from(rogue.client_config().unwrap());
+        let name = rustls::pki_types::ServerName::try_from("node-1").unwrap();
+        match connector.connect(name, stream).await {
+            Err(e) => Err(e.to_string()),
+            Ok(mut stream) => {
+                // TLS 1.3 reports a refused client certificate on first read.
+                use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                let _ = stream
+                    .write_all(
+                        b"GET / HTTP/1.1\r\nhost: x\r\nskiff-app: a\r\nskiff-component: b\r\n\r\n",
+                    )
+                    .await;
+                let mut buf = [0u8; 64];
+                match stream.read(&mut buf).await {
+                    Ok(n) if n > 0 => Ok(String::from_utf8_lossy(&buf[..n]).into_owned()),
+                    Ok(_) => Err("closed".to_string()),
+                    Err(e) => Err(e.to_string()),
+                }
+            }
+        }
+    });
+    assert!(
+        tls.is_err(),
+        "the mesh answered a rogue certificate: {tls:?}"
+    );
+
+    use std::io::{Read, Write};
+    let mut plain = std::net::TcpStream::connect(mesh).unwrap();
+    plain
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    plain
+        .write_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
+        .unwrap();
+    let mut answer = Vec::new();
+    let _ = plain.read_to_end(&mut answer);
+    assert!(
+        !String::from_utf8_lossy(&answer).contains("HTTP/1.1"),
+        "plaintext answered"
+    );
+}
+
+#[test]
+fn skiff_up_serves_an_app_and_collects_its_logs() {
+    let home = temp_dir();
+    let app_dir = temp_dir();
+    write_manifest(
+        app_dir.path(),
+        &format!(
+            "[app]\nname = \"probe\"\n[component.probe]\nsource = {}\nroute = \"/...\"\n",
+            toml_path(PROBE)
+        ),
+    );
+    let up = Running::launch(
+        home.path(),
+        &[
+            "up",
+            app_dir.path().to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:0",
+            "--api",
+            "127.0.0.1:0",
+        ],
+        "Serving ",
+    );
+    assert!(up.banner.contains("App \"probe\""), "{}", up.banner);
+    let (status, body) = get(&up.at("/log?hello-from-the-guest"));
+    assert_eq!((status, body.as_str()), (200, "logged"));
+
+    let cli = |args: &[&str]| {
+        let output = skiff(home.path()).args(args).output().unwrap();
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    };
+    let ps: Value = serde_json::from_str(&cli(&["ps", "-o", "json"])).unwrap();
+    assert_eq!(ps[0]["node"], "local");
+    assert_eq!(ps[0]["state"], "running");
+    let logs = wait_until(Duration::from_secs(5), "the guest's lines", || {
+        let logs = cli(&["logs", "probe"]);
+        logs.contains("err hello-from-the-guest").then_some(logs)
+    });
+    assert!(
+        logs.contains("local probe/probe | hello-from-the-guest"),
+        "{logs}"
+    );
+    let missing = support::expect_failure(home.path(), &["logs", "nope"]);
+    assert!(missing.contains("no app \"nope\""), "{missing}");
+}
