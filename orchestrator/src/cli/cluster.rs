@@ -194,6 +194,12 @@ pub fn up(args: UpArgs) -> anyhow::Result<()> {
             ControlPlane::start(ControlPlaneConfig::new(dir.join("server"), args.api)).await?;
         save_cluster_config(&control)?;
         let node_dir = dir.join("node");
+        // A node identity from an earlier cluster (its server data was
+        // removed) cannot talk to this one: join afresh.
+        if std::fs::read_to_string(node_dir.join("ca.pem")).is_ok_and(|ca| ca != control.ca_pem()) {
+            std::fs::remove_dir_all(&node_dir)
+                .with_context(|| format!("cannot reset {}", node_dir.display()))?;
+        }
         let token = if node_dir.join("node.pem").exists() {
             None
         } else {

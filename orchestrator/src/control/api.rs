@@ -388,10 +388,12 @@ async fn renew(shared: &Shared, node: &str, request: hyper::Request<Incoming>) -
 }
 
 /// Marks a node as having lost its held heartbeat if the handler is
-/// dropped before answering (the connection closed under it).
+/// dropped before answering (the connection closed under it), unless a
+/// newer heartbeat from the node already arrived.
 struct HeldHeartbeat<'a> {
     shared: &'a Shared,
     node: &'a str,
+    heartbeat: u64,
     armed: bool,
 }
 
@@ -405,6 +407,7 @@ impl Drop for HeldHeartbeat<'_> {
                 .expect("live state lock")
                 .nodes
                 .get_mut(self.node)
+            && node.heartbeats == self.heartbeat
         {
             node.connection_lost = Some(Instant::now());
             self.shared.wake.notify_one();
@@ -416,6 +419,7 @@ async fn sync(shared: &Shared, node: &str, request: hyper::Request<Incoming>) ->
     let sync: SyncRequest = read_json(request).await?;
     let mut wake = false;
     let mut bump = false;
+    let heartbeat;
     {
         let mut live = shared.live.lock().expect("live state lock");
         let record = NodeRecord {
@@ -434,6 +438,7 @@ async fn sync(shared: &Shared, node: &str, request: hyper::Request<Incoming>) ->
                 record: record.clone(),
                 last_seen: now,
                 connection_lost: None,
+                heartbeats: 0,
                 down: false,
                 components: Vec::new(),
             }
@@ -451,6 +456,8 @@ async fn sync(shared: &Shared, node: &str, request: hyper::Request<Incoming>) ->
         }
         entry.last_seen = now;
         entry.connection_lost = None;
+        entry.heartbeats += 1;
+        heartbeat = entry.heartbeats;
         if entry.down {
             tracing::info!(node, "node is back");
             entry.down = false;
@@ -474,6 +481,7 @@ async fn sync(shared: &Shared, node: &str, request: hyper::Request<Incoming>) ->
         let mut held = HeldHeartbeat {
             shared,
             node,
+            heartbeat,
             armed: true,
         };
         let _ = tokio::time::timeout(shared.config.heartbeat, version.changed()).await;

@@ -13,6 +13,8 @@ mod api;
 mod catalog;
 mod logs;
 mod reconcile;
+#[cfg(test)]
+mod tests;
 
 pub use catalog::AppSpec;
 
@@ -102,6 +104,9 @@ pub(crate) struct LiveNode {
     last_seen: Instant,
     /// When its held heartbeat connection broke, if it has not come back.
     connection_lost: Option<Instant>,
+    /// Counts heartbeats, so a broken one that a newer one already
+    /// replaced is not taken for a lost connection.
+    heartbeats: u64,
     down: bool,
     components: Vec<ComponentStatus>,
 }
@@ -258,6 +263,7 @@ impl Live {
                     record,
                     last_seen: now,
                     connection_lost: None,
+                    heartbeats: 0,
                     down: false,
                     components: Vec::new(),
                 },

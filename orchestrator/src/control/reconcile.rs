@@ -46,8 +46,10 @@ pub(super) fn pass(shared: &Shared) {
 /// What a pass did.
 #[derive(Default)]
 pub(super) struct Outcome {
-    changes: Vec<ReplicaChange>,
-    changed: bool,
+    /// The replica records to store, in order.
+    pub(super) changes: Vec<ReplicaChange>,
+    /// Whether nodes must hear of a new desired state.
+    pub(super) changed: bool,
 }
 
 impl Outcome {
@@ -62,7 +64,12 @@ impl Outcome {
     }
 }
 
-fn reconcile(live: &mut Live, now: Instant, config: &ControlPlaneConfig, now_unix: u64) -> Outcome {
+pub(super) fn reconcile(
+    live: &mut Live,
+    now: Instant,
+    config: &ControlPlaneConfig,
+    now_unix: u64,
+) -> Outcome {
     let mut out = Outcome::default();
     mark_down(live, now, config, &mut out);
     release_lost(live, &mut out);

@@ -118,3 +118,57 @@ fn a_store_killed_mid_write_reopens_consistent() {
         assert!(app.generation > u64::from(i), "{app:?}");
     }
 }
+
+#[test]
+fn nodes_and_replica_assignments_survive_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state.redb");
+    let replica = |id: &str, node: Option<&str>| ReplicaRecord {
+        id: id.to_string(),
+        app: "shop".to_string(),
+        component: "web".to_string(),
+        node: node.map(str::to_string),
+        created_unix: 7,
+    };
+    {
+        let store = ClusterStore::open(&path).unwrap();
+        store
+            .put_node(&NodeRecord {
+                name: "n1".to_string(),
+                labels: BTreeMap::from([("zone".to_string(), "a".to_string())]),
+                memory: 1 << 30,
+                ingress: "127.0.0.2:3000".to_string(),
+                mesh: "127.0.0.2:7443".to_string(),
+                cordoned: true,
+                drained: false,
+            })
+            .unwrap();
+        store
+            .apply_app("shop", "sha256:aa", scale(&[("web", 2)]))
+            .unwrap();
+        store
+            .change_replicas(&[
+                ReplicaChange::Put(replica("shop/web/0", Some("n1"))),
+                ReplicaChange::Put(replica("shop/web/1", None)),
+                ReplicaChange::Put(replica("other/web/0", None)),
+            ])
+            .unwrap();
+        store
+            .change_replicas(&[ReplicaChange::Remove("other/web/0".to_string())])
+            .unwrap();
+    }
+    let store = ClusterStore::open(&path).unwrap();
+    let nodes = store.nodes().unwrap();
+    assert_eq!(nodes.len(), 1);
+    assert!(nodes[0].cordoned);
+    assert_eq!(
+        store.replicas().unwrap(),
+        vec![
+            replica("shop/web/0", Some("n1")),
+            replica("shop/web/1", None)
+        ]
+    );
+    // Deleting the app takes its replicas with it, in the same transaction.
+    assert!(store.delete_app("shop").unwrap());
+    assert!(store.replicas().unwrap().is_empty());
+}

@@ -98,3 +98,49 @@ fn a_bare_wasm_file_becomes_a_one_component_app() {
     assert_eq!(name.as_str(), "my-hello");
     assert_eq!(spec.route, Some(Route::everything()));
 }
+
+#[test]
+fn scale_and_placement_parse_with_defaults() {
+    let m = parse(
+        r#"
+[app]
+name = "shop"
+
+[component.api]
+source = "api.wasm"
+[component.api.scale]
+replicas = 3
+[component.api.placement]
+labels = { zone = "eu-1" }
+strategy = "binpack"
+memory = "256MiB"
+
+[component.web]
+source = "web.wasm"
+[component.web.limits]
+memory = "16MiB"
+max_concurrency = 4
+"#,
+    )
+    .unwrap();
+    let api = &m.component[&ComponentName::try_from("api".to_string()).unwrap()];
+    assert_eq!(api.scale.replicas, 3);
+    assert_eq!(api.placement.labels["zone"], "eu-1");
+    assert_eq!(api.placement.strategy, PlacementStrategy::Binpack);
+    assert_eq!(api.replica_memory(), 256 << 20);
+    let web = &m.component[&ComponentName::try_from("web".to_string()).unwrap()];
+    assert_eq!(web.scale.replicas, 1);
+    assert_eq!(web.placement.strategy, PlacementStrategy::Spread);
+    // Without a declared reservation: memory limit times concurrency.
+    assert_eq!(web.replica_memory(), 64 << 20);
+
+    let bad = error(
+        "[app]\nname = \"a\"\n[component.x]\nsource = \"x.wasm\"\n[component.x.placement]\nstrategy = \"random\"\n",
+    );
+    assert!(bad.contains("strategy") || bad.contains("random"), "{bad}");
+    assert!(bad.contains("skiff.toml:6:"), "{bad}");
+    let bad = error(
+        "[app]\nname = \"a\"\n[component.x]\nsource = \"x.wasm\"\n[component.x.scale]\nreplica = 2\n",
+    );
+    assert!(bad.contains("replica"), "{bad}");
+}

@@ -1,0 +1,261 @@
+//! The controller's passes on hand-built cluster states: placement,
+//! failure detection, scale changes, drains and unschedulable reasons.
+
+use super::catalog::{AppSpec, ComponentPlan};
+use super::reconcile::reconcile;
+use super::{ControlPlaneConfig, Live, LiveNode};
+use crate::scheduler::{ReplicaRequest, Strategy};
+use crate::state::{AppRecord, NodeRecord, ReplicaChange};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+const MIB: u64 = 1 << 20;
+
+fn config() -> ControlPlaneConfig {
+    ControlPlaneConfig::new("/nonexistent".into(), "127.0.0.1:0".parse().unwrap())
+}
+
+fn node(name: &str, memory: u64, now: Instant) -> LiveNode {
+    LiveNode {
+        record: NodeRecord {
+            name: name.to_string(),
+            labels: BTreeMap::new(),
+            memory,
+            ingress: String::new(),
+            mesh: String::new(),
+            cordoned: false,
+            drained: false,
+        },
+        last_seen: now,
+        connection_lost: None,
+        heartbeats: 0,
+        down: false,
+        components: Vec::new(),
+    }
+}
+
+/// A cluster of `nodes` (name, memory) running app "web" whose component
+/// "api" wants `replicas` replicas of `memory` each.
+fn cluster(nodes: &[(&str, u64)], replicas: u32, memory: u64, now: Instant) -> Live {
+    let mut live = Live::default();
+    for (name, capacity) in nodes {
+        live.nodes
+            .insert(name.to_string(), node(name, *capacity, now));
+    }
+    let plan = ComponentPlan {
+        route: Some("/...".to_string()),
+        replicas,
+        request: ReplicaRequest {
+            component: "web/api".to_string(),
+            memory,
+            required_labels: BTreeMap::new(),
+            strategy: Strategy::Spread,
+        },
+    };
+    live.specs.insert(
+        "sha256:p".to_string(),
+        Arc::new(AppSpec {
+            name: "web".to_string(),
+            version: "1".to_string(),
+            components: BTreeMap::from([("api".to_string(), plan)]),
+        }),
+    );
+    live.apps.insert(
+        "web".to_string(),
+        AppRecord {
+            name: "web".to_string(),
+            package: "sha256:p".to_string(),
+            scale: BTreeMap::from([("api".to_string(), replicas)]),
+            generation: 1,
+        },
+    );
+    live
+}
+
+fn placement(live: &Live) -> Vec<(String, Option<String>)> {
+    live.replicas
+        .values()
+        .map(|r| (r.id.clone(), r.node.clone()))
+        .collect()
+}
+
+fn per_node(live: &Live) -> BTreeMap<String, usize> {
+    let mut counts = BTreeMap::new();
+    for replica in live.replicas.values() {
+        *counts
+            .entry(replica.node.clone().unwrap_or_else(|| "-".to_string()))
+            .or_default() += 1;
+    }
+    counts
+}
+
+#[test]
+fn replicas_are_created_and_placed_on_distinct_nodes() {
+    let now = Instant::now();
+    let mut live = cluster(
+        &[("a", 1024 * MIB), ("b", 1024 * MIB), ("c", 1024 * MIB)],
+        3,
+        64 * MIB,
+        now,
+    );
+    let outcome = reconcile(&mut live, now, &config(), 100);
+    assert!(outcome.changed);
+    assert_eq!(
+        per_node(&live),
+        BTreeMap::from([("a".into(), 1), ("b".into(), 1), ("c".into(), 1)])
+    );
+    assert!(live.replicas.values().all(|r| r.created_unix == 100));
+    // The store hears the final record of every replica.
+    let stored: BTreeMap<String, Option<String>> = outcome
+        .changes
+        .iter()
+        .filter_map(|c| match c {
+            ReplicaChange::Put(r) => Some((r.id.clone(), r.node.clone())),
+            ReplicaChange::Remove(_) => None,
+        })
+        .collect();
+    assert_eq!(stored.into_iter().collect::<Vec<_>>(), placement(&live));
+
+    // A second pass with nothing new changes nothing.
+    let again = reconcile(&mut live, now, &config(), 101);
+    assert!(!again.changed && again.changes.is_empty());
+}
+
+#[test]
+fn a_silent_node_is_marked_down_and_its_replicas_move() {
+    let start = Instant::now();
+    let mut live = cluster(&[("a", 1024 * MIB), ("b", 1024 * MIB)], 2, 64 * MIB, start);
+    reconcile(&mut live, start, &config(), 0);
+    let on_b = live
+        .replicas
+        .values()
+        .find(|r| r.node.as_deref() == Some("b"))
+        .unwrap()
+        .id
+        .clone();
+
+    // "a" keeps heartbeating; "b" goes silent.
+    let later = start + Duration::from_millis(2_900);
+    live.nodes.get_mut("a").unwrap().last_seen = later;
+    reconcile(&mut live, later, &config(), 0);
+    assert!(!live.nodes["b"].down, "not yet past down_after");
+
+    let past = start + Duration::from_millis(3_100);
+    live.nodes.get_mut("a").unwrap().last_seen = past;
+    let outcome = reconcile(&mut live, past, &config(), 0);
+    assert!(outcome.changed);
+    assert!(live.nodes["b"].down);
+    assert_eq!(
+        live.replicas[&on_b].node.as_deref(),
+        Some("a"),
+        "moved to the live node"
+    );
+}
+
+#[test]
+fn a_broken_heartbeat_marks_a_node_down_after_one_interval() {
+    let now = Instant::now();
+    let mut live = cluster(&[("a", 1024 * MIB), ("b", 1024 * MIB)], 1, 64 * MIB, now);
+    live.nodes.get_mut("b").unwrap().connection_lost = Some(now);
+    reconcile(&mut live, now + Duration::from_millis(900), &config(), 0);
+    assert!(
+        !live.nodes["b"].down,
+        "a live node reconnects within a heartbeat"
+    );
+    reconcile(&mut live, now + Duration::from_millis(1_100), &config(), 0);
+    assert!(live.nodes["b"].down);
+}
+
+#[test]
+fn scaling_down_removes_from_the_most_crowded_node_first() {
+    let now = Instant::now();
+    let mut live = cluster(&[("a", 1024 * MIB), ("b", 1024 * MIB)], 4, 64 * MIB, now);
+    reconcile(&mut live, now, &config(), 0);
+    assert_eq!(
+        per_node(&live),
+        BTreeMap::from([("a".into(), 2), ("b".into(), 2)])
+    );
+    // Crowd "a" by hand: three there, one on "b".
+    let moved = live
+        .replicas
+        .values_mut()
+        .find(|r| r.node.as_deref() == Some("b"))
+        .unwrap();
+    moved.node = Some("a".to_string());
+
+    live.apps
+        .get_mut("web")
+        .unwrap()
+        .scale
+        .insert("api".into(), 2);
+    let outcome = reconcile(&mut live, now, &config(), 0);
+    assert_eq!(
+        per_node(&live),
+        BTreeMap::from([("a".into(), 1), ("b".into(), 1)])
+    );
+    let removed = outcome
+        .changes
+        .iter()
+        .filter(|c| matches!(c, ReplicaChange::Remove(_)))
+        .count();
+    assert_eq!(removed, 2);
+
+    // Scaling up again continues the numbering.
+    live.apps
+        .get_mut("web")
+        .unwrap()
+        .scale
+        .insert("api".into(), 3);
+    reconcile(&mut live, now, &config(), 0);
+    assert_eq!(live.replicas.len(), 3);
+    assert!(
+        live.replicas.contains_key("web/api/4"),
+        "{:?}",
+        placement(&live)
+    );
+}
+
+#[test]
+fn drained_nodes_give_up_replicas_and_cordoned_ones_keep_theirs() {
+    let now = Instant::now();
+    let mut live = cluster(&[("a", 1024 * MIB), ("b", 1024 * MIB)], 2, 64 * MIB, now);
+    reconcile(&mut live, now, &config(), 0);
+    live.nodes.get_mut("a").unwrap().record.cordoned = true;
+    reconcile(&mut live, now, &config(), 0);
+    assert_eq!(
+        per_node(&live),
+        BTreeMap::from([("a".into(), 1), ("b".into(), 1)])
+    );
+
+    live.nodes.get_mut("a").unwrap().record.drained = true;
+    reconcile(&mut live, now, &config(), 0);
+    assert_eq!(per_node(&live), BTreeMap::from([("b".into(), 2)]));
+}
+
+#[test]
+fn unplaceable_replicas_wait_with_a_reason_and_deleted_apps_lose_theirs() {
+    let now = Instant::now();
+    let mut live = cluster(&[("a", 100 * MIB), ("b", 100 * MIB)], 3, 64 * MIB, now);
+    reconcile(&mut live, now, &config(), 0);
+    assert_eq!(
+        per_node(&live),
+        BTreeMap::from([("-".into(), 1), ("a".into(), 1), ("b".into(), 1)])
+    );
+    let reasons: Vec<&String> = live.pending.values().collect();
+    assert_eq!(reasons, ["0/2 nodes fit: 2 insufficient memory"]);
+
+    // Room appears: the pending replica is placed and its reason cleared.
+    live.nodes.get_mut("a").unwrap().record.memory = 200 * MIB;
+    reconcile(&mut live, now, &config(), 0);
+    assert!(live.pending.is_empty());
+    assert_eq!(
+        per_node(&live),
+        BTreeMap::from([("a".into(), 2), ("b".into(), 1)])
+    );
+
+    live.apps.remove("web");
+    let outcome = reconcile(&mut live, now, &config(), 0);
+    assert!(live.replicas.is_empty());
+    assert_eq!(outcome.changes.len(), 3);
+}
