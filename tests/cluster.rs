@@ -254,7 +254,7 @@ fn replicas_spread_heal_and_outlive_the_control_plane() {
     cluster.nodes[2].process.kill();
     let killed = Instant::now();
     let survivors = ["node-1", "node-2"];
-    let moved = wait_until(
+    wait_until(
         Duration::from_secs(5),
         "the dead node's replica to move",
         || {
