@@ -213,7 +213,11 @@ pub fn nodes(args: ListArgs) -> anyhow::Result<()> {
                 format!(
                     "{}/{}",
                     bytesize::ByteSize::b(n.reserved).display().iec(),
-                    bytesize::ByteSize::b(n.memory).display().iec()
+                    if n.memory >= super::cluster::UNLIMITED_MEMORY {
+                        "unlimited".to_string()
+                    } else {
+                        bytesize::ByteSize::b(n.memory).display().iec().to_string()
+                    }
                 ),
                 n.ingress,
                 if labels.is_empty() {

@@ -14,6 +14,9 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+/// What `skiff up`'s node offers: no memory limit on placement.
+pub const UNLIMITED_MEMORY: u64 = 1 << 62;
+
 /// Arguments of `skiff server`.
 #[derive(Debug, clap::Args)]
 pub struct ServerArgs {
@@ -216,7 +219,9 @@ pub fn up(args: UpArgs) -> anyhow::Result<()> {
             token,
             name: "local".to_string(),
             labels: BTreeMap::new(),
-            memory: machine_memory(),
+            // One node has no other place to put a replica: it takes
+            // whatever is deployed, however much it reserves.
+            memory: UNLIMITED_MEMORY,
             listen: args.listen,
             mesh_listen: SocketAddr::new(args.listen.ip(), 0),
             data_dir: node_dir,

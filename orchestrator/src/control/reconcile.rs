@@ -5,7 +5,7 @@
 
 use super::{ControlPlaneConfig, Live, Shared, unix_now};
 use crate::api::{AppRouting, Assignment, DesiredState, Endpoint, LoadState};
-use crate::scheduler::{ClusterSnapshot, Decision, NodeInfo, Scheduler};
+use crate::scheduler::{ClusterSnapshot, Decision, NodeInfo, ReplicaRequest, Scheduler};
 use crate::state::{ReplicaChange, ReplicaRecord};
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -203,12 +203,15 @@ fn index_of(id: &str) -> u64 {
 
 /// Places every pending replica the scheduler can fit.
 fn place_pending(live: &mut Live, out: &mut Outcome) {
-    let pending: Vec<String> = live
+    let (pending, requests): (Vec<String>, Vec<ReplicaRequest>) = live
         .replicas
         .values()
         .filter(|r| r.node.is_none())
-        .map(|r| r.id.clone())
-        .collect();
+        .filter_map(|r| {
+            let plan = component_plan(live, &r.app, &r.component)?;
+            Some((r.id.clone(), plan.request.clone()))
+        })
+        .unzip();
     if pending.is_empty() {
         live.pending.clear();
         return;
@@ -241,15 +244,8 @@ fn place_pending(live: &mut Live, out: &mut Outcome) {
             })
             .collect(),
     };
-    let requests: Vec<_> = pending
-        .iter()
-        .filter_map(|id| {
-            let r = &live.replicas[id];
-            component_plan(live, &r.app, &r.component).map(|plan| plan.request.clone())
-        })
-        .collect();
     let plan = Scheduler::new().plan(&snapshot, &requests);
-    for (id, decision) in pending.iter().zip(plan.decisions) {
+    for (position, (id, decision)) in pending.iter().zip(plan.decisions).enumerate() {
         match decision {
             Decision::Placed(node) => {
                 let replica = live.replicas.get_mut(id).expect("pending replica exists");
@@ -259,7 +255,15 @@ fn place_pending(live: &mut Live, out: &mut Outcome) {
                 live.pending.remove(id);
             }
             Decision::Unschedulable(why) => {
-                let reason = why.to_string();
+                let mut reason = why.to_string();
+                if why.refusals.contains_key("insufficient memory") {
+                    let request = &requests[position];
+                    reason.push_str(&format!(
+                        " (a replica of {} reserves {}; set [component.<name>.placement] memory to reserve less)",
+                        request.component,
+                        bytesize::ByteSize::b(request.memory).display().iec()
+                    ));
+                }
                 if live.pending.get(id) != Some(&reason) {
                     tracing::warn!(replica = id, "cannot place replica: {reason}");
                     live.pending.insert(id.clone(), reason);

@@ -55,7 +55,7 @@ impl Filter for Capacity {
         allocation: &Allocation,
         request: &ReplicaRequest,
     ) -> Result<(), Refusal> {
-        if allocation.used(index) + request.memory <= node.memory {
+        if allocation.used(index).saturating_add(request.memory) <= node.memory {
             Ok(())
         } else {
             Err(Refusal("insufficient memory"))
