@@ -31,8 +31,13 @@ impl Cluster {
     /// A control plane and `nodes` nodes on 127.0.0.2, .3, ... each
     /// labelled `zone=z<N>` and offering 1 GiB.
     fn start(nodes: usize) -> Cluster {
+        Cluster::start_with(nodes, &[])
+    }
+
+    /// As [`Cluster::start`], with extra `skiff server` arguments.
+    fn start_with(nodes: usize, server_args: &[&str]) -> Cluster {
         let home = temp_dir();
-        let server = start_server(home.path(), "127.0.0.1:0");
+        let server = start_server(home.path(), "127.0.0.1:0", server_args);
         let api = server.url.clone();
         let mut cluster = Cluster {
             home,
@@ -161,19 +166,17 @@ impl Cluster {
     }
 }
 
-fn start_server(home: &Path, listen: &str) -> Running {
+fn start_server(home: &Path, listen: &str, extra: &[&str]) -> Running {
     let data = home.join("server");
-    Running::launch(
-        home,
-        &[
-            "server",
-            "--listen",
-            listen,
-            "--data-dir",
-            data.to_str().unwrap(),
-        ],
-        "Control plane serving ",
-    )
+    let mut args = vec![
+        "server",
+        "--listen",
+        listen,
+        "--data-dir",
+        data.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    Running::launch(home, &args, "Control plane serving ")
 }
 
 /// Polls `check` every 50 ms until it returns a value or `limit` passes.
@@ -304,7 +307,7 @@ fn replicas_spread_heal_and_outlive_the_control_plane() {
     }
 
     // It comes back with the same apps and replicas, none lost or doubled.
-    cluster.server = start_server(cluster.home(), &format!("127.0.0.1:{port}"));
+    cluster.server = start_server(cluster.home(), &format!("127.0.0.1:{port}"), &[]);
     let apps = cluster.json(&["apps"]);
     assert_eq!(apps.as_array().unwrap().len(), 1, "{apps}");
     let after = cluster.wait_running("web", 1);
@@ -344,7 +347,86 @@ fn replicas_spread_heal_and_outlive_the_control_plane() {
         "forwarded by the drained node"
     );
     cluster.cli(&["delete", "web"]);
-    assert!(cluster.replicas("web").is_empty());
+    assert_eq!(cluster.json(&["ps"]), serde_json::json!([]));
+    let gone = cluster.cli_fails(&["ps", "web"]);
+    assert!(gone.contains("no app \"web\""), "{gone}");
+}
+
+#[test]
+fn a_frozen_node_is_replaced_and_drops_what_moved_when_it_returns() {
+    let cluster = Cluster::start(2);
+    let app_dir = temp_dir();
+    let app = hello_app(app_dir.path(), "web", 2);
+    cluster.cli(&["deploy", &app, "--wait"]);
+    let replicas = cluster.wait_running("web", 2);
+    assert_eq!(distinct_nodes(&replicas), 2, "{replicas:?}");
+
+    // Frozen, node-2 keeps its connections open but says nothing: after
+    // --down-after (3 s) it is down and its replica moves.
+    let frozen = cluster.node("node-2");
+    frozen.process.signal("STOP");
+    let stopped = Instant::now();
+    wait_until(Duration::from_secs(8), "node-2's replica to move", || {
+        let replicas = cluster.replicas("web");
+        replicas
+            .iter()
+            .all(|r| r.1.as_deref() == Some("node-1") && r.2 == "running")
+            .then_some(())
+    });
+    assert!(
+        stopped.elapsed() >= Duration::from_millis(2_900),
+        "not before 3 s of silence"
+    );
+
+    // Back, it is told to drop the replica that moved, and forwards.
+    frozen.process.signal("CONT");
+    frozen
+        .process
+        .wait_for_stderr("replica removed from this node");
+    wait_until(Duration::from_secs(5), "node-2 ready again", || {
+        let nodes = cluster.json(&["nodes"]);
+        nodes
+            .as_array()?
+            .iter()
+            .any(|n| n["name"] == "node-2" && n["state"] == "ready")
+            .then_some(())
+    });
+    assert_eq!(cluster.replicas("web").len(), 2);
+    let (status, body) = get(&frozen.process.at("/"));
+    assert_eq!((status, body.as_str()), (200, "Hello from Skiff!\n"));
+}
+
+#[test]
+fn node_certificates_are_renewed_before_they_expire() {
+    let cluster = Cluster::start_with(2, &["--node-cert-lifetime", "4s"]);
+    let app_dir = temp_dir();
+    let app = hello_app(app_dir.path(), "web", 1);
+    cluster.cli(&["deploy", &app, "--wait"]);
+    let holder = cluster.wait_running("web", 1)[0].1.clone().unwrap();
+    let other = cluster.nodes.iter().find(|n| n.name != holder).unwrap();
+
+    // Past twice the first certificates' lifetime, heartbeats and the mesh
+    // still work: every connection made now uses renewed certificates.
+    std::thread::sleep(Duration::from_secs(9));
+    for node in &cluster.nodes {
+        let renewals = node
+            .process
+            .stderr()
+            .matches("node certificate renewed")
+            .count();
+        assert!(renewals >= 2, "{} renewed {renewals} times", node.name);
+    }
+    let nodes = cluster.json(&["nodes"]);
+    for node in nodes.as_array().unwrap() {
+        assert_eq!(node["state"], "ready", "{nodes}");
+        assert!(node["last_seen_ms"].as_u64().unwrap() < 3_000, "{nodes}");
+    }
+    let (status, body) = get(&other.process.at("/"));
+    assert_eq!(
+        (status, body.as_str()),
+        (200, "Hello from Skiff!\n"),
+        "forwarded over the mesh"
+    );
 }
 
 #[test]
@@ -615,6 +697,44 @@ fn skiff_up_serves_an_app_and_collects_its_logs() {
         logs.contains("local probe/probe | hello-from-the-guest"),
         "{logs}"
     );
+
+    // Following: a line written after `logs -f` started shows up.
+    let mut follow = skiff(home.path())
+        .args(["logs", "probe/probe", "-f"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (lines, seen) = std::sync::mpsc::channel();
+    let stdout = follow.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let _ = lines.send(line);
+        }
+    });
+    // The earlier lines come first; then a new one.
+    assert!(
+        seen.recv_timeout(Duration::from_secs(10))
+            .unwrap()
+            .contains("hello-from-the-guest")
+    );
+    let (status, _) = get(&up.at("/log?followed-later"));
+    assert_eq!(status, 200);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut followed = false;
+    while let Ok(line) = seen.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+        if line.contains("followed-later") {
+            followed = true;
+            break;
+        }
+    }
+    let _ = follow.kill();
+    let _ = follow.wait();
+    assert!(followed, "logs -f showed the new line");
+
     let missing = support::expect_failure(home.path(), &["logs", "nope"]);
     assert!(missing.contains("no app \"nope\""), "{missing}");
 }

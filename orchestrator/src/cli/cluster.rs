@@ -37,6 +37,10 @@ pub struct ServerArgs {
     /// A node silent this long is down and its replicas move, e.g. `3s`.
     #[arg(long, default_value = "3s", value_parser = humantime::parse_duration)]
     down_after: Duration,
+    /// How long node certificates are valid, e.g. `24h`; nodes renew them
+    /// at half their lifetime.
+    #[arg(long, default_value = "24h", value_parser = humantime::parse_duration)]
+    node_cert_lifetime: Duration,
 }
 
 /// Runs the control plane until Ctrl-C or SIGTERM.
@@ -49,6 +53,7 @@ pub fn server(args: ServerArgs) -> anyhow::Result<()> {
     config.hosts = args.hosts;
     config.heartbeat = args.heartbeat;
     config.down_after = args.down_after;
+    config.node_cert_lifetime = args.node_cert_lifetime;
     runtime()?.block_on(async {
         let control = ControlPlane::start(config).await?;
         let url = control.url();

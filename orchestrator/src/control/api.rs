@@ -266,6 +266,18 @@ async fn admin(
         }
         (&Method::GET, ["v1", "replicas"]) => {
             let params = query_params(query);
+            if let Some(app) = params.get("app")
+                && !shared
+                    .live
+                    .lock()
+                    .expect("live state lock")
+                    .apps
+                    .contains_key(app)
+            {
+                return Err(Refusal::not_found(format!(
+                    "no app {app:?}; see `skiff apps`"
+                )));
+            }
             json(
                 StatusCode::OK,
                 &replica_views(shared, params.get("app").map(String::as_str)),
@@ -346,6 +358,12 @@ async fn join(shared: &Shared, request: hyper::Request<Incoming>) -> Handled {
             ));
         }
     }
+    // Sign first, so a bad name or request does not use up the token; the
+    // certificate is only handed out if the token is good.
+    let cert_pem = shared
+        .ca
+        .sign_node(&join.name, &join.csr_pem)
+        .map_err(|e| Refusal::bad(e.to_string()))?;
     let valid = shared
         .store
         .consume_join_token(&join.token, unix_now())
@@ -357,10 +375,6 @@ async fn join(shared: &Shared, request: hyper::Request<Incoming>) -> Handled {
             "the join token is not valid: it is unknown, expired or already used; make a new one with `skiff join-token`".to_string(),
         ));
     }
-    let cert_pem = shared
-        .ca
-        .sign_node(&join.name, &join.csr_pem)
-        .map_err(|e| Refusal::bad(e.to_string()))?;
     tracing::info!(node = join.name, "node joined");
     json(
         StatusCode::OK,

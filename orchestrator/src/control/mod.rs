@@ -49,6 +49,8 @@ pub struct ControlPlaneConfig {
     pub heartbeat: Duration,
     /// A node silent this long is down and its replicas move.
     pub down_after: Duration,
+    /// How long node certificates are valid; nodes renew at half.
+    pub node_cert_lifetime: Duration,
 }
 
 impl ControlPlaneConfig {
@@ -60,6 +62,7 @@ impl ControlPlaneConfig {
             hosts: Vec::new(),
             heartbeat: Duration::from_secs(1),
             down_after: Duration::from_secs(3),
+            node_cert_lifetime: crate::mesh::ca::NODE_CERT_LIFETIME,
         }
     }
 }
@@ -127,7 +130,7 @@ impl ControlPlane {
         let ca_cert = dir.join("ca.pem");
         let first_start = !ca_cert.exists();
         let cluster = "skiff".to_string();
-        let ca = if first_start {
+        let mut ca = if first_start {
             let ca = ClusterCa::create(&cluster)?;
             crate::home::write_private(&dir.join("ca.key"), ca.key_pem().as_bytes())?;
             crate::home::write_private(&ca_cert, ca.cert_pem().as_bytes())?;
@@ -135,6 +138,7 @@ impl ControlPlane {
         } else {
             ClusterCa::load(&cluster, &read(&ca_cert)?, &read(&dir.join("ca.key"))?)?
         };
+        ca.set_node_lifetime(config.node_cert_lifetime);
         let token_file = dir.join("admin-token");
         let admin_token = if token_file.exists() {
             read(&token_file)?.trim().to_string()

@@ -203,6 +203,9 @@ fn index_of(id: &str) -> u64 {
 
 /// Places every pending replica the scheduler can fit.
 fn place_pending(live: &mut Live, out: &mut Outcome) {
+    let replicas = &live.replicas;
+    live.pending
+        .retain(|id, _| replicas.get(id).is_some_and(|r| r.node.is_none()));
     let (pending, requests): (Vec<String>, Vec<ReplicaRequest>) = live
         .replicas
         .values()

@@ -245,8 +245,10 @@ fn unplaceable_replicas_wait_with_a_reason_and_deleted_apps_lose_theirs() {
     let reasons: Vec<&String> = live.pending.values().collect();
     assert_eq!(
         reasons,
-        ["0/2 nodes fit: 2 insufficient memory (a replica of web/api reserves 64.0 MiB; \
-          set [component.<name>.placement] memory to reserve less)"]
+        [
+            "0/2 nodes fit: 2 insufficient memory (a replica of web/api reserves 64.0 MiB; \
+          set [component.<name>.placement] memory to reserve less)"
+        ]
     );
 
     // Room appears: the pending replica is placed and its reason cleared.

@@ -35,6 +35,7 @@ pub enum CaError {
 /// The cluster CA.
 pub struct ClusterCa {
     cluster: String,
+    node_lifetime: Duration,
     cert_pem: String,
     key_pem: String,
     issuer: Issuer<'static, KeyPair>,
@@ -64,6 +65,7 @@ impl ClusterCa {
         let key_pem = key.serialize_pem();
         Ok(ClusterCa {
             cluster: cluster.to_string(),
+            node_lifetime: NODE_CERT_LIFETIME,
             cert_pem: cert.pem(),
             key_pem,
             issuer: Issuer::new(params, key),
@@ -81,6 +83,7 @@ impl ClusterCa {
         let issuer = Issuer::from_ca_cert_pem(cert_pem, key).map_err(load_err)?;
         Ok(ClusterCa {
             cluster: cluster.to_string(),
+            node_lifetime: NODE_CERT_LIFETIME,
             cert_pem: cert_pem.to_string(),
             key_pem: key_pem.to_string(),
             issuer,
@@ -135,7 +138,7 @@ impl ClusterCa {
         ];
         let now = time::OffsetDateTime::now_utc();
         params.not_before = now - time::Duration::minutes(5);
-        params.not_after = now + NODE_CERT_LIFETIME;
+        params.not_after = now + self.node_lifetime;
         request.params = params;
         let cert = request.signed_by(&self.issuer).map_err(gen_err)?;
         Ok(cert.pem())
@@ -143,6 +146,12 @@ impl ClusterCa {
 }
 
 impl ClusterCa {
+    /// Node certificates signed from now on are valid this long (default
+    /// [`NODE_CERT_LIFETIME`]); nodes renew at half of it.
+    pub fn set_node_lifetime(&mut self, lifetime: Duration) {
+        self.node_lifetime = lifetime;
+    }
+
     /// Issues the control plane's own serving certificate for `hosts` (IP
     /// addresses or DNS names it is reached by), with a fresh key. Returns
     /// `(chain_pem, key_pem)`; the chain holds the leaf then the CA, so a

@@ -18,21 +18,24 @@ pub(crate) struct Current {
     pub api: ApiClient,
     /// The mesh endpoint's TLS settings.
     pub mesh_server: Arc<rustls::ServerConfig>,
-    not_before: i64,
-    not_after: i64,
+    /// Renew from this time on, Unix seconds: half way from when the
+    /// certificate was obtained to its expiry.
+    renew_at: i64,
 }
 
 impl Current {
-    fn new(identity: NodeIdentity, server: &str) -> anyhow::Result<Current> {
+    /// `obtained` is when the certificate was issued to this node, Unix
+    /// seconds (its `not_before` is backdated for clock skew, so it does
+    /// not say).
+    fn new(identity: NodeIdentity, server: &str, obtained: i64) -> anyhow::Result<Current> {
         let api = ApiClient::new(server, identity.client_config()?, None);
         let mesh_server = identity.server_config()?;
-        let (not_before, not_after) = identity.validity()?;
+        let (_, not_after) = identity.validity()?;
         Ok(Current {
             identity,
             api,
             mesh_server,
-            not_before,
-            not_after,
+            renew_at: obtained + (not_after - obtained) / 2,
         })
     }
 }
@@ -60,7 +63,13 @@ pub(crate) async fn load_or_join(config: &NodeConfig) -> anyhow::Result<Current>
                 .with_context(|| format!("cannot read {}", dir.join(file).display()))
         };
         let identity = NodeIdentity::new(read("node.key")?, read("node.pem")?, read("ca.pem")?);
-        return Current::new(identity, &config.server);
+        // The certificate file is written when the certificate arrives.
+        let obtained = std::fs::metadata(dir.join("node.pem"))
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map_or_else(now, |d| d.as_secs() as i64);
+        return Current::new(identity, &config.server, obtained);
     }
     let Some(token) = &config.token else {
         anyhow::bail!(
@@ -95,6 +104,7 @@ pub(crate) async fn load_or_join(config: &NodeConfig) -> anyhow::Result<Current>
     Current::new(
         NodeIdentity::new(key_pem, joined.cert_pem, joined.ca_pem),
         &config.server,
+        now(),
     )
 }
 
@@ -109,11 +119,7 @@ fn save(dir: &Path, name: &str, key_pem: &str, issued: &JoinResponse) -> anyhow:
 /// Renews the certificate once half its lifetime has passed; on failure
 /// keeps the current one and tries again at the next heartbeat.
 pub(crate) async fn renew_if_due(shared: &Arc<NodeShared>) {
-    let due = {
-        let current = shared.identity.read().expect("identity lock");
-        let half = current.not_before + (current.not_after - current.not_before) / 2;
-        crate::control::unix_now() as i64 >= half
-    };
+    let due = now() >= shared.identity.read().expect("identity lock").renew_at;
     if !due {
         return;
     }
@@ -131,7 +137,7 @@ pub(crate) async fn renew_if_due(shared: &Arc<NodeShared>) {
         )?;
         let identity = NodeIdentity::new(key_pem, issued.cert_pem, issued.ca_pem);
         shared.forwarder.use_identity(&identity)?;
-        Current::new(identity, &shared.config.server)
+        Current::new(identity, &shared.config.server, now())
     };
     match renewed.await {
         Ok(current) => {
@@ -140,4 +146,8 @@ pub(crate) async fn renew_if_due(shared: &Arc<NodeShared>) {
         }
         Err(e) => tracing::warn!("cannot renew the node certificate yet: {e:#}"),
     }
+}
+
+fn now() -> i64 {
+    crate::control::unix_now() as i64
 }

@@ -31,6 +31,9 @@ use tokio_rustls::TlsAcceptor;
 pub const APP_HEADER: &str = "skiff-app";
 /// Header naming the component of a forwarded request.
 pub const COMPONENT_HEADER: &str = "skiff-component";
+/// Set on a mesh answer when the node holds no such replica (the sender's
+/// endpoints are stale), so the request was not run and may be retried.
+pub const NOT_HERE_HEADER: &str = "skiff-not-here";
 /// Connecting to a peer node may take this long before the next is tried.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// A peer must finish its TLS handshake within this.
@@ -136,6 +139,9 @@ impl Forwarder {
             headers.insert(APP_HEADER, header_value(app));
             headers.insert(COMPONENT_HEADER, header_value(component));
             match client.request(forwarded).await {
+                Ok(response) if replayable && response.headers().contains_key(NOT_HERE_HEADER) => {
+                    last_error = format!("node {} no longer runs it", endpoint.node);
+                }
                 Ok(response) => return response.map(relayed),
                 Err(e) => {
                     tracing::warn!(
@@ -249,12 +255,18 @@ async fn serve_forwarded(
     };
     match node.replicas.serving(&app, &component) {
         Some((local, sink)) => invoke(&local, request, &sink).await,
-        None => plain(
-            http::StatusCode::SERVICE_UNAVAILABLE,
-            format!(
-                "node {} runs no replica of app \"{app}\" component \"{component}\"\n",
-                node.config.name
-            ),
-        ),
+        None => {
+            let mut response = plain(
+                http::StatusCode::SERVICE_UNAVAILABLE,
+                format!(
+                    "node {} runs no replica of app \"{app}\" component \"{component}\"\n",
+                    node.config.name
+                ),
+            );
+            response
+                .headers_mut()
+                .insert(NOT_HERE_HEADER, http::HeaderValue::from_static("1"));
+            response
+        }
     }
 }

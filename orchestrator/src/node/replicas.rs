@@ -49,29 +49,41 @@ impl LocalReplicas {
             .into_iter()
             .map(|a| ((a.app, a.component), a.package))
             .collect();
-        held.retain(|(app, component), h| {
-            let keep = wanted.get(&(app.clone(), component.clone())) == Some(&h.package);
+        held.retain(|(app, component), _| {
+            let keep = wanted.contains_key(&(app.clone(), component.clone()));
             if !keep {
                 tracing::info!(app, component, "replica removed from this node");
             }
             keep
         });
         for (key, package) in wanted {
-            if held.contains_key(&key) {
-                continue;
+            match held.get_mut(&key) {
+                Some(h) if h.package == package => continue,
+                // A new version: the old one keeps serving until the new
+                // one is loaded.
+                Some(h) => {
+                    h.package = package.clone();
+                    h.state = LoadState::Loading;
+                    h.error = None;
+                    h.failures = 0;
+                    h.attempt += 1;
+                    tokio::spawn(load(node.clone(), key, package, h.attempt));
+                }
+                None => {
+                    held.insert(
+                        key.clone(),
+                        Held {
+                            package: package.clone(),
+                            state: LoadState::Loading,
+                            error: None,
+                            serving: None,
+                            failures: 0,
+                            attempt: 1,
+                        },
+                    );
+                    tokio::spawn(load(node.clone(), key, package, 1));
+                }
             }
-            held.insert(
-                key.clone(),
-                Held {
-                    package: package.clone(),
-                    state: LoadState::Loading,
-                    error: None,
-                    serving: None,
-                    failures: 0,
-                    attempt: 1,
-                },
-            );
-            tokio::spawn(load(node.clone(), key, package, 1));
         }
     }
 
