@@ -7,10 +7,16 @@
 //!   the first 200 served by the moved replica through another node's
 //!   ingress, with default heartbeat settings (target under 3 s).
 //!
+//! - Ingress throughput (with `wrk` installed): hello through the ingress
+//!   of the node holding its replica, and through another node's ingress,
+//!   which forwards every request over the mTLS mesh.
+//!
 //! Run: `cargo bench -p skiff-orchestrator --bench cluster`.
 
 #[path = "../tests/support/mod.rs"]
 mod support;
+#[path = "support/mod.rs"]
+mod wrk;
 
 use skiff_test_guests::HELLO;
 use std::path::Path;
@@ -75,6 +81,35 @@ fn main() {
         next_node += 1;
     }
     report("failover", &mut failovers, Duration::from_secs(3));
+
+    if !wrk::wrk_available() {
+        println!("ingress throughput: skipped (install wrk)");
+        return;
+    }
+    let dir = temp_dir();
+    write_manifest(
+        dir.path(),
+        &format!(
+            "[app]\nname = \"tp\"\n[component.web]\nsource = {}\nroute = \"/tp/...\"\n\
+             [component.web.placement]\nmemory = \"64MiB\"\n",
+            toml_path(HELLO)
+        ),
+    );
+    cli(
+        home.path(),
+        &["deploy", dir.path().to_str().unwrap(), "--wait"],
+    );
+    let holder = holder_of(home.path(), "tp");
+    let local = nodes.iter().find(|n| n.name == holder).unwrap();
+    let remote = nodes.iter().find(|n| n.name != holder).unwrap();
+    let local_run = wrk::wrk(&local.process.at("/tp/"), 2, 32, 10);
+    let forwarded_run = wrk::wrk(&remote.process.at("/tp/"), 2, 32, 10);
+    println!("ingress, replica on the node:  {local_run}");
+    println!("ingress, forwarded over mTLS:  {forwarded_run}");
+    println!(
+        "forwarded / local: {:.2}x req/s",
+        forwarded_run.requests_per_sec / local_run.requests_per_sec
+    );
 }
 
 fn start_node(home: &Path, api: &str, i: usize) -> Node {

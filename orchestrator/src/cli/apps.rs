@@ -78,7 +78,8 @@ pub fn deploy(args: DeployArgs) -> anyhow::Result<()> {
 ///
 /// # Errors
 ///
-/// Not running within `limit`, with each replica's state and reason.
+/// A replica that failed to load (at once, with its error), or not
+/// running within `limit` (with each replica's state and reason).
 pub async fn wait_until_running(
     client: &ApiClient,
     app: &str,
@@ -94,22 +95,23 @@ pub async fn wait_until_running(
         if ready {
             return Ok(());
         }
+        let replicas: Vec<ReplicaView> = client.get(&format!("/v1/replicas?app={app}")).await?;
+        let describe = |r: &ReplicaView| {
+            format!(
+                "{}: {}{}",
+                r.id,
+                r.state,
+                r.reason
+                    .as_ref()
+                    .map(|w| format!(" ({w})"))
+                    .unwrap_or_default()
+            )
+        };
+        if let Some(failed) = replicas.iter().find(|r| r.state == "failed") {
+            anyhow::bail!("app \"{app}\" failed to start: {}", describe(failed));
+        }
         if Instant::now() > deadline {
-            let replicas: Vec<ReplicaView> = client.get(&format!("/v1/replicas?app={app}")).await?;
-            let states: Vec<String> = replicas
-                .iter()
-                .map(|r| {
-                    format!(
-                        "{}: {}{}",
-                        r.id,
-                        r.state,
-                        r.reason
-                            .as_ref()
-                            .map(|w| format!(" ({w})"))
-                            .unwrap_or_default()
-                    )
-                })
-                .collect();
+            let states: Vec<String> = replicas.iter().map(describe).collect();
             anyhow::bail!(
                 "app \"{app}\" is not running after {limit:?}: {}",
                 states.join("; ")

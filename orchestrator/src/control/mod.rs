@@ -153,7 +153,7 @@ impl ControlPlane {
         let listener = TcpListener::bind(config.listen).await.map_err(|e| {
             if e.kind() == std::io::ErrorKind::AddrInUse {
                 anyhow::anyhow!(
-                    "cannot listen on {}: the address is already in use; stop the other server or pick another with --listen",
+                    "cannot serve the control plane API on {}: the address is already in use; stop the other control plane or choose another address",
                     config.listen
                 )
             } else {
