@@ -59,26 +59,36 @@ impl Cluster {
         let token = self.cli(&["join-token"]).trim().to_string();
         let name = format!("node-{i}");
         let listen = format!("127.0.0.{}:0", i + 1);
-        let zone = format!("zone=z{i}");
-        let process = Running::launch(
-            self.home(),
-            &[
-                "node",
-                "--server",
-                &self.api,
-                "--token",
-                &token,
-                "--name",
-                &name,
-                "--listen",
-                &listen,
-                "--capacity",
-                "1GiB",
-                "--labels",
-                &zone,
-            ],
-            "serving ingress on ",
-        );
+        let node = self.launch_node(&name, &["--token", &token, "--listen", &listen]);
+        self.nodes.push(node);
+    }
+
+    /// Kills node `name` and starts it again on the same addresses, with
+    /// the identity it saved (no token).
+    fn restart_node(&mut self, name: &str) {
+        let index = self.nodes.iter().position(|n| n.name == name).unwrap();
+        let mut old = self.nodes.remove(index);
+        old.process.kill();
+        let listen = old.process.url.trim_start_matches("http://").to_string();
+        let node = self.launch_node(name, &["--listen", &listen, "--mesh-listen", &old.mesh]);
+        self.nodes.insert(index, node);
+    }
+
+    fn launch_node(&self, name: &str, extra: &[&str]) -> TestNode {
+        let zone = format!("zone=z{}", name.trim_start_matches("node-"));
+        let mut args = vec![
+            "node",
+            "--server",
+            &self.api,
+            "--name",
+            name,
+            "--capacity",
+            "1GiB",
+            "--labels",
+            &zone,
+        ];
+        args.extend_from_slice(extra);
+        let process = Running::launch(self.home(), &args, "serving ingress on ");
         let mesh = process
             .banner
             .split("(mesh ")
@@ -86,11 +96,11 @@ impl Cluster {
             .and_then(|rest| rest.split(')').next())
             .expect("the node prints its mesh address")
             .to_string();
-        self.nodes.push(TestNode {
-            name,
+        TestNode {
+            name: name.to_string(),
             process,
             mesh,
-        });
+        }
     }
 
     /// Runs `skiff ARGS`, expecting success; returns stdout.
@@ -304,6 +314,16 @@ fn replicas_spread_heal_and_outlive_the_control_plane() {
             assert_eq!(status, 200, "via {name} with the control plane down");
         }
         std::thread::sleep(Duration::from_millis(300));
+    }
+
+    // A node restarted meanwhile comes back serving what it had.
+    cluster.restart_node(&holder);
+    for name in [holder.as_str(), forwarder] {
+        let (status, _) = get(&cluster.node(name).process.at("/"));
+        assert_eq!(
+            status, 200,
+            "via {name} after {holder} restarted with the control plane down"
+        );
     }
 
     // It comes back with the same apps and replicas, none lost or doubled.

@@ -14,7 +14,12 @@ use skiff_runtime::server::{DRAIN_TIMEOUT, accept_until, serve_http1};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
 use tokio::net::TcpListener;
+
+/// How long a request waits for a replica loading on this node when no
+/// other node runs one.
+const LOAD_WAIT: Duration = Duration::from_secs(10);
 
 /// Every app's routes and endpoints, as last heard from the control plane.
 #[derive(Default)]
@@ -130,6 +135,15 @@ async fn dispatch(
         .map(|eps| eps.iter().filter(|e| e.node != node.config.name).collect())
         .unwrap_or_default();
     if endpoints.is_empty() {
+        // Loading here (just assigned, or the node just started): wait for
+        // it rather than refuse.
+        if let Some((local, sink)) = node
+            .replicas
+            .wait_serving(&app.name, component, LOAD_WAIT)
+            .await
+        {
+            return invoke(&local, request, &sink).await;
+        }
         let mut response = plain(
             http::StatusCode::SERVICE_UNAVAILABLE,
             format!(

@@ -6,7 +6,8 @@
 //! heartbeat until the desired state changes or a heartbeat interval
 //! passes, so assignments arrive as soon as they are made. When the
 //! control plane is unreachable the node keeps serving what it has and
-//! forwarding with the endpoints it last saw (static stability).
+//! forwarding with the endpoints it last saw (static stability), also
+//! across its own restarts: the last desired state is kept on disk.
 
 mod identity;
 mod ingress;
@@ -34,6 +35,8 @@ use tokio::sync::Notify;
 const MAX_BUFFERED_LINES: usize = 10_000;
 /// Lines shipped per heartbeat.
 const LINES_PER_SYNC: usize = 2_000;
+/// The last desired state heard, in the data directory.
+const LAST_DESIRED: &str = "desired.json";
 
 /// How a node runs.
 #[derive(Debug, Clone)]
@@ -155,6 +158,13 @@ impl Node {
     /// Heartbeats, runs replicas and serves until `shutdown` completes;
     /// then finishes in-flight requests.
     pub async fn run(self, shutdown: impl Future<Output = ()>) {
+        let saved = std::fs::read(self.shared.config.data_dir.join(LAST_DESIRED));
+        if let Ok(desired) = saved.as_deref().map(serde_json::from_slice::<DesiredState>) {
+            match desired {
+                Ok(desired) => self.shared.apply(desired),
+                Err(e) => tracing::warn!("ignoring the saved desired state: {e}"),
+            }
+        }
         let sync = tokio::spawn(sync_loop(self.shared.clone()));
         let (stop, stopped) = tokio::sync::watch::channel(false);
         let mesh = tokio::spawn(mesh::serve(
@@ -185,6 +195,13 @@ impl NodeShared {
     }
 
     fn apply(self: &Arc<Self>, desired: DesiredState) {
+        // Kept on disk, so a node restarted while the control plane is
+        // away comes back serving what it had.
+        let saved = serde_json::to_vec(&desired).expect("a desired state serializes");
+        if let Err(e) = crate::home::write_private(&self.config.data_dir.join(LAST_DESIRED), &saved)
+        {
+            tracing::warn!("cannot save the last desired state: {e:#}");
+        }
         self.forwarder.learn(&desired.apps);
         *self.routing.write().expect("routing lock") =
             Arc::new(ingress::Routing::new(&desired.apps));

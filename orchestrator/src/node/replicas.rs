@@ -28,6 +28,8 @@ type Key = (String, String);
 #[derive(Default)]
 pub(crate) struct LocalReplicas {
     held: Mutex<HashMap<Key, Held>>,
+    /// Signalled whenever a load finishes, well or badly.
+    settled: tokio::sync::Notify,
 }
 
 struct Held {
@@ -100,6 +102,33 @@ impl LocalReplicas {
             .and_then(|h| h.serving.clone())
     }
 
+    /// The component for `app`/`component` once it serves here: at once if
+    /// it does, after its load if it is loading (at most `limit`), `None`
+    /// if it is not held or failed.
+    pub(crate) async fn wait_serving(
+        &self,
+        app: &str,
+        component: &str,
+        limit: Duration,
+    ) -> Option<(Arc<LoadedComponent>, Arc<dyn LogSink>)> {
+        let deadline = tokio::time::Instant::now() + limit;
+        let key = (app.to_string(), component.to_string());
+        loop {
+            let settled = self.settled.notified();
+            {
+                let held = self.held.lock().expect("replica lock");
+                let h = held.get(&key)?;
+                if let Some(serving) = &h.serving {
+                    return Some(serving.clone());
+                }
+                if h.state != LoadState::Loading {
+                    return None;
+                }
+            }
+            tokio::time::timeout_at(deadline, settled).await.ok()?;
+        }
+    }
+
     /// What to report to the control plane.
     pub(crate) fn status(&self) -> Vec<ComponentStatus> {
         let held = self.held.lock().expect("replica lock");
@@ -157,6 +186,7 @@ async fn load(node: Arc<NodeShared>, key: Key, package: String, attempt: u64) {
             }
         }
     };
+    node.replicas.settled.notify_waiters();
     node.changed.notify_one();
     if let Some(backoff) = retry_in {
         tokio::time::sleep(backoff).await;
