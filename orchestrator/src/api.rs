@@ -45,10 +45,14 @@ pub struct ComponentStatus {
     pub app: String,
     /// The component.
     pub component: String,
-    /// The package digest it was loaded from.
+    /// The package digest it is assigned (loading, running or failed).
     pub package: String,
-    /// Loading, running or failed.
+    /// Loading, running or failed, for `package`.
     pub state: LoadState,
+    /// The package actually serving requests: `package` once it runs, an
+    /// earlier one while a new version loads, none before the first load.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub serving: Option<String>,
     /// Why it failed, and when it is retried.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
@@ -98,7 +102,11 @@ pub struct SyncRequest {
     pub mesh: String,
     /// Each component held, and its state.
     pub components: Vec<ComponentStatus>,
-    /// Guest log lines since the last sync.
+    /// The node's number of the first line in `logs`; the rest follow in
+    /// order. A line sent again (its heartbeat was cut short) is
+    /// recognised by its number and kept once.
+    pub logs_first_seq: u64,
+    /// Guest log lines not yet acknowledged.
     pub logs: Vec<GuestLine>,
 }
 

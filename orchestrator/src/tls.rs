@@ -98,8 +98,9 @@ pub fn control_plane_server(
     Ok(Arc::new(config))
 }
 
-/// A client config trusting only the cluster CA, presenting no
-/// certificate (the CLI).
+/// A client config for the CLI: trusts only the cluster's control plane
+/// (signed by the cluster CA and carrying its SPIFFE ID), presents no
+/// certificate.
 ///
 /// # Errors
 ///
@@ -108,25 +109,50 @@ pub fn client_trusting(ca_pem: &str) -> Result<Arc<rustls::ClientConfig>, TlsErr
     let config = rustls::ClientConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
         .map_err(tls_err)?
-        .with_root_certificates(roots(ca_pem)?)
+        .dangerous()
+        .with_custom_certificate_verifier(control_plane_verifier(roots(ca_pem)?)?)
         .with_no_client_auth();
     Ok(Arc::new(config))
 }
 
+/// Verifies a server as this cluster's control plane: a chain to `roots`
+/// for the name dialled, and the control plane's SPIFFE ID.
+///
+/// # Errors
+///
+/// An empty root store.
+pub fn control_plane_verifier(
+    roots: RootCertStore,
+) -> Result<Arc<dyn ServerCertVerifier>, TlsError> {
+    let provider = provider();
+    let verifier = rustls::client::WebPkiServerVerifier::builder_with_provider(
+        Arc::new(roots),
+        provider.clone(),
+    )
+    .build()
+    .map_err(tls_err)?;
+    Ok(Arc::new(ControlPlaneOnly {
+        trust: Trust::Roots(verifier),
+        algorithms: provider.signature_verification_algorithms,
+    }))
+}
+
 /// A client config for a node that has not joined yet: it knows only the
 /// CA's pin from its join token, so it accepts a server whose chain
-/// carries a CA with that pin and whose leaf that CA signed for the name
-/// dialled.
+/// carries a CA with that pin, whose leaf that CA signed for the name
+/// dialled, and which is the control plane.
 ///
 /// # Errors
 ///
 /// None in practice; the signature matches the other builders.
 pub fn client_pinned(pin: &str) -> Result<Arc<rustls::ClientConfig>, TlsError> {
     let provider = provider();
-    let verifier = PinnedCa {
-        pin: pin.to_ascii_lowercase(),
+    let verifier = ControlPlaneOnly {
+        trust: Trust::Pin {
+            pin: pin.to_ascii_lowercase(),
+            provider: provider.clone(),
+        },
         algorithms: provider.signature_verification_algorithms,
-        provider: provider.clone(),
     };
     let config = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
@@ -137,26 +163,39 @@ pub fn client_pinned(pin: &str) -> Result<Arc<rustls::ClientConfig>, TlsError> {
     Ok(Arc::new(config))
 }
 
-/// Trusts a server chain whose CA matches a pin (see [`client_pinned`]).
+/// Accepts only the cluster's control plane: a chain to a trusted CA for
+/// the name dialled and the control plane's SPIFFE ID, so a node
+/// certificate (also signed by the cluster CA) cannot pose as it.
 #[derive(Debug)]
-struct PinnedCa {
-    pin: String,
+struct ControlPlaneOnly {
+    trust: Trust,
     algorithms: WebPkiSupportedAlgorithms,
-    provider: Arc<CryptoProvider>,
 }
 
-impl ServerCertVerifier for PinnedCa {
-    fn verify_server_cert(
+/// Which CA a [`ControlPlaneOnly`] trusts.
+#[derive(Debug)]
+enum Trust {
+    /// The cluster CA, known.
+    Roots(Arc<rustls::client::WebPkiServerVerifier>),
+    /// Whichever CA in the server's chain has this pin (a join token's).
+    Pin {
+        pin: String,
+        provider: Arc<CryptoProvider>,
+    },
+}
+
+impl ControlPlaneOnly {
+    fn chain_verifier(
         &self,
-        end_entity: &CertificateDer<'_>,
         intermediates: &[CertificateDer<'_>],
-        server_name: &ServerName<'_>,
-        ocsp_response: &[u8],
-        now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
+    ) -> Result<Arc<rustls::client::WebPkiServerVerifier>, rustls::Error> {
+        let (pin, provider) = match &self.trust {
+            Trust::Roots(verifier) => return Ok(verifier.clone()),
+            Trust::Pin { pin, provider } => (pin, provider),
+        };
         let ca = intermediates
             .iter()
-            .find(|cert| pin_of(cert) == self.pin)
+            .find(|cert| &pin_of(cert) == pin)
             .ok_or_else(|| {
                 rustls::Error::General(
                     "the server's CA does not match the join token; is this the right cluster?"
@@ -169,11 +208,35 @@ impl ServerCertVerifier for PinnedCa {
             .map_err(|e| rustls::Error::General(e.to_string()))?;
         rustls::client::WebPkiServerVerifier::builder_with_provider(
             Arc::new(roots),
-            self.provider.clone(),
+            provider.clone(),
         )
         .build()
-        .map_err(|e| rustls::Error::General(e.to_string()))?
-        .verify_server_cert(end_entity, &[], server_name, ocsp_response, now)
+        .map_err(|e| rustls::Error::General(e.to_string()))
+    }
+}
+
+impl ServerCertVerifier for ControlPlaneOnly {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let verified = self.chain_verifier(intermediates)?.verify_server_cert(
+            end_entity,
+            intermediates,
+            server_name,
+            ocsp_response,
+            now,
+        )?;
+        if crate::mesh::peer_spiffe_id(end_entity) != Some(crate::mesh::control_plane_id()) {
+            return Err(rustls::Error::General(
+                "the server's certificate is not this cluster's control plane".to_string(),
+            ));
+        }
+        Ok(verified)
     }
 
     fn verify_tls12_signature(

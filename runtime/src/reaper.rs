@@ -6,21 +6,23 @@
 use std::sync::mpsc;
 use std::thread::JoinHandle;
 
-/// Owns the reaper thread; the thread drains its queue and exits when this
-/// is dropped.
+/// Owns the reaper thread; when this is dropped the thread drains what was
+/// queued so far and exits, even if handles are still held elsewhere (their
+/// later items are then dropped where they are reaped).
 pub struct Reaper {
-    queue: Option<mpsc::Sender<Box<dyn Send>>>,
+    queue: Option<mpsc::Sender<Option<Box<dyn Send>>>>,
     thread: Option<JoinHandle<()>>,
 }
 
 impl Reaper {
     /// Starts the reaper thread.
     pub fn start() -> Reaper {
-        let (queue, items) = mpsc::channel::<Box<dyn Send>>();
+        let (queue, items) = mpsc::channel::<Option<Box<dyn Send>>>();
         let thread = std::thread::Builder::new()
             .name("skiff-reaper".into())
+            // `None` is the stop message sent on drop.
             .spawn(move || {
-                for item in items {
+                while let Ok(Some(item)) = items.recv() {
                     drop(item);
                 }
             })
@@ -39,7 +41,9 @@ impl Reaper {
 
 impl Drop for Reaper {
     fn drop(&mut self) {
-        drop(self.queue.take());
+        if let Some(queue) = self.queue.take() {
+            let _ = queue.send(None);
+        }
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
         }
@@ -48,14 +52,14 @@ impl Drop for Reaper {
 
 /// Sends items to the reaper to be dropped there.
 #[derive(Clone)]
-pub struct ReaperHandle(mpsc::Sender<Box<dyn Send>>);
+pub struct ReaperHandle(mpsc::Sender<Option<Box<dyn Send>>>);
 
 impl ReaperHandle {
     /// Drops `item` on the reaper thread (or here, if the reaper is gone).
     pub fn reap(&self, item: impl Send + 'static) {
-        if let Err(mpsc::SendError(item)) = self.0.send(Box::new(item)) {
-            drop(item);
-        }
+        // Once the reaper stopped, nothing receives: the item comes back
+        // in the error and is dropped here.
+        let _ = self.0.send(Some(Box::new(item)));
     }
 }
 

@@ -43,7 +43,7 @@ pub struct DeployArgs {
     /// Run each component's build command first.
     #[arg(long)]
     build: bool,
-    /// Wait until every component has a running replica.
+    /// Wait until every replica runs this version.
     #[arg(long)]
     wait: bool,
     #[command(flatten)]
@@ -74,7 +74,7 @@ pub fn deploy(args: DeployArgs) -> anyhow::Result<()> {
     })
 }
 
-/// Waits until every component of `app` has at least one running replica.
+/// Waits until every replica of `app` runs its current package.
 ///
 /// # Errors
 ///
@@ -91,7 +91,7 @@ pub async fn wait_until_running(
         let ready = apps
             .iter()
             .find(|a| a.name == app)
-            .is_some_and(|a| a.components.iter().all(|c| c.running > 0 || c.desired == 0));
+            .is_some_and(|a| a.components.iter().all(|c| c.running >= c.desired));
         if ready {
             return Ok(());
         }
@@ -170,7 +170,7 @@ pub struct PsArgs {
 pub fn ps(args: PsArgs) -> anyhow::Result<()> {
     let client = args.cluster.client()?;
     let path = match &args.app {
-        Some(app) => format!("/v1/replicas?app={app}"),
+        Some(app) => format!("/v1/replicas?app={}", checked("app", app)?),
         None => "/v1/replicas".to_string(),
     };
     let replicas: Vec<ReplicaView> = runtime()?.block_on(client.get(&path))?;
@@ -253,7 +253,10 @@ pub fn scale(args: ScaleArgs) -> anyhow::Result<()> {
     let client = args.cluster.client()?;
     runtime()?.block_on(async {
         let (app, component) = match args.target.split_once('/') {
-            Some((app, component)) => (app.to_string(), component.to_string()),
+            Some((app, component)) => (
+                checked("app", app)?.to_string(),
+                checked("component", component)?.to_string(),
+            ),
             None => {
                 let apps: Vec<AppView> = client.get("/v1/apps").await?;
                 let app = apps
@@ -302,7 +305,7 @@ pub fn delete(args: NameArgs) -> anyhow::Result<()> {
         let bytes = client
             .send(
                 Method::DELETE,
-                &format!("/v1/apps/{}", args.name),
+                &format!("/v1/apps/{}", checked("app", &args.name)?),
                 None,
                 crate::api_client::DEFAULT_TIMEOUT,
             )
@@ -351,8 +354,11 @@ pub struct LogsArgs {
 pub fn logs(args: LogsArgs) -> anyhow::Result<()> {
     let client = args.cluster.client()?;
     let (app, component) = match args.target.split_once('/') {
-        Some((app, component)) => (app.to_string(), Some(component.to_string())),
-        None => (args.target.clone(), None),
+        Some((app, component)) => (
+            checked("app", app)?.to_string(),
+            Some(checked("component", component)?.to_string()),
+        ),
+        None => (checked("app", &args.target)?.to_string(), None),
     };
     runtime()?.block_on(async {
         let mut after = 0;
@@ -381,6 +387,19 @@ pub fn logs(args: LogsArgs) -> anyhow::Result<()> {
             }
         }
     })
+}
+
+/// `name` checked to be a plain name (letters, digits, `.`, `_`, `-`),
+/// safe to put in an API path.
+fn checked<'a>(kind: &str, name: &'a str) -> anyhow::Result<&'a str> {
+    let plain = !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+    if !plain {
+        anyhow::bail!("invalid {kind} name {name:?}: use letters, digits, '.', '_' and '-'");
+    }
+    Ok(name)
 }
 
 fn print_json<T: Serialize>(value: &T) -> anyhow::Result<()> {

@@ -77,8 +77,7 @@ pub fn server(args: ServerArgs) -> anyhow::Result<()> {
         }
         out.flush()?;
         drop(out);
-        control.serve(shutdown_signal()).await;
-        Ok(())
+        control.serve(shutdown_signal()).await
     })
 }
 
@@ -248,11 +247,17 @@ pub fn up(args: UpArgs) -> anyhow::Result<()> {
         }
         println!("Serving http://{ingress} (control plane {url}; Ctrl-C to stop)");
         println!("Try: skiff ps, skiff apps, skiff logs <app>");
-        shutdown_signal().await;
+        let mut control_task = control_task;
+        let stopped_early = tokio::select! {
+            () = shutdown_signal() => None,
+            result = &mut control_task => Some(result),
+        };
         let _ = stop.send(true);
         let _ = node_task.await;
-        let _ = control_task.await;
-        Ok(())
+        match stopped_early {
+            Some(result) => result?,
+            None => control_task.await?,
+        }
     })
 }
 

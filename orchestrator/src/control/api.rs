@@ -3,7 +3,7 @@
 //! joining nodes (a one-time join token in the body). Every refusal is a
 //! JSON `{"error": ...}` naming what was wrong.
 
-use super::reconcile::{desired_for, replica_node_running};
+use super::reconcile::{desired_for, replica_running};
 use super::{LiveNode, Shared, catalog, unix_now};
 use crate::api::{
     AppView, ComponentStatus, ComponentView, DeployRequest, DeployResponse, ErrorBody, JoinRequest,
@@ -197,14 +197,16 @@ async fn admin(
         (&Method::POST, ["v1", "apps"]) => deploy(shared, read_json(request).await?),
         (&Method::GET, ["v1", "apps"]) => json(StatusCode::OK, &app_views(shared)),
         (&Method::DELETE, ["v1", "apps", app]) => {
-            let existed = shared.store.delete_app(app).map_err(Refusal::internal)?;
-            if !existed {
-                return Err(Refusal::not_found(format!(
-                    "no app {app:?}; see `skiff apps`"
-                )));
-            }
+            // Store and memory change under one lock, so a controller pass
+            // cannot slip between them.
             {
                 let mut live = shared.live.lock().expect("live state lock");
+                let existed = shared.store.delete_app(app).map_err(Refusal::internal)?;
+                if !existed {
+                    return Err(Refusal::not_found(format!(
+                        "no app {app:?}; see `skiff apps`"
+                    )));
+                }
                 live.apps.remove(*app);
                 live.replicas.retain(|_, r| r.app != *app);
             }
@@ -214,25 +216,23 @@ async fn admin(
         }
         (&Method::POST, ["v1", "apps", app, "scale"]) => {
             let scale: ScaleRequest = read_json(request).await?;
-            let applied = shared
-                .store
-                .scale(app, &scale.component, scale.replicas)
-                .map_err(|e| match e {
-                    crate::state::StateError::UnknownApp(_)
-                    | crate::state::StateError::UnknownComponent { .. } => {
-                        Refusal::not_found(e.to_string())
-                    }
-                    e => Refusal::internal(e),
-                })?;
-            let record = shared.store.app(app).map_err(Refusal::internal)?;
-            if let Some(record) = record {
-                shared
-                    .live
-                    .lock()
-                    .expect("live state lock")
-                    .apps
-                    .insert(record.name.clone(), record);
-            }
+            let applied = {
+                let mut live = shared.live.lock().expect("live state lock");
+                let applied = shared
+                    .store
+                    .scale(app, &scale.component, scale.replicas)
+                    .map_err(|e| match e {
+                        crate::state::StateError::UnknownApp(_)
+                        | crate::state::StateError::UnknownComponent { .. } => {
+                            Refusal::not_found(e.to_string())
+                        }
+                        e => Refusal::internal(e),
+                    })?;
+                if let Some(record) = shared.store.app(app).map_err(Refusal::internal)? {
+                    live.apps.insert(record.name.clone(), record);
+                }
+                applied
+            };
             shared.wake.notify_one();
             json(
                 StatusCode::OK,
@@ -304,15 +304,23 @@ fn deploy(shared: &Shared, request: DeployRequest) -> Handled {
         .iter()
         .map(|(name, plan)| (name.clone(), plan.replicas))
         .collect();
-    let applied = shared
-        .store
-        .apply_app(&spec.name, &request.package, scale)
-        .map_err(Refusal::internal)?;
-    let record = shared
-        .store
-        .app(&spec.name)
-        .map_err(Refusal::internal)?
-        .ok_or_else(|| Refusal::internal("the app vanished after it was stored"))?;
+    let (applied, generation) = {
+        let mut live = shared.live.lock().expect("live state lock");
+        let applied = shared
+            .store
+            .apply_app(&spec.name, &request.package, scale)
+            .map_err(Refusal::internal)?;
+        let record = shared
+            .store
+            .app(&spec.name)
+            .map_err(Refusal::internal)?
+            .ok_or_else(|| Refusal::internal("the app vanished after it was stored"))?;
+        let generation = record.generation;
+        live.specs
+            .insert(request.package.clone(), Arc::new(spec.clone()));
+        live.apps.insert(record.name.clone(), record);
+        (applied, generation)
+    };
     let outcome = match applied {
         Applied::Created => "created",
         Applied::Updated(_) => "updated",
@@ -327,13 +335,8 @@ fn deploy(shared: &Shared, request: DeployRequest) -> Handled {
     let response = DeployResponse {
         app: spec.name.clone(),
         outcome: outcome.to_string(),
-        generation: record.generation,
+        generation,
     };
-    {
-        let mut live = shared.live.lock().expect("live state lock");
-        live.specs.insert(request.package.clone(), Arc::new(spec));
-        live.apps.insert(record.name.clone(), record);
-    }
     if applied != Applied::Unchanged {
         super::reconcile::pass(shared);
         shared.bump();
@@ -343,37 +346,53 @@ fn deploy(shared: &Shared, request: DeployRequest) -> Handled {
 
 async fn join(shared: &Shared, request: hyper::Request<Incoming>) -> Handled {
     let join: JoinRequest = read_json(request).await?;
-    {
-        let live = shared.live.lock().expect("live state lock");
-        if let Some(node) = live.nodes.get(&join.name)
-            && !node.down
-            && node.last_seen.elapsed() < shared.config.down_after
-        {
-            return Err(Refusal(
-                StatusCode::CONFLICT,
-                format!(
-                    "a node named {:?} is already active in this cluster; pick another --name",
-                    join.name
-                ),
-            ));
-        }
-    }
     // Sign first, so a bad name or request does not use up the token; the
     // certificate is only handed out if the token is good.
     let cert_pem = shared
         .ca
         .sign_node(&join.name, &join.csr_pem)
         .map_err(|e| Refusal::bad(e.to_string()))?;
-    let valid = shared
-        .store
-        .consume_join_token(&join.token, unix_now())
-        .map_err(Refusal::internal)?;
-    if !valid {
-        tracing::warn!(node = join.name, "join refused: bad token");
-        return Err(Refusal(
-            StatusCode::UNAUTHORIZED,
-            "the join token is not valid: it is unknown, expired or already used; make a new one with `skiff join-token`".to_string(),
-        ));
+    {
+        let mut live = shared.live.lock().expect("live state lock");
+        let valid = shared
+            .store
+            .consume_join_token(&join.token, unix_now())
+            .map_err(Refusal::internal)?;
+        if !valid {
+            tracing::warn!(node = join.name, "join refused: bad token");
+            return Err(Refusal(
+                StatusCode::UNAUTHORIZED,
+                "the join token is not valid: it is unknown, expired or already used; make a new one with `skiff join-token`".to_string(),
+            ));
+        }
+        // Checked only for holders of a good token, so names cannot be
+        // probed without one.
+        if let Some(node) = live.nodes.get(&join.name)
+            && !node.down
+        {
+            return Err(Refusal(
+                StatusCode::CONFLICT,
+                format!(
+                    "a node named {:?} is already active in this cluster; pick another --name, or wait until it is marked down",
+                    join.name
+                ),
+            ));
+        }
+        // Hold the name until the node's first heartbeat fills in the rest.
+        let mut placeholder = LiveNode::new(NodeRecord {
+            name: join.name.clone(),
+            labels: BTreeMap::new(),
+            memory: 0,
+            ingress: String::new(),
+            mesh: String::new(),
+            cordoned: false,
+            drained: false,
+        });
+        if let Some(old) = live.nodes.remove(&join.name) {
+            placeholder.record.cordoned = old.record.cordoned;
+            placeholder.record.drained = old.record.drained;
+        }
+        live.nodes.insert(join.name.clone(), placeholder);
     }
     tracing::info!(node = join.name, "node joined");
     json(
@@ -431,9 +450,17 @@ impl Drop for HeldHeartbeat<'_> {
 
 async fn sync(shared: &Shared, node: &str, request: hyper::Request<Incoming>) -> Handled {
     let sync: SyncRequest = read_json(request).await?;
+    for (what, addr) in [("ingress", &sync.ingress), ("mesh", &sync.mesh)] {
+        if addr.parse::<std::net::SocketAddr>().is_err() {
+            return Err(Refusal::bad(format!(
+                "invalid {what} address {addr:?}: expected ip:port"
+            )));
+        }
+    }
     let mut wake = false;
     let mut bump = false;
     let heartbeat;
+    let fresh_logs: Vec<_>;
     {
         let mut live = shared.live.lock().expect("live state lock");
         let record = NodeRecord {
@@ -448,14 +475,7 @@ async fn sync(shared: &Shared, node: &str, request: hyper::Request<Incoming>) ->
         let now = Instant::now();
         let entry = live.nodes.entry(node.to_string()).or_insert_with(|| {
             wake = true;
-            LiveNode {
-                record: record.clone(),
-                last_seen: now,
-                connection_lost: None,
-                heartbeats: 0,
-                down: false,
-                components: Vec::new(),
-            }
+            LiveNode::new(record.clone())
         });
         let updated = NodeRecord {
             cordoned: entry.record.cordoned,
@@ -482,8 +502,27 @@ async fn sync(shared: &Shared, node: &str, request: hyper::Request<Incoming>) ->
             bump = true;
         }
         entry.components = sync.components;
+        // Keep each line once, and only for apps this node was given.
+        let seen = entry.logs_seen;
+        let last = sync.logs_first_seq + sync.logs.len() as u64;
+        if !sync.logs.is_empty() {
+            entry.logs_seen = seen.max(last - 1);
+        }
+        let assigned: std::collections::BTreeSet<&str> = live
+            .replicas
+            .values()
+            .filter(|r| r.node.as_deref() == Some(node))
+            .map(|r| r.app.as_str())
+            .collect();
+        fresh_logs = sync
+            .logs
+            .into_iter()
+            .zip(sync.logs_first_seq..)
+            .filter(|(line, seq)| *seq > seen && assigned.contains(line.app.as_str()))
+            .map(|(line, _)| line)
+            .collect();
     }
-    shared.logs.append(node, sync.logs);
+    shared.logs.append(node, fresh_logs);
     if wake {
         shared.wake.notify_one();
     }
@@ -500,6 +539,17 @@ async fn sync(shared: &Shared, node: &str, request: hyper::Request<Incoming>) ->
         };
         let _ = tokio::time::timeout(shared.config.heartbeat, version.changed()).await;
         held.armed = false;
+        // Held this long, the node was listening all along.
+        if let Some(entry) = shared
+            .live
+            .lock()
+            .expect("live state lock")
+            .nodes
+            .get_mut(node)
+            .filter(|n| n.heartbeats == heartbeat)
+        {
+            entry.last_seen = Instant::now();
+        }
     }
     let current = *shared.version.borrow();
     let desired = (current != sync.version).then(|| {
@@ -516,11 +566,11 @@ async fn sync(shared: &Shared, node: &str, request: hyper::Request<Incoming>) ->
     )
 }
 
+/// What other nodes route by: which components this node serves.
 fn running_set(components: &[ComponentStatus]) -> Vec<(&str, &str, &str)> {
     let mut set: Vec<_> = components
         .iter()
-        .filter(|c| c.state == LoadState::Running)
-        .map(|c| (c.app.as_str(), c.component.as_str(), c.package.as_str()))
+        .filter_map(|c| Some((c.app.as_str(), c.component.as_str(), c.serving.as_deref()?)))
         .collect();
     set.sort_unstable();
     set
@@ -592,7 +642,7 @@ fn app_views(shared: &Shared) -> Vec<AppView> {
                                 .replicas
                                 .values()
                                 .filter(|r| r.app == app.name && &r.component == name)
-                                .filter(|r| replica_node_running(&live, r).is_some())
+                                .filter(|r| replica_running(&live, r))
                                 .count() as u32,
                         })
                         .collect()
@@ -633,8 +683,12 @@ fn replica_views(shared: &Shared, app: Option<&str>) -> Vec<ReplicaView> {
                         .iter()
                         .find(|c| c.app == r.app && c.component == r.component)
                     {
-                        Some(c) if c.state == LoadState::Running => ("running", None),
+                        _ if replica_running(&live, r) => ("running", None),
                         Some(c) if c.state == LoadState::Failed => ("failed", c.error.clone()),
+                        Some(c) if c.serving.is_some() => (
+                            "starting",
+                            Some("the previous version serves until this one loads".to_string()),
+                        ),
                         _ => ("starting", None),
                     },
                     None => ("unknown", Some(format!("node {node} is not known"))),

@@ -12,10 +12,23 @@ use tokio::sync::Notify;
 pub const MAX_LINES: usize = 20_000;
 
 /// The log ring.
-#[derive(Default)]
 pub struct LogRing {
     lines: Mutex<(VecDeque<LogEntry>, u64)>,
     appended: Notify,
+}
+
+impl Default for LogRing {
+    /// Positions start from the clock, so a client following the log of a
+    /// control plane that restarted does not skip the new lines.
+    fn default() -> Self {
+        let start = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64 * 1000);
+        LogRing {
+            lines: Mutex::new((VecDeque::new(), start)),
+            appended: Notify::new(),
+        }
+    }
 }
 
 impl LogRing {

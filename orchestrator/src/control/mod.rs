@@ -110,8 +110,25 @@ pub(crate) struct LiveNode {
     /// Counts heartbeats, so a broken one that a newer one already
     /// replaced is not taken for a lost connection.
     heartbeats: u64,
+    /// The node's number of the last log line taken from it.
+    logs_seen: u64,
     down: bool,
     components: Vec<ComponentStatus>,
+}
+
+impl LiveNode {
+    /// A node just heard from.
+    fn new(record: NodeRecord) -> LiveNode {
+        LiveNode {
+            record,
+            last_seen: Instant::now(),
+            connection_lost: None,
+            heartbeats: 0,
+            logs_seen: 0,
+            down: false,
+            components: Vec::new(),
+        }
+    }
 }
 
 impl ControlPlane {
@@ -124,12 +141,25 @@ impl ControlPlane {
     /// An unreadable data directory, a damaged store or CA, or an
     /// address that cannot be bound.
     pub async fn start(config: ControlPlaneConfig) -> anyhow::Result<ControlPlane> {
+        if config.heartbeat < Duration::from_millis(100) {
+            anyhow::bail!("the heartbeat interval must be at least 100ms");
+        }
+        if config.down_after < config.heartbeat * 2 {
+            anyhow::bail!(
+                "--down-after ({:?}) must be at least twice the heartbeat ({:?}), or live nodes are taken for dead",
+                config.down_after,
+                config.heartbeat
+            );
+        }
+        if config.node_cert_lifetime < Duration::from_secs(2) {
+            anyhow::bail!("node certificates must live at least 2s");
+        }
         let dir = &config.data_dir;
         std::fs::create_dir_all(dir)
             .with_context(|| format!("cannot create the data directory {}", dir.display()))?;
         let ca_cert = dir.join("ca.pem");
         let first_start = !ca_cert.exists();
-        let cluster = "skiff".to_string();
+        let cluster = crate::mesh::CLUSTER.to_string();
         let mut ca = if first_start {
             let ca = ClusterCa::create(&cluster)?;
             crate::home::write_private(&dir.join("ca.key"), ca.key_pem().as_bytes())?;
@@ -231,10 +261,23 @@ impl ControlPlane {
     }
 
     /// Serves the API and runs the controller until `shutdown` completes.
-    pub async fn serve(self, shutdown: impl Future<Output = ()>) {
-        let controller = tokio::spawn(reconcile::run(self.shared.clone()));
-        api::serve(self.shared, self.listener, self.tls, shutdown).await;
-        controller.abort();
+    ///
+    /// # Errors
+    ///
+    /// The controller stopped (it panicked): then the API stops too, rather
+    /// than serve a cluster nothing heals.
+    pub async fn serve(self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+        let mut controller = tokio::spawn(reconcile::run(self.shared.clone()));
+        let api = api::serve(self.shared, self.listener, self.tls, shutdown);
+        tokio::select! {
+            () = api => {
+                controller.abort();
+                Ok(())
+            }
+            stopped = &mut controller => {
+                anyhow::bail!("the cluster controller stopped unexpectedly: {stopped:?}")
+            }
+        }
     }
 }
 
@@ -258,20 +301,10 @@ impl Shared {
 
 impl Live {
     fn load(store: &ClusterStore, packages: &Store) -> anyhow::Result<Live> {
-        let now = Instant::now();
         let mut live = Live::default();
         for record in store.nodes()? {
-            live.nodes.insert(
-                record.name.clone(),
-                LiveNode {
-                    record,
-                    last_seen: now,
-                    connection_lost: None,
-                    heartbeats: 0,
-                    down: false,
-                    components: Vec::new(),
-                },
-            );
+            live.nodes
+                .insert(record.name.clone(), LiveNode::new(record));
         }
         for app in store.apps()? {
             match catalog::read(packages, &app.package) {

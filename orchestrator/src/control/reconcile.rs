@@ -26,6 +26,7 @@ pub(super) async fn run(shared: Arc<Shared>) {
 /// One controller pass, persisted in one transaction.
 pub(super) fn pass(shared: &Shared) {
     let mut live = shared.live.lock().expect("live state lock");
+    read_missing_specs(shared, &mut live);
     let outcome = reconcile(&mut live, Instant::now(), &shared.config, unix_now());
     if let Err(e) = shared.store.change_replicas(&outcome.changes) {
         // Keep memory equal to what is stored; the next pass retries.
@@ -40,6 +41,26 @@ pub(super) fn pass(shared: &Shared) {
     drop(live);
     if outcome.changed {
         shared.bump();
+    }
+}
+
+/// Retries reading the packages of apps whose package could not be read
+/// at start (a volume not mounted yet, a transient I/O error).
+fn read_missing_specs(shared: &Shared, live: &mut Live) {
+    let missing: Vec<String> = live
+        .apps
+        .values()
+        .filter(|app| !live.specs.contains_key(&app.package))
+        .map(|app| app.package.clone())
+        .collect();
+    for package in missing {
+        match super::catalog::read(&shared.packages, &package) {
+            Ok(spec) => {
+                tracing::info!(package, "package readable again");
+                live.specs.insert(package, Arc::new(spec));
+            }
+            Err(e) => tracing::debug!(package, "package still unreadable: {e}"),
+        }
     }
 }
 
@@ -79,14 +100,14 @@ pub(super) fn reconcile(
 }
 
 /// A node is down when silent past `down_after`, or sooner when its held
-/// heartbeat connection broke and it did not reconnect within a heartbeat
+/// heartbeat connection broke and it did not reconnect within half of that
 /// (a killed process closes its sockets; a live one reconnects at once).
 fn mark_down(live: &mut Live, now: Instant, config: &ControlPlaneConfig, out: &mut Outcome) {
     for (name, node) in &mut live.nodes {
         let silent = now.saturating_duration_since(node.last_seen);
         let lost = node
             .connection_lost
-            .is_some_and(|at| now.saturating_duration_since(at) > config.heartbeat);
+            .is_some_and(|at| now.saturating_duration_since(at) > config.down_after / 2);
         if !node.down && (silent > config.down_after || lost) {
             node.down = true;
             node.components.clear();
@@ -104,11 +125,13 @@ fn mark_down(live: &mut Live, now: Instant, config: &ControlPlaneConfig, out: &m
 fn release_lost(live: &mut Live, out: &mut Outcome) {
     let mut removed = Vec::new();
     for replica in live.replicas.values_mut() {
-        let declared = live
-            .apps
-            .get(&replica.app)
-            .and_then(|app| live.specs.get(&app.package))
-            .is_some_and(|spec| spec.components.contains_key(&replica.component));
+        // An app whose package cannot be read right now keeps its replicas:
+        // only a declaration that no longer names them removes them.
+        let declared = live.apps.get(&replica.app).is_some_and(|app| {
+            live.specs
+                .get(&app.package)
+                .is_none_or(|spec| spec.components.contains_key(&replica.component))
+        });
         if !declared {
             removed.push(replica.id.clone());
             continue;
@@ -319,7 +342,7 @@ pub(super) fn desired_for(live: &Live, name: &str) -> DesiredState {
                 .collect();
             let mut endpoints: BTreeMap<String, Vec<Endpoint>> = BTreeMap::new();
             for replica in live.replicas.values().filter(|r| &r.app == app) {
-                if let Some(node) = replica_node_running(live, replica) {
+                if let Some(node) = endpoint_node(live, replica) {
                     endpoints
                         .entry(replica.component.clone())
                         .or_default()
@@ -339,18 +362,36 @@ pub(super) fn desired_for(live: &Live, name: &str) -> DesiredState {
     DesiredState { assignments, apps }
 }
 
-/// The replica's node, when that node is up and reports its component
-/// running.
-pub(super) fn replica_node_running<'a>(
+/// The replica's node, when that node is up and serves its component
+/// (any version: during a rollout the old one serves until the new loads).
+pub(super) fn endpoint_node<'a>(
     live: &'a Live,
     replica: &ReplicaRecord,
 ) -> Option<&'a super::LiveNode> {
     let node = live.nodes.get(replica.node.as_deref()?)?;
-    let running = !node.down
+    let serving = !node.down
         && node.components.iter().any(|c| {
-            c.app == replica.app
-                && c.component == replica.component
-                && c.state == LoadState::Running
+            c.app == replica.app && c.component == replica.component && c.serving.is_some()
         });
-    running.then_some(node)
+    serving.then_some(node)
+}
+
+/// Whether the replica runs the app's current package on a live node.
+pub(super) fn replica_running(live: &Live, replica: &ReplicaRecord) -> bool {
+    let Some(package) = live.apps.get(&replica.app).map(|a| &a.package) else {
+        return false;
+    };
+    replica
+        .node
+        .as_deref()
+        .and_then(|name| live.nodes.get(name))
+        .is_some_and(|node| {
+            !node.down
+                && node.components.iter().any(|c| {
+                    c.app == replica.app
+                        && c.component == replica.component
+                        && c.state == LoadState::Running
+                        && &c.package == package
+                })
+        })
 }

@@ -118,6 +118,26 @@ impl NodeIdentity {
         ))
     }
 
+    /// Client settings for talking to the control plane: the node
+    /// certificate, and only the cluster's control plane trusted (another
+    /// node's certificate is refused, though the same CA signed it).
+    ///
+    /// # Errors
+    ///
+    /// Unreadable certificates or key.
+    pub fn control_plane_client_config(&self) -> Result<Arc<rustls::ClientConfig>, IdentityError> {
+        let verifier = crate::tls::control_plane_verifier(self.roots()?)
+            .map_err(|e| IdentityError(e.to_string()))?;
+        let config = rustls::ClientConfig::builder_with_provider(crate::tls::provider())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| IdentityError(e.to_string()))?
+            .dangerous()
+            .with_custom_certificate_verifier(verifier)
+            .with_client_auth_cert(self.chain()?, self.key()?)
+            .map_err(|e| IdentityError(e.to_string()))?;
+        Ok(Arc::new(config))
+    }
+
     fn roots(&self) -> Result<RootCertStore, IdentityError> {
         let mut roots = RootCertStore::empty();
         let ca = CertificateDer::from_pem_slice(self.ca_pem.as_bytes())

@@ -10,4 +10,14 @@ pub mod identity;
 mod tests;
 
 pub use ca::{CaError, ClusterCa};
+
+/// The cluster's name in SPIFFE IDs (`spiffe://skiff/node/<name>`).
+pub const CLUSTER: &str = "skiff";
+
+/// The SPIFFE ID in the control plane's certificate; clients check it, so
+/// a node certificate (also signed by the cluster CA) cannot pose as the
+/// control plane.
+pub fn control_plane_id() -> String {
+    format!("spiffe://{CLUSTER}/control-plane")
+}
 pub use identity::{NodeIdentity, peer_spiffe_id};

@@ -1,6 +1,7 @@
 //! The node's identity: its key and CA-signed certificate, obtained by
-//! joining with a one-time token, kept in the data directory so restarts
-//! need no token, and renewed over mTLS at half its lifetime.
+//! joining with a one-time token, kept in the data directory (`node.pem`,
+//! certificate then key) so restarts need no token, and renewed over mTLS
+//! at half its lifetime.
 
 use super::{NodeConfig, NodeShared};
 use crate::api::{JoinRequest, JoinResponse, RenewRequest};
@@ -28,7 +29,7 @@ impl Current {
     /// seconds (its `not_before` is backdated for clock skew, so it does
     /// not say).
     fn new(identity: NodeIdentity, server: &str, obtained: i64) -> anyhow::Result<Current> {
-        let api = ApiClient::new(server, identity.client_config()?, None);
+        let api = ApiClient::new(server, identity.control_plane_client_config()?, None);
         let mesh_server = identity.server_config()?;
         let (_, not_after) = identity.validity()?;
         Ok(Current {
@@ -62,7 +63,10 @@ pub(crate) async fn load_or_join(config: &NodeConfig) -> anyhow::Result<Current>
             std::fs::read_to_string(dir.join(file))
                 .with_context(|| format!("cannot read {}", dir.join(file).display()))
         };
-        let identity = NodeIdentity::new(read("node.key")?, read("node.pem")?, read("ca.pem")?);
+        // node.pem holds the certificate and its key together, so a
+        // renewal replaces both at once.
+        let both = read("node.pem")?;
+        let identity = NodeIdentity::new(both.clone(), both, read("ca.pem")?);
         // The certificate file is written when the certificate arrives.
         let obtained = std::fs::metadata(dir.join("node.pem"))
             .and_then(|m| m.modified())
@@ -109,11 +113,13 @@ pub(crate) async fn load_or_join(config: &NodeConfig) -> anyhow::Result<Current>
 }
 
 fn save(dir: &Path, name: &str, key_pem: &str, issued: &JoinResponse) -> anyhow::Result<()> {
-    crate::home::write_private(&dir.join("node.key"), key_pem.as_bytes())?;
     crate::home::write_private(&dir.join("ca.pem"), issued.ca_pem.as_bytes())?;
     crate::home::write_private(&dir.join("name"), name.as_bytes())?;
-    // Written last: its presence means the identity is complete.
-    crate::home::write_private(&dir.join("node.pem"), issued.cert_pem.as_bytes())
+    // Certificate and key in one file written atomically, last: its
+    // presence means the identity is complete, and a renewal interrupted
+    // by a crash leaves the old pair or the new one, never a mix.
+    let both = format!("{}{key_pem}", issued.cert_pem);
+    crate::home::write_private(&dir.join("node.pem"), both.as_bytes())
 }
 
 /// Renews the certificate once half its lifetime has passed; on failure

@@ -127,13 +127,19 @@ impl Forwarder {
                 None if replayable => Empty::new().map_err(|never| match never {}).boxed(),
                 None => break,
             };
-            let port = endpoint.mesh.rsplit(':').next().unwrap_or("0");
+            let Ok(mesh) = endpoint.mesh.parse::<SocketAddr>() else {
+                last_error = format!("node {} has no valid mesh address", endpoint.node);
+                continue;
+            };
             let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
-            let mut forwarded = hyper::Request::builder()
+            let forwarded = hyper::Request::builder()
                 .method(parts.method.clone())
-                .uri(format!("https://{}:{port}{path}", endpoint.node))
-                .body(body)
-                .expect("a valid forwarded request");
+                .uri(format!("https://{}:{}{path}", endpoint.node, mesh.port()))
+                .body(body);
+            let Ok(mut forwarded) = forwarded else {
+                last_error = format!("node {} cannot be addressed", endpoint.node);
+                continue;
+            };
             *forwarded.headers_mut() = parts.headers.clone();
             let headers = forwarded.headers_mut();
             headers.insert(APP_HEADER, header_value(app));

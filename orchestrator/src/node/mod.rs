@@ -68,6 +68,8 @@ pub struct Node {
 
 /// What the node's tasks share.
 pub(crate) struct NodeShared {
+    // Declared (so dropped) before the engine that loaded them.
+    replicas: replicas::LocalReplicas,
     config: NodeConfig,
     ingress_addr: SocketAddr,
     mesh_addr: SocketAddr,
@@ -76,14 +78,12 @@ pub(crate) struct NodeShared {
     packages: Store,
     identity: RwLock<identity::Current>,
     routing: RwLock<Arc<ingress::Routing>>,
-    replicas: replicas::LocalReplicas,
     forwarder: mesh::Forwarder,
     logs: Mutex<LogBuffer>,
     /// Something the control plane should hear about happened.
     changed: Notify,
 }
 
-#[derive(Default)]
 struct LogBuffer {
     lines: VecDeque<(u64, GuestLine)>,
     next: u64,
@@ -125,6 +125,7 @@ impl Node {
         let packages = Store::open(&config.data_dir.join("packages"))?;
         let forwarder = mesh::Forwarder::new(&current.identity)?;
         let shared = Arc::new(NodeShared {
+            replicas: replicas::LocalReplicas::default(),
             config,
             ingress_addr,
             mesh_addr,
@@ -133,9 +134,13 @@ impl Node {
             packages,
             identity: RwLock::new(current),
             routing: RwLock::new(Arc::new(ingress::Routing::default())),
-            replicas: replicas::LocalReplicas::default(),
             forwarder,
-            logs: Mutex::new(LogBuffer::default()),
+            logs: Mutex::new(LogBuffer {
+                lines: VecDeque::new(),
+                // Line numbers keep increasing across restarts of the node,
+                // so the control plane can tell a resent line from a new one.
+                next: unix_ms() * 1000,
+            }),
             changed: Notify::new(),
         });
         Ok(Node {
@@ -236,6 +241,7 @@ async fn sync_loop(shared: Arc<NodeShared>) {
             ingress: shared.ingress_addr.to_string(),
             mesh: shared.mesh_addr.to_string(),
             components,
+            logs_first_seq: shipped.first().map_or(0, |(seq, _)| *seq),
             logs: shipped.iter().map(|(_, line)| line.clone()).collect(),
         };
         let api = shared.api();
@@ -299,9 +305,7 @@ impl LogSink for NodeLogSink {
         let Some(node) = self.node.upgrade() else {
             return;
         };
-        let unix_ms = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as u64);
+        let unix_ms = unix_ms();
         let mut logs = node.logs.lock().expect("log buffer lock");
         logs.next += 1;
         let seq = logs.next;
@@ -323,4 +327,10 @@ impl LogSink for NodeLogSink {
             logs.lines.pop_front();
         }
     }
+}
+
+fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }

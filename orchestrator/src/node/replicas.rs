@@ -37,6 +37,8 @@ struct Held {
     state: LoadState,
     error: Option<String>,
     serving: Option<(Arc<LoadedComponent>, Arc<dyn LogSink>)>,
+    /// The package `serving` came from.
+    serving_package: Option<String>,
     failures: u32,
     /// Bumped on every (re)load, so a stale load result is ignored.
     attempt: u64,
@@ -79,6 +81,7 @@ impl LocalReplicas {
                             state: LoadState::Loading,
                             error: None,
                             serving: None,
+                            serving_package: None,
                             failures: 0,
                             attempt: 1,
                         },
@@ -140,6 +143,7 @@ impl LocalReplicas {
                 package: h.package.clone(),
                 state: h.state,
                 error: h.error.clone(),
+                serving: h.serving_package.clone(),
             })
             .collect();
         status.sort_by(|a, b| (&a.app, &a.component).cmp(&(&b.app, &b.component)));
@@ -164,6 +168,7 @@ async fn load(node: Arc<NodeShared>, key: Key, package: String, attempt: u64) {
                 h.error = None;
                 h.failures = 0;
                 h.serving = Some((Arc::new(loaded), node.log_sink(&app)));
+                h.serving_package = Some(package.clone());
                 None
             }
             Err(e) => {

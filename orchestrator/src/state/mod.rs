@@ -150,6 +150,38 @@ impl ClusterStore {
         package: &str,
         scale: BTreeMap<String, u32>,
     ) -> Result<Applied, StateError> {
+        self.update_app(name, |_| Ok((package.to_string(), scale)))
+    }
+
+    /// Sets the desired replicas of one component, reading and writing the
+    /// app in one transaction so a concurrent deploy is not undone.
+    ///
+    /// # Errors
+    ///
+    /// An unknown app or component, or store failures.
+    pub fn scale(&self, app: &str, component: &str, replicas: u32) -> Result<Applied, StateError> {
+        self.update_app(app, |current| {
+            let record = current.ok_or_else(|| StateError::UnknownApp(app.to_string()))?;
+            if !record.scale.contains_key(component) {
+                return Err(StateError::UnknownComponent {
+                    app: app.to_string(),
+                    component: component.to_string(),
+                });
+            }
+            let mut scale = record.scale.clone();
+            scale.insert(component.to_string(), replicas);
+            Ok((record.package.clone(), scale))
+        })
+    }
+
+    /// In one write transaction: reads app `name`, asks `change` for its
+    /// new package and scale, and stores them (bumping the generation)
+    /// unless they are what was stored.
+    fn update_app(
+        &self,
+        name: &str,
+        change: impl FnOnce(Option<&AppRecord>) -> Result<(String, BTreeMap<String, u32>), StateError>,
+    ) -> Result<Applied, StateError> {
         let tx = self.db.begin_write().map_err(store_err)?;
         let applied = {
             let mut apps = tx.open_table(APPS).map_err(store_err)?;
@@ -157,13 +189,14 @@ impl ClusterStore {
                 Some(bytes) => Some(decode::<AppRecord>(name, bytes.value())?),
                 None => None,
             };
+            let (package, scale) = change(current.as_ref())?;
             match current {
                 Some(app) if app.package == package && app.scale == scale => Applied::Unchanged,
                 current => {
                     let generation = current.map_or(1, |app| app.generation + 1);
                     let record = AppRecord {
                         name: name.to_string(),
-                        package: package.to_string(),
+                        package,
                         scale,
                         generation,
                     };
@@ -179,26 +212,6 @@ impl ClusterStore {
         };
         tx.commit().map_err(store_err)?;
         Ok(applied)
-    }
-
-    /// Sets the desired replicas of one component.
-    ///
-    /// # Errors
-    ///
-    /// An unknown app or component, or store failures.
-    pub fn scale(&self, app: &str, component: &str, replicas: u32) -> Result<Applied, StateError> {
-        let record = self
-            .app(app)?
-            .ok_or_else(|| StateError::UnknownApp(app.to_string()))?;
-        if !record.scale.contains_key(component) {
-            return Err(StateError::UnknownComponent {
-                app: app.to_string(),
-                component: component.to_string(),
-            });
-        }
-        let mut scale = record.scale;
-        scale.insert(component.to_string(), replicas);
-        self.apply_app(app, &record.package, scale)
     }
 
     /// The app `name`, if declared.
