@@ -2,7 +2,7 @@
 //! one a `Host: <app>.<domain>` names, else the one whose routes match the
 //! path best; the component is the app's route for the path. A replica on
 //! this node serves it; otherwise it is forwarded over the mesh to a node
-//! that has one, round-robin.
+//! that has one, chosen by the power of two choices on requests in flight.
 
 use super::NodeShared;
 use crate::api::{AppRouting, Endpoint};
@@ -157,8 +157,8 @@ async fn dispatch(
         );
         return response;
     }
-    let start = app.next.fetch_add(1, Ordering::Relaxed);
+    let seed = app.next.fetch_add(1, Ordering::Relaxed);
     node.forwarder
-        .forward(&app.name, component, &endpoints, start, request)
+        .forward(&app.name, component, &endpoints, seed, request)
         .await
 }

@@ -21,6 +21,7 @@ use skiff_runtime::server::{DRAIN_TIMEOUT, accept_until, serve_http1};
 use std::collections::HashMap;
 use std::future::Ready;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -42,10 +43,29 @@ pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 type ForwardBody = BoxBody<Bytes, hyper::Error>;
 type MeshClient = Client<HttpsConnector<HttpConnector<MeshResolver>>, ForwardBody>;
 
-/// Forwards requests to other nodes.
+/// Forwards requests to other nodes, choosing by the power of two
+/// choices: of two endpoints picked at random, the one with fewer requests
+/// in flight from this node.
 pub(crate) struct Forwarder {
     addresses: Arc<RwLock<HashMap<String, SocketAddr>>>,
     client: RwLock<MeshClient>,
+    in_flight: RwLock<HashMap<String, Arc<AtomicUsize>>>,
+}
+
+/// Counts a request in flight to one node until dropped.
+struct InFlight(Arc<AtomicUsize>);
+
+impl InFlight {
+    fn enter(counter: Arc<AtomicUsize>) -> InFlight {
+        counter.fetch_add(1, Ordering::Relaxed);
+        InFlight(counter)
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// Resolves node names (the DNS names in their certificates) to the mesh
@@ -84,7 +104,11 @@ impl Forwarder {
     pub(crate) fn new(identity: &NodeIdentity) -> anyhow::Result<Forwarder> {
         let addresses = Arc::new(RwLock::new(HashMap::new()));
         let client = RwLock::new(client(identity, &addresses)?);
-        Ok(Forwarder { addresses, client })
+        Ok(Forwarder {
+            addresses,
+            client,
+            in_flight: RwLock::new(HashMap::new()),
+        })
     }
 
     /// Switches to a renewed certificate.
@@ -103,16 +127,43 @@ impl Forwarder {
         }
     }
 
-    /// Sends `request` to one of `endpoints`, starting at `start`. A
-    /// request without a body moves on to the next endpoint when one
-    /// cannot be connected to; one with a body is sent once (it cannot be
-    /// replayed).
+    /// The requests in flight to `node` from here.
+    fn in_flight(&self, node: &str) -> Arc<AtomicUsize> {
+        if let Some(counter) = self.in_flight.read().expect("in-flight lock").get(node) {
+            return counter.clone();
+        }
+        self.in_flight
+            .write()
+            .expect("in-flight lock")
+            .entry(node.to_string())
+            .or_default()
+            .clone()
+    }
+
+    /// The index to try first among `endpoints`: the less busy of two
+    /// picked from `seed` (a counter, spread by a multiplicative hash).
+    fn first_choice(&self, endpoints: &[&Endpoint], seed: usize) -> usize {
+        let n = endpoints.len();
+        if n < 2 {
+            return 0;
+        }
+        let spread = (seed as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 32;
+        let a = (spread % n as u64) as usize;
+        let b = (a + 1 + ((spread >> 16) % (n as u64 - 1)) as usize) % n;
+        let load = |i: usize| self.in_flight(&endpoints[i].node).load(Ordering::Relaxed);
+        if load(b) < load(a) { b } else { a }
+    }
+
+    /// Sends `request` to one of `endpoints`, the first chosen by the power
+    /// of two choices from `seed`. A request without a body moves on to
+    /// the next endpoint when one cannot be connected to or no longer runs
+    /// the component; one with a body is sent once (it cannot be replayed).
     pub(crate) async fn forward(
         &self,
         app: &str,
         component: &str,
         endpoints: &[&Endpoint],
-        start: usize,
+        seed: usize,
         request: hyper::Request<Incoming>,
     ) -> hyper::Response<ResponseBody> {
         let client = self.client.read().expect("mesh client lock").clone();
@@ -120,6 +171,7 @@ impl Forwarder {
         let (parts, body) = request.into_parts();
         let mut body = Some(body.boxed());
         let mut last_error = String::new();
+        let start = self.first_choice(endpoints, seed);
         for i in 0..endpoints.len() {
             let endpoint = endpoints[(start + i) % endpoints.len()];
             let body = match body.take() {
@@ -144,6 +196,7 @@ impl Forwarder {
             let headers = forwarded.headers_mut();
             headers.insert(APP_HEADER, header_value(app));
             headers.insert(COMPONENT_HEADER, header_value(component));
+            let _counted = InFlight::enter(self.in_flight(&endpoint.node));
             match client.request(forwarded).await {
                 Ok(response) if replayable && response.headers().contains_key(NOT_HERE_HEADER) => {
                     last_error = format!("node {} no longer runs it", endpoint.node);
@@ -274,5 +327,46 @@ async fn serve_forwarded(
                 .insert(NOT_HERE_HEADER, http::HeaderValue::from_static("1"));
             response
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::mesh::ClusterCa;
+
+    fn forwarder() -> Forwarder {
+        let ca = ClusterCa::create("skiff").unwrap();
+        let (key, csr) = NodeIdentity::request().unwrap();
+        let cert = ca.sign_node("node-a", &csr).unwrap();
+        Forwarder::new(&NodeIdentity::new(key, cert, ca.cert_pem().to_string())).unwrap()
+    }
+
+    fn endpoint(node: &str) -> Endpoint {
+        Endpoint {
+            node: node.to_string(),
+            mesh: "127.0.0.1:1".to_string(),
+        }
+    }
+
+    #[test]
+    fn the_busiest_endpoint_is_never_tried_first_and_the_rest_share_the_load() {
+        let forwarder = forwarder();
+        let nodes = [endpoint("x"), endpoint("y"), endpoint("z")];
+        let endpoints: Vec<&Endpoint> = nodes.iter().collect();
+        forwarder.in_flight("y").store(5, Ordering::Relaxed);
+        let mut picked = [0usize; 3];
+        for seed in 0..1000 {
+            picked[forwarder.first_choice(&endpoints, seed)] += 1;
+        }
+        assert_eq!(picked[1], 0, "{picked:?}");
+        assert!(picked[0] > 300 && picked[2] > 300, "{picked:?}");
+
+        // An in-flight count ends with its request.
+        let counted = InFlight::enter(forwarder.in_flight("x"));
+        assert_eq!(forwarder.in_flight("x").load(Ordering::Relaxed), 1);
+        drop(counted);
+        assert_eq!(forwarder.in_flight("x").load(Ordering::Relaxed), 0);
+        assert_eq!(forwarder.first_choice(&endpoints[..1], 7), 0);
     }
 }
