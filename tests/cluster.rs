@@ -428,6 +428,48 @@ fn a_frozen_node_is_replaced_and_drops_what_moved_when_it_returns() {
     assert_eq!(cluster.replicas("web").len(), 2);
     let (status, body) = get(&frozen.process.at("/"));
     assert_eq!((status, body.as_str()), (200, "Hello from Skiff!\n"));
+
+    // A new version: `deploy --wait` returns once every replica runs it.
+    let old_package = cluster.json(&["apps"])[0]["package"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    write_manifest(
+        app_dir.path(),
+        &format!(
+            "[app]\nname = \"web\"\n\
+             [component.web]\nsource = {}\nroute = \"/...\"\nenv = {{ GREETING = \"Hi\" }}\n\
+             [component.web.scale]\nreplicas = 2\n\
+             [component.web.placement]\nmemory = \"64MiB\"\n",
+            toml_path(HELLO)
+        ),
+    );
+    let updated = cluster.cli(&["deploy", &app, "--wait"]);
+    assert!(updated.contains("updated"), "{updated}");
+    for node in &cluster.nodes {
+        let (status, body) = get(&node.process.at("/"));
+        assert_eq!(
+            (status, body.as_str()),
+            (200, "Hi from Skiff!\n"),
+            "via {}",
+            node.name
+        );
+    }
+
+    // The node holding the replicas drops the old package from its store.
+    let new_package = cluster.json(&["apps"])[0]["package"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let store = cluster.home().join("node-node-1/packages");
+    let old_blob = store
+        .join("blobs/sha256")
+        .join(old_package.trim_start_matches("sha256:"));
+    wait_until(Duration::from_secs(10), "the old package collected", || {
+        let index = std::fs::read_to_string(store.join("index.json")).ok()?;
+        (index.contains(&new_package) && !index.contains(&old_package) && !old_blob.exists())
+            .then_some(())
+    });
 }
 
 #[test]

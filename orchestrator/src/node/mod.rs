@@ -76,6 +76,8 @@ pub(crate) struct NodeShared {
     engine: SkiffEngine,
     cache: CompileCache,
     packages: Store,
+    /// Held while pulling into or collecting from `packages`.
+    store_lock: tokio::sync::Mutex<()>,
     identity: RwLock<identity::Current>,
     routing: RwLock<Arc<ingress::Routing>>,
     forwarder: mesh::Forwarder,
@@ -132,6 +134,7 @@ impl Node {
             engine,
             cache,
             packages,
+            store_lock: tokio::sync::Mutex::new(()),
             identity: RwLock::new(current),
             routing: RwLock::new(Arc::new(ingress::Routing::default())),
             forwarder,
@@ -211,6 +214,8 @@ impl NodeShared {
         *self.routing.write().expect("routing lock") =
             Arc::new(ingress::Routing::new(&desired.apps));
         self.replicas.apply(self, desired.assignments);
+        let node = self.clone();
+        tokio::spawn(async move { replicas::collect_unused_packages(&node).await });
     }
 
     /// A log sink that tags lines with `app` and buffers them for the

@@ -132,6 +132,14 @@ impl LocalReplicas {
         }
     }
 
+    /// Packages a held component is assigned or serving.
+    fn packages_in_use(&self) -> std::collections::HashSet<String> {
+        let held = self.held.lock().expect("replica lock");
+        held.values()
+            .flat_map(|h| std::iter::once(h.package.clone()).chain(h.serving_package.clone()))
+            .collect()
+    }
+
     /// What to report to the control plane.
     pub(crate) fn status(&self) -> Vec<ComponentStatus> {
         let held = self.held.lock().expect("replica lock");
@@ -193,6 +201,10 @@ async fn load(node: Arc<NodeShared>, key: Key, package: String, attempt: u64) {
     };
     node.replicas.settled.notify_waiters();
     node.changed.notify_one();
+    if retry_in.is_none() {
+        // An earlier version may have stopped serving.
+        collect_unused_packages(&node).await;
+    }
     if let Some(backoff) = retry_in {
         tokio::time::sleep(backoff).await;
         let next = {
@@ -234,15 +246,55 @@ async fn pull_and_load(
     .map_err(|e| format!("the load task failed: {e}"))?
 }
 
+/// The tag a pulled package carries in the node's store while a replica
+/// may use it; untagged packages are collected.
+fn assigned_tag(digest: &Digest) -> String {
+    format!("{ASSIGNED_TAG}{}", digest.hex())
+}
+
+const ASSIGNED_TAG: &str = "assigned:";
+
 /// Fetches every blob of package `digest` this node lacks, verifying each
-/// against its digest before it is stored.
+/// against its digest before it is stored, then tags it as in use. Holds
+/// the store lock so a collection cannot remove blobs half way.
 async fn pull(node: &Arc<NodeShared>, digest: &Digest) -> Result<(), String> {
+    let _store = node.store_lock.lock().await;
     fetch(node, digest).await?;
     let image = node.packages.manifest(digest).map_err(|e| e.to_string())?;
     for blob in std::iter::once(&image.config).chain(&image.layers) {
         fetch(node, &blob.digest).await?;
     }
-    Ok(())
+    let bytes = node.packages.read(digest).map_err(|e| e.to_string())?;
+    let descriptor = skiff_runtime::package::oci::Descriptor::of(
+        skiff_runtime::package::oci::MANIFEST_MEDIA_TYPE,
+        &bytes,
+    );
+    node.packages
+        .tag(&assigned_tag(digest), &descriptor)
+        .map_err(|e| e.to_string())
+}
+
+/// Removes from the node's store every package no held or serving
+/// component uses, with the blobs and unpacked files only it needed.
+pub(crate) async fn collect_unused_packages(node: &Arc<NodeShared>) {
+    let _store = node.store_lock.lock().await;
+    let in_use = node.replicas.packages_in_use();
+    let Ok(tagged) = node.packages.list() else {
+        return;
+    };
+    for (reference, descriptor) in tagged {
+        if !reference.starts_with(ASSIGNED_TAG) || in_use.contains(descriptor.digest.as_str()) {
+            continue;
+        }
+        match node.packages.remove(&reference) {
+            Ok(_) => {
+                tracing::info!(package = %descriptor.digest, "removed a package no replica uses")
+            }
+            Err(e) => {
+                tracing::warn!(package = %descriptor.digest, "cannot remove an unused package: {e}")
+            }
+        }
+    }
 }
 
 async fn fetch(node: &Arc<NodeShared>, digest: &Digest) -> Result<(), String> {
