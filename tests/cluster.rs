@@ -177,11 +177,7 @@ impl Cluster {
     }
 
     fn admin_client(&self, token: Option<&str>) -> ApiClient {
-        let config: Value =
-            serde_json::from_slice(&std::fs::read(self.home().join("cluster.json")).unwrap())
-                .unwrap();
-        let tls =
-            skiff_orchestrator::tls::client_trusting(config["ca_pem"].as_str().unwrap()).unwrap();
+        let tls = skiff_orchestrator::tls::client_trusting(&self.ca_pem()).unwrap();
         ApiClient::new(&self.api, tls, token.map(str::to_string))
     }
 

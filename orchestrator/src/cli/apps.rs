@@ -60,15 +60,15 @@ pub fn deploy(args: DeployArgs) -> anyhow::Result<()> {
             wait_until_running(&client, &declared.app, Duration::from_secs(60)).await?;
         }
         if args.cluster.json() {
-            println!("{}", serde_json::to_string_pretty(&declared)?);
+            out!("{}", serde_json::to_string_pretty(&declared)?)?;
         } else {
-            println!(
+            out!(
                 "app \"{}\" {} (package {}, generation {})",
                 declared.app,
                 declared.outcome,
                 prepared.descriptor.digest.short(),
                 declared.generation
-            );
+            )?;
         }
         Ok(())
     })
@@ -153,7 +153,7 @@ pub fn apps(args: ListArgs) -> anyhow::Result<()> {
     table(
         &["APP", "VERSION", "COMPONENT", "ROUTE", "RUNNING", "PACKAGE"],
         rows,
-    );
+    )?;
     Ok(())
 }
 
@@ -193,7 +193,7 @@ pub fn ps(args: PsArgs) -> anyhow::Result<()> {
     table(
         &["REPLICA", "COMPONENT", "NODE", "STATE", "AGE", "REASON"],
         rows,
-    );
+    )?;
     Ok(())
 }
 
@@ -233,7 +233,7 @@ pub fn nodes(args: ListArgs) -> anyhow::Result<()> {
     table(
         &["NODE", "STATE", "REPLICAS", "MEMORY", "INGRESS", "LABELS"],
         rows,
-    );
+    )?;
     Ok(())
 }
 
@@ -284,7 +284,7 @@ pub fn scale(args: ScaleArgs) -> anyhow::Result<()> {
         if args.cluster.json() {
             return print_json(&answer);
         }
-        println!("{app}/{component} scaled to {}", args.replicas);
+        out!("{app}/{component} scaled to {}", args.replicas)?;
         Ok(())
     })
 }
@@ -315,7 +315,7 @@ pub fn delete(args: NameArgs) -> anyhow::Result<()> {
     if args.cluster.json() {
         return print_json(&answer);
     }
-    println!("app \"{}\" deleted", args.name);
+    out!("app \"{}\" deleted", args.name)?;
     Ok(())
 }
 
@@ -334,7 +334,7 @@ pub fn node_action(args: NameArgs, action: &str) -> anyhow::Result<()> {
         "drain" => "draining: its replicas are moving to other nodes",
         _ => "uncordoned: it takes new replicas again",
     };
-    println!("node \"{}\" {done}", args.name);
+    out!("node \"{}\" {done}", args.name)?;
     Ok(())
 }
 
@@ -373,12 +373,12 @@ pub fn logs(args: LogsArgs) -> anyhow::Result<()> {
             let logs: LogsResponse = client.get(&path).await?;
             for entry in &logs.lines {
                 if args.cluster.json() {
-                    println!("{}", serde_json::to_string(entry)?);
+                    out!("{}", serde_json::to_string(entry)?)?;
                 } else {
-                    println!(
+                    out!(
                         "{} {}/{} | {}",
                         entry.node, entry.line.app, entry.line.component, entry.line.line
-                    );
+                    )?;
                 }
             }
             after = logs.next;
@@ -403,12 +403,12 @@ fn checked<'a>(kind: &str, name: &'a str) -> anyhow::Result<&'a str> {
 }
 
 fn print_json<T: Serialize>(value: &T) -> anyhow::Result<()> {
-    println!("{}", serde_json::to_string_pretty(value)?);
+    out!("{}", serde_json::to_string_pretty(value)?)?;
     Ok(())
 }
 
 /// Prints rows under headers, columns padded to their widest cell.
-fn table(headers: &[&str], rows: Vec<Vec<String>>) {
+fn table(headers: &[&str], rows: Vec<Vec<String>>) -> std::io::Result<()> {
     let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
     for row in &rows {
         for (width, cell) in widths.iter_mut().zip(row) {
@@ -421,12 +421,13 @@ fn table(headers: &[&str], rows: Vec<Vec<String>>) {
             .zip(&widths)
             .map(|(cell, width)| format!("{cell:<width$}"))
             .collect();
-        println!("{}", padded.join("  ").trim_end());
+        out!("{}", padded.join("  ").trim_end())
     };
-    line(headers.to_vec());
+    line(headers.to_vec())?;
     for row in &rows {
-        line(row.iter().map(String::as_str).collect());
+        line(row.iter().map(String::as_str).collect())?;
     }
+    Ok(())
 }
 
 /// `42s`, `5m`, `3h`, `2d`.

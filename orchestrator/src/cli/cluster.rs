@@ -57,18 +57,25 @@ pub fn server(args: ServerArgs) -> anyhow::Result<()> {
     runtime()?.block_on(async {
         let control = ControlPlane::start(config).await?;
         let url = control.url();
-        save_cluster_config(&control)?;
+        let previous = save_cluster_config(&control)?;
         let mut out = std::io::stdout().lock();
         writeln!(out, "Control plane serving {url}")?;
         writeln!(
             out,
-            "CLI settings written to {}",
+            "The CLI now talks to it (settings in {})",
             cluster_config::path().display()
         )?;
+        if let Some(previous) = previous {
+            writeln!(out, "  before, it talked to {previous}; `--server {previous}` still does")?;
+        }
         if control.first_start {
             let token = control.new_join_token()?;
             writeln!(out, "Join a node with:")?;
-            writeln!(out, "  skiff node --server {url} --token {}", token.token)?;
+            writeln!(
+                out,
+                "  skiff node --server {url} --token {} --name <name> --listen <its ip>:3000",
+                token.token
+            )?;
         } else {
             writeln!(
                 out,
@@ -81,7 +88,8 @@ pub fn server(args: ServerArgs) -> anyhow::Result<()> {
     })
 }
 
-fn save_cluster_config(control: &ControlPlane) -> anyhow::Result<()> {
+/// Makes `control` the CLI's current cluster; returns the one that was.
+fn save_cluster_config(control: &ControlPlane) -> anyhow::Result<Option<String>> {
     ClusterConfig {
         server: control.url(),
         token: control.admin_token().to_string(),
@@ -158,13 +166,13 @@ pub fn node(args: NodeArgs) -> anyhow::Result<()> {
     }
     runtime()?.block_on(async {
         let node = Node::start(config.clone()).await?;
-        println!(
+        out!(
             "Node {} serving ingress on http://{} (mesh {}), control plane {}",
             config.name,
             node.ingress_addr(),
             node.mesh_addr(),
             config.server
-        );
+        )?;
         node.run(shutdown_signal()).await;
         Ok(())
     })
@@ -195,11 +203,15 @@ pub fn up(args: UpArgs) -> anyhow::Result<()> {
         Some(path) => Some(deploy::prepare(path, args.build)?),
         None => None,
     };
+    // Find out now, not after starting a control plane and joining a node.
+    std::net::TcpListener::bind(args.listen).map_err(|e| {
+        anyhow::anyhow!("cannot serve ingress on {}: {e}; pick another address with --listen", args.listen)
+    })?;
     let dir = home::skiff_home().join("up");
     runtime()?.block_on(async {
         let control =
             ControlPlane::start(ControlPlaneConfig::new(dir.join("server"), args.api)).await?;
-        save_cluster_config(&control)?;
+        let previous = save_cluster_config(&control)?;
         let node_dir = dir.join("node");
         // A node identity from an earlier cluster (its server data was
         // removed) cannot talk to this one: join afresh.
@@ -238,15 +250,18 @@ pub fn up(args: UpArgs) -> anyhow::Result<()> {
             let declared = deploy::upload_and_declare(&client, prepared).await?;
             super::apps::wait_until_running(&client, &declared.app, Duration::from_secs(60))
                 .await?;
-            println!(
+            out!(
                 "App \"{}\" ({}) running in {:.0?}",
                 declared.app,
                 prepared.descriptor.digest.short(),
                 started.elapsed()
-            );
+            )?;
         }
-        println!("Serving http://{ingress} (control plane {url}; Ctrl-C to stop)");
-        println!("Try: skiff ps, skiff apps, skiff logs <app>");
+        out!("Serving http://{ingress} (control plane {url}; Ctrl-C to stop)")?;
+        if let Some(previous) = &previous {
+            out!("The CLI talks to this cluster until it stops, then to {previous} again")?;
+        }
+        out!("Try: skiff ps, skiff apps, skiff logs <app>")?;
         let mut control_task = control_task;
         let stopped_early = tokio::select! {
             () = shutdown_signal() => None,
@@ -254,6 +269,9 @@ pub fn up(args: UpArgs) -> anyhow::Result<()> {
         };
         let _ = stop.send(true);
         let _ = node_task.await;
+        if let Some(previous) = &previous {
+            cluster_config::hand_back(&cluster_config::path(), &url, previous)?;
+        }
         match stopped_early {
             Some(result) => result?,
             None => control_task.await?,
@@ -275,9 +293,9 @@ pub fn join_token(args: JoinTokenArgs) -> anyhow::Result<()> {
     let token: crate::api::JoinTokenResponse =
         runtime()?.block_on(client.post("/v1/join-tokens", &serde_json::json!({})))?;
     if args.cluster.json() {
-        println!("{}", serde_json::to_string_pretty(&token)?);
+        out!("{}", serde_json::to_string_pretty(&token)?)?;
     } else {
-        println!("{}", token.token);
+        out!("{}", token.token)?;
         eprintln!(
             "valid once, for 24 h: skiff node --server {} --token {}",
             config.server, token.token

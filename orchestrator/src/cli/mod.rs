@@ -1,6 +1,15 @@
 //! The `skiff` command line: argument parsing and dispatch to one module per
 //! subcommand.
 
+/// `println!` that returns the write error instead of panicking, so a
+/// closed pipe (`skiff ps | head -1`) ends the command quietly.
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        writeln!(std::io::stdout(), $($arg)*)
+    }};
+}
+
 mod apps;
 mod cluster;
 mod package;
@@ -103,6 +112,13 @@ pub fn main() -> ExitCode {
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
+        // The reader went away (`skiff ps | head`): nothing left to say.
+        Err(e)
+            if e.downcast_ref::<std::io::Error>()
+                .is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe) =>
+        {
+            ExitCode::SUCCESS
+        }
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE

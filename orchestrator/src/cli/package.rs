@@ -49,12 +49,12 @@ pub fn pack(args: PackArgs) -> anyhow::Result<()> {
         )
     });
     store.tag(&tag, &packed.descriptor)?;
-    println!(
+    out!(
         "packed {} ({} bytes) as {}",
         packed.descriptor.digest,
         package::size(&packed.descriptor, &packed.manifest),
         package::store::normalize_reference(&tag)
-    );
+    )?;
     Ok(())
 }
 
@@ -68,16 +68,16 @@ pub fn images() -> anyhow::Result<()> {
         .max()
         .unwrap_or(0)
         .max(9);
-    println!("{:<width$}  {:<12}  {:>10}", "REFERENCE", "DIGEST", "SIZE");
+    out!("{:<width$}  {:<12}  {:>10}", "REFERENCE", "DIGEST", "SIZE")?;
     for (reference, descriptor) in entries {
         let size = match store.manifest(&descriptor.digest) {
             Ok(image) => package::size(&descriptor, &image).to_string(),
             Err(_) => "damaged".to_string(),
         };
-        println!(
+        out!(
             "{reference:<width$}  {:<12}  {size:>10}",
             descriptor.digest.short()
-        );
+        )?;
     }
     Ok(())
 }
@@ -93,7 +93,7 @@ pub struct RmiArgs {
 pub fn rmi(args: RmiArgs) -> anyhow::Result<()> {
     let store = Store::open(&home::store_dir())?;
     let removed = store.remove(&args.reference)?;
-    println!("removed {} ({})", args.reference, removed.digest);
+    out!("removed {} ({})", args.reference, removed.digest)?;
     Ok(())
 }
 
@@ -111,10 +111,10 @@ pub fn tag(args: TagArgs) -> anyhow::Result<()> {
     let store = Store::open(&home::store_dir())?;
     let descriptor = store.resolve(&args.source)?;
     store.tag(&args.target, &descriptor)?;
-    println!(
+    out!(
         "tagged {} as {}",
         descriptor.digest,
         package::store::normalize_reference(&args.target)
-    );
+    )?;
     Ok(())
 }

@@ -51,7 +51,7 @@ pub fn push(args: PushArgs) -> anyhow::Result<()> {
     })?;
     let registry = Registry::for_reference(&args.reference)?;
     let digest = runtime()?.block_on(registry.push(&store, &descriptor))?;
-    println!("pushed {} as {digest}", args.reference);
+    out!("pushed {} as {digest}", args.reference)?;
     Ok(())
 }
 
@@ -60,7 +60,7 @@ pub fn pull(args: PullArgs) -> anyhow::Result<()> {
     let store = Store::open(&home::store_dir())?;
     let registry = Registry::for_reference(&args.reference)?;
     let descriptor = runtime()?.block_on(registry.pull(&store))?;
-    println!("pulled {} as {}", args.reference, descriptor.digest);
+    out!("pulled {} as {}", args.reference, descriptor.digest)?;
     Ok(())
 }
 
@@ -86,6 +86,6 @@ pub fn login(args: LoginArgs) -> anyhow::Result<()> {
     let registry = Registry::with_credentials(&probe, Some(&credentials))?;
     runtime()?.block_on(registry.check_credentials())?;
     credentials::save(&args.registry, credentials)?;
-    println!("login to {} saved", args.registry);
+    out!("login to {} saved", args.registry)?;
     Ok(())
 }
