@@ -306,6 +306,11 @@ fn replicas_spread_heal_and_outlive_the_control_plane() {
             .any(|n| n["name"] == "node-3" && n["state"] == "down"),
         "{down}"
     );
+    // A dead node can be forgotten; a live one cannot.
+    let refused = cluster.cli_fails(&["forget", "node-1"]);
+    assert!(refused.contains("not down"), "{refused}");
+    cluster.cli(&["forget", "node-3"]);
+    assert_eq!(cluster.json(&["nodes"]).as_array().unwrap().len(), 2);
 
     // With one replica left, one node must forward to the other.
     cluster.cli(&["scale", "web", "1"]);
@@ -521,7 +526,18 @@ fn pending_and_failing_replicas_say_why_and_bad_deploys_change_nothing() {
             toml_path(HELLO)
         ),
     );
-    cluster.cli(&["deploy", picky_dir.path().to_str().unwrap()]);
+    let deployed = skiff(cluster.home())
+        .args(["deploy", picky_dir.path().to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(deployed.status.success());
+    let warnings = String::from_utf8_lossy(&deployed.stderr);
+    assert!(
+        warnings.contains(
+            "picky/api/0 cannot be placed: 0/2 nodes fit: 2 labels do not match (it needs zone=mars)"
+        ),
+        "{warnings}"
+    );
     let table = wait_until(Duration::from_secs(10), "pending reasons", || {
         let table = cluster.cli(&["ps", "picky"]);
         (table.contains("0/2 nodes fit: 2 labels do not match")
@@ -850,6 +866,8 @@ fn skiff_up_serves_an_app_and_collects_its_logs() {
     let _ = follow.wait();
     assert!(followed, "logs -f showed the new line");
 
+    let unknown = support::expect_failure(home.path(), &["logs", "probe/nosuch"]);
+    assert!(unknown.contains("has no component \"nosuch\""), "{unknown}");
     let missing = support::expect_failure(home.path(), &["logs", "nope"]);
     assert!(missing.contains("no app \"nope\""), "{missing}");
     assert!(

@@ -180,6 +180,10 @@ pub struct DeployResponse {
     pub outcome: String,
     /// The app's generation after the deploy.
     pub generation: u64,
+    /// What the user should know: replicas that cannot be placed (and
+    /// why), routes another app serves too.
+    #[serde(default)]
+    pub warnings: Vec<String>,
 }
 
 /// `POST /v1/apps/NAME/scale`.

@@ -46,6 +46,9 @@ pub struct DeployArgs {
     /// Wait until every replica runs this version.
     #[arg(long)]
     wait: bool,
+    /// How long --wait waits, e.g. `2m`.
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    timeout: Duration,
     #[command(flatten)]
     cluster: ClusterArgs,
 }
@@ -56,8 +59,11 @@ pub fn deploy(args: DeployArgs) -> anyhow::Result<()> {
     let client = args.cluster.client()?;
     runtime()?.block_on(async {
         let declared = deploy::upload_and_declare(&client, &prepared).await?;
+        if !args.cluster.json() {
+            warn_all(&declared.warnings);
+        }
         if args.wait {
-            wait_until_running(&client, &declared.app, Duration::from_secs(60)).await?;
+            wait_until_running(&client, &declared.app, args.timeout).await?;
         }
         if args.cluster.json() {
             out!("{}", serde_json::to_string_pretty(&declared)?)?;
@@ -72,6 +78,13 @@ pub fn deploy(args: DeployArgs) -> anyhow::Result<()> {
         }
         Ok(())
     })
+}
+
+/// Prints each warning on stderr.
+pub fn warn_all(warnings: &[String]) {
+    for warning in warnings {
+        eprintln!("warning: {warning}");
+    }
 }
 
 /// Waits until every replica of `app` runs its current package.
@@ -300,22 +313,42 @@ pub struct NameArgs {
 
 /// Deletes an app and its replicas.
 pub fn delete(args: NameArgs) -> anyhow::Result<()> {
-    let client = args.cluster.client()?;
+    let name = checked("app", &args.name)?.to_string();
+    delete_and_report(
+        &args.cluster,
+        &format!("/v1/apps/{name}"),
+        &format!("app \"{name}\" deleted"),
+    )
+}
+
+/// Removes a down node from the cluster.
+pub fn forget(args: NameArgs) -> anyhow::Result<()> {
+    let name = checked("node", &args.name)?.to_string();
+    delete_and_report(
+        &args.cluster,
+        &format!("/v1/nodes/{name}"),
+        &format!("node \"{name}\" forgotten; its replicas are placed elsewhere"),
+    )
+}
+
+/// `DELETE path`; prints the answer with `-o json`, else `done`.
+fn delete_and_report(cluster: &ClusterArgs, path: &str, done: &str) -> anyhow::Result<()> {
+    let client = cluster.client()?;
     let answer: serde_json::Value = runtime()?.block_on(async {
         let bytes = client
             .send(
                 Method::DELETE,
-                &format!("/v1/apps/{}", checked("app", &args.name)?),
+                path,
                 None,
                 crate::api_client::DEFAULT_TIMEOUT,
             )
             .await?;
         Ok::<_, anyhow::Error>(serde_json::from_slice(&bytes)?)
     })?;
-    if args.cluster.json() {
+    if cluster.json() {
         return print_json(&answer);
     }
-    out!("app \"{}\" deleted", args.name)?;
+    out!("{done}")?;
     Ok(())
 }
 
@@ -323,7 +356,7 @@ pub fn delete(args: NameArgs) -> anyhow::Result<()> {
 pub fn node_action(args: NameArgs, action: &str) -> anyhow::Result<()> {
     let client = args.cluster.client()?;
     let answer: serde_json::Value = runtime()?.block_on(client.post(
-        &format!("/v1/nodes/{}/{action}", args.name),
+        &format!("/v1/nodes/{}/{action}", checked("node", &args.name)?),
         &serde_json::json!({}),
     ))?;
     if args.cluster.json() {
@@ -331,7 +364,7 @@ pub fn node_action(args: NameArgs, action: &str) -> anyhow::Result<()> {
     }
     let done = match action {
         "cordon" => "cordoned: it keeps its replicas and takes no new ones",
-        "drain" => "draining: its replicas are moving to other nodes",
+        "drain" => "draining: each replica moves once another node can take it (see `skiff ps`)",
         _ => "uncordoned: it takes new replicas again",
     };
     out!("node \"{}\" {done}", args.name)?;
@@ -377,7 +410,10 @@ pub fn logs(args: LogsArgs) -> anyhow::Result<()> {
                 } else {
                     out!(
                         "{} {}/{} | {}",
-                        entry.node, entry.line.app, entry.line.component, entry.line.line
+                        entry.node,
+                        entry.line.app,
+                        entry.line.component,
+                        entry.line.line
                     )?;
                 }
             }

@@ -66,7 +66,10 @@ pub fn server(args: ServerArgs) -> anyhow::Result<()> {
             cluster_config::path().display()
         )?;
         if let Some(previous) = previous {
-            writeln!(out, "  before, it talked to {previous}; `--server {previous}` still does")?;
+            writeln!(
+                out,
+                "  before, it talked to {previous}; `--server {previous}` still does"
+            )?;
         }
         if control.first_start {
             let token = control.new_join_token()?;
@@ -132,6 +135,9 @@ pub struct NodeArgs {
 /// Runs a node until Ctrl-C or SIGTERM.
 pub fn node(args: NodeArgs) -> anyhow::Result<()> {
     let name = args.name.unwrap_or_else(host_name);
+    if !crate::mesh::ca::valid_node_name(&name) {
+        return Err(crate::mesh::CaError::BadName(name).into());
+    }
     let mut labels = BTreeMap::new();
     for label in &args.labels {
         let (key, value) = label
@@ -205,7 +211,10 @@ pub fn up(args: UpArgs) -> anyhow::Result<()> {
     };
     // Find out now, not after starting a control plane and joining a node.
     std::net::TcpListener::bind(args.listen).map_err(|e| {
-        anyhow::anyhow!("cannot serve ingress on {}: {e}; pick another address with --listen", args.listen)
+        anyhow::anyhow!(
+            "cannot serve ingress on {}: {e}; pick another address with --listen",
+            args.listen
+        )
     })?;
     let dir = home::skiff_home().join("up");
     runtime()?.block_on(async {
@@ -248,6 +257,7 @@ pub fn up(args: UpArgs) -> anyhow::Result<()> {
         let client = ClusterConfig::load(None)?.client()?;
         if let Some(prepared) = &prepared {
             let declared = deploy::upload_and_declare(&client, prepared).await?;
+            super::apps::warn_all(&declared.warnings);
             super::apps::wait_until_running(&client, &declared.app, Duration::from_secs(60))
                 .await?;
             out!(
@@ -316,12 +326,28 @@ fn host_name() -> String {
         .unwrap_or_else(|| "node".to_string())
 }
 
-/// `4GiB` or `memory=4GiB`.
+/// `4GiB` or `memory=4GiB`: at least 16 MiB, with a unit.
 fn parse_capacity(text: &str) -> anyhow::Result<u64> {
-    let size = text.strip_prefix("memory=").unwrap_or(text);
-    size.parse::<bytesize::ByteSize>()
+    let size = match text.split_once('=') {
+        Some(("memory", size)) => size,
+        Some((other, _)) => anyhow::bail!(
+            "invalid --capacity {text:?}: only memory is placed by, e.g. memory=4GiB (not {other:?})"
+        ),
+        None => text,
+    };
+    let bytes = size
+        .trim()
+        .parse::<bytesize::ByteSize>()
         .map(|s| s.as_u64())
-        .map_err(|e| anyhow::anyhow!("invalid --capacity {text:?}: {e}; write e.g. 4GiB"))
+        .ok()
+        .filter(|_| size.trim().ends_with(|c: char| c.is_ascii_alphabetic()))
+        .ok_or_else(|| {
+            anyhow::anyhow!("invalid --capacity {text:?}: write a size with a unit, e.g. 4GiB")
+        })?;
+    if bytes < 16 << 20 {
+        anyhow::bail!("--capacity {text:?} is too small for any replica: offer at least 16MiB");
+    }
+    Ok(bytes)
 }
 
 /// Total memory of this machine, from /proc/meminfo; 4 GiB if unknown.

@@ -74,8 +74,11 @@ enum Command {
     Cordon(apps::NameArgs),
     /// Let a cordoned or drained node take replicas again.
     Uncordon(apps::NameArgs),
-    /// Move every replica off a node and cordon it.
+    /// Move every replica off a node (each once another node can take it)
+    /// and cordon it.
     Drain(apps::NameArgs),
+    /// Remove a node that is down from the cluster.
+    Forget(apps::NameArgs),
     /// Print (and with -f follow) the guest output of an app's replicas.
     Logs(apps::LogsArgs),
 }
@@ -108,6 +111,7 @@ pub fn main() -> ExitCode {
         Command::Cordon(args) => apps::node_action(args, "cordon"),
         Command::Uncordon(args) => apps::node_action(args, "uncordon"),
         Command::Drain(args) => apps::node_action(args, "drain"),
+        Command::Forget(args) => apps::forget(args),
         Command::Logs(args) => apps::logs(args),
     };
     match result {

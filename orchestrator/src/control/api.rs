@@ -250,16 +250,20 @@ async fn admin(
                 .and_then(|v| v.parse().ok())
                 .map(|ms: u64| Duration::from_millis(ms.min(30_000)));
             let component = params.get("component").map(String::as_str);
-            if !shared
-                .live
-                .lock()
-                .expect("live state lock")
-                .apps
-                .contains_key(*app)
             {
-                return Err(Refusal::not_found(format!(
-                    "no app {app:?}; see `skiff apps`"
-                )));
+                let live = shared.live.lock().expect("live state lock");
+                if !live.apps.contains_key(*app) {
+                    return Err(Refusal::not_found(format!(
+                        "no app {app:?}; see `skiff apps`"
+                    )));
+                }
+                if let (Some(component), Some(spec)) = (component, live.spec(app))
+                    && !spec.components.contains_key(component)
+                {
+                    return Err(Refusal::not_found(format!(
+                        "app {app:?} has no component {component:?}"
+                    )));
+                }
             }
             let logs = shared.logs.read(app, component, after, wait).await;
             json(StatusCode::OK, &logs)
@@ -285,6 +289,7 @@ async fn admin(
         }
         (&Method::GET, ["v1", "nodes"]) => json(StatusCode::OK, &node_views(shared)),
         (&Method::POST, ["v1", "nodes", name, action]) => node_action(shared, name, action),
+        (&Method::DELETE, ["v1", "nodes", name]) => forget_node(shared, name),
         (&Method::POST, ["v1", "join-tokens"]) => {
             let token = shared.new_join_token().map_err(Refusal::internal)?;
             json(StatusCode::CREATED, &token)
@@ -332,16 +337,58 @@ fn deploy(shared: &Shared, request: DeployRequest) -> Handled {
         outcome,
         "deploy"
     );
-    let response = DeployResponse {
+    let mut response = DeployResponse {
         app: spec.name.clone(),
         outcome: outcome.to_string(),
         generation,
+        warnings: route_overlaps(shared, &spec),
     };
     if applied != Applied::Unchanged {
         super::reconcile::pass(shared);
         shared.bump();
     }
+    // The controller has just tried to place the replicas: say at once
+    // which ones cannot be, and why.
+    let live = shared.live.lock().expect("live state lock");
+    response.warnings.extend(
+        live.replicas
+            .values()
+            .filter(|r| r.app == spec.name)
+            .filter_map(|r| {
+                Some(format!(
+                    "{} cannot be placed: {}",
+                    r.id,
+                    live.pending.get(&r.id)?
+                ))
+            }),
+    );
+    drop(live);
     json(StatusCode::OK, &response)
+}
+
+/// Routes of `spec` that another app serves too, as warnings: ingress
+/// tells them apart only by `Host`.
+fn route_overlaps(shared: &Shared, spec: &catalog::AppSpec) -> Vec<String> {
+    let live = shared.live.lock().expect("live state lock");
+    let mut warnings = Vec::new();
+    for (component, plan) in &spec.components {
+        let Some(route) = &plan.route else { continue };
+        for other in live.apps.keys().filter(|a| **a != spec.name) {
+            let shared_route = live.spec(other).is_some_and(|o| {
+                o.components
+                    .values()
+                    .any(|c| c.route.as_ref() == Some(route))
+            });
+            if shared_route {
+                let first = spec.name.as_str().min(other.as_str());
+                warnings.push(format!(
+                    "route \"{route}\" of {}/{component} is also served by app \"{other}\": ingress picks the app named by the Host header (<app>.<domain> or <app>), else \"{first}\"",
+                    spec.name
+                ));
+            }
+        }
+    }
+    warnings
 }
 
 async fn join(shared: &Shared, request: hyper::Request<Incoming>) -> Handled {
@@ -489,6 +536,7 @@ async fn sync(shared: &Shared, node: &str, request: hyper::Request<Incoming>) ->
             bump = true;
         }
         entry.last_seen = now;
+        entry.heard = true;
         entry.connection_lost = None;
         entry.heartbeats += 1;
         heartbeat = entry.heartbeats;
@@ -624,6 +672,30 @@ fn node_action(shared: &Shared, name: &str, action: &str) -> Handled {
     )
 }
 
+/// Removes a node that is down from the cluster; its replicas are placed
+/// elsewhere. A live node is refused: it would come back at its next
+/// heartbeat.
+fn forget_node(shared: &Shared, name: &str) -> Handled {
+    {
+        let mut live = shared.live.lock().expect("live state lock");
+        let node = live
+            .nodes
+            .get(name)
+            .ok_or_else(|| Refusal::not_found(format!("no node {name:?}; see `skiff nodes`")))?;
+        if !node.down {
+            return Err(Refusal(
+                StatusCode::CONFLICT,
+                format!("node {name:?} is not down; drain it and stop it before forgetting it"),
+            ));
+        }
+        shared.store.delete_node(name).map_err(Refusal::internal)?;
+        live.nodes.remove(name);
+    }
+    tracing::info!(node = name, "node forgotten");
+    shared.wake.notify_one();
+    json(StatusCode::OK, &serde_json::json!({"forgotten": name}))
+}
+
 fn app_views(shared: &Shared) -> Vec<AppView> {
     let live = shared.live.lock().expect("live state lock");
     live.apps
@@ -694,6 +766,8 @@ fn replica_views(shared: &Shared, app: Option<&str>) -> Vec<ReplicaView> {
                     None => ("unknown", Some(format!("node {node} is not known"))),
                 },
             };
+            // A replica stuck on a draining node says why.
+            let reason = reason.or_else(|| live.pending.get(&r.id).cloned());
             ReplicaView {
                 id: r.id.clone(),
                 app: r.app.clone(),
@@ -725,6 +799,8 @@ fn node_views(shared: &Shared) -> Vec<NodeView> {
                 .sum();
             let state = if n.down {
                 "down"
+            } else if !n.heard {
+                "unknown"
             } else if n.record.drained {
                 "draining"
             } else if n.record.cordoned {

@@ -112,6 +112,9 @@ pub(crate) struct LiveNode {
     heartbeats: u64,
     /// The node's number of the last log line taken from it.
     logs_seen: u64,
+    /// Heard from since this control plane started: until then a node
+    /// from the store keeps its replicas but takes no new ones.
+    heard: bool,
     down: bool,
     components: Vec<ComponentStatus>,
 }
@@ -125,6 +128,7 @@ impl LiveNode {
             connection_lost: None,
             heartbeats: 0,
             logs_seen: 0,
+            heard: false,
             down: false,
             components: Vec::new(),
         }

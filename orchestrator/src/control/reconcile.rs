@@ -96,6 +96,7 @@ pub(super) fn reconcile(
     release_lost(live, &mut out);
     match_scale(live, now_unix, &mut out);
     place_pending(live, &mut out);
+    move_off_drained(live, &mut out);
     out
 }
 
@@ -120,8 +121,8 @@ fn mark_down(live: &mut Live, now: Instant, config: &ControlPlaneConfig, out: &m
     }
 }
 
-/// Replicas on nodes that are down, drained or gone become pending again;
-/// replicas of deleted apps or components are removed.
+/// Replicas on nodes that are down or gone become pending again; replicas
+/// of deleted apps or components are removed.
 fn release_lost(live: &mut Live, out: &mut Outcome) {
     let mut removed = Vec::new();
     for replica in live.replicas.values_mut() {
@@ -137,10 +138,9 @@ fn release_lost(live: &mut Live, out: &mut Outcome) {
             continue;
         }
         let Some(node) = &replica.node else { continue };
-        let keep = live
-            .nodes
-            .get(node)
-            .is_some_and(|n| !n.down && !n.record.drained);
+        // A drained node keeps its replicas until they can move
+        // (`move_off_drained`); a down or unknown one loses them now.
+        let keep = live.nodes.get(node).is_some_and(|n| !n.down);
         if !keep {
             tracing::info!(replica = replica.id, node, "replica released from its node");
             replica.node = None;
@@ -226,20 +226,50 @@ fn index_of(id: &str) -> u64 {
 
 /// Places every pending replica the scheduler can fit.
 fn place_pending(live: &mut Live, out: &mut Outcome) {
-    let replicas = &live.replicas;
-    live.pending
-        .retain(|id, _| replicas.get(id).is_some_and(|r| r.node.is_none()));
-    let (pending, requests): (Vec<String>, Vec<ReplicaRequest>) = live
-        .replicas
+    let (replicas, nodes) = (&live.replicas, &live.nodes);
+    live.pending.retain(|id, _| {
+        replicas.get(id).is_some_and(|r| match &r.node {
+            None => true,
+            Some(node) => nodes.get(node).is_some_and(|n| n.record.drained),
+        })
+    });
+    let pending = replicas_where(live, |_, r| r.node.is_none());
+    place(live, out, pending, false);
+}
+
+/// Moves replicas off drained nodes, each only once another node can take
+/// it: a drain never leaves a replica with nowhere to run.
+fn move_off_drained(live: &mut Live, out: &mut Outcome) {
+    let draining = replicas_where(live, |live, r| {
+        r.node
+            .as_deref()
+            .and_then(|n| live.nodes.get(n))
+            .is_some_and(|n| n.record.drained && !n.down)
+    });
+    place(live, out, draining, true);
+}
+
+fn replicas_where(live: &Live, wanted: impl Fn(&Live, &ReplicaRecord) -> bool) -> Vec<String> {
+    live.replicas
         .values()
-        .filter(|r| r.node.is_none())
-        .filter_map(|r| {
+        .filter(|r| wanted(live, r))
+        .map(|r| r.id.clone())
+        .collect()
+}
+
+/// Runs the scheduler for replicas `ids` (pending, or `moving` off a
+/// drained node) against every other replica's placement, and records
+/// where each goes or why it cannot.
+fn place(live: &mut Live, out: &mut Outcome, ids: Vec<String>, moving: bool) {
+    let (ids, requests): (Vec<String>, Vec<ReplicaRequest>) = ids
+        .into_iter()
+        .filter_map(|id| {
+            let r = &live.replicas[&id];
             let plan = component_plan(live, &r.app, &r.component)?;
-            Some((r.id.clone(), plan.request.clone()))
+            Some((id, plan.request.clone()))
         })
         .unzip();
-    if pending.is_empty() {
-        live.pending.clear();
+    if ids.is_empty() {
         return;
     }
     let names: Vec<String> = live.nodes.keys().cloned().collect();
@@ -248,6 +278,7 @@ fn place_pending(live: &mut Live, out: &mut Outcome) {
         .enumerate()
         .map(|(i, n)| (n.as_str(), i))
         .collect();
+    let placing: std::collections::BTreeSet<&String> = ids.iter().collect();
     let snapshot = ClusterSnapshot {
         nodes: live
             .nodes
@@ -256,13 +287,14 @@ fn place_pending(live: &mut Live, out: &mut Outcome) {
                 name: n.record.name.clone(),
                 labels: n.record.labels.clone(),
                 memory: n.record.memory,
-                ready: !n.down,
+                ready: !n.down && n.heard,
                 cordoned: n.record.cordoned || n.record.drained,
             })
             .collect(),
         running: live
             .replicas
             .values()
+            .filter(|r| !placing.contains(&r.id))
             .filter_map(|r| {
                 let node = index.get(r.node.as_deref()?)?;
                 let plan = component_plan(live, &r.app, &r.component)?;
@@ -271,24 +303,42 @@ fn place_pending(live: &mut Live, out: &mut Outcome) {
             .collect(),
     };
     let plan = Scheduler::new().plan(&snapshot, &requests);
-    for (position, (id, decision)) in pending.iter().zip(plan.decisions).enumerate() {
+    for ((id, request), decision) in ids.iter().zip(&requests).zip(plan.decisions) {
         match decision {
             Decision::Placed(node) => {
-                let replica = live.replicas.get_mut(id).expect("pending replica exists");
-                replica.node = Some(names[node].clone());
-                tracing::info!(replica = id, node = names[node], "replica placed");
+                let replica = live.replicas.get_mut(id).expect("the replica exists");
+                let from = replica.node.replace(names[node].clone());
+                match from {
+                    Some(from) => tracing::info!(
+                        replica = id,
+                        from,
+                        to = names[node],
+                        "replica moved off a draining node"
+                    ),
+                    None => tracing::info!(replica = id, node = names[node], "replica placed"),
+                }
                 out.put(replica);
                 live.pending.remove(id);
             }
             Decision::Unschedulable(why) => {
                 let mut reason = why.to_string();
+                if why.refusals.contains_key("labels do not match") {
+                    let labels: Vec<String> = request
+                        .required_labels
+                        .iter()
+                        .map(|(k, v)| format!("{k}={v}"))
+                        .collect();
+                    reason.push_str(&format!(" (it needs {})", labels.join(", ")));
+                }
                 if why.refusals.contains_key("insufficient memory") {
-                    let request = &requests[position];
                     reason.push_str(&format!(
                         " (a replica of {} reserves {}; set [component.<name>.placement] memory to reserve less)",
                         request.component,
                         bytesize::ByteSize::b(request.memory).display().iec()
                     ));
+                }
+                if moving {
+                    reason = format!("cannot leave its draining node: {reason}");
                 }
                 if live.pending.get(id) != Some(&reason) {
                     tracing::warn!(replica = id, "cannot place replica: {reason}");

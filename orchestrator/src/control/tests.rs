@@ -31,6 +31,7 @@ fn node(name: &str, memory: u64, now: Instant) -> LiveNode {
         connection_lost: None,
         heartbeats: 0,
         logs_seen: 0,
+        heard: true,
         down: false,
         components: Vec::new(),
     }
@@ -230,9 +231,29 @@ fn drained_nodes_give_up_replicas_and_cordoned_ones_keep_theirs() {
         BTreeMap::from([("a".into(), 1), ("b".into(), 1)])
     );
 
+    // Draining "a" while "b" is cordoned too: nowhere to go, so the
+    // replica stays, saying why.
+    live.nodes.get_mut("b").unwrap().record.cordoned = true;
     live.nodes.get_mut("a").unwrap().record.drained = true;
     reconcile(&mut live, now, &config(), 0);
+    assert_eq!(
+        per_node(&live),
+        BTreeMap::from([("a".into(), 1), ("b".into(), 1)])
+    );
+    let stuck: Vec<&String> = live.pending.values().collect();
+    assert_eq!(stuck.len(), 1);
+    assert!(
+        stuck[0].starts_with("cannot leave its draining node: 0/2 nodes fit: 2 cordoned"),
+        "{stuck:?}"
+    );
+    let again = reconcile(&mut live, now, &config(), 0);
+    assert!(!again.changed, "a stuck drain does not churn");
+
+    // Room on "b": the replica moves.
+    live.nodes.get_mut("b").unwrap().record.cordoned = false;
+    reconcile(&mut live, now, &config(), 0);
     assert_eq!(per_node(&live), BTreeMap::from([("b".into(), 2)]));
+    assert!(live.pending.is_empty());
 }
 
 #[test]

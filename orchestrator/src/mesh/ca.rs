@@ -28,7 +28,9 @@ pub enum CaError {
     #[error("refusing certificate signing request: {0}")]
     BadRequest(String),
     /// A node name that cannot appear in a certificate.
-    #[error("invalid node name {0:?}: use letters, digits, '-' and '.'")]
+    #[error(
+        "invalid node name {0:?}: use letters, digits, '-' and '.', starting and ending with a letter or digit, at most 63 characters"
+    )]
     BadName(String),
 }
 
@@ -114,12 +116,7 @@ impl ClusterCa {
     /// [`CaError::BadRequest`] for a CSR that does not parse or verify,
     /// [`CaError::BadName`] for an unusable name.
     pub fn sign_node(&self, name: &str, csr_pem: &str) -> Result<String, CaError> {
-        let valid_name = !name.is_empty()
-            && name.len() <= 63
-            && name
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.');
-        if !valid_name {
+        if !valid_node_name(name) {
             return Err(CaError::BadName(name.to_string()));
         }
         let mut request = CertificateSigningRequestParams::from_pem(csr_pem)
@@ -188,6 +185,19 @@ impl ClusterCa {
             key.serialize_pem(),
         ))
     }
+}
+
+/// Whether `name` can name a node: letters, digits, `-` and `.`, starting
+/// and ending with a letter or digit, at most 63 characters (it becomes a
+/// DNS name in the node's certificate and part of its data directory).
+pub fn valid_node_name(name: &str) -> bool {
+    let edge = |b: Option<&u8>| b.is_some_and(u8::is_ascii_alphanumeric);
+    name.len() <= 63
+        && edge(name.as_bytes().first())
+        && edge(name.as_bytes().last())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
 }
 
 fn name(common_name: &str) -> DistinguishedName {

@@ -57,10 +57,11 @@ impl Routing {
 
     /// The app and component for a request.
     fn pick(&self, host: Option<&str>, path: &str) -> Option<(&AppRoutes, &str)> {
+        // `Host: shop.example.com`, or just `Host: shop`.
         let named = host
             .map(|h| h.split(':').next().unwrap_or(h))
-            .and_then(|h| h.split_once('.'))
-            .and_then(|(first, _)| self.apps.iter().find(|a| a.name == first));
+            .map(|h| h.split_once('.').map_or(h, |(first, _)| first))
+            .and_then(|first| self.apps.iter().find(|a| a.name == first));
         let candidates: Vec<&AppRoutes> = match named {
             Some(app) => vec![app],
             None => self.apps.iter().collect(),

@@ -168,10 +168,12 @@ impl Scheduler {
             filters: vec![
                 // A down node cannot run anything; a cordoned one takes nothing new.
                 Box::new(Ready),
+                // The node must carry every label the component requires.
+                // Before capacity, so a node that could never run the
+                // replica is not reported as merely full.
+                Box::new(Labels),
                 // The replica's memory reservation must fit what is left.
                 Box::new(Capacity),
-                // The node must carry every label the component requires.
-                Box::new(Labels),
             ],
             scorers: vec![
                 // Replicas of one component on distinct nodes when possible.

@@ -277,6 +277,23 @@ impl ClusterStore {
         put_json(&self.db, NODES, &record.name, record)
     }
 
+    /// Removes node `name`; whether it was there.
+    ///
+    /// # Errors
+    ///
+    /// Store failures.
+    pub fn delete_node(&self, name: &str) -> Result<bool, StateError> {
+        let tx = self.db.begin_write().map_err(store_err)?;
+        let existed = tx
+            .open_table(NODES)
+            .map_err(store_err)?
+            .remove(name)
+            .map_err(store_err)?
+            .is_some();
+        tx.commit().map_err(store_err)?;
+        Ok(existed)
+    }
+
     /// Every node that joined, by name.
     ///
     /// # Errors
