@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 use support::{Running, skiff, temp_dir, toml_path, write_manifest};
 
 const DEPLOY_ROUNDS: usize = 10;
-const FAILOVER_ROUNDS: usize = 5;
+const FAILOVER_ROUNDS: usize = 10;
 
 struct Node {
     name: String,

@@ -70,6 +70,7 @@ pub(super) async fn serve(
                         id.strip_prefix(&format!("spiffe://{}/node/", shared.cluster))
                             .map(str::to_string)
                     });
+                let closing = (shared.clone(), node.clone());
                 let service = hyper::service::service_fn(move |request| {
                     let shared = shared.clone();
                     let node = node.clone();
@@ -80,6 +81,9 @@ pub(super) async fn serve(
                     }
                 });
                 serve_http1(accepted.watcher, TokioIo::new(tls), service).await;
+                if let (shared, Some(node)) = closing {
+                    node_connection_closed(&shared, &node);
+                }
             });
         },
     )
@@ -467,9 +471,10 @@ async fn renew(shared: &Shared, node: &str, request: hyper::Request<Incoming>) -
     )
 }
 
-/// Marks a node as having lost its held heartbeat if the handler is
-/// dropped before answering (the connection closed under it), unless a
-/// newer heartbeat from the node already arrived.
+/// A heartbeat being held. While any is, the node is known to be
+/// listening. If the handler is dropped before answering (the connection
+/// closed under it), the node has lost its connection, unless a newer
+/// heartbeat from it already arrived.
 struct HeldHeartbeat<'a> {
     shared: &'a Shared,
     node: &'a str,
@@ -477,21 +482,54 @@ struct HeldHeartbeat<'a> {
     armed: bool,
 }
 
+impl<'a> HeldHeartbeat<'a> {
+    fn hold(shared: &'a Shared, node: &'a str, heartbeat: u64) -> HeldHeartbeat<'a> {
+        if let Some(entry) = shared
+            .live
+            .lock()
+            .expect("live state lock")
+            .nodes
+            .get_mut(node)
+        {
+            entry.holding += 1;
+        }
+        HeldHeartbeat {
+            shared,
+            node,
+            heartbeat,
+            armed: true,
+        }
+    }
+}
+
 impl Drop for HeldHeartbeat<'_> {
     fn drop(&mut self) {
-        if self.armed
-            && let Some(node) = self
-                .shared
-                .live
-                .lock()
-                .expect("live state lock")
-                .nodes
-                .get_mut(self.node)
-            && node.heartbeats == self.heartbeat
-        {
-            node.connection_lost = Some(Instant::now());
-            self.shared.wake.notify_one();
+        let mut live = self.shared.live.lock().expect("live state lock");
+        if let Some(node) = live.nodes.get_mut(self.node) {
+            node.holding = node.holding.saturating_sub(1);
+            if self.armed && node.heartbeats == self.heartbeat {
+                node.connection_lost = Some(Instant::now());
+                self.shared.wake.notify_one();
+            }
         }
+    }
+}
+
+/// A node's connection closed. Unless one of its heartbeats is being held
+/// on another connection, it may be gone: if it does not heartbeat again
+/// soon, the controller marks it down (a killed node closes its sockets,
+/// so this is much sooner than `down_after`).
+fn node_connection_closed(shared: &Shared, node: &str) {
+    if let Some(entry) = shared
+        .live
+        .lock()
+        .expect("live state lock")
+        .nodes
+        .get_mut(node)
+        && entry.holding == 0
+    {
+        entry.connection_lost = Some(Instant::now());
+        shared.wake.notify_one();
     }
 }
 
@@ -579,12 +617,7 @@ async fn sync(shared: &Shared, node: &str, request: hyper::Request<Incoming>) ->
     }
     let mut version = shared.version.subscribe();
     if *version.borrow_and_update() == sync.version {
-        let mut held = HeldHeartbeat {
-            shared,
-            node,
-            heartbeat,
-            armed: true,
-        };
+        let mut held = HeldHeartbeat::hold(shared, node, heartbeat);
         let _ = tokio::time::timeout(shared.config.heartbeat, version.changed()).await;
         held.armed = false;
         // Held this long, the node was listening all along.

@@ -112,6 +112,8 @@ pub(crate) struct LiveNode {
     heartbeats: u64,
     /// The node's number of the last log line taken from it.
     logs_seen: u64,
+    /// Heartbeats from it being held right now.
+    holding: u32,
     /// Heard from since this control plane started: until then a node
     /// from the store keeps its replicas but takes no new ones.
     heard: bool,
@@ -128,6 +130,7 @@ impl LiveNode {
             connection_lost: None,
             heartbeats: 0,
             logs_seen: 0,
+            holding: 0,
             heard: false,
             down: false,
             components: Vec::new(),

@@ -31,6 +31,7 @@ fn node(name: &str, memory: u64, now: Instant) -> LiveNode {
         connection_lost: None,
         heartbeats: 0,
         logs_seen: 0,
+        holding: 0,
         heard: true,
         down: false,
         components: Vec::new(),
