@@ -484,15 +484,7 @@ struct HeldHeartbeat<'a> {
 
 impl<'a> HeldHeartbeat<'a> {
     fn hold(shared: &'a Shared, node: &'a str, heartbeat: u64) -> HeldHeartbeat<'a> {
-        if let Some(entry) = shared
-            .live
-            .lock()
-            .expect("live state lock")
-            .nodes
-            .get_mut(node)
-        {
-            entry.holding += 1;
-        }
+        shared.with_node(node, |entry| entry.holding += 1);
         HeldHeartbeat {
             shared,
             node,
@@ -504,14 +496,14 @@ impl<'a> HeldHeartbeat<'a> {
 
 impl Drop for HeldHeartbeat<'_> {
     fn drop(&mut self) {
-        let mut live = self.shared.live.lock().expect("live state lock");
-        if let Some(node) = live.nodes.get_mut(self.node) {
+        let cut_short = self.armed;
+        self.shared.with_node(self.node, |node| {
             node.holding = node.holding.saturating_sub(1);
-            if self.armed && node.heartbeats == self.heartbeat {
+            if cut_short && node.heartbeats == self.heartbeat {
                 node.connection_lost = Some(Instant::now());
                 self.shared.wake.notify_one();
             }
-        }
+        });
     }
 }
 
@@ -520,17 +512,12 @@ impl Drop for HeldHeartbeat<'_> {
 /// soon, the controller marks it down (a killed node closes its sockets,
 /// so this is much sooner than `down_after`).
 fn node_connection_closed(shared: &Shared, node: &str) {
-    if let Some(entry) = shared
-        .live
-        .lock()
-        .expect("live state lock")
-        .nodes
-        .get_mut(node)
-        && entry.holding == 0
-    {
-        entry.connection_lost = Some(Instant::now());
-        shared.wake.notify_one();
-    }
+    shared.with_node(node, |entry| {
+        if entry.holding == 0 {
+            entry.connection_lost = Some(Instant::now());
+            shared.wake.notify_one();
+        }
+    });
 }
 
 async fn sync(shared: &Shared, node: &str, request: hyper::Request<Incoming>) -> Handled {
@@ -621,16 +608,11 @@ async fn sync(shared: &Shared, node: &str, request: hyper::Request<Incoming>) ->
         let _ = tokio::time::timeout(shared.config.heartbeat, version.changed()).await;
         held.armed = false;
         // Held this long, the node was listening all along.
-        if let Some(entry) = shared
-            .live
-            .lock()
-            .expect("live state lock")
-            .nodes
-            .get_mut(node)
-            .filter(|n| n.heartbeats == heartbeat)
-        {
-            entry.last_seen = Instant::now();
-        }
+        shared.with_node(node, |entry| {
+            if entry.heartbeats == heartbeat {
+                entry.last_seen = Instant::now();
+            }
+        });
     }
     let current = *shared.version.borrow();
     let desired = (current != sync.version).then(|| {

@@ -300,6 +300,19 @@ impl Shared {
         })
     }
 
+    /// Runs `f` on node `name` under the state lock, if the node is known.
+    fn with_node(&self, name: &str, f: impl FnOnce(&mut LiveNode)) {
+        if let Some(node) = self
+            .live
+            .lock()
+            .expect("live state lock")
+            .nodes
+            .get_mut(name)
+        {
+            f(node);
+        }
+    }
+
     /// Marks the desired state changed: held heartbeats return at once.
     fn bump(&self) {
         self.version.send_modify(|v| *v += 1);
