@@ -661,6 +661,9 @@ fn strangers_are_refused() {
             ],
         )
     };
+    // A name in use is refused without using up the token.
+    let conflict = join(&token, "node-1");
+    assert!(conflict.contains("already active"), "{conflict}");
     let first = join(&token, "once");
     assert!(
         first.contains("already in use"),

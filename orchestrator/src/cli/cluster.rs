@@ -57,7 +57,7 @@ pub fn server(args: ServerArgs) -> anyhow::Result<()> {
     runtime()?.block_on(async {
         let control = ControlPlane::start(config).await?;
         let url = control.url();
-        let previous = save_cluster_config(&control)?;
+        let previous = admin_config(&control).save(&cluster_config::path())?;
         let mut out = std::io::stdout().lock();
         writeln!(out, "Control plane serving {url}")?;
         writeln!(
@@ -91,14 +91,13 @@ pub fn server(args: ServerArgs) -> anyhow::Result<()> {
     })
 }
 
-/// Makes `control` the CLI's current cluster; returns the one that was.
-fn save_cluster_config(control: &ControlPlane) -> anyhow::Result<Option<String>> {
+/// The CLI's settings for `control`: its URL, admin token and CA.
+fn admin_config(control: &ControlPlane) -> ClusterConfig {
     ClusterConfig {
         server: control.url(),
         token: control.admin_token().to_string(),
         ca_pem: control.ca_pem().to_string(),
     }
-    .save(&cluster_config::path())
 }
 
 /// Arguments of `skiff node`.
@@ -220,7 +219,16 @@ pub fn up(args: UpArgs) -> anyhow::Result<()> {
     runtime()?.block_on(async {
         let control =
             ControlPlane::start(ControlPlaneConfig::new(dir.join("server"), args.api)).await?;
-        let previous = save_cluster_config(&control)?;
+        let admin = admin_config(&control);
+        let previous = admin.save(&cluster_config::path())?;
+        // However `up` ends, the CLI goes back to the cluster it found.
+        let _hand_back = HandBack {
+            leaving: admin.server.clone(),
+            previous: previous.clone(),
+        };
+        // Handle Ctrl-C and SIGTERM from here on: stop cleanly even while
+        // deploying.
+        let mut signalled = tokio::spawn(shutdown_signal());
         let node_dir = dir.join("node");
         // A node identity from an earlier cluster (its server data was
         // removed) cannot talk to this one: join afresh.
@@ -254,12 +262,30 @@ pub fn up(args: UpArgs) -> anyhow::Result<()> {
         .await?;
         let ingress = node.ingress_addr();
         let node_task = tokio::spawn(node.run(wait(stopped)));
-        let client = ClusterConfig::load(None)?.client()?;
+        // This cluster's own credentials, whatever SKIFF_TOKEN or
+        // cluster.json say.
+        let client = admin.client()?;
         if let Some(prepared) = &prepared {
-            let declared = deploy::upload_and_declare(&client, prepared).await?;
-            super::apps::warn_all(&declared.warnings);
-            super::apps::wait_until_running(&client, &declared.app, Duration::from_secs(60))
-                .await?;
+            let deployed = async {
+                let declared = deploy::upload_and_declare(&client, prepared).await?;
+                super::apps::warn_all(&declared.warnings);
+                super::apps::wait_until_running(&client, &declared.app, Duration::from_secs(60))
+                    .await?;
+                Ok::<_, anyhow::Error>(declared)
+            };
+            let declared = tokio::select! {
+                declared = deployed => declared,
+                _ = &mut signalled => Err(anyhow::anyhow!("stopped before the app was running")),
+            };
+            let declared = match declared {
+                Ok(declared) => declared,
+                Err(e) => {
+                    let _ = stop.send(true);
+                    let _ = node_task.await;
+                    let _ = control_task.await;
+                    return Err(e);
+                }
+            };
             out!(
                 "App \"{}\" ({}) running in {:.0?}",
                 declared.app,
@@ -274,19 +300,34 @@ pub fn up(args: UpArgs) -> anyhow::Result<()> {
         out!("Try: skiff ps, skiff apps, skiff logs <app>")?;
         let mut control_task = control_task;
         let stopped_early = tokio::select! {
-            () = shutdown_signal() => None,
+            _ = &mut signalled => None,
             result = &mut control_task => Some(result),
         };
         let _ = stop.send(true);
         let _ = node_task.await;
-        if let Some(previous) = &previous {
-            cluster_config::hand_back(&cluster_config::path(), &url, previous)?;
-        }
         match stopped_early {
             Some(result) => result?,
             None => control_task.await?,
         }
     })
+}
+
+/// Makes `previous` the CLI's current cluster again when dropped, if
+/// `leaving` still is.
+struct HandBack {
+    leaving: String,
+    previous: Option<String>,
+}
+
+impl Drop for HandBack {
+    fn drop(&mut self) {
+        if let Some(previous) = &self.previous
+            && let Err(e) =
+                cluster_config::hand_back(&cluster_config::path(), &self.leaving, previous)
+        {
+            eprintln!("warning: the CLI still points at {}: {e:#}", self.leaving);
+        }
+    }
 }
 
 /// Arguments of `skiff join-token`.

@@ -405,19 +405,23 @@ async fn join(shared: &Shared, request: hyper::Request<Incoming>) -> Handled {
         .map_err(|e| Refusal::bad(e.to_string()))?;
     {
         let mut live = shared.live.lock().expect("live state lock");
-        let valid = shared
-            .store
-            .consume_join_token(&join.token, unix_now())
-            .map_err(Refusal::internal)?;
-        if !valid {
+        let refused = || {
             tracing::warn!(node = join.name, "join refused: bad token");
-            return Err(Refusal(
+            Refusal(
                 StatusCode::UNAUTHORIZED,
                 "the join token is not valid: it is unknown, expired or already used; make a new one with `skiff join-token`".to_string(),
-            ));
+            )
+        };
+        let valid = shared
+            .store
+            .join_token_valid(&join.token, unix_now())
+            .map_err(Refusal::internal)?;
+        if !valid {
+            return Err(refused());
         }
         // Checked only for holders of a good token, so names cannot be
-        // probed without one.
+        // probed without one; and before the token is used up, so the
+        // holder can retry with another name.
         if let Some(node) = live.nodes.get(&join.name)
             && !node.down
         {
@@ -428,6 +432,13 @@ async fn join(shared: &Shared, request: hyper::Request<Incoming>) -> Handled {
                     join.name
                 ),
             ));
+        }
+        let consumed = shared
+            .store
+            .consume_join_token(&join.token, unix_now())
+            .map_err(Refusal::internal)?;
+        if !consumed {
+            return Err(refused());
         }
         // Hold the name until the node's first heartbeat fills in the rest.
         let mut placeholder = LiveNode::new(NodeRecord {
@@ -484,7 +495,14 @@ struct HeldHeartbeat<'a> {
 
 impl<'a> HeldHeartbeat<'a> {
     fn hold(shared: &'a Shared, node: &'a str, heartbeat: u64) -> HeldHeartbeat<'a> {
-        shared.with_node(node, |entry| entry.holding += 1);
+        shared.with_node(node, |entry| {
+            entry.holding += 1;
+            // A connection that closed while this heartbeat was arriving
+            // says nothing: the node is here.
+            if entry.heartbeats == heartbeat {
+                entry.connection_lost = None;
+            }
+        });
         HeldHeartbeat {
             shared,
             node,
@@ -561,6 +579,9 @@ async fn sync(shared: &Shared, node: &str, request: hyper::Request<Incoming>) ->
             bump = true;
         }
         entry.last_seen = now;
+        // First word since the control plane started: endpoints that were
+        // trusted from the store now follow what the node reports.
+        bump |= !entry.heard;
         entry.heard = true;
         entry.connection_lost = None;
         entry.heartbeats += 1;
@@ -577,9 +598,13 @@ async fn sync(shared: &Shared, node: &str, request: hyper::Request<Incoming>) ->
         entry.components = sync.components;
         // Keep each line once, and only for apps this node was given.
         let seen = entry.logs_seen;
-        let last = sync.logs_first_seq + sync.logs.len() as u64;
-        if !sync.logs.is_empty() {
-            entry.logs_seen = seen.max(last - 1);
+        if let Some(last) = sync
+            .logs_first_seq
+            .checked_add(sync.logs.len() as u64)
+            .and_then(|end| end.checked_sub(1))
+            .filter(|_| !sync.logs.is_empty())
+        {
+            entry.logs_seen = seen.max(last);
         }
         let assigned: std::collections::BTreeSet<&str> = live
             .replicas
@@ -590,7 +615,7 @@ async fn sync(shared: &Shared, node: &str, request: hyper::Request<Incoming>) ->
         fresh_logs = sync
             .logs
             .into_iter()
-            .zip(sync.logs_first_seq..)
+            .zip(sync.logs_first_seq..=u64::MAX)
             .filter(|(line, seq)| *seq > seen && assigned.contains(line.app.as_str()))
             .map(|(line, _)| line)
             .collect();

@@ -419,10 +419,13 @@ pub(super) fn endpoint_node<'a>(
     replica: &ReplicaRecord,
 ) -> Option<&'a super::LiveNode> {
     let node = live.nodes.get(replica.node.as_deref()?)?;
+    // Until a node is heard from after a control-plane restart, trust the
+    // stored assignment: it was serving before, and probably still is.
     let serving = !node.down
-        && node.components.iter().any(|c| {
-            c.app == replica.app && c.component == replica.component && c.serving.is_some()
-        });
+        && (!node.heard
+            || node.components.iter().any(|c| {
+                c.app == replica.app && c.component == replica.component && c.serving.is_some()
+            }));
     serving.then_some(node)
 }
 

@@ -356,6 +356,20 @@ impl ClusterStore {
         tx.commit().map_err(store_err)
     }
 
+    /// Whether `token` is known and unexpired, without using it up.
+    ///
+    /// # Errors
+    ///
+    /// Store failures.
+    pub fn join_token_valid(&self, token: &str, now_unix: u64) -> Result<bool, StateError> {
+        let tx = self.db.begin_read().map_err(store_err)?;
+        let tokens = tx.open_table(JOIN_TOKENS).map_err(store_err)?;
+        Ok(tokens
+            .get(token_hash(token).as_str())
+            .map_err(store_err)?
+            .is_some_and(|expires| expires.value() > now_unix))
+    }
+
     /// Uses up `token`: true the first time for a known, unexpired token,
     /// false ever after (or for an unknown one).
     ///
