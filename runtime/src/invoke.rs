@@ -331,7 +331,10 @@ fn failure_response(
 
 /// A body relayed from another HTTP peer (a response forwarded from
 /// another node), its transport errors surfaced as internal errors.
-pub fn relayed(body: Incoming) -> ResponseBody {
+pub fn relayed<B>(body: B) -> ResponseBody
+where
+    B: http_body::Body<Data = Bytes, Error = hyper::Error> + Send + 'static,
+{
     body.map_err(wasmtime_wasi_http::Error::from).boxed_unsync()
 }
 

@@ -21,6 +21,7 @@ use skiff_runtime::server::{DRAIN_TIMEOUT, accept_until, serve_http1};
 use std::collections::HashMap;
 use std::future::Ready;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 use std::task::{Context, Poll};
@@ -65,6 +66,42 @@ impl InFlight {
 impl Drop for InFlight {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// A forwarded response body that keeps its request counted in flight
+/// until it ends (or is dropped).
+struct Counted<B> {
+    body: Pin<Box<B>>,
+    _in_flight: InFlight,
+}
+
+impl<B> Counted<B> {
+    fn new(body: B, in_flight: InFlight) -> Counted<B> {
+        Counted {
+            body: Box::pin(body),
+            _in_flight: in_flight,
+        }
+    }
+}
+
+impl<B: hyper::body::Body> hyper::body::Body for Counted<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<hyper::body::Frame<B::Data>, B::Error>>> {
+        self.body.as_mut().poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.body.size_hint()
     }
 }
 
@@ -196,12 +233,13 @@ impl Forwarder {
             let headers = forwarded.headers_mut();
             headers.insert(APP_HEADER, header_value(app));
             headers.insert(COMPONENT_HEADER, header_value(component));
-            let _counted = InFlight::enter(self.in_flight(&endpoint.node));
+            let counted = InFlight::enter(self.in_flight(&endpoint.node));
             match client.request(forwarded).await {
                 Ok(response) if replayable && response.headers().contains_key(NOT_HERE_HEADER) => {
                     last_error = format!("node {} no longer runs it", endpoint.node);
                 }
-                Ok(response) => return response.map(relayed),
+                // Counted until the whole body has gone through.
+                Ok(response) => return response.map(|body| relayed(Counted::new(body, counted))),
                 Err(e) => {
                     tracing::warn!(
                         app,

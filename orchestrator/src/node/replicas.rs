@@ -30,6 +30,9 @@ pub(crate) struct LocalReplicas {
     held: Mutex<HashMap<Key, Held>>,
     /// Signalled whenever a load finishes, well or badly.
     settled: tokio::sync::Notify,
+    /// Components replaced or unassigned, with their package, kept until
+    /// the requests still inside them finish, so their files stay.
+    retired: Mutex<Vec<(Arc<LoadedComponent>, String)>>,
 }
 
 struct Held {
@@ -53,10 +56,11 @@ impl LocalReplicas {
             .into_iter()
             .map(|a| ((a.app, a.component), a.package))
             .collect();
-        held.retain(|(app, component), _| {
+        held.retain(|(app, component), h| {
             let keep = wanted.contains_key(&(app.clone(), component.clone()));
             if !keep {
                 tracing::info!(app, component, "replica removed from this node");
+                self.retire(h);
             }
             keep
         });
@@ -132,12 +136,32 @@ impl LocalReplicas {
         }
     }
 
-    /// Packages a held component is assigned or serving.
+    /// Packages a held component is assigned or serving, or a retired one
+    /// still has requests inside.
     fn packages_in_use(&self) -> std::collections::HashSet<String> {
+        // One lock at a time: `retire` takes `retired` while `held` is held.
+        let retired: Vec<String> = {
+            let mut retired = self.retired.lock().expect("retired lock");
+            retired.retain(|(component, _)| Arc::strong_count(component) > 1);
+            retired.iter().map(|(_, package)| package.clone()).collect()
+        };
         let held = self.held.lock().expect("replica lock");
         held.values()
             .flat_map(|h| std::iter::once(h.package.clone()).chain(h.serving_package.clone()))
+            .chain(retired)
             .collect()
+    }
+
+    /// Takes `h`'s serving component out of service, keeping it while
+    /// requests are inside.
+    fn retire(&self, h: &mut Held) {
+        if let (Some((component, _)), Some(package)) = (h.serving.take(), h.serving_package.take())
+        {
+            self.retired
+                .lock()
+                .expect("retired lock")
+                .push((component, package));
+        }
     }
 
     /// What to report to the control plane.
@@ -175,6 +199,7 @@ async fn load(node: Arc<NodeShared>, key: Key, package: String, attempt: u64) {
                 h.state = LoadState::Running;
                 h.error = None;
                 h.failures = 0;
+                node.replicas.retire(h);
                 h.serving = Some((Arc::new(loaded), node.log_sink(&app)));
                 h.serving_package = Some(package.clone());
                 None
