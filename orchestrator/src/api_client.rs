@@ -22,7 +22,9 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
     /// The server could not be reached or did not answer in time.
-    #[error("cannot reach the control plane at {server}: {reason}")]
+    #[error(
+        "cannot reach the control plane at {server}: {reason} (is `skiff up` or `skiff server` running there?)"
+    )]
     Unreachable {
         /// The server's URL.
         server: String,
@@ -38,7 +40,9 @@ pub enum ApiError {
         message: String,
     },
     /// The server's answer was not what this version of Skiff expects.
-    #[error("unexpected answer from the control plane for {path}: {reason}")]
+    #[error(
+        "unexpected answer from the control plane for {path}: {reason} (is it the same Skiff version as this CLI?)"
+    )]
     Decode {
         /// The API path.
         path: String,

@@ -107,7 +107,12 @@ impl ClusterConfig {
             .get(&server)
             .or_else(|| settings.clusters.get(&settings.current))
             .cloned()
-            .ok_or_else(|| anyhow::anyhow!("{} names no current cluster", path.display()))?;
+            .ok_or_else(|| {
+                anyhow::anyhow!(
+                    "{} names no current cluster; start `skiff up` or `skiff server` to set one",
+                    path.display()
+                )
+            })?;
         let token = std::env::var("SKIFF_TOKEN")
             .ok()
             .filter(|t| !t.is_empty())
