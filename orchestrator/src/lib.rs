@@ -9,6 +9,7 @@ pub mod api;
 pub mod api_client;
 pub mod app_source;
 pub mod cli;
+pub mod clock;
 pub mod cluster_config;
 pub mod control;
 pub mod credentials;

@@ -20,6 +20,29 @@ fn tls_err(e: impl std::fmt::Display) -> TlsError {
     TlsError(e.to_string())
 }
 
+/// A peer must finish its TLS handshake within this.
+pub const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Completes the server side of a TLS handshake on `stream` within
+/// [`HANDSHAKE_TIMEOUT`]; a refused or slow peer is logged and dropped.
+pub async fn accept(
+    acceptor: &tokio_rustls::TlsAcceptor,
+    stream: tokio::net::TcpStream,
+    peer: std::net::SocketAddr,
+) -> Option<tokio_rustls::server::TlsStream<tokio::net::TcpStream>> {
+    match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+        Ok(Ok(stream)) => Some(stream),
+        Ok(Err(e)) => {
+            tracing::warn!(%peer, "TLS handshake refused: {e}");
+            None
+        }
+        Err(_) => {
+            tracing::debug!(%peer, "TLS handshake not finished within {HANDSHAKE_TIMEOUT:?}");
+            None
+        }
+    }
+}
+
 /// The crypto provider every config uses.
 pub fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())

@@ -4,13 +4,12 @@
 //! JSON `{"error": ...}` naming what was wrong.
 
 use super::reconcile::{desired_for, replica_running};
-use super::{LiveNode, Shared, catalog, unix_now};
+use super::{LiveNode, Shared, catalog};
 use crate::api::{
     AppView, ComponentStatus, ComponentView, DeployRequest, DeployResponse, ErrorBody, JoinRequest,
     JoinResponse, LoadState, NodeView, RenewRequest, ReplicaView, ScaleRequest, SyncRequest,
     SyncResponse,
 };
-use crate::node::HANDSHAKE_TIMEOUT;
 use crate::state::{Applied, NodeRecord};
 use bytes::Bytes;
 use http::{Method, StatusCode};
@@ -50,15 +49,9 @@ pub(super) async fn serve(
             let acceptor = acceptor.clone();
             let shared = shared.clone();
             tokio::spawn(async move {
-                let peer = accepted.peer;
-                let handshake = acceptor.accept(accepted.stream);
-                let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake).await {
-                    Ok(Ok(tls)) => tls,
-                    Ok(Err(e)) => {
-                        tracing::debug!(%peer, "TLS handshake refused: {e}");
-                        return;
-                    }
-                    Err(_) => return,
+                let Some(tls) = crate::tls::accept(&acceptor, accepted.stream, accepted.peer).await
+                else {
+                    return;
                 };
                 let node = tls
                     .get_ref()
@@ -414,7 +407,7 @@ async fn join(shared: &Shared, request: hyper::Request<Incoming>) -> Handled {
         };
         let valid = shared
             .store
-            .join_token_valid(&join.token, unix_now())
+            .join_token_valid(&join.token, crate::clock::unix_secs())
             .map_err(Refusal::internal)?;
         if !valid {
             return Err(refused());
@@ -435,7 +428,7 @@ async fn join(shared: &Shared, request: hyper::Request<Incoming>) -> Handled {
         }
         let consumed = shared
             .store
-            .consume_join_token(&join.token, unix_now())
+            .consume_join_token(&join.token, crate::clock::unix_secs())
             .map_err(Refusal::internal)?;
         if !consumed {
             return Err(refused());
@@ -606,12 +599,16 @@ async fn sync(shared: &Shared, node: &str, request: hyper::Request<Incoming>) ->
         {
             entry.logs_seen = seen.max(last);
         }
-        let assigned: std::collections::BTreeSet<&str> = live
-            .replicas
-            .values()
-            .filter(|r| r.node.as_deref() == Some(node))
-            .map(|r| r.app.as_str())
-            .collect();
+        // Most heartbeats carry no lines: skip the scan of every replica.
+        let assigned: std::collections::BTreeSet<&str> = if sync.logs.is_empty() {
+            Default::default()
+        } else {
+            live.replicas
+                .values()
+                .filter(|r| r.node.as_deref() == Some(node))
+                .map(|r| r.app.as_str())
+                .collect()
+        };
         fresh_logs = sync
             .logs
             .into_iter()
@@ -773,7 +770,7 @@ fn app_views(shared: &Shared) -> Vec<AppView> {
 
 fn replica_views(shared: &Shared, app: Option<&str>) -> Vec<ReplicaView> {
     let live = shared.live.lock().expect("live state lock");
-    let now = unix_now();
+    let now = crate::clock::unix_secs();
     live.replicas
         .values()
         .filter(|r| app.is_none_or(|a| r.app == a))

@@ -39,7 +39,7 @@ pub fn read(store: &Store, digest: &str) -> Result<AppSpec, String> {
     let digest: Digest = digest
         .parse()
         .map_err(|e| format!("package {digest}: {e}"))?;
-    let manifest = package::open(store, &digest).map_err(|e| e.to_string())?;
+    let manifest = package::verify(store, &digest).map_err(|e| e.to_string())?;
     let name = manifest.app.name.to_string();
     let components = manifest
         .component

@@ -21,9 +21,7 @@ impl Default for LogRing {
     /// Positions start from the clock, so a client following the log of a
     /// control plane that restarted does not skip the new lines.
     fn default() -> Self {
-        let start = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as u64 * 1000);
+        let start = crate::clock::unix_ms() * 1000;
         LogRing {
             lines: Mutex::new((VecDeque::new(), start)),
             appended: Notify::new(),

@@ -27,7 +27,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
 use tokio::sync::{Notify, watch};
 
@@ -211,9 +211,7 @@ impl ControlPlane {
         let live = Live::load(&store, &packages)?;
         // A version unlike any earlier run's, so a node that kept running
         // while the control plane restarted takes the full state again.
-        let version = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(1, |d| d.as_millis() as u64);
+        let version = crate::clock::unix_ms().max(1);
         let shared = Arc::new(Shared {
             config,
             cluster,
@@ -292,7 +290,7 @@ impl Shared {
     fn new_join_token(&self) -> Result<JoinTokenResponse, crate::state::StateError> {
         let pin = crate::tls::ca_pin(self.ca.cert_pem()).expect("the cluster CA is readable");
         let token = format!("skt1.{pin}.{}", random_hex(16));
-        let expires_unix = unix_now() + JOIN_TOKEN_LIFETIME.as_secs();
+        let expires_unix = crate::clock::unix_secs() + JOIN_TOKEN_LIFETIME.as_secs();
         self.store.add_join_token(&token, expires_unix)?;
         Ok(JoinTokenResponse {
             token,
@@ -357,11 +355,4 @@ pub(crate) fn random_hex(bytes: usize) -> String {
     let mut buf = vec![0u8; bytes];
     getrandom::fill(&mut buf).expect("the OS random source works");
     hex::encode(buf)
-}
-
-/// Seconds since the Unix epoch.
-pub(crate) fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
 }

@@ -3,7 +3,7 @@
 //! declared scale, and places pending replicas with the scheduler. A pass
 //! runs when something changed and a few times per heartbeat regardless.
 
-use super::{ControlPlaneConfig, Live, Shared, unix_now};
+use super::{ControlPlaneConfig, Live, Shared};
 use crate::api::{AppRouting, Assignment, DesiredState, Endpoint, LoadState};
 use crate::scheduler::{ClusterSnapshot, Decision, NodeInfo, ReplicaRequest, Scheduler};
 use crate::state::{ReplicaChange, ReplicaRecord};
@@ -27,7 +27,12 @@ pub(super) async fn run(shared: Arc<Shared>) {
 pub(super) fn pass(shared: &Shared) {
     let mut live = shared.live.lock().expect("live state lock");
     read_missing_specs(shared, &mut live);
-    let outcome = reconcile(&mut live, Instant::now(), &shared.config, unix_now());
+    let outcome = reconcile(
+        &mut live,
+        Instant::now(),
+        &shared.config,
+        crate::clock::unix_secs(),
+    );
     if let Err(e) = shared.store.change_replicas(&outcome.changes) {
         // Keep memory equal to what is stored; the next pass retries.
         tracing::error!("cannot record replica changes: {e}");

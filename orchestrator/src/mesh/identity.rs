@@ -101,21 +101,16 @@ impl NodeIdentity {
         &self.ca_pem
     }
 
-    /// When the node certificate stops being valid, and when it started,
-    /// Unix seconds.
+    /// When the node certificate stops being valid, Unix seconds.
     ///
     /// # Errors
     ///
     /// An unreadable certificate.
-    pub fn validity(&self) -> Result<(i64, i64), IdentityError> {
+    pub fn expires(&self) -> Result<i64, IdentityError> {
         let der = self.chain()?.remove(0);
         let (_, cert) = x509_parser::parse_x509_certificate(&der)
             .map_err(|e| IdentityError(format!("node certificate: {e}")))?;
-        let validity = cert.validity();
-        Ok((
-            validity.not_before.timestamp(),
-            validity.not_after.timestamp(),
-        ))
+        Ok(cert.validity().not_after.timestamp())
     }
 
     /// Client settings for talking to the control plane: the node

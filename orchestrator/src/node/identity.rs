@@ -31,7 +31,7 @@ impl Current {
     fn new(identity: NodeIdentity, server: &str, obtained: i64) -> anyhow::Result<Current> {
         let api = ApiClient::new(server, identity.control_plane_client_config()?, None);
         let mesh_server = identity.server_config()?;
-        let (_, not_after) = identity.validity()?;
+        let not_after = identity.expires()?;
         Ok(Current {
             identity,
             api,
@@ -155,5 +155,5 @@ pub(crate) async fn renew_if_due(shared: &Arc<NodeShared>) {
 }
 
 fn now() -> i64 {
-    crate::control::unix_now() as i64
+    crate::clock::unix_secs() as i64
 }

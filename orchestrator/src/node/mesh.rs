@@ -38,8 +38,6 @@ pub const COMPONENT_HEADER: &str = "skiff-component";
 pub const NOT_HERE_HEADER: &str = "skiff-not-here";
 /// Connecting to a peer node may take this long before the next is tried.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
-/// A peer must finish its TLS handshake within this.
-pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 type ForwardBody = BoxBody<Bytes, hyper::Error>;
 type MeshClient = Client<HttpsConnector<HttpConnector<MeshResolver>>, ForwardBody>;
@@ -311,15 +309,10 @@ pub(crate) async fn serve(
             .clone();
         let node = node.clone();
         tokio::spawn(async move {
-            let peer = accepted.peer;
-            let handshake = TlsAcceptor::from(tls).accept(accepted.stream);
-            let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake).await {
-                Ok(Ok(stream)) => stream,
-                Ok(Err(e)) => {
-                    tracing::warn!(%peer, "mesh connection refused: {e}");
-                    return;
-                }
-                Err(_) => return,
+            let acceptor = TlsAcceptor::from(tls);
+            let Some(stream) = crate::tls::accept(&acceptor, accepted.stream, accepted.peer).await
+            else {
+                return;
             };
             let service = hyper::service::service_fn(move |request| {
                 let node = node.clone();

@@ -14,8 +14,6 @@ mod ingress;
 mod mesh;
 mod replicas;
 
-pub use mesh::HANDSHAKE_TIMEOUT;
-
 use crate::api::{DesiredState, GuestLine, SyncRequest, SyncResponse};
 use crate::api_client::ApiClient;
 use anyhow::Context;
@@ -27,7 +25,7 @@ use std::collections::{BTreeMap, VecDeque};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
 use tokio::sync::Notify;
 
@@ -142,7 +140,7 @@ impl Node {
                 lines: VecDeque::new(),
                 // Line numbers keep increasing across restarts of the node,
                 // so the control plane can tell a resent line from a new one.
-                next: unix_ms() * 1000,
+                next: crate::clock::unix_ms() * 1000,
             }),
             changed: Notify::new(),
         });
@@ -214,8 +212,6 @@ impl NodeShared {
         *self.routing.write().expect("routing lock") =
             Arc::new(ingress::Routing::new(&desired.apps));
         self.replicas.apply(self, desired.assignments);
-        let node = self.clone();
-        tokio::spawn(async move { replicas::collect_unused_packages(&node).await });
     }
 
     /// A log sink that tags lines with `app` and buffers them for the
@@ -310,7 +306,7 @@ impl LogSink for NodeLogSink {
         let Some(node) = self.node.upgrade() else {
             return;
         };
-        let unix_ms = unix_ms();
+        let unix_ms = crate::clock::unix_ms();
         let mut logs = node.logs.lock().expect("log buffer lock");
         logs.next += 1;
         let seq = logs.next;
@@ -332,10 +328,4 @@ impl LogSink for NodeLogSink {
             logs.lines.pop_front();
         }
     }
-}
-
-fn unix_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }

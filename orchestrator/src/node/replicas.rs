@@ -56,6 +56,7 @@ impl LocalReplicas {
             .into_iter()
             .map(|a| ((a.app, a.component), a.package))
             .collect();
+        let before = held.len();
         held.retain(|(app, component), h| {
             let keep = wanted.contains_key(&(app.clone(), component.clone()));
             if !keep {
@@ -64,6 +65,12 @@ impl LocalReplicas {
             }
             keep
         });
+        // Only a removal frees a package here; a new version's load
+        // collects the old one when it completes.
+        if held.len() < before {
+            let node = node.clone();
+            tokio::spawn(async move { collect_unused_packages(&node).await });
+        }
         for (key, package) in wanted {
             match held.get_mut(&key) {
                 Some(h) if h.package == package => continue,
@@ -301,7 +308,7 @@ async fn pull(node: &Arc<NodeShared>, digest: &Digest) -> Result<(), String> {
 
 /// Removes from the node's store every package no held or serving
 /// component uses, with the blobs and unpacked files only it needed.
-pub(crate) async fn collect_unused_packages(node: &Arc<NodeShared>) {
+async fn collect_unused_packages(node: &Arc<NodeShared>) {
     let _store = node.store_lock.lock().await;
     let in_use = node.replicas.packages_in_use();
     let Ok(tagged) = node.packages.list() else {

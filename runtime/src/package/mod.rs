@@ -125,6 +125,22 @@ pub fn pack(manifest: &Manifest, base_dir: &Path, store: &Store) -> Result<Packe
 /// A missing or corrupt blob (named by digest), or content that is not a
 /// Skiff package.
 pub fn open(store: &Store, digest: &Digest) -> Result<Manifest, PackageError> {
+    read_locked(store, digest, true)
+}
+
+/// Verifies every blob of package `digest` in `store` and returns its
+/// locked manifest, without unpacking anything: for a control plane that
+/// schedules the package but never runs it. Component sources become blob
+/// paths; file mounts keep their layer digests.
+///
+/// # Errors
+///
+/// As [`open`].
+pub fn verify(store: &Store, digest: &Digest) -> Result<Manifest, PackageError> {
+    read_locked(store, digest, false)
+}
+
+fn read_locked(store: &Store, digest: &Digest, unpack: bool) -> Result<Manifest, PackageError> {
     let image = store.manifest(digest)?;
     if image.config.media_type != PACKAGE_CONFIG_MEDIA_TYPE {
         return Err(PackageError::NotAPackage(format!(
@@ -158,7 +174,11 @@ pub fn open(store: &Store, digest: &Digest) -> Result<Manifest, PackageError> {
         spec.source = store.blob_path(&layer);
         for mount in &mut spec.files {
             let layer = layer_of(name.as_str(), &mount.source, "file layer")?;
-            mount.source = store.unpacked(&layer)?;
+            if unpack {
+                mount.source = store.unpacked(&layer)?;
+            } else {
+                store.read(&layer)?;
+            }
         }
     }
     Ok(manifest)
