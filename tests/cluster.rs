@@ -7,7 +7,7 @@ mod support;
 use rustls::pki_types::pem::PemObject;
 use serde_json::Value;
 use skiff_orchestrator::api_client::ApiClient;
-use skiff_orchestrator::mesh::{ClusterCa, NodeIdentity};
+use skiff_orchestrator::mesh::{ClusterCa, Members, NodeIdentity};
 use skiff_test_guests::{HELLO, PROBE};
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -609,6 +609,354 @@ fn pending_and_failing_replicas_say_why_and_bad_deploys_change_nothing() {
     assert_eq!(cluster.json(&["apps"]), apps_before);
 }
 
+/// A certificate from the cluster's CA for node `name` as a CA without
+/// name rules would issue it, and its key.
+fn legacy_node_cert(cluster: &Cluster, name: &str) -> (String, String) {
+    use rcgen::{CertificateParams, ExtendedKeyUsagePurpose, Issuer, KeyPair, SanType};
+    let ca_key = std::fs::read_to_string(cluster.home().join("server/ca.key")).unwrap();
+    let issuer =
+        Issuer::from_ca_cert_pem(&cluster.ca_pem(), KeyPair::from_pem(&ca_key).unwrap()).unwrap();
+    let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let mut params = CertificateParams::new(vec![name.to_string()]).unwrap();
+    params.subject_alt_names.push(SanType::URI(
+        format!("spiffe://skiff/node/{name}").try_into().unwrap(),
+    ));
+    params.extended_key_usages = vec![
+        ExtendedKeyUsagePurpose::ServerAuth,
+        ExtendedKeyUsagePurpose::ClientAuth,
+    ];
+    let cert = params.signed_by(&key, &issuer).unwrap();
+    (cert.pem(), key.serialize_pem())
+}
+
+/// Sends a forwarded request to the mesh endpoint at `mesh` (node
+/// `server`, checked against `members`) as `identity`: the answer's first
+/// bytes, or why there was none.
+fn mesh_answer(
+    runtime: &tokio::runtime::Runtime,
+    mesh: &str,
+    server: &str,
+    identity: &NodeIdentity,
+    members: &Members,
+) -> Result<String, String> {
+    let tls = identity.client_config(members).unwrap();
+    let server = rustls::pki_types::ServerName::try_from(server.to_string()).unwrap();
+    runtime.block_on(async {
+        let stream = tokio::net::TcpStream::connect(mesh).await.unwrap();
+        let connector = tokio_rustls::TlsConnector::from(tls);
+        let mut stream = connector
+            .connect(server, stream)
+            .await
+            .map_err(|e| e.to_string())?;
+        // TLS 1.3 reports a refused client certificate on first read.
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let _ = stream
+            .write_all(b"GET / HTTP/1.1\r\nhost: x\r\nskiff-app: a\r\nskiff-component: b\r\n\r\n")
+            .await;
+        let mut buf = [0u8; 64];
+        match stream.read(&mut buf).await {
+            Ok(n) if n > 0 => Ok(String::from_utf8_lossy(&buf[..n]).into_owned()),
+            Ok(_) => Err("closed".to_string()),
+            Err(e) => Err(e.to_string()),
+        }
+    })
+}
+
+/// The identity node `name` saved in its data directory.
+fn saved_identity(cluster: &Cluster, name: &str) -> NodeIdentity {
+    let dir = cluster.home().join(format!("node-{name}"));
+    let both = std::fs::read_to_string(dir.join("node.pem")).unwrap();
+    let ca = std::fs::read_to_string(dir.join("ca.pem")).unwrap();
+    NodeIdentity::new(both.clone(), both, ca)
+}
+
+/// Members holding exactly `identity`'s node, of its incarnation.
+fn only(identity: &NodeIdentity) -> Members {
+    let node = identity.node("skiff").unwrap();
+    let members = Members::new("skiff");
+    members.set([(node.name, node.incarnation)].into_iter().collect());
+    members
+}
+
+/// A node's API calls as `identity`: the statuses of a heartbeat, a
+/// certificate renewal and a fetch of blob `digest`.
+fn node_calls(
+    runtime: &tokio::runtime::Runtime,
+    cluster: &Cluster,
+    identity: &NodeIdentity,
+    digest: &str,
+) -> Vec<Result<(), String>> {
+    let api = ApiClient::new(
+        &cluster.api,
+        identity.control_plane_client_config().unwrap(),
+        None,
+    );
+    let sync = serde_json::json!({
+        "version": 0, "labels": {}, "memory": 1u64 << 30,
+        "ingress": "127.0.0.2:1", "mesh": "127.0.0.2:2",
+        "components": [], "logs_first_seq": 0, "logs": []
+    });
+    let (_, csr) = NodeIdentity::request().unwrap();
+    let renew = serde_json::json!({ "csr_pem": csr });
+    let status = |result: Result<Value, skiff_orchestrator::api_client::ApiError>| {
+        result
+            .map(|_| ())
+            .map_err(|e| format!("{:?}: {e}", e.status()))
+    };
+    vec![
+        status(runtime.block_on(api.post::<_, Value>("/v1/node/sync", &sync))),
+        status(runtime.block_on(api.post::<_, Value>("/v1/node/renew", &renew))),
+        runtime
+            .block_on(api.send(
+                http::Method::GET,
+                &format!("/v1/node/blobs/{digest}"),
+                None,
+                Duration::from_secs(10),
+            ))
+            .map(|_| ())
+            .map_err(|e| format!("{:?}: {e}", e.status())),
+    ]
+}
+
+fn node_names(cluster: &Cluster) -> Vec<String> {
+    cluster
+        .json(&["nodes"])
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n["name"].as_str().unwrap().to_string())
+        .collect()
+}
+
+fn node_state(cluster: &Cluster, name: &str) -> Option<String> {
+    cluster
+        .json(&["nodes"])
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["name"] == name)
+        .map(|n| n["state"].as_str().unwrap().to_string())
+}
+
+#[test]
+fn a_forgotten_node_is_refused_everywhere_until_it_joins_again() {
+    let mut cluster = Cluster::start(2);
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let app_dir = temp_dir();
+    cluster.cli(&["deploy", &hello_app(app_dir.path(), "web", 2), "--wait"]);
+    cluster.wait_running("web", 2);
+    let package = cluster.json(&["apps"])[0]["package"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let stolen = saved_identity(&cluster, "node-1");
+    let node_2 = only(&saved_identity(&cluster, "node-2"));
+    let mesh_2 = cluster.node("node-2").mesh.clone();
+    // While node-1 is a member, its certificate is honoured.
+    assert!(node_calls(&runtime, &cluster, &stolen, &package)[2].is_ok());
+    let answer = mesh_answer(&runtime, &mesh_2, "node-2", &stolen, &node_2);
+    assert!(
+        answer.as_ref().is_ok_and(|a| a.starts_with("HTTP/1.1")),
+        "{answer:?}"
+    );
+
+    // Down is not gone: a fresh token cannot take its name.
+    cluster.nodes[0].process.kill();
+    wait_until(Duration::from_secs(15), "node-1 to be down", || {
+        (node_state(&cluster, "node-1").as_deref() == Some("down")).then_some(())
+    });
+    let token = cluster.cli(&["join-token"]).trim().to_string();
+    let taken = std::net::TcpListener::bind("127.0.0.2:0").unwrap();
+    let taken = taken.local_addr().unwrap().to_string();
+    let elsewhere = cluster.home().join("elsewhere");
+    let refused = cluster.cli_fails(&[
+        "node",
+        "--server",
+        &cluster.api,
+        "--token",
+        &token,
+        "--name",
+        "node-1",
+        "--listen",
+        &taken,
+        "--data-dir",
+        elsewhere.to_str().unwrap(),
+    ]);
+    assert!(
+        refused.contains("already in this cluster (down)")
+            && refused.contains("skiff forget node-1"),
+        "{refused}"
+    );
+
+    // Forgotten, it comes back with its saved certificate: refused.
+    cluster.cli(&["forget", "node-1"]);
+    cluster.restart_node("node-1");
+    cluster
+        .node("node-1")
+        .process
+        .wait_for_stderr("not a member of this cluster");
+    let refused_everywhere = |cluster: &Cluster| {
+        for call in node_calls(&runtime, cluster, &stolen, &package) {
+            let refused = call.unwrap_err();
+            assert!(
+                refused.contains("401") && refused.contains("not a member of this cluster"),
+                "{refused}"
+            );
+        }
+        assert_eq!(node_names(cluster), ["node-2"]);
+        // Node 2 hears of it from the control plane.
+        wait_until(
+            Duration::from_secs(10),
+            "node-2's mesh to refuse node-1",
+            || mesh_answer(&runtime, &mesh_2, "node-2", &stolen, &node_2).err(),
+        );
+    };
+    refused_everywhere(&cluster);
+    assert_eq!(
+        cluster
+            .wait_running("web", 2)
+            .iter()
+            .filter(|r| r.1.as_deref() == Some("node-2"))
+            .count(),
+        2,
+        "its replicas moved to node-2"
+    );
+
+    // Still after the control plane restarts.
+    let port = cluster.api.rsplit(':').next().unwrap().to_string();
+    cluster.server.kill();
+    cluster.server = start_server(cluster.home(), &format!("127.0.0.1:{port}"), &[]);
+    wait_until(Duration::from_secs(15), "node-2 to be back", || {
+        (node_state(&cluster, "node-2").as_deref() == Some("ready")).then_some(())
+    });
+    refused_everywhere(&cluster);
+
+    // A new join token brings it back under its name, with a new
+    // certificate; the old one stays refused.
+    let mut old = cluster.nodes.remove(0);
+    old.process.kill();
+    std::fs::remove_dir_all(cluster.home().join("node-node-1")).unwrap();
+    let listen = old.process.url.trim_start_matches("http://").to_string();
+    let node = cluster.launch_node("node-1", &["--token", &token, "--listen", &listen]);
+    cluster.nodes.insert(0, node);
+    wait_until(Duration::from_secs(15), "node-1 to be ready", || {
+        (node_state(&cluster, "node-1").as_deref() == Some("ready")).then_some(())
+    });
+    let rejoined = saved_identity(&cluster, "node-1");
+    wait_until(
+        Duration::from_secs(10),
+        "node-2's mesh to honour node-1 again",
+        || mesh_answer(&runtime, &mesh_2, "node-2", &rejoined, &node_2).ok(),
+    );
+    assert!(mesh_answer(&runtime, &mesh_2, "node-2", &stolen, &node_2).is_err());
+    for call in node_calls(&runtime, &cluster, &stolen, &package) {
+        assert!(call.unwrap_err().contains("not a member"));
+    }
+}
+
+#[test]
+fn names_and_addresses_that_could_be_mistaken_are_refused() {
+    let cluster = Cluster::start_with(1, &["--host", "cp-main"]);
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let token = cluster.cli(&["join-token"]).trim().to_string();
+
+    // The CLI refuses such names before anything starts.
+    for name in ["localhost", "127.0.0.1", "Node-2", "1234", "node.example"] {
+        let refused = cluster.cli_fails(&[
+            "node",
+            "--server",
+            &cluster.api,
+            "--token",
+            &token,
+            "--name",
+            name,
+        ]);
+        assert!(
+            refused.contains(&format!("invalid node name {name:?}")),
+            "{refused}"
+        );
+    }
+    // So does the control plane, for a client that skips the check; and
+    // the names the control plane is reached by. The token stays usable.
+    let pin = token.split('.').nth(1).unwrap();
+    let joining = ApiClient::new(
+        &cluster.api,
+        skiff_orchestrator::tls::client_pinned(pin).unwrap(),
+        None,
+    );
+    let join = |name: &str| {
+        let (_, csr) = NodeIdentity::request().unwrap();
+        runtime.block_on(joining.post::<_, Value>(
+            "/v1/join",
+            &serde_json::json!({ "token": token, "name": name, "csr_pem": csr }),
+        ))
+    };
+    for name in ["localhost", "127.0.0.1", "NODE", "1234", "cp-main"] {
+        let refused = join(name).unwrap_err();
+        assert_eq!(
+            refused.status(),
+            Some(http::StatusCode::BAD_REQUEST),
+            "{refused}"
+        );
+        assert!(
+            refused
+                .to_string()
+                .contains(&format!("invalid node name {name:?}")),
+            "{refused}"
+        );
+    }
+    assert!(join("node-2").is_ok(), "the token was not used up");
+    assert_eq!(node_names(&cluster), ["node-1", "node-2"]);
+
+    // A node reporting the control plane's API as its mesh address (so
+    // others would forward into /v1/node/*) is refused, and nothing it
+    // reported is recorded.
+    let node_1 = saved_identity(&cluster, "node-1");
+    let api = ApiClient::new(
+        &cluster.api,
+        node_1.control_plane_client_config().unwrap(),
+        None,
+    );
+    let control_plane = cluster.api.trim_start_matches("https://").to_string();
+    for (ingress, mesh) in [
+        ("127.0.0.2:4444", control_plane.as_str()),
+        ("127.0.0.2:4444", "0.0.0.0:4445"),
+        ("127.0.0.2:4444", "127.0.0.2:0"),
+        ("127.0.0.2:4444", "224.0.0.1:4445"),
+    ] {
+        let refused = runtime
+            .block_on(api.post::<_, Value>(
+                "/v1/node/sync",
+                &serde_json::json!({
+                    "version": 0, "labels": {}, "memory": 1u64 << 30,
+                    "ingress": ingress, "mesh": mesh,
+                    "components": [], "logs_first_seq": 0, "logs": []
+                }),
+            ))
+            .unwrap_err();
+        assert_eq!(
+            refused.status(),
+            Some(http::StatusCode::BAD_REQUEST),
+            "{refused}"
+        );
+        assert!(
+            refused
+                .to_string()
+                .contains(&format!("invalid mesh address {mesh:?}")),
+            "{refused}"
+        );
+    }
+    let nodes = cluster.json(&["nodes"]);
+    assert!(
+        nodes
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|n| n["ingress"] != "127.0.0.2:4444"),
+        "{nodes}"
+    );
+}
+
 fn admin_token(cluster: &Cluster) -> String {
     std::fs::read_to_string(cluster.home().join("server/admin-token")).unwrap()
 }
@@ -663,7 +1011,10 @@ fn strangers_are_refused() {
     };
     // A name in use is refused without using up the token.
     let conflict = join(&token, "node-1");
-    assert!(conflict.contains("already active"), "{conflict}");
+    assert!(
+        conflict.contains("already in this cluster (active)"),
+        "{conflict}"
+    );
     let first = join(&token, "once");
     assert!(
         first.contains("already in use"),
@@ -689,9 +1040,13 @@ fn strangers_are_refused() {
     // by a node's mesh endpoint; so is plaintext.
     let rogue_ca = ClusterCa::create("skiff").unwrap();
     let (key, csr) = NodeIdentity::request().unwrap();
-    let rogue_cert = rogue_ca.sign_node("node-1", &csr).unwrap();
+    let rogue_cert = rogue_ca.sign_node("node-1", "0", &csr).unwrap();
     let rogue = NodeIdentity::new(key, rogue_cert, cluster.ca_pem());
-    let rogue_api = ApiClient::new(&cluster.api, rogue.client_config().unwrap(), None);
+    let rogue_api = ApiClient::new(
+        &cluster.api,
+        rogue.control_plane_client_config().unwrap(),
+        None,
+    );
     let refused = runtime
         .block_on(rogue_api.get::<Value>("/v1/node/blobs/sha256:00"))
         .unwrap_err();
@@ -701,29 +1056,8 @@ fn strangers_are_refused() {
     );
 
     let mesh = &cluster.nodes[0].mesh;
-    let tls = runtime.block_on(async {
-        let stream = tokio::net::TcpStream::connect(mesh).await.unwrap();
-        let connector = tokio_rustls::TlsConnector::from(rogue.client_config().unwrap());
-        let name = rustls::pki_types::ServerName::try_from("node-1").unwrap();
-        match connector.connect(name, stream).await {
-            Err(e) => Err(e.to_string()),
-            Ok(mut stream) => {
-                // TLS 1.3 reports a refused client certificate on first read.
-                use tokio::io::{AsyncReadExt, AsyncWriteExt};
-                let _ = stream
-                    .write_all(
-                        b"GET / HTTP/1.1\r\nhost: x\r\nskiff-app: a\r\nskiff-component: b\r\n\r\n",
-                    )
-                    .await;
-                let mut buf = [0u8; 64];
-                match stream.read(&mut buf).await {
-                    Ok(n) if n > 0 => Ok(String::from_utf8_lossy(&buf[..n]).into_owned()),
-                    Ok(_) => Err("closed".to_string()),
-                    Err(e) => Err(e.to_string()),
-                }
-            }
-        }
-    });
+    let node_1 = only(&saved_identity(&cluster, "node-1"));
+    let tls = mesh_answer(&runtime, mesh, "node-1", &rogue, &node_1);
     assert!(
         tls.is_err(),
         "the mesh answered a rogue certificate: {tls:?}"
@@ -745,15 +1079,9 @@ fn strangers_are_refused() {
     );
 
     // A node certificate, though the cluster CA signed it, cannot pose as
-    // the control plane, even for the name the CLI dials.
-    let ca = ClusterCa::load(
-        "skiff",
-        &cluster.ca_pem(),
-        &std::fs::read_to_string(cluster.home().join("server/ca.key")).unwrap(),
-    )
-    .unwrap();
-    let (key, csr) = NodeIdentity::request().unwrap();
-    let cert = ca.sign_node("localhost", &csr).unwrap();
+    // the control plane, even for the name the CLI dials (the CA no
+    // longer names a node `localhost`; an older one could).
+    let (cert, key) = legacy_node_cert(&cluster, "localhost");
     let impostor = rustls::ServerConfig::builder_with_provider(skiff_orchestrator::tls::provider())
         .with_safe_default_protocol_versions()
         .unwrap()

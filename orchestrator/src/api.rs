@@ -129,6 +129,10 @@ pub struct DesiredState {
     pub assignments: Vec<Assignment>,
     /// Every app's routes and endpoints, for ingress.
     pub apps: Vec<AppRouting>,
+    /// Every node in the cluster, name to incarnation: the only peers
+    /// whose certificates the mesh honours.
+    #[serde(default)]
+    pub members: BTreeMap<String, String>,
 }
 
 /// One component a node should run.

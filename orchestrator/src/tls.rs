@@ -154,8 +154,36 @@ pub fn control_plane_verifier(
     )
     .build()
     .map_err(tls_err)?;
-    Ok(Arc::new(ControlPlaneOnly {
+    Ok(Arc::new(ClusterServer {
         trust: Trust::Roots(verifier),
+        expect: Expect::ControlPlane,
+        algorithms: provider.signature_verification_algorithms,
+    }))
+}
+
+/// Verifies a server as the node dialled: a chain to `roots` for the
+/// node's name, the SPIFFE ID `spiffe://<cluster>/node/<that name>`, and
+/// an incarnation `members` holds current. Another node's certificate
+/// (at the address dialled for this one) or the control plane's is
+/// refused.
+///
+/// # Errors
+///
+/// An empty root store.
+pub fn node_verifier(
+    roots: RootCertStore,
+    members: crate::mesh::Members,
+) -> Result<Arc<dyn ServerCertVerifier>, TlsError> {
+    let provider = provider();
+    let verifier = rustls::client::WebPkiServerVerifier::builder_with_provider(
+        Arc::new(roots),
+        provider.clone(),
+    )
+    .build()
+    .map_err(tls_err)?;
+    Ok(Arc::new(ClusterServer {
+        trust: Trust::Roots(verifier),
+        expect: Expect::Node(members),
         algorithms: provider.signature_verification_algorithms,
     }))
 }
@@ -170,11 +198,12 @@ pub fn control_plane_verifier(
 /// None in practice; the signature matches the other builders.
 pub fn client_pinned(pin: &str) -> Result<Arc<rustls::ClientConfig>, TlsError> {
     let provider = provider();
-    let verifier = ControlPlaneOnly {
+    let verifier = ClusterServer {
         trust: Trust::Pin {
             pin: pin.to_ascii_lowercase(),
             provider: provider.clone(),
         },
+        expect: Expect::ControlPlane,
         algorithms: provider.signature_verification_algorithms,
     };
     let config = rustls::ClientConfig::builder_with_provider(provider)
@@ -186,16 +215,27 @@ pub fn client_pinned(pin: &str) -> Result<Arc<rustls::ClientConfig>, TlsError> {
     Ok(Arc::new(config))
 }
 
-/// Accepts only the cluster's control plane: a chain to a trusted CA for
-/// the name dialled and the control plane's SPIFFE ID, so a node
-/// certificate (also signed by the cluster CA) cannot pose as it.
+/// Accepts only the server meant: a chain to a trusted CA for the name
+/// dialled, and the SPIFFE ID of the control plane or of the node
+/// dialled, so one certificate signed by the cluster CA cannot pose as
+/// another.
 #[derive(Debug)]
-struct ControlPlaneOnly {
+struct ClusterServer {
     trust: Trust,
+    expect: Expect,
     algorithms: WebPkiSupportedAlgorithms,
 }
 
-/// Which CA a [`ControlPlaneOnly`] trusts.
+/// Whom a [`ClusterServer`] expects.
+#[derive(Debug)]
+enum Expect {
+    /// The cluster's control plane.
+    ControlPlane,
+    /// The node named by the name dialled, as a current member.
+    Node(crate::mesh::Members),
+}
+
+/// Which CA a [`ClusterServer`] trusts.
 #[derive(Debug)]
 enum Trust {
     /// The cluster CA, known.
@@ -207,7 +247,7 @@ enum Trust {
     },
 }
 
-impl ControlPlaneOnly {
+impl ClusterServer {
     fn chain_verifier(
         &self,
         intermediates: &[CertificateDer<'_>],
@@ -238,7 +278,7 @@ impl ControlPlaneOnly {
     }
 }
 
-impl ServerCertVerifier for ControlPlaneOnly {
+impl ServerCertVerifier for ClusterServer {
     fn verify_server_cert(
         &self,
         end_entity: &CertificateDer<'_>,
@@ -254,10 +294,34 @@ impl ServerCertVerifier for ControlPlaneOnly {
             ocsp_response,
             now,
         )?;
-        if crate::mesh::peer_spiffe_id(end_entity) != Some(crate::mesh::control_plane_id()) {
-            return Err(rustls::Error::General(
-                "the server's certificate is not this cluster's control plane".to_string(),
-            ));
+        match &self.expect {
+            Expect::ControlPlane => {
+                if crate::mesh::peer_spiffe_id(end_entity) != Some(crate::mesh::control_plane_id())
+                {
+                    return Err(rustls::Error::General(
+                        "the server's certificate is not this cluster's control plane".to_string(),
+                    ));
+                }
+            }
+            Expect::Node(members) => {
+                let ServerName::DnsName(dialled) = server_name else {
+                    return Err(rustls::Error::General(format!(
+                        "mesh peers are dialled by node name, not {server_name:?}"
+                    )));
+                };
+                let found = members
+                    .check(end_entity)
+                    .map_err(|e| rustls::Error::General(e.to_string()))?;
+                if found.name != dialled.as_ref() {
+                    return Err(rustls::Error::General(
+                        crate::mesh::members::PeerError::WrongNode {
+                            expected: dialled.as_ref().to_string(),
+                            found: found.name,
+                        }
+                        .to_string(),
+                    ));
+                }
+            }
         }
         Ok(verified)
     }

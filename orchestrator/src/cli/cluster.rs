@@ -109,7 +109,9 @@ pub struct NodeArgs {
     /// A join token (needed only the first time this node starts).
     #[arg(long, env = "SKIFF_JOIN_TOKEN")]
     token: Option<String>,
-    /// The node's name; default the host name.
+    /// The node's name: one lower-case DNS label (letters, digits, '-'),
+    /// not all digits, not `localhost`, not a name of the control plane;
+    /// default the host name's first label, in lower case.
     #[arg(long)]
     name: Option<String>,
     /// Placement labels, e.g. `zone=eu-1,disk=ssd`.
@@ -134,9 +136,7 @@ pub struct NodeArgs {
 /// Runs a node until Ctrl-C or SIGTERM.
 pub fn node(args: NodeArgs) -> anyhow::Result<()> {
     let name = args.name.unwrap_or_else(host_name);
-    if !crate::mesh::ca::valid_node_name(&name) {
-        return Err(crate::mesh::CaError::BadName(name).into());
-    }
+    crate::mesh::ca::check_node_name(&name)?;
     let mut labels = BTreeMap::new();
     for label in &args.labels {
         let (key, value) = label
@@ -362,7 +362,7 @@ pub(crate) fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 fn host_name() -> String {
     std::fs::read_to_string("/etc/hostname")
         .ok()
-        .map(|h| h.trim().to_string())
+        .and_then(|h| Some(h.trim().split('.').next()?.to_ascii_lowercase()))
         .filter(|h| !h.is_empty())
         .unwrap_or_else(|| "node".to_string())
 }

@@ -10,6 +10,7 @@ use crate::api::{
     JoinResponse, LoadState, NodeView, RenewRequest, ReplicaView, ScaleRequest, SyncRequest,
     SyncResponse,
 };
+use crate::mesh::NodeCert;
 use crate::state::{Applied, NodeRecord};
 use bytes::Bytes;
 use http::{Method, StatusCode};
@@ -58,18 +59,14 @@ pub(super) async fn serve(
                     .1
                     .peer_certificates()
                     .and_then(|certs| certs.first())
-                    .and_then(crate::mesh::peer_spiffe_id)
-                    .and_then(|id| {
-                        id.strip_prefix(&format!("spiffe://{}/node/", shared.cluster))
-                            .map(str::to_string)
-                    });
+                    .and_then(|cert| NodeCert::of(cert, &shared.cluster));
                 let closing = (shared.clone(), node.clone());
                 let service = hyper::service::service_fn(move |request| {
                     let shared = shared.clone();
                     let node = node.clone();
                     async move {
                         Ok::<_, std::convert::Infallible>(
-                            handle(&shared, node.as_deref(), request).await,
+                            handle(&shared, node.as_ref(), request).await,
                         )
                     }
                 });
@@ -103,7 +100,7 @@ type Handled = Result<Response, Refusal>;
 
 async fn handle(
     shared: &Shared,
-    node: Option<&str>,
+    node: Option<&NodeCert>,
     request: hyper::Request<Incoming>,
 ) -> Response {
     let method = request.method().clone();
@@ -118,11 +115,14 @@ async fn handle(
                 StatusCode::UNAUTHORIZED,
                 "node calls need a client certificate signed by the cluster CA".to_string(),
             )),
-            Some(node) => match (&method, rest) {
-                (&Method::POST, ["sync"]) => sync(shared, node, request).await,
-                (&Method::POST, ["renew"]) => renew(shared, node, request).await,
-                (&Method::GET, ["blobs", digest]) => get_blob(shared, digest),
-                _ => Err(Refusal::not_found(format!("no API {method} {path}"))),
+            Some(caller) => match member(shared, caller) {
+                Err(refusal) => Err(refusal),
+                Ok(node) => match (&method, rest) {
+                    (&Method::POST, ["sync"]) => sync(shared, node, request).await,
+                    (&Method::POST, ["renew"]) => renew(shared, caller, request).await,
+                    (&Method::GET, ["blobs", digest]) => get_blob(shared, digest),
+                    _ => Err(Refusal::not_found(format!("no API {method} {path}"))),
+                },
             },
         },
         _ => match authorize(shared, &request) {
@@ -136,6 +136,30 @@ async fn handle(
         }
         json(status, &ErrorBody { error }).expect("an error serializes")
     })
+}
+
+/// The calling node's name, if the cluster holds a node of that name and
+/// of the incarnation in its certificate: a node forgotten (or joined
+/// again since the certificate was issued) is refused.
+fn member<'a>(shared: &Shared, caller: &'a NodeCert) -> Result<&'a str, Refusal> {
+    let live = shared.live.lock().expect("live state lock");
+    match live.nodes.get(&caller.name) {
+        Some(node) if node.record.incarnation == caller.incarnation => Ok(&caller.name),
+        _ => {
+            drop(live);
+            tracing::warn!(
+                node = caller.name,
+                "refused a certificate that is no longer valid"
+            );
+            Err(Refusal(
+                StatusCode::UNAUTHORIZED,
+                format!(
+                    "node {:?} is not a member of this cluster: it was forgotten, or joined again since this certificate was issued; remove the node's data directory and join again with a new token from `skiff join-token`",
+                    caller.name
+                ),
+            ))
+        }
+    }
 }
 
 fn authorize(shared: &Shared, request: &hyper::Request<Incoming>) -> Result<(), Refusal> {
@@ -390,11 +414,22 @@ fn route_overlaps(shared: &Shared, spec: &catalog::AppSpec) -> Vec<String> {
 
 async fn join(shared: &Shared, request: hyper::Request<Incoming>) -> Handled {
     let join: JoinRequest = read_json(request).await?;
+    if shared
+        .hosts
+        .iter()
+        .any(|host| host.eq_ignore_ascii_case(&join.name))
+    {
+        return Err(Refusal::bad(format!(
+            "invalid node name {:?}: the control plane is reached by that name; pick another --name",
+            join.name
+        )));
+    }
     // Sign first, so a bad name or request does not use up the token; the
     // certificate is only handed out if the token is good.
+    let incarnation = super::random_hex(16);
     let cert_pem = shared
         .ca
-        .sign_node(&join.name, &join.csr_pem)
+        .sign_node(&join.name, &incarnation, &join.csr_pem)
         .map_err(|e| Refusal::bad(e.to_string()))?;
     {
         let mut live = shared.live.lock().expect("live state lock");
@@ -414,27 +449,21 @@ async fn join(shared: &Shared, request: hyper::Request<Incoming>) -> Handled {
         }
         // Checked only for holders of a good token, so names cannot be
         // probed without one; and before the token is used up, so the
-        // holder can retry with another name.
-        if let Some(node) = live.nodes.get(&join.name)
-            && !node.down
-        {
+        // holder can retry with another name. A node that is merely down
+        // keeps its name: only forgetting it frees the name.
+        if let Some(node) = live.nodes.get(&join.name) {
+            let state = if node.down { "down" } else { "active" };
             return Err(Refusal(
                 StatusCode::CONFLICT,
                 format!(
-                    "a node named {:?} is already active in this cluster; pick another --name, or wait until it is marked down",
-                    join.name
+                    "a node named {:?} is already in this cluster ({state}); pick another --name, or if that node is gone for good, run `skiff forget {}` first",
+                    join.name, join.name
                 ),
             ));
         }
-        let consumed = shared
-            .store
-            .consume_join_token(&join.token, crate::clock::unix_secs())
-            .map_err(Refusal::internal)?;
-        if !consumed {
-            return Err(refused());
-        }
-        // Hold the name until the node's first heartbeat fills in the rest.
-        let mut placeholder = LiveNode::new(NodeRecord {
+        // The node is a member from now on, with this incarnation, even if
+        // the control plane restarts before its first heartbeat.
+        let record = NodeRecord {
             name: join.name.clone(),
             labels: BTreeMap::new(),
             memory: 0,
@@ -442,14 +471,20 @@ async fn join(shared: &Shared, request: hyper::Request<Incoming>) -> Handled {
             mesh: String::new(),
             cordoned: false,
             drained: false,
-        });
-        if let Some(old) = live.nodes.remove(&join.name) {
-            placeholder.record.cordoned = old.record.cordoned;
-            placeholder.record.drained = old.record.drained;
+            incarnation,
+        };
+        let admitted = shared
+            .store
+            .admit_node(&join.token, &record, crate::clock::unix_secs())
+            .map_err(Refusal::internal)?;
+        if !admitted {
+            return Err(refused());
         }
-        live.nodes.insert(join.name.clone(), placeholder);
+        live.nodes.insert(join.name.clone(), LiveNode::new(record));
     }
     tracing::info!(node = join.name, "node joined");
+    // Every node learns the new member.
+    shared.bump();
     json(
         StatusCode::OK,
         &JoinResponse {
@@ -459,13 +494,14 @@ async fn join(shared: &Shared, request: hyper::Request<Incoming>) -> Handled {
     )
 }
 
-async fn renew(shared: &Shared, node: &str, request: hyper::Request<Incoming>) -> Handled {
+async fn renew(shared: &Shared, node: &NodeCert, request: hyper::Request<Incoming>) -> Handled {
     let renew: RenewRequest = read_json(request).await?;
+    // The same incarnation: a renewal is the same join.
     let cert_pem = shared
         .ca
-        .sign_node(node, &renew.csr_pem)
+        .sign_node(&node.name, &node.incarnation, &renew.csr_pem)
         .map_err(|e| Refusal::bad(e.to_string()))?;
-    tracing::info!(node, "node certificate renewed");
+    tracing::info!(node = node.name, "node certificate renewed");
     json(
         StatusCode::OK,
         &JoinResponse {
@@ -522,9 +558,10 @@ impl Drop for HeldHeartbeat<'_> {
 /// on another connection, it may be gone: if it does not heartbeat again
 /// soon, the controller marks it down (a killed node closes its sockets,
 /// so this is much sooner than `down_after`).
-fn node_connection_closed(shared: &Shared, node: &str) {
-    shared.with_node(node, |entry| {
-        if entry.holding == 0 {
+fn node_connection_closed(shared: &Shared, node: &NodeCert) {
+    shared.with_node(&node.name, |entry| {
+        // A certificate of an earlier join says nothing about this one.
+        if entry.holding == 0 && entry.record.incarnation == node.incarnation {
             entry.connection_lost = Some(Instant::now());
             shared.wake.notify_one();
         }
@@ -534,11 +571,7 @@ fn node_connection_closed(shared: &Shared, node: &str) {
 async fn sync(shared: &Shared, node: &str, request: hyper::Request<Incoming>) -> Handled {
     let sync: SyncRequest = read_json(request).await?;
     for (what, addr) in [("ingress", &sync.ingress), ("mesh", &sync.mesh)] {
-        if addr.parse::<std::net::SocketAddr>().is_err() {
-            return Err(Refusal::bad(format!(
-                "invalid {what} address {addr:?}: expected ip:port"
-            )));
-        }
+        check_reported_address(what, addr, shared.api_addr, &shared.hosts).map_err(Refusal::bad)?;
     }
     let mut wake = false;
     let mut bump = false;
@@ -554,18 +587,23 @@ async fn sync(shared: &Shared, node: &str, request: hyper::Request<Incoming>) ->
             mesh: sync.mesh.clone(),
             cordoned: false,
             drained: false,
+            incarnation: String::new(),
         };
         let now = Instant::now();
-        let entry = live.nodes.entry(node.to_string()).or_insert_with(|| {
-            wake = true;
-            LiveNode::new(record.clone())
-        });
+        // Only a join makes a node: a forgotten one is not brought back.
+        let entry = live.nodes.get_mut(node).ok_or_else(|| {
+            Refusal(
+                StatusCode::UNAUTHORIZED,
+                format!("node {node:?} was forgotten; join again with a new token"),
+            )
+        })?;
         let updated = NodeRecord {
             cordoned: entry.record.cordoned,
             drained: entry.record.drained,
+            incarnation: entry.record.incarnation.clone(),
             ..record
         };
-        if entry.record != updated || wake {
+        if entry.record != updated {
             shared.store.put_node(&updated).map_err(Refusal::internal)?;
             entry.record = updated;
             wake = true;
@@ -730,6 +768,8 @@ fn forget_node(shared: &Shared, name: &str) -> Handled {
     }
     tracing::info!(node = name, "node forgotten");
     shared.wake.notify_one();
+    // Every node drops it from the members its mesh honours.
+    shared.bump();
     json(StatusCode::OK, &serde_json::json!({"forgotten": name}))
 }
 
@@ -857,6 +897,47 @@ fn node_views(shared: &Shared) -> Vec<NodeView> {
             }
         })
         .collect()
+}
+
+/// Checks an address a node reports for itself (`what`: ingress or mesh):
+/// `ip:port` with a real port, not multicast or broadcast, not the control
+/// plane's own API (`api`, or any of `hosts` at its port when it listens
+/// on every address), and for the mesh, which other nodes dial, not
+/// unspecified. (Ingress may listen on every address: it is only shown.)
+pub(super) fn check_reported_address(
+    what: &str,
+    addr: &str,
+    api: std::net::SocketAddr,
+    hosts: &[String],
+) -> Result<std::net::SocketAddr, String> {
+    let parsed: std::net::SocketAddr = addr
+        .parse()
+        .map_err(|_| format!("invalid {what} address {addr:?}: expected ip:port"))?;
+    let ip = parsed.ip().to_canonical();
+    let broadcast = ip == std::net::IpAddr::V4(std::net::Ipv4Addr::BROADCAST);
+    let reason = if parsed.port() == 0 {
+        Some("port 0 cannot be dialled")
+    } else if ip.is_multicast() || broadcast {
+        Some("it is a multicast or broadcast address")
+    } else if what == "mesh" && ip.is_unspecified() {
+        Some("it is unspecified; report an address other nodes can reach")
+    } else if parsed.port() == api.port()
+        && (ip == api.ip().to_canonical()
+            || (api.ip().is_unspecified()
+                && (ip.is_loopback()
+                    || ip.is_unspecified()
+                    || hosts.iter().any(|h| h.parse() == Ok(ip)))))
+    {
+        Some("it is the control plane's own API address")
+    } else {
+        None
+    };
+    match reason {
+        Some(reason) => Err(format!(
+            "invalid {what} address {addr:?}: {reason}; start the node with a --listen or --mesh-listen address of its own"
+        )),
+        None => Ok(parsed),
+    }
 }
 
 fn parse_digest(text: &str) -> Result<Digest, Refusal> {

@@ -83,6 +83,11 @@ pub(crate) struct Shared {
     store: ClusterStore,
     packages: Store,
     ca: ClusterCa,
+    /// Where the API listens, as bound.
+    api_addr: SocketAddr,
+    /// The names and IPs the API's certificate is signed for; no node
+    /// may take one as its name.
+    hosts: Vec<String>,
     admin_token: String,
     live: Mutex<Live>,
     version: watch::Sender<u64>,
@@ -209,6 +214,16 @@ impl ControlPlane {
         let tls = crate::tls::control_plane_server(ca.cert_pem(), &chain, &key)?;
 
         let live = Live::load(&store, &packages)?;
+        if let Some(node) = live
+            .nodes
+            .keys()
+            .find(|n| hosts.iter().any(|h| h.eq_ignore_ascii_case(n)))
+        {
+            anyhow::bail!(
+                "--host {node:?} is the name of a node of this cluster; a node name must not be one the control plane is reached by: choose another --host"
+            );
+        }
+        let api_addr = listener.local_addr()?;
         // A version unlike any earlier run's, so a node that kept running
         // while the control plane restarted takes the full state again.
         let version = crate::clock::unix_ms().max(1);
@@ -218,6 +233,8 @@ impl ControlPlane {
             store,
             packages,
             ca,
+            api_addr,
+            hosts,
             admin_token,
             live: Mutex::new(live),
             version: watch::Sender::new(version),

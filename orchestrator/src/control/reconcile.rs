@@ -414,7 +414,16 @@ pub(super) fn desired_for(live: &Live, name: &str) -> DesiredState {
             })
         })
         .collect();
-    DesiredState { assignments, apps }
+    let members = live
+        .nodes
+        .values()
+        .map(|n| (n.record.name.clone(), n.record.incarnation.clone()))
+        .collect();
+    DesiredState {
+        assignments,
+        apps,
+        members,
+    }
 }
 
 /// The replica's node, when that node is up and serves its component

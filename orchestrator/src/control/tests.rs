@@ -26,6 +26,7 @@ fn node(name: &str, memory: u64, now: Instant) -> LiveNode {
             mesh: String::new(),
             cordoned: false,
             drained: false,
+            incarnation: format!("i-{name}"),
         },
         last_seen: now,
         connection_lost: None,
@@ -288,4 +289,70 @@ fn unplaceable_replicas_wait_with_a_reason_and_deleted_apps_lose_theirs() {
     let outcome = reconcile(&mut live, now, &config(), 0);
     assert!(live.replicas.is_empty());
     assert_eq!(outcome.changes.len(), 3);
+}
+
+#[test]
+fn every_node_learns_each_member_and_its_incarnation() {
+    let now = Instant::now();
+    let mut live = cluster(&[("a", 1024 * MIB), ("b", 1024 * MIB)], 1, 64 * MIB, now);
+    live.nodes.get_mut("b").unwrap().down = true;
+    let desired = super::reconcile::desired_for(&live, "a");
+    // A down node is still a member (it may come back); only forgetting
+    // it removes it.
+    assert_eq!(
+        desired.members,
+        BTreeMap::from([
+            ("a".to_string(), "i-a".to_string()),
+            ("b".to_string(), "i-b".to_string())
+        ])
+    );
+    live.nodes.remove("b");
+    let desired = super::reconcile::desired_for(&live, "a");
+    assert_eq!(desired.members.keys().collect::<Vec<_>>(), ["a"]);
+}
+
+#[test]
+fn reported_addresses_must_be_dialable_and_not_the_control_plane() {
+    use super::api::check_reported_address;
+    let api: std::net::SocketAddr = "127.0.0.1:7070".parse().unwrap();
+    let any: std::net::SocketAddr = "0.0.0.0:7070".parse().unwrap();
+    let hosts = vec!["10.1.2.3".to_string(), "cp".to_string()];
+    for (what, addr, server, why) in [
+        ("mesh", "127.0.0.1:7070", api, "control plane's own API"),
+        (
+            "mesh",
+            "[::ffff:127.0.0.1]:7070",
+            api,
+            "control plane's own API",
+        ),
+        ("ingress", "127.0.0.1:7070", api, "control plane's own API"),
+        ("mesh", "127.0.0.9:7070", any, "control plane's own API"),
+        ("mesh", "10.1.2.3:7070", any, "control plane's own API"),
+        ("mesh", "0.0.0.0:4000", api, "unspecified"),
+        ("mesh", "[::]:4000", api, "unspecified"),
+        ("mesh", "127.0.0.2:0", api, "port 0"),
+        ("ingress", "127.0.0.2:0", api, "port 0"),
+        ("mesh", "224.0.0.1:4000", api, "multicast"),
+        ("mesh", "[ff02::1]:4000", api, "multicast"),
+        ("ingress", "255.255.255.255:80", api, "broadcast"),
+        ("mesh", "node-1:4000", api, "expected ip:port"),
+    ] {
+        let refused = check_reported_address(what, addr, server, &hosts).unwrap_err();
+        assert!(
+            refused.contains(&format!("invalid {what} address {addr:?}")) && refused.contains(why),
+            "{what} {addr}: {refused}"
+        );
+    }
+    for (what, addr, server) in [
+        ("mesh", "127.0.0.2:7070", api),
+        ("mesh", "127.0.0.1:7071", api),
+        ("mesh", "10.1.2.4:7070", any),
+        ("ingress", "0.0.0.0:3000", api),
+        ("mesh", "[2001:db8::1]:4000", api),
+    ] {
+        assert!(
+            check_reported_address(what, addr, server, &hosts).is_ok(),
+            "{what} {addr}"
+        );
+    }
 }

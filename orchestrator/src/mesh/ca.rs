@@ -27,11 +27,14 @@ pub enum CaError {
     /// A CSR did not parse or its signature does not verify.
     #[error("refusing certificate signing request: {0}")]
     BadRequest(String),
-    /// A node name that cannot appear in a certificate.
-    #[error(
-        "invalid node name {0:?}: use letters, digits, '-' and '.', starting and ending with a letter or digit, at most 63 characters"
-    )]
-    BadName(String),
+    /// A node name that cannot name a node.
+    #[error("invalid node name {name:?}: {reason}")]
+    BadName {
+        /// The name asked for.
+        name: String,
+        /// What is wrong with it and what to do.
+        reason: &'static str,
+    },
 }
 
 /// The cluster CA.
@@ -109,16 +112,21 @@ impl ClusterCa {
 
     /// Issues a certificate for node `name` from its CSR (PEM): valid for
     /// [`NODE_CERT_LIFETIME`], for both server and client authentication,
-    /// naming `name` as DNS name and the node's SPIFFE ID as URI.
+    /// naming `name` as DNS name, the node's SPIFFE ID as URI, and
+    /// `incarnation` (the join it belongs to, see
+    /// [`crate::mesh::members`]) as a second URI unless it is empty.
     ///
     /// # Errors
     ///
     /// [`CaError::BadRequest`] for a CSR that does not parse or verify,
     /// [`CaError::BadName`] for an unusable name.
-    pub fn sign_node(&self, name: &str, csr_pem: &str) -> Result<String, CaError> {
-        if !valid_node_name(name) {
-            return Err(CaError::BadName(name.to_string()));
-        }
+    pub fn sign_node(
+        &self,
+        name: &str,
+        incarnation: &str,
+        csr_pem: &str,
+    ) -> Result<String, CaError> {
+        check_node_name(name)?;
         let mut request = CertificateSigningRequestParams::from_pem(csr_pem)
             .map_err(|e| CaError::BadRequest(e.to_string()))?;
         let gen_err = |e: rcgen::Error| CaError::Generate(e.to_string());
@@ -128,6 +136,12 @@ impl ClusterCa {
             SanType::DnsName(name.try_into().map_err(gen_err)?),
             SanType::URI(self.node_id(name).try_into().map_err(gen_err)?),
         ];
+        if !incarnation.is_empty() {
+            let uri = crate::mesh::members::incarnation_uri(incarnation);
+            params
+                .subject_alt_names
+                .push(SanType::URI(uri.try_into().map_err(gen_err)?));
+        }
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         params.extended_key_usages = vec![
             ExtendedKeyUsagePurpose::ServerAuth,
@@ -187,17 +201,46 @@ impl ClusterCa {
     }
 }
 
-/// Whether `name` can name a node: letters, digits, `-` and `.`, starting
-/// and ending with a letter or digit, at most 63 characters (it becomes a
-/// DNS name in the node's certificate and part of its data directory).
-pub fn valid_node_name(name: &str) -> bool {
-    let edge = |b: Option<&u8>| b.is_some_and(u8::is_ascii_alphanumeric);
-    name.len() <= 63
-        && edge(name.as_bytes().first())
-        && edge(name.as_bytes().last())
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+/// Checks that `name` can name a node: one lower-case DNS label (letters,
+/// digits and `-`, starting and ending with a letter or digit, at most 63
+/// characters), not all digits and not `localhost`. It becomes the DNS
+/// name other nodes verify in its certificate and part of its data
+/// directory, so it must never read as an IP address or as this machine.
+/// (The control plane also refuses the names its own certificate is
+/// signed for.)
+///
+/// # Errors
+///
+/// [`CaError::BadName`] saying what is wrong.
+pub fn check_node_name(name: &str) -> Result<(), CaError> {
+    let bad = |reason| {
+        Err(CaError::BadName {
+            name: name.to_string(),
+            reason,
+        })
+    };
+    let edge = |b: Option<&u8>| b.is_some_and(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
+    if name.is_empty() || name.len() > 63 {
+        return bad("use 1 to 63 characters");
+    }
+    if !name
+        .bytes()
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+    {
+        return bad(
+            "use lower-case letters, digits and '-' only (one DNS label: no dots, no upper case)",
+        );
+    }
+    if !edge(name.as_bytes().first()) || !edge(name.as_bytes().last()) {
+        return bad("start and end with a letter or digit");
+    }
+    if name.bytes().all(|b| b.is_ascii_digit()) {
+        return bad("an all-digit name reads as an IP address; include a letter");
+    }
+    if name == "localhost" {
+        return bad("\"localhost\" names the local machine everywhere; pick another name");
+    }
+    Ok(())
 }
 
 fn name(common_name: &str) -> DistinguishedName {

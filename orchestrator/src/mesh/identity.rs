@@ -1,8 +1,9 @@
 //! A node's identity in the mesh: its private key (which never leaves the
 //! node), the certificate the cluster CA issued for it, and the CA it
 //! trusts; from these, the rustls server and client configurations that
-//! demand a CA-signed certificate from the other side.
+//! demand a CA-signed certificate of a current member from the other side.
 
+use super::members::{MemberClients, Members, NodeCert};
 use rcgen::{CertificateParams, KeyPair, PKCS_ECDSA_P256_SHA256};
 use rustls::RootCertStore;
 use rustls::pki_types::pem::PemObject;
@@ -48,18 +49,27 @@ impl NodeIdentity {
         }
     }
 
-    /// TLS for accepting connections: clients must present a certificate
-    /// issued by the cluster CA.
+    /// TLS for accepting mesh connections: clients must present a node
+    /// certificate issued by the cluster CA to a node `members` holds
+    /// current (checked again per request by the mesh endpoint, as the
+    /// set changes).
     ///
     /// # Errors
     ///
     /// Unparsable PEM.
-    pub fn server_config(&self) -> Result<Arc<rustls::ServerConfig>, IdentityError> {
+    pub fn server_config(
+        &self,
+        members: &Members,
+    ) -> Result<Arc<rustls::ServerConfig>, IdentityError> {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let verifier =
+        let chain =
             WebPkiClientVerifier::builder_with_provider(Arc::new(self.roots()?), provider.clone())
                 .build()
                 .map_err(|e| IdentityError(e.to_string()))?;
+        let verifier = Arc::new(MemberClients {
+            chain,
+            members: members.clone(),
+        });
         let config = rustls::ServerConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
             .map_err(|e| IdentityError(e.to_string()))?
@@ -69,18 +79,25 @@ impl NodeIdentity {
         Ok(Arc::new(config))
     }
 
-    /// TLS for connecting: the server must present a certificate issued by
-    /// the cluster CA, and this node presents its own.
+    /// TLS for connecting to another node's mesh endpoint, dialled by
+    /// its node name: the server must present that node's certificate,
+    /// issued by the cluster CA with the node's SPIFFE ID and an
+    /// incarnation `members` holds current; this node presents its own.
     ///
     /// # Errors
     ///
     /// Unparsable PEM.
-    pub fn client_config(&self) -> Result<Arc<rustls::ClientConfig>, IdentityError> {
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let config = rustls::ClientConfig::builder_with_provider(provider)
+    pub fn client_config(
+        &self,
+        members: &Members,
+    ) -> Result<Arc<rustls::ClientConfig>, IdentityError> {
+        let verifier = crate::tls::node_verifier(self.roots()?, members.clone())
+            .map_err(|e| IdentityError(e.to_string()))?;
+        let config = rustls::ClientConfig::builder_with_provider(crate::tls::provider())
             .with_safe_default_protocol_versions()
             .map_err(|e| IdentityError(e.to_string()))?
-            .with_root_certificates(self.roots()?)
+            .dangerous()
+            .with_custom_certificate_verifier(verifier)
             .with_client_auth_cert(self.chain()?, self.key()?)
             .map_err(|e| IdentityError(e.to_string()))?;
         Ok(Arc::new(config))
@@ -111,6 +128,20 @@ impl NodeIdentity {
         let (_, cert) = x509_parser::parse_x509_certificate(&der)
             .map_err(|e| IdentityError(format!("node certificate: {e}")))?;
         Ok(cert.validity().not_after.timestamp())
+    }
+
+    /// The node this identity's certificate names, in `cluster`.
+    ///
+    /// # Errors
+    ///
+    /// An unreadable certificate, or one that names no node of `cluster`.
+    pub fn node(&self, cluster: &str) -> Result<NodeCert, IdentityError> {
+        let der = self.chain()?.remove(0);
+        NodeCert::of(&der, cluster).ok_or_else(|| {
+            IdentityError(format!(
+                "the node certificate names no node of cluster {cluster:?}"
+            ))
+        })
     }
 
     /// Client settings for talking to the control plane: the node

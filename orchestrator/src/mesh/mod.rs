@@ -6,6 +6,7 @@
 
 pub mod ca;
 pub mod identity;
+pub mod members;
 #[cfg(test)]
 mod tests;
 
@@ -21,3 +22,4 @@ pub fn control_plane_id() -> String {
     format!("spiffe://{CLUSTER}/control-plane")
 }
 pub use identity::{NodeIdentity, peer_spiffe_id};
+pub use members::{Members, NodeCert};

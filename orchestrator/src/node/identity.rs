@@ -6,7 +6,7 @@
 use super::{NodeConfig, NodeShared};
 use crate::api::{JoinRequest, JoinResponse, RenewRequest};
 use crate::api_client::ApiClient;
-use crate::mesh::NodeIdentity;
+use crate::mesh::{Members, NodeIdentity};
 use anyhow::Context;
 use std::path::Path;
 use std::sync::Arc;
@@ -28,9 +28,14 @@ impl Current {
     /// `obtained` is when the certificate was issued to this node, Unix
     /// seconds (its `not_before` is backdated for clock skew, so it does
     /// not say).
-    fn new(identity: NodeIdentity, server: &str, obtained: i64) -> anyhow::Result<Current> {
+    fn new(
+        identity: NodeIdentity,
+        server: &str,
+        obtained: i64,
+        members: &Members,
+    ) -> anyhow::Result<Current> {
         let api = ApiClient::new(server, identity.control_plane_client_config()?, None);
-        let mesh_server = identity.server_config()?;
+        let mesh_server = identity.server_config(members)?;
         let not_after = identity.expires()?;
         Ok(Current {
             identity,
@@ -41,13 +46,17 @@ impl Current {
     }
 }
 
-/// The saved identity, or a new one from joining with `config.token`.
+/// The saved identity, or a new one from joining with `config.token`;
+/// its mesh endpoint honours the peers in `members`.
 ///
 /// # Errors
 ///
 /// No saved identity and no token, a malformed or refused token, an
 /// unreachable control plane, or a data directory of another node.
-pub(crate) async fn load_or_join(config: &NodeConfig) -> anyhow::Result<Current> {
+pub(crate) async fn load_or_join(
+    config: &NodeConfig,
+    members: &Members,
+) -> anyhow::Result<Current> {
     let dir = &config.data_dir;
     if dir.join("node.pem").exists() {
         let saved_name = std::fs::read_to_string(dir.join("name")).unwrap_or_default();
@@ -73,7 +82,7 @@ pub(crate) async fn load_or_join(config: &NodeConfig) -> anyhow::Result<Current>
             .ok()
             .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
             .map_or_else(now, |d| d.as_secs() as i64);
-        return Current::new(identity, &config.server, obtained);
+        return Current::new(identity, &config.server, obtained, members);
     }
     let Some(token) = &config.token else {
         anyhow::bail!(
@@ -109,6 +118,7 @@ pub(crate) async fn load_or_join(config: &NodeConfig) -> anyhow::Result<Current>
         NodeIdentity::new(key_pem, joined.cert_pem, joined.ca_pem),
         &config.server,
         now(),
+        members,
     )
 }
 
@@ -143,7 +153,7 @@ pub(crate) async fn renew_if_due(shared: &Arc<NodeShared>) {
         )?;
         let identity = NodeIdentity::new(key_pem, issued.cert_pem, issued.ca_pem);
         shared.forwarder.use_identity(&identity)?;
-        Current::new(identity, &shared.config.server, now())
+        Current::new(identity, &shared.config.server, now(), &shared.members)
     };
     match renewed.await {
         Ok(current) => {

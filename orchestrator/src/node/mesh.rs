@@ -6,7 +6,7 @@
 
 use super::NodeShared;
 use crate::api::{AppRouting, Endpoint};
-use crate::mesh::NodeIdentity;
+use crate::mesh::{Members, NodeCert, NodeIdentity};
 use bytes::Bytes;
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Empty};
@@ -47,6 +47,7 @@ type MeshClient = Client<HttpsConnector<HttpConnector<MeshResolver>>, ForwardBod
 /// in flight from this node.
 pub(crate) struct Forwarder {
     addresses: Arc<RwLock<HashMap<String, SocketAddr>>>,
+    members: Members,
     client: RwLock<MeshClient>,
     in_flight: RwLock<HashMap<String, Arc<AtomicUsize>>>,
 }
@@ -136,11 +137,13 @@ impl tower_service::Service<Name> for MeshResolver {
 }
 
 impl Forwarder {
-    pub(crate) fn new(identity: &NodeIdentity) -> anyhow::Result<Forwarder> {
+    /// Forwards as `identity`, to peers that `members` holds current.
+    pub(crate) fn new(identity: &NodeIdentity, members: &Members) -> anyhow::Result<Forwarder> {
         let addresses = Arc::new(RwLock::new(HashMap::new()));
-        let client = RwLock::new(client(identity, &addresses)?);
+        let client = RwLock::new(client(identity, members, &addresses)?);
         Ok(Forwarder {
             addresses,
+            members: members.clone(),
             client,
             in_flight: RwLock::new(HashMap::new()),
         })
@@ -148,7 +151,8 @@ impl Forwarder {
 
     /// Switches to a renewed certificate.
     pub(crate) fn use_identity(&self, identity: &NodeIdentity) -> anyhow::Result<()> {
-        *self.client.write().expect("mesh client lock") = client(identity, &self.addresses)?;
+        *self.client.write().expect("mesh client lock") =
+            client(identity, &self.members, &self.addresses)?;
         Ok(())
     }
 
@@ -276,6 +280,7 @@ fn has_body(request: &hyper::Request<Incoming>) -> bool {
 
 fn client(
     identity: &NodeIdentity,
+    members: &Members,
     addresses: &Arc<RwLock<HashMap<String, SocketAddr>>>,
 ) -> anyhow::Result<MeshClient> {
     let mut http = HttpConnector::new_with_resolver(MeshResolver {
@@ -285,7 +290,7 @@ fn client(
     http.set_nodelay(true);
     http.set_connect_timeout(Some(CONNECT_TIMEOUT));
     let https = hyper_rustls::HttpsConnectorBuilder::new()
-        .with_tls_config((*identity.client_config()?).clone())
+        .with_tls_config((*identity.client_config(members)?).clone())
         .https_only()
         .enable_http1()
         .wrap_connector(http);
@@ -314,9 +319,21 @@ pub(crate) async fn serve(
             else {
                 return;
             };
+            // The handshake admitted a current member; a node forgotten
+            // since then is refused from its next request on.
+            let peer = stream
+                .get_ref()
+                .1
+                .peer_certificates()
+                .and_then(|certs| certs.first())
+                .and_then(|cert| NodeCert::of(cert, crate::mesh::CLUSTER));
             let service = hyper::service::service_fn(move |request| {
                 let node = node.clone();
+                let admitted = peer.as_ref().filter(|p| node.members.admits(p)).is_some();
                 async move {
+                    if !admitted {
+                        return Ok::<_, std::convert::Infallible>(not_a_member());
+                    }
                     Ok::<_, std::convert::Infallible>(serve_forwarded(&node, request).await)
                 }
             });
@@ -324,6 +341,19 @@ pub(crate) async fn serve(
         });
     })
     .await;
+}
+
+/// The answer to a peer whose node is no longer a member.
+fn not_a_member() -> hyper::Response<ResponseBody> {
+    let mut response = plain(
+        http::StatusCode::FORBIDDEN,
+        "this node is not a member of the cluster any more: it was forgotten\n".to_string(),
+    );
+    response.headers_mut().insert(
+        http::header::CONNECTION,
+        http::HeaderValue::from_static("close"),
+    );
+    response
 }
 
 /// Serves a request another node forwarded; never forwards it again, so a
@@ -369,8 +399,13 @@ mod tests {
     fn forwarder() -> Forwarder {
         let ca = ClusterCa::create("skiff").unwrap();
         let (key, csr) = NodeIdentity::request().unwrap();
-        let cert = ca.sign_node("node-a", &csr).unwrap();
-        Forwarder::new(&NodeIdentity::new(key, cert, ca.cert_pem().to_string())).unwrap()
+        let cert = ca.sign_node("node-a", "1", &csr).unwrap();
+        let members = Members::new("skiff");
+        Forwarder::new(
+            &NodeIdentity::new(key, cert, ca.cert_pem().to_string()),
+            &members,
+        )
+        .unwrap()
     }
 
     fn endpoint(node: &str) -> Endpoint {

@@ -79,6 +79,8 @@ pub(crate) struct NodeShared {
     identity: RwLock<identity::Current>,
     routing: RwLock<Arc<ingress::Routing>>,
     forwarder: mesh::Forwarder,
+    /// The nodes honoured on the mesh, as last heard.
+    members: crate::mesh::Members,
     logs: Mutex<LogBuffer>,
     /// Something the control plane should hear about happened.
     changed: Notify,
@@ -104,7 +106,11 @@ impl Node {
                 config.data_dir.display()
             )
         })?;
-        let current = identity::load_or_join(&config).await?;
+        crate::mesh::ca::check_node_name(&config.name)?;
+        // No peer is trusted on the mesh until the control plane (or the
+        // last desired state saved) says who the members are.
+        let members = crate::mesh::Members::new(crate::mesh::CLUSTER);
+        let current = identity::load_or_join(&config, &members).await?;
         let bind = |addr: SocketAddr, what: &'static str| async move {
             TcpListener::bind(addr).await.map_err(|e| {
                 if e.kind() == std::io::ErrorKind::AddrInUse {
@@ -123,7 +129,7 @@ impl Node {
         let engine = SkiffEngine::new(EngineConfig::default())?;
         let cache = CompileCache::open(&crate::home::cache_dir())?;
         let packages = Store::open(&config.data_dir.join("packages"))?;
-        let forwarder = mesh::Forwarder::new(&current.identity)?;
+        let forwarder = mesh::Forwarder::new(&current.identity, &members)?;
         let shared = Arc::new(NodeShared {
             replicas: replicas::LocalReplicas::default(),
             config,
@@ -136,6 +142,7 @@ impl Node {
             identity: RwLock::new(current),
             routing: RwLock::new(Arc::new(ingress::Routing::default())),
             forwarder,
+            members,
             logs: Mutex::new(LogBuffer {
                 lines: VecDeque::new(),
                 // Line numbers keep increasing across restarts of the node,
@@ -208,6 +215,7 @@ impl NodeShared {
         {
             tracing::warn!("cannot save the last desired state: {e:#}");
         }
+        self.members.set(desired.members.clone());
         self.forwarder.learn(&desired.apps);
         *self.routing.write().expect("routing lock") =
             Arc::new(ingress::Routing::new(&desired.apps));

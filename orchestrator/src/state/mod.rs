@@ -36,6 +36,11 @@ pub struct NodeRecord {
     pub cordoned: bool,
     /// Cordoned, and its replicas are moved elsewhere.
     pub drained: bool,
+    /// Random per join, also in the node's certificates: only those of
+    /// this join are honoured. Empty for a node that joined before
+    /// incarnations existed.
+    #[serde(default)]
+    pub incarnation: String,
 }
 
 /// One replica of a component, and the node it is assigned to.
@@ -292,6 +297,39 @@ impl ClusterStore {
             .is_some();
         tx.commit().map_err(store_err)?;
         Ok(existed)
+    }
+
+    /// Uses up join `token` and records node `record` in one transaction:
+    /// true if the token was known and unexpired; else false, and nothing
+    /// is written.
+    ///
+    /// # Errors
+    ///
+    /// Store failures; then nothing was written.
+    pub fn admit_node(
+        &self,
+        token: &str,
+        record: &NodeRecord,
+        now_unix: u64,
+    ) -> Result<bool, StateError> {
+        let tx = self.db.begin_write().map_err(store_err)?;
+        let valid = tx
+            .open_table(JOIN_TOKENS)
+            .map_err(store_err)?
+            .remove(token_hash(token).as_str())
+            .map_err(store_err)?
+            .is_some_and(|expires| expires.value() > now_unix);
+        if !valid {
+            tx.abort().map_err(store_err)?;
+            return Ok(false);
+        }
+        let bytes = serde_json::to_vec(record).expect("a record serializes");
+        tx.open_table(NODES)
+            .map_err(store_err)?
+            .insert(record.name.as_str(), bytes.as_slice())
+            .map_err(store_err)?;
+        tx.commit().map_err(store_err)?;
+        Ok(true)
     }
 
     /// Every node that joined, by name.

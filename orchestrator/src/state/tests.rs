@@ -72,6 +72,39 @@ fn join_tokens_work_once_and_expire() {
     );
 }
 
+#[test]
+fn a_node_is_admitted_with_its_token_used_up_or_not_at_all() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state.redb");
+    let record = |name: &str| NodeRecord {
+        name: name.to_string(),
+        labels: BTreeMap::new(),
+        memory: 0,
+        ingress: String::new(),
+        mesh: String::new(),
+        cordoned: false,
+        drained: false,
+        incarnation: format!("i-{name}"),
+    };
+    {
+        let store = ClusterStore::open(&path).unwrap();
+        store.add_join_token("secret-1", 1_000).unwrap();
+        store.add_join_token("secret-2", 1_000).unwrap();
+        assert!(store.admit_node("secret-1", &record("a"), 500).unwrap());
+        assert!(
+            !store.admit_node("secret-1", &record("b"), 500).unwrap(),
+            "a used token admits nobody"
+        );
+        assert!(!store.admit_node("secret-2", &record("c"), 2_000).unwrap());
+    }
+    let store = ClusterStore::open(&path).unwrap();
+    assert_eq!(store.nodes().unwrap(), vec![record("a")]);
+    // The expired token was not used up by the failed attempt, nor was
+    // anything written for it; it stays refused.
+    assert!(!store.join_token_valid("secret-2", 2_000).unwrap());
+    assert!(store.join_token_valid("secret-2", 500).unwrap());
+}
+
 /// With SKIFF_STATE_WRITER set, this "test" is the victim process: it
 /// writes generations in a loop until killed.
 #[test]
@@ -141,6 +174,7 @@ fn nodes_and_replica_assignments_survive_a_restart() {
                 mesh: "127.0.0.2:7443".to_string(),
                 cordoned: true,
                 drained: false,
+                incarnation: "i1".to_string(),
             })
             .unwrap();
         store
