@@ -8,10 +8,10 @@ use rustls::pki_types::pem::PemObject;
 use serde_json::Value;
 use skiff_orchestrator::api_client::ApiClient;
 use skiff_orchestrator::mesh::{ClusterCa, Members, NodeIdentity};
-use skiff_test_guests::{HELLO, PROBE};
+use skiff_test_guests::{HELLO, HOSTILE, PROBE};
 use std::path::Path;
 use std::time::{Duration, Instant};
-use support::{Running, get, skiff, temp_dir, toml_path, write_manifest};
+use support::{Running, Upstream, get, skiff, temp_dir, toml_path, write_manifest};
 
 /// Cluster tests run one at a time: each starts several processes whose
 /// heartbeats should not starve on a small machine.
@@ -1205,4 +1205,55 @@ fn skiff_up_serves_an_app_and_collects_its_logs() {
         up.terminate().success(),
         "skiff up stops cleanly on SIGTERM"
     );
+}
+
+#[test]
+fn a_guest_cannot_make_a_forwarding_node_replay_its_request() {
+    let cluster = Cluster::start(3);
+    let upstream = Upstream::start("counted");
+    let app_dir = temp_dir();
+    write_manifest(
+        app_dir.path(),
+        &format!(
+            "[app]\nname = \"forger\"\n\
+             [component.web]\nsource = {}\nroute = \"/...\"\n\
+             allowed_outbound_hosts = [\"http://{}\"]\n\
+             [component.web.scale]\nreplicas = 2\n\
+             [component.web.placement]\nmemory = \"64MiB\"\n",
+            toml_path(HOSTILE),
+            upstream.addr
+        ),
+    );
+    cluster.cli(&["deploy", app_dir.path().to_str().unwrap(), "--wait"]);
+    let replicas = cluster.wait_running("forger", 2);
+    assert_eq!(distinct_nodes(&replicas), 2, "{replicas:?}");
+    let forwarder = cluster
+        .nodes
+        .iter()
+        .find(|n| {
+            replicas
+                .iter()
+                .all(|r| r.1.as_deref() != Some(n.name.as_str()))
+        })
+        .unwrap();
+    wait_until(
+        Duration::from_secs(15),
+        "the node without a replica to forward",
+        || (get(&forwarder.process.at("/ok")) == (200, "fine".to_string())).then_some(()),
+    );
+
+    // The guest answers with `skiff-not-here` set, as a node holding no
+    // replica would: the forwarding node must not replay the GET on the
+    // other replica, and the client gets the guest's answer.
+    for round in 1..=3 {
+        let (status, body) = get(&forwarder
+            .process
+            .at(&format!("/not-here?http://{}/", upstream.addr)));
+        assert_eq!(
+            (status, body.as_str()),
+            (200, "forged, after calling: 200 OK"),
+            "round {round}"
+        );
+        assert_eq!(upstream.hits(), round, "the guest ran once per request");
+    }
 }

@@ -350,3 +350,166 @@ fn the_wasm_stack_is_limited_per_component() {
         "{stderr}"
     );
 }
+
+#[test]
+fn an_internal_entry_grants_only_its_own_scheme_host_and_port() {
+    let named = Upstream::start("pong");
+    let other = Upstream::start("other");
+    let other_port = other.addr.rsplit(':').next().unwrap().to_string();
+    let fetch = |skiff: &Running, target: &str| get(&skiff.at(&format!("/fetch?{target}")));
+
+    // Named alone: its port and scheme only.
+    let (skiff, _h, _d) = start(&format!("\"http://{}\"", named.addr));
+    assert_eq!(
+        fetch(&skiff, &format!("http://{}/", named.addr)),
+        (200, "reached: 200 OK".to_string())
+    );
+    for target in [
+        format!("http://{}/", other.addr),
+        format!("https://{}/", named.addr),
+    ] {
+        let (status, body) = fetch(&skiff, &target);
+        assert_eq!(status, 502, "{target}: {body}");
+    }
+    drop(skiff);
+
+    // Beside a wildcard: the wildcard reaches no other port, scheme or
+    // name of the named address.
+    let (skiff, _h, _d) = start(&format!("\"*://*:*\", \"http://{}\"", named.addr));
+    for target in [
+        format!("http://{}/", other.addr),
+        format!("http://localhost:{other_port}/"),
+        format!("http://[::ffff:127.0.0.1]:{other_port}/"),
+        format!("https://{}/", named.addr),
+        format!(
+            "http://localhost:{}/",
+            named.addr.rsplit(':').next().unwrap()
+        ),
+    ] {
+        let (status, body) = fetch(&skiff, &target);
+        assert_eq!(status, 502, "{target}: {body}");
+        assert!(body.contains("DestinationIpProhibited"), "{target}: {body}");
+    }
+    assert_eq!(
+        fetch(&skiff, &format!("http://{}/", named.addr)),
+        (200, "reached: 200 OK".to_string())
+    );
+    assert_eq!(other.hits(), 0, "no connection reached the other port");
+    assert_eq!(named.hits(), 2, "only the two allowed requests reached it");
+    skiff.wait_for_stderr("reason=\"outbound_internal_address\"");
+}
+
+#[test]
+fn a_guest_cannot_set_the_platforms_headers() {
+    let upstream = Upstream::start("pong");
+    let (skiff, _h, _d) = start(&format!("\"http://{}\"", upstream.addr));
+    let mut response = http()
+        .get(&skiff.at(&format!("/not-here?http://{}/", upstream.addr)))
+        .call()
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    for name in ["skiff-not-here", "skiff-app"] {
+        assert!(
+            response.headers().get(name).is_none(),
+            "{name} leaked from the guest"
+        );
+    }
+    let body = response.body_mut().read_to_string().unwrap();
+    assert_eq!(body, "forged, after calling: 200 OK");
+    assert_eq!(upstream.hits(), 1);
+}
+
+#[test]
+fn a_replica_saturating_its_concurrency_leaves_instance_slots_to_its_neighbours() {
+    let home = temp_dir();
+    let dir = temp_dir();
+    let manifest = write_manifest(
+        dir.path(),
+        &format!(
+            "[app]\nname = \"crowd\"\n\
+             [component.busy]\nsource = {probe}\nroute = \"/busy/...\"\n\
+             [component.busy.limits]\nmax_concurrency = 50\nmax_queued = 50\ntimeout = \"20s\"\n\
+             [component.good]\nsource = {hello}\nroute = \"/good\"\n",
+            probe = toml_path(guests::PROBE),
+            hello = toml_path(guests::HELLO),
+        ),
+    );
+    // Eight instance slots in the process: one replica may hold six.
+    let skiff = Running::start(
+        home.path(),
+        &[manifest.to_str().unwrap(), "--max-instances", "8"],
+    );
+    let busy: Vec<_> = (0..12)
+        .map(|_| {
+            let url = skiff.at("/busy/sleep?2000");
+            std::thread::spawn(move || get(&url))
+        })
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while skiff.stderr().matches("[busy] sleeping").count() < 6 {
+        assert!(Instant::now() < deadline, "{}", skiff.stderr());
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // The busy replica holds all it may: the neighbour is served at once.
+    assert_neighbour_serves(&skiff);
+    for handle in busy {
+        let (status, body) = handle.join().unwrap();
+        assert_eq!(
+            (status, body.as_str()),
+            (200, "slept 2000ms"),
+            "the busy replica's own requests wait for a slot, none fail"
+        );
+    }
+    // Never more than six of its instances ran at once.
+    let mut running = 0i32;
+    let mut most = 0;
+    for line in skiff.stderr().lines() {
+        if line.starts_with("[busy] sleeping") {
+            running += 1;
+        } else if line.starts_with("[busy] awake") {
+            running -= 1;
+        }
+        most = most.max(running);
+    }
+    assert_eq!(most, 6, "{}", skiff.stderr());
+}
+
+#[test]
+fn sixty_four_distinct_stacks_load_in_at_most_eight_engines() {
+    use skiff_runtime::engine::MAX_STACK_CLASSES;
+    use skiff_runtime::{CompileCache, EngineConfig, LoadedApp, Manifest, SkiffEngine};
+    let dir = temp_dir();
+    let mut text = String::from("[app]\nname = \"stacks\"\n");
+    let stacks: Vec<u64> = (0..64u64).map(|i| (64 << 10) + i * 127_000 + i).collect();
+    for (i, stack) in stacks.iter().enumerate() {
+        text += &format!(
+            "[component.c{i}]\nsource = {}\n[component.c{i}.limits]\nstack = {stack}\n",
+            toml_path(guests::HELLO)
+        );
+    }
+    let manifest = Manifest::parse(&text, &dir.path().join("skiff.toml")).unwrap();
+    let engine = SkiffEngine::new(EngineConfig {
+        max_instances: 4,
+        ..EngineConfig::default()
+    })
+    .unwrap();
+    let cache = CompileCache::open(&dir.path().join("cache")).unwrap();
+    let app = LoadedApp::load(&engine, &cache, &manifest, dir.path()).unwrap();
+    assert!(
+        engine.engine_count() <= MAX_STACK_CLASSES,
+        "{} engines",
+        engine.engine_count()
+    );
+    assert_eq!(app.components.len(), 64);
+    for component in &app.components {
+        // Components are in name order: find each one's request by name.
+        let i: usize = component.name.as_str()[1..].parse().unwrap();
+        assert!(
+            component.wasm_stack() as u64 >= stacks[i],
+            "{} asked for {} and got {}",
+            component.name,
+            stacks[i],
+            component.wasm_stack()
+        );
+    }
+}

@@ -7,7 +7,7 @@ use crate::capability::{self, Capability, PrepareContext};
 use crate::cpu_lane::CpuLane;
 use crate::engine::SkiffEngine;
 use crate::instance::InstanceState;
-use crate::limits::ConcurrencyGate;
+use crate::limits::{ConcurrencyGate, ReplicaSlots};
 use crate::manifest::{ComponentName, ComponentSpec, Limits};
 use crate::reaper::ReaperHandle;
 use crate::route::Route;
@@ -77,6 +77,8 @@ pub struct LoadedComponent {
     pub(crate) pre: ProxyPre<InstanceState>,
     pub(crate) capabilities: Vec<Box<dyn Capability>>,
     pub(crate) gate: ConcurrencyGate,
+    pub(crate) slots: ReplicaSlots,
+    pub(crate) wasm_stack: usize,
     pub(crate) cpu_lane: CpuLane,
     pub(crate) reaper: ReaperHandle,
 }
@@ -171,6 +173,8 @@ impl LoadedComponent {
             pre,
             capabilities,
             gate: ConcurrencyGate::new(spec.limits.max_concurrency, spec.limits.max_queued),
+            slots: engine.slots().replica(),
+            wasm_stack: class.stack(),
             cpu_lane: engine.cpu_lane().clone(),
             reaper: engine.reaper(),
         })
@@ -182,6 +186,12 @@ impl LoadedComponent {
     /// themselves (benchmarks, job runners).
     pub fn proxy_pre(&self) -> &ProxyPre<InstanceState> {
         &self.pre
+    }
+
+    /// The Wasm stack its instances get, in bytes: `limits.stack` rounded
+    /// up to its stack class.
+    pub fn wasm_stack(&self) -> usize {
+        self.wasm_stack
     }
 }
 

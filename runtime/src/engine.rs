@@ -1,15 +1,17 @@
 //! The process's wasmtime engines: pooling allocator with bounded memory
-//! reservations, epoch interruption driven by a ticker thread, and the
+//! reservations, epoch interruption driven by one ticker thread, and the
 //! linker that provides WASI 0.2 and `wasi:http` to every component; one
-//! engine per Wasm stack size in use.
+//! engine per Wasm stack class in use, stack sizes rounded up to a power of
+//! two, so a process never holds more than [`MAX_STACK_CLASSES`] engines.
 
 use crate::cpu_lane::CpuLane;
 use crate::instance::InstanceState;
+use crate::limits::InstanceSlots;
 use crate::manifest::DEFAULT_STACK;
 use crate::reaper::{Reaper, ReaperHandle};
 use std::collections::BTreeMap;
 use std::sync::mpsc;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::thread::JoinHandle;
 use std::time::Duration;
 use wasmtime::component::Linker;
@@ -18,10 +20,18 @@ use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConf
 /// How often the epoch advances; the granularity of CPU interruption.
 pub const EPOCH_TICK: Duration = Duration::from_millis(1);
 
+/// The smallest stack class, and the smallest `limits.stack` allowed.
+pub const MIN_STACK: usize = 64 << 10;
+
+/// Engines one process may hold: one per power of two from [`MIN_STACK`]
+/// to the default 8 MiB maximum stack.
+pub const MAX_STACK_CLASSES: usize = 8;
+
 /// Sizing of the engine's instance pool.
 #[derive(Debug, Clone, Copy)]
 pub struct EngineConfig {
-    /// Component instances alive at once per stack class; default 1000.
+    /// Component instances alive at once in the whole process, all stack
+    /// classes together; default 1000.
     pub max_instances: u32,
     /// The largest memory any one instance may have, in bytes; each pool
     /// slot reserves this much virtual memory. Default 1 GiB.
@@ -47,20 +57,25 @@ const HOST_STACK: usize = 1536 << 10;
 ///
 /// wasmtime fixes the Wasm stack limit per `Engine`, so components asking
 /// for different `limits.stack` values run in different engines, created
-/// on first use. Most nodes only ever have the default class. Every engine
-/// shares the process's CPU lane and reaper.
+/// on first use. Each engine reserves address space for a whole instance
+/// pool, so requested stacks are rounded up to a power of two (see
+/// [`stack_class`]): at most [`MAX_STACK_CLASSES`] engines, whatever the
+/// manifests ask. Most nodes only ever have the default class. Every engine
+/// shares the process's epoch ticker, CPU lane, reaper and instance slots.
 pub struct SkiffEngine {
     config: EngineConfig,
     classes: Mutex<BTreeMap<usize, Arc<StackClass>>>,
     cpu_lane: CpuLane,
+    slots: InstanceSlots,
     reaper: Reaper,
+    ticker: EpochTicker,
 }
 
-/// One engine: its wasmtime `Engine`, linker and epoch ticker.
+/// One engine: its wasmtime `Engine`, linker and Wasm stack limit.
 pub struct StackClass {
     engine: Engine,
     linker: Linker<InstanceState>,
-    _ticker: EpochTicker,
+    stack: usize,
 }
 
 impl StackClass {
@@ -73,6 +88,22 @@ impl StackClass {
     pub fn linker(&self) -> &Linker<InstanceState> {
         &self.linker
     }
+
+    /// The Wasm stack limit of this class, in bytes.
+    pub fn stack(&self) -> usize {
+        self.stack
+    }
+}
+
+/// The stack class serving a request for `stack` bytes: the next power of
+/// two, at least [`MIN_STACK`], at most `max_stack` (so never less than
+/// asked for while `stack <= max_stack`).
+pub fn stack_class(stack: usize, max_stack: usize) -> usize {
+    stack
+        .max(MIN_STACK)
+        .checked_next_power_of_two()
+        .unwrap_or(usize::MAX)
+        .min(max_stack.max(stack))
 }
 
 /// Why the engine could not be created.
@@ -92,26 +123,50 @@ impl SkiffEngine {
             config,
             classes: Mutex::new(BTreeMap::new()),
             cpu_lane: CpuLane::for_this_machine(),
+            slots: InstanceSlots::new(config.max_instances as usize),
             reaper: Reaper::start(),
+            ticker: EpochTicker::start(),
         };
         engine.for_stack(DEFAULT_STACK)?;
         Ok(engine)
     }
 
-    /// The engine whose Wasm stack limit is `stack` bytes, created on first
-    /// use.
+    /// The engine of the stack class holding `stack` bytes (at least that
+    /// much Wasm stack, see [`stack_class`]), created on first use.
     ///
     /// # Errors
     ///
-    /// When wasmtime rejects the configuration.
+    /// When `stack` is above the configured maximum, when the process
+    /// already holds [`MAX_STACK_CLASSES`] engines, or when wasmtime
+    /// rejects the configuration.
     pub fn for_stack(&self, stack: usize) -> Result<Arc<StackClass>, EngineError> {
+        let max_stack = self.config.max_stack as usize;
+        if stack > max_stack {
+            return Err(EngineError(format!(
+                "a Wasm stack of {stack} bytes is above the maximum of {max_stack} bytes; lower limits.stack"
+            )));
+        }
+        let class_stack = stack_class(stack, max_stack);
         let mut classes = self.classes.lock().expect("engine classes lock");
-        if let Some(class) = classes.get(&stack) {
+        if let Some(class) = classes.get(&class_stack) {
             return Ok(class.clone());
         }
-        let class = Arc::new(self.build_class(stack)?);
-        classes.insert(stack, class.clone());
+        if classes.len() >= MAX_STACK_CLASSES {
+            return Err(EngineError(format!(
+                "no engine for a Wasm stack of {class_stack} bytes: this process already holds {} stack classes; use one of {:?} bytes for limits.stack",
+                classes.len(),
+                classes.keys().collect::<Vec<_>>()
+            )));
+        }
+        let class = Arc::new(self.build_class(class_stack)?);
+        self.ticker.tick(class.engine.clone());
+        classes.insert(class_stack, class.clone());
         Ok(class)
+    }
+
+    /// How many engines (stack classes) this process holds.
+    pub fn engine_count(&self) -> usize {
+        self.classes.lock().expect("engine classes lock").len()
     }
 
     fn build_class(&self, stack: usize) -> Result<StackClass, EngineError> {
@@ -151,17 +206,21 @@ impl SkiffEngine {
             .and_then(|()| wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker))
             .map_err(|e| EngineError(format!("{e:#}")))?;
 
-        let ticker = EpochTicker::start(engine.clone());
         Ok(StackClass {
             engine,
             linker,
-            _ticker: ticker,
+            stack,
         })
     }
 
     /// The lane CPU-bound instances share.
     pub fn cpu_lane(&self) -> &CpuLane {
         &self.cpu_lane
+    }
+
+    /// The instance slots every replica of this process draws from.
+    pub fn slots(&self) -> &InstanceSlots {
+        &self.slots
     }
 
     /// Where large finished instances are torn down.
@@ -175,27 +234,42 @@ impl SkiffEngine {
     }
 }
 
-/// Advances the engine's epoch every [`EPOCH_TICK`]; stops when dropped.
+/// Advances the epoch of every engine of the process every
+/// [`EPOCH_TICK`], from one thread; stops when dropped.
 struct EpochTicker {
+    engines: Arc<RwLock<Vec<Engine>>>,
     stop: Option<mpsc::Sender<()>>,
     thread: Option<JoinHandle<()>>,
 }
 
 impl EpochTicker {
-    fn start(engine: Engine) -> EpochTicker {
+    fn start() -> EpochTicker {
+        let engines: Arc<RwLock<Vec<Engine>>> = Arc::default();
+        let ticked = engines.clone();
         let (stop, stopped) = mpsc::channel::<()>();
         let thread = std::thread::Builder::new()
             .name("skiff-epoch".into())
             .spawn(move || {
                 while let Err(mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(EPOCH_TICK) {
-                    engine.increment_epoch();
+                    for engine in ticked.read().expect("epoch engines lock").iter() {
+                        engine.increment_epoch();
+                    }
                 }
             })
             .expect("spawning the epoch ticker thread");
         EpochTicker {
+            engines,
             stop: Some(stop),
             thread: Some(thread),
         }
+    }
+
+    /// Advances `engine`'s epoch from now on.
+    fn tick(&self, engine: Engine) {
+        self.engines
+            .write()
+            .expect("epoch engines lock")
+            .push(engine);
     }
 }
 
@@ -205,5 +279,53 @@ impl Drop for EpochTicker {
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn small() -> EngineConfig {
+        EngineConfig {
+            max_instances: 2,
+            max_instance_memory: 1 << 20,
+            ..EngineConfig::default()
+        }
+    }
+
+    #[test]
+    fn stacks_round_up_to_a_few_classes() {
+        let max = EngineConfig::default().max_stack as usize;
+        let mut classes = std::collections::BTreeSet::new();
+        for requested in (MIN_STACK..=max).step_by(4099) {
+            let class = stack_class(requested, max);
+            assert!(class >= requested, "{requested} got {class}");
+            assert!(class.is_power_of_two() && class <= max, "{class}");
+            classes.insert(class);
+        }
+        assert_eq!(classes.len(), MAX_STACK_CLASSES, "{classes:?}");
+        assert_eq!(stack_class(DEFAULT_STACK, max), DEFAULT_STACK);
+        assert_eq!(stack_class(1, max), MIN_STACK);
+        assert_eq!(stack_class(600 << 10, max), 1 << 20);
+        // A maximum that is not a power of two is still a class of its own.
+        assert_eq!(stack_class(5 << 20, 6 << 20), 6 << 20);
+    }
+
+    #[test]
+    fn sixty_four_distinct_stacks_share_at_most_eight_engines() {
+        let engine = SkiffEngine::new(small()).unwrap();
+        assert_eq!(engine.engine_count(), 1, "the default class");
+        let max = engine.config().max_stack as usize;
+        let step = (max - MIN_STACK) / 63;
+        for i in 0..64 {
+            let requested = MIN_STACK + i * step + i;
+            let requested = requested.min(max);
+            let class = engine.for_stack(requested).unwrap();
+            assert!(class.stack() >= requested);
+        }
+        assert!(engine.engine_count() <= MAX_STACK_CLASSES);
+        let err = engine.for_stack(max + 1).err().unwrap().to_string();
+        assert!(err.contains("lower limits.stack"), "{err}");
     }
 }

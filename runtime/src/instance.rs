@@ -23,7 +23,7 @@ pub struct InstanceBuilder {
 /// Sizes that bound one instance's host-side resources.
 #[derive(Debug, Clone, Copy)]
 pub struct InstanceLimits {
-    /// Cap in bytes on each of the instance's linear memories.
+    /// Cap in bytes on the instance's linear memories, all together.
     pub memory_bytes: usize,
     /// Outbound HTTP requests the instance may make.
     pub outbound_requests: u32,

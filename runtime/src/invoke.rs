@@ -1,12 +1,15 @@
 //! One HTTP request through one fresh, sandboxed instance: admission by the
-//! concurrency gate, a new `Store` with only the component's grants, the
-//! `wasi:http/incoming-handler` call under the wall-clock and CPU limits,
-//! and the mapping of every failure to a status code.
+//! concurrency gate and the process's instance slots, a new `Store` with
+//! only the component's grants, the `wasi:http/incoming-handler` call under
+//! the wall-clock and CPU limits, and the mapping of every failure to a
+//! status code. Headers named `skiff-*` are the platform's own: none
+//! reaches a guest, and none a guest sets leaves it.
 
 use crate::body_limit::{LimitedBody, RequestBody, declared_length, drain};
 use crate::capability::logging::LogSink;
 use crate::component::LoadedComponent;
 use crate::instance::{InstanceBuilder, InstanceLimits, InstanceState};
+use crate::limits::InstanceSlot;
 use crate::reaper::ReaperHandle;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
@@ -20,6 +23,10 @@ use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
 
 /// The body of every response Skiff sends.
 pub type ResponseBody = HyperOutgoingBody;
+
+/// Headers starting with this are the platform's signalling between its
+/// own processes (`skiff-app`, `skiff-not-here`, ...), never a guest's.
+pub const PLATFORM_HEADER_PREFIX: &str = "skiff-";
 
 /// Why a request failed on the host side, for logs and metrics.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -64,9 +71,10 @@ impl FailureReason {
 /// Serves `request` with a fresh instance of `component`.
 pub async fn invoke(
     component: &LoadedComponent,
-    request: hyper::Request<Incoming>,
+    mut request: hyper::Request<Incoming>,
     log_sink: &Arc<dyn LogSink>,
 ) -> hyper::Response<ResponseBody> {
+    strip_platform_headers(request.headers_mut());
     let name = component.name.as_str();
     let limits = &component.limits;
     let request_limit = limits.max_request_body.bytes();
@@ -85,6 +93,34 @@ pub async fn invoke(
             http::HeaderValue::from_static("1"),
         );
         return response;
+    };
+    // Every replica of the process shares the instance pool; waiting here
+    // (not failing to instantiate) when it is full, at most the timeout.
+    let slot = match component.slots.try_take() {
+        Some(slot) => slot,
+        None => {
+            match tokio::time::timeout(limits.timeout.as_duration(), component.slots.take()).await {
+                Ok(slot) => slot,
+                Err(_) => {
+                    tracing::warn!(
+                        component = name,
+                        reason = FailureReason::Overloaded.as_str(),
+                        "request refused: no free instance slot on this node"
+                    );
+                    let mut response = plain(
+                        http::StatusCode::SERVICE_UNAVAILABLE,
+                        format!(
+                            "component \"{name}\": this node has no free instance slot; retry shortly\n"
+                        ),
+                    );
+                    response.headers_mut().insert(
+                        http::header::RETRY_AFTER,
+                        http::HeaderValue::from_static("1"),
+                    );
+                    return response;
+                }
+            }
+        }
     };
 
     let mut store = match new_store(component, log_sink) {
@@ -145,7 +181,7 @@ pub async fn invoke(
                 wasmtime::Error::msg(format!("exceeded its {timeout:?} timeout")),
             )),
         };
-        release(store, &reaper);
+        release(store, slot, &reaper);
         result
     });
 
@@ -154,7 +190,10 @@ pub async fn invoke(
         return request_too_large(name, request_limit);
     }
     match answer {
-        Ok(Ok(response)) => limit_response(name, response, limits.max_response_body.bytes()),
+        Ok(Ok(mut response)) => {
+            strip_platform_headers(response.headers_mut());
+            limit_response(name, response, limits.max_response_body.bytes())
+        }
         Ok(Err(code)) => {
             tracing::warn!(component = name, "guest answered with error {code:?}");
             plain(
@@ -268,10 +307,28 @@ pub fn new_store(
 /// off the async workers.
 const LARGE_INSTANCE_MEMORY: usize = 8 << 20;
 
-/// Drops a finished instance: here when small, on the reaper when large.
-fn release(store: Store<InstanceState>, reaper: &ReaperHandle) {
+/// Drops a finished instance: here when small, on the reaper when large;
+/// its slot is released only once the instance has left the pool.
+fn release(store: Store<InstanceState>, slot: InstanceSlot, reaper: &ReaperHandle) {
     if store.data().limiter.peak_memory() > LARGE_INSTANCE_MEMORY {
-        reaper.reap(store);
+        // A tuple drops in field order: the store, then the slot.
+        reaper.reap((store, slot));
+    } else {
+        drop(store);
+        drop(slot);
+    }
+}
+
+/// Removes every `skiff-*` header: what a client or a guest writes there
+/// must not pass for the platform's own signalling.
+pub fn strip_platform_headers(headers: &mut http::HeaderMap) {
+    let platform: Vec<http::HeaderName> = headers
+        .keys()
+        .filter(|name| name.as_str().starts_with(PLATFORM_HEADER_PREFIX))
+        .cloned()
+        .collect();
+    for name in platform {
+        headers.remove(name);
     }
 }
 

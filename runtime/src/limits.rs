@@ -1,37 +1,45 @@
-//! Per-instance and per-component limits enforced on the request path: the
-//! memory and table limiter wasmtime consults, and the concurrency gate with
-//! its bounded wait queue.
+//! Per-instance, per-component and per-process limits enforced on the
+//! request path: the memory and table limiter wasmtime consults, the
+//! concurrency gate with its bounded wait queue, and the instance slots
+//! every replica of the process shares.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use std::sync::{Arc, Mutex};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use wasmtime::ResourceLimiter;
 
-/// Elements any one table may hold; bounds host memory spent on tables.
+/// Elements all of one instance's tables may hold together; bounds host
+/// memory spent on tables.
 const MAX_TABLE_ELEMENTS: usize = 100_000;
 
-/// The `ResourceLimiter` of one instance; remembers whether it refused a
+/// The `ResourceLimiter` of one instance. It caps the sum of the sizes of
+/// all the instance's linear memories (a component may hold several), and
+/// the sum of its tables' elements; it remembers whether it refused a
 /// memory growth so a failed request can be attributed to the memory limit.
 #[derive(Debug)]
 pub struct InstanceLimiter {
     memory_bytes: usize,
+    memory_in_use: usize,
+    table_elements: usize,
     memory_refused: bool,
-    peak_memory: usize,
 }
 
 impl InstanceLimiter {
-    /// A limiter capping each linear memory at `memory_bytes`.
+    /// A limiter capping the instance's linear memories, all together, at
+    /// `memory_bytes`.
     pub fn new(memory_bytes: usize) -> InstanceLimiter {
         InstanceLimiter {
             memory_bytes,
+            memory_in_use: 0,
+            table_elements: 0,
             memory_refused: false,
-            peak_memory: 0,
         }
     }
 
-    /// The largest linear memory size granted, in bytes.
+    /// The most linear memory granted, all memories together, in bytes.
+    /// Memories never shrink, so this is also what the instance holds now.
     pub fn peak_memory(&self) -> usize {
-        self.peak_memory
+        self.memory_in_use
     }
 
     /// Whether a `memory.grow` past the cap was refused.
@@ -43,25 +51,45 @@ impl InstanceLimiter {
 impl ResourceLimiter for InstanceLimiter {
     fn memory_growing(
         &mut self,
-        _current: usize,
+        current: usize,
         desired: usize,
-        _maximum: Option<usize>,
+        maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
-        if desired > self.memory_bytes {
+        if maximum.is_some_and(|max| desired > max) {
+            // Past the memory's own declared maximum: wasmtime refuses it
+            // anyway, and it is not the manifest's limit that was hit.
+            return Ok(false);
+        }
+        // Memories only grow; a growth approved here that wasmtime then
+        // fails to map stays counted, which errs on the side of the cap.
+        let total = self
+            .memory_in_use
+            .saturating_add(desired.saturating_sub(current));
+        if total > self.memory_bytes {
             self.memory_refused = true;
             return Ok(false);
         }
-        self.peak_memory = self.peak_memory.max(desired);
+        self.memory_in_use = total;
         Ok(true)
     }
 
     fn table_growing(
         &mut self,
-        _current: usize,
+        current: usize,
         desired: usize,
-        _maximum: Option<usize>,
+        maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
-        Ok(desired <= MAX_TABLE_ELEMENTS)
+        if maximum.is_some_and(|max| desired > max) {
+            return Ok(false);
+        }
+        let total = self
+            .table_elements
+            .saturating_add(desired.saturating_sub(current));
+        if total > MAX_TABLE_ELEMENTS {
+            return Ok(false);
+        }
+        self.table_elements = total;
+        Ok(true)
     }
 }
 
@@ -116,9 +144,258 @@ impl Drop for QueueSlot<'_> {
     }
 }
 
+/// The instance slots of one process: as many as its engines' instance
+/// pools hold, shared by every replica, so instantiating never fails for
+/// want of a pool slot.
+///
+/// One replica with a large `max_concurrency` could otherwise take every
+/// slot and starve its neighbours. So the last `reserve` free slots (a
+/// quarter of them) go only to replicas holding fewer than `min_share`
+/// slots: a single replica holds at most `total - reserve` slots however
+/// busy it is, and a replica arriving then still gets a slot at once. A
+/// replica refused a slot waits until one is released.
+#[derive(Debug, Clone)]
+pub struct InstanceSlots {
+    shared: Arc<SlotsShared>,
+}
+
+#[derive(Debug)]
+struct SlotsShared {
+    total: usize,
+    reserve: usize,
+    min_share: usize,
+    free: Mutex<usize>,
+    released: Notify,
+}
+
+impl InstanceSlots {
+    /// `total` slots, a quarter of them held back for replicas that hold
+    /// few; each such replica may take up to a sixteenth of that reserve
+    /// (at least one slot).
+    pub fn new(total: usize) -> InstanceSlots {
+        let reserve = total / 4;
+        InstanceSlots {
+            shared: Arc::new(SlotsShared {
+                total,
+                reserve,
+                min_share: (reserve / 16).max(1),
+                free: Mutex::new(total),
+                released: Notify::new(),
+            }),
+        }
+    }
+
+    /// The slots in all.
+    pub fn total(&self) -> usize {
+        self.shared.total
+    }
+
+    /// The most slots one replica can hold while others are held back
+    /// from the reserve: `total - reserve`.
+    pub fn max_per_replica(&self) -> usize {
+        self.shared.total - self.shared.reserve
+    }
+
+    /// A new replica's account, holding no slot.
+    pub fn replica(&self) -> ReplicaSlots {
+        ReplicaSlots {
+            slots: self.clone(),
+            held: Arc::new(AtomicUsize::new(0)),
+        }
+    }
+}
+
+/// The slots one replica holds.
+#[derive(Debug, Clone)]
+pub struct ReplicaSlots {
+    slots: InstanceSlots,
+    // Changed only under the `free` lock, so the two always agree.
+    held: Arc<AtomicUsize>,
+}
+
+impl ReplicaSlots {
+    /// Takes a slot, waiting until one this replica may take is released.
+    pub async fn take(&self) -> InstanceSlot {
+        loop {
+            let released = self.slots.shared.released.notified();
+            tokio::pin!(released);
+            // Registered before trying, so a release in between is not lost.
+            released.as_mut().enable();
+            if let Some(slot) = self.try_take() {
+                return slot;
+            }
+            released.await;
+        }
+    }
+
+    /// Takes a slot if this replica may have one now.
+    pub fn try_take(&self) -> Option<InstanceSlot> {
+        let shared = &self.slots.shared;
+        let mut free = shared.free.lock().expect("instance slots lock");
+        let held = self.held.load(Ordering::Relaxed);
+        let allowed = *free > shared.reserve || (*free > 0 && held < shared.min_share);
+        if !allowed {
+            return None;
+        }
+        *free -= 1;
+        self.held.store(held + 1, Ordering::Relaxed);
+        Some(InstanceSlot {
+            replica: self.clone(),
+        })
+    }
+
+    /// Slots this replica holds now.
+    pub fn held(&self) -> usize {
+        self.held.load(Ordering::Relaxed)
+    }
+}
+
+/// One instance slot; released when dropped, after the instance is gone.
+#[derive(Debug)]
+pub struct InstanceSlot {
+    replica: ReplicaSlots,
+}
+
+impl Drop for InstanceSlot {
+    fn drop(&mut self) {
+        let shared = &self.replica.slots.shared;
+        {
+            let mut free = shared.free.lock().expect("instance slots lock");
+            *free += 1;
+            self.replica.held.fetch_sub(1, Ordering::Relaxed);
+        }
+        shared.released.notify_waiters();
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::engine::{EngineConfig, SkiffEngine};
+    use crate::manifest::DEFAULT_STACK;
+    use wasmtime::Store;
+    use wasmtime::component::{Component, Linker};
+
+    /// A component holding two linear memories (two instances of one core
+    /// module), each one page to start; `grow-a` and `grow-b` grow one of
+    /// them by N pages and return the old size in pages, or -1 if refused.
+    const TWO_MEMORIES: &str = r#"
+        (component
+          (core module $m
+            (memory 1)
+            (func (export "grow") (param i32) (result i32)
+              local.get 0
+              memory.grow))
+          (core instance $a (instantiate $m))
+          (core instance $b (instantiate $m))
+          (func (export "grow-a") (param "pages" u32) (result s32)
+            (canon lift (core func $a "grow")))
+          (func (export "grow-b") (param "pages" u32) (result s32)
+            (canon lift (core func $b "grow"))))
+    "#;
+
+    const PAGE: usize = 64 << 10;
+
+    #[tokio::test]
+    async fn two_memories_share_one_cap() {
+        let engine = SkiffEngine::new(EngineConfig {
+            max_instances: 4,
+            max_instance_memory: 16 << 20,
+            ..EngineConfig::default()
+        })
+        .unwrap();
+        let class = engine.for_stack(DEFAULT_STACK).unwrap();
+        let wasm = wat::parse_str(TWO_MEMORIES).unwrap();
+        let component = Component::new(class.engine(), &wasm).unwrap();
+        // Four pages for the whole instance; each memory starts with one.
+        let mut store = Store::new(class.engine(), InstanceLimiter::new(4 * PAGE));
+        store.limiter(|limiter| limiter);
+        store.set_epoch_deadline(u64::MAX / 2);
+        let instance = Linker::new(class.engine())
+            .instantiate_async(&mut store, &component)
+            .await
+            .unwrap();
+        assert_eq!(store.data().peak_memory(), 2 * PAGE);
+        let grow_a = instance
+            .get_typed_func::<(u32,), (i32,)>(&mut store, "grow-a")
+            .unwrap();
+        let grow_b = instance
+            .get_typed_func::<(u32,), (i32,)>(&mut store, "grow-b")
+            .unwrap();
+        let mut call = async |func: wasmtime::component::TypedFunc<(u32,), (i32,)>, pages| {
+            func.call_async(&mut store, (pages,)).await.unwrap().0
+        };
+        assert_eq!(
+            call(grow_a, 1).await,
+            1,
+            "the first memory grows to 2 pages"
+        );
+        assert_eq!(call(grow_b, 1).await, 1, "the second grows to 2: 4 in all");
+        assert_eq!(
+            call(grow_b, 1).await,
+            -1,
+            "the second memory alone is under the cap, but both together would pass it"
+        );
+        assert_eq!(call(grow_a, 1).await, -1);
+        assert!(store.data().memory_refused());
+        assert_eq!(store.data().peak_memory(), 4 * PAGE);
+    }
+
+    #[test]
+    fn memory_and_tables_are_counted_across_the_instance() {
+        let mut limiter = InstanceLimiter::new(4 * PAGE);
+        assert!(limiter.memory_growing(0, 3 * PAGE, None).unwrap());
+        assert!(!limiter.memory_growing(0, 2 * PAGE, None).unwrap());
+        assert!(limiter.memory_growing(0, PAGE, None).unwrap());
+        assert!(limiter.memory_refused());
+        // A growth past a memory's own maximum is not the cap's doing.
+        let mut limiter = InstanceLimiter::new(4 * PAGE);
+        assert!(!limiter.memory_growing(PAGE, 2 * PAGE, Some(PAGE)).unwrap());
+        assert!(!limiter.memory_refused());
+        assert!(
+            limiter
+                .table_growing(0, MAX_TABLE_ELEMENTS - 10, None)
+                .unwrap()
+        );
+        assert!(!limiter.table_growing(0, 11, None).unwrap());
+        assert!(limiter.table_growing(0, 10, None).unwrap());
+    }
+
+    #[tokio::test]
+    async fn one_replica_cannot_take_the_reserve() {
+        let slots = InstanceSlots::new(8);
+        let hostile = slots.replica();
+        let mut held = Vec::new();
+        while let Some(slot) = hostile.try_take() {
+            held.push(slot);
+        }
+        assert_eq!(held.len(), slots.max_per_replica());
+        assert_eq!(held.len(), 6);
+
+        // A neighbour still gets a slot at once; the hostile replica waits.
+        let neighbour = slots.replica();
+        let neighbours_slot = neighbour.try_take().expect("a neighbour gets a slot");
+        let waiting = {
+            let hostile = hostile.clone();
+            tokio::spawn(async move { hostile.take().await })
+        };
+        // Releasing one of its own does not let it back into the reserve.
+        drop(held.pop());
+        tokio::task::yield_now().await;
+        assert!(hostile.try_take().is_none());
+        assert!(!waiting.is_finished());
+        drop(neighbours_slot);
+        let slot = tokio::time::timeout(std::time::Duration::from_secs(5), waiting)
+            .await
+            .expect("a released slot wakes the waiting replica")
+            .unwrap();
+        assert_eq!(hostile.held(), 6);
+        drop(slot);
+        drop(held);
+        assert_eq!(hostile.held(), 0);
+        assert_eq!(neighbour.held(), 0);
+        assert_eq!(*slots.shared.free.lock().unwrap(), 8);
+    }
 
     #[tokio::test]
     async fn full_gate_refuses_past_its_queue() {

@@ -200,14 +200,17 @@ pub struct FileMount {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields, default)]
 pub struct Limits {
-    /// `memory = "128MiB"`: linear memory cap per instance; growth past it
-    /// fails inside the guest. Default 128 MiB.
+    /// `memory = "128MiB"`: linear memory cap per instance, all of its
+    /// linear memories together; growth past it fails inside the guest.
+    /// Default 128 MiB.
     pub memory: ByteSize,
     /// `timeout = "30s"`: wall-clock budget for one request, including
     /// streaming the response body. Default 30 s.
     pub timeout: DurationSpec,
     /// `max_concurrency = 100`: instances of this component running at once
-    /// on one node. Default 100.
+    /// on one node. Default 100. Every replica of a node draws from the
+    /// node's shared instance slots, and one replica never takes the last
+    /// quarter of them: past that, its requests wait for a slot.
     pub max_concurrency: u32,
     /// `max_queued = 100`: requests waiting for a free instance slot before
     /// further ones get 503. Default 100.
@@ -223,7 +226,8 @@ pub struct Limits {
     /// may make. Default 32.
     pub max_outbound_requests: u32,
     /// `stack = "512KiB"`: the Wasm call stack of one instance; deeper
-    /// recursion traps. Default 512 KiB.
+    /// recursion traps. Rounded up to a power of two between 64 KiB and
+    /// the node's maximum (8 MiB), so `"600KiB"` gets 1 MiB. Default 512 KiB.
     pub stack: ByteSize,
     /// `max_resources = 1000`: host resources (streams, fields, requests...)
     /// one instance may hold at once. Default 1,000.

@@ -24,6 +24,10 @@ pub struct RunArgs {
     /// Run each component's build command first.
     #[arg(long)]
     build: bool,
+    /// Instances alive at once in this process, all components together
+    /// (each slot reserves address space for the largest memory allowed).
+    #[arg(long, default_value_t = EngineConfig::default().max_instances, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    max_instances: u32,
 }
 
 /// Runs `skiff run`.
@@ -39,12 +43,16 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         AppSource::from_package(&args.path)?
     };
     let runtime = tokio::runtime::Runtime::new().context("failed to start the async runtime")?;
-    runtime.block_on(serve(source, args.listen))
+    let engine = EngineConfig {
+        max_instances: args.max_instances,
+        ..EngineConfig::default()
+    };
+    runtime.block_on(serve(source, args.listen, engine))
 }
 
-async fn serve(source: AppSource, listen: SocketAddr) -> anyhow::Result<()> {
+async fn serve(source: AppSource, listen: SocketAddr, engine: EngineConfig) -> anyhow::Result<()> {
     let started = Instant::now();
-    let engine = SkiffEngine::new(EngineConfig::default())?;
+    let engine = SkiffEngine::new(engine)?;
     let cache = CompileCache::open(&home::cache_dir())?;
     let app = LoadedApp::load(&engine, &cache, &source.manifest, &source.base_dir)?;
     let log_sink: Arc<dyn LogSink> = Arc::new(StderrSink);

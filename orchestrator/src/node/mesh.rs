@@ -35,6 +35,8 @@ pub const APP_HEADER: &str = "skiff-app";
 pub const COMPONENT_HEADER: &str = "skiff-component";
 /// Set on a mesh answer when the node holds no such replica (the sender's
 /// endpoints are stale), so the request was not run and may be retried.
+/// Only the mesh endpoint sets it: `invoke` strips every `skiff-*` header
+/// from guest responses, so a guest cannot make a request replayed.
 pub const NOT_HERE_HEADER: &str = "skiff-not-here";
 /// Connecting to a peer node may take this long before the next is tried.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
@@ -237,7 +239,7 @@ impl Forwarder {
             headers.insert(COMPONENT_HEADER, header_value(component));
             let counted = InFlight::enter(self.in_flight(&endpoint.node));
             match client.request(forwarded).await {
-                Ok(response) if replayable && response.headers().contains_key(NOT_HERE_HEADER) => {
+                Ok(response) if replayable && not_here(&response) => {
                     last_error = format!("node {} no longer runs it", endpoint.node);
                 }
                 // Counted until the whole body has gone through.
@@ -267,6 +269,12 @@ impl Forwarder {
 
 fn header_value(text: &str) -> http::HeaderValue {
     http::HeaderValue::from_str(text).expect("app and component names are valid header values")
+}
+
+/// Whether a mesh answer is the endpoint's own "no such replica here".
+fn not_here<B>(response: &hyper::Response<B>) -> bool {
+    response.status() == http::StatusCode::SERVICE_UNAVAILABLE
+        && response.headers().contains_key(NOT_HERE_HEADER)
 }
 
 fn has_body(request: &hyper::Request<Incoming>) -> bool {

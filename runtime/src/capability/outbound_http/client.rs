@@ -1,11 +1,14 @@
-//! The HTTP client behind a component's outbound calls. It resolves names
-//! itself and drops internal addresses (loopback, private, link-local, ...)
-//! that the policy does not name, so neither a wildcard entry nor DNS can
-//! steer a request to the host's own services or a cloud metadata endpoint.
-//! It then connects to exactly the checked addresses, with TLS for https
-//! (rustls, webpki roots), keeping a small connection pool per component.
+//! The HTTP client behind a component's outbound calls. Its connector
+//! resolves names itself and keeps only the addresses the policy permits
+//! for the request's scheme, host and port: an internal address (loopback,
+//! private, link-local, ...) only where an entry names it exactly, so
+//! neither a wildcard entry, nor another port of a named address, nor DNS
+//! can steer a request to the host's own services or a cloud metadata
+//! endpoint. It then connects to exactly the checked addresses, with TLS
+//! for https (rustls, webpki roots), keeping a small connection pool per
+//! component.
 
-use super::policy::OutboundPolicy;
+use super::policy::{OutboundPolicy, default_port};
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::BodyExt;
@@ -13,7 +16,7 @@ use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::connect::dns::Name;
-use hyper_util::rt::TokioExecutor;
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use std::future::Future;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
@@ -21,91 +24,100 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
+use tokio::net::TcpStream;
 use tokio::time::{Instant, Sleep};
 use wasmtime_wasi_http::{Error as HttpError, WasiBody};
 
 /// Connect timeout for every outbound connection.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Whether `ip` belongs to a range a guest must not reach unless the
-/// manifest names it: loopback, private (RFC 1918, unique local), link-local
-/// (which holds cloud metadata at 169.254.169.254), shared (CGNAT),
-/// unspecified, broadcast, multicast and documentation ranges.
-pub fn is_internal(ip: IpAddr) -> bool {
-    match ip {
-        IpAddr::V4(v4) => {
-            let [a, b, ..] = v4.octets();
-            v4.is_loopback()
-                || v4.is_private()
-                || v4.is_link_local()
-                || v4.is_unspecified()
-                || v4.is_broadcast()
-                || v4.is_multicast()
-                || v4.is_documentation()
-                || (a == 100 && (64..128).contains(&b))
-                || a == 0
-        }
-        IpAddr::V6(v6) => {
-            if let Some(v4) = v6.to_ipv4_mapped() {
-                return is_internal(IpAddr::V4(v4));
-            }
-            let first = v6.segments()[0];
-            v6.is_loopback()
-                || v6.is_unspecified()
-                || v6.is_multicast()
-                || (first & 0xfe00) == 0xfc00
-                || (first & 0xffc0) == 0xfe80
-        }
-    }
-}
-
-/// Why the resolver refused every address of a name.
+/// Why the connector refused every address of a host.
 #[derive(Debug, thiserror::Error)]
-#[error("{host} resolves only to internal addresses that allowed_outbound_hosts does not name")]
+#[error(
+    "{host} resolves only to internal addresses that allowed_outbound_hosts does not name for this scheme and port"
+)]
 pub struct ProhibitedAddress {
     host: String,
 }
 
-/// Resolves through the system resolver, keeping only permitted addresses.
+/// Resolves a host to the addresses its request may connect to, then
+/// connects to one of exactly those.
 #[derive(Clone)]
-struct CheckedResolver {
+struct CheckedConnector {
     policy: Arc<OutboundPolicy>,
 }
 
-type ResolveFuture =
-    Pin<Box<dyn Future<Output = io::Result<std::vec::IntoIter<SocketAddr>>> + Send>>;
+/// The addresses the [`CheckedConnector`] checked, handed to the inner
+/// `HttpConnector` as its resolver.
+#[derive(Clone)]
+struct Checked(Vec<SocketAddr>);
 
-impl tower_service::Service<Name> for CheckedResolver {
+impl tower_service::Service<Name> for Checked {
     type Response = std::vec::IntoIter<SocketAddr>;
     type Error = io::Error;
-    type Future = ResolveFuture;
+    type Future = std::future::Ready<io::Result<Self::Response>>;
 
     fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, name: Name) -> ResolveFuture {
+    fn call(&mut self, _name: Name) -> Self::Future {
+        std::future::ready(Ok(self.0.clone().into_iter()))
+    }
+}
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+type ConnectFuture = Pin<Box<dyn Future<Output = Result<TokioIo<TcpStream>, BoxError>> + Send>>;
+
+impl tower_service::Service<http::Uri> for CheckedConnector {
+    type Response = TokioIo<TcpStream>;
+    type Error = BoxError;
+    type Future = ConnectFuture;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, uri: http::Uri) -> ConnectFuture {
         let policy = self.policy.clone();
-        let host = name.as_str().to_string();
         Box::pin(async move {
-            let resolved: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), 0))
-                .await?
-                .filter(|addr| !is_internal(addr.ip()) || policy.names_internal_address(addr.ip()))
+            let scheme = uri.scheme_str().unwrap_or("http");
+            let host = uri.host().unwrap_or_default();
+            let port = uri.port_u16().unwrap_or_else(|| default_port(scheme));
+            let bare = host.trim_start_matches('[').trim_end_matches(']');
+            let candidates: Vec<SocketAddr> = match bare.parse::<IpAddr>() {
+                Ok(ip) => vec![SocketAddr::new(ip, port)],
+                Err(_) => tokio::net::lookup_host((bare, port)).await?.collect(),
+            };
+            let permitted: Vec<SocketAddr> = candidates
+                .into_iter()
+                .filter(|addr| policy.permits_address(scheme, host, port, addr.ip()))
                 .collect();
-            if resolved.is_empty() {
+            if permitted.is_empty() {
                 return Err(io::Error::new(
                     io::ErrorKind::PermissionDenied,
-                    ProhibitedAddress { host },
-                ));
+                    ProhibitedAddress {
+                        host: host.to_string(),
+                    },
+                )
+                .into());
             }
-            Ok(resolved.into_iter())
+            // A literal IP host is connected to as is, and was checked
+            // above; a name goes to exactly the permitted addresses.
+            let mut http = HttpConnector::new_with_resolver(Checked(permitted));
+            http.enforce_http(false);
+            http.set_connect_timeout(Some(CONNECT_TIMEOUT));
+            http.set_nodelay(true);
+            tower_service::Service::call(&mut http, uri)
+                .await
+                .map_err(Into::into)
         })
     }
 }
 
 /// One component's outbound client.
 pub struct OutboundClient {
-    client: Client<HttpsConnector<HttpConnector<CheckedResolver>>, WasiBody>,
+    client: Client<HttpsConnector<CheckedConnector>, WasiBody>,
 }
 
 impl OutboundClient {
@@ -115,16 +127,12 @@ impl OutboundClient {
     ///
     /// When the TLS configuration cannot be built.
     pub fn new(policy: Arc<OutboundPolicy>) -> Result<OutboundClient, String> {
-        let mut http = HttpConnector::new_with_resolver(CheckedResolver { policy });
-        http.enforce_http(false);
-        http.set_connect_timeout(Some(CONNECT_TIMEOUT));
-        http.set_nodelay(true);
         let https = hyper_rustls::HttpsConnectorBuilder::new()
             .with_provider_and_webpki_roots(Arc::new(rustls::crypto::ring::default_provider()))
             .map_err(|e| format!("cannot set up TLS for outbound HTTP: {e}"))?
             .https_or_http()
             .enable_http1()
-            .wrap_connector(http);
+            .wrap_connector(CheckedConnector { policy });
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(30))
             .pool_max_idle_per_host(8)
@@ -228,33 +236,5 @@ impl Body for BetweenBytesTimeout {
 
     fn size_hint(&self) -> SizeHint {
         self.body.size_hint()
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn internal_ranges() {
-        for internal in [
-            "127.0.0.1",
-            "10.1.2.3",
-            "172.16.0.1",
-            "192.168.1.1",
-            "169.254.169.254",
-            "100.64.0.1",
-            "0.0.0.0",
-            "::1",
-            "fe80::1",
-            "fd00::1",
-            "::ffff:127.0.0.1",
-            "::ffff:169.254.169.254",
-        ] {
-            assert!(is_internal(internal.parse().unwrap()), "{internal}");
-        }
-        for public in ["93.184.215.14", "1.1.1.1", "2606:4700::1111", "172.32.0.1"] {
-            assert!(!is_internal(public.parse().unwrap()), "{public}");
-        }
     }
 }

@@ -1,12 +1,15 @@
 //! Outbound HTTP: requests a guest makes through `wasi:http/outgoing-handler`.
 //! Denied unless the destination matches `allowed_outbound_hosts`; internal
-//! addresses are refused even then unless an entry names them; every call is
-//! bounded in time, and each instance in number.
+//! addresses are refused even then unless an entry names them with the
+//! request's exact scheme, host and port; every call is bounded in time,
+//! and each instance in number.
 
+pub mod address;
 pub mod client;
 pub mod policy;
 
-pub use client::{OutboundClient, is_internal};
+pub use address::is_internal;
+pub use client::OutboundClient;
 pub use policy::{OutboundHost, OutboundPolicy};
 
 use super::{Capability, PrepareContext};
@@ -103,15 +106,20 @@ impl OutboundHooks {
             tracing::warn!(component, %uri, reason = "outbound_denied", "outbound request denied: not in allowed_outbound_hosts");
             return Err(HttpError::HttpRequestDenied);
         }
-        let literal = uri
-            .host()
-            .map(|h| h.trim_start_matches('[').trim_end_matches(']'))
-            .and_then(|h| h.parse::<IpAddr>().ok());
-        if let Some(ip) = literal
-            && is_internal(ip)
-            && !grant.policy.names_internal_address(ip)
+        // An IP literal is checked here; names are checked once resolved,
+        // by the client's connector.
+        let scheme = uri.scheme_str().unwrap_or("http");
+        let port = uri
+            .port_u16()
+            .unwrap_or_else(|| policy::default_port(scheme));
+        if let Some(host) = uri.host()
+            && let Ok(ip) = host
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .parse::<IpAddr>()
+            && !grant.policy.permits_address(scheme, host, port, ip)
         {
-            tracing::warn!(component, %uri, reason = "outbound_internal_address", "outbound request refused: internal address not named in allowed_outbound_hosts");
+            tracing::warn!(component, %uri, reason = "outbound_internal_address", "outbound request refused: internal address not named with this scheme and port in allowed_outbound_hosts");
             return Err(HttpError::DestinationIpProhibited);
         }
         Ok(grant)

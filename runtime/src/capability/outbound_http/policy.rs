@@ -1,7 +1,8 @@
 //! Which destinations a component may call: the `allowed_outbound_hosts`
-//! entries, and which internal addresses (loopback, private, link-local)
-//! they name explicitly.
+//! entries, and the internal addresses (loopback, private, link-local...)
+//! an entry names explicitly, for exactly its scheme, host and port.
 
+use super::address::is_internal;
 use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::net::IpAddr;
@@ -134,17 +135,29 @@ impl OutboundPolicy {
         }
     }
 
-    /// Whether `ip`, an internal address, is named by an entry: as an IP
-    /// literal host, or as `localhost` for loopback addresses.
-    pub fn names_internal_address(&self, ip: IpAddr) -> bool {
-        self.allowed.iter().any(|entry| match &entry.host {
-            HostPattern::Exact(host) if host == "localhost" => ip.is_loopback(),
-            HostPattern::Exact(host) => host
-                .trim_start_matches('[')
-                .trim_end_matches(']')
-                .parse::<IpAddr>()
-                .is_ok_and(|listed| listed == ip),
-            _ => false,
+    /// Whether a request to `scheme://host:port` may connect to `ip`, one
+    /// of the addresses `host` stands for. A public address: when an entry
+    /// allows the request. An internal one: only when an entry naming it
+    /// exactly (as an IP literal, or `localhost` for loopback) allows the
+    /// request's scheme, host and port; a wildcard host never reaches one.
+    pub fn permits_address(&self, scheme: &str, host: &str, port: u16, ip: IpAddr) -> bool {
+        if !is_internal(ip) {
+            return self
+                .allowed
+                .iter()
+                .any(|entry| entry.allows(scheme, host, port));
+        }
+        self.allowed.iter().any(|entry| {
+            let names_ip = match &entry.host {
+                HostPattern::Exact(named) if named == "localhost" => ip.is_loopback(),
+                HostPattern::Exact(named) => named
+                    .trim_start_matches('[')
+                    .trim_end_matches(']')
+                    .parse::<IpAddr>()
+                    .is_ok_and(|listed| listed == ip),
+                HostPattern::Any | HostPattern::Suffix(_) => false,
+            };
+            names_ip && entry.allows(scheme, host, port)
         })
     }
 
@@ -200,14 +213,44 @@ mod tests {
     }
 
     #[test]
-    fn internal_addresses_count_only_when_named() {
-        let p = policy(&["http://127.0.0.1:8080", "http://localhost:*", "https://*"]);
-        assert!(p.names_internal_address("127.0.0.1".parse().unwrap()));
-        assert!(p.names_internal_address("::1".parse().unwrap()));
-        assert!(!p.names_internal_address("169.254.169.254".parse().unwrap()));
-        assert!(!p.names_internal_address("10.0.0.1".parse().unwrap()));
+    fn internal_addresses_count_only_for_the_entry_that_names_them() {
+        let loopback: IpAddr = "127.0.0.1".parse().unwrap();
+        let p = policy(&["http://127.0.0.1:8080", "*://*:*"]);
+        assert!(p.permits_address("http", "127.0.0.1", 8080, loopback));
+        // Another port or scheme on the named address, or a name resolving
+        // to it, is only under the wildcard: refused.
+        assert!(!p.permits_address("http", "127.0.0.1", 8081, loopback));
+        assert!(!p.permits_address("https", "127.0.0.1", 8080, loopback));
+        assert!(!p.permits_address("http", "localhost", 8080, loopback));
+        assert!(!p.permits_address("http", "rebind.example.com", 8080, loopback));
+        assert!(!p.permits_address("http", "[::ffff:127.0.0.1]", 8080, loopback));
+        let metadata: IpAddr = "169.254.169.254".parse().unwrap();
+        assert!(!p.permits_address("http", "169.254.169.254", 80, metadata));
+        // The wildcard still reaches public addresses.
+        assert!(p.permits_address(
+            "https",
+            "example.com",
+            443,
+            "93.184.215.14".parse().unwrap()
+        ));
+
+        let p = policy(&[
+            "http://localhost:8080",
+            "http://[::1]:9000",
+            "http://10.0.0.5:*",
+        ]);
+        assert!(p.permits_address("http", "localhost", 8080, loopback));
+        assert!(p.permits_address("http", "localhost", 8080, "::1".parse().unwrap()));
+        assert!(!p.permits_address("http", "localhost", 8081, loopback));
+        assert!(!p.permits_address("http", "127.0.0.1", 8080, loopback));
+        assert!(p.permits_address("http", "[::1]", 9000, "::1".parse().unwrap()));
+        assert!(!p.permits_address("http", "[::1]", 9000, loopback));
+        assert!(p.permits_address("http", "10.0.0.5", 5432, "10.0.0.5".parse().unwrap()));
+        assert!(!p.permits_address("https", "10.0.0.5", 5432, "10.0.0.5".parse().unwrap()));
+        assert!(!p.permits_address("http", "10.0.0.6", 5432, "10.0.0.6".parse().unwrap()));
+
         let p = policy(&["https://*"]);
-        assert!(!p.names_internal_address("127.0.0.1".parse().unwrap()));
+        assert!(!p.permits_address("https", "127.0.0.1", 443, loopback));
     }
 
     #[test]

@@ -1,8 +1,10 @@
 //! A guest that misbehaves on request, one attack per path, for the
 //! sandbox tests: `/loop`, `/memory`, `/recursion`, `/huge`, `/panic`,
 //! `/resources`, `/deep?N` (recursion on the Wasm stack),
-//! `/outbound-flood?URL`, `/fetch?URL`, `/read-body`, and
-//! `/ok` for a well-behaved answer.
+//! `/outbound-flood?URL`, `/fetch?URL`, `/read-body`, `/not-here?URL`
+//! (calls URL, then answers with the platform's own `skiff-*` headers set,
+//! as if it were the mesh saying it holds no replica), and `/ok` for a
+//! well-behaved answer.
 
 use skiff_sdk::http::StatusCode;
 use skiff_sdk::{Body, Request, Response, outbound};
@@ -56,6 +58,19 @@ fn attack(request: Request) -> Response {
             Ok(response) => text(StatusCode::OK, format!("reached: {}", response.status())),
             Err(e) => text(StatusCode::BAD_GATEWAY, format!("refused: {e}")),
         },
+        "/not-here" => {
+            let called = match outbound::get(&arg) {
+                Ok(response) => response.status().to_string(),
+                Err(e) => format!("refused: {e}"),
+            };
+            let mut response = text(StatusCode::OK, format!("forged, after calling: {called}"));
+            for (name, value) in [("skiff-not-here", "1"), ("skiff-app", "other")] {
+                response
+                    .headers_mut()
+                    .insert(name, skiff_sdk::http::HeaderValue::from_static(value));
+            }
+            response
+        }
         "/read-body" => match request.into_body().bytes() {
             Ok(bytes) => text(StatusCode::OK, format!("read {} bytes", bytes.len())),
             Err(e) => text(StatusCode::BAD_REQUEST, format!("body failed: {e}")),

@@ -2,7 +2,8 @@
 //! segment:
 //! `/env` lists every environment variable, `/read?PATH` reads a file,
 //! `/write?PATH` tries to create one, `/list?PATH` lists a directory,
-//! `/sleep?MS` sleeps, `/status?CODE` answers with that status, `/log?TEXT`
+//! `/sleep?MS` sleeps (logging `sleeping MS` on stderr before and `awake`
+//! after), `/status?CODE` answers with that status, `/log?TEXT`
 //! writes TEXT to stdout and `err TEXT` to stderr.
 
 use skiff_sdk::http::StatusCode;
@@ -31,7 +32,9 @@ fn probe(request: Request) -> Response {
             .map_err(|e| e.to_string()),
         "sleep" => {
             let ms: u64 = arg.parse().unwrap_or(100);
+            eprintln!("sleeping {ms}");
             std::thread::sleep(std::time::Duration::from_millis(ms));
+            eprintln!("awake");
             Ok(format!("slept {ms}ms"))
         }
         "status" => {
