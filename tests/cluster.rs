@@ -8,7 +8,7 @@ use rustls::pki_types::pem::PemObject;
 use serde_json::Value;
 use skiff_orchestrator::api_client::ApiClient;
 use skiff_orchestrator::mesh::{ClusterCa, Members, NodeIdentity};
-use skiff_test_guests::{HELLO, HOSTILE, PROBE};
+use skiff_test_guests::{HELLO, HOSTILE, PROBE, STATIC_FILES};
 use std::path::Path;
 use std::time::{Duration, Instant};
 use support::{Running, Upstream, get, skiff, temp_dir, toml_path, write_manifest};
@@ -1256,4 +1256,76 @@ fn a_guest_cannot_make_a_forwarding_node_replay_its_request() {
         );
         assert_eq!(upstream.hits(), round, "the guest ran once per request");
     }
+/// Peak resident memory (VmHWM) of process `pid`, in bytes.
+fn peak_rss(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kib: u64 = status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmHWM in /proc/PID/status");
+    kib * 1024
+}
+
+#[test]
+fn large_blobs_stream_through_the_control_plane_and_nodes() {
+    let cluster = Cluster::start(1);
+    let app_dir = temp_dir();
+    // 256 MiB that do not compress, so the files layer is as large.
+    let public = app_dir.path().join("public");
+    std::fs::create_dir_all(&public).unwrap();
+    std::fs::write(public.join("hello.txt"), "hello\n").unwrap();
+    let mut big = std::io::BufWriter::new(std::fs::File::create(public.join("big.bin")).unwrap());
+    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+    let mut block = vec![0u8; 1 << 20];
+    for _ in 0..256 {
+        for word in block.chunks_mut(8) {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            word.copy_from_slice(&x.to_le_bytes());
+        }
+        std::io::Write::write_all(&mut big, &block).unwrap();
+    }
+    drop(big);
+    write_manifest(
+        app_dir.path(),
+        &format!(
+            "[app]\nname = \"big\"\n[component.files]\nsource = {}\nroute = \"/...\"\nfiles = [{{ source = \"public\", destination = \"/www\" }}]\n",
+            toml_path(STATIC_FILES)
+        ),
+    );
+    let server = cluster.server.pid();
+    let node = cluster.nodes[0].process.pid();
+    let (server_before, node_before) = (peak_rss(server), peak_rss(node));
+    cluster.cli(&[
+        "deploy",
+        app_dir.path().to_str().unwrap(),
+        "--wait",
+        "--timeout",
+        "600s",
+    ]);
+    cluster.wait_running("big", 1);
+    assert_eq!(
+        get(&cluster.nodes[0].process.at("/hello.txt")),
+        (200, "hello\n".to_string())
+    );
+    // The control plane took the upload, verified the package and served
+    // the blob to the node; the node fetched, verified and unpacked it.
+    // Neither held the 256 MiB in memory.
+    let server_growth = peak_rss(server).saturating_sub(server_before);
+    let node_growth = peak_rss(node).saturating_sub(node_before);
+    eprintln!(
+        "peak memory growth: control plane {} KiB, node {} KiB",
+        server_growth >> 10,
+        node_growth >> 10
+    );
+    assert!(
+        server_growth < 64 << 20,
+        "the control plane grew by {server_growth} bytes"
+    );
+    assert!(
+        node_growth < 96 << 20,
+        "the node grew by {node_growth} bytes"
+    );
 }

@@ -6,8 +6,11 @@
 mod support;
 
 use skiff_test_guests as guests;
+use std::io::{BufRead, BufReader, Write};
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use support::*;
 
@@ -318,8 +321,19 @@ fn a_registry_with_auth_wants_credentials_from_login_or_the_environment() {
     let clean = temp_dir();
     let stderr = expect_failure(clean.path(), &["pull", &remote]);
     assert!(stderr.contains("refused access"), "{stderr}");
+    // Credentials in the environment must name their registry.
+    let unscoped = skiff(clean.path())
+        .args(["pull", &remote])
+        .env("SKIFF_REGISTRY_USERNAME", "alice")
+        .env("SKIFF_REGISTRY_PASSWORD", "s3cret")
+        .output()
+        .unwrap();
+    assert!(!unscoped.status.success());
+    let stderr = String::from_utf8_lossy(&unscoped.stderr);
+    assert!(stderr.contains("set SKIFF_REGISTRY"), "{stderr}");
     let output = skiff(clean.path())
         .args(["pull", &remote])
+        .env("SKIFF_REGISTRY", &registry.addr)
         .env("SKIFF_REGISTRY_USERNAME", "alice")
         .env("SKIFF_REGISTRY_PASSWORD", "s3cret")
         .output()
@@ -328,6 +342,298 @@ fn a_registry_with_auth_wants_credentials_from_login_or_the_environment() {
         output.status.success(),
         "{}",
         String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+/// A loopback server speaking just enough of the distribution API for a
+/// test: each request's head is recorded (with its `Authorization`) and
+/// answered by `respond(path, stream)` on a thread of its own.
+struct FakeRegistry {
+    addr: String,
+    /// `"PATH AUTHORIZATION"` per request, the header empty when absent.
+    seen: Arc<Mutex<Vec<String>>>,
+}
+
+impl FakeRegistry {
+    fn start(respond: impl Fn(&str, &mut TcpStream) + Send + Sync + 'static) -> FakeRegistry {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let record = seen.clone();
+        let respond = Arc::new(respond);
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(mut stream) = stream else { break };
+                let (record, respond) = (record.clone(), respond.clone());
+                std::thread::spawn(move || {
+                    let mut reader = BufReader::new(stream.try_clone().unwrap());
+                    let mut request = String::new();
+                    reader.read_line(&mut request).unwrap();
+                    let path = request.split_whitespace().nth(1).unwrap_or("").to_string();
+                    let mut authorization = String::new();
+                    let mut line = String::new();
+                    while reader.read_line(&mut line).unwrap_or(0) > 0 && line != "\r\n" {
+                        if let Some((name, value)) = line.split_once(':')
+                            && name.eq_ignore_ascii_case("authorization")
+                        {
+                            authorization = value.trim().to_string();
+                        }
+                        line.clear();
+                    }
+                    record
+                        .lock()
+                        .unwrap()
+                        .push(format!("{path} {authorization}"));
+                    respond(&path, &mut stream);
+                });
+            }
+        });
+        FakeRegistry { addr, seen }
+    }
+
+    fn seen(&self) -> Vec<String> {
+        self.seen.lock().unwrap().clone()
+    }
+}
+
+fn respond(stream: &mut TcpStream, head: &str, body: &[u8]) {
+    let _ = stream.write_all(
+        format!(
+            "HTTP/1.1 {head}\r\nconnection: close\r\ncontent-length: {}\r\n\r\n",
+            body.len()
+        )
+        .as_bytes(),
+    );
+    let _ = stream.write_all(body);
+}
+
+/// Writes a chunked body of zeros until the reader hangs up; returns the
+/// bytes written.
+fn endless(stream: &mut TcpStream, content_type: &str) -> u64 {
+    let head = format!(
+        "HTTP/1.1 200 OK\r\ncontent-type: {content_type}\r\ntransfer-encoding: chunked\r\n\r\n"
+    );
+    if stream.write_all(head.as_bytes()).is_err() {
+        return 0;
+    }
+    let chunk = [b'0'; 64 << 10];
+    let mut sent = 0u64;
+    while stream
+        .write_all(format!("{:x}\r\n", chunk.len()).as_bytes())
+        .and_then(|()| stream.write_all(&chunk))
+        .and_then(|()| stream.write_all(b"\r\n"))
+        .is_ok()
+    {
+        sent += chunk.len() as u64;
+    }
+    sent
+}
+
+fn sha256_of(bytes: &[u8]) -> String {
+    use sha2::Digest as _;
+    format!("sha256:{}", hex::encode(sha2::Sha256::digest(bytes)))
+}
+
+#[test]
+fn a_hostile_registry_cannot_send_more_or_less_than_it_declares() {
+    let config = b"{}".to_vec();
+    let layer = vec![b'a'; 100];
+    let (config_digest, layer_digest) = (sha256_of(&config), sha256_of(&layer));
+    let manifest = format!(
+        r#"{{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{{"mediaType":"application/vnd.skiff.package.config.v1+json","digest":"{config_digest}","size":2}},"layers":[{{"mediaType":"application/wasm","digest":"{layer_digest}","size":100}}]}}"#
+    );
+    // Bytes the endless answers managed to write before the puller hung up.
+    let endless_sent = Arc::new(Mutex::new(Vec::new()));
+    let sent = endless_sent.clone();
+    let registry = FakeRegistry::start(move |path, stream| {
+        let repo = path.split('/').nth(2).unwrap_or("");
+        if path == "/v2/" {
+            respond(stream, "200 OK", b"{}");
+        } else if path.contains("/manifests/") && repo == "bigmanifest" {
+            let n = endless(stream, "application/vnd.oci.image.manifest.v1+json");
+            sent.lock().unwrap().push(n);
+        } else if path.contains("/manifests/") {
+            respond(stream, "200 OK", manifest.as_bytes());
+        } else if path.ends_with(&config_digest) {
+            respond(stream, "200 OK", &config);
+        } else if repo == "endless" {
+            let n = endless(stream, "application/octet-stream");
+            sent.lock().unwrap().push(n);
+        } else if repo == "liar" {
+            respond(stream, "200 OK", &vec![b'a'; 10 << 20]);
+        } else if repo == "short" {
+            let _ = stream.write_all(
+                b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n32\r\n",
+            );
+            let _ = stream.write_all(&[b'a'; 50]);
+            let _ = stream.write_all(b"\r\n0\r\n\r\n");
+        } else {
+            respond(stream, "404 Not Found", b"{}");
+        }
+    });
+    let home = temp_dir();
+    let pull = |repo: &str| {
+        let started = Instant::now();
+        let stderr = expect_failure(
+            home.path(),
+            &["pull", &format!("{}/{repo}/pkg:1", registry.addr)],
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "{repo} took {:?}",
+            started.elapsed()
+        );
+        stderr
+    };
+    let stderr = pull("endless");
+    assert!(
+        stderr.contains("more bytes than the 100 its descriptor declares"),
+        "{stderr}"
+    );
+    let stderr = pull("liar");
+    assert!(stderr.contains("sends 10485760 bytes for blob"), "{stderr}");
+    assert!(stderr.contains("declares 100"), "{stderr}");
+    let stderr = pull("short");
+    assert!(
+        stderr.contains("ended after 50 bytes, but its descriptor declares 100"),
+        "{stderr}"
+    );
+    let stderr = pull("bigmanifest");
+    assert!(stderr.contains("larger than 4194304 bytes"), "{stderr}");
+
+    // The pullers hung up soon: what the endless answers wrote is bounded
+    // by socket buffers, not by the registry's will.
+    wait_until_true(Duration::from_secs(20), || {
+        endless_sent.lock().unwrap().len() == 2
+    });
+    for n in endless_sent.lock().unwrap().iter() {
+        assert!(
+            *n < 64 << 20,
+            "the registry wrote {n} bytes before the pull stopped"
+        );
+    }
+    // Nothing of the refused layer, nothing half written, no tag.
+    let store = home.path().join("store");
+    assert!(
+        !store
+            .join("blobs/sha256")
+            .join(&layer_digest["sha256:".len()..])
+            .exists()
+    );
+    assert_eq!(
+        std::fs::read_dir(store.join("incoming")).unwrap().count(),
+        0
+    );
+    assert!(!skiff_ok(home.path(), &["images"]).contains("pkg"));
+}
+
+fn wait_until_true(limit: Duration, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn credentials_go_only_to_the_registry_they_are_for() {
+    let private = TestRegistry::start_with_auth(Some(("alice", "s3cret")));
+    // Asks every caller for basic credentials and records what it gets.
+    let recorder = FakeRegistry::start(|path, stream| {
+        if path == "/v2/" {
+            let _ = stream.write_all(b"HTTP/1.1 401 Unauthorized\r\nwww-authenticate: Basic realm=\"fake\"\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
+        } else {
+            respond(stream, "404 Not Found", b"{}");
+        }
+    });
+    let home = temp_dir();
+    let mut login = skiff(home.path())
+        .args(["login", &private.addr, "-u", "alice", "--password-stdin"])
+        .stdin(Stdio::piped())
+        .spawn()
+        .unwrap();
+    login
+        .stdin
+        .as_mut()
+        .unwrap()
+        .write_all(b"s3cret\n")
+        .unwrap();
+    assert!(login.wait().unwrap().success());
+
+    // Manifests from an untrusted repository naming the recorder, as an
+    // `oci://` source and as a dependency.
+    let (source_dir, dependency_dir) = (temp_dir(), temp_dir());
+    let by_source = write_manifest(
+        source_dir.path(),
+        &format!(
+            "[app]\nname = \"leak\"\n[component.web]\nsource = \"oci://{}/tools/hello:1.0\"\nroute = \"/...\"\n",
+            recorder.addr
+        ),
+    );
+    let by_dependency = write_manifest(
+        dependency_dir.path(),
+        &format!(
+            "[app]\nname = \"leak\"\n[component.web]\nsource = {}\nroute = \"/...\"\n[component.web.dependencies]\n\"acme:lib/thing\" = \"oci://{}/tools/lib:1.0\"\n",
+            toml_path(guests::HELLO),
+            recorder.addr
+        ),
+    );
+    let pack = |env: &[(&str, &str)]| {
+        let mut stderr = String::new();
+        for manifest in [&by_source, &by_dependency] {
+            let mut command = skiff(home.path());
+            command.args(["pack", manifest.to_str().unwrap()]);
+            for (name, value) in env {
+                command.env(name, value);
+            }
+            let output = command.output().unwrap();
+            assert!(!output.status.success());
+            stderr += &String::from_utf8_lossy(&output.stderr);
+        }
+        stderr
+    };
+    let private_env = [
+        ("SKIFF_REGISTRY", private.addr.as_str()),
+        ("SKIFF_REGISTRY_USERNAME", "alice"),
+        ("SKIFF_REGISTRY_PASSWORD", "s3cret"),
+    ];
+    pack(&private_env);
+    let seen = recorder.seen();
+    assert!(
+        seen.iter().any(|r| r.contains("/tools/hello/manifests/")),
+        "{seen:?}"
+    );
+    assert!(
+        seen.iter().any(|r| r.contains("/tools/lib/manifests/")),
+        "{seen:?}"
+    );
+    assert!(
+        seen.iter().all(|r| r.ends_with(' ')),
+        "credentials leaked: {seen:?}"
+    );
+
+    // Unscoped credentials are refused before any registry is contacted.
+    let before = recorder.seen().len();
+    let stderr = pack(&private_env[1..]);
+    assert!(stderr.contains("set SKIFF_REGISTRY"), "{stderr}");
+    assert_eq!(recorder.seen().len(), before);
+
+    // The recorder does see credentials given for it: the check above
+    // would notice a leak.
+    let recorder_env = [
+        ("SKIFF_REGISTRY", recorder.addr.as_str()),
+        ("SKIFF_REGISTRY_USERNAME", "bob"),
+        ("SKIFF_REGISTRY_PASSWORD", "hunter2"),
+    ];
+    pack(&recorder_env);
+    let seen = recorder.seen();
+    assert!(
+        seen[before..].iter().any(|r| r.contains("Basic ")),
+        "{seen:?}"
+    );
+    assert!(
+        !seen.iter().any(|r| r.contains("YWxpY2U6czNjcmV0")),
+        "alice's credentials leaked: {seen:?}"
     );
 }
 

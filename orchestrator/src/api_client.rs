@@ -160,6 +160,55 @@ impl ApiClient {
         Err(ApiError::Refused { status, message })
     }
 
+    /// `GET path`, answering with the body of a 2xx answer as a stream, for
+    /// bodies too large to hold in memory. Only the wait for the answer's
+    /// head is bounded, by `timeout`; the caller bounds the body.
+    ///
+    /// # Errors
+    ///
+    /// As [`ApiClient::send`].
+    pub async fn download(
+        &self,
+        path: &str,
+        timeout: Duration,
+    ) -> Result<http_body_util::BodyDataStream<hyper::body::Incoming>, ApiError> {
+        let unreachable = |reason: String| ApiError::Unreachable {
+            server: self.server.clone(),
+            reason,
+        };
+        let mut request = http::Request::builder()
+            .method(Method::GET)
+            .uri(format!("{}{path}", self.server));
+        if let Some(token) = &self.token {
+            request = request.header(http::header::AUTHORIZATION, format!("Bearer {token}"));
+        }
+        let request = request
+            .body(Full::new(Bytes::new()))
+            .map_err(|e| unreachable(format!("bad request {path}: {e}")))?;
+        let response = tokio::time::timeout(timeout, self.client.request(request))
+            .await
+            .map_err(|_| unreachable(format!("no answer within {timeout:?}")))?
+            .map_err(|e| unreachable(e.to_string()))?;
+        let status = response.status();
+        if status.is_success() {
+            return Ok(response.into_body().into_data_stream());
+        }
+        // An error answer is small; read at most 64 KiB of it.
+        let bytes = tokio::time::timeout(
+            timeout,
+            http_body_util::Limited::new(response.into_body(), 64 << 10).collect(),
+        )
+        .await
+        .ok()
+        .and_then(Result::ok)
+        .map(|c| c.to_bytes())
+        .unwrap_or_default();
+        let message = serde_json::from_slice::<ErrorBody>(&bytes)
+            .map(|e| e.error)
+            .unwrap_or_else(|_| format!("{status}: {}", String::from_utf8_lossy(&bytes).trim()));
+        Err(ApiError::Refused { status, message })
+    }
+
     /// `GET path`, decoding JSON.
     ///
     /// # Errors

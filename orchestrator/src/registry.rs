@@ -1,28 +1,53 @@
-//! Pushing packages to and pulling them from OCI distribution registries,
-//! through `oci-client`. Loopback registries are spoken to over plain HTTP,
-//! every other one over HTTPS. Every pulled blob is verified against its
-//! digest before it enters the store; blobs already present are skipped, so
-//! an interrupted transfer is resumed by running it again.
+//! Pushing packages to and pulling them from OCI distribution registries.
+//! `oci-client` authenticates and pushes; pulls are read by this module as
+//! streams, so a hostile registry cannot exhaust memory or disk: a
+//! manifest or config is refused past 4 MiB, a blob past the size its
+//! descriptor declares (or [`MAX_BLOB_SIZE`]), and every blob is written to
+//! disk as it arrives and enters the store only once its size and digest
+//! match. Loopback registries are spoken to over plain HTTP, every other
+//! one over HTTPS. Blobs already present are skipped, so an interrupted
+//! transfer is resumed by running it again.
 
 use crate::credentials;
 use anyhow::{Context, anyhow, bail};
+use futures::TryStreamExt;
 use oci_client::client::{ClientConfig, ClientProtocol};
 use oci_client::errors::{OciDistributionError, OciErrorCode};
 use oci_client::secrets::RegistryAuth;
 use oci_client::{Client, Reference, RegistryOperation};
+use skiff_runtime::package::blob::{BlobSize, MAX_BLOB_SIZE, MAX_MANIFEST_SIZE};
 use skiff_runtime::package::oci::{
     Descriptor, ImageManifest, MANIFEST_MEDIA_TYPE, WASM_CONFIG_MEDIA_TYPE, WASM_MEDIA_TYPE,
 };
 use skiff_runtime::package::{Digest, Store};
 use std::io::IsTerminal;
+use std::time::Duration;
+
+/// Largest image manifest taken from a registry.
+const MAX_MANIFEST: u64 = MAX_MANIFEST_SIZE;
+/// Largest package config (the locked app manifest) taken from a registry.
+const MAX_CONFIG: u64 = 4 << 20;
+/// How long a pull may go without receiving data.
+const IDLE: Duration = Duration::from_secs(60);
 
 /// A connection to the registry of one reference.
 pub struct Registry {
     client: Client,
+    /// Reads pulled manifests and blobs as bounded streams.
+    http: reqwest::Client,
+    /// `http` for loopback registries, else `https`.
+    scheme: &'static str,
     reference: Reference,
     auth: RegistryAuth,
     /// Show progress bars (on a terminal only).
     progress: bool,
+}
+
+/// How pulls authenticate to the registry of their reference.
+enum PullAuth {
+    Anonymous,
+    Bearer(String),
+    Basic(String, String),
 }
 
 /// A progress bar over the bytes of one transfer; hidden off a terminal.
@@ -55,38 +80,6 @@ impl Progress {
         if let Some(bar) = &self.0 {
             bar.finish();
         }
-    }
-}
-
-/// Collects a pulled blob while advancing the progress bar.
-struct ProgressSink<'a> {
-    bytes: Vec<u8>,
-    progress: &'a Progress,
-}
-
-impl tokio::io::AsyncWrite for ProgressSink<'_> {
-    fn poll_write(
-        mut self: std::pin::Pin<&mut Self>,
-        _cx: &mut std::task::Context<'_>,
-        buf: &[u8],
-    ) -> std::task::Poll<std::io::Result<usize>> {
-        self.bytes.extend_from_slice(buf);
-        self.progress.advance(buf.len() as u64);
-        std::task::Poll::Ready(Ok(buf.len()))
-    }
-
-    fn poll_flush(
-        self: std::pin::Pin<&mut Self>,
-        _cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        std::task::Poll::Ready(Ok(()))
-    }
-
-    fn poll_shutdown(
-        self: std::pin::Pin<&mut Self>,
-        _cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        std::task::Poll::Ready(Ok(()))
     }
 }
 
@@ -149,8 +142,16 @@ impl Registry {
             Some(c) => RegistryAuth::Basic(c.username, c.password),
             None => RegistryAuth::Anonymous,
         };
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(10))
+            .read_timeout(IDLE)
+            .https_only(!loopback)
+            .build()
+            .context("cannot set up an HTTP client")?;
         Ok(Registry {
             client: Client::new(config),
+            http,
+            scheme: if loopback { "http" } else { "https" },
             reference,
             auth,
             progress: std::io::stderr().is_terminal(),
@@ -247,13 +248,21 @@ impl Registry {
     /// blob whose content does not match its digest (the store keeps none
     /// of a mismatched blob).
     pub async fn pull(&self, store: &Store) -> anyhow::Result<Descriptor> {
-        let (bytes, image) = self.pull_manifest().await?;
-        let blobs: Vec<&Descriptor> = std::iter::once(&image.config)
-            .chain(&image.layers)
-            .collect();
-        let progress = Progress::new(self.progress, "pulling", blobs.iter().map(|b| b.size).sum());
-        for blob in blobs {
-            self.pull_blob(store, blob, &progress).await?;
+        let auth = self.pull_authorization().await?;
+        let (bytes, image) = self.pull_manifest(&auth).await?;
+        let progress = Progress::new(
+            self.progress,
+            "pulling",
+            std::iter::once(&image.config)
+                .chain(&image.layers)
+                .map(|b| b.size)
+                .sum(),
+        );
+        self.pull_blob(store, &auth, &image.config, MAX_CONFIG, &progress)
+            .await?;
+        for layer in &image.layers {
+            self.pull_blob(store, &auth, layer, MAX_BLOB_SIZE, &progress)
+                .await?;
         }
         progress.finish();
         store.put(&bytes)?;
@@ -270,7 +279,8 @@ impl Registry {
     ///
     /// As [`Registry::pull`], or an artifact of another shape.
     pub async fn pull_component(&self, store: &Store) -> anyhow::Result<Digest> {
-        let (_, image) = self.pull_manifest().await?;
+        let auth = self.pull_authorization().await?;
+        let (_, image) = self.pull_manifest(&auth).await?;
         let wasm: Vec<&Descriptor> = image
             .layers
             .iter()
@@ -285,20 +295,111 @@ impl Registry {
             );
         }
         let progress = Progress::new(self.progress, "pulling", wasm[0].size);
-        self.pull_blob(store, wasm[0], &progress).await?;
+        self.pull_blob(store, &auth, wasm[0], MAX_BLOB_SIZE, &progress)
+            .await?;
         progress.finish();
         Ok(wasm[0].digest.clone())
     }
 
-    async fn pull_manifest(&self) -> anyhow::Result<(Vec<u8>, ImageManifest)> {
-        let (bytes, digest) = self
+    /// What pulls authenticate with: the registry's bearer token when it
+    /// uses one, else this reference's basic credentials, if any.
+    async fn pull_authorization(&self) -> anyhow::Result<PullAuth> {
+        let token = self
             .client
-            .pull_manifest_raw(&self.reference, &self.auth, &[MANIFEST_MEDIA_TYPE])
+            .auth(&self.reference, &self.auth, RegistryOperation::Pull)
             .await
             .map_err(|e| self.explain(e))?;
+        Ok(match (token, &self.auth) {
+            (Some(token), _) => PullAuth::Bearer(token),
+            (None, RegistryAuth::Basic(username, password)) => {
+                PullAuth::Basic(username.clone(), password.clone())
+            }
+            (None, _) => PullAuth::Anonymous,
+        })
+    }
+
+    /// `GET /v2/<repository>/<path>` on this reference's registry; an
+    /// answer other than 2xx becomes an error naming `what` was asked for.
+    async fn get(
+        &self,
+        auth: &PullAuth,
+        path: &str,
+        accept: Option<&str>,
+        what: &str,
+    ) -> anyhow::Result<reqwest::Response> {
+        let registry = self.reference.resolve_registry();
+        let url = format!(
+            "{}://{registry}/v2/{}/{path}",
+            self.scheme,
+            self.reference.repository()
+        );
+        let mut request = self.http.get(&url);
+        if let Some(accept) = accept {
+            request = request.header(http::header::ACCEPT, accept);
+        }
+        request = match auth {
+            PullAuth::Anonymous => request,
+            PullAuth::Bearer(token) => request.bearer_auth(token),
+            PullAuth::Basic(username, password) => request.basic_auth(username, Some(password)),
+        };
+        let response = request.send().await.map_err(|e| self.unreachable(e))?;
+        let status = response.status();
+        if status.is_success() {
+            return Ok(response);
+        }
+        let body = read_limited(response, 4 << 10)
+            .await
+            .map(|b| String::from_utf8_lossy(&b).trim().to_string())
+            .unwrap_or_default();
+        match status.as_u16() {
+            401 | 403 => bail!(
+                "registry {registry} refused access to {} ({status}); log in with `skiff login {registry}` or set SKIFF_REGISTRY={registry} with SKIFF_REGISTRY_USERNAME/SKIFF_REGISTRY_PASSWORD",
+                self.reference.repository()
+            ),
+            404 if what == "the manifest" => {
+                bail!("{} not found in registry {registry}", self.reference)
+            }
+            _ => bail!(
+                "registry {registry} answered {status} for {what} of {}: {body}",
+                self.reference
+            ),
+        }
+    }
+
+    /// The image manifest at this reference, at most [`MAX_MANIFEST`]
+    /// bytes and matching its digest.
+    async fn pull_manifest(&self, auth: &PullAuth) -> anyhow::Result<(Vec<u8>, ImageManifest)> {
+        let target = self
+            .reference
+            .digest()
+            .or(self.reference.tag())
+            .unwrap_or("latest");
+        let response = self
+            .get(
+                auth,
+                &format!("manifests/{target}"),
+                Some(MANIFEST_MEDIA_TYPE),
+                "the manifest",
+            )
+            .await?;
+        let announced = response
+            .headers()
+            .get("docker-content-digest")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        if response.content_length().is_some_and(|n| n > MAX_MANIFEST) {
+            bail!(
+                "the manifest of {} is larger than {MAX_MANIFEST} bytes; refusing it",
+                self.reference
+            );
+        }
+        let bytes = read_limited(response, MAX_MANIFEST)
+            .await
+            .map_err(|e| anyhow!("the manifest of {}: {e}", self.reference))?;
         let actual = Digest::of(&bytes);
-        let expected = self.reference.digest().unwrap_or(digest.as_str());
-        if !expected.is_empty() && actual.as_str() != expected {
+        if let Some(expected) = self.reference.digest().map(str::to_string).or(announced)
+            && actual.as_str() != expected
+        {
             bail!(
                 "the manifest of {} does not match its digest {expected} (got {actual}); refusing it",
                 self.reference
@@ -306,33 +407,76 @@ impl Registry {
         }
         let image = serde_json::from_slice(&bytes)
             .with_context(|| format!("{} is not an OCI image manifest", self.reference))?;
-        Ok((bytes.to_vec(), image))
+        Ok((bytes, image))
     }
 
+    /// Streams `blob` into `store`, refusing it past its declared size (or
+    /// past `limit`, whatever the descriptor says) and unless it matches
+    /// its digest; the store gets all of it or nothing.
     async fn pull_blob(
         &self,
         store: &Store,
+        auth: &PullAuth,
         blob: &Descriptor,
+        limit: u64,
         progress: &Progress,
     ) -> anyhow::Result<()> {
-        if store.read(&blob.digest).is_ok() {
+        if store.verify(&blob.digest).is_ok() {
             progress.advance(blob.size);
             return Ok(());
         }
-        let mut sink = ProgressSink {
-            // Sized from the descriptor, but capped so that a lying one
-            // cannot make us reserve gigabytes up front.
-            bytes: Vec::with_capacity(blob.size.min(64 << 20) as usize),
-            progress,
-        };
-        self.client
-            .pull_blob(&self.reference, blob.digest.as_str(), &mut sink)
+        let registry = self.reference.resolve_registry();
+        if blob.size > limit {
+            bail!(
+                "{}: blob {} declares {} bytes, over the limit of {limit}; refusing it",
+                self.reference,
+                blob.digest,
+                blob.size
+            );
+        }
+        let response = self
+            .get(
+                auth,
+                &format!("blobs/{}", blob.digest),
+                None,
+                &format!("blob {}", blob.digest),
+            )
+            .await?;
+        if let Some(length) = response.content_length()
+            && length != blob.size
+        {
+            bail!(
+                "registry {registry} sends {length} bytes for blob {} of {}, whose descriptor declares {}; refusing it",
+                blob.digest,
+                self.reference,
+                blob.size
+            );
+        }
+        let writer = store.writer(&blob.digest, BlobSize::Exactly(blob.size))?;
+        let stream = response
+            .bytes_stream()
+            .inspect_ok(|chunk| progress.advance(chunk.len() as u64));
+        writer
+            .receive(stream, IDLE)
             .await
-            .map_err(|e| self.explain(e))?;
-        store
-            .put_verified(&blob.digest, &sink.bytes)
             .with_context(|| format!("refusing a blob of {}", self.reference))?;
         Ok(())
+    }
+
+    /// Turns a transport error into a message that says what to do.
+    fn unreachable(&self, error: reqwest::Error) -> anyhow::Error {
+        let registry = self.reference.resolve_registry();
+        let mut reason = error.to_string();
+        let mut source = std::error::Error::source(&error);
+        while let Some(inner) = source {
+            reason = format!("{reason}: {inner}");
+            source = inner.source();
+        }
+        if error.is_connect() || error.is_timeout() {
+            anyhow!("cannot reach registry {registry}: {reason}")
+        } else {
+            anyhow!("registry {registry}: {reason}")
+        }
     }
 
     /// Turns a client error into a message that says what to do.
@@ -341,7 +485,7 @@ impl Registry {
         match &error {
             OciDistributionError::AuthenticationFailure(_)
             | OciDistributionError::UnauthorizedError { .. } => anyhow!(
-                "registry {registry} refused access to {}: {error}; log in with `skiff login {registry}` or set SKIFF_REGISTRY_USERNAME/SKIFF_REGISTRY_PASSWORD",
+                "registry {registry} refused access to {}: {error}; log in with `skiff login {registry}` or set SKIFF_REGISTRY={registry} with SKIFF_REGISTRY_USERNAME/SKIFF_REGISTRY_PASSWORD",
                 self.reference.repository()
             ),
             OciDistributionError::ImageManifestNotFoundError(_) => {
@@ -378,12 +522,30 @@ impl Registry {
                     .is_some_and(|s| s.as_u16() == 401 || s.as_u16() == 403) =>
             {
                 anyhow!(
-                    "registry {registry} refused access to {} ({e}); log in with `skiff login {registry}` or set SKIFF_REGISTRY_USERNAME/SKIFF_REGISTRY_PASSWORD",
+                    "registry {registry} refused access to {} ({e}); log in with `skiff login {registry}` or set SKIFF_REGISTRY={registry} with SKIFF_REGISTRY_USERNAME/SKIFF_REGISTRY_PASSWORD",
                     self.reference.repository()
                 )
             }
             _ => anyhow!("registry {registry}: {error}"),
         }
+    }
+}
+
+/// The body of `response`, refused past `limit` bytes or after [`IDLE`]
+/// without data.
+async fn read_limited(mut response: reqwest::Response, limit: u64) -> anyhow::Result<Vec<u8>> {
+    let mut bytes = Vec::new();
+    loop {
+        let chunk = tokio::time::timeout(IDLE, response.chunk())
+            .await
+            .map_err(|_| anyhow!("no data for {IDLE:?}"))??;
+        let Some(chunk) = chunk else {
+            return Ok(bytes);
+        };
+        if (bytes.len() + chunk.len()) as u64 > limit {
+            bail!("larger than {limit} bytes; refusing it");
+        }
+        bytes.extend_from_slice(&chunk);
     }
 }
 

@@ -13,13 +13,15 @@ use crate::api::{
 use crate::mesh::NodeCert;
 use crate::state::{Applied, NodeRecord};
 use bytes::Bytes;
+use futures::TryStreamExt;
 use http::{Method, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use skiff_runtime::package::Digest;
+use skiff_runtime::package::blob::{BlobSize, MAX_BLOB_SIZE};
+use skiff_runtime::package::{Digest, StoreError};
 use skiff_runtime::server::{accept_until, serve_http1};
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -28,11 +30,21 @@ use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
 /// Largest blob a deploy may upload.
-pub const MAX_BLOB: usize = 512 << 20;
+pub const MAX_BLOB: u64 = MAX_BLOB_SIZE;
+/// How long an upload may go without sending data.
+const BLOB_IDLE: Duration = Duration::from_secs(60);
 /// Largest JSON body.
 const MAX_JSON: usize = 16 << 20;
 
-type Response = hyper::Response<Full<Bytes>>;
+/// A response body: a small buffer, or a blob streamed from its file.
+type Body = http_body_util::combinators::UnsyncBoxBody<Bytes, std::io::Error>;
+type Response = hyper::Response<Body>;
+
+fn full(bytes: impl Into<Bytes>) -> Body {
+    Full::new(bytes.into())
+        .map_err(|never| match never {})
+        .boxed_unsync()
+}
 
 /// Accepts TLS connections and serves the API until `shutdown`.
 pub(super) async fn serve(
@@ -201,18 +213,40 @@ async fn admin(
             Ok(empty(status))
         }
         (&Method::PUT, ["v1", "blobs", digest]) => {
+            // Streamed to a temporary file while hashing; stored under its
+            // digest only when complete and matching.
             let digest = parse_digest(digest)?;
-            let bytes = body(request, MAX_BLOB).await?;
-            let actual = Digest::of(&bytes);
-            if actual != digest {
-                return Err(Refusal::bad(format!(
-                    "blob refused: the uploaded bytes hash to {actual}, not {digest}"
-                )));
-            }
-            shared
+            let declared = request
+                .headers()
+                .get(http::header::CONTENT_LENGTH)
+                .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+            let size = match declared {
+                Some(n) if n > MAX_BLOB => {
+                    return Err(Refusal(
+                        StatusCode::PAYLOAD_TOO_LARGE,
+                        format!("blob refused: {n} bytes is over the limit of {MAX_BLOB} bytes"),
+                    ));
+                }
+                Some(n) => BlobSize::Exactly(n),
+                None => BlobSize::AtMost(MAX_BLOB),
+            };
+            let writer = shared
                 .packages
-                .put_verified(&digest, &bytes)
-                .map_err(|e| Refusal::bad(format!("blob refused: {e}")))?;
+                .writer(&digest, size)
+                .map_err(Refusal::internal)?;
+            writer
+                .receive(request.into_body().into_data_stream(), BLOB_IDLE)
+                .await
+                .map_err(|e| match e {
+                    StoreError::TooLarge { .. } => {
+                        Refusal(StatusCode::PAYLOAD_TOO_LARGE, format!("blob refused: {e}"))
+                    }
+                    StoreError::Corrupt { digest, actual } => Refusal::bad(format!(
+                        "blob refused: the uploaded bytes hash to {actual}, not {digest}"
+                    )),
+                    StoreError::Io { .. } => Refusal::internal(e),
+                    e => Refusal::bad(format!("blob refused: {e}")),
+                })?;
             Ok(empty(StatusCode::CREATED))
         }
         (&Method::POST, ["v1", "apps"]) => deploy(shared, read_json(request).await?),
@@ -701,14 +735,19 @@ fn running_set(components: &[ComponentStatus]) -> Vec<(&str, &str, &str)> {
 
 fn get_blob(shared: &Shared, digest: &str) -> Handled {
     let digest = parse_digest(digest)?;
-    let bytes = shared
+    // Streamed from the file; the node verifies the digest as it writes.
+    let (file, size) = shared
         .packages
-        .read(&digest)
+        .open_blob(&digest)
         .map_err(|e| Refusal::not_found(e.to_string()))?;
+    let chunks =
+        tokio_util::io::ReaderStream::with_capacity(tokio::fs::File::from_std(file), 256 << 10)
+            .map_ok(hyper::body::Frame::data);
     Ok(hyper::Response::builder()
         .status(StatusCode::OK)
         .header(http::header::CONTENT_TYPE, "application/octet-stream")
-        .body(Full::new(Bytes::from(bytes)))
+        .header(http::header::CONTENT_LENGTH, size)
+        .body(http_body_util::StreamBody::new(chunks).boxed_unsync())
         .expect("a valid response"))
 }
 
@@ -975,15 +1014,15 @@ fn json<T: Serialize>(status: StatusCode, value: &T) -> Handled {
     Ok(hyper::Response::builder()
         .status(status)
         .header(http::header::CONTENT_TYPE, "application/json")
-        .body(Full::new(Bytes::from(
+        .body(full(
             serde_json::to_vec(value).expect("a response serializes"),
-        )))
+        ))
         .expect("a valid response"))
 }
 
 fn empty(status: StatusCode) -> Response {
     hyper::Response::builder()
         .status(status)
-        .body(Full::new(Bytes::new()))
+        .body(full(Bytes::new()))
         .expect("a valid response")
 }

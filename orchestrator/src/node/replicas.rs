@@ -6,10 +6,10 @@
 
 use super::NodeShared;
 use crate::api::{Assignment, ComponentStatus, LoadState};
-use http::Method;
 use skiff_runtime::LoadedComponent;
 use skiff_runtime::capability::logging::LogSink;
 use skiff_runtime::manifest::ComponentName;
+use skiff_runtime::package::blob::{BlobSize, MAX_MANIFEST_SIZE};
 use skiff_runtime::package::{self, Digest};
 use std::collections::HashMap;
 use std::path::Path;
@@ -286,15 +286,17 @@ fn assigned_tag(digest: &Digest) -> String {
 
 const ASSIGNED_TAG: &str = "assigned:";
 
-/// Fetches every blob of package `digest` this node lacks, verifying each
-/// against its digest before it is stored, then tags it as in use. Holds
-/// the store lock so a collection cannot remove blobs half way.
+/// Fetches every blob of package `digest` this node lacks, each streamed
+/// to disk and verified against its digest (and, for the config and
+/// layers, the size the manifest declares) before it is stored, then tags
+/// it as in use. Holds the store lock so a collection cannot remove blobs
+/// half way.
 async fn pull(node: &Arc<NodeShared>, digest: &Digest) -> Result<(), String> {
     let _store = node.store_lock.lock().await;
-    fetch(node, digest).await?;
+    fetch(node, digest, BlobSize::AtMost(MAX_MANIFEST_SIZE)).await?;
     let image = node.packages.manifest(digest).map_err(|e| e.to_string())?;
     for blob in std::iter::once(&image.config).chain(&image.layers) {
-        fetch(node, &blob.digest).await?;
+        fetch(node, &blob.digest, BlobSize::Exactly(blob.size)).await?;
     }
     let bytes = node.packages.read(digest).map_err(|e| e.to_string())?;
     let descriptor = skiff_runtime::package::oci::Descriptor::of(
@@ -329,21 +331,20 @@ async fn collect_unused_packages(node: &Arc<NodeShared>) {
     }
 }
 
-async fn fetch(node: &Arc<NodeShared>, digest: &Digest) -> Result<(), String> {
+async fn fetch(node: &Arc<NodeShared>, digest: &Digest, size: BlobSize) -> Result<(), String> {
     if node.packages.blob_path(digest).exists() {
         return Ok(());
     }
-    let bytes = node
+    let failed = |e: &dyn std::fmt::Display| format!("cannot fetch {digest}: {e}");
+    let body = node
         .api()
-        .send(
-            Method::GET,
-            &format!("/v1/node/blobs/{digest}"),
-            None,
-            Duration::from_secs(300),
-        )
+        .download(&format!("/v1/node/blobs/{digest}"), Duration::from_secs(60))
         .await
-        .map_err(|e| format!("cannot fetch {digest}: {e}"))?;
-    node.packages
-        .put_verified(digest, &bytes)
-        .map_err(|e| e.to_string())
+        .map_err(|e| failed(&e))?;
+    let writer = node.packages.writer(digest, size).map_err(|e| failed(&e))?;
+    writer
+        .receive(body, Duration::from_secs(60))
+        .await
+        .map_err(|e| failed(&e))?;
+    Ok(())
 }

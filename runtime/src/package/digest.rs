@@ -15,6 +15,11 @@ impl Digest {
         Digest(format!("sha256:{}", hex::encode(Sha256::digest(bytes))))
     }
 
+    /// The digest a finished sha256 `hasher` computed.
+    pub fn from_hasher(hasher: Sha256) -> Digest {
+        Digest(format!("sha256:{}", hex::encode(hasher.finalize())))
+    }
+
     /// The 64 hex characters after `sha256:`.
     pub fn hex(&self) -> &str {
         &self.0["sha256:".len()..]

@@ -7,11 +7,13 @@
 //! deterministic tar+gzip layers). Packing the same inputs gives the same
 //! digest. Opening a package verifies every blob it uses.
 
+pub mod blob;
 pub mod compose;
 pub mod digest;
 pub mod layer;
 pub mod oci;
 pub mod store;
+mod unpacked;
 
 pub use digest::Digest;
 pub use store::{Store, StoreError};
@@ -170,14 +172,14 @@ fn read_locked(store: &Store, digest: &Digest, unpack: bool) -> Result<Manifest,
     };
     for (name, spec) in &mut manifest.component {
         let layer = layer_of(name.as_str(), &spec.source, "layer")?;
-        store.read(&layer)?;
+        store.verify(&layer)?;
         spec.source = store.blob_path(&layer);
         for mount in &mut spec.files {
             let layer = layer_of(name.as_str(), &mount.source, "file layer")?;
             if unpack {
                 mount.source = store.unpacked(&layer)?;
             } else {
-                store.read(&layer)?;
+                store.verify(&layer)?;
             }
         }
     }

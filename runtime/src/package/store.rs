@@ -4,6 +4,8 @@
 //! tampered or truncated blob is refused and never loaded.
 
 use super::Digest;
+use super::blob::{BlobSize, BlobWriter};
+use super::layer::UnpackLimits;
 use super::oci::{Descriptor, ImageIndex, ImageManifest, REF_NAME_ANNOTATION};
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -35,6 +37,44 @@ pub enum StoreError {
         /// The digest it has.
         actual: Digest,
     },
+    /// A blob came with more bytes than it may have.
+    #[error("{}", too_large(digest, *limit, *declared))]
+    TooLarge {
+        /// The blob.
+        digest: Digest,
+        /// The size it may have.
+        limit: u64,
+        /// Whether the limit is the size its descriptor declares.
+        declared: bool,
+    },
+    /// A blob ended before the size its descriptor declares.
+    #[error(
+        "blob {digest} ended after {received} bytes, but its descriptor declares {declared}; refusing it"
+    )]
+    Truncated {
+        /// The blob.
+        digest: Digest,
+        /// The declared size.
+        declared: u64,
+        /// The bytes that came.
+        received: u64,
+    },
+    /// A blob's transfer failed or stalled; nothing was stored.
+    #[error("blob {digest} could not be received: {reason}; nothing was stored, try again")]
+    Transfer {
+        /// The blob.
+        digest: Digest,
+        /// What went wrong.
+        reason: String,
+    },
+    /// A file layer does not unpack: damaged, hostile or over a limit.
+    #[error("file layer {digest} refused: {reason}")]
+    Unpack {
+        /// The layer.
+        digest: Digest,
+        /// What is wrong with it.
+        reason: String,
+    },
     /// No package has this reference.
     #[error("no package {reference:?} in the local store; see `skiff images`")]
     UnknownReference {
@@ -51,9 +91,20 @@ pub enum StoreError {
     },
 }
 
+fn too_large(digest: &Digest, limit: u64, declared: bool) -> String {
+    if declared {
+        format!(
+            "blob {digest} has more bytes than the {limit} its descriptor declares; refusing it"
+        )
+    } else {
+        format!("blob {digest} is larger than the limit of {limit} bytes; refusing it")
+    }
+}
+
 /// The local package store.
 pub struct Store {
     root: PathBuf,
+    unpack_limits: UnpackLimits,
 }
 
 /// Adds `:latest` to a reference without a tag; digests pass unchanged.
@@ -76,18 +127,93 @@ impl Store {
     ///
     /// When the directories cannot be created.
     pub fn open(root: &Path) -> Result<Store, StoreError> {
-        let blobs = root.join("blobs/sha256");
-        std::fs::create_dir_all(&blobs).map_err(|source| StoreError::Io {
-            path: blobs.clone(),
-            source,
-        })?;
+        for dir in ["blobs/sha256", "incoming", "unpacked"] {
+            let dir = root.join(dir);
+            std::fs::create_dir_all(&dir).map_err(|source| StoreError::Io {
+                path: dir.clone(),
+                source,
+            })?;
+        }
         let layout = root.join("oci-layout");
         if !layout.exists() {
             write_atomic(&layout, br#"{"imageLayoutVersion":"1.0.0"}"#)?;
         }
         Ok(Store {
             root: root.to_path_buf(),
+            unpack_limits: UnpackLimits::default(),
         })
+    }
+
+    /// This store with other limits on what a file layer may unpack to.
+    pub fn with_unpack_limits(self, limits: UnpackLimits) -> Store {
+        Store {
+            unpack_limits: limits,
+            ..self
+        }
+    }
+
+    /// A writer of blob `digest`, which may have `size` bytes: the blob
+    /// appears in the store only once it is complete and verified.
+    ///
+    /// # Errors
+    ///
+    /// When the temporary file cannot be created.
+    pub fn writer(&self, digest: &Digest, size: BlobSize) -> Result<BlobWriter, StoreError> {
+        BlobWriter::new(
+            digest,
+            size,
+            self.blob_path(digest),
+            &self.root.join("incoming"),
+        )
+    }
+
+    /// Verifies blob `digest` without holding it in memory; returns its
+    /// size.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::Missing`] or [`StoreError::Corrupt`].
+    pub fn verify(&self, digest: &Digest) -> Result<u64, StoreError> {
+        use sha2::Digest as _;
+        let (mut file, _) = self.open_blob(digest)?;
+        let mut hasher = sha2::Sha256::new();
+        let size = std::io::copy(&mut file, &mut hasher).map_err(|source| StoreError::Io {
+            path: self.blob_path(digest),
+            source,
+        })?;
+        let actual = Digest::from_hasher(hasher);
+        if &actual != digest {
+            return Err(StoreError::Corrupt {
+                digest: digest.clone(),
+                actual,
+            });
+        }
+        Ok(size)
+    }
+
+    /// Opens blob `digest` for reading as a stream, unverified (the reader
+    /// verifies); returns the file and its size.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::Missing`], or I/O errors.
+    pub fn open_blob(&self, digest: &Digest) -> Result<(std::fs::File, u64), StoreError> {
+        let path = self.blob_path(digest);
+        let missing_or = |source: std::io::Error| {
+            if source.kind() == std::io::ErrorKind::NotFound {
+                StoreError::Missing {
+                    digest: digest.clone(),
+                }
+            } else {
+                StoreError::Io {
+                    path: path.clone(),
+                    source,
+                }
+            }
+        };
+        let file = std::fs::File::open(&path).map_err(missing_or)?;
+        let size = file.metadata().map_err(missing_or)?.len();
+        Ok((file, size))
     }
 
     /// Where blob `digest` lives.
@@ -267,41 +393,29 @@ impl Store {
             let name = entry.file_name().to_string_lossy().into_owned();
             if !live.contains(&name) {
                 let _ = std::fs::remove_file(entry.path());
-                let _ = std::fs::remove_dir_all(self.root.join("unpacked").join(&name));
+                let unpacked = self.root.join("unpacked");
+                let _ = std::fs::remove_dir_all(unpacked.join(&name));
+                let _ = std::fs::remove_file(unpacked.join(format!(".{name}.lock")));
             }
         }
     }
 
     /// The directory holding file layer `digest` unpacked, unpacking it
-    /// (after verifying the blob) the first time.
+    /// (verifying the blob as it is read) when it is missing or no longer
+    /// matches what was unpacked. Safe to call from several threads and
+    /// processes at once: one unpacks, the others wait and share.
     ///
     /// # Errors
     ///
-    /// A missing or corrupt blob, or a layer that fails to unpack.
+    /// A missing or corrupt blob, or a layer that fails to unpack or is
+    /// over the store's [`UnpackLimits`].
     pub fn unpacked(&self, digest: &Digest) -> Result<PathBuf, StoreError> {
-        let dir = self.root.join("unpacked").join(digest.hex());
-        if dir.join(".complete").exists() {
-            return Ok(dir);
-        }
-        let layer = self.read(digest)?;
-        let io = |path: &Path| {
-            let path = path.to_path_buf();
-            move |source| StoreError::Io { path, source }
-        };
-        let staging = self
-            .root
-            .join("unpacked")
-            .join(format!(".{}.tmp", digest.hex()));
-        let _ = std::fs::remove_dir_all(&staging);
-        std::fs::create_dir_all(&staging).map_err(io(&staging))?;
-        super::layer::unpack(&layer, &staging).map_err(|e| StoreError::Format {
-            path: self.blob_path(digest),
-            message: format!("file layer does not unpack: {e}"),
-        })?;
-        std::fs::write(staging.join(".complete"), b"").map_err(io(&staging))?;
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::rename(&staging, &dir).map_err(io(&dir))?;
-        Ok(dir)
+        super::unpacked::unpacked(
+            &self.root.join("unpacked"),
+            &self.blob_path(digest),
+            digest,
+            &self.unpack_limits,
+        )
     }
 
     /// Serializes read-modify-write cycles of `index.json` between
