@@ -1256,6 +1256,8 @@ fn a_guest_cannot_make_a_forwarding_node_replay_its_request() {
         );
         assert_eq!(upstream.hits(), round, "the guest ran once per request");
     }
+}
+
 /// Peak resident memory (VmHWM) of process `pid`, in bytes.
 fn peak_rss(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();

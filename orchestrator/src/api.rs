@@ -212,6 +212,11 @@ pub struct AppView {
     pub generation: u64,
     /// Each component.
     pub components: Vec<ComponentView>,
+    /// Why the control plane cannot read the app's package, if it cannot:
+    /// its replicas keep running what they run, and nothing else changes
+    /// until the app is deployed again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 /// A component of an app.

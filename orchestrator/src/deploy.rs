@@ -74,12 +74,15 @@ pub async fn upload_and_declare(
         let bytes = store
             .read(blob)
             .with_context(|| format!("cannot upload {blob}"))?;
+        // As long as the control plane waits for it: a slow link is slow.
+        let timeout = Duration::from_secs(600)
+            + Duration::from_secs(bytes.len() as u64 / crate::control::MIN_UPLOAD_RATE);
         client
             .send(
                 Method::PUT,
                 &path,
                 Some((Bytes::from(bytes), "application/octet-stream")),
-                Duration::from_secs(600),
+                timeout,
             )
             .await
             .with_context(|| format!("cannot upload {blob}"))?;

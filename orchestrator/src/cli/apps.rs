@@ -151,22 +151,42 @@ pub fn apps(args: ListArgs) -> anyhow::Result<()> {
     let rows = apps
         .iter()
         .flat_map(|app| {
-            app.components.iter().map(move |c| {
+            // An app whose package cannot be read has no components to
+            // show: it still gets a row, and its error follows the table.
+            let unknown = app.components.is_empty().then(|| {
                 vec![
                     app.name.clone(),
-                    app.version.clone(),
-                    c.name.clone(),
-                    c.route.clone().unwrap_or_else(|| "-".to_string()),
-                    format!("{}/{}", c.running, c.desired),
+                    "-".to_string(),
+                    "-".to_string(),
+                    "-".to_string(),
+                    "-".to_string(),
                     app.package.chars().take(19).collect(),
                 ]
-            })
+            });
+            app.components
+                .iter()
+                .map(move |c| {
+                    vec![
+                        app.name.clone(),
+                        app.version.clone(),
+                        c.name.clone(),
+                        c.route.clone().unwrap_or_else(|| "-".to_string()),
+                        format!("{}/{}", c.running, c.desired),
+                        app.package.chars().take(19).collect(),
+                    ]
+                })
+                .chain(unknown)
         })
         .collect();
     table(
         &["APP", "VERSION", "COMPONENT", "ROUTE", "RUNNING", "PACKAGE"],
         rows,
     )?;
+    for app in &apps {
+        if let Some(error) = &app.error {
+            println!("app {:?}: {error}", app.name);
+        }
+    }
     Ok(())
 }
 

@@ -41,6 +41,21 @@ pub struct ServerArgs {
     /// at half their lifetime.
     #[arg(long, default_value = "24h", value_parser = humantime::parse_duration)]
     node_cert_lifetime: Duration,
+    /// API connections open at once; more are closed at once.
+    #[arg(long, default_value_t = crate::control::MAX_CONNECTIONS)]
+    max_connections: usize,
+    /// API connections open at once from one IP address (nodes with a
+    /// cluster certificate count only toward --max-connections).
+    #[arg(long, default_value_t = crate::control::MAX_CONNECTIONS_PER_IP)]
+    max_connections_per_ip: usize,
+    /// How long a JSON request body may take to arrive (blob uploads get
+    /// this plus their size at 64 KiB/s).
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration, hide = true)]
+    body_timeout: Duration,
+    /// How long after the last upload or deploy blobs no app uses are
+    /// deleted.
+    #[arg(long, default_value = "10m", value_parser = humantime::parse_duration, hide = true)]
+    package_grace: Duration,
 }
 
 /// Runs the control plane until Ctrl-C or SIGTERM.
@@ -54,6 +69,10 @@ pub fn server(args: ServerArgs) -> anyhow::Result<()> {
     config.heartbeat = args.heartbeat;
     config.down_after = args.down_after;
     config.node_cert_lifetime = args.node_cert_lifetime;
+    config.max_connections = args.max_connections;
+    config.max_connections_per_ip = args.max_connections_per_ip;
+    config.body_timeout = args.body_timeout;
+    config.package_grace = args.package_grace;
     runtime()?.block_on(async {
         let control = ControlPlane::start(config).await?;
         let url = control.url();

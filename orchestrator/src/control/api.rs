@@ -3,6 +3,8 @@
 //! joining nodes (a one-time join token in the body). Every refusal is a
 //! JSON `{"error": ...}` naming what was wrong.
 
+use super::admission::Admission;
+use super::deadline::{self, BodyError, TimedBody};
 use super::reconcile::{desired_for, replica_running};
 use super::{LiveNode, Shared, catalog};
 use crate::api::{
@@ -35,6 +37,9 @@ pub const MAX_BLOB: u64 = MAX_BLOB_SIZE;
 const BLOB_IDLE: Duration = Duration::from_secs(60);
 /// Largest JSON body.
 const MAX_JSON: usize = 16 << 20;
+/// Largest join body: a join is a token, a name and a CSR, a few KiB. It
+/// is read before any credential is checked, so it is kept small.
+const MAX_JOIN: usize = 64 << 10;
 
 /// A response body: a small buffer, or a blob streamed from its file.
 type Body = http_body_util::combinators::UnsyncBoxBody<Bytes, std::io::Error>;
@@ -45,6 +50,8 @@ fn full(bytes: impl Into<Bytes>) -> Body {
         .map_err(|never| match never {})
         .boxed_unsync()
 }
+/// A request whose body must arrive by its deadline.
+type Request = hyper::Request<TimedBody>;
 
 /// Accepts TLS connections and serves the API until `shutdown`.
 pub(super) async fn serve(
@@ -54,11 +61,20 @@ pub(super) async fn serve(
     shutdown: impl Future<Output = ()>,
 ) {
     let acceptor = TlsAcceptor::from(tls);
+    let admission = Admission::new(
+        shared.config.max_connections,
+        shared.config.max_connections_per_ip,
+    );
     accept_until(
         listener,
         shutdown,
         Duration::from_secs(5),
         move |accepted| {
+            // Over a limit, the connection is closed here, before the TLS
+            // handshake costs anything.
+            let Some(mut slot) = admission.admit(accepted.peer.ip()) else {
+                return;
+            };
             let acceptor = acceptor.clone();
             let shared = shared.clone();
             tokio::spawn(async move {
@@ -72,6 +88,9 @@ pub(super) async fn serve(
                     .peer_certificates()
                     .and_then(|certs| certs.first())
                     .and_then(|cert| NodeCert::of(cert, &shared.cluster));
+                if node.is_some() {
+                    slot.trusted();
+                }
                 let closing = (shared.clone(), node.clone());
                 let service = hyper::service::service_fn(move |request| {
                     let shared = shared.clone();
@@ -83,6 +102,7 @@ pub(super) async fn serve(
                     }
                 });
                 serve_http1(accepted.watcher, TokioIo::new(tls), service).await;
+                drop(slot);
                 if let (shared, Some(node)) = closing {
                     node_connection_closed(&shared, &node);
                 }
@@ -119,6 +139,15 @@ async fn handle(
     let path = request.uri().path().to_string();
     let query = request.uri().query().unwrap_or("").to_string();
     let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+    // The body's deadline runs from now, whoever reads it.
+    let deadline = match (&method, segments.as_slice()) {
+        (&Method::PUT, ["v1", "blobs", _]) => deadline::for_upload(
+            shared.config.body_timeout,
+            content_length(&request).unwrap_or(MAX_BLOB),
+        ),
+        _ => shared.config.body_timeout,
+    };
+    let request = request.map(|body| TimedBody::new(body, deadline));
     let result = match (&method, segments.as_slice()) {
         (&Method::GET, ["v1", "health"]) => json(StatusCode::OK, &serde_json::json!({"ok": true})),
         (&Method::POST, ["v1", "join"]) => join(shared, request).await,
@@ -174,7 +203,7 @@ fn member<'a>(shared: &Shared, caller: &'a NodeCert) -> Result<&'a str, Refusal>
     }
 }
 
-fn authorize(shared: &Shared, request: &hyper::Request<Incoming>) -> Result<(), Refusal> {
+fn authorize(shared: &Shared, request: &Request) -> Result<(), Refusal> {
     let presented = request
         .headers()
         .get(http::header::AUTHORIZATION)
@@ -200,11 +229,13 @@ async fn admin(
     method: &Method,
     segments: &[&str],
     query: &str,
-    request: hyper::Request<Incoming>,
+    request: Request,
 ) -> Handled {
     match (method, segments) {
         (&Method::HEAD, ["v1", "blobs", digest]) => {
             let digest = parse_digest(digest)?;
+            // A deploy is in progress: keep what it relies on.
+            shared.collector.touch();
             let status = if shared.packages.blob_path(&digest).exists() {
                 StatusCode::OK
             } else {
@@ -216,6 +247,7 @@ async fn admin(
             // Streamed to a temporary file while hashing; stored under its
             // digest only when complete and matching.
             let digest = parse_digest(digest)?;
+            let _upload = shared.collector.busy();
             let declared = request
                 .headers()
                 .get(http::header::CONTENT_LENGTH)
@@ -267,6 +299,7 @@ async fn admin(
             }
             tracing::info!(app, "app deleted");
             shared.bump();
+            shared.collector.wake();
             json(StatusCode::OK, &serde_json::json!({"deleted": app}))
         }
         (&Method::POST, ["v1", "apps", app, "scale"]) => {
@@ -357,6 +390,8 @@ async fn admin(
 }
 
 fn deploy(shared: &Shared, request: DeployRequest) -> Handled {
+    // No collection between verifying the package and declaring it.
+    let _deploying = shared.collector.busy();
     let spec = catalog::read(&shared.packages, &request.package)
         .map_err(|e| Refusal::bad(format!("package refused: {e}")))?;
     let scale: BTreeMap<String, u32> = spec
@@ -378,6 +413,7 @@ fn deploy(shared: &Shared, request: DeployRequest) -> Handled {
         let generation = record.generation;
         live.specs
             .insert(request.package.clone(), Arc::new(spec.clone()));
+        live.unreadable.remove(&request.package);
         live.apps.insert(record.name.clone(), record);
         (applied, generation)
     };
@@ -401,6 +437,9 @@ fn deploy(shared: &Shared, request: DeployRequest) -> Handled {
     if applied != Applied::Unchanged {
         super::reconcile::pass(shared);
         shared.bump();
+    }
+    if matches!(applied, Applied::Updated(_)) {
+        shared.collector.wake();
     }
     // The controller has just tried to place the replicas: say at once
     // which ones cannot be, and why.
@@ -446,8 +485,8 @@ fn route_overlaps(shared: &Shared, spec: &catalog::AppSpec) -> Vec<String> {
     warnings
 }
 
-async fn join(shared: &Shared, request: hyper::Request<Incoming>) -> Handled {
-    let join: JoinRequest = read_json(request).await?;
+async fn join(shared: &Shared, request: Request) -> Handled {
+    let join: JoinRequest = read_json_within(request, MAX_JOIN).await?;
     if shared
         .hosts
         .iter()
@@ -528,7 +567,7 @@ async fn join(shared: &Shared, request: hyper::Request<Incoming>) -> Handled {
     )
 }
 
-async fn renew(shared: &Shared, node: &NodeCert, request: hyper::Request<Incoming>) -> Handled {
+async fn renew(shared: &Shared, node: &NodeCert, request: Request) -> Handled {
     let renew: RenewRequest = read_json(request).await?;
     // The same incarnation: a renewal is the same join.
     let cert_pem = shared
@@ -602,7 +641,7 @@ fn node_connection_closed(shared: &Shared, node: &NodeCert) {
     });
 }
 
-async fn sync(shared: &Shared, node: &str, request: hyper::Request<Incoming>) -> Handled {
+async fn sync(shared: &Shared, node: &str, request: Request) -> Handled {
     let sync: SyncRequest = read_json(request).await?;
     for (what, addr) in [("ingress", &sync.ingress), ("mesh", &sync.mesh)] {
         check_reported_address(what, addr, shared.api_addr, &shared.hosts).map_err(Refusal::bad)?;
@@ -842,6 +881,12 @@ fn app_views(shared: &Shared) -> Vec<AppView> {
                 package: app.package.clone(),
                 generation: app.generation,
                 components,
+                error: live.unreadable.get(&app.package).map(|u| {
+                    format!(
+                        "the control plane cannot read the app's package: {}; its replicas keep running; deploy the app again",
+                        u.reason
+                    )
+                }),
             }
         })
         .collect()
@@ -882,8 +927,18 @@ fn replica_views(shared: &Shared, app: Option<&str>) -> Vec<ReplicaView> {
                     None => ("unknown", Some(format!("node {node} is not known"))),
                 },
             };
-            // A replica stuck on a draining node says why.
-            let reason = reason.or_else(|| live.pending.get(&r.id).cloned());
+            // A replica stuck on a draining node says why; so does one of
+            // an app whose package cannot be read.
+            let reason = reason
+                .or_else(|| live.pending.get(&r.id).cloned())
+                .or_else(|| {
+                    let package = &live.apps.get(&r.app)?.package;
+                    let unreadable = live.unreadable.get(package)?;
+                    Some(format!(
+                        "the app's package cannot be read: {}",
+                        unreadable.reason
+                    ))
+                });
             ReplicaView {
                 id: r.id.clone(),
                 app: r.app.clone(),
@@ -992,21 +1047,58 @@ fn query_params(query: &str) -> BTreeMap<String, String> {
         .collect()
 }
 
-async fn body(request: hyper::Request<Incoming>, limit: usize) -> Result<Bytes, Refusal> {
+/// The `Content-Length` the client announced, if any.
+fn content_length<B>(request: &hyper::Request<B>) -> Option<u64> {
+    request
+        .headers()
+        .get(http::header::CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .parse()
+        .ok()
+}
+
+/// Reads the whole body: refused at once when it announces more than
+/// `limit` bytes, cut off when it sends more or misses its deadline.
+async fn body(request: Request, limit: usize) -> Result<Bytes, Refusal> {
+    if let Some(length) = content_length(&request)
+        && length > limit as u64
+    {
+        return Err(Refusal(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!(
+                "the request body of {length} bytes is over the limit of {limit} bytes for {} {}",
+                request.method(),
+                request.uri().path()
+            ),
+        ));
+    }
     Limited::new(request.into_body(), limit)
         .collect()
         .await
         .map(|collected| collected.to_bytes())
-        .map_err(|e| {
-            Refusal(
+        .map_err(|e| match e.downcast::<BodyError>() {
+            Ok(e) if matches!(*e, BodyError::TimedOut(_)) => Refusal(
+                StatusCode::REQUEST_TIMEOUT,
+                format!("{e}: send the whole body promptly"),
+            ),
+            Ok(e) => Refusal::bad(format!("cannot read the request body: {e}")),
+            Err(e) => Refusal(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 format!("cannot read the request body (limit {limit} bytes): {e}"),
-            )
+            ),
         })
 }
 
-async fn read_json<T: DeserializeOwned>(request: hyper::Request<Incoming>) -> Result<T, Refusal> {
-    let bytes = body(request, MAX_JSON).await?;
+async fn read_json<T: DeserializeOwned>(request: Request) -> Result<T, Refusal> {
+    read_json_within(request, MAX_JSON).await
+}
+
+async fn read_json_within<T: DeserializeOwned>(
+    request: Request,
+    limit: usize,
+) -> Result<T, Refusal> {
+    let bytes = body(request, limit).await?;
     serde_json::from_slice(&bytes).map_err(|e| Refusal::bad(format!("invalid JSON body: {e}")))
 }
 

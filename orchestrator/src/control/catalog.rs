@@ -29,7 +29,8 @@ pub struct ComponentPlan {
     pub request: ReplicaRequest,
 }
 
-/// Reads package `digest` from `store`, verifying every blob.
+/// Reads package `digest` from `store`, verifying every blob; a blob
+/// found corrupt is removed from the store.
 ///
 /// # Errors
 ///
@@ -39,7 +40,14 @@ pub fn read(store: &Store, digest: &str) -> Result<AppSpec, String> {
     let digest: Digest = digest
         .parse()
         .map_err(|e| format!("package {digest}: {e}"))?;
-    let manifest = package::verify(store, &digest).map_err(|e| e.to_string())?;
+    let manifest = package::verify(store, &digest).map_err(|e| {
+        // A corrupt blob is of no use to anyone: remove it, so checking
+        // again is cheap and the next deploy of the app uploads it anew.
+        if let package::PackageError::Store(package::StoreError::Corrupt { digest, .. }) = &e {
+            let _ = std::fs::remove_file(store.blob_path(digest));
+        }
+        e.to_string()
+    })?;
     let name = manifest.app.name.to_string();
     let components = manifest
         .component

@@ -9,14 +9,19 @@
 //! restart every known node gets a fresh heartbeat window to reconnect, so
 //! nothing is moved just because the control plane was away.
 
+mod admission;
 mod api;
 mod catalog;
+mod collect;
+mod deadline;
 mod logs;
 mod reconcile;
 #[cfg(test)]
 mod tests;
 
+pub use admission::{MAX_CONNECTIONS, MAX_CONNECTIONS_PER_IP};
 pub use catalog::AppSpec;
+pub use deadline::{BODY_TIMEOUT, MIN_UPLOAD_RATE};
 
 use crate::api::{ComponentStatus, JoinTokenResponse};
 use crate::mesh::ClusterCa;
@@ -51,6 +56,21 @@ pub struct ControlPlaneConfig {
     pub down_after: Duration,
     /// How long node certificates are valid; nodes renew at half.
     pub node_cert_lifetime: Duration,
+    /// API connections open at once; more are closed at once. Default
+    /// [`MAX_CONNECTIONS`].
+    pub max_connections: usize,
+    /// API connections open at once from one IP address, not counting
+    /// nodes that presented a cluster certificate. Default
+    /// [`MAX_CONNECTIONS_PER_IP`].
+    pub max_connections_per_ip: usize,
+    /// How long a JSON request body may take to arrive; a blob upload
+    /// gets this plus its size at [`MIN_UPLOAD_RATE`]. Default
+    /// 30 s.
+    pub body_timeout: Duration,
+    /// Uploaded blobs no app uses are deleted once no upload or deploy has
+    /// happened for this long (a deploy uploads its blobs before it
+    /// declares the app). Default 10 minutes.
+    pub package_grace: Duration,
 }
 
 impl ControlPlaneConfig {
@@ -63,6 +83,10 @@ impl ControlPlaneConfig {
             heartbeat: Duration::from_secs(1),
             down_after: Duration::from_secs(3),
             node_cert_lifetime: crate::mesh::ca::NODE_CERT_LIFETIME,
+            max_connections: admission::MAX_CONNECTIONS,
+            max_connections_per_ip: admission::MAX_CONNECTIONS_PER_IP,
+            body_timeout: deadline::BODY_TIMEOUT,
+            package_grace: collect::GRACE,
         }
     }
 }
@@ -93,6 +117,8 @@ pub(crate) struct Shared {
     version: watch::Sender<u64>,
     wake: Notify,
     logs: logs::LogRing,
+    /// Uploads and deploys under way, and when package collection runs.
+    collector: collect::Collector,
 }
 
 /// The in-memory view: the durable records plus liveness.
@@ -104,7 +130,24 @@ pub(crate) struct Live {
     replicas: BTreeMap<String, ReplicaRecord>,
     /// Why each pending replica could not be placed.
     pending: BTreeMap<String, String>,
+    /// Packages of declared apps that could not be read, by digest.
+    unreadable: HashMap<String, Unreadable>,
 }
+
+/// A package that could not be read, and when to try again.
+pub(crate) struct Unreadable {
+    /// Why, as the user sees it.
+    reason: String,
+    /// Not read again before this.
+    next_try: Instant,
+    /// The wait after the next failure.
+    backoff: Duration,
+}
+
+/// The first wait before an unreadable package is read again; it doubles
+/// up to [`MAX_READ_BACKOFF`].
+const READ_BACKOFF: Duration = Duration::from_secs(5);
+const MAX_READ_BACKOFF: Duration = Duration::from_secs(300);
 
 /// A node as the control plane sees it now.
 pub(crate) struct LiveNode {
@@ -166,6 +209,9 @@ impl ControlPlane {
         if config.node_cert_lifetime < Duration::from_secs(2) {
             anyhow::bail!("node certificates must live at least 2s");
         }
+        if config.max_connections == 0 || config.max_connections_per_ip == 0 {
+            anyhow::bail!("--max-connections and --max-connections-per-ip must be at least 1");
+        }
         let dir = &config.data_dir;
         std::fs::create_dir_all(dir)
             .with_context(|| format!("cannot create the data directory {}", dir.display()))?;
@@ -213,7 +259,7 @@ impl ControlPlane {
         let (chain, key) = ca.sign_control_plane(&hosts)?;
         let tls = crate::tls::control_plane_server(ca.cert_pem(), &chain, &key)?;
 
-        let live = Live::load(&store, &packages)?;
+        let live = Live::load(&store, &packages, &dir.join("state.redb"))?;
         if let Some(node) = live
             .nodes
             .keys()
@@ -240,6 +286,7 @@ impl ControlPlane {
             version: watch::Sender::new(version),
             wake: Notify::new(),
             logs: logs::LogRing::default(),
+            collector: collect::Collector::default(),
         });
         Ok(ControlPlane {
             shared,
@@ -290,10 +337,12 @@ impl ControlPlane {
     /// than serve a cluster nothing heals.
     pub async fn serve(self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
         let mut controller = tokio::spawn(reconcile::run(self.shared.clone()));
+        let collector = tokio::spawn(collect::run(self.shared.clone()));
         let api = api::serve(self.shared, self.listener, self.tls, shutdown);
         tokio::select! {
             () = api => {
                 controller.abort();
+                collector.abort();
                 Ok(())
             }
             stopped = &mut controller => {
@@ -335,25 +384,72 @@ impl Shared {
 }
 
 impl Live {
-    fn load(store: &ClusterStore, packages: &Store) -> anyhow::Result<Live> {
+    /// Reads the durable state from `store` (at `path`), setting aside
+    /// records that do not decode, and each app's package from `packages`.
+    fn load(store: &ClusterStore, packages: &Store, path: &Path) -> anyhow::Result<Live> {
         let mut live = Live::default();
+        for aside in store.set_aside_damaged()? {
+            tracing::error!(
+                table = aside.table,
+                key = aside.key,
+                "cluster state {}: the {} record {:?} is damaged ({}); it was moved to the \"quarantine\" table and the control plane runs without it: {}",
+                path.display(),
+                aside.table,
+                aside.key,
+                aside.message,
+                aside.remedy()
+            );
+        }
         for record in store.nodes()? {
             live.nodes
                 .insert(record.name.clone(), LiveNode::new(record));
         }
         for app in store.apps()? {
-            match catalog::read(packages, &app.package) {
-                Ok(spec) => {
-                    live.specs.insert(app.package.clone(), Arc::new(spec));
-                }
-                Err(e) => tracing::error!(app = app.name, "cannot read the app's package: {e}"),
-            }
             live.apps.insert(app.name.clone(), app);
+        }
+        let packages_used: std::collections::BTreeSet<String> =
+            live.apps.values().map(|a| a.package.clone()).collect();
+        for package in packages_used {
+            match catalog::read(packages, &package) {
+                Ok(spec) => {
+                    live.specs.insert(package, Arc::new(spec));
+                }
+                Err(e) => live.mark_unreadable(&package, e, Instant::now()),
+            }
         }
         for replica in store.replicas()? {
             live.replicas.insert(replica.id.clone(), replica);
         }
         Ok(live)
+    }
+
+    /// Records that `package` could not be read (`reason`) at `now`, and
+    /// when to try again; logs when the reason is new.
+    fn mark_unreadable(&mut self, package: &str, reason: String, now: Instant) {
+        let apps: Vec<&str> = self
+            .apps
+            .values()
+            .filter(|a| a.package == package)
+            .map(|a| a.name.as_str())
+            .collect();
+        let entry = self
+            .unreadable
+            .entry(package.to_string())
+            .or_insert(Unreadable {
+                reason: String::new(),
+                next_try: now,
+                backoff: READ_BACKOFF,
+            });
+        if entry.reason != reason {
+            tracing::error!(
+                package,
+                ?apps,
+                "cannot read the package of {apps:?}: {reason}; its replicas keep what they run; deploy the app again to upload the package again"
+            );
+        }
+        entry.reason = reason;
+        entry.next_try = now + entry.backoff;
+        entry.backoff = (entry.backoff * 2).min(MAX_READ_BACKOFF);
     }
 
     fn spec(&self, app: &str) -> Option<&Arc<AppSpec>> {

@@ -7,7 +7,7 @@ use super::{ControlPlaneConfig, Live, Shared};
 use crate::api::{AppRouting, Assignment, DesiredState, Endpoint, LoadState};
 use crate::scheduler::{ClusterSnapshot, Decision, NodeInfo, ReplicaRequest, Scheduler};
 use crate::state::{ReplicaChange, ReplicaRecord};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -25,8 +25,8 @@ pub(super) async fn run(shared: Arc<Shared>) {
 
 /// One controller pass, persisted in one transaction.
 pub(super) fn pass(shared: &Shared) {
+    read_missing_specs(shared);
     let mut live = shared.live.lock().expect("live state lock");
-    read_missing_specs(shared, &mut live);
     let outcome = reconcile(
         &mut live,
         Instant::now(),
@@ -50,21 +50,35 @@ pub(super) fn pass(shared: &Shared) {
 }
 
 /// Retries reading the packages of apps whose package could not be read
-/// at start (a volume not mounted yet, a transient I/O error).
-fn read_missing_specs(shared: &Shared, live: &mut Live) {
-    let missing: Vec<String> = live
-        .apps
-        .values()
-        .filter(|app| !live.specs.contains_key(&app.package))
-        .map(|app| app.package.clone())
-        .collect();
-    for package in missing {
-        match super::catalog::read(&shared.packages, &package) {
+/// (a volume not mounted yet, a transient I/O error), each no sooner than
+/// its backoff allows, and without holding the state lock while blobs are
+/// read and hashed.
+fn read_missing_specs(shared: &Shared) {
+    let due: BTreeSet<String> = {
+        let live = shared.live.lock().expect("live state lock");
+        let now = Instant::now();
+        live.apps
+            .values()
+            .map(|app| &app.package)
+            .filter(|package| !live.specs.contains_key(*package))
+            .filter(|package| {
+                live.unreadable
+                    .get(*package)
+                    .is_none_or(|u| u.next_try <= now)
+            })
+            .cloned()
+            .collect()
+    };
+    for package in due {
+        let read = super::catalog::read(&shared.packages, &package);
+        let mut live = shared.live.lock().expect("live state lock");
+        match read {
             Ok(spec) => {
                 tracing::info!(package, "package readable again");
+                live.unreadable.remove(&package);
                 live.specs.insert(package, Arc::new(spec));
             }
-            Err(e) => tracing::debug!(package, "package still unreadable: {e}"),
+            Err(e) => live.mark_unreadable(&package, e, Instant::now()),
         }
     }
 }

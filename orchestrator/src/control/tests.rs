@@ -356,3 +356,23 @@ fn reported_addresses_must_be_dialable_and_not_the_control_plane() {
         );
     }
 }
+
+#[test]
+fn an_unreadable_package_is_read_again_only_after_a_growing_wait() {
+    let now = Instant::now();
+    let mut live = cluster(&[("n1", 1024 * MIB)], 1, 64 * MIB, now);
+    live.mark_unreadable("sha256:p", "blob sha256:aa is missing".to_string(), now);
+    let first = live.unreadable["sha256:p"].next_try;
+    assert_eq!(first, now + super::READ_BACKOFF);
+    live.mark_unreadable("sha256:p", "blob sha256:aa is missing".to_string(), first);
+    let second = live.unreadable["sha256:p"].next_try;
+    assert_eq!(second, first + super::READ_BACKOFF * 2);
+    for _ in 0..20 {
+        live.mark_unreadable("sha256:p", "still missing".to_string(), now);
+    }
+    assert_eq!(
+        live.unreadable["sha256:p"].next_try,
+        now + super::MAX_READ_BACKOFF
+    );
+    assert_eq!(live.unreadable["sha256:p"].reason, "still missing");
+}

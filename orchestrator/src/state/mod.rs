@@ -18,6 +18,33 @@ const APPS: TableDefinition<&str, &[u8]> = TableDefinition::new("apps");
 const JOIN_TOKENS: TableDefinition<&str, u64> = TableDefinition::new("join_tokens");
 const NODES: TableDefinition<&str, &[u8]> = TableDefinition::new("nodes");
 const REPLICAS: TableDefinition<&str, &[u8]> = TableDefinition::new("replicas");
+/// Records that could not be decoded, keyed `table/key`, kept as they
+/// were so an operator can look at them; nothing reads them back.
+const QUARANTINE: TableDefinition<&str, &[u8]> = TableDefinition::new("quarantine");
+
+/// A damaged record moved out of its table by [`ClusterStore::set_aside_damaged`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SetAside {
+    /// The table it was in: `apps`, `nodes` or `replicas`.
+    pub table: &'static str,
+    /// Its key there.
+    pub key: String,
+    /// Why it could not be decoded.
+    pub message: String,
+}
+
+impl SetAside {
+    /// What an operator does about it.
+    pub fn remedy(&self) -> &'static str {
+        match self.table {
+            "apps" => "deploy the app again with `skiff deploy`",
+            "nodes" => {
+                "the node is recorded again at its next heartbeat; if it is refused, join it again with a new token from `skiff join-token`"
+            }
+            _ => "the controller recreates and places the replica",
+        }
+    }
+}
 
 /// A node that joined the cluster.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -140,8 +167,71 @@ impl ClusterStore {
         tx.open_table(JOIN_TOKENS).map_err(store_err)?;
         tx.open_table(NODES).map_err(store_err)?;
         tx.open_table(REPLICAS).map_err(store_err)?;
+        tx.open_table(QUARANTINE).map_err(store_err)?;
         tx.commit().map_err(store_err)?;
         Ok(ClusterStore { db })
+    }
+
+    /// Moves every app, node and replica record that does not decode into
+    /// the `quarantine` table (key `table/key`, bytes unchanged), in one
+    /// transaction, so one damaged record does not stop the control plane
+    /// and the rest of the state loads. Returns what was set aside.
+    ///
+    /// # Errors
+    ///
+    /// Store failures; then nothing was moved.
+    pub fn set_aside_damaged(&self) -> Result<Vec<SetAside>, StateError> {
+        let tx = self.db.begin_write().map_err(store_err)?;
+        let mut set_aside = Vec::new();
+        {
+            let mut quarantine = tx.open_table(QUARANTINE).map_err(store_err)?;
+            for (name, definition, check) in [
+                (
+                    "apps",
+                    APPS,
+                    check::<AppRecord> as fn(&[u8]) -> Result<(), String>,
+                ),
+                ("nodes", NODES, check::<NodeRecord>),
+                ("replicas", REPLICAS, check::<ReplicaRecord>),
+            ] {
+                let mut table = tx.open_table(definition).map_err(store_err)?;
+                let mut damaged = Vec::new();
+                for entry in table.iter().map_err(store_err)? {
+                    let (key, value) = entry.map_err(store_err)?;
+                    if let Err(message) = check(value.value()) {
+                        damaged.push((key.value().to_string(), value.value().to_vec(), message));
+                    }
+                }
+                for (key, bytes, message) in damaged {
+                    quarantine
+                        .insert(format!("{name}/{key}").as_str(), bytes.as_slice())
+                        .map_err(store_err)?;
+                    table.remove(key.as_str()).map_err(store_err)?;
+                    set_aside.push(SetAside {
+                        table: name,
+                        key,
+                        message,
+                    });
+                }
+            }
+        }
+        tx.commit().map_err(store_err)?;
+        Ok(set_aside)
+    }
+
+    /// The records set aside so far, as `table/key`.
+    ///
+    /// # Errors
+    ///
+    /// Store failures.
+    pub fn quarantined(&self) -> Result<Vec<String>, StateError> {
+        let tx = self.db.begin_read().map_err(store_err)?;
+        let table = tx.open_table(QUARANTINE).map_err(store_err)?;
+        let mut keys = Vec::new();
+        for entry in table.iter().map_err(store_err)? {
+            keys.push(entry.map_err(store_err)?.0.value().to_string());
+        }
+        Ok(keys)
     }
 
     /// Declares `name` to run `package` at `scale`; idempotent.
@@ -454,6 +544,13 @@ fn all_json<T: serde::de::DeserializeOwned>(
         all.push(decode(key.value(), value.value())?);
     }
     Ok(all)
+}
+
+/// Whether `bytes` decode as a `T`, and why not.
+fn check<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<(), String> {
+    serde_json::from_slice::<T>(bytes)
+        .map(drop)
+        .map_err(|e| e.to_string())
 }
 
 fn decode<T: serde::de::DeserializeOwned>(key: &str, bytes: &[u8]) -> Result<T, StateError> {

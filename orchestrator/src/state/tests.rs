@@ -206,3 +206,51 @@ fn nodes_and_replica_assignments_survive_a_restart() {
     assert!(store.delete_app("shop").unwrap());
     assert!(store.replicas().unwrap().is_empty());
 }
+
+#[test]
+fn damaged_records_are_set_aside_and_the_rest_loads() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state.redb");
+    {
+        let store = ClusterStore::open(&path).unwrap();
+        store
+            .apply_app("good", "sha256:aa", scale(&[("web", 1)]))
+            .unwrap();
+        store
+            .apply_app("bad", "sha256:bb", scale(&[("web", 1)]))
+            .unwrap();
+        let tx = store.db.begin_write().unwrap();
+        {
+            let mut apps = tx.open_table(APPS).unwrap();
+            apps.insert("bad", b"{\"name\": \"bad\", trunc".as_slice())
+                .unwrap();
+            let mut nodes = tx.open_table(NODES).unwrap();
+            nodes.insert("n1", b"not json".as_slice()).unwrap();
+        }
+        tx.commit().unwrap();
+        // Before anything is set aside, reading every app fails on it.
+        let err = store.apps().unwrap_err();
+        assert!(err.to_string().contains("\"bad\""), "{err}");
+    }
+    let store = ClusterStore::open(&path).unwrap();
+    let set_aside = store.set_aside_damaged().unwrap();
+    let named: Vec<(&str, &str)> = set_aside
+        .iter()
+        .map(|s| (s.table, s.key.as_str()))
+        .collect();
+    assert_eq!(named, vec![("apps", "bad"), ("nodes", "n1")]);
+    assert!(set_aside[0].message.contains("line 1"), "{set_aside:?}");
+    assert!(set_aside[0].remedy().contains("skiff deploy"));
+    let apps: Vec<String> = store.apps().unwrap().into_iter().map(|a| a.name).collect();
+    assert_eq!(apps, vec!["good"]);
+    assert!(store.nodes().unwrap().is_empty());
+    // The bytes are kept, and the same name can be declared afresh.
+    assert_eq!(store.quarantined().unwrap(), vec!["apps/bad", "nodes/n1"]);
+    assert!(store.set_aside_damaged().unwrap().is_empty());
+    assert_eq!(
+        store
+            .apply_app("bad", "sha256:cc", scale(&[("web", 1)]))
+            .unwrap(),
+        Applied::Created
+    );
+}

@@ -376,28 +376,73 @@ impl Store {
         Ok(target)
     }
 
+    /// Deletes every blob that neither a tagged package nor one of
+    /// `packages` needs (its manifest, config and layers), with its
+    /// unpacked files; returns how many blobs were removed. A package to
+    /// keep whose manifest is missing or damaged keeps only that blob.
+    ///
+    /// # Errors
+    ///
+    /// I/O errors reading `index.json` or a manifest to keep; then nothing
+    /// was removed.
+    pub fn keep_only(&self, packages: &[Digest]) -> Result<usize, StoreError> {
+        let _lock = self.lock_index()?;
+        let index = self.index()?;
+        let roots: Vec<&Digest> = index
+            .manifests
+            .iter()
+            .map(|d| &d.digest)
+            .chain(packages)
+            .collect();
+        let live = self.needed_by(&roots)?;
+        Ok(self.sweep(&live))
+    }
+
     /// Deletes blobs no manifest in `index` refers to (best effort).
     fn collect_garbage(&self, index: &ImageIndex) {
+        let roots: Vec<&Digest> = index.manifests.iter().map(|d| &d.digest).collect();
+        if let Ok(live) = self.needed_by(&roots) {
+            self.sweep(&live);
+        }
+    }
+
+    /// The blobs (hex digests) the packages `roots` need.
+    fn needed_by(
+        &self,
+        roots: &[&Digest],
+    ) -> Result<std::collections::BTreeSet<String>, StoreError> {
         let mut live = std::collections::BTreeSet::new();
-        for entry in &index.manifests {
-            live.insert(entry.digest.hex().to_string());
-            if let Ok(manifest) = self.manifest(&entry.digest) {
-                live.insert(manifest.config.digest.hex().to_string());
-                live.extend(manifest.layers.iter().map(|l| l.digest.hex().to_string()));
+        for root in roots {
+            live.insert(root.hex().to_string());
+            match self.manifest(root) {
+                Ok(manifest) => {
+                    live.insert(manifest.config.digest.hex().to_string());
+                    live.extend(manifest.layers.iter().map(|l| l.digest.hex().to_string()));
+                }
+                Err(e @ StoreError::Io { .. }) => return Err(e),
+                Err(_) => {}
             }
         }
+        Ok(live)
+    }
+
+    /// Deletes every blob (and leftover temporary file) not in `live`,
+    /// with its unpacked files; how many were removed.
+    fn sweep(&self, live: &std::collections::BTreeSet<String>) -> usize {
         let Ok(entries) = std::fs::read_dir(self.root.join("blobs/sha256")) else {
-            return;
+            return 0;
         };
+        let mut removed = 0;
         for entry in entries.flatten() {
             let name = entry.file_name().to_string_lossy().into_owned();
-            if !live.contains(&name) {
-                let _ = std::fs::remove_file(entry.path());
+            if !live.contains(&name) && std::fs::remove_file(entry.path()).is_ok() {
                 let unpacked = self.root.join("unpacked");
                 let _ = std::fs::remove_dir_all(unpacked.join(&name));
                 let _ = std::fs::remove_file(unpacked.join(format!(".{name}.lock")));
+                removed += 1;
             }
         }
+        removed
     }
 
     /// The directory holding file layer `digest` unpacked, unpacking it
@@ -504,6 +549,55 @@ mod tests {
         assert!(err.to_string().contains(digest.as_str()), "{err}");
         let err = store.put_verified(&digest, b"other bytes").unwrap_err();
         assert!(matches!(err, StoreError::Corrupt { .. }));
+    }
+
+    /// Stores a package of `config` and `layers`; its manifest's digest.
+    fn package(store: &Store, config: &[u8], layers: &[&[u8]]) -> Digest {
+        let manifest = crate::package::oci::ImageManifest {
+            schema_version: 2,
+            media_type: Some(MANIFEST_MEDIA_TYPE.to_string()),
+            artifact_type: None,
+            config: Descriptor::of("config", config),
+            layers: layers.iter().map(|l| Descriptor::of("layer", l)).collect(),
+            annotations: Default::default(),
+        };
+        store.put(config).unwrap();
+        for layer in layers {
+            store.put(layer).unwrap();
+        }
+        store.put(&serde_json::to_vec(&manifest).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn keep_only_removes_every_blob_no_kept_or_tagged_package_needs() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let kept = package(&store, b"config 1", &[b"shared", b"only 1"]);
+        let gone = package(&store, b"config 2", &[b"shared", b"only 2"]);
+        let tagged = package(&store, b"config 3", &[b"only 3"]);
+        let bytes = store.read(&tagged).unwrap();
+        store
+            .tag("local:1", &Descriptor::of(MANIFEST_MEDIA_TYPE, &bytes))
+            .unwrap();
+        let stray = store.put(b"uploaded, never declared").unwrap();
+        assert_eq!(store.keep_only(std::slice::from_ref(&kept)).unwrap(), 4);
+        for digest in [
+            &kept,
+            &tagged,
+            &Digest::of(b"shared"),
+            &Digest::of(b"only 1"),
+        ] {
+            assert!(store.blob_path(digest).exists(), "{digest} is kept");
+        }
+        for digest in [
+            &gone,
+            &stray,
+            &Digest::of(b"config 2"),
+            &Digest::of(b"only 2"),
+        ] {
+            assert!(!store.blob_path(digest).exists(), "{digest} is removed");
+        }
+        assert_eq!(store.keep_only(&[]).unwrap(), 4, "then all but the tag");
     }
 
     #[test]

@@ -1,0 +1,150 @@
+//! Which connections the API takes: at most `max_connections` at once,
+//! and at most `max_connections_per_ip` from one address, so no one
+//! client, with or without a credential, can hold every file descriptor.
+//! A connection over either limit is closed at once; refusals are logged
+//! at most once a second, with how many there were.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+/// Default cap on API connections open at once.
+pub const MAX_CONNECTIONS: usize = 1024;
+/// Default cap on API connections open at once from one IP address.
+pub const MAX_CONNECTIONS_PER_IP: usize = 256;
+
+/// How often refusals are logged, at most.
+const LOG_EVERY: Duration = Duration::from_secs(1);
+
+/// Counts open API connections, in total and per address.
+pub(super) struct Admission {
+    total: Arc<Semaphore>,
+    max_total: usize,
+    max_per_ip: usize,
+    state: Mutex<State>,
+}
+
+#[derive(Default)]
+struct State {
+    per_ip: HashMap<IpAddr, usize>,
+    /// Refused since the last log line.
+    refused: u64,
+    last_logged: Option<Instant>,
+}
+
+/// One admitted connection; its place is given back when dropped.
+pub(super) struct Slot {
+    admission: Arc<Admission>,
+    ip: Option<IpAddr>,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl Admission {
+    pub(super) fn new(max_total: usize, max_per_ip: usize) -> Arc<Admission> {
+        Arc::new(Admission {
+            total: Arc::new(Semaphore::new(max_total)),
+            max_total,
+            max_per_ip,
+            state: Mutex::new(State::default()),
+        })
+    }
+
+    /// A place for a connection from `ip`, or `None` (logged) when either
+    /// limit is reached.
+    pub(super) fn admit(self: &Arc<Self>, ip: IpAddr) -> Option<Slot> {
+        let mut state = self.state.lock().expect("admission lock");
+        let from_ip = state.per_ip.get(&ip).copied().unwrap_or(0);
+        let permit = if from_ip >= self.max_per_ip {
+            None
+        } else {
+            self.total.clone().try_acquire_owned().ok()
+        };
+        let Some(permit) = permit else {
+            state.refused += 1;
+            let now = Instant::now();
+            if state
+                .last_logged
+                .is_none_or(|at| now.duration_since(at) >= LOG_EVERY)
+            {
+                let why = if from_ip >= self.max_per_ip {
+                    format!(
+                        "{ip} already has {from_ip} open (--max-connections-per-ip {})",
+                        self.max_per_ip
+                    )
+                } else {
+                    format!("{} are open (--max-connections)", self.max_total)
+                };
+                tracing::warn!(
+                    refused = state.refused,
+                    "API connection limit reached: closed {} new connection(s), the last from {ip}: {why}; raise the limit if these are real clients",
+                    state.refused
+                );
+                state.refused = 0;
+                state.last_logged = Some(now);
+            }
+            return None;
+        };
+        *state.per_ip.entry(ip).or_default() += 1;
+        Some(Slot {
+            admission: self.clone(),
+            ip: Some(ip),
+            _permit: permit,
+        })
+    }
+
+    fn release_ip(&self, ip: IpAddr) {
+        let mut state = self.state.lock().expect("admission lock");
+        if let Some(count) = state.per_ip.get_mut(&ip) {
+            *count -= 1;
+            if *count == 0 {
+                state.per_ip.remove(&ip);
+            }
+        }
+    }
+}
+
+impl Slot {
+    /// The peer proved to be a node of this cluster: its connection no
+    /// longer counts against its address (many nodes may share one, behind
+    /// NAT), only against the total.
+    pub(super) fn trusted(&mut self) {
+        if let Some(ip) = self.ip.take() {
+            self.admission.release_ip(ip);
+        }
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        if let Some(ip) = self.ip.take() {
+            self.admission.release_ip(ip);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn limits_hold_per_address_and_in_total_and_places_come_back() {
+        let admission = Admission::new(3, 2);
+        let a: IpAddr = "127.0.0.2".parse().unwrap();
+        let b: IpAddr = "127.0.0.3".parse().unwrap();
+        let a1 = admission.admit(a).expect("first from a");
+        let mut a2 = admission.admit(a).expect("second from a");
+        assert!(admission.admit(a).is_none(), "a third from one address");
+        a2.trusted();
+        let a3 = admission
+            .admit(a)
+            .expect("a node's connection frees its address");
+        assert!(admission.admit(b).is_none(), "the total is reached");
+        drop(a1);
+        let b1 = admission.admit(b).expect("a place came back");
+        drop((a2, a3, b1));
+        assert!(admission.state.lock().unwrap().per_ip.is_empty());
+        assert_eq!(admission.total.available_permits(), 3);
+    }
+}

@@ -1,0 +1,457 @@
+//! End-to-end tests of the control plane under abuse and damage: a flood
+//! of slow connections, uploaded packages no app uses, and a damaged state
+//! store. Real `skiff server` processes on loopback addresses.
+
+mod support;
+
+use bytes::Bytes;
+use serde_json::Value;
+use skiff_orchestrator::api_client::ApiClient;
+use skiff_runtime::package::{Digest, Store};
+use skiff_test_guests::HELLO;
+use std::collections::BTreeSet;
+use std::net::{IpAddr, SocketAddr};
+use std::path::Path;
+use std::time::{Duration, Instant};
+use support::{Running, skiff, temp_dir, toml_path, write_manifest};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpSocket, TcpStream};
+use tokio_rustls::TlsConnector;
+use tokio_rustls::client::TlsStream;
+
+/// These tests start servers and, below, floods: one at a time.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+fn start_server(home: &Path, listen: &str, extra: &[&str]) -> Running {
+    let data = home.join("server");
+    let mut args = vec![
+        "server",
+        "--listen",
+        listen,
+        "--data-dir",
+        data.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    Running::launch(home, &args, "Control plane serving ")
+}
+
+/// Runs `skiff ARGS`, expecting success; returns stdout.
+fn cli(home: &Path, args: &[&str]) -> String {
+    let output = skiff(home).args(args).output().expect("running skiff");
+    assert!(
+        output.status.success(),
+        "skiff {args:?} failed:\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+fn json(home: &Path, args: &[&str]) -> Value {
+    let mut all = args.to_vec();
+    all.extend_from_slice(&["-o", "json"]);
+    serde_json::from_str(&cli(home, &all)).expect("JSON output")
+}
+
+/// Polls `check` every 50 ms until it returns a value or `limit` passes.
+fn wait_until<T>(limit: Duration, what: &str, mut check: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(value) = check() {
+            return value;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn ca_pem(home: &Path) -> String {
+    std::fs::read_to_string(home.join("server/ca.pem")).unwrap()
+}
+
+fn admin_client(home: &Path, api: &str) -> ApiClient {
+    let tls = skiff_orchestrator::tls::client_trusting(&ca_pem(home)).unwrap();
+    let token = std::fs::read_to_string(home.join("server/admin-token")).unwrap();
+    ApiClient::new(api, tls, Some(token.trim().to_string()))
+}
+
+/// An app `name` at `version` running hello on `route`.
+fn hello_app(dir: &Path, name: &str, version: &str, route: &str) -> String {
+    write_manifest(
+        dir,
+        &format!(
+            "[app]\nname = \"{name}\"\nversion = \"{version}\"\n\
+             [component.web]\nsource = {}\nroute = \"{route}\"\n\
+             [component.web.placement]\nmemory = \"64MiB\"\n",
+            toml_path(HELLO)
+        ),
+    );
+    dir.to_str().unwrap().to_string()
+}
+
+// === A flood of slow connections ===
+
+/// Opens a TLS connection to `api` from `from` and sends the head of a
+/// join announcing `length` body bytes, and then only a few of them.
+/// `None` when the server closed the connection before the handshake.
+async fn slow_join(
+    api: SocketAddr,
+    from: IpAddr,
+    tls: TlsConnector,
+    length: usize,
+) -> Option<TlsStream<TcpStream>> {
+    let socket = TcpSocket::new_v4().ok()?;
+    socket.bind(SocketAddr::new(from, 0)).ok()?;
+    let tcp = socket.connect(api).await.ok()?;
+    let name = rustls::pki_types::ServerName::IpAddress(api.ip().into());
+    let mut stream = tokio::time::timeout(Duration::from_secs(20), tls.connect(name, tcp))
+        .await
+        .ok()?
+        .ok()?;
+    let head = format!(
+        "POST /v1/join HTTP/1.1\r\nHost: {api}\r\nContent-Type: application/json\r\n\
+         Content-Length: {length}\r\n\r\n{{\"token\": \"skt1."
+    );
+    stream.write_all(head.as_bytes()).await.ok()?;
+    stream.flush().await.ok()?;
+    Some(stream)
+}
+
+/// Opens `count` slow joins from `from` at once; the ones the server took.
+async fn flood(
+    api: SocketAddr,
+    from: IpAddr,
+    tls: &TlsConnector,
+    count: usize,
+) -> Vec<TlsStream<TcpStream>> {
+    let mut set = tokio::task::JoinSet::new();
+    for _ in 0..count {
+        set.spawn(slow_join(api, from, tls.clone(), 60_000));
+    }
+    let mut held = Vec::new();
+    while let Some(joined) = set.join_next().await {
+        held.extend(joined.unwrap());
+    }
+    held
+}
+
+/// What the server answers on `stream`, read until it closes it.
+async fn answer(mut stream: TlsStream<TcpStream>) -> String {
+    let mut buf = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(60), stream.read_to_end(&mut buf)).await;
+    String::from_utf8_lossy(&buf).into_owned()
+}
+
+#[test]
+fn a_flood_of_slow_connections_is_bounded_and_cut_off() {
+    let _serial = one_at_a_time();
+    let home = temp_dir();
+    let server = start_server(
+        home.path(),
+        "127.0.0.1:0",
+        &[
+            "--max-connections",
+            "48",
+            "--max-connections-per-ip",
+            "16",
+            "--body-timeout",
+            "5s",
+        ],
+    );
+    let api: SocketAddr = server.url.trim_start_matches("https://").parse().unwrap();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let tls =
+        TlsConnector::from(skiff_orchestrator::tls::client_trusting(&ca_pem(home.path())).unwrap());
+    let local: IpAddr = "127.0.0.1".parse().unwrap();
+    let health = || {
+        runtime
+            .block_on(admin_client(home.path(), &server.url).get::<Value>("/v1/health"))
+            .map(|v| v["ok"] == true)
+            .unwrap_or(false)
+    };
+
+    // A join announcing 16 MB is refused before a byte of it is read.
+    let started = Instant::now();
+    let big = runtime
+        .block_on(slow_join(api, local, tls.clone(), 16_000_000))
+        .expect("the server takes one connection");
+    let refused = runtime.block_on(answer(big));
+    assert!(refused.starts_with("HTTP/1.1 413"), "{refused}");
+    assert!(
+        refused.contains("over the limit of 65536 bytes"),
+        "{refused}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "refused at once"
+    );
+
+    // 300 slow joins from one address: only 16 are held, the rest are
+    // closed at once.
+    let flooder: IpAddr = "127.0.0.2".parse().unwrap();
+    let started = Instant::now();
+    let held = runtime.block_on(flood(api, flooder, &tls, 300));
+    // Exactly 16 while all are open at once; a few more if the machine was
+    // so slow that the first were already cut off.
+    assert!(
+        (16..=32).contains(&held.len()),
+        "{} of 300 slow connections held",
+        held.len()
+    );
+    server.wait_for_stderr("API connection limit reached");
+
+    // The API still answers everyone else, the CLI included.
+    assert!(health(), "/v1/health answers during the flood");
+    let apps = cli(home.path(), &["apps", "-o", "json"]);
+    assert_eq!(apps.trim(), "[]");
+
+    // The slow bodies are cut off after the deadline, with a 408.
+    let answers = runtime.block_on(async {
+        let mut set = tokio::task::JoinSet::new();
+        for stream in held {
+            set.spawn(answer(stream));
+        }
+        set.join_all().await
+    });
+    let elapsed = started.elapsed();
+    for answer in &answers {
+        assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+        assert!(answer.contains("did not arrive within 5s"), "{answer}");
+    }
+    assert!(
+        elapsed >= Duration::from_secs(4),
+        "cut after the deadline, {elapsed:?}"
+    );
+
+    // From many addresses, the total holds: 48 slow joins fill it, the
+    // next connection is closed at once, and once they are cut off the
+    // API answers again.
+    let held: Vec<_> = runtime.block_on(async {
+        let mut all = Vec::new();
+        // Three addresses of 16 fill it, unless a closed connection of
+        // the checks above is still being let go.
+        for i in 3..=9 {
+            if all.len() == 48 {
+                break;
+            }
+            let from: IpAddr = format!("127.0.0.{i}").parse().unwrap();
+            all.extend(flood(api, from, &tls, 16.min(48 - all.len())).await);
+        }
+        all
+    });
+    assert_eq!(held.len(), 48, "the total is reached");
+    assert!(
+        runtime
+            .block_on(slow_join(api, local, tls.clone(), 10))
+            .is_none(),
+        "a connection over the total is closed at once"
+    );
+    wait_until(Duration::from_secs(60), "the API to answer again", || {
+        health().then_some(())
+    });
+    drop(held);
+}
+
+// === Collecting packages no app uses ===
+
+/// The blobs of package `digest` in the client's local store.
+fn blobs_of(home: &Path, digest: &str) -> BTreeSet<String> {
+    let store = Store::open(&home.join("store")).unwrap();
+    let digest: Digest = digest.parse().unwrap();
+    let manifest = store.manifest(&digest).unwrap();
+    std::iter::once(&digest)
+        .chain(std::iter::once(&manifest.config.digest))
+        .chain(manifest.layers.iter().map(|l| &l.digest))
+        .map(|d| d.hex().to_string())
+        .collect()
+}
+
+/// Every file in the server's package store's blob directory.
+fn server_blobs(home: &Path) -> BTreeSet<String> {
+    std::fs::read_dir(home.join("server/packages/blobs/sha256"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect()
+}
+
+fn package_of(home: &Path, app: &str) -> String {
+    json(home, &["apps"])
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["name"] == app)
+        .unwrap()["package"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+#[test]
+fn packages_no_app_uses_are_collected_after_a_grace_period() {
+    let _serial = one_at_a_time();
+    let home = temp_dir();
+    let server = start_server(home.path(), "127.0.0.1:0", &["--package-grace", "3s"]);
+    let app_dir = temp_dir();
+
+    hello_app(app_dir.path(), "shop", "1.0.0", "/...");
+    cli(home.path(), &["deploy", app_dir.path().to_str().unwrap()]);
+    let v1 = blobs_of(home.path(), &package_of(home.path(), "shop"));
+    assert_eq!(server_blobs(home.path()), v1);
+
+    hello_app(app_dir.path(), "shop", "2.0.0", "/...");
+    cli(home.path(), &["deploy", app_dir.path().to_str().unwrap()]);
+    let v2 = blobs_of(home.path(), &package_of(home.path(), "shop"));
+    assert_ne!(v1, v2);
+    // An upload of a deploy still in progress: nothing declares it yet.
+    let stray = b"a blob a deploy in progress uploaded".to_vec();
+    let stray_digest = Digest::of(&stray);
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime
+        .block_on(admin_client(home.path(), &server.url).send(
+            http::Method::PUT,
+            &format!("/v1/blobs/{stray_digest}"),
+            Some((Bytes::from(stray), "application/octet-stream")),
+            Duration::from_secs(30),
+        ))
+        .unwrap();
+    // Within the grace period, nothing goes.
+    let all = server_blobs(home.path());
+    assert!(all.is_superset(&v1) && all.is_superset(&v2), "{all:?}");
+    assert!(all.contains(stray_digest.hex()));
+
+    // After it, exactly what the app runs now is kept.
+    wait_until(
+        Duration::from_secs(60),
+        "v1 and the stray blob to go",
+        || (server_blobs(home.path()) == v2).then_some(()),
+    );
+    server.wait_for_stderr("uploaded blob(s) that no app uses");
+
+    cli(home.path(), &["delete", "shop"]);
+    wait_until(Duration::from_secs(60), "every blob of shop to go", || {
+        server_blobs(home.path()).is_empty().then_some(())
+    });
+}
+
+// === A damaged store ===
+
+#[test]
+fn a_damaged_record_or_package_does_not_stop_the_control_plane() {
+    let _serial = one_at_a_time();
+    let home = temp_dir();
+    // A fixed address, so the node finds the control plane after its
+    // restart.
+    let listen = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .to_string();
+    let server = start_server(home.path(), &listen, &[]);
+    let token = cli(home.path(), &["join-token"]).trim().to_string();
+    let node = Running::launch(
+        home.path(),
+        &[
+            "node",
+            "--server",
+            &server.url,
+            "--name",
+            "node-1",
+            "--capacity",
+            "1GiB",
+            "--token",
+            &token,
+            "--listen",
+            "127.0.0.2:0",
+        ],
+        "serving ingress on ",
+    );
+    let good = temp_dir();
+    let broken = temp_dir();
+    hello_app(good.path(), "good", "1.0.0", "/...");
+    hello_app(broken.path(), "broken", "1.0.0", "/broken/...");
+    for dir in [&good, &broken] {
+        cli(
+            home.path(),
+            &["deploy", dir.path().to_str().unwrap(), "--wait"],
+        );
+    }
+    let broken_package = package_of(home.path(), "broken");
+    server.terminate();
+
+    // While it is stopped: a record that is not JSON in the apps table,
+    // and the locked manifest of "broken" damaged on disk.
+    {
+        let db = redb::Database::create(home.path().join("server/state.redb")).unwrap();
+        let tx = db.begin_write().unwrap();
+        {
+            let apps: redb::TableDefinition<&str, &[u8]> = redb::TableDefinition::new("apps");
+            let mut apps = tx.open_table(apps).unwrap();
+            apps.insert("ghost", b"{\"name\": \"gho".as_slice())
+                .unwrap();
+        }
+        tx.commit().unwrap();
+    }
+    let store = Store::open(&home.path().join("store")).unwrap();
+    let config = store
+        .manifest(&broken_package.parse().unwrap())
+        .unwrap()
+        .config
+        .digest;
+    std::fs::write(
+        home.path()
+            .join("server/packages/blobs/sha256")
+            .join(config.hex()),
+        b"damaged",
+    )
+    .unwrap();
+
+    let server = start_server(home.path(), &listen, &[]);
+    let stderr = server.wait_for_stderr("the apps record \"ghost\" is damaged");
+    assert!(
+        stderr.contains("moved to the \"quarantine\" table"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("deploy the app again"), "{stderr}");
+
+    // The other apps are served; the broken one keeps its replica and
+    // says why it cannot be read.
+    let apps = wait_until(Duration::from_secs(30), "good to run again", || {
+        let apps = json(home.path(), &["apps"]);
+        let good = apps.as_array()?.iter().find(|a| a["name"] == "good")?;
+        (good["components"][0]["running"] == 1).then_some(apps)
+    });
+    let names: Vec<&str> = apps
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, vec!["broken", "good"]);
+    let error = apps[0]["error"].as_str().unwrap();
+    assert!(error.contains("cannot read the app's package"), "{error}");
+    assert!(error.contains(config.as_str()), "{error}");
+    let listing = cli(home.path(), &["apps"]);
+    assert!(
+        listing.contains("app \"broken\": the control plane cannot read"),
+        "{listing}"
+    );
+    let ps = json(home.path(), &["ps", "broken"]);
+    assert_eq!(ps[0]["node"], "node-1", "{ps}");
+    assert!(
+        ps[0]["reason"].as_str().unwrap().contains("cannot be read"),
+        "{ps}"
+    );
+    let (status, body) = support::get(&format!("{}/", node.url));
+    assert_eq!(status, 200, "{body}");
+
+    // Deploying it again repairs it.
+    cli(home.path(), &["deploy", broken.path().to_str().unwrap()]);
+    let apps = json(home.path(), &["apps"]);
+    assert!(apps[0].get("error").is_none(), "{apps}");
+    drop(node);
+}
