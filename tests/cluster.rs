@@ -914,7 +914,7 @@ fn large_blobs_stream_through_the_control_plane_and_nodes() {
     write_manifest(
         app_dir.path(),
         &format!(
-            "[app]\nname = \"big\"\n[component.files]\nsource = {}\nroute = \"/...\"\nfiles = [{{ source = \"public\", destination = \"/www\" }}]\n",
+            "[app]\nname = \"big\"\n[component.files]\nsource = {}\nroute = \"/...\"\nfiles = [{{ source = \"public\", destination = \"/www\" }}]\n[component.files.placement]\nmemory = \"64MiB\"\n",
             toml_path(STATIC_FILES)
         ),
     );
