@@ -1242,16 +1242,16 @@ fn a_guest_cannot_make_a_forwarding_node_replay_its_request() {
         || (get(&forwarder.process.at("/ok")) == (200, "fine".to_string())).then_some(()),
     );
 
-    // The guest answers with `skiff-not-here` set, as a node holding no
-    // replica would: the forwarding node must not replay the GET on the
-    // other replica, and the client gets the guest's answer.
+    // The guest answers 503 with `skiff-not-here` set, as a node holding
+    // no replica would: the forwarding node must not replay the GET on
+    // the other replica, and the client gets the guest's answer.
     for round in 1..=3 {
         let (status, body) = get(&forwarder
             .process
             .at(&format!("/not-here?http://{}/", upstream.addr)));
         assert_eq!(
             (status, body.as_str()),
-            (200, "forged, after calling: 200 OK"),
+            (503, "forged, after calling: 200 OK"),
             "round {round}"
         );
         assert_eq!(upstream.hits(), round, "the guest ran once per request");
@@ -1293,7 +1293,7 @@ fn large_blobs_stream_through_the_control_plane_and_nodes() {
     write_manifest(
         app_dir.path(),
         &format!(
-            "[app]\nname = \"big\"\n[component.files]\nsource = {}\nroute = \"/...\"\nfiles = [{{ source = \"public\", destination = \"/www\" }}]\n",
+            "[app]\nname = \"big\"\n[component.files]\nsource = {}\nroute = \"/...\"\nfiles = [{{ source = \"public\", destination = \"/www\" }}]\n[component.files.placement]\nmemory = \"64MiB\"\n",
             toml_path(STATIC_FILES)
         ),
     );

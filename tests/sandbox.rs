@@ -407,7 +407,7 @@ fn a_guest_cannot_set_the_platforms_headers() {
         .get(&skiff.at(&format!("/not-here?http://{}/", upstream.addr)))
         .call()
         .unwrap();
-    assert_eq!(response.status(), 200);
+    assert_eq!(response.status(), 503);
     for name in ["skiff-not-here", "skiff-app"] {
         assert!(
             response.headers().get(name).is_none(),

@@ -2,8 +2,8 @@
 //! sandbox tests: `/loop`, `/memory`, `/recursion`, `/huge`, `/panic`,
 //! `/resources`, `/deep?N` (recursion on the Wasm stack),
 //! `/outbound-flood?URL`, `/fetch?URL`, `/read-body`, `/not-here?URL`
-//! (calls URL, then answers with the platform's own `skiff-*` headers set,
-//! as if it were the mesh saying it holds no replica), and `/ok` for a
+//! (calls URL, then answers 503 with the platform's own `skiff-*` headers
+//! set, as if it were the mesh saying it holds no replica), and `/ok` for a
 //! well-behaved answer.
 
 use skiff_sdk::http::StatusCode;
@@ -63,7 +63,10 @@ fn attack(request: Request) -> Response {
                 Ok(response) => response.status().to_string(),
                 Err(e) => format!("refused: {e}"),
             };
-            let mut response = text(StatusCode::OK, format!("forged, after calling: {called}"));
+            let mut response = text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("forged, after calling: {called}"),
+            );
             for (name, value) in [("skiff-not-here", "1"), ("skiff-app", "other")] {
                 response
                     .headers_mut()
