@@ -7,8 +7,8 @@ use super::reconcile::{desired_for, replica_running};
 use super::{LiveNode, Shared, catalog};
 use crate::api::{
     AppView, ComponentStatus, ComponentView, DeployRequest, DeployResponse, ErrorBody, JoinRequest,
-    JoinResponse, LoadState, NodeView, RenewRequest, ReplicaView, ScaleRequest, SyncRequest,
-    SyncResponse,
+    JoinResponse, LabelRequest, LabelResponse, LoadState, NodeView, RenewRequest, ReplicaView,
+    ScaleRequest, SyncRequest, SyncResponse,
 };
 use crate::state::{Applied, NodeRecord};
 use bytes::Bytes;
@@ -121,7 +121,7 @@ async fn handle(
             Some(node) => match (&method, rest) {
                 (&Method::POST, ["sync"]) => sync(shared, node, request).await,
                 (&Method::POST, ["renew"]) => renew(shared, node, request).await,
-                (&Method::GET, ["blobs", digest]) => get_blob(shared, digest),
+                (&Method::GET, ["blobs", digest]) => get_blob(shared, node, digest),
                 _ => Err(Refusal::not_found(format!("no API {method} {path}"))),
             },
         },
@@ -285,6 +285,9 @@ async fn admin(
             )
         }
         (&Method::GET, ["v1", "nodes"]) => json(StatusCode::OK, &node_views(shared)),
+        (&Method::POST, ["v1", "nodes", name, "labels"]) => {
+            label_node(shared, name, read_json(request).await?)
+        }
         (&Method::POST, ["v1", "nodes", name, action]) => node_action(shared, name, action),
         (&Method::DELETE, ["v1", "nodes", name]) => forget_node(shared, name),
         (&Method::POST, ["v1", "join-tokens"]) => {
@@ -390,6 +393,7 @@ fn route_overlaps(shared: &Shared, spec: &catalog::AppSpec) -> Vec<String> {
 
 async fn join(shared: &Shared, request: hyper::Request<Incoming>) -> Handled {
     let join: JoinRequest = read_json(request).await?;
+    crate::labels::check(&join.labels).map_err(|e| Refusal::bad(format!("join refused: {e}")))?;
     // Sign first, so a bad name or request does not use up the token; the
     // certificate is only handed out if the token is good.
     let cert_pem = shared
@@ -433,11 +437,12 @@ async fn join(shared: &Shared, request: hyper::Request<Incoming>) -> Handled {
         if !consumed {
             return Err(refused());
         }
-        // Hold the name until the node's first heartbeat fills in the rest.
+        // Labels and memory are fixed here, at join; the node's first
+        // heartbeat fills in its addresses.
         let mut placeholder = LiveNode::new(NodeRecord {
             name: join.name.clone(),
-            labels: BTreeMap::new(),
-            memory: 0,
+            labels: join.labels.clone(),
+            memory: join.memory,
             ingress: String::new(),
             mesh: String::new(),
             cordoned: false,
@@ -447,6 +452,10 @@ async fn join(shared: &Shared, request: hyper::Request<Incoming>) -> Handled {
             placeholder.record.cordoned = old.record.cordoned;
             placeholder.record.drained = old.record.drained;
         }
+        shared
+            .store
+            .put_node(&placeholder.record)
+            .map_err(Refusal::internal)?;
         live.nodes.insert(join.name.clone(), placeholder);
     }
     tracing::info!(node = join.name, "node joined");
@@ -544,33 +553,48 @@ async fn sync(shared: &Shared, node: &str, request: hyper::Request<Incoming>) ->
     let mut bump = false;
     let heartbeat;
     let fresh_logs: Vec<_>;
+    let placed_by;
     {
         let mut live = shared.live.lock().expect("live state lock");
-        let record = NodeRecord {
-            name: node.to_string(),
-            labels: sync.labels.clone(),
-            memory: sync.memory,
-            ingress: sync.ingress.clone(),
-            mesh: sync.mesh.clone(),
-            cordoned: false,
-            drained: false,
-        };
         let now = Instant::now();
         let entry = live.nodes.entry(node.to_string()).or_insert_with(|| {
+            // Labels and memory come only from a join: a node not known
+            // here declared none, and is given nothing until it joins.
+            tracing::warn!(
+                node,
+                "heartbeat from a node that is not known: it takes no replicas until it joins again"
+            );
             wake = true;
-            LiveNode::new(record.clone())
+            LiveNode::new(NodeRecord {
+                name: node.to_string(),
+                labels: BTreeMap::new(),
+                memory: 0,
+                ingress: String::new(),
+                mesh: String::new(),
+                cordoned: false,
+                drained: false,
+            })
         });
+        // What a heartbeat may change: the node's addresses (ports may
+        // differ after a restart), and the memory it offers, up to what it
+        // declared at join. Labels stay as joined or set by an admin.
         let updated = NodeRecord {
-            cordoned: entry.record.cordoned,
-            drained: entry.record.drained,
-            ..record
+            ingress: sync.ingress.clone(),
+            mesh: sync.mesh.clone(),
+            ..entry.record.clone()
         };
-        if entry.record != updated || wake {
+        let moved = entry.record != updated;
+        if moved || wake {
             shared.store.put_node(&updated).map_err(Refusal::internal)?;
             entry.record = updated;
             wake = true;
-            bump = true;
         }
+        if entry.reported_memory != sync.memory {
+            let before = entry.memory();
+            entry.reported_memory = sync.memory;
+            wake |= entry.memory() != before;
+        }
+        placed_by = (entry.record.labels.clone(), entry.record.memory);
         entry.last_seen = now;
         // First word since the control plane started: endpoints that were
         // trusted from the store now follow what the node reports.
@@ -585,9 +609,10 @@ async fn sync(shared: &Shared, node: &str, request: hyper::Request<Incoming>) ->
             wake = true;
             bump = true;
         }
-        if running_set(&entry.components) != running_set(&sync.components) {
-            bump = true;
-        }
+        // What other nodes route by changed: they hear of it with the
+        // next version, within this node's bump budget.
+        let routed = moved || running_set(&entry.components) != running_set(&sync.components);
+        bump |= entry.bumps.take(routed, now);
         entry.components = sync.components;
         // Keep each line once, and only for apps this node was given.
         let seen = entry.logs_seen;
@@ -600,22 +625,25 @@ async fn sync(shared: &Shared, node: &str, request: hyper::Request<Incoming>) ->
             entry.logs_seen = seen.max(last);
         }
         // Most heartbeats carry no lines: skip the scan of every replica.
-        let assigned: std::collections::BTreeSet<&str> = if sync.logs.is_empty() {
+        let assigned: std::collections::BTreeSet<(&str, &str)> = if sync.logs.is_empty() {
             Default::default()
         } else {
             live.replicas
                 .values()
                 .filter(|r| r.node.as_deref() == Some(node))
-                .map(|r| r.app.as_str())
+                .map(|r| (r.app.as_str(), r.component.as_str()))
                 .collect()
         };
-        fresh_logs = sync
-            .logs
-            .into_iter()
-            .zip(sync.logs_first_seq..=u64::MAX)
-            .filter(|(line, seq)| *seq > seen && assigned.contains(line.app.as_str()))
-            .map(|(line, _)| line)
-            .collect();
+        fresh_logs = super::logs::bounded(
+            node,
+            sync.logs
+                .into_iter()
+                .zip(sync.logs_first_seq..=u64::MAX)
+                .filter(|(line, seq)| {
+                    *seq > seen && assigned.contains(&(line.app.as_str(), line.component.as_str()))
+                })
+                .map(|(line, _)| line),
+        );
     }
     shared.logs.append(node, fresh_logs);
     if wake {
@@ -647,6 +675,8 @@ async fn sync(shared: &Shared, node: &str, request: hyper::Request<Incoming>) ->
             version: current,
             desired,
             heartbeat_ms: shared.config.heartbeat.as_millis() as u64,
+            labels: placed_by.0,
+            memory: placed_by.1,
         },
     )
 }
@@ -661,8 +691,9 @@ fn running_set(components: &[ComponentStatus]) -> Vec<(&str, &str, &str)> {
     set
 }
 
-fn get_blob(shared: &Shared, digest: &str) -> Handled {
+fn get_blob(shared: &Shared, node: &str, digest: &str) -> Handled {
     let digest = parse_digest(digest)?;
+    blob_assigned(shared, node, &digest)?;
     let bytes = shared
         .packages
         .read(&digest)
@@ -672,6 +703,71 @@ fn get_blob(shared: &Shared, digest: &str) -> Handled {
         .header(http::header::CONTENT_TYPE, "application/octet-stream")
         .body(Full::new(Bytes::from(bytes)))
         .expect("a valid response"))
+}
+
+/// Refuses blob `digest` to `node` unless it belongs to the package (its
+/// manifest, config or a layer) of an app with a replica assigned to the
+/// node: another app's config holds that app's environment. A node sees a
+/// new package in its desired state only once it is assigned, so it never
+/// fetches one before it may. The refusal is the same whether or not the
+/// blob exists.
+fn blob_assigned(shared: &Shared, node: &str, digest: &Digest) -> Result<(), Refusal> {
+    let live = shared.live.lock().expect("live state lock");
+    let assigned = live
+        .replicas
+        .values()
+        .filter(|r| r.node.as_deref() == Some(node))
+        .filter_map(|r| live.spec(&r.app))
+        .any(|spec| spec.blobs.contains(digest));
+    if assigned {
+        Ok(())
+    } else {
+        Err(Refusal(
+            StatusCode::FORBIDDEN,
+            format!(
+                "blob {digest} is not part of a package assigned to node {node:?}; a node fetches only the packages of replicas placed on it"
+            ),
+        ))
+    }
+}
+
+/// Sets and removes labels of node `name` (an admin's call): the only
+/// way a node's labels change after it joined.
+fn label_node(shared: &Shared, name: &str, change: LabelRequest) -> Handled {
+    for key in &change.remove {
+        crate::labels::check_key(key).map_err(|e| Refusal::bad(e.to_string()))?;
+    }
+    let mut live = shared.live.lock().expect("live state lock");
+    let node = live
+        .nodes
+        .get_mut(name)
+        .ok_or_else(|| Refusal::not_found(format!("no node {name:?}; see `skiff nodes`")))?;
+    let mut record = node.record.clone();
+    for key in &change.remove {
+        record.labels.remove(key);
+    }
+    record.labels.extend(change.set);
+    crate::labels::check(&record.labels).map_err(|e| Refusal::bad(e.to_string()))?;
+    let changed = record != node.record;
+    if changed {
+        shared.store.put_node(&record).map_err(Refusal::internal)?;
+        node.record = record;
+    }
+    let labels = node.record.labels.clone();
+    drop(live);
+    if changed {
+        tracing::info!(node = name, ?labels, "node labels changed");
+        // Placement follows at the controller's next pass.
+        shared.wake.notify_one();
+    }
+    json(
+        StatusCode::OK,
+        &LabelResponse {
+            node: name.to_string(),
+            labels,
+            changed,
+        },
+    )
 }
 
 fn node_action(shared: &Shared, name: &str, action: &str) -> Handled {
@@ -849,7 +945,7 @@ fn node_views(shared: &Shared) -> Vec<NodeView> {
                 name: name.clone(),
                 state: state.to_string(),
                 labels: n.record.labels.clone(),
-                memory: n.record.memory,
+                memory: n.memory(),
                 reserved,
                 replicas: on_node.len() as u32,
                 ingress: n.record.ingress.clone(),

@@ -95,6 +95,8 @@ pub(crate) async fn load_or_join(config: &NodeConfig) -> anyhow::Result<Current>
                 token: token.clone(),
                 name: config.name.clone(),
                 csr_pem,
+                labels: config.labels.clone(),
+                memory: config.memory,
             },
         )
         .await
