@@ -1160,6 +1160,31 @@ fn skiff_up_serves_an_app_and_collects_its_logs() {
         "{logs}"
     );
 
+    // A guest's escape sequences and carriage returns are shown, not
+    // obeyed: it cannot recolour the terminal or fake a line's origin.
+    let (status, _) = get(&up
+        .at("/log?%1b%5b31mred%1b%5b0m%c2%9b2J%0dlocal%20other/app%20%7c%20forged%e2%80%ae%c3%a9"));
+    assert_eq!(status, 200);
+    let escaped = "\\x1b[31mred\\x1b[0m\\u{9b}2J\\rlocal other/app | forged\\u{202e}é";
+    let logs = wait_until(Duration::from_secs(10), "the escaped line", || {
+        let logs = cli(&["logs", "probe"]);
+        logs.contains("forged").then_some(logs)
+    });
+    assert!(
+        logs.contains(&format!("local probe/probe | {escaped}")),
+        "{logs:?}"
+    );
+    assert!(
+        !logs.contains(['\u{1b}', '\r', '\u{9b}', '\u{202e}']),
+        "{logs:?}"
+    );
+    let echoed = up.wait_for_stderr("forged");
+    assert!(
+        echoed.contains(&format!("[probe/probe] {escaped}")),
+        "{echoed:?}"
+    );
+    assert!(!echoed.contains(['\u{1b}', '\r', '\u{9b}']), "{echoed:?}");
+
     // Following: a line written after `logs -f` started shows up.
     let mut follow = skiff(home.path())
         .args(["logs", "probe/probe", "-f"])
@@ -1330,4 +1355,242 @@ fn large_blobs_stream_through_the_control_plane_and_nodes() {
         node_growth < 96 << 20,
         "the node grew by {node_growth} bytes"
     );
+}
+
+/// A client of the control plane speaking as node `name`, with the key and
+/// certificate it saved in its data directory.
+fn as_node(cluster: &Cluster, name: &str) -> ApiClient {
+    let both =
+        std::fs::read_to_string(cluster.home().join(format!("node-{name}/node.pem"))).unwrap();
+    let identity = NodeIdentity::new(both.clone(), both, cluster.ca_pem());
+    ApiClient::new(
+        &cluster.api,
+        identity.control_plane_client_config().unwrap(),
+        None,
+    )
+}
+
+#[test]
+fn a_node_gets_no_more_than_it_joined_with() {
+    let mut cluster = Cluster::start(2);
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    // "web" runs one replica on each node; "eu" needs zone=eu, "big" more
+    // memory than any node declared.
+    let web_dir = temp_dir();
+    cluster.cli(&["deploy", &hello_app(web_dir.path(), "web", 2)]);
+    let web = cluster.wait_running("web", 2);
+    assert_eq!(distinct_nodes(&web), 2);
+    let eu_dir = temp_dir();
+    write_manifest(
+        eu_dir.path(),
+        &format!(
+            "[app]\nname = \"eu\"\n[component.api]\nsource = {}\nroute = \"/eu/...\"\n\
+             [component.api.placement]\nmemory = \"64MiB\"\nlabels = {{ zone = \"eu\" }}\n\
+             [component.api.env]\nSECRET = \"eu-only\"\n",
+            toml_path(HELLO)
+        ),
+    );
+    cluster.cli(&["deploy", eu_dir.path().to_str().unwrap()]);
+    let big_dir = temp_dir();
+    write_manifest(
+        big_dir.path(),
+        &format!(
+            "[app]\nname = \"big\"\n[component.api]\nsource = {}\nroute = \"/big/...\"\n\
+             [component.api.placement]\nmemory = \"2GiB\"\n",
+            toml_path(HELLO)
+        ),
+    );
+    cluster.cli(&["deploy", big_dir.path().to_str().unwrap()]);
+    let apps = cluster.json(&["apps"]);
+    let package = |app: &str| {
+        apps.as_array()
+            .unwrap()
+            .iter()
+            .find(|a| a["name"] == app)
+            .unwrap()["package"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let (web_package, eu_package) = (package("web"), package("eu"));
+
+    // node-1 claims, heartbeat after heartbeat, the labels and memory it
+    // would need for "eu" and "big", and sends a flood of log lines.
+    let node1 = as_node(&cluster, "node-1");
+    let ingress = cluster
+        .node("node-1")
+        .process
+        .url
+        .trim_start_matches("http://")
+        .to_string();
+    let heartbeat = |logs: Vec<Value>, first_seq: u64| {
+        serde_json::json!({
+            "version": 0,
+            "labels": { "zone": "eu" },
+            "memory": 1u64 << 40,
+            "ingress": ingress,
+            "mesh": cluster.node("node-1").mesh,
+            "components": [{
+                "app": "web", "component": "web", "package": web_package,
+                "state": "running", "serving": web_package,
+            }],
+            "logs_first_seq": first_seq,
+            "logs": logs,
+        })
+    };
+    let line = |text: String| {
+        serde_json::json!({
+            "app": "web", "component": "web", "stream": "stdout", "line": text, "unix_ms": 1,
+        })
+    };
+    let first_seq = (std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+        + 3_600_000)
+        * 1000;
+    let flood: Vec<Value> = (0..100_000).map(|i| line(format!("flood {i}"))).collect();
+    let sync = |body: &Value| {
+        runtime
+            .block_on(node1.call::<_, Value>(
+                http::Method::POST,
+                "/v1/node/sync",
+                body,
+                Duration::from_secs(30),
+            ))
+            .unwrap()
+    };
+    let answer = sync(&heartbeat(flood, first_seq));
+    assert_eq!(
+        answer["labels"],
+        serde_json::json!({ "zone": "z1" }),
+        "{answer}"
+    );
+    assert_eq!(answer["memory"], 1u64 << 30, "{answer}");
+    sync(&heartbeat(
+        vec![line("x".repeat(10 << 20))],
+        first_seq + 100_000,
+    ));
+    for _ in 0..20 {
+        sync(&heartbeat(Vec::new(), 0));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    for app in ["eu", "big"] {
+        let replicas = cluster.replicas(app);
+        assert_eq!(replicas.len(), 1);
+        assert_eq!(replicas[0].1, None, "{app} placed by a claim: {replicas:?}");
+    }
+    let nodes = cluster.json(&["nodes"]);
+    let shown = &nodes
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["name"] == "node-1")
+        .unwrap();
+    assert_eq!(shown["labels"], serde_json::json!({ "zone": "z1" }));
+    assert_eq!(shown["memory"], 1u64 << 30);
+
+    // The flood is bounded: 2,000 lines, then one saying how many were
+    // dropped; the 10 MB line is cut to 16 KiB and says so.
+    let logs = wait_until(Duration::from_secs(10), "the bounded flood", || {
+        let lines: Vec<String> = cluster
+            .cli(&["logs", "web", "-o", "json"])
+            .lines()
+            .map(|l| serde_json::from_str::<Value>(l).unwrap())
+            .filter(|l| l["node"] == "node-1")
+            .map(|l| l["line"].as_str().unwrap().to_string())
+            .collect();
+        lines
+            .iter()
+            .any(|l| l.ends_with("bytes cut)"))
+            .then_some(lines)
+    });
+    assert_eq!(
+        logs.iter().filter(|l| l.starts_with("flood ")).count(),
+        2000
+    );
+    assert!(
+        logs.iter().any(|l| l
+            == "(98000 log lines dropped: node \"node-1\" sent more than 2000 in one heartbeat)"),
+        "{:?}",
+        &logs[logs.len().saturating_sub(3)..]
+    );
+    let cut = logs.iter().find(|l| l.ends_with("bytes cut)")).unwrap();
+    assert!(cut.len() <= 16 * 1024, "{}", cut.len());
+
+    // node-1 may fetch the package it runs, not another app's (whose
+    // config holds that app's environment), nor learn whether a blob
+    // exists.
+    let fetch = |digest: &str| {
+        runtime.block_on(node1.send(
+            http::Method::GET,
+            &format!("/v1/node/blobs/{digest}"),
+            None,
+            Duration::from_secs(30),
+        ))
+    };
+    let manifest: Value = serde_json::from_slice(&fetch(&web_package).unwrap()).unwrap();
+    let config = manifest["config"]["digest"].as_str().unwrap();
+    assert!(fetch(config).is_ok());
+    for digest in [eu_package.clone(), format!("sha256:{}", "ab".repeat(32))] {
+        let refused = fetch(&digest).unwrap_err();
+        assert_eq!(
+            refused.status(),
+            Some(http::StatusCode::FORBIDDEN),
+            "{refused}"
+        );
+        assert!(
+            refused.to_string().contains(&format!(
+                "blob {digest} is not part of a package assigned to node \"node-1\""
+            )),
+            "{refused}"
+        );
+    }
+
+    // An admin's label places "eu"; then node-2 may fetch its package.
+    let labelled = cluster.cli(&["label", "node-2", "zone=eu", "disk=ssd"]);
+    assert!(
+        labelled.contains("node \"node-2\" labelled: disk=ssd,zone=eu"),
+        "{labelled}"
+    );
+    let eu = cluster.wait_running("eu", 1);
+    assert_eq!(eu[0].1.as_deref(), Some("node-2"));
+    let removed = cluster.json(&["label", "node-2", "--remove", "disk"]);
+    assert_eq!(removed["labels"], serde_json::json!({ "zone": "eu" }));
+    let bad = cluster.cli_fails(&["label", "node-2", "zone=e u"]);
+    assert!(
+        bad.contains("invalid value \"e u\" of label \"zone\""),
+        "{bad}"
+    );
+    let unknown = cluster.cli_fails(&["label", "nosuch", "zone=eu"]);
+    assert!(unknown.contains("no node \"nosuch\""), "{unknown}");
+
+    // Restarted with other labels, node-1 keeps the ones it joined with,
+    // and says so in its log.
+    let mut old = cluster.nodes.remove(0);
+    old.process.kill();
+    let listen = old.process.url.trim_start_matches("http://").to_string();
+    let restarted = cluster.launch_node(
+        "node-1",
+        &[
+            "--listen",
+            &listen,
+            "--mesh-listen",
+            &old.mesh,
+            "--labels",
+            "zone=eu",
+        ],
+    );
+    restarted
+        .process
+        .wait_for_stderr("but the control plane places by \"zone=z1\"");
+    cluster.nodes.insert(0, restarted);
+    let nodes = cluster.json(&["nodes"]);
+    let shown = &nodes
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["name"] == "node-1")
+        .unwrap();
+    assert_eq!(shown["labels"], serde_json::json!({ "zone": "z1" }));
 }

@@ -20,6 +20,14 @@ pub struct JoinRequest {
     pub name: String,
     /// PEM certificate signing request for the node's key.
     pub csr_pem: String,
+    /// `key=value` placement labels; after the join only an admin changes
+    /// them (`skiff label`).
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    /// Memory offered to replicas, bytes: the most the node is ever given,
+    /// whatever its heartbeats report later.
+    #[serde(default)]
+    pub memory: u64,
 }
 
 /// The answer to a join: the node's certificate and the cluster's CA.
@@ -92,9 +100,8 @@ pub struct GuestLine {
 pub struct SyncRequest {
     /// The desired-state version the node last applied; 0 at start.
     pub version: u64,
-    /// `key=value` labels.
-    pub labels: BTreeMap<String, String>,
-    /// Memory offered to replicas, bytes.
+    /// Memory offered to replicas now, bytes; the control plane places by
+    /// at most what the node declared when it joined.
     pub memory: u64,
     /// Ingress address, `ip:port`.
     pub ingress: String,
@@ -106,8 +113,36 @@ pub struct SyncRequest {
     /// order. A line sent again (its heartbeat was cut short) is
     /// recognised by its number and kept once.
     pub logs_first_seq: u64,
-    /// Guest log lines not yet acknowledged.
+    /// Guest log lines not yet acknowledged: at most
+    /// [`MAX_LOG_LINES_PER_SYNC`], each at most [`MAX_LOG_LINE_BYTES`].
     pub logs: Vec<GuestLine>,
+}
+
+/// Guest log lines one heartbeat carries at most; the control plane keeps
+/// no more than this from one heartbeat and says how many it dropped.
+pub const MAX_LOG_LINES_PER_SYNC: usize = 2_000;
+
+/// Longest guest log line shipped, bytes; a longer one is cut to this
+/// length, ending with a note of how much was cut.
+pub const MAX_LOG_LINE_BYTES: usize = 16 * 1024;
+
+impl GuestLine {
+    /// Cuts the line to at most [`MAX_LOG_LINE_BYTES`] (on a character
+    /// boundary), ending it with `… (N bytes cut)`; whether it was cut.
+    pub fn clip(&mut self) -> bool {
+        if self.line.len() <= MAX_LOG_LINE_BYTES {
+            return false;
+        }
+        let cut = self.line.len();
+        // The note is at most this long: " … (" + 20 digits + " bytes cut)".
+        let mut end = MAX_LOG_LINE_BYTES - 40;
+        while !self.line.is_char_boundary(end) {
+            end -= 1;
+        }
+        self.line.truncate(end);
+        self.line.push_str(&format!(" … ({} bytes cut)", cut - end));
+        true
+    }
 }
 
 /// The answer to a sync.
@@ -120,6 +155,36 @@ pub struct SyncResponse {
     pub desired: Option<DesiredState>,
     /// Milliseconds the node waits before its next sync.
     pub heartbeat_ms: u64,
+    /// The node's labels as the control plane places by them (set at
+    /// join, changed only by `skiff label`).
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    /// The memory the node declared when it joined, bytes: the most it is
+    /// given.
+    #[serde(default)]
+    pub memory: u64,
+}
+
+/// `POST /v1/nodes/NAME/labels` (admin): sets and removes labels of a node.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct LabelRequest {
+    /// Labels to set, `key -> value`.
+    #[serde(default)]
+    pub set: BTreeMap<String, String>,
+    /// Keys to remove.
+    #[serde(default)]
+    pub remove: Vec<String>,
+}
+
+/// The answer to a label change: the node's labels now.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LabelResponse {
+    /// The node.
+    pub node: String,
+    /// Its labels after the change.
+    pub labels: BTreeMap<String, String>,
+    /// Whether anything changed.
+    pub changed: bool,
 }
 
 /// What a node should hold, and where every app's replicas are.

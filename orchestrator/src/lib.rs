@@ -15,6 +15,7 @@ pub mod control;
 pub mod credentials;
 pub mod deploy;
 pub mod home;
+pub mod labels;
 pub mod mesh;
 pub mod node;
 pub mod registry;

@@ -21,6 +21,7 @@ pub mod invoke;
 pub mod limits;
 pub mod manifest;
 pub mod package;
+pub mod printable;
 pub mod reaper;
 pub mod route;
 pub mod server;

@@ -1,14 +1,17 @@
 //! `skiff deploy`, `apps`, `ps`, `nodes`, `scale`, `delete`, `cordon`,
-//! `uncordon`, `drain` and `logs`: the cluster from the user's side, through
-//! the control plane's API. Every listing has `-o json` for scripts.
+//! `uncordon`, `drain`, `label` and `logs`: the cluster from the user's
+//! side, through the control plane's API. Every listing has `-o json` for
+//! scripts. Text a guest, a package or a node controls (log lines, error
+//! reasons, versions) is printed with control characters escaped.
 
 use super::cluster::runtime;
-use crate::api::{AppView, LogsResponse, NodeView, ReplicaView};
+use crate::api::{AppView, LabelRequest, LabelResponse, LogsResponse, NodeView, ReplicaView};
 use crate::api_client::ApiClient;
 use crate::cluster_config::ClusterConfig;
 use crate::deploy;
 use http::Method;
 use serde::Serialize;
+use skiff_runtime::printable::printable;
 use std::time::{Duration, Instant};
 
 /// Options every cluster command takes.
@@ -83,7 +86,7 @@ pub fn deploy(args: DeployArgs) -> anyhow::Result<()> {
 /// Prints each warning on stderr.
 pub fn warn_all(warnings: &[String]) {
     for warning in warnings {
-        eprintln!("warning: {warning}");
+        eprintln!("warning: {}", printable(warning));
     }
 }
 
@@ -116,7 +119,7 @@ pub async fn wait_until_running(
                 r.state,
                 r.reason
                     .as_ref()
-                    .map(|w| format!(" ({w})"))
+                    .map(|w| format!(" ({})", printable(w)))
                     .unwrap_or_default()
             )
         };
@@ -168,7 +171,7 @@ pub fn apps(args: ListArgs) -> anyhow::Result<()> {
                 .map(move |c| {
                     vec![
                         app.name.clone(),
-                        app.version.clone(),
+                        printable(&app.version).into_owned(),
                         c.name.clone(),
                         c.route.clone().unwrap_or_else(|| "-".to_string()),
                         format!("{}/{}", c.running, c.desired),
@@ -219,7 +222,7 @@ pub fn ps(args: PsArgs) -> anyhow::Result<()> {
                 r.node.unwrap_or_else(|| "-".to_string()),
                 r.state,
                 age(r.age_secs),
-                r.reason.unwrap_or_default(),
+                printable(&r.reason.unwrap_or_default()).into_owned(),
             ]
         })
         .collect();
@@ -254,11 +257,11 @@ pub fn nodes(args: ListArgs) -> anyhow::Result<()> {
                         bytesize::ByteSize::b(n.memory).display().iec().to_string()
                     }
                 ),
-                n.ingress,
+                printable(&n.ingress).into_owned(),
                 if labels.is_empty() {
                     "-".to_string()
                 } else {
-                    labels.join(",")
+                    printable(&labels.join(",")).into_owned()
                 },
             ]
         })
@@ -391,6 +394,61 @@ pub fn node_action(args: NameArgs, action: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Arguments of `skiff label`.
+#[derive(Debug, clap::Args)]
+pub struct LabelArgs {
+    /// The node.
+    name: String,
+    /// Labels to set, `key=value`.
+    labels: Vec<String>,
+    /// A label key to remove; may be repeated.
+    #[arg(long, value_name = "KEY")]
+    remove: Vec<String>,
+    #[command(flatten)]
+    cluster: ClusterArgs,
+}
+
+/// Sets and removes placement labels of a node.
+pub fn label(args: LabelArgs) -> anyhow::Result<()> {
+    let name = checked("node", &args.name)?;
+    let mut change = LabelRequest::default();
+    for label in &args.labels {
+        let (key, value) = crate::labels::parse(label)?;
+        change.set.insert(key, value);
+    }
+    for key in &args.remove {
+        crate::labels::check_key(key)?;
+        change.remove.push(key.clone());
+    }
+    if change.set.is_empty() && change.remove.is_empty() {
+        anyhow::bail!("nothing to change: give labels as key=value, or --remove KEY");
+    }
+    let client = args.cluster.client()?;
+    let answer: LabelResponse =
+        runtime()?.block_on(client.post(&format!("/v1/nodes/{name}/labels"), &change))?;
+    if args.cluster.json() {
+        return print_json(&answer);
+    }
+    let labels: Vec<String> = answer
+        .labels
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect();
+    let labels = if labels.is_empty() {
+        "none".to_string()
+    } else {
+        labels.join(",")
+    };
+    if answer.changed {
+        out!(
+            "node \"{name}\" labelled: {labels}; replicas already placed stay where they are (drain to move them)"
+        )?;
+    } else {
+        out!("node \"{name}\" unchanged: {labels}")?;
+    }
+    Ok(())
+}
+
 /// Arguments of `skiff logs`.
 #[derive(Debug, clap::Args)]
 pub struct LogsArgs {
@@ -430,10 +488,10 @@ pub fn logs(args: LogsArgs) -> anyhow::Result<()> {
                 } else {
                     out!(
                         "{} {}/{} | {}",
-                        entry.node,
-                        entry.line.app,
-                        entry.line.component,
-                        entry.line.line
+                        printable(&entry.node),
+                        printable(&entry.line.app),
+                        printable(&entry.line.component),
+                        printable(&entry.line.line)
                     )?;
                 }
             }

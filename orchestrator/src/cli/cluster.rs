@@ -133,11 +133,13 @@ pub struct NodeArgs {
     /// default the host name's first label, in lower case.
     #[arg(long)]
     name: Option<String>,
-    /// Placement labels, e.g. `zone=eu-1,disk=ssd`.
+    /// Placement labels, e.g. `zone=eu-1,disk=ssd`; declared when the node
+    /// joins, changed afterwards only with `skiff label`.
     #[arg(long, value_delimiter = ',')]
     labels: Vec<String>,
     /// Memory offered to replicas, e.g. `4GiB` or `memory=4GiB`; default
-    /// the machine's memory.
+    /// the machine's memory. The node is never given more than it declared
+    /// when it joined.
     #[arg(long)]
     capacity: Option<String>,
     /// HTTP ingress address.
@@ -158,12 +160,10 @@ pub fn node(args: NodeArgs) -> anyhow::Result<()> {
     crate::mesh::ca::check_node_name(&name)?;
     let mut labels = BTreeMap::new();
     for label in &args.labels {
-        let (key, value) = label
-            .split_once('=')
-            .filter(|(k, _)| !k.is_empty())
-            .with_context(|| format!("invalid label {label:?}: write key=value"))?;
-        labels.insert(key.to_string(), value.to_string());
+        let (key, value) = crate::labels::parse(label)?;
+        labels.insert(key, value);
     }
+    crate::labels::check(&labels)?;
     let memory = match &args.capacity {
         Some(capacity) => parse_capacity(capacity)?,
         None => machine_memory(),

@@ -79,6 +79,8 @@ enum Command {
     Drain(apps::NameArgs),
     /// Remove a node that is down from the cluster.
     Forget(apps::NameArgs),
+    /// Set or remove a node's placement labels.
+    Label(apps::LabelArgs),
     /// Print (and with -f follow) the guest output of an app's replicas.
     Logs(apps::LogsArgs),
 }
@@ -112,6 +114,7 @@ pub fn main() -> ExitCode {
         Command::Uncordon(args) => apps::node_action(args, "uncordon"),
         Command::Drain(args) => apps::node_action(args, "drain"),
         Command::Forget(args) => apps::forget(args),
+        Command::Label(args) => apps::label(args),
         Command::Logs(args) => apps::logs(args),
     };
     match result {

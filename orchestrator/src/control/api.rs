@@ -9,8 +9,8 @@ use super::reconcile::{desired_for, replica_running};
 use super::{LiveNode, Shared, catalog};
 use crate::api::{
     AppView, ComponentStatus, ComponentView, DeployRequest, DeployResponse, ErrorBody, JoinRequest,
-    JoinResponse, LoadState, NodeView, RenewRequest, ReplicaView, ScaleRequest, SyncRequest,
-    SyncResponse,
+    JoinResponse, LabelRequest, LabelResponse, LoadState, NodeView, RenewRequest, ReplicaView,
+    ScaleRequest, SyncRequest, SyncResponse,
 };
 use crate::mesh::NodeCert;
 use crate::state::{Applied, NodeRecord};
@@ -159,9 +159,9 @@ async fn handle(
             Some(caller) => match member(shared, caller) {
                 Err(refusal) => Err(refusal),
                 Ok(node) => match (&method, rest) {
-                    (&Method::POST, ["sync"]) => sync(shared, node, request).await,
+                    (&Method::POST, ["sync"]) => sync(shared, caller, request).await,
                     (&Method::POST, ["renew"]) => renew(shared, caller, request).await,
-                    (&Method::GET, ["blobs", digest]) => get_blob(shared, digest),
+                    (&Method::GET, ["blobs", digest]) => get_blob(shared, node, digest),
                     _ => Err(Refusal::not_found(format!("no API {method} {path}"))),
                 },
             },
@@ -186,21 +186,24 @@ fn member<'a>(shared: &Shared, caller: &'a NodeCert) -> Result<&'a str, Refusal>
     let live = shared.live.lock().expect("live state lock");
     match live.nodes.get(&caller.name) {
         Some(node) if node.record.incarnation == caller.incarnation => Ok(&caller.name),
-        _ => {
-            drop(live);
-            tracing::warn!(
-                node = caller.name,
-                "refused a certificate that is no longer valid"
-            );
-            Err(Refusal(
-                StatusCode::UNAUTHORIZED,
-                format!(
-                    "node {:?} is not a member of this cluster: it was forgotten, or joined again since this certificate was issued; remove the node's data directory and join again with a new token from `skiff join-token`",
-                    caller.name
-                ),
-            ))
-        }
+        _ => Err(not_a_member(caller)),
     }
+}
+
+/// The refusal of a certificate whose node the cluster no longer holds
+/// (under that incarnation).
+fn not_a_member(caller: &NodeCert) -> Refusal {
+    tracing::warn!(
+        node = caller.name,
+        "refused a certificate that is no longer valid"
+    );
+    Refusal(
+        StatusCode::UNAUTHORIZED,
+        format!(
+            "node {:?} is not a member of this cluster: it was forgotten, or joined again since this certificate was issued; remove the node's data directory and join again with a new token from `skiff join-token`",
+            caller.name
+        ),
+    )
 }
 
 fn authorize(shared: &Shared, request: &Request) -> Result<(), Refusal> {
@@ -376,6 +379,9 @@ async fn admin(
             )
         }
         (&Method::GET, ["v1", "nodes"]) => json(StatusCode::OK, &node_views(shared)),
+        (&Method::POST, ["v1", "nodes", name, "labels"]) => {
+            label_node(shared, name, read_json(request).await?)
+        }
         (&Method::POST, ["v1", "nodes", name, action]) => node_action(shared, name, action),
         (&Method::DELETE, ["v1", "nodes", name]) => forget_node(shared, name),
         (&Method::POST, ["v1", "join-tokens"]) => {
@@ -497,6 +503,7 @@ async fn join(shared: &Shared, request: Request) -> Handled {
             join.name
         )));
     }
+    crate::labels::check(&join.labels).map_err(|e| Refusal::bad(format!("join refused: {e}")))?;
     // Sign first, so a bad name or request does not use up the token; the
     // certificate is only handed out if the token is good.
     let incarnation = super::random_hex(16);
@@ -538,8 +545,8 @@ async fn join(shared: &Shared, request: Request) -> Handled {
         // the control plane restarts before its first heartbeat.
         let record = NodeRecord {
             name: join.name.clone(),
-            labels: BTreeMap::new(),
-            memory: 0,
+            labels: join.labels.clone(),
+            memory: join.memory,
             ingress: String::new(),
             mesh: String::new(),
             cordoned: false,
@@ -569,10 +576,34 @@ async fn join(shared: &Shared, request: Request) -> Handled {
 
 async fn renew(shared: &Shared, node: &NodeCert, request: Request) -> Handled {
     let renew: RenewRequest = read_json(request).await?;
-    // The same incarnation: a renewal is the same join.
+    // Checked again now that the body is here: a node forgotten while it
+    // arrived gets nothing. A renewal is the same join, so it keeps the
+    // incarnation; a certificate from before incarnations existed gets
+    // one now, so that it too can be revoked.
+    let incarnation = {
+        let mut live = shared.live.lock().expect("live state lock");
+        let entry = live
+            .nodes
+            .get_mut(&node.name)
+            .filter(|n| n.record.incarnation == node.incarnation)
+            .ok_or_else(|| not_a_member(node))?;
+        if node.incarnation.is_empty() {
+            let record = NodeRecord {
+                incarnation: super::random_hex(16),
+                ..entry.record.clone()
+            };
+            shared.store.put_node(&record).map_err(Refusal::internal)?;
+            entry.record = record;
+        }
+        entry.record.incarnation.clone()
+    };
+    if node.incarnation.is_empty() {
+        // Every node learns the new incarnation.
+        shared.bump();
+    }
     let cert_pem = shared
         .ca
-        .sign_node(&node.name, &node.incarnation, &renew.csr_pem)
+        .sign_node(&node.name, &incarnation, &renew.csr_pem)
         .map_err(|e| Refusal::bad(e.to_string()))?;
     tracing::info!(node = node.name, "node certificate renewed");
     json(
@@ -641,7 +672,8 @@ fn node_connection_closed(shared: &Shared, node: &NodeCert) {
     });
 }
 
-async fn sync(shared: &Shared, node: &str, request: Request) -> Handled {
+async fn sync(shared: &Shared, caller: &NodeCert, request: Request) -> Handled {
+    let node = caller.name.as_str();
     let sync: SyncRequest = read_json(request).await?;
     for (what, addr) in [("ingress", &sync.ingress), ("mesh", &sync.mesh)] {
         check_reported_address(what, addr, shared.api_addr, &shared.hosts).map_err(Refusal::bad)?;
@@ -650,38 +682,38 @@ async fn sync(shared: &Shared, node: &str, request: Request) -> Handled {
     let mut bump = false;
     let heartbeat;
     let fresh_logs: Vec<_>;
+    let placed_by;
     {
         let mut live = shared.live.lock().expect("live state lock");
-        let record = NodeRecord {
-            name: node.to_string(),
-            labels: sync.labels.clone(),
-            memory: sync.memory,
+        let now = Instant::now();
+        // Only a join makes a node, and only that join's certificate speaks
+        // for it: a node forgotten (or joined again) while this body was
+        // arriving is refused, not brought back.
+        let entry = live
+            .nodes
+            .get_mut(node)
+            .filter(|n| n.record.incarnation == caller.incarnation)
+            .ok_or_else(|| not_a_member(caller))?;
+        // What a heartbeat may change: the node's addresses (ports may
+        // differ after a restart), and the memory it offers, up to what it
+        // declared at join. Labels stay as joined or set by an admin.
+        let updated = NodeRecord {
             ingress: sync.ingress.clone(),
             mesh: sync.mesh.clone(),
-            cordoned: false,
-            drained: false,
-            incarnation: String::new(),
+            ..entry.record.clone()
         };
-        let now = Instant::now();
-        // Only a join makes a node: a forgotten one is not brought back.
-        let entry = live.nodes.get_mut(node).ok_or_else(|| {
-            Refusal(
-                StatusCode::UNAUTHORIZED,
-                format!("node {node:?} was forgotten; join again with a new token"),
-            )
-        })?;
-        let updated = NodeRecord {
-            cordoned: entry.record.cordoned,
-            drained: entry.record.drained,
-            incarnation: entry.record.incarnation.clone(),
-            ..record
-        };
-        if entry.record != updated {
+        let moved = entry.record != updated;
+        if moved {
             shared.store.put_node(&updated).map_err(Refusal::internal)?;
             entry.record = updated;
             wake = true;
-            bump = true;
         }
+        if entry.reported_memory != sync.memory {
+            let before = entry.memory();
+            entry.reported_memory = sync.memory;
+            wake |= entry.memory() != before;
+        }
+        placed_by = (entry.record.labels.clone(), entry.record.memory);
         entry.last_seen = now;
         // First word since the control plane started: endpoints that were
         // trusted from the store now follow what the node reports.
@@ -696,9 +728,10 @@ async fn sync(shared: &Shared, node: &str, request: Request) -> Handled {
             wake = true;
             bump = true;
         }
-        if running_set(&entry.components) != running_set(&sync.components) {
-            bump = true;
-        }
+        // What other nodes route by changed: they hear of it with the
+        // next version, within this node's bump budget.
+        let routed = moved || running_set(&entry.components) != running_set(&sync.components);
+        bump |= entry.bumps.take(routed, now);
         entry.components = sync.components;
         // Keep each line once, and only for apps this node was given.
         let seen = entry.logs_seen;
@@ -711,22 +744,25 @@ async fn sync(shared: &Shared, node: &str, request: Request) -> Handled {
             entry.logs_seen = seen.max(last);
         }
         // Most heartbeats carry no lines: skip the scan of every replica.
-        let assigned: std::collections::BTreeSet<&str> = if sync.logs.is_empty() {
+        let assigned: std::collections::BTreeSet<(&str, &str)> = if sync.logs.is_empty() {
             Default::default()
         } else {
             live.replicas
                 .values()
                 .filter(|r| r.node.as_deref() == Some(node))
-                .map(|r| r.app.as_str())
+                .map(|r| (r.app.as_str(), r.component.as_str()))
                 .collect()
         };
-        fresh_logs = sync
-            .logs
-            .into_iter()
-            .zip(sync.logs_first_seq..=u64::MAX)
-            .filter(|(line, seq)| *seq > seen && assigned.contains(line.app.as_str()))
-            .map(|(line, _)| line)
-            .collect();
+        fresh_logs = super::logs::bounded(
+            node,
+            sync.logs
+                .into_iter()
+                .zip(sync.logs_first_seq..=u64::MAX)
+                .filter(|(line, seq)| {
+                    *seq > seen && assigned.contains(&(line.app.as_str(), line.component.as_str()))
+                })
+                .map(|(line, _)| line),
+        );
     }
     shared.logs.append(node, fresh_logs);
     if wake {
@@ -748,16 +784,28 @@ async fn sync(shared: &Shared, node: &str, request: Request) -> Handled {
         });
     }
     let current = *shared.version.borrow();
-    let desired = (current != sync.version).then(|| {
+    let desired = if current != sync.version {
         let live = shared.live.lock().expect("live state lock");
-        desired_for(&live, node)
-    });
+        // Forgotten while its heartbeat was held: it learns nothing more.
+        if live
+            .nodes
+            .get(node)
+            .is_none_or(|n| n.record.incarnation != caller.incarnation)
+        {
+            return Err(not_a_member(caller));
+        }
+        Some(desired_for(&live, node))
+    } else {
+        None
+    };
     json(
         StatusCode::OK,
         &SyncResponse {
             version: current,
             desired,
             heartbeat_ms: shared.config.heartbeat.as_millis() as u64,
+            labels: placed_by.0,
+            memory: placed_by.1,
         },
     )
 }
@@ -772,8 +820,9 @@ fn running_set(components: &[ComponentStatus]) -> Vec<(&str, &str, &str)> {
     set
 }
 
-fn get_blob(shared: &Shared, digest: &str) -> Handled {
+fn get_blob(shared: &Shared, node: &str, digest: &str) -> Handled {
     let digest = parse_digest(digest)?;
+    blob_assigned(shared, node, &digest)?;
     // Streamed from the file; the node verifies the digest as it writes.
     let (file, size) = shared
         .packages
@@ -788,6 +837,71 @@ fn get_blob(shared: &Shared, digest: &str) -> Handled {
         .header(http::header::CONTENT_LENGTH, size)
         .body(http_body_util::StreamBody::new(chunks).boxed_unsync())
         .expect("a valid response"))
+}
+
+/// Refuses blob `digest` to `node` unless it belongs to the package (its
+/// manifest, config or a layer) of an app with a replica assigned to the
+/// node: another app's config holds that app's environment. A node sees a
+/// new package in its desired state only once it is assigned, so it never
+/// fetches one before it may. The refusal is the same whether or not the
+/// blob exists.
+fn blob_assigned(shared: &Shared, node: &str, digest: &Digest) -> Result<(), Refusal> {
+    let live = shared.live.lock().expect("live state lock");
+    let assigned = live
+        .replicas
+        .values()
+        .filter(|r| r.node.as_deref() == Some(node))
+        .filter_map(|r| live.spec(&r.app))
+        .any(|spec| spec.blobs.contains(digest));
+    if assigned {
+        Ok(())
+    } else {
+        Err(Refusal(
+            StatusCode::FORBIDDEN,
+            format!(
+                "blob {digest} is not part of a package assigned to node {node:?}; a node fetches only the packages of replicas placed on it"
+            ),
+        ))
+    }
+}
+
+/// Sets and removes labels of node `name` (an admin's call): the only
+/// way a node's labels change after it joined.
+fn label_node(shared: &Shared, name: &str, change: LabelRequest) -> Handled {
+    for key in &change.remove {
+        crate::labels::check_key(key).map_err(|e| Refusal::bad(e.to_string()))?;
+    }
+    let mut live = shared.live.lock().expect("live state lock");
+    let node = live
+        .nodes
+        .get_mut(name)
+        .ok_or_else(|| Refusal::not_found(format!("no node {name:?}; see `skiff nodes`")))?;
+    let mut record = node.record.clone();
+    for key in &change.remove {
+        record.labels.remove(key);
+    }
+    record.labels.extend(change.set);
+    crate::labels::check(&record.labels).map_err(|e| Refusal::bad(e.to_string()))?;
+    let changed = record != node.record;
+    if changed {
+        shared.store.put_node(&record).map_err(Refusal::internal)?;
+        node.record = record;
+    }
+    let labels = node.record.labels.clone();
+    drop(live);
+    if changed {
+        tracing::info!(node = name, ?labels, "node labels changed");
+        // Placement follows at the controller's next pass.
+        shared.wake.notify_one();
+    }
+    json(
+        StatusCode::OK,
+        &LabelResponse {
+            node: name.to_string(),
+            labels,
+            changed,
+        },
+    )
 }
 
 fn node_action(shared: &Shared, name: &str, action: &str) -> Handled {
@@ -983,7 +1097,7 @@ fn node_views(shared: &Shared) -> Vec<NodeView> {
                 name: name.clone(),
                 state: state.to_string(),
                 labels: n.record.labels.clone(),
-                memory: n.record.memory,
+                memory: n.memory(),
                 reserved,
                 replicas: on_node.len() as u32,
                 ingress: n.record.ingress.clone(),

@@ -5,7 +5,7 @@
 use crate::scheduler::{ReplicaRequest, Strategy};
 use skiff_runtime::manifest::PlacementStrategy;
 use skiff_runtime::package::{self, Digest, Store};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 /// An app as declared by its package.
 #[derive(Debug, Clone)]
@@ -16,6 +16,9 @@ pub struct AppSpec {
     pub version: String,
     /// Each component, by name.
     pub components: BTreeMap<String, ComponentPlan>,
+    /// Every blob of the package: its manifest, config and layers. A node
+    /// may fetch these only while the app has a replica on it.
+    pub blobs: BTreeSet<Digest>,
 }
 
 /// How one component is routed and placed.
@@ -48,6 +51,11 @@ pub fn read(store: &Store, digest: &str) -> Result<AppSpec, String> {
         }
         e.to_string()
     })?;
+    let image = store.manifest(&digest).map_err(|e| e.to_string())?;
+    let blobs = std::iter::once(digest.clone())
+        .chain(std::iter::once(image.config.digest))
+        .chain(image.layers.into_iter().map(|layer| layer.digest))
+        .collect();
     let name = manifest.app.name.to_string();
     let components = manifest
         .component
@@ -73,5 +81,6 @@ pub fn read(store: &Store, digest: &str) -> Result<AppSpec, String> {
         name,
         version: manifest.app.version.clone(),
         components,
+        blobs,
     })
 }

@@ -2,18 +2,60 @@
 //! plane so `skiff logs` can read and follow them. They live in memory:
 //! a restarted control plane starts with an empty log.
 
-use crate::api::{GuestLine, LogEntry, LogsResponse};
-use std::collections::VecDeque;
+use crate::api::{GuestLine, LogEntry, LogsResponse, MAX_LOG_LINES_PER_SYNC};
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::Mutex;
 use std::time::Duration;
 use tokio::sync::Notify;
 
 /// Lines kept across all apps; older ones are dropped first.
 pub const MAX_LINES: usize = 20_000;
+/// Bytes of lines kept across all apps; older lines are dropped first.
+pub const MAX_BYTES: usize = 32 << 20;
+
+/// The lines of one heartbeat from `node`, bounded: each cut to
+/// [`crate::api::MAX_LOG_LINE_BYTES`], and past
+/// [`MAX_LOG_LINES_PER_SYNC`] lines the rest dropped and counted, with
+/// one line per component saying how many of its lines were dropped. A
+/// node that ships as it should never reaches either bound.
+pub fn bounded(node: &str, lines: impl Iterator<Item = GuestLine>) -> Vec<GuestLine> {
+    let mut kept = Vec::new();
+    let mut cut = 0usize;
+    let mut dropped: BTreeMap<(String, String), u64> = BTreeMap::new();
+    for mut line in lines {
+        if kept.len() < MAX_LOG_LINES_PER_SYNC {
+            if line.stream != "stdout" && line.stream != "stderr" {
+                line.stream = "stderr".to_string();
+            }
+            cut += usize::from(line.clip());
+            kept.push(line);
+        } else {
+            *dropped.entry((line.app, line.component)).or_default() += 1;
+        }
+    }
+    if cut > 0 {
+        tracing::warn!(node, cut, "log lines longer than the limit were cut");
+    }
+    let unix_ms = crate::clock::unix_ms();
+    for ((app, component), count) in dropped {
+        tracing::warn!(node, app, component, count, "log lines dropped");
+        kept.push(GuestLine {
+            app,
+            component,
+            stream: "stderr".to_string(),
+            line: format!(
+                "({count} log lines dropped: node {node:?} sent more than {MAX_LOG_LINES_PER_SYNC} in one heartbeat)"
+            ),
+            unix_ms,
+        });
+    }
+    kept
+}
 
 /// The log ring.
 pub struct LogRing {
-    lines: Mutex<(VecDeque<LogEntry>, u64)>,
+    /// The lines, the last position given, and the lines' bytes.
+    lines: Mutex<(VecDeque<LogEntry>, u64, usize)>,
     appended: Notify,
 }
 
@@ -23,7 +65,7 @@ impl Default for LogRing {
     fn default() -> Self {
         let start = crate::clock::unix_ms() * 1000;
         LogRing {
-            lines: Mutex::new((VecDeque::new(), start)),
+            lines: Mutex::new((VecDeque::new(), start, 0)),
             appended: Notify::new(),
         }
     }
@@ -36,16 +78,20 @@ impl LogRing {
             return;
         }
         let mut guard = self.lines.lock().expect("log ring lock");
-        let (ring, next) = &mut *guard;
+        let (ring, next, bytes) = &mut *guard;
         for line in lines {
             *next += 1;
+            *bytes += size(&line);
             ring.push_back(LogEntry {
                 seq: *next,
                 node: node.to_string(),
                 line,
             });
-            if ring.len() > MAX_LINES {
-                ring.pop_front();
+            while ring.len() > MAX_LINES || *bytes > MAX_BYTES {
+                let Some(oldest) = ring.pop_front() else {
+                    break;
+                };
+                *bytes -= size(&oldest.line);
             }
         }
         drop(guard);
@@ -78,7 +124,7 @@ impl LogRing {
 
     fn snapshot(&self, app: &str, component: Option<&str>, after: u64) -> LogsResponse {
         let guard = self.lines.lock().expect("log ring lock");
-        let (ring, next) = &*guard;
+        let (ring, next, _) = &*guard;
         let lines = ring
             .iter()
             .filter(|entry| entry.seq > after && entry.line.app == app)
@@ -89,5 +135,82 @@ impl LogRing {
             lines,
             next: (*next).max(after),
         }
+    }
+}
+
+/// Roughly what a line costs in the ring, bytes.
+fn size(line: &GuestLine) -> usize {
+    line.line.len() + line.app.len() + line.component.len() + line.stream.len() + 64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::MAX_LOG_LINE_BYTES;
+
+    fn line(app: &str, component: &str, text: String) -> GuestLine {
+        GuestLine {
+            app: app.to_string(),
+            component: component.to_string(),
+            stream: "stdout".to_string(),
+            line: text,
+            unix_ms: 1,
+        }
+    }
+
+    #[test]
+    fn a_flood_of_lines_is_bounded_and_counted() {
+        let flood = (0..100_000).map(|i| {
+            let component = if i % 2 == 0 { "a" } else { "b" };
+            line("web", component, format!("line {i}"))
+        });
+        let kept = bounded("node-1", flood);
+        assert_eq!(kept.len(), MAX_LOG_LINES_PER_SYNC + 2);
+        assert_eq!(kept[MAX_LOG_LINES_PER_SYNC - 1].line, "line 1999");
+        let markers: Vec<(&str, &str)> = kept[MAX_LOG_LINES_PER_SYNC..]
+            .iter()
+            .map(|l| (l.component.as_str(), l.line.as_str()))
+            .collect();
+        assert_eq!(
+            markers,
+            [
+                (
+                    "a",
+                    "(49000 log lines dropped: node \"node-1\" sent more than 2000 in one heartbeat)"
+                ),
+                (
+                    "b",
+                    "(49000 log lines dropped: node \"node-1\" sent more than 2000 in one heartbeat)"
+                ),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_long_line_is_cut_and_says_so() {
+        let huge = "é".repeat(5 << 20);
+        let kept = bounded("node-1", std::iter::once(line("web", "a", huge)));
+        let cut = &kept[0].line;
+        assert!(cut.len() <= MAX_LOG_LINE_BYTES, "{}", cut.len());
+        assert!(cut.starts_with("éé"));
+        assert!(cut.ends_with(" bytes cut)"), "{}", &cut[cut.len() - 40..]);
+        // A line within the bound is kept as it is.
+        let kept = bounded("node-1", std::iter::once(line("web", "a", "ok".into())));
+        assert_eq!(kept[0].line, "ok");
+    }
+
+    #[test]
+    fn the_ring_keeps_a_bounded_number_of_bytes() {
+        let ring = LogRing::default();
+        for _ in 0..(MAX_BYTES / MAX_LOG_LINE_BYTES + 100) {
+            let mut big = line("web", "a", "x".repeat(MAX_LOG_LINE_BYTES));
+            big.clip();
+            ring.append("node-1", vec![big]);
+        }
+        let guard = ring.lines.lock().unwrap();
+        assert!(guard.2 <= MAX_BYTES);
+        let counted: usize = guard.0.iter().map(|e| size(&e.line)).sum();
+        assert_eq!(counted, guard.2);
+        assert!(guard.0.len() < MAX_BYTES / MAX_LOG_LINE_BYTES);
     }
 }

@@ -167,13 +167,64 @@ pub(crate) struct LiveNode {
     heard: bool,
     down: bool,
     components: Vec<ComponentStatus>,
+    /// Memory its last heartbeat offered, bytes; it is given at most the
+    /// smaller of this and what it declared at join (`record.memory`).
+    reported_memory: u64,
+    /// How often its heartbeats may move the desired-state version.
+    bumps: BumpBudget,
+}
+
+/// Heartbeats of one node may move the desired-state version (which wakes
+/// every node) only so often: a burst of [`BumpBudget::BURST`], then
+/// [`BumpBudget::PER_SEC`] a second. A change past that is kept and sent
+/// with a later bump, so nothing is lost, but a node churning what it
+/// reports cannot keep the whole cluster busy.
+#[derive(Debug, Clone)]
+pub(crate) struct BumpBudget {
+    tokens: f64,
+    refilled: Instant,
+    /// A change of this node is waiting for a bump.
+    owed: bool,
+}
+
+impl Default for BumpBudget {
+    fn default() -> Self {
+        BumpBudget {
+            tokens: Self::BURST,
+            refilled: Instant::now(),
+            owed: false,
+        }
+    }
+}
+
+impl BumpBudget {
+    /// Bumps a node may make at once.
+    const BURST: f64 = 10.0;
+    /// Bumps a node may make each second after its burst.
+    const PER_SEC: f64 = 2.0;
+
+    /// Whether a bump may happen now, for a change now (`change`) or one
+    /// owed from earlier; a refused change is owed.
+    fn take(&mut self, change: bool, now: Instant) -> bool {
+        let elapsed = now.saturating_duration_since(self.refilled).as_secs_f64();
+        self.tokens = (self.tokens + elapsed * Self::PER_SEC).min(Self::BURST);
+        self.refilled = now;
+        let wanted = change || self.owed;
+        if wanted && self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            self.owed = false;
+            true
+        } else {
+            self.owed = wanted;
+            false
+        }
+    }
 }
 
 impl LiveNode {
     /// A node just heard from.
     fn new(record: NodeRecord) -> LiveNode {
         LiveNode {
-            record,
             last_seen: Instant::now(),
             connection_lost: None,
             heartbeats: 0,
@@ -182,7 +233,16 @@ impl LiveNode {
             heard: false,
             down: false,
             components: Vec::new(),
+            reported_memory: record.memory,
+            bumps: BumpBudget::default(),
+            record,
         }
+    }
+
+    /// Memory replicas may reserve on it: what it declared at join, or
+    /// less if it now offers less.
+    fn memory(&self) -> u64 {
+        self.record.memory.min(self.reported_memory)
     }
 }
 

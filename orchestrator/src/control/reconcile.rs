@@ -305,7 +305,7 @@ fn place(live: &mut Live, out: &mut Outcome, ids: Vec<String>, moving: bool) {
             .map(|n| NodeInfo {
                 name: n.record.name.clone(),
                 labels: n.record.labels.clone(),
-                memory: n.record.memory,
+                memory: n.memory(),
                 ready: !n.down && n.heard,
                 cordoned: n.record.cordoned || n.record.drained,
             })

@@ -36,6 +36,8 @@ fn node(name: &str, memory: u64, now: Instant) -> LiveNode {
         heard: true,
         down: false,
         components: Vec::new(),
+        reported_memory: memory,
+        bumps: Default::default(),
     }
 }
 
@@ -63,6 +65,7 @@ fn cluster(nodes: &[(&str, u64)], replicas: u32, memory: u64, now: Instant) -> L
             name: "web".to_string(),
             version: "1".to_string(),
             components: BTreeMap::from([("api".to_string(), plan)]),
+            blobs: Default::default(),
         }),
     );
     live.apps.insert(
@@ -277,7 +280,8 @@ fn unplaceable_replicas_wait_with_a_reason_and_deleted_apps_lose_theirs() {
     );
 
     // Room appears: the pending replica is placed and its reason cleared.
-    live.nodes.get_mut("a").unwrap().record.memory = 200 * MIB;
+    let a = live.nodes.get_mut("a").unwrap();
+    (a.record.memory, a.reported_memory) = (200 * MIB, 200 * MIB);
     reconcile(&mut live, now, &config(), 0);
     assert!(live.pending.is_empty());
     assert_eq!(
@@ -375,4 +379,52 @@ fn an_unreadable_package_is_read_again_only_after_a_growing_wait() {
         now + super::MAX_READ_BACKOFF
     );
     assert_eq!(live.unreadable["sha256:p"].reason, "still missing");
+}
+
+#[test]
+fn a_node_is_given_at_most_the_memory_it_declared_at_join() {
+    let now = Instant::now();
+    // Declared 1 GiB at join; its heartbeats claim a terabyte.
+    let mut live = cluster(&[("a", 1024 * MIB)], 1, 2048 * MIB, now);
+    live.nodes.get_mut("a").unwrap().reported_memory = 1 << 40;
+    reconcile(&mut live, now, &config(), 0);
+    assert_eq!(placement(&live), [("web/api/0".to_string(), None)]);
+    assert!(live.pending["web/api/0"].contains("insufficient memory"));
+
+    // Offering less than declared is believed.
+    let mut live = cluster(&[("a", 1024 * MIB)], 1, 768 * MIB, now);
+    live.nodes.get_mut("a").unwrap().reported_memory = 512 * MIB;
+    reconcile(&mut live, now, &config(), 0);
+    assert_eq!(placement(&live), [("web/api/0".to_string(), None)]);
+    live.nodes.get_mut("a").unwrap().reported_memory = 1024 * MIB;
+    reconcile(&mut live, now, &config(), 1);
+    assert_eq!(
+        placement(&live),
+        [("web/api/0".to_string(), Some("a".to_string()))]
+    );
+}
+
+#[test]
+fn a_node_churning_its_reports_moves_the_version_only_so_often() {
+    let start = Instant::now();
+    let mut budget = super::BumpBudget::default();
+    // A burst is let through at once, then the rest wait their turn.
+    let bumps = (0..100).filter(|_| budget.take(true, start)).count();
+    assert_eq!(bumps, 10);
+    // A change refused now is owed, and made once the budget allows,
+    // even by a heartbeat that reports nothing new.
+    assert!(!budget.take(false, start + Duration::from_millis(100)));
+    assert!(budget.take(false, start + Duration::from_millis(600)));
+    assert!(!budget.take(false, start + Duration::from_millis(700)));
+    // Over a second of churn buys two bumps.
+    let later = start + Duration::from_secs(5);
+    let mut budget = super::BumpBudget {
+        tokens: 0.0,
+        refilled: later,
+        owed: false,
+    };
+    let bumps = (0..1100)
+        .filter(|i| budget.take(true, later + Duration::from_millis(*i)))
+        .count();
+    assert_eq!(bumps, 2);
 }

@@ -104,6 +104,8 @@ pub(crate) async fn load_or_join(
                 token: token.clone(),
                 name: config.name.clone(),
                 csr_pem,
+                labels: config.labels.clone(),
+                memory: config.memory,
             },
         )
         .await

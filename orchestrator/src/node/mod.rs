@@ -31,8 +31,8 @@ use tokio::sync::Notify;
 
 /// Guest log lines a node keeps while the control plane is away.
 const MAX_BUFFERED_LINES: usize = 10_000;
-/// Lines shipped per heartbeat.
-const LINES_PER_SYNC: usize = 2_000;
+/// Lines shipped per heartbeat: all the control plane takes from one.
+const LINES_PER_SYNC: usize = crate::api::MAX_LOG_LINES_PER_SYNC;
 /// The last desired state heard, in the data directory.
 const LAST_DESIRED: &str = "desired.json";
 
@@ -237,6 +237,7 @@ async fn sync_loop(shared: Arc<NodeShared>) {
     let mut version = 0;
     let mut heartbeat = Duration::from_secs(1);
     let mut unreachable_since: Option<Instant> = None;
+    let mut warned = None;
     loop {
         let (components, shipped) = {
             let logs = shared.logs.lock().expect("log buffer lock");
@@ -245,7 +246,6 @@ async fn sync_loop(shared: Arc<NodeShared>) {
         };
         let request = SyncRequest {
             version,
-            labels: shared.config.labels.clone(),
             memory: shared.config.memory,
             ingress: shared.ingress_addr.to_string(),
             mesh: shared.mesh_addr.to_string(),
@@ -280,6 +280,7 @@ async fn sync_loop(shared: Arc<NodeShared>) {
                         logs.lines.pop_front();
                     }
                 }
+                warn_if_declared_differently(&shared.config, &response, &mut warned);
                 heartbeat = Duration::from_millis(response.heartbeat_ms.max(100));
                 version = response.version;
                 if let Some(desired) = response.desired {
@@ -301,6 +302,41 @@ async fn sync_loop(shared: Arc<NodeShared>) {
     }
 }
 
+/// Says once (until it changes) when the labels or memory this node was
+/// started with are not what the control plane places by: those were
+/// declared when the node joined, and only `skiff label` changes labels.
+fn warn_if_declared_differently(
+    config: &NodeConfig,
+    response: &SyncResponse,
+    warned: &mut Option<(BTreeMap<String, String>, u64)>,
+) {
+    let placed_by = (response.labels.clone(), response.memory);
+    if warned.as_ref() == Some(&placed_by) {
+        return;
+    }
+    if response.labels != config.labels {
+        let show = |labels: &BTreeMap<String, String>| {
+            let all: Vec<String> = labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            format!("{:?}", all.join(","))
+        };
+        tracing::warn!(
+            "this node was started with --labels {} but the control plane places by {}, the labels it joined with or an admin set; change them with `skiff label {} KEY=VALUE... [--remove KEY]`",
+            show(&config.labels),
+            show(&response.labels),
+            config.name
+        );
+    }
+    if config.memory > response.memory {
+        tracing::warn!(
+            "this node offers {} but declared {} when it joined: it is given at most {}; to offer more, forget it and join it again",
+            bytesize::ByteSize::b(config.memory).display().iec(),
+            bytesize::ByteSize::b(response.memory).display().iec(),
+            bytesize::ByteSize::b(response.memory).display().iec()
+        );
+    }
+    *warned = Some(placed_by);
+}
+
 /// Guest lines of one app on this node: echoed to stderr and buffered
 /// for the control plane.
 struct NodeLogSink {
@@ -310,7 +346,11 @@ struct NodeLogSink {
 
 impl LogSink for NodeLogSink {
     fn line(&self, component: &str, stream: LogStream, line: &str) {
-        eprintln!("[{}/{component}] {line}", self.app);
+        eprintln!(
+            "[{}/{component}] {}",
+            self.app,
+            skiff_runtime::printable::printable(line)
+        );
         let Some(node) = self.node.upgrade() else {
             return;
         };
@@ -318,20 +358,20 @@ impl LogSink for NodeLogSink {
         let mut logs = node.logs.lock().expect("log buffer lock");
         logs.next += 1;
         let seq = logs.next;
-        logs.lines.push_back((
-            seq,
-            GuestLine {
-                app: self.app.clone(),
-                component: component.to_string(),
-                stream: match stream {
-                    LogStream::Stdout => "stdout",
-                    LogStream::Stderr => "stderr",
-                }
-                .to_string(),
-                line: line.to_string(),
-                unix_ms,
-            },
-        ));
+        let mut line = GuestLine {
+            app: self.app.clone(),
+            component: component.to_string(),
+            stream: match stream {
+                LogStream::Stdout => "stdout",
+                LogStream::Stderr => "stderr",
+            }
+            .to_string(),
+            line: line.to_string(),
+            unix_ms,
+        };
+        // Shipped within the control plane's bound, so it is never cut there.
+        line.clip();
+        logs.lines.push_back((seq, line));
         if logs.lines.len() > MAX_BUFFERED_LINES {
             logs.lines.pop_front();
         }

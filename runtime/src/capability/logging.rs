@@ -34,12 +34,13 @@ pub trait LogSink: Send + Sync {
     fn line(&self, component: &str, stream: LogStream, line: &str);
 }
 
-/// Writes guest lines to the process's stderr as `[component] line`.
+/// Writes guest lines to the process's stderr as `[component] line`, with
+/// control characters escaped.
 pub struct StderrSink;
 
 impl LogSink for StderrSink {
     fn line(&self, component: &str, _stream: LogStream, line: &str) {
-        eprintln!("[{component}] {line}");
+        eprintln!("[{component}] {}", crate::printable::printable(line));
     }
 }
 
