@@ -258,6 +258,11 @@ pub fn up(args: UpArgs) -> anyhow::Result<()> {
         let token = if node_dir.join("node.pem").exists() {
             None
         } else {
+            // Its identity is gone (removed, or lost to a crash mid-join):
+            // the record of the old one would hold the name for ever.
+            if control.forget_node("local")? {
+                tracing::info!("the local node lost its identity; it joins again");
+            }
             Some(control.new_join_token()?.token)
         };
         let url = control.url();
@@ -275,7 +280,17 @@ pub fn up(args: UpArgs) -> anyhow::Result<()> {
             // whatever is deployed, however much it reserves.
             memory: UNLIMITED_MEMORY,
             listen: args.listen,
-            mesh_listen: SocketAddr::new(args.listen.ip(), 0),
+            // The mesh of a one-node cluster has no peers: loopback when
+            // ingress listens on every address, so the address reported
+            // is one a node could dial.
+            mesh_listen: SocketAddr::new(
+                if args.listen.ip().is_unspecified() {
+                    std::net::Ipv4Addr::LOCALHOST.into()
+                } else {
+                    args.listen.ip()
+                },
+                0,
+            ),
             data_dir: node_dir,
         })
         .await?;

@@ -389,6 +389,20 @@ impl ControlPlane {
         Ok(self.shared.new_join_token()?)
     }
 
+    /// Forgets node `name` before serving: used by `skiff up`, whose one
+    /// node lost its identity (its data directory is gone), so that it can
+    /// join again under its own name. Returns whether it was known.
+    ///
+    /// # Errors
+    ///
+    /// Store failures.
+    pub fn forget_node(&self, name: &str) -> anyhow::Result<bool> {
+        let mut live = self.shared.live.lock().expect("live state lock");
+        let known = self.shared.store.delete_node(name)?;
+        live.nodes.remove(name);
+        Ok(known)
+    }
+
     /// Serves the API and runs the controller until `shutdown` completes.
     ///
     /// # Errors

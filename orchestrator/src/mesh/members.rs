@@ -116,9 +116,19 @@ impl Members {
         }
     }
 
-    /// Replaces the set: node name to incarnation.
-    pub fn set(&self, members: BTreeMap<String, String>) {
-        *self.current.write().expect("members lock") = Some(members);
+    /// Replaces the set: node name to incarnation. Returns whether a node
+    /// known before lost its standing (left the set, or joined again under
+    /// a new incarnation): connections already open to or from it were
+    /// checked against what is now stale.
+    pub fn set(&self, members: BTreeMap<String, String>) -> bool {
+        let mut current = self.current.write().expect("members lock");
+        let revoked = current.as_ref().is_some_and(|before| {
+            before
+                .iter()
+                .any(|(name, incarnation)| members.get(name) != Some(incarnation))
+        });
+        *current = Some(members);
+        revoked
     }
 
     /// Whether `node` is a current member.

@@ -325,3 +325,27 @@ async fn the_mesh_endpoint_accepts_only_current_member_nodes() {
         .unwrap();
     assert_eq!(server.await.unwrap().unwrap(), "spiffe://test/node/node-b");
 }
+
+#[test]
+fn a_member_leaving_or_rejoining_is_reported_so_pooled_connections_are_dropped() {
+    let set = |pairs: &[(&str, &str)]| -> std::collections::BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(n, i)| (n.to_string(), i.to_string()))
+            .collect()
+    };
+    let members = Members::new("skiff");
+    assert!(
+        !members.set(set(&[("a", "1"), ("b", "2")])),
+        "the first set"
+    );
+    assert!(
+        !members.set(set(&[("a", "1"), ("b", "2"), ("c", "3")])),
+        "a join"
+    );
+    assert!(members.set(set(&[("a", "1"), ("c", "3")])), "b forgotten");
+    assert!(
+        members.set(set(&[("a", "9"), ("c", "3")])),
+        "a joined again"
+    );
+}

@@ -215,7 +215,15 @@ impl NodeShared {
         {
             tracing::warn!("cannot save the last desired state: {e:#}");
         }
-        self.members.set(desired.members.clone());
+        if self.members.set(desired.members.clone()) {
+            // Pooled mesh connections were made to a node that no longer
+            // holds that name: drop them all, so the next request dials
+            // and checks its peer afresh.
+            let identity = self.identity.read().expect("identity lock");
+            if let Err(e) = self.forwarder.use_identity(&identity.identity) {
+                tracing::warn!("cannot rebuild the mesh client: {e:#}");
+            }
+        }
         self.forwarder.learn(&desired.apps);
         *self.routing.write().expect("routing lock") =
             Arc::new(ingress::Routing::new(&desired.apps));
