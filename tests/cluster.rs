@@ -11,7 +11,7 @@ use skiff_orchestrator::mesh::{ClusterCa, Members, NodeIdentity};
 use skiff_test_guests::{HELLO, HOSTILE, PROBE, STATIC_FILES};
 use std::path::Path;
 use std::time::{Duration, Instant};
-use support::{Running, Upstream, get, skiff, temp_dir, toml_path, write_manifest};
+use support::{Running, Upstream, get, skiff, start_server, temp_dir, toml_path, write_manifest};
 
 /// Cluster tests run one at a time: each starts several processes whose
 /// heartbeats should not starve on a small machine.
@@ -184,19 +184,6 @@ impl Cluster {
     fn ca_pem(&self) -> String {
         std::fs::read_to_string(self.home().join("server/ca.pem")).unwrap()
     }
-}
-
-fn start_server(home: &Path, listen: &str, extra: &[&str]) -> Running {
-    let data = home.join("server");
-    let mut args = vec![
-        "server",
-        "--listen",
-        listen,
-        "--data-dir",
-        data.to_str().unwrap(),
-    ];
-    args.extend_from_slice(extra);
-    Running::launch(home, &args, "Control plane serving ")
 }
 
 /// Polls `check` every 50 ms until it returns a value or `limit` passes.

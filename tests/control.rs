@@ -13,7 +13,7 @@ use std::collections::BTreeSet;
 use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
 use std::time::{Duration, Instant};
-use support::{Running, skiff, temp_dir, toml_path, write_manifest};
+use support::{Running, skiff, start_server, temp_dir, toml_path, write_manifest};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio_rustls::TlsConnector;
@@ -26,19 +26,6 @@ fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
     SERIAL
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
-fn start_server(home: &Path, listen: &str, extra: &[&str]) -> Running {
-    let data = home.join("server");
-    let mut args = vec![
-        "server",
-        "--listen",
-        listen,
-        "--data-dir",
-        data.to_str().unwrap(),
-    ];
-    args.extend_from_slice(extra);
-    Running::launch(home, &args, "Control plane serving ")
 }
 
 /// Runs `skiff ARGS`, expecting success; returns stdout.

@@ -259,3 +259,18 @@ impl Upstream {
         *self.hits.lock().unwrap()
     }
 }
+
+/// Starts `skiff server --listen LISTEN` with its data under
+/// `HOME/server` and EXTRA flags, and waits for it to serve.
+pub fn start_server(home: &Path, listen: &str, extra: &[&str]) -> Running {
+    let data = home.join("server");
+    let mut args = vec![
+        "server",
+        "--listen",
+        listen,
+        "--data-dir",
+        data.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    Running::launch(home, &args, "Control plane serving ")
+}

@@ -497,24 +497,6 @@ impl ClusterStore {
             .map_err(store_err)?
             .is_some_and(|expires| expires.value() > now_unix))
     }
-
-    /// Uses up `token`: true the first time for a known, unexpired token,
-    /// false ever after (or for an unknown one).
-    ///
-    /// # Errors
-    ///
-    /// Store failures.
-    pub fn consume_join_token(&self, token: &str, now_unix: u64) -> Result<bool, StateError> {
-        let tx = self.db.begin_write().map_err(store_err)?;
-        let valid = tx
-            .open_table(JOIN_TOKENS)
-            .map_err(store_err)?
-            .remove(token_hash(token).as_str())
-            .map_err(store_err)?
-            .is_some_and(|expires| expires.value() > now_unix);
-        tx.commit().map_err(store_err)?;
-        Ok(valid)
-    }
 }
 
 fn put_json<T: Serialize>(
