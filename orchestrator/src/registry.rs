@@ -29,6 +29,11 @@ const MAX_MANIFEST: u64 = MAX_MANIFEST_SIZE;
 const MAX_CONFIG: u64 = 4 << 20;
 /// How long a pull may go without receiving data.
 const IDLE: Duration = Duration::from_secs(60);
+/// Most layers a pulled package may have: one per component and per file
+/// mount, so a few dozen in practice.
+const MAX_LAYERS: usize = 256;
+/// Most bytes one pull may declare in all.
+const MAX_PULL_TOTAL: u64 = 8 << 30;
 
 /// A connection to the registry of one reference.
 pub struct Registry {
@@ -250,14 +255,27 @@ impl Registry {
     pub async fn pull(&self, store: &Store) -> anyhow::Result<Descriptor> {
         let auth = self.pull_authorization().await?;
         let (bytes, image) = self.pull_manifest(&auth).await?;
-        let progress = Progress::new(
-            self.progress,
-            "pulling",
-            std::iter::once(&image.config)
-                .chain(&image.layers)
-                .map(|b| b.size)
-                .sum(),
-        );
+        // Checked before anything is fetched, so a manifest of thousands of
+        // huge layers cannot fill the disk.
+        if image.layers.len() > MAX_LAYERS {
+            anyhow::bail!(
+                "{} has {} layers, more than the {MAX_LAYERS} a package may have; is this a Skiff package?",
+                self.reference.whole(),
+                image.layers.len()
+            );
+        }
+        let total = std::iter::once(&image.config)
+            .chain(&image.layers)
+            .try_fold(0u64, |sum, blob| sum.checked_add(blob.size))
+            .filter(|total| *total <= MAX_PULL_TOTAL)
+            .ok_or_else(|| {
+                anyhow::anyhow!(
+                    "{} declares more than {} in all; refusing to pull it",
+                    self.reference.whole(),
+                    bytesize::ByteSize(MAX_PULL_TOTAL)
+                )
+            })?;
+        let progress = Progress::new(self.progress, "pulling", total);
         self.pull_blob(store, &auth, &image.config, MAX_CONFIG, &progress)
             .await?;
         for layer in &image.layers {

@@ -54,6 +54,7 @@ impl Admission {
     /// A place for a connection from `ip`, or `None` (logged) when either
     /// limit is reached.
     pub(super) fn admit(self: &Arc<Self>, ip: IpAddr) -> Option<Slot> {
+        let ip = source(ip);
         let mut state = self.state.lock().expect("admission lock");
         let from_ip = state.per_ip.get(&ip).copied().unwrap_or(0);
         let permit = if from_ip >= self.max_per_ip {
@@ -124,6 +125,19 @@ impl Drop for Slot {
     }
 }
 
+/// The source a connection counts against: an IPv4 address (also when
+/// written IPv4-mapped), or an IPv6 address's /64, which one host
+/// usually holds whole.
+fn source(ip: IpAddr) -> IpAddr {
+    match ip.to_canonical() {
+        IpAddr::V6(v6) => {
+            let prefix = u128::from(v6) & !((1u128 << 64) - 1);
+            IpAddr::V6(prefix.into())
+        }
+        v4 => v4,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -146,5 +160,23 @@ mod tests {
         drop((a2, a3, b1));
         assert!(admission.state.lock().unwrap().per_ip.is_empty());
         assert_eq!(admission.total.available_permits(), 3);
+    }
+
+    #[test]
+    fn an_ipv6_host_counts_as_its_64_and_mapped_ipv4_as_itself() {
+        let admission = Admission::new(10, 2);
+        let a: IpAddr = "2001:db8::1".parse().unwrap();
+        let b: IpAddr = "2001:db8::ffff:2".parse().unwrap();
+        let _one = admission.admit(a).unwrap();
+        let _two = admission.admit(b).unwrap();
+        assert!(admission.admit("2001:db8::3".parse().unwrap()).is_none());
+        assert!(
+            admission
+                .admit("2001:db8:0:1::1".parse().unwrap())
+                .is_some()
+        );
+        let _v4 = admission.admit("10.0.0.1".parse().unwrap()).unwrap();
+        let _mapped = admission.admit("::ffff:10.0.0.1".parse().unwrap()).unwrap();
+        assert!(admission.admit("10.0.0.1".parse().unwrap()).is_none());
     }
 }

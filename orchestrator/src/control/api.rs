@@ -88,7 +88,9 @@ pub(super) async fn serve(
                     .peer_certificates()
                     .and_then(|certs| certs.first())
                     .and_then(|cert| NodeCert::of(cert, &shared.cluster));
-                if node.is_some() {
+                // Only a current member escapes the per-address cap: a
+                // forgotten node's certificate still chains to the CA.
+                if node.as_ref().is_some_and(|n| member(&shared, n).is_ok()) {
                     slot.trusted();
                 }
                 let closing = (shared.clone(), node.clone());

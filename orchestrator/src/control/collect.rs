@@ -25,12 +25,22 @@ pub(super) struct Collector {
     wake: Notify,
 }
 
-#[derive(Default)]
 struct Activity {
     /// Uploads and deploys under way.
     in_flight: usize,
     /// When the last one started or ended.
     last: Option<Instant>,
+}
+
+impl Default for Activity {
+    /// A start counts as activity: blobs uploaded just before a restart
+    /// wait out the grace period for the deploy that follows them.
+    fn default() -> Activity {
+        Activity {
+            in_flight: 0,
+            last: Some(Instant::now()),
+        }
+    }
 }
 
 /// An upload or deploy under way; no collection runs until it is dropped.

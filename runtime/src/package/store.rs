@@ -436,9 +436,7 @@ impl Store {
         for entry in entries.flatten() {
             let name = entry.file_name().to_string_lossy().into_owned();
             if !live.contains(&name) && std::fs::remove_file(entry.path()).is_ok() {
-                let unpacked = self.root.join("unpacked");
-                let _ = std::fs::remove_dir_all(unpacked.join(&name));
-                let _ = std::fs::remove_file(unpacked.join(format!(".{name}.lock")));
+                super::unpacked::remove(&self.root.join("unpacked"), &name);
                 removed += 1;
             }
         }

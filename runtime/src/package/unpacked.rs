@@ -84,6 +84,30 @@ pub(super) fn unpacked(
     result.map(|()| dir.join(TREE))
 }
 
+/// Removes the unpacked tree of the layer whose digest's hex is `hex`
+/// (its blob is gone), under the same per-layer lock as unpacking: an
+/// unpacker under way finishes first, and its tree is removed then, not
+/// left behind. The lock file itself stays, so two unpackers can never
+/// hold locks on two different files of one layer.
+pub(super) fn remove(root: &Path, hex: &str) {
+    let lock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(root.join(format!(".{hex}.lock")));
+    let Ok(lock) = lock else { return };
+    if lock.lock().is_err() {
+        return;
+    }
+    for leftover in [
+        hex.to_string(),
+        format!(".{hex}.staging"),
+        format!(".{hex}.stale"),
+    ] {
+        let _ = remove_dir_if_present(&root.join(leftover));
+    }
+}
+
 /// Unpacks the blob at `blob` into `staging/tree`, verifying on the way
 /// that it hashes to `digest`, then records what is there.
 fn unpack_into(
