@@ -799,6 +799,21 @@ fn a_forgotten_node_is_refused_everywhere_until_it_joins_again() {
         );
     };
     refused_everywhere(&cluster);
+    // Refused again and again, the node stops rather than serve on.
+    let revoked = cluster
+        .nodes
+        .iter_mut()
+        .find(|n| n.name == "node-1")
+        .unwrap();
+    assert!(!revoked.process.wait_exit(Duration::from_secs(30)).success());
+    assert!(
+        revoked
+            .process
+            .stderr()
+            .contains("the control plane no longer accepts this node"),
+        "{}",
+        revoked.process.stderr()
+    );
     assert_eq!(
         cluster
             .wait_running("web", 2)

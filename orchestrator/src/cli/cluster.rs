@@ -197,7 +197,7 @@ pub fn node(args: NodeArgs) -> anyhow::Result<()> {
             node.mesh_addr(),
             config.server
         )?;
-        node.run(shutdown_signal()).await;
+        node.run(shutdown_signal()).await?;
         Ok(())
     })
 }

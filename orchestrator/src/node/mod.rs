@@ -170,7 +170,12 @@ impl Node {
 
     /// Heartbeats, runs replicas and serves until `shutdown` completes;
     /// then finishes in-flight requests.
-    pub async fn run(self, shutdown: impl Future<Output = ()>) {
+    ///
+    /// # Errors
+    ///
+    /// The control plane refused this node's certificate again and again
+    /// (the node was forgotten): it stops serving.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
         let saved = std::fs::read(self.shared.config.data_dir.join(LAST_DESIRED));
         if let Ok(desired) = saved.as_deref().map(serde_json::from_slice::<DesiredState>) {
             match desired {
@@ -178,7 +183,7 @@ impl Node {
                 Err(e) => tracing::warn!("ignoring the saved desired state: {e}"),
             }
         }
-        let sync = tokio::spawn(sync_loop(self.shared.clone()));
+        let mut sync = tokio::spawn(sync_loop(self.shared.clone()));
         let (stop, stopped) = tokio::sync::watch::channel(false);
         let mesh = tokio::spawn(mesh::serve(
             self.shared.clone(),
@@ -190,11 +195,23 @@ impl Node {
             self.ingress,
             wait_for(stopped),
         ));
-        shutdown.await;
+        // A revoked node stops: its certificate will never be honoured
+        // again, so serving on would only hide that.
+        let outcome = tokio::select! {
+            () = shutdown => Ok(()),
+            revoked = &mut sync => match revoked {
+                Ok(refusal) => Err(anyhow::anyhow!(
+                    "the control plane no longer accepts this node ({refusal}); stopping. If it was forgotten, remove {} and join again with a new token from `skiff join-token`",
+                    self.shared.config.data_dir.display()
+                )),
+                Err(e) => Err(anyhow::anyhow!("the heartbeat loop stopped: {e}")),
+            },
+        };
         sync.abort();
         let _ = stop.send(true);
         let _ = ingress.await;
         let _ = mesh.await;
+        outcome
     }
 }
 
@@ -240,8 +257,15 @@ impl NodeShared {
     }
 }
 
-/// Heartbeats forever; see the module docs.
-async fn sync_loop(shared: Arc<NodeShared>) {
+/// Refusals of this node's certificate in a row after which it takes
+/// itself for revoked (one can be a renewal racing a heartbeat).
+const REFUSALS_TO_STOP: u32 = 5;
+
+/// Heartbeats until the control plane refuses this node's certificate
+/// [`REFUSALS_TO_STOP`] times in a row; returns that refusal. See the
+/// module docs.
+async fn sync_loop(shared: Arc<NodeShared>) -> String {
+    let mut refusals = 0;
     let mut version = 0;
     let mut heartbeat = Duration::from_secs(1);
     let mut unreachable_since: Option<Instant> = None;
@@ -276,6 +300,7 @@ async fn sync_loop(shared: Arc<NodeShared>) {
         };
         match answer {
             Ok(response) => {
+                refusals = 0;
                 if let Some(since) = unreachable_since.take() {
                     tracing::info!(
                         "control plane reachable again after {:.1?}",
@@ -302,7 +327,12 @@ async fn sync_loop(shared: Arc<NodeShared>) {
                     unreachable_since = Some(Instant::now());
                 }
                 if e.status() == Some(http::StatusCode::UNAUTHORIZED) {
-                    tracing::error!("the control plane refused this node's certificate");
+                    refusals += 1;
+                    if refusals >= REFUSALS_TO_STOP {
+                        return e.to_string();
+                    }
+                } else {
+                    refusals = 0;
                 }
                 tokio::time::sleep(Duration::from_millis(500)).await;
             }
