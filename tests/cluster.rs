@@ -878,6 +878,21 @@ fn names_and_addresses_that_could_be_mistaken_are_refused() {
             "{refused}"
         );
     }
+    // A second process for a running node (same data directory) is
+    // refused: two would share one identity.
+    let twin = cluster.cli_fails(&[
+        "node",
+        "--server",
+        &cluster.api,
+        "--name",
+        "node-1",
+        "--listen",
+        "127.0.0.9:0",
+    ]);
+    assert!(
+        twin.contains("another skiff node is running with the data directory"),
+        "{twin}"
+    );
     // So does the control plane, for a client that skips the check; and
     // the names the control plane is reached by. The token stays usable.
     let pin = token.split('.').nth(1).unwrap();

@@ -187,7 +187,7 @@ pub fn apps(args: ListArgs) -> anyhow::Result<()> {
     )?;
     for app in &apps {
         if let Some(error) = &app.error {
-            println!("app {:?}: {error}", app.name);
+            println!("app {:?}: {}", app.name, printable(error));
         }
     }
     Ok(())
@@ -399,7 +399,9 @@ pub fn node_action(args: NameArgs, action: &str) -> anyhow::Result<()> {
 pub struct LabelArgs {
     /// The node.
     name: String,
-    /// Labels to set, `key=value`.
+    /// Labels to set, `key=value`, separated by spaces or commas (as
+    /// `skiff node --labels` takes them).
+    #[arg(value_delimiter = ',')]
     labels: Vec<String>,
     /// A label key to remove; may be repeated.
     #[arg(long, value_name = "KEY")]
@@ -418,6 +420,9 @@ pub fn label(args: LabelArgs) -> anyhow::Result<()> {
     }
     for key in &args.remove {
         crate::labels::check_key(key)?;
+        if change.set.contains_key(key) {
+            anyhow::bail!("label {key:?} is both set and removed: give it once");
+        }
         change.remove.push(key.clone());
     }
     if change.set.is_empty() && change.remove.is_empty() {

@@ -74,6 +74,12 @@ pub(crate) async fn load_or_join(
         };
         // node.pem holds the certificate and its key together, so a
         // renewal replaces both at once.
+        if config.token.is_some() {
+            tracing::warn!(
+                "--token is not used: {} already holds this node's identity (remove it to join afresh)",
+                dir.display()
+            );
+        }
         let both = read("node.pem")?;
         let identity = NodeIdentity::new(both.clone(), both, read("ca.pem")?);
         // The certificate file is written when the certificate arrives.

@@ -81,6 +81,8 @@ pub(crate) struct NodeShared {
     forwarder: mesh::Forwarder,
     /// The nodes honoured on the mesh, as last heard.
     members: crate::mesh::Members,
+    /// Held while the node runs: one process per data directory.
+    _data_dir_lock: std::fs::File,
     logs: Mutex<LogBuffer>,
     /// Something the control plane should hear about happened.
     changed: Notify,
@@ -107,6 +109,21 @@ impl Node {
             )
         })?;
         crate::mesh::ca::check_node_name(&config.name)?;
+        // One process per data directory: two would share one identity
+        // and fight over its files. Held until the process exits.
+        let lock_path = config.data_dir.join("lock");
+        let lock = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .with_context(|| format!("cannot open {}", lock_path.display()))?;
+        if lock.try_lock().is_err() {
+            anyhow::bail!(
+                "another skiff node is running with the data directory {}; stop it, or give this one another --name or --data-dir",
+                config.data_dir.display()
+            );
+        }
         // No peer is trusted on the mesh until the control plane (or the
         // last desired state saved) says who the members are.
         let members = crate::mesh::Members::new(crate::mesh::CLUSTER);
@@ -143,6 +160,7 @@ impl Node {
             routing: RwLock::new(Arc::new(ingress::Routing::default())),
             forwarder,
             members,
+            _data_dir_lock: lock,
             logs: Mutex::new(LogBuffer {
                 lines: VecDeque::new(),
                 // Line numbers keep increasing across restarts of the node,
