@@ -8,9 +8,13 @@ use std::sync::Mutex;
 use std::time::Duration;
 use tokio::sync::Notify;
 
-/// Lines kept across all apps; older ones are dropped first.
-pub const MAX_LINES: usize = 20_000;
-/// Bytes of lines kept across all apps; older lines are dropped first.
+/// Lines kept of one app; its older ones are dropped first, so one app's
+/// flood never evicts another's lines.
+pub const MAX_LINES_PER_APP: usize = 5_000;
+/// Bytes of lines kept of one app.
+pub const MAX_BYTES_PER_APP: usize = 8 << 20;
+/// Bytes of lines kept across all apps; past it, the oldest lines of the
+/// app holding the most go first.
 pub const MAX_BYTES: usize = 32 << 20;
 
 /// The lines of one heartbeat from `node`, bounded: each cut to
@@ -52,22 +56,57 @@ pub fn bounded(node: &str, lines: impl Iterator<Item = GuestLine>) -> Vec<GuestL
     kept
 }
 
-/// The log ring.
+/// The log ring: one bounded ring per app, and a bound on them all.
 pub struct LogRing {
-    /// The lines, the last position given, and the lines' bytes.
-    lines: Mutex<(VecDeque<LogEntry>, u64, usize)>,
+    inner: Mutex<Rings>,
     appended: Notify,
+}
+
+/// The rings, the last position given, and the bytes of all lines.
+struct Rings {
+    apps: BTreeMap<String, AppLines>,
+    next: u64,
+    bytes: usize,
+}
+
+/// One app's lines, oldest first, and their bytes.
+#[derive(Default)]
+struct AppLines {
+    lines: VecDeque<LogEntry>,
+    bytes: usize,
 }
 
 impl Default for LogRing {
     /// Positions start from the clock, so a client following the log of a
     /// control plane that restarted does not skip the new lines.
     fn default() -> Self {
-        let start = crate::clock::unix_ms() * 1000;
         LogRing {
-            lines: Mutex::new((VecDeque::new(), start, 0)),
+            inner: Mutex::new(Rings {
+                apps: BTreeMap::new(),
+                next: crate::clock::unix_ms() * 1000,
+                bytes: 0,
+            }),
             appended: Notify::new(),
         }
+    }
+}
+
+impl Rings {
+    /// Drops the oldest line of `app`; false when it has none.
+    fn drop_oldest(&mut self, app: &str) -> bool {
+        let Some(ring) = self.apps.get_mut(app) else {
+            return false;
+        };
+        let Some(oldest) = ring.lines.pop_front() else {
+            return false;
+        };
+        let freed = size(&oldest.line);
+        ring.bytes -= freed;
+        self.bytes -= freed;
+        if ring.lines.is_empty() {
+            self.apps.remove(app);
+        }
+        true
     }
 }
 
@@ -77,21 +116,35 @@ impl LogRing {
         if lines.is_empty() {
             return;
         }
-        let mut guard = self.lines.lock().expect("log ring lock");
-        let (ring, next, bytes) = &mut *guard;
+        let mut guard = self.inner.lock().expect("log ring lock");
+        let rings = &mut *guard;
         for line in lines {
-            *next += 1;
-            *bytes += size(&line);
-            ring.push_back(LogEntry {
-                seq: *next,
+            rings.next += 1;
+            let bytes = size(&line);
+            let app = line.app.clone();
+            rings.bytes += bytes;
+            let ring = rings.apps.entry(app.clone()).or_default();
+            ring.bytes += bytes;
+            ring.lines.push_back(LogEntry {
+                seq: rings.next,
                 node: node.to_string(),
                 line,
             });
-            while ring.len() > MAX_LINES || *bytes > MAX_BYTES {
-                let Some(oldest) = ring.pop_front() else {
+            while rings
+                .apps
+                .get(&app)
+                .is_some_and(|r| r.lines.len() > MAX_LINES_PER_APP || r.bytes > MAX_BYTES_PER_APP)
+                && rings.drop_oldest(&app)
+            {}
+            while rings.bytes > MAX_BYTES {
+                let largest = rings
+                    .apps
+                    .iter()
+                    .max_by_key(|(_, r)| r.bytes)
+                    .map(|(name, _)| name.clone());
+                if !largest.is_some_and(|name| rings.drop_oldest(&name)) {
                     break;
-                };
-                *bytes -= size(&oldest.line);
+                }
             }
         }
         drop(guard);
@@ -123,17 +176,22 @@ impl LogRing {
     }
 
     fn snapshot(&self, app: &str, component: Option<&str>, after: u64) -> LogsResponse {
-        let guard = self.lines.lock().expect("log ring lock");
-        let (ring, next, _) = &*guard;
-        let lines = ring
-            .iter()
-            .filter(|entry| entry.seq > after && entry.line.app == app)
-            .filter(|entry| component.is_none_or(|c| entry.line.component == c))
-            .cloned()
-            .collect();
+        let guard = self.inner.lock().expect("log ring lock");
+        let lines = guard
+            .apps
+            .get(app)
+            .map(|ring| {
+                ring.lines
+                    .iter()
+                    .filter(|entry| entry.seq > after)
+                    .filter(|entry| component.is_none_or(|c| entry.line.component == c))
+                    .cloned()
+                    .collect()
+            })
+            .unwrap_or_default();
         LogsResponse {
             lines,
-            next: (*next).max(after),
+            next: guard.next.max(after),
         }
     }
 }
@@ -202,15 +260,49 @@ mod tests {
     #[test]
     fn the_ring_keeps_a_bounded_number_of_bytes() {
         let ring = LogRing::default();
-        for _ in 0..(MAX_BYTES / MAX_LOG_LINE_BYTES + 100) {
-            let mut big = line("web", "a", "x".repeat(MAX_LOG_LINE_BYTES));
+        // Many apps, each flooding: the total stays bounded, and the
+        // counts stay true.
+        for i in 0..(MAX_BYTES / MAX_LOG_LINE_BYTES + 100) {
+            let mut big = line(
+                &format!("app-{}", i % 7),
+                "a",
+                "x".repeat(MAX_LOG_LINE_BYTES),
+            );
             big.clip();
             ring.append("node-1", vec![big]);
         }
-        let guard = ring.lines.lock().unwrap();
-        assert!(guard.2 <= MAX_BYTES);
-        let counted: usize = guard.0.iter().map(|e| size(&e.line)).sum();
-        assert_eq!(counted, guard.2);
-        assert!(guard.0.len() < MAX_BYTES / MAX_LOG_LINE_BYTES);
+        let guard = ring.inner.lock().unwrap();
+        assert!(guard.bytes <= MAX_BYTES);
+        let counted: usize = guard
+            .apps
+            .values()
+            .flat_map(|r| &r.lines)
+            .map(|e| size(&e.line))
+            .sum();
+        assert_eq!(counted, guard.bytes);
+        for ring in guard.apps.values() {
+            assert!(ring.bytes <= MAX_BYTES_PER_APP);
+            assert_eq!(
+                ring.bytes,
+                ring.lines.iter().map(|e| size(&e.line)).sum::<usize>()
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn one_apps_flood_does_not_evict_another_apps_lines() {
+        let ring = LogRing::default();
+        ring.append(
+            "node-1",
+            vec![line("quiet", "a", "the only line".to_string())],
+        );
+        for _ in 0..(MAX_LINES_PER_APP * 3) {
+            ring.append("node-2", vec![line("loud", "a", "spam".to_string())]);
+        }
+        let quiet = ring.read("quiet", None, 0, None).await;
+        assert_eq!(quiet.lines.len(), 1);
+        assert_eq!(quiet.lines[0].line.line, "the only line");
+        let loud = ring.read("loud", None, 0, None).await;
+        assert_eq!(loud.lines.len(), MAX_LINES_PER_APP);
     }
 }
