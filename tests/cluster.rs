@@ -11,7 +11,9 @@ use skiff_orchestrator::mesh::{ClusterCa, Members, NodeIdentity};
 use skiff_test_guests::{HELLO, HOSTILE, PROBE, STATIC_FILES};
 use std::path::Path;
 use std::time::{Duration, Instant};
-use support::{Running, Upstream, get, skiff, start_server, temp_dir, toml_path, write_manifest};
+use support::{
+    Running, Upstream, get, skiff, start_server, temp_dir, toml_path, wait_until, write_manifest,
+};
 
 /// Cluster tests run one at a time: each starts several processes whose
 /// heartbeats should not starve on a small machine.
@@ -183,18 +185,6 @@ impl Cluster {
 
     fn ca_pem(&self) -> String {
         std::fs::read_to_string(self.home().join("server/ca.pem")).unwrap()
-    }
-}
-
-/// Polls `check` every 50 ms until it returns a value or `limit` passes.
-fn wait_until<T>(limit: Duration, what: &str, mut check: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Some(value) = check() {
-            return value;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(50));
     }
 }
 

@@ -13,7 +13,7 @@ use std::collections::BTreeSet;
 use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
 use std::time::{Duration, Instant};
-use support::{Running, skiff, start_server, temp_dir, toml_path, write_manifest};
+use support::{Running, skiff, start_server, temp_dir, toml_path, wait_until, write_manifest};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio_rustls::TlsConnector;
@@ -43,18 +43,6 @@ fn json(home: &Path, args: &[&str]) -> Value {
     let mut all = args.to_vec();
     all.extend_from_slice(&["-o", "json"]);
     serde_json::from_str(&cli(home, &all)).expect("JSON output")
-}
-
-/// Polls `check` every 50 ms until it returns a value or `limit` passes.
-fn wait_until<T>(limit: Duration, what: &str, mut check: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Some(value) = check() {
-            return value;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 fn ca_pem(home: &Path) -> String {

@@ -147,18 +147,7 @@ pub fn client_trusting(ca_pem: &str) -> Result<Arc<rustls::ClientConfig>, TlsErr
 pub fn control_plane_verifier(
     roots: RootCertStore,
 ) -> Result<Arc<dyn ServerCertVerifier>, TlsError> {
-    let provider = provider();
-    let verifier = rustls::client::WebPkiServerVerifier::builder_with_provider(
-        Arc::new(roots),
-        provider.clone(),
-    )
-    .build()
-    .map_err(tls_err)?;
-    Ok(Arc::new(ClusterServer {
-        trust: Trust::Roots(verifier),
-        expect: Expect::ControlPlane,
-        algorithms: provider.signature_verification_algorithms,
-    }))
+    cluster_server(roots, Expect::ControlPlane)
 }
 
 /// Verifies a server as the node dialled: a chain to `roots` for the
@@ -174,6 +163,14 @@ pub fn node_verifier(
     roots: RootCertStore,
     members: crate::mesh::Members,
 ) -> Result<Arc<dyn ServerCertVerifier>, TlsError> {
+    cluster_server(roots, Expect::Node(members))
+}
+
+/// A [`ClusterServer`] trusting `roots` and expecting `expect`.
+fn cluster_server(
+    roots: RootCertStore,
+    expect: Expect,
+) -> Result<Arc<dyn ServerCertVerifier>, TlsError> {
     let provider = provider();
     let verifier = rustls::client::WebPkiServerVerifier::builder_with_provider(
         Arc::new(roots),
@@ -183,7 +180,7 @@ pub fn node_verifier(
     .map_err(tls_err)?;
     Ok(Arc::new(ClusterServer {
         trust: Trust::Roots(verifier),
-        expect: Expect::Node(members),
+        expect,
         algorithms: provider.signature_verification_algorithms,
     }))
 }

@@ -290,3 +290,15 @@ pub fn start_server(home: &Path, listen: &str, extra: &[&str]) -> Running {
     args.extend_from_slice(extra);
     Running::launch(home, &args, "Control plane serving ")
 }
+
+/// Polls `check` every 50 ms until it returns a value or `limit` passes.
+pub fn wait_until<T>(limit: Duration, what: &str, mut check: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(value) = check() {
+            return value;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
