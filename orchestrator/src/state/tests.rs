@@ -88,18 +88,22 @@ fn a_node_is_admitted_with_its_token_used_up_or_not_at_all() {
     assert!(store.join_token_valid("secret-2", 500).unwrap());
 }
 
-/// With SKIFF_STATE_WRITER set, this "test" is the victim process: it
-/// writes generations in a loop until killed.
+/// Not a test: the victim process of
+/// `a_store_killed_mid_write_reopens_consistent`, which runs it with
+/// `--ignored`. Writes generations to the store SKIFF_STATE_WRITER names,
+/// printing `committed N` after each, until killed.
 #[test]
+#[ignore = "the victim process of a_store_killed_mid_write_reopens_consistent, run only by it"]
 fn writer_for_crash_test() {
-    let Ok(path) = std::env::var("SKIFF_STATE_WRITER") else {
-        return;
-    };
+    let path = std::env::var("SKIFF_STATE_WRITER").expect(
+        "SKIFF_STATE_WRITER names the store to write; this runs only as the victim process of a_store_killed_mid_write_reopens_consistent",
+    );
     let store = ClusterStore::open(Path::new(&path)).unwrap();
     for i in 0u32.. {
         store
             .apply_app("busy", &format!("sha256:{i:064x}"), scale(&[("c", i % 7)]))
             .unwrap();
+        println!("committed {i}");
     }
 }
 
@@ -110,17 +114,33 @@ fn a_store_killed_mid_write_reopens_consistent() {
     for round in 0..3 {
         let mut writer = Command::new(std::env::current_exe().unwrap())
             .args([
+                "--ignored",
                 "--exact",
                 "state::tests::writer_for_crash_test",
                 "--nocapture",
             ])
             .env("SKIFF_STATE_WRITER", &path)
-            .stdout(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::null())
             .spawn()
             .unwrap();
-        std::thread::sleep(std::time::Duration::from_millis(300 + 100 * round));
+        // Killed after a number of commits that differs each round; its
+        // output stays open until then, so it writes on.
+        let wanted = 20 + 30 * round;
+        let mut output =
+            std::io::BufRead::lines(std::io::BufReader::new(writer.stdout.take().unwrap()));
+        let committed = output
+            .by_ref()
+            .map_while(Result::ok)
+            .filter(|line| line.starts_with("committed "))
+            .nth(wanted - 1);
+        let committed: u32 = committed
+            .unwrap_or_else(|| panic!("the writer stopped before {wanted} commits"))
+            .trim_start_matches("committed ")
+            .parse()
+            .unwrap();
         writer.kill().unwrap(); // SIGKILL, mid-transaction most likely
+        drop(output);
         writer.wait().unwrap();
         let store = ClusterStore::open(&path).unwrap();
         let app = store
@@ -130,6 +150,10 @@ fn a_store_killed_mid_write_reopens_consistent() {
         // Every field of the record comes from the same committed write.
         let i = u32::from_str_radix(app.package.trim_start_matches("sha256:"), 16).unwrap();
         assert_eq!(app.scale["c"], i % 7);
+        assert!(
+            i >= committed,
+            "write {committed} was committed, {i} is stored"
+        );
         // Generations keep counting across restarts; each write bumps it.
         assert!(app.generation > u64::from(i), "{app:?}");
     }
