@@ -20,7 +20,8 @@ struct TestRegistry {
     child: Child,
     addr: String,
     storage: tempfile::TempDir,
-    _config: tempfile::TempDir,
+    /// Its config, and its access log (`access.log`).
+    config: tempfile::TempDir,
 }
 
 impl TestRegistry {
@@ -56,7 +57,9 @@ impl TestRegistry {
         let child = Command::new("docker-registry")
             .arg("serve")
             .arg(&config)
-            .stdout(Stdio::null())
+            // The registry writes its access log, a line per request, on
+            // stdout.
+            .stdout(std::fs::File::create(config_dir.path().join("access.log")).unwrap())
             .stderr(Stdio::null())
             .spawn()
             .expect("docker-registry must be installed (scripts/test.sh installs it)");
@@ -69,8 +72,29 @@ impl TestRegistry {
             child,
             addr,
             storage,
-            _config: config_dir,
+            config: config_dir,
         }
+    }
+
+    /// The requests the registry has answered so far whose request line
+    /// (`METHOD /path...`) starts with `method` and contains `path`.
+    fn requests(&self, method: &str, path: &str) -> usize {
+        std::fs::read_to_string(self.config.path().join("access.log"))
+            .unwrap()
+            .lines()
+            .filter_map(|line| line.split('"').nth(1))
+            .filter(|request| request.starts_with(&format!("{method} ")) && request.contains(path))
+            .count()
+    }
+
+    /// Waits until the registry has logged `count` manifest uploads: every
+    /// request of a push that made them is in the log by then.
+    fn wait_manifest_puts(&self, count: usize) {
+        wait_until(
+            Duration::from_secs(10),
+            &format!("{count} manifest uploads in the registry's log"),
+            || (self.requests("PUT", "/manifests/") >= count).then_some(()),
+        );
     }
 
     /// The registry's copy of blob `hex`.
@@ -189,8 +213,23 @@ fn push_pull_run_round_trip_through_a_registry() {
     skiff_ok(home.path(), &["tag", "site:1.0.0", &remote]);
     let pushed = digest_in(&skiff_ok(home.path(), &["push", &remote]));
     assert_eq!(pushed, packed);
-    // Pushing again uploads nothing new and succeeds.
+    registry.wait_manifest_puts(1);
+    // Config, component and file tree: each blob is uploaded once (a
+    // POST starting the upload, a PUT completing it).
+    let blob_uploads = |registry: &TestRegistry| {
+        (
+            registry.requests("POST", "/blobs/uploads/"),
+            registry.requests("PUT", "/blobs/uploads/"),
+        )
+    };
+    assert_eq!(blob_uploads(&registry), (3, 3));
+    // Pushing again uploads nothing new and succeeds: it finds each blob
+    // there and uploads only the manifest.
+    let checked = registry.requests("HEAD", "/blobs/sha256:");
     skiff_ok(home.path(), &["push", &remote]);
+    registry.wait_manifest_puts(2);
+    assert_eq!(blob_uploads(&registry), (3, 3), "blobs uploaded again");
+    assert_eq!(registry.requests("HEAD", "/blobs/sha256:"), checked + 3);
 
     let clean = temp_dir();
     let pulled = digest_in(&skiff_ok(clean.path(), &["pull", &remote]));

@@ -1,5 +1,6 @@
 //! A guest that misbehaves on request, one attack per path, for the
-//! sandbox tests: `/loop`, `/memory`, `/recursion`, `/huge`, `/panic`,
+//! sandbox tests: `/loop` (logging `looping` first), `/memory`,
+//! `/recursion`, `/huge`, `/panic`,
 //! `/resources`, `/deep?N` (recursion on the Wasm stack),
 //! `/outbound-flood?URL`, `/fetch?URL`, `/read-body`, `/not-here?URL`
 //! (calls URL, then answers 503 with the platform's own `skiff-*` headers
@@ -18,6 +19,7 @@ fn attack(request: Request) -> Response {
     match attack.as_str() {
         "/ok" => text(StatusCode::OK, "fine".into()),
         "/loop" => {
+            eprintln!("looping");
             let mut n: u64 = 0;
             loop {
                 n = black_box(n.wrapping_add(1));
