@@ -477,7 +477,11 @@ fn node_certificates_are_renewed_before_they_expire() {
             let mut kept: Vec<Vec<CertInfo>> = vec![Vec::new(); files.len()];
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
                 for (file, certs) in files.iter().zip(&mut kept) {
-                    let cert = CertInfo::of_pem(&std::fs::read_to_string(file).unwrap());
+                    // Gone with the cluster when the test failed.
+                    let Ok(pem) = std::fs::read_to_string(file) else {
+                        return kept;
+                    };
+                    let cert = CertInfo::of_pem(&pem);
                     if certs.last() != Some(&cert) {
                         certs.push(cert);
                     }
@@ -524,7 +528,14 @@ fn node_certificates_are_renewed_before_they_expire() {
             let exchange = tls::exchange(&runtime, &node.mesh, &node.name, tls, MESH_REQUEST);
             let (cert, answer) = exchange.answer.unwrap();
             assert!(answer.starts_with("HTTP/1.1 "), "{answer:?}");
-            presented[i].push(CertInfo::of(&cert));
+            let cert = CertInfo::of(&cert);
+            assert_ne!(
+                cert,
+                CertInfo::of_pem(first[i].cert_pem()),
+                "after renewal {renewal}, {} still serves its first certificate",
+                node.name
+            );
+            presented[i].push(cert);
         }
         let (status, body) = get(&other.process.at("/"));
         assert_eq!(

@@ -145,8 +145,8 @@ files = [{{ source = "data", destination = "/data" }}]
     assert_eq!(std::fs::read_to_string(&host_path).unwrap(), "granted file");
     let absent = "denied: No such file or directory (os error 44)";
     for (outside, error) in [
-        ("/etc/passwd", absent),
         (host_path.to_str().unwrap(), absent),
+        ("/etc/passwd", absent),
         (
             "/data/../../etc/passwd",
             "denied: Operation not permitted (os error 63)",
