@@ -18,7 +18,7 @@
 //! requests `skiff node` sends (they hold their listening addresses but run
 //! nothing, serve nothing and pull nothing), then deploys
 //! `SKIFF_BENCH_APPS` apps (default 10) of `SKIFF_BENCH_REPLICAS` replicas
-//! (default 200) one after another with `skiff deploy`, timing each from
+//! (default 100) one after another with `skiff deploy`, timing each from
 //! the start of the command to the first `GET /v1/replicas?app=` showing
 //! every replica on a node, and then scales every app to twice its replicas
 //! with `POST /v1/apps/NAME/scale`, timed the same way. It prints
@@ -179,7 +179,7 @@ const PATIENCE: Duration = Duration::from_secs(120);
 fn through_api() {
     let nodes = env_or("SKIFF_BENCH_NODES", 500);
     let apps = env_or("SKIFF_BENCH_APPS", 10);
-    let replicas = env_or("SKIFF_BENCH_REPLICAS", 200);
+    let replicas = env_or("SKIFF_BENCH_REPLICAS", 100);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -322,7 +322,14 @@ fn through_api() {
     );
     let errors: u64 = fleet.iter().map(|n| n.errors.load(Ordering::Relaxed)).sum();
     let views: Vec<NodeView> = runtime.block_on(admin.get("/v1/nodes")).unwrap();
-    let downs = server.stderr().matches("node is down").count();
+    let log = server.stderr();
+    let downs = log.matches("node is down").count();
+    if let Some(first) = log.lines().find(|l| l.contains("node is down")) {
+        println!(
+            "  the control plane's first \"node is down\": {}",
+            first.trim()
+        );
+    }
     println!(
         "  nodes ready at the end: {} of {nodes}; nodes taken for down during the run: {downs}; failed heartbeats: {errors}",
         ready(&views)
