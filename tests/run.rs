@@ -370,3 +370,132 @@ fn build_failures_name_the_component() {
         "{stderr}"
     );
 }
+
+#[test]
+fn a_request_head_not_complete_within_10s_is_cut_off_while_others_are_served() {
+    use std::io::{Read, Write};
+    use std::time::{Duration, Instant};
+    let home = temp_dir();
+    let skiff = Running::start(home.path(), &[guests::HELLO]);
+    let addr = skiff.url.trim_start_matches("http://").to_string();
+    // One client stops halfway through its head; another trickles it a
+    // byte every 300 ms. Each reports when the server hung up, and what
+    // it answered first.
+    let slow = |trickle: bool| {
+        let addr = addr.clone();
+        std::thread::spawn(move || {
+            let started = Instant::now();
+            let mut stream = std::net::TcpStream::connect(&addr).unwrap();
+            stream
+                .set_read_timeout(Some(Duration::from_secs(40)))
+                .unwrap();
+            stream.write_all(b"GET / HTTP/1.1\r\nhost: x\r\n").unwrap();
+            if trickle {
+                let mut writer = stream.try_clone().unwrap();
+                std::thread::spawn(move || {
+                    for byte in b"x-slow: ".iter().cycle() {
+                        if writer.write_all(&[*byte]).is_err() {
+                            break;
+                        }
+                        std::thread::sleep(Duration::from_millis(300));
+                    }
+                });
+            }
+            // EOF, or a reset when the trickle wrote after the close.
+            let mut answer = Vec::new();
+            let _ = stream.read_to_end(&mut answer);
+            (started.elapsed(), answer)
+        })
+    };
+    let stalled = slow(false);
+    let trickling = slow(true);
+    // Meanwhile the server answers everyone else at once.
+    for _ in 0..5 {
+        let started = Instant::now();
+        assert_eq!(
+            get(&skiff.at("/")),
+            (200, "Hello from Skiff!\n".to_string())
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "a neighbour waited {:?}",
+            started.elapsed()
+        );
+    }
+    for (name, client) in [("stalled", stalled), ("trickling", trickling)] {
+        let (after, answer) = client.join().unwrap();
+        assert!(
+            answer.is_empty(),
+            "{name}: the server answered {:?}",
+            String::from_utf8_lossy(&answer)
+        );
+        // The server's clock starts after the client's: never before 10 s.
+        assert!(
+            after >= Duration::from_secs(10),
+            "{name}: cut off after {after:?}, before the 10 s the head may take"
+        );
+        assert!(
+            after < Duration::from_secs(25),
+            "{name}: cut off only after {after:?}"
+        );
+    }
+}
+
+#[test]
+fn sigterm_waits_at_most_30s_for_a_request_that_never_finishes() {
+    use std::time::{Duration, Instant};
+    let home = temp_dir();
+    let dir = temp_dir();
+    let manifest = write_manifest(
+        dir.path(),
+        &format!(
+            "[app]\nname = \"stuck\"\n[component.probe]\nsource = {}\nroute = \"/...\"\n[component.probe.limits]\ntimeout = \"10m\"\n",
+            toml_path(guests::PROBE)
+        ),
+    );
+    let mut skiff = Running::start(home.path(), &[manifest.to_str().unwrap()]);
+    let addr = skiff.url.trim_start_matches("http://").to_string();
+    let request = |ms: u32| {
+        let url = skiff.at(&format!("/sleep?{ms}"));
+        std::thread::spawn(move || {
+            http()
+                .get(&url)
+                .call()
+                .map(|mut r| (r.status().as_u16(), r.body_mut().read_to_string().unwrap()))
+        })
+    };
+    let stuck = request(600_000);
+    let finishing = request(3_000);
+    skiff.wait_for_stderr("[probe] sleeping 600000");
+    skiff.wait_for_stderr("[probe] sleeping 3000");
+    // Taken before the signal: the drain cannot have begun earlier.
+    let signalled = Instant::now();
+    skiff.signal("TERM");
+    skiff.wait_for_stderr("shutting down: finishing in-flight requests");
+    wait_until(Duration::from_secs(5), "the listener to close", || {
+        std::net::TcpStream::connect(&addr).is_err().then_some(())
+    });
+    assert_eq!(
+        finishing.join().unwrap().expect("the finishing request"),
+        (200, "slept 3000ms".to_string()),
+        "a request in flight finishes during the drain"
+    );
+    let status = skiff.wait_exit(Duration::from_secs(60));
+    let took = signalled.elapsed();
+    assert!(status.success(), "{status}");
+    assert!(
+        took >= Duration::from_secs(30),
+        "exited after {took:?}, before the 30 s drain bound"
+    );
+    assert!(took < Duration::from_secs(45), "exited only after {took:?}");
+    let stderr = skiff.stderr();
+    assert!(
+        stderr.contains("some connections did not finish within 30s"),
+        "{stderr}"
+    );
+    assert!(stderr.lines().any(|l| l == "stopped"), "{stderr}");
+    assert!(
+        stuck.join().unwrap().is_err(),
+        "the stuck request was cut off, not answered"
+    );
+}

@@ -559,3 +559,186 @@ fn sixty_four_distinct_stacks_load_in_at_most_eight_engines() {
         );
     }
 }
+
+#[test]
+fn a_guest_logging_without_end_keeps_its_first_thousand_lines_per_instance() {
+    let (skiff, _h, _d) = start("");
+    // Two instances flooding at once, stdout and stderr in turn; each has
+    // its own budget.
+    let floods: Vec<_> = ["a", "b"]
+        .into_iter()
+        .map(|tag| {
+            let url = skiff.at(&format!("/probe/flood?{tag}&1500"));
+            std::thread::spawn(move || get(&url))
+        })
+        .collect();
+    for flood in floods {
+        assert_eq!(flood.join().unwrap(), (200, "wrote 1500 lines".to_string()));
+    }
+    assert_eq!(
+        get(&skiff.at("/probe/flood?c&1000")),
+        (200, "wrote 1000 lines".to_string())
+    );
+    // Each instance's lines are written before it answers: once a later
+    // request's line shows, every earlier line has.
+    assert_eq!(get(&skiff.at("/probe/log?after")).0, 200);
+    let stderr = skiff.wait_for_stderr("[probe] after\n");
+    for tag in ["a", "b", "c"] {
+        let prefix = format!("[probe] {tag} ");
+        let numbers: Vec<u32> = stderr
+            .lines()
+            .filter_map(|line| line.strip_prefix(&prefix))
+            .map(|n| n.parse().unwrap())
+            .collect();
+        assert_eq!(
+            numbers,
+            (1..=1000).collect::<Vec<_>>(),
+            "instance {tag} keeps exactly its first 1000 lines"
+        );
+    }
+    let dropped =
+        "[probe] (log limit of 1000 lines reached; further output of this instance dropped)";
+    assert_eq!(
+        stderr.matches(dropped).count(),
+        2,
+        "one line says so for each instance past the limit, none for the one at it"
+    );
+    assert_neighbour_serves(&skiff);
+}
+
+#[test]
+fn sockets_and_name_lookups_are_refused_and_logged() {
+    let upstream = Upstream::start("pong");
+    // Even with the upstream allowed for outbound HTTP, no socket reaches it.
+    let (skiff, _h, _d) = start(&format!("\"http://{}\"", upstream.addr));
+    let connect = format!("std-connect&{}", upstream.addr);
+    for (attempt, seen) in [
+        ("tcp", "error access-denied"),
+        ("udp", "error access-denied"),
+        ("lookup", "error access-denied"),
+        (connect.as_str(), "PermissionDenied"),
+        ("std-listen", "PermissionDenied"),
+        ("std-udp", "PermissionDenied"),
+    ] {
+        let (status, body) = get(&skiff.at(&format!("/socket?{attempt}")));
+        assert_eq!((status, body.as_str()), (200, seen), "{attempt}");
+    }
+    // Retrying in a loop is refused every time, and logged once.
+    assert_eq!(
+        get(&skiff.at("/socket?tcp-flood")),
+        (200, "refused 1000 of 1000".to_string())
+    );
+    assert_eq!(upstream.hits(), 0, "no connection reached the upstream");
+    // Refusals are logged before the guest answers: once a later
+    // request's line shows, all of them have.
+    assert_eq!(get(&skiff.at("/probe/log?after")).0, 200);
+    let stderr = skiff.wait_for_stderr("[probe] after\n");
+    let refusals: Vec<&str> = stderr
+        .lines()
+        .filter(|line| line.contains("reason=\"socket_denied\""))
+        .collect();
+    for line in &refusals {
+        assert!(line.contains("component=\"hostile\""), "{line}");
+        assert!(line.contains("refused: a guest gets no sockets"), "{line}");
+    }
+    let count = |what: &str| refusals.iter().filter(|l| l.contains(what)).count();
+    assert_eq!(
+        (
+            count("tcp socket refused"),
+            count("udp socket refused"),
+            count("name lookup refused")
+        ),
+        (4, 2, 1),
+        "one line per instance: tcp, std-connect, std-listen and the flood; udp and std-udp; the lookup:\n{stderr}"
+    );
+    assert_neighbour_serves(&skiff);
+}
+
+#[test]
+fn a_response_cut_by_the_timeout_or_a_trap_aborts_instead_of_ending() {
+    let (skiff, _h, _d) = start("");
+    // Ticks every 100 ms, past the component's 2 s timeout.
+    let started = Instant::now();
+    let (head, body, complete) = get_chunked(&skiff, "/drip?100");
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert!(
+        body.starts_with("tick 1\ntick 2\n"),
+        "the response streamed: {body:?}"
+    );
+    assert!(!complete, "the cut-off response ended cleanly: {body:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "cut off late: {:?}",
+        started.elapsed()
+    );
+    skiff.wait_for_line(&[
+        "exceeded its 2s timeout",
+        "reason=\"timeout\"",
+        "component=\"hostile\"",
+    ]);
+
+    // Three ticks, then a panic.
+    let (head, body, complete) = get_chunked(&skiff, "/drip-panic");
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert_eq!(body, "tick 1\ntick 2\ntick 3\n");
+    assert!(!complete, "the trapped response ended cleanly");
+    skiff.wait_for_stderr("deliberate panic mid-response");
+    skiff.wait_for_line(&["reason=\"trap\"", "component=\"hostile\""]);
+    // A streamed response the guest finishes still ends cleanly.
+    let (head, body, complete) = get_chunked(&skiff, "/drip?10&3");
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert_eq!(
+        (body.as_str(), complete),
+        ("tick 1\ntick 2\ntick 3\n", true)
+    );
+    assert_neighbour_serves(&skiff);
+}
+
+/// GETs `path` over a raw HTTP/1.1 connection and reads its chunked body
+/// as far as it goes: the head, the body, and whether it ended properly
+/// (with the final chunk) rather than with the connection closing.
+fn get_chunked(skiff: &Running, path: &str) -> (String, String, bool) {
+    use std::io::BufRead;
+    let addr = skiff.url.trim_start_matches("http://");
+    let stream = std::net::TcpStream::connect(addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    (&stream)
+        .write_all(format!("GET {path} HTTP/1.1\r\nhost: x\r\n\r\n").as_bytes())
+        .unwrap();
+    let mut reader = std::io::BufReader::new(stream);
+    let mut head = String::new();
+    loop {
+        let mut line = String::new();
+        reader.read_line(&mut line).expect("reading the head");
+        assert!(!line.is_empty(), "no response head: {head}");
+        if line == "\r\n" {
+            break;
+        }
+        head += &line;
+    }
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("transfer-encoding: chunked"),
+        "{head}"
+    );
+    let mut body = Vec::new();
+    let complete = loop {
+        let mut size = String::new();
+        match reader.read_line(&mut size) {
+            Ok(n) if n > 0 && size.ends_with("\r\n") => {}
+            _ => break false,
+        }
+        let size = usize::from_str_radix(size.trim_end(), 16).expect("a chunk size");
+        let mut chunk = vec![0u8; size + 2];
+        if reader.read_exact(&mut chunk).is_err() {
+            break false;
+        }
+        if size == 0 {
+            break true;
+        }
+        body.extend_from_slice(&chunk[..size]);
+    };
+    (head, String::from_utf8_lossy(&body).into_owned(), complete)
+}

@@ -204,6 +204,8 @@ impl SkiffEngine {
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)
             .and_then(|()| wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker))
+            // Last: it replaces the socket functions added above.
+            .and_then(|()| crate::capability::sockets::add_to_linker(&mut linker))
             .map_err(|e| EngineError(format!("{e:#}")))?;
 
         Ok(StackClass {

@@ -4,9 +4,11 @@
 
 use crate::capability::logging::LogSink;
 use crate::capability::outbound_http::{OutboundGrant, OutboundHooks};
+use crate::capability::sockets::{DeniedSocketsState, DeniedSocketsView, SocketDenials};
 use crate::limits::InstanceLimiter;
 use std::sync::Arc;
 use wasmtime::component::ResourceTable;
+use wasmtime_wasi::sockets::WasiSocketsCtxView;
 use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
@@ -18,6 +20,8 @@ pub struct InstanceBuilder {
     pub outbound: Option<Arc<OutboundGrant>>,
     /// Where guest stdout/stderr lines go.
     pub log_sink: Arc<dyn LogSink>,
+    /// Refused socket calls, logged under the component's name.
+    pub sockets: SocketDenials,
 }
 
 /// Sizes that bound one instance's host-side resources.
@@ -39,6 +43,7 @@ impl InstanceBuilder {
             wasi: WasiCtx::builder(),
             outbound: None,
             log_sink,
+            sockets: SocketDenials::default(),
         }
     }
 
@@ -56,6 +61,7 @@ impl InstanceBuilder {
                 limit_logged: false,
             },
             limiter: InstanceLimiter::new(limits.memory_bytes),
+            sockets: self.sockets,
         }
     }
 }
@@ -68,6 +74,7 @@ pub struct InstanceState {
     hooks: OutboundHooks,
     /// The limiter wasmtime consults on every `memory.grow` and `table.grow`.
     pub limiter: InstanceLimiter,
+    sockets: SocketDenials,
 }
 
 impl WasiView for InstanceState {
@@ -85,6 +92,18 @@ impl WasiHttpView for InstanceState {
             ctx: &mut self.http,
             table: &mut self.table,
             hooks: &mut self.hooks,
+        }
+    }
+}
+
+impl DeniedSocketsState for InstanceState {
+    fn denied_sockets(&mut self) -> DeniedSocketsView<'_> {
+        DeniedSocketsView {
+            denials: &mut self.sockets,
+            sockets: WasiSocketsCtxView {
+                ctx: self.wasi.sockets(),
+                table: &mut self.table,
+            },
         }
     }
 }

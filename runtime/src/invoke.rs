@@ -3,7 +3,9 @@
 //! only the component's grants, the `wasi:http/incoming-handler` call under
 //! the wall-clock and CPU limits, and the mapping of every failure to a
 //! status code. Headers named `skiff-*` are the platform's own: none
-//! reaches a guest, and none a guest sets leaves it.
+//! reaches a guest, and none a guest sets leaves it. An instance that fails
+//! after its response began streaming cuts the response off (the client
+//! sees an aborted body, never a clean end) and is logged like any other.
 
 use crate::body_limit::{LimitedBody, RequestBody, declared_length, drain};
 use crate::capability::logging::LogSink;
@@ -12,10 +14,13 @@ use crate::instance::{InstanceBuilder, InstanceLimits, InstanceState};
 use crate::limits::InstanceSlot;
 use crate::reaper::ReaperHandle;
 use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
-use std::sync::Arc;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::task::{Context, Poll};
 use wasmtime::{Store, Trap};
 use wasmtime_wasi_http::WasiHttpView;
 use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
@@ -159,8 +164,14 @@ pub async fn invoke(
     let pre = component.pre.clone();
     let reaper = component.reaper.clone();
     let timeout = component.limits.timeout.as_duration();
+    let task_name = name.to_string();
+    // Set, before the instance is dropped, when it failed: a response body
+    // still streaming then is cut off rather than ended (`CutOnFailure`).
+    let failed = Arc::new(OnceLock::new());
+    let task_failed = failed.clone();
     // The task owns the store and the permit until the guest returns, which
-    // may be after the response head is sent (streaming bodies).
+    // may be after the response head is sent (streaming bodies). It logs
+    // the instance's failure, whether or not the head was sent.
     let task = tokio::spawn(async move {
         let _permit = permit;
         let run = async {
@@ -181,6 +192,14 @@ pub async fn invoke(
                 wasmtime::Error::msg(format!("exceeded its {timeout:?} timeout")),
             )),
         };
+        if let Err((reason, error)) = &result {
+            let _ = task_failed.set(*reason);
+            tracing::warn!(
+                component = task_name.as_str(),
+                reason = reason.as_str(),
+                "request failed: {error:#}"
+            );
+        }
         release(store, slot, &reaper);
         result
     });
@@ -192,6 +211,7 @@ pub async fn invoke(
     match answer {
         Ok(Ok(mut response)) => {
             strip_platform_headers(response.headers_mut());
+            let response = response.map(|body| CutOnFailure::new(body, failed).boxed_unsync());
             limit_response(name, response, limits.max_response_body.bytes())
         }
         Ok(Err(code)) => {
@@ -202,15 +222,27 @@ pub async fn invoke(
             )
         }
         Err(_) => {
-            let (reason, error) = match task.await {
-                Ok(Ok(())) => (
-                    FailureReason::NoResponse,
-                    wasmtime::Error::msg("returned without setting a response"),
-                ),
-                Ok(Err(failure)) => failure,
-                Err(join) => (FailureReason::Trap, wasmtime::Error::msg(join.to_string())),
+            let reason = match task.await {
+                // The task logged it.
+                Ok(Err((reason, _))) => reason,
+                Ok(Ok(())) => {
+                    tracing::warn!(
+                        component = name,
+                        reason = FailureReason::NoResponse.as_str(),
+                        "request failed: returned without setting a response"
+                    );
+                    FailureReason::NoResponse
+                }
+                Err(join) => {
+                    tracing::warn!(
+                        component = name,
+                        reason = FailureReason::Trap.as_str(),
+                        "request failed: {join}"
+                    );
+                    FailureReason::Trap
+                }
             };
-            failure_response(name, reason, &error)
+            failure_response(name, reason)
         }
     }
 }
@@ -344,17 +376,9 @@ fn classify_trap(error: &wasmtime::Error, store: &Store<InstanceState>) -> Failu
     }
 }
 
-/// The response for a request whose instance failed before answering.
-fn failure_response(
-    name: &str,
-    reason: FailureReason,
-    error: &wasmtime::Error,
-) -> hyper::Response<ResponseBody> {
-    tracing::warn!(
-        component = name,
-        reason = reason.as_str(),
-        "request failed: {error:#}"
-    );
+/// The response for a request whose instance failed (and was logged)
+/// before answering.
+fn failure_response(name: &str, reason: FailureReason) -> hyper::Response<ResponseBody> {
     let (status, what) = match reason {
         FailureReason::Timeout => (http::StatusCode::GATEWAY_TIMEOUT, "timed out"),
         FailureReason::MemoryLimit => (
@@ -384,6 +408,57 @@ fn failure_response(
         ),
     };
     plain(status, format!("component \"{name}\" {what}\n"))
+}
+
+/// A guest's response body that fails, instead of ending, when its instance
+/// failed (timeout, trap) before finishing it. Dropping the instance ends
+/// the body's stream just as the guest's `finish` does, so without this a
+/// client would take a cut-off response for a whole one; with it, the
+/// server aborts the response (no final chunk, or short of its
+/// content-length). A body the guest finished before failing ends as
+/// usual, unless the end is first read after the failure.
+struct CutOnFailure {
+    inner: ResponseBody,
+    failed: Arc<OnceLock<FailureReason>>,
+}
+
+impl CutOnFailure {
+    fn new(inner: ResponseBody, failed: Arc<OnceLock<FailureReason>>) -> CutOnFailure {
+        CutOnFailure { inner, failed }
+    }
+}
+
+impl Body for CutOnFailure {
+    type Data = Bytes;
+    type Error = wasmtime_wasi_http::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        match Pin::new(&mut self.inner).poll_frame(cx) {
+            Poll::Ready(None) => match self.failed.get() {
+                // The instance sets `failed` before it is dropped, so an end
+                // caused by dropping it is always seen here as a failure.
+                Some(reason) => Poll::Ready(Some(Err(wasmtime_wasi_http::Error::InternalError(
+                    Some(format!(
+                        "response cut off: the component failed ({})",
+                        reason.as_str()
+                    )),
+                )))),
+                None => Poll::Ready(None),
+            },
+            other => other,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
 }
 
 /// A body relayed from another HTTP peer (a response forwarded from

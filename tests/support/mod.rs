@@ -130,6 +130,26 @@ impl Running {
         }
     }
 
+    /// Waits up to 5 s for a stderr line containing every one of
+    /// `needles`; returns that line.
+    pub fn wait_for_line(&self, needles: &[&str]) -> String {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let stderr = self.stderr();
+            if let Some(line) = stderr
+                .lines()
+                .find(|line| needles.iter().all(|n| line.contains(n)))
+            {
+                return line.to_string();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "stderr never showed a line with {needles:?}:\n{stderr}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// Sends `signal` (e.g. "STOP", "CONT") to the process.
     pub fn signal(&self, signal: &str) {
         let pid = self.child.id().to_string();

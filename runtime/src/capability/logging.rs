@@ -15,8 +15,9 @@ use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
 /// without newlines cannot grow host memory.
 const MAX_LINE: usize = 16 * 1024;
 
-/// Lines one instance may log; past this its output is dropped, so a guest
-/// printing in a loop cannot flood the node's logs.
+/// Lines one instance may log, stdout and stderr together; past this its
+/// output is dropped after one line saying so, so a guest printing in a
+/// loop cannot flood the node's logs.
 pub const MAX_LINES_PER_INSTANCE: u32 = 1000;
 
 /// Which guest stream a line came from.
@@ -65,7 +66,7 @@ impl GuestLogs {
 impl Capability for GuestLogs {
     fn grant(&self, instance: &mut InstanceBuilder) -> Result<(), String> {
         let sink = instance.log_sink.clone();
-        let budget = Arc::new(AtomicU32::new(MAX_LINES_PER_INSTANCE));
+        let budget = instance_budget();
         instance.wasi.stdout(GuestOutput {
             component: self.component.clone(),
             stream: LogStream::Stdout,
@@ -82,12 +83,19 @@ impl Capability for GuestLogs {
     }
 }
 
+/// A fresh instance's line budget: one more than the guest's lines, the
+/// last paying for the line saying the rest is dropped.
+fn instance_budget() -> Arc<AtomicU32> {
+    Arc::new(AtomicU32::new(MAX_LINES_PER_INSTANCE + 1))
+}
+
 /// One guest output stream.
 struct GuestOutput {
     component: Arc<str>,
     stream: LogStream,
     sink: Arc<dyn LogSink>,
-    /// Lines the instance may still log, shared by its stdout and stderr.
+    /// Lines the instance may still log, shared by its stdout and stderr,
+    /// plus one for the line saying the rest is dropped.
     budget: Arc<AtomicU32>,
 }
 
@@ -182,5 +190,67 @@ impl Drop for LineWriter {
             let len = self.pending.len();
             self.emit(len);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Mutex;
+
+    #[derive(Default)]
+    struct Collect(Mutex<Vec<(LogStream, String)>>);
+
+    impl LogSink for Collect {
+        fn line(&self, _component: &str, stream: LogStream, line: &str) {
+            self.0.lock().unwrap().push((stream, line.to_string()));
+        }
+    }
+
+    /// Writes `lines` numbered lines into one instance's stdout and stderr
+    /// in turn; returns what reached the sink.
+    fn log(lines: u32) -> Vec<(LogStream, String)> {
+        let sink = Arc::new(Collect::default());
+        let budget = instance_budget();
+        let writer = |stream| LineWriter {
+            component: Arc::from("c"),
+            stream,
+            sink: sink.clone(),
+            budget: budget.clone(),
+            pending: Vec::new(),
+        };
+        let mut out = writer(LogStream::Stdout);
+        let mut err = writer(LogStream::Stderr);
+        for i in 1..=lines {
+            let w = if i % 2 == 1 { &mut out } else { &mut err };
+            w.push(format!("line {i}\n").as_bytes());
+        }
+        drop((out, err));
+        sink.0.lock().unwrap().clone()
+    }
+
+    #[test]
+    fn an_instance_logs_its_first_thousand_lines_then_one_saying_the_rest_is_dropped() {
+        let lines = log(1500);
+        assert_eq!(lines.len(), MAX_LINES_PER_INSTANCE as usize + 1);
+        for (i, (_, line)) in lines[..1000].iter().enumerate() {
+            assert_eq!(line, &format!("line {}", i + 1));
+        }
+        assert_eq!(
+            lines[1].0,
+            LogStream::Stderr,
+            "both streams share the budget"
+        );
+        assert_eq!(
+            lines[1000].1,
+            "(log limit of 1000 lines reached; further output of this instance dropped)"
+        );
+    }
+
+    #[test]
+    fn an_instance_at_exactly_the_limit_loses_nothing() {
+        let lines = log(MAX_LINES_PER_INSTANCE);
+        assert_eq!(lines.len(), 1000);
+        assert_eq!(lines[999].1, "line 1000");
     }
 }

@@ -11,6 +11,7 @@ pub mod env;
 pub mod files;
 pub mod logging;
 pub mod outbound_http;
+pub mod sockets;
 
 use crate::instance::InstanceBuilder;
 use crate::manifest::{ComponentName, ComponentSpec};
@@ -49,5 +50,6 @@ pub fn prepare(
         Box::new(files::Files::prepare(spec, cx)?),
         Box::new(logging::GuestLogs::prepare(spec, cx)?),
         Box::new(outbound_http::OutboundHttp::prepare(spec, cx)?),
+        Box::new(sockets::Sockets::prepare(spec, cx)?),
     ])
 }

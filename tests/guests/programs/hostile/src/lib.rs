@@ -4,8 +4,11 @@
 //! `/resources`, `/deep?N` (recursion on the Wasm stack),
 //! `/outbound-flood?URL`, `/fetch?URL`, `/read-body`, `/not-here?URL`
 //! (calls URL, then answers 503 with the platform's own `skiff-*` headers
-//! set, as if it were the mesh saying it holds no replica), and `/ok` for a
-//! well-behaved answer.
+//! set, as if it were the mesh saying it holds no replica), `/drip?MS[&N]`
+//! (streams `tick I` lines, one every MS ms, N of them or without end), `/drip-panic`
+//! (streams three ticks, then panics), `/socket?KIND[&ADDR]` (tries the
+//! socket or name lookup KIND through `wasi:sockets` and answers what it
+//! got, see [`socket`]), and `/ok` for a well-behaved answer.
 
 use skiff_sdk::http::StatusCode;
 use skiff_sdk::{Body, Request, Response, outbound};
@@ -38,6 +41,22 @@ fn attack(request: Request) -> Response {
             text(StatusCode::OK, format!("depth {}", deep(black_box(depth))))
         }
         "/huge" => Response::new(Body::from_reader(std::io::repeat(b'x').take(1 << 30))),
+        "/drip" => {
+            let (every_ms, ticks) = arg.split_once('&').unwrap_or((arg.as_str(), ""));
+            Response::new(Body::from_reader(Drip {
+                every_ms: every_ms.parse().unwrap_or(200),
+                sent: 0,
+                end_after: ticks.parse().ok(),
+                panic_after: None,
+            }))
+        }
+        "/drip-panic" => Response::new(Body::from_reader(Drip {
+            every_ms: 50,
+            sent: 0,
+            end_after: None,
+            panic_after: Some(3),
+        })),
+        "/socket" => text(StatusCode::OK, socket(&arg)),
         "/panic" => panic!("deliberate panic"),
         "/resources" => {
             let mut held = Vec::new();
@@ -81,6 +100,87 @@ fn attack(request: Request) -> Response {
             Err(e) => text(StatusCode::BAD_REQUEST, format!("body failed: {e}")),
         },
         other => text(StatusCode::NOT_FOUND, format!("no attack {other}")),
+    }
+}
+
+/// A body that yields `tick N\n` every `every_ms` ms; it ends after
+/// `end_after` ticks, or panics after `panic_after`, if set.
+struct Drip {
+    every_ms: u64,
+    sent: u32,
+    end_after: Option<u32>,
+    panic_after: Option<u32>,
+}
+
+impl Read for Drip {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if self.end_after == Some(self.sent) {
+            return Ok(0);
+        }
+        if self.panic_after == Some(self.sent) {
+            panic!("deliberate panic mid-response");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(self.every_ms));
+        self.sent += 1;
+        let tick = format!("tick {}\n", self.sent);
+        buf[..tick.len()].copy_from_slice(tick.as_bytes());
+        Ok(tick.len())
+    }
+}
+
+/// Tries one use of `wasi:sockets`, named by the query: `tcp`, `udp`,
+/// `lookup` (of `localhost`), `tcp-flood` (1000 TCP sockets), or through
+/// the standard library `std-connect&ADDR`, `std-listen`, `std-udp`.
+/// Answers what the guest got back: `ok` or `error CODE` (its WIT name),
+/// or for the standard library the `io::ErrorKind`.
+fn socket(query: &str) -> String {
+    use wasip2::sockets::network::ErrorCode;
+    use wasip2::sockets::network::IpAddressFamily::Ipv4;
+    use wasip2::sockets::{instance_network, ip_name_lookup, tcp_create_socket, udp_create_socket};
+    let (kind, addr) = query.split_once('&').unwrap_or((query, ""));
+    let kind_of = |e: std::io::Error| format!("{:?}", e.kind());
+    fn outcome<T>(result: Result<T, ErrorCode>) -> String {
+        match result {
+            Ok(_) => "ok".to_string(),
+            Err(e) => format!("error {}", e.name()),
+        }
+    }
+    match kind {
+        "tcp" => outcome(tcp_create_socket::create_tcp_socket(Ipv4)),
+        "udp" => outcome(udp_create_socket::create_udp_socket(Ipv4)),
+        "lookup" => {
+            let network = instance_network::instance_network();
+            let found = ip_name_lookup::resolve_addresses(&network, "localhost").and_then(|stream| {
+                let mut found = Vec::new();
+                loop {
+                    match stream.resolve_next_address() {
+                        Ok(Some(address)) => found.push(address),
+                        Ok(None) => return Ok(found),
+                        Err(ErrorCode::WouldBlock) => {
+                            stream.subscribe().block();
+                        }
+                        Err(e) => return Err(e),
+                    }
+                }
+            });
+            outcome(found)
+        }
+        "tcp-flood" => {
+            let refused = (0..1000)
+                .filter(|_| tcp_create_socket::create_tcp_socket(Ipv4).is_err())
+                .count();
+            format!("refused {refused} of 1000")
+        }
+        "std-connect" => std::net::TcpStream::connect(addr)
+            .map(|_| "connected".to_string())
+            .unwrap_or_else(kind_of),
+        "std-listen" => std::net::TcpListener::bind("127.0.0.1:0")
+            .map(|_| "listening".to_string())
+            .unwrap_or_else(kind_of),
+        "std-udp" => std::net::UdpSocket::bind("127.0.0.1:0")
+            .map(|_| "bound".to_string())
+            .unwrap_or_else(kind_of),
+        other => format!("no socket kind {other:?}"),
     }
 }
 

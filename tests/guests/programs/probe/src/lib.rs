@@ -4,7 +4,8 @@
 //! `/write?PATH` tries to create one, `/list?PATH` lists a directory,
 //! `/sleep?MS` sleeps (logging `sleeping MS` on stderr before and `awake`
 //! after), `/status?CODE` answers with that status, `/log?TEXT`
-//! writes TEXT to stdout and `err TEXT` to stderr.
+//! writes TEXT to stdout and `err TEXT` to stderr, `/flood?TAG&N` writes N
+//! lines `TAG I`, odd I to stdout and even I to stderr.
 
 use skiff_sdk::http::StatusCode;
 use skiff_sdk::{Request, Response};
@@ -47,6 +48,18 @@ fn probe(request: Request) -> Response {
             println!("{arg}");
             eprintln!("err {arg}");
             Ok("logged".to_string())
+        }
+        "flood" => {
+            let (tag, count) = arg.split_once('&').unwrap_or((arg.as_str(), "1500"));
+            let count: u32 = count.parse().unwrap_or(1500);
+            for i in 1..=count {
+                if i % 2 == 1 {
+                    println!("{tag} {i}");
+                } else {
+                    eprintln!("{tag} {i}");
+                }
+            }
+            Ok(format!("wrote {count} lines"))
         }
         other => Err(format!("unknown probe {other}")),
     };
