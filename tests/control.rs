@@ -1,6 +1,7 @@
 //! End-to-end tests of the control plane under abuse and damage: a flood
-//! of slow connections, uploaded packages no app uses, and a damaged state
-//! store. Real `skiff server` processes on loopback addresses.
+//! of slow connections, uploaded packages no app uses, a damaged state
+//! store, a corrupted blob nodes must refuse, and the modes of the secrets
+//! it keeps on disk. Real `skiff server` processes on loopback addresses.
 
 mod support;
 
@@ -429,4 +430,129 @@ fn a_damaged_record_or_package_does_not_stop_the_control_plane() {
     let apps = json(home.path(), &["apps"]);
     assert!(apps[0].get("error").is_none(), "{apps}");
     drop(node);
+}
+
+// === A corrupted blob in the control plane's store ===
+
+/// Joins node `name` on 127.0.0.2 to the control plane at `server`.
+fn start_node(home: &Path, server: &str, name: &str) -> Running {
+    let token = cli(home, &["join-token"]).trim().to_string();
+    Running::launch(
+        home,
+        &[
+            "node",
+            "--server",
+            server,
+            "--name",
+            name,
+            "--capacity",
+            "1GiB",
+            "--token",
+            &token,
+            "--listen",
+            "127.0.0.2:0",
+        ],
+        "serving ingress on ",
+    )
+}
+
+#[test]
+fn a_node_refuses_a_blob_the_control_plane_holds_corrupted() {
+    let _serial = one_at_a_time();
+    let home = temp_dir();
+    let server = start_server(home.path(), "127.0.0.1:0", &[]);
+    // No node yet: the package waits in the control plane's store.
+    let app_dir = temp_dir();
+    hello_app(app_dir.path(), "shop", "1.0.0", "/...");
+    cli(home.path(), &["deploy", app_dir.path().to_str().unwrap()]);
+    let package: Digest = package_of(home.path(), "shop").parse().unwrap();
+    let layer = Store::open(&home.path().join("store"))
+        .unwrap()
+        .manifest(&package)
+        .unwrap()
+        .layers
+        .into_iter()
+        .find(|l| l.media_type == "application/wasm")
+        .expect("the component's layer");
+
+    // Its component, damaged on the control plane's disk: same size,
+    // one byte flipped.
+    let on_disk = home
+        .path()
+        .join("server/packages/blobs/sha256")
+        .join(layer.digest.hex());
+    let original = std::fs::read(&on_disk).unwrap();
+    let mut corrupted = original.clone();
+    let middle = corrupted.len() / 2;
+    corrupted[middle] ^= 0xff;
+    std::fs::write(&on_disk, &corrupted).unwrap();
+    let refusal = format!(
+        "refused blob {} from the control plane: its content hashes to {}, so the control plane's copy is corrupt; nothing was stored",
+        layer.digest,
+        Digest::of(&corrupted)
+    );
+
+    // The node that is assigned the replica refuses the blob, says why,
+    // stores nothing and runs nothing.
+    let node = start_node(home.path(), &server.url, "node-1");
+    let failed = wait_until(Duration::from_secs(30), "the replica to fail", || {
+        let ps = json(home.path(), &["ps", "shop"]);
+        let replica = ps.as_array()?.first()?.clone();
+        (replica["state"] == "failed").then_some(replica)
+    });
+    let reason = failed["reason"].as_str().unwrap();
+    assert!(reason.starts_with(&refusal), "{reason}");
+    let logged = node.wait_for_stderr("replica failed to load");
+    assert!(logged.contains(&refusal), "{logged}");
+    let node_store = home.path().join("node-node-1/packages/blobs/sha256");
+    assert!(!node_store.join(layer.digest.hex()).exists());
+    let (status, body) = support::get(&format!("{}/", node.url));
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("no running replica"), "{body}");
+
+    // Repaired on the control plane, it is fetched and run at the next
+    // attempt.
+    std::fs::write(&on_disk, &original).unwrap();
+    wait_until(Duration::from_secs(60), "the replica to run", || {
+        let ps = json(home.path(), &["ps", "shop"]);
+        (ps[0]["state"] == "running").then_some(())
+    });
+    assert!(node_store.join(layer.digest.hex()).exists());
+    assert_eq!(
+        support::get(&format!("{}/", node.url)),
+        (200, "Hello from Skiff!\n".to_string())
+    );
+}
+
+// === Secrets on disk ===
+
+#[test]
+fn secrets_on_disk_are_readable_by_their_owner_only() {
+    use std::os::unix::fs::PermissionsExt;
+    let _serial = one_at_a_time();
+    let home = temp_dir();
+    let server = start_server(home.path(), "127.0.0.1:0", &[]);
+    let _node = start_node(home.path(), &server.url, "node-1");
+    let token = std::fs::read_to_string(home.path().join("server/admin-token")).unwrap();
+    let secrets = [
+        ("server/admin-token", "the admin token", token.trim()),
+        ("server/ca.key", "the cluster CA's key", "PRIVATE KEY"),
+        (
+            "cluster.json",
+            "the CLI's copy of the admin token",
+            token.trim(),
+        ),
+        ("node-node-1/node.pem", "the node's key", "PRIVATE KEY"),
+        ("cache/key", "the compile cache's sealing key", ""),
+    ];
+    for (file, what, holds) in secrets {
+        let path = home.path().join(file);
+        let bytes = std::fs::read(&path).unwrap();
+        assert!(
+            !bytes.is_empty() && String::from_utf8_lossy(&bytes).contains(holds),
+            "{file} holds {what}"
+        );
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "{what}: {file} has mode {mode:o}");
+    }
 }

@@ -1033,7 +1033,15 @@ fn replica_views(shared: &Shared, app: Option<&str>) -> Vec<ReplicaView> {
                         .find(|c| c.app == r.app && c.component == r.component)
                     {
                         _ if replica_running(&live, r) => ("running", None),
-                        Some(c) if c.state == LoadState::Failed => ("failed", c.error.clone()),
+                        // A failure of an earlier version says nothing of
+                        // the one being loaded now.
+                        Some(c)
+                            if c.state == LoadState::Failed
+                                && live.apps.get(&r.app).map(|a| &a.package)
+                                    == Some(&c.package) =>
+                        {
+                            ("failed", c.error.clone())
+                        }
                         Some(c) if c.serving.is_some() => (
                             "starting",
                             Some("the previous version serves until this one loads".to_string()),

@@ -57,11 +57,16 @@ impl Routing {
 
     /// The app and component for a request.
     fn pick(&self, host: Option<&str>, path: &str) -> Option<(&AppRoutes, &str)> {
-        // `Host: shop.example.com`, or just `Host: shop`.
+        // `Host: shop.example.com`, or just `Host: shop`; host names are
+        // case-insensitive, app names lower case.
         let named = host
             .map(|h| h.split(':').next().unwrap_or(h))
             .map(|h| h.split_once('.').map_or(h, |(first, _)| first))
-            .and_then(|first| self.apps.iter().find(|a| a.name == first));
+            .and_then(|first| {
+                self.apps
+                    .iter()
+                    .find(|a| a.name.eq_ignore_ascii_case(first))
+            });
         let candidates: Vec<&AppRoutes> = match named {
             Some(app) => vec![app],
             None => self.apps.iter().collect(),

@@ -38,11 +38,16 @@ pub const COMPONENT_HEADER: &str = "skiff-component";
 /// Only the mesh endpoint sets it: `invoke` strips every `skiff-*` header
 /// from guest responses, so a guest cannot make a request replayed.
 pub const NOT_HERE_HEADER: &str = "skiff-not-here";
-/// Connecting to a peer node may take this long before the next is tried.
+/// Connecting to a peer node (TCP) may take this long before the next is
+/// tried.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// Connecting and the TLS handshake together may take this long: a frozen
+/// node's kernel still accepts TCP connections, but it never answers.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 
 type ForwardBody = BoxBody<Bytes, hyper::Error>;
-type MeshClient = Client<HttpsConnector<HttpConnector<MeshResolver>>, ForwardBody>;
+type MeshClient = Client<Bounded<HttpsConnector<HttpConnector<MeshResolver>>>, ForwardBody>;
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// Forwards requests to other nodes, choosing by the power of two
 /// choices: of two endpoints picked at random, the one with fewer requests
@@ -135,6 +140,41 @@ impl tower_service::Service<Name> for MeshResolver {
                 format!("no mesh address known for node {}", name.as_str()),
             )
         }))
+    }
+}
+
+/// A connector that gives up when connecting takes longer than `limit`;
+/// the client then reports a connect error, so the request moves on.
+#[derive(Clone)]
+struct Bounded<C> {
+    inner: C,
+    limit: Duration,
+}
+
+impl<C> tower_service::Service<http::Uri> for Bounded<C>
+where
+    C: tower_service::Service<http::Uri>,
+    C::Response: Send + 'static,
+    C::Error: Into<BoxError>,
+    C::Future: Send + 'static,
+{
+    type Response = C::Response;
+    type Error = BoxError;
+    type Future = Pin<Box<dyn Future<Output = Result<C::Response, BoxError>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        self.inner.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, uri: http::Uri) -> Self::Future {
+        let connecting = self.inner.call(uri);
+        let limit = self.limit;
+        Box::pin(async move {
+            match tokio::time::timeout(limit, connecting).await {
+                Ok(connected) => connected.map_err(Into::into),
+                Err(_) => Err(format!("no TLS connection within {limit:?}").into()),
+            }
+        })
     }
 }
 
@@ -245,13 +285,14 @@ impl Forwarder {
                 // Counted until the whole body has gone through.
                 Ok(response) => return response.map(|body| relayed(Counted::new(body, counted))),
                 Err(e) => {
+                    let error = with_sources(&e);
                     tracing::warn!(
                         app,
                         component,
                         node = endpoint.node,
-                        "forwarding failed: {e}"
+                        "forwarding failed: {error}"
                     );
-                    last_error = format!("node {}: {e}", endpoint.node);
+                    last_error = format!("node {}: {error}", endpoint.node);
                     if !e.is_connect() {
                         break;
                     }
@@ -265,6 +306,19 @@ impl Forwarder {
             ),
         )
     }
+}
+
+/// `error` and each of its sources, joined by ": " (the client's own
+/// message alone, "client error (Connect)", does not say what failed).
+fn with_sources(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
 }
 
 fn header_value(text: &str) -> http::HeaderValue {
@@ -304,7 +358,10 @@ fn client(
         .wrap_connector(http);
     Ok(Client::builder(TokioExecutor::new())
         .pool_idle_timeout(Duration::from_secs(30))
-        .build(https))
+        .build(Bounded {
+            inner: https,
+            limit: HANDSHAKE_TIMEOUT,
+        }))
 }
 
 /// Serves forwarded requests on `listener` until `shutdown`.

@@ -345,6 +345,13 @@ async fn fetch(node: &Arc<NodeShared>, digest: &Digest, size: BlobSize) -> Resul
     writer
         .receive(body, Duration::from_secs(60))
         .await
-        .map_err(|e| failed(&e))?;
+        .map_err(|e| match e {
+            // The store's own advice (`skiff rmi`, pack again) is for a
+            // local store, not for a copy the control plane sent.
+            package::StoreError::Corrupt { digest, actual } => format!(
+                "refused blob {digest} from the control plane: its content hashes to {actual}, so the control plane's copy is corrupt; nothing was stored"
+            ),
+            e => failed(&e),
+        })?;
     Ok(())
 }

@@ -1,0 +1,250 @@
+//! A control plane and its nodes on loopback addresses 127.0.0.x, sharing
+//! one Skiff home and driven through the `skiff` CLI: the harness of the
+//! cluster test files.
+
+use super::{Running, skiff, start_server, temp_dir, toml_path, wait_until, write_manifest};
+use serde_json::Value;
+use std::io::{Read, Write};
+use std::path::Path;
+use std::time::Duration;
+
+/// Cluster tests of one test binary run one at a time: each starts several
+/// processes whose heartbeats should not starve on a small machine.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// Holds the lock that runs cluster tests one at a time.
+pub fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// A replica as `skiff ps` shows it: `(id, node, state)`.
+pub type Replica = (String, Option<String>, String);
+
+/// A control plane and its nodes, sharing one Skiff home.
+pub struct Cluster {
+    _serial: std::sync::MutexGuard<'static, ()>,
+    home: tempfile::TempDir,
+    /// The control plane.
+    pub server: Running,
+    /// `https://127.0.0.1:PORT`
+    pub api: String,
+    /// The nodes, `node-1` on 127.0.0.2, `node-2` on 127.0.0.3, ...
+    pub nodes: Vec<TestNode>,
+}
+
+/// A node of a [`Cluster`].
+pub struct TestNode {
+    /// Its name, `node-N`.
+    pub name: String,
+    /// Its process; `url` is its ingress.
+    pub process: Running,
+    /// Its mesh address.
+    pub mesh: String,
+}
+
+impl Cluster {
+    /// A control plane with `server_args` and `nodes` nodes on 127.0.0.2,
+    /// .3, ... each labelled `zone=z<N>` and offering 1 GiB.
+    pub fn start(nodes: usize, server_args: &[&str]) -> Cluster {
+        let serial = one_at_a_time();
+        let home = temp_dir();
+        let server = start_server(home.path(), "127.0.0.1:0", server_args);
+        let api = server.url.clone();
+        let mut cluster = Cluster {
+            _serial: serial,
+            home,
+            server,
+            api,
+            nodes: Vec::new(),
+        };
+        for i in 1..=nodes {
+            cluster.add_node(i);
+        }
+        cluster
+    }
+
+    /// The Skiff home the CLI, the control plane and the nodes share.
+    pub fn home(&self) -> &Path {
+        self.home.path()
+    }
+
+    /// Joins `node-<i>` on 127.0.0.<i+1>.
+    pub fn add_node(&mut self, i: usize) {
+        let token = self.cli(&["join-token"]).trim().to_string();
+        let name = format!("node-{i}");
+        let zone = format!("zone=z{i}");
+        let listen = format!("127.0.0.{}:0", i + 1);
+        let process = Running::launch(
+            self.home(),
+            &[
+                "node",
+                "--server",
+                &self.api,
+                "--name",
+                &name,
+                "--capacity",
+                "1GiB",
+                "--labels",
+                &zone,
+                "--token",
+                &token,
+                "--listen",
+                &listen,
+            ],
+            "serving ingress on ",
+        );
+        let mesh = process
+            .banner
+            .split("(mesh ")
+            .nth(1)
+            .and_then(|rest| rest.split(')').next())
+            .expect("the node prints its mesh address")
+            .to_string();
+        self.nodes.push(TestNode {
+            name,
+            process,
+            mesh,
+        });
+    }
+
+    /// Runs `skiff ARGS`, expecting success; returns `(stdout, stderr)`.
+    pub fn cli_with_stderr(&self, args: &[&str]) -> (String, String) {
+        let output = skiff(self.home())
+            .args(args)
+            .output()
+            .expect("running skiff");
+        let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+        assert!(output.status.success(), "skiff {args:?} failed:\n{stderr}");
+        (String::from_utf8_lossy(&output.stdout).into_owned(), stderr)
+    }
+
+    /// Runs `skiff ARGS`, expecting success; returns stdout.
+    pub fn cli(&self, args: &[&str]) -> String {
+        self.cli_with_stderr(args).0
+    }
+
+    /// `skiff ARGS -o json`, parsed.
+    pub fn json(&self, args: &[&str]) -> Value {
+        let mut all = args.to_vec();
+        all.extend_from_slice(&["-o", "json"]);
+        serde_json::from_str(&self.cli(&all)).expect("JSON output")
+    }
+
+    /// Every replica of `app`.
+    pub fn replicas(&self, app: &str) -> Vec<Replica> {
+        self.json(&["ps", app])
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| {
+                (
+                    r["id"].as_str().unwrap().to_string(),
+                    r["node"].as_str().map(str::to_string),
+                    r["state"].as_str().unwrap().to_string(),
+                )
+            })
+            .collect()
+    }
+
+    /// Waits until `app` has exactly `count` replicas, all running.
+    pub fn wait_running(&self, app: &str, count: usize) -> Vec<Replica> {
+        wait_until(
+            Duration::from_secs(30),
+            &format!("{count} running replicas of {app}"),
+            || {
+                let replicas = self.replicas(app);
+                (replicas.len() == count && replicas.iter().all(|r| r.2 == "running"))
+                    .then_some(replicas)
+            },
+        )
+    }
+
+    /// Waits until every node has heard of `replicas` replicas of `app`
+    /// (endpoints in the desired state it saved): from then on, its
+    /// ingress serves the app or forwards to them.
+    pub fn wait_known_everywhere(&self, app: &str, replicas: usize) {
+        for node in &self.nodes {
+            wait_until(
+                Duration::from_secs(30),
+                &format!("{} to know {replicas} replicas of {app}", node.name),
+                || {
+                    let desired = self.desired_state(&node.name)?;
+                    let routing = desired["apps"]
+                        .as_array()?
+                        .iter()
+                        .find(|a| a["name"] == app)?
+                        .clone();
+                    let known: usize = routing["endpoints"]
+                        .as_object()?
+                        .values()
+                        .filter_map(Value::as_array)
+                        .map(Vec::len)
+                        .sum();
+                    (known == replicas).then_some(())
+                },
+            );
+        }
+    }
+
+    /// The node called `name`.
+    pub fn node(&self, name: &str) -> &TestNode {
+        self.nodes.iter().find(|n| n.name == name).unwrap()
+    }
+
+    /// The desired state node `name` last heard from the control plane,
+    /// as it saved it in its data directory.
+    pub fn desired_state(&self, name: &str) -> Option<Value> {
+        let saved = std::fs::read(self.home().join(format!("node-{name}/desired.json"))).ok()?;
+        serde_json::from_slice(&saved).ok()
+    }
+}
+
+/// An app `name` of `replicas` replicas of `source` on route `/...`,
+/// reserving 64 MiB each, with `env` (TOML inline table entries).
+pub fn app(dir: &Path, name: &str, source: &str, replicas: u32, env: &str) -> String {
+    write_manifest(
+        dir,
+        &format!(
+            "[app]\nname = \"{name}\"\n\
+             [component.web]\nsource = {}\nroute = \"/...\"\nenv = {{ {env} }}\n\
+             [component.web.scale]\nreplicas = {replicas}\n\
+             [component.web.placement]\nmemory = \"64MiB\"\n",
+            toml_path(source)
+        ),
+    );
+    dir.to_str().unwrap().to_string()
+}
+
+/// The distinct nodes `replicas` are on.
+pub fn nodes_of(replicas: &[Replica]) -> Vec<String> {
+    let mut nodes: Vec<_> = replicas.iter().filter_map(|r| r.1.clone()).collect();
+    nodes.sort();
+    nodes.dedup();
+    nodes
+}
+
+/// Sends `GET path` as HTTP/1.0 to `url` (`http://ADDR`), with `Host:
+/// host` when given (HTTP/1.0 may leave it out); returns (status, body).
+pub fn get_as_host(url: &str, host: Option<&str>, path: &str) -> (u16, String) {
+    let addr = url.trim_start_matches("http://");
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(60)))
+        .unwrap();
+    let host = host.map(|h| format!("Host: {h}\r\n")).unwrap_or_default();
+    write!(stream, "GET {path} HTTP/1.0\r\n{host}\r\n").unwrap();
+    let mut answer = Vec::new();
+    stream.read_to_end(&mut answer).unwrap();
+    let answer = String::from_utf8_lossy(&answer).into_owned();
+    let (head, body) = answer
+        .split_once("\r\n\r\n")
+        .unwrap_or_else(|| panic!("no complete HTTP answer: {answer:?}"));
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no status in {head:?}"));
+    (status, body.to_string())
+}
