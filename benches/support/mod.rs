@@ -15,14 +15,26 @@ pub struct WrkRun {
     pub p99_ms: f64,
     /// Socket errors plus non-2xx responses.
     pub errors: u64,
+    /// Responses with a status outside 2xx (wrk's "Non-2xx or 3xx
+    /// responses"); wrk counts them in requests/s.
+    pub non_2xx: u64,
+    /// Connect, read and write errors and timeouts (wrk's "Socket errors");
+    /// a request that timed out (wrk's default: 2 s) is left out of the
+    /// latency percentiles.
+    pub socket_errors: u64,
 }
 
 impl std::fmt::Display for WrkRun {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "{:>9.0} req/s  p50 {:>6.2} ms  p99 {:>6.2} ms  errors {}",
-            self.requests_per_sec, self.p50_ms, self.p99_ms, self.errors
+            "{:>9.0} req/s  p50 {:>6.2} ms  p99 {:>6.2} ms  errors {} (non-2xx {}, socket {})",
+            self.requests_per_sec,
+            self.p50_ms,
+            self.p99_ms,
+            self.errors,
+            self.non_2xx,
+            self.socket_errors
         )
     }
 }
@@ -64,19 +76,25 @@ fn parse(text: &str) -> WrkRun {
             .find_map(|l| l.strip_prefix(prefix))
             .map(str::trim)
     };
-    let errors = text
-        .lines()
-        .filter(|l| l.contains("Socket errors") || l.contains("Non-2xx"))
-        .flat_map(|l| l.split(|c: char| !c.is_ascii_digit()))
-        .filter_map(|n| n.parse::<u64>().ok())
-        .sum();
+    // Absent when there were none.
+    let count = |marker: &str| -> u64 {
+        text.lines()
+            .filter(|l| l.contains(marker))
+            .flat_map(|l| l.split(|c: char| !c.is_ascii_digit()))
+            .filter_map(|n| n.parse::<u64>().ok())
+            .sum()
+    };
+    let non_2xx = count("Non-2xx or 3xx responses");
+    let socket_errors = count("Socket errors");
     WrkRun {
         requests_per_sec: field("Requests/sec:")
             .and_then(|v| v.parse().ok())
             .unwrap_or(0.0),
         p50_ms: field("50%").map_or(f64::NAN, duration_ms),
         p99_ms: field("99%").map_or(f64::NAN, duration_ms),
-        errors,
+        errors: non_2xx + socket_errors,
+        non_2xx,
+        socket_errors,
     }
 }
 
