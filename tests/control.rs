@@ -487,7 +487,7 @@ fn a_node_refuses_a_blob_the_control_plane_holds_corrupted() {
     corrupted[middle] ^= 0xff;
     std::fs::write(&on_disk, &corrupted).unwrap();
     let refusal = format!(
-        "refused blob {} from the control plane: its content hashes to {}, so the control plane's copy is corrupt; nothing was stored",
+        "refused blob {} from the control plane: what arrived hashes to {}, so the control plane's copy (or the transfer) is corrupt; nothing was stored",
         layer.digest,
         Digest::of(&corrupted)
     );

@@ -174,6 +174,7 @@ pub async fn invoke(
     // the instance's failure, whether or not the head was sent.
     let task = tokio::spawn(async move {
         let _permit = permit;
+        let _unwinding = FailOnUnwind(task_failed.clone());
         let run = async {
             let proxy = pre
                 .instantiate_async(&mut store)
@@ -422,6 +423,19 @@ struct CutOnFailure {
     failed: Arc<OnceLock<FailureReason>>,
 }
 
+/// Marks the instance failed if its task unwinds (a host bug reached by a
+/// guest): dropping the store on the way out must not end a half-sent
+/// response body as if it were whole.
+struct FailOnUnwind(Arc<OnceLock<FailureReason>>);
+
+impl Drop for FailOnUnwind {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            let _ = self.0.set(FailureReason::Trap);
+        }
+    }
+}
+
 impl CutOnFailure {
     fn new(inner: ResponseBody, failed: Arc<OnceLock<FailureReason>>) -> CutOnFailure {
         CutOnFailure { inner, failed }
@@ -483,4 +497,32 @@ pub fn plain(status: http::StatusCode, text: String) -> hyper::Response<Response
         http::HeaderValue::from_static("text/plain; charset=utf-8"),
     );
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_task_that_panics_marks_its_instance_failed_and_one_that_returns_does_not() {
+        let panicked = Arc::new(OnceLock::new());
+        let guard = FailOnUnwind(panicked.clone());
+        let task = tokio::spawn(async move {
+            let _unwinding = guard;
+            tokio::task::yield_now().await;
+            panic!("a host bug reached by a guest");
+        });
+        assert!(task.await.unwrap_err().is_panic());
+        assert_eq!(panicked.get(), Some(&FailureReason::Trap));
+
+        let returned = Arc::new(OnceLock::new());
+        let guard = FailOnUnwind(returned.clone());
+        tokio::spawn(async move {
+            let _unwinding = guard;
+            tokio::task::yield_now().await;
+        })
+        .await
+        .unwrap();
+        assert_eq!(returned.get(), None);
+    }
 }

@@ -1046,6 +1046,15 @@ fn replica_views(shared: &Shared, app: Option<&str>) -> Vec<ReplicaView> {
                             "starting",
                             Some("the previous version serves until this one loads".to_string()),
                         ),
+                        // The earlier version's error is often this one's
+                        // too (a full disk, a corrupt blob): say it, without
+                        // calling the new version failed.
+                        Some(c) if c.state == LoadState::Failed => (
+                            "starting",
+                            c.error.as_ref().map(|error| {
+                                format!("the node has not reported this version yet; the last one failed: {error}")
+                            }),
+                        ),
                         _ => ("starting", None),
                     },
                     None => ("unknown", Some(format!("node {node} is not known"))),

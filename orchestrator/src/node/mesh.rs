@@ -172,11 +172,23 @@ where
         Box::pin(async move {
             match tokio::time::timeout(limit, connecting).await {
                 Ok(connected) => connected.map_err(Into::into),
-                Err(_) => Err(format!("no TLS connection within {limit:?}").into()),
+                Err(_) => Err(ConnectTimeout(limit).into()),
             }
         })
     }
 }
+
+/// Connecting and the TLS handshake together took longer than this.
+#[derive(Debug)]
+struct ConnectTimeout(Duration);
+
+impl std::fmt::Display for ConnectTimeout {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "no TLS connection within {:?}", self.0)
+    }
+}
+
+impl std::error::Error for ConnectTimeout {}
 
 impl Forwarder {
     /// Forwards as `identity`, to peers that `members` holds current.
@@ -253,8 +265,14 @@ impl Forwarder {
         let mut body = Some(body.boxed());
         let mut last_error = String::new();
         let start = self.first_choice(endpoints, seed);
+        // Endpoints are per replica: a node holding several is tried once.
+        let mut tried: Vec<&str> = Vec::new();
         for i in 0..endpoints.len() {
             let endpoint = endpoints[(start + i) % endpoints.len()];
+            if tried.contains(&endpoint.node.as_str()) {
+                continue;
+            }
+            tried.push(&endpoint.node);
             let body = match body.take() {
                 Some(body) => body,
                 None if replayable => Empty::new().map_err(|never| match never {}).boxed(),
@@ -285,6 +303,10 @@ impl Forwarder {
                 // Counted until the whole body has gone through.
                 Ok(response) => return response.map(|body| relayed(Counted::new(body, counted))),
                 Err(e) => {
+                    // The whole chain goes to the log; the client, who may
+                    // be anyone, learns only what kind of failure it was
+                    // (certificate names, cluster names and validity times
+                    // in TLS errors are the operator's business).
                     let error = with_sources(&e);
                     tracing::warn!(
                         app,
@@ -292,7 +314,7 @@ impl Forwarder {
                         node = endpoint.node,
                         "forwarding failed: {error}"
                     );
-                    last_error = format!("node {}: {error}", endpoint.node);
+                    last_error = format!("node {}: {}", endpoint.node, failure_kind(&e));
                     if !e.is_connect() {
                         break;
                     }
@@ -319,6 +341,41 @@ fn with_sources(error: &dyn std::error::Error) -> String {
         source = cause.source();
     }
     text
+}
+
+/// What kind of failure `error` was, in words safe to show any client.
+fn failure_kind(error: &hyper_util::client::legacy::Error) -> String {
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    while let Some(current) = cause {
+        if let Some(timeout) = current.downcast_ref::<ConnectTimeout>() {
+            return timeout.to_string();
+        }
+        if current.downcast_ref::<rustls::Error>().is_some() {
+            return "TLS handshake failed".to_string();
+        }
+        if let Some(io) = current.downcast_ref::<std::io::Error>() {
+            // An io::Error hides the error it wraps from `source()`.
+            if io
+                .get_ref()
+                .is_some_and(|inner| inner.is::<rustls::Error>())
+            {
+                return "TLS handshake failed".to_string();
+            }
+            // The operating system's own words ("Connection refused (os
+            // error 111)") carry no secrets; a wrapped error might.
+            return match io.get_ref() {
+                None => io.to_string(),
+                Some(inner) if inner.is::<ConnectTimeout>() => io.to_string(),
+                Some(_) => io.kind().to_string(),
+            };
+        }
+        cause = current.source();
+    }
+    if error.is_connect() {
+        "cannot connect".to_string()
+    } else {
+        "connection lost".to_string()
+    }
 }
 
 fn header_value(text: &str) -> http::HeaderValue {
@@ -499,5 +556,71 @@ mod tests {
         drop(counted);
         assert_eq!(forwarder.in_flight("x").load(Ordering::Relaxed), 0);
         assert_eq!(forwarder.first_choice(&endpoints[..1], 7), 0);
+    }
+
+    /// A connector that fails each connection with `error`, or never
+    /// finishes when it gives none.
+    #[derive(Clone)]
+    struct Failing(Arc<dyn Fn() -> Option<std::io::Error> + Send + Sync>);
+
+    impl tower_service::Service<http::Uri> for Failing {
+        type Response = TokioIo<tokio::net::TcpStream>;
+        type Error = std::io::Error;
+        type Future = Pin<Box<dyn Future<Output = std::io::Result<Self::Response>> + Send>>;
+
+        fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+
+        fn call(&mut self, _: http::Uri) -> Self::Future {
+            match (self.0)() {
+                Some(error) => Box::pin(async move { Err(error) }),
+                None => Box::pin(std::future::pending()),
+            }
+        }
+    }
+
+    /// What a client is told when connecting fails with `error`.
+    async fn told(error: impl Fn() -> Option<std::io::Error> + Send + Sync + 'static) -> String {
+        let client = Client::builder(TokioExecutor::new()).build::<_, Empty<Bytes>>(Bounded {
+            inner: Failing(Arc::new(error)),
+            limit: Duration::from_millis(20),
+        });
+        let failed = client
+            .request(
+                hyper::Request::get("http://node-b/")
+                    .body(Empty::new())
+                    .unwrap(),
+            )
+            .await
+            .expect_err("connecting fails");
+        failure_kind(&failed)
+    }
+
+    #[tokio::test]
+    async fn a_client_learns_the_kind_of_failure_but_not_the_certificates_details() {
+        let tls = told(|| {
+            Some(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                rustls::Error::General(
+                    "the peer's certificate names node \"node-c\" of cluster \"prod\"".into(),
+                ),
+            ))
+        })
+        .await;
+        assert_eq!(tls, "TLS handshake failed");
+        assert_eq!(
+            told(|| Some(std::io::Error::from_raw_os_error(111))).await,
+            "Connection refused (os error 111)"
+        );
+        assert_eq!(told(|| None).await, "no TLS connection within 20ms");
+        let wrapped = told(|| {
+            Some(std::io::Error::new(
+                std::io::ErrorKind::ConnectionReset,
+                "peer 10.0.0.7 said something",
+            ))
+        })
+        .await;
+        assert_eq!(wrapped, "connection reset");
     }
 }

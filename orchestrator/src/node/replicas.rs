@@ -349,7 +349,7 @@ async fn fetch(node: &Arc<NodeShared>, digest: &Digest, size: BlobSize) -> Resul
             // The store's own advice (`skiff rmi`, pack again) is for a
             // local store, not for a copy the control plane sent.
             package::StoreError::Corrupt { digest, actual } => format!(
-                "refused blob {digest} from the control plane: its content hashes to {actual}, so the control plane's copy is corrupt; nothing was stored"
+                "refused blob {digest} from the control plane: what arrived hashes to {actual}, so the control plane's copy (or the transfer) is corrupt; nothing was stored"
             ),
             e => failed(&e),
         })?;
