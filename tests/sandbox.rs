@@ -596,8 +596,7 @@ fn a_guest_logging_without_end_keeps_its_first_thousand_lines_per_instance() {
             "instance {tag} keeps exactly its first 1000 lines"
         );
     }
-    let dropped =
-        "[probe] (log limit of 1000 lines reached; further output of this instance dropped)";
+    let dropped = "[probe] (log limit of 1000 lines or 1 MiB reached; further output of this instance dropped)";
     assert_eq!(
         stderr.matches(dropped).count(),
         2,

@@ -6,7 +6,7 @@ use crate::instance::InstanceBuilder;
 use crate::manifest::ComponentSpec;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Mutex;
 use std::task::{Context, Poll};
 use tokio::io::AsyncWrite;
 use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
@@ -19,6 +19,10 @@ const MAX_LINE: usize = 16 * 1024;
 /// output is dropped after one line saying so, so a guest printing in a
 /// loop cannot flood the node's logs.
 pub const MAX_LINES_PER_INSTANCE: u32 = 1000;
+
+/// Bytes one instance may log, stdout and stderr together: without it,
+/// 1000 lines of [`MAX_LINE`] bytes would be 16 MiB per request.
+pub const MAX_BYTES_PER_INSTANCE: usize = 1 << 20;
 
 /// Which guest stream a line came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -66,7 +70,7 @@ impl GuestLogs {
 impl Capability for GuestLogs {
     fn grant(&self, instance: &mut InstanceBuilder) -> Result<(), String> {
         let sink = instance.log_sink.clone();
-        let budget = instance_budget();
+        let budget = Arc::new(Budget::default());
         instance.wasi.stdout(GuestOutput {
             component: self.component.clone(),
             stream: LogStream::Stdout,
@@ -83,10 +87,50 @@ impl Capability for GuestLogs {
     }
 }
 
-/// A fresh instance's line budget: one more than the guest's lines, the
-/// last paying for the line saying the rest is dropped.
-fn instance_budget() -> Arc<AtomicU32> {
-    Arc::new(AtomicU32::new(MAX_LINES_PER_INSTANCE + 1))
+/// What an instance may still log, shared by its stdout and stderr.
+struct Budget(Mutex<Left>);
+
+struct Left {
+    lines: u32,
+    bytes: usize,
+    /// Whether the line saying the rest is dropped was written.
+    spent: bool,
+}
+
+/// What to do with one line.
+#[derive(Debug, PartialEq)]
+enum Verdict {
+    Log,
+    /// Log the line saying the rest is dropped, instead of this one.
+    SayDropped,
+    Drop,
+}
+
+impl Default for Budget {
+    fn default() -> Budget {
+        Budget(Mutex::new(Left {
+            lines: MAX_LINES_PER_INSTANCE,
+            bytes: MAX_BYTES_PER_INSTANCE,
+            spent: false,
+        }))
+    }
+}
+
+impl Budget {
+    /// Charges a line of `len` bytes, if the budget still holds it.
+    fn charge(&self, len: usize) -> Verdict {
+        let mut left = self.0.lock().expect("log budget lock");
+        if left.spent {
+            return Verdict::Drop;
+        }
+        if left.lines == 0 || left.bytes < len {
+            left.spent = true;
+            return Verdict::SayDropped;
+        }
+        left.lines -= 1;
+        left.bytes -= len;
+        Verdict::Log
+    }
 }
 
 /// One guest output stream.
@@ -94,9 +138,7 @@ struct GuestOutput {
     component: Arc<str>,
     stream: LogStream,
     sink: Arc<dyn LogSink>,
-    /// Lines the instance may still log, shared by its stdout and stderr,
-    /// plus one for the line saying the rest is dropped.
-    budget: Arc<AtomicU32>,
+    budget: Arc<Budget>,
 }
 
 impl IsTerminal for GuestOutput {
@@ -122,28 +164,32 @@ struct LineWriter {
     component: Arc<str>,
     stream: LogStream,
     sink: Arc<dyn LogSink>,
-    budget: Arc<AtomicU32>,
+    budget: Arc<Budget>,
     pending: Vec<u8>,
 }
 
 impl LineWriter {
     fn emit(&mut self, upto: usize) {
-        let line: Vec<u8> = self.pending.drain(..upto).collect();
-        let left = self
-            .budget
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1));
-        match left {
-            Err(_) => return,
-            Ok(1) => {
+        match self.budget.charge(upto) {
+            Verdict::Log => {}
+            Verdict::SayDropped => {
+                self.pending.drain(..upto);
                 self.sink.line(
                     &self.component,
                     self.stream,
-                    &format!("(log limit of {MAX_LINES_PER_INSTANCE} lines reached; further output of this instance dropped)"),
+                    &format!(
+                        "(log limit of {MAX_LINES_PER_INSTANCE} lines or {} MiB reached; further output of this instance dropped)",
+                        MAX_BYTES_PER_INSTANCE >> 20
+                    ),
                 );
                 return;
             }
-            Ok(_) => {}
+            Verdict::Drop => {
+                self.pending.drain(..upto);
+                return;
+            }
         }
+        let line: Vec<u8> = self.pending.drain(..upto).collect();
         let text = String::from_utf8_lossy(&line);
         let text = text.strip_suffix('\n').unwrap_or(&text);
         let text = text.strip_suffix('\r').unwrap_or(text);
@@ -211,7 +257,7 @@ mod tests {
     /// in turn; returns what reached the sink.
     fn log(lines: u32) -> Vec<(LogStream, String)> {
         let sink = Arc::new(Collect::default());
-        let budget = instance_budget();
+        let budget = Arc::new(Budget::default());
         let writer = |stream| LineWriter {
             component: Arc::from("c"),
             stream,
@@ -243,8 +289,20 @@ mod tests {
         );
         assert_eq!(
             lines[1000].1,
-            "(log limit of 1000 lines reached; further output of this instance dropped)"
+            "(log limit of 1000 lines or 1 MiB reached; further output of this instance dropped)"
         );
+    }
+
+    #[test]
+    fn an_instance_logging_long_lines_stops_at_its_byte_budget() {
+        let budget = Budget::default();
+        let long = MAX_LINE;
+        let fit = MAX_BYTES_PER_INSTANCE / long;
+        for _ in 0..fit {
+            assert_eq!(budget.charge(long), Verdict::Log);
+        }
+        assert_eq!(budget.charge(long), Verdict::SayDropped);
+        assert_eq!(budget.charge(1), Verdict::Drop, "nothing after the notice");
     }
 
     #[test]
