@@ -2,8 +2,12 @@
 //! one Skiff home and driven through the `skiff` CLI: the harness of the
 //! cluster test files.
 
-use super::{Running, skiff, start_server, temp_dir, toml_path, wait_until, write_manifest};
+use super::{
+    Running, expect_failure, skiff, start_server, temp_dir, toml_path, wait_until, write_manifest,
+};
 use serde_json::Value;
+use skiff_orchestrator::api_client::ApiClient;
+use skiff_orchestrator::mesh::{Members, NodeIdentity};
 use std::io::{Read, Write};
 use std::path::Path;
 use std::time::Duration;
@@ -74,27 +78,39 @@ impl Cluster {
     pub fn add_node(&mut self, i: usize) {
         let token = self.cli(&["join-token"]).trim().to_string();
         let name = format!("node-{i}");
-        let zone = format!("zone=z{i}");
         let listen = format!("127.0.0.{}:0", i + 1);
-        let process = Running::launch(
-            self.home(),
-            &[
-                "node",
-                "--server",
-                &self.api,
-                "--name",
-                &name,
-                "--capacity",
-                "1GiB",
-                "--labels",
-                &zone,
-                "--token",
-                &token,
-                "--listen",
-                &listen,
-            ],
-            "serving ingress on ",
-        );
+        let node = self.launch_node(&name, &["--token", &token, "--listen", &listen]);
+        self.nodes.push(node);
+    }
+
+    /// Kills node `name` and starts it again on the same addresses, with
+    /// the identity it saved (no token).
+    pub fn restart_node(&mut self, name: &str) {
+        let index = self.nodes.iter().position(|n| n.name == name).unwrap();
+        let mut old = self.nodes.remove(index);
+        old.process.kill();
+        let listen = old.process.url.trim_start_matches("http://").to_string();
+        let node = self.launch_node(name, &["--listen", &listen, "--mesh-listen", &old.mesh]);
+        self.nodes.insert(index, node);
+    }
+
+    /// Starts node `name` (`node-N`, labelled `zone=zN`, offering 1 GiB)
+    /// with `extra` `skiff node` arguments.
+    pub fn launch_node(&self, name: &str, extra: &[&str]) -> TestNode {
+        let zone = format!("zone=z{}", name.trim_start_matches("node-"));
+        let mut args = vec![
+            "node",
+            "--server",
+            &self.api,
+            "--name",
+            name,
+            "--capacity",
+            "1GiB",
+            "--labels",
+            &zone,
+        ];
+        args.extend_from_slice(extra);
+        let process = Running::launch(self.home(), &args, "serving ingress on ");
         let mesh = process
             .banner
             .split("(mesh ")
@@ -102,11 +118,11 @@ impl Cluster {
             .and_then(|rest| rest.split(')').next())
             .expect("the node prints its mesh address")
             .to_string();
-        self.nodes.push(TestNode {
-            name,
+        TestNode {
+            name: name.to_string(),
             process,
             mesh,
-        });
+        }
     }
 
     /// Runs `skiff ARGS`, expecting success; returns `(stdout, stderr)`.
@@ -123,6 +139,11 @@ impl Cluster {
     /// Runs `skiff ARGS`, expecting success; returns stdout.
     pub fn cli(&self, args: &[&str]) -> String {
         self.cli_with_stderr(args).0
+    }
+
+    /// Runs `skiff ARGS`, expecting failure; returns stderr.
+    pub fn cli_fails(&self, args: &[&str]) -> String {
+        expect_failure(self.home(), args)
     }
 
     /// `skiff ARGS -o json`, parsed.
@@ -193,6 +214,17 @@ impl Cluster {
         self.nodes.iter().find(|n| n.name == name).unwrap()
     }
 
+    /// An API client trusting the cluster CA, with bearer `token`.
+    pub fn admin_client(&self, token: Option<&str>) -> ApiClient {
+        let tls = skiff_orchestrator::tls::client_trusting(&self.ca_pem()).unwrap();
+        ApiClient::new(&self.api, tls, token.map(str::to_string))
+    }
+
+    /// The cluster CA certificate, PEM.
+    pub fn ca_pem(&self) -> String {
+        std::fs::read_to_string(self.home().join("server/ca.pem")).unwrap()
+    }
+
     /// The desired state node `name` last heard from the control plane,
     /// as it saved it in its data directory.
     pub fn desired_state(&self, name: &str) -> Option<Value> {
@@ -247,4 +279,37 @@ pub fn get_as_host(url: &str, host: Option<&str>, path: &str) -> (u16, String) {
         .and_then(|s| s.parse().ok())
         .unwrap_or_else(|| panic!("no status in {head:?}"));
     (status, body.to_string())
+}
+
+/// The control plane's `127.0.0.1:PORT`.
+pub fn api_addr(cluster: &Cluster) -> &str {
+    cluster.api.trim_start_matches("https://")
+}
+
+/// A node's request to the control plane (for a blob that does not exist).
+pub const API_REQUEST: &[u8] = b"GET /v1/node/blobs/sha256:00 HTTP/1.1\r\nhost: x\r\n\r\n";
+
+/// A forwarded request as one node sends another over the mesh.
+pub const MESH_REQUEST: &[u8] =
+    b"GET / HTTP/1.1\r\nhost: x\r\nskiff-app: a\r\nskiff-component: b\r\n\r\n";
+
+/// The identity node `name` saved in its data directory.
+pub fn saved_identity(cluster: &Cluster, name: &str) -> NodeIdentity {
+    let dir = cluster.home().join(format!("node-{name}"));
+    let both = std::fs::read_to_string(dir.join("node.pem")).unwrap();
+    let ca = std::fs::read_to_string(dir.join("ca.pem")).unwrap();
+    NodeIdentity::new(both.clone(), both, ca)
+}
+
+/// Members holding exactly `identity`'s node, of its incarnation.
+pub fn only(identity: &NodeIdentity) -> Members {
+    let node = identity.node("skiff").unwrap();
+    let members = Members::new("skiff");
+    members.set([(node.name, node.incarnation)].into_iter().collect());
+    members
+}
+
+/// The admin token the control plane wrote in its data directory.
+pub fn admin_token(cluster: &Cluster) -> String {
+    std::fs::read_to_string(cluster.home().join("server/admin-token")).unwrap()
 }
