@@ -150,19 +150,20 @@ fn socket(query: &str) -> String {
         "udp" => outcome(udp_create_socket::create_udp_socket(Ipv4)),
         "lookup" => {
             let network = instance_network::instance_network();
-            let found = ip_name_lookup::resolve_addresses(&network, "localhost").and_then(|stream| {
-                let mut found = Vec::new();
-                loop {
-                    match stream.resolve_next_address() {
-                        Ok(Some(address)) => found.push(address),
-                        Ok(None) => return Ok(found),
-                        Err(ErrorCode::WouldBlock) => {
-                            stream.subscribe().block();
+            let found =
+                ip_name_lookup::resolve_addresses(&network, "localhost").and_then(|stream| {
+                    let mut found = Vec::new();
+                    loop {
+                        match stream.resolve_next_address() {
+                            Ok(Some(address)) => found.push(address),
+                            Ok(None) => return Ok(found),
+                            Err(ErrorCode::WouldBlock) => {
+                                stream.subscribe().block();
+                            }
+                            Err(e) => return Err(e),
                         }
-                        Err(e) => return Err(e),
                     }
-                }
-            });
+                });
             outcome(found)
         }
         "tcp-flood" => {
