@@ -297,8 +297,13 @@ impl Forwarder {
             headers.insert(COMPONENT_HEADER, header_value(component));
             let counted = InFlight::enter(self.in_flight(&endpoint.node));
             match client.request(forwarded).await {
-                Ok(response) if replayable && not_here(&response) => {
+                // The platform's own signal never reaches the client: a
+                // request with a body cannot move on, so it gets the 502.
+                Ok(response) if not_here(&response) => {
                     last_error = format!("node {} no longer runs it", endpoint.node);
+                    if !replayable {
+                        break;
+                    }
                 }
                 // Counted until the whole body has gone through.
                 Ok(response) => return response.map(|body| relayed(Counted::new(body, counted))),

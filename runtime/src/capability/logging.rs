@@ -294,6 +294,32 @@ mod tests {
     }
 
     #[test]
+    fn a_guest_writing_long_lines_keeps_one_mebibyte_then_the_notice() {
+        let sink = Arc::new(Collect::default());
+        let mut writer = LineWriter {
+            component: Arc::from("c"),
+            stream: LogStream::Stdout,
+            sink: sink.clone(),
+            budget: Arc::new(Budget::default()),
+            pending: Vec::new(),
+        };
+        // Lines of 16 KiB with their newline: 64 of them fill 1 MiB.
+        let line = format!("{}\n", "x".repeat(MAX_LINE - 1));
+        for _ in 0..100 {
+            writer.push(line.as_bytes());
+        }
+        drop(writer);
+        let lines = sink.0.lock().unwrap().clone();
+        assert_eq!(lines.len(), 65, "64 lines, then the notice");
+        assert!(lines[..64].iter().all(|(_, l)| l.len() == MAX_LINE - 1));
+        assert!(
+            lines[64]
+                .1
+                .starts_with("(log limit of 1000 lines or 1 MiB reached")
+        );
+    }
+
+    #[test]
     fn an_instance_logging_long_lines_stops_at_its_byte_budget() {
         let budget = Budget::default();
         let long = MAX_LINE;
