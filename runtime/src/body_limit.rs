@@ -11,11 +11,14 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll};
 use wasmtime_wasi_http::Error as HttpError;
 
-/// A body that fails once more than `limit` bytes have passed, recording
-/// that it did in `exceeded`.
+/// A body that passes exactly `limit` bytes and then fails, recording in
+/// `exceeded` that there was more.
 pub struct LimitedBody<B> {
     inner: B,
     remaining: u64,
+    /// The limit was crossed inside a chunk whose part that fit was passed
+    /// on: the next poll fails.
+    overflowed: bool,
     limit: u64,
     exceeded: Arc<AtomicBool>,
     error: fn(u64) -> HttpError,
@@ -27,6 +30,7 @@ impl<B> LimitedBody<B> {
         LimitedBody {
             inner,
             remaining: limit,
+            overflowed: false,
             limit,
             exceeded,
             error: |limit| HttpError::HttpRequestBodySize(Some(limit)),
@@ -38,6 +42,7 @@ impl<B> LimitedBody<B> {
         LimitedBody {
             inner,
             remaining: limit,
+            overflowed: false,
             limit,
             exceeded,
             error: |limit| HttpError::HttpResponseBodySize(Some(limit)),
@@ -58,13 +63,24 @@ where
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, HttpError>>> {
         let this = self.get_mut();
+        if this.overflowed {
+            return Poll::Ready(Some(Err((this.error)(this.limit))));
+        }
         match Pin::new(&mut this.inner).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
                 let len = frame.data_ref().map_or(0, |d| d.len() as u64);
                 if len > this.remaining {
+                    // The reader gets every byte up to the limit, however
+                    // the guest chunked its writes, then the error.
+                    let fits = this.remaining as usize;
                     this.remaining = 0;
                     this.exceeded.store(true, Ordering::Release);
-                    return Poll::Ready(Some(Err((this.error)(this.limit))));
+                    if fits == 0 {
+                        return Poll::Ready(Some(Err((this.error)(this.limit))));
+                    }
+                    this.overflowed = true;
+                    let data = frame.into_data().unwrap_or_default();
+                    return Poll::Ready(Some(Ok(Frame::data(data.slice(..fits)))));
                 }
                 this.remaining -= len;
                 Poll::Ready(Some(Ok(frame)))
@@ -186,8 +202,19 @@ mod tests {
         let flag = Arc::new(AtomicBool::new(false));
         let chunks = (0..10).map(|_| Ok::<_, HttpError>(Frame::data(Bytes::from_static(b"xxxx"))));
         let body = StreamBody::new(futures::stream::iter(chunks));
-        let limited = LimitedBody::response(body, 10, flag.clone());
-        let err = limited.collect().await.unwrap_err();
+        let mut limited = LimitedBody::response(body, 10, flag.clone());
+        let mut passed = Vec::new();
+        let err = loop {
+            match limited.frame().await {
+                Some(Ok(frame)) => passed.extend_from_slice(&frame.into_data().unwrap()),
+                Some(Err(e)) => break e,
+                None => panic!("the body ended cleanly past its limit"),
+            }
+        };
+        assert_eq!(
+            passed, b"xxxxxxxxxx",
+            "exactly the limit, the last chunk split"
+        );
         assert!(
             matches!(err, HttpError::HttpResponseBodySize(Some(10))),
             "{err:?}"
