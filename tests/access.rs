@@ -284,18 +284,7 @@ fn a_node_gets_no_more_than_it_joined_with() {
         ),
     );
     cluster.cli(&["deploy", big_dir.path().to_str().unwrap()]);
-    let apps = cluster.json(&["apps"]);
-    let package = |app: &str| {
-        apps.as_array()
-            .unwrap()
-            .iter()
-            .find(|a| a["name"] == app)
-            .unwrap()["package"]
-            .as_str()
-            .unwrap()
-            .to_string()
-    };
-    let (web_package, eu_package) = (package("web"), package("eu"));
+    let (web_package, eu_package) = (cluster.package_of("web"), cluster.package_of("eu"));
 
     // node-1 claims, heartbeat after heartbeat, the labels and memory it
     // would need for "eu" and "big", and sends a flood of log lines.

@@ -153,6 +153,19 @@ impl Cluster {
         serde_json::from_str(&self.cli(&all)).expect("JSON output")
     }
 
+    /// The package digest `skiff apps` shows for `app`.
+    pub fn package_of(&self, app: &str) -> String {
+        self.json(&["apps"])
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|a| a["name"] == app)
+            .unwrap()["package"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    }
+
     /// Every replica of `app`.
     pub fn replicas(&self, app: &str) -> Vec<Replica> {
         self.json(&["ps", app])
