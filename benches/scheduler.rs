@@ -87,6 +87,7 @@ fn in_process() {
     let disks = ["ssd", "hdd"];
     let nodes: Vec<NodeInfo> = (0..NODES)
         .map(|i| NodeInfo {
+            pressure: false,
             name: format!("node-{i}"),
             labels: BTreeMap::from([
                 ("zone".to_string(), rng.pick(&zones).to_string()),
@@ -477,6 +478,8 @@ impl SimNode {
         let mut heartbeat = Duration::from_secs(1);
         loop {
             let request = SyncRequest {
+                used: 0,
+                pressure: false,
                 version,
                 memory: SIM_NODE_MEMORY,
                 ingress: self.ingress.local_addr().unwrap().to_string(),

@@ -461,12 +461,16 @@ fn a_guest_cannot_set_the_platforms_headers() {
 fn a_replica_saturating_its_concurrency_leaves_instance_slots_to_its_neighbours() {
     let home = temp_dir();
     let dir = temp_dir();
+    // The busy requests wait until the test opens this gate, so they all
+    // overlap however slowly they arrive.
+    std::fs::create_dir(dir.path().join("gate")).unwrap();
     let manifest = write_manifest(
         dir.path(),
         &format!(
             "[app]\nname = \"crowd\"\n\
              [component.busy]\nsource = {probe}\nroute = \"/busy/...\"\n\
-             [component.busy.limits]\nmax_concurrency = 50\nmax_queued = 50\ntimeout = \"20s\"\n\
+             files = [{{ source = \"gate\", destination = \"/gate\" }}]\n\
+             [component.busy.limits]\nmax_concurrency = 50\nmax_queued = 50\ntimeout = \"60s\"\n\
              [component.good]\nsource = {hello}\nroute = \"/good\"\n",
             probe = toml_path(guests::PROBE),
             hello = toml_path(guests::HELLO),
@@ -479,23 +483,22 @@ fn a_replica_saturating_its_concurrency_leaves_instance_slots_to_its_neighbours(
     );
     let busy: Vec<_> = (0..12)
         .map(|_| {
-            let url = skiff.at("/busy/sleep?2000");
+            let url = skiff.at("/busy/wait?/gate/open");
             std::thread::spawn(move || get(&url))
         })
         .collect();
     // Wait until the busy replica holds all it may (six running at once,
     // by its own log), then the neighbour is served at once.
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while busy_running(&skiff.stderr()).0 < 6 {
-        assert!(Instant::now() < deadline, "{}", skiff.stderr());
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    wait_until(Duration::from_secs(30), "six busy instances", || {
+        (busy_running(&skiff.stderr()).0 >= 6).then_some(())
+    });
     assert_neighbour_serves(&skiff);
+    std::fs::write(dir.path().join("gate/open"), "").unwrap();
     for handle in busy {
         let (status, body) = handle.join().unwrap();
         assert_eq!(
             (status, body.as_str()),
-            (200, "slept 2000ms"),
+            (200, "released"),
             "the busy replica's own requests wait for a slot, none fail"
         );
     }
@@ -558,6 +561,47 @@ fn sixty_four_distinct_stacks_load_in_at_most_eight_engines() {
             component.wasm_stack()
         );
     }
+}
+
+#[test]
+fn apps_made_of_one_component_share_its_compiled_code_while_any_lives() {
+    use skiff_runtime::{
+        CacheOutcome, CompileCache, EngineConfig, LoadedApp, Manifest, SkiffEngine,
+    };
+    let dir = temp_dir();
+    let engine = SkiffEngine::new(EngineConfig {
+        max_instances: 4,
+        ..EngineConfig::default()
+    })
+    .unwrap();
+    let cache = CompileCache::open(&dir.path().join("cache")).unwrap();
+    let load = |name: &str| {
+        let text = format!(
+            "[app]\nname = \"{name}\"\n[component.web]\nsource = {}\nenv = {{ GREETING = \"{name}\" }}\n",
+            toml_path(guests::HELLO)
+        );
+        let manifest = Manifest::parse(&text, &dir.path().join("skiff.toml")).unwrap();
+        LoadedApp::load(&engine, &cache, &manifest, dir.path()).unwrap()
+    };
+    let apps: Vec<LoadedApp> = ["a", "b", "c"].into_iter().map(load).collect();
+    let outcomes: Vec<CacheOutcome> = apps.iter().map(|a| a.components[0].cache).collect();
+    assert_eq!(
+        outcomes,
+        [
+            CacheOutcome::Compiled,
+            CacheOutcome::Shared,
+            CacheOutcome::Shared
+        ]
+    );
+    assert_eq!(engine.prepared_components(), 1);
+    // The code lives while one app does, and goes with the last.
+    let mut apps = apps;
+    apps.truncate(1);
+    assert_eq!(engine.prepared_components(), 1);
+    assert_eq!(load("d").components[0].cache, CacheOutcome::Shared);
+    drop(apps);
+    assert_eq!(engine.prepared_components(), 0);
+    assert_eq!(load("e").components[0].cache, CacheOutcome::Hit);
 }
 
 #[test]

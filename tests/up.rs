@@ -75,6 +75,14 @@ fn skiff_up_keeps_its_apps_across_a_restart() {
         "{warned}"
     );
     serves_shop_and_blog(&up, "before any restart");
+    // Both apps are made of the same component: the node compiled it for
+    // shop, and blog shares that code (each keeps its own environment).
+    let stderr = up.stderr();
+    let blog_running = stderr
+        .lines()
+        .find(|l| l.contains("replica running") && l.contains("app=\"blog\""))
+        .unwrap_or_else(|| panic!("no \"replica running\" line for blog:\n{stderr}"));
+    assert!(blog_running.contains("code=\"shared\""), "{blog_running}");
     assert!(
         up.terminate().success(),
         "skiff up stops cleanly on SIGTERM"

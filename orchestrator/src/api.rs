@@ -103,6 +103,12 @@ pub struct SyncRequest {
     /// Memory offered to replicas now, bytes; the control plane places by
     /// at most what the node declared when it joined.
     pub memory: u64,
+    /// Memory the node process uses now (its resident set), bytes.
+    #[serde(default)]
+    pub used: u64,
+    /// Whether the node is short of memory and refuses new instances.
+    #[serde(default)]
+    pub pressure: bool,
     /// Ingress address, `ip:port`.
     pub ingress: String,
     /// Mesh address, `ip:port`.
@@ -329,8 +335,19 @@ pub struct NodeView {
     pub labels: BTreeMap<String, String>,
     /// Memory offered, bytes.
     pub memory: u64,
+    /// What its replicas may reserve in all: the memory offered times the
+    /// control plane's overcommit ratio, bytes.
+    #[serde(default)]
+    pub placeable: u64,
     /// Memory reserved by its replicas, bytes.
     pub reserved: u64,
+    /// Memory the node process uses, as it last reported, bytes.
+    #[serde(default)]
+    pub used: u64,
+    /// Whether it is short of memory: it refuses new instances and takes
+    /// no new replicas.
+    #[serde(default)]
+    pub pressure: bool,
     /// Replicas assigned to it.
     pub replicas: u32,
     /// Ingress address.

@@ -20,13 +20,27 @@ type HmacSha256 = Hmac<Sha256>;
 /// Length of the HMAC tag that precedes each artifact.
 const TAG_LEN: usize = 32;
 
-/// Whether a component came from the cache or was compiled now.
+/// Where a loaded component's machine code came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CacheOutcome {
+    /// Already loaded in this process by another app or replica of the same
+    /// bytes, and shared with it.
+    Shared,
     /// Loaded from a sealed cache entry.
     Hit,
     /// Compiled, and stored for next time when possible.
     Compiled,
+}
+
+impl CacheOutcome {
+    /// A one-word name for logs: `shared`, `cache` or `compiled`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CacheOutcome::Shared => "shared",
+            CacheOutcome::Hit => "cache",
+            CacheOutcome::Compiled => "compiled",
+        }
+    }
 }
 
 /// The compiled-component cache under `$SKIFF_HOME/cache`.

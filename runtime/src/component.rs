@@ -9,6 +9,8 @@ use crate::engine::SkiffEngine;
 use crate::instance::InstanceState;
 use crate::limits::{ConcurrencyGate, ReplicaSlots};
 use crate::manifest::{ComponentName, ComponentSpec, Limits};
+use crate::prepared::Prepared;
+use crate::pressure::MemoryGuard;
 use crate::reaper::ReaperHandle;
 use crate::route::Route;
 use std::path::{Path, PathBuf};
@@ -72,15 +74,16 @@ pub struct LoadedComponent {
     pub limits: Limits,
     /// sha256 of its bytes, hex.
     pub digest: String,
-    /// Whether the compile cache had it.
+    /// Whether it was shared, read from the compile cache, or compiled.
     pub cache: CacheOutcome,
-    pub(crate) pre: ProxyPre<InstanceState>,
+    pub(crate) pre: Prepared,
     pub(crate) capabilities: Vec<Box<dyn Capability>>,
     pub(crate) gate: ConcurrencyGate,
     pub(crate) slots: ReplicaSlots,
     pub(crate) wasm_stack: usize,
     pub(crate) cpu_lane: CpuLane,
     pub(crate) reaper: ReaperHandle,
+    pub(crate) memory: MemoryGuard,
 }
 
 impl LoadedComponent {
@@ -141,27 +144,32 @@ impl LoadedComponent {
         let class = engine
             .for_stack(spec.limits.stack.bytes() as usize)
             .map_err(|e| LoadError::Invalid(format!("component \"{name}\": {e}")))?;
-        let (component, cache_outcome) = cache
-            .load_or_compile(class.engine(), &digest, &wasm)
-            .map_err(|e| LoadError::NotAComponent {
-                component: name.clone(),
-                path: path.clone(),
-                reason: format!("is not a valid Wasm component: {e:#}"),
+        // The first load of these bytes in this engine compiles (or reads
+        // the compile cache) and links; every later one shares the result.
+        let mut cache_outcome = CacheOutcome::Shared;
+        let pre = class.prepared().get_or_prepare(&digest, || {
+            let (component, outcome) = cache
+                .load_or_compile(class.engine(), &digest, &wasm)
+                .map_err(|e| LoadError::NotAComponent {
+                    component: name.clone(),
+                    path: path.clone(),
+                    reason: format!("is not a valid Wasm component: {e:#}"),
+                })?;
+            cache_outcome = outcome;
+            let instance_pre = class.linker().instantiate_pre(&component).map_err(|e| {
+                let detail = format!("{e:#}");
+                LoadError::UnsatisfiedImport {
+                    component: name.clone(),
+                    import: first_backticked(&detail)
+                        .unwrap_or("an interface")
+                        .to_string(),
+                    detail,
+                }
             })?;
-
-        let instance_pre = class.linker().instantiate_pre(&component).map_err(|e| {
-            let detail = format!("{e:#}");
-            LoadError::UnsatisfiedImport {
+            ProxyPre::new(instance_pre).map_err(|e| LoadError::NotHttp {
                 component: name.clone(),
-                import: first_backticked(&detail)
-                    .unwrap_or("an interface")
-                    .to_string(),
-                detail,
-            }
-        })?;
-        let pre = ProxyPre::new(instance_pre).map_err(|e| LoadError::NotHttp {
-            component: name.clone(),
-            detail: format!("{e:#}"),
+                detail: format!("{e:#}"),
+            })
         })?;
 
         Ok(LoadedComponent {
@@ -177,6 +185,7 @@ impl LoadedComponent {
             wasm_stack: class.stack(),
             cpu_lane: engine.cpu_lane().clone(),
             reaper: engine.reaper(),
+            memory: engine.memory().clone(),
         })
     }
 }

@@ -8,6 +8,8 @@ use crate::cpu_lane::CpuLane;
 use crate::instance::InstanceState;
 use crate::limits::InstanceSlots;
 use crate::manifest::DEFAULT_STACK;
+use crate::prepared::PreparedComponents;
+use crate::pressure::{MemoryGuard, MemorySampler};
 use crate::reaper::{Reaper, ReaperHandle};
 use std::collections::BTreeMap;
 use std::sync::mpsc;
@@ -38,6 +40,11 @@ pub struct EngineConfig {
     pub max_instance_memory: u64,
     /// The largest `limits.stack` a component may ask for; default 8 MiB.
     pub max_stack: u64,
+    /// The memory this process offers, bytes (a node's `--capacity`): once
+    /// its resident set reaches it, new instances are refused until it
+    /// falls back (see [`crate::pressure`]). `None` (the default) refuses
+    /// only when the machine itself runs short.
+    pub memory_budget: Option<u64>,
 }
 
 impl Default for EngineConfig {
@@ -46,6 +53,7 @@ impl Default for EngineConfig {
             max_instances: 1000,
             max_instance_memory: 1 << 30,
             max_stack: 8 << 20,
+            memory_budget: None,
         }
     }
 }
@@ -69,13 +77,17 @@ pub struct SkiffEngine {
     slots: InstanceSlots,
     reaper: Reaper,
     ticker: EpochTicker,
+    memory: MemoryGuard,
+    _memory_sampler: MemorySampler,
 }
 
-/// One engine: its wasmtime `Engine`, linker and Wasm stack limit.
+/// One engine: its wasmtime `Engine`, linker and Wasm stack limit, and the
+/// components prepared in it.
 pub struct StackClass {
     engine: Engine,
     linker: Linker<InstanceState>,
     stack: usize,
+    prepared: PreparedComponents,
 }
 
 impl StackClass {
@@ -92,6 +104,11 @@ impl StackClass {
     /// The Wasm stack limit of this class, in bytes.
     pub fn stack(&self) -> usize {
         self.stack
+    }
+
+    /// The components compiled and linked in this engine, one per digest.
+    pub(crate) fn prepared(&self) -> &PreparedComponents {
+        &self.prepared
     }
 }
 
@@ -119,8 +136,11 @@ impl SkiffEngine {
     /// When wasmtime rejects the configuration, e.g. the pool cannot reserve
     /// its virtual memory.
     pub fn new(config: EngineConfig) -> Result<SkiffEngine, EngineError> {
+        let (memory, memory_sampler) = MemoryGuard::start(config.memory_budget);
         let engine = SkiffEngine {
             config,
+            memory,
+            _memory_sampler: memory_sampler,
             classes: Mutex::new(BTreeMap::new()),
             cpu_lane: CpuLane::for_this_machine(),
             slots: InstanceSlots::new(config.max_instances as usize),
@@ -162,6 +182,14 @@ impl SkiffEngine {
         self.ticker.tick(class.engine.clone());
         classes.insert(class_stack, class.clone());
         Ok(class)
+    }
+
+    /// How many distinct compiled components this process holds, all
+    /// engines together: one per digest and stack class in use, however
+    /// many apps and replicas share it.
+    pub fn prepared_components(&self) -> usize {
+        let classes = self.classes.lock().expect("engine classes lock");
+        classes.values().map(|class| class.prepared.live()).sum()
     }
 
     /// How many engines (stack classes) this process holds.
@@ -212,6 +240,7 @@ impl SkiffEngine {
             engine,
             linker,
             stack,
+            prepared: PreparedComponents::new(),
         })
     }
 
@@ -223,6 +252,11 @@ impl SkiffEngine {
     /// The instance slots every replica of this process draws from.
     pub fn slots(&self) -> &InstanceSlots {
         &self.slots
+    }
+
+    /// Whether this process may start new instances, and what it uses.
+    pub fn memory(&self) -> &MemoryGuard {
+        &self.memory
     }
 
     /// Where large finished instances are torn down.

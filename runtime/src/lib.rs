@@ -21,8 +21,11 @@ pub mod invoke;
 pub mod limits;
 pub mod manifest;
 pub mod package;
+mod prepared;
+pub mod pressure;
 pub mod printable;
 pub mod reaper;
+pub mod reservation;
 pub mod route;
 pub mod server;
 

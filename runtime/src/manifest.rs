@@ -152,9 +152,9 @@ pub struct Placement {
     /// `strategy = "spread"` (default: replicas on the least loaded nodes)
     /// or `"binpack"` (fill nodes before using more).
     pub strategy: PlacementStrategy,
-    /// `memory = "256MiB"`: what one replica reserves on its node. Default
-    /// `limits.memory` times `limits.max_concurrency`, the most its
-    /// instances can use at once.
+    /// `memory = "256MiB"`: what one replica reserves on its node, as a
+    /// Kubernetes memory request does. Default: what a few instances of
+    /// the component are expected to use (see [`crate::reservation`]).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub memory: Option<ByteSize>,
 }
@@ -168,22 +168,6 @@ pub enum PlacementStrategy {
     Spread,
     /// Prefer the most loaded node that still fits.
     Binpack,
-}
-
-impl ComponentSpec {
-    /// Memory one replica reserves on its node, bytes: the declared
-    /// `placement.memory`, else memory limit times max concurrency.
-    pub fn replica_memory(&self) -> u64 {
-        self.placement.memory.map_or_else(
-            || {
-                self.limits
-                    .memory
-                    .bytes()
-                    .saturating_mul(u64::from(self.limits.max_concurrency.max(1)))
-            },
-            ByteSize::bytes,
-        )
-    }
 }
 
 /// One read-only directory mount.

@@ -94,21 +94,17 @@ impl Cluster {
         self.nodes.insert(index, node);
     }
 
-    /// Starts node `name` (`node-N`, labelled `zone=zN`, offering 1 GiB)
-    /// with `extra` `skiff node` arguments.
+    /// Starts node `name` (`node-N`, labelled `zone=zN`, offering 1 GiB
+    /// unless `extra` has its own `--capacity`) with `extra` `skiff node`
+    /// arguments.
     pub fn launch_node(&self, name: &str, extra: &[&str]) -> TestNode {
         let zone = format!("zone=z{}", name.trim_start_matches("node-"));
         let mut args = vec![
-            "node",
-            "--server",
-            &self.api,
-            "--name",
-            name,
-            "--capacity",
-            "1GiB",
-            "--labels",
-            &zone,
+            "node", "--server", &self.api, "--name", name, "--labels", &zone,
         ];
+        if !extra.contains(&"--capacity") {
+            args.extend_from_slice(&["--capacity", "1GiB"]);
+        }
         args.extend_from_slice(extra);
         let process = Running::launch(self.home(), &args, "serving ingress on ");
         let mesh = process

@@ -244,19 +244,24 @@ pub fn nodes(args: ListArgs) -> anyhow::Result<()> {
         .into_iter()
         .map(|n| {
             let labels: Vec<String> = n.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            let size = |bytes: u64| {
+                if bytes >= super::cluster::UNLIMITED_MEMORY {
+                    "unlimited".to_string()
+                } else {
+                    bytesize::ByteSize::b(bytes).display().iec().to_string()
+                }
+            };
             vec![
                 n.name,
-                n.state,
+                if n.pressure {
+                    format!("{} (memory pressure)", n.state)
+                } else {
+                    n.state
+                },
                 n.replicas.to_string(),
-                format!(
-                    "{}/{}",
-                    bytesize::ByteSize::b(n.reserved).display().iec(),
-                    if n.memory >= super::cluster::UNLIMITED_MEMORY {
-                        "unlimited".to_string()
-                    } else {
-                        bytesize::ByteSize::b(n.memory).display().iec().to_string()
-                    }
-                ),
+                format!("{}/{}", size(n.reserved), size(n.placeable)),
+                size(n.used),
+                size(n.memory),
                 printable(&n.ingress).into_owned(),
                 if labels.is_empty() {
                     "-".to_string()
@@ -267,7 +272,9 @@ pub fn nodes(args: ListArgs) -> anyhow::Result<()> {
         })
         .collect();
     table(
-        &["NODE", "STATE", "REPLICAS", "MEMORY", "INGRESS", "LABELS"],
+        &[
+            "NODE", "STATE", "REPLICAS", "RESERVED", "USED", "OFFERED", "INGRESS", "LABELS",
+        ],
         rows,
     )?;
     Ok(())

@@ -15,7 +15,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 /// What `skiff up`'s node offers: no memory limit on placement.
-pub const UNLIMITED_MEMORY: u64 = 1 << 62;
+pub use crate::node::UNLIMITED_MEMORY;
 
 /// Arguments of `skiff server`.
 #[derive(Debug, clap::Args)]
@@ -56,6 +56,11 @@ pub struct ServerArgs {
     /// deleted.
     #[arg(long, default_value = "10m", value_parser = humantime::parse_duration, hide = true)]
     package_grace: Duration,
+    /// How far replicas on a node may reserve beyond the memory it offers,
+    /// e.g. `1.5`; from 1.0 (none, the default) to 10. A node that does
+    /// run short refuses new instances until it recovers.
+    #[arg(long, default_value_t = 1.0)]
+    overcommit: f64,
 }
 
 /// Runs the control plane until Ctrl-C or SIGTERM.
@@ -73,6 +78,7 @@ pub fn server(args: ServerArgs) -> anyhow::Result<()> {
     config.max_connections_per_ip = args.max_connections_per_ip;
     config.body_timeout = args.body_timeout;
     config.package_grace = args.package_grace;
+    config.overcommit = crate::control::Overcommit::new(args.overcommit)?;
     runtime()?.block_on(async {
         let control = ControlPlane::start(config).await?;
         let url = control.url();

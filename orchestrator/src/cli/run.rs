@@ -74,6 +74,7 @@ async fn serve(source: AppSource, listen: SocketAddr, engine: EngineConfig) -> a
             .as_ref()
             .map_or_else(|| "(no route)".to_string(), |r| r.to_string());
         let origin = match component.cache {
+            CacheOutcome::Shared => "shared with a component already loaded",
             CacheOutcome::Hit => "from compile cache",
             CacheOutcome::Compiled => "compiled",
         };

@@ -452,10 +452,13 @@ fn deploy(shared: &Shared, request: DeployRequest) -> Handled {
     // The controller has just tried to place the replicas: say at once
     // which ones cannot be, and why.
     let live = shared.live.lock().expect("live state lock");
+    // Replica ids start with `app/`: the app's own, without a scan of all.
+    let prefix = format!("{}/", spec.name);
     response.warnings.extend(
         live.replicas
-            .values()
-            .filter(|r| r.app == spec.name)
+            .range(prefix.clone()..)
+            .take_while(|(id, _)| id.starts_with(&prefix))
+            .map(|(_, r)| r)
             .filter_map(|r| {
                 Some(format!(
                     "{} cannot be placed: {}",
@@ -715,6 +718,24 @@ async fn sync(shared: &Shared, caller: &NodeCert, request: Request) -> Handled {
             entry.reported_memory = sync.memory;
             wake |= entry.memory() != before;
         }
+        entry.used = sync.used;
+        if entry.pressure != sync.pressure {
+            if sync.pressure {
+                tracing::warn!(
+                    node,
+                    used = sync.used,
+                    "node under memory pressure: no new replicas go there"
+                );
+            } else {
+                tracing::info!(
+                    node,
+                    used = sync.used,
+                    "node no longer under memory pressure"
+                );
+            }
+            entry.pressure = sync.pressure;
+            wake = true;
+        }
         placed_by = (entry.record.labels.clone(), entry.record.memory);
         entry.last_seen = now;
         // First word since the control plane started: endpoints that were
@@ -732,9 +753,11 @@ async fn sync(shared: &Shared, caller: &NodeCert, request: Request) -> Handled {
         }
         // What other nodes route by changed: they hear of it with the
         // next version, within this node's bump budget.
-        let routed = moved || running_set(&entry.components) != running_set(&sync.components);
+        let routed = moved
+            || running_set(entry.components.values().flatten())
+                != running_set(sync.components.iter());
         bump |= entry.bumps.take(routed, now);
-        entry.components = sync.components;
+        entry.set_components(sync.components);
         // Keep each line once, and only for apps this node was given.
         let seen = entry.logs_seen;
         if let Some(last) = sync
@@ -813,9 +836,10 @@ async fn sync(shared: &Shared, caller: &NodeCert, request: Request) -> Handled {
 }
 
 /// What other nodes route by: which components this node serves.
-fn running_set(components: &[ComponentStatus]) -> Vec<(&str, &str, &str)> {
+fn running_set<'a>(
+    components: impl Iterator<Item = &'a ComponentStatus>,
+) -> Vec<(&'a str, &'a str, &'a str)> {
     let mut set: Vec<_> = components
-        .iter()
         .filter_map(|c| Some((c.app.as_str(), c.component.as_str(), c.serving.as_deref()?)))
         .collect();
     set.sort_unstable();
@@ -969,6 +993,7 @@ fn forget_node(shared: &Shared, name: &str) -> Handled {
 
 fn app_views(shared: &Shared) -> Vec<AppView> {
     let live = shared.live.lock().expect("live state lock");
+    let replicas_of = live.replicas_by(|r| Some(&r.app));
     live.apps
         .values()
         .map(|app| {
@@ -981,10 +1006,11 @@ fn app_views(shared: &Shared) -> Vec<AppView> {
                             name: name.clone(),
                             route: plan.route.clone(),
                             desired: app.scale.get(name).copied().unwrap_or(plan.replicas),
-                            running: live
-                                .replicas
-                                .values()
-                                .filter(|r| r.app == app.name && &r.component == name)
+                            running: replicas_of
+                                .get(app.name.as_str())
+                                .into_iter()
+                                .flatten()
+                                .filter(|r| &r.component == name)
                                 .filter(|r| replica_running(&live, r))
                                 .count() as u32,
                         })
@@ -1027,11 +1053,7 @@ fn replica_views(shared: &Shared, app: Option<&str>) -> Vec<ReplicaView> {
                 ),
                 Some(node) => match live.nodes.get(node) {
                     Some(n) if n.down => ("unknown", Some(format!("node {node} is down"))),
-                    Some(n) => match n
-                        .components
-                        .iter()
-                        .find(|c| c.app == r.app && c.component == r.component)
-                    {
+                    Some(n) => match n.component(&r.app, &r.component) {
                         _ if replica_running(&live, r) => ("running", None),
                         // A failure of an earlier version says nothing of
                         // the one being loaded now.
@@ -1087,15 +1109,15 @@ fn replica_views(shared: &Shared, app: Option<&str>) -> Vec<ReplicaView> {
 
 fn node_views(shared: &Shared) -> Vec<NodeView> {
     let live = shared.live.lock().expect("live state lock");
+    let replicas_on = live.replicas_by(|r| r.node.as_deref());
     live.nodes
         .values()
         .map(|n| {
             let name = &n.record.name;
-            let on_node: Vec<_> = live
-                .replicas
-                .values()
-                .filter(|r| r.node.as_deref() == Some(name.as_str()))
-                .collect();
+            let on_node = replicas_on
+                .get(name.as_str())
+                .map(Vec::as_slice)
+                .unwrap_or_default();
             let reserved = on_node
                 .iter()
                 .filter_map(|r| live.spec(&r.app)?.components.get(&r.component))
@@ -1117,7 +1139,10 @@ fn node_views(shared: &Shared) -> Vec<NodeView> {
                 state: state.to_string(),
                 labels: n.record.labels.clone(),
                 memory: n.memory(),
+                placeable: live.overcommit.placeable(n.memory()),
                 reserved,
+                used: n.used,
+                pressure: n.pressure,
                 replicas: on_node.len() as u32,
                 ingress: n.record.ingress.clone(),
                 last_seen_ms: n.last_seen.elapsed().as_millis() as u64,

@@ -5,6 +5,7 @@
 use crate::scheduler::{ReplicaRequest, Strategy};
 use skiff_runtime::manifest::PlacementStrategy;
 use skiff_runtime::package::{self, Digest, Store};
+use skiff_runtime::reservation;
 use std::collections::{BTreeMap, BTreeSet};
 
 /// An app as declared by its package.
@@ -61,12 +62,17 @@ pub fn read(store: &Store, digest: &str) -> Result<AppSpec, String> {
         .component
         .iter()
         .map(|(component, spec)| {
+            // `verify` pointed the source at the component's verified blob.
+            let initial_memory = std::fs::read(&spec.source)
+                .map_err(|e| e.to_string())
+                .and_then(|wasm| reservation::initial_memory(&wasm))
+                .map_err(|e| format!("package {digest}: component {component:?}: {e}"))?;
             let plan = ComponentPlan {
                 route: spec.route.as_ref().map(ToString::to_string),
                 replicas: spec.scale.replicas,
                 request: ReplicaRequest {
                     component: format!("{name}/{component}"),
-                    memory: spec.replica_memory(),
+                    memory: reservation::replica_reservation(spec, initial_memory),
                     required_labels: spec.placement.labels.clone(),
                     strategy: match spec.placement.strategy {
                         PlacementStrategy::Spread => Strategy::Spread,
@@ -74,9 +80,9 @@ pub fn read(store: &Store, digest: &str) -> Result<AppSpec, String> {
                     },
                 },
             };
-            (component.to_string(), plan)
+            Ok((component.to_string(), plan))
         })
-        .collect();
+        .collect::<Result<_, String>>()?;
     Ok(AppSpec {
         name,
         version: manifest.app.version.clone(),

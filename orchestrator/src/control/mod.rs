@@ -21,6 +21,7 @@ mod tests;
 
 pub use admission::{MAX_CONNECTIONS, MAX_CONNECTIONS_PER_IP};
 pub use catalog::AppSpec;
+
 pub use deadline::{BODY_TIMEOUT, MIN_UPLOAD_RATE};
 
 use crate::api::{ComponentStatus, JoinTokenResponse};
@@ -71,6 +72,8 @@ pub struct ControlPlaneConfig {
     /// happened for this long (a deploy uploads its blobs before it
     /// declares the app). Default 10 minutes.
     pub package_grace: Duration,
+    /// How far reservations may exceed what nodes offer; default 1.0.
+    pub overcommit: Overcommit,
 }
 
 impl ControlPlaneConfig {
@@ -87,6 +90,7 @@ impl ControlPlaneConfig {
             max_connections_per_ip: admission::MAX_CONNECTIONS_PER_IP,
             body_timeout: deadline::BODY_TIMEOUT,
             package_grace: collect::GRACE,
+            overcommit: Overcommit::default(),
         }
     }
 }
@@ -132,6 +136,56 @@ pub(crate) struct Live {
     pending: BTreeMap<String, String>,
     /// Packages of declared apps that could not be read, by digest.
     unreadable: HashMap<String, Unreadable>,
+    /// How far reservations may exceed what nodes offer.
+    overcommit: Overcommit,
+}
+
+/// How far the replicas placed on a node may reserve beyond the memory it
+/// offers: 1.0 (the default) places no more than offered; 1.5 places half
+/// as much again, on the bet that replicas seldom all use their
+/// reservation at once. A node that does run short refuses new instances
+/// and takes no new replicas until it recovers (memory pressure).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Overcommit(f64);
+
+impl Overcommit {
+    /// The largest ratio allowed.
+    pub const MAX: f64 = 10.0;
+
+    /// A ratio from 1.0 to [`Overcommit::MAX`].
+    ///
+    /// # Errors
+    ///
+    /// A ratio below 1, above the maximum, or not a number.
+    pub fn new(ratio: f64) -> anyhow::Result<Overcommit> {
+        if !(1.0..=Self::MAX).contains(&ratio) {
+            anyhow::bail!(
+                "--overcommit must be from 1.0 (reserve no more than nodes offer) to {} (got {ratio})",
+                Self::MAX
+            );
+        }
+        Ok(Overcommit(ratio))
+    }
+
+    /// The ratio.
+    pub fn ratio(self) -> f64 {
+        self.0
+    }
+
+    /// What replicas may reserve on a node offering `memory` bytes.
+    pub fn placeable(self, memory: u64) -> u64 {
+        if self.0 == 1.0 {
+            return memory;
+        }
+        // f64 to u64 saturates, so an unlimited node stays unlimited.
+        (memory as f64 * self.0) as u64
+    }
+}
+
+impl Default for Overcommit {
+    fn default() -> Self {
+        Overcommit(1.0)
+    }
 }
 
 /// A package that could not be read, and when to try again.
@@ -166,10 +220,16 @@ pub(crate) struct LiveNode {
     /// from the store keeps its replicas but takes no new ones.
     heard: bool,
     down: bool,
-    components: Vec<ComponentStatus>,
+    /// What its last heartbeat said of each component it holds, by app,
+    /// so a replica's state is found without scanning every component.
+    components: HashMap<String, Vec<ComponentStatus>>,
     /// Memory its last heartbeat offered, bytes; it is given at most the
     /// smaller of this and what it declared at join (`record.memory`).
     reported_memory: u64,
+    /// Memory its last heartbeat said the node process uses, bytes.
+    used: u64,
+    /// Whether its last heartbeat said it is short of memory.
+    pressure: bool,
     /// How often its heartbeats may move the desired-state version.
     bumps: BumpBudget,
 }
@@ -232,10 +292,31 @@ impl LiveNode {
             holding: 0,
             heard: false,
             down: false,
-            components: Vec::new(),
+            components: HashMap::new(),
             reported_memory: record.memory,
+            used: 0,
+            pressure: false,
             bumps: BumpBudget::default(),
             record,
+        }
+    }
+
+    /// What the node last said of `app`/`component`.
+    fn component(&self, app: &str, component: &str) -> Option<&ComponentStatus> {
+        self.components
+            .get(app)?
+            .iter()
+            .find(|c| c.component == component)
+    }
+
+    /// Takes what a heartbeat says of the components held.
+    fn set_components(&mut self, components: Vec<ComponentStatus>) {
+        self.components.clear();
+        for status in components {
+            self.components
+                .entry(status.app.clone())
+                .or_default()
+                .push(status);
         }
     }
 
@@ -319,7 +400,8 @@ impl ControlPlane {
         let (chain, key) = ca.sign_control_plane(&hosts)?;
         let tls = crate::tls::control_plane_server(ca.cert_pem(), &chain, &key)?;
 
-        let live = Live::load(&store, &packages, &dir.join("state.redb"))?;
+        let mut live = Live::load(&store, &packages, &dir.join("state.redb"))?;
+        live.overcommit = config.overcommit;
         if let Some(node) = live
             .nodes
             .keys()
@@ -458,6 +540,21 @@ impl Shared {
 }
 
 impl Live {
+    /// Every replica grouped by `key` (its app, its node...), in one pass,
+    /// so views of thousands of apps need no scan of all replicas per app.
+    fn replicas_by<'a>(
+        &'a self,
+        key: impl Fn(&'a ReplicaRecord) -> Option<&'a str>,
+    ) -> HashMap<&'a str, Vec<&'a ReplicaRecord>> {
+        let mut groups: HashMap<&str, Vec<&ReplicaRecord>> = HashMap::new();
+        for replica in self.replicas.values() {
+            if let Some(key) = key(replica) {
+                groups.entry(key).or_default().push(replica);
+            }
+        }
+        groups
+    }
+
     /// Reads the durable state from `store` (at `path`), setting aside
     /// records that do not decode, and each app's package from `packages`.
     fn load(store: &ClusterStore, packages: &Store, path: &Path) -> anyhow::Result<Live> {

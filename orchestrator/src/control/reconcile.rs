@@ -305,9 +305,10 @@ fn place(live: &mut Live, out: &mut Outcome, ids: Vec<String>, moving: bool) {
             .map(|n| NodeInfo {
                 name: n.record.name.clone(),
                 labels: n.record.labels.clone(),
-                memory: n.memory(),
+                memory: live.overcommit.placeable(n.memory()),
                 ready: !n.down && n.heard,
                 cordoned: n.record.cordoned || n.record.drained,
+                pressure: n.pressure,
             })
             .collect(),
         running: live
@@ -351,7 +352,7 @@ fn place(live: &mut Live, out: &mut Outcome, ids: Vec<String>, moving: bool) {
                 }
                 if why.refusals.contains_key("insufficient memory") {
                     reason.push_str(&format!(
-                        " (a replica of {} reserves {}; set [component.<name>.placement] memory to reserve less)",
+                        " (a replica of {} reserves {}; set [component.<name>.placement] memory to reserve less, add nodes, or let nodes overcommit with `skiff server --overcommit`)",
                         request.component,
                         bytesize::ByteSize::b(request.memory).display().iec()
                     ));
@@ -399,6 +400,7 @@ pub(super) fn desired_for(live: &Live, name: &str) -> DesiredState {
             })
         })
         .collect();
+    let replicas_of = live.replicas_by(|r| Some(&r.app));
     let apps = live
         .apps
         .keys()
@@ -410,7 +412,7 @@ pub(super) fn desired_for(live: &Live, name: &str) -> DesiredState {
                 .filter_map(|(c, plan)| Some((plan.route.clone()?, c.clone())))
                 .collect();
             let mut endpoints: BTreeMap<String, Vec<Endpoint>> = BTreeMap::new();
-            for replica in live.replicas.values().filter(|r| &r.app == app) {
+            for replica in replicas_of.get(app.as_str()).into_iter().flatten() {
                 if let Some(node) = endpoint_node(live, replica) {
                     endpoints
                         .entry(replica.component.clone())
@@ -451,9 +453,9 @@ pub(super) fn endpoint_node<'a>(
     // stored assignment: it was serving before, and probably still is.
     let serving = !node.down
         && (!node.heard
-            || node.components.iter().any(|c| {
-                c.app == replica.app && c.component == replica.component && c.serving.is_some()
-            }));
+            || node
+                .component(&replica.app, &replica.component)
+                .is_some_and(|c| c.serving.is_some()));
     serving.then_some(node)
 }
 
@@ -468,11 +470,8 @@ pub(super) fn replica_running(live: &Live, replica: &ReplicaRecord) -> bool {
         .and_then(|name| live.nodes.get(name))
         .is_some_and(|node| {
             !node.down
-                && node.components.iter().any(|c| {
-                    c.app == replica.app
-                        && c.component == replica.component
-                        && c.state == LoadState::Running
-                        && &c.package == package
-                })
+                && node
+                    .component(&replica.app, &replica.component)
+                    .is_some_and(|c| c.state == LoadState::Running && &c.package == package)
         })
 }

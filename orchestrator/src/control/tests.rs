@@ -35,8 +35,10 @@ fn node(name: &str, memory: u64, now: Instant) -> LiveNode {
         holding: 0,
         heard: true,
         down: false,
-        components: Vec::new(),
+        components: Default::default(),
         reported_memory: memory,
+        used: 0,
+        pressure: false,
         bumps: Default::default(),
     }
 }
@@ -275,7 +277,8 @@ fn unplaceable_replicas_wait_with_a_reason_and_deleted_apps_lose_theirs() {
         reasons,
         [
             "0/2 nodes fit: 2 insufficient memory (a replica of web/api reserves 64.0 MiB; \
-          set [component.<name>.placement] memory to reserve less)"
+          set [component.<name>.placement] memory to reserve less, add nodes, or let nodes \
+          overcommit with `skiff server --overcommit`)"
         ]
     );
 

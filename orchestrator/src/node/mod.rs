@@ -36,6 +36,10 @@ const LINES_PER_SYNC: usize = crate::api::MAX_LOG_LINES_PER_SYNC;
 /// The last desired state heard, in the data directory.
 const LAST_DESIRED: &str = "desired.json";
 
+/// Memory a node offers when it sets no limit (`skiff up`'s node): any
+/// reservation fits, and only the machine running short is pressure.
+pub const UNLIMITED_MEMORY: u64 = 1 << 62;
+
 /// How a node runs.
 #[derive(Debug, Clone)]
 pub struct NodeConfig {
@@ -143,7 +147,12 @@ impl Node {
         let mesh = bind(config.mesh_listen, "the mesh").await?;
         let ingress_addr = ingress.local_addr()?;
         let mesh_addr = mesh.local_addr()?;
-        let engine = SkiffEngine::new(EngineConfig::default())?;
+        // What the node offers is also where it stops starting instances:
+        // reservations are a bet, its resident memory is the truth.
+        let engine = SkiffEngine::new(EngineConfig {
+            memory_budget: (config.memory < UNLIMITED_MEMORY).then_some(config.memory),
+            ..EngineConfig::default()
+        })?;
         let cache = CompileCache::open(&crate::home::cache_dir())?;
         let packages = Store::open(&config.data_dir.join("packages"))?;
         let forwarder = mesh::Forwarder::new(&current.identity, &members)?;
@@ -202,6 +211,15 @@ impl Node {
             }
         }
         let mut sync = tokio::spawn(sync_loop(self.shared.clone()));
+        // The control plane hears of memory pressure at once, not with the
+        // next heartbeat, so it stops placing replicas here.
+        let mut pressure = self.shared.engine.memory().changes();
+        let pressure_shared = self.shared.clone();
+        let pressure_reports = tokio::spawn(async move {
+            while pressure.changed().await.is_ok() {
+                pressure_shared.changed.notify_one();
+            }
+        });
         let (stop, stopped) = tokio::sync::watch::channel(false);
         let mesh = tokio::spawn(mesh::serve(
             self.shared.clone(),
@@ -226,6 +244,7 @@ impl Node {
             },
         };
         sync.abort();
+        pressure_reports.abort();
         let _ = stop.send(true);
         let _ = ingress.await;
         let _ = mesh.await;
@@ -294,9 +313,12 @@ async fn sync_loop(shared: Arc<NodeShared>) -> String {
             let lines: Vec<_> = logs.lines.iter().take(LINES_PER_SYNC).cloned().collect();
             (shared.replicas.status(), lines)
         };
+        let memory = shared.engine.memory().reading();
         let request = SyncRequest {
             version,
             memory: shared.config.memory,
+            used: memory.used,
+            pressure: memory.pressure,
             ingress: shared.ingress_addr.to_string(),
             mesh: shared.mesh_addr.to_string(),
             components,

@@ -202,7 +202,12 @@ async fn load(node: Arc<NodeShared>, key: Key, package: String, attempt: u64) {
         };
         match result {
             Ok(loaded) => {
-                tracing::info!(app, component, "replica running");
+                tracing::info!(
+                    app,
+                    component,
+                    code = loaded.cache.as_str(),
+                    "replica running"
+                );
                 h.state = LoadState::Running;
                 h.error = None;
                 h.failures = 0;

@@ -63,6 +63,26 @@ impl Filter for Capacity {
     }
 }
 
+/// The node is not short of real memory: its own measure of what it uses,
+/// not the reservations, which a burst can outgrow.
+pub struct MemoryPressure;
+
+impl Filter for MemoryPressure {
+    fn check(
+        &self,
+        node: &NodeInfo,
+        _: usize,
+        _: &Allocation,
+        _: &ReplicaRequest,
+    ) -> Result<(), Refusal> {
+        if node.pressure {
+            Err(Refusal("under memory pressure"))
+        } else {
+            Ok(())
+        }
+    }
+}
+
 /// The node carries every required label.
 pub struct Labels;
 

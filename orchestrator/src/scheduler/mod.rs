@@ -14,7 +14,7 @@ mod scorers;
 #[cfg(test)]
 mod tests;
 
-pub use filters::{Capacity, Filter, Labels, Ready, Refusal};
+pub use filters::{Capacity, Filter, Labels, MemoryPressure, Ready, Refusal};
 pub use scorers::{AntiAffinity, Binpack, Scorer, Spread};
 
 use std::collections::{BTreeMap, HashMap};
@@ -33,6 +33,9 @@ pub struct NodeInfo {
     pub ready: bool,
     /// Cordoned: keeps its replicas, takes no new ones.
     pub cordoned: bool,
+    /// Short of real memory: it refuses new instances, so it takes no new
+    /// replicas until it recovers.
+    pub pressure: bool,
 }
 
 /// Whether a component's replicas are spread over nodes or packed tight.
@@ -174,6 +177,9 @@ impl Scheduler {
                 Box::new(Labels),
                 // The replica's memory reservation must fit what is left.
                 Box::new(Capacity),
+                // A node short of real memory, whatever its reservations
+                // say, takes nothing new.
+                Box::new(MemoryPressure),
             ],
             scorers: vec![
                 // Replicas of one component on distinct nodes when possible.

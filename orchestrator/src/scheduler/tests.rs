@@ -5,6 +5,7 @@ const MIB: u64 = 1 << 20;
 
 fn node(name: &str, memory: u64, labels: &[(&str, &str)]) -> NodeInfo {
     NodeInfo {
+        pressure: false,
         name: name.to_string(),
         labels: labels
             .iter()

@@ -188,12 +188,11 @@ max_concurrency = 4
     assert_eq!(api.scale.replicas, 3);
     assert_eq!(api.placement.labels["zone"], "eu-1");
     assert_eq!(api.placement.strategy, PlacementStrategy::Binpack);
-    assert_eq!(api.replica_memory(), 256 << 20);
+    assert_eq!(api.placement.memory.map(|m| m.bytes()), Some(256 << 20));
     let web = &m.component[&ComponentName::try_from("web".to_string()).unwrap()];
     assert_eq!(web.scale.replicas, 1);
     assert_eq!(web.placement.strategy, PlacementStrategy::Spread);
-    // Without a declared reservation: memory limit times concurrency.
-    assert_eq!(web.replica_memory(), 64 << 20);
+    assert_eq!(web.placement.memory, None);
 
     assert_eq!(
         syntax(

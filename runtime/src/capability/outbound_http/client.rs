@@ -6,7 +6,8 @@
 //! can steer a request to the host's own services or a cloud metadata
 //! endpoint. It then connects to exactly the checked addresses, with TLS
 //! for https (rustls, webpki roots), keeping a small connection pool per
-//! component.
+//! component. The TLS configuration (with its ~150 root certificates) is
+//! built once per process and shared by every component's client.
 
 use super::policy::{OutboundPolicy, default_port};
 use bytes::Bytes;
@@ -21,7 +22,7 @@ use std::future::Future;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::net::TcpStream;
@@ -115,6 +116,35 @@ impl tower_service::Service<http::Uri> for CheckedConnector {
     }
 }
 
+/// The process's TLS client configuration: ring, the safe default protocol
+/// versions, the webpki roots; built on first use.
+fn tls_config() -> Result<rustls::ClientConfig, String> {
+    static CONFIG: LazyLock<Result<rustls::ClientConfig, String>> = LazyLock::new(|| {
+        let roots = rustls::RootCertStore {
+            roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+        };
+        Ok(rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("cannot set up TLS for outbound HTTP: {e}"))?
+        .with_root_certificates(roots)
+        .with_no_client_auth())
+    });
+    // Cloning shares the roots and verifier (both behind `Arc`s).
+    CONFIG.clone()
+}
+
+/// Checks that outbound TLS can be set up in this process, so a component
+/// that may call out fails at load rather than at its first call.
+///
+/// # Errors
+///
+/// When the TLS configuration cannot be built.
+pub fn check_tls() -> Result<(), String> {
+    tls_config().map(drop)
+}
+
 /// One component's outbound client.
 pub struct OutboundClient {
     client: Client<HttpsConnector<CheckedConnector>, WasiBody>,
@@ -128,8 +158,7 @@ impl OutboundClient {
     /// When the TLS configuration cannot be built.
     pub fn new(policy: Arc<OutboundPolicy>) -> Result<OutboundClient, String> {
         let https = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_provider_and_webpki_roots(Arc::new(rustls::crypto::ring::default_provider()))
-            .map_err(|e| format!("cannot set up TLS for outbound HTTP: {e}"))?
+            .with_tls_config(tls_config()?)
             .https_or_http()
             .enable_http1()
             .wrap_connector(CheckedConnector { policy });

@@ -16,7 +16,7 @@ use super::{Capability, PrepareContext};
 use crate::instance::InstanceBuilder;
 use crate::manifest::ComponentSpec;
 use std::net::IpAddr;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 use wasmtime_wasi_http::{Error as HttpError, RequestOptions, WasiBody, WasiHttpHooks};
 
@@ -33,7 +33,23 @@ pub struct OutboundHttp {
 /// What an instance may call, and through which client.
 pub struct OutboundGrant {
     policy: Arc<OutboundPolicy>,
-    client: OutboundClient,
+    /// Made on the first permitted call: most components never call out,
+    /// and a node holding thousands of them keeps no client for those.
+    client: OnceLock<OutboundClient>,
+}
+
+impl OutboundGrant {
+    fn client(&self) -> Result<&OutboundClient, HttpError> {
+        if let Some(client) = self.client.get() {
+            return Ok(client);
+        }
+        let client = OutboundClient::new(self.policy.clone()).map_err(|e| {
+            tracing::error!(component = self.policy.component(), "{e}");
+            HttpError::InternalError(Some(e))
+        })?;
+        // Two first calls at once may both build one; either will do.
+        Ok(self.client.get_or_init(|| client))
+    }
 }
 
 impl OutboundHttp {
@@ -47,9 +63,12 @@ impl OutboundHttp {
             cx.component.as_str(),
             spec.allowed_outbound_hosts.clone(),
         ));
-        let client = OutboundClient::new(policy.clone())?;
+        client::check_tls()?;
         Ok(OutboundHttp {
-            grant: Arc::new(OutboundGrant { policy, client }),
+            grant: Arc::new(OutboundGrant {
+                policy,
+                client: OnceLock::new(),
+            }),
         })
     }
 }
@@ -150,7 +169,7 @@ impl WasiHttpHooks for OutboundHooks {
             .unwrap_or(DEFAULT_BETWEEN_BYTES_TIMEOUT);
         Box::new(async move {
             let response = grant
-                .client
+                .client()?
                 .send(request, head_timeout, between_bytes)
                 .await?;
             Ok((

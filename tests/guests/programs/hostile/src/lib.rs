@@ -8,7 +8,8 @@
 //! (streams `tick I` lines, one every MS ms, N of them or without end), `/drip-panic`
 //! (streams three ticks, then panics), `/socket?KIND[&ADDR]` (tries the
 //! socket or name lookup KIND through `wasi:sockets` and answers what it
-//! got, see [`socket`]), and `/ok` for a well-behaved answer.
+//! got, see [`socket`]), `/hold?MIB&MS` (fills MIB MiB of memory and
+//! holds it MS ms before answering), and `/ok` for a well-behaved answer.
 
 use skiff_sdk::http::StatusCode;
 use skiff_sdk::{Body, Request, Response, outbound};
@@ -94,6 +95,16 @@ fn attack(request: Request) -> Response {
                     .insert(name, skiff_sdk::http::HeaderValue::from_static(value));
             }
             response
+        }
+        "/hold" => {
+            let (mib, ms) = arg.split_once('&').unwrap_or((arg.as_str(), "1000"));
+            let mib: usize = mib.parse().unwrap_or(64);
+            let held: Vec<Vec<u8>> = (0..mib).map(|_| vec![1u8; 1 << 20]).collect();
+            std::thread::sleep(std::time::Duration::from_millis(ms.parse().unwrap_or(1000)));
+            text(
+                StatusCode::OK,
+                format!("held {} MiB", black_box(&held).len()),
+            )
         }
         "/read-body" => match request.into_body().bytes() {
             Ok(bytes) => text(StatusCode::OK, format!("read {} bytes", bytes.len())),

@@ -3,7 +3,9 @@
 //! `/env` lists every environment variable, `/read?PATH` reads a file,
 //! `/write?PATH` tries to create one, `/list?PATH` lists a directory,
 //! `/sleep?MS` sleeps (logging `sleeping MS` on stderr before and `awake`
-//! after), `/status?CODE` answers with that status, `/log?TEXT`
+//! after), `/wait?PATH` waits until the file PATH exists (logging
+//! `sleeping until PATH` before and `awake` after), `/status?CODE`
+//! answers with that status, `/log?TEXT`
 //! writes TEXT to stdout and `err TEXT` to stderr, `/flood?TAG&N` writes N
 //! lines `TAG I`, odd I to stdout and even I to stderr.
 
@@ -31,6 +33,14 @@ fn probe(request: Request) -> Response {
                     .collect()
             })
             .map_err(|e| e.to_string()),
+        "wait" => {
+            eprintln!("sleeping until {arg}");
+            while std::fs::metadata(&arg).is_err() {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            eprintln!("awake");
+            Ok("released".to_string())
+        }
         "sleep" => {
             let ms: u64 = arg.parse().unwrap_or(100);
             eprintln!("sleeping {ms}");
