@@ -143,7 +143,13 @@ fn a_gigabyte_response_is_cut_off_at_the_response_limit() {
             Err(e) => break Err(e),
         }
     };
-    assert_eq!(received, 8 << 20, "bytes received of a 1 GiB body");
+    // Skiff hands exactly the limit to hyper (the unit test of
+    // `LimitedBody` checks that), but cutting the connection may drop what
+    // hyper still buffered: at most one write buffer.
+    assert!(
+        received <= 8 << 20 && received > (8 << 20) - (1 << 20),
+        "{received} bytes received of a 1 GiB body limited to 8 MiB"
+    );
     let broken = end.expect_err("the body cut off at the limit ended as if complete");
     assert_eq!(broken.kind(), std::io::ErrorKind::UnexpectedEof, "{broken}");
     skiff.wait_for_stderr("reason=\"response_too_large\"");

@@ -91,14 +91,7 @@ pub async fn invoke(
         return request_too_large(name, request_limit);
     }
     if component.memory.under_pressure() {
-        tracing::warn!(
-            component = name,
-            reason = FailureReason::MemoryPressure.as_str(),
-            "request refused: this node is short of memory"
-        );
-        return retry_shortly(format!(
-            "this node is short of memory and starts no new instances until it recovers (component \"{name}\"); retry shortly\n"
-        ));
+        return refuse_under_pressure(name);
     }
     let Ok(permit) = component.gate.enter().await else {
         tracing::warn!(
@@ -131,6 +124,11 @@ pub async fn invoke(
         }
     };
 
+    // A request that waited for its place may find the node short of
+    // memory by now: still, no new instance.
+    if component.memory.under_pressure() {
+        return refuse_under_pressure(name);
+    }
     let mut store = match new_store(component, log_sink) {
         Ok(store) => store,
         Err(e) => {
@@ -485,6 +483,19 @@ where
     B: http_body::Body<Data = Bytes, Error = hyper::Error> + Send + 'static,
 {
     body.map_err(wasmtime_wasi_http::Error::from).boxed_unsync()
+}
+
+/// Logs and answers a request refused because the process is short of
+/// memory.
+fn refuse_under_pressure(name: &str) -> hyper::Response<ResponseBody> {
+    tracing::warn!(
+        component = name,
+        reason = FailureReason::MemoryPressure.as_str(),
+        "request refused: this node is short of memory"
+    );
+    retry_shortly(format!(
+        "this node is short of memory and starts no new instances until it recovers (component \"{name}\"); retry shortly\n"
+    ))
 }
 
 /// A 503 with `Retry-After: 1`: the request was refused before any

@@ -77,7 +77,9 @@ impl PreparedComponents {
         slots
             .by_digest
             .values()
-            .filter(|slot| slot.lock().map(|w| w.strong_count() > 0).unwrap_or(false))
+            // A slot being prepared right now is not counted, and not
+            // waited for.
+            .filter(|slot| slot.try_lock().is_ok_and(|w| w.strong_count() > 0))
             .count()
     }
 

@@ -11,6 +11,11 @@
 
 use crate::manifest::ComponentSpec;
 
+/// How deep components and modules may nest inside a component read here:
+/// real ones nest two or three levels; a crafted one nesting millions would
+/// make the parser keep a state per level.
+pub const MAX_NESTING: usize = 32;
+
 /// Instances of one replica expected in flight at once, for its default
 /// reservation. Requests to a Wasm component take milliseconds, so a
 /// replica serving a few hundred requests a second seldom has more than
@@ -26,17 +31,33 @@ pub const INSTANCE_OVERHEAD: u64 = 512 << 10;
 ///
 /// # Errors
 ///
-/// Bytes that do not parse as WebAssembly, with the parser's reason.
+/// Bytes that do not parse as WebAssembly, with the parser's reason, or
+/// that nest deeper than [`MAX_NESTING`].
 pub fn initial_memory(wasm: &[u8]) -> Result<u64, String> {
+    use wasmparser::Payload;
     let mut total: u64 = 0;
+    // The top level opens with its header and closes with its `End`, as
+    // does each nested module or component.
+    let mut depth = 0usize;
     for payload in wasmparser::Parser::new(0).parse_all(wasm) {
-        let payload = payload.map_err(|e| format!("cannot read the component: {e}"))?;
-        if let wasmparser::Payload::MemorySection(memories) = payload {
-            for memory in memories {
-                let memory = memory.map_err(|e| format!("cannot read the component: {e}"))?;
-                let page = 1u64 << memory.page_size_log2.unwrap_or(16);
-                total = total.saturating_add(memory.initial.saturating_mul(page));
+        match payload.map_err(|e| format!("cannot read the component: {e}"))? {
+            Payload::Version { .. } => {
+                depth += 1;
+                if depth > MAX_NESTING {
+                    return Err(format!(
+                        "cannot read the component: it nests modules and components more than {MAX_NESTING} deep"
+                    ));
+                }
             }
+            Payload::End(_) => depth = depth.saturating_sub(1),
+            Payload::MemorySection(memories) => {
+                for memory in memories {
+                    let memory = memory.map_err(|e| format!("cannot read the component: {e}"))?;
+                    let page = 1u64 << memory.page_size_log2.unwrap_or(16);
+                    total = total.saturating_add(memory.initial.saturating_mul(page));
+                }
+            }
+            _ => {}
         }
     }
     Ok(total)
@@ -85,6 +106,22 @@ mod tests {
         assert_eq!(initial_memory(&component).unwrap(), 20 * 65536);
         let err = initial_memory(b"\0asm\x0d\0\x01\0garbage").unwrap_err();
         assert!(err.starts_with("cannot read the component"), "{err}");
+    }
+
+    #[test]
+    fn components_nested_past_the_limit_are_refused_before_the_parser_piles_up_state() {
+        let nested = |levels: usize| {
+            let mut text = String::new();
+            for _ in 0..levels {
+                text.push_str("(component ");
+            }
+            text.push_str("(core module (memory 1))");
+            text.push_str(&")".repeat(levels));
+            wat::parse_str(&text).unwrap()
+        };
+        assert_eq!(initial_memory(&nested(MAX_NESTING - 1)).unwrap(), 65536);
+        let err = initial_memory(&nested(MAX_NESTING + 5)).unwrap_err();
+        assert!(err.contains("more than 32 deep"), "{err}");
     }
 
     #[test]

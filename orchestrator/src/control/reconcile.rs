@@ -352,9 +352,10 @@ fn place(live: &mut Live, out: &mut Outcome, ids: Vec<String>, moving: bool) {
                 }
                 if why.refusals.contains_key("insufficient memory") {
                     reason.push_str(&format!(
-                        " (a replica of {} reserves {}; set [component.<name>.placement] memory to reserve less, add nodes, or let nodes overcommit with `skiff server --overcommit`)",
+                        " (a replica of {} reserves {}; set [component.{}.placement] memory to reserve less, add nodes, or let nodes overcommit with `skiff server --overcommit`)",
                         request.component,
-                        bytesize::ByteSize::b(request.memory).display().iec()
+                        bytesize::ByteSize::b(request.memory).display().iec(),
+                        request.component.rsplit('/').next().unwrap_or_default()
                     ));
                 }
                 if moving {

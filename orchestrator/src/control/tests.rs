@@ -277,7 +277,7 @@ fn unplaceable_replicas_wait_with_a_reason_and_deleted_apps_lose_theirs() {
         reasons,
         [
             "0/2 nodes fit: 2 insufficient memory (a replica of web/api reserves 64.0 MiB; \
-          set [component.<name>.placement] memory to reserve less, add nodes, or let nodes \
+          set [component.api.placement] memory to reserve less, add nodes, or let nodes \
           overcommit with `skiff server --overcommit`)"
         ]
     );

@@ -6,8 +6,9 @@
 //! can steer a request to the host's own services or a cloud metadata
 //! endpoint. It then connects to exactly the checked addresses, with TLS
 //! for https (rustls, webpki roots), keeping a small connection pool per
-//! component. The TLS configuration (with its ~150 root certificates) is
-//! built once per process and shared by every component's client.
+//! component. The TLS roots and verifier (~150 root certificates) are built
+//! once per process and shared by every component's client; each client
+//! keeps its own TLS session cache.
 
 use super::policy::{OutboundPolicy, default_port};
 use bytes::Bytes;
@@ -157,8 +158,12 @@ impl OutboundClient {
     ///
     /// When the TLS configuration cannot be built.
     pub fn new(policy: Arc<OutboundPolicy>) -> Result<OutboundClient, String> {
+        let mut tls = tls_config()?;
+        // Roots and verifier are shared; resumable sessions are not, so one
+        // component's session tickets never identify another's calls.
+        tls.resumption = rustls::client::Resumption::in_memory_sessions(32);
         let https = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config(tls_config()?)
+            .with_tls_config(tls)
             .https_or_http()
             .enable_http1()
             .wrap_connector(CheckedConnector { policy });
