@@ -248,15 +248,7 @@ fn server_blobs(home: &Path) -> BTreeSet<String> {
 }
 
 fn package_of(home: &Path, app: &str) -> String {
-    json(home, &["apps"])
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|a| a["name"] == app)
-        .unwrap()["package"]
-        .as_str()
-        .unwrap()
-        .to_string()
+    support::cluster::package_in(&json(home, &["apps"]), app)
 }
 
 #[test]

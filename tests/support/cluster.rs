@@ -151,15 +151,7 @@ impl Cluster {
 
     /// The package digest `skiff apps` shows for `app`.
     pub fn package_of(&self, app: &str) -> String {
-        self.json(&["apps"])
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|a| a["name"] == app)
-            .unwrap()["package"]
-            .as_str()
-            .unwrap()
-            .to_string()
+        package_in(&self.json(&["apps"]), app)
     }
 
     /// Every replica of `app`.
@@ -256,6 +248,19 @@ pub fn app(dir: &Path, name: &str, source: &str, replicas: u32, env: &str) -> St
         ),
     );
     dir.to_str().unwrap().to_string()
+}
+
+/// The package digest that `apps` (`skiff apps -o json` output) shows
+/// for `app`.
+pub fn package_in(apps: &Value, app: &str) -> String {
+    apps.as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["name"] == app)
+        .unwrap()["package"]
+        .as_str()
+        .unwrap()
+        .to_string()
 }
 
 /// The distinct nodes `replicas` are on.
