@@ -791,3 +791,20 @@ fn get_chunked(skiff: &Running, path: &str) -> (String, String, bool) {
     };
     (head, String::from_utf8_lossy(&body).into_owned(), complete)
 }
+
+/// Pool slots keep the pages an instance wrote resident for the next one:
+/// they must come back as the component's original contents, so nothing a
+/// request wrote, in its data segment or zeroed memory, reaches the next.
+#[test]
+fn nothing_one_request_writes_in_memory_reaches_the_next_instance() {
+    let (skiff, _h, _d) = start("");
+    for i in 0..20 {
+        let secret = format!("secret-{i:02}-of-the-previous-request");
+        let (status, body) = get(&skiff.at(&format!("/probe/remember?{secret}")));
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(
+            body, "data=pristine data segment contents.. bss=clean",
+            "request {i} saw what an earlier one wrote"
+        );
+    }
+}

@@ -7,7 +7,10 @@
 //! `sleeping until PATH` before and `awake` after), `/status?CODE`
 //! answers with that status, `/log?TEXT`
 //! writes TEXT to stdout and `err TEXT` to stderr, `/flood?TAG&N` writes N
-//! lines `TAG I`, odd I to stdout and even I to stderr.
+//! lines `TAG I`, odd I to stdout and even I to stderr, and `/remember?TEXT`
+//! reports what its static memory held (a data-segment string and a 1 MiB
+//! zeroed array: `data=... bss=clean|dirty`), then writes TEXT over both,
+//! so a later instance shows whether it inherited anything.
 
 use skiff_sdk::http::StatusCode;
 use skiff_sdk::{Request, Response};
@@ -71,6 +74,7 @@ fn probe(request: Request) -> Response {
             }
             Ok(format!("wrote {count} lines"))
         }
+        "remember" => Ok(remember(arg.as_bytes())),
         other => Err(format!("unknown probe {other}")),
     };
     match result {
@@ -81,6 +85,38 @@ fn probe(request: Request) -> Response {
             response
         }
     }
+}
+
+/// Initialized data: lives in the component's memory image.
+static mut NOTE: [u8; 32] = *b"pristine data segment contents..";
+/// Zero-initialized, 1 MiB: beyond the image, spanning many pages.
+static mut SCRATCH: [u8; 1 << 20] = [0; 1 << 20];
+
+fn remember(text: &[u8]) -> String {
+    // SAFETY: one request at a time runs in an instance (single thread).
+    let (note, scratch) = unsafe {
+        (
+            &mut *std::ptr::addr_of_mut!(NOTE),
+            &mut *std::ptr::addr_of_mut!(SCRATCH),
+        )
+    };
+    let before = format!(
+        "data={} bss={}",
+        String::from_utf8_lossy(note),
+        if scratch.iter().all(|&b| b == 0) {
+            "clean"
+        } else {
+            "dirty"
+        }
+    );
+    for (i, byte) in note.iter_mut().enumerate() {
+        *byte = text.get(i).copied().unwrap_or(b'.');
+    }
+    for page in scratch.chunks_mut(4096) {
+        page[..text.len().min(4096)].copy_from_slice(&text[..text.len().min(4096)]);
+        page[4095] = 0xff;
+    }
+    before
 }
 
 fn percent_decode(s: &str) -> String {
