@@ -2,23 +2,21 @@
 //! app skips Cranelift.
 //!
 //! Entries are keyed by the sha256 of the component bytes and the engine's
-//! precompile compatibility hash. Each entry is sealed with an HMAC-SHA256
-//! under a random key that only this Skiff home holds, so the one unsafe
-//! step, deserializing native code, only ever runs on artifacts Skiff wrote
-//! itself; anything else is discarded and recompiled.
+//! precompile compatibility hash. Each entry (`NAME.cwasm`) has a seal
+//! beside it (`NAME.seal`): a keyed BLAKE3 hash (a MAC) of its name and
+//! bytes under a random key that only this Skiff home holds, so the one unsafe step,
+//! deserializing native code, only ever runs on artifacts Skiff wrote
+//! itself; anything else is discarded and recompiled. A verified entry is
+//! mapped from its file, not copied: its code pages are the page cache's,
+//! shared by every process that loads it, and its memory images are mapped
+//! copy-on-write from the same file.
 
-use hmac::{Hmac, Mac};
 use sha2::{Digest, Sha256};
 use std::hash::{Hash, Hasher};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use wasmtime::Engine;
 use wasmtime::component::Component;
-
-type HmacSha256 = Hmac<Sha256>;
-
-/// Length of the HMAC tag that precedes each artifact.
-const TAG_LEN: usize = 32;
 
 /// Where a loaded component's machine code came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -98,8 +96,17 @@ impl CompileCache {
             return Ok((component, CacheOutcome::Hit));
         }
         let artifact = engine.precompile_component(wasm)?;
-        if let Err(e) = self.store(&path, &artifact) {
-            tracing::warn!(path = %path.display(), "cannot write compile cache entry: {e}");
+        match self.store(&path, &artifact) {
+            // Mapped from the entry just written, like any later start, so
+            // its code and images are file-backed and shared from now on.
+            Ok(()) => {
+                if let Some(component) = self.load(engine, &path) {
+                    return Ok((component, CacheOutcome::Compiled));
+                }
+            }
+            Err(e) => {
+                tracing::warn!(path = %path.display(), "cannot write compile cache entry: {e}")
+            }
         }
         // SAFETY: `artifact` was produced by `precompile_component` on this
         // very engine a moment ago.
@@ -107,56 +114,114 @@ impl CompileCache {
         Ok((component, CacheOutcome::Compiled))
     }
 
-    /// Reads and verifies a cache entry; `None` when absent or not sealed by
-    /// this cache's key (such an entry is removed).
+    /// Opens and verifies a cache entry and maps it; `None` when absent or
+    /// not sealed by this cache's key (such an entry is removed).
     fn load(&self, engine: &Engine, path: &Path) -> Option<Component> {
-        let bytes = std::fs::read(path).ok()?;
-        let sealed = bytes.len() > TAG_LEN && {
-            let (tag, artifact) = bytes.split_at(TAG_LEN);
-            self.mac(path, artifact).verify_slice(tag).is_ok()
+        let seal_path = path.with_extension("seal");
+        let file = std::fs::File::open(path).ok()?;
+        let sealed = match std::fs::read(&seal_path) {
+            Ok(tag) => self.verify(path, &file, &tag),
+            Err(_) => false,
         };
         if !sealed {
             tracing::warn!(path = %path.display(), "discarding compile cache entry not sealed by this Skiff home");
             let _ = std::fs::remove_file(path);
+            let _ = std::fs::remove_file(&seal_path);
             return None;
         }
+        // The file verified is the file mapped: through the open
+        // descriptor, so a rename over the entry in between changes
+        // nothing. Entries are written with mode 0600, so no other user
+        // can change the bytes in place.
+        let verified = PathBuf::from(format!("/proc/self/fd/{}", file_descriptor(&file)));
         // SAFETY: the HMAC proves these bytes were written by `store` with
         // this home's secret key, i.e. they are the output of
         // `Engine::precompile_component` for an engine with the same
         // compatibility hash (part of the file name, which the MAC covers).
-        match unsafe { Component::deserialize(engine, &bytes[TAG_LEN..]) } {
+        let loaded = if verified.exists() {
+            unsafe { Component::deserialize_file(engine, &verified) }
+        } else {
+            // No procfs: read the verified descriptor into memory instead.
+            read_all(&file).and_then(|bytes| unsafe { Component::deserialize(engine, bytes) })
+        };
+        match loaded {
             Ok(component) => Some(component),
             Err(e) => {
                 tracing::warn!(path = %path.display(), "discarding unusable compile cache entry: {e:#}");
                 let _ = std::fs::remove_file(path);
+                let _ = std::fs::remove_file(&seal_path);
                 None
             }
         }
     }
 
-    /// Writes a sealed entry atomically (temp file, then rename).
+    /// Whether `tag` is this cache's MAC over `path`'s name and the
+    /// contents of `file`, which is mapped, not read, and hashed on every
+    /// core.
+    fn verify(&self, path: &Path, file: &std::fs::File, tag: &[u8]) -> bool {
+        let Ok(tag) = <[u8; blake3::OUT_LEN]>::try_from(tag) else {
+            return false;
+        };
+        // SAFETY: the mapping is read while this function runs. Entries
+        // are only ever replaced by rename, never changed in place, and
+        // no other user may write them (mode 0600).
+        let Ok(artifact) = (unsafe { memmap2::Mmap::map(file) }) else {
+            return false;
+        };
+        let mut mac = self.mac(path);
+        mac.update_rayon(&artifact);
+        // `Hash`'s equality is constant-time.
+        mac.finalize() == blake3::Hash::from_bytes(tag)
+    }
+
+    /// Writes an entry and then its seal, each atomically (temp file, then
+    /// rename), both mode 0600. A crash between the two leaves an entry
+    /// whose seal is missing or stale: it is discarded on its next load.
     fn store(&self, path: &Path, artifact: &[u8]) -> std::io::Result<()> {
-        let tag = self.mac(path, artifact).finalize().into_bytes();
-        let mut tmp = tempfile::NamedTempFile::new_in(&self.dir)?;
-        tmp.write_all(&tag)?;
-        tmp.write_all(artifact)?;
-        tmp.as_file().sync_all()?;
-        tmp.persist(path).map_err(|e| e.error)?;
+        let mut mac = self.mac(path);
+        mac.update_rayon(artifact);
+        let tag = mac.finalize();
+        for (target, bytes) in [
+            (path.to_path_buf(), artifact),
+            (path.with_extension("seal"), tag.as_bytes()),
+        ] {
+            // NamedTempFile creates files readable by their owner only.
+            let mut tmp = tempfile::NamedTempFile::new_in(&self.dir)?;
+            tmp.write_all(bytes)?;
+            tmp.as_file().sync_all()?;
+            tmp.persist(&target).map_err(|e| e.error)?;
+        }
         Ok(())
     }
 
-    /// The MAC over an entry's file name and contents.
-    fn mac(&self, path: &Path, artifact: &[u8]) -> HmacSha256 {
-        let mut mac = HmacSha256::new_from_slice(&self.key).expect("HMAC takes any key length");
+    /// A MAC keyed for this cache, fed the entry's file name; the caller
+    /// feeds it the artifact.
+    fn mac(&self, path: &Path) -> blake3::Hasher {
+        let mut mac = blake3::Hasher::new_keyed(&self.key);
         let name = path
             .file_name()
             .map(|n| n.as_encoded_bytes())
             .unwrap_or_default();
         mac.update(&(name.len() as u64).to_le_bytes());
         mac.update(name);
-        mac.update(artifact);
         mac
     }
+}
+
+/// The raw descriptor of `file`, for its `/proc/self/fd` path.
+fn file_descriptor(file: &std::fs::File) -> i32 {
+    use std::os::fd::AsRawFd;
+    file.as_raw_fd()
+}
+
+/// Reads `file` from its start to its end.
+fn read_all(file: &std::fs::File) -> wasmtime::Result<Vec<u8>> {
+    use std::io::{Read, Seek};
+    let mut reader = file;
+    let mut bytes = Vec::new();
+    reader.seek(std::io::SeekFrom::Start(0))?;
+    reader.read_to_end(&mut bytes)?;
+    Ok(bytes)
 }
 
 /// Reads the cache key, creating a fresh random one (mode 0600) if absent.
@@ -211,5 +276,85 @@ impl Hasher for Sha256Hasher {
 
     fn write(&mut self, bytes: &[u8]) {
         self.0.update(bytes);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An empty component, with a custom section carrying `tag` so each
+    /// tag gives different bytes.
+    fn component(tag: &str) -> Vec<u8> {
+        let mut wasm = b"\0asm\x0d\0\x01\0".to_vec();
+        let name = b"skiff-test";
+        let payload = [&[name.len() as u8][..], name, tag.as_bytes()].concat();
+        wasm.push(0);
+        wasm.push(payload.len() as u8);
+        wasm.extend_from_slice(&payload);
+        wasm
+    }
+
+    fn entries(dir: &Path, extension: &str) -> Vec<PathBuf> {
+        let mut found: Vec<PathBuf> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|e| e == extension))
+            .collect();
+        found.sort();
+        found
+    }
+
+    #[test]
+    fn an_entry_is_compiled_once_then_mapped_from_its_sealed_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = CompileCache::open(dir.path()).unwrap();
+        let engine = Engine::default();
+        let wasm = component("a");
+        let (_, first) = cache.load_or_compile(&engine, "aa", &wasm).unwrap();
+        assert_eq!(first, CacheOutcome::Compiled);
+        let (_, second) = cache.load_or_compile(&engine, "aa", &wasm).unwrap();
+        assert_eq!(second, CacheOutcome::Hit);
+        for file in entries(dir.path(), "cwasm")
+            .into_iter()
+            .chain(entries(dir.path(), "seal"))
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&file).unwrap().permissions().mode();
+            assert_eq!(mode & 0o077, 0, "{} is mode {mode:o}", file.display());
+        }
+    }
+
+    #[test]
+    fn entries_with_a_missing_altered_or_borrowed_seal_are_discarded() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = CompileCache::open(dir.path()).unwrap();
+        let engine = Engine::default();
+        let (a, b) = (component("a"), component("b"));
+        cache.load_or_compile(&engine, "aa", &a).unwrap();
+        cache.load_or_compile(&engine, "bb", &b).unwrap();
+        let seals = entries(dir.path(), "seal");
+        assert_eq!(seals.len(), 2);
+
+        // Entry "aa" presented with "bb"'s (valid) seal.
+        std::fs::copy(&seals[1], &seals[0]).unwrap();
+        let (_, outcome) = cache.load_or_compile(&engine, "aa", &a).unwrap();
+        assert_eq!(outcome, CacheOutcome::Compiled, "a borrowed seal");
+
+        // One altered byte in the artifact.
+        let artifact = seals[1].with_extension("cwasm");
+        let mut bytes = std::fs::read(&artifact).unwrap();
+        let last = bytes.len() - 1;
+        bytes[last] ^= 1;
+        std::fs::write(&artifact, bytes).unwrap();
+        let (_, outcome) = cache.load_or_compile(&engine, "bb", &b).unwrap();
+        assert_eq!(outcome, CacheOutcome::Compiled, "an altered artifact");
+
+        // No seal at all.
+        std::fs::remove_file(&seals[1]).unwrap();
+        let (_, outcome) = cache.load_or_compile(&engine, "bb", &b).unwrap();
+        assert_eq!(outcome, CacheOutcome::Compiled, "a missing seal");
+        let (_, outcome) = cache.load_or_compile(&engine, "bb", &b).unwrap();
+        assert_eq!(outcome, CacheOutcome::Hit, "sealed again after recompiling");
     }
 }
