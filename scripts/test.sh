@@ -11,6 +11,11 @@ if ! command -v docker-registry >/dev/null; then
   echo "== installing docker-registry"
   (apt-get update -qq && apt-get install -y -qq docker-registry) >/dev/null
 fi
+# The JavaScript example builds with componentize-js from the npm registry.
+if ! command -v npm >/dev/null; then
+  echo "== installing nodejs and npm"
+  (apt-get update -qq && apt-get install -y -qq nodejs npm) >/dev/null
+fi
 
 echo "== cargo fmt"
 cargo fmt --all -- --check

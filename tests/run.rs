@@ -241,6 +241,55 @@ fn second_start_takes_the_component_from_the_compile_cache() {
     assert_eq!(get(&third.at("/")).0, 200);
 }
 
+/// The JavaScript example, built by its own `build` command (npm and
+/// componentize-js), is served by `skiff run` with no flag, and reads its
+/// configuration from the manifest's `env` like a Rust component does.
+#[test]
+fn the_javascript_example_builds_and_serves_its_greeting_from_env() {
+    let home = temp_dir();
+    let app = format!("{}/hello-js", guests::EXAMPLES_DIR);
+    let build = skiff(home.path())
+        .args(["build", &app])
+        .output()
+        .expect("running skiff build");
+    assert!(
+        build.status.success(),
+        "skiff build {app} failed (it needs Node.js and npm):\n{}",
+        String::from_utf8_lossy(&build.stderr)
+    );
+    let served = Running::start(home.path(), &[&app]);
+    assert!(served.banner.contains("/... -> hello"), "{}", served.banner);
+    assert_eq!(
+        get(&served.at("/any/path")),
+        (200, "Hello from JavaScript!\n".to_string())
+    );
+    drop(served);
+
+    // The same component under another manifest: the greeting is the
+    // manifest's, and the second start takes the compile cache.
+    let dir = temp_dir();
+    let manifest = dir.path().join("skiff.toml");
+    std::fs::write(
+        &manifest,
+        format!(
+            "[app]\nname = \"hola\"\nversion = \"1.0.0\"\n\n[component.hola]\nsource = {:?}\n\
+             route = \"/...\"\nenv = {{ GREETING = \"Hola\" }}\n",
+            format!("{app}/hello-js.wasm")
+        ),
+    )
+    .unwrap();
+    let served = Running::start(home.path(), &[manifest.to_str().unwrap()]);
+    assert!(
+        served.banner.contains("(from compile cache)"),
+        "{}",
+        served.banner
+    );
+    assert_eq!(
+        get(&served.at("/")),
+        (200, "Hola from JavaScript!\n".to_string())
+    );
+}
+
 #[test]
 fn sigterm_lets_in_flight_requests_finish() {
     let home = temp_dir();
