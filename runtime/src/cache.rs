@@ -9,14 +9,22 @@
 //! itself; anything else is discarded and recompiled. A verified entry is
 //! mapped from its file, not copied: its code pages are the page cache's,
 //! shared by every process that loads it, and its memory images are mapped
-//! copy-on-write from the same file.
+//! copy-on-write from the same file. The directory, the key, entries and
+//! seals are used only when no other user can have written them (see
+//! [`private_file`]).
 
+mod private_file;
+
+use private_file::Refusal;
 use sha2::{Digest, Sha256};
 use std::hash::{Hash, Hasher};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use wasmtime::Engine;
 use wasmtime::component::Component;
+
+/// The largest cache entry loaded; anything larger is not one Skiff wrote.
+const MAX_ENTRY_BYTES: u64 = 4 << 30;
 
 /// Where a loaded component's machine code came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -66,7 +74,16 @@ impl CompileCache {
             dir: dir.to_path_buf(),
             source,
         };
+        // Every component loaded from here keeps its entry open.
+        crate::fd_limit::raise_to_hard_limit();
         std::fs::create_dir_all(dir).map_err(err)?;
+        let meta = std::fs::metadata(dir).map_err(err)?;
+        private_file::check_directory(&meta).map_err(|reason| {
+            err(std::io::Error::other(format!(
+                "{reason}; native code is loaded from it, so no other user may write there \
+                 (chmod go-w it, or set SKIFF_HOME to a directory of your own)"
+            )))
+        })?;
         let key = load_or_create_key(&dir.join("key")).map_err(err)?;
         Ok(CompileCache {
             dir: dir.to_path_buf(),
@@ -114,27 +131,31 @@ impl CompileCache {
         Ok((component, CacheOutcome::Compiled))
     }
 
-    /// Opens and verifies a cache entry and maps it; `None` when absent or
-    /// not sealed by this cache's key (such an entry is removed).
+    /// Opens and verifies a cache entry and maps it; `None` when absent,
+    /// not this user's own private file, or not sealed by this cache's key
+    /// (logged; the recompiled entry then replaces it).
     fn load(&self, engine: &Engine, path: &Path) -> Option<Component> {
-        let seal_path = path.with_extension("seal");
-        let file = std::fs::File::open(path).ok()?;
-        let sealed = match std::fs::read(&seal_path) {
-            Ok(tag) => self.verify(path, &file, &tag),
-            Err(_) => false,
+        let file = match private_file::open(path, MAX_ENTRY_BYTES) {
+            Ok(file) => file,
+            Err(Refusal::Absent) => return None,
+            Err(refusal) => {
+                tracing::warn!(path = %path.display(), "not loading compile cache entry: {refusal}; compiling instead");
+                return None;
+            }
         };
-        if !sealed {
-            tracing::warn!(path = %path.display(), "discarding compile cache entry not sealed by this Skiff home");
-            let _ = std::fs::remove_file(path);
-            let _ = std::fs::remove_file(&seal_path);
+        let seal = match private_file::open(&path.with_extension("seal"), blake3::OUT_LEN as u64) {
+            Ok(seal) => read_seal(seal),
+            Err(refusal) => Err(format!("its seal cannot be used: {refusal}")),
+        };
+        if let Err(reason) = seal.and_then(|tag| self.verify(path, &file, &tag)) {
+            tracing::warn!(path = %path.display(), "not loading compile cache entry: {reason}; compiling instead");
             return None;
         }
         // The file verified is the file mapped: through the open
         // descriptor, so a rename over the entry in between changes
-        // nothing. Entries are written with mode 0600, so no other user
-        // can change the bytes in place.
+        // nothing, and only this user may change the file in place.
         let verified = PathBuf::from(format!("/proc/self/fd/{}", file_descriptor(&file)));
-        // SAFETY: the HMAC proves these bytes were written by `store` with
+        // SAFETY: the MAC proves these bytes were written by `store` with
         // this home's secret key, i.e. they are the output of
         // `Engine::precompile_component` for an engine with the same
         // compatibility hash (part of the file name, which the MAC covers).
@@ -147,36 +168,37 @@ impl CompileCache {
         match loaded {
             Ok(component) => Some(component),
             Err(e) => {
-                tracing::warn!(path = %path.display(), "discarding unusable compile cache entry: {e:#}");
-                let _ = std::fs::remove_file(path);
-                let _ = std::fs::remove_file(&seal_path);
+                tracing::warn!(path = %path.display(), "not loading unusable compile cache entry: {e:#}; compiling instead");
                 None
             }
         }
     }
 
-    /// Whether `tag` is this cache's MAC over `path`'s name and the
+    /// Checks that `tag` is this cache's MAC over `path`'s name and the
     /// contents of `file`, which is mapped, not read, and hashed on every
     /// core.
-    fn verify(&self, path: &Path, file: &std::fs::File, tag: &[u8]) -> bool {
-        let Ok(tag) = <[u8; blake3::OUT_LEN]>::try_from(tag) else {
-            return false;
-        };
-        // SAFETY: the mapping is read while this function runs. Entries
-        // are only ever replaced by rename, never changed in place, and
-        // no other user may write them (mode 0600).
-        let Ok(artifact) = (unsafe { memmap2::Mmap::map(file) }) else {
-            return false;
-        };
+    fn verify(&self, path: &Path, file: &std::fs::File, tag: &[u8]) -> Result<(), String> {
+        let tag = <[u8; blake3::OUT_LEN]>::try_from(tag)
+            .map_err(|_| format!("its seal is {} bytes, not {}", tag.len(), blake3::OUT_LEN))?;
+        // SAFETY: the mapping is read while this function runs; only this
+        // user may change the file (checked when it was opened), and
+        // Skiff replaces entries by rename, never in place.
+        let artifact =
+            unsafe { memmap2::Mmap::map(file) }.map_err(|e| format!("it cannot be mapped: {e}"))?;
         let mut mac = self.mac(path);
         mac.update_rayon(&artifact);
         // `Hash`'s equality is constant-time.
-        mac.finalize() == blake3::Hash::from_bytes(tag)
+        if mac.finalize() == blake3::Hash::from_bytes(tag) {
+            Ok(())
+        } else {
+            Err("its seal does not match: not sealed by this Skiff home, or changed since".into())
+        }
     }
 
     /// Writes an entry and then its seal, each atomically (temp file, then
-    /// rename), both mode 0600. A crash between the two leaves an entry
-    /// whose seal is missing or stale: it is discarded on its next load.
+    /// rename), both mode 0600, replacing whatever was there. A crash
+    /// between the two leaves an entry whose seal is missing or stale: it
+    /// is refused on its next load, recompiled and replaced.
     fn store(&self, path: &Path, artifact: &[u8]) -> std::io::Result<()> {
         let mut mac = self.mac(path);
         mac.update_rayon(artifact);
@@ -208,6 +230,16 @@ impl CompileCache {
     }
 }
 
+/// The contents of an opened seal file (at most its expected length,
+/// checked when it was opened).
+fn read_seal(mut seal: std::fs::File) -> Result<Vec<u8>, String> {
+    use std::io::Read;
+    let mut tag = Vec::with_capacity(blake3::OUT_LEN);
+    seal.read_to_end(&mut tag)
+        .map_err(|e| format!("its seal cannot be read: {e}"))?;
+    Ok(tag)
+}
+
 /// The raw descriptor of `file`, for its `/proc/self/fd` path.
 fn file_descriptor(file: &std::fs::File) -> i32 {
     use std::os::fd::AsRawFd;
@@ -225,14 +257,24 @@ fn read_all(file: &std::fs::File) -> wasmtime::Result<Vec<u8>> {
 }
 
 /// Reads the cache key, creating a fresh random one (mode 0600) if absent.
+/// A key that is not this user's private file, or not 32 bytes, is
+/// replaced: entries sealed with it are then refused and recompiled.
 fn load_or_create_key(path: &Path) -> std::io::Result<[u8; 32]> {
-    let damaged = match std::fs::read(path) {
-        Ok(bytes) => match <[u8; 32]>::try_from(bytes.as_slice()) {
-            Ok(key) => return Ok(key),
-            Err(_) => true,
-        },
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
-        Err(e) => return Err(e),
+    let damaged = match private_file::open(path, 32) {
+        Ok(mut file) => {
+            use std::io::Read;
+            let mut bytes = Vec::new();
+            file.read_to_end(&mut bytes)?;
+            match <[u8; 32]>::try_from(bytes.as_slice()) {
+                Ok(key) => return Ok(key),
+                Err(_) => true,
+            }
+        }
+        Err(Refusal::Absent) => false,
+        Err(refusal) => {
+            tracing::warn!(path = %path.display(), "replacing the compile cache key: {refusal}");
+            true
+        }
     };
     let mut key = [0u8; 32];
     getrandom::fill(&mut key).map_err(|e| std::io::Error::other(e.to_string()))?;
@@ -247,8 +289,7 @@ fn load_or_create_key(path: &Path) -> std::io::Result<[u8; 32]> {
     tmp.write_all(&key)?;
     tmp.as_file().sync_all()?;
     if damaged {
-        // A key of the wrong length seals nothing; replace it. Entries sealed
-        // with it are then discarded on their next load.
+        // Rename replaces the name itself, even when it is a link.
         tmp.persist(path).map_err(|e| e.error)?;
         return Ok(key);
     }
@@ -257,7 +298,11 @@ fn load_or_create_key(path: &Path) -> std::io::Result<[u8; 32]> {
     match tmp.persist_noclobber(path) {
         Ok(_) => Ok(key),
         Err(_) => {
-            let bytes = std::fs::read(path)?;
+            use std::io::Read;
+            let mut bytes = Vec::new();
+            private_file::open(path, 32)
+                .map_err(|refusal| std::io::Error::other(format!("cache key: {refusal}")))?
+                .read_to_end(&mut bytes)?;
             <[u8; 32]>::try_from(bytes.as_slice())
                 .map_err(|_| std::io::Error::other("cache key file has the wrong length"))
         }
@@ -356,5 +401,61 @@ mod tests {
         assert_eq!(outcome, CacheOutcome::Compiled, "a missing seal");
         let (_, outcome) = cache.load_or_compile(&engine, "bb", &b).unwrap();
         assert_eq!(outcome, CacheOutcome::Hit, "sealed again after recompiling");
+    }
+
+    #[test]
+    fn a_key_or_entry_others_could_have_written_is_not_trusted() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let engine = Engine::default();
+        let wasm = component("a");
+        let cache = CompileCache::open(dir.path()).unwrap();
+        cache.load_or_compile(&engine, "aa", &wasm).unwrap();
+        let entry = entries(dir.path(), "cwasm").remove(0);
+
+        // An entry others may write, or one with a second name, is
+        // recompiled, never loaded, and the fresh entry replaces it.
+        std::fs::set_permissions(&entry, std::fs::Permissions::from_mode(0o666)).unwrap();
+        let (_, outcome) = cache.load_or_compile(&engine, "aa", &wasm).unwrap();
+        assert_eq!(outcome, CacheOutcome::Compiled, "a world-writable entry");
+        let other_name = dir.path().join("elsewhere");
+        std::fs::hard_link(&entry, &other_name).unwrap();
+        let (_, outcome) = cache.load_or_compile(&engine, "aa", &wasm).unwrap();
+        assert_eq!(outcome, CacheOutcome::Compiled, "an entry with two links");
+        std::fs::remove_file(&other_name).unwrap();
+        assert_eq!(
+            cache.load_or_compile(&engine, "aa", &wasm).unwrap().1,
+            CacheOutcome::Hit
+        );
+
+        // A seal that is a link to an endless file is refused at once.
+        let seal = entry.with_extension("seal");
+        std::fs::remove_file(&seal).unwrap();
+        std::os::unix::fs::symlink("/dev/zero", &seal).unwrap();
+        let (_, outcome) = cache.load_or_compile(&engine, "aa", &wasm).unwrap();
+        assert_eq!(
+            outcome,
+            CacheOutcome::Compiled,
+            "a seal linked to /dev/zero"
+        );
+
+        // A key someone else could have chosen is replaced, so entries
+        // sealed with it are recompiled.
+        let key = dir.path().join("key");
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let reopened = CompileCache::open(dir.path()).unwrap();
+        assert_ne!(reopened.key, cache.key, "the exposed key was kept");
+        let mode = std::fs::metadata(&key).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        let (_, outcome) = reopened.load_or_compile(&engine, "aa", &wasm).unwrap();
+        assert_eq!(outcome, CacheOutcome::Compiled, "sealed under the old key");
+
+        // A cache directory others may write in is refused with a reason.
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+        let err = CompileCache::open(dir.path()).err().unwrap().to_string();
+        assert!(
+            err.contains("mode 777") && err.contains("chmod go-w"),
+            "{err}"
+        );
     }
 }

@@ -58,15 +58,6 @@ impl Default for EngineConfig {
     }
 }
 
-/// Bytes of each linear memory and table that a finished instance's pool
-/// slot keeps resident (reset in place) for the next instance, at most.
-/// Only pages the instance wrote count, so a slot keeps what one request
-/// dirtied up to this cap: the process holds at most this much per memory
-/// for each slot ever used at once (its peak concurrency), in exchange for
-/// no page faults on those pages. A JavaScript (StarlingMonkey) request
-/// writes about 256 KiB; the cap leaves room for heavier interpreters.
-pub const MEMORY_KEEP_RESIDENT: usize = 1 << 20;
-
 /// Host stack beyond the Wasm stack on each async fiber, for host calls.
 const HOST_STACK: usize = 1536 << 10;
 
@@ -222,15 +213,18 @@ impl SkiffEngine {
             .max_tables_per_component(CORE_INSTANCES_PER_COMPONENT)
             // A deep recursion touches a fiber stack's pages; decommit all
             // but the first 64 KiB on reuse so they do not stay resident.
-            .async_stack_keep_resident(64 << 10)
-            // A fresh instance per request writes the same few hundred
-            // pages of its memory every time; resetting them in place
-            // (only the pages written, found with PAGEMAP_SCAN on Linux
-            // 6.7+) instead of handing them back to the kernel saves a
-            // copy-on-write fault and a TLB shootdown per page per request.
-            .linear_memory_keep_resident(MEMORY_KEEP_RESIDENT)
-            .table_keep_resident(MEMORY_KEEP_RESIDENT)
-            .pagemap_scan(wasmtime::Enabled::Auto);
+            .async_stack_keep_resident(64 << 10);
+        // Linear memories and tables are not kept resident between
+        // instances. Resetting only the pages a request wrote, in place
+        // (`linear_memory_keep_resident` with `pagemap_scan`), measured
+        // twice the requests/s here, because each request's copy-on-write
+        // faults and TLB shootdowns go away; but wasmtime 48's scan skips
+        // written pages that are swapped out or being migrated at that
+        // moment, and those would reach the next instance in the slot,
+        // possibly another tenant's. Without the scan, keeping pages
+        // resident means copying the same fixed range on every request,
+        // which measured no faster. Revisit when the scan also resets
+        // non-present pages.
 
         let mut wasm = Config::new();
         wasm.allocation_strategy(InstanceAllocationStrategy::Pooling(pool))

@@ -16,6 +16,7 @@ pub mod capability;
 pub mod component;
 pub mod cpu_lane;
 pub mod engine;
+pub mod fd_limit;
 pub mod instance;
 pub mod invoke;
 pub mod limits;
