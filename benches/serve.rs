@@ -15,7 +15,7 @@
 //!    servers' own) to the first 200, alternating between the two.
 //!
 //! Run: `cargo bench -p skiff-orchestrator --bench serve`. Needs `wrk`, and
-//! Node.js with npm to build the JavaScript example when it is not built.
+//! Node.js with npm to build the JavaScript example.
 //! `SKIFF_BENCH_SECONDS` and `SKIFF_BENCH_ROUNDS` shorten or lengthen it;
 //! `SKIFF_BENCH_APPS=hello` or `=hello-js` runs one of the two.
 
@@ -83,20 +83,20 @@ fn main() {
     }
 }
 
-/// The JavaScript example's component, built first when it is not.
+/// The JavaScript example's component, built first (its build does
+/// nothing when the component is newer than its sources).
 fn javascript_hello() -> PathBuf {
     let dir = Path::new(skiff_test_guests::EXAMPLES_DIR).join("hello-js");
-    let wasm = dir.join("hello-js.wasm");
-    if !wasm.is_file() {
-        println!("building examples/hello-js (npm and componentize-js)");
-        let status = Command::new(env!("CARGO_BIN_EXE_skiff"))
-            .arg("build")
-            .arg(&dir)
-            .status()
-            .expect("running skiff build");
-        assert!(status.success(), "building examples/hello-js failed");
-    }
-    wasm
+    let status = Command::new(env!("CARGO_BIN_EXE_skiff"))
+        .arg("build")
+        .arg(&dir)
+        .status()
+        .expect("running skiff build");
+    assert!(
+        status.success(),
+        "building examples/hello-js failed (it needs Node.js and npm)"
+    );
+    dir.join("hello-js.wasm")
 }
 
 fn bench(subject: &Subject, seconds: u64, rounds: u32, with_peer: bool) {

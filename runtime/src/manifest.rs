@@ -383,6 +383,11 @@ impl Manifest {
                     "components \"{other}\" and \"{name}\" both claim route \"{route}\""
                 ));
             }
+            if spec.source.as_os_str().is_empty() {
+                return Err(format!(
+                    "component \"{name}\": source is empty; give the path of its .wasm file"
+                ));
+            }
             let limits = &spec.limits;
             if limits.max_concurrency == 0 {
                 return Err(format!(

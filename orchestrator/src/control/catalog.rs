@@ -66,7 +66,7 @@ pub fn read(store: &Store, digest: &str) -> Result<AppSpec, String> {
             let initial_memory = std::fs::read(&spec.source)
                 .map_err(|e| e.to_string())
                 .and_then(|wasm| reservation::initial_memory(&wasm))
-                .map_err(|e| format!("package {digest}: component {component:?}: {e}"))?;
+                .map_err(|e| format!("package {digest}: component \"{component}\": {e}"))?;
             let plan = ComponentPlan {
                 route: spec.route.as_ref().map(ToString::to_string),
                 replicas: spec.scale.replicas,

@@ -274,7 +274,7 @@ async fn pull_and_load(
     tokio::task::spawn_blocking(move || {
         let manifest = package::open(&node.packages, &digest).map_err(|e| e.to_string())?;
         let spec = manifest.component.get(&component).ok_or_else(|| {
-            format!("package {digest} of app {app:?} has no component {component:?}")
+            format!("package {digest} of app {app:?} has no component \"{component}\"")
         })?;
         LoadedComponent::load(&node.engine, &node.cache, &component, spec, Path::new("/"))
             .map_err(|e| e.to_string())

@@ -145,6 +145,10 @@ fn cross_component_conflicts_are_named() {
         "no components: add a [component.<name>] table with a `source`"
     );
     assert_eq!(
+        invalid("[app]\nname = \"x\"\n[component.a]\nsource = \"\"\n"),
+        "component \"a\": source is empty; give the path of its .wasm file"
+    );
+    assert_eq!(
         invalid(
             "[app]\nname = \"x\"\n[component.a]\nsource = \"a.wasm\"\nfiles = [{ source = \"d\", destination = \"rel\" }]\n",
         ),
