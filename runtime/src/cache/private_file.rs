@@ -52,13 +52,7 @@ pub(crate) fn open(path: &Path, max_len: u64) -> Result<File, Refusal> {
 /// Whether a directory that will hold native code is this user's and
 /// writable by no one else.
 pub(crate) fn check_directory(meta: &Metadata) -> Result<(), String> {
-    let user = effective_user();
-    if meta.uid() != user {
-        return Err(format!(
-            "it is owned by user id {}, not this user ({user})",
-            meta.uid()
-        ));
-    }
+    check_owner(meta)?;
     if meta.mode() & 0o022 != 0 {
         return Err(format!(
             "other users may write in it (mode {:o})",
@@ -72,13 +66,7 @@ fn check(meta: &Metadata, max_len: u64) -> Result<(), String> {
     if !meta.file_type().is_file() {
         return Err("it is not a regular file".to_string());
     }
-    let user = effective_user();
-    if meta.uid() != user {
-        return Err(format!(
-            "it is owned by user id {}, not this user ({user})",
-            meta.uid()
-        ));
-    }
+    check_owner(meta)?;
     if meta.mode() & 0o077 != 0 {
         return Err(format!(
             "other users may read or write it (mode {:o})",
@@ -92,6 +80,18 @@ fn check(meta: &Metadata, max_len: u64) -> Result<(), String> {
         return Err(format!(
             "it is {} bytes, more than the {max_len} allowed",
             meta.len()
+        ));
+    }
+    Ok(())
+}
+
+/// Whether this process's user owns the file or directory.
+fn check_owner(meta: &Metadata) -> Result<(), String> {
+    let user = effective_user();
+    if meta.uid() != user {
+        return Err(format!(
+            "it is owned by user id {}, not this user ({user})",
+            meta.uid()
         ));
     }
     Ok(())
