@@ -418,6 +418,16 @@ fn build_failures_name_the_component() {
         stderr.contains("build of component \"broken\" failed"),
         "{stderr}"
     );
+    // A build that succeeds without writing the component's source.
+    let manifest = write_manifest(
+        dir.path(),
+        "[app]\nname = \"b\"\n[component.quiet]\nsource = \"x.wasm\"\nbuild = \"true\"\n",
+    );
+    let stderr = expect_failure(home.path(), &["build", manifest.to_str().unwrap()]);
+    assert!(
+        stderr.contains("did not write its source") && stderr.contains("x.wasm"),
+        "{stderr}"
+    );
 }
 
 #[test]

@@ -126,6 +126,14 @@ impl AppSource {
             if !status.success() {
                 bail!("build of component \"{name}\" failed ({status}): {command}");
             }
+            let source = self.base_dir.join(&spec.source);
+            if !source.is_file() {
+                bail!(
+                    "the build of component \"{name}\" succeeded but did not write its source {}; \
+                     check `source` in the manifest against what `{command}` produces",
+                    source.display()
+                );
+            }
         }
         Ok(())
     }
