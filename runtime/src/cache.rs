@@ -143,10 +143,8 @@ impl CompileCache {
                 return None;
             }
         };
-        let seal = match private_file::open(&path.with_extension("seal"), blake3::OUT_LEN as u64) {
-            Ok(seal) => read_seal(seal),
-            Err(refusal) => Err(format!("its seal cannot be used: {refusal}")),
-        };
+        let seal = private_file::read(&path.with_extension("seal"), blake3::OUT_LEN as u64)
+            .map_err(|refusal| format!("its seal cannot be used: {refusal}"));
         if let Err(reason) = seal.and_then(|tag| self.verify(path, &file, &tag)) {
             tracing::warn!(path = %path.display(), "not loading compile cache entry: {reason}; compiling instead");
             return None;
@@ -230,16 +228,6 @@ impl CompileCache {
     }
 }
 
-/// The contents of an opened seal file (at most its expected length,
-/// checked when it was opened).
-fn read_seal(mut seal: std::fs::File) -> Result<Vec<u8>, String> {
-    use std::io::Read;
-    let mut tag = Vec::with_capacity(blake3::OUT_LEN);
-    seal.read_to_end(&mut tag)
-        .map_err(|e| format!("its seal cannot be read: {e}"))?;
-    Ok(tag)
-}
-
 /// The raw descriptor of `file`, for its `/proc/self/fd` path.
 fn file_descriptor(file: &std::fs::File) -> i32 {
     use std::os::fd::AsRawFd;
@@ -260,16 +248,11 @@ fn read_all(file: &std::fs::File) -> wasmtime::Result<Vec<u8>> {
 /// A key that is not this user's private file, or not 32 bytes, is
 /// replaced: entries sealed with it are then refused and recompiled.
 fn load_or_create_key(path: &Path) -> std::io::Result<[u8; 32]> {
-    let damaged = match private_file::open(path, 32) {
-        Ok(mut file) => {
-            use std::io::Read;
-            let mut bytes = Vec::new();
-            file.read_to_end(&mut bytes)?;
-            match <[u8; 32]>::try_from(bytes.as_slice()) {
-                Ok(key) => return Ok(key),
-                Err(_) => true,
-            }
-        }
+    let damaged = match private_file::read(path, 32) {
+        Ok(bytes) => match <[u8; 32]>::try_from(bytes.as_slice()) {
+            Ok(key) => return Ok(key),
+            Err(_) => true,
+        },
         Err(Refusal::Absent) => false,
         Err(refusal) => {
             tracing::warn!(path = %path.display(), "replacing the compile cache key: {refusal}");
@@ -298,11 +281,8 @@ fn load_or_create_key(path: &Path) -> std::io::Result<[u8; 32]> {
     match tmp.persist_noclobber(path) {
         Ok(_) => Ok(key),
         Err(_) => {
-            use std::io::Read;
-            let mut bytes = Vec::new();
-            private_file::open(path, 32)
-                .map_err(|refusal| std::io::Error::other(format!("cache key: {refusal}")))?
-                .read_to_end(&mut bytes)?;
+            let bytes = private_file::read(path, 32)
+                .map_err(|refusal| std::io::Error::other(format!("cache key: {refusal}")))?;
             <[u8; 32]>::try_from(bytes.as_slice())
                 .map_err(|_| std::io::Error::other("cache key file has the wrong length"))
         }

@@ -49,6 +49,16 @@ pub(crate) fn open(path: &Path, max_len: u64) -> Result<File, Refusal> {
     Ok(file)
 }
 
+/// The whole contents of `path`, a small file opened as [`open`] does.
+pub(crate) fn read(path: &Path, max_len: u64) -> Result<Vec<u8>, Refusal> {
+    use std::io::Read;
+    let mut bytes = Vec::new();
+    open(path, max_len)?
+        .read_to_end(&mut bytes)
+        .map_err(|e| Refusal::Unsafe(format!("it cannot be read: {e}")))?;
+    Ok(bytes)
+}
+
 /// Whether a directory that will hold native code is this user's and
 /// writable by no one else.
 pub(crate) fn check_directory(meta: &Metadata) -> Result<(), String> {
