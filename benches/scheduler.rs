@@ -426,6 +426,8 @@ struct SimNode {
 #[derive(Deserialize)]
 struct Synced {
     version: u64,
+    #[serde(default)]
+    epoch: u64,
     heartbeat_ms: u64,
     #[serde(default)]
     desired: Option<Desired>,
@@ -433,7 +435,12 @@ struct Synced {
 
 #[derive(Deserialize)]
 struct Desired {
+    #[serde(default)]
+    full: bool,
+    #[serde(default)]
     assignments: Vec<Assignment>,
+    #[serde(default)]
+    unassigned: Vec<(String, String)>,
 }
 
 impl SimNode {
@@ -474,13 +481,20 @@ impl SimNode {
     /// Heartbeats as `skiff node` does: each sync is held by the control
     /// plane until the desired state changes or a heartbeat passes.
     async fn heartbeat(self: Arc<Self>) {
-        let mut version = 0;
+        let (mut version, mut epoch) = (0, 0);
         let mut heartbeat = Duration::from_secs(1);
+        // What it holds, by (app, component): the control plane sends only
+        // what changed since `version`.
+        let mut assigned: BTreeMap<(String, String), u32> = BTreeMap::new();
         loop {
             let request = SyncRequest {
                 used: 0,
                 pressure: false,
                 version,
+                epoch,
+                removed: Vec::new(),
+                status_seq: 0,
+                status_base: None,
                 memory: SIM_NODE_MEMORY,
                 ingress: self.ingress.local_addr().unwrap().to_string(),
                 mesh: self.mesh.local_addr().unwrap().to_string(),
@@ -499,10 +513,19 @@ impl SimNode {
                 .await;
             match answer {
                 Ok(synced) => {
-                    version = synced.version;
+                    (version, epoch) = (synced.version, synced.epoch);
                     heartbeat = Duration::from_millis(synced.heartbeat_ms.max(100));
                     if let Some(desired) = synced.desired {
-                        let held = desired.assignments.iter().map(|a| a.replicas as u64);
+                        if desired.full {
+                            assigned.clear();
+                        }
+                        for key in desired.unassigned {
+                            assigned.remove(&key);
+                        }
+                        for a in desired.assignments {
+                            assigned.insert((a.app, a.component), a.replicas);
+                        }
+                        let held = assigned.values().map(|n| u64::from(*n));
                         self.held.store(held.sum(), Ordering::Relaxed);
                     }
                 }

@@ -100,6 +100,10 @@ pub struct GuestLine {
 pub struct SyncRequest {
     /// The desired-state version the node last applied; 0 at start.
     pub version: u64,
+    /// The control plane run that version is of (see
+    /// [`SyncResponse::epoch`]).
+    #[serde(default)]
+    pub epoch: u64,
     /// Memory offered to replicas now, bytes; the control plane places by
     /// at most what the node declared when it joined.
     pub memory: u64,
@@ -113,8 +117,21 @@ pub struct SyncRequest {
     pub ingress: String,
     /// Mesh address, `ip:port`.
     pub mesh: String,
-    /// Each component held, and its state.
+    /// Components held, with their state: each whose state changed since
+    /// `status_base`, or all of them when there is no base.
     pub components: Vec<ComponentStatus>,
+    /// Components (`app`, `component`) no longer held since
+    /// `status_base`.
+    #[serde(default)]
+    pub removed: Vec<(String, String)>,
+    /// The node's number for the status this request brings the control
+    /// plane to; it only grows, also across restarts of the node.
+    #[serde(default)]
+    pub status_seq: u64,
+    /// The status (a `status_seq` the control plane acknowledged) that
+    /// `components` and `removed` change; none when they are the whole.
+    #[serde(default)]
+    pub status_base: Option<u64>,
     /// The node's number of the first line in `logs`; the rest follow in
     /// order. A line sent again (its heartbeat was cut short) is
     /// recognised by its number and kept once.
@@ -156,9 +173,20 @@ impl GuestLine {
 pub struct SyncResponse {
     /// The current desired-state version.
     pub version: u64,
-    /// The desired state, when it moved past the node's version.
+    /// A number of this run of the control plane: versions of another
+    /// run say nothing of what changed since, so a node whose epoch
+    /// differs is sent the whole state.
+    #[serde(default)]
+    pub epoch: u64,
+    /// How the node's desired state changed since its version (or all of
+    /// it), when it moved.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub desired: Option<DesiredState>,
+    pub desired: Option<DesiredChange>,
+    /// The node's status (`SyncRequest::status_seq`) the control plane
+    /// holds now; when it is not one the node sent, the node sends its
+    /// whole status next.
+    #[serde(default)]
+    pub status_seq: Option<u64>,
     /// Milliseconds the node waits before its next sync.
     pub heartbeat_ms: u64,
     /// The node's labels as the control plane places by them (set at
@@ -194,7 +222,7 @@ pub struct LabelResponse {
 }
 
 /// What a node should hold, and where every app's replicas are.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct DesiredState {
     /// Components this node runs.
     pub assignments: Vec<Assignment>,
@@ -204,6 +232,107 @@ pub struct DesiredState {
     /// whose certificates the mesh honours.
     #[serde(default)]
     pub members: BTreeMap<String, String>,
+}
+
+impl DesiredState {
+    /// Brings the state up to date with `change`, in one pass over what
+    /// is held whatever the size of the change.
+    pub fn apply(&mut self, change: &DesiredChange) {
+        if change.full {
+            *self = DesiredState {
+                assignments: change.assignments.clone(),
+                apps: change.apps.clone(),
+                members: change.members.clone().unwrap_or_default(),
+            };
+            self.assignments
+                .sort_by(|a, b| assignment_key(a).cmp(&assignment_key(b)));
+            self.apps.sort_by(|a, b| app_key(a).cmp(&app_key(b)));
+            return;
+        }
+        let unassigned: Vec<(&str, &str)> = change
+            .unassigned
+            .iter()
+            .map(|(app, component)| (app.as_str(), component.as_str()))
+            .collect();
+        merge_sorted(
+            &mut self.assignments,
+            &change.assignments,
+            unassigned,
+            assignment_key,
+        );
+        let removed: Vec<(&str, &str)> = change
+            .removed_apps
+            .iter()
+            .map(|name| ("", name.as_str()))
+            .collect();
+        merge_sorted(&mut self.apps, &change.apps, removed, app_key);
+        if let Some(members) = &change.members {
+            self.members = members.clone();
+        }
+    }
+}
+
+fn assignment_key(a: &Assignment) -> (&str, &str) {
+    (&a.app, &a.component)
+}
+
+fn app_key(a: &AppRouting) -> (&str, &str) {
+    ("", &a.name)
+}
+
+/// Makes `sorted` (ordered by `key`) hold `upserts` in place of the items
+/// of their key (or beside them), without the items keyed in `removed`: an
+/// item both removed and upserted is upserted.
+fn merge_sorted<T: Clone>(
+    sorted: &mut Vec<T>,
+    upserts: &[T],
+    mut removed: Vec<(&str, &str)>,
+    key: for<'a> fn(&'a T) -> (&'a str, &'a str),
+) {
+    let mut changes: Vec<&T> = upserts.iter().collect();
+    changes.sort_by(|a, b| key(a).cmp(&key(b)));
+    removed.sort_unstable();
+    let mut changes = changes.into_iter().peekable();
+    let mut merged = Vec::with_capacity(sorted.len() + upserts.len());
+    for item in sorted.drain(..) {
+        let mut replaced = false;
+        while let Some(change) = changes.next_if(|c| key(c) <= key(&item)) {
+            replaced |= key(change) == key(&item);
+            merged.push(change.clone());
+        }
+        if !replaced && removed.binary_search(&key(&item)).is_err() {
+            merged.push(item);
+        }
+    }
+    merged.extend(changes.cloned());
+    *sorted = merged;
+}
+
+/// How a node's desired state changed: all of it, or only what changed
+/// since the version the node last applied, so a change to one app costs
+/// one app's worth, not the whole cluster's.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct DesiredChange {
+    /// This is the whole state: the node replaces what it has.
+    #[serde(default)]
+    pub full: bool,
+    /// Components assigned to the node that are new or changed (all of
+    /// them when `full`).
+    #[serde(default)]
+    pub assignments: Vec<Assignment>,
+    /// Components (`app`, `component`) no longer assigned to the node.
+    #[serde(default)]
+    pub unassigned: Vec<(String, String)>,
+    /// Apps whose routes or endpoints are new or changed (all of them
+    /// when `full`).
+    #[serde(default)]
+    pub apps: Vec<AppRouting>,
+    /// Apps deleted.
+    #[serde(default)]
+    pub removed_apps: Vec<String>,
+    /// The cluster's members, when they changed (always when `full`).
+    #[serde(default)]
+    pub members: Option<BTreeMap<String, String>>,
 }
 
 /// One component a node should run.
@@ -220,7 +349,7 @@ pub struct Assignment {
 }
 
 /// How ingress reaches an app.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AppRouting {
     /// The app.
     pub name: String,

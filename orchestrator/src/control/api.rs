@@ -5,15 +5,15 @@
 
 use super::admission::Admission;
 use super::deadline::{self, BodyError, TimedBody};
-use super::reconcile::{desired_for, replica_running};
+use super::reconcile::replica_running;
 use super::{LiveNode, Shared, catalog};
 use crate::api::{
-    AppView, ComponentStatus, ComponentView, DeployRequest, DeployResponse, ErrorBody, JoinRequest,
-    JoinResponse, LabelRequest, LabelResponse, LoadState, NodeView, RenewRequest, ReplicaView,
-    ScaleRequest, SyncRequest, SyncResponse,
+    AppView, ComponentView, DeployRequest, DeployResponse, ErrorBody, JoinRequest, JoinResponse,
+    LabelRequest, LabelResponse, LoadState, NodeView, RenewRequest, ReplicaView, ScaleRequest,
+    SyncRequest, SyncResponse,
 };
 use crate::mesh::NodeCert;
-use crate::state::{Applied, NodeRecord};
+use crate::state::{Applied, NodeRecord, ReplicaRecord};
 use bytes::Bytes;
 use futures::TryStreamExt;
 use http::{Method, StatusCode};
@@ -163,7 +163,10 @@ async fn handle(
                 Ok(node) => match (&method, rest) {
                     (&Method::POST, ["sync"]) => sync(shared, caller, request).await,
                     (&Method::POST, ["renew"]) => renew(shared, caller, request).await,
-                    (&Method::GET, ["blobs", digest]) => get_blob(shared, node, digest),
+                    (&Method::GET, ["blobs", digest]) => {
+                        let app = query_params(&query).remove("app");
+                        get_blob(shared, node, digest, app.as_deref())
+                    }
                     _ => Err(Refusal::not_found(format!("no API {method} {path}"))),
                 },
             },
@@ -286,7 +289,7 @@ async fn admin(
                 })?;
             Ok(empty(StatusCode::CREATED))
         }
-        (&Method::POST, ["v1", "apps"]) => deploy(shared, read_json(request).await?),
+        (&Method::POST, ["v1", "apps"]) => deploy(shared, read_json(request).await?).await,
         (&Method::GET, ["v1", "apps"]) => json(StatusCode::OK, &app_views(shared)),
         (&Method::DELETE, ["v1", "apps", app]) => {
             // Store and memory change under one lock, so a controller pass
@@ -397,7 +400,11 @@ async fn admin(
     }
 }
 
-fn deploy(shared: &Shared, request: DeployRequest) -> Handled {
+/// The longest a deploy waits for the controller to place its replicas
+/// before it answers (without saying which cannot be placed).
+const DEPLOY_PASS_WAIT: Duration = Duration::from_secs(10);
+
+async fn deploy(shared: &Shared, request: DeployRequest) -> Handled {
     // No collection between verifying the package and declaring it.
     let _deploying = shared.collector.busy();
     let spec = catalog::read(&shared.packages, &request.package)
@@ -407,7 +414,7 @@ fn deploy(shared: &Shared, request: DeployRequest) -> Handled {
         .iter()
         .map(|(name, plan)| (name.clone(), plan.replicas))
         .collect();
-    let (applied, generation) = {
+    let (applied, generation, passes_before) = {
         let mut live = shared.live.lock().expect("live state lock");
         let applied = shared
             .store
@@ -423,7 +430,7 @@ fn deploy(shared: &Shared, request: DeployRequest) -> Handled {
             .insert(request.package.clone(), Arc::new(spec.clone()));
         live.unreadable.remove(&request.package);
         live.apps.insert(record.name.clone(), record);
-        (applied, generation)
+        (applied, generation, live.passes)
     };
     let outcome = match applied {
         Applied::Created => "created",
@@ -443,7 +450,12 @@ fn deploy(shared: &Shared, request: DeployRequest) -> Handled {
         warnings: route_overlaps(shared, &spec),
     };
     if applied != Applied::Unchanged {
-        super::reconcile::pass(shared);
+        // The controller's next pass places the replicas: deploys arriving
+        // together share one pass over the cluster rather than one each.
+        let mut passed = shared.passed.subscribe();
+        shared.wake.notify_one();
+        let placed = passed.wait_for(|pass| *pass > passes_before);
+        let _ = tokio::time::timeout(DEPLOY_PASS_WAIT, placed).await;
         shared.bump();
     }
     if matches!(applied, Applied::Updated(_)) {
@@ -471,27 +483,54 @@ fn deploy(shared: &Shared, request: DeployRequest) -> Handled {
     json(StatusCode::OK, &response)
 }
 
-/// Routes of `spec` that another app serves too, as warnings: ingress
-/// tells them apart only by `Host`.
+/// Routes of `spec` that other apps serve too, as warnings (one per
+/// route, naming a few of the others): ingress tells them apart only by
+/// `Host`.
 fn route_overlaps(shared: &Shared, spec: &catalog::AppSpec) -> Vec<String> {
+    /// Other apps named in one warning; the rest are counted.
+    const NAMED: usize = 3;
     let live = shared.live.lock().expect("live state lock");
     let mut warnings = Vec::new();
     for (component, plan) in &spec.components {
         let Some(route) = &plan.route else { continue };
-        for other in live.apps.keys().filter(|a| **a != spec.name) {
-            let shared_route = live.spec(other).is_some_and(|o| {
-                o.components
-                    .values()
-                    .any(|c| c.route.as_ref() == Some(route))
-            });
-            if shared_route {
-                let first = spec.name.as_str().min(other.as_str());
-                warnings.push(format!(
-                    "route \"{route}\" of {}/{component} is also served by app \"{other}\": ingress picks the app named by the Host header (<app>.<domain> or <app>), else \"{first}\"",
-                    spec.name
-                ));
+        let others: Vec<&str> = live
+            .apps
+            .keys()
+            .filter(|a| **a != spec.name)
+            .filter(|other| {
+                live.spec(other).is_some_and(|o| {
+                    o.components
+                        .values()
+                        .any(|c| c.route.as_ref() == Some(route))
+                })
+            })
+            .map(String::as_str)
+            .collect();
+        let Some(first) = others.iter().copied().chain([spec.name.as_str()]).min() else {
+            continue;
+        };
+        let served_by = match others.as_slice() {
+            [] => continue,
+            [other] => format!("app \"{other}\""),
+            _ => {
+                let named: Vec<String> = others
+                    .iter()
+                    .take(NAMED)
+                    .map(|o| format!("\"{o}\""))
+                    .collect();
+                let more = others.len().saturating_sub(NAMED);
+                let more = if more > 0 {
+                    format!(" and {more} more")
+                } else {
+                    String::new()
+                };
+                format!("{} other apps ({}{more})", others.len(), named.join(", "))
             }
-        }
+        };
+        warnings.push(format!(
+            "route \"{route}\" of {}/{component} is also served by {served_by}: ingress picks the app named by the Host header (<app>.<domain> or <app>), else \"{first}\"",
+            spec.name
+        ));
     }
     warnings
 }
@@ -688,6 +727,8 @@ async fn sync(shared: &Shared, caller: &NodeCert, request: Request) -> Handled {
     let heartbeat;
     let fresh_logs: Vec<_>;
     let placed_by;
+    let status_seq;
+    let status_known;
     {
         let mut live = shared.live.lock().expect("live state lock");
         let now = Instant::now();
@@ -753,11 +794,17 @@ async fn sync(shared: &Shared, caller: &NodeCert, request: Request) -> Handled {
         }
         // What other nodes route by changed: they hear of it with the
         // next version, within this node's bump budget.
-        let routed = moved
-            || running_set(entry.components.values().flatten())
-                != running_set(sync.components.iter());
-        bump |= entry.bumps.take(routed, now);
-        entry.set_components(sync.components);
+        let serving_changed = entry.take_status(
+            sync.status_base,
+            sync.status_seq,
+            sync.components,
+            sync.removed,
+        );
+        status_known = serving_changed.is_some();
+        status_seq = entry.status_seq;
+        bump |= entry
+            .bumps
+            .take(moved || serving_changed == Some(true), now);
         // Keep each line once, and only for apps this node was given.
         let seen = entry.logs_seen;
         if let Some(last) = sync
@@ -796,8 +843,11 @@ async fn sync(shared: &Shared, caller: &NodeCert, request: Request) -> Handled {
     if bump {
         shared.bump();
     }
+    let epoch = shared.desired.lock().expect("desired state lock").epoch();
     let mut version = shared.version.subscribe();
-    if *version.borrow_and_update() == sync.version {
+    // Held only while the node is up to date both ways: a status the
+    // control plane could not take is asked for again at once.
+    if *version.borrow_and_update() == sync.version && sync.epoch == epoch && status_known {
         let mut held = HeldHeartbeat::hold(shared, node, heartbeat);
         let _ = tokio::time::timeout(shared.config.heartbeat, version.changed()).await;
         held.armed = false;
@@ -809,7 +859,7 @@ async fn sync(shared: &Shared, caller: &NodeCert, request: Request) -> Handled {
         });
     }
     let current = *shared.version.borrow();
-    let desired = if current != sync.version {
+    let desired = if current != sync.version || sync.epoch != epoch {
         let live = shared.live.lock().expect("live state lock");
         // Forgotten while its heartbeat was held: it learns nothing more.
         if live
@@ -819,7 +869,9 @@ async fn sync(shared: &Shared, caller: &NodeCert, request: Request) -> Handled {
         {
             return Err(not_a_member(caller));
         }
-        Some(desired_for(&live, node))
+        let mut log = shared.desired.lock().expect("desired state lock");
+        log.refresh(&live, current);
+        Some(log.change_for(node, sync.epoch, sync.version))
     } else {
         None
     };
@@ -827,6 +879,8 @@ async fn sync(shared: &Shared, caller: &NodeCert, request: Request) -> Handled {
         StatusCode::OK,
         &SyncResponse {
             version: current,
+            epoch,
+            status_seq,
             desired,
             heartbeat_ms: shared.config.heartbeat.as_millis() as u64,
             labels: placed_by.0,
@@ -835,20 +889,9 @@ async fn sync(shared: &Shared, caller: &NodeCert, request: Request) -> Handled {
     )
 }
 
-/// What other nodes route by: which components this node serves.
-fn running_set<'a>(
-    components: impl Iterator<Item = &'a ComponentStatus>,
-) -> Vec<(&'a str, &'a str, &'a str)> {
-    let mut set: Vec<_> = components
-        .filter_map(|c| Some((c.app.as_str(), c.component.as_str(), c.serving.as_deref()?)))
-        .collect();
-    set.sort_unstable();
-    set
-}
-
-fn get_blob(shared: &Shared, node: &str, digest: &str) -> Handled {
+fn get_blob(shared: &Shared, node: &str, digest: &str, app: Option<&str>) -> Handled {
     let digest = parse_digest(digest)?;
-    blob_assigned(shared, node, &digest)?;
+    blob_assigned(shared, node, &digest, app)?;
     // Streamed from the file; the node verifies the digest as it writes.
     let (file, size) = shared
         .packages
@@ -870,15 +913,30 @@ fn get_blob(shared: &Shared, node: &str, digest: &str) -> Handled {
 /// node: another app's config holds that app's environment. A node sees a
 /// new package in its desired state only once it is assigned, so it never
 /// fetches one before it may. The refusal is the same whether or not the
-/// blob exists.
-fn blob_assigned(shared: &Shared, node: &str, digest: &Digest) -> Result<(), Refusal> {
+/// blob exists. A node names the `app` it fetches for, so only that app's
+/// replicas are looked at, not every replica in the cluster.
+fn blob_assigned(
+    shared: &Shared,
+    node: &str,
+    digest: &Digest,
+    app: Option<&str>,
+) -> Result<(), Refusal> {
     let live = shared.live.lock().expect("live state lock");
-    let assigned = live
-        .replicas
-        .values()
-        .filter(|r| r.node.as_deref() == Some(node))
-        .filter_map(|r| live.spec(&r.app))
-        .any(|spec| spec.blobs.contains(digest));
+    let on_node = |r: &&ReplicaRecord| r.node.as_deref() == Some(node);
+    let has_blob = |r: &ReplicaRecord| live.spec(&r.app).is_some_and(|s| s.blobs.contains(digest));
+    let assigned = match app {
+        // Replica ids start with `app/`.
+        Some(app) => {
+            let prefix = format!("{app}/");
+            live.replicas
+                .range(prefix.clone()..)
+                .take_while(|(id, _)| id.starts_with(&prefix))
+                .map(|(_, r)| r)
+                .filter(on_node)
+                .any(has_blob)
+        }
+        None => live.replicas.values().filter(on_node).any(has_blob),
+    };
     if assigned {
         Ok(())
     } else {

@@ -14,6 +14,7 @@ mod api;
 mod catalog;
 mod collect;
 mod deadline;
+mod desired;
 mod logs;
 mod reconcile;
 #[cfg(test)]
@@ -118,8 +119,12 @@ pub(crate) struct Shared {
     hosts: Vec<String>,
     admin_token: String,
     live: Mutex<Live>,
+    /// What each node should run, by version; locked after `live`.
+    desired: Mutex<desired::DesiredLog>,
     version: watch::Sender<u64>,
     wake: Notify,
+    /// The number of the last controller pass finished.
+    passed: watch::Sender<u64>,
     logs: logs::LogRing,
     /// Uploads and deploys under way, and when package collection runs.
     collector: collect::Collector,
@@ -138,6 +143,8 @@ pub(crate) struct Live {
     unreadable: HashMap<String, Unreadable>,
     /// How far reservations may exceed what nodes offer.
     overcommit: Overcommit,
+    /// Controller passes started.
+    passes: u64,
 }
 
 /// How far the replicas placed on a node may reserve beyond the memory it
@@ -223,6 +230,9 @@ pub(crate) struct LiveNode {
     /// What its last heartbeat said of each component it holds, by app,
     /// so a replica's state is found without scanning every component.
     components: HashMap<String, Vec<ComponentStatus>>,
+    /// The node's number for the status in `components`, when it is whole
+    /// as of that number; none until a heartbeat brought all of it.
+    status_seq: Option<u64>,
     /// Memory its last heartbeat offered, bytes; it is given at most the
     /// smaller of this and what it declared at join (`record.memory`).
     reported_memory: u64,
@@ -293,6 +303,7 @@ impl LiveNode {
             heard: false,
             down: false,
             components: HashMap::new(),
+            status_seq: None,
             reported_memory: record.memory,
             used: 0,
             pressure: false,
@@ -309,15 +320,81 @@ impl LiveNode {
             .find(|c| c.component == component)
     }
 
-    /// Takes what a heartbeat says of the components held.
-    fn set_components(&mut self, components: Vec<ComponentStatus>) {
-        self.components.clear();
-        for status in components {
-            self.components
-                .entry(status.app.clone())
-                .or_default()
-                .push(status);
+    /// Takes what a heartbeat says of the components held: all of them
+    /// (`base` none), or what changed since the status numbered `base`.
+    /// Returns whether what the node serves changed (other nodes route by
+    /// it), or `None` when the status held here is older than `base` (or
+    /// there is none): then nothing is taken, and the node sends all of it
+    /// next.
+    ///
+    /// A change from a `base` at or before the status held is taken: it
+    /// repeats changes already held (a heartbeat whose answer the node
+    /// never read), with their values now, removals first. The node's
+    /// numbers start past those of its earlier runs, and it sends a base
+    /// only from its own run, so such a base is of the run held.
+    fn take_status(
+        &mut self,
+        base: Option<u64>,
+        seq: u64,
+        components: Vec<ComponentStatus>,
+        removed: Vec<(String, String)>,
+    ) -> Option<bool> {
+        // A report older than the status held arrived late (its heartbeat
+        // was abandoned): taking it would bring old states back.
+        if self.status_seq.is_some_and(|held| seq < held) {
+            return None;
         }
+        let routed = match base {
+            None => {
+                let before = running_set(self.components.values().flatten());
+                let routed = before != running_set(components.iter());
+                self.components.clear();
+                for status in components {
+                    self.components
+                        .entry(status.app.clone())
+                        .or_default()
+                        .push(status);
+                }
+                routed
+            }
+            Some(base) if self.status_seq.is_some_and(|held| base <= held) => {
+                let mut routed = false;
+                for (app, component) in removed {
+                    let Some(held) = self.components.get_mut(&app) else {
+                        continue;
+                    };
+                    if let Some(i) = held.iter().position(|c| c.component == component) {
+                        routed |= held.swap_remove(i).serving.is_some();
+                    }
+                    if held.is_empty() {
+                        self.components.remove(&app);
+                    }
+                }
+                for status in components {
+                    let held = self.components.entry(status.app.clone()).or_default();
+                    match held.iter_mut().find(|c| c.component == status.component) {
+                        Some(old) => {
+                            routed |= old.serving != status.serving;
+                            *old = status;
+                        }
+                        None => {
+                            routed |= status.serving.is_some();
+                            held.push(status);
+                        }
+                    }
+                }
+                routed
+            }
+            Some(_) => return None,
+        };
+        self.status_seq = Some(seq);
+        Some(routed)
+    }
+
+    /// Forgets what the node said it holds (it is down).
+    fn forget_status(&mut self) {
+        self.components.clear();
+        self.status_seq = None;
     }
 
     /// Memory replicas may reserve on it: what it declared at join, or
@@ -325,6 +402,17 @@ impl LiveNode {
     fn memory(&self) -> u64 {
         self.record.memory.min(self.reported_memory)
     }
+}
+
+/// What other nodes route by: which components a node serves.
+fn running_set<'a>(
+    components: impl Iterator<Item = &'a ComponentStatus>,
+) -> Vec<(&'a str, &'a str, &'a str)> {
+    let mut set: Vec<_> = components
+        .filter_map(|c| Some((c.app.as_str(), c.component.as_str(), c.serving.as_deref()?)))
+        .collect();
+    set.sort_unstable();
+    set
 }
 
 impl ControlPlane {
@@ -425,8 +513,13 @@ impl ControlPlane {
             hosts,
             admin_token,
             live: Mutex::new(live),
+            // Never 0, the epoch of a node that has heard nothing yet.
+            desired: Mutex::new(desired::DesiredLog::new(
+                u64::from_str_radix(&random_hex(8), 16).expect("hex") | 1,
+            )),
             version: watch::Sender::new(version),
             wake: Notify::new(),
+            passed: watch::Sender::new(0),
             logs: logs::LogRing::default(),
             collector: collect::Collector::default(),
         });

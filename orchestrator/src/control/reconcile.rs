@@ -3,30 +3,57 @@
 //! declared scale, and places pending replicas with the scheduler. A pass
 //! runs when something changed and a few times per heartbeat regardless.
 
+use super::catalog::{AppSpec, ComponentPlan};
 use super::{ControlPlaneConfig, Live, Shared};
-use crate::api::{AppRouting, Assignment, DesiredState, Endpoint, LoadState};
+use crate::api::LoadState;
 use crate::scheduler::{ClusterSnapshot, Decision, NodeInfo, ReplicaRequest, Scheduler};
 use crate::state::{ReplicaChange, ReplicaRecord};
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Instant;
 
-/// Runs controller passes until aborted.
+/// Runs controller passes until aborted: soon after being woken, and a
+/// few times per heartbeat to notice silent nodes. A tick that finds no
+/// node newly down runs the whole pass only once per heartbeat, so an idle
+/// cluster of thousands of apps is not reconciled many times a second.
+///
+/// After a pass that took `d`, the next starts no sooner than `d` later:
+/// with many apps, passes woken back to back (a burst of deploys) take at
+/// most half of one core, and the API and heartbeats waiting for the state
+/// lock get the other half. Wakes in between are served by one pass.
 pub(super) async fn run(shared: Arc<Shared>) {
     let tick = shared.config.heartbeat / 4;
+    let mut last_pass = Instant::now();
+    let mut rest = std::time::Duration::ZERO;
     loop {
-        tokio::select! {
-            () = shared.wake.notified() => {}
-            () = tokio::time::sleep(tick) => {}
+        let woken = tokio::select! {
+            () = shared.wake.notified() => true,
+            () = tokio::time::sleep(tick) => false,
+        };
+        let due = woken
+            || last_pass.elapsed() >= shared.config.heartbeat
+            || shared
+                .live
+                .lock()
+                .expect("live state lock")
+                .a_node_fell_silent(Instant::now(), &shared.config);
+        if due {
+            tokio::time::sleep(rest.saturating_sub(last_pass.elapsed())).await;
+            let started = Instant::now();
+            pass(&shared);
+            last_pass = Instant::now();
+            rest = last_pass - started;
         }
-        pass(&shared);
     }
 }
 
-/// One controller pass, persisted in one transaction.
-pub(super) fn pass(shared: &Shared) {
+/// One controller pass, persisted in one transaction; then announces its
+/// number in `shared.passed`.
+fn pass(shared: &Shared) {
     read_missing_specs(shared);
     let mut live = shared.live.lock().expect("live state lock");
+    live.passes += 1;
+    let number = live.passes;
     let outcome = reconcile(
         &mut live,
         Instant::now(),
@@ -47,6 +74,7 @@ pub(super) fn pass(shared: &Shared) {
     if outcome.changed {
         shared.bump();
     }
+    shared.passed.send_replace(number);
 }
 
 /// Retries reading the packages of apps whose package could not be read
@@ -112,11 +140,59 @@ pub(super) fn reconcile(
 ) -> Outcome {
     let mut out = Outcome::default();
     mark_down(live, now, config, &mut out);
-    release_lost(live, &mut out);
+    let specs = AppSpecs::of(live);
+    release_lost(live, &specs, &mut out);
     match_scale(live, now_unix, &mut out);
-    place_pending(live, &mut out);
-    move_off_drained(live, &mut out);
+    place_pending(live, &specs, &mut out);
+    move_off_drained(live, &specs, &mut out);
     out
+}
+
+/// Each declared app's spec (none while its package cannot be read),
+/// looked up once per pass instead of once per replica.
+struct AppSpecs(HashMap<String, Option<Arc<AppSpec>>>);
+
+impl AppSpecs {
+    fn of(live: &Live) -> AppSpecs {
+        AppSpecs(
+            live.apps
+                .iter()
+                .map(|(name, app)| (name.clone(), live.specs.get(&app.package).cloned()))
+                .collect(),
+        )
+    }
+
+    /// Whether `app` declares `component`; an app whose package cannot be
+    /// read is taken to declare all it had.
+    fn declares(&self, app: &str, component: &str) -> bool {
+        self.0.get(app).is_some_and(|spec| {
+            spec.as_ref()
+                .is_none_or(|s| s.components.contains_key(component))
+        })
+    }
+
+    fn plan(&self, app: &str, component: &str) -> Option<&ComponentPlan> {
+        self.0.get(app)?.as_ref()?.components.get(component)
+    }
+}
+
+impl Live {
+    /// Whether a node not yet marked down should be (see [`mark_down`]).
+    fn a_node_fell_silent(&self, now: Instant, config: &ControlPlaneConfig) -> bool {
+        self.nodes
+            .values()
+            .any(|node| !node.down && is_silent(node, now, config))
+    }
+}
+
+/// Whether `node` has been silent past `down_after`, or lost its held
+/// heartbeat connection more than half of that ago.
+fn is_silent(node: &super::LiveNode, now: Instant, config: &ControlPlaneConfig) -> bool {
+    let silent = now.saturating_duration_since(node.last_seen);
+    let lost = node
+        .connection_lost
+        .is_some_and(|at| now.saturating_duration_since(at) > config.down_after / 2);
+    silent > config.down_after || lost
 }
 
 /// A node is down when silent past `down_after`, or sooner when its held
@@ -125,12 +201,9 @@ pub(super) fn reconcile(
 fn mark_down(live: &mut Live, now: Instant, config: &ControlPlaneConfig, out: &mut Outcome) {
     for (name, node) in &mut live.nodes {
         let silent = now.saturating_duration_since(node.last_seen);
-        let lost = node
-            .connection_lost
-            .is_some_and(|at| now.saturating_duration_since(at) > config.down_after / 2);
-        if !node.down && (silent > config.down_after || lost) {
+        if !node.down && is_silent(node, now, config) {
             node.down = true;
-            node.components.clear();
+            node.forget_status();
             out.changed = true;
             tracing::warn!(
                 node = name,
@@ -142,17 +215,12 @@ fn mark_down(live: &mut Live, now: Instant, config: &ControlPlaneConfig, out: &m
 
 /// Replicas on nodes that are down or gone become pending again; replicas
 /// of deleted apps or components are removed.
-fn release_lost(live: &mut Live, out: &mut Outcome) {
+fn release_lost(live: &mut Live, specs: &AppSpecs, out: &mut Outcome) {
     let mut removed = Vec::new();
     for replica in live.replicas.values_mut() {
         // An app whose package cannot be read right now keeps its replicas:
         // only a declaration that no longer names them removes them.
-        let declared = live.apps.get(&replica.app).is_some_and(|app| {
-            live.specs
-                .get(&app.package)
-                .is_none_or(|spec| spec.components.contains_key(&replica.component))
-        });
-        if !declared {
+        if !specs.declares(&replica.app, &replica.component) {
             removed.push(replica.id.clone());
             continue;
         }
@@ -175,64 +243,69 @@ fn release_lost(live: &mut Live, out: &mut Outcome) {
 
 /// Adds or removes replicas so each component has its declared count.
 fn match_scale(live: &mut Live, now_unix: u64, out: &mut Outcome) {
-    let mut wanted: Vec<(String, String, u32)> = Vec::new();
+    // Each component's replicas, found in one walk over all of them: ids
+    // are `app/component/N`, so a component's replicas are adjacent.
+    let mut existing: HashMap<(&str, &str), Vec<&ReplicaRecord>> = HashMap::new();
+    for replica in live.replicas.values() {
+        existing
+            .entry((replica.app.as_str(), replica.component.as_str()))
+            .or_default()
+            .push(replica);
+    }
+    let mut add = Vec::new();
+    let mut remove = Vec::new();
     for (name, app) in &live.apps {
         let Some(spec) = live.specs.get(&app.package) else {
             continue;
         };
         for (component, plan) in &spec.components {
             let desired = app.scale.get(component).copied().unwrap_or(plan.replicas);
-            wanted.push((name.clone(), component.clone(), desired));
+            let mut current = existing
+                .remove(&(name.as_str(), component.as_str()))
+                .unwrap_or_default();
+            let count = current.len() as u32;
+            if count > desired {
+                // One at a time: a pending one first, then one from the
+                // node with the most replicas of this component, then the
+                // newest.
+                for _ in desired..count {
+                    let per_node =
+                        |node: &Option<String>| current.iter().filter(|r| &r.node == node).count();
+                    let victim = current
+                        .iter()
+                        .enumerate()
+                        .max_by_key(|(_, r)| (r.node.is_none(), per_node(&r.node), index_of(&r.id)))
+                        .map(|(i, r)| (i, r.id.clone()));
+                    let Some((i, id)) = victim else { break };
+                    current.remove(i);
+                    remove.push(id);
+                }
+            } else if count < desired {
+                let first = current
+                    .iter()
+                    .map(|r| index_of(&r.id) + 1)
+                    .max()
+                    .unwrap_or(0);
+                for next in first..first + u64::from(desired - count) {
+                    add.push(ReplicaRecord {
+                        id: format!("{name}/{component}/{next}"),
+                        app: name.clone(),
+                        component: component.clone(),
+                        node: None,
+                        created_unix: now_unix,
+                    });
+                }
+            }
         }
     }
-    for (app, component, desired) in wanted {
-        let mut removed = Vec::new();
-        let prefix = format!("{app}/{component}/");
-        let mut current: Vec<&ReplicaRecord> = live
-            .replicas
-            .range(prefix.clone()..)
-            .take_while(|(id, _)| id.starts_with(&prefix))
-            .map(|(_, r)| r)
-            .collect();
-        let count = current.len() as u32;
-        if count > desired {
-            // One at a time: a pending one first, then one from the node
-            // with the most replicas of this component, then the newest.
-            for _ in desired..count {
-                let per_node =
-                    |node: &Option<String>| current.iter().filter(|r| &r.node == node).count();
-                let victim = current
-                    .iter()
-                    .enumerate()
-                    .max_by_key(|(_, r)| (r.node.is_none(), per_node(&r.node), index_of(&r.id)))
-                    .map(|(i, r)| (i, r.id.clone()));
-                let Some((i, id)) = victim else { break };
-                current.remove(i);
-                removed.push(id);
-            }
-        } else if count < desired {
-            let first = current
-                .iter()
-                .map(|r| index_of(&r.id) + 1)
-                .max()
-                .unwrap_or(0);
-            for next in first..first + u64::from(desired - count) {
-                let replica = ReplicaRecord {
-                    id: format!("{prefix}{next}"),
-                    app: app.clone(),
-                    component: component.clone(),
-                    node: None,
-                    created_unix: now_unix,
-                };
-                out.put(&replica);
-                live.replicas.insert(replica.id.clone(), replica);
-            }
-        }
-        for id in removed {
-            live.replicas.remove(&id);
-            live.pending.remove(&id);
-            out.remove(&id);
-        }
+    for replica in add {
+        out.put(&replica);
+        live.replicas.insert(replica.id.clone(), replica);
+    }
+    for id in remove {
+        live.replicas.remove(&id);
+        live.pending.remove(&id);
+        out.remove(&id);
     }
 }
 
@@ -244,7 +317,7 @@ fn index_of(id: &str) -> u64 {
 }
 
 /// Places every pending replica the scheduler can fit.
-fn place_pending(live: &mut Live, out: &mut Outcome) {
+fn place_pending(live: &mut Live, specs: &AppSpecs, out: &mut Outcome) {
     let (replicas, nodes) = (&live.replicas, &live.nodes);
     live.pending.retain(|id, _| {
         replicas.get(id).is_some_and(|r| match &r.node {
@@ -253,19 +326,19 @@ fn place_pending(live: &mut Live, out: &mut Outcome) {
         })
     });
     let pending = replicas_where(live, |_, r| r.node.is_none());
-    place(live, out, pending, false);
+    place(live, specs, out, pending, false);
 }
 
 /// Moves replicas off drained nodes, each only once another node can take
 /// it: a drain never leaves a replica with nowhere to run.
-fn move_off_drained(live: &mut Live, out: &mut Outcome) {
+fn move_off_drained(live: &mut Live, specs: &AppSpecs, out: &mut Outcome) {
     let draining = replicas_where(live, |live, r| {
         r.node
             .as_deref()
             .and_then(|n| live.nodes.get(n))
             .is_some_and(|n| n.record.drained && !n.down)
     });
-    place(live, out, draining, true);
+    place(live, specs, out, draining, true);
 }
 
 fn replicas_where(live: &Live, wanted: impl Fn(&Live, &ReplicaRecord) -> bool) -> Vec<String> {
@@ -279,12 +352,12 @@ fn replicas_where(live: &Live, wanted: impl Fn(&Live, &ReplicaRecord) -> bool) -
 /// Runs the scheduler for replicas `ids` (pending, or `moving` off a
 /// drained node) against every other replica's placement, and records
 /// where each goes or why it cannot.
-fn place(live: &mut Live, out: &mut Outcome, ids: Vec<String>, moving: bool) {
+fn place(live: &mut Live, specs: &AppSpecs, out: &mut Outcome, ids: Vec<String>, moving: bool) {
     let (ids, requests): (Vec<String>, Vec<ReplicaRequest>) = ids
         .into_iter()
         .filter_map(|id| {
             let r = &live.replicas[&id];
-            let plan = component_plan(live, &r.app, &r.component)?;
+            let plan = specs.plan(&r.app, &r.component)?;
             Some((id, plan.request.clone()))
         })
         .unzip();
@@ -317,7 +390,7 @@ fn place(live: &mut Live, out: &mut Outcome, ids: Vec<String>, moving: bool) {
             .filter(|r| !placing.contains(&r.id))
             .filter_map(|r| {
                 let node = index.get(r.node.as_deref()?)?;
-                let plan = component_plan(live, &r.app, &r.component)?;
+                let plan = specs.plan(&r.app, &r.component)?;
                 Some((*node, plan.request.component.clone(), plan.request.memory))
             })
             .collect(),
@@ -368,78 +441,6 @@ fn place(live: &mut Live, out: &mut Outcome, ids: Vec<String>, moving: bool) {
                 }
             }
         }
-    }
-}
-
-fn component_plan<'a>(
-    live: &'a Live,
-    app: &str,
-    component: &str,
-) -> Option<&'a super::catalog::ComponentPlan> {
-    live.spec(app)?.components.get(component)
-}
-
-/// What node `name` should run, and where every app's running replicas are.
-pub(super) fn desired_for(live: &Live, name: &str) -> DesiredState {
-    let mut assignments: BTreeMap<(String, String), u32> = BTreeMap::new();
-    for replica in live.replicas.values() {
-        if replica.node.as_deref() == Some(name) {
-            *assignments
-                .entry((replica.app.clone(), replica.component.clone()))
-                .or_default() += 1;
-        }
-    }
-    let assignments = assignments
-        .into_iter()
-        .filter_map(|((app, component), replicas)| {
-            let package = live.apps.get(&app)?.package.clone();
-            Some(Assignment {
-                app,
-                component,
-                package,
-                replicas,
-            })
-        })
-        .collect();
-    let replicas_of = live.replicas_by(|r| Some(&r.app));
-    let apps = live
-        .apps
-        .keys()
-        .filter_map(|app| {
-            let spec = live.spec(app)?;
-            let routes = spec
-                .components
-                .iter()
-                .filter_map(|(c, plan)| Some((plan.route.clone()?, c.clone())))
-                .collect();
-            let mut endpoints: BTreeMap<String, Vec<Endpoint>> = BTreeMap::new();
-            for replica in replicas_of.get(app.as_str()).into_iter().flatten() {
-                if let Some(node) = endpoint_node(live, replica) {
-                    endpoints
-                        .entry(replica.component.clone())
-                        .or_default()
-                        .push(Endpoint {
-                            node: node.record.name.clone(),
-                            mesh: node.record.mesh.clone(),
-                        });
-                }
-            }
-            Some(AppRouting {
-                name: app.clone(),
-                routes,
-                endpoints,
-            })
-        })
-        .collect();
-    let members = live
-        .nodes
-        .values()
-        .map(|n| (n.record.name.clone(), n.record.incarnation.clone()))
-        .collect();
-    DesiredState {
-        assignments,
-        apps,
-        members,
     }
 }
 

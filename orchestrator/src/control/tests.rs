@@ -36,6 +36,7 @@ fn node(name: &str, memory: u64, now: Instant) -> LiveNode {
         heard: true,
         down: false,
         components: Default::default(),
+        status_seq: None,
         reported_memory: memory,
         used: 0,
         pressure: false,
@@ -303,7 +304,7 @@ fn every_node_learns_each_member_and_its_incarnation() {
     let now = Instant::now();
     let mut live = cluster(&[("a", 1024 * MIB), ("b", 1024 * MIB)], 1, 64 * MIB, now);
     live.nodes.get_mut("b").unwrap().down = true;
-    let desired = super::reconcile::desired_for(&live, "a");
+    let desired = super::desired::desired_for(&live, "a");
     // A down node is still a member (it may come back); only forgetting
     // it removes it.
     assert_eq!(
@@ -314,7 +315,7 @@ fn every_node_learns_each_member_and_its_incarnation() {
         ])
     );
     live.nodes.remove("b");
-    let desired = super::reconcile::desired_for(&live, "a");
+    let desired = super::desired::desired_for(&live, "a");
     assert_eq!(desired.members.keys().collect::<Vec<_>>(), ["a"]);
 }
 
@@ -430,4 +431,145 @@ fn a_node_churning_its_reports_moves_the_version_only_so_often() {
         .filter(|i| budget.take(true, later + Duration::from_millis(*i)))
         .count();
     assert_eq!(bumps, 2);
+}
+
+/// What node `a` reports when it serves `app`/`api` from package `p`.
+fn serving(app: &str) -> crate::api::ComponentStatus {
+    crate::api::ComponentStatus {
+        app: app.to_string(),
+        component: "api".to_string(),
+        package: "sha256:p".to_string(),
+        state: crate::api::LoadState::Running,
+        serving: Some("sha256:p".to_string()),
+        error: None,
+    }
+}
+
+#[test]
+fn a_node_brought_forward_by_changes_holds_the_whole_desired_state() {
+    use super::desired::{DesiredLog, desired_for};
+    let now = Instant::now();
+    let mut live = cluster(&[("a", 1024 * MIB), ("b", 1024 * MIB)], 2, 64 * MIB, now);
+    reconcile(&mut live, now, &config(), 0);
+    let mut log = DesiredLog::new(7);
+    // What node "a" holds, and the version and epoch it applied.
+    let mut held = crate::api::DesiredState::default();
+    let (mut version, mut epoch) = (0, 0);
+    let mut step = |live: &Live, at: u64| {
+        log.refresh(live, at);
+        let change = log.change_for("a", epoch, version);
+        held.apply(&change);
+        (version, epoch) = (at, log.epoch());
+        assert_eq!(held, desired_for(live, "a"), "at version {at}");
+        change
+    };
+    let first = step(&live, 10);
+    assert!(first.full && first.members.is_some());
+    assert_eq!(first.assignments.len(), 1);
+
+    // Node "a" starts serving: only the app's routing changes.
+    let a = live.nodes.get_mut("a").unwrap();
+    assert_eq!(
+        a.take_status(None, 1, vec![serving("web")], vec![]),
+        Some(true)
+    );
+    let change = step(&live, 11);
+    assert!(!change.full && change.assignments.is_empty() && change.members.is_none());
+    assert_eq!(change.apps.len(), 1);
+    assert_eq!(change.apps[0].endpoints["api"].len(), 1);
+
+    // Nothing changed: nothing is sent.
+    let change = step(&live, 12);
+    assert_eq!(change, crate::api::DesiredChange::default());
+
+    // A second app: its routing, and its assignment where it is placed.
+    let mut shop = (**live.specs.get("sha256:p").unwrap()).clone();
+    shop.name = "shop".to_string();
+    live.specs.insert("sha256:q".to_string(), Arc::new(shop));
+    live.apps.insert(
+        "shop".to_string(),
+        AppRecord {
+            name: "shop".to_string(),
+            package: "sha256:q".to_string(),
+            scale: BTreeMap::from([("api".to_string(), 2)]),
+            generation: 1,
+        },
+    );
+    reconcile(&mut live, now, &config(), 0);
+    let change = step(&live, 13);
+    assert_eq!(change.apps.len(), 1);
+    assert_eq!(change.apps[0].name, "shop");
+    assert_eq!(change.assignments.len(), 1);
+
+    // The first app goes: its routing and assignment are removed.
+    live.apps.remove("web");
+    reconcile(&mut live, now, &config(), 0);
+    let change = step(&live, 14);
+    assert_eq!(change.removed_apps, ["web"]);
+    assert_eq!(change.unassigned, [("web".to_string(), "api".to_string())]);
+
+    // A node leaves the cluster: the members change.
+    live.nodes.remove("b");
+    reconcile(&mut live, now, &config(), 0);
+    let change = step(&live, 15);
+    assert_eq!(change.members.map(|m| m.len()), Some(1));
+
+    // A node of another run of the control plane gets everything.
+    log.refresh(&live, 15);
+    assert!(log.change_for("a", 3, 15).full);
+    // As does one claiming a version not reached yet.
+    assert!(log.change_for("a", log.epoch(), 99).full);
+}
+
+#[test]
+fn a_node_status_is_taken_whole_then_by_changes_and_never_backwards() {
+    let now = Instant::now();
+    let mut node = node("a", 1024 * MIB, now);
+    // A change from a status the control plane does not hold is refused.
+    assert_eq!(
+        node.take_status(Some(5), 6, vec![serving("x")], vec![]),
+        None
+    );
+    assert_eq!(node.status_seq, None);
+
+    assert_eq!(
+        node.take_status(None, 10, vec![serving("x"), serving("y")], vec![]),
+        Some(true)
+    );
+    // A state change that leaves what is served alone.
+    let mut loading = serving("y");
+    loading.state = crate::api::LoadState::Loading;
+    assert_eq!(
+        node.take_status(Some(10), 11, vec![loading], vec![]),
+        Some(false)
+    );
+    assert_eq!(
+        node.component("y", "api").map(|c| c.state),
+        Some(crate::api::LoadState::Loading)
+    );
+    // A removal, and a repeat from an older base (an answer the node never
+    // read): both taken.
+    let gone = vec![("x".to_string(), "api".to_string())];
+    assert_eq!(
+        node.take_status(Some(11), 12, vec![], gone.clone()),
+        Some(true)
+    );
+    assert_eq!(node.take_status(Some(10), 13, vec![], gone), Some(false));
+    assert!(node.component("x", "api").is_none());
+    assert_eq!(node.status_seq, Some(13));
+    // A report older than the status held arrived late: refused.
+    assert_eq!(node.take_status(None, 12, vec![serving("x")], vec![]), None);
+    assert!(node.component("x", "api").is_none());
+    // A base past the status held (lost by the control plane): refused.
+    assert_eq!(
+        node.take_status(Some(20), 21, vec![serving("x")], vec![]),
+        None
+    );
+    // Down: forgotten, so the node must send everything again.
+    node.forget_status();
+    assert_eq!(node.take_status(Some(13), 22, vec![], vec![]), None);
+    assert_eq!(
+        node.take_status(None, 22, vec![serving("z")], vec![]),
+        Some(true)
+    );
 }

@@ -24,7 +24,9 @@ const LOAD_WAIT: Duration = Duration::from_secs(10);
 /// Every app's routes and endpoints, as last heard from the control plane.
 #[derive(Default)]
 pub(crate) struct Routing {
-    apps: Vec<AppRoutes>,
+    /// Sorted by name. Shared with the routing this one was made from, so
+    /// a change to one app rebuilds only that app.
+    apps: Vec<Arc<AppRoutes>>,
 }
 
 struct AppRoutes {
@@ -34,25 +36,58 @@ struct AppRoutes {
     next: AtomicUsize,
 }
 
+impl AppRoutes {
+    fn new(app: &AppRouting) -> AppRoutes {
+        AppRoutes {
+            name: app.name.clone(),
+            routes: app
+                .routes
+                .iter()
+                .filter_map(|(route, component)| {
+                    Some((Route::try_from(route.clone()).ok()?, component.clone()))
+                })
+                .collect(),
+            endpoints: app.endpoints.clone().into_iter().collect(),
+            next: AtomicUsize::new(0),
+        }
+    }
+}
+
 impl Routing {
-    pub(crate) fn new(apps: &[AppRouting]) -> Routing {
-        let mut apps: Vec<AppRoutes> = apps
+    /// This routing with `changed` apps (new or updated) and without the
+    /// `removed` ones; `whole` replaces every app instead.
+    pub(crate) fn changed(
+        &self,
+        whole: bool,
+        changed: &[AppRouting],
+        removed: &[String],
+    ) -> Routing {
+        let replaced: std::collections::HashSet<&str> = changed
             .iter()
-            .map(|app| AppRoutes {
-                name: app.name.clone(),
-                routes: app
-                    .routes
-                    .iter()
-                    .filter_map(|(route, component)| {
-                        Some((Route::try_from(route.clone()).ok()?, component.clone()))
-                    })
-                    .collect(),
-                endpoints: app.endpoints.clone().into_iter().collect(),
-                next: AtomicUsize::new(0),
-            })
+            .map(|a| a.name.as_str())
+            .chain(removed.iter().map(String::as_str))
+            .collect();
+        let kept = self
+            .apps
+            .iter()
+            .filter(|a| !whole && !replaced.contains(a.name.as_str()))
+            .cloned();
+        let mut apps: Vec<Arc<AppRoutes>> = kept
+            .chain(changed.iter().map(|a| Arc::new(AppRoutes::new(a))))
             .collect();
         apps.sort_by(|a, b| a.name.cmp(&b.name));
         Routing { apps }
+    }
+
+    /// The app named `name` (app names are lower case; host names are
+    /// compared case-insensitively).
+    fn named(&self, name: &str) -> Option<&AppRoutes> {
+        let name = name.to_ascii_lowercase();
+        let i = self
+            .apps
+            .binary_search_by(|a| a.name.as_str().cmp(&name))
+            .ok()?;
+        Some(&self.apps[i])
     }
 
     /// The app and component for a request.
@@ -62,14 +97,10 @@ impl Routing {
         let named = host
             .map(|h| h.split(':').next().unwrap_or(h))
             .map(|h| h.split_once('.').map_or(h, |(first, _)| first))
-            .and_then(|first| {
-                self.apps
-                    .iter()
-                    .find(|a| a.name.eq_ignore_ascii_case(first))
-            });
+            .and_then(|first| self.named(first));
         let candidates: Vec<&AppRoutes> = match named {
             Some(app) => vec![app],
-            None => self.apps.iter().collect(),
+            None => self.apps.iter().map(|a| &**a).collect(),
         };
         let mut best: Option<((bool, usize), &AppRoutes, &str)> = None;
         for app in candidates {

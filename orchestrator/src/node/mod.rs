@@ -14,7 +14,7 @@ mod ingress;
 mod mesh;
 mod replicas;
 
-use crate::api::{DesiredState, GuestLine, SyncRequest, SyncResponse};
+use crate::api::{DesiredChange, DesiredState, GuestLine, SyncRequest, SyncResponse};
 use crate::api_client::ApiClient;
 use anyhow::Context;
 use http::Method;
@@ -90,6 +90,10 @@ pub(crate) struct NodeShared {
     logs: Mutex<LogBuffer>,
     /// Something the control plane should hear about happened.
     changed: Notify,
+    /// The desired state last heard, whole.
+    desired: Mutex<DesiredState>,
+    /// `desired` changed since it was last saved.
+    unsaved: Notify,
 }
 
 struct LogBuffer {
@@ -177,6 +181,8 @@ impl Node {
                 next: crate::clock::unix_ms() * 1000,
             }),
             changed: Notify::new(),
+            desired: Mutex::new(DesiredState::default()),
+            unsaved: Notify::new(),
         });
         Ok(Node {
             shared,
@@ -206,10 +212,17 @@ impl Node {
         let saved = std::fs::read(self.shared.config.data_dir.join(LAST_DESIRED));
         if let Ok(desired) = saved.as_deref().map(serde_json::from_slice::<DesiredState>) {
             match desired {
-                Ok(desired) => self.shared.apply(desired),
+                Ok(desired) => self.shared.apply(DesiredChange {
+                    full: true,
+                    assignments: desired.assignments,
+                    apps: desired.apps,
+                    members: Some(desired.members),
+                    ..DesiredChange::default()
+                }),
                 Err(e) => tracing::warn!("ignoring the saved desired state: {e}"),
             }
         }
+        let saver = tokio::spawn(save_loop(self.shared.clone()));
         let mut sync = tokio::spawn(sync_loop(self.shared.clone()));
         // The control plane hears of memory pressure at once, not with the
         // next heartbeat, so it stops placing replicas here.
@@ -245,6 +258,8 @@ impl Node {
         };
         sync.abort();
         pressure_reports.abort();
+        saver.abort();
+        self.shared.save_desired();
         let _ = stop.send(true);
         let _ = ingress.await;
         let _ = mesh.await;
@@ -261,15 +276,15 @@ impl NodeShared {
         self.identity.read().expect("identity lock").api.clone()
     }
 
-    fn apply(self: &Arc<Self>, desired: DesiredState) {
+    /// Brings the desired state up to date with `change` and acts on it,
+    /// touching only the apps and components it names.
+    fn apply(self: &Arc<Self>, change: DesiredChange) {
+        let mut desired = self.desired.lock().expect("desired state lock");
+        desired.apply(&change);
         // Kept on disk, so a node restarted while the control plane is
         // away comes back serving what it had.
-        let saved = serde_json::to_vec(&desired).expect("a desired state serializes");
-        if let Err(e) = crate::home::write_private(&self.config.data_dir.join(LAST_DESIRED), &saved)
-        {
-            tracing::warn!("cannot save the last desired state: {e:#}");
-        }
-        if self.members.set(desired.members.clone()) {
+        self.unsaved.notify_one();
+        if change.members.is_some() && self.members.set(desired.members.clone()) {
             // Pooled mesh connections were made to a node that no longer
             // holds that name: drop them all, so the next request dials
             // and checks its peer afresh.
@@ -278,10 +293,28 @@ impl NodeShared {
                 tracing::warn!("cannot rebuild the mesh client: {e:#}");
             }
         }
-        self.forwarder.learn(&desired.apps);
-        *self.routing.write().expect("routing lock") =
-            Arc::new(ingress::Routing::new(&desired.apps));
-        self.replicas.apply(self, desired.assignments);
+        self.forwarder.learn(&change.apps);
+        let mut routing = self.routing.write().expect("routing lock");
+        *routing = Arc::new(routing.changed(change.full, &change.apps, &change.removed_apps));
+        drop(routing);
+        let unassigned = if change.full {
+            replicas::Unassigned::AllOthers
+        } else {
+            replicas::Unassigned::These(&change.unassigned)
+        };
+        self.replicas.apply(self, &change.assignments, unassigned);
+    }
+
+    /// Writes the desired state to the data directory.
+    fn save_desired(&self) {
+        let saved = {
+            let desired = self.desired.lock().expect("desired state lock");
+            serde_json::to_vec(&*desired).expect("a desired state serializes")
+        };
+        if let Err(e) = crate::home::write_private(&self.config.data_dir.join(LAST_DESIRED), &saved)
+        {
+            tracing::warn!("cannot save the last desired state: {e:#}");
+        }
     }
 
     /// A log sink that tags lines with `app` and buffers them for the
@@ -294,6 +327,26 @@ impl NodeShared {
     }
 }
 
+/// The shortest time between two saves of the desired state: changes in
+/// between are saved together, so a burst of deploys is not a burst of
+/// writes of every app's routing.
+const SAVE_EVERY: Duration = Duration::from_secs(1);
+
+/// Saves the desired state when it changed, at most once per
+/// [`SAVE_EVERY`] (and once more when the node stops).
+async fn save_loop(shared: Arc<NodeShared>) {
+    loop {
+        shared.unsaved.notified().await;
+        let saving = shared.clone();
+        let _ = tokio::task::spawn_blocking(move || saving.save_desired()).await;
+        tokio::time::sleep(SAVE_EVERY).await;
+    }
+}
+
+/// How long the node gathers changes (loads finishing together) before
+/// it reports them.
+const REPORT_GATHER: Duration = Duration::from_millis(20);
+
 /// Refusals of this node's certificate in a row after which it takes
 /// itself for revoked (one can be a renewal racing a heartbeat).
 const REFUSALS_TO_STOP: u32 = 5;
@@ -304,24 +357,30 @@ const REFUSALS_TO_STOP: u32 = 5;
 async fn sync_loop(shared: Arc<NodeShared>) -> String {
     let mut refusals = 0;
     let mut version = 0;
+    let mut epoch = 0;
+    let mut acknowledged = None;
     let mut heartbeat = Duration::from_secs(1);
     let mut unreachable_since: Option<Instant> = None;
     let mut warned = None;
     loop {
-        let (components, shipped) = {
+        let (status, shipped) = {
             let logs = shared.logs.lock().expect("log buffer lock");
             let lines: Vec<_> = logs.lines.iter().take(LINES_PER_SYNC).cloned().collect();
-            (shared.replicas.status(), lines)
+            (shared.replicas.report(acknowledged), lines)
         };
         let memory = shared.engine.memory().reading();
         let request = SyncRequest {
             version,
+            epoch,
             memory: shared.config.memory,
             used: memory.used,
             pressure: memory.pressure,
             ingress: shared.ingress_addr.to_string(),
             mesh: shared.mesh_addr.to_string(),
-            components,
+            components: status.components,
+            removed: status.removed,
+            status_seq: status.seq,
+            status_base: status.base,
             logs_first_seq: shipped.first().map_or(0, |(seq, _)| *seq),
             logs: shipped.iter().map(|(_, line)| line.clone()).collect(),
         };
@@ -335,8 +394,11 @@ async fn sync_loop(shared: Arc<NodeShared>) -> String {
         );
         let answer = tokio::select! {
             answer = call => answer,
-            // Report at once; the held heartbeat is abandoned.
-            () = changed => continue,
+            // Report soon; the held heartbeat is abandoned.
+            () = changed => {
+                tokio::time::sleep(REPORT_GATHER).await;
+                continue;
+            }
         };
         match answer {
             Ok(response) => {
@@ -355,10 +417,12 @@ async fn sync_loop(shared: Arc<NodeShared>) -> String {
                 }
                 warn_if_declared_differently(&shared.config, &response, &mut warned);
                 heartbeat = Duration::from_millis(response.heartbeat_ms.max(100));
-                version = response.version;
-                if let Some(desired) = response.desired {
-                    shared.apply(desired);
+                acknowledged = response.status_seq;
+                shared.replicas.acknowledged(acknowledged);
+                if let Some(change) = response.desired {
+                    shared.apply(change);
                 }
+                (version, epoch) = (response.version, response.epoch);
                 identity::renew_if_due(&shared).await;
             }
             Err(e) => {

@@ -33,6 +33,68 @@ pub(crate) struct LocalReplicas {
     /// Components replaced or unassigned, with their package, kept until
     /// the requests still inside them finish, so their files stay.
     retired: Mutex<Vec<(Arc<LoadedComponent>, String)>>,
+    /// Numbers each change of status; locked after `held`.
+    changes: Mutex<StatusChanges>,
+}
+
+/// Numbers every change of what the node reports, so a heartbeat carries
+/// only what changed since the status the control plane acknowledged:
+/// with thousands of components held, one finished load is one entry.
+struct StatusChanges {
+    /// The first number this process gave: an acknowledgement below it
+    /// is of an earlier run of the node.
+    first: u64,
+    /// The last number given.
+    last: u64,
+    /// Components no longer held, with the number of their removal, until
+    /// the control plane acknowledges a status past it.
+    removed: Vec<(Key, u64)>,
+}
+
+impl Default for StatusChanges {
+    fn default() -> Self {
+        // Numbers keep increasing across restarts of the node, so an old
+        // acknowledgement is never taken for one of this run.
+        let first = crate::clock::unix_ms() * 1000;
+        StatusChanges {
+            first,
+            last: first,
+            removed: Vec::new(),
+        }
+    }
+}
+
+impl StatusChanges {
+    fn next(&mut self) -> u64 {
+        self.last += 1;
+        self.last
+    }
+
+    /// `acknowledged`, when it is a status of this run the control plane
+    /// can be brought forward from.
+    fn base(&self, acknowledged: Option<u64>) -> Option<u64> {
+        acknowledged.filter(|seq| (self.first..=self.last).contains(seq))
+    }
+}
+
+/// Which held components are no longer assigned.
+pub(crate) enum Unassigned<'a> {
+    /// Every one not in the assignments given (they are all of them).
+    AllOthers,
+    /// These `(app, component)`.
+    These(&'a [(String, String)]),
+}
+
+/// What a heartbeat reports of the components held.
+pub(crate) struct StatusReport {
+    /// The number of the status reported.
+    pub(crate) seq: u64,
+    /// The status it changes; none when `components` are all of them.
+    pub(crate) base: Option<u64>,
+    /// Components whose status changed since `base` (or all).
+    pub(crate) components: Vec<ComponentStatus>,
+    /// Components no longer held since `base`.
+    pub(crate) removed: Vec<(String, String)>,
 }
 
 struct Held {
@@ -45,35 +107,61 @@ struct Held {
     failures: u32,
     /// Bumped on every (re)load, so a stale load result is ignored.
     attempt: u64,
+    /// The number of the last change to what is reported of it.
+    changed: u64,
 }
 
 impl LocalReplicas {
-    /// Makes the held set equal `assignments`: loads what is new (or
-    /// moved to a new package), drops what is no longer assigned.
-    pub(crate) fn apply(&self, node: &Arc<NodeShared>, assignments: Vec<Assignment>) {
+    /// Loads what `assigned` holds that is new (or moved to a new
+    /// package), and drops what `unassigned` says is no longer assigned.
+    pub(crate) fn apply(
+        &self,
+        node: &Arc<NodeShared>,
+        assigned: &[Assignment],
+        unassigned: Unassigned<'_>,
+    ) {
         let mut held = self.held.lock().expect("replica lock");
-        let wanted: HashMap<Key, String> = assignments
-            .into_iter()
-            .map(|a| ((a.app, a.component), a.package))
-            .collect();
+        let mut changes = self.changes.lock().expect("status lock");
         let before = held.len();
-        held.retain(|(app, component), h| {
-            let keep = wanted.contains_key(&(app.clone(), component.clone()));
-            if !keep {
-                tracing::info!(app, component, "replica removed from this node");
-                self.retire(h);
+        let mut drop_held = |key: &Key, h: &mut Held| {
+            let (app, component) = key;
+            tracing::info!(app, component, "replica removed from this node");
+            self.retire(h);
+            let seq = changes.next();
+            changes.removed.push((key.clone(), seq));
+        };
+        match unassigned {
+            Unassigned::AllOthers => {
+                let wanted: std::collections::HashSet<(&str, &str)> = assigned
+                    .iter()
+                    .map(|a| (a.app.as_str(), a.component.as_str()))
+                    .collect();
+                held.retain(|key, h| {
+                    let keep = wanted.contains(&(key.0.as_str(), key.1.as_str()));
+                    if !keep {
+                        drop_held(key, h);
+                    }
+                    keep
+                });
             }
-            keep
-        });
+            Unassigned::These(keys) => {
+                for key in keys {
+                    if let Some(mut h) = held.remove(key) {
+                        drop_held(key, &mut h);
+                    }
+                }
+            }
+        }
         // Only a removal frees a package here; a new version's load
         // collects the old one when it completes.
         if held.len() < before {
             let node = node.clone();
             tokio::spawn(async move { collect_unused_packages(&node).await });
         }
-        for (key, package) in wanted {
+        for a in assigned {
+            let (key, package) = ((a.app.clone(), a.component.clone()), &a.package);
             match held.get_mut(&key) {
-                Some(h) if h.package == package => continue,
+                Some(h) if h.package == *package => continue,
                 // A new version: the old one keeps serving until the new
                 // one is loaded.
                 Some(h) => {
@@ -82,7 +170,8 @@ impl LocalReplicas {
                     h.error = None;
                     h.failures = 0;
                     h.attempt += 1;
-                    tokio::spawn(load(node.clone(), key, package, h.attempt));
+                    h.changed = changes.next();
+                    tokio::spawn(load(node.clone(), key, package.clone(), h.attempt));
                 }
                 None => {
                     held.insert(
@@ -95,9 +184,10 @@ impl LocalReplicas {
                             serving_package: None,
                             failures: 0,
                             attempt: 1,
+                            changed: changes.next(),
                         },
                     );
-                    tokio::spawn(load(node.clone(), key, package, 1));
+                    tokio::spawn(load(node.clone(), key, package.clone(), 1));
                 }
             }
         }
@@ -171,11 +261,17 @@ impl LocalReplicas {
         }
     }
 
-    /// What to report to the control plane.
-    pub(crate) fn status(&self) -> Vec<ComponentStatus> {
+    /// What to report to the control plane, which holds the status
+    /// numbered `acknowledged`: what changed since, or everything when
+    /// that is not a status of this run.
+    pub(crate) fn report(&self, acknowledged: Option<u64>) -> StatusReport {
         let held = self.held.lock().expect("replica lock");
-        let mut status: Vec<_> = held
+        let changes = self.changes.lock().expect("status lock");
+        let base = changes.base(acknowledged);
+        let after = base.unwrap_or(0);
+        let mut components: Vec<_> = held
             .iter()
+            .filter(|(_, h)| h.changed > after)
             .map(|((app, component), h)| ComponentStatus {
                 app: app.clone(),
                 component: component.clone(),
@@ -185,8 +281,31 @@ impl LocalReplicas {
                 serving: h.serving_package.clone(),
             })
             .collect();
-        status.sort_by(|a, b| (&a.app, &a.component).cmp(&(&b.app, &b.component)));
-        status
+        components.sort_by(|a, b| (&a.app, &a.component).cmp(&(&b.app, &b.component)));
+        let removed = match base {
+            Some(base) => changes
+                .removed
+                .iter()
+                .filter(|(_, seq)| *seq > base)
+                .map(|(key, _)| key.clone())
+                .collect(),
+            None => Vec::new(),
+        };
+        StatusReport {
+            seq: changes.last,
+            base,
+            components,
+            removed,
+        }
+    }
+
+    /// The control plane holds the status numbered `acknowledged`: the
+    /// removals it includes need not be reported again.
+    pub(crate) fn acknowledged(&self, acknowledged: Option<u64>) {
+        let mut changes = self.changes.lock().expect("status lock");
+        if let Some(seq) = changes.base(acknowledged) {
+            changes.removed.retain(|(_, removed)| *removed > seq);
+        }
     }
 }
 
@@ -195,7 +314,8 @@ impl LocalReplicas {
 async fn load(node: Arc<NodeShared>, key: Key, package: String, attempt: u64) {
     let (app, component) = key.clone();
     let result = pull_and_load(&node, &app, &component, &package).await;
-    let retry_in = {
+    // When to retry, or (after a load) whether another package stopped serving.
+    let (retry_in, replaced) = {
         let mut held = node.replicas.held.lock().expect("replica lock");
         let Some(h) = held.get_mut(&key).filter(|h| h.attempt == attempt) else {
             return;
@@ -211,10 +331,15 @@ async fn load(node: Arc<NodeShared>, key: Key, package: String, attempt: u64) {
                 h.state = LoadState::Running;
                 h.error = None;
                 h.failures = 0;
+                h.changed = node.replicas.changes.lock().expect("status lock").next();
+                // A first load (attempt 1) replaces nothing; a later one
+                // follows a new version or a failure, whose package may
+                // now be unused.
+                let replaced = attempt > 1;
                 node.replicas.retire(h);
                 h.serving = Some((Arc::new(loaded), node.log_sink(&app)));
                 h.serving_package = Some(package.clone());
-                None
+                (None, replaced)
             }
             Err(e) => {
                 h.failures += 1;
@@ -227,19 +352,21 @@ async fn load(node: Arc<NodeShared>, key: Key, package: String, attempt: u64) {
                     "replica failed to load: {e}; retrying in {backoff:?}"
                 );
                 h.state = LoadState::Failed;
+                h.changed = node.replicas.changes.lock().expect("status lock").next();
                 h.error = Some(format!(
                     "{e} (attempt {}, next in {}s)",
                     h.failures,
                     backoff.as_secs()
                 ));
-                Some(backoff)
+                (Some(backoff), false)
             }
         }
     };
     node.replicas.settled.notify_waiters();
     node.changed.notify_one();
-    if retry_in.is_none() {
-        // An earlier version may have stopped serving.
+    // Collecting reads every package in use: only worth it when one may
+    // have stopped being used, not after every first load.
+    if replaced {
         collect_unused_packages(&node).await;
     }
     if let Some(backoff) = retry_in {
@@ -267,7 +394,7 @@ async fn pull_and_load(
     let digest: Digest = package
         .parse()
         .map_err(|e| format!("package {package}: {e}"))?;
-    pull(node, &digest).await?;
+    pull(node, app, &digest).await?;
     let node = node.clone();
     let component = ComponentName::try_from(component.to_string())?;
     let app = app.to_string();
@@ -283,67 +410,66 @@ async fn pull_and_load(
     .map_err(|e| format!("the load task failed: {e}"))?
 }
 
-/// The tag a pulled package carries in the node's store while a replica
-/// may use it; untagged packages are collected.
-fn assigned_tag(digest: &Digest) -> String {
-    format!("{ASSIGNED_TAG}{}", digest.hex())
-}
-
-const ASSIGNED_TAG: &str = "assigned:";
-
 /// Fetches every blob of package `digest` this node lacks, each streamed
 /// to disk and verified against its digest (and, for the config and
-/// layers, the size the manifest declares) before it is stored, then tags
-/// it as in use. Holds the store lock so a collection cannot remove blobs
-/// half way.
-async fn pull(node: &Arc<NodeShared>, digest: &Digest) -> Result<(), String> {
+/// layers, the size the manifest declares) before it is stored. Holds the
+/// store lock so a collection cannot remove blobs half way.
+///
+/// Nothing is tagged: which packages are in use is known from the held
+/// components, and a tag would rewrite the store's index (every package
+/// the node holds) on each pull.
+async fn pull(node: &Arc<NodeShared>, app: &str, digest: &Digest) -> Result<(), String> {
     let _store = node.store_lock.lock().await;
-    fetch(node, digest, BlobSize::AtMost(MAX_MANIFEST_SIZE)).await?;
+    fetch(node, app, digest, BlobSize::AtMost(MAX_MANIFEST_SIZE)).await?;
     let image = node.packages.manifest(digest).map_err(|e| e.to_string())?;
     for blob in std::iter::once(&image.config).chain(&image.layers) {
-        fetch(node, &blob.digest, BlobSize::Exactly(blob.size)).await?;
+        fetch(node, app, &blob.digest, BlobSize::Exactly(blob.size)).await?;
     }
-    let bytes = node.packages.read(digest).map_err(|e| e.to_string())?;
-    let descriptor = skiff_runtime::package::oci::Descriptor::of(
-        skiff_runtime::package::oci::MANIFEST_MEDIA_TYPE,
-        &bytes,
-    );
-    node.packages
-        .tag(&assigned_tag(digest), &descriptor)
-        .map_err(|e| e.to_string())
+    Ok(())
 }
+
+/// Tags of packages in use that earlier versions of the node wrote; they
+/// are removed when collected, so such packages are collected too.
+const LEGACY_ASSIGNED_TAG: &str = "assigned:";
 
 /// Removes from the node's store every package no held or serving
 /// component uses, with the blobs and unpacked files only it needed.
 async fn collect_unused_packages(node: &Arc<NodeShared>) {
     let _store = node.store_lock.lock().await;
     let in_use = node.replicas.packages_in_use();
-    let Ok(tagged) = node.packages.list() else {
-        return;
-    };
-    for (reference, descriptor) in tagged {
-        if !reference.starts_with(ASSIGNED_TAG) || in_use.contains(descriptor.digest.as_str()) {
-            continue;
-        }
-        match node.packages.remove(&reference) {
-            Ok(_) => {
-                tracing::info!(package = %descriptor.digest, "removed a package no replica uses")
-            }
-            Err(e) => {
-                tracing::warn!(package = %descriptor.digest, "cannot remove an unused package: {e}")
+    if let Ok(tagged) = node.packages.list() {
+        for (reference, _) in tagged {
+            if reference.starts_with(LEGACY_ASSIGNED_TAG)
+                && let Err(e) = node.packages.remove(&reference)
+            {
+                tracing::warn!("cannot remove the tag {reference}: {e}");
             }
         }
     }
+    let keep: Vec<Digest> = in_use.iter().filter_map(|p| p.parse().ok()).collect();
+    match node.packages.keep_only(&keep) {
+        Ok(0) => {}
+        Ok(removed) => tracing::info!(blobs = removed, "removed packages no replica uses"),
+        Err(e) => tracing::warn!("cannot collect unused packages: {e}"),
+    }
 }
 
-async fn fetch(node: &Arc<NodeShared>, digest: &Digest, size: BlobSize) -> Result<(), String> {
+async fn fetch(
+    node: &Arc<NodeShared>,
+    app: &str,
+    digest: &Digest,
+    size: BlobSize,
+) -> Result<(), String> {
     if node.packages.blob_path(digest).exists() {
         return Ok(());
     }
     let failed = |e: &dyn std::fmt::Display| format!("cannot fetch {digest}: {e}");
     let body = node
         .api()
-        .download(&format!("/v1/node/blobs/{digest}"), Duration::from_secs(60))
+        .download(
+            &format!("/v1/node/blobs/{digest}?app={app}"),
+            Duration::from_secs(60),
+        )
         .await
         .map_err(|e| failed(&e))?;
     let writer = node.packages.writer(digest, size).map_err(|e| failed(&e))?;
