@@ -69,6 +69,14 @@ fn hello_reserves_a_few_instances_so_a_one_gib_node_holds_hundreds() {
     };
     big("roomy", "1200MiB");
     cluster.wait_running("roomy", 1);
+    // Scaled past what fits: the scale says which replica waits, and why.
+    let (_, warned) = cluster.cli_with_stderr(&["scale", "roomy", "2"]);
+    assert!(
+        warned.contains("warning: roomy/web/1 cannot be placed: ")
+            && warned.contains("insufficient memory"),
+        "{warned}"
+    );
+    cluster.cli(&["scale", "roomy", "1"]);
     big("huge", "2GiB");
     let reason = wait_until(Duration::from_secs(30), "huge to be pending", || {
         let ps = cluster.json(&["ps", "huge"]);

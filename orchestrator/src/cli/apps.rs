@@ -328,6 +328,9 @@ pub fn scale(args: ScaleArgs) -> anyhow::Result<()> {
             return print_json(&answer);
         }
         out!("{app}/{component} scaled to {}", args.replicas)?;
+        let warnings: Vec<String> =
+            serde_json::from_value(answer["warnings"].clone()).unwrap_or_default();
+        warn_all(&warnings);
         Ok(())
     })
 }

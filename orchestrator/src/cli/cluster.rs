@@ -348,7 +348,9 @@ pub fn up(args: UpArgs) -> anyhow::Result<()> {
         match stopped_early {
             Some(result) => result?,
             None => control_task.await?,
-        }
+        }?;
+        out!("Stopped; the apps deployed here serve again at the next `skiff up`")?;
+        Ok(())
     })
 }
 

@@ -327,12 +327,18 @@ async fn admin(
                 if let Some(record) = shared.store.app(app).map_err(Refusal::internal)? {
                     live.apps.insert(record.name.clone(), record);
                 }
-                applied
+                (applied, live.passes)
             };
-            shared.wake.notify_one();
+            let (applied, passes_before) = applied;
+            let warnings = if applied == Applied::Unchanged {
+                Vec::new()
+            } else {
+                placed_after(shared, passes_before).await;
+                unplaceable(shared, &format!("{app}/{}/", scale.component))
+            };
             json(
                 StatusCode::OK,
-                &serde_json::json!({"app": app, "component": scale.component, "replicas": scale.replicas, "changed": applied != Applied::Unchanged}),
+                &serde_json::json!({"app": app, "component": scale.component, "replicas": scale.replicas, "changed": applied != Applied::Unchanged, "warnings": warnings}),
             )
         }
         (&Method::GET, ["v1", "apps", app, "logs"]) => {
@@ -400,9 +406,9 @@ async fn admin(
     }
 }
 
-/// The longest a deploy waits for the controller to place its replicas
-/// before it answers (without saying which cannot be placed).
-const DEPLOY_PASS_WAIT: Duration = Duration::from_secs(10);
+/// The longest a deploy or scale waits for the controller to place its
+/// replicas before it answers (without saying which cannot be placed).
+const PLACE_WAIT: Duration = Duration::from_secs(10);
 
 async fn deploy(shared: &Shared, request: DeployRequest) -> Handled {
     // No collection between verifying the package and declaring it.
@@ -450,12 +456,7 @@ async fn deploy(shared: &Shared, request: DeployRequest) -> Handled {
         warnings: route_overlaps(shared, &spec),
     };
     if applied != Applied::Unchanged {
-        // The controller's next pass places the replicas: deploys arriving
-        // together share one pass over the cluster rather than one each.
-        let mut passed = shared.passed.subscribe();
-        shared.wake.notify_one();
-        let placed = passed.wait_for(|pass| *pass > passes_before);
-        let _ = tokio::time::timeout(DEPLOY_PASS_WAIT, placed).await;
+        placed_after(shared, passes_before).await;
         shared.bump();
     }
     if matches!(applied, Applied::Updated(_)) {
@@ -463,24 +464,33 @@ async fn deploy(shared: &Shared, request: DeployRequest) -> Handled {
     }
     // The controller has just tried to place the replicas: say at once
     // which ones cannot be, and why.
-    let live = shared.live.lock().expect("live state lock");
-    // Replica ids start with `app/`: the app's own, without a scan of all.
-    let prefix = format!("{}/", spec.name);
-    response.warnings.extend(
-        live.replicas
-            .range(prefix.clone()..)
-            .take_while(|(id, _)| id.starts_with(&prefix))
-            .map(|(_, r)| r)
-            .filter_map(|r| {
-                Some(format!(
-                    "{} cannot be placed: {}",
-                    r.id,
-                    live.pending.get(&r.id)?
-                ))
-            }),
-    );
-    drop(live);
+    response
+        .warnings
+        .extend(unplaceable(shared, &format!("{}/", spec.name)));
     json(StatusCode::OK, &response)
+}
+
+/// Wakes the controller and waits (at most [`PLACE_WAIT`]) for a pass
+/// that started after pass number `passes_before`, so it has tried to
+/// place what changed. Changes arriving together share one pass over the
+/// cluster rather than one each.
+async fn placed_after(shared: &Shared, passes_before: u64) {
+    let mut passed = shared.passed.subscribe();
+    shared.wake.notify_one();
+    let placed = passed.wait_for(|pass| *pass > passes_before);
+    let _ = tokio::time::timeout(PLACE_WAIT, placed).await;
+}
+
+/// Why each replica whose id starts with `prefix` (`app/` or
+/// `app/component/`) cannot be placed, as warnings.
+fn unplaceable(shared: &Shared, prefix: &str) -> Vec<String> {
+    let live = shared.live.lock().expect("live state lock");
+    // Replica ids start with the prefix: no scan of every replica.
+    live.replicas
+        .range(prefix.to_string()..)
+        .take_while(|(id, _)| id.starts_with(prefix))
+        .filter_map(|(id, _)| Some(format!("{id} cannot be placed: {}", live.pending.get(id)?)))
+        .collect()
 }
 
 /// Routes of `spec` that other apps serve too, as warnings (one per
@@ -495,16 +505,16 @@ fn route_overlaps(shared: &Shared, spec: &catalog::AppSpec) -> Vec<String> {
         let Some(route) = &plan.route else { continue };
         let others: Vec<&str> = live
             .apps
-            .keys()
-            .filter(|a| **a != spec.name)
-            .filter(|other| {
-                live.spec(other).is_some_and(|o| {
+            .iter()
+            .filter(|(name, _)| **name != spec.name)
+            .filter(|(_, other)| {
+                live.specs.get(&other.package).is_some_and(|o| {
                     o.components
                         .values()
                         .any(|c| c.route.as_ref() == Some(route))
                 })
             })
-            .map(String::as_str)
+            .map(|(name, _)| name.as_str())
             .collect();
         let Some(first) = others.iter().copied().chain([spec.name.as_str()]).min() else {
             continue;
@@ -858,8 +868,19 @@ async fn sync(shared: &Shared, caller: &NodeCert, request: Request) -> Handled {
             }
         });
     }
-    let current = *shared.version.borrow();
+    let mut current = *shared.version.borrow();
     let desired = if current != sync.version || sync.epoch != epoch {
+        // Computing the desired state is work in proportion to the whole
+        // cluster: with many apps, versions moving fast share computations.
+        let rest = shared
+            .desired
+            .lock()
+            .expect("desired state lock")
+            .rest_before(current);
+        if !rest.is_zero() {
+            tokio::time::sleep(rest).await;
+            current = *shared.version.borrow();
+        }
         let live = shared.live.lock().expect("live state lock");
         // Forgotten while its heartbeat was held: it learns nothing more.
         if live

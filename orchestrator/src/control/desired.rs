@@ -10,6 +10,7 @@ use super::Live;
 use super::reconcile::endpoint_node;
 use crate::api::{AppRouting, Assignment, DesiredChange, Endpoint};
 use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
 
 /// Removals remembered per part before the oldest are forgotten; a node
 /// whose version is older than a forgotten removal gets the whole state.
@@ -31,7 +32,15 @@ pub(super) struct DesiredLog {
     /// Per node, what it runs.
     assignments: BTreeMap<String, Stamped<ComponentKey, Assignment>>,
     members: (BTreeMap<String, String>, u64),
+    /// When the last computation ended, and how long it took.
+    last: Option<(Instant, Duration)>,
 }
+
+/// After a computation that took `d`, the next waits until `REST_FACTOR`
+/// x `d` has passed: with many apps and fast-moving versions, computing
+/// desired states takes at most a third of a core and holds the state
+/// lock no more, leaving the rest to the API, heartbeats and controller.
+const REST_FACTOR: u32 = 2;
 
 impl DesiredLog {
     /// An empty log for a run numbered `epoch`.
@@ -43,6 +52,19 @@ impl DesiredLog {
             apps: Stamped::default(),
             assignments: BTreeMap::new(),
             members: (BTreeMap::new(), 0),
+            last: None,
+        }
+    }
+
+    /// How long to wait before computing version `version` (nothing when
+    /// it is computed already, or the last computation was long enough
+    /// ago).
+    pub(super) fn rest_before(&self, version: u64) -> Duration {
+        match self.last {
+            Some((ended, took)) if self.computed_at != version => {
+                (took * REST_FACTOR).saturating_sub(ended.elapsed())
+            }
+            _ => Duration::ZERO,
         }
     }
 
@@ -57,8 +79,9 @@ impl DesiredLog {
         if self.computed_at == version {
             return;
         }
-        let mut horizon = self.apps.update(routing(live), version);
-        let mut assignments = assignments(live);
+        let started = Instant::now();
+        let (apps, mut assignments) = routing_and_assignments(live);
+        let mut horizon = self.apps.update(apps, version);
         // Nodes gone from the cluster are never asked for again.
         self.assignments
             .retain(|node, _| assignments.contains_key(node));
@@ -72,6 +95,7 @@ impl DesiredLog {
         }
         self.horizon = self.horizon.max(horizon);
         self.computed_at = version;
+        self.last = Some((Instant::now(), started.elapsed()));
     }
 
     /// What node `name` must change to be at the computed version, having
@@ -167,75 +191,78 @@ impl<K: Ord + Clone, V: PartialEq> Stamped<K, V> {
 /// What node `name` should run, and where every app's running replicas are.
 #[cfg(test)]
 pub(super) fn desired_for(live: &Live, name: &str) -> crate::api::DesiredState {
+    let (apps, mut assignments) = routing_and_assignments(live);
     crate::api::DesiredState {
-        assignments: assignments(live)
+        assignments: assignments
             .remove(name)
             .unwrap_or_default()
             .into_values()
             .collect(),
-        apps: routing(live).into_values().collect(),
+        apps: apps.into_values().collect(),
         members: members(live),
     }
 }
 
-/// Every app's routes, and the nodes serving each of its components.
-fn routing(live: &Live) -> BTreeMap<String, AppRouting> {
+/// Every app's routes and the nodes serving each of its components, and
+/// per node the components placed on it with their replica count: one
+/// walk over the apps and their replicas.
+#[allow(clippy::type_complexity)]
+fn routing_and_assignments(
+    live: &Live,
+) -> (
+    BTreeMap<String, AppRouting>,
+    BTreeMap<String, BTreeMap<ComponentKey, Assignment>>,
+) {
     let replicas_of = live.replicas_by(|r| Some(&r.app));
-    live.apps
-        .keys()
-        .filter_map(|app| {
-            let spec = live.spec(app)?;
-            let routes = spec
-                .components
-                .iter()
-                .filter_map(|(c, plan)| Some((plan.route.clone()?, c.clone())))
-                .collect();
-            let mut endpoints: BTreeMap<String, Vec<Endpoint>> = BTreeMap::new();
-            for replica in replicas_of.get(app.as_str()).into_iter().flatten() {
-                if let Some(node) = endpoint_node(live, replica) {
-                    endpoints
-                        .entry(replica.component.clone())
-                        .or_default()
-                        .push(Endpoint {
-                            node: node.record.name.clone(),
-                            mesh: node.record.mesh.clone(),
-                        });
-                }
-            }
-            let routing = AppRouting {
-                name: app.clone(),
-                routes,
-                endpoints,
-            };
-            Some((app.clone(), routing))
-        })
-        .collect()
-}
-
-/// Per node, the components placed on it, with their replica count.
-fn assignments(live: &Live) -> BTreeMap<String, BTreeMap<ComponentKey, Assignment>> {
     let mut per_node: BTreeMap<String, BTreeMap<ComponentKey, Assignment>> = live
         .nodes
         .keys()
         .map(|n| (n.clone(), BTreeMap::new()))
         .collect();
-    for replica in live.replicas.values() {
-        let Some(node) = replica.node.as_ref().and_then(|n| per_node.get_mut(n)) else {
+    let mut apps = BTreeMap::new();
+    for (app, record) in &live.apps {
+        let replicas = replicas_of.get(app.as_str()).map_or(&[][..], Vec::as_slice);
+        for replica in replicas {
+            let Some(node) = replica.node.as_ref().and_then(|n| per_node.get_mut(n)) else {
+                continue;
+            };
+            node.entry((app.clone(), replica.component.clone()))
+                .or_insert_with(|| Assignment {
+                    app: app.clone(),
+                    component: replica.component.clone(),
+                    package: record.package.clone(),
+                    replicas: 0,
+                })
+                .replicas += 1;
+        }
+        let Some(spec) = live.specs.get(&record.package) else {
             continue;
         };
-        let Some(app) = live.apps.get(&replica.app) else {
-            continue;
+        let routes = spec
+            .components
+            .iter()
+            .filter_map(|(c, plan)| Some((plan.route.clone()?, c.clone())))
+            .collect();
+        let mut endpoints: BTreeMap<String, Vec<Endpoint>> = BTreeMap::new();
+        for replica in replicas {
+            if let Some(node) = endpoint_node(live, replica) {
+                endpoints
+                    .entry(replica.component.clone())
+                    .or_default()
+                    .push(Endpoint {
+                        node: node.record.name.clone(),
+                        mesh: node.record.mesh.clone(),
+                    });
+            }
+        }
+        let routing = AppRouting {
+            name: app.clone(),
+            routes,
+            endpoints,
         };
-        node.entry((replica.app.clone(), replica.component.clone()))
-            .or_insert_with(|| Assignment {
-                app: replica.app.clone(),
-                component: replica.component.clone(),
-                package: app.package.clone(),
-                replicas: 0,
-            })
-            .replicas += 1;
+        apps.insert(app.clone(), routing);
     }
-    per_node
+    (apps, per_node)
 }
 
 /// Every node in the cluster, name to incarnation.

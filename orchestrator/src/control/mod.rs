@@ -339,9 +339,12 @@ impl LiveNode {
         components: Vec<ComponentStatus>,
         removed: Vec<(String, String)>,
     ) -> Option<bool> {
-        // A report older than the status held arrived late (its heartbeat
-        // was abandoned): taking it would bring old states back.
-        if self.status_seq.is_some_and(|held| seq < held) {
+        // A change older than the status held arrived late (its heartbeat
+        // was abandoned): taking it would bring old states back. A whole
+        // status is always taken, so a node whose numbers went backwards
+        // (its clock was set back) is not refused for ever; one that
+        // arrived late is corrected by the node's next change.
+        if base.is_some() && self.status_seq.is_some_and(|held| seq < held) {
             return None;
         }
         let routed = match base {
@@ -585,6 +588,20 @@ impl ControlPlane {
     /// The controller stopped (it panicked): then the API stops too, rather
     /// than serve a cluster nothing heals.
     pub async fn serve(self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+        // Every known node's heartbeat window starts now, not when the
+        // state was read: reading thousands of packages takes seconds,
+        // and no node could reach the API meanwhile.
+        let now = Instant::now();
+        for node in self
+            .shared
+            .live
+            .lock()
+            .expect("live state lock")
+            .nodes
+            .values_mut()
+        {
+            node.last_seen = now;
+        }
         let mut controller = tokio::spawn(reconcile::run(self.shared.clone()));
         let collector = tokio::spawn(collect::run(self.shared.clone()));
         let api = api::serve(self.shared, self.listener, self.tls, shutdown);

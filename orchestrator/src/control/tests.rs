@@ -557,9 +557,23 @@ fn a_node_status_is_taken_whole_then_by_changes_and_never_backwards() {
     assert_eq!(node.take_status(Some(10), 13, vec![], gone), Some(false));
     assert!(node.component("x", "api").is_none());
     assert_eq!(node.status_seq, Some(13));
-    // A report older than the status held arrived late: refused.
-    assert_eq!(node.take_status(None, 12, vec![serving("x")], vec![]), None);
+    // A change older than the status held arrived late: refused.
+    assert_eq!(
+        node.take_status(Some(10), 12, vec![serving("x")], vec![]),
+        None
+    );
     assert!(node.component("x", "api").is_none());
+    // A whole status is always taken, even numbered lower (the node's
+    // clock went back), so the node is never refused for ever.
+    assert_eq!(
+        node.take_status(None, 5, vec![serving("y")], vec![]),
+        Some(false)
+    );
+    assert_eq!(node.status_seq, Some(5));
+    assert_eq!(
+        node.take_status(None, 13, vec![serving("y")], vec![]),
+        Some(false)
+    );
     // A base past the status held (lost by the control plane): refused.
     assert_eq!(
         node.take_status(Some(20), 21, vec![serving("x")], vec![]),

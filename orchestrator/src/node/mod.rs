@@ -384,6 +384,12 @@ async fn sync_loop(shared: Arc<NodeShared>) -> String {
             logs_first_seq: shipped.first().map_or(0, |(seq, _)| *seq),
             logs: shipped.iter().map(|(_, line)| line.clone()).collect(),
         };
+        // Only a heartbeat the control plane may hold (the node is up to
+        // date both ways) is abandoned for news; one bringing or awaiting
+        // a whole state is answered at once, and abandoning it would only
+        // make the next one as large.
+        let holdable = version != 0 && epoch != 0 && request.status_base.is_some();
+        let reported = request.status_seq;
         let api = shared.api();
         let changed = shared.changed.notified();
         let call = api.call::<_, SyncResponse>(
@@ -392,13 +398,21 @@ async fn sync_loop(shared: Arc<NodeShared>) -> String {
             &request,
             heartbeat + Duration::from_secs(10),
         );
-        let answer = tokio::select! {
-            answer = call => answer,
-            // Report soon; the held heartbeat is abandoned.
-            () = changed => {
-                tokio::time::sleep(REPORT_GATHER).await;
-                continue;
+        let answer = if holdable {
+            tokio::select! {
+                answer = call => answer,
+                // Report soon; the held heartbeat is abandoned.
+                () = changed => {
+                    // It most likely arrived: the next change is reported
+                    // from it, and if it did not, the control plane says
+                    // which status it holds.
+                    acknowledged = Some(reported);
+                    tokio::time::sleep(REPORT_GATHER).await;
+                    continue;
+                }
             }
+        } else {
+            call.await
         };
         match answer {
             Ok(response) => {
