@@ -494,6 +494,7 @@ impl SimNode {
                 epoch,
                 removed: Vec::new(),
                 status_seq: 0,
+                status_run: 0,
                 status_base: None,
                 memory: SIM_NODE_MEMORY,
                 ingress: self.ingress.local_addr().unwrap().to_string(),

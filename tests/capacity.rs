@@ -76,6 +76,21 @@ fn hello_reserves_a_few_instances_so_a_one_gib_node_holds_hundreds() {
             && warned.contains("insufficient memory"),
         "{warned}"
     );
+    // Asked again, it says so again; several replicas share one warning.
+    let (again, warned) = cluster.cli_with_stderr(&["scale", "roomy", "2"]);
+    assert!(again.contains("already has 2 replicas"), "{again}");
+    assert!(
+        warned.contains("warning: roomy/web/1 cannot be placed: "),
+        "{warned}"
+    );
+    let (_, warned) = cluster.cli_with_stderr(&["scale", "roomy", "6"]);
+    assert!(
+        warned.contains(
+            "warning: 5 replicas (roomy/web/1, roomy/web/2, roomy/web/3 and 2 more) cannot be placed: "
+        ),
+        "{warned}"
+    );
+    assert_eq!(warned.matches("warning:").count(), 1, "{warned}");
     cluster.cli(&["scale", "roomy", "1"]);
     big("huge", "2GiB");
     let reason = wait_until(Duration::from_secs(30), "huge to be pending", || {

@@ -125,9 +125,13 @@ pub struct SyncRequest {
     #[serde(default)]
     pub removed: Vec<(String, String)>,
     /// The node's number for the status this request brings the control
-    /// plane to; it only grows, also across restarts of the node.
+    /// plane to; it only grows while the node runs.
     #[serde(default)]
     pub status_seq: u64,
+    /// The first such number since the node started: which run of the
+    /// node the numbers are of.
+    #[serde(default)]
+    pub status_run: u64,
     /// The status (a `status_seq` the control plane acknowledged) that
     /// `components` and `removed` change; none when they are the whole.
     #[serde(default)]

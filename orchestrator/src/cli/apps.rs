@@ -327,7 +327,11 @@ pub fn scale(args: ScaleArgs) -> anyhow::Result<()> {
         if args.cluster.json() {
             return print_json(&answer);
         }
-        out!("{app}/{component} scaled to {}", args.replicas)?;
+        if answer["changed"] == false {
+            out!("{app}/{component} already has {} replicas", args.replicas)?;
+        } else {
+            out!("{app}/{component} scaled to {}", args.replicas)?;
+        }
         let warnings: Vec<String> =
             serde_json::from_value(answer["warnings"].clone()).unwrap_or_default();
         warn_all(&warnings);

@@ -330,12 +330,14 @@ async fn admin(
                 (applied, live.passes)
             };
             let (applied, passes_before) = applied;
-            let warnings = if applied == Applied::Unchanged {
-                Vec::new()
-            } else {
-                placed_after(shared, passes_before).await;
-                unplaceable(shared, &format!("{app}/{}/", scale.component))
-            };
+            // Said again when nothing changed: a user running the same
+            // scale to check must not be told all is well.
+            let warnings =
+                if applied == Applied::Unchanged || placed_after(shared, passes_before).await {
+                    unplaceable(shared, &format!("{app}/{}/", scale.component))
+                } else {
+                    vec![not_placed_yet(app)]
+                };
             json(
                 StatusCode::OK,
                 &serde_json::json!({"app": app, "component": scale.component, "replicas": scale.replicas, "changed": applied != Applied::Unchanged, "warnings": warnings}),
@@ -456,7 +458,9 @@ async fn deploy(shared: &Shared, request: DeployRequest) -> Handled {
         warnings: route_overlaps(shared, &spec),
     };
     if applied != Applied::Unchanged {
-        placed_after(shared, passes_before).await;
+        if !placed_after(shared, passes_before).await {
+            response.warnings.push(not_placed_yet(&spec.name));
+        }
         shared.bump();
     }
     if matches!(applied, Applied::Updated(_)) {
@@ -474,22 +478,57 @@ async fn deploy(shared: &Shared, request: DeployRequest) -> Handled {
 /// that started after pass number `passes_before`, so it has tried to
 /// place what changed. Changes arriving together share one pass over the
 /// cluster rather than one each.
-async fn placed_after(shared: &Shared, passes_before: u64) {
+/// Returns whether it did.
+async fn placed_after(shared: &Shared, passes_before: u64) -> bool {
     let mut passed = shared.passed.subscribe();
     shared.wake.notify_one();
     let placed = passed.wait_for(|pass| *pass > passes_before);
-    let _ = tokio::time::timeout(PLACE_WAIT, placed).await;
+    matches!(tokio::time::timeout(PLACE_WAIT, placed).await, Ok(Ok(_)))
 }
 
-/// Why each replica whose id starts with `prefix` (`app/` or
-/// `app/component/`) cannot be placed, as warnings.
+/// The warning when the controller did not try to place replicas in time.
+fn not_placed_yet(app: &str) -> String {
+    format!(
+        "the controller has not placed the replicas of {app:?} yet (it is busy); `skiff ps {app}` shows where they go, or why they cannot"
+    )
+}
+
+/// Why the replicas whose ids start with `prefix` (`app/` or
+/// `app/component/`) cannot be placed, as warnings: one per reason, naming
+/// the replicas (a few, and how many more).
 fn unplaceable(shared: &Shared, prefix: &str) -> Vec<String> {
+    /// Replicas named in one warning; the rest are counted.
+    const NAMED: usize = 3;
     let live = shared.live.lock().expect("live state lock");
+    let mut by_reason: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
     // Replica ids start with the prefix: no scan of every replica.
-    live.replicas
+    for (id, _) in live
+        .replicas
         .range(prefix.to_string()..)
         .take_while(|(id, _)| id.starts_with(prefix))
-        .filter_map(|(id, _)| Some(format!("{id} cannot be placed: {}", live.pending.get(id)?)))
+    {
+        if let Some(reason) = live.pending.get(id) {
+            by_reason.entry(reason).or_default().push(id);
+        }
+    }
+    by_reason
+        .into_iter()
+        .map(|(reason, ids)| match ids.as_slice() {
+            [one] => format!("{one} cannot be placed: {reason}"),
+            _ => {
+                let more = ids.len().saturating_sub(NAMED);
+                let more = if more > 0 {
+                    format!(" and {more} more")
+                } else {
+                    String::new()
+                };
+                format!(
+                    "{} replicas ({}{more}) cannot be placed: {reason}",
+                    ids.len(),
+                    ids[..ids.len().min(NAMED)].join(", ")
+                )
+            }
+        })
         .collect()
 }
 
@@ -804,14 +843,15 @@ async fn sync(shared: &Shared, caller: &NodeCert, request: Request) -> Handled {
         }
         // What other nodes route by changed: they hear of it with the
         // next version, within this node's bump budget.
-        let serving_changed = entry.take_status(
-            sync.status_base,
-            sync.status_seq,
-            sync.components,
-            sync.removed,
-        );
+        let serving_changed = entry.take_status(super::Reported {
+            run: sync.status_run,
+            seq: sync.status_seq,
+            base: sync.status_base,
+            components: sync.components,
+            removed: sync.removed,
+        });
         status_known = serving_changed.is_some();
-        status_seq = entry.status_seq;
+        status_seq = entry.status_seq.map(|(_, seq)| seq);
         bump |= entry
             .bumps
             .take(moved || serving_changed == Some(true), now);
@@ -879,7 +919,6 @@ async fn sync(shared: &Shared, caller: &NodeCert, request: Request) -> Handled {
             .rest_before(current);
         if !rest.is_zero() {
             tokio::time::sleep(rest).await;
-            current = *shared.version.borrow();
         }
         let live = shared.live.lock().expect("live state lock");
         // Forgotten while its heartbeat was held: it learns nothing more.
@@ -891,7 +930,9 @@ async fn sync(shared: &Shared, caller: &NodeCert, request: Request) -> Handled {
             return Err(not_a_member(caller));
         }
         let mut log = shared.desired.lock().expect("desired state lock");
-        log.refresh(&live, current);
+        // Read under the state lock: a change made after the version was
+        // read above must not be stamped with that older version.
+        current = log.refresh(&live, *shared.version.borrow());
         Some(log.change_for(node, sync.epoch, sync.version))
     } else {
         None

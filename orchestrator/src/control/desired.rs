@@ -74,10 +74,13 @@ impl DesiredLog {
     }
 
     /// Recomputes every part from `live` at `version`, once per version,
-    /// stamping what differs from the last computation.
-    pub(super) fn refresh(&mut self, live: &Live, version: u64) {
-        if self.computed_at == version {
-            return;
+    /// stamping what differs from the last computation; returns the
+    /// version the parts are at. Call it with `live` locked and `version`
+    /// read under that lock, so versions only grow and a change is never
+    /// stamped with a version from before it.
+    pub(super) fn refresh(&mut self, live: &Live, version: u64) -> u64 {
+        if version <= self.computed_at {
+            return self.computed_at;
         }
         let started = Instant::now();
         let (apps, mut assignments) = routing_and_assignments(live);
@@ -96,6 +99,7 @@ impl DesiredLog {
         self.horizon = self.horizon.max(horizon);
         self.computed_at = version;
         self.last = Some((Instant::now(), started.elapsed()));
+        version
     }
 
     /// What node `name` must change to be at the computed version, having

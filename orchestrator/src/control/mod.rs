@@ -229,10 +229,11 @@ pub(crate) struct LiveNode {
     down: bool,
     /// What its last heartbeat said of each component it holds, by app,
     /// so a replica's state is found without scanning every component.
-    components: HashMap<String, Vec<ComponentStatus>>,
-    /// The node's number for the status in `components`, when it is whole
-    /// as of that number; none until a heartbeat brought all of it.
-    status_seq: Option<u64>,
+    components: HashMap<String, HashMap<String, ComponentStatus>>,
+    /// The node's run (the first number it gave) and number for the status
+    /// in `components`, when it is whole as of that number; none until a
+    /// heartbeat brought all of it.
+    status_seq: Option<(u64, u64)>,
     /// Memory its last heartbeat offered, bytes; it is given at most the
     /// smaller of this and what it declared at join (`record.memory`).
     reported_memory: u64,
@@ -314,60 +315,65 @@ impl LiveNode {
 
     /// What the node last said of `app`/`component`.
     fn component(&self, app: &str, component: &str) -> Option<&ComponentStatus> {
-        self.components
-            .get(app)?
-            .iter()
-            .find(|c| c.component == component)
+        self.components.get(app)?.get(component)
     }
 
     /// Takes what a heartbeat says of the components held: all of them
-    /// (`base` none), or what changed since the status numbered `base`.
+    /// (no `base`), or what changed since the status numbered `base`.
     /// Returns whether what the node serves changed (other nodes route by
-    /// it), or `None` when the status held here is older than `base` (or
-    /// there is none): then nothing is taken, and the node sends all of it
-    /// next.
+    /// it), or `None` when the report is not taken; then the node is told
+    /// the status held here, and sends what changed since, or all of it.
     ///
-    /// A change from a `base` at or before the status held is taken: it
-    /// repeats changes already held (a heartbeat whose answer the node
-    /// never read), with their values now, removals first. The node's
-    /// numbers start past those of its earlier runs, and it sends a base
-    /// only from its own run, so such a base is of the run held.
-    fn take_status(
-        &mut self,
-        base: Option<u64>,
-        seq: u64,
-        components: Vec<ComponentStatus>,
-        removed: Vec<(String, String)>,
-    ) -> Option<bool> {
-        // A change older than the status held arrived late (its heartbeat
-        // was abandoned): taking it would bring old states back. A whole
-        // status is always taken, so a node whose numbers went backwards
-        // (its clock was set back) is not refused for ever; one that
-        // arrived late is corrected by the node's next change.
-        if base.is_some() && self.status_seq.is_some_and(|held| seq < held) {
-            return None;
-        }
+    /// - A change is taken when it is of the run held and its `base` is at
+    ///   or before the status held: a repeat of changes already held (a
+    ///   heartbeat whose answer the node never read) is applied again with
+    ///   their values now, removals first. One numbered below the status
+    ///   held arrived late (its heartbeat was abandoned) and is refused.
+    /// - A whole status is taken unless it is an older one of the run held
+    ///   that arrived late; a new run of the node is always taken, even
+    ///   numbered lower (its clock was set back).
+    /// - No report may bring the components held past
+    ///   [`MAX_COMPONENTS_PER_NODE`].
+    fn take_status(&mut self, report: Reported) -> Option<bool> {
+        let Reported {
+            run,
+            seq,
+            base,
+            components,
+            removed,
+        } = report;
+        let held = self.status_seq.filter(|(held_run, _)| *held_run == run);
         let routed = match base {
             None => {
-                let before = running_set(self.components.values().flatten());
+                if held.is_some_and(|(_, held)| seq < held)
+                    || components.len() > MAX_COMPONENTS_PER_NODE
+                {
+                    return None;
+                }
+                let before = running_set(self.components.values().flat_map(|c| c.values()));
                 let routed = before != running_set(components.iter());
                 self.components.clear();
                 for status in components {
                     self.components
                         .entry(status.app.clone())
                         .or_default()
-                        .push(status);
+                        .insert(status.component.clone(), status);
                 }
                 routed
             }
-            Some(base) if self.status_seq.is_some_and(|held| base <= held) => {
+            Some(base) => {
+                let taken = held.is_some_and(|(_, held)| base <= held && held <= seq);
+                let count: usize = self.components.values().map(HashMap::len).sum();
+                if !taken || count + components.len() > MAX_COMPONENTS_PER_NODE {
+                    return None;
+                }
                 let mut routed = false;
                 for (app, component) in removed {
                     let Some(held) = self.components.get_mut(&app) else {
                         continue;
                     };
-                    if let Some(i) = held.iter().position(|c| c.component == component) {
-                        routed |= held.swap_remove(i).serving.is_some();
+                    if let Some(gone) = held.remove(&component) {
+                        routed |= gone.serving.is_some();
                     }
                     if held.is_empty() {
                         self.components.remove(&app);
@@ -375,22 +381,16 @@ impl LiveNode {
                 }
                 for status in components {
                     let held = self.components.entry(status.app.clone()).or_default();
-                    match held.iter_mut().find(|c| c.component == status.component) {
-                        Some(old) => {
-                            routed |= old.serving != status.serving;
-                            *old = status;
-                        }
-                        None => {
-                            routed |= status.serving.is_some();
-                            held.push(status);
-                        }
+                    let serving = status.serving.clone();
+                    match held.insert(status.component.clone(), status) {
+                        Some(old) => routed |= old.serving != serving,
+                        None => routed |= serving.is_some(),
                     }
                 }
                 routed
             }
-            Some(_) => return None,
         };
-        self.status_seq = Some(seq);
+        self.status_seq = Some((run, seq));
         Some(routed)
     }
 
@@ -405,6 +405,24 @@ impl LiveNode {
     fn memory(&self) -> u64 {
         self.record.memory.min(self.reported_memory)
     }
+}
+
+/// The most components a node's reports may say it holds; a report past
+/// it is refused. A node holds one per app it runs a replica of.
+pub(crate) const MAX_COMPONENTS_PER_NODE: usize = 100_000;
+
+/// A heartbeat's report of the components a node holds.
+pub(crate) struct Reported {
+    /// The node's run: the first number it gave since it started.
+    pub(crate) run: u64,
+    /// The number of the status reported.
+    pub(crate) seq: u64,
+    /// The status it changes; none when `components` are all of them.
+    pub(crate) base: Option<u64>,
+    /// Components whose status changed since `base` (or all).
+    pub(crate) components: Vec<ComponentStatus>,
+    /// Components no longer held since `base`.
+    pub(crate) removed: Vec<(String, String)>,
 }
 
 /// What other nodes route by: which components a node serves.

@@ -469,10 +469,7 @@ fn a_node_brought_forward_by_changes_holds_the_whole_desired_state() {
 
     // Node "a" starts serving: only the app's routing changes.
     let a = live.nodes.get_mut("a").unwrap();
-    assert_eq!(
-        a.take_status(None, 1, vec![serving("web")], vec![]),
-        Some(true)
-    );
+    assert_eq!(a.take_status(report(1, None, 1, &["web"], &[])), Some(true));
     let change = step(&live, 11);
     assert!(!change.full && change.assignments.is_empty() && change.members.is_none());
     assert_eq!(change.apps.len(), 1);
@@ -521,69 +518,100 @@ fn a_node_brought_forward_by_changes_holds_the_whole_desired_state() {
     assert!(log.change_for("a", log.epoch(), 99).full);
 }
 
+/// A report of run `run`, numbered `seq`, changing `base` (whole when
+/// none): `serving` apps served, `removed` apps gone.
+fn report(
+    run: u64,
+    base: Option<u64>,
+    seq: u64,
+    serving_apps: &[&str],
+    removed: &[&str],
+) -> super::Reported {
+    super::Reported {
+        run,
+        seq,
+        base,
+        components: serving_apps.iter().map(|app| serving(app)).collect(),
+        removed: removed
+            .iter()
+            .map(|app| (app.to_string(), "api".to_string()))
+            .collect(),
+    }
+}
+
 #[test]
 fn a_node_status_is_taken_whole_then_by_changes_and_never_backwards() {
     let now = Instant::now();
     let mut node = node("a", 1024 * MIB, now);
     // A change from a status the control plane does not hold is refused.
-    assert_eq!(
-        node.take_status(Some(5), 6, vec![serving("x")], vec![]),
-        None
-    );
+    assert_eq!(node.take_status(report(1, Some(5), 6, &["x"], &[])), None);
     assert_eq!(node.status_seq, None);
 
     assert_eq!(
-        node.take_status(None, 10, vec![serving("x"), serving("y")], vec![]),
+        node.take_status(report(1, None, 10, &["x", "y"], &[])),
         Some(true)
     );
     // A state change that leaves what is served alone.
-    let mut loading = serving("y");
-    loading.state = crate::api::LoadState::Loading;
-    assert_eq!(
-        node.take_status(Some(10), 11, vec![loading], vec![]),
-        Some(false)
-    );
+    let mut loading = report(1, Some(10), 11, &["y"], &[]);
+    loading.components[0].state = crate::api::LoadState::Loading;
+    assert_eq!(node.take_status(loading), Some(false));
     assert_eq!(
         node.component("y", "api").map(|c| c.state),
         Some(crate::api::LoadState::Loading)
     );
     // A removal, and a repeat from an older base (an answer the node never
     // read): both taken.
-    let gone = vec![("x".to_string(), "api".to_string())];
     assert_eq!(
-        node.take_status(Some(11), 12, vec![], gone.clone()),
+        node.take_status(report(1, Some(11), 12, &[], &["x"])),
         Some(true)
     );
-    assert_eq!(node.take_status(Some(10), 13, vec![], gone), Some(false));
-    assert!(node.component("x", "api").is_none());
-    assert_eq!(node.status_seq, Some(13));
-    // A change older than the status held arrived late: refused.
     assert_eq!(
-        node.take_status(Some(10), 12, vec![serving("x")], vec![]),
-        None
-    );
-    assert!(node.component("x", "api").is_none());
-    // A whole status is always taken, even numbered lower (the node's
-    // clock went back), so the node is never refused for ever.
-    assert_eq!(
-        node.take_status(None, 5, vec![serving("y")], vec![]),
+        node.take_status(report(1, Some(10), 13, &[], &["x"])),
         Some(false)
     );
-    assert_eq!(node.status_seq, Some(5));
-    assert_eq!(
-        node.take_status(None, 13, vec![serving("y")], vec![]),
-        Some(false)
-    );
+    assert!(node.component("x", "api").is_none());
+    assert_eq!(node.status_seq, Some((1, 13)));
+    // Older than the status held, change or whole: it arrived late.
+    assert_eq!(node.take_status(report(1, Some(10), 12, &["x"], &[])), None);
+    assert_eq!(node.take_status(report(1, None, 12, &["x"], &[])), None);
+    assert!(node.component("x", "api").is_none());
     // A base past the status held (lost by the control plane): refused.
+    assert_eq!(node.take_status(report(1, Some(20), 21, &["x"], &[])), None);
+    // A change of another run of the node is refused; its whole status is
+    // taken even numbered lower (the node's clock went back).
+    assert_eq!(node.take_status(report(0, Some(13), 14, &["x"], &[])), None);
     assert_eq!(
-        node.take_status(Some(20), 21, vec![serving("x")], vec![]),
-        None
+        node.take_status(report(0, None, 5, &["z"], &[])),
+        Some(true)
     );
+    assert_eq!(node.status_seq, Some((0, 5)));
     // Down: forgotten, so the node must send everything again.
     node.forget_status();
-    assert_eq!(node.take_status(Some(13), 22, vec![], vec![]), None);
+    assert_eq!(node.take_status(report(0, Some(5), 22, &[], &[])), None);
     assert_eq!(
-        node.take_status(None, 22, vec![serving("z")], vec![]),
+        node.take_status(report(0, None, 22, &["z"], &[])),
         Some(true)
     );
+}
+
+#[test]
+fn a_node_cannot_report_more_components_than_the_bound() {
+    let now = Instant::now();
+    let mut node = node("a", 1024 * MIB, now);
+    let many = |from: usize, count: usize| super::Reported {
+        run: 1,
+        seq: (from + count) as u64,
+        base: (from > 0).then_some(from as u64),
+        components: (from..from + count)
+            .map(|i| serving(&format!("app-{i}")))
+            .collect(),
+        removed: Vec::new(),
+    };
+    let max = super::MAX_COMPONENTS_PER_NODE;
+    assert_eq!(node.take_status(many(0, max + 1)), None);
+    assert_eq!(node.take_status(many(0, max - 1)), Some(true));
+    // Changes adding past the bound are refused; the node sends all next,
+    // and a whole status is bounded too.
+    assert_eq!(node.take_status(many(max - 1, 2)), None);
+    assert_eq!(node.take_status(many(max - 1, 1)), Some(true));
 }

@@ -223,6 +223,13 @@ impl Node {
             }
         }
         let saver = tokio::spawn(save_loop(self.shared.clone()));
+        // Packages of versions replaced before this start are not in use:
+        // collected once the replicas have had time to load.
+        let collector = self.shared.clone();
+        let first_collection = tokio::spawn(async move {
+            tokio::time::sleep(FIRST_COLLECTION).await;
+            replicas::collect_unused_packages(&collector).await;
+        });
         let mut sync = tokio::spawn(sync_loop(self.shared.clone()));
         // The control plane hears of memory pressure at once, not with the
         // next heartbeat, so it stops placing replicas here.
@@ -259,6 +266,7 @@ impl Node {
         sync.abort();
         pressure_reports.abort();
         saver.abort();
+        first_collection.abort();
         self.shared.save_desired();
         let _ = stop.send(true);
         let _ = ingress.await;
@@ -327,6 +335,10 @@ impl NodeShared {
     }
 }
 
+/// How long after it starts a node collects the packages it no longer
+/// uses.
+const FIRST_COLLECTION: Duration = Duration::from_secs(60);
+
 /// The shortest time between two saves of the desired state: changes in
 /// between are saved together, so a burst of deploys is not a burst of
 /// writes of every app's routing.
@@ -380,6 +392,7 @@ async fn sync_loop(shared: Arc<NodeShared>) -> String {
             components: status.components,
             removed: status.removed,
             status_seq: status.seq,
+            status_run: status.run,
             status_base: status.base,
             logs_first_seq: shipped.first().map_or(0, |(seq, _)| *seq),
             logs: shipped.iter().map(|(_, line)| line.clone()).collect(),

@@ -13,6 +13,7 @@ use skiff_runtime::package::blob::{BlobSize, MAX_MANIFEST_SIZE};
 use skiff_runtime::package::{self, Digest};
 use std::collections::HashMap;
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -35,6 +36,8 @@ pub(crate) struct LocalReplicas {
     retired: Mutex<Vec<(Arc<LoadedComponent>, String)>>,
     /// Numbers each change of status; locked after `held`.
     changes: Mutex<StatusChanges>,
+    /// A collection of unused packages is due to run again.
+    collect_scheduled: AtomicBool,
 }
 
 /// Numbers every change of what the node reports, so a heartbeat carries
@@ -87,6 +90,8 @@ pub(crate) enum Unassigned<'a> {
 
 /// What a heartbeat reports of the components held.
 pub(crate) struct StatusReport {
+    /// The first number this run of the node gave.
+    pub(crate) run: u64,
     /// The number of the status reported.
     pub(crate) seq: u64,
     /// The status it changes; none when `components` are all of them.
@@ -234,19 +239,22 @@ impl LocalReplicas {
     }
 
     /// Packages a held component is assigned or serving, or a retired one
-    /// still has requests inside.
-    fn packages_in_use(&self) -> std::collections::HashSet<String> {
+    /// still has requests inside; and whether any retired one does.
+    fn packages_in_use(&self) -> (std::collections::HashSet<String>, bool) {
         // One lock at a time: `retire` takes `retired` while `held` is held.
         let retired: Vec<String> = {
             let mut retired = self.retired.lock().expect("retired lock");
             retired.retain(|(component, _)| Arc::strong_count(component) > 1);
             retired.iter().map(|(_, package)| package.clone()).collect()
         };
+        let draining = !retired.is_empty();
         let held = self.held.lock().expect("replica lock");
-        held.values()
+        let in_use = held
+            .values()
             .flat_map(|h| std::iter::once(h.package.clone()).chain(h.serving_package.clone()))
             .chain(retired)
-            .collect()
+            .collect();
+        (in_use, draining)
     }
 
     /// Takes `h`'s serving component out of service, keeping it while
@@ -292,6 +300,7 @@ impl LocalReplicas {
             None => Vec::new(),
         };
         StatusReport {
+            run: changes.first,
             seq: changes.last,
             base,
             components,
@@ -429,22 +438,23 @@ async fn pull(node: &Arc<NodeShared>, app: &str, digest: &Digest) -> Result<(), 
 }
 
 /// Tags of packages in use that earlier versions of the node wrote; they
-/// are removed when collected, so such packages are collected too.
+/// are dropped (without deleting anything) when packages are collected.
 const LEGACY_ASSIGNED_TAG: &str = "assigned:";
 
+/// How long after a collection that had to keep a package (a replaced
+/// component still had requests inside) it runs again.
+const COLLECT_AGAIN: Duration = Duration::from_secs(30);
+
 /// Removes from the node's store every package no held or serving
-/// component uses, with the blobs and unpacked files only it needed.
-async fn collect_unused_packages(node: &Arc<NodeShared>) {
+/// component uses, with the blobs and unpacked files only it needed. When
+/// a replaced component still has requests inside, its package is kept
+/// and collection runs again [`COLLECT_AGAIN`] later.
+pub(super) async fn collect_unused_packages(node: &Arc<NodeShared>) {
     let _store = node.store_lock.lock().await;
-    let in_use = node.replicas.packages_in_use();
-    if let Ok(tagged) = node.packages.list() {
-        for (reference, _) in tagged {
-            if reference.starts_with(LEGACY_ASSIGNED_TAG)
-                && let Err(e) = node.packages.remove(&reference)
-            {
-                tracing::warn!("cannot remove the tag {reference}: {e}");
-            }
-        }
+    let (in_use, draining) = node.replicas.packages_in_use();
+    if let Err(e) = node.packages.untag_all(LEGACY_ASSIGNED_TAG) {
+        tracing::warn!("cannot drop the tags of packages in use: {e}");
+        return;
     }
     let keep: Vec<Digest> = in_use.iter().filter_map(|p| p.parse().ok()).collect();
     match node.packages.keep_only(&keep) {
@@ -452,6 +462,20 @@ async fn collect_unused_packages(node: &Arc<NodeShared>) {
         Ok(removed) => tracing::info!(blobs = removed, "removed packages no replica uses"),
         Err(e) => tracing::warn!("cannot collect unused packages: {e}"),
     }
+    if draining && !node.replicas.collect_scheduled.swap(true, Ordering::SeqCst) {
+        tokio::spawn(collect_again(node.clone()));
+    }
+}
+
+/// [`collect_unused_packages`] after [`COLLECT_AGAIN`].
+fn collect_again(node: Arc<NodeShared>) -> std::pin::Pin<Box<dyn Future<Output = ()> + Send>> {
+    Box::pin(async move {
+        tokio::time::sleep(COLLECT_AGAIN).await;
+        node.replicas
+            .collect_scheduled
+            .store(false, Ordering::SeqCst);
+        collect_unused_packages(&node).await;
+    })
 }
 
 async fn fetch(

@@ -376,6 +376,29 @@ impl Store {
         Ok(target)
     }
 
+    /// Removes every tag that starts with `prefix`, in one rewrite of the
+    /// index, without deleting any blob (see [`Store::keep_only`]);
+    /// returns how many were removed.
+    ///
+    /// # Errors
+    ///
+    /// I/O errors reading or writing `index.json`.
+    pub fn untag_all(&self, prefix: &str) -> Result<usize, StoreError> {
+        let _lock = self.lock_index()?;
+        let mut index = self.index()?;
+        let before = index.manifests.len();
+        index.manifests.retain(|d| {
+            !d.annotations
+                .get(REF_NAME_ANNOTATION)
+                .is_some_and(|name| name.starts_with(prefix))
+        });
+        let removed = before - index.manifests.len();
+        if removed > 0 {
+            self.write_index(&index)?;
+        }
+        Ok(removed)
+    }
+
     /// Deletes every blob that neither a tagged package nor one of
     /// `packages` needs (its manifest, config and layers), with its
     /// unpacked files; returns how many blobs were removed. A package to
@@ -596,6 +619,35 @@ mod tests {
             assert!(!store.blob_path(digest).exists(), "{digest} is removed");
         }
         assert_eq!(store.keep_only(&[]).unwrap(), 4, "then all but the tag");
+    }
+
+    #[test]
+    fn untagging_by_prefix_deletes_nothing_until_collected() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let tag = |reference: &str, digest: &Digest| {
+            let bytes = store.read(digest).unwrap();
+            let descriptor = Descriptor::of(MANIFEST_MEDIA_TYPE, &bytes);
+            store.tag(reference, &descriptor).unwrap();
+        };
+        let in_use = package(&store, b"config 1", &[b"layer 1"]);
+        let unused = package(&store, b"config 2", &[b"layer 2"]);
+        let local = package(&store, b"config 3", &[b"layer 3"]);
+        tag("assigned:1", &in_use);
+        tag("assigned:2", &unused);
+        tag("local:1", &local);
+        assert_eq!(store.untag_all("assigned:").unwrap(), 2);
+        assert_eq!(store.untag_all("assigned:").unwrap(), 0);
+        let tags: Vec<String> = store.list().unwrap().into_iter().map(|(t, _)| t).collect();
+        assert_eq!(tags, ["local:1"]);
+        // Every blob is still there until a collection says what to keep.
+        for digest in [&in_use, &unused, &Digest::of(b"layer 2")] {
+            assert!(store.blob_path(digest).exists(), "{digest} is kept");
+        }
+        assert_eq!(store.keep_only(std::slice::from_ref(&in_use)).unwrap(), 3);
+        assert!(store.blob_path(&Digest::of(b"layer 1")).exists());
+        assert!(store.blob_path(&local).exists());
+        assert!(!store.blob_path(&unused).exists());
     }
 
     #[test]
