@@ -36,7 +36,7 @@ use http::Method;
 use serde::Deserialize;
 use skiff_orchestrator::api::{
     Assignment, JoinRequest, JoinResponse, JoinTokenResponse, NodeView, ReplicaView, ScaleRequest,
-    SyncRequest,
+    StatusReport, SyncRequest,
 };
 use skiff_orchestrator::api_client::ApiClient;
 use skiff_orchestrator::mesh::NodeIdentity;
@@ -492,14 +492,10 @@ impl SimNode {
                 pressure: false,
                 version,
                 epoch,
-                removed: Vec::new(),
-                status_seq: 0,
-                status_run: 0,
-                status_base: None,
+                status: StatusReport::default(),
                 memory: SIM_NODE_MEMORY,
                 ingress: self.ingress.local_addr().unwrap().to_string(),
                 mesh: self.mesh.local_addr().unwrap().to_string(),
-                components: Vec::new(),
                 logs_first_seq: 0,
                 logs: Vec::new(),
             };

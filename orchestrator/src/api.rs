@@ -117,25 +117,10 @@ pub struct SyncRequest {
     pub ingress: String,
     /// Mesh address, `ip:port`.
     pub mesh: String,
-    /// Components held, with their state: each whose state changed since
-    /// `status_base`, or all of them when there is no base.
-    pub components: Vec<ComponentStatus>,
-    /// Components (`app`, `component`) no longer held since
-    /// `status_base`.
-    #[serde(default)]
-    pub removed: Vec<(String, String)>,
-    /// The node's number for the status this request brings the control
-    /// plane to; it only grows while the node runs.
-    #[serde(default)]
-    pub status_seq: u64,
-    /// The first such number since the node started: which run of the
-    /// node the numbers are of.
-    #[serde(default)]
-    pub status_run: u64,
-    /// The status (a `status_seq` the control plane acknowledged) that
-    /// `components` and `removed` change; none when they are the whole.
-    #[serde(default)]
-    pub status_base: Option<u64>,
+    /// What the node holds, whole or changed since a status the control
+    /// plane acknowledged.
+    #[serde(flatten)]
+    pub status: StatusReport,
     /// The node's number of the first line in `logs`; the rest follow in
     /// order. A line sent again (its heartbeat was cut short) is
     /// recognised by its number and kept once.
@@ -143,6 +128,29 @@ pub struct SyncRequest {
     /// Guest log lines not yet acknowledged: at most
     /// [`MAX_LOG_LINES_PER_SYNC`], each at most [`MAX_LOG_LINE_BYTES`].
     pub logs: Vec<GuestLine>,
+}
+
+/// A heartbeat's report of the components a node holds.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct StatusReport {
+    /// The first number this run of the node gave: which run of the node
+    /// the numbers are of.
+    #[serde(default, rename = "status_run")]
+    pub run: u64,
+    /// The node's number for the status this report brings the control
+    /// plane to; it only grows while the node runs.
+    #[serde(default, rename = "status_seq")]
+    pub seq: u64,
+    /// The status (a `seq` the control plane acknowledged) that
+    /// `components` and `removed` change; none when they are the whole.
+    #[serde(default, rename = "status_base")]
+    pub base: Option<u64>,
+    /// Components held, with their state: each whose state changed since
+    /// `base`, or all of them when there is no base.
+    pub components: Vec<ComponentStatus>,
+    /// Components (`app`, `component`) no longer held since `base`.
+    #[serde(default)]
+    pub removed: Vec<(String, String)>,
 }
 
 /// Guest log lines one heartbeat carries at most; the control plane keeps
@@ -186,7 +194,7 @@ pub struct SyncResponse {
     /// it), when it moved.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub desired: Option<DesiredChange>,
-    /// The node's status (`SyncRequest::status_seq`) the control plane
+    /// The node's status (`StatusReport::seq`) the control plane
     /// holds now; when it is not one the node sent, the node sends its
     /// whole status next.
     #[serde(default)]

@@ -843,13 +843,7 @@ async fn sync(shared: &Shared, caller: &NodeCert, request: Request) -> Handled {
         }
         // What other nodes route by changed: they hear of it with the
         // next version, within this node's bump budget.
-        let serving_changed = entry.take_status(super::Reported {
-            run: sync.status_run,
-            seq: sync.status_seq,
-            base: sync.status_base,
-            components: sync.components,
-            removed: sync.removed,
-        });
+        let serving_changed = entry.take_status(sync.status);
         status_known = serving_changed.is_some();
         status_seq = entry.status_seq.map(|(_, seq)| seq);
         bump |= entry

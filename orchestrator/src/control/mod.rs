@@ -25,7 +25,7 @@ pub use catalog::AppSpec;
 
 pub use deadline::{BODY_TIMEOUT, MIN_UPLOAD_RATE};
 
-use crate::api::{ComponentStatus, JoinTokenResponse};
+use crate::api::{ComponentStatus, JoinTokenResponse, StatusReport};
 use crate::mesh::ClusterCa;
 use crate::state::{AppRecord, ClusterStore, NodeRecord, ReplicaRecord};
 use anyhow::Context;
@@ -334,8 +334,8 @@ impl LiveNode {
     ///   numbered lower (its clock was set back).
     /// - No report may bring the components held past
     ///   [`MAX_COMPONENTS_PER_NODE`].
-    fn take_status(&mut self, report: Reported) -> Option<bool> {
-        let Reported {
+    fn take_status(&mut self, report: StatusReport) -> Option<bool> {
+        let StatusReport {
             run,
             seq,
             base,
@@ -410,20 +410,6 @@ impl LiveNode {
 /// The most components a node's reports may say it holds; a report past
 /// it is refused. A node holds one per app it runs a replica of.
 pub(crate) const MAX_COMPONENTS_PER_NODE: usize = 100_000;
-
-/// A heartbeat's report of the components a node holds.
-pub(crate) struct Reported {
-    /// The node's run: the first number it gave since it started.
-    pub(crate) run: u64,
-    /// The number of the status reported.
-    pub(crate) seq: u64,
-    /// The status it changes; none when `components` are all of them.
-    pub(crate) base: Option<u64>,
-    /// Components whose status changed since `base` (or all).
-    pub(crate) components: Vec<ComponentStatus>,
-    /// Components no longer held since `base`.
-    pub(crate) removed: Vec<(String, String)>,
-}
 
 /// What other nodes route by: which components a node serves.
 fn running_set<'a>(

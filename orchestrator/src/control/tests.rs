@@ -526,8 +526,8 @@ fn report(
     seq: u64,
     serving_apps: &[&str],
     removed: &[&str],
-) -> super::Reported {
-    super::Reported {
+) -> crate::api::StatusReport {
+    crate::api::StatusReport {
         run,
         seq,
         base,
@@ -598,7 +598,7 @@ fn a_node_status_is_taken_whole_then_by_changes_and_never_backwards() {
 fn a_node_cannot_report_more_components_than_the_bound() {
     let now = Instant::now();
     let mut node = node("a", 1024 * MIB, now);
-    let many = |from: usize, count: usize| super::Reported {
+    let many = |from: usize, count: usize| crate::api::StatusReport {
         run: 1,
         seq: (from + count) as u64,
         base: (from > 0).then_some(from as u64),

@@ -389,11 +389,7 @@ async fn sync_loop(shared: Arc<NodeShared>) -> String {
             pressure: memory.pressure,
             ingress: shared.ingress_addr.to_string(),
             mesh: shared.mesh_addr.to_string(),
-            components: status.components,
-            removed: status.removed,
-            status_seq: status.seq,
-            status_run: status.run,
-            status_base: status.base,
+            status,
             logs_first_seq: shipped.first().map_or(0, |(seq, _)| *seq),
             logs: shipped.iter().map(|(_, line)| line.clone()).collect(),
         };
@@ -401,8 +397,8 @@ async fn sync_loop(shared: Arc<NodeShared>) -> String {
         // date both ways) is abandoned for news; one bringing or awaiting
         // a whole state is answered at once, and abandoning it would only
         // make the next one as large.
-        let holdable = version != 0 && epoch != 0 && request.status_base.is_some();
-        let reported = request.status_seq;
+        let holdable = version != 0 && epoch != 0 && request.status.base.is_some();
+        let reported = request.status.seq;
         let api = shared.api();
         let changed = shared.changed.notified();
         let call = api.call::<_, SyncResponse>(

@@ -5,7 +5,7 @@
 //! requests already inside them finish.
 
 use super::NodeShared;
-use crate::api::{Assignment, ComponentStatus, LoadState};
+use crate::api::{Assignment, ComponentStatus, LoadState, StatusReport};
 use skiff_runtime::LoadedComponent;
 use skiff_runtime::capability::logging::LogSink;
 use skiff_runtime::manifest::ComponentName;
@@ -86,20 +86,6 @@ pub(crate) enum Unassigned<'a> {
     AllOthers,
     /// These `(app, component)`.
     These(&'a [(String, String)]),
-}
-
-/// What a heartbeat reports of the components held.
-pub(crate) struct StatusReport {
-    /// The first number this run of the node gave.
-    pub(crate) run: u64,
-    /// The number of the status reported.
-    pub(crate) seq: u64,
-    /// The status it changes; none when `components` are all of them.
-    pub(crate) base: Option<u64>,
-    /// Components whose status changed since `base` (or all).
-    pub(crate) components: Vec<ComponentStatus>,
-    /// Components no longer held since `base`.
-    pub(crate) removed: Vec<(String, String)>,
 }
 
 struct Held {
