@@ -198,3 +198,30 @@ fn a_node_short_of_memory_refuses_new_instances_and_takes_no_new_replicas() {
     assert_eq!(calm("/").0, 200);
     cluster.wait_running("late", 1);
 }
+
+#[test]
+fn a_node_offering_less_than_its_own_process_uses_is_warned() {
+    let mut cluster = Cluster::start(0, &[]);
+    let token = cluster.cli(&["join-token"]).trim().to_string();
+    let node = cluster.launch_node(
+        "node-1",
+        &[
+            "--token",
+            &token,
+            "--listen",
+            "127.0.0.2:0",
+            "--capacity",
+            "16MiB",
+        ],
+    );
+    node.process
+        .wait_for_stderr("--capacity 16.0 MiB is below the ");
+    assert!(
+        node.process
+            .stderr()
+            .contains("refuses every instance; offer more"),
+        "{}",
+        node.process.stderr()
+    );
+    cluster.nodes.push(node);
+}

@@ -172,7 +172,7 @@ impl Judge {
 }
 
 /// This process's resident set, from `/proc/self/status`.
-fn resident_bytes() -> Option<u64> {
+pub fn resident_bytes() -> Option<u64> {
     kib_field(
         &std::fs::read_to_string("/proc/self/status").ok()?,
         "VmRSS:",

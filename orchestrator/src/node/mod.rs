@@ -157,6 +157,7 @@ impl Node {
             memory_budget: (config.memory < UNLIMITED_MEMORY).then_some(config.memory),
             ..EngineConfig::default()
         })?;
+        warn_if_capacity_below_baseline(config.memory);
         let cache = CompileCache::open(&crate::home::cache_dir())?;
         let packages = Store::open(&config.data_dir.join("packages"))?;
         let forwarder = mesh::Forwarder::new(&current.identity, &members)?;
@@ -464,6 +465,23 @@ async fn sync_loop(shared: Arc<NodeShared>) -> String {
                 tokio::time::sleep(Duration::from_millis(500)).await;
             }
         }
+    }
+}
+
+/// Warns when the memory the node offers is below what its process
+/// already uses before running anything: it would be under memory
+/// pressure from the start and refuse every instance.
+fn warn_if_capacity_below_baseline(offered: u64) {
+    let Some(used) = skiff_runtime::pressure::resident_bytes() else {
+        return;
+    };
+    if offered < UNLIMITED_MEMORY && used >= offered {
+        let size = |bytes: u64| bytesize::ByteSize::b(bytes).display().iec().to_string();
+        tracing::warn!(
+            "--capacity {} is below the {} this node process uses before running anything: it is short of memory from the start and refuses every instance; offer more than that plus what its apps use",
+            size(offered),
+            size(used)
+        );
     }
 }
 
