@@ -19,6 +19,9 @@ const MAX_TOMBSTONES: usize = 20_000;
 /// `(app, component)`.
 type ComponentKey = (String, String);
 
+/// Per node, the components placed on it.
+type Assignments = BTreeMap<String, BTreeMap<ComponentKey, Assignment>>;
+
 /// The desired state of every node at one version, with when each part
 /// last changed.
 pub(super) struct DesiredLog {
@@ -210,15 +213,9 @@ pub(super) fn desired_for(live: &Live, name: &str) -> crate::api::DesiredState {
 /// Every app's routes and the nodes serving each of its components, and
 /// per node the components placed on it with their replica count: one
 /// walk over the apps and their replicas.
-#[allow(clippy::type_complexity)]
-fn routing_and_assignments(
-    live: &Live,
-) -> (
-    BTreeMap<String, AppRouting>,
-    BTreeMap<String, BTreeMap<ComponentKey, Assignment>>,
-) {
+fn routing_and_assignments(live: &Live) -> (BTreeMap<String, AppRouting>, Assignments) {
     let replicas_of = live.replicas_by(|r| Some(&r.app));
-    let mut per_node: BTreeMap<String, BTreeMap<ComponentKey, Assignment>> = live
+    let mut per_node: Assignments = live
         .nodes
         .keys()
         .map(|n| (n.clone(), BTreeMap::new()))
