@@ -36,11 +36,6 @@ const LINES_PER_SYNC: usize = crate::api::MAX_LOG_LINES_PER_SYNC;
 /// The last desired state heard, in the data directory.
 const LAST_DESIRED: &str = "desired.json";
 
-/// Components pulled and loaded at once. A node starting with thousands
-/// of components loads them a few at a time: all at once, their threads
-/// would starve its heartbeat until the control plane took it for down.
-const MAX_CONCURRENT_LOADS: usize = 4;
-
 /// Memory a node offers when it sets no limit (`skiff up`'s node): any
 /// reservation fits, and only the machine running short is pressure.
 pub const UNLIMITED_MEMORY: u64 = 1 << 62;
@@ -85,8 +80,6 @@ pub(crate) struct NodeShared {
     packages: Store,
     /// Held while pulling into or collecting from `packages`.
     store_lock: tokio::sync::Mutex<()>,
-    /// Loads that may run at once (see [`MAX_CONCURRENT_LOADS`]).
-    loads: tokio::sync::Semaphore,
     identity: RwLock<identity::Current>,
     routing: RwLock<Arc<ingress::Routing>>,
     forwarder: mesh::Forwarder,
@@ -177,7 +170,6 @@ impl Node {
             cache,
             packages,
             store_lock: tokio::sync::Mutex::new(()),
-            loads: tokio::sync::Semaphore::new(MAX_CONCURRENT_LOADS),
             identity: RwLock::new(current),
             routing: RwLock::new(Arc::new(ingress::Routing::default())),
             forwarder,

@@ -308,14 +308,7 @@ impl LocalReplicas {
 /// assignment changed meanwhile) and schedules a retry on failure.
 async fn load(node: Arc<NodeShared>, key: Key, package: String, attempt: u64) {
     let (app, component) = key.clone();
-    let result = {
-        let _turn = node
-            .loads
-            .acquire()
-            .await
-            .expect("the load semaphore is never closed");
-        pull_and_load(&node, &app, &component, &package).await
-    };
+    let result = pull_and_load(&node, &app, &component, &package).await;
     // When to retry, or (after a load) whether another package stopped serving.
     let (retry_in, replaced) = {
         let mut held = node.replicas.held.lock().expect("replica lock");
