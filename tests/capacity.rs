@@ -118,11 +118,9 @@ fn an_overcommit_below_one_or_absurd_is_refused() {
     }
 }
 
-#[test]
-fn a_node_short_of_memory_refuses_new_instances_and_takes_no_new_replicas() {
+/// A control plane and one node, `node-1`, offering `capacity`.
+fn one_node_offering(capacity: &str) -> Cluster {
     let mut cluster = Cluster::start(0, &[]);
-    // The node offers 160 MiB; its own resident memory stays well below
-    // that until a guest fills 256 MiB.
     let token = cluster.cli(&["join-token"]).trim().to_string();
     let node = cluster.launch_node(
         "node-1",
@@ -132,10 +130,18 @@ fn a_node_short_of_memory_refuses_new_instances_and_takes_no_new_replicas() {
             "--listen",
             "127.0.0.2:0",
             "--capacity",
-            "160MiB",
+            capacity,
         ],
     );
     cluster.nodes.push(node);
+    cluster
+}
+
+#[test]
+fn a_node_short_of_memory_refuses_new_instances_and_takes_no_new_replicas() {
+    // The node offers 160 MiB; its own resident memory stays well below
+    // that until a guest fills 256 MiB.
+    let cluster = one_node_offering("160MiB");
     let ingress = cluster.nodes[0].process.url.clone();
     let dir = temp_dir();
     let deploy = |name: &str, source: &str, memory_limit: &str| {
@@ -199,19 +205,8 @@ fn a_node_short_of_memory_refuses_new_instances_and_takes_no_new_replicas() {
 
 #[test]
 fn a_node_offering_less_than_its_own_process_uses_is_warned() {
-    let mut cluster = Cluster::start(0, &[]);
-    let token = cluster.cli(&["join-token"]).trim().to_string();
-    let node = cluster.launch_node(
-        "node-1",
-        &[
-            "--token",
-            &token,
-            "--listen",
-            "127.0.0.2:0",
-            "--capacity",
-            "16MiB",
-        ],
-    );
+    let cluster = one_node_offering("16MiB");
+    let node = &cluster.nodes[0];
     node.process
         .wait_for_stderr("--capacity 16.0 MiB is below the ");
     assert!(
@@ -221,5 +216,4 @@ fn a_node_offering_less_than_its_own_process_uses_is_warned() {
         "{}",
         node.process.stderr()
     );
-    cluster.nodes.push(node);
 }
