@@ -15,7 +15,8 @@
 //!   of a component with different bytes (hello with a custom section
 //!   naming it), and the RSS each adds once loaded and once used.
 //! - A restart: `skiff up` again on the same home, every app loaded from
-//!   the compile cache (no compiler in memory), and the RSS idle then.
+//!   the compile cache (no compiler in memory), and the RSS idle then;
+//!   `SKIFF_BENCH_LOG=FILE` keeps what the restarted process logged.
 //!
 //! Run: `cargo bench -p skiff-orchestrator --bench density`.
 
@@ -160,6 +161,9 @@ fn main() {
     let started = Instant::now();
     wait_all_running(&runtime, &client, deployed + distinct);
     let restarted = Rss::settled(up.pid());
+    if let Ok(path) = std::env::var("SKIFF_BENCH_LOG") {
+        std::fs::write(&path, up.stderr()).unwrap();
+    }
     println!(
         "\nafter a restart, all {} apps running again in {:.1} s, every component from the compile cache:",
         deployed + distinct,

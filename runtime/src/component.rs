@@ -100,6 +100,37 @@ impl LoadedComponent {
         spec: &ComponentSpec,
         base_dir: &Path,
     ) -> Result<LoadedComponent, LoadError> {
+        Self::load_inner(engine, cache, name, spec, base_dir, None)
+    }
+
+    /// [`LoadedComponent::load`] for a source already verified to hash to
+    /// `digest` (sha256, hex), such as a blob of the package store: when
+    /// this engine already holds the component of that digest, the source
+    /// is neither read nor hashed again, so a thousand apps of one
+    /// component load as fast as one.
+    ///
+    /// # Errors
+    ///
+    /// As [`LoadedComponent::load`].
+    pub fn load_verified(
+        engine: &SkiffEngine,
+        cache: &CompileCache,
+        name: &ComponentName,
+        spec: &ComponentSpec,
+        base_dir: &Path,
+        digest: &str,
+    ) -> Result<LoadedComponent, LoadError> {
+        Self::load_inner(engine, cache, name, spec, base_dir, Some(digest))
+    }
+
+    fn load_inner(
+        engine: &SkiffEngine,
+        cache: &CompileCache,
+        name: &ComponentName,
+        spec: &ComponentSpec,
+        base_dir: &Path,
+        known_digest: Option<&str>,
+    ) -> Result<LoadedComponent, LoadError> {
         let max_memory = engine.config().max_instance_memory;
         if spec.limits.memory.bytes() > max_memory {
             return Err(LoadError::Invalid(format!(
@@ -125,21 +156,14 @@ impl LoadedComponent {
         .map_err(LoadError::Invalid)?;
 
         let path = base_dir.join(&spec.source);
-        let wasm = std::fs::read(&path).map_err(|e| LoadError::Source {
-            component: name.clone(),
-            path: path.clone(),
-            reason: if e.kind() == std::io::ErrorKind::NotFound {
-                "no such file; build it first (skiff run --build) or fix `source`".to_string()
-            } else {
-                e.to_string()
-            },
-        })?;
-        check_component_header(&wasm).map_err(|reason| LoadError::NotAComponent {
-            component: name.clone(),
-            path: path.clone(),
-            reason,
-        })?;
-        let digest = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&wasm));
+        let (digest, wasm) = match known_digest {
+            Some(digest) => (digest.to_string(), None),
+            None => {
+                let wasm = read_component(name, &path)?;
+                let digest = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&wasm));
+                (digest, Some(wasm))
+            }
+        };
 
         let class = engine
             .for_stack(spec.limits.stack.bytes() as usize)
@@ -148,6 +172,10 @@ impl LoadedComponent {
         // the compile cache) and links; every later one shares the result.
         let mut cache_outcome = CacheOutcome::Shared;
         let pre = class.prepared().get_or_prepare(&digest, || {
+            let wasm = match wasm {
+                Some(wasm) => wasm,
+                None => read_component(name, &path)?,
+            };
             let (component, outcome) = cache
                 .load_or_compile(class.engine(), &digest, &wasm)
                 .map_err(|e| LoadError::NotAComponent {
@@ -202,6 +230,26 @@ impl LoadedComponent {
     pub fn wasm_stack(&self) -> usize {
         self.wasm_stack
     }
+}
+
+/// Reads the bytes of component `name` from `path` and checks they are a
+/// component.
+fn read_component(name: &ComponentName, path: &Path) -> Result<Vec<u8>, LoadError> {
+    let wasm = std::fs::read(path).map_err(|e| LoadError::Source {
+        component: name.clone(),
+        path: path.to_path_buf(),
+        reason: if e.kind() == std::io::ErrorKind::NotFound {
+            "no such file; build it first (skiff run --build) or fix `source`".to_string()
+        } else {
+            e.to_string()
+        },
+    })?;
+    check_component_header(&wasm).map_err(|reason| LoadError::NotAComponent {
+        component: name.clone(),
+        path: path.to_path_buf(),
+        reason,
+    })?;
+    Ok(wasm)
 }
 
 /// Checks the 8-byte preamble: `\0asm`, then the component-model version

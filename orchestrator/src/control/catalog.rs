@@ -6,7 +6,9 @@ use crate::scheduler::{ReplicaRequest, Strategy};
 use skiff_runtime::manifest::PlacementStrategy;
 use skiff_runtime::package::{self, Digest, Store};
 use skiff_runtime::reservation;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::path::Path;
+use std::sync::{LazyLock, Mutex};
 
 /// An app as declared by its package.
 #[derive(Debug, Clone)]
@@ -63,9 +65,7 @@ pub fn read(store: &Store, digest: &str) -> Result<AppSpec, String> {
         .iter()
         .map(|(component, spec)| {
             // `verify` pointed the source at the component's verified blob.
-            let initial_memory = std::fs::read(&spec.source)
-                .map_err(|e| e.to_string())
-                .and_then(|wasm| reservation::initial_memory(&wasm))
+            let initial_memory = initial_memory_of(store, &spec.source)
                 .map_err(|e| format!("package {digest}: component \"{component}\": {e}"))?;
             let plan = ComponentPlan {
                 route: spec.route.as_ref().map(ToString::to_string),
@@ -89,4 +89,36 @@ pub fn read(store: &Store, digest: &str) -> Result<AppSpec, String> {
         components,
         blobs,
     })
+}
+
+/// Component blobs whose initial memory was read, and that memory: apps
+/// made of one component (thousands on a dense cluster) share its blob,
+/// so a control plane starting reads it once rather than once per app.
+/// Keyed by content, so it holds across control planes in one process.
+static INITIAL_MEMORY: LazyLock<Mutex<HashMap<Digest, u64>>> = LazyLock::new(Default::default);
+
+/// Distinct component blobs remembered in [`INITIAL_MEMORY`] at most; past
+/// that it starts afresh.
+const MAX_REMEMBERED: usize = 4096;
+
+/// The initial memory of the component in the verified blob at `source`.
+fn initial_memory_of(store: &Store, source: &Path) -> Result<u64, String> {
+    let blob = store.blob_at(source);
+    let remembered = |blob: &Digest| {
+        let memo = INITIAL_MEMORY.lock().unwrap_or_else(|e| e.into_inner());
+        memo.get(blob).copied()
+    };
+    if let Some(bytes) = blob.as_ref().and_then(remembered) {
+        return Ok(bytes);
+    }
+    let wasm = std::fs::read(source).map_err(|e| e.to_string())?;
+    let bytes = reservation::initial_memory(&wasm)?;
+    if let Some(blob) = blob {
+        let mut memo = INITIAL_MEMORY.lock().unwrap_or_else(|e| e.into_inner());
+        if memo.len() >= MAX_REMEMBERED {
+            memo.clear();
+        }
+        memo.insert(blob, bytes);
+    }
+    Ok(bytes)
 }

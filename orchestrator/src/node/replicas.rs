@@ -398,8 +398,22 @@ async fn pull_and_load(
         let spec = manifest.component.get(&component).ok_or_else(|| {
             format!("package {digest} of app {app:?} has no component \"{component}\"")
         })?;
-        LoadedComponent::load(&node.engine, &node.cache, &component, spec, Path::new("/"))
-            .map_err(|e| e.to_string())
+        // `open` verified the component's blob: the engine need not hash
+        // it again for every app that shares it.
+        match node.packages.blob_at(&spec.source) {
+            Some(blob) => LoadedComponent::load_verified(
+                &node.engine,
+                &node.cache,
+                &component,
+                spec,
+                Path::new("/"),
+                blob.hex(),
+            ),
+            None => {
+                LoadedComponent::load(&node.engine, &node.cache, &component, spec, Path::new("/"))
+            }
+        }
+        .map_err(|e| e.to_string())
     })
     .await
     .map_err(|e| format!("the load task failed: {e}"))?

@@ -1,14 +1,18 @@
 //! The local package store, `$SKIFF_HOME/store`: an OCI image layout
 //! (`oci-layout`, `index.json`, `blobs/sha256/...`). Blobs are written
 //! atomically and verified against their digest on every read, so a
-//! tampered or truncated blob is refused and never loaded.
+//! tampered or truncated blob is refused and never loaded. A component
+//! blob shared by thousands of apps is hashed once per process: later
+//! verifications find the file as it was when it was hashed.
 
 use super::Digest;
 use super::blob::{BlobSize, BlobWriter};
 use super::layer::UnpackLimits;
 use super::oci::{Descriptor, ImageIndex, ImageManifest, REF_NAME_ANNOTATION};
+use std::collections::HashMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 
 /// Why the store could not do what was asked.
 #[derive(Debug, thiserror::Error)]
@@ -105,6 +109,32 @@ fn too_large(digest: &Digest, limit: u64, declared: bool) -> String {
 pub struct Store {
     root: PathBuf,
     unpack_limits: UnpackLimits,
+    /// Blobs [`Store::verify`] found sound in this process, with the file
+    /// as it was then.
+    verified: Mutex<HashMap<Digest, BlobFile>>,
+}
+
+/// Which file a blob was, when it was verified: a blob is replaced only
+/// by renaming a new file over it (another inode), and written in place
+/// only by changing its size or modification time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct BlobFile {
+    device: u64,
+    inode: u64,
+    size: u64,
+    modified: Option<std::time::SystemTime>,
+}
+
+impl BlobFile {
+    fn of(metadata: &std::fs::Metadata) -> BlobFile {
+        use std::os::unix::fs::MetadataExt;
+        BlobFile {
+            device: metadata.dev(),
+            inode: metadata.ino(),
+            size: metadata.len(),
+            modified: metadata.modified().ok(),
+        }
+    }
 }
 
 /// Adds `:latest` to a reference without a tag; digests pass unchanged.
@@ -141,6 +171,7 @@ impl Store {
         Ok(Store {
             root: root.to_path_buf(),
             unpack_limits: UnpackLimits::default(),
+            verified: Mutex::new(HashMap::new()),
         })
     }
 
@@ -168,7 +199,9 @@ impl Store {
     }
 
     /// Verifies blob `digest` without holding it in memory; returns its
-    /// size.
+    /// size. A blob already verified in this process whose file is
+    /// unchanged since (same inode, size and modification time) is not
+    /// hashed again.
     ///
     /// # Errors
     ///
@@ -176,11 +209,17 @@ impl Store {
     pub fn verify(&self, digest: &Digest) -> Result<u64, StoreError> {
         use sha2::Digest as _;
         let (mut file, _) = self.open_blob(digest)?;
-        let mut hasher = sha2::Sha256::new();
-        let size = std::io::copy(&mut file, &mut hasher).map_err(|source| StoreError::Io {
+        let io_error = |source| StoreError::Io {
             path: self.blob_path(digest),
             source,
-        })?;
+        };
+        let before = BlobFile::of(&file.metadata().map_err(io_error)?);
+        if self.verified_lock().get(digest) == Some(&before) {
+            return Ok(before.size);
+        }
+        self.verified_lock().remove(digest);
+        let mut hasher = sha2::Sha256::new();
+        let size = std::io::copy(&mut file, &mut hasher).map_err(io_error)?;
         let actual = Digest::from_hasher(hasher);
         if &actual != digest {
             return Err(StoreError::Corrupt {
@@ -188,7 +227,19 @@ impl Store {
                 actual,
             });
         }
+        // Written to while it was read: sound as read, but not known to
+        // be sound as it is now.
+        let after = BlobFile::of(&file.metadata().map_err(io_error)?);
+        if after == before && after.size == size {
+            self.verified_lock().insert(digest.clone(), after);
+        }
         Ok(size)
+    }
+
+    fn verified_lock(&self) -> std::sync::MutexGuard<'_, HashMap<Digest, BlobFile>> {
+        // A panic elsewhere while it was held leaves a map that is still
+        // consistent: at worst a blob is hashed again.
+        self.verified.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Opens blob `digest` for reading as a stream, unverified (the reader
@@ -219,6 +270,14 @@ impl Store {
     /// Where blob `digest` lives.
     pub fn blob_path(&self, digest: &Digest) -> PathBuf {
         self.root.join("blobs/sha256").join(digest.hex())
+    }
+
+    /// The digest of the blob at `path`, when `path` is where this store
+    /// keeps a blob (as [`Store::blob_path`] gives it).
+    pub fn blob_at(&self, path: &Path) -> Option<Digest> {
+        let name = path.file_name()?.to_str()?;
+        let digest: Digest = format!("sha256:{name}").parse().ok()?;
+        (self.blob_path(&digest) == path).then_some(digest)
     }
 
     /// Stores `bytes`, returning their digest.
@@ -463,6 +522,10 @@ impl Store {
                 removed += 1;
             }
         }
+        if removed > 0 {
+            self.verified_lock()
+                .retain(|digest, _| live.contains(digest.hex()));
+        }
         removed
     }
 
@@ -570,6 +633,38 @@ mod tests {
         assert!(err.to_string().contains(digest.as_str()), "{err}");
         let err = store.put_verified(&digest, b"other bytes").unwrap_err();
         assert!(matches!(err, StoreError::Corrupt { .. }));
+    }
+
+    #[test]
+    fn a_blob_verified_once_is_hashed_again_only_when_its_file_changed() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let digest = store.put(b"component bytes").unwrap();
+        let path = store.blob_path(&digest);
+        assert_eq!(store.verify(&digest).unwrap(), 15);
+        assert_eq!(store.blob_at(&path), Some(digest.clone()));
+        assert_eq!(store.blob_at(&dir.path().join("elsewhere")), None);
+
+        // Written in place (same size, one byte changed, a later time).
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        std::fs::write(&path, b"component bytez").unwrap();
+        let err = store.verify(&digest).unwrap_err();
+        assert!(matches!(err, StoreError::Corrupt { .. }), "{err}");
+
+        // Replaced by another file with the right bytes: sound again, and
+        // a damaged file renamed over it is caught in turn.
+        write_atomic(&path, b"component bytes").unwrap();
+        assert_eq!(store.verify(&digest).unwrap(), 15);
+        write_atomic(&path, b"component bytez").unwrap();
+        let err = store.verify(&digest).unwrap_err();
+        assert!(matches!(err, StoreError::Corrupt { .. }), "{err}");
+
+        // A blob collected is forgotten.
+        std::fs::remove_file(&path).unwrap();
+        assert!(matches!(
+            store.verify(&digest).unwrap_err(),
+            StoreError::Missing { .. }
+        ));
     }
 
     /// Stores a package of `config` and `layers`; its manifest's digest.
