@@ -8,6 +8,7 @@ mod support;
 use bytes::Bytes;
 use serde_json::Value;
 use skiff_orchestrator::api_client::ApiClient;
+use skiff_orchestrator::mesh::NodeIdentity;
 use skiff_runtime::package::{Digest, Store};
 use skiff_test_guests::HELLO;
 use std::collections::BTreeSet;
@@ -539,4 +540,115 @@ fn secrets_on_disk_are_readable_by_their_owner_only() {
         let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600, "{what}: {file} has mode {mode:o}");
     }
+}
+
+/// A node with news while its heartbeat is held asks for the answer with
+/// `POST /v1/node/news` and gets it at once, on the same connection,
+/// rather than at the end of the heartbeat interval; a node starting
+/// thousands of replicas has news every few milliseconds and must still
+/// be heard. Without news, the heartbeat is held.
+#[test]
+fn news_answers_a_held_heartbeat_at_once() {
+    let _serial = one_at_a_time();
+    let home = temp_dir();
+    let server = start_server(
+        home.path(),
+        "127.0.0.1:0",
+        &["--heartbeat", "20s", "--down-after", "60s"],
+    );
+    let api = server.url.clone();
+    let token = cli(home.path(), &["join-token"]).trim().to_string();
+    let pin = token.split('.').nth(1).unwrap();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let joining = ApiClient::new(
+        &api,
+        skiff_orchestrator::tls::client_pinned(pin).unwrap(),
+        None,
+    );
+    let (key, csr) = NodeIdentity::request().unwrap();
+    let joined: Value = runtime
+        .block_on(joining.post(
+            "/v1/join",
+            &serde_json::json!({ "token": token, "name": "node-1", "csr_pem": csr }),
+        ))
+        .unwrap();
+    let identity = NodeIdentity::new(
+        key,
+        joined["cert_pem"].as_str().unwrap().to_string(),
+        joined["ca_pem"].as_str().unwrap().to_string(),
+    );
+    let node = ApiClient::new(&api, identity.control_plane_client_config().unwrap(), None);
+    let heartbeat = |version: u64, epoch: u64, seq: Option<u64>| {
+        serde_json::json!({
+            "version": version, "epoch": epoch, "memory": 1u64 << 30,
+            "ingress": "127.0.0.2:1", "mesh": "127.0.0.2:2",
+            "status_run": 1, "status_seq": 1, "status_base": seq,
+            "components": [], "logs_first_seq": 0, "logs": []
+        })
+    };
+    // Each heartbeat: answered at once while the node is behind (a first
+    // heartbeat, a version moved); once it is up to date both ways, held,
+    // and then news is told half a second in.
+    let sync = |version: u64, epoch: u64, seq: Option<u64>| -> (Value, bool, Duration) {
+        runtime.block_on(async {
+            let body = heartbeat(version, epoch, seq);
+            let call = node.call::<_, Value>(
+                http::Method::POST,
+                "/v1/node/sync",
+                &body,
+                Duration::from_secs(60),
+            );
+            let mut call = std::pin::pin!(call);
+            let started = Instant::now();
+            tokio::select! {
+                answer = &mut call => (answer.unwrap(), false, started.elapsed()),
+                () = tokio::time::sleep(Duration::from_millis(500)) => {
+                    node.send(
+                        http::Method::POST,
+                        "/v1/node/news",
+                        None,
+                        Duration::from_secs(10),
+                    )
+                    .await
+                    .expect("the control plane takes news from a member");
+                    (call.await.unwrap(), true, started.elapsed())
+                }
+            }
+        })
+    };
+    let (mut version, mut epoch, mut seq) = (0, 0, None);
+    let mut held = None;
+    for _ in 0..5 {
+        let (answer, told, took) = sync(version, epoch, seq);
+        version = answer["version"].as_u64().unwrap();
+        epoch = answer["epoch"].as_u64().unwrap();
+        seq = answer["status_seq"].as_u64();
+        if told {
+            held = Some((answer, took));
+            break;
+        }
+    }
+    let (answer, took) = held.expect("a heartbeat up to date both ways is held");
+    assert_eq!(seq, Some(1), "the control plane holds the node's status");
+    assert!(answer["desired"].is_null(), "nothing changed: {answer}");
+    assert!(
+        took < Duration::from_secs(10),
+        "answered at the news, not after the 20 s heartbeat interval: {took:?}"
+    );
+
+    // News from a certificate the cluster did not sign is not taken.
+    let stranger = ApiClient::new(
+        &api,
+        skiff_orchestrator::tls::client_trusting(&ca_pem(home.path())).unwrap(),
+        None,
+    );
+    let refused = runtime
+        .block_on(stranger.send(
+            http::Method::POST,
+            "/v1/node/news",
+            None,
+            Duration::from_secs(10),
+        ))
+        .unwrap_err();
+    assert_eq!(refused.status(), Some(http::StatusCode::UNAUTHORIZED));
 }

@@ -162,6 +162,7 @@ async fn handle(
                 Err(refusal) => Err(refusal),
                 Ok(node) => match (&method, rest) {
                     (&Method::POST, ["sync"]) => sync(shared, caller, request).await,
+                    (&Method::POST, ["news"]) => news(shared, caller),
                     (&Method::POST, ["renew"]) => renew(shared, caller, request).await,
                     (&Method::GET, ["blobs", digest]) => {
                         let app = query_params(&query).remove("app");
@@ -778,6 +779,7 @@ async fn sync(shared: &Shared, caller: &NodeCert, request: Request) -> Handled {
     let placed_by;
     let status_seq;
     let status_known;
+    let news;
     {
         let mut live = shared.live.lock().expect("live state lock");
         let now = Instant::now();
@@ -827,6 +829,7 @@ async fn sync(shared: &Shared, caller: &NodeCert, request: Request) -> Handled {
             wake = true;
         }
         placed_by = (entry.record.labels.clone(), entry.record.memory);
+        news = entry.news.clone();
         entry.last_seen = now;
         // First word since the control plane started: endpoints that were
         // trusted from the store now follow what the node reports.
@@ -893,7 +896,12 @@ async fn sync(shared: &Shared, caller: &NodeCert, request: Request) -> Handled {
     // control plane could not take is asked for again at once.
     if *version.borrow_and_update() == sync.version && sync.epoch == epoch && status_known {
         let mut held = HeldHeartbeat::hold(shared, node, heartbeat);
-        let _ = tokio::time::timeout(shared.config.heartbeat, version.changed()).await;
+        tokio::select! {
+            _ = version.changed() => {}
+            // The node has something to report (see [`news`]).
+            () = news.notified() => {}
+            () = tokio::time::sleep(shared.config.heartbeat) => {}
+        }
         held.armed = false;
         // Held this long, the node was listening all along.
         shared.with_node(node, |entry| {
@@ -943,6 +951,28 @@ async fn sync(shared: &Shared, caller: &NodeCert, request: Request) -> Handled {
             memory: placed_by.1,
         },
     )
+}
+
+/// `POST /v1/node/news`: the calling node has something to report (a
+/// replica loaded, memory pressure): its heartbeat being held is answered
+/// now rather than at the end of the heartbeat interval, and the node
+/// reports with the next one. Asking, rather than abandoning the held
+/// heartbeat, keeps its connection: a node starting thousands of replicas
+/// has news every few milliseconds, and a new connection (and TLS
+/// handshake) per news would keep its heartbeats from ever arriving.
+/// News that arrives between two heartbeats answers the next one at once.
+fn news(shared: &Shared, caller: &NodeCert) -> Handled {
+    let live = shared.live.lock().expect("live state lock");
+    let node = live
+        .nodes
+        .get(&caller.name)
+        .filter(|n| n.record.incarnation == caller.incarnation)
+        .ok_or_else(|| not_a_member(caller))?;
+    node.news.notify_one();
+    Ok(hyper::Response::builder()
+        .status(StatusCode::NO_CONTENT)
+        .body(full(Bytes::new()))
+        .expect("a response builds"))
 }
 
 fn get_blob(shared: &Shared, node: &str, digest: &str, app: Option<&str>) -> Handled {

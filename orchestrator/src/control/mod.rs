@@ -243,6 +243,9 @@ pub(crate) struct LiveNode {
     pressure: bool,
     /// How often its heartbeats may move the desired-state version.
     bumps: BumpBudget,
+    /// Signalled when the node has news: its held heartbeat is answered
+    /// at once, so it can send the next one with the news.
+    news: Arc<tokio::sync::Notify>,
 }
 
 /// Heartbeats of one node may move the desired-state version (which wakes
@@ -309,6 +312,7 @@ impl LiveNode {
             used: 0,
             pressure: false,
             bumps: BumpBudget::default(),
+            news: Arc::new(tokio::sync::Notify::new()),
             record,
         }
     }
@@ -328,7 +332,7 @@ impl LiveNode {
     ///   or before the status held: a repeat of changes already held (a
     ///   heartbeat whose answer the node never read) is applied again with
     ///   their values now, removals first. One numbered below the status
-    ///   held arrived late (its heartbeat was abandoned) and is refused.
+    ///   held arrived late and is refused.
     /// - A whole status is taken unless it is an older one of the run held
     ///   that arrived late; a new run of the node is always taken, even
     ///   numbered lower (its clock was set back).

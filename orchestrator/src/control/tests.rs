@@ -17,31 +17,19 @@ fn config() -> ControlPlaneConfig {
 }
 
 fn node(name: &str, memory: u64, now: Instant) -> LiveNode {
-    LiveNode {
-        record: NodeRecord {
-            name: name.to_string(),
-            labels: BTreeMap::new(),
-            memory,
-            ingress: String::new(),
-            mesh: String::new(),
-            cordoned: false,
-            drained: false,
-            incarnation: format!("i-{name}"),
-        },
-        last_seen: now,
-        connection_lost: None,
-        heartbeats: 0,
-        logs_seen: 0,
-        holding: 0,
-        heard: true,
-        down: false,
-        components: Default::default(),
-        status_seq: None,
-        reported_memory: memory,
-        used: 0,
-        pressure: false,
-        bumps: Default::default(),
-    }
+    let mut node = LiveNode::new(NodeRecord {
+        name: name.to_string(),
+        labels: BTreeMap::new(),
+        memory,
+        ingress: String::new(),
+        mesh: String::new(),
+        cordoned: false,
+        drained: false,
+        incarnation: format!("i-{name}"),
+    });
+    node.last_seen = now;
+    node.heard = true;
+    node
 }
 
 /// A cluster of `nodes` (name, memory) running app "web" whose component

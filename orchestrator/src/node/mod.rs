@@ -394,12 +394,11 @@ async fn sync_loop(shared: Arc<NodeShared>) -> String {
             logs_first_seq: shipped.first().map_or(0, |(seq, _)| *seq),
             logs: shipped.iter().map(|(_, line)| line.clone()).collect(),
         };
-        // Only a heartbeat the control plane may hold (the node is up to
-        // date both ways) is abandoned for news; one bringing or awaiting
-        // a whole state is answered at once, and abandoning it would only
-        // make the next one as large.
+        // The control plane holds a heartbeat while the node is up to date
+        // both ways. News while it is held (a replica loaded, memory
+        // pressure) is told with a separate small request, which has the
+        // held heartbeat answered at once; the next heartbeat carries it.
         let holdable = version != 0 && epoch != 0 && request.status.base.is_some();
-        let reported = request.status.seq;
         let api = shared.api();
         let changed = shared.changed.notified();
         let call = api.call::<_, SyncResponse>(
@@ -409,16 +408,14 @@ async fn sync_loop(shared: Arc<NodeShared>) -> String {
             heartbeat + Duration::from_secs(10),
         );
         let answer = if holdable {
+            let mut call = std::pin::pin!(call);
             tokio::select! {
-                answer = call => answer,
-                // Report soon; the held heartbeat is abandoned.
+                answer = &mut call => answer,
                 () = changed => {
-                    // It most likely arrived: the next change is reported
-                    // from it, and if it did not, the control plane says
-                    // which status it holds.
-                    acknowledged = Some(reported);
+                    // Loads finishing together make one report.
                     tokio::time::sleep(REPORT_GATHER).await;
-                    continue;
+                    tokio::spawn(tell_news(api.clone()));
+                    call.await
                 }
             }
         } else {
@@ -467,6 +464,21 @@ async fn sync_loop(shared: Arc<NodeShared>) -> String {
         }
     }
 }
+
+/// Asks the control plane to answer this node's held heartbeat now (see
+/// the control plane's `POST /v1/node/news`). If the request is lost, the
+/// heartbeat is answered at the end of its interval all the same.
+async fn tell_news(api: ApiClient) {
+    let told = api
+        .send(Method::POST, "/v1/node/news", None, NEWS_TIMEOUT)
+        .await;
+    if let Err(e) = told {
+        tracing::debug!("cannot tell the control plane of news: {e}");
+    }
+}
+
+/// How long telling the control plane of news may take.
+const NEWS_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Warns when the memory the node offers is below what its process
 /// already uses before running anything: it would be under memory
