@@ -1,7 +1,8 @@
 //! End-to-end tests of `skiff up`, the one-process cluster: it keeps its
-//! apps across a restart (clean or not), its ingress picks the app `Host`
-//! names, and `deploy --wait` against it stops at a component that fails
-//! to load instead of waiting out its timeout.
+//! apps across a restart (clean or not) and refuses a second one on its
+//! home, its ingress picks the app `Host` names, and `deploy --wait`
+//! against it stops at a component that fails to load instead of waiting
+//! out its timeout.
 
 mod support;
 
@@ -98,6 +99,26 @@ fn skiff_up_keeps_its_apps_across_a_restart() {
     let up = start_up(home.path(), None);
     serves_shop_and_blog(&up, "after a crash");
     assert_eq!(app_names(home.path()), ["blog", "shop"]);
+
+    // Its node offers the machine: no figure in bytes, in JSON or text.
+    let nodes: Value = serde_json::from_str(&cli(home.path(), &["nodes", "-o", "json"]).0).unwrap();
+    assert!(nodes[0]["memory"].is_null(), "{nodes}");
+    assert!(nodes[0]["placeable"].is_null(), "{nodes}");
+    assert!(cli(home.path(), &["nodes"]).0.contains("unlimited"));
+
+    // A second `skiff up` on the same home is refused, saying why, and
+    // the first serves on.
+    let second = skiff(home.path())
+        .args(["up", "--listen", "127.0.0.1:0", "--api", "127.0.0.1:0"])
+        .output()
+        .expect("running skiff");
+    let refused = String::from_utf8_lossy(&second.stderr);
+    assert!(!second.status.success(), "{refused}");
+    assert!(
+        refused.contains("is in use by another control plane"),
+        "{refused}"
+    );
+    serves_shop_and_blog(&up, "beside a refused second skiff up");
     assert!(up.terminate().success());
 }
 

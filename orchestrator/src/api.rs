@@ -474,11 +474,13 @@ pub struct NodeView {
     pub state: String,
     /// Its labels.
     pub labels: BTreeMap<String, String>,
-    /// Memory offered, bytes.
+    /// Memory offered, bytes; `null` in JSON when unlimited (`skiff up`'s
+    /// node), kept here as [`UNLIMITED_MEMORY`].
+    #[serde(with = "unlimited_as_null")]
     pub memory: u64,
     /// What its replicas may reserve in all: the memory offered times the
-    /// control plane's overcommit ratio, bytes.
-    #[serde(default)]
+    /// control plane's overcommit ratio, bytes; `null` when unlimited.
+    #[serde(default, with = "unlimited_as_null")]
     pub placeable: u64,
     /// Memory reserved by its replicas, bytes.
     pub reserved: u64,
@@ -525,4 +527,27 @@ pub struct JoinTokenResponse {
     pub token: String,
     /// When it expires, Unix seconds.
     pub expires_unix: u64,
+}
+
+/// Memory a node offers when it sets no limit (`skiff up`'s node): any
+/// reservation fits, and only the machine running short is pressure.
+pub const UNLIMITED_MEMORY: u64 = 1 << 62;
+
+/// Serializes a memory figure of [`UNLIMITED_MEMORY`] or more as `null`,
+/// not as a number of bytes no machine has, and reads `null` back as it.
+mod unlimited_as_null {
+    use super::UNLIMITED_MEMORY;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(bytes: &u64, serializer: S) -> Result<S::Ok, S::Error> {
+        if *bytes >= UNLIMITED_MEMORY {
+            serializer.serialize_none()
+        } else {
+            serializer.serialize_u64(*bytes)
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<u64, D::Error> {
+        Ok(Option::<u64>::deserialize(deserializer)?.unwrap_or(UNLIMITED_MEMORY))
+    }
 }

@@ -36,9 +36,7 @@ const LINES_PER_SYNC: usize = crate::api::MAX_LOG_LINES_PER_SYNC;
 /// The last desired state heard, in the data directory.
 const LAST_DESIRED: &str = "desired.json";
 
-/// Memory a node offers when it sets no limit (`skiff up`'s node): any
-/// reservation fits, and only the machine running short is pressure.
-pub const UNLIMITED_MEMORY: u64 = 1 << 62;
+pub use crate::api::UNLIMITED_MEMORY;
 
 /// How a node runs.
 #[derive(Debug, Clone)]

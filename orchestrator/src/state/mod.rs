@@ -161,7 +161,14 @@ impl ClusterStore {
     ///
     /// When the file cannot be opened or is not a redb database.
     pub fn open(path: &Path) -> Result<ClusterStore, StateError> {
-        let db = Database::create(path).map_err(store_err)?;
+        let db = Database::create(path).map_err(|e| match e {
+            // redb locks the file: another control plane has it open.
+            redb::DatabaseError::DatabaseAlreadyOpen => StateError::Store(format!(
+                "{} is in use by another control plane (a `skiff server` or `skiff up` with the same data directory or SKIFF_HOME); stop it, or give this one another --data-dir or SKIFF_HOME",
+                path.display()
+            )),
+            e => StateError::Store(format!("{}: {e}", path.display())),
+        })?;
         let tx = db.begin_write().map_err(store_err)?;
         tx.open_table(APPS).map_err(store_err)?;
         tx.open_table(JOIN_TOKENS).map_err(store_err)?;
