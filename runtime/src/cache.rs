@@ -11,7 +11,8 @@
 //! shared by every process that loads it, and its memory images are mapped
 //! copy-on-write from the same file. The directory, the key, entries and
 //! seals are used only when no other user can have written them (see
-//! [`private_file`]).
+//! [`private_file`]). The cache keeps at most [`DEFAULT_LIMIT`] bytes of
+//! entries: storing one past that removes the least recently used.
 
 mod private_file;
 
@@ -25,6 +26,12 @@ use wasmtime::component::Component;
 
 /// The largest cache entry loaded; anything larger is not one Skiff wrote.
 const MAX_ENTRY_BYTES: u64 = 4 << 30;
+
+/// The most bytes of compiled entries the cache keeps: a node that ran
+/// many versions of many apps does not fill its disk with code it no
+/// longer loads. Small components compile to about a MiB, interpreters
+/// (JavaScript, Python) to tens of MiB.
+pub const DEFAULT_LIMIT: u64 = 4 << 30;
 
 /// Where a loaded component's machine code came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -53,6 +60,7 @@ impl CacheOutcome {
 pub struct CompileCache {
     dir: PathBuf,
     key: [u8; 32],
+    limit: u64,
 }
 
 /// Why the cache could not be opened.
@@ -88,7 +96,14 @@ impl CompileCache {
         Ok(CompileCache {
             dir: dir.to_path_buf(),
             key,
+            limit: DEFAULT_LIMIT,
         })
+    }
+
+    /// This cache, keeping at most `limit` bytes of entries rather than
+    /// [`DEFAULT_LIMIT`].
+    pub fn with_limit(self, limit: u64) -> CompileCache {
+        CompileCache { limit, ..self }
     }
 
     /// Returns the compiled form of `wasm` (whose sha256, hex, is `digest`),
@@ -117,6 +132,7 @@ impl CompileCache {
             // Mapped from the entry just written, like any later start, so
             // its code and images are file-backed and shared from now on.
             Ok(()) => {
+                self.trim(&path);
                 if let Some(component) = self.load(engine, &path) {
                     return Ok((component, CacheOutcome::Compiled));
                 }
@@ -164,7 +180,12 @@ impl CompileCache {
             read_all(&file).and_then(|bytes| unsafe { Component::deserialize(engine, bytes) })
         };
         match loaded {
-            Ok(component) => Some(component),
+            Ok(component) => {
+                // Its modification time is when it was last used: what
+                // `trim` removes first is what no start needed longest.
+                let _ = file.set_modified(std::time::SystemTime::now());
+                Some(component)
+            }
             Err(e) => {
                 tracing::warn!(path = %path.display(), "not loading unusable compile cache entry: {e:#}; compiling instead");
                 None
@@ -212,6 +233,43 @@ impl CompileCache {
             tmp.persist(&target).map_err(|e| e.error)?;
         }
         Ok(())
+    }
+
+    /// Removes the least recently used entries (and their seals) while
+    /// the entries hold more than the limit, never `keep` (the one just
+    /// stored). Entries mapped by a running component stay mapped: the
+    /// file goes, its pages stay until the component is dropped.
+    fn trim(&self, keep: &Path) {
+        let Ok(listing) = std::fs::read_dir(&self.dir) else {
+            return;
+        };
+        let mut entries: Vec<(std::time::SystemTime, u64, PathBuf)> = listing
+            .flatten()
+            .map(|entry| entry.path())
+            .filter(|path| path.extension().is_some_and(|e| e == "cwasm"))
+            .filter_map(|path| {
+                let meta = std::fs::symlink_metadata(&path).ok()?;
+                Some((meta.modified().ok()?, meta.len(), path))
+            })
+            .collect();
+        let mut total: u64 = entries.iter().map(|(_, size, _)| size).sum();
+        if total <= self.limit {
+            return;
+        }
+        entries.sort();
+        for (_, size, path) in entries {
+            if total <= self.limit {
+                break;
+            }
+            if path == keep {
+                continue;
+            }
+            if std::fs::remove_file(&path).is_ok() {
+                let _ = std::fs::remove_file(path.with_extension("seal"));
+                total -= size;
+                tracing::info!(path = %path.display(), "removed the least recently used compile cache entry");
+            }
+        }
     }
 
     /// A MAC keyed for this cache, fed the entry's file name; the caller
@@ -348,6 +406,49 @@ mod tests {
             let mode = std::fs::metadata(&file).unwrap().permissions().mode();
             assert_eq!(mode & 0o077, 0, "{} is mode {mode:o}", file.display());
         }
+    }
+
+    #[test]
+    fn past_its_limit_the_least_recently_used_entries_go() {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = Engine::default();
+        let probe = CompileCache::open(dir.path()).unwrap();
+        probe
+            .load_or_compile(&engine, "probe", &component("probe"))
+            .unwrap();
+        let entry = std::fs::metadata(&entries(dir.path(), "cwasm")[0])
+            .unwrap()
+            .len();
+        std::fs::remove_dir_all(dir.path()).unwrap();
+        // Room for two entries, not three.
+        let cache = CompileCache::open(dir.path())
+            .unwrap()
+            .with_limit(entry * 5 / 2);
+        let outcome = |digest: &str| {
+            cache
+                .load_or_compile(&engine, digest, &component(digest))
+                .unwrap()
+                .1
+        };
+        // Far enough apart for file times to differ.
+        let later = || std::thread::sleep(std::time::Duration::from_millis(30));
+        assert_eq!(outcome("aa"), CacheOutcome::Compiled);
+        later();
+        assert_eq!(outcome("bb"), CacheOutcome::Compiled);
+        later();
+        // A start from the cache makes aa the most recently used...
+        assert_eq!(outcome("aa"), CacheOutcome::Hit);
+        later();
+        // ...so the third entry pushes bb out, with its seal.
+        assert_eq!(outcome("cc"), CacheOutcome::Compiled);
+        let names: Vec<String> = entries(dir.path(), "cwasm")
+            .iter()
+            .chain(&entries(dir.path(), "seal"))
+            .map(|p| p.file_name().unwrap().to_string_lossy()[..2].to_string())
+            .collect();
+        assert_eq!(names, ["aa", "cc", "aa", "cc"]);
+        assert_eq!(outcome("aa"), CacheOutcome::Hit);
+        assert_eq!(outcome("bb"), CacheOutcome::Compiled);
     }
 
     #[test]
