@@ -12,7 +12,7 @@ use crate::prepared::PreparedComponents;
 use crate::pressure::{MemoryGuard, MemorySampler};
 use crate::reaper::{Reaper, ReaperHandle};
 use std::collections::BTreeMap;
-use std::sync::mpsc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -141,15 +141,16 @@ impl SkiffEngine {
     /// its virtual memory.
     pub fn new(config: EngineConfig) -> Result<SkiffEngine, EngineError> {
         let (memory, memory_sampler) = MemoryGuard::start(config.memory_budget);
+        let slots = InstanceSlots::new(config.max_instances as usize);
         let engine = SkiffEngine {
             config,
             memory,
             _memory_sampler: memory_sampler,
             classes: Mutex::new(BTreeMap::new()),
             cpu_lane: CpuLane::for_this_machine(),
-            slots: InstanceSlots::new(config.max_instances as usize),
+            slots: slots.clone(),
             reaper: Reaper::start(),
-            ticker: EpochTicker::start(),
+            ticker: EpochTicker::start(slots),
         };
         engine.for_stack(DEFAULT_STACK)?;
         Ok(engine)
@@ -292,32 +293,57 @@ impl SkiffEngine {
     }
 }
 
+/// Ticks in a row with no instance running after which the ticker parks.
+const TICKS_BEFORE_PARKING: u32 = 100;
+
 /// Advances the epoch of every engine of the process every
-/// [`EPOCH_TICK`], from one thread; stops when dropped.
+/// [`EPOCH_TICK`], from one thread, while any instance runs (holds one of
+/// `slots`); while none does, the thread sleeps, so an idle node does not
+/// wake a thousand times a second. Instances measure their time from the
+/// epoch when they start, so a pause loses them nothing. Stops when
+/// dropped.
 struct EpochTicker {
     engines: Arc<RwLock<Vec<Engine>>>,
-    stop: Option<mpsc::Sender<()>>,
+    slots: InstanceSlots,
+    stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
 }
 
 impl EpochTicker {
-    fn start() -> EpochTicker {
+    fn start(slots: InstanceSlots) -> EpochTicker {
         let engines: Arc<RwLock<Vec<Engine>>> = Arc::default();
-        let ticked = engines.clone();
-        let (stop, stopped) = mpsc::channel::<()>();
+        let stop = Arc::new(AtomicBool::new(false));
+        let (ticked, running, stopped) = (engines.clone(), slots.clone(), stop.clone());
         let thread = std::thread::Builder::new()
             .name("skiff-epoch".into())
             .spawn(move || {
-                while let Err(mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(EPOCH_TICK) {
+                let mut idle_ticks = 0;
+                loop {
+                    // Parked only after a while idle: a client sending one
+                    // request after another does not wake it every time.
+                    if idle_ticks >= TICKS_BEFORE_PARKING {
+                        running.wait_until_taken(&stopped);
+                        idle_ticks = 0;
+                    }
+                    std::thread::sleep(EPOCH_TICK);
+                    if stopped.load(Ordering::SeqCst) {
+                        return;
+                    }
                     for engine in ticked.read().expect("epoch engines lock").iter() {
                         engine.increment_epoch();
                     }
+                    idle_ticks = if running.any_taken() {
+                        0
+                    } else {
+                        idle_ticks + 1
+                    };
                 }
             })
             .expect("spawning the epoch ticker thread");
         EpochTicker {
             engines,
-            stop: Some(stop),
+            slots,
+            stop,
             thread: Some(thread),
         }
     }
@@ -333,7 +359,8 @@ impl EpochTicker {
 
 impl Drop for EpochTicker {
     fn drop(&mut self) {
-        drop(self.stop.take());
+        self.stop.store(true, Ordering::SeqCst);
+        self.slots.wake();
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
         }

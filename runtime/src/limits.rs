@@ -3,8 +3,9 @@
 //! concurrency gate with its bounded wait queue, and the instance slots
 //! every replica of the process shares.
 
+use std::sync::atomic::AtomicBool;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use wasmtime::ResourceLimiter;
 
@@ -166,6 +167,11 @@ struct SlotsShared {
     min_share: usize,
     free: Mutex<usize>,
     released: Notify,
+    /// Signalled (under `free`) when the first slot is taken while a
+    /// thread waits for that, and when a waiter is asked to stop waiting.
+    taken: Condvar,
+    /// A thread waits on `taken`; changed only under `free`.
+    waiting: AtomicBool,
 }
 
 impl InstanceSlots {
@@ -181,6 +187,8 @@ impl InstanceSlots {
                 min_share: (reserve / 16).max(1),
                 free: Mutex::new(total),
                 released: Notify::new(),
+                taken: Condvar::new(),
+                waiting: AtomicBool::new(false),
             }),
         }
     }
@@ -194,6 +202,31 @@ impl InstanceSlots {
     /// from the reserve: `total - reserve`.
     pub fn max_per_replica(&self) -> usize {
         self.shared.total - self.shared.reserve
+    }
+
+    /// Blocks the calling thread while no slot is taken (no instance
+    /// runs), until one is or `stop` is set and [`InstanceSlots::wake`]
+    /// called.
+    pub(crate) fn wait_until_taken(&self, stop: &AtomicBool) {
+        let shared = &self.shared;
+        let mut free = shared.free.lock().expect("instance slots lock");
+        while *free == shared.total && !stop.load(Ordering::SeqCst) {
+            shared.waiting.store(true, Ordering::Relaxed);
+            free = shared.taken.wait(free).expect("instance slots lock");
+        }
+        shared.waiting.store(false, Ordering::Relaxed);
+    }
+
+    /// Whether any slot is taken (any instance runs) now.
+    pub(crate) fn any_taken(&self) -> bool {
+        *self.shared.free.lock().expect("instance slots lock") < self.shared.total
+    }
+
+    /// Wakes every thread in [`InstanceSlots::wait_until_taken`], so it
+    /// can see its `stop`.
+    pub(crate) fn wake(&self) {
+        let _free = self.shared.free.lock().expect("instance slots lock");
+        self.shared.taken.notify_all();
     }
 
     /// A new replica's account, holding no slot.
@@ -236,6 +269,9 @@ impl ReplicaSlots {
         let allowed = *free > shared.reserve || (*free > 0 && held < shared.min_share);
         if !allowed {
             return None;
+        }
+        if *free == shared.total && shared.waiting.load(Ordering::Relaxed) {
+            shared.taken.notify_all();
         }
         *free -= 1;
         self.held.store(held + 1, Ordering::Relaxed);
@@ -413,5 +449,37 @@ mod tests {
         drop(running);
         assert!(waiter.await.unwrap().is_ok());
         assert_eq!(gate.queued.load(Ordering::Acquire), 0);
+    }
+
+    #[test]
+    fn a_thread_waiting_for_an_instance_wakes_when_one_starts_or_when_stopped() {
+        let slots = InstanceSlots::new(4);
+        let replica = slots.replica();
+        let stop = Arc::new(AtomicBool::new(false));
+        let waiter = |slots: &InstanceSlots, stop: &Arc<AtomicBool>| {
+            let (slots, stop) = (slots.clone(), stop.clone());
+            std::thread::spawn(move || slots.wait_until_taken(&stop))
+        };
+
+        // Nothing runs: it waits, until an instance takes a slot.
+        let waiting = waiter(&slots, &stop);
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        assert!(!waiting.is_finished(), "waited while no instance runs");
+        assert!(!slots.any_taken());
+        let slot = replica.try_take().unwrap();
+        assert!(slots.any_taken());
+        waiting.join().unwrap();
+        // While one runs, there is no wait at all.
+        waiter(&slots, &stop).join().unwrap();
+        drop(slot);
+        assert!(!slots.any_taken());
+
+        // Asked to stop, it stops waiting.
+        let waiting = waiter(&slots, &stop);
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        assert!(!waiting.is_finished());
+        stop.store(true, Ordering::SeqCst);
+        slots.wake();
+        waiting.join().unwrap();
     }
 }
