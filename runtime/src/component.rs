@@ -107,7 +107,8 @@ impl LoadedComponent {
     /// `digest` (sha256, hex), such as a blob of the package store: when
     /// this engine already holds the component of that digest, the source
     /// is neither read nor hashed again, so a thousand apps of one
-    /// component load as fast as one.
+    /// component load as fast as one. The first load of a digest hashes
+    /// what it reads and refuses bytes that do not match.
     ///
     /// # Errors
     ///
@@ -174,7 +175,23 @@ impl LoadedComponent {
         let pre = class.prepared().get_or_prepare(&digest, || {
             let wasm = match wasm {
                 Some(wasm) => wasm,
-                None => read_component(name, &path)?,
+                // The first load of a digest reads the source anyway: it
+                // must be the bytes vouched for, or a file swapped since
+                // would be compiled, and cached, under another's digest.
+                None => {
+                    let wasm = read_component(name, &path)?;
+                    let actual = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&wasm));
+                    if actual != digest {
+                        return Err(LoadError::NotAComponent {
+                            component: name.clone(),
+                            path: path.clone(),
+                            reason: format!(
+                                "changed since it was verified: it hashes to sha256:{actual}, not sha256:{digest}"
+                            ),
+                        });
+                    }
+                    wasm
+                }
             };
             let (component, outcome) = cache
                 .load_or_compile(class.engine(), &digest, &wasm)

@@ -24,7 +24,7 @@ pub const EPOCH_TICK: Duration = Duration::from_millis(1);
 
 /// How much of each pool table is reset with `memset` rather than
 /// decommitted when its instance ends.
-pub const TABLE_KEEP_RESIDENT: usize = 16 << 10;
+pub const TABLE_KEEP_RESIDENT: usize = 4 << 10;
 
 /// The smallest stack class, and the smallest `limits.stack` allowed.
 pub const MIN_STACK: usize = 64 << 10;
@@ -223,7 +223,7 @@ impl SkiffEngine {
             // `memset` is cheaper than `madvise`, whose TLB shootdown
             // interrupts every core running this process. Per request this
             // saves two of hello's four shootdowns (about 20% more
-            // requests/s), for at most 16 KiB resident per pool table.
+            // requests/s), for at most a page resident per pool table.
             .table_keep_resident(TABLE_KEEP_RESIDENT)
             // Linear memories are not kept resident. Without the scan below,
             // keeping them resident means rewriting a fixed range on every

@@ -1,9 +1,11 @@
 //! The local package store, `$SKIFF_HOME/store`: an OCI image layout
 //! (`oci-layout`, `index.json`, `blobs/sha256/...`). Blobs are written
-//! atomically and verified against their digest on every read, so a
+//! atomically and verified against their digest when read, so a
 //! tampered or truncated blob is refused and never loaded. A component
 //! blob shared by thousands of apps is hashed once per process: later
-//! verifications find the file as it was when it was hashed.
+//! verifications check that the file is the one hashed and unchanged since
+//! (inode, size, modification and status-change times; the last cannot be
+//! set back by a user).
 
 use super::Digest;
 use super::blob::{BlobSize, BlobWriter};
@@ -123,6 +125,8 @@ struct BlobFile {
     inode: u64,
     size: u64,
     modified: Option<std::time::SystemTime>,
+    /// Status-change time, seconds and nanoseconds.
+    changed: (i64, i64),
 }
 
 impl BlobFile {
@@ -133,6 +137,7 @@ impl BlobFile {
             inode: metadata.ino(),
             size: metadata.len(),
             modified: metadata.modified().ok(),
+            changed: (metadata.ctime(), metadata.ctime_nsec()),
         }
     }
 }
