@@ -310,6 +310,35 @@ mod tests {
     }
 
     #[test]
+    fn a_verified_load_refuses_bytes_that_are_not_the_digest_vouched_for() {
+        let dir = tempfile::tempdir().unwrap();
+        let wasm = wat::parse_str("(component)").unwrap();
+        std::fs::write(dir.path().join("w.wasm"), &wasm).unwrap();
+        let text = "[app]\nname = \"a\"\n[component.web]\nsource = \"w.wasm\"\n";
+        let manifest = crate::manifest::Manifest::parse(text, Path::new("skiff.toml")).unwrap();
+        let (name, spec) = manifest.component.into_iter().next().unwrap();
+        let engine = SkiffEngine::new(crate::engine::EngineConfig {
+            max_instances: 2,
+            ..Default::default()
+        })
+        .unwrap();
+        let cache = CompileCache::open(&dir.path().join("cache")).unwrap();
+        let claimed = "0".repeat(64);
+        let refused =
+            LoadedComponent::load_verified(&engine, &cache, &name, &spec, dir.path(), &claimed)
+                .err()
+                .expect("bytes of another digest are refused");
+        assert!(
+            refused
+                .to_string()
+                .contains("changed since it was verified"),
+            "{refused}"
+        );
+        // Nothing was compiled, or cached, under the digest claimed.
+        assert_eq!(engine.prepared_components(), 0);
+    }
+
+    #[test]
     fn import_name_is_taken_from_the_message() {
         let msg = "component imports instance `wasi:keyvalue/store@0.2.0`, but a matching implementation was not found in the linker";
         assert_eq!(first_backticked(msg), Some("wasi:keyvalue/store@0.2.0"));
