@@ -359,7 +359,12 @@ fn instantiation(home: &Path, wasm: &str, target_micros: Option<f64>) {
         let sink: Arc<dyn LogSink> = Arc::new(StderrSink);
         const N: u32 = 20_000;
         let instantiate_once = || async {
-            let mut store = skiff_runtime::invoke::new_store(component, &sink).unwrap();
+            let mut store = skiff_runtime::invoke::new_store(
+                component,
+                &sink,
+                skiff_runtime::capability::outbound_http::OutboundContext::without_mesh(),
+            )
+            .unwrap();
             component
                 .proxy_pre()
                 .instantiate_async(&mut store)

@@ -56,16 +56,28 @@ pub fn wrk_available() -> bool {
 /// Runs `wrk` against `url` with `threads` threads, `connections`
 /// connections, for `seconds`.
 pub fn wrk(url: &str, threads: u32, connections: u32, seconds: u64) -> WrkRun {
-    let output = Command::new("wrk")
-        .args([
-            &format!("-t{threads}"),
-            &format!("-c{connections}"),
-            &format!("-d{seconds}s"),
-            "--latency",
-            url,
-        ])
-        .output()
-        .expect("running wrk");
+    wrk_with_headers(url, threads, connections, seconds, &[])
+}
+
+/// [`wrk`] sending `headers` (`"Name: value"`) with every request.
+pub fn wrk_with_headers(
+    url: &str,
+    threads: u32,
+    connections: u32,
+    seconds: u64,
+    headers: &[&str],
+) -> WrkRun {
+    let mut command = Command::new("wrk");
+    command.args([
+        &format!("-t{threads}"),
+        &format!("-c{connections}"),
+        &format!("-d{seconds}s"),
+        "--latency",
+    ]);
+    for header in headers {
+        command.args(["-H", header]);
+    }
+    let output = command.arg(url).output().expect("running wrk");
     parse(&String::from_utf8_lossy(&output.stdout))
 }
 

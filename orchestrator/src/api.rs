@@ -367,6 +367,10 @@ pub struct AppRouting {
     pub name: String,
     /// `(route, component)` for every routed component.
     pub routes: Vec<(String, String)>,
+    /// Every component of the app, routed or not: a mesh call to a name
+    /// not among them is told so, not that it has no replica.
+    #[serde(default)]
+    pub components: Vec<String>,
     /// Per component, the nodes running a replica (one entry per replica).
     pub endpoints: BTreeMap<String, Vec<Endpoint>>,
 }

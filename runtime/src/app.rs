@@ -5,6 +5,7 @@ use crate::cache::CompileCache;
 use crate::component::{LoadError, LoadedComponent};
 use crate::engine::SkiffEngine;
 use crate::manifest::Manifest;
+use crate::mesh::WorkloadId;
 use crate::route::Router;
 use std::path::Path;
 
@@ -35,7 +36,10 @@ impl LoadedApp {
         let components = manifest
             .component
             .iter()
-            .map(|(name, spec)| LoadedComponent::load(engine, cache, name, spec, base_dir))
+            .map(|(name, spec)| {
+                let workload = WorkloadId::new(manifest.app.name.clone(), name.clone());
+                LoadedComponent::load(engine, cache, &workload, spec, base_dir)
+            })
             .collect::<Result<Vec<_>, _>>()?;
         let router = Router::new(
             components

@@ -126,16 +126,20 @@ where
 
 /// A request body that is drained (see [`drain`]) when dropped after it
 /// overflowed, so the 413 reaches the client.
-pub struct RequestBody(Option<LimitedBody<hyper::body::Incoming>>);
+pub struct RequestBody<B: Body + Unpin + Send + 'static>(Option<LimitedBody<B>>);
 
-impl RequestBody {
+impl<B: Body + Unpin + Send + 'static> RequestBody<B> {
     /// Limits `body` to `limit` bytes, flagging `exceeded` on overflow.
-    pub fn new(body: hyper::body::Incoming, limit: u64, exceeded: Arc<AtomicBool>) -> RequestBody {
+    pub fn new(body: B, limit: u64, exceeded: Arc<AtomicBool>) -> RequestBody<B> {
         RequestBody(Some(LimitedBody::request(body, limit, exceeded)))
     }
 }
 
-impl Body for RequestBody {
+impl<B> Body for RequestBody<B>
+where
+    B: Body<Data = Bytes> + Unpin + Send + 'static,
+    B::Error: Into<HttpError>,
+{
     type Data = Bytes;
     type Error = HttpError;
 
@@ -160,7 +164,7 @@ impl Body for RequestBody {
     }
 }
 
-impl Drop for RequestBody {
+impl<B: Body + Unpin + Send + 'static> Drop for RequestBody<B> {
     fn drop(&mut self) {
         if let Some(body) = self.0.take()
             && body.exceeded.load(Ordering::Acquire)

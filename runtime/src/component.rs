@@ -9,11 +9,13 @@ use crate::engine::SkiffEngine;
 use crate::instance::InstanceState;
 use crate::limits::{ConcurrencyGate, ReplicaSlots};
 use crate::manifest::{ComponentName, ComponentSpec, Limits};
+use crate::mesh::{CallerPolicy, WorkloadId};
 use crate::prepared::Prepared;
 use crate::pressure::MemoryGuard;
 use crate::reaper::ReaperHandle;
 use crate::route::Route;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
 
 /// Why a component could not be loaded.
@@ -68,6 +70,10 @@ pub enum LoadError {
 pub struct LoadedComponent {
     /// Its name in the manifest.
     pub name: ComponentName,
+    /// Its app and name: its identity on the mesh.
+    pub workload: Arc<WorkloadId>,
+    /// Who may call it over the mesh (`allow_callers`).
+    pub callers: CallerPolicy,
     /// The route it serves, if any.
     pub route: Option<Route>,
     /// Its limits.
@@ -87,8 +93,8 @@ pub struct LoadedComponent {
 }
 
 impl LoadedComponent {
-    /// Loads the component `name` described by `spec`, resolving relative
-    /// paths against `base_dir`.
+    /// Loads the component `workload` (an app's component) described by
+    /// `spec`, resolving relative paths against `base_dir`.
     ///
     /// # Errors
     ///
@@ -96,11 +102,11 @@ impl LoadedComponent {
     pub fn load(
         engine: &SkiffEngine,
         cache: &CompileCache,
-        name: &ComponentName,
+        workload: &WorkloadId,
         spec: &ComponentSpec,
         base_dir: &Path,
     ) -> Result<LoadedComponent, LoadError> {
-        Self::load_inner(engine, cache, name, spec, base_dir, None)
+        Self::load_inner(engine, cache, workload, spec, base_dir, None)
     }
 
     /// [`LoadedComponent::load`] for a source already verified to hash to
@@ -116,22 +122,23 @@ impl LoadedComponent {
     pub fn load_verified(
         engine: &SkiffEngine,
         cache: &CompileCache,
-        name: &ComponentName,
+        workload: &WorkloadId,
         spec: &ComponentSpec,
         base_dir: &Path,
         digest: &str,
     ) -> Result<LoadedComponent, LoadError> {
-        Self::load_inner(engine, cache, name, spec, base_dir, Some(digest))
+        Self::load_inner(engine, cache, workload, spec, base_dir, Some(digest))
     }
 
     fn load_inner(
         engine: &SkiffEngine,
         cache: &CompileCache,
-        name: &ComponentName,
+        workload: &WorkloadId,
         spec: &ComponentSpec,
         base_dir: &Path,
         known_digest: Option<&str>,
     ) -> Result<LoadedComponent, LoadError> {
+        let name = &workload.component;
         let max_memory = engine.config().max_instance_memory;
         if spec.limits.memory.bytes() > max_memory {
             return Err(LoadError::Invalid(format!(
@@ -219,6 +226,8 @@ impl LoadedComponent {
 
         Ok(LoadedComponent {
             name: name.clone(),
+            workload: Arc::new(workload.clone()),
+            callers: CallerPolicy::new(spec.allow_callers.clone()),
             route: spec.route.clone(),
             limits: spec.limits.clone(),
             digest,
@@ -317,6 +326,7 @@ mod tests {
         let text = "[app]\nname = \"a\"\n[component.web]\nsource = \"w.wasm\"\n";
         let manifest = crate::manifest::Manifest::parse(text, Path::new("skiff.toml")).unwrap();
         let (name, spec) = manifest.component.into_iter().next().unwrap();
+        let workload = WorkloadId::new(manifest.app.name.clone(), name);
         let engine = SkiffEngine::new(crate::engine::EngineConfig {
             max_instances: 2,
             ..Default::default()
@@ -325,7 +335,7 @@ mod tests {
         let cache = CompileCache::open(&dir.path().join("cache")).unwrap();
         let claimed = "0".repeat(64);
         let refused =
-            LoadedComponent::load_verified(&engine, &cache, &name, &spec, dir.path(), &claimed)
+            LoadedComponent::load_verified(&engine, &cache, &workload, &spec, dir.path(), &claimed)
                 .err()
                 .expect("bytes of another digest are refused");
         assert!(

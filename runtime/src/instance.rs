@@ -3,9 +3,10 @@
 //! memory limiter.
 
 use crate::capability::logging::LogSink;
-use crate::capability::outbound_http::{OutboundGrant, OutboundHooks};
+use crate::capability::outbound_http::{OutboundContext, OutboundGrant, OutboundHooks};
 use crate::capability::sockets::{DeniedSocketsState, DeniedSocketsView, SocketDenials};
 use crate::limits::InstanceLimiter;
+use crate::mesh::WorkloadId;
 use std::sync::Arc;
 use wasmtime::component::ResourceTable;
 use wasmtime_wasi::sockets::WasiSocketsCtxView;
@@ -22,6 +23,10 @@ pub struct InstanceBuilder {
     pub log_sink: Arc<dyn LogSink>,
     /// Refused socket calls, logged under the component's name.
     pub sockets: SocketDenials,
+    /// The workload the instance serves: the caller of its mesh calls.
+    workload: Arc<WorkloadId>,
+    /// The request's trace and hops, and where mesh calls go.
+    context: OutboundContext,
 }
 
 /// Sizes that bound one instance's host-side resources.
@@ -38,12 +43,20 @@ pub struct InstanceLimits {
 impl InstanceBuilder {
     /// An instance with nothing granted: no env, files, network or outbound
     /// HTTP; stdio discarded until the logging capability sets it.
-    pub fn new(log_sink: Arc<dyn LogSink>) -> InstanceBuilder {
+    /// `workload` is the component the instance serves, `context` the
+    /// request it serves as far as its own outbound calls need to know.
+    pub fn new(
+        log_sink: Arc<dyn LogSink>,
+        workload: Arc<WorkloadId>,
+        context: OutboundContext,
+    ) -> InstanceBuilder {
         InstanceBuilder {
             wasi: WasiCtx::builder(),
             outbound: None,
             log_sink,
             sockets: SocketDenials::default(),
+            workload,
+            context,
         }
     }
 
@@ -59,6 +72,8 @@ impl InstanceBuilder {
                 grant: self.outbound,
                 remaining: limits.outbound_requests,
                 limit_logged: false,
+                workload: self.workload,
+                context: self.context,
             },
             limiter: InstanceLimiter::new(limits.memory_bytes),
             sockets: self.sockets,

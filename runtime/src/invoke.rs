@@ -2,25 +2,30 @@
 //! concurrency gate and the process's instance slots, a new `Store` with
 //! only the component's grants, the `wasi:http/incoming-handler` call under
 //! the wall-clock and CPU limits, and the mapping of every failure to a
-//! status code. Headers named `skiff-*` are the platform's own: none
-//! reaches a guest, and none a guest sets leaves it. An instance that fails
+//! status code. A mesh call is checked first against the callee's
+//! `allow_callers` and the hop limit. Headers named `skiff-*` are the
+//! platform's own: none a client or guest sets reaches a guest or leaves
+//! one; the platform sets `skiff-caller` for mesh calls. Each request is one
+//! span of its trace (`traceparent`), logged when its response begins. An instance that fails
 //! after its response began streaming cuts the response off (the client
 //! sees an aborted body, never a clean end) and is logged like any other.
 
 use crate::body_limit::{LimitedBody, RequestBody, declared_length, drain};
 use crate::capability::logging::LogSink;
+use crate::capability::outbound_http::OutboundContext;
 use crate::component::LoadedComponent;
 use crate::instance::{InstanceBuilder, InstanceLimits, InstanceState};
 use crate::limits::InstanceSlot;
+use crate::mesh::{self, CALLER_HEADER, Inbound, Span, TRACEPARENT};
 use crate::reaper::ReaperHandle;
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::{BodyExt, Full};
-use hyper::body::Incoming;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
+use std::time::Instant;
 use wasmtime::{Store, Trap};
 use wasmtime_wasi_http::WasiHttpView;
 use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
@@ -76,13 +81,112 @@ impl FailureReason {
     }
 }
 
-/// Serves `request` with a fresh instance of `component`.
-pub async fn invoke(
+/// Serves `request` with a fresh instance of `component`; `inbound` says
+/// how it arrived (from ingress, or over the mesh from which workload).
+pub async fn invoke<B>(
     component: &LoadedComponent,
-    mut request: hyper::Request<Incoming>,
+    mut request: hyper::Request<B>,
     log_sink: &Arc<dyn LogSink>,
-) -> hyper::Response<ResponseBody> {
+    inbound: Inbound,
+) -> hyper::Response<ResponseBody>
+where
+    B: Body<Data = Bytes> + Send + Unpin + 'static,
+    B::Error: Into<wasmtime_wasi_http::Error>,
+{
+    let started = Instant::now();
     strip_platform_headers(request.headers_mut());
+    let span = Span::for_request(request.headers());
+    let outcome = Arc::new(InstanceOutcome::default());
+    let response = serve(component, request, log_sink, &inbound, &span, &outcome).await;
+    let mesh_hop = inbound.caller.is_some() || outcome.called_mesh.load(Ordering::Relaxed);
+    log_span(
+        component,
+        &inbound,
+        &span,
+        response.status(),
+        started,
+        mesh_hop,
+    );
+    response
+}
+
+/// Logs the hop `span` (to its response head): at info when it is part of
+/// a trace across the mesh (it was a mesh call, or made one), at debug for
+/// a request served alone (`RUST_LOG=info,skiff::span=debug` shows those
+/// too), so plain traffic does not flood the log.
+fn log_span(
+    component: &LoadedComponent,
+    inbound: &Inbound,
+    span: &Span,
+    status: http::StatusCode,
+    started: Instant,
+    mesh_hop: bool,
+) {
+    let level_enabled = if mesh_hop {
+        tracing::enabled!(target: "skiff::span", tracing::Level::INFO)
+    } else {
+        tracing::enabled!(target: "skiff::span", tracing::Level::DEBUG)
+    };
+    if !level_enabled {
+        return;
+    }
+    let caller = inbound
+        .caller
+        .as_ref()
+        .map_or_else(|| "ingress".to_string(), ToString::to_string);
+    let callee = component.workload.to_string();
+    let duration_ms = started.elapsed().as_secs_f64() * 1000.0;
+    macro_rules! span_line {
+        ($level:ident) => {
+            tracing::$level!(
+                target: "skiff::span",
+                trace_id = %span.trace_id(),
+                span_id = %span.span_id(),
+                parent_id = %span.parent_id(),
+                caller,
+                callee,
+                status = status.as_u16(),
+                duration_ms = format_args!("{duration_ms:.3}"),
+                "span"
+            )
+        };
+    }
+    if mesh_hop {
+        span_line!(info);
+    } else {
+        span_line!(debug);
+    }
+}
+
+async fn serve<B>(
+    component: &LoadedComponent,
+    mut request: hyper::Request<B>,
+    log_sink: &Arc<dyn LogSink>,
+    inbound: &Inbound,
+    span: &Span,
+    outcome: &Arc<InstanceOutcome>,
+) -> hyper::Response<ResponseBody>
+where
+    B: Body<Data = Bytes> + Send + Unpin + 'static,
+    B::Error: Into<wasmtime_wasi_http::Error>,
+{
+    if let Some(caller) = &inbound.caller {
+        let callee = &component.workload;
+        if inbound.hops > mesh::MAX_HOPS {
+            tokio::spawn(drain(request.into_body()));
+            return mesh::too_many_hops(callee, inbound.hops);
+        }
+        if !component.callers.allows(caller) {
+            tokio::spawn(drain(request.into_body()));
+            return mesh::denied(caller, callee);
+        }
+        if let Ok(value) = http::HeaderValue::from_str(&caller.spiffe_id()) {
+            request.headers_mut().insert(CALLER_HEADER, value);
+        }
+    }
+    if let Ok(value) = http::HeaderValue::from_str(&span.traceparent()) {
+        request.headers_mut().insert(TRACEPARENT, value);
+    }
     let name = component.name.as_str();
     let limits = &component.limits;
     let request_limit = limits.max_request_body.bytes();
@@ -129,7 +233,13 @@ pub async fn invoke(
     if component.memory.under_pressure() {
         return refuse_under_pressure(name);
     }
-    let mut store = match new_store(component, log_sink) {
+    let outbound = OutboundContext {
+        mesh: inbound.mesh.clone(),
+        hops: inbound.hops,
+        span: *span,
+        outcome: outcome.clone(),
+    };
+    let mut store = match new_store(component, log_sink, outbound) {
         Ok(store) => store,
         Err(e) => {
             tracing::error!(component = name, "cannot prepare instance: {e}");
@@ -166,16 +276,13 @@ pub async fn invoke(
     let reaper = component.reaper.clone();
     let timeout = component.limits.timeout.as_duration();
     let task_name = name.to_string();
-    // Set, before the instance is dropped, when it failed: a response body
-    // still streaming then is cut off rather than ended (`CutOnFailure`).
-    let failed = Arc::new(OnceLock::new());
-    let task_failed = failed.clone();
+    let task_outcome = outcome.clone();
     // The task owns the store and the permit until the guest returns, which
     // may be after the response head is sent (streaming bodies). It logs
     // the instance's failure, whether or not the head was sent.
     let task = tokio::spawn(async move {
         let _permit = permit;
-        let _unwinding = FailOnUnwind(task_failed.clone());
+        let _unwinding = FailOnUnwind(task_outcome.clone());
         let run = async {
             let proxy = pre
                 .instantiate_async(&mut store)
@@ -195,7 +302,7 @@ pub async fn invoke(
             )),
         };
         if let Err((reason, error)) = &result {
-            let _ = task_failed.set(*reason);
+            let _ = task_outcome.failed.set(*reason);
             tracing::warn!(
                 component = task_name.as_str(),
                 reason = reason.as_str(),
@@ -213,7 +320,8 @@ pub async fn invoke(
     match answer {
         Ok(Ok(mut response)) => {
             strip_platform_headers(response.headers_mut());
-            let response = response.map(|body| CutOnFailure::new(body, failed).boxed_unsync());
+            let response =
+                response.map(|body| CutOnFailure::new(body, outcome.clone()).boxed_unsync());
             limit_response(name, response, limits.max_response_body.bytes())
         }
         Ok(Err(code)) => {
@@ -316,8 +424,9 @@ fn limit_response(
 pub fn new_store(
     component: &LoadedComponent,
     log_sink: &Arc<dyn LogSink>,
+    outbound: OutboundContext,
 ) -> Result<Store<InstanceState>, String> {
-    let mut builder = InstanceBuilder::new(log_sink.clone());
+    let mut builder = InstanceBuilder::new(log_sink.clone(), component.workload.clone(), outbound);
     for capability in &component.capabilities {
         capability.grant(&mut builder)?;
     }
@@ -412,6 +521,24 @@ fn failure_response(name: &str, reason: FailureReason) -> hyper::Response<Respon
     plain(status, format!("component \"{name}\" {what}\n"))
 }
 
+/// What the host learns of one instance while it runs, shared between the
+/// request path, the instance's task and its response body.
+#[derive(Default)]
+pub struct InstanceOutcome {
+    /// Set, before the instance is dropped, when it failed: a response
+    /// body still streaming then is cut off rather than ended.
+    failed: OnceLock<FailureReason>,
+    /// The instance called another component over the mesh.
+    called_mesh: AtomicBool,
+}
+
+impl InstanceOutcome {
+    /// Records that the instance made a mesh call.
+    pub fn note_mesh_call(&self) {
+        self.called_mesh.store(true, Ordering::Relaxed);
+    }
+}
+
 /// A guest's response body that fails, instead of ending, when its instance
 /// failed (timeout, trap) before finishing it. Dropping the instance ends
 /// the body's stream just as the guest's `finish` does, so without this a
@@ -421,25 +548,25 @@ fn failure_response(name: &str, reason: FailureReason) -> hyper::Response<Respon
 /// usual, unless the end is first read after the failure.
 struct CutOnFailure {
     inner: ResponseBody,
-    failed: Arc<OnceLock<FailureReason>>,
+    outcome: Arc<InstanceOutcome>,
 }
 
 /// Marks the instance failed if its task unwinds (a host bug reached by a
 /// guest): dropping the store on the way out must not end a half-sent
 /// response body as if it were whole.
-struct FailOnUnwind(Arc<OnceLock<FailureReason>>);
+struct FailOnUnwind(Arc<InstanceOutcome>);
 
 impl Drop for FailOnUnwind {
     fn drop(&mut self) {
         if std::thread::panicking() {
-            let _ = self.0.set(FailureReason::Trap);
+            let _ = self.0.failed.set(FailureReason::Trap);
         }
     }
 }
 
 impl CutOnFailure {
-    fn new(inner: ResponseBody, failed: Arc<OnceLock<FailureReason>>) -> CutOnFailure {
-        CutOnFailure { inner, failed }
+    fn new(inner: ResponseBody, outcome: Arc<InstanceOutcome>) -> CutOnFailure {
+        CutOnFailure { inner, outcome }
     }
 }
 
@@ -452,7 +579,7 @@ impl Body for CutOnFailure {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         match Pin::new(&mut self.inner).poll_frame(cx) {
-            Poll::Ready(None) => match self.failed.get() {
+            Poll::Ready(None) => match self.outcome.failed.get() {
                 // The instance sets `failed` before it is dropped, so an end
                 // caused by dropping it is always seen here as a failure.
                 Some(reason) => Poll::Ready(Some(Err(wasmtime_wasi_http::Error::InternalError(
@@ -530,7 +657,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_task_that_panics_marks_its_instance_failed_and_one_that_returns_does_not() {
-        let panicked = Arc::new(OnceLock::new());
+        let panicked = Arc::new(InstanceOutcome::default());
         let guard = FailOnUnwind(panicked.clone());
         let task = tokio::spawn(async move {
             let _unwinding = guard;
@@ -538,9 +665,9 @@ mod tests {
             panic!("a host bug reached by a guest");
         });
         assert!(task.await.unwrap_err().is_panic());
-        assert_eq!(panicked.get(), Some(&FailureReason::Trap));
+        assert_eq!(panicked.failed.get(), Some(&FailureReason::Trap));
 
-        let returned = Arc::new(OnceLock::new());
+        let returned = Arc::new(InstanceOutcome::default());
         let guard = FailOnUnwind(returned.clone());
         tokio::spawn(async move {
             let _unwinding = guard;
@@ -548,6 +675,6 @@ mod tests {
         })
         .await
         .unwrap();
-        assert_eq!(returned.get(), None);
+        assert_eq!(returned.failed.get(), None);
     }
 }

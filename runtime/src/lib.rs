@@ -21,6 +21,7 @@ pub mod instance;
 pub mod invoke;
 pub mod limits;
 pub mod manifest;
+pub mod mesh;
 pub mod package;
 mod prepared;
 pub mod pressure;

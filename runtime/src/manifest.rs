@@ -5,6 +5,7 @@ mod units;
 pub use units::{ByteSize, DurationSpec};
 
 use crate::capability::outbound_http::OutboundHost;
+use crate::mesh::CallerPattern;
 use crate::route::Route;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -110,6 +111,11 @@ pub struct ComponentSpec {
     /// component may call; everything else is denied.
     #[serde(default)]
     pub allowed_outbound_hosts: Vec<OutboundHost>,
+    /// `allow_callers = ["shop/*", "billing/api"]`: the workloads that may
+    /// call this component over the mesh (`app/component`, `app/*` or
+    /// `*`); none may unless listed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allow_callers: Vec<CallerPattern>,
     /// `[component.<name>.limits]`
     #[serde(default)]
     pub limits: Limits,
@@ -347,6 +353,7 @@ impl Manifest {
             env: BTreeMap::new(),
             files: Vec::new(),
             allowed_outbound_hosts: Vec::new(),
+            allow_callers: Vec::new(),
             limits: Limits::default(),
             dependencies: BTreeMap::new(),
             scale: Scale::default(),

@@ -1,10 +1,12 @@
 //! The HTTP/1.1 front door of `skiff run`: accepts connections with hyper,
-//! routes each request to its component, and shuts down gracefully,
-//! finishing in-flight requests.
+//! routes each request to its component (and its guests' mesh calls to the
+//! app's other components), and shuts down gracefully, finishing
+//! in-flight requests.
 
 use crate::app::LoadedApp;
 use crate::capability::logging::LogSink;
 use crate::invoke::{ResponseBody, invoke, plain};
+use crate::mesh::{Inbound, LocalMesh, MeshRouter};
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -91,15 +93,19 @@ impl Server {
         let local = self.local_addr();
         let app = self.app.clone();
         let log_sink = self.log_sink.clone();
+        // Mesh names resolve to this app's own components.
+        let mesh: Arc<dyn MeshRouter> = LocalMesh::new(app.clone(), log_sink.clone());
         accept_until(self.listener, shutdown, DRAIN_TIMEOUT, move |accepted| {
             let app = app.clone();
             let log_sink = log_sink.clone();
+            let mesh = mesh.clone();
             let service = hyper::service::service_fn(move |request| {
                 let app = app.clone();
                 let log_sink = log_sink.clone();
+                let mesh = mesh.clone();
                 async move {
                     Ok::<_, std::convert::Infallible>(
-                        dispatch(&app, request, &log_sink, local).await,
+                        dispatch(&app, request, &log_sink, &mesh, local).await,
                     )
                 }
             });
@@ -191,6 +197,7 @@ async fn dispatch(
     app: &LoadedApp,
     mut request: hyper::Request<Incoming>,
     log_sink: &Arc<dyn LogSink>,
+    mesh: &Arc<dyn MeshRouter>,
     local: SocketAddr,
 ) -> hyper::Response<ResponseBody> {
     let Some(component) = app.route(request.uri().path()) else {
@@ -206,5 +213,11 @@ async fn dispatch(
     {
         request.headers_mut().insert(http::header::HOST, host);
     }
-    invoke(component, request, log_sink).await
+    invoke(
+        component,
+        request,
+        log_sink,
+        Inbound::ingress(Some(mesh.clone())),
+    )
+    .await
 }

@@ -274,13 +274,19 @@ pub fn nodes_of(replicas: &[Replica]) -> Vec<String> {
 /// Sends `GET path` as HTTP/1.0 to `url` (`http://ADDR`), with `Host:
 /// host` when given (HTTP/1.0 may leave it out); returns (status, body).
 pub fn get_as_host(url: &str, host: Option<&str>, path: &str) -> (u16, String) {
+    let host = host.map(|h| format!("Host: {h}\r\n")).unwrap_or_default();
+    get_with_headers(url, path, &host)
+}
+
+/// `GET path` (HTTP/1.0) at `url` with `headers` (`Name: value` lines,
+/// each ending in CRLF): status and body.
+pub fn get_with_headers(url: &str, path: &str, headers: &str) -> (u16, String) {
     let addr = url.trim_start_matches("http://");
     let mut stream = std::net::TcpStream::connect(addr).unwrap();
     stream
         .set_read_timeout(Some(Duration::from_secs(60)))
         .unwrap();
-    let host = host.map(|h| format!("Host: {h}\r\n")).unwrap_or_default();
-    write!(stream, "GET {path} HTTP/1.0\r\n{host}\r\n").unwrap();
+    write!(stream, "GET {path} HTTP/1.0\r\n{headers}\r\n").unwrap();
     let mut answer = Vec::new();
     stream.read_to_end(&mut answer).unwrap();
     let answer = String::from_utf8_lossy(&answer).into_owned();

@@ -259,6 +259,7 @@ fn routing_and_assignments(live: &Live) -> (BTreeMap<String, AppRouting>, Assign
         let routing = AppRouting {
             name: app.clone(),
             routes,
+            components: spec.components.keys().cloned().collect(),
             endpoints,
         };
         apps.insert(app.clone(), routing);

@@ -6,9 +6,12 @@
 
 use super::NodeShared;
 use crate::api::{AppRouting, Endpoint};
+use bytes::Bytes;
+use http_body::Body;
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use skiff_runtime::invoke::{ResponseBody, invoke, plain};
+use skiff_runtime::mesh::Inbound;
 use skiff_runtime::route::Route;
 use skiff_runtime::server::{DRAIN_TIMEOUT, accept_until, serve_http1};
 use std::collections::HashMap;
@@ -16,6 +19,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 use tokio::net::TcpListener;
+use wasmtime_wasi_http::Error as HttpError;
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// How long a request waits for a replica loading on this node when no
 /// other node runs one.
@@ -29,9 +35,11 @@ pub(crate) struct Routing {
     apps: Vec<Arc<AppRoutes>>,
 }
 
-struct AppRoutes {
-    name: String,
+pub(crate) struct AppRoutes {
+    pub(crate) name: String,
     routes: Vec<(Route, String)>,
+    /// Every component of the app, sorted.
+    components: Vec<String>,
     endpoints: HashMap<String, Vec<Endpoint>>,
     next: AtomicUsize,
 }
@@ -47,9 +55,50 @@ impl AppRoutes {
                     Some((Route::try_from(route.clone()).ok()?, component.clone()))
                 })
                 .collect(),
+            components: {
+                let mut components = app.components.clone();
+                components.sort();
+                components
+            },
             endpoints: app.endpoints.clone().into_iter().collect(),
             next: AtomicUsize::new(0),
         }
+    }
+
+    /// The component whose route serves `path` best.
+    pub(crate) fn route_for(&self, path: &str) -> Option<&str> {
+        self.routes
+            .iter()
+            .filter(|(route, _)| route.matches(path))
+            .max_by_key(|(route, _)| route_rank(route))
+            .map(|(_, component)| component.as_str())
+    }
+
+    /// Whether `component` has a route, so ingress may reach it.
+    pub(crate) fn is_routed(&self, component: &str) -> bool {
+        self.routes.iter().any(|(_, c)| c == component)
+    }
+
+    /// Whether the app has a component named `component`.
+    pub(crate) fn has_component(&self, component: &str) -> bool {
+        self.components
+            .binary_search_by(|c| c.as_str().cmp(component))
+            .is_ok()
+    }
+
+    /// Whether `node` runs a replica of `component`, as last heard.
+    pub(crate) fn runs_on(&self, component: &str, node: &str) -> bool {
+        self.endpoints
+            .get(component)
+            .is_some_and(|eps| eps.iter().any(|e| e.node == node))
+    }
+}
+
+/// How well a route matches: exact before prefix, then the longer.
+fn route_rank(route: &Route) -> (bool, usize) {
+    match route {
+        Route::Exact(p) => (true, p.len()),
+        Route::Prefix(p) => (false, p.len()),
     }
 }
 
@@ -81,7 +130,7 @@ impl Routing {
 
     /// The app named `name` (app names are lower case; host names are
     /// compared case-insensitively).
-    fn named(&self, name: &str) -> Option<&AppRoutes> {
+    pub(crate) fn named(&self, name: &str) -> Option<&AppRoutes> {
         let name = name.to_ascii_lowercase();
         let i = self
             .apps
@@ -108,10 +157,7 @@ impl Routing {
                 if !route.matches(path) {
                     continue;
                 }
-                let rank = match route {
-                    Route::Exact(p) => (true, p.len()),
-                    Route::Prefix(p) => (false, p.len()),
-                };
+                let rank = route_rank(route);
                 if best.as_ref().is_none_or(|(r, _, _)| rank > *r) {
                     best = Some((rank, app, component));
                 }
@@ -163,8 +209,26 @@ async fn dispatch(
     {
         request.headers_mut().insert(http::header::HOST, value);
     }
+    let inbound = Inbound::ingress(Some(node.mesh_router()));
+    reach(node, app, component, request, inbound).await
+}
+
+/// Serves a request for `app`'s `component`: by a replica on this node,
+/// else by one still loading here when no other node runs one, else
+/// forwarded over the mesh to a node that does.
+pub(crate) async fn reach<B>(
+    node: &Arc<NodeShared>,
+    app: &AppRoutes,
+    component: &str,
+    request: hyper::Request<B>,
+    inbound: Inbound,
+) -> hyper::Response<ResponseBody>
+where
+    B: Body<Data = Bytes> + Send + Unpin + 'static,
+    B::Error: Into<HttpError> + Into<BoxError>,
+{
     if let Some((local, sink)) = node.replicas.serving(&app.name, component) {
-        return invoke(&local, request, &sink).await;
+        return invoke(&local, request, &sink, inbound).await;
     }
     let endpoints: Vec<&Endpoint> = app
         .endpoints
@@ -179,7 +243,7 @@ async fn dispatch(
             .wait_serving(&app.name, component, LOAD_WAIT)
             .await
         {
-            return invoke(&local, request, &sink).await;
+            return invoke(&local, request, &sink, inbound).await;
         }
         let mut response = plain(
             http::StatusCode::SERVICE_UNAVAILABLE,
@@ -196,6 +260,6 @@ async fn dispatch(
     }
     let seed = app.next.fetch_add(1, Ordering::Relaxed);
     node.forwarder
-        .forward(&app.name, component, &endpoints, seed, request)
+        .forward(&app.name, component, &endpoints, seed, request, &inbound)
         .await
 }

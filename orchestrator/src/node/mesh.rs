@@ -2,13 +2,15 @@
 //! for replicas on this node, and the client that forwards to other nodes.
 //! Both sides present their node certificate and accept only peers signed
 //! by the cluster CA; plaintext is refused. A forwarded request names its
-//! target in the `skiff-app` and `skiff-component` headers.
+//! target in the `skiff-app` and `skiff-component` headers; a forwarded
+//! mesh call also its caller (`skiff-caller`) and hops (`skiff-hops`).
 
 use super::NodeShared;
 use crate::api::{AppRouting, Endpoint};
 use crate::mesh::{Members, NodeCert, NodeIdentity};
 use bytes::Bytes;
-use http_body_util::combinators::BoxBody;
+use http_body::Body;
+use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Empty};
 use hyper::body::Incoming;
 use hyper_rustls::HttpsConnector;
@@ -17,6 +19,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::connect::dns::Name;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use skiff_runtime::invoke::{ResponseBody, invoke, plain, relayed};
+use skiff_runtime::mesh::{CALLER_HEADER, Inbound, WorkloadId};
 use skiff_runtime::server::{DRAIN_TIMEOUT, accept_until, serve_http1};
 use std::collections::HashMap;
 use std::future::Ready;
@@ -38,6 +41,8 @@ pub const COMPONENT_HEADER: &str = "skiff-component";
 /// Only the mesh endpoint sets it: `invoke` strips every `skiff-*` header
 /// from guest responses, so a guest cannot make a request replayed.
 pub const NOT_HERE_HEADER: &str = "skiff-not-here";
+/// Header giving, on a forwarded mesh call, how many mesh hops it took.
+pub const HOPS_HEADER: &str = "skiff-hops";
 /// Connecting to a peer node (TCP) may take this long before the next is
 /// tried.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
@@ -45,7 +50,7 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// node's kernel still accepts TCP connections, but it never answers.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 
-type ForwardBody = BoxBody<Bytes, hyper::Error>;
+type ForwardBody = UnsyncBoxBody<Bytes, BoxError>;
 type MeshClient = Client<Bounded<HttpsConnector<HttpConnector<MeshResolver>>>, ForwardBody>;
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -251,18 +256,23 @@ impl Forwarder {
     /// of two choices from `seed`. A request without a body moves on to
     /// the next endpoint when one cannot be connected to or no longer runs
     /// the component; one with a body is sent once (it cannot be replayed).
-    pub(crate) async fn forward(
+    pub(crate) async fn forward<B>(
         &self,
         app: &str,
         component: &str,
         endpoints: &[&Endpoint],
         seed: usize,
-        request: hyper::Request<Incoming>,
-    ) -> hyper::Response<ResponseBody> {
+        request: hyper::Request<B>,
+        inbound: &Inbound,
+    ) -> hyper::Response<ResponseBody>
+    where
+        B: Body<Data = Bytes> + Send + Unpin + 'static,
+        B::Error: Into<BoxError>,
+    {
         let client = self.client.read().expect("mesh client lock").clone();
-        let replayable = !has_body(&request);
+        let replayable = !has_body(request.headers());
         let (parts, body) = request.into_parts();
-        let mut body = Some(body.boxed());
+        let mut body = Some(body.map_err(Into::into).boxed_unsync());
         let mut last_error = String::new();
         let start = self.first_choice(endpoints, seed);
         // Endpoints are per replica: a node holding several is tried once.
@@ -275,7 +285,7 @@ impl Forwarder {
             tried.push(&endpoint.node);
             let body = match body.take() {
                 Some(body) => body,
-                None if replayable => Empty::new().map_err(|never| match never {}).boxed(),
+                None if replayable => Empty::new().map_err(|never| match never {}).boxed_unsync(),
                 None => break,
             };
             let Ok(mesh) = endpoint.mesh.parse::<SocketAddr>() else {
@@ -295,6 +305,13 @@ impl Forwarder {
             let headers = forwarded.headers_mut();
             headers.insert(APP_HEADER, header_value(app));
             headers.insert(COMPONENT_HEADER, header_value(component));
+            if let Some(caller) = &inbound.caller {
+                headers.insert(CALLER_HEADER, header_value(&caller.spiffe_id()));
+                headers.insert(
+                    HOPS_HEADER,
+                    http::HeaderValue::from(u16::from(inbound.hops)),
+                );
+            }
             let counted = InFlight::enter(self.in_flight(&endpoint.node));
             match client.request(forwarded).await {
                 // The platform's own signal never reaches the client: a
@@ -384,7 +401,8 @@ fn failure_kind(error: &hyper_util::client::legacy::Error) -> String {
 }
 
 fn header_value(text: &str) -> http::HeaderValue {
-    http::HeaderValue::from_str(text).expect("app and component names are valid header values")
+    http::HeaderValue::from_str(text)
+        .expect("app and component names and SPIFFE IDs are valid header values")
 }
 
 /// Whether a mesh answer is the endpoint's own "no such replica here".
@@ -393,8 +411,7 @@ fn not_here<B>(response: &hyper::Response<B>) -> bool {
         && response.headers().contains_key(NOT_HERE_HEADER)
 }
 
-fn has_body(request: &hyper::Request<Incoming>) -> bool {
-    let headers = request.headers();
+fn has_body(headers: &http::HeaderMap) -> bool {
     headers.contains_key(http::header::TRANSFER_ENCODING)
         || headers
             .get(http::header::CONTENT_LENGTH)
@@ -456,12 +473,14 @@ pub(crate) async fn serve(
                 .and_then(|cert| NodeCert::of(cert, crate::mesh::CLUSTER));
             let service = hyper::service::service_fn(move |request| {
                 let node = node.clone();
-                let admitted = peer.as_ref().filter(|p| node.members.admits(p)).is_some();
+                let peer = peer.clone().filter(|p| node.members.admits(p));
                 async move {
-                    if !admitted {
+                    let Some(peer) = peer else {
                         return Ok::<_, std::convert::Infallible>(not_a_member());
-                    }
-                    Ok::<_, std::convert::Infallible>(serve_forwarded(&node, request).await)
+                    };
+                    Ok::<_, std::convert::Infallible>(
+                        serve_forwarded(&node, &peer.name, request).await,
+                    )
                 }
             });
             serve_http1(accepted.watcher, TokioIo::new(stream), service).await;
@@ -484,24 +503,67 @@ fn not_a_member() -> hyper::Response<ResponseBody> {
 }
 
 /// Serves a request another node forwarded; never forwards it again, so a
-/// stale endpoint cannot make a loop.
+/// stale endpoint cannot make a loop. A request without a caller came
+/// through the sender's ingress, so it may reach only a routed component;
+/// a mesh call names its caller, which the sending node must run.
 async fn serve_forwarded(
     node: &Arc<NodeShared>,
+    peer: &str,
     mut request: hyper::Request<Incoming>,
 ) -> hyper::Response<ResponseBody> {
     let headers = request.headers_mut();
-    let name = |h: Option<http::HeaderValue>| h.and_then(|v| v.to_str().ok().map(str::to_string));
+    let text = |h: Option<http::HeaderValue>| h.and_then(|v| v.to_str().ok().map(str::to_string));
     let (Some(app), Some(component)) = (
-        name(headers.remove(APP_HEADER)),
-        name(headers.remove(COMPONENT_HEADER)),
+        text(headers.remove(APP_HEADER)),
+        text(headers.remove(COMPONENT_HEADER)),
     ) else {
         return plain(
             http::StatusCode::BAD_REQUEST,
             format!("a mesh request names its target with {APP_HEADER} and {COMPONENT_HEADER}\n"),
         );
     };
+    let caller = text(headers.remove(CALLER_HEADER));
+    let hops = text(headers.remove(HOPS_HEADER));
+    let inbound = match caller {
+        None => {
+            let routing = node.routing.read().expect("routing lock").clone();
+            if routing
+                .named(&app)
+                .is_some_and(|a| !a.is_routed(&component))
+            {
+                tracing::warn!(
+                    peer,
+                    app,
+                    component,
+                    reason = "mesh_denied",
+                    "forwarded ingress request refused: the component has no route"
+                );
+                return plain(
+                    http::StatusCode::FORBIDDEN,
+                    format!(
+                        "app \"{app}\" component \"{component}\" has no route: only mesh calls reach it\n"
+                    ),
+                );
+            }
+            Inbound::ingress(Some(node.mesh_router()))
+        }
+        Some(caller) => match admit_caller(node, peer, &caller, hops.as_deref()) {
+            Ok(inbound) => inbound,
+            Err(why) => {
+                tracing::warn!(
+                    peer,
+                    reason = "mesh_bad_caller",
+                    "forwarded mesh call refused: {why}"
+                );
+                return plain(
+                    http::StatusCode::FORBIDDEN,
+                    format!("mesh call refused: {why}\n"),
+                );
+            }
+        },
+    };
     match node.replicas.serving(&app, &component) {
-        Some((local, sink)) => invoke(&local, request, &sink).await,
+        Some((local, sink)) => invoke(&local, request, &sink, inbound).await,
         None => {
             let mut response = plain(
                 http::StatusCode::SERVICE_UNAVAILABLE,
@@ -516,6 +578,38 @@ async fn serve_forwarded(
             response
         }
     }
+}
+
+/// The inbound side of a mesh call `peer` forwarded for `caller`: honoured
+/// only when the routing this node last heard has `peer` running a
+/// replica of that workload, so a node cannot speak for workloads it
+/// does not run.
+fn admit_caller(
+    node: &Arc<NodeShared>,
+    peer: &str,
+    caller: &str,
+    hops: Option<&str>,
+) -> Result<Inbound, String> {
+    let Some(workload) = WorkloadId::from_spiffe_id(caller) else {
+        return Err(format!("{CALLER_HEADER} is not a workload's SPIFFE ID"));
+    };
+    let Some(hops) = hops.and_then(|h| h.parse::<u8>().ok()) else {
+        return Err(format!("{HOPS_HEADER} is missing or not a number"));
+    };
+    let routing = node.routing.read().expect("routing lock").clone();
+    let runs_caller = routing
+        .named(workload.app.as_str())
+        .is_some_and(|app| app.runs_on(workload.component.as_str(), peer));
+    if !runs_caller {
+        return Err(format!(
+            "node {peer} runs no replica of {workload}, so it cannot call for it"
+        ));
+    }
+    Ok(Inbound {
+        caller: Some(workload),
+        hops,
+        mesh: Some(node.mesh_router()),
+    })
 }
 
 #[cfg(test)]

@@ -9,6 +9,7 @@
 //! forwarding with the endpoints it last saw (static stability), also
 //! across its own restarts: the last desired state is kept on disk.
 
+mod calls;
 mod identity;
 mod ingress;
 mod mesh;
@@ -92,6 +93,15 @@ pub(crate) struct NodeShared {
     desired: Mutex<DesiredState>,
     /// `desired` changed since it was last saved.
     unsaved: Notify,
+    /// Where guests' mesh calls go.
+    mesh_router: Arc<calls::NodeMesh>,
+}
+
+impl NodeShared {
+    /// The router for guests' calls to `*.skiff.internal`.
+    pub(crate) fn mesh_router(&self) -> Arc<dyn skiff_runtime::mesh::MeshRouter> {
+        self.mesh_router.clone()
+    }
 }
 
 struct LogBuffer {
@@ -159,7 +169,7 @@ impl Node {
         let cache = CompileCache::open(&crate::home::cache_dir())?;
         let packages = Store::open(&config.data_dir.join("packages"))?;
         let forwarder = mesh::Forwarder::new(&current.identity, &members)?;
-        let shared = Arc::new(NodeShared {
+        let shared = Arc::new_cyclic(|weak| NodeShared {
             replicas: replicas::LocalReplicas::default(),
             config,
             ingress_addr,
@@ -182,6 +192,7 @@ impl Node {
             changed: Notify::new(),
             desired: Mutex::new(DesiredState::default()),
             unsaved: Notify::new(),
+            mesh_router: Arc::new(calls::NodeMesh::new(weak.clone())),
         });
         Ok(Node {
             shared,

@@ -9,6 +9,7 @@ use crate::api::{Assignment, ComponentStatus, LoadState, StatusReport};
 use skiff_runtime::LoadedComponent;
 use skiff_runtime::capability::logging::LogSink;
 use skiff_runtime::manifest::ComponentName;
+use skiff_runtime::mesh::WorkloadId;
 use skiff_runtime::package::blob::{BlobSize, MAX_MANIFEST_SIZE};
 use skiff_runtime::package::{self, Digest};
 use std::collections::HashMap;
@@ -398,19 +399,24 @@ async fn pull_and_load(
         let spec = manifest.component.get(&component).ok_or_else(|| {
             format!("package {digest} of app {app:?} has no component \"{component}\"")
         })?;
+        // The app's name in the cluster, which may differ from its
+        // package's manifest.
+        let app_name =
+            ComponentName::try_from(app.clone()).map_err(|e| format!("app {app:?}: {e}"))?;
+        let workload = WorkloadId::new(app_name, component.clone());
         // `open` verified the component's blob: the engine need not hash
         // it again for every app that shares it.
         match node.packages.blob_at(&spec.source) {
             Some(blob) => LoadedComponent::load_verified(
                 &node.engine,
                 &node.cache,
-                &component,
+                &workload,
                 spec,
                 Path::new("/"),
                 blob.hex(),
             ),
             None => {
-                LoadedComponent::load(&node.engine, &node.cache, &component, spec, Path::new("/"))
+                LoadedComponent::load(&node.engine, &node.cache, &workload, spec, Path::new("/"))
             }
         }
         .map_err(|e| e.to_string())

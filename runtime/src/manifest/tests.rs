@@ -93,7 +93,7 @@ fn unknown_fields_are_named_with_their_line() {
         (
             6,
             1,
-            "unknown field `rout`, expected one of `source`, `build`, `workdir`, `route`, `env`, `files`, `allowed_outbound_hosts`, `limits`, `dependencies`, `scale`, `placement`"
+            "unknown field `rout`, expected one of `source`, `build`, `workdir`, `route`, `env`, `files`, `allowed_outbound_hosts`, `allow_callers`, `limits`, `dependencies`, `scale`, `placement`"
                 .to_string()
         )
     );
@@ -128,6 +128,14 @@ fn bad_values_are_named() {
             "invalid name \"Bad Name\": use lower-case letters, digits and '-', starting with a letter or digit, at most 63 characters"
                 .to_string()
         )
+    );
+    let (line, column, message) = syntax(
+        "[app]\nname = \"x\"\n[component.a]\nsource = \"a.wasm\"\nallow_callers = [\"shop/*\", \"billing\"]\n",
+    );
+    assert_eq!((line, column), (5, 17), "{message}");
+    assert!(
+        message.contains("invalid caller \"billing\" in allow_callers"),
+        "{message}"
     );
 }
 

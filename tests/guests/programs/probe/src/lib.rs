@@ -11,6 +11,11 @@
 //! reports what its static memory held (a data-segment string and a 1 MiB
 //! zeroed array: `data=... bss=clean|dirty`), then writes TEXT over both,
 //! so a later instance shows whether it inherited anything.
+//! `/headers` lists the request's headers (`name: value` lines, sorted),
+//! `/call?URL` answers with what a GET of URL answered (status and body),
+//! `/forge?URL` does the same with a forged `skiff-caller` header, and
+//! `/loop?URL` calls `URL/loop?URL`, so a probe reached by URL calls
+//! itself until something stops it.
 
 use skiff_sdk::http::StatusCode;
 use skiff_sdk::{Request, Response};
@@ -75,6 +80,18 @@ fn probe(request: Request) -> Response {
             Ok(format!("wrote {count} lines"))
         }
         "remember" => Ok(remember(arg.as_bytes())),
+        "headers" => {
+            let mut lines: Vec<String> = request
+                .headers()
+                .iter()
+                .map(|(k, v)| format!("{k}: {}\n", v.to_str().unwrap_or("?")))
+                .collect();
+            lines.sort();
+            Ok(lines.concat())
+        }
+        "call" => return call(&arg, None),
+        "forge" => return call(&arg, Some("spiffe://skiff/app/admin/component/root")),
+        "loop" => return call(&format!("{arg}/loop?{arg}"), None),
         other => Err(format!("unknown probe {other}")),
     };
     match result {
@@ -85,6 +102,35 @@ fn probe(request: Request) -> Response {
             response
         }
     }
+}
+
+/// A GET of `url`, answered with its status and body; `caller` is sent as
+/// a `skiff-caller` header, as a guest trying to pass for another would.
+fn call(url: &str, caller: Option<&str>) -> Response {
+    let mut request = skiff_sdk::http::Request::get(url);
+    if let Some(caller) = caller {
+        request = request.header("skiff-caller", caller);
+    }
+    let request = match request.body(skiff_sdk::Body::empty()) {
+        Ok(request) => request,
+        Err(e) => return failed(StatusCode::BAD_REQUEST, format!("bad url {url}: {e}")),
+    };
+    match skiff_sdk::outbound::send(request) {
+        Ok(upstream) => {
+            let status = upstream.status();
+            let body = upstream.into_body().text().unwrap_or_default();
+            let mut response = Response::new(body.into());
+            *response.status_mut() = status;
+            response
+        }
+        Err(e) => failed(StatusCode::BAD_GATEWAY, format!("call failed: {e}")),
+    }
+}
+
+fn failed(status: StatusCode, text: String) -> Response {
+    let mut response = Response::new(format!("{text}\n").into());
+    *response.status_mut() = status;
+    response
 }
 
 /// Initialized data: lives in the component's memory image.
