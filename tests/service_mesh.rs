@@ -189,6 +189,9 @@ fn on_skiff_up_only_allowed_callers_get_through_and_nobody_forges_an_identity() 
         "{body}"
     );
     assert!(!body.contains("admin"), "{body}");
+    // A body the SDK knows the length of goes with it, so the receiver
+    // knows at once it has none.
+    assert!(body.contains("content-length: 0\n"), "{body}");
     let (status, body) = get_with(
         &up.url,
         "/headers",

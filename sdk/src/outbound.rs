@@ -43,7 +43,10 @@ fn from_code(code: wasi::ErrorCode) -> Error {
     }
 }
 
-/// Sends `request` and waits for the response head; the body streams.
+/// Sends `request` and waits for the response head; the body streams. A
+/// body whose length is known (bytes, a string, empty) is sent with its
+/// `content-length`, so the receiver knows at once where it ends (and a
+/// request without a body can be retried elsewhere).
 ///
 /// # Errors
 ///
@@ -51,8 +54,16 @@ fn from_code(code: wasi::ErrorCode) -> Error {
 pub fn send(
     request: http::Request<impl Into<Body>>,
 ) -> Result<http::Response<IncomingBody>, Error> {
-    let (parts, body) = request.into_parts();
+    let (mut parts, body) = request.into_parts();
     let body: Body = body.into();
+    if let Some(len) = body.known_len()
+        && !parts.headers.contains_key(http::header::CONTENT_LENGTH)
+        && !parts.headers.contains_key(http::header::TRANSFER_ENCODING)
+    {
+        parts
+            .headers
+            .insert(http::header::CONTENT_LENGTH, http::HeaderValue::from(len));
+    }
     let uri = &parts.uri;
     let scheme = match uri.scheme_str() {
         Some("http") => wasi::Scheme::Http,
