@@ -8,6 +8,8 @@
 
 mod support;
 
+use skiff_orchestrator::api_client::ApiClient;
+use skiff_orchestrator::mesh::NodeIdentity;
 use skiff_test_guests::{EXAMPLES_DIR, PROBE};
 use std::path::Path;
 use std::time::Duration;
@@ -154,20 +156,31 @@ fn on_skiff_up_only_allowed_callers_get_through_and_nobody_forges_an_identity() 
         "/call?http://probe.probe.skiff.internal/log?never-logged",
     );
     assert_eq!(status, 403, "{body}");
-    let (status, body) = as_host(
-        "probe",
+    let trace = "0af7651916cd43dd8448eb211c80319c";
+    let (status, body) = get_with(
+        &up.url,
         "/call?http://probe.probe.skiff.internal/log?logged",
+        &format!("Host: probe\r\ntraceparent: 00-{trace}-b7ad6b7169203331-01\r\n"),
     );
     assert_eq!((status, body.as_str()), (200, "logged"));
-    let logs = wait_until(Duration::from_secs(15), "the probe's log line", || {
+    assert_eq!(as_host("probe", "/log?untraced").0, 200);
+    let logs = |extra: &[&str]| {
         let output = support::skiff(home.path())
             .args(["logs", "probe"])
+            .args(extra)
             .output()
             .unwrap();
-        let logs = String::from_utf8_lossy(&output.stdout).into_owned();
-        logs.contains("logged").then_some(logs)
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    };
+    let all = wait_until(Duration::from_secs(15), "the probe's log lines", || {
+        let all = logs(&[]);
+        (all.contains("logged") && all.contains("untraced")).then_some(all)
     });
-    assert!(!logs.contains("never-logged"), "{logs}");
+    assert!(!all.contains("never-logged"), "{all}");
+    // The lines of one trace, across its hops: the called probe's.
+    let traced = logs(&["--trace", trace]);
+    assert!(traced.contains("| logged"), "{traced}");
+    assert!(!traced.contains("untraced"), "{traced}");
 
     // Names that address nothing: 502 naming what is missing.
     let (status, body) = as_host("probe", "/call?http://nope.shop.skiff.internal/");
@@ -208,23 +221,11 @@ fn on_skiff_up_only_allowed_callers_get_through_and_nobody_forges_an_identity() 
 }
 
 #[test]
-fn across_nodes_a_call_carries_the_callers_identity_and_a_node_speaks_only_for_its_own() {
+fn across_nodes_a_call_carries_its_callers_certificate_which_only_its_node_obtains() {
     let cluster = Cluster::start(2, &[]);
     // The frontend on node-1, the catalog on node-2.
     let app_dir = temp_dir();
-    let shop = Path::new(EXAMPLES_DIR).join("shop");
-    let manifest = std::fs::read_to_string(shop.join("skiff.toml"))
-        .unwrap()
-        .replace("../target/", &format!("{}/target/", EXAMPLES_DIR))
-        .replace(
-            "[component.catalog]\n",
-            "[component.catalog.placement]\nlabels = { zone = \"z2\" }\n[component.catalog]\n",
-        )
-        .replace(
-            "[component.frontend]\n",
-            "[component.frontend.placement]\nlabels = { zone = \"z1\" }\n[component.frontend]\n",
-        );
-    write_manifest(app_dir.path(), &manifest);
+    write_manifest(app_dir.path(), &split_shop());
     cluster.cli(&["deploy", app_dir.path().to_str().unwrap(), "--wait"]);
     let node_1 = &cluster.nodes[0];
     let node_2 = &cluster.nodes[1];
@@ -250,20 +251,16 @@ fn across_nodes_a_call_carries_the_callers_identity_and_a_node_speaks_only_for_i
         "{catalog}\n{frontend}"
     );
 
-    // Node-1, with its own certificate, calls node-2's mesh endpoint
-    // directly: for the frontend it runs, it may; for the catalog it does
-    // not run, it may not; and a forwarded ingress request may not reach
-    // a component without a route.
+    // Node-1 speaking to node-2's mesh endpoint directly. With its own
+    // certificate, a claimed caller is ignored: that is ingress traffic,
+    // which cannot reach the catalog (no route).
     let runtime = tokio::runtime::Runtime::new().unwrap();
-    let identity = saved_identity(&cluster, &node_1.name);
+    let node_identity = saved_identity(&cluster, &node_1.name);
     let members = support::cluster::only(&saved_identity(&cluster, &node_2.name));
-    let send = |caller: Option<&str>| {
-        let caller = caller
-            .map(|c| format!("skiff-caller: {c}\r\nskiff-hops: 1\r\n"))
-            .unwrap_or_default();
-        let request = format!(
-            "GET /items HTTP/1.1\r\nhost: x\r\nskiff-app: shop\r\nskiff-component: catalog\r\n{caller}\r\n"
-        );
+    let send = |identity: &NodeIdentity| {
+        let request = "GET /items HTTP/1.1\r\nhost: x\r\nskiff-app: shop\r\n\
+                       skiff-component: catalog\r\nskiff-hops: 1\r\n\
+                       skiff-caller: spiffe://skiff/app/shop/component/frontend\r\n\r\n";
         let tls = identity.client_config(&members).unwrap();
         tls::exchange(
             &runtime,
@@ -273,16 +270,131 @@ fn across_nodes_a_call_carries_the_callers_identity_and_a_node_speaks_only_for_i
             request.as_bytes(),
         )
         .answer
-        .map(|(_, answer)| answer)
-        .unwrap()
     };
-    let allowed = send(Some(FRONTEND_ID));
-    assert!(allowed.starts_with("HTTP/1.1 200"), "{allowed}");
-    let impersonating = send(Some("spiffe://skiff/app/shop/component/catalog"));
-    assert!(impersonating.starts_with("HTTP/1.1 403"), "{impersonating}");
-    node_2
-        .process
-        .wait_for_line(&["mesh_bad_caller", "runs no replica of shop/catalog"]);
-    let as_ingress = send(None);
-    assert!(as_ingress.starts_with("HTTP/1.1 403"), "{as_ingress}");
+    let claimed = send(&node_identity).unwrap().1;
+    assert!(claimed.starts_with("HTTP/1.1 403"), "{claimed}");
+
+    // The control plane issues node-1 the frontend's identity, which it
+    // runs, and not the catalog's, which it does not.
+    let api = ApiClient::new(
+        &cluster.api,
+        node_identity.control_plane_client_config().unwrap(),
+        None,
+    );
+    let workload_cert = |workload: &str| {
+        let (key, csr) = NodeIdentity::request().unwrap();
+        let asked = serde_json::json!({ "workload": workload, "csr_pem": csr });
+        runtime
+            .block_on(api.post::<_, serde_json::Value>("/v1/node/workload-cert", &asked))
+            .map(|issued| {
+                NodeIdentity::new(
+                    key,
+                    issued["cert_pem"].as_str().unwrap().to_string(),
+                    cluster.ca_pem(),
+                )
+            })
+    };
+    let refused = workload_cert("shop/catalog")
+        .err()
+        .expect("not node-1's to have");
+    assert_eq!(
+        refused.status(),
+        Some(http::StatusCode::FORBIDDEN),
+        "{refused}"
+    );
+    assert!(
+        refused
+            .to_string()
+            .contains("runs no replica of shop/catalog"),
+        "{refused}"
+    );
+    let frontend_identity = workload_cert("shop/frontend").unwrap();
+    let answer = send(&frontend_identity).unwrap().1;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+}
+
+#[test]
+fn workload_certificates_rotate_while_calls_continue_and_an_expired_one_is_refused() {
+    let cluster = Cluster::start(2, &["--workload-cert-lifetime", "4s"]);
+    let app_dir = temp_dir();
+    write_manifest(app_dir.path(), &split_shop());
+    cluster.cli(&["deploy", app_dir.path().to_str().unwrap(), "--wait"]);
+    let node_1 = &cluster.nodes[0];
+    let node_2 = &cluster.nodes[1];
+    wait_until(Duration::from_secs(30), "the shop to serve", || {
+        (get_with(&node_1.process.url, "/", "Host: shop\r\n").0 == 200).then_some(())
+    });
+    // Nine seconds of calls across nodes: the frontend's certificate (4 s)
+    // is renewed at half its life, and no call fails.
+    let started = std::time::Instant::now();
+    let mut calls = 0;
+    while started.elapsed() < Duration::from_secs(9) {
+        let (status, body) = get_with(&node_1.process.url, "/", "Host: shop\r\n");
+        assert_eq!(status, 200, "call {calls}: {body}");
+        assert!(body.contains(FRONTEND_ID), "{body}");
+        calls += 1;
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let issued = cluster
+        .server
+        .stderr()
+        .lines()
+        .filter(|l| l.contains("workload certificate issued") && l.contains("shop/frontend"))
+        .count();
+    assert!(
+        issued >= 3,
+        "{issued} certificates in 9 s:\n{}",
+        cluster.server.stderr()
+    );
+
+    // A certificate past its end is refused at the handshake.
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let node_identity = saved_identity(&cluster, &node_1.name);
+    let api = ApiClient::new(
+        &cluster.api,
+        node_identity.control_plane_client_config().unwrap(),
+        None,
+    );
+    let (key, csr) = NodeIdentity::request().unwrap();
+    let asked = serde_json::json!({ "workload": "shop/frontend", "csr_pem": csr });
+    let issued: serde_json::Value = runtime
+        .block_on(api.post("/v1/node/workload-cert", &asked))
+        .unwrap();
+    let expiring = NodeIdentity::new(
+        key,
+        issued["cert_pem"].as_str().unwrap().to_string(),
+        cluster.ca_pem(),
+    );
+    std::thread::sleep(Duration::from_secs(5));
+    let members = support::cluster::only(&saved_identity(&cluster, &node_2.name));
+    let request = b"GET /items HTTP/1.1\r\nhost: x\r\nskiff-app: shop\r\nskiff-component: catalog\r\nskiff-hops: 1\r\n\r\n";
+    let answer = tls::exchange(
+        &runtime,
+        &node_2.mesh,
+        &node_2.name,
+        expiring.client_config(&members).unwrap(),
+        request,
+    )
+    .answer;
+    assert!(
+        answer.is_err(),
+        "an expired certificate was honoured: {answer:?}"
+    );
+}
+
+/// The shop with its frontend on node-1 (zone z1) and its catalog on
+/// node-2 (zone z2).
+fn split_shop() -> String {
+    let shop = Path::new(EXAMPLES_DIR).join("shop");
+    std::fs::read_to_string(shop.join("skiff.toml"))
+        .unwrap()
+        .replace("../target/", &format!("{EXAMPLES_DIR}/target/"))
+        .replace(
+            "[component.catalog]\n",
+            "[component.catalog.placement]\nlabels = { zone = \"z2\" }\n[component.catalog]\n",
+        )
+        .replace(
+            "[component.frontend]\n",
+            "[component.frontend.placement]\nlabels = { zone = \"z1\" }\n[component.frontend]\n",
+        )
 }

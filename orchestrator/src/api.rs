@@ -46,6 +46,23 @@ pub struct RenewRequest {
     pub csr_pem: String,
 }
 
+/// `POST /v1/node/workload-cert` (mTLS): the identity of a workload placed
+/// on the calling node, for its mesh calls.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct WorkloadCertRequest {
+    /// `app/component`.
+    pub workload: String,
+    /// PEM certificate signing request for a key the node made for it.
+    pub csr_pem: String,
+}
+
+/// The answer to a [`WorkloadCertRequest`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct WorkloadCertResponse {
+    /// The workload's certificate, PEM.
+    pub cert_pem: String,
+}
+
 /// What a node reports about the replicas of one component it holds.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ComponentStatus {
@@ -91,6 +108,10 @@ pub struct GuestLine {
     pub line: String,
     /// When it was written, Unix milliseconds.
     pub unix_ms: u64,
+    /// The trace of the request being served when it was written, 32 hex
+    /// digits (`skiff logs --trace`).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub trace_id: String,
 }
 
 /// `POST /v1/node/sync` (mTLS): the node's heartbeat. The control plane

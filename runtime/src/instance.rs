@@ -60,6 +60,11 @@ impl InstanceBuilder {
         }
     }
 
+    /// The span of the request the instance serves.
+    pub fn span(&self) -> crate::mesh::Span {
+        self.context.span
+    }
+
     /// Finishes the state for a new `Store`.
     pub fn build(mut self, limits: InstanceLimits) -> InstanceState {
         let mut table = ResourceTable::new();

@@ -476,6 +476,10 @@ pub struct LogsArgs {
     /// Keep printing new lines.
     #[arg(long, short)]
     follow: bool,
+    /// Only the lines written while serving requests of this trace (the
+    /// `trace_id` of the span log lines, 32 hex digits).
+    #[arg(long, value_name = "TRACE_ID")]
+    trace: Option<String>,
     #[command(flatten)]
     cluster: ClusterArgs,
 }
@@ -490,12 +494,23 @@ pub fn logs(args: LogsArgs) -> anyhow::Result<()> {
         ),
         None => (checked("app", &args.target)?.to_string(), None),
     };
+    if let Some(trace) = &args.trace
+        && !(trace.len() == 32 && trace.bytes().all(|b| b.is_ascii_hexdigit()))
+    {
+        anyhow::bail!(
+            "--trace {trace:?} is not a trace id: 32 hex digits, as in the span log lines' trace_id"
+        );
+    }
+    let trace = args.trace.as_deref().map(str::to_ascii_lowercase);
     runtime()?.block_on(async {
         let mut after = 0;
         loop {
             let mut path = format!("/v1/apps/{app}/logs?after={after}");
             if let Some(component) = &component {
                 path.push_str(&format!("&component={component}"));
+            }
+            if let Some(trace) = &trace {
+                path.push_str(&format!("&trace={trace}"));
             }
             if args.follow {
                 path.push_str("&wait_ms=25000");

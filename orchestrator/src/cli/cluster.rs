@@ -41,6 +41,11 @@ pub struct ServerArgs {
     /// at half their lifetime.
     #[arg(long, default_value = "24h", value_parser = humantime::parse_duration)]
     node_cert_lifetime: Duration,
+    /// How long workload certificates (a workload's identity on the mesh,
+    /// issued to the nodes it runs on) are valid, e.g. `24h`; nodes renew
+    /// them at half their lifetime.
+    #[arg(long, default_value = "24h", value_parser = humantime::parse_duration)]
+    workload_cert_lifetime: Duration,
     /// API connections open at once; more are closed at once.
     #[arg(long, default_value_t = crate::control::MAX_CONNECTIONS)]
     max_connections: usize,
@@ -74,6 +79,7 @@ pub fn server(args: ServerArgs) -> anyhow::Result<()> {
     config.heartbeat = args.heartbeat;
     config.down_after = args.down_after;
     config.node_cert_lifetime = args.node_cert_lifetime;
+    config.workload_cert_lifetime = args.workload_cert_lifetime;
     config.max_connections = args.max_connections;
     config.max_connections_per_ip = args.max_connections_per_ip;
     config.body_timeout = args.body_timeout;

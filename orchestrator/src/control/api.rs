@@ -10,7 +10,7 @@ use super::{LiveNode, Shared, catalog};
 use crate::api::{
     AppView, ComponentView, DeployRequest, DeployResponse, ErrorBody, JoinRequest, JoinResponse,
     LabelRequest, LabelResponse, LoadState, NodeView, RenewRequest, ReplicaView, ScaleRequest,
-    SyncRequest, SyncResponse,
+    SyncRequest, SyncResponse, WorkloadCertRequest, WorkloadCertResponse,
 };
 use crate::mesh::NodeCert;
 use crate::state::{Applied, NodeRecord, ReplicaRecord};
@@ -22,6 +22,8 @@ use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
+use skiff_runtime::manifest::ComponentName;
+use skiff_runtime::mesh::WorkloadId;
 use skiff_runtime::package::blob::{BlobSize, MAX_BLOB_SIZE};
 use skiff_runtime::package::{Digest, StoreError};
 use skiff_runtime::server::{accept_until, serve_http1};
@@ -164,6 +166,9 @@ async fn handle(
                     (&Method::POST, ["sync"]) => sync(shared, caller, request).await,
                     (&Method::POST, ["news"]) => news(shared, caller),
                     (&Method::POST, ["renew"]) => renew(shared, caller, request).await,
+                    (&Method::POST, ["workload-cert"]) => {
+                        workload_cert(shared, caller, request).await
+                    }
                     (&Method::GET, ["blobs", digest]) => {
                         let app = query_params(&query).remove("app");
                         get_blob(shared, node, digest, app.as_deref())
@@ -370,7 +375,12 @@ async fn admin(
                     )));
                 }
             }
-            let logs = shared.logs.read(app, component, after, wait).await;
+            let trace_id = params.get("trace").map(String::as_str);
+            let filter = super::logs::LogFilter {
+                component,
+                trace_id,
+            };
+            let logs = shared.logs.read(app, &filter, after, wait).await;
             json(StatusCode::OK, &logs)
         }
         (&Method::GET, ["v1", "replicas"]) => {
@@ -707,6 +717,58 @@ async fn renew(shared: &Shared, node: &NodeCert, request: Request) -> Handled {
             ca_pem: shared.ca.cert_pem().to_string(),
         },
     )
+}
+
+/// Issues a workload's certificate to a node it is placed on; any other
+/// node is refused, so a node cannot obtain the identity of a workload it
+/// does not run.
+async fn workload_cert(shared: &Shared, node: &NodeCert, request: Request) -> Handled {
+    let asked: WorkloadCertRequest = read_json(request).await?;
+    let workload = asked
+        .workload
+        .split_once('/')
+        .and_then(|(app, component)| {
+            Some(WorkloadId::new(
+                ComponentName::try_from(app.to_string()).ok()?,
+                ComponentName::try_from(component.to_string()).ok()?,
+            ))
+        })
+        .ok_or_else(|| {
+            Refusal::bad(format!(
+                "workload {:?} is not app/component",
+                asked.workload
+            ))
+        })?;
+    let incarnation = {
+        let live = shared.live.lock().expect("live state lock");
+        let entry = live
+            .nodes
+            .get(&node.name)
+            .filter(|n| n.record.incarnation == node.incarnation)
+            .ok_or_else(|| not_a_member(node))?;
+        let placed = live.replicas.values().any(|r| {
+            r.node.as_deref() == Some(node.name.as_str())
+                && r.app == workload.app.as_str()
+                && r.component == workload.component.as_str()
+        });
+        if !placed {
+            tracing::warn!(node = node.name, %workload, "workload certificate refused: not placed on the node");
+            return Err(Refusal(
+                StatusCode::FORBIDDEN,
+                format!(
+                    "node {} runs no replica of {workload}: no certificate for it",
+                    node.name
+                ),
+            ));
+        }
+        entry.record.incarnation.clone()
+    };
+    let cert_pem = shared
+        .ca
+        .sign_workload(&node.name, &incarnation, &workload, &asked.csr_pem)
+        .map_err(|e| Refusal::bad(e.to_string()))?;
+    tracing::info!(node = node.name, %workload, "workload certificate issued");
+    json(StatusCode::OK, &WorkloadCertResponse { cert_pem })
 }
 
 /// A heartbeat being held. While any is, the node is known to be

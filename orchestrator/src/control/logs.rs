@@ -32,6 +32,10 @@ pub fn bounded(node: &str, lines: impl Iterator<Item = GuestLine>) -> Vec<GuestL
                 line.stream = "stderr".to_string();
             }
             cut += usize::from(line.clip());
+            if !is_trace_id(&line.trace_id) {
+                // Not what a node makes: nothing to filter by.
+                line.trace_id.clear();
+            }
             kept.push(line);
         } else {
             *dropped.entry((line.app, line.component)).or_default() += 1;
@@ -51,9 +55,27 @@ pub fn bounded(node: &str, lines: impl Iterator<Item = GuestLine>) -> Vec<GuestL
                 "({count} log lines dropped: node {node:?} sent more than {MAX_LOG_LINES_PER_SYNC} in one heartbeat)"
             ),
             unix_ms,
+            trace_id: String::new(),
         });
     }
     kept
+}
+
+/// Which of an app's lines to read.
+#[derive(Debug, Default)]
+pub struct LogFilter<'a> {
+    /// Only this component's.
+    pub component: Option<&'a str>,
+    /// Only those written while serving this trace.
+    pub trace_id: Option<&'a str>,
+}
+
+/// Whether `text` is a trace id: 32 lower-case hex digits.
+fn is_trace_id(text: &str) -> bool {
+    text.len() == 32
+        && text
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
 /// The log ring: one bounded ring per app, and a bound on them all.
@@ -156,14 +178,14 @@ impl LogRing {
     pub async fn read(
         &self,
         app: &str,
-        component: Option<&str>,
+        filter: &LogFilter<'_>,
         after: u64,
         wait: Option<Duration>,
     ) -> LogsResponse {
         let deadline = wait.map(|wait| tokio::time::Instant::now() + wait);
         loop {
             let appended = self.appended.notified();
-            let response = self.snapshot(app, component, after);
+            let response = self.snapshot(app, filter, after);
             let Some(deadline) = deadline else {
                 return response;
             };
@@ -175,7 +197,7 @@ impl LogRing {
         }
     }
 
-    fn snapshot(&self, app: &str, component: Option<&str>, after: u64) -> LogsResponse {
+    fn snapshot(&self, app: &str, filter: &LogFilter<'_>, after: u64) -> LogsResponse {
         let guard = self.inner.lock().expect("log ring lock");
         let lines = guard
             .apps
@@ -184,7 +206,8 @@ impl LogRing {
                 ring.lines
                     .iter()
                     .filter(|entry| entry.seq > after)
-                    .filter(|entry| component.is_none_or(|c| entry.line.component == c))
+                    .filter(|entry| filter.component.is_none_or(|c| entry.line.component == c))
+                    .filter(|entry| filter.trace_id.is_none_or(|t| entry.line.trace_id == t))
                     .cloned()
                     .collect()
             })
@@ -213,6 +236,7 @@ mod tests {
             stream: "stdout".to_string(),
             line: text,
             unix_ms: 1,
+            trace_id: String::new(),
         }
     }
 
@@ -242,6 +266,28 @@ mod tests {
                 ),
             ]
         );
+    }
+
+    #[tokio::test]
+    async fn lines_are_read_by_trace_and_a_node_cannot_tag_them_with_anything_else() {
+        let traced = "0af7651916cd43dd8448eb211c80319c";
+        let mut lines = Vec::new();
+        for (text, trace) in [("a", traced), ("b", ""), ("c", "\u{1b}[31mnot-a-trace")] {
+            let mut line = line("shop", "api", text.to_string());
+            line.trace_id = trace.to_string();
+            lines.push(line);
+        }
+        let kept = bounded("node-1", lines.into_iter());
+        assert_eq!(kept[2].trace_id, "", "a malformed trace id is dropped");
+        let ring = LogRing::default();
+        ring.append("node-1", kept);
+        let filter = LogFilter {
+            component: None,
+            trace_id: Some(traced),
+        };
+        let read = ring.read("shop", &filter, 0, None).await;
+        let texts: Vec<&str> = read.lines.iter().map(|e| e.line.line.as_str()).collect();
+        assert_eq!(texts, ["a"]);
     }
 
     #[test]
@@ -299,10 +345,10 @@ mod tests {
         for _ in 0..(MAX_LINES_PER_APP * 3) {
             ring.append("node-2", vec![line("loud", "a", "spam".to_string())]);
         }
-        let quiet = ring.read("quiet", None, 0, None).await;
+        let quiet = ring.read("quiet", &LogFilter::default(), 0, None).await;
         assert_eq!(quiet.lines.len(), 1);
         assert_eq!(quiet.lines[0].line.line, "the only line");
-        let loud = ring.read("loud", None, 0, None).await;
+        let loud = ring.read("loud", &LogFilter::default(), 0, None).await;
         assert_eq!(loud.lines.len(), MAX_LINES_PER_APP);
     }
 }

@@ -58,6 +58,8 @@ pub struct ControlPlaneConfig {
     pub down_after: Duration,
     /// How long node certificates are valid; nodes renew at half.
     pub node_cert_lifetime: Duration,
+    /// How long workload certificates are valid.
+    pub workload_cert_lifetime: Duration,
     /// API connections open at once; more are closed at once. Default
     /// [`MAX_CONNECTIONS`].
     pub max_connections: usize,
@@ -87,6 +89,7 @@ impl ControlPlaneConfig {
             heartbeat: Duration::from_secs(1),
             down_after: Duration::from_secs(3),
             node_cert_lifetime: crate::mesh::ca::NODE_CERT_LIFETIME,
+            workload_cert_lifetime: crate::mesh::ca::WORKLOAD_CERT_LIFETIME,
             max_connections: admission::MAX_CONNECTIONS,
             max_connections_per_ip: admission::MAX_CONNECTIONS_PER_IP,
             body_timeout: deadline::BODY_TIMEOUT,
@@ -449,6 +452,9 @@ impl ControlPlane {
         if config.node_cert_lifetime < Duration::from_secs(2) {
             anyhow::bail!("node certificates must live at least 2s");
         }
+        if config.workload_cert_lifetime < Duration::from_secs(2) {
+            anyhow::bail!("workload certificates must live at least 2s");
+        }
         if config.max_connections == 0 || config.max_connections_per_ip == 0 {
             anyhow::bail!("--max-connections and --max-connections-per-ip must be at least 1");
         }
@@ -467,6 +473,7 @@ impl ControlPlane {
             ClusterCa::load(&cluster, &read(&ca_cert)?, &read(&dir.join("ca.key"))?)?
         };
         ca.set_node_lifetime(config.node_cert_lifetime);
+        ca.set_workload_lifetime(config.workload_cert_lifetime);
         let token_file = dir.join("admin-token");
         let admin_token = if token_file.exists() {
             read(&token_file)?.trim().to_string()

@@ -1,5 +1,6 @@
 //! The cluster certificate authority (ECDSA P-256, via rcgen). It signs
-//! short-lived node certificates from CSRs; the CSR proves possession of
+//! short-lived node certificates, and workload certificates for the
+//! workloads placed on a node, from CSRs; the CSR proves possession of
 //! the key, but every name in the issued certificate is chosen by the CA,
 //! never copied from the request.
 
@@ -12,6 +13,11 @@ use std::time::Duration;
 
 /// How long node certificates live before they must be renewed.
 pub const NODE_CERT_LIFETIME: Duration = Duration::from_secs(24 * 3600);
+/// How long workload certificates live; nodes renew them at half of it.
+pub const WORKLOAD_CERT_LIFETIME: Duration = Duration::from_secs(24 * 3600);
+/// Certificates are valid from this long before they are issued, so a
+/// peer whose clock is a little behind accepts them.
+pub(crate) const CLOCK_SKEW: time::Duration = time::Duration::minutes(5);
 /// How long the CA itself lives.
 const CA_LIFETIME: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
 
@@ -41,6 +47,7 @@ pub enum CaError {
 pub struct ClusterCa {
     cluster: String,
     node_lifetime: Duration,
+    workload_lifetime: Duration,
     cert_pem: String,
     key_pem: String,
     issuer: Issuer<'static, KeyPair>,
@@ -64,13 +71,14 @@ impl ClusterCa {
             KeyUsagePurpose::DigitalSignature,
         ];
         let now = time::OffsetDateTime::now_utc();
-        params.not_before = now - time::Duration::minutes(5);
+        params.not_before = now - CLOCK_SKEW;
         params.not_after = now + CA_LIFETIME;
         let cert = params.self_signed(&key).map_err(gen_err)?;
         let key_pem = key.serialize_pem();
         Ok(ClusterCa {
             cluster: cluster.to_string(),
             node_lifetime: NODE_CERT_LIFETIME,
+            workload_lifetime: WORKLOAD_CERT_LIFETIME,
             cert_pem: cert.pem(),
             key_pem,
             issuer: Issuer::new(params, key),
@@ -89,6 +97,7 @@ impl ClusterCa {
         Ok(ClusterCa {
             cluster: cluster.to_string(),
             node_lifetime: NODE_CERT_LIFETIME,
+            workload_lifetime: WORKLOAD_CERT_LIFETIME,
             cert_pem: cert_pem.to_string(),
             key_pem: key_pem.to_string(),
             issuer,
@@ -127,29 +136,49 @@ impl ClusterCa {
         csr_pem: &str,
     ) -> Result<String, CaError> {
         check_node_name(name)?;
-        let mut request = CertificateSigningRequestParams::from_pem(csr_pem)
-            .map_err(|e| CaError::BadRequest(e.to_string()))?;
         let gen_err = |e: rcgen::Error| CaError::Generate(e.to_string());
-        let mut params = CertificateParams::new(Vec::<String>::new()).map_err(gen_err)?;
-        params.distinguished_name = name_of_node(name);
-        params.subject_alt_names = vec![
+        let mut sans = vec![
             SanType::DnsName(name.try_into().map_err(gen_err)?),
             SanType::URI(self.node_id(name).try_into().map_err(gen_err)?),
         ];
         if !incarnation.is_empty() {
             let uri = crate::mesh::members::incarnation_uri(incarnation);
-            params
-                .subject_alt_names
-                .push(SanType::URI(uri.try_into().map_err(gen_err)?));
+            sans.push(SanType::URI(uri.try_into().map_err(gen_err)?));
         }
+        self.sign_request(
+            csr_pem,
+            name_of_node(name),
+            sans,
+            vec![
+                ExtendedKeyUsagePurpose::ServerAuth,
+                ExtendedKeyUsagePurpose::ClientAuth,
+            ],
+            self.node_lifetime,
+        )
+    }
+
+    /// Signs the key of `csr_pem` (whose signature proves possession)
+    /// into a certificate with only what the CA chose: `subject`, `sans`
+    /// and `usages`, valid for `lifetime` (from [`CLOCK_SKEW`] ago).
+    fn sign_request(
+        &self,
+        csr_pem: &str,
+        subject: DistinguishedName,
+        sans: Vec<SanType>,
+        usages: Vec<ExtendedKeyUsagePurpose>,
+        lifetime: Duration,
+    ) -> Result<String, CaError> {
+        let mut request = CertificateSigningRequestParams::from_pem(csr_pem)
+            .map_err(|e| CaError::BadRequest(e.to_string()))?;
+        let gen_err = |e: rcgen::Error| CaError::Generate(e.to_string());
+        let mut params = CertificateParams::new(Vec::<String>::new()).map_err(gen_err)?;
+        params.distinguished_name = subject;
+        params.subject_alt_names = sans;
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-        params.extended_key_usages = vec![
-            ExtendedKeyUsagePurpose::ServerAuth,
-            ExtendedKeyUsagePurpose::ClientAuth,
-        ];
+        params.extended_key_usages = usages;
         let now = time::OffsetDateTime::now_utc();
-        params.not_before = now - time::Duration::minutes(5);
-        params.not_after = now + self.node_lifetime;
+        params.not_before = now - CLOCK_SKEW;
+        params.not_after = now + lifetime;
         request.params = params;
         let cert = request.signed_by(&self.issuer).map_err(gen_err)?;
         Ok(cert.pem())
@@ -161,6 +190,48 @@ impl ClusterCa {
     /// [`NODE_CERT_LIFETIME`]); nodes renew at half of it.
     pub fn set_node_lifetime(&mut self, lifetime: Duration) {
         self.node_lifetime = lifetime;
+    }
+
+    /// Workload certificates signed from now on are valid this long
+    /// (default [`WORKLOAD_CERT_LIFETIME`]).
+    pub fn set_workload_lifetime(&mut self, lifetime: Duration) {
+        self.workload_lifetime = lifetime;
+    }
+
+    /// Issues node `node`'s certificate for `workload`, from a CSR (PEM)
+    /// for a key of the node's: a client certificate whose one SPIFFE ID
+    /// is the workload's, also naming the node and its incarnation, so it
+    /// is honoured only while that node is a member. The caller checks
+    /// that the workload is placed on the node.
+    ///
+    /// # Errors
+    ///
+    /// [`CaError::BadRequest`] for a CSR that does not parse or verify.
+    pub fn sign_workload(
+        &self,
+        node: &str,
+        incarnation: &str,
+        workload: &skiff_runtime::mesh::WorkloadId,
+        csr_pem: &str,
+    ) -> Result<String, CaError> {
+        check_node_name(node)?;
+        let gen_err = |e: rcgen::Error| CaError::Generate(e.to_string());
+        let uris = [
+            workload.spiffe_id(),
+            crate::mesh::members::node_uri(node),
+            crate::mesh::members::incarnation_uri(incarnation),
+        ];
+        let sans = uris
+            .into_iter()
+            .map(|uri| Ok(SanType::URI(uri.try_into().map_err(gen_err)?)))
+            .collect::<Result<Vec<_>, CaError>>()?;
+        self.sign_request(
+            csr_pem,
+            name(&format!("skiff workload {workload} on {node}")),
+            sans,
+            vec![ExtendedKeyUsagePurpose::ClientAuth],
+            self.workload_lifetime,
+        )
     }
 
     /// Issues the control plane's own serving certificate for `hosts` (IP
@@ -191,7 +262,7 @@ impl ClusterCa {
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
         let now = time::OffsetDateTime::now_utc();
-        params.not_before = now - time::Duration::minutes(5);
+        params.not_before = now - CLOCK_SKEW;
         params.not_after = now + CA_LIFETIME;
         let cert = params.signed_by(&key, &self.issuer).map_err(gen_err)?;
         Ok((

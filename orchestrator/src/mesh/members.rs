@@ -7,15 +7,26 @@
 //! it last heard from the control plane on both ends of each mesh
 //! connection. Forgetting a node so revokes every certificate it was
 //! issued, and joining again under the same name does not revive them.
+//! A workload certificate (a workload's SPIFFE ID, issued to the node it
+//! is placed on) names that node and incarnation too (`urn:skiff:node:`),
+//! so it counts only while its node does.
 
 use rustls::client::danger::HandshakeSignatureValid;
 use rustls::pki_types::{CertificateDer, UnixTime};
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::{DigitallySignedStruct, DistinguishedName, SignatureScheme};
+use skiff_runtime::mesh::WorkloadId;
 use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
 
 const INCARNATION_PREFIX: &str = "urn:skiff:incarnation:";
+
+const NODE_PREFIX: &str = "urn:skiff:node:";
+
+/// The URI that names the node a workload certificate was issued to.
+pub(crate) fn node_uri(node: &str) -> String {
+    format!("{NODE_PREFIX}{node}")
+}
 
 /// The URI that carries `incarnation` in a node certificate.
 pub(crate) fn incarnation_uri(incarnation: &str) -> String {
@@ -72,6 +83,84 @@ impl NodeCert {
             incarnation: incarnation.to_string(),
         })
     }
+}
+
+/// A workload as its certificate names it, with the node it was issued to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WorkloadCert {
+    /// The workload.
+    pub workload: WorkloadId,
+    /// The node holding it, and the join it belongs to.
+    pub node: NodeCert,
+    /// When it was issued, Unix seconds.
+    pub issued_unix: i64,
+}
+
+impl WorkloadCert {
+    /// The workload `certificate` names, when its one SPIFFE ID is a
+    /// workload's of this trust domain and it names exactly one node and
+    /// one incarnation; `None` for any other certificate.
+    pub fn of(certificate: &CertificateDer<'_>) -> Option<WorkloadCert> {
+        let (_, cert) = x509_parser::parse_x509_certificate(certificate).ok()?;
+        let issued_unix =
+            cert.validity().not_before.timestamp() + crate::mesh::ca::CLOCK_SKEW.whole_seconds();
+        let uris = uris_of(certificate)?;
+        let mut spiffe = uris.iter().filter(|uri| uri.starts_with("spiffe://"));
+        let workload = match (spiffe.next(), spiffe.next()) {
+            (Some(id), None) => WorkloadId::from_spiffe_id(id)?,
+            _ => return None,
+        };
+        let only = |prefix: &str| {
+            let mut found = uris.iter().filter_map(|uri| uri.strip_prefix(prefix));
+            match (found.next(), found.next()) {
+                (Some(value), None) if !value.is_empty() => Some(value.to_string()),
+                _ => None,
+            }
+        };
+        Some(WorkloadCert {
+            workload,
+            node: NodeCert {
+                name: only(NODE_PREFIX)?,
+                incarnation: only(INCARNATION_PREFIX)?,
+            },
+            issued_unix,
+        })
+    }
+}
+
+/// A peer on the mesh: a node, or a workload speaking through its node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Peer {
+    /// A node certificate: forwarded ingress requests.
+    Node(NodeCert),
+    /// A workload certificate: mesh calls from that workload.
+    Workload(WorkloadCert),
+}
+
+impl Peer {
+    /// The node behind the peer, whose membership decides.
+    pub fn node(&self) -> &NodeCert {
+        match self {
+            Peer::Node(node) => node,
+            Peer::Workload(workload) => &workload.node,
+        }
+    }
+}
+
+/// The URI SANs of `certificate`, `None` when it does not parse.
+fn uris_of(certificate: &CertificateDer<'_>) -> Option<Vec<String>> {
+    let (_, cert) = x509_parser::parse_x509_certificate(certificate).ok()?;
+    let san = cert.subject_alternative_name().ok()??;
+    Some(
+        san.value
+            .general_names
+            .iter()
+            .filter_map(|name| match name {
+                x509_parser::extensions::GeneralName::URI(uri) => Some(uri.to_string()),
+                _ => None,
+            })
+            .collect(),
+    )
 }
 
 /// Why a peer's certificate is not honoured on the mesh.
@@ -140,6 +229,30 @@ impl Members {
             .is_some_and(|m| m.get(&node.name) == Some(&node.incarnation))
     }
 
+    /// The node or workload `certificate` names, if its node is a current
+    /// member.
+    ///
+    /// # Errors
+    ///
+    /// Neither a node nor a workload certificate of this cluster, or its
+    /// node not a current member.
+    pub fn check_peer(&self, certificate: &CertificateDer<'_>) -> Result<Peer, PeerError> {
+        let peer = match NodeCert::of(certificate, &self.cluster) {
+            Some(node) => Peer::Node(node),
+            None => Peer::Workload(
+                WorkloadCert::of(certificate)
+                    .ok_or_else(|| PeerError::NotANode(self.cluster.to_string()))?,
+            ),
+        };
+        if self.current.read().expect("members lock").is_none() {
+            return Err(PeerError::Unknown);
+        }
+        if !self.admits(peer.node()) {
+            return Err(PeerError::NotMember(peer.node().name.clone()));
+        }
+        Ok(peer)
+    }
+
     /// The node `certificate` names, if it is a current member.
     ///
     /// # Errors
@@ -159,7 +272,8 @@ impl Members {
 }
 
 /// The mesh endpoint's check of its clients: a chain to the cluster CA
-/// (the wrapped verifier), then a node certificate of a current member.
+/// (the wrapped verifier), then a node or workload certificate of a
+/// current member.
 #[derive(Debug)]
 pub(crate) struct MemberClients {
     pub(crate) chain: Arc<dyn ClientCertVerifier>,
@@ -180,7 +294,7 @@ impl ClientCertVerifier for MemberClients {
         let verified = self
             .chain
             .verify_client_cert(end_entity, intermediates, now)?;
-        match self.members.check(end_entity) {
+        match self.members.check_peer(end_entity) {
             Ok(_) => Ok(verified),
             Err(e) => {
                 tracing::warn!("mesh peer refused: {e}");

@@ -22,4 +22,4 @@ pub fn control_plane_id() -> String {
     format!("spiffe://{CLUSTER}/control-plane")
 }
 pub use identity::{NodeIdentity, peer_spiffe_id};
-pub use members::{Members, NodeCert};
+pub use members::{Members, NodeCert, Peer, WorkloadCert};

@@ -349,3 +349,46 @@ fn a_member_leaving_or_rejoining_is_reported_so_pooled_connections_are_dropped()
         "a joined again"
     );
 }
+
+#[test]
+fn a_workload_certificate_names_its_workload_and_node_and_is_no_node_certificate() {
+    let ca = ClusterCa::create(CLUSTER).unwrap();
+    let (_, csr) = NodeIdentity::request().unwrap();
+    let workload = skiff_runtime::mesh::WorkloadId::new(
+        "shop".to_string().try_into().unwrap(),
+        "frontend".to_string().try_into().unwrap(),
+    );
+    let cert = ca
+        .sign_workload("node-1", "i-node-1", &workload, &csr)
+        .unwrap();
+    let der = rustls::pki_types::pem::PemObject::from_pem_slice(cert.as_bytes()).unwrap();
+    assert_eq!(
+        peer_spiffe_id(&der).as_deref(),
+        Some("spiffe://skiff/app/shop/component/frontend")
+    );
+    // It cannot pass for a node, toward the control plane or a peer.
+    assert_eq!(NodeCert::of(&der, CLUSTER), None);
+    let parsed = WorkloadCert::of(&der).unwrap();
+    assert_eq!(parsed.workload, workload);
+    assert_eq!(
+        parsed.node,
+        NodeCert {
+            name: "node-1".to_string(),
+            incarnation: "i-node-1".to_string()
+        }
+    );
+    assert!((parsed.issued_unix - crate::clock::unix_secs() as i64).abs() < 5);
+    // Honoured only while its node is a member under that incarnation.
+    assert!(matches!(
+        members(CLUSTER, &["node-1"]).check_peer(&der),
+        Ok(Peer::Workload(_))
+    ));
+    assert!(matches!(
+        members(CLUSTER, &["node-2"]).check_peer(&der),
+        Err(members::PeerError::NotMember(name)) if name == "node-1"
+    ));
+    // A node certificate is no workload's.
+    let node_cert = ca.sign_node("node-1", "i-node-1", &csr).unwrap();
+    let node_der = rustls::pki_types::pem::PemObject::from_pem_slice(node_cert.as_bytes()).unwrap();
+    assert_eq!(WorkloadCert::of(&node_der), None);
+}

@@ -258,8 +258,37 @@ where
         );
         return response;
     }
+    // A mesh call presents its caller's certificate.
+    let caller_client = match &inbound.caller {
+        None => None,
+        Some(caller) => match node.workload_identities.client(node, caller).await {
+            Ok(client) => Some(client),
+            Err(why) => {
+                tracing::warn!(%caller, reason = "mesh_no_identity", "mesh call not sent: {why}");
+                let mut response = plain(
+                    http::StatusCode::SERVICE_UNAVAILABLE,
+                    format!(
+                        "mesh call from {caller} not sent: this node holds no certificate for it yet\n"
+                    ),
+                );
+                response.headers_mut().insert(
+                    http::header::RETRY_AFTER,
+                    http::HeaderValue::from_static("1"),
+                );
+                return response;
+            }
+        },
+    };
     let seed = app.next.fetch_add(1, Ordering::Relaxed);
     node.forwarder
-        .forward(&app.name, component, &endpoints, seed, request, &inbound)
+        .forward(
+            &app.name,
+            component,
+            &endpoints,
+            seed,
+            request,
+            &inbound,
+            caller_client,
+        )
         .await
 }

@@ -2,12 +2,13 @@
 //! for replicas on this node, and the client that forwards to other nodes.
 //! Both sides present their node certificate and accept only peers signed
 //! by the cluster CA; plaintext is refused. A forwarded request names its
-//! target in the `skiff-app` and `skiff-component` headers; a forwarded
-//! mesh call also its caller (`skiff-caller`) and hops (`skiff-hops`).
+//! target in the `skiff-app` and `skiff-component` headers. A mesh call
+//! goes with its caller workload's certificate (issued to the calling
+//! node, see `workload_certs`) and its hop count (`skiff-hops`).
 
 use super::NodeShared;
 use crate::api::{AppRouting, Endpoint};
-use crate::mesh::{Members, NodeCert, NodeIdentity};
+use crate::mesh::{Members, NodeCert, NodeIdentity, Peer, WorkloadCert};
 use bytes::Bytes;
 use http_body::Body;
 use http_body_util::combinators::UnsyncBoxBody;
@@ -19,7 +20,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::connect::dns::Name;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use skiff_runtime::invoke::{ResponseBody, invoke, plain, relayed};
-use skiff_runtime::mesh::{CALLER_HEADER, Inbound, WorkloadId};
+use skiff_runtime::mesh::Inbound;
 use skiff_runtime::server::{DRAIN_TIMEOUT, accept_until, serve_http1};
 use std::collections::HashMap;
 use std::future::Ready;
@@ -51,7 +52,9 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 
 type ForwardBody = UnsyncBoxBody<Bytes, BoxError>;
-type MeshClient = Client<Bounded<HttpsConnector<HttpConnector<MeshResolver>>>, ForwardBody>;
+/// A client of other nodes' mesh endpoints, presenting one certificate.
+pub(crate) type MeshClient =
+    Client<Bounded<HttpsConnector<HttpConnector<MeshResolver>>>, ForwardBody>;
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// Forwards requests to other nodes, choosing by the power of two
@@ -119,7 +122,7 @@ impl<B: hyper::body::Body> hyper::body::Body for Counted<B> {
 /// Resolves node names (the DNS names in their certificates) to the mesh
 /// addresses the control plane reported, so TLS verifies the peer's name.
 #[derive(Clone)]
-struct MeshResolver {
+pub(crate) struct MeshResolver {
     addresses: Arc<RwLock<HashMap<String, SocketAddr>>>,
 }
 
@@ -151,7 +154,7 @@ impl tower_service::Service<Name> for MeshResolver {
 /// A connector that gives up when connecting takes longer than `limit`;
 /// the client then reports a connect error, so the request moves on.
 #[derive(Clone)]
-struct Bounded<C> {
+pub(crate) struct Bounded<C> {
     inner: C,
     limit: Duration,
 }
@@ -208,6 +211,12 @@ impl Forwarder {
         })
     }
 
+    /// A client presenting `identity` (a workload's certificate) to
+    /// peers that `members` holds current.
+    pub(crate) fn client_presenting(&self, identity: &NodeIdentity) -> anyhow::Result<MeshClient> {
+        client(identity, &self.members, &self.addresses)
+    }
+
     /// Switches to a renewed certificate.
     pub(crate) fn use_identity(&self, identity: &NodeIdentity) -> anyhow::Result<()> {
         *self.client.write().expect("mesh client lock") =
@@ -256,6 +265,9 @@ impl Forwarder {
     /// of two choices from `seed`. A request without a body moves on to
     /// the next endpoint when one cannot be connected to or no longer runs
     /// the component; one with a body is sent once (it cannot be replayed).
+    /// A mesh call goes with `caller_client`, which presents the calling
+    /// workload's certificate; a request from ingress with the node's.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) async fn forward<B>(
         &self,
         app: &str,
@@ -264,12 +276,14 @@ impl Forwarder {
         seed: usize,
         request: hyper::Request<B>,
         inbound: &Inbound,
+        caller_client: Option<MeshClient>,
     ) -> hyper::Response<ResponseBody>
     where
         B: Body<Data = Bytes> + Send + Unpin + 'static,
         B::Error: Into<BoxError>,
     {
-        let client = self.client.read().expect("mesh client lock").clone();
+        let client =
+            caller_client.unwrap_or_else(|| self.client.read().expect("mesh client lock").clone());
         let replayable = !has_body(request.headers());
         let (parts, body) = request.into_parts();
         let mut body = Some(body.map_err(Into::into).boxed_unsync());
@@ -305,12 +319,19 @@ impl Forwarder {
             let headers = forwarded.headers_mut();
             headers.insert(APP_HEADER, header_value(app));
             headers.insert(COMPONENT_HEADER, header_value(component));
-            if let Some(caller) = &inbound.caller {
-                headers.insert(CALLER_HEADER, header_value(&caller.spiffe_id()));
+            if inbound.caller.is_some() {
+                // Who calls is in the certificate; how far it came, here.
                 headers.insert(
                     HOPS_HEADER,
                     http::HeaderValue::from(u16::from(inbound.hops)),
                 );
+            }
+            // A guest's request names its target in its URI only.
+            if let Some(authority) = parts.uri.authority()
+                && !parts.headers.contains_key(http::header::HOST)
+                && let Ok(host) = http::HeaderValue::from_str(authority.as_str())
+            {
+                headers.insert(http::header::HOST, host);
             }
             let counted = InFlight::enter(self.in_flight(&endpoint.node));
             match client.request(forwarded).await {
@@ -463,24 +484,26 @@ pub(crate) async fn serve(
             else {
                 return;
             };
-            // The handshake admitted a current member; a node forgotten
-            // since then is refused from its next request on.
+            // The handshake admitted a current member (or a workload of
+            // one); a node forgotten since then is refused from its next
+            // request on.
             let peer = stream
                 .get_ref()
                 .1
                 .peer_certificates()
                 .and_then(|certs| certs.first())
-                .and_then(|cert| NodeCert::of(cert, crate::mesh::CLUSTER));
+                .and_then(|cert| match NodeCert::of(cert, crate::mesh::CLUSTER) {
+                    Some(node) => Some(Peer::Node(node)),
+                    None => WorkloadCert::of(cert).map(Peer::Workload),
+                });
             let service = hyper::service::service_fn(move |request| {
                 let node = node.clone();
-                let peer = peer.clone().filter(|p| node.members.admits(p));
+                let peer = peer.clone().filter(|p| node.members.admits(p.node()));
                 async move {
                     let Some(peer) = peer else {
                         return Ok::<_, std::convert::Infallible>(not_a_member());
                     };
-                    Ok::<_, std::convert::Infallible>(
-                        serve_forwarded(&node, &peer.name, request).await,
-                    )
+                    Ok::<_, std::convert::Infallible>(serve_forwarded(&node, &peer, request).await)
                 }
             });
             serve_http1(accepted.watcher, TokioIo::new(stream), service).await;
@@ -503,12 +526,13 @@ fn not_a_member() -> hyper::Response<ResponseBody> {
 }
 
 /// Serves a request another node forwarded; never forwards it again, so a
-/// stale endpoint cannot make a loop. A request without a caller came
-/// through the sender's ingress, so it may reach only a routed component;
-/// a mesh call names its caller, which the sending node must run.
+/// stale endpoint cannot make a loop. A node's certificate brings what
+/// came through its ingress, which may reach only a routed component; a
+/// workload's certificate brings that workload's mesh calls. Who calls is
+/// what the certificate says, never a header.
 async fn serve_forwarded(
     node: &Arc<NodeShared>,
-    peer: &str,
+    peer: &Peer,
     mut request: hyper::Request<Incoming>,
 ) -> hyper::Response<ResponseBody> {
     let headers = request.headers_mut();
@@ -522,17 +546,16 @@ async fn serve_forwarded(
             format!("a mesh request names its target with {APP_HEADER} and {COMPONENT_HEADER}\n"),
         );
     };
-    let caller = text(headers.remove(CALLER_HEADER));
     let hops = text(headers.remove(HOPS_HEADER));
-    let inbound = match caller {
-        None => {
-            let routing = node.routing.read().expect("routing lock").clone();
+    let routing = node.routing.read().expect("routing lock").clone();
+    let inbound = match peer {
+        Peer::Node(sender) => {
             if routing
                 .named(&app)
                 .is_some_and(|a| !a.is_routed(&component))
             {
                 tracing::warn!(
-                    peer,
+                    peer = sender.name,
                     app,
                     component,
                     reason = "mesh_denied",
@@ -547,14 +570,14 @@ async fn serve_forwarded(
             }
             Inbound::ingress(Some(node.mesh_router()))
         }
-        Some(caller) => match admit_caller(node, peer, &caller, hops.as_deref()) {
-            Ok(inbound) => inbound,
+        Peer::Workload(caller) => match admit_caller(&routing, caller, hops.as_deref()) {
+            Ok(hops) => Inbound {
+                caller: Some(caller.workload.clone()),
+                hops,
+                mesh: Some(node.mesh_router()),
+            },
             Err(why) => {
-                tracing::warn!(
-                    peer,
-                    reason = "mesh_bad_caller",
-                    "forwarded mesh call refused: {why}"
-                );
+                tracing::warn!(peer = caller.node.name, caller = %caller.workload, reason = "mesh_bad_caller", "forwarded mesh call refused: {why}");
                 return plain(
                     http::StatusCode::FORBIDDEN,
                     format!("mesh call refused: {why}\n"),
@@ -580,36 +603,34 @@ async fn serve_forwarded(
     }
 }
 
-/// The inbound side of a mesh call `peer` forwarded for `caller`: honoured
-/// only when the routing this node last heard has `peer` running a
-/// replica of that workload, so a node cannot speak for workloads it
-/// does not run.
+/// How long a workload certificate is honoured before the routing this
+/// node last heard shows its node running the workload: the routing
+/// reaches every node a heartbeat or so after the replica starts.
+const NEW_PLACEMENT_GRACE_SECS: i64 = 10;
+
+/// The hops of a mesh call from `caller`, honoured while the routing this
+/// node last heard has the certificate's node running that workload (or
+/// the certificate is new), so a certificate kept after its workload left
+/// a node speaks for it no more.
 fn admit_caller(
-    node: &Arc<NodeShared>,
-    peer: &str,
-    caller: &str,
+    routing: &super::ingress::Routing,
+    caller: &WorkloadCert,
     hops: Option<&str>,
-) -> Result<Inbound, String> {
-    let Some(workload) = WorkloadId::from_spiffe_id(caller) else {
-        return Err(format!("{CALLER_HEADER} is not a workload's SPIFFE ID"));
-    };
+) -> Result<u8, String> {
     let Some(hops) = hops.and_then(|h| h.parse::<u8>().ok()) else {
         return Err(format!("{HOPS_HEADER} is missing or not a number"));
     };
-    let routing = node.routing.read().expect("routing lock").clone();
-    let runs_caller = routing
-        .named(workload.app.as_str())
-        .is_some_and(|app| app.runs_on(workload.component.as_str(), peer));
-    if !runs_caller {
+    let runs = routing
+        .named(caller.workload.app.as_str())
+        .is_some_and(|app| app.runs_on(caller.workload.component.as_str(), &caller.node.name));
+    let new = crate::clock::unix_secs() as i64 - caller.issued_unix <= NEW_PLACEMENT_GRACE_SECS;
+    if !runs && !new {
         return Err(format!(
-            "node {peer} runs no replica of {workload}, so it cannot call for it"
+            "node {} runs {} no more, so its certificate no longer speaks for it",
+            caller.node.name, caller.workload
         ));
     }
-    Ok(Inbound {
-        caller: Some(workload),
-        hops,
-        mesh: Some(node.mesh_router()),
-    })
+    Ok(hops)
 }
 
 #[cfg(test)]
@@ -634,6 +655,49 @@ mod tests {
             node: node.to_string(),
             mesh: "127.0.0.1:1".to_string(),
         }
+    }
+
+    #[test]
+    fn a_workload_certificate_speaks_only_while_its_node_runs_the_workload() {
+        let routing = super::super::ingress::Routing::default().changed(
+            true,
+            &[AppRouting {
+                name: "shop".to_string(),
+                routes: Vec::new(),
+                components: vec!["frontend".to_string()],
+                endpoints: [("frontend".to_string(), vec![endpoint("node-1")])].into(),
+            }],
+            &[],
+        );
+        let now = crate::clock::unix_secs() as i64;
+        let cert = |node: &str, issued_unix: i64| WorkloadCert {
+            workload: skiff_runtime::mesh::WorkloadId::new(
+                "shop".to_string().try_into().unwrap(),
+                "frontend".to_string().try_into().unwrap(),
+            ),
+            node: NodeCert {
+                name: node.to_string(),
+                incarnation: "1".to_string(),
+            },
+            issued_unix,
+        };
+        assert_eq!(
+            admit_caller(&routing, &cert("node-1", now - 3600), Some("2")),
+            Ok(2)
+        );
+        // Kept after the workload left node-2: refused.
+        let kept = admit_caller(&routing, &cert("node-2", now - 3600), Some("2")).unwrap_err();
+        assert!(
+            kept.contains("node node-2 runs shop/frontend no more"),
+            "{kept}"
+        );
+        // Just issued, before the routing shows the new replica: honoured.
+        assert_eq!(
+            admit_caller(&routing, &cert("node-2", now - 1), Some("1")),
+            Ok(1)
+        );
+        let no_hops = admit_caller(&routing, &cert("node-1", now), None).unwrap_err();
+        assert!(no_hops.contains("skiff-hops"), "{no_hops}");
     }
 
     #[test]

@@ -14,6 +14,7 @@ mod identity;
 mod ingress;
 mod mesh;
 mod replicas;
+mod workload_certs;
 
 use crate::api::{DesiredChange, DesiredState, GuestLine, SyncRequest, SyncResponse};
 use crate::api_client::ApiClient;
@@ -95,6 +96,8 @@ pub(crate) struct NodeShared {
     unsaved: Notify,
     /// Where guests' mesh calls go.
     mesh_router: Arc<calls::NodeMesh>,
+    /// The certificates of workloads here that call across nodes.
+    workload_identities: workload_certs::WorkloadIdentities,
 }
 
 impl NodeShared {
@@ -193,6 +196,7 @@ impl Node {
             desired: Mutex::new(DesiredState::default()),
             unsaved: Notify::new(),
             mesh_router: Arc::new(calls::NodeMesh::new(weak.clone())),
+            workload_identities: workload_certs::WorkloadIdentities::default(),
         });
         Ok(Node {
             shared,
@@ -321,6 +325,18 @@ impl NodeShared {
             replicas::Unassigned::These(&change.unassigned)
         };
         self.replicas.apply(self, &change.assignments, unassigned);
+        if change.full || !change.unassigned.is_empty() {
+            // Assignments are sorted by app and component.
+            let assignments = &desired.assignments;
+            self.workload_identities.retain(|w| {
+                assignments
+                    .binary_search_by(|a| {
+                        (a.app.as_str(), a.component.as_str())
+                            .cmp(&(w.app.as_str(), w.component.as_str()))
+                    })
+                    .is_ok()
+            });
+        }
     }
 
     /// Writes the desired state to the data directory.
@@ -549,7 +565,7 @@ struct NodeLogSink {
 }
 
 impl LogSink for NodeLogSink {
-    fn line(&self, component: &str, stream: LogStream, line: &str) {
+    fn line(&self, component: &str, stream: LogStream, line: &str, trace_id: &str) {
         eprintln!(
             "[{}/{component}] {}",
             self.app,
@@ -572,6 +588,7 @@ impl LogSink for NodeLogSink {
             .to_string(),
             line: line.to_string(),
             unix_ms,
+            trace_id: trace_id.to_string(),
         };
         // Shipped within the control plane's bound, so it is never cut there.
         line.clip();

@@ -4,6 +4,7 @@
 use super::{Capability, PrepareContext};
 use crate::instance::InstanceBuilder;
 use crate::manifest::ComponentSpec;
+use crate::mesh::Span;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::Mutex;
@@ -35,8 +36,9 @@ pub enum LogStream {
 
 /// Where guest log lines go.
 pub trait LogSink: Send + Sync {
-    /// Records one line (without its newline) written by `component`.
-    fn line(&self, component: &str, stream: LogStream, line: &str);
+    /// Records one line (without its newline) written by `component`
+    /// while serving a request of trace `trace_id` (32 hex digits).
+    fn line(&self, component: &str, stream: LogStream, line: &str, trace_id: &str);
 }
 
 /// Writes guest lines to the process's stderr as `[component] line`, with
@@ -44,7 +46,7 @@ pub trait LogSink: Send + Sync {
 pub struct StderrSink;
 
 impl LogSink for StderrSink {
-    fn line(&self, component: &str, _stream: LogStream, line: &str) {
+    fn line(&self, component: &str, _stream: LogStream, line: &str, _trace_id: &str) {
         eprintln!("[{component}] {}", crate::printable::printable(line));
     }
 }
@@ -71,17 +73,20 @@ impl Capability for GuestLogs {
     fn grant(&self, instance: &mut InstanceBuilder) -> Result<(), String> {
         let sink = instance.log_sink.clone();
         let budget = Arc::new(Budget::default());
+        let span = instance.span();
         instance.wasi.stdout(GuestOutput {
             component: self.component.clone(),
             stream: LogStream::Stdout,
             sink: sink.clone(),
             budget: budget.clone(),
+            span,
         });
         instance.wasi.stderr(GuestOutput {
             component: self.component.clone(),
             stream: LogStream::Stderr,
             sink,
             budget,
+            span,
         });
         Ok(())
     }
@@ -139,6 +144,8 @@ struct GuestOutput {
     stream: LogStream,
     sink: Arc<dyn LogSink>,
     budget: Arc<Budget>,
+    /// The request the instance serves: its lines are tagged with the trace.
+    span: Span,
 }
 
 impl IsTerminal for GuestOutput {
@@ -154,6 +161,7 @@ impl StdoutStream for GuestOutput {
             stream: self.stream,
             sink: self.sink.clone(),
             budget: self.budget.clone(),
+            trace_id: self.span.trace_id(),
             pending: Vec::new(),
         })
     }
@@ -165,6 +173,7 @@ struct LineWriter {
     stream: LogStream,
     sink: Arc<dyn LogSink>,
     budget: Arc<Budget>,
+    trace_id: String,
     pending: Vec<u8>,
 }
 
@@ -181,6 +190,7 @@ impl LineWriter {
                         "(log limit of {MAX_LINES_PER_INSTANCE} lines or {} MiB reached; further output of this instance dropped)",
                         MAX_BYTES_PER_INSTANCE >> 20
                     ),
+                    &self.trace_id,
                 );
                 return;
             }
@@ -193,7 +203,8 @@ impl LineWriter {
         let text = String::from_utf8_lossy(&line);
         let text = text.strip_suffix('\n').unwrap_or(&text);
         let text = text.strip_suffix('\r').unwrap_or(text);
-        self.sink.line(&self.component, self.stream, text);
+        self.sink
+            .line(&self.component, self.stream, text, &self.trace_id);
     }
 
     fn push(&mut self, bytes: &[u8]) {
@@ -248,7 +259,7 @@ mod tests {
     struct Collect(Mutex<Vec<(LogStream, String)>>);
 
     impl LogSink for Collect {
-        fn line(&self, _component: &str, stream: LogStream, line: &str) {
+        fn line(&self, _component: &str, stream: LogStream, line: &str, _trace_id: &str) {
             self.0.lock().unwrap().push((stream, line.to_string()));
         }
     }
@@ -263,6 +274,7 @@ mod tests {
             stream,
             sink: sink.clone(),
             budget: budget.clone(),
+            trace_id: String::new(),
             pending: Vec::new(),
         };
         let mut out = writer(LogStream::Stdout);
@@ -301,6 +313,7 @@ mod tests {
             stream: LogStream::Stdout,
             sink: sink.clone(),
             budget: Arc::new(Budget::default()),
+            trace_id: String::new(),
             pending: Vec::new(),
         };
         // Lines of 16 KiB with their newline: 64 of them fill 1 MiB.
