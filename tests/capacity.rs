@@ -217,3 +217,36 @@ fn a_node_offering_less_than_its_own_process_uses_is_warned() {
         node.process.stderr()
     );
 }
+
+#[test]
+fn a_node_restarted_without_capacity_offers_what_it_declared_at_join() {
+    let mut cluster = Cluster::start(1, &[]);
+    let mut node = cluster.nodes.pop().unwrap();
+    node.process.kill();
+    // Started again as the README says: --capacity is given once, at join.
+    let listen = node.process.url.trim_start_matches("http://").to_string();
+    let restarted = support::Running::launch(
+        cluster.home(),
+        &[
+            "node",
+            "--server",
+            &cluster.api,
+            "--name",
+            "node-1",
+            "--listen",
+            &listen,
+            "--labels",
+            "zone=z1",
+        ],
+        "serving ingress on ",
+    );
+    wait_until(
+        Duration::from_secs(15),
+        "the node to be ready again",
+        || (the_node(&cluster)["state"] == "ready").then_some(()),
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(the_node(&cluster)["memory"], 1024 * MIB);
+    let stderr = restarted.stderr();
+    assert!(!stderr.contains("but declared"), "{stderr}");
+}

@@ -296,7 +296,7 @@ fn pending_and_failing_replicas_say_why_and_bad_deploys_change_nothing() {
     let warnings = String::from_utf8_lossy(&deployed.stderr);
     assert!(
         warnings.contains(
-            "picky/api/0 cannot be placed: 0/2 nodes fit: 2 labels do not match (it needs zone=mars)"
+            "picky/api/0 cannot be placed: 0/2 nodes fit: 2 labels do not match; labels needed: zone=mars"
         ),
         "{warnings}"
     );

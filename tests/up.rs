@@ -177,3 +177,39 @@ fn deploy_wait_stops_at_a_component_that_fails_to_load() {
         (200, "Hello from Skiff!\n".to_string())
     );
 }
+
+#[test]
+fn a_blob_damaged_on_the_nodes_disk_is_fetched_again_from_the_control_plane() {
+    let _serial = one_at_a_time();
+    let home = temp_dir();
+    let dir = temp_dir();
+    let hello = app(dir.path(), "hello", HELLO, 1, "");
+    let up = start_up(home.path(), Some(&hello));
+    wait_until(Duration::from_secs(30), "hello to serve", || {
+        (get_as_host(&up.url, Some("hello"), "/").0 == 200).then_some(())
+    });
+    drop(up);
+    // The node's copy of the component (its largest blob) loses a byte.
+    let blobs = home.path().join("up/node/packages/blobs/sha256");
+    let component = std::fs::read_dir(&blobs)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .max_by_key(|p| std::fs::metadata(p).unwrap().len())
+        .unwrap();
+    let mut bytes = std::fs::read(&component).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0xff;
+    std::fs::write(&component, &bytes).unwrap();
+
+    let up = start_up(home.path(), None);
+    let answer = wait_until(Duration::from_secs(30), "hello to serve again", || {
+        let answer = get_as_host(&up.url, Some("hello"), "/");
+        (answer.0 == 200).then_some(answer)
+    });
+    assert_eq!(answer.1, "Hello from Skiff!\n");
+    up.wait_for_stderr("corrupt: removed, fetching it again");
+    assert_eq!(
+        std::fs::read(HELLO).unwrap(),
+        std::fs::read(&component).unwrap()
+    );
+}

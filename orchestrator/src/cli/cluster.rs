@@ -176,16 +176,19 @@ pub fn node(args: NodeArgs) -> anyhow::Result<()> {
         labels.insert(key, value);
     }
     crate::labels::check(&labels)?;
+    let data_dir = args
+        .data_dir
+        .unwrap_or_else(|| home::skiff_home().join(format!("node-{name}")));
+    // Declared once, at join: a restart without --capacity offers what
+    // the node declared then.
     let memory = match &args.capacity {
         Some(capacity) => parse_capacity(capacity)?,
-        None => machine_memory(),
+        None => crate::node::declared_capacity(&data_dir).unwrap_or_else(machine_memory),
     };
     let config = NodeConfig {
         server: args.server,
         token: args.token,
-        data_dir: args
-            .data_dir
-            .unwrap_or_else(|| home::skiff_home().join(format!("node-{name}"))),
+        data_dir,
         name,
         labels,
         memory,

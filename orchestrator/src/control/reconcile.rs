@@ -422,11 +422,11 @@ fn place(live: &mut Live, specs: &AppSpecs, out: &mut Outcome, ids: Vec<String>,
                         .iter()
                         .map(|(k, v)| format!("{k}={v}"))
                         .collect();
-                    reason.push_str(&format!(" (it needs {})", labels.join(", ")));
+                    reason.push_str(&format!("; labels needed: {}", labels.join(", ")));
                 }
                 if why.refusals.contains_key("insufficient memory") {
                     reason.push_str(&format!(
-                        " (a replica of {} reserves {}; set [component.{}.placement] memory to reserve less, add nodes, or let nodes overcommit with `skiff server --overcommit`)",
+                        "; a replica of {} reserves {}: set [component.{}.placement] memory to reserve less, add nodes, or let nodes overcommit with `skiff server --overcommit`",
                         request.component,
                         bytesize::ByteSize::b(request.memory).display().iec(),
                         request.component.rsplit('/').next().unwrap_or_default()

@@ -265,9 +265,9 @@ fn unplaceable_replicas_wait_with_a_reason_and_deleted_apps_lose_theirs() {
     assert_eq!(
         reasons,
         [
-            "0/2 nodes fit: 2 insufficient memory (a replica of web/api reserves 64.0 MiB; \
+            "0/2 nodes fit: 2 insufficient memory; a replica of web/api reserves 64.0 MiB: \
           set [component.api.placement] memory to reserve less, add nodes, or let nodes \
-          overcommit with `skiff server --overcommit`)"
+          overcommit with `skiff server --overcommit`"
         ]
     );
 

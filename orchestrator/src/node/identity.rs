@@ -117,6 +117,10 @@ pub(crate) async fn load_or_join(
         .await
         .with_context(|| format!("cannot join the cluster at {}", config.server))?;
     save(dir, &config.name, &key_pem, &joined)?;
+    crate::home::write_private(
+        &dir.join(super::DECLARED_CAPACITY),
+        config.memory.to_string().as_bytes(),
+    )?;
     tracing::info!(
         node = config.name,
         "joined the cluster at {}",

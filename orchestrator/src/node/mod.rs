@@ -40,6 +40,19 @@ const LAST_DESIRED: &str = "desired.json";
 
 pub use crate::api::UNLIMITED_MEMORY;
 
+/// The memory a node declared when it joined, in its data directory.
+const DECLARED_CAPACITY: &str = "capacity";
+
+/// The memory the node with data directory `data_dir` declared when it
+/// joined, if it saved it.
+pub fn declared_capacity(data_dir: &std::path::Path) -> Option<u64> {
+    std::fs::read_to_string(data_dir.join(DECLARED_CAPACITY))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
 /// How a node runs.
 #[derive(Debug, Clone)]
 pub struct NodeConfig {

@@ -391,6 +391,31 @@ async fn pull_and_load(
         .parse()
         .map_err(|e| format!("package {package}: {e}"))?;
     pull(node, app, &digest).await?;
+    // A blob damaged on this node's disk is fetched again from the control
+    // plane, which holds a sound copy: once, then the error stands.
+    let opened = {
+        let node = node.clone();
+        let digest = digest.clone();
+        tokio::task::spawn_blocking(move || package::open(&node.packages, &digest))
+            .await
+            .map_err(|e| format!("the load task failed: {e}"))?
+    };
+    if let Err(package::PackageError::Store(package::StoreError::Corrupt { digest: bad, .. })) =
+        &opened
+    {
+        let _store = node.store_lock.lock().await;
+        match node.packages.discard_if_corrupt(bad) {
+            Ok(true) => tracing::warn!(
+                app,
+                blob = %bad,
+                "a blob of this node's package store was corrupt: removed, fetching it again"
+            ),
+            Ok(false) => {}
+            Err(e) => return Err(format!("cannot remove the corrupt blob {bad}: {e}")),
+        }
+        drop(_store);
+        pull(node, app, &digest).await?;
+    }
     let node = node.clone();
     let component = ComponentName::try_from(component.to_string())?;
     let app = app.to_string();

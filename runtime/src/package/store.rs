@@ -35,7 +35,7 @@ pub enum StoreError {
     },
     /// A blob's content does not match its digest.
     #[error(
-        "blob {digest} is corrupt (its content hashes to {actual}); remove the package with `skiff rmi` and pack or pull it again"
+        "blob {digest} is corrupt (its content hashes to {actual}); it must be stored again: pack, pull or upload its package again (`skiff rmi` removes a local package first)"
     )]
     Corrupt {
         /// The digest it should have.
@@ -201,6 +201,25 @@ impl Store {
             self.blob_path(digest),
             &self.root.join("incoming"),
         )
+    }
+
+    /// Removes blob `digest` when its content does not match it, so that
+    /// fetching it again stores a sound copy; a sound blob is kept.
+    /// Returns whether it was removed.
+    ///
+    /// # Errors
+    ///
+    /// When the file cannot be removed.
+    pub fn discard_if_corrupt(&self, digest: &Digest) -> Result<bool, StoreError> {
+        match self.verify(digest) {
+            Err(StoreError::Corrupt { .. }) => {
+                let path = self.blob_path(digest);
+                std::fs::remove_file(&path).map_err(|source| StoreError::Io { path, source })?;
+                self.verified_lock().remove(digest);
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
     }
 
     /// Verifies blob `digest` without holding it in memory; returns its
