@@ -145,7 +145,7 @@ pub(super) fn reconcile(
     release_lost(live, &specs, &mut out);
     match_scale(live, now_unix, &mut out);
     place_pending(live, &specs, &mut out);
-    move_off_drained(live, &specs, &mut out);
+    move_off(live, &specs, &mut out);
     out
 }
 
@@ -208,14 +208,16 @@ fn mark_down(live: &mut Live, now: Instant, config: &ControlPlaneConfig, out: &m
             out.changed = true;
             tracing::warn!(
                 node = name,
-                "node is down: no heartbeat for {silent:.1?}; moving its replicas"
+                "node is down: no heartbeat for {silent:.1?}; moving its replicas where others can take them"
             );
         }
     }
 }
 
-/// Replicas on nodes that are down or gone become pending again; replicas
-/// of deleted apps or components are removed.
+/// Replicas on nodes that are gone (forgotten) become pending again;
+/// replicas of deleted apps or components are removed. A down node keeps
+/// its replicas until another node can take them (`move_off`), so a node
+/// that comes back when nothing could move gets back what it ran.
 fn release_lost(live: &mut Live, specs: &AppSpecs, out: &mut Outcome) {
     let mut removed = Vec::new();
     for replica in live.replicas.values_mut() {
@@ -226,9 +228,9 @@ fn release_lost(live: &mut Live, specs: &AppSpecs, out: &mut Outcome) {
             continue;
         }
         let Some(node) = &replica.node else { continue };
-        // A drained node keeps its replicas until they can move
-        // (`move_off_drained`); a down or unknown one loses them now.
-        let keep = live.nodes.get(node).is_some_and(|n| !n.down);
+        // A drained or down node keeps its replicas until they can move
+        // (`move_off`); an unknown one loses them now.
+        let keep = live.nodes.contains_key(node);
         if !keep {
             tracing::info!(replica = replica.id, node, "replica released from its node");
             replica.node = None;
@@ -323,23 +325,25 @@ fn place_pending(live: &mut Live, specs: &AppSpecs, out: &mut Outcome) {
     live.pending.retain(|id, _| {
         replicas.get(id).is_some_and(|r| match &r.node {
             None => true,
-            Some(node) => nodes.get(node).is_some_and(|n| n.record.drained),
+            Some(node) => nodes.get(node).is_some_and(|n| n.record.drained || n.down),
         })
     });
     let pending = replicas_where(live, |_, r| r.node.is_none());
     place(live, specs, out, pending, false);
 }
 
-/// Moves replicas off drained nodes, each only once another node can take
-/// it: a drain never leaves a replica with nowhere to run.
-fn move_off_drained(live: &mut Live, specs: &AppSpecs, out: &mut Outcome) {
-    let draining = replicas_where(live, |live, r| {
+/// Moves replicas off drained and down nodes, each only once another node
+/// can take it: a drain never leaves a replica with nowhere to run, and a
+/// down node whose replicas have nowhere to go gets them back when it
+/// returns.
+fn move_off(live: &mut Live, specs: &AppSpecs, out: &mut Outcome) {
+    let leaving = replicas_where(live, |live, r| {
         r.node
             .as_deref()
             .and_then(|n| live.nodes.get(n))
-            .is_some_and(|n| n.record.drained && !n.down)
+            .is_some_and(|n| n.record.drained || n.down)
     });
-    place(live, specs, out, draining, true);
+    place(live, specs, out, leaving, true);
 }
 
 fn replicas_where(live: &Live, wanted: impl Fn(&Live, &ReplicaRecord) -> bool) -> Vec<String> {
@@ -407,7 +411,7 @@ fn place(live: &mut Live, specs: &AppSpecs, out: &mut Outcome, ids: Vec<String>,
                         replica = id,
                         from,
                         to = names[node],
-                        "replica moved off a draining node"
+                        "replica moved off a draining or down node"
                     ),
                     None => tracing::info!(replica = id, node = names[node], "replica placed"),
                 }
@@ -433,7 +437,16 @@ fn place(live: &mut Live, specs: &AppSpecs, out: &mut Outcome, ids: Vec<String>,
                     ));
                 }
                 if moving {
-                    reason = format!("cannot leave its draining node: {reason}");
+                    let node = live.replicas[id]
+                        .node
+                        .as_deref()
+                        .and_then(|n| live.nodes.get(n));
+                    let why = if node.is_some_and(|n| n.down) {
+                        "its node is down and no other node can take it, so it stays there until the node returns or room appears"
+                    } else {
+                        "cannot leave its draining node"
+                    };
+                    reason = format!("{why}: {reason}");
                 }
                 if live.pending.get(id) != Some(&reason) {
                     tracing::warn!(replica = id, "cannot place replica: {reason}");

@@ -152,6 +152,36 @@ fn a_silent_node_is_marked_down_and_its_replicas_move() {
 }
 
 #[test]
+fn a_down_node_whose_replicas_have_nowhere_to_go_keeps_them_until_it_returns() {
+    let start = Instant::now();
+    // Room for two replicas on "a" alone; three are asked for.
+    let mut live = cluster(&[("a", 128 * MIB)], 3, 64 * MIB, start);
+    reconcile(&mut live, start, &config(), 0);
+    let before = placement(&live);
+    assert_eq!(per_node(&live).get("a"), Some(&2), "{before:?}");
+
+    let past = start + Duration::from_millis(3_100);
+    reconcile(&mut live, past, &config(), 0);
+    assert!(live.nodes["a"].down);
+    // Nothing could move: the same replicas stay bound to "a", the third
+    // still waits, and what is bound says why it stays.
+    assert_eq!(placement(&live), before);
+    let reasons: Vec<&String> = live.pending.values().collect();
+    assert!(
+        reasons
+            .iter()
+            .any(|r| r.starts_with("its node is down and no other node can take it")),
+        "{reasons:?}"
+    );
+
+    // "a" returns: it has what it ran, not a reshuffle.
+    live.nodes.get_mut("a").unwrap().down = false;
+    live.nodes.get_mut("a").unwrap().last_seen = past;
+    reconcile(&mut live, past, &config(), 0);
+    assert_eq!(placement(&live), before);
+}
+
+#[test]
 fn a_broken_heartbeat_marks_a_node_down_after_half_the_silence_limit() {
     let now = Instant::now();
     let mut live = cluster(&[("a", 1024 * MIB), ("b", 1024 * MIB)], 1, 64 * MIB, now);
