@@ -550,10 +550,8 @@ async fn serve_forwarded(
     let routing = node.routing.read().expect("routing lock").clone();
     let inbound = match peer {
         Peer::Node(sender) => {
-            if routing
-                .named(&app)
-                .is_some_and(|a| !a.is_routed(&component))
-            {
+            // Unknown here counts as unrouted: fail closed.
+            if !routing.named(&app).is_some_and(|a| a.is_routed(&component)) {
                 tracing::warn!(
                     peer = sender.name,
                     app,

@@ -2,28 +2,41 @@
 //! that calls components on other nodes, a key made here, the certificate
 //! the control plane issued for it (only to a node the workload is placed
 //! on), and a mesh client presenting it. Obtained on the workload's first
-//! call across nodes, renewed at half its life, dropped when the workload
-//! leaves the node.
+//! call across nodes; renewed in the background from half its life on,
+//! while calls keep using the one held (so a control plane that hangs
+//! delays no call); dropped when the workload leaves the node.
 
 use super::NodeShared;
 use super::mesh::MeshClient;
 use crate::api::{WorkloadCertRequest, WorkloadCertResponse};
 use crate::mesh::NodeIdentity;
 use skiff_runtime::mesh::WorkloadId;
-use std::collections::HashMap;
-use std::sync::Mutex;
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 /// A workload's certificate stops being used this close to its expiry
 /// when it could not be renewed.
 const EXPIRY_MARGIN_SECS: i64 = 2;
+/// How long the control plane may take to issue a certificate: well under
+/// a mesh call's own timeout, so a first call fails fast rather than late.
+const ISSUE_TIMEOUT: Duration = Duration::from_secs(5);
+/// After a failed request, the next for that workload waits this long.
+const RETRY_AFTER_SECS: i64 = 5;
 
 /// The identities of the workloads on this node that call across nodes.
 #[derive(Default)]
 pub(crate) struct WorkloadIdentities {
     held: Mutex<HashMap<WorkloadId, Held>>,
-    /// One certificate request at a time: a burst of first calls waits
-    /// for the one certificate instead of asking for many.
+    /// One first request at a time: a burst of first calls waits for the
+    /// one certificate instead of asking for many (each at most
+    /// [`ISSUE_TIMEOUT`]).
     obtaining: tokio::sync::Mutex<()>,
+    /// Workloads whose renewal runs in the background now.
+    renewing: Mutex<HashSet<WorkloadId>>,
+    /// Per workload, no request before then (Unix seconds): the last one
+    /// failed.
+    failed_until: Mutex<HashMap<WorkloadId, i64>>,
 }
 
 struct Held {
@@ -35,25 +48,53 @@ struct Held {
 }
 
 impl WorkloadIdentities {
-    /// A mesh client presenting `workload`'s certificate, obtained or
-    /// renewed first when needed.
+    /// A mesh client presenting `workload`'s certificate: the one held
+    /// while it is valid (renewed in the background once due), else one
+    /// obtained now.
     ///
     /// # Errors
     ///
-    /// Why no valid certificate could be had (the control plane refused
-    /// or is unreachable, and none is held that is still valid).
+    /// Why no valid certificate could be had (the control plane refused,
+    /// is unreachable or slow, or failed moments ago).
     pub(crate) async fn client(
         &self,
-        node: &NodeShared,
+        node: &Arc<NodeShared>,
         workload: &WorkloadId,
     ) -> Result<MeshClient, String> {
-        if let Some(client) = self.current(workload, now(), true) {
-            return Ok(client);
-        }
-        let _one = self.obtaining.lock().await;
         let now = now();
         if let Some(client) = self.current(workload, now, true) {
             return Ok(client);
+        }
+        if let Some(client) = self.current(workload, now, false) {
+            self.renew_in_background(node, workload);
+            return Ok(client);
+        }
+        let _one = self.obtaining.lock().await;
+        let now = crate::clock::unix_secs() as i64;
+        if let Some(client) = self.current(workload, now, false) {
+            return Ok(client);
+        }
+        self.obtain_now(node, workload, now).await
+    }
+
+    /// Obtains `workload`'s certificate and keeps it, unless a request for
+    /// it failed moments ago.
+    async fn obtain_now(
+        &self,
+        node: &NodeShared,
+        workload: &WorkloadId,
+        now: i64,
+    ) -> Result<MeshClient, String> {
+        let failed_until = self
+            .failed_until
+            .lock()
+            .expect("workload identities lock")
+            .get(workload)
+            .copied();
+        if failed_until.is_some_and(|until| now < until) {
+            return Err(format!(
+                "the last request for {workload}'s certificate failed moments ago"
+            ));
         }
         match obtain(node, workload).await {
             Ok(held) => {
@@ -63,17 +104,55 @@ impl WorkloadIdentities {
                     .lock()
                     .expect("workload identities lock")
                     .insert(workload.clone(), held);
+                self.failed_until
+                    .lock()
+                    .expect("workload identities lock")
+                    .remove(workload);
                 Ok(client)
             }
-            Err(e) => match self.current(workload, now, false) {
-                // Renewal failed; the certificate held still serves.
-                Some(client) => {
-                    tracing::warn!(%workload, "cannot renew the workload certificate yet: {e}");
-                    Ok(client)
-                }
-                None => Err(e),
-            },
+            Err(e) => {
+                self.failed_until
+                    .lock()
+                    .expect("workload identities lock")
+                    .insert(workload.clone(), now + RETRY_AFTER_SECS);
+                Err(e)
+            }
         }
+    }
+
+    /// Starts renewing `workload`'s certificate unless that already runs;
+    /// calls meanwhile use the one held.
+    fn renew_in_background(&self, node: &Arc<NodeShared>, workload: &WorkloadId) {
+        let backing_off = self
+            .failed_until
+            .lock()
+            .expect("workload identities lock")
+            .get(workload)
+            .is_some_and(|until| now() < *until);
+        if backing_off {
+            return;
+        }
+        if !self
+            .renewing
+            .lock()
+            .expect("workload identities lock")
+            .insert(workload.clone())
+        {
+            return;
+        }
+        let node = node.clone();
+        let workload = workload.clone();
+        tokio::spawn(async move {
+            let identities = &node.workload_identities;
+            if let Err(e) = identities.obtain_now(&node, &workload, now()).await {
+                tracing::warn!(%workload, "cannot renew the workload certificate yet: {e}");
+            }
+            identities
+                .renewing
+                .lock()
+                .expect("workload identities lock")
+                .remove(&workload);
+        });
     }
 
     /// The client held for `workload`, if its certificate is valid (and,
@@ -110,12 +189,14 @@ async fn obtain(node: &NodeShared, workload: &WorkloadId) -> Result<Held, String
     let (key_pem, csr_pem) = NodeIdentity::request().map_err(|e| e.to_string())?;
     let issued: WorkloadCertResponse = node
         .api()
-        .post(
+        .call(
+            http::Method::POST,
             "/v1/node/workload-cert",
             &WorkloadCertRequest {
                 workload: workload.to_string(),
                 csr_pem,
             },
+            ISSUE_TIMEOUT,
         )
         .await
         .map_err(|e| format!("the control plane issued no certificate for {workload}: {e}"))?;
