@@ -268,7 +268,7 @@ where
                 let mut response = plain(
                     http::StatusCode::SERVICE_UNAVAILABLE,
                     format!(
-                        "mesh call from {caller} not sent: this node holds no certificate for it yet\n"
+                        "mesh call from {caller} not sent: this node holds no valid certificate for it and the control plane issued none (see this node's log)\n"
                     ),
                 );
                 response.headers_mut().insert(
