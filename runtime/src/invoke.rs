@@ -627,7 +627,7 @@ fn refuse_under_pressure(name: &str) -> hyper::Response<ResponseBody> {
 
 /// A 503 with `Retry-After: 1`: the request was refused before any
 /// instance ran, and may well succeed a moment later.
-fn retry_shortly(text: String) -> hyper::Response<ResponseBody> {
+pub fn retry_shortly(text: String) -> hyper::Response<ResponseBody> {
     let mut response = plain(http::StatusCode::SERVICE_UNAVAILABLE, text);
     response.headers_mut().insert(
         http::header::RETRY_AFTER,

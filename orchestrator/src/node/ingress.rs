@@ -5,12 +5,14 @@
 //! that has one, chosen by the power of two choices on requests in flight.
 
 use super::NodeShared;
+use super::mesh::Forwarded;
 use crate::api::{AppRouting, Endpoint};
 use bytes::Bytes;
 use http_body::Body;
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
-use skiff_runtime::invoke::{ResponseBody, invoke, plain};
+use skiff_runtime::invoke::{ResponseBody, invoke, plain, retry_shortly};
 use skiff_runtime::mesh::Inbound;
 use skiff_runtime::route::Route;
 use skiff_runtime::server::{DRAIN_TIMEOUT, accept_until, serve_http1};
@@ -245,18 +247,10 @@ where
         {
             return invoke(&local, request, &sink, inbound).await;
         }
-        let mut response = plain(
-            http::StatusCode::SERVICE_UNAVAILABLE,
-            format!(
-                "app \"{}\" component \"{component}\" has no running replica right now; see `skiff ps {}`\n",
-                app.name, app.name
-            ),
-        );
-        response.headers_mut().insert(
-            http::header::RETRY_AFTER,
-            http::HeaderValue::from_static("1"),
-        );
-        return response;
+        return retry_shortly(format!(
+            "app \"{}\" component \"{component}\" has no running replica right now; see `skiff ps {}`\n",
+            app.name, app.name
+        ));
     }
     // A mesh call presents its caller's certificate.
     let caller_client = match &inbound.caller {
@@ -265,22 +259,15 @@ where
             Ok(client) => Some(client),
             Err(why) => {
                 tracing::warn!(%caller, reason = "mesh_no_identity", "mesh call not sent: {why}");
-                let mut response = plain(
-                    http::StatusCode::SERVICE_UNAVAILABLE,
-                    format!(
-                        "mesh call from {caller} not sent: this node holds no valid certificate for it and the control plane issued none (see this node's log)\n"
-                    ),
-                );
-                response.headers_mut().insert(
-                    http::header::RETRY_AFTER,
-                    http::HeaderValue::from_static("1"),
-                );
-                return response;
+                return retry_shortly(format!(
+                    "mesh call from {caller} not sent: this node holds no valid certificate for it and the control plane issued none (see this node's log)\n"
+                ));
             }
         },
     };
     let seed = app.next.fetch_add(1, Ordering::Relaxed);
-    node.forwarder
+    let forwarded = node
+        .forwarder
         .forward(
             &app.name,
             component,
@@ -290,5 +277,25 @@ where
             &inbound,
             caller_client,
         )
-        .await
+        .await;
+    match forwarded {
+        Forwarded::Answered(response) => response,
+        // The endpoints were stale (this node restarted before it heard
+        // of a change, say) and a replica loads here: it serves.
+        Forwarded::Unanswered(failed, parts) => {
+            match node
+                .replicas
+                .wait_serving(&app.name, component, LOAD_WAIT)
+                .await
+            {
+                Some((local, sink)) => {
+                    let body = http_body_util::Empty::<Bytes>::new()
+                        .map_err(|never| -> HttpError { match never {} });
+                    let request = hyper::Request::from_parts(*parts, body);
+                    invoke(&local, request, &sink, inbound).await
+                }
+                None => failed,
+            }
+        }
+    }
 }

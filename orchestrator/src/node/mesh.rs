@@ -277,7 +277,7 @@ impl Forwarder {
         request: hyper::Request<B>,
         inbound: &Inbound,
         caller_client: Option<MeshClient>,
-    ) -> hyper::Response<ResponseBody>
+    ) -> Forwarded
     where
         B: Body<Data = Bytes> + Send + Unpin + 'static,
         B::Error: Into<BoxError>,
@@ -344,7 +344,11 @@ impl Forwarder {
                     }
                 }
                 // Counted until the whole body has gone through.
-                Ok(response) => return response.map(|body| relayed(Counted::new(body, counted))),
+                Ok(response) => {
+                    return Forwarded::Answered(
+                        response.map(|body| relayed(Counted::new(body, counted))),
+                    );
+                }
                 Err(e) => {
                     // The whole chain goes to the log; the client, who may
                     // be anyone, learns only what kind of failure it was
@@ -364,13 +368,27 @@ impl Forwarder {
                 }
             }
         }
-        plain(
+        let failed = plain(
             http::StatusCode::BAD_GATEWAY,
             format!(
                 "app \"{app}\" component \"{component}\": no replica could be reached ({last_error})\n"
             ),
-        )
+        );
+        if replayable {
+            Forwarded::Unanswered(failed, Box::new(parts))
+        } else {
+            Forwarded::Answered(failed)
+        }
     }
+}
+
+/// What became of a forwarded request.
+pub(crate) enum Forwarded {
+    /// A response to relay (a node's answer, or the 502 when none was had).
+    Answered(hyper::Response<ResponseBody>),
+    /// No node served it, and it has no body, so it can still be served
+    /// here: its head, and the 502 otherwise.
+    Unanswered(hyper::Response<ResponseBody>, Box<http::request::Parts>),
 }
 
 /// `error` and each of its sources, joined by ": " (the client's own
