@@ -218,17 +218,11 @@ fn on_skiff_up_only_allowed_callers_get_through_and_nobody_forges_an_identity() 
 
 #[test]
 fn across_nodes_a_call_carries_its_callers_certificate_which_only_its_node_obtains() {
-    let cluster = Cluster::start(2, &[]);
     // The frontend on node-1, the catalog on node-2.
-    let app_dir = temp_dir();
-    write_manifest(app_dir.path(), &split_shop());
-    cluster.cli(&["deploy", app_dir.path().to_str().unwrap(), "--wait"]);
+    let cluster = serving_split_shop(&[]);
     let node_1 = &cluster.nodes[0];
     let node_2 = &cluster.nodes[1];
-    let (status, body) = wait_until(Duration::from_secs(30), "the shop to serve", || {
-        let answer = get_with(&node_1.process.url, "/", "Host: shop\r\n");
-        (answer.0 != 503).then_some(answer)
-    });
+    let (status, body) = get_with(&node_1.process.url, "/", "Host: shop\r\n");
     assert_eq!(status, 200, "{body}");
     assert!(body.contains(FRONTEND_ID), "{body}");
 
@@ -311,15 +305,9 @@ fn across_nodes_a_call_carries_its_callers_certificate_which_only_its_node_obtai
 
 #[test]
 fn workload_certificates_rotate_while_calls_continue_and_an_expired_one_is_refused() {
-    let cluster = Cluster::start(2, &["--workload-cert-lifetime", "4s"]);
-    let app_dir = temp_dir();
-    write_manifest(app_dir.path(), &split_shop());
-    cluster.cli(&["deploy", app_dir.path().to_str().unwrap(), "--wait"]);
+    let cluster = serving_split_shop(&["--workload-cert-lifetime", "4s"]);
     let node_1 = &cluster.nodes[0];
     let node_2 = &cluster.nodes[1];
-    wait_until(Duration::from_secs(30), "the shop to serve", || {
-        (get_with(&node_1.process.url, "/", "Host: shop\r\n").0 == 200).then_some(())
-    });
     // Nine seconds of calls across nodes: the frontend's certificate (4 s)
     // is renewed at half its life, and no call fails.
     let started = std::time::Instant::now();
@@ -378,6 +366,20 @@ fn workload_certificates_rotate_while_calls_continue_and_an_expired_one_is_refus
     );
 }
 
+/// A two-node cluster started with `server_args`, serving the shop split
+/// over its nodes ([`split_shop`]).
+fn serving_split_shop(server_args: &[&str]) -> Cluster {
+    let cluster = Cluster::start(2, server_args);
+    let app_dir = temp_dir();
+    write_manifest(app_dir.path(), &split_shop());
+    cluster.cli(&["deploy", app_dir.path().to_str().unwrap(), "--wait"]);
+    let url = cluster.nodes[0].process.url.clone();
+    wait_until(Duration::from_secs(30), "the shop to serve", || {
+        (get_with(&url, "/", "Host: shop\r\n").0 == 200).then_some(())
+    });
+    cluster
+}
+
 /// The shop with its frontend on node-1 (zone z1) and its catalog on
 /// node-2 (zone z2).
 fn split_shop() -> String {
@@ -398,14 +400,8 @@ fn split_shop() -> String {
 #[test]
 fn a_control_plane_that_hangs_delays_no_call_while_the_certificate_held_is_valid() {
     // Renewal is due at 5 s; the certificate serves until 2 s before 10 s.
-    let cluster = Cluster::start(2, &["--workload-cert-lifetime", "10s"]);
-    let app_dir = temp_dir();
-    write_manifest(app_dir.path(), &split_shop());
-    cluster.cli(&["deploy", app_dir.path().to_str().unwrap(), "--wait"]);
+    let cluster = serving_split_shop(&["--workload-cert-lifetime", "10s"]);
     let url = cluster.nodes[0].process.url.clone();
-    wait_until(Duration::from_secs(30), "the shop to serve", || {
-        (get_with(&url, "/", "Host: shop\r\n").0 == 200).then_some(())
-    });
     cluster.server.signal("STOP");
     std::thread::sleep(Duration::from_millis(5_500));
     let started = std::time::Instant::now();

@@ -61,16 +61,17 @@ impl WorkloadIdentities {
         node: &Arc<NodeShared>,
         workload: &WorkloadId,
     ) -> Result<MeshClient, String> {
-        let now = now();
-        if let Some(client) = self.current(workload, now, true) {
+        let arrived = now();
+        if let Some(client) = self.current(workload, arrived, true) {
             return Ok(client);
         }
-        if let Some(client) = self.current(workload, now, false) {
+        if let Some(client) = self.current(workload, arrived, false) {
             self.renew_in_background(node, workload);
             return Ok(client);
         }
         let _one = self.obtaining.lock().await;
-        let now = crate::clock::unix_secs() as i64;
+        // Another call may have obtained it while this one waited.
+        let now = now();
         if let Some(client) = self.current(workload, now, false) {
             return Ok(client);
         }
