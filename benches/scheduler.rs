@@ -204,7 +204,8 @@ fn through_api() {
             // one client (and connection) for every join.
             let joining = joining.get_or_insert_with(|| {
                 let pin = token.token.split('.').nth(1).expect("a token has a CA pin");
-                let tls = skiff_orchestrator::tls::client_pinned(pin).expect("a pinned client");
+                let tls =
+                    skiff_orchestrator::mesh::tls::client_pinned(pin).expect("a pinned client");
                 ApiClient::new(&server.url, tls, None)
             });
             fleet.push(Arc::new(
@@ -347,7 +348,7 @@ async fn admin_client(home: &Path) -> ApiClient {
         serde_json::from_slice(&std::fs::read(home.join("cluster.json")).unwrap()).unwrap();
     let server = settings["current"].as_str().unwrap();
     let cluster = &settings["clusters"][server];
-    let tls = skiff_orchestrator::tls::client_trusting(cluster["ca_pem"].as_str().unwrap())
+    let tls = skiff_orchestrator::mesh::tls::client_trusting(cluster["ca_pem"].as_str().unwrap())
         .expect("the cluster CA");
     ApiClient::new(
         server,

@@ -173,7 +173,7 @@ fn strangers_are_refused() {
                 "{what} and a certificate from {signer}"
             );
             assert!(
-                refused.took < skiff_orchestrator::tls::HANDSHAKE_TIMEOUT / 2,
+                refused.took < skiff_orchestrator::mesh::tls::HANDSHAKE_TIMEOUT / 2,
                 "{what} took {:?} to refuse {signer}",
                 refused.took
             );
@@ -203,7 +203,7 @@ fn strangers_are_refused() {
         "a fatal decode_error alert: {answer:02x?}"
     );
     assert!(
-        took < skiff_orchestrator::tls::HANDSHAKE_TIMEOUT / 2,
+        took < skiff_orchestrator::mesh::tls::HANDSHAKE_TIMEOUT / 2,
         "the mesh took {took:?} to refuse plaintext"
     );
 
@@ -211,15 +211,16 @@ fn strangers_are_refused() {
     // the control plane, even for the name the CLI dials (the CA no
     // longer names a node `localhost`; an older one could).
     let (cert, key) = legacy_node_cert(&cluster, "localhost");
-    let impostor = rustls::ServerConfig::builder_with_provider(skiff_orchestrator::tls::provider())
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_no_client_auth()
-        .with_single_cert(
-            skiff_orchestrator::tls::certs(&cert).unwrap(),
-            rustls::pki_types::PrivateKeyDer::from_pem_slice(key.as_bytes()).unwrap(),
-        )
-        .unwrap();
+    let impostor =
+        rustls::ServerConfig::builder_with_provider(skiff_orchestrator::mesh::tls::provider())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(
+                skiff_orchestrator::mesh::tls::certs(&cert).unwrap(),
+                rustls::pki_types::PrivateKeyDer::from_pem_slice(key.as_bytes()).unwrap(),
+            )
+            .unwrap();
     let listener = runtime
         .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
         .unwrap();

@@ -44,7 +44,7 @@ fn ca_pem(home: &Path) -> String {
 }
 
 fn admin_client(home: &Path, api: &str) -> ApiClient {
-    let tls = skiff_orchestrator::tls::client_trusting(&ca_pem(home)).unwrap();
+    let tls = skiff_orchestrator::mesh::tls::client_trusting(&ca_pem(home)).unwrap();
     let token = std::fs::read_to_string(home.join("server/admin-token")).unwrap();
     ApiClient::new(api, tls, Some(token.trim().to_string()))
 }
@@ -134,8 +134,9 @@ fn a_flood_of_slow_connections_is_bounded_and_cut_off() {
     );
     let api: SocketAddr = server.url.trim_start_matches("https://").parse().unwrap();
     let runtime = tokio::runtime::Runtime::new().unwrap();
-    let tls =
-        TlsConnector::from(skiff_orchestrator::tls::client_trusting(&ca_pem(home.path())).unwrap());
+    let tls = TlsConnector::from(
+        skiff_orchestrator::mesh::tls::client_trusting(&ca_pem(home.path())).unwrap(),
+    );
     let local: IpAddr = "127.0.0.1".parse().unwrap();
     let health = || {
         runtime
@@ -562,7 +563,7 @@ fn news_answers_a_held_heartbeat_at_once() {
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let joining = ApiClient::new(
         &api,
-        skiff_orchestrator::tls::client_pinned(pin).unwrap(),
+        skiff_orchestrator::mesh::tls::client_pinned(pin).unwrap(),
         None,
     );
     let (key, csr) = NodeIdentity::request().unwrap();
@@ -639,7 +640,7 @@ fn news_answers_a_held_heartbeat_at_once() {
     // News from a certificate the cluster did not sign is not taken.
     let stranger = ApiClient::new(
         &api,
-        skiff_orchestrator::tls::client_trusting(&ca_pem(home.path())).unwrap(),
+        skiff_orchestrator::mesh::tls::client_trusting(&ca_pem(home.path())).unwrap(),
         None,
     );
     let refused = runtime

@@ -435,7 +435,7 @@ fn names_and_addresses_that_could_be_mistaken_are_refused() {
     let pin = token.split('.').nth(1).unwrap();
     let joining = ApiClient::new(
         &cluster.api,
-        skiff_orchestrator::tls::client_pinned(pin).unwrap(),
+        skiff_orchestrator::mesh::tls::client_pinned(pin).unwrap(),
         None,
     );
     let join = |name: &str| {

@@ -218,22 +218,33 @@ fn on_skiff_up_only_allowed_callers_get_through_and_nobody_forges_an_identity() 
 
 #[test]
 fn across_nodes_a_call_carries_its_callers_certificate_which_only_its_node_obtains() {
-    // The frontend on node-1, the catalog on node-2.
+    // The frontend on node-1, the catalog on node-2; the request enters
+    // through node-3, which runs neither: two hops between nodes.
     let cluster = serving_split_shop(&[]);
     let node_1 = &cluster.nodes[0];
     let node_2 = &cluster.nodes[1];
-    let (status, body) = get_with(&node_1.process.url, "/", "Host: shop\r\n");
+    let node_3 = &cluster.nodes[2];
+    let client_trace = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let client_span = "00f067aa0ba902b7";
+    let (status, body) = get_with(
+        &node_3.process.url,
+        "/",
+        &format!("Host: shop\r\ntraceparent: 00-{client_trace}-{client_span}-01\r\n"),
+    );
     assert_eq!(status, 200, "{body}");
     assert!(body.contains(FRONTEND_ID), "{body}");
 
-    // One trace over both nodes.
-    let frontend = node_1
-        .process
-        .wait_for_line(&["span", "callee=\"shop/frontend\""]);
-    let trace = field(&frontend, "trace_id").to_string();
+    // One trace over the three nodes: the client's, continued by the
+    // frontend on node-1 and by the catalog on node-2.
+    let frontend =
+        node_1
+            .process
+            .wait_for_line(&["span", "callee=\"shop/frontend\"", client_trace]);
+    assert_eq!(field(&frontend, "parent_id"), client_span, "{frontend}");
+    assert_eq!(field(&frontend, "caller"), "ingress", "{frontend}");
     let catalog = node_2
         .process
-        .wait_for_line(&["span", "callee=\"shop/catalog\"", &trace]);
+        .wait_for_line(&["span", "callee=\"shop/catalog\"", client_trace]);
     assert_eq!(field(&catalog, "caller"), "shop/frontend", "{catalog}");
     assert_eq!(
         field(&catalog, "parent_id"),
@@ -366,10 +377,11 @@ fn workload_certificates_rotate_while_calls_continue_and_an_expired_one_is_refus
     );
 }
 
-/// A two-node cluster started with `server_args`, serving the shop split
-/// over its nodes ([`split_shop`]).
+/// A three-node cluster started with `server_args`, serving the shop
+/// split over its first two nodes ([`split_shop`]); the third runs none
+/// of it.
 fn serving_split_shop(server_args: &[&str]) -> Cluster {
-    let cluster = Cluster::start(2, server_args);
+    let cluster = Cluster::start(3, server_args);
     let app_dir = temp_dir();
     write_manifest(app_dir.path(), &split_shop());
     cluster.cli(&["deploy", app_dir.path().to_str().unwrap(), "--wait"]);

@@ -130,7 +130,7 @@ impl ClusterConfig {
     ///
     /// An unreadable CA certificate.
     pub fn client(&self) -> anyhow::Result<ApiClient> {
-        let tls = crate::tls::client_trusting(&self.ca_pem)?;
+        let tls = crate::mesh::tls::client_trusting(&self.ca_pem)?;
         Ok(ApiClient::new(&self.server, tls, Some(self.token.clone())))
     }
 }

@@ -21,4 +21,3 @@ pub mod node;
 pub mod registry;
 pub mod scheduler;
 pub mod state;
-pub mod tls;

@@ -217,7 +217,7 @@ impl Cluster {
 
     /// An API client trusting the cluster CA, with bearer `token`.
     pub fn admin_client(&self, token: Option<&str>) -> ApiClient {
-        let tls = skiff_orchestrator::tls::client_trusting(&self.ca_pem()).unwrap();
+        let tls = skiff_orchestrator::mesh::tls::client_trusting(&self.ca_pem()).unwrap();
         ApiClient::new(&self.api, tls, token.map(str::to_string))
     }
 

@@ -80,7 +80,8 @@ pub(super) async fn serve(
             let acceptor = acceptor.clone();
             let shared = shared.clone();
             tokio::spawn(async move {
-                let Some(tls) = crate::tls::accept(&acceptor, accepted.stream, accepted.peer).await
+                let Some(tls) =
+                    crate::mesh::tls::accept(&acceptor, accepted.stream, accepted.peer).await
                 else {
                     return;
                 };

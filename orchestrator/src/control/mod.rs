@@ -504,7 +504,7 @@ impl ControlPlane {
         hosts.sort();
         hosts.dedup();
         let (chain, key) = ca.sign_control_plane(&hosts)?;
-        let tls = crate::tls::control_plane_server(ca.cert_pem(), &chain, &key)?;
+        let tls = crate::mesh::tls::control_plane_server(ca.cert_pem(), &chain, &key)?;
 
         let mut live = Live::load(&store, &packages, &dir.join("state.redb"))?;
         live.overcommit = config.overcommit;
@@ -635,7 +635,7 @@ impl ControlPlane {
 
 impl Shared {
     fn new_join_token(&self) -> Result<JoinTokenResponse, crate::state::StateError> {
-        let pin = crate::tls::ca_pin(self.ca.cert_pem()).expect("the cluster CA is readable");
+        let pin = crate::mesh::tls::ca_pin(self.ca.cert_pem()).expect("the cluster CA is readable");
         let token = format!("skt1.{pin}.{}", random_hex(16));
         let expires_unix = crate::clock::unix_secs() + JOIN_TOKEN_LIFETIME.as_secs();
         self.store.add_join_token(&token, expires_unix)?;

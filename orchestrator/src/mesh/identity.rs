@@ -91,9 +91,9 @@ impl NodeIdentity {
         &self,
         members: &Members,
     ) -> Result<Arc<rustls::ClientConfig>, IdentityError> {
-        let verifier = crate::tls::node_verifier(self.roots()?, members.clone())
+        let verifier = crate::mesh::tls::node_verifier(self.roots()?, members.clone())
             .map_err(|e| IdentityError(e.to_string()))?;
-        let config = rustls::ClientConfig::builder_with_provider(crate::tls::provider())
+        let config = rustls::ClientConfig::builder_with_provider(crate::mesh::tls::provider())
             .with_safe_default_protocol_versions()
             .map_err(|e| IdentityError(e.to_string()))?
             .dangerous()
@@ -152,9 +152,9 @@ impl NodeIdentity {
     ///
     /// Unreadable certificates or key.
     pub fn control_plane_client_config(&self) -> Result<Arc<rustls::ClientConfig>, IdentityError> {
-        let verifier = crate::tls::control_plane_verifier(self.roots()?)
+        let verifier = crate::mesh::tls::control_plane_verifier(self.roots()?)
             .map_err(|e| IdentityError(e.to_string()))?;
-        let config = rustls::ClientConfig::builder_with_provider(crate::tls::provider())
+        let config = rustls::ClientConfig::builder_with_provider(crate::mesh::tls::provider())
             .with_safe_default_protocol_versions()
             .map_err(|e| IdentityError(e.to_string()))?
             .dangerous()

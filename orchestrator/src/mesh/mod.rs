@@ -1,14 +1,28 @@
-//! The mesh's trust: the cluster CA that the control plane holds, node
-//! identities issued from certificate signing requests, and the rustls
-//! configurations that make every connection between nodes (and between
-//! nodes and the control plane) mutually authenticated TLS. Plaintext and
-//! certificates from any other CA are refused.
+//! The mesh, in one place. Its trust: the cluster CA that the control
+//! plane holds (`ca`), node and workload identities issued from
+//! certificate signing requests (`identity`, `workload_certs`), who is a
+//! member (`members`), and the rustls configurations that make every
+//! connection between nodes (and between nodes and the control plane)
+//! mutually authenticated TLS (`tls`); plaintext and certificates from any
+//! other CA are refused. Its traffic on a node: guests' calls by name
+//! (`calls`), forwarding to other nodes (`forward`, over `client`), and
+//! the endpoint serving what other nodes forward (`endpoint`).
+//!
+//! A forwarded request names its target in the `skiff-app` and
+//! `skiff-component` headers; a mesh call goes with its caller workload's
+//! certificate and its hop count (`skiff-hops`).
 
 pub mod ca;
+pub(crate) mod calls;
+pub(crate) mod client;
+pub(crate) mod endpoint;
+pub(crate) mod forward;
 pub mod identity;
 pub mod members;
 #[cfg(test)]
 mod tests;
+pub mod tls;
+pub(crate) mod workload_certs;
 
 pub use ca::{CaError, ClusterCa};
 
@@ -23,3 +37,15 @@ pub fn control_plane_id() -> String {
 }
 pub use identity::{NodeIdentity, peer_spiffe_id};
 pub use members::{Members, NodeCert, Peer, WorkloadCert};
+
+/// Header naming the app of a forwarded request.
+pub const APP_HEADER: &str = "skiff-app";
+/// Header naming the component of a forwarded request.
+pub const COMPONENT_HEADER: &str = "skiff-component";
+/// Set on a mesh answer when the node holds no such replica (the sender's
+/// endpoints are stale), so the request was not run and may be retried.
+/// Only the mesh endpoint sets it: `invoke` strips every `skiff-*` header
+/// from guest responses, so a guest cannot make a request replayed.
+pub const NOT_HERE_HEADER: &str = "skiff-not-here";
+/// Header giving, on a forwarded mesh call, how many mesh hops it took.
+pub const HOPS_HEADER: &str = "skiff-hops";

@@ -219,12 +219,12 @@ fn issue(ca: &ClusterCa, dns: &str, uris: &[&str]) -> (String, String) {
 fn plain_server(cert_pem: &str, key_pem: &str) -> Arc<rustls::ServerConfig> {
     use rustls::pki_types::pem::PemObject;
     Arc::new(
-        rustls::ServerConfig::builder_with_provider(crate::tls::provider())
+        rustls::ServerConfig::builder_with_provider(crate::mesh::tls::provider())
             .with_safe_default_protocol_versions()
             .unwrap()
             .with_no_client_auth()
             .with_single_cert(
-                crate::tls::certs(cert_pem).unwrap(),
+                crate::mesh::tls::certs(cert_pem).unwrap(),
                 rustls::pki_types::PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).unwrap(),
             )
             .unwrap(),
@@ -262,7 +262,7 @@ async fn the_mesh_client_accepts_only_the_node_it_dialled() {
     // The control plane's certificate, signed for the name dialled (as it
     // is for `localhost`): the mesh never forwards into the API.
     let (chain, key) = ca.sign_control_plane(&["node-b".to_string()]).unwrap();
-    let api = crate::tls::control_plane_server(ca.cert_pem(), &chain, &key).unwrap();
+    let api = crate::mesh::tls::control_plane_server(ca.cert_pem(), &chain, &key).unwrap();
     let (addr, _server) = serve_once_with(api).await;
     let refused = connect(client.clone(), &addr, "node-b").await.unwrap_err();
     assert!(refused.contains("not a node certificate"), "{refused}");

@@ -101,7 +101,7 @@ pub(crate) async fn load_or_join(
             "malformed join token: expected skt1.<ca-pin>.<secret>, as printed by `skiff join-token`"
         ),
     };
-    let client = ApiClient::new(&config.server, crate::tls::client_pinned(&pin)?, None);
+    let client = ApiClient::new(&config.server, crate::mesh::tls::client_pinned(&pin)?, None);
     let (key_pem, csr_pem) = NodeIdentity::request()?;
     let joined: JoinResponse = client
         .post(

@@ -9,12 +9,11 @@
 //! forwarding with the endpoints it last saw (static stability), also
 //! across its own restarts: the last desired state is kept on disk.
 
-mod calls;
 mod identity;
 mod ingress;
-mod mesh;
+pub(crate) mod reach;
 mod replicas;
-mod workload_certs;
+pub(crate) mod routing;
 
 use crate::api::{DesiredChange, DesiredState, GuestLine, SyncRequest, SyncResponse};
 use crate::api_client::ApiClient;
@@ -84,8 +83,8 @@ pub struct Node {
 /// What the node's tasks share.
 pub(crate) struct NodeShared {
     // Declared (so dropped) before the engine that loaded them.
-    replicas: replicas::LocalReplicas,
-    config: NodeConfig,
+    pub(crate) replicas: replicas::LocalReplicas,
+    pub(crate) config: NodeConfig,
     ingress_addr: SocketAddr,
     mesh_addr: SocketAddr,
     engine: SkiffEngine,
@@ -93,11 +92,11 @@ pub(crate) struct NodeShared {
     packages: Store,
     /// Held while pulling into or collecting from `packages`.
     store_lock: tokio::sync::Mutex<()>,
-    identity: RwLock<identity::Current>,
-    routing: RwLock<Arc<ingress::Routing>>,
-    forwarder: mesh::Forwarder,
+    pub(crate) identity: RwLock<identity::Current>,
+    pub(crate) routing: RwLock<Arc<routing::Routing>>,
+    pub(crate) forwarder: crate::mesh::forward::Forwarder,
     /// The nodes honoured on the mesh, as last heard.
-    members: crate::mesh::Members,
+    pub(crate) members: crate::mesh::Members,
     /// Held while the node runs: one process per data directory.
     _data_dir_lock: std::fs::File,
     logs: Mutex<LogBuffer>,
@@ -108,9 +107,9 @@ pub(crate) struct NodeShared {
     /// `desired` changed since it was last saved.
     unsaved: Notify,
     /// Where guests' mesh calls go.
-    mesh_router: Arc<calls::NodeMesh>,
+    mesh_router: Arc<crate::mesh::calls::NodeMesh>,
     /// The certificates of workloads here that call across nodes.
-    workload_identities: workload_certs::WorkloadIdentities,
+    pub(crate) workload_identities: crate::mesh::workload_certs::WorkloadIdentities,
 }
 
 impl NodeShared {
@@ -184,7 +183,7 @@ impl Node {
         warn_if_capacity_below_baseline(config.memory);
         let cache = CompileCache::open(&crate::home::cache_dir())?;
         let packages = Store::open(&config.data_dir.join("packages"))?;
-        let forwarder = mesh::Forwarder::new(&current.identity, &members)?;
+        let forwarder = crate::mesh::forward::Forwarder::new(&current.identity, &members)?;
         let shared = Arc::new_cyclic(|weak| NodeShared {
             replicas: replicas::LocalReplicas::default(),
             config,
@@ -195,7 +194,7 @@ impl Node {
             packages,
             store_lock: tokio::sync::Mutex::new(()),
             identity: RwLock::new(current),
-            routing: RwLock::new(Arc::new(ingress::Routing::default())),
+            routing: RwLock::new(Arc::new(routing::Routing::default())),
             forwarder,
             members,
             _data_dir_lock: lock,
@@ -208,8 +207,8 @@ impl Node {
             changed: Notify::new(),
             desired: Mutex::new(DesiredState::default()),
             unsaved: Notify::new(),
-            mesh_router: Arc::new(calls::NodeMesh::new(weak.clone())),
-            workload_identities: workload_certs::WorkloadIdentities::default(),
+            mesh_router: Arc::new(crate::mesh::calls::NodeMesh::new(weak.clone())),
+            workload_identities: crate::mesh::workload_certs::WorkloadIdentities::default(),
         });
         Ok(Node {
             shared,
@@ -268,7 +267,7 @@ impl Node {
             }
         });
         let (stop, stopped) = tokio::sync::watch::channel(false);
-        let mesh = tokio::spawn(mesh::serve(
+        let mesh = tokio::spawn(crate::mesh::endpoint::serve(
             self.shared.clone(),
             self.mesh,
             wait_for(stopped.clone()),
@@ -307,7 +306,7 @@ async fn wait_for(mut stopped: tokio::sync::watch::Receiver<bool>) {
 }
 
 impl NodeShared {
-    fn api(&self) -> ApiClient {
+    pub(crate) fn api(&self) -> ApiClient {
         self.identity.read().expect("identity lock").api.clone()
     }
 

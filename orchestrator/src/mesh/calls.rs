@@ -4,9 +4,9 @@
 //! by a replica here without the network, else over mTLS by a node that
 //! runs one.
 
-use super::NodeShared;
-use super::ingress::reach;
-use skiff_runtime::invoke::{ResponseBody, plain};
+use crate::node::NodeShared;
+use crate::node::reach::reach;
+use skiff_runtime::invoke::{Answer, plain};
 use skiff_runtime::mesh::{
     Inbound, MeshCall, MeshResponse, MeshRouter, MeshTarget, unknown_target,
 };
@@ -52,7 +52,7 @@ impl MeshRouter for NodeMesh {
     }
 }
 
-fn shutting_down() -> hyper::Response<ResponseBody> {
+fn shutting_down() -> Answer {
     plain(
         http::StatusCode::SERVICE_UNAVAILABLE,
         "this node is shutting down\n".to_string(),

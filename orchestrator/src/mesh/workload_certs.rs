@@ -6,10 +6,10 @@
 //! while calls keep using the one held (so a control plane that hangs
 //! delays no call); dropped when the workload leaves the node.
 
-use super::NodeShared;
-use super::mesh::MeshClient;
+use super::NodeIdentity;
+use super::client::MeshClient;
 use crate::api::{WorkloadCertRequest, WorkloadCertResponse};
-use crate::mesh::NodeIdentity;
+use crate::node::NodeShared;
 use skiff_runtime::mesh::WorkloadId;
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};

@@ -1,0 +1,426 @@
+//! Forwarding to other nodes, in three stages: balance (the order to try
+//! the nodes running the component in: first the less busy of two picked
+//! at random, by requests in flight from here), retry where safe (a
+//! request without a body moves on to the next node when one cannot be
+//! connected to or no longer runs the component; one with a body is sent
+//! once), and one attempt (the request sent over mTLS with its target and
+//! hop count in `skiff-*` headers, counted in flight until its response
+//! body ends).
+
+use super::client::{BoxError, ForwardBody, MeshClient, client, failure_kind, with_sources};
+use super::{APP_HEADER, COMPONENT_HEADER, HOPS_HEADER, NOT_HERE_HEADER};
+use super::{Members, NodeIdentity};
+use crate::api::{AppRouting, Endpoint};
+use bytes::Bytes;
+use http_body::Body;
+use http_body_util::{BodyExt, Empty};
+use skiff_runtime::invoke::{Answer, plain, relayed};
+use skiff_runtime::mesh::Inbound;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, RwLock};
+use std::task::{Context, Poll};
+
+/// Forwards requests to other nodes, choosing by the power of two
+/// choices: of two endpoints picked at random, the one with fewer requests
+/// in flight from this node.
+pub(crate) struct Forwarder {
+    addresses: Arc<RwLock<HashMap<String, SocketAddr>>>,
+    members: Members,
+    client: RwLock<MeshClient>,
+    in_flight: RwLock<HashMap<String, Arc<AtomicUsize>>>,
+}
+
+/// Counts a request in flight to one node until dropped.
+struct InFlight(Arc<AtomicUsize>);
+
+impl InFlight {
+    fn enter(counter: Arc<AtomicUsize>) -> InFlight {
+        counter.fetch_add(1, Ordering::Relaxed);
+        InFlight(counter)
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// A forwarded response body that keeps its request counted in flight
+/// until it ends (or is dropped).
+struct Counted<B> {
+    body: Pin<Box<B>>,
+    _in_flight: InFlight,
+}
+
+impl<B> Counted<B> {
+    fn new(body: B, in_flight: InFlight) -> Counted<B> {
+        Counted {
+            body: Box::pin(body),
+            _in_flight: in_flight,
+        }
+    }
+}
+
+impl<B: hyper::body::Body> hyper::body::Body for Counted<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<hyper::body::Frame<B::Data>, B::Error>>> {
+        self.body.as_mut().poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.body.size_hint()
+    }
+}
+
+impl Forwarder {
+    /// Forwards as `identity`, to peers that `members` holds current.
+    pub(crate) fn new(identity: &NodeIdentity, members: &Members) -> anyhow::Result<Forwarder> {
+        let addresses = Arc::new(RwLock::new(HashMap::new()));
+        let client = RwLock::new(client(identity, members, &addresses)?);
+        Ok(Forwarder {
+            addresses,
+            members: members.clone(),
+            client,
+            in_flight: RwLock::new(HashMap::new()),
+        })
+    }
+
+    /// A client presenting `identity` (a workload's certificate) to
+    /// peers that `members` holds current.
+    pub(crate) fn client_presenting(&self, identity: &NodeIdentity) -> anyhow::Result<MeshClient> {
+        client(identity, &self.members, &self.addresses)
+    }
+
+    /// Switches to a renewed certificate.
+    pub(crate) fn use_identity(&self, identity: &NodeIdentity) -> anyhow::Result<()> {
+        *self.client.write().expect("mesh client lock") =
+            client(identity, &self.members, &self.addresses)?;
+        Ok(())
+    }
+
+    /// Records where every node with a replica listens.
+    pub(crate) fn learn(&self, apps: &[AppRouting]) {
+        let mut addresses = self.addresses.write().expect("mesh address lock");
+        for endpoint in apps.iter().flat_map(|a| a.endpoints.values().flatten()) {
+            if let Ok(addr) = endpoint.mesh.parse() {
+                addresses.insert(endpoint.node.clone(), addr);
+            }
+        }
+    }
+
+    /// The requests in flight to `node` from here.
+    fn in_flight(&self, node: &str) -> Arc<AtomicUsize> {
+        if let Some(counter) = self.in_flight.read().expect("in-flight lock").get(node) {
+            return counter.clone();
+        }
+        self.in_flight
+            .write()
+            .expect("in-flight lock")
+            .entry(node.to_string())
+            .or_default()
+            .clone()
+    }
+
+    /// The index to try first among `endpoints`: the less busy of two
+    /// picked from `seed` (a counter, spread by a multiplicative hash).
+    fn first_choice(&self, endpoints: &[&Endpoint], seed: usize) -> usize {
+        let n = endpoints.len();
+        if n < 2 {
+            return 0;
+        }
+        let spread = (seed as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 32;
+        let a = (spread % n as u64) as usize;
+        let b = (a + 1 + ((spread >> 16) % (n as u64 - 1)) as usize) % n;
+        let load = |i: usize| self.in_flight(&endpoints[i].node).load(Ordering::Relaxed);
+        if load(b) < load(a) { b } else { a }
+    }
+
+    /// Sends `request` for `target` to a node running it (one of
+    /// `endpoints`, none of them this node), trying them in the order
+    /// [`Forwarder::balance`] gives from `seed`, and moving on only where
+    /// that is safe. A mesh call goes with `caller_client`, which presents
+    /// the calling workload's certificate; ingress traffic with the node's.
+    pub(crate) async fn forward<B>(
+        &self,
+        target: Target<'_>,
+        endpoints: &[&Endpoint],
+        seed: usize,
+        request: hyper::Request<B>,
+        inbound: &Inbound,
+        caller_client: Option<MeshClient>,
+    ) -> Forwarded
+    where
+        B: Body<Data = Bytes> + Send + Unpin + 'static,
+        B::Error: Into<BoxError>,
+    {
+        let client =
+            caller_client.unwrap_or_else(|| self.client.read().expect("mesh client lock").clone());
+        let replayable = !has_body(request.headers());
+        let (parts, body) = request.into_parts();
+        let mut body = Some(body.map_err(Into::into).boxed_unsync());
+        let mut last_error = String::new();
+        for endpoint in self.balance(endpoints, seed) {
+            // Retry if safe: a body is sent once; a bodiless request again,
+            // with an empty body.
+            let body = match body.take() {
+                Some(body) => body,
+                None if replayable => Empty::new().map_err(|never| match never {}).boxed_unsync(),
+                None => break,
+            };
+            let attempt = Attempt {
+                client: &client,
+                endpoint,
+                target,
+                inbound,
+            };
+            match attempt.send(&parts, body, self).await {
+                Ok(response) => return Forwarded::Answered(response),
+                Err(failure) => {
+                    last_error = failure.why;
+                    if !(replayable && failure.nothing_ran) {
+                        break;
+                    }
+                }
+            }
+        }
+        let failed = plain(
+            http::StatusCode::BAD_GATEWAY,
+            format!(
+                "app \"{}\" component \"{}\": no replica could be reached ({last_error})\n",
+                target.app, target.component
+            ),
+        );
+        if replayable {
+            Forwarded::Unanswered(failed, Box::new(parts))
+        } else {
+            Forwarded::Answered(failed)
+        }
+    }
+
+    /// The order to try `endpoints` in: first the less busy of two picked
+    /// from `seed` (the power of two choices), then the rest in turn; a
+    /// node holding several replicas comes once.
+    fn balance<'e>(&self, endpoints: &[&'e Endpoint], seed: usize) -> Vec<&'e Endpoint> {
+        let start = self.first_choice(endpoints, seed);
+        let mut order: Vec<&Endpoint> = Vec::with_capacity(endpoints.len());
+        for i in 0..endpoints.len() {
+            let endpoint = endpoints[(start + i) % endpoints.len()];
+            if !order.iter().any(|e| e.node == endpoint.node) {
+                order.push(endpoint);
+            }
+        }
+        order
+    }
+}
+
+/// The app and component a forwarded request is for.
+#[derive(Clone, Copy)]
+pub(crate) struct Target<'a> {
+    /// The app's name.
+    pub(crate) app: &'a str,
+    /// The component's name.
+    pub(crate) component: &'a str,
+}
+
+/// One try at one node.
+struct Attempt<'a> {
+    client: &'a MeshClient,
+    endpoint: &'a Endpoint,
+    target: Target<'a>,
+    inbound: &'a Inbound,
+}
+
+/// Why an attempt failed, in words safe for any client, and whether the
+/// request surely did not run there (so another node may be tried).
+struct AttemptFailed {
+    why: String,
+    nothing_ran: bool,
+}
+
+impl Attempt<'_> {
+    /// Sends the request (`parts` and `body`) to the endpoint's node,
+    /// counted in flight there by `forwarder` until its response ends.
+    async fn send(
+        &self,
+        parts: &http::request::Parts,
+        body: ForwardBody,
+        forwarder: &Forwarder,
+    ) -> Result<Answer, AttemptFailed> {
+        let node = self.endpoint.node.as_str();
+        let forwarded = self.request(parts, body).map_err(|why| AttemptFailed {
+            why,
+            nothing_ran: true,
+        })?;
+        let counted = InFlight::enter(forwarder.in_flight(node));
+        match self.client.request(forwarded).await {
+            // The platform's own signal never reaches the client: a
+            // request with a body cannot move on, so it gets the 502.
+            Ok(response) if not_here(&response) => Err(AttemptFailed {
+                why: format!("node {node} no longer runs it"),
+                nothing_ran: true,
+            }),
+            // Counted until the whole body has gone through.
+            Ok(response) => Ok(response.map(|body| relayed(Counted::new(body, counted)))),
+            Err(e) => {
+                // The whole chain goes to the log; the client, who may be
+                // anyone, learns only what kind of failure it was
+                // (certificate names, cluster names and validity times in
+                // TLS errors are the operator's business).
+                let error = with_sources(&e);
+                tracing::warn!(
+                    app = self.target.app,
+                    component = self.target.component,
+                    node,
+                    "forwarding failed: {error}"
+                );
+                Err(AttemptFailed {
+                    why: format!("node {node}: {}", failure_kind(&e)),
+                    nothing_ran: e.is_connect(),
+                })
+            }
+        }
+    }
+
+    /// The request as the endpoint's node receives it: its target and,
+    /// for a mesh call, its hop count in headers; who calls is in the
+    /// certificate.
+    fn request(
+        &self,
+        parts: &http::request::Parts,
+        body: ForwardBody,
+    ) -> Result<hyper::Request<ForwardBody>, String> {
+        let node = self.endpoint.node.as_str();
+        let Ok(mesh) = self.endpoint.mesh.parse::<SocketAddr>() else {
+            return Err(format!("node {node} has no valid mesh address"));
+        };
+        let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+        let Ok(mut forwarded) = hyper::Request::builder()
+            .method(parts.method.clone())
+            .uri(format!("https://{node}:{}{path}", mesh.port()))
+            .body(body)
+        else {
+            return Err(format!("node {node} cannot be addressed"));
+        };
+        *forwarded.headers_mut() = parts.headers.clone();
+        let headers = forwarded.headers_mut();
+        headers.insert(APP_HEADER, header_value(self.target.app));
+        headers.insert(COMPONENT_HEADER, header_value(self.target.component));
+        if self.inbound.caller.is_some() {
+            headers.insert(
+                HOPS_HEADER,
+                http::HeaderValue::from(u16::from(self.inbound.hops)),
+            );
+        }
+        // A guest's request names its target in its URI only.
+        if let Some(authority) = parts.uri.authority()
+            && !parts.headers.contains_key(http::header::HOST)
+            && let Ok(host) = http::HeaderValue::from_str(authority.as_str())
+        {
+            headers.insert(http::header::HOST, host);
+        }
+        Ok(forwarded)
+    }
+}
+
+/// What became of a forwarded request.
+pub(crate) enum Forwarded {
+    /// A response to relay (a node's answer, or the 502 when none was had).
+    Answered(Answer),
+    /// No node served it, and it has no body, so it can still be served
+    /// here: its head, and the 502 otherwise.
+    Unanswered(Answer, Box<http::request::Parts>),
+}
+
+fn header_value(text: &str) -> http::HeaderValue {
+    http::HeaderValue::from_str(text)
+        .expect("app and component names and SPIFFE IDs are valid header values")
+}
+
+/// Whether a mesh answer is the endpoint's own "no such replica here".
+fn not_here<B>(response: &hyper::Response<B>) -> bool {
+    response.status() == http::StatusCode::SERVICE_UNAVAILABLE
+        && response.headers().contains_key(NOT_HERE_HEADER)
+}
+
+fn has_body(headers: &http::HeaderMap) -> bool {
+    headers.contains_key(http::header::TRANSFER_ENCODING)
+        || headers
+            .get(http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.trim() != "0")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::mesh::ClusterCa;
+
+    fn forwarder() -> Forwarder {
+        let ca = ClusterCa::create("skiff").unwrap();
+        let (key, csr) = NodeIdentity::request().unwrap();
+        let cert = ca.sign_node("node-a", "1", &csr).unwrap();
+        let members = Members::new("skiff");
+        Forwarder::new(
+            &NodeIdentity::new(key, cert, ca.cert_pem().to_string()),
+            &members,
+        )
+        .unwrap()
+    }
+
+    fn endpoint(node: &str) -> Endpoint {
+        Endpoint {
+            node: node.to_string(),
+            mesh: "127.0.0.1:1".to_string(),
+        }
+    }
+
+    #[test]
+    fn the_busiest_endpoint_is_never_tried_first_and_the_rest_share_the_load() {
+        let forwarder = forwarder();
+        let nodes = [endpoint("x"), endpoint("y"), endpoint("z")];
+        let endpoints: Vec<&Endpoint> = nodes.iter().collect();
+        forwarder.in_flight("y").store(5, Ordering::Relaxed);
+        let mut picked = [0usize; 3];
+        for seed in 0..1000 {
+            picked[forwarder.first_choice(&endpoints, seed)] += 1;
+        }
+        assert_eq!(picked[1], 0, "{picked:?}");
+        assert!(picked[0] > 300 && picked[2] > 300, "{picked:?}");
+
+        // An in-flight count ends with its request.
+        let counted = InFlight::enter(forwarder.in_flight("x"));
+        assert_eq!(forwarder.in_flight("x").load(Ordering::Relaxed), 1);
+        drop(counted);
+        assert_eq!(forwarder.in_flight("x").load(Ordering::Relaxed), 0);
+        assert_eq!(forwarder.first_choice(&endpoints[..1], 7), 0);
+    }
+
+    #[test]
+    fn a_node_holding_several_replicas_is_tried_once() {
+        let forwarder = forwarder();
+        let nodes = [endpoint("x"), endpoint("y"), endpoint("x"), endpoint("z")];
+        let endpoints: Vec<&Endpoint> = nodes.iter().collect();
+        for seed in 0..50 {
+            let mut order: Vec<&str> = forwarder
+                .balance(&endpoints, seed)
+                .iter()
+                .map(|e| e.node.as_str())
+                .collect();
+            order.sort_unstable();
+            assert_eq!(order, ["x", "y", "z"], "seed {seed}");
+        }
+    }
+}

@@ -1,0 +1,121 @@
+//! Where a request for a component goes, once its app and component are
+//! known (from ingress, or a guest's call by name): a replica on this node
+//! serves it without the network; else, when no other node runs one, a
+//! replica loading here does, once ready; else it is forwarded over the
+//! mesh, presenting the caller workload's certificate for a mesh call.
+
+use super::NodeShared;
+use super::routing::AppRoutes;
+use crate::api::Endpoint;
+use crate::mesh::forward::{Forwarded, Target};
+use bytes::Bytes;
+use http_body::Body;
+use http_body_util::BodyExt;
+use skiff_runtime::invoke::{Answer, invoke, retry_shortly};
+use skiff_runtime::mesh::Inbound;
+use std::sync::Arc;
+use std::time::Duration;
+use wasmtime_wasi_http::Error as HttpError;
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// How long a request waits for a replica loading on this node when no
+/// other node runs one.
+const LOAD_WAIT: Duration = Duration::from_secs(10);
+
+/// Serves a request for `app`'s `component`, in this order: a replica
+/// here; a replica loading here when no other node runs one; another
+/// node, over the mesh.
+pub(crate) async fn reach<B>(
+    node: &Arc<NodeShared>,
+    app: &AppRoutes,
+    component: &str,
+    request: hyper::Request<B>,
+    inbound: Inbound,
+) -> Answer
+where
+    B: Body<Data = Bytes> + Send + Unpin + 'static,
+    B::Error: Into<HttpError> + Into<BoxError>,
+{
+    // Here: no network, no TLS.
+    if let Some((local, sink)) = node.replicas.serving(&app.name, component) {
+        return invoke(&local, request, &sink, inbound).await;
+    }
+    let elsewhere: Vec<&Endpoint> = app
+        .endpoints(component)
+        .iter()
+        .filter(|e| e.node != node.config.name)
+        .collect();
+    // Loading here (just assigned, or the node just started) and nowhere
+    // else: wait for it rather than refuse.
+    if elsewhere.is_empty() {
+        return match when_loaded(node, app, component, request, inbound).await {
+            Ok(answer) => answer,
+            Err(_) => retry_shortly(format!(
+                "app \"{}\" component \"{component}\" has no running replica right now; see `skiff ps {}`\n",
+                app.name, app.name
+            )),
+        };
+    }
+    // Identity: a mesh call presents its caller workload's certificate,
+    // ingress traffic the node's.
+    let caller_client = match &inbound.caller {
+        None => None,
+        Some(caller) => match node.workload_identities.client(node, caller).await {
+            Ok(client) => Some(client),
+            Err(why) => {
+                tracing::warn!(%caller, reason = "mesh_no_identity", "mesh call not sent: {why}");
+                return retry_shortly(format!(
+                    "mesh call from {caller} not sent: this node holds no valid certificate for it and the control plane issued none (see this node's log)\n"
+                ));
+            }
+        },
+    };
+    // Balance, retry where safe, forward: see `mesh::forward`.
+    let target = Target {
+        app: &app.name,
+        component,
+    };
+    let seed = app.next_seed();
+    let forwarded = node
+        .forwarder
+        .forward(target, &elsewhere, seed, request, &inbound, caller_client)
+        .await;
+    match forwarded {
+        Forwarded::Answered(response) => response,
+        // The endpoints were stale (this node restarted before it heard of
+        // a change, say) and a replica loads here: it serves.
+        Forwarded::Unanswered(failed, parts) => {
+            let body = http_body_util::Empty::<Bytes>::new()
+                .map_err(|never| -> HttpError { match never {} });
+            let request = hyper::Request::from_parts(*parts, body);
+            when_loaded(node, app, component, request, inbound)
+                .await
+                .unwrap_or(failed)
+        }
+    }
+}
+
+/// Serves `request` by the replica of `component` loading on this node,
+/// once it is ready; gives the request back when none is within
+/// [`LOAD_WAIT`].
+async fn when_loaded<B>(
+    node: &NodeShared,
+    app: &AppRoutes,
+    component: &str,
+    request: hyper::Request<B>,
+    inbound: Inbound,
+) -> Result<Answer, hyper::Request<B>>
+where
+    B: Body<Data = Bytes> + Send + Unpin + 'static,
+    B::Error: Into<HttpError>,
+{
+    match node
+        .replicas
+        .wait_serving(&app.name, component, LOAD_WAIT)
+        .await
+    {
+        Some((local, sink)) => Ok(invoke(&local, request, &sink, inbound).await),
+        None => Err(request),
+    }
+}

@@ -1,0 +1,160 @@
+//! Every app's routes and endpoints, as last heard from the control plane:
+//! which app and component a request is for (by `Host`, then by the route
+//! that matches its path best), and where the component's replicas run.
+
+use crate::api::{AppRouting, Endpoint};
+use skiff_runtime::route::Route;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+/// Every app's routes and endpoints, as last heard from the control plane.
+#[derive(Default)]
+pub(crate) struct Routing {
+    /// Sorted by name. Shared with the routing this one was made from, so
+    /// a change to one app rebuilds only that app.
+    apps: Vec<Arc<AppRoutes>>,
+}
+
+pub(crate) struct AppRoutes {
+    pub(crate) name: String,
+    routes: Vec<(Route, String)>,
+    /// Every component of the app, sorted.
+    components: Vec<String>,
+    endpoints: HashMap<String, Vec<Endpoint>>,
+    next: AtomicUsize,
+}
+
+impl AppRoutes {
+    fn new(app: &AppRouting) -> AppRoutes {
+        AppRoutes {
+            name: app.name.clone(),
+            routes: app
+                .routes
+                .iter()
+                .filter_map(|(route, component)| {
+                    Some((Route::try_from(route.clone()).ok()?, component.clone()))
+                })
+                .collect(),
+            components: {
+                let mut components = app.components.clone();
+                components.sort();
+                components
+            },
+            endpoints: app.endpoints.clone().into_iter().collect(),
+            next: AtomicUsize::new(0),
+        }
+    }
+
+    /// The component whose route serves `path` best.
+    pub(crate) fn route_for(&self, path: &str) -> Option<&str> {
+        self.routes
+            .iter()
+            .filter(|(route, _)| route.matches(path))
+            .max_by_key(|(route, _)| route_rank(route))
+            .map(|(_, component)| component.as_str())
+    }
+
+    /// Whether `component` has a route, so ingress may reach it.
+    pub(crate) fn is_routed(&self, component: &str) -> bool {
+        self.routes.iter().any(|(_, c)| c == component)
+    }
+
+    /// Whether the app has a component named `component`.
+    pub(crate) fn has_component(&self, component: &str) -> bool {
+        self.components
+            .binary_search_by(|c| c.as_str().cmp(component))
+            .is_ok()
+    }
+
+    /// Where `component`'s replicas run, as last heard.
+    pub(crate) fn endpoints(&self, component: &str) -> &[Endpoint] {
+        self.endpoints.get(component).map_or(&[], Vec::as_slice)
+    }
+
+    /// A new seed for choosing among endpoints: a counter, so successive
+    /// requests spread.
+    pub(crate) fn next_seed(&self) -> usize {
+        self.next.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Whether `node` runs a replica of `component`, as last heard.
+    pub(crate) fn runs_on(&self, component: &str, node: &str) -> bool {
+        self.endpoints
+            .get(component)
+            .is_some_and(|eps| eps.iter().any(|e| e.node == node))
+    }
+}
+
+/// How well a route matches: exact before prefix, then the longer.
+fn route_rank(route: &Route) -> (bool, usize) {
+    match route {
+        Route::Exact(p) => (true, p.len()),
+        Route::Prefix(p) => (false, p.len()),
+    }
+}
+
+impl Routing {
+    /// This routing with `changed` apps (new or updated) and without the
+    /// `removed` ones; `whole` replaces every app instead.
+    pub(crate) fn changed(
+        &self,
+        whole: bool,
+        changed: &[AppRouting],
+        removed: &[String],
+    ) -> Routing {
+        let replaced: std::collections::HashSet<&str> = changed
+            .iter()
+            .map(|a| a.name.as_str())
+            .chain(removed.iter().map(String::as_str))
+            .collect();
+        let kept = self
+            .apps
+            .iter()
+            .filter(|a| !whole && !replaced.contains(a.name.as_str()))
+            .cloned();
+        let mut apps: Vec<Arc<AppRoutes>> = kept
+            .chain(changed.iter().map(|a| Arc::new(AppRoutes::new(a))))
+            .collect();
+        apps.sort_by(|a, b| a.name.cmp(&b.name));
+        Routing { apps }
+    }
+
+    /// The app named `name` (app names are lower case; host names are
+    /// compared case-insensitively).
+    pub(crate) fn named(&self, name: &str) -> Option<&AppRoutes> {
+        let name = name.to_ascii_lowercase();
+        let i = self
+            .apps
+            .binary_search_by(|a| a.name.as_str().cmp(&name))
+            .ok()?;
+        Some(&self.apps[i])
+    }
+
+    /// The app and component for a request.
+    pub(crate) fn pick(&self, host: Option<&str>, path: &str) -> Option<(&AppRoutes, &str)> {
+        // `Host: shop.example.com`, or just `Host: shop`; host names are
+        // case-insensitive, app names lower case.
+        let named = host
+            .map(|h| h.split(':').next().unwrap_or(h))
+            .map(|h| h.split_once('.').map_or(h, |(first, _)| first))
+            .and_then(|first| self.named(first));
+        let candidates: Vec<&AppRoutes> = match named {
+            Some(app) => vec![app],
+            None => self.apps.iter().map(|a| &**a).collect(),
+        };
+        let mut best: Option<((bool, usize), &AppRoutes, &str)> = None;
+        for app in candidates {
+            for (route, component) in &app.routes {
+                if !route.matches(path) {
+                    continue;
+                }
+                let rank = route_rank(route);
+                if best.as_ref().is_none_or(|(r, _, _)| rank > *r) {
+                    best = Some((rank, app, component));
+                }
+            }
+        }
+        best.map(|(_, app, component)| (app, component))
+    }
+}

@@ -1,0 +1,231 @@
+//! One HTTP request through one fresh, sandboxed instance, as a stack of
+//! small stages built in [`stack`] and read top to bottom: the hop's span,
+//! the mesh's authorization, the request body cap, admission (memory,
+//! concurrency gate, instance slot), then the instance itself under its
+//! deadline. Each stage may answer early; only the last runs guest code.
+//!
+//! Headers named `skiff-*` are the platform's own: none a client or guest
+//! sets reaches a guest or leaves one; the platform sets `skiff-caller` for
+//! mesh calls. An instance that fails after its response began streaming
+//! cuts the response off (the client sees an aborted body, never a clean
+//! end) and is logged like any other.
+
+mod admission;
+mod authorize;
+mod body_cap;
+mod instance;
+mod responses;
+mod trace;
+
+use crate::capability::logging::LogSink;
+use crate::component::LoadedComponent;
+use crate::mesh::{Inbound, Span};
+use bytes::Bytes;
+use http_body::Body;
+use std::convert::Infallible;
+use std::marker::PhantomData;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
+use tower::{ServiceBuilder, ServiceExt};
+use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
+
+pub use instance::new_store;
+pub use responses::{plain, relayed, retry_shortly};
+
+/// The body of every response Skiff sends.
+pub type ResponseBody = HyperOutgoingBody;
+
+/// A response, as every stage answers.
+pub type Answer = hyper::Response<ResponseBody>;
+
+/// What a stage returns: the response, once the stages inside it (if it
+/// called them) have answered. Stages never fail: a refusal is an answer.
+type Stage<'a> = Pin<Box<dyn Future<Output = Result<Answer, Infallible>> + Send + 'a>>;
+
+/// A request body a guest can read: any HTTP body of bytes whose errors
+/// wasi-http can report (a client's, a forwarding node's, another guest's).
+pub trait GuestBody:
+    Body<Data = Bytes, Error: Into<wasmtime_wasi_http::Error>> + Send + Unpin + 'static
+{
+}
+
+impl<B> GuestBody for B where
+    B: Body<Data = Bytes, Error: Into<wasmtime_wasi_http::Error>> + Send + Unpin + 'static
+{
+}
+
+/// Headers starting with this are the platform's signalling between its
+/// own processes (`skiff-app`, `skiff-not-here`, ...), never a guest's.
+pub const PLATFORM_HEADER_PREFIX: &str = "skiff-";
+
+/// Serves `request` with a fresh instance of `component`; `inbound` says
+/// how it arrived (from ingress, or over the mesh from which workload).
+pub async fn invoke<B: GuestBody>(
+    component: &LoadedComponent,
+    request: hyper::Request<B>,
+    log_sink: &Arc<dyn LogSink>,
+    inbound: Inbound,
+) -> Answer {
+    let call = Call::new(request, inbound);
+    match stack(component, log_sink).oneshot(call).await {
+        Ok(answer) => answer,
+        Err(never) => match never {},
+    }
+}
+
+/// The stages of one request to `component`, outermost first.
+fn stack<'a, B: GuestBody>(
+    component: &'a LoadedComponent,
+    log_sink: &'a Arc<dyn LogSink>,
+) -> impl tower::Service<Call<B>, Response = Answer, Error = Infallible, Future = Stage<'a>> + 'a {
+    ServiceBuilder::new()
+        // One span per hop: the trace continues into the guest, and a span
+        // line is logged when the response head is ready.
+        .layer_fn(stage::<trace::Traced, _>(component))
+        // Mesh calls only: the hop limit, then the callee's allow_callers;
+        // a refused call never reaches admission, let alone an instance.
+        .layer_fn(stage::<authorize::Authorized, _>(component))
+        // A body declared larger than max_request_body: 413 at once.
+        .layer_fn(stage::<body_cap::BodyCapped, _>(component))
+        // Memory pressure, the component's concurrency gate, and one of the
+        // process's instance slots (waited for, at most the timeout).
+        .layer_fn(stage::<admission::Admission, _>(component))
+        // A fresh instance under the wall-clock deadline, its request body
+        // read and its response body written within their caps.
+        .service(instance::Instance::new(component, log_sink))
+}
+
+/// One stage (`Kind`) of the requests to `component`, around the stages
+/// inside it (`inner`).
+struct Around<'a, Kind, S> {
+    inner: S,
+    component: &'a LoadedComponent,
+    kind: PhantomData<Kind>,
+}
+
+/// Makes the stage `Kind` for `component` around the stages given.
+fn stage<'a, Kind, S>(component: &'a LoadedComponent) -> impl Fn(S) -> Around<'a, Kind, S> {
+    move |inner| Around {
+        inner,
+        component,
+        kind: PhantomData,
+    }
+}
+
+/// One request on its way through the stages, with what the platform
+/// knows of it.
+pub(crate) struct Call<B> {
+    /// The request, without any `skiff-*` header a client or guest set.
+    request: hyper::Request<B>,
+    /// How it arrived.
+    inbound: Inbound,
+    /// Its span: of the trace its `traceparent` continues, or a new one.
+    span: Span,
+    /// What its instance does, learned while it runs.
+    outcome: Arc<InstanceOutcome>,
+}
+
+impl<B> Call<B> {
+    fn new(mut request: hyper::Request<B>, inbound: Inbound) -> Call<B> {
+        strip_platform_headers(request.headers_mut());
+        let span = Span::for_request(request.headers());
+        Call {
+            request,
+            inbound,
+            span,
+            outcome: Arc::default(),
+        }
+    }
+
+    /// Sets `name` on the request the guest sees; a value that is not a
+    /// valid header is left out.
+    fn set_header(&mut self, name: &'static str, value: &str) {
+        if let Ok(value) = http::HeaderValue::from_str(value) {
+            self.request.headers_mut().insert(name, value);
+        }
+    }
+}
+
+/// Why a request failed on the host side, for logs and metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailureReason {
+    /// Every instance slot and queue place was taken.
+    Overloaded,
+    /// The process was short of memory, so no instance was started.
+    MemoryPressure,
+    /// The wall-clock timeout elapsed.
+    Timeout,
+    /// A `memory.grow` past the memory limit was refused and the guest died.
+    MemoryLimit,
+    /// The guest overflowed its stack.
+    StackOverflow,
+    /// Any other trap (panic, unreachable, bad memory access...).
+    Trap,
+    /// The guest returned without setting a response.
+    NoResponse,
+    /// The instance could not be created.
+    Instantiate,
+    /// The request body exceeded `max_request_body`.
+    RequestTooLarge,
+    /// The response body exceeded `max_response_body`.
+    ResponseTooLarge,
+}
+
+impl FailureReason {
+    /// A short stable name, as used in logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FailureReason::Overloaded => "overloaded",
+            FailureReason::MemoryPressure => "memory_pressure",
+            FailureReason::Timeout => "timeout",
+            FailureReason::MemoryLimit => "memory_limit",
+            FailureReason::StackOverflow => "stack_overflow",
+            FailureReason::Trap => "trap",
+            FailureReason::NoResponse => "no_response",
+            FailureReason::Instantiate => "instantiate",
+            FailureReason::RequestTooLarge => "request_too_large",
+            FailureReason::ResponseTooLarge => "response_too_large",
+        }
+    }
+}
+
+/// What the host learns of one instance while it runs, shared between the
+/// stages, the instance's task and its response body.
+#[derive(Default)]
+pub struct InstanceOutcome {
+    /// Set, before the instance is dropped, when it failed: a response
+    /// body still streaming then is cut off rather than ended.
+    failed: OnceLock<FailureReason>,
+    /// The instance called another component over the mesh.
+    called_mesh: AtomicBool,
+}
+
+impl InstanceOutcome {
+    /// Records that the instance made a mesh call.
+    pub fn note_mesh_call(&self) {
+        self.called_mesh.store(true, Ordering::Relaxed);
+    }
+
+    fn called_mesh(&self) -> bool {
+        self.called_mesh.load(Ordering::Relaxed)
+    }
+}
+
+/// Removes every `skiff-*` header: what a client or a guest writes there
+/// must not pass for the platform's own signalling.
+pub fn strip_platform_headers(headers: &mut http::HeaderMap) {
+    let platform: Vec<http::HeaderName> = headers
+        .keys()
+        .filter(|name| name.as_str().starts_with(PLATFORM_HEADER_PREFIX))
+        .cloned()
+        .collect();
+    for name in platform {
+        headers.remove(name);
+    }
+}
+
+/// An early answer from a stage that did not call the stages inside it.
+fn answered<'a>(answer: Answer) -> Stage<'a> {
+    Box::pin(std::future::ready(Ok(answer)))
+}
