@@ -426,3 +426,32 @@ fn a_control_plane_that_hangs_delays_no_call_while_the_certificate_held_is_valid
         "a call due for renewal waited {took:?} on a hung control plane"
     );
 }
+
+#[test]
+fn a_node_restarted_while_the_control_plane_is_away_calls_across_nodes_with_the_certificate_it_kept()
+ {
+    let mut cluster = serving_split_shop(&[]);
+    let url = cluster.nodes[0].process.url.clone();
+    // The first call across nodes obtains the frontend's certificate.
+    let (status, body) = get_with(&url, "/", "Host: shop\r\n");
+    assert_eq!(status, 200, "{body}");
+    let kept = cluster
+        .home()
+        .join("node-node-1/workload-certs/shop.frontend.pem");
+    wait_until(Duration::from_secs(5), "the certificate to be kept", || {
+        kept.exists().then_some(())
+    });
+
+    cluster.server.signal("STOP");
+    cluster.restart_node("node-1");
+    let url = cluster.nodes[0].process.url.clone();
+    let answer = wait_until(Duration::from_secs(30), "the shop to serve", || {
+        let (status, body) = get_with(&url, "/", "Host: shop\r\n");
+        (status == 200).then_some(body)
+    });
+    cluster.server.signal("CONT");
+    assert!(answer.contains(FRONTEND_ID), "{answer}");
+    cluster.nodes[0]
+        .process
+        .wait_for_line(&["workload certificate kept from before a restart"]);
+}

@@ -449,12 +449,16 @@ impl ControlPlane {
                 config.heartbeat
             );
         }
-        if config.node_cert_lifetime < Duration::from_secs(2) {
-            anyhow::bail!("node certificates must live at least 2s");
-        }
-        if config.workload_cert_lifetime < Duration::from_secs(2) {
-            anyhow::bail!("workload certificates must live at least 2s");
-        }
+        check_lifetime(
+            "--node-cert-lifetime",
+            config.node_cert_lifetime,
+            MAX_NODE_CERT_LIFETIME,
+        )?;
+        check_lifetime(
+            "--workload-cert-lifetime",
+            config.workload_cert_lifetime,
+            MAX_WORKLOAD_CERT_LIFETIME,
+        )?;
         if config.max_connections == 0 || config.max_connections_per_ip == 0 {
             anyhow::bail!("--max-connections and --max-connections-per-ip must be at least 1");
         }
@@ -764,4 +768,31 @@ pub(crate) fn random_hex(bytes: usize) -> String {
     let mut buf = vec![0u8; bytes];
     getrandom::fill(&mut buf).expect("the OS random source works");
     hex::encode(buf)
+}
+
+/// The longest a node certificate may live: a year, as public CAs allow.
+const MAX_NODE_CERT_LIFETIME: Duration = Duration::from_secs(365 * 24 * 3600);
+/// The longest a workload certificate may live. A certificate kept after
+/// its workload left a node is refused by the nodes it calls (they check
+/// the routing), but one taken off a node speaks for as long as it lives:
+/// short lives are the point of workload identities.
+const MAX_WORKLOAD_CERT_LIFETIME: Duration = Duration::from_secs(7 * 24 * 3600);
+
+/// Refuses a certificate lifetime (`flag`) under 2 s, which leaves no time
+/// to renew, or over `max`.
+fn check_lifetime(flag: &str, lifetime: Duration, max: Duration) -> anyhow::Result<()> {
+    if lifetime < Duration::from_secs(2) {
+        anyhow::bail!(
+            "{flag} {} is too short: certificates must live at least 2s",
+            humantime::format_duration(lifetime)
+        );
+    }
+    if lifetime > max {
+        anyhow::bail!(
+            "{flag} {} is too long: at most {}",
+            humantime::format_duration(lifetime),
+            humantime::format_duration(max)
+        );
+    }
+    Ok(())
 }

@@ -633,3 +633,25 @@ fn a_node_cannot_report_more_components_than_the_bound() {
     assert_eq!(node.take_status(many(max - 1, 2)), None);
     assert_eq!(node.take_status(many(max - 1, 1)), Some(true));
 }
+
+#[test]
+fn a_certificate_lifetime_too_short_to_renew_or_longer_than_its_cap_is_refused_by_flag() {
+    let day = Duration::from_secs(24 * 3600);
+    let week = 7 * day;
+    assert!(super::check_lifetime("--workload-cert-lifetime", day, week).is_ok());
+    assert!(super::check_lifetime("--workload-cert-lifetime", week, week).is_ok());
+    let long = super::check_lifetime("--workload-cert-lifetime", 30 * day, week)
+        .unwrap_err()
+        .to_string();
+    assert_eq!(
+        long,
+        "--workload-cert-lifetime 30days is too long: at most 7days"
+    );
+    let short = super::check_lifetime("--node-cert-lifetime", Duration::from_secs(1), week)
+        .unwrap_err()
+        .to_string();
+    assert_eq!(
+        short,
+        "--node-cert-lifetime 1s is too short: certificates must live at least 2s"
+    );
+}

@@ -3,7 +3,7 @@
 //! trusts; from these, the rustls server and client configurations that
 //! demand a CA-signed certificate of a current member from the other side.
 
-use super::members::{MemberClients, Members, NodeCert};
+use super::members::{MemberClients, Members, NodeCert, WorkloadCert};
 use rcgen::{CertificateParams, KeyPair, PKCS_ECDSA_P256_SHA256};
 use rustls::RootCertStore;
 use rustls::pki_types::pem::PemObject;
@@ -142,6 +142,18 @@ impl NodeIdentity {
                 "the node certificate names no node of cluster {cluster:?}"
             ))
         })
+    }
+
+    /// The workload, node and join this identity's certificate names, when
+    /// it is a workload's.
+    ///
+    /// # Errors
+    ///
+    /// An unreadable certificate, or one that is no workload's.
+    pub fn workload(&self) -> Result<WorkloadCert, IdentityError> {
+        let der = self.chain()?.remove(0);
+        WorkloadCert::of(&der)
+            .ok_or_else(|| IdentityError("the certificate names no workload".to_string()))
     }
 
     /// Client settings for talking to the control plane: the node

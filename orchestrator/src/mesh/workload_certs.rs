@@ -4,7 +4,10 @@
 //! on), and a mesh client presenting it. Obtained on the workload's first
 //! call across nodes; renewed in the background from half its life on,
 //! while calls keep using the one held (so a control plane that hangs
-//! delays no call); dropped when the workload leaves the node.
+//! delays no call); dropped when the workload leaves the node. Each is
+//! also kept in the node's data directory (`workload-certs/`, mode 0600),
+//! so a node restarted while the control plane is away still calls across
+//! nodes with the certificates it held.
 
 use super::NodeIdentity;
 use super::client::MeshClient;
@@ -12,6 +15,7 @@ use crate::api::{WorkloadCertRequest, WorkloadCertResponse};
 use crate::node::NodeShared;
 use skiff_runtime::mesh::WorkloadId;
 use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -25,8 +29,10 @@ const ISSUE_TIMEOUT: Duration = Duration::from_secs(5);
 const RETRY_AFTER_SECS: i64 = 5;
 
 /// The identities of the workloads on this node that call across nodes.
-#[derive(Default)]
 pub(crate) struct WorkloadIdentities {
+    /// Where each certificate and its key are kept between restarts, one
+    /// file per workload (`<app>.<component>.pem`).
+    saved: PathBuf,
     held: Mutex<HashMap<WorkloadId, Held>>,
     /// One first request at a time: a burst of first calls waits for the
     /// one certificate instead of asking for many (each at most
@@ -48,6 +54,17 @@ struct Held {
 }
 
 impl WorkloadIdentities {
+    /// The identities of a node whose data directory is `data_dir`.
+    pub(crate) fn new(data_dir: &Path) -> WorkloadIdentities {
+        WorkloadIdentities {
+            saved: data_dir.join("workload-certs"),
+            held: Mutex::default(),
+            obtaining: tokio::sync::Mutex::default(),
+            renewing: Mutex::default(),
+            failed_until: Mutex::default(),
+        }
+    }
+
     /// A mesh client presenting `workload`'s certificate: the one held
     /// while it is valid (renewed in the background once due), else one
     /// obtained now.
@@ -75,6 +92,10 @@ impl WorkloadIdentities {
         if let Some(client) = self.current(workload, now, false) {
             return Ok(client);
         }
+        // Kept from before a restart: valid still, and this node's.
+        if let Some(client) = self.load_saved(node, workload, now) {
+            return Ok(client);
+        }
         self.obtain_now(node, workload, now).await
     }
 
@@ -98,9 +119,13 @@ impl WorkloadIdentities {
             ));
         }
         match obtain(node, workload).await {
-            Ok(held) => {
+            Ok((held, pem)) => {
                 let client = held.client.clone();
                 tracing::info!(%workload, "workload certificate obtained");
+                let path = self.saved_path(workload);
+                if let Err(e) = crate::home::write_private(&path, pem.as_bytes()) {
+                    tracing::warn!(%workload, "cannot keep the workload certificate in {}: {e:#}", path.display());
+                }
                 self.held
                     .lock()
                     .expect("workload identities lock")
@@ -169,7 +194,8 @@ impl WorkloadIdentities {
         usable.then(|| entry.client.clone())
     }
 
-    /// Drops the identities of workloads `placed` says are no longer here.
+    /// Drops the identities of workloads `placed` says are no longer here,
+    /// held or kept on disk.
     pub(crate) fn retain(&self, placed: impl Fn(&WorkloadId) -> bool) {
         self.held
             .lock()
@@ -181,12 +207,71 @@ impl WorkloadIdentities {
                 }
                 keep
             });
+        let Ok(files) = std::fs::read_dir(&self.saved) else {
+            return;
+        };
+        for file in files.flatten() {
+            let name = file.file_name();
+            // Anything not named for a workload placed here goes too.
+            let placed_here = name
+                .to_str()
+                .and_then(|n| n.strip_suffix(".pem"))
+                .and_then(|n| n.split_once('.'))
+                .and_then(|(app, component)| {
+                    Some(WorkloadId::new(
+                        app.to_string().try_into().ok()?,
+                        component.to_string().try_into().ok()?,
+                    ))
+                })
+                .is_some_and(|workload| placed(&workload));
+            if !placed_here && let Err(e) = std::fs::remove_file(file.path()) {
+                tracing::warn!("cannot remove {}: {e}", file.path().display());
+            }
+        }
+    }
+
+    /// Where `workload`'s certificate and key are kept.
+    fn saved_path(&self, workload: &WorkloadId) -> PathBuf {
+        self.saved
+            .join(format!("{}.{}.pem", workload.app, workload.component))
+    }
+
+    /// The certificate kept for `workload` before a restart, held again
+    /// when it is still valid and names this node's current join.
+    fn load_saved(&self, node: &NodeShared, workload: &WorkloadId, now: i64) -> Option<MeshClient> {
+        let path = self.saved_path(workload);
+        let pem = std::fs::read_to_string(&path).ok()?;
+        let (ca_pem, own) = {
+            let current = node.identity.read().expect("identity lock");
+            let own = current.identity.node(super::CLUSTER).ok()?;
+            (current.identity.ca_pem().to_string(), own)
+        };
+        let identity = NodeIdentity::new(pem.clone(), pem, ca_pem);
+        let named = identity.workload().ok()?;
+        let expires = identity.expires().ok()?;
+        if named.workload != *workload || named.node != own || now + EXPIRY_MARGIN_SECS >= expires {
+            return None;
+        }
+        let client = node.forwarder.client_presenting(&identity).ok()?;
+        let obtained = named.issued_unix;
+        tracing::info!(%workload, "workload certificate kept from before a restart");
+        let held = Held {
+            client: client.clone(),
+            renew_at: obtained + (expires - obtained) / 2,
+            expires,
+        };
+        self.held
+            .lock()
+            .expect("workload identities lock")
+            .insert(workload.clone(), held);
+        Some(client)
     }
 }
 
 /// Asks the control plane for `workload`'s certificate, for a key made
-/// here, and builds the client that presents it.
-async fn obtain(node: &NodeShared, workload: &WorkloadId) -> Result<Held, String> {
+/// here, and builds the client that presents it; also gives the
+/// certificate and key in one PEM text, to keep.
+async fn obtain(node: &NodeShared, workload: &WorkloadId) -> Result<(Held, String), String> {
     let (key_pem, csr_pem) = NodeIdentity::request().map_err(|e| e.to_string())?;
     let issued: WorkloadCertResponse = node
         .api()
@@ -209,6 +294,7 @@ async fn obtain(node: &NodeShared, workload: &WorkloadId) -> Result<Held, String
         .ca_pem()
         .to_string();
     // Same shape as a node's identity: a key, its certificate, the CA.
+    let pem = format!("{}{key_pem}", issued.cert_pem);
     let identity = NodeIdentity::new(key_pem, issued.cert_pem, ca_pem);
     let expires = identity.expires().map_err(|e| e.to_string())?;
     let obtained = now();
@@ -216,11 +302,12 @@ async fn obtain(node: &NodeShared, workload: &WorkloadId) -> Result<Held, String
         .forwarder
         .client_presenting(&identity)
         .map_err(|e| format!("{e:#}"))?;
-    Ok(Held {
+    let held = Held {
         client,
         renew_at: obtained + (expires - obtained) / 2,
         expires,
-    })
+    };
+    Ok((held, pem))
 }
 
 fn now() -> i64 {

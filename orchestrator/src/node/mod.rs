@@ -184,6 +184,8 @@ impl Node {
         let cache = CompileCache::open(&crate::home::cache_dir())?;
         let packages = Store::open(&config.data_dir.join("packages"))?;
         let forwarder = crate::mesh::forward::Forwarder::new(&current.identity, &members)?;
+        let workload_identities =
+            crate::mesh::workload_certs::WorkloadIdentities::new(&config.data_dir);
         let shared = Arc::new_cyclic(|weak| NodeShared {
             replicas: replicas::LocalReplicas::default(),
             config,
@@ -208,7 +210,7 @@ impl Node {
             desired: Mutex::new(DesiredState::default()),
             unsaved: Notify::new(),
             mesh_router: Arc::new(crate::mesh::calls::NodeMesh::new(weak.clone())),
-            workload_identities: crate::mesh::workload_certs::WorkloadIdentities::default(),
+            workload_identities,
         });
         Ok(Node {
             shared,
