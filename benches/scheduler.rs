@@ -141,8 +141,8 @@ fn in_process() {
         .count();
     let mut per_node = vec![0u32; NODES];
     for decision in &plan.decisions {
-        if let Decision::Placed(n) = decision {
-            per_node[*n] += 1;
+        if let Decision::Placed(placement) = decision {
+            per_node[placement.node] += 1;
         }
     }
     let busiest = per_node.iter().max().copied().unwrap_or(0);

@@ -6,7 +6,7 @@
 use super::catalog::{AppSpec, ComponentPlan};
 use super::{ControlPlaneConfig, Live, Shared};
 use crate::api::LoadState;
-use crate::scheduler::{ClusterSnapshot, Decision, NodeInfo, ReplicaRequest, Scheduler};
+use crate::scheduler::{ClusterSnapshot, Decision, NodeInfo, Refusal, ReplicaRequest, Scheduler};
 use crate::state::{ReplicaChange, ReplicaRecord};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
@@ -403,7 +403,8 @@ fn place(live: &mut Live, specs: &AppSpecs, out: &mut Outcome, ids: Vec<String>,
     let plan = Scheduler::new().plan(&snapshot, &requests);
     for ((id, request), decision) in ids.iter().zip(&requests).zip(plan.decisions) {
         match decision {
-            Decision::Placed(node) => {
+            Decision::Placed(placement) => {
+                let node = placement.node;
                 let replica = live.replicas.get_mut(id).expect("the replica exists");
                 let from = replica.node.replace(names[node].clone());
                 match from {
@@ -413,14 +414,19 @@ fn place(live: &mut Live, specs: &AppSpecs, out: &mut Outcome, ids: Vec<String>,
                         to = names[node],
                         "replica moved off a draining or down node"
                     ),
-                    None => tracing::info!(replica = id, node = names[node], "replica placed"),
+                    None => tracing::info!(
+                        replica = id,
+                        node = names[node],
+                        scores = %placement,
+                        "replica placed"
+                    ),
                 }
                 out.put(replica);
                 live.pending.remove(id);
             }
             Decision::Unschedulable(why) => {
                 let mut reason = why.to_string();
-                if why.refusals.contains_key("labels do not match") {
+                if why.refusals.contains_key(&Refusal::LabelsDoNotMatch) {
                     let labels: Vec<String> = request
                         .required_labels
                         .iter()
@@ -428,7 +434,7 @@ fn place(live: &mut Live, specs: &AppSpecs, out: &mut Outcome, ids: Vec<String>,
                         .collect();
                     reason.push_str(&format!("; labels needed: {}", labels.join(", ")));
                 }
-                if why.refusals.contains_key("insufficient memory") {
+                if why.refusals.contains_key(&Refusal::InsufficientMemory) {
                     reason.push_str(&format!(
                         "; a replica of {} reserves {}: set [component.{}.placement] memory to reserve less, add nodes, or let nodes overcommit with `skiff server --overcommit`",
                         request.component,

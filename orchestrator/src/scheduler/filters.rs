@@ -3,9 +3,40 @@
 
 use super::{Allocation, NodeInfo, ReplicaRequest};
 
-/// A filter's reason for refusing a node, as shown in "0/3 nodes fit: ...".
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Refusal(pub &'static str);
+/// A filter's reason for refusing a node. Declared in the order reasons
+/// are listed in "0/3 nodes fit: ...".
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Refusal {
+    /// The node is cordoned: it keeps its replicas and takes no new ones.
+    Cordoned,
+    /// The replica's reservation does not fit what the node has left.
+    InsufficientMemory,
+    /// The node lacks a label the component requires.
+    LabelsDoNotMatch,
+    /// The node is down or has not heartbeated yet.
+    NotReady,
+    /// The node is short of real memory.
+    UnderMemoryPressure,
+}
+
+impl Refusal {
+    /// The reason in words, as `skiff ps` shows it.
+    pub fn reason(self) -> &'static str {
+        match self {
+            Refusal::Cordoned => "cordoned",
+            Refusal::InsufficientMemory => "insufficient memory",
+            Refusal::LabelsDoNotMatch => "labels do not match",
+            Refusal::NotReady => "not ready",
+            Refusal::UnderMemoryPressure => "under memory pressure",
+        }
+    }
+}
+
+impl std::fmt::Display for Refusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.reason())
+    }
+}
 
 /// One feasibility check.
 pub trait Filter: Send + Sync {
@@ -35,9 +66,9 @@ impl Filter for Ready {
         _: &ReplicaRequest,
     ) -> Result<(), Refusal> {
         if !node.ready {
-            Err(Refusal("not ready"))
+            Err(Refusal::NotReady)
         } else if node.cordoned {
-            Err(Refusal("cordoned"))
+            Err(Refusal::Cordoned)
         } else {
             Ok(())
         }
@@ -58,7 +89,7 @@ impl Filter for Capacity {
         if allocation.used(index).saturating_add(request.memory) <= node.memory {
             Ok(())
         } else {
-            Err(Refusal("insufficient memory"))
+            Err(Refusal::InsufficientMemory)
         }
     }
 }
@@ -76,7 +107,7 @@ impl Filter for MemoryPressure {
         _: &ReplicaRequest,
     ) -> Result<(), Refusal> {
         if node.pressure {
-            Err(Refusal("under memory pressure"))
+            Err(Refusal::UnderMemoryPressure)
         } else {
             Ok(())
         }
@@ -101,7 +132,7 @@ impl Filter for Labels {
         if all {
             Ok(())
         } else {
-            Err(Refusal("labels do not match"))
+            Err(Refusal::LabelsDoNotMatch)
         }
     }
 }

@@ -71,12 +71,34 @@ pub struct ClusterSnapshot {
 }
 
 /// Where one request went.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum Decision {
-    /// Placed on the node with this index.
-    Placed(usize),
+    /// Placed on a node, for the scores given.
+    Placed(Placement),
     /// No node fits; why, per filter.
     Unschedulable(Unschedulable),
+}
+
+/// A node chosen for a replica, and why: each scorer's score for it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Placement {
+    /// The node's index in the snapshot.
+    pub node: usize,
+    /// `(scorer, score)` in pipeline order; the node had the highest sum
+    /// of the candidates scored.
+    pub scores: Vec<(&'static str, f64)>,
+}
+
+impl fmt::Display for Placement {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut sep = "";
+        for (scorer, score) in &self.scores {
+            // `+ 0.0` shows a negative zero as 0.00.
+            write!(f, "{sep}{scorer}={:.2}", score + 0.0)?;
+            sep = " ";
+        }
+        Ok(())
+    }
 }
 
 /// Why no node could take a replica.
@@ -84,8 +106,8 @@ pub enum Decision {
 pub struct Unschedulable {
     /// Nodes in the cluster.
     pub nodes: usize,
-    /// Refusals by reason, e.g. `"insufficient memory" -> 2`.
-    pub refusals: BTreeMap<&'static str, usize>,
+    /// Refusals by reason, e.g. `InsufficientMemory -> 2`.
+    pub refusals: BTreeMap<Refusal, usize>,
 }
 
 impl fmt::Display for Unschedulable {
@@ -212,8 +234,8 @@ impl Scheduler {
         let mut decisions = Vec::with_capacity(requests.len());
         for request in requests {
             let decision = self.place(nodes, &allocation, request, wanted, &mut offset);
-            if let Decision::Placed(node) = decision {
-                allocation.add(node, &request.component, request.memory);
+            if let Decision::Placed(placement) = &decision {
+                allocation.add(placement.node, &request.component, request.memory);
             }
             decisions.push(decision);
         }
@@ -229,9 +251,9 @@ impl Scheduler {
         offset: &mut usize,
     ) -> Decision {
         let count = nodes.len();
-        let mut best: Option<(f64, usize)> = None;
+        let mut best: Option<(f64, Placement)> = None;
         let mut feasible = 0;
-        let mut refusals: BTreeMap<&'static str, usize> = BTreeMap::new();
+        let mut refusals: BTreeMap<Refusal, usize> = BTreeMap::new();
         for step in 0..count {
             let index = (*offset + step) % count;
             let node = &nodes[index];
@@ -240,21 +262,33 @@ impl Scheduler {
                 .iter()
                 .find_map(|filter| filter.check(node, index, allocation, request).err());
             if let Some(refusal) = refused {
-                *refusals.entry(refusal.0).or_default() += 1;
+                *refusals.entry(refusal).or_default() += 1;
                 continue;
             }
-            let score: f64 = self
+            let scores: Vec<(&'static str, f64)> = self
                 .scorers
                 .iter()
-                .map(|scorer| scorer.score(node, index, allocation, request))
-                .sum();
-            if best.is_none_or(|(top, _)| score > top) {
-                best = Some((score, index));
+                .map(|scorer| {
+                    (
+                        scorer.name(),
+                        scorer.score(node, index, allocation, request),
+                    )
+                })
+                .collect();
+            let score: f64 = scores.iter().map(|(_, score)| score).sum();
+            if best.as_ref().is_none_or(|(top, _)| score > *top) {
+                best = Some((
+                    score,
+                    Placement {
+                        node: index,
+                        scores,
+                    },
+                ));
             }
             feasible += 1;
             // Enough candidates, unless even the best one already runs this
             // component: then keep looking for a node that does not.
-            if feasible >= wanted && best.is_some_and(|(top, _)| top >= 0.0) {
+            if feasible >= wanted && best.as_ref().is_some_and(|(top, _)| *top >= 0.0) {
                 break;
             }
         }
@@ -262,7 +296,7 @@ impl Scheduler {
         // placements look at different nodes.
         *offset = (*offset + 1) % count.max(1);
         match best {
-            Some((_, index)) => Decision::Placed(index),
+            Some((_, placement)) => Decision::Placed(placement),
             None => Decision::Unschedulable(Unschedulable {
                 nodes: count,
                 refusals,

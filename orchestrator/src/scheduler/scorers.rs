@@ -5,6 +5,9 @@ use super::{Allocation, NodeInfo, ReplicaRequest, Strategy};
 
 /// One ranking criterion.
 pub trait Scorer: Send + Sync {
+    /// Its name, as a placement's scores show it (`spread=0.73`).
+    fn name(&self) -> &'static str;
+
     /// Higher is better; scorers that do not apply return 0.
     fn score(
         &self,
@@ -21,6 +24,10 @@ pub trait Scorer: Send + Sync {
 pub struct AntiAffinity;
 
 impl Scorer for AntiAffinity {
+    fn name(&self) -> &'static str {
+        "anti_affinity"
+    }
+
     fn score(
         &self,
         _: &NodeInfo,
@@ -37,6 +44,10 @@ impl Scorer for AntiAffinity {
 pub struct Spread;
 
 impl Scorer for Spread {
+    fn name(&self) -> &'static str {
+        "spread"
+    }
+
     fn score(
         &self,
         node: &NodeInfo,
@@ -56,6 +67,10 @@ impl Scorer for Spread {
 pub struct Binpack;
 
 impl Scorer for Binpack {
+    fn name(&self) -> &'static str {
+        "binpack"
+    }
+
     fn score(
         &self,
         node: &NodeInfo,

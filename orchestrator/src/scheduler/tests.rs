@@ -30,7 +30,7 @@ fn placed(plan: &Plan) -> Vec<usize> {
     plan.decisions
         .iter()
         .map(|d| match d {
-            Decision::Placed(n) => *n,
+            Decision::Placed(p) => p.node,
             Decision::Unschedulable(u) => panic!("unschedulable: {u}"),
         })
         .collect()
@@ -112,7 +112,7 @@ fn cordoned_nodes_take_nothing_new_and_capacity_is_respected_across_a_plan() {
         .decisions
         .iter()
         .map(|d| match d {
-            Decision::Placed(n) => format!("placed {n}"),
+            Decision::Placed(p) => format!("placed {}", p.node),
             Decision::Unschedulable(u) => u.to_string(),
         })
         .collect();
@@ -125,4 +125,30 @@ fn cordoned_nodes_take_nothing_new_and_capacity_is_respected_across_a_plan() {
             "0/2 nodes fit: 1 cordoned, 1 insufficient memory"
         ]
     );
+}
+
+#[test]
+fn a_placement_names_each_scorers_score_and_a_refusal_is_typed() {
+    let nodes = vec![node("a", GIB, &[]), node("b", GIB, &[])];
+    let snapshot = ClusterSnapshot {
+        nodes,
+        running: vec![(0, "x/c".to_string(), 512 * MIB)],
+    };
+    let plan = Scheduler::new().plan(&snapshot, &[replica("x/c", 256 * MIB)]);
+    let Decision::Placed(placement) = &plan.decisions[0] else {
+        panic!("{:?}", plan.decisions[0]);
+    };
+    // b: no replica of x/c yet, and emptier.
+    assert_eq!(placement.node, 1);
+    assert_eq!(
+        placement.to_string(),
+        "anti_affinity=0.00 spread=0.75 binpack=0.00"
+    );
+
+    let plan = Scheduler::new().plan(&snapshot, &[replica("x/c", 2 * GIB)]);
+    let Decision::Unschedulable(why) = &plan.decisions[0] else {
+        panic!("{:?}", plan.decisions[0]);
+    };
+    assert_eq!(why.refusals[&Refusal::InsufficientMemory], 2);
+    assert_eq!(why.to_string(), "0/2 nodes fit: 2 insufficient memory");
 }
