@@ -17,7 +17,7 @@
 //! the mesh connections open between the nodes afterwards: a steady path
 //! reuses its connections instead of handshaking per request.
 //!
-//! `SKIFF_BENCH_ROUNDS` sets the rounds (default 5), `SKIFF_BENCH_SECONDS`
+//! `SKIFF_BENCH_ROUNDS` sets the rounds (default 7), `SKIFF_BENCH_SECONDS`
 //! each `wrk` run (default 5).
 //!
 //! Run: `cargo bench -p skiff-orchestrator --bench mesh`. Needs `wrk`.
@@ -42,7 +42,7 @@ fn main() {
         println!("wrk not found: apt-get install wrk");
         return;
     }
-    let rounds = env_or("SKIFF_BENCH_ROUNDS", 5);
+    let rounds = env_or("SKIFF_BENCH_ROUNDS", 7);
     let seconds = env_or("SKIFF_BENCH_SECONDS", 5) as u64;
     let cluster = Cluster::start(2, &[]);
     let dirs: Vec<_> = APPS.iter().map(|_| temp_dir()).collect();
@@ -82,9 +82,15 @@ fn main() {
     };
     let p50 = |i| median(i, |r| r.p50_ms);
     let p99 = |i| median(i, |r| r.p99_ms);
-    println!("medians:");
+    println!("medians (and the range of p99 over the rounds: how noisy the machine was):");
     for (i, app) in APPS.iter().enumerate() {
-        println!("  {app:<6} p50 {:.3} ms  p99 {:.3} ms", p50(i), p99(i));
+        let p99s = runs[i].iter().map(|r| r.p99_ms);
+        let (low, high) = p99s.fold((f64::MAX, 0.0f64), |(lo, hi), v| (lo.min(v), hi.max(v)));
+        println!(
+            "  {app:<6} p50 {:.3} ms  p99 {:.3} ms  (p99 {low:.2}..{high:.2} ms)",
+            p50(i),
+            p99(i)
+        );
     }
     println!(
         "same-node hop (near - direct): p50 +{:.3} ms, p99 +{:.3} ms (the caller's instance included)",

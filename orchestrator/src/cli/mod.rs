@@ -89,7 +89,7 @@ enum Command {
 /// message on stderr and a non-zero exit code.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging();
+    let log_writer = init_logging();
     let result = match cli.command {
         Command::Run(args) => run::run(args),
         Command::Build(args) => package::build(args),
@@ -117,6 +117,8 @@ pub fn main() -> ExitCode {
         Command::Label(args) => apps::label(args),
         Command::Logs(args) => apps::logs(args),
     };
+    // What was logged is written before the last word below.
+    drop(log_writer);
     match result {
         Ok(()) => ExitCode::SUCCESS,
         // The reader went away (`skiff ps | head`): nothing left to say.
@@ -133,14 +135,27 @@ pub fn main() -> ExitCode {
     }
 }
 
+/// Log lines queued for the writer thread at most; past this, new lines
+/// are dropped rather than wait.
+const LOG_QUEUE_LINES: usize = 100_000;
+
 /// Structured logs to stderr; `RUST_LOG` overrides the default level.
-fn init_logging() {
+/// Lines go through a queue to a thread of their own, so a request path
+/// that logs (a span line per mesh hop, a refusal) never waits on a slow
+/// reader of stderr; the returned guard writes what is queued when dropped.
+fn init_logging() -> tracing_appender::non_blocking::WorkerGuard {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .buffered_lines_limit(LOG_QUEUE_LINES)
+        .lossy(true)
+        .thread_name("skiff-log")
+        .finish(std::io::stderr());
     tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        .with_writer(writer)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_target(false)
         .init();
+    guard
 }
