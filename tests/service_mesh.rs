@@ -441,6 +441,7 @@ fn a_node_restarted_while_the_control_plane_is_away_calls_across_nodes_with_the_
     wait_until(Duration::from_secs(5), "the certificate to be kept", || {
         kept.exists().then_some(())
     });
+    cluster.wait_known_everywhere("shop", 2);
 
     cluster.server.signal("STOP");
     cluster.restart_node("node-1");
@@ -454,4 +455,71 @@ fn a_node_restarted_while_the_control_plane_is_away_calls_across_nodes_with_the_
     cluster.nodes[0]
         .process
         .wait_for_line(&["workload certificate kept from before a restart"]);
+}
+
+#[test]
+fn a_callee_node_restarted_while_the_control_plane_is_away_is_reached_where_it_was() {
+    let mut cluster = serving_split_shop(&[]);
+    let url = cluster.nodes[0].process.url.clone();
+    // Both nodes have saved where the other's replica runs.
+    cluster.wait_known_everywhere("shop", 2);
+    cluster.server.signal("STOP");
+    // node-2, running the catalog, restarts as a user would: no
+    // --mesh-listen, so it takes the mesh port it had.
+    let mut old = cluster.nodes.remove(1);
+    old.process.kill();
+    let listen = old.process.url.trim_start_matches("http://").to_string();
+    let node_2 = cluster.launch_node("node-2", &["--listen", &listen]);
+    assert_eq!(node_2.mesh, old.mesh);
+    cluster.nodes.insert(1, node_2);
+    // At once: the catalog's node waits for its replica to load rather
+    // than send the call back.
+    let (status, body) = get_with(&url, "/", "Host: shop\r\n");
+    cluster.server.signal("CONT");
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains(FRONTEND_ID), "{body}");
+}
+
+#[test]
+fn a_certificate_the_control_plane_is_slow_to_issue_holds_up_only_its_own_workload() {
+    let cluster = Cluster::start(2, &[]);
+    let market = split_shop()
+        .replace("name = \"shop\"", "name = \"market\"")
+        .replace(".shop.skiff.internal", ".market.skiff.internal")
+        .replace("\"shop/frontend\"", "\"market/frontend\"");
+    for manifest in [split_shop(), market] {
+        let dir = temp_dir();
+        write_manifest(dir.path(), &manifest);
+        cluster.cli(&["deploy", dir.path().to_str().unwrap(), "--wait"]);
+    }
+    // Neither frontend has called across nodes yet: node-1 holds no
+    // workload certificate.
+    for app in ["shop", "market"] {
+        cluster.wait_running(app, 2);
+        cluster.wait_known_everywhere(app, 2);
+    }
+    cluster.server.signal("STOP");
+    let url = cluster.nodes[0].process.url.clone();
+    let calls: Vec<_> = ["shop", "market"]
+        .into_iter()
+        .map(|app| {
+            let url = url.clone();
+            std::thread::spawn(move || {
+                let started = std::time::Instant::now();
+                let (status, body) = get_with(&url, "/", &format!("Host: {app}\r\n"));
+                (app, status, body, started.elapsed())
+            })
+        })
+        .collect();
+    let answers: Vec<_> = calls.into_iter().map(|c| c.join().unwrap()).collect();
+    cluster.server.signal("CONT");
+    for (app, status, body, took) in answers {
+        // Each waits out its own request (5 s), not the other's too.
+        assert_ne!(status, 200, "{app}: {body}");
+        assert!(body.contains("holds no valid certificate"), "{app}: {body}");
+        assert!(
+            took < Duration::from_secs(8),
+            "{app}'s first call waited {took:?}"
+        );
+    }
 }

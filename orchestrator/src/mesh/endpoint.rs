@@ -139,7 +139,13 @@ async fn serve_forwarded(
             }
         },
     };
-    match node.replicas.serving(&app, &component) {
+    // A replica loading here (the node just restarted, say) serves once
+    // loaded: the sender's endpoints are right, only early.
+    let here = node
+        .replicas
+        .wait_serving(&app, &component, crate::node::reach::LOAD_WAIT)
+        .await;
+    match here {
         Some((local, sink)) => invoke(&local, request, &sink, inbound).await,
         None => {
             let mut response = plain(

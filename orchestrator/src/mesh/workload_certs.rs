@@ -34,10 +34,10 @@ pub(crate) struct WorkloadIdentities {
     /// file per workload (`<app>.<component>.pem`).
     saved: PathBuf,
     held: Mutex<HashMap<WorkloadId, Held>>,
-    /// One first request at a time: a burst of first calls waits for the
-    /// one certificate instead of asking for many (each at most
-    /// [`ISSUE_TIMEOUT`]).
-    obtaining: tokio::sync::Mutex<()>,
+    /// Per workload, one first request at a time: a burst of its first
+    /// calls waits for the one certificate instead of asking for many
+    /// (each at most [`ISSUE_TIMEOUT`]). Other workloads do not wait.
+    obtaining: Mutex<HashMap<WorkloadId, Arc<tokio::sync::Mutex<()>>>>,
     /// Workloads whose renewal runs in the background now.
     renewing: Mutex<HashSet<WorkloadId>>,
     /// Per workload, no request before then (Unix seconds): the last one
@@ -59,7 +59,7 @@ impl WorkloadIdentities {
         WorkloadIdentities {
             saved: data_dir.join("workload-certs"),
             held: Mutex::default(),
-            obtaining: tokio::sync::Mutex::default(),
+            obtaining: Mutex::default(),
             renewing: Mutex::default(),
             failed_until: Mutex::default(),
         }
@@ -86,7 +86,14 @@ impl WorkloadIdentities {
             self.renew_in_background(node, workload);
             return Ok(client);
         }
-        let _one = self.obtaining.lock().await;
+        let one = self
+            .obtaining
+            .lock()
+            .expect("workload identities lock")
+            .entry(workload.clone())
+            .or_default()
+            .clone();
+        let _one = one.lock().await;
         // Another call may have obtained it while this one waited.
         let now = now();
         if let Some(client) = self.current(workload, now, false) {
@@ -197,6 +204,10 @@ impl WorkloadIdentities {
     /// Drops the identities of workloads `placed` says are no longer here,
     /// held or kept on disk.
     pub(crate) fn retain(&self, placed: impl Fn(&WorkloadId) -> bool) {
+        self.obtaining
+            .lock()
+            .expect("workload identities lock")
+            .retain(|workload, _| placed(workload));
         self.held
             .lock()
             .expect("workload identities lock")

@@ -52,6 +52,46 @@ pub fn declared_capacity(data_dir: &std::path::Path) -> Option<u64> {
         .ok()
 }
 
+/// The mesh address the node last listened on, in its data directory.
+const LAST_MESH_ADDR: &str = "mesh-addr";
+
+/// Binds the mesh listener. Without a port given, the node takes the one
+/// it had before (saved in `data_dir`), so peers that last heard of it
+/// while the control plane is away still reach it after a restart; a free
+/// one only when that is taken. The address bound is saved.
+async fn bind_mesh(wanted: SocketAddr, data_dir: &std::path::Path) -> anyhow::Result<TcpListener> {
+    let saved = data_dir.join(LAST_MESH_ADDR);
+    let last: Option<SocketAddr> = std::fs::read_to_string(&saved)
+        .ok()
+        .and_then(|text| text.trim().parse().ok())
+        .filter(|last: &SocketAddr| wanted.port() == 0 && last.ip() == wanted.ip());
+    let listener = match last {
+        Some(last) => match TcpListener::bind(last).await {
+            Ok(listener) => listener,
+            Err(e) => {
+                tracing::warn!(
+                    "cannot listen on the mesh address {last} this node had before ({e}); other nodes reach the new one once the control plane tells them"
+                );
+                bind_as(wanted, "the mesh").await?
+            }
+        },
+        None => bind_as(wanted, "the mesh").await?,
+    };
+    crate::home::write_private(&saved, listener.local_addr()?.to_string().as_bytes())?;
+    Ok(listener)
+}
+
+/// Binds `addr` for `what`, saying which address failed and why.
+async fn bind_as(addr: SocketAddr, what: &str) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(addr).await.map_err(|e| {
+        if e.kind() == std::io::ErrorKind::AddrInUse {
+            anyhow::anyhow!("cannot listen on {addr} for {what}: the address is already in use")
+        } else {
+            anyhow::anyhow!("cannot listen on {addr} for {what}: {e}")
+        }
+    })
+}
+
 /// How a node runs.
 #[derive(Debug, Clone)]
 pub struct NodeConfig {
@@ -159,19 +199,8 @@ impl Node {
         // last desired state saved) says who the members are.
         let members = crate::mesh::Members::new(crate::mesh::CLUSTER);
         let current = identity::load_or_join(&config, &members).await?;
-        let bind = |addr: SocketAddr, what: &'static str| async move {
-            TcpListener::bind(addr).await.map_err(|e| {
-                if e.kind() == std::io::ErrorKind::AddrInUse {
-                    anyhow::anyhow!(
-                        "cannot listen on {addr} for {what}: the address is already in use"
-                    )
-                } else {
-                    anyhow::anyhow!("cannot listen on {addr} for {what}: {e}")
-                }
-            })
-        };
-        let ingress = bind(config.listen, "ingress").await?;
-        let mesh = bind(config.mesh_listen, "the mesh").await?;
+        let ingress = bind_as(config.listen, "ingress").await?;
+        let mesh = bind_mesh(config.mesh_listen, &config.data_dir).await?;
         let ingress_addr = ingress.local_addr()?;
         let mesh_addr = mesh.local_addr()?;
         // What the node offers is also where it stops starting instances:

@@ -20,8 +20,8 @@ use wasmtime_wasi_http::Error as HttpError;
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// How long a request waits for a replica loading on this node when no
-/// other node runs one.
-const LOAD_WAIT: Duration = Duration::from_secs(10);
+/// other node runs one (or another node sent it here).
+pub(crate) const LOAD_WAIT: Duration = Duration::from_secs(10);
 
 /// Serves a request for `app`'s `component`, in this order: a replica
 /// here; a replica loading here when no other node runs one; another
