@@ -76,10 +76,11 @@ fn the_host_header_names_the_app_and_a_shared_route_is_warned_about() {
         // route matches the path better.
         (Some("shop.example.com"), "/api/x", greeting("shop")),
         (Some("blog"), "/api/x", greeting("blog")),
+        // The app named has no route for the path: it says so.
         (
             Some("api.example.com"),
             "/",
-            (404, "no app serves /\n".to_string()),
+            (404, "app \"api\" has no route for /\n".to_string()),
         ),
     ];
     // On each node: one holds a replica of some apps and forwards the

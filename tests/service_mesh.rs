@@ -214,6 +214,23 @@ fn on_skiff_up_only_allowed_callers_get_through_and_nobody_forges_an_identity() 
     assert_eq!(status, 508, "{body}");
     assert!(body.contains("mesh hops"), "{body}");
     up.wait_for_line(&["mesh_loop", "callee=probe/probe"]);
+
+    // With no replica of the catalog, a stranger is still refused: it
+    // learns nothing of the callee's replicas; an allowed caller hears
+    // there is none.
+    let output = support::skiff(home.path())
+        .args(["scale", "shop/catalog", "0"])
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{output:?}");
+    wait_until(Duration::from_secs(15), "the catalog to stop", || {
+        let (status, _) = as_host("shop", "/");
+        (status != 200).then_some(())
+    });
+    let (status, body) = as_host("stranger", "/call?http://catalog.shop.skiff.internal/items");
+    assert_eq!(status, 403, "{body}");
+    let (status, body) = as_host("shop", "/");
+    assert!(body.contains("no running replica"), "{status} {body}");
 }
 
 #[test]
@@ -312,6 +329,27 @@ fn across_nodes_a_call_carries_its_callers_certificate_which_only_its_node_obtai
     let frontend_identity = workload_cert("shop/frontend").unwrap();
     let answer = send(&frontend_identity).unwrap().1;
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+
+    // A node that skips its own check (compromised, or behind on the
+    // catalog's allow_callers) sends a call from a workload it does run
+    // but the catalog does not allow: the catalog's node refuses it.
+    let stranger_dir = temp_dir();
+    let stranger = probe_app(stranger_dir.path(), "stranger", "[]").to_string();
+    let manifest = stranger_dir.path().join("skiff.toml");
+    let placed = std::fs::read_to_string(&manifest).unwrap()
+        + "[component.probe.placement]\nlabels = { zone = \"z1\" }\n";
+    std::fs::write(&manifest, placed).unwrap();
+    cluster.cli(&["deploy", &stranger, "--wait"]);
+    let stranger_identity = wait_until(Duration::from_secs(15), "node-1 to run stranger", || {
+        workload_cert("stranger/probe").ok()
+    });
+    let refused = send(&stranger_identity).unwrap().1;
+    assert!(refused.starts_with("HTTP/1.1 403"), "{refused}");
+    node_2.process.wait_for_line(&[
+        "mesh_denied",
+        "caller=stranger/probe",
+        "callee=shop/catalog",
+    ]);
 }
 
 #[test]
@@ -522,4 +560,56 @@ fn a_certificate_the_control_plane_is_slow_to_issue_holds_up_only_its_own_worklo
             "{app}'s first call waited {took:?}"
         );
     }
+}
+
+#[test]
+fn a_caller_that_gives_up_stops_the_callee_it_was_waiting_for() {
+    let home = temp_dir();
+    let callee_dir = temp_dir();
+    let callee = probe_app(callee_dir.path(), "callee", "[\"caller/probe\"]");
+    let up = Running::launch(
+        home.path(),
+        &[
+            "up",
+            &callee,
+            "--listen",
+            "127.0.0.1:0",
+            "--api",
+            "127.0.0.1:0",
+        ],
+        "Serving ",
+    );
+    let caller_dir = temp_dir();
+    let caller = probe_app(caller_dir.path(), "caller", "[]");
+    let manifest = caller_dir.path().join("skiff.toml");
+    let limited = std::fs::read_to_string(&manifest).unwrap()
+        + "[component.probe.limits]\ntimeout = \"2s\"\n";
+    std::fs::write(&manifest, limited).unwrap();
+    let output = support::skiff(home.path())
+        .args(["deploy", &caller, "--wait"])
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{output:?}");
+    wait_until(Duration::from_secs(30), "the caller to serve", || {
+        (get_with(&up.url, "/env", "Host: caller\r\n").0 == 200).then_some(())
+    });
+    let started = std::time::Instant::now();
+    let (status, body) = get_with(
+        &up.url,
+        "/call?http://probe.callee.skiff.internal/sleep?4000",
+        "Host: caller\r\n",
+    );
+    assert_eq!(status, 504, "{body}");
+    assert!(started.elapsed() < Duration::from_secs(4), "{body}");
+    // The callee's hop ends with its caller: a span line with 499, and its
+    // instance gone before it woke.
+    up.wait_for_line(&["span", "callee=\"callee/probe\"", "status=499"]);
+    std::thread::sleep(Duration::from_secs(3));
+    let logs = support::skiff(home.path())
+        .args(["logs", "callee"])
+        .output()
+        .unwrap();
+    let logs = String::from_utf8_lossy(&logs.stdout);
+    assert!(logs.contains("sleeping 4000"), "{logs}");
+    assert!(!logs.contains("awake"), "{logs}");
 }

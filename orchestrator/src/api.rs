@@ -394,6 +394,13 @@ pub struct AppRouting {
     pub components: Vec<String>,
     /// Per component, the nodes running a replica (one entry per replica).
     pub endpoints: BTreeMap<String, Vec<Endpoint>>,
+    /// Per component, the callers its `allow_callers` lists (a component
+    /// absent lists none), so the caller's node refuses a call the callee
+    /// would refuse before routing it anywhere; the callee's node checks
+    /// again. `None` from a control plane that does not send them: only
+    /// the callee checks.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub callers: Option<BTreeMap<String, Vec<skiff_runtime::mesh::CallerPattern>>>,
 }
 
 /// A node running a replica.

@@ -33,6 +33,8 @@ pub struct ComponentPlan {
     pub replicas: u32,
     /// What the scheduler needs to place one replica.
     pub request: ReplicaRequest,
+    /// Who may call it over the mesh (`allow_callers`).
+    pub allow_callers: Vec<skiff_runtime::mesh::CallerPattern>,
 }
 
 /// Reads package `digest` from `store`, verifying every blob; a blob
@@ -69,6 +71,7 @@ pub fn read(store: &Store, digest: &str) -> Result<AppSpec, String> {
                 .map_err(|e| format!("package {digest}: component \"{component}\": {e}"))?;
             let plan = ComponentPlan {
                 route: spec.route.as_ref().map(ToString::to_string),
+                allow_callers: spec.allow_callers.clone(),
                 replicas: spec.scale.replicas,
                 request: ReplicaRequest {
                     component: format!("{name}/{component}"),

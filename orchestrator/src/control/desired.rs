@@ -261,6 +261,13 @@ fn routing_and_assignments(live: &Live) -> (BTreeMap<String, AppRouting>, Assign
             routes,
             components: spec.components.keys().cloned().collect(),
             endpoints,
+            callers: Some(
+                spec.components
+                    .iter()
+                    .filter(|(_, plan)| !plan.allow_callers.is_empty())
+                    .map(|(c, plan)| (c.clone(), plan.allow_callers.clone()))
+                    .collect(),
+            ),
         };
         apps.insert(app.clone(), routing);
     }

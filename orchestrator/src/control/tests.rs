@@ -42,6 +42,7 @@ fn cluster(nodes: &[(&str, u64)], replicas: u32, memory: u64, now: Instant) -> L
     }
     let plan = ComponentPlan {
         route: Some("/...".to_string()),
+        allow_callers: Vec::new(),
         replicas,
         request: ReplicaRequest {
             component: "web/api".to_string(),

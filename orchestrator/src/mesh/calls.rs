@@ -6,9 +6,10 @@
 
 use crate::node::NodeShared;
 use crate::node::reach::reach;
+use skiff_runtime::body_limit::drain;
 use skiff_runtime::invoke::{Answer, plain};
 use skiff_runtime::mesh::{
-    Inbound, MeshCall, MeshResponse, MeshRouter, MeshTarget, unknown_target,
+    Inbound, MeshCall, MeshResponse, MeshRouter, MeshTarget, WorkloadId, denied, unknown_target,
 };
 use std::sync::{Arc, Weak};
 use wasmtime_wasi_http::WasiBody;
@@ -46,6 +47,16 @@ impl MeshRouter for NodeMesh {
                 let why = call.target.missing(request.uri().path());
                 return unknown_target(&call.target, &why);
             };
+            // Refused here when the callee would refuse it: the call goes
+            // nowhere, and the caller learns nothing of the callee's
+            // replicas. The callee's node checks again.
+            if app.refuses(component, &call.caller)
+                && let Ok(name) = component.to_string().try_into()
+            {
+                tokio::spawn(drain(request.into_body()));
+                let callee = WorkloadId::new(call.target.app().clone(), name);
+                return denied(&call.caller, &callee);
+            }
             let inbound = Inbound::mesh_call(&call, self.clone());
             reach(&node, app, component, request, inbound).await
         })

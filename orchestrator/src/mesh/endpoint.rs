@@ -214,6 +214,7 @@ mod tests {
                 routes: Vec::new(),
                 components: vec!["frontend".to_string()],
                 endpoints: [("frontend".to_string(), vec![endpoint("node-1")])].into(),
+                callers: None,
             }],
             &[],
         );

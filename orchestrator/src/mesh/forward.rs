@@ -280,10 +280,17 @@ impl Attempt<'_> {
                 // (certificate names, cluster names and validity times in
                 // TLS errors are the operator's business).
                 let error = with_sources(&e);
+                let caller = self
+                    .inbound
+                    .caller
+                    .as_ref()
+                    .map_or_else(|| "ingress".to_string(), ToString::to_string);
                 tracing::warn!(
                     app = self.target.app,
                     component = self.target.component,
                     node,
+                    caller,
+                    reason = "forward_failed",
                     "forwarding failed: {error}"
                 );
                 Err(AttemptFailed {

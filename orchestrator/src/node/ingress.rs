@@ -43,10 +43,12 @@ async fn dispatch(node: &Arc<NodeShared>, mut request: hyper::Request<Incoming>)
         .and_then(|h| h.to_str().ok())
         .map(str::to_string);
     let Some((app, component)) = routing.pick(host.as_deref(), request.uri().path()) else {
-        return plain(
-            http::StatusCode::NOT_FOUND,
-            format!("no app serves {}\n", request.uri().path()),
-        );
+        let path = request.uri().path();
+        let text = match routing.named_by_host(host.as_deref()) {
+            Some(app) => format!("app \"{}\" has no route for {path}\n", app.name),
+            None => format!("no app serves {path}\n"),
+        };
+        return plain(http::StatusCode::NOT_FOUND, text);
     };
     if host.is_none()
         && let Ok(value) = http::HeaderValue::from_str(&node.ingress_addr.to_string())

@@ -51,10 +51,18 @@ where
     if elsewhere.is_empty() {
         return match when_loaded(node, app, component, request, inbound).await {
             Ok(answer) => answer,
-            Err(_) => retry_shortly(format!(
-                "app \"{}\" component \"{component}\" has no running replica right now; see `skiff ps {}`\n",
-                app.name, app.name
-            )),
+            Err(_) => {
+                tracing::warn!(
+                    app = app.name,
+                    component,
+                    reason = "no_replica",
+                    "request refused: no replica runs"
+                );
+                retry_shortly(format!(
+                    "app \"{}\" component \"{component}\" has no running replica right now; see `skiff ps {}`\n",
+                    app.name, app.name
+                ))
+            }
         };
     }
     // Identity: a mesh call presents its caller workload's certificate,

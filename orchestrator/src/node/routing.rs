@@ -3,6 +3,7 @@
 //! that matches its path best), and where the component's replicas run.
 
 use crate::api::{AppRouting, Endpoint};
+use skiff_runtime::mesh::{CallerPolicy, WorkloadId};
 use skiff_runtime::route::Route;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -22,6 +23,9 @@ pub(crate) struct AppRoutes {
     /// Every component of the app, sorted.
     components: Vec<String>,
     endpoints: HashMap<String, Vec<Endpoint>>,
+    /// Per component, who may call it; `None` when the control plane did
+    /// not say (then only the callee's node checks).
+    callers: Option<HashMap<String, CallerPolicy>>,
     next: AtomicUsize,
 }
 
@@ -42,6 +46,12 @@ impl AppRoutes {
                 components
             },
             endpoints: app.endpoints.clone().into_iter().collect(),
+            callers: app.callers.as_ref().map(|callers| {
+                callers
+                    .iter()
+                    .map(|(c, patterns)| (c.clone(), CallerPolicy::new(patterns.clone())))
+                    .collect()
+            }),
             next: AtomicUsize::new(0),
         }
     }
@@ -76,6 +86,16 @@ impl AppRoutes {
     /// requests spread.
     pub(crate) fn next_seed(&self) -> usize {
         self.next.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Whether `component` surely refuses mesh calls from `caller`: its
+    /// `allow_callers`, as last heard, does not list it.
+    pub(crate) fn refuses(&self, component: &str, caller: &WorkloadId) -> bool {
+        self.callers.as_ref().is_some_and(|callers| {
+            callers
+                .get(component)
+                .is_none_or(|policy| !policy.allows(caller))
+        })
     }
 
     /// Whether `node` runs a replica of `component`, as last heard.
@@ -131,14 +151,18 @@ impl Routing {
         Some(&self.apps[i])
     }
 
+    /// The app a `Host` header names: `Host: shop.example.com`, or just
+    /// `Host: shop` (host names are case-insensitive, app names lower
+    /// case).
+    pub(crate) fn named_by_host(&self, host: Option<&str>) -> Option<&AppRoutes> {
+        host.map(|h| h.split(':').next().unwrap_or(h))
+            .map(|h| h.split_once('.').map_or(h, |(first, _)| first))
+            .and_then(|first| self.named(first))
+    }
+
     /// The app and component for a request.
     pub(crate) fn pick(&self, host: Option<&str>, path: &str) -> Option<(&AppRoutes, &str)> {
-        // `Host: shop.example.com`, or just `Host: shop`; host names are
-        // case-insensitive, app names lower case.
-        let named = host
-            .map(|h| h.split(':').next().unwrap_or(h))
-            .map(|h| h.split_once('.').map_or(h, |(first, _)| first))
-            .and_then(|first| self.named(first));
+        let named = self.named_by_host(host);
         let candidates: Vec<&AppRoutes> = match named {
             Some(app) => vec![app],
             None => self.apps.iter().map(|a| &**a).collect(),

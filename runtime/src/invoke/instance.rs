@@ -125,8 +125,12 @@ async fn serve<B: GuestBody>(
     };
 
     let task = spawn_instance(component, store, req, out, permit, slot, outcome.clone());
+    // Until the response begins, the instance lives only as long as the
+    // request: a caller that went away (its own timeout, say) stops it.
+    let mut abandoned = AbortIfAbandoned(Some(task));
 
     let answer = receiver.await;
+    let task = abandoned.0.take().expect("taken once");
     if request_overflow.load(Ordering::Acquire) {
         return Ok(request_too_large(name, request_limit));
     }
@@ -168,6 +172,18 @@ async fn serve<B: GuestBody>(
             failure_response(name, reason)
         }
     })
+}
+
+/// Aborts the instance's task if dropped before it is taken: the request
+/// was dropped before its response began.
+struct AbortIfAbandoned(Option<tokio::task::JoinHandle<InstanceResult>>);
+
+impl Drop for AbortIfAbandoned {
+    fn drop(&mut self) {
+        if let Some(task) = self.0.take() {
+            task.abort();
+        }
+    }
 }
 
 /// How an instance's run ended, when it failed: why, and wasmtime's word.

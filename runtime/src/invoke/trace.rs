@@ -25,27 +25,60 @@ where
     }
 
     fn call(&mut self, mut call: Call<B>) -> Stage<'a> {
-        let started = Instant::now();
         let traceparent = call.span.traceparent();
         call.set_header(TRACEPARENT, &traceparent);
-        let span = call.span;
-        let inbound = call.inbound.clone();
-        let outcome = call.outcome.clone();
-        let component = self.component;
+        let mut hop = Hop {
+            component: self.component,
+            inbound: call.inbound.clone(),
+            span: call.span,
+            outcome: call.outcome.clone(),
+            started: Instant::now(),
+            logged: false,
+        };
         let inner = self.inner.call(call);
         Box::pin(async move {
             let answer = inner.await?;
-            let mesh_hop = inbound.caller.is_some() || outcome.called_mesh();
-            log_span(
-                component,
-                &inbound,
-                &span,
-                answer.status(),
-                started,
-                mesh_hop,
-            );
+            hop.log(answer.status().as_u16());
             Ok(answer)
         })
+    }
+}
+
+/// One hop's span, logged once: when its response head is ready, or, if
+/// the request is dropped first (its caller went away), with status 499.
+struct Hop<'a> {
+    component: &'a LoadedComponent,
+    inbound: Inbound,
+    span: Span,
+    outcome: std::sync::Arc<super::InstanceOutcome>,
+    started: Instant,
+    logged: bool,
+}
+
+/// The status a span shows when its caller went away before the
+/// response began (as nginx logs it).
+const CALLER_GONE: u16 = 499;
+
+impl Hop<'_> {
+    fn log(&mut self, status: u16) {
+        self.logged = true;
+        let mesh_hop = self.inbound.caller.is_some() || self.outcome.called_mesh();
+        log_span(
+            self.component,
+            &self.inbound,
+            &self.span,
+            status,
+            self.started,
+            mesh_hop,
+        );
+    }
+}
+
+impl Drop for Hop<'_> {
+    fn drop(&mut self) {
+        if !self.logged {
+            self.log(CALLER_GONE);
+        }
     }
 }
 
@@ -57,7 +90,7 @@ fn log_span(
     component: &LoadedComponent,
     inbound: &Inbound,
     span: &Span,
-    status: http::StatusCode,
+    status: u16,
     started: Instant,
     mesh_hop: bool,
 ) {
@@ -84,7 +117,7 @@ fn log_span(
                 parent_id = %span.parent_id(),
                 caller,
                 callee,
-                status = status.as_u16(),
+                status,
                 duration_ms = format_args!("{duration_ms:.3}"),
                 "span"
             )
