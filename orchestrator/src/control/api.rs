@@ -469,6 +469,7 @@ async fn deploy(shared: &Shared, request: DeployRequest) -> Handled {
         generation,
         warnings: route_overlaps(shared, &spec),
     };
+    response.warnings.extend(spec.reachability_warnings());
     if applied != Applied::Unchanged {
         if !placed_after(shared, passes_before).await {
             response.warnings.push(not_placed_yet(&spec.name));

@@ -24,6 +24,33 @@ pub struct AppSpec {
     pub blobs: BTreeSet<Digest>,
 }
 
+impl AppSpec {
+    /// Components nothing can reach, and `allow_callers` entries naming a
+    /// component this app does not have, as deploy warnings.
+    pub fn reachability_warnings(&self) -> Vec<String> {
+        let mut warnings = Vec::new();
+        for (name, plan) in &self.components {
+            if plan.route.is_none() && plan.allow_callers.is_empty() {
+                warnings.push(format!(
+                    "component \"{name}\" has neither a route nor allow_callers: nothing can reach it"
+                ));
+            }
+            for pattern in &plan.allow_callers {
+                if let (Some(app), Some(component)) = (pattern.app(), pattern.component())
+                    && app.as_str() == self.name
+                    && !self.components.contains_key(component.as_str())
+                {
+                    warnings.push(format!(
+                        "component \"{name}\" allows calls from \"{pattern}\", but app \"{}\" has no component \"{component}\"",
+                        self.name
+                    ));
+                }
+            }
+        }
+        warnings
+    }
+}
+
 /// How one component is routed and placed.
 #[derive(Debug, Clone)]
 pub struct ComponentPlan {

@@ -656,3 +656,23 @@ fn a_certificate_lifetime_too_short_to_renew_or_longer_than_its_cap_is_refused_b
         "--node-cert-lifetime 1s is too short: certificates must live at least 2s"
     );
 }
+
+#[test]
+fn a_component_nothing_can_reach_and_a_caller_the_app_lacks_are_warned_of_at_deploy() {
+    let now = Instant::now();
+    let live = cluster(&[("n1", 1 << 30)], 1, 64 << 20, now);
+    let mut spec = (*live.specs["sha256:p"]).clone();
+    let mut plan = spec.components["api"].clone();
+    assert!(spec.reachability_warnings().is_empty());
+    plan.route = None;
+    spec.components.insert("worker".to_string(), plan.clone());
+    plan.allow_callers = vec!["web/nosuch".to_string().try_into().unwrap()];
+    spec.components.insert("store".to_string(), plan);
+    assert_eq!(
+        spec.reachability_warnings(),
+        [
+            "component \"store\" allows calls from \"web/nosuch\", but app \"web\" has no component \"nosuch\"",
+            "component \"worker\" has neither a route nor allow_callers: nothing can reach it",
+        ]
+    );
+}

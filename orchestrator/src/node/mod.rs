@@ -577,27 +577,43 @@ fn warn_if_declared_differently(
     if warned.as_ref() == Some(&placed_by) {
         return;
     }
-    if response.labels != config.labels {
+    for warning in declared_differently(config, &response.labels, response.memory) {
+        tracing::warn!("{warning}");
+    }
+    *warned = Some(placed_by);
+}
+
+/// What differs between how this node was started and what the control
+/// plane places it by (`labels`, `memory`), in words.
+fn declared_differently(
+    config: &NodeConfig,
+    labels: &BTreeMap<String, String>,
+    memory: u64,
+) -> Vec<String> {
+    let mut warnings = Vec::new();
+    // Started without --labels: it keeps those it joined with, silently.
+    if !config.labels.is_empty() && *labels != config.labels {
         let show = |labels: &BTreeMap<String, String>| {
             let all: Vec<String> = labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
             format!("{:?}", all.join(","))
         };
-        tracing::warn!(
+        warnings.push(format!(
             "this node was started with --labels {} but the control plane places by {}, the labels it joined with or an admin set; change them with `skiff label {} KEY=VALUE... [--remove KEY]`",
             show(&config.labels),
-            show(&response.labels),
+            show(labels),
             config.name
-        );
+        ));
     }
-    if config.memory > response.memory {
-        tracing::warn!(
+    if config.memory > memory {
+        let size = |bytes: u64| bytesize::ByteSize::b(bytes).display().iec().to_string();
+        warnings.push(format!(
             "this node offers {} but declared {} when it joined: it is given at most {}; to offer more, forget it and join it again",
-            bytesize::ByteSize::b(config.memory).display().iec(),
-            bytesize::ByteSize::b(response.memory).display().iec(),
-            bytesize::ByteSize::b(response.memory).display().iec()
-        );
+            size(config.memory),
+            size(memory),
+            size(memory)
+        ));
     }
-    *warned = Some(placed_by);
+    warnings
 }
 
 /// Guest lines of one app on this node: echoed to stderr and buffered
@@ -639,5 +655,44 @@ impl LogSink for NodeLogSink {
         if logs.lines.len() > MAX_BUFFERED_LINES {
             logs.lines.pop_front();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn started_with(labels: &[(&str, &str)], memory: u64) -> NodeConfig {
+        NodeConfig {
+            server: "https://127.0.0.1:1".to_string(),
+            token: None,
+            name: "edge-1".to_string(),
+            labels: labels
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            memory,
+            listen: "127.0.0.1:0".parse().unwrap(),
+            mesh_listen: "127.0.0.1:0".parse().unwrap(),
+            data_dir: PathBuf::from("/nonexistent"),
+        }
+    }
+
+    #[test]
+    fn a_node_restarted_without_labels_keeps_its_own_silently_and_different_ones_are_warned_of() {
+        let joined: BTreeMap<String, String> = [("zone".to_string(), "b".to_string())].into();
+        assert!(declared_differently(&started_with(&[], 1 << 30), &joined, 1 << 30).is_empty());
+        let other =
+            declared_differently(&started_with(&[("zone", "c")], 1 << 30), &joined, 1 << 30);
+        assert_eq!(other.len(), 1, "{other:?}");
+        assert!(
+            other[0].contains("--labels \"zone=c\" but the control plane places by \"zone=b\""),
+            "{other:?}"
+        );
+        let more = declared_differently(&started_with(&[], 2 << 30), &joined, 1 << 30);
+        assert!(
+            more[0].contains("offers 2.0 GiB but declared 1.0 GiB"),
+            "{more:?}"
+        );
     }
 }

@@ -18,6 +18,16 @@ pub struct CallerPattern {
 }
 
 impl CallerPattern {
+    /// The app this entry names; `None` for `"*"`.
+    pub fn app(&self) -> Option<&ComponentName> {
+        self.app.as_ref()
+    }
+
+    /// The component this entry names; `None` for `"app/*"` and `"*"`.
+    pub fn component(&self) -> Option<&ComponentName> {
+        self.component.as_ref()
+    }
+
     /// Whether `caller` matches this entry.
     pub fn matches(&self, caller: &WorkloadId) -> bool {
         self.app.as_ref().is_none_or(|app| *app == caller.app)
