@@ -561,3 +561,82 @@ fn a_guest_cannot_make_a_forwarding_node_replay_its_request() {
         assert_eq!(upstream.hits(), round, "the guest ran once per request");
     }
 }
+
+#[test]
+fn a_node_certificate_past_its_end_is_refused_on_a_kept_connection_and_cannot_resume() {
+    let cluster = Cluster::start(1, &["--node-cert-lifetime", "4s"]);
+    // The certificate node-1 holds now: renewed from 2 s on, so this one
+    // is left to expire.
+    let held = saved_identity(&cluster, &cluster.nodes[0].name);
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let news = b"POST /v1/node/news HTTP/1.1\r\nhost: x\r\ncontent-length: 0\r\n\r\n";
+    let api = cluster.api.trim_start_matches("https://").to_string();
+    let resuming = held.control_plane_client_config().unwrap();
+    let connect = |tls: std::sync::Arc<rustls::ClientConfig>| {
+        runtime.block_on(async {
+            let stream = tokio::net::TcpStream::connect(&api).await.unwrap();
+            let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
+            tokio_rustls::TlsConnector::from(tls)
+                .connect(name, stream)
+                .await
+        })
+    };
+    let ask = |stream: &mut tokio_rustls::client::TlsStream<tokio::net::TcpStream>| {
+        runtime.block_on(async {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            stream.write_all(news).await.ok()?;
+            let mut buf = vec![0u8; 4096];
+            let n = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buf))
+                .await
+                .ok()?
+                .ok()?;
+            Some(String::from_utf8_lossy(&buf[..n]).into_owned())
+        })
+    };
+    let mut kept = connect(resuming.clone()).expect("a valid certificate connects");
+    let answer = ask(&mut kept).unwrap_or_default();
+    assert!(answer.starts_with("HTTP/1.1 204"), "{answer}");
+    std::thread::sleep(Duration::from_secs(5));
+    let answer = ask(&mut kept).unwrap_or_default();
+    assert!(answer.starts_with("HTTP/1.1 401"), "{answer}");
+    // A client that has connected before would resume its session if the
+    // server kept one: it must handshake afresh, and is refused.
+    let resumed = connect(resuming)
+        .and_then(|mut stream| ask(&mut stream).ok_or_else(|| std::io::Error::other("refused")));
+    assert!(resumed.is_err(), "{resumed:?}");
+}
+
+#[test]
+fn a_stranger_holding_many_connections_to_the_mesh_port_is_cut_off_at_its_cap() {
+    use std::io::Read;
+    let cluster = Cluster::start(1, &[]);
+    let node = &cluster.nodes[0];
+    // Connections that never start a handshake, all from one address:
+    // the first 256 wait out the handshake timeout, the rest are closed
+    // at once.
+    let held: Vec<std::net::TcpStream> = (0..266)
+        .map(|_| std::net::TcpStream::connect(&node.mesh).unwrap())
+        .collect();
+    let closed = |stream: &std::net::TcpStream| {
+        stream
+            .set_read_timeout(Some(Duration::from_millis(300)))
+            .unwrap();
+        // Still open: the read times out. Closed: end of stream, or reset.
+        match (&mut &*stream).read(&mut [0u8; 1]) {
+            Ok(n) => n == 0,
+            Err(e) => !matches!(
+                e.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            ),
+        }
+    };
+    assert!(!closed(&held[0]), "the first connection was closed at once");
+    let over = held[256..].iter().filter(|s| closed(s)).count();
+    assert_eq!(
+        over, 10,
+        "of the 10 over the cap, {over} were closed at once"
+    );
+    node.process
+        .wait_for_line(&["mesh connection limit reached"]);
+    drop(held);
+}

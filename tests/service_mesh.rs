@@ -398,21 +398,52 @@ fn workload_certificates_rotate_while_calls_continue_and_an_expired_one_is_refus
         issued["cert_pem"].as_str().unwrap().to_string(),
         cluster.ca_pem(),
     );
-    std::thread::sleep(Duration::from_secs(5));
     let members = support::cluster::only(&saved_identity(&cluster, &node_2.name));
     let request = b"GET /items HTTP/1.1\r\nhost: x\r\nskiff-app: shop\r\nskiff-component: catalog\r\nskiff-hops: 1\r\n\r\n";
-    let answer = tls::exchange(
+    // While valid: one connection kept open, and one client config that
+    // has connected before (it would resume a session if offered one).
+    let resuming = expiring.client_config(&members).unwrap();
+    let first = tls::exchange(
         &runtime,
         &node_2.mesh,
         &node_2.name,
-        expiring.client_config(&members).unwrap(),
+        resuming.clone(),
         request,
-    )
-    .answer;
-    assert!(
-        answer.is_err(),
-        "an expired certificate was honoured: {answer:?}"
     );
+    assert!(first.answer.unwrap().1.starts_with("HTTP/1.1 200"));
+    let mut kept = runtime.block_on(async {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let stream = tokio::net::TcpStream::connect(&node_2.mesh).await.unwrap();
+        let name = rustls::pki_types::ServerName::try_from(node_2.name.clone()).unwrap();
+        let connector = tokio_rustls::TlsConnector::from(expiring.client_config(&members).unwrap());
+        let mut stream = connector.connect(name, stream).await.unwrap();
+        stream.write_all(request).await.unwrap();
+        let mut buf = vec![0u8; 4096];
+        let n = stream.read(&mut buf).await.unwrap();
+        assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+        stream
+    });
+    std::thread::sleep(Duration::from_secs(5));
+    // Past its end: refused on the connection kept open...
+    let again = runtime.block_on(async {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        kept.write_all(request).await.unwrap();
+        let mut answer = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(5), kept.read_to_end(&mut answer)).await;
+        String::from_utf8_lossy(&answer).into_owned()
+    });
+    assert!(
+        again.contains("HTTP/1.1 403") && again.contains("has expired"),
+        "{again}"
+    );
+    // ... by a client that would resume its session, and by a new one.
+    for tls in [resuming, expiring.client_config(&members).unwrap()] {
+        let answer = tls::exchange(&runtime, &node_2.mesh, &node_2.name, tls, request).answer;
+        assert!(
+            answer.is_err(),
+            "an expired certificate was honoured: {answer:?}"
+        );
+    }
 }
 
 /// A three-node cluster started with `server_args`, serving the shop

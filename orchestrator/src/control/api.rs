@@ -3,7 +3,6 @@
 //! joining nodes (a one-time join token in the body). Every refusal is a
 //! JSON `{"error": ...}` naming what was wrong.
 
-use super::admission::Admission;
 use super::deadline::{self, BodyError, TimedBody};
 use super::reconcile::replica_running;
 use super::{LiveNode, Shared, catalog};
@@ -13,6 +12,7 @@ use crate::api::{
     SyncRequest, SyncResponse, WorkloadCertRequest, WorkloadCertResponse,
 };
 use crate::mesh::NodeCert;
+use crate::mesh::admission::Admission;
 use crate::state::{Applied, NodeRecord, ReplicaRecord};
 use bytes::Bytes;
 use futures::TryStreamExt;
@@ -64,8 +64,10 @@ pub(super) async fn serve(
 ) {
     let acceptor = TlsAcceptor::from(tls);
     let admission = Admission::new(
+        "API",
         shared.config.max_connections,
         shared.config.max_connections_per_ip,
+        ["--max-connections", "--max-connections-per-ip"],
     );
     accept_until(
         listener,
@@ -96,10 +98,15 @@ pub(super) async fn serve(
                 if node.as_ref().is_some_and(|n| member(&shared, n).is_ok()) {
                     slot.trusted();
                 }
+                let expires = crate::mesh::tls::peer_expiry(tls.get_ref().1);
                 let closing = (shared.clone(), node.clone());
                 let service = hyper::service::service_fn(move |request| {
                     let shared = shared.clone();
-                    let node = node.clone();
+                    // A certificate that expired since the handshake no
+                    // longer speaks for its node, as in a new handshake.
+                    let node = node.clone().filter(|_| {
+                        expires.is_some_and(|at| (crate::clock::unix_secs() as i64) < at)
+                    });
                     async move {
                         Ok::<_, std::convert::Infallible>(
                             handle(&shared, node.as_ref(), request).await,

@@ -9,7 +9,6 @@
 //! restart every known node gets a fresh heartbeat window to reconnect, so
 //! nothing is moved just because the control plane was away.
 
-mod admission;
 mod api;
 mod catalog;
 mod collect;
@@ -20,7 +19,7 @@ mod reconcile;
 #[cfg(test)]
 mod tests;
 
-pub use admission::{MAX_CONNECTIONS, MAX_CONNECTIONS_PER_IP};
+pub use crate::mesh::admission::{MAX_CONNECTIONS, MAX_CONNECTIONS_PER_IP};
 pub use catalog::AppSpec;
 
 pub use deadline::{BODY_TIMEOUT, MIN_UPLOAD_RATE};
@@ -90,8 +89,8 @@ impl ControlPlaneConfig {
             down_after: Duration::from_secs(3),
             node_cert_lifetime: crate::mesh::ca::NODE_CERT_LIFETIME,
             workload_cert_lifetime: crate::mesh::ca::WORKLOAD_CERT_LIFETIME,
-            max_connections: admission::MAX_CONNECTIONS,
-            max_connections_per_ip: admission::MAX_CONNECTIONS_PER_IP,
+            max_connections: MAX_CONNECTIONS,
+            max_connections_per_ip: MAX_CONNECTIONS_PER_IP,
             body_timeout: deadline::BODY_TIMEOUT,
             package_grace: collect::GRACE,
             overcommit: Overcommit::default(),

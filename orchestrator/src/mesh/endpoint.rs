@@ -7,6 +7,7 @@
 //! A forwarded request is never forwarded again, so stale endpoints cannot
 //! make a loop.
 
+use super::admission::{Admission, MESH_MAX_CONNECTIONS, MESH_MAX_CONNECTIONS_PER_IP};
 use super::{APP_HEADER, COMPONENT_HEADER, HOPS_HEADER, NOT_HERE_HEADER};
 use super::{NodeCert, Peer, WorkloadCert};
 use crate::node::NodeShared;
@@ -26,7 +27,17 @@ pub(crate) async fn serve(
     listener: TcpListener,
     shutdown: impl Future<Output = ()>,
 ) {
+    let admission = Admission::new(
+        "mesh",
+        MESH_MAX_CONNECTIONS,
+        MESH_MAX_CONNECTIONS_PER_IP,
+        ["a fixed cap", "a fixed cap per address"],
+    );
     accept_until(listener, shutdown, DRAIN_TIMEOUT, move |accepted| {
+        // Over a limit, closed here, before the handshake costs anything.
+        let Some(mut slot) = admission.admit(accepted.peer.ip()) else {
+            return;
+        };
         let tls = node
             .identity
             .read()
@@ -43,6 +54,7 @@ pub(crate) async fn serve(
             // The handshake admitted a current member (or a workload of
             // one); a node forgotten since then is refused from its next
             // request on.
+            let expires = super::tls::peer_expiry(stream.get_ref().1);
             let peer = stream
                 .get_ref()
                 .1
@@ -52,10 +64,18 @@ pub(crate) async fn serve(
                     Some(node) => Some(Peer::Node(node)),
                     None => WorkloadCert::of(cert).map(Peer::Workload),
                 });
+            // A member node's connections count only against the total.
+            if peer.as_ref().is_some_and(|p| node.members.admits(p.node())) {
+                slot.trusted();
+            }
             let service = hyper::service::service_fn(move |request| {
                 let node = node.clone();
                 let peer = peer.clone().filter(|p| node.members.admits(p.node()));
+                let expired = expires.is_none_or(|at| crate::clock::unix_secs() as i64 >= at);
                 async move {
+                    if expired {
+                        return Ok::<_, std::convert::Infallible>(certificate_expired());
+                    }
                     let Some(peer) = peer else {
                         return Ok::<_, std::convert::Infallible>(not_a_member());
                     };
@@ -63,9 +83,27 @@ pub(crate) async fn serve(
                 }
             });
             serve_http1(accepted.watcher, TokioIo::new(stream), service).await;
+            drop(slot);
         });
     })
     .await;
+}
+
+/// The answer to a peer whose certificate expired since its handshake.
+fn certificate_expired() -> Answer {
+    tracing::warn!(
+        reason = "mesh_bad_caller",
+        "mesh request refused: the peer's certificate has expired"
+    );
+    let mut response = plain(
+        http::StatusCode::FORBIDDEN,
+        "the certificate this connection was opened with has expired\n".to_string(),
+    );
+    response.headers_mut().insert(
+        http::header::CONNECTION,
+        http::HeaderValue::from_static("close"),
+    );
+    response
 }
 
 /// The answer to a peer whose node is no longer a member.

@@ -168,7 +168,7 @@ impl Forwarder {
     {
         let client =
             caller_client.unwrap_or_else(|| self.client.read().expect("mesh client lock").clone());
-        let replayable = !has_body(request.headers());
+        let replayable = surely_bodiless(&request);
         let (parts, body) = request.into_parts();
         let mut body = Some(body.map_err(Into::into).boxed_unsync());
         let mut last_error = String::new();
@@ -243,8 +243,10 @@ struct Attempt<'a> {
     inbound: &'a Inbound,
 }
 
-/// Why an attempt failed, in words safe for any client, and whether the
-/// request surely did not run there (so another node may be tried).
+/// Why an attempt failed, in words safe for any client (no node names,
+/// which are the operator's business, as the cause in full is; the log
+/// has both), and whether the request surely did not run there (so
+/// another node may be tried).
 struct AttemptFailed {
     why: String,
     nothing_ran: bool,
@@ -269,7 +271,7 @@ impl Attempt<'_> {
             // The platform's own signal never reaches the client: a
             // request with a body cannot move on, so it gets the 502.
             Ok(response) if not_here(&response) => Err(AttemptFailed {
-                why: format!("node {node} no longer runs it"),
+                why: "the node no longer runs it".to_string(),
                 nothing_ran: true,
             }),
             // Counted until the whole body has gone through.
@@ -294,7 +296,7 @@ impl Attempt<'_> {
                     "forwarding failed: {error}"
                 );
                 Err(AttemptFailed {
-                    why: format!("node {node}: {}", failure_kind(&e)),
+                    why: failure_kind(&e),
                     nothing_ran: e.is_connect(),
                 })
             }
@@ -311,7 +313,12 @@ impl Attempt<'_> {
     ) -> Result<hyper::Request<ForwardBody>, String> {
         let node = self.endpoint.node.as_str();
         let Ok(mesh) = self.endpoint.mesh.parse::<SocketAddr>() else {
-            return Err(format!("node {node} has no valid mesh address"));
+            tracing::warn!(
+                node,
+                mesh = self.endpoint.mesh,
+                "forwarding skipped: not a mesh address"
+            );
+            return Err("a node has no valid mesh address".to_string());
         };
         let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
         let Ok(mut forwarded) = hyper::Request::builder()
@@ -319,7 +326,11 @@ impl Attempt<'_> {
             .uri(format!("https://{node}:{}{path}", mesh.port()))
             .body(body)
         else {
-            return Err(format!("node {node} cannot be addressed"));
+            tracing::warn!(
+                node,
+                "forwarding skipped: the node's name is not a valid host"
+            );
+            return Err("a node cannot be addressed".to_string());
         };
         *forwarded.headers_mut() = parts.headers.clone();
         let headers = forwarded.headers_mut();
@@ -362,12 +373,20 @@ fn not_here<B>(response: &hyper::Response<B>) -> bool {
         && response.headers().contains_key(NOT_HERE_HEADER)
 }
 
-fn has_body(headers: &http::HeaderMap) -> bool {
-    headers.contains_key(http::header::TRANSFER_ENCODING)
-        || headers
-            .get(http::header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| v.trim() != "0")
+/// Whether `request` surely has no body, so it can be sent again: its
+/// headers declare none (no `transfer-encoding`, no length but 0) and the
+/// body is already at its end or declared empty. A guest's streamed body
+/// declares nothing in its headers, so its end decides.
+fn surely_bodiless<B: Body>(request: &hyper::Request<B>) -> bool {
+    let headers = request.headers();
+    let length = headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .map(str::trim);
+    if headers.contains_key(http::header::TRANSFER_ENCODING) || length.is_some_and(|v| v != "0") {
+        return false;
+    }
+    length == Some("0") || request.body().is_end_stream()
 }
 
 #[cfg(test)]
@@ -413,6 +432,44 @@ mod tests {
         drop(counted);
         assert_eq!(forwarder.in_flight("x").load(Ordering::Relaxed), 0);
         assert_eq!(forwarder.first_choice(&endpoints[..1], 7), 0);
+    }
+
+    #[test]
+    fn only_a_request_surely_without_a_body_is_sent_again() {
+        let request = |headers: &[(&str, &str)], ended: bool| {
+            let mut builder = hyper::Request::post("http://catalog.shop.skiff.internal/");
+            for (name, value) in headers {
+                builder = builder.header(*name, *value);
+            }
+            let body = Streamed(ended);
+            surely_bodiless(&builder.body(body).unwrap())
+        };
+        // A client's GET: hyper's body is at its end.
+        assert!(request(&[], true));
+        assert!(request(&[("content-length", "0")], false));
+        // A guest's streamed body declares nothing: not sent again.
+        assert!(!request(&[], false));
+        assert!(!request(&[("content-length", "5")], true));
+        assert!(!request(&[("transfer-encoding", "chunked")], true));
+    }
+
+    /// A body that is at its end, or still streaming.
+    struct Streamed(bool);
+
+    impl Body for Streamed {
+        type Data = Bytes;
+        type Error = std::convert::Infallible;
+
+        fn poll_frame(
+            self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+        ) -> Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
+            Poll::Pending
+        }
+
+        fn is_end_stream(&self) -> bool {
+            self.0
+        }
     }
 
     #[test]

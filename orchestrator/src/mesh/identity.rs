@@ -70,12 +70,13 @@ impl NodeIdentity {
             chain,
             members: members.clone(),
         });
-        let config = rustls::ServerConfig::builder_with_provider(provider)
+        let mut config = rustls::ServerConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
             .map_err(|e| IdentityError(e.to_string()))?
             .with_client_cert_verifier(verifier)
             .with_single_cert(self.chain()?, self.key()?)
             .map_err(|e| IdentityError(e.to_string()))?;
+        crate::mesh::tls::without_resumption(&mut config);
         Ok(Arc::new(config))
     }
 

@@ -12,6 +12,7 @@
 //! `skiff-component` headers; a mesh call goes with its caller workload's
 //! certificate and its hop count (`skiff-hops`).
 
+pub(crate) mod admission;
 pub mod ca;
 pub(crate) mod calls;
 pub(crate) mod client;

@@ -43,6 +43,25 @@ pub async fn accept(
     }
 }
 
+/// Turns off session resumption on a server: a resumed session would
+/// bring back the client certificate of its first handshake without
+/// checking it again, so a certificate could outlive its expiry (or its
+/// node's membership) by resuming. Connections are long-lived and pooled,
+/// so full handshakes stay rare.
+pub fn without_resumption(config: &mut rustls::ServerConfig) {
+    config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+    config.send_tls13_tickets = 0;
+}
+
+/// When the peer's certificate on `connection` stops being valid, Unix
+/// seconds; `None` without a readable one. A kept-alive connection is
+/// refused from then on, as a new handshake would be.
+pub fn peer_expiry(connection: &rustls::ServerConnection) -> Option<i64> {
+    let certificate = connection.peer_certificates()?.first()?;
+    let (_, cert) = x509_parser::parse_x509_certificate(certificate).ok()?;
+    Some(cert.validity().not_after.timestamp())
+}
+
 /// The crypto provider every config uses.
 pub fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
@@ -118,6 +137,7 @@ pub fn control_plane_server(
         .with_single_cert(certs(chain_pem)?, key)
         .map_err(tls_err)?;
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    without_resumption(&mut config);
     Ok(Arc::new(config))
 }
 

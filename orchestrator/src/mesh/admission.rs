@@ -1,8 +1,10 @@
-//! Which connections the API takes: at most `max_connections` at once,
-//! and at most `max_connections_per_ip` from one address, so no one
-//! client, with or without a credential, can hold every file descriptor.
-//! A connection over either limit is closed at once; refusals are logged
-//! at most once a second, with how many there were.
+//! Which connections an mTLS listener (the control plane's API, a node's
+//! mesh endpoint) takes: at most so many at once, and at most so many
+//! from one address until the peer proves to be a node of the cluster, so
+//! no stranger, with or without a credential, can hold every file
+//! descriptor. A connection over either limit is closed at once, before
+//! its handshake costs anything; refusals are logged at most once a
+//! second, with how many there were.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -14,15 +16,25 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 pub const MAX_CONNECTIONS: usize = 1024;
 /// Default cap on API connections open at once from one IP address.
 pub const MAX_CONNECTIONS_PER_IP: usize = 256;
+/// Cap on a node's mesh connections open at once: each peer node pools a
+/// few dozen at most under load.
+pub const MESH_MAX_CONNECTIONS: usize = 4096;
+/// Cap on a node's mesh connections open at once from one address before
+/// the peer proves to be a member node.
+pub const MESH_MAX_CONNECTIONS_PER_IP: usize = 256;
 
 /// How often refusals are logged, at most.
 const LOG_EVERY: Duration = Duration::from_secs(1);
 
-/// Counts open API connections, in total and per address.
-pub(super) struct Admission {
+/// Counts a listener's open connections, in total and per address.
+pub(crate) struct Admission {
+    /// What listens, for the log: "API", "mesh".
+    listener: &'static str,
     total: Arc<Semaphore>,
     max_total: usize,
     max_per_ip: usize,
+    /// How an operator raises each limit, e.g. `--max-connections`.
+    raise: [&'static str; 2],
     state: Mutex<State>,
 }
 
@@ -35,25 +47,34 @@ struct State {
 }
 
 /// One admitted connection; its place is given back when dropped.
-pub(super) struct Slot {
+pub(crate) struct Slot {
     admission: Arc<Admission>,
     ip: Option<IpAddr>,
     _permit: OwnedSemaphorePermit,
 }
 
 impl Admission {
-    pub(super) fn new(max_total: usize, max_per_ip: usize) -> Arc<Admission> {
+    /// Admission to `listener` of at most `max_total` connections, and
+    /// `max_per_ip` from one address; `raise` says how each is raised.
+    pub(crate) fn new(
+        listener: &'static str,
+        max_total: usize,
+        max_per_ip: usize,
+        raise: [&'static str; 2],
+    ) -> Arc<Admission> {
         Arc::new(Admission {
+            listener,
             total: Arc::new(Semaphore::new(max_total)),
             max_total,
             max_per_ip,
+            raise,
             state: Mutex::new(State::default()),
         })
     }
 
     /// A place for a connection from `ip`, or `None` (logged) when either
     /// limit is reached.
-    pub(super) fn admit(self: &Arc<Self>, ip: IpAddr) -> Option<Slot> {
+    pub(crate) fn admit(self: &Arc<Self>, ip: IpAddr) -> Option<Slot> {
         let ip = source(ip);
         let mut state = self.state.lock().expect("admission lock");
         let from_ip = state.per_ip.get(&ip).copied().unwrap_or(0);
@@ -71,15 +92,16 @@ impl Admission {
             {
                 let why = if from_ip >= self.max_per_ip {
                     format!(
-                        "{ip} already has {from_ip} open (--max-connections-per-ip {})",
-                        self.max_per_ip
+                        "{ip} already has {from_ip} open ({} {})",
+                        self.raise[1], self.max_per_ip
                     )
                 } else {
-                    format!("{} are open (--max-connections)", self.max_total)
+                    format!("{} are open ({})", self.max_total, self.raise[0])
                 };
                 tracing::warn!(
                     refused = state.refused,
-                    "API connection limit reached: closed {} new connection(s), the last from {ip}: {why}; raise the limit if these are real clients",
+                    "{} connection limit reached: closed {} new connection(s), the last from {ip}: {why}; raise the limit if these are real clients",
+                    self.listener,
                     state.refused
                 );
                 state.refused = 0;
@@ -110,7 +132,7 @@ impl Slot {
     /// The peer proved to be a node of this cluster: its connection no
     /// longer counts against its address (many nodes may share one, behind
     /// NAT), only against the total.
-    pub(super) fn trusted(&mut self) {
+    pub(crate) fn trusted(&mut self) {
         if let Some(ip) = self.ip.take() {
             self.admission.release_ip(ip);
         }
@@ -144,7 +166,12 @@ mod tests {
 
     #[test]
     fn limits_hold_per_address_and_in_total_and_places_come_back() {
-        let admission = Admission::new(3, 2);
+        let admission = Admission::new(
+            "API",
+            3,
+            2,
+            ["--max-connections", "--max-connections-per-ip"],
+        );
         let a: IpAddr = "127.0.0.2".parse().unwrap();
         let b: IpAddr = "127.0.0.3".parse().unwrap();
         let a1 = admission.admit(a).expect("first from a");
@@ -164,7 +191,12 @@ mod tests {
 
     #[test]
     fn an_ipv6_host_counts_as_its_64_and_mapped_ipv4_as_itself() {
-        let admission = Admission::new(10, 2);
+        let admission = Admission::new(
+            "API",
+            10,
+            2,
+            ["--max-connections", "--max-connections-per-ip"],
+        );
         let a: IpAddr = "2001:db8::1".parse().unwrap();
         let b: IpAddr = "2001:db8::ffff:2".parse().unwrap();
         let _one = admission.admit(a).unwrap();
