@@ -195,7 +195,7 @@ type InstanceResult = Result<(), (FailureReason, wasmtime::Error)>;
 /// failure, whether or not the head was sent.
 fn spawn_instance(
     component: &LoadedComponent,
-    mut store: Store<InstanceState>,
+    store: Store<InstanceState>,
     req: Resource<IncomingRequest>,
     out: Resource<ResponseOutparam>,
     permit: OwnedSemaphorePermit,
@@ -207,19 +207,25 @@ fn spawn_instance(
     let timeout = component.limits.timeout.as_duration();
     let task_name = component.name.to_string();
     let task_outcome = outcome;
+    // One value, so that however the task ends (aborted too, see
+    // `AbortIfAbandoned`) the store drops before the slot: a tuple drops
+    // in field order, and the slot is given back only once the instance
+    // has left the pool.
+    let mut instance = (store, slot);
     tokio::spawn(async move {
         let _permit = permit;
         let _unwinding = FailOnUnwind(task_outcome.clone());
+        let store = &mut instance.0;
         let run = async {
             let proxy = pre
-                .instantiate_async(&mut store)
+                .instantiate_async(&mut *store)
                 .await
                 .map_err(|e| (FailureReason::Instantiate, e))?;
             proxy
                 .wasi_http_incoming_handler()
-                .call_handle(&mut store, req, out)
+                .call_handle(&mut *store, req, out)
                 .await
-                .map_err(|e| (classify_trap(&e, &store), e))
+                .map_err(|e| (classify_trap(&e, store), e))
         };
         let result = match tokio::time::timeout(timeout, run).await {
             Ok(result) => result,
@@ -236,6 +242,7 @@ fn spawn_instance(
                 "request failed: {error:#}"
             );
         }
+        let (store, slot) = instance;
         release(store, slot, &reaper);
         result
     })
