@@ -159,6 +159,28 @@ fn on_skiff_up_only_allowed_callers_get_through_and_nobody_forges_an_identity() 
         &format!("Host: probe\r\ntraceparent: 00-{trace}-b7ad6b7169203331-01\r\n"),
     );
     assert_eq!((status, body.as_str()), (200, "logged"));
+    // The client's tracestate goes on with its trace; with a trace of
+    // Skiff's own (no valid traceparent), it is dropped.
+    let (status, body) = get_with(
+        &up.url,
+        "/call?http://probe.probe.skiff.internal/headers",
+        &format!(
+            "Host: probe\r\ntraceparent: 00-{trace}-b7ad6b7169203331-01\r\ntracestate: vendor=abc\r\n"
+        ),
+    );
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("tracestate: vendor=abc\n"), "{body}");
+    assert!(
+        body.contains(&format!("traceparent: 00-{trace}-")),
+        "{body}"
+    );
+    let (status, body) = get_with(
+        &up.url,
+        "/call?http://probe.probe.skiff.internal/headers",
+        "Host: probe\r\ntracestate: vendor=abc\r\n",
+    );
+    assert_eq!(status, 200, "{body}");
+    assert!(!body.contains("tracestate"), "{body}");
     assert_eq!(as_host("probe", "/log?untraced").0, 200);
     let logs = |extra: &[&str]| {
         let output = support::skiff(home.path())

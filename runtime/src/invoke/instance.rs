@@ -87,6 +87,7 @@ async fn serve<B: GuestBody>(
         mesh: call.inbound.mesh.clone(),
         hops: call.inbound.hops,
         span: call.span,
+        tracestate: call.tracestate,
         outcome: outcome.clone(),
     };
     let mut store = match new_store(component, log_sink, outbound) {

@@ -122,6 +122,8 @@ pub(crate) struct Call<B> {
     inbound: Inbound,
     /// Its span: of the trace its `traceparent` continues, or a new one.
     span: Span,
+    /// The `tracestate` its calls pass on with the span.
+    tracestate: Option<http::HeaderValue>,
     /// What its instance does, learned while it runs.
     outcome: Arc<InstanceOutcome>,
 }
@@ -130,10 +132,12 @@ impl<B> Call<B> {
     fn new(mut request: hyper::Request<B>, inbound: Inbound) -> Call<B> {
         strip_platform_headers(request.headers_mut());
         let span = Span::for_request(request.headers());
+        let tracestate = crate::mesh::tracestate_to_pass(&span, request.headers());
         Call {
             request,
             inbound,
             span,
+            tracestate,
             outcome: Arc::default(),
         }
     }

@@ -14,7 +14,7 @@ pub mod trace;
 pub use identity::{TRUST_DOMAIN, WorkloadId};
 pub use local::LocalMesh;
 pub use policy::{CallerPattern, CallerPolicy};
-pub use trace::{Span, TRACEPARENT};
+pub use trace::{Span, TRACEPARENT, TRACESTATE, tracestate_to_pass};
 
 use crate::invoke::{ResponseBody, plain};
 use crate::manifest::ComponentName;

@@ -7,6 +7,22 @@ use std::fmt;
 /// The header carrying the trace context.
 pub const TRACEPARENT: &str = "traceparent";
 
+/// The header carrying vendors' trace state, passed on with the trace.
+pub const TRACESTATE: &str = "tracestate";
+
+/// The longest `tracestate` passed on, bytes (W3C Trace Context asks
+/// platforms to pass at least 512): longer, it is dropped rather than let
+/// a caller make every hop carry a large header.
+const MAX_TRACESTATE: usize = 512;
+
+/// The `tracestate` to pass on with `span`'s calls: the request's, when
+/// `span` continues the caller's trace (a new trace drops the old state,
+/// as the W3C spec asks) and it is not over [`MAX_TRACESTATE`].
+pub fn tracestate_to_pass(span: &Span, headers: &http::HeaderMap) -> Option<http::HeaderValue> {
+    let value = headers.get(TRACESTATE)?;
+    (span.parent_id.is_some() && value.len() <= MAX_TRACESTATE).then(|| value.clone())
+}
+
 /// One hop's span: the trace it belongs to, its own id, and the span that
 /// called it (none for the hop that started the trace).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

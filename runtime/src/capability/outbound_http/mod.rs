@@ -19,7 +19,7 @@ use super::{Capability, PrepareContext};
 use crate::instance::InstanceBuilder;
 use crate::invoke::{InstanceOutcome, strip_platform_headers};
 use crate::manifest::ComponentSpec;
-use crate::mesh::{MeshCall, MeshRouter, MeshTarget, Span, TRACEPARENT, WorkloadId};
+use crate::mesh::{MeshCall, MeshRouter, MeshTarget, Span, TRACEPARENT, TRACESTATE, WorkloadId};
 use std::net::IpAddr;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
@@ -95,6 +95,8 @@ pub struct OutboundContext {
     pub hops: u8,
     /// The request's span: the parent of every call the instance makes.
     pub span: Span,
+    /// The request's `tracestate`, passed on with the span.
+    pub tracestate: Option<http::HeaderValue>,
     /// Where the instance's mesh calls are noted.
     pub outcome: Arc<InstanceOutcome>,
 }
@@ -107,6 +109,7 @@ impl OutboundContext {
             mesh: None,
             hops: 0,
             span: Span::for_request(&http::HeaderMap::new()),
+            tracestate: None,
             outcome: Arc::default(),
         }
     }
@@ -216,6 +219,14 @@ impl WasiHttpHooks for OutboundHooks {
             && let Ok(value) = http::HeaderValue::from_str(&self.context.span.traceparent())
         {
             request.headers_mut().insert(TRACEPARENT, value);
+            match &self.context.tracestate {
+                Some(state) => {
+                    request.headers_mut().insert(TRACESTATE, state.clone());
+                }
+                None => {
+                    request.headers_mut().remove(TRACESTATE);
+                }
+            }
         }
         let options = options.unwrap_or_default();
         let head_timeout = match (options.connect_timeout, options.first_byte_timeout) {
