@@ -666,3 +666,47 @@ fn a_caller_that_gives_up_stops_the_callee_it_was_waiting_for() {
     assert!(logs.contains("sleeping 4000"), "{logs}");
     assert!(!logs.contains("awake"), "{logs}");
 }
+
+#[test]
+fn a_caller_that_gives_up_stops_its_callee_on_another_node_too() {
+    let cluster = Cluster::start(2, &[]);
+    let place = |dir: &Path, zone: &str, extra: &str| {
+        let manifest = dir.join("skiff.toml");
+        let placed = std::fs::read_to_string(&manifest).unwrap()
+            + &format!("[component.probe.placement]\nlabels = {{ zone = \"{zone}\" }}\n{extra}");
+        std::fs::write(&manifest, placed).unwrap();
+    };
+    let callee_dir = temp_dir();
+    let callee = probe_app(callee_dir.path(), "callee", "[\"caller/probe\"]");
+    place(callee_dir.path(), "z2", "");
+    let caller_dir = temp_dir();
+    let caller = probe_app(caller_dir.path(), "caller", "[]");
+    place(
+        caller_dir.path(),
+        "z1",
+        "[component.probe.limits]\ntimeout = \"2s\"\n",
+    );
+    for app in [&callee, &caller] {
+        cluster.cli(&["deploy", app, "--wait"]);
+    }
+    for app in ["callee", "caller"] {
+        cluster.wait_known_everywhere(app, 1);
+    }
+    let url = cluster.nodes[0].process.url.clone();
+    let (status, body) = get_with(
+        &url,
+        "/call?http://probe.callee.skiff.internal/sleep?4000",
+        "Host: caller\r\n",
+    );
+    assert_eq!(status, 504, "{body}");
+    // node-1 drops the forwarded call; node-2 stops the callee.
+    cluster.nodes[1]
+        .process
+        .wait_for_line(&["span", "callee=\"callee/probe\"", "status=499"]);
+    std::thread::sleep(Duration::from_secs(3));
+    let log = cluster.nodes[1].process.stderr();
+    assert!(
+        log.contains("sleeping 4000") && !log.contains("awake"),
+        "{log}"
+    );
+}
