@@ -616,7 +616,7 @@ fn a_certificate_the_control_plane_is_slow_to_issue_holds_up_only_its_own_worklo
 }
 
 #[test]
-fn a_caller_that_gives_up_stops_the_callee_it_was_waiting_for() {
+fn a_callee_whose_caller_gives_up_shows_499_and_still_finishes_its_work() {
     let home = temp_dir();
     let callee_dir = temp_dir();
     let callee = probe_app(callee_dir.path(), "callee", "[\"caller/probe\"]");
@@ -654,21 +654,23 @@ fn a_caller_that_gives_up_stops_the_callee_it_was_waiting_for() {
     );
     assert_eq!(status, 504, "{body}");
     assert!(started.elapsed() < Duration::from_secs(4), "{body}");
-    // The callee's hop ends with its caller: a span line with 499, and its
-    // instance gone before it woke.
+    // The callee's hop ends with its caller (a span line with 499), but
+    // its instance is not cut short at a moment a client chose: it wakes
+    // and finishes, within its own timeout.
     up.wait_for_line(&["span", "callee=\"callee/probe\"", "status=499"]);
-    std::thread::sleep(Duration::from_secs(3));
-    let logs = support::skiff(home.path())
-        .args(["logs", "callee"])
-        .output()
-        .unwrap();
-    let logs = String::from_utf8_lossy(&logs.stdout);
+    let logs = wait_until(Duration::from_secs(10), "the callee to wake", || {
+        let logs = support::skiff(home.path())
+            .args(["logs", "callee"])
+            .output()
+            .unwrap();
+        let logs = String::from_utf8_lossy(&logs.stdout).into_owned();
+        logs.contains("awake").then_some(logs)
+    });
     assert!(logs.contains("sleeping 4000"), "{logs}");
-    assert!(!logs.contains("awake"), "{logs}");
 }
 
 #[test]
-fn a_caller_that_gives_up_stops_its_callee_on_another_node_too() {
+fn a_callee_on_another_node_whose_caller_gives_up_shows_499() {
     let cluster = Cluster::start(2, &[]);
     let place = |dir: &Path, zone: &str, extra: &str| {
         let manifest = dir.join("skiff.toml");
@@ -699,14 +701,10 @@ fn a_caller_that_gives_up_stops_its_callee_on_another_node_too() {
         "Host: caller\r\n",
     );
     assert_eq!(status, 504, "{body}");
-    // node-1 drops the forwarded call; node-2 stops the callee.
+    // node-1 drops the forwarded call; node-2's span of it says so, and
+    // the callee finishes its work.
     cluster.nodes[1]
         .process
         .wait_for_line(&["span", "callee=\"callee/probe\"", "status=499"]);
-    std::thread::sleep(Duration::from_secs(3));
-    let log = cluster.nodes[1].process.stderr();
-    assert!(
-        log.contains("sleeping 4000") && !log.contains("awake"),
-        "{log}"
-    );
+    cluster.nodes[1].process.wait_for_line(&["awake"]);
 }

@@ -12,7 +12,7 @@ use crate::api::{
     SyncRequest, SyncResponse, WorkloadCertRequest, WorkloadCertResponse,
 };
 use crate::mesh::NodeCert;
-use crate::mesh::admission::Admission;
+use crate::mesh::admission::{Admission, Trust};
 use crate::state::{Applied, NodeRecord, ReplicaRecord};
 use bytes::Bytes;
 use futures::TryStreamExt;
@@ -68,6 +68,7 @@ pub(super) async fn serve(
         shared.config.max_connections,
         shared.config.max_connections_per_ip,
         ["--max-connections", "--max-connections-per-ip"],
+        Trust::Address,
     );
     accept_until(
         listener,

@@ -16,12 +16,12 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 pub const MAX_CONNECTIONS: usize = 1024;
 /// Default cap on API connections open at once from one IP address.
 pub const MAX_CONNECTIONS_PER_IP: usize = 256;
-/// Cap on a node's mesh connections open at once: each peer node pools a
-/// few dozen at most under load.
-pub const MESH_MAX_CONNECTIONS: usize = 4096;
-/// Cap on a node's mesh connections open at once from one address before
-/// the peer proves to be a member node.
-pub const MESH_MAX_CONNECTIONS_PER_IP: usize = 256;
+/// Cap on a node's mesh connections whose peer has not proved to be a
+/// member (its handshake runs, or it is a stranger's): member nodes'
+/// connections count toward no cap, so strangers cannot crowd them out.
+pub const MESH_MAX_UNPROVEN: usize = 1024;
+/// Of those, at most this many from one address.
+pub const MESH_MAX_UNPROVEN_PER_IP: usize = 256;
 
 /// How often refusals are logged, at most.
 const LOG_EVERY: Duration = Duration::from_secs(1);
@@ -35,6 +35,8 @@ pub(crate) struct Admission {
     max_per_ip: usize,
     /// How an operator raises each limit, e.g. `--max-connections`.
     raise: [&'static str; 2],
+    /// What a peer proved a member is freed from.
+    trust: Trust,
     state: Mutex<State>,
 }
 
@@ -46,21 +48,34 @@ struct State {
     last_logged: Option<Instant>,
 }
 
+/// What a connection whose peer proved to be a member node stops counting
+/// toward.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Trust {
+    /// Its address's cap (many nodes may share one, behind NAT); it still
+    /// counts toward the total.
+    Address,
+    /// Both caps: they bound only connections not yet proved a member's.
+    Both,
+}
+
 /// One admitted connection; its place is given back when dropped.
 pub(crate) struct Slot {
     admission: Arc<Admission>,
     ip: Option<IpAddr>,
-    _permit: OwnedSemaphorePermit,
+    permit: Option<OwnedSemaphorePermit>,
 }
 
 impl Admission {
     /// Admission to `listener` of at most `max_total` connections, and
-    /// `max_per_ip` from one address; `raise` says how each is raised.
+    /// `max_per_ip` from one address; `raise` says how each is raised,
+    /// `trust` what a member's connection is freed from.
     pub(crate) fn new(
         listener: &'static str,
         max_total: usize,
         max_per_ip: usize,
         raise: [&'static str; 2],
+        trust: Trust,
     ) -> Arc<Admission> {
         Arc::new(Admission {
             listener,
@@ -68,6 +83,7 @@ impl Admission {
             max_total,
             max_per_ip,
             raise,
+            trust,
             state: Mutex::new(State::default()),
         })
     }
@@ -113,7 +129,7 @@ impl Admission {
         Some(Slot {
             admission: self.clone(),
             ip: Some(ip),
-            _permit: permit,
+            permit: Some(permit),
         })
     }
 
@@ -130,11 +146,14 @@ impl Admission {
 
 impl Slot {
     /// The peer proved to be a node of this cluster: its connection no
-    /// longer counts against its address (many nodes may share one, behind
-    /// NAT), only against the total.
+    /// longer counts against its address, nor against the total where the
+    /// admission's [`Trust`] says so.
     pub(crate) fn trusted(&mut self) {
         if let Some(ip) = self.ip.take() {
             self.admission.release_ip(ip);
+        }
+        if self.admission.trust == Trust::Both {
+            self.permit = None;
         }
     }
 }
@@ -171,6 +190,7 @@ mod tests {
             3,
             2,
             ["--max-connections", "--max-connections-per-ip"],
+            Trust::Address,
         );
         let a: IpAddr = "127.0.0.2".parse().unwrap();
         let b: IpAddr = "127.0.0.3".parse().unwrap();
@@ -190,12 +210,33 @@ mod tests {
     }
 
     #[test]
+    fn where_members_count_toward_no_cap_strangers_cannot_crowd_them_out() {
+        let admission = Admission::new("mesh", 2, 2, ["a cap", "a cap per address"], Trust::Both);
+        let node: IpAddr = "127.0.0.2".parse().unwrap();
+        let stranger: IpAddr = "127.0.0.9".parse().unwrap();
+        let mut members = Vec::new();
+        for _ in 0..5 {
+            let mut slot = admission.admit(node).expect("a member's handshake");
+            slot.trusted();
+            members.push(slot);
+        }
+        let s1 = admission.admit(stranger).expect("first stranger");
+        let _s2 = admission.admit(stranger).expect("second stranger");
+        assert!(admission.admit(stranger).is_none());
+        assert!(admission.admit(node).is_none(), "unproven places are full");
+        drop(s1);
+        assert!(admission.admit(node).is_some(), "a place came back");
+        drop(members);
+    }
+
+    #[test]
     fn an_ipv6_host_counts_as_its_64_and_mapped_ipv4_as_itself() {
         let admission = Admission::new(
             "API",
             10,
             2,
             ["--max-connections", "--max-connections-per-ip"],
+            Trust::Address,
         );
         let a: IpAddr = "2001:db8::1".parse().unwrap();
         let b: IpAddr = "2001:db8::ffff:2".parse().unwrap();

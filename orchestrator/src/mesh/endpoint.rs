@@ -7,7 +7,7 @@
 //! A forwarded request is never forwarded again, so stale endpoints cannot
 //! make a loop.
 
-use super::admission::{Admission, MESH_MAX_CONNECTIONS, MESH_MAX_CONNECTIONS_PER_IP};
+use super::admission::{Admission, MESH_MAX_UNPROVEN, MESH_MAX_UNPROVEN_PER_IP, Trust};
 use super::{APP_HEADER, COMPONENT_HEADER, HOPS_HEADER, NOT_HERE_HEADER};
 use super::{NodeCert, Peer, WorkloadCert};
 use crate::node::NodeShared;
@@ -29,9 +29,10 @@ pub(crate) async fn serve(
 ) {
     let admission = Admission::new(
         "mesh",
-        MESH_MAX_CONNECTIONS,
-        MESH_MAX_CONNECTIONS_PER_IP,
+        MESH_MAX_UNPROVEN,
+        MESH_MAX_UNPROVEN_PER_IP,
         ["a fixed cap", "a fixed cap per address"],
+        Trust::Both,
     );
     accept_until(listener, shutdown, DRAIN_TIMEOUT, move |accepted| {
         // Over a limit, closed here, before the handshake costs anything.
@@ -64,7 +65,8 @@ pub(crate) async fn serve(
                     Some(node) => Some(Peer::Node(node)),
                     None => WorkloadCert::of(cert).map(Peer::Workload),
                 });
-            // A member node's connections count only against the total.
+            // A member node's connections count toward no cap: strangers
+            // cannot crowd them out.
             if peer.as_ref().is_some_and(|p| node.members.admits(p.node())) {
                 slot.trusted();
             }

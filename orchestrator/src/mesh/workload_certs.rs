@@ -126,6 +126,10 @@ impl WorkloadIdentities {
             ));
         }
         match obtain(node, workload).await {
+            // It left while the control plane answered: keep nothing.
+            Ok(_) if !node.runs(workload) => Err(format!(
+                "{workload} left this node while its certificate was issued"
+            )),
             Ok((held, pem)) => {
                 let client = held.client.clone();
                 tracing::info!(%workload, "workload certificate obtained");

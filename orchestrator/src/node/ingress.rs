@@ -44,9 +44,13 @@ async fn dispatch(node: &Arc<NodeShared>, mut request: hyper::Request<Incoming>)
         .map(str::to_string);
     let Some((app, component)) = routing.pick(host.as_deref(), request.uri().path()) else {
         let path = request.uri().path();
+        // Only an app ingress can reach anyway is named: one without
+        // routes is not revealed to a client guessing names.
         let text = match routing.named_by_host(host.as_deref()) {
-            Some(app) => format!("app \"{}\" has no route for {path}\n", app.name),
-            None => format!("no app serves {path}\n"),
+            Some(app) if app.has_routes() => {
+                format!("app \"{}\" has no route for {path}\n", app.name)
+            }
+            _ => format!("no app serves {path}\n"),
         };
         return plain(http::StatusCode::NOT_FOUND, text);
     };

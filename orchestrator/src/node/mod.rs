@@ -77,7 +77,11 @@ async fn bind_mesh(wanted: SocketAddr, data_dir: &std::path::Path) -> anyhow::Re
         },
         None => bind_as(wanted, "the mesh").await?,
     };
-    crate::home::write_private(&saved, listener.local_addr()?.to_string().as_bytes())?;
+    if let Err(e) =
+        crate::home::write_private(&saved, listener.local_addr()?.to_string().as_bytes())
+    {
+        tracing::warn!("cannot keep the mesh address for the next start: {e:#}");
+    }
     Ok(listener)
 }
 
@@ -153,6 +157,11 @@ pub(crate) struct NodeShared {
 }
 
 impl NodeShared {
+    /// Whether `workload` is placed on this node, as last heard.
+    pub(crate) fn runs(&self, workload: &skiff_runtime::mesh::WorkloadId) -> bool {
+        placed_in(&self.desired.lock().expect("desired state lock"), workload)
+    }
+
     /// The router for guests' calls to `*.skiff.internal`.
     pub(crate) fn mesh_router(&self) -> Arc<dyn skiff_runtime::mesh::MeshRouter> {
         self.mesh_router.clone()
@@ -369,16 +378,7 @@ impl NodeShared {
         };
         self.replicas.apply(self, &change.assignments, unassigned);
         if change.full || !change.unassigned.is_empty() {
-            // Assignments are sorted by app and component.
-            let assignments = &desired.assignments;
-            self.workload_identities.retain(|w| {
-                assignments
-                    .binary_search_by(|a| {
-                        (a.app.as_str(), a.component.as_str())
-                            .cmp(&(w.app.as_str(), w.component.as_str()))
-                    })
-                    .is_ok()
-            });
+            self.workload_identities.retain(|w| placed_in(&desired, w));
         }
     }
 
@@ -563,6 +563,18 @@ fn warn_if_capacity_below_baseline(offered: u64) {
             size(used)
         );
     }
+}
+
+/// Whether `desired` places `workload` on this node.
+fn placed_in(desired: &DesiredState, workload: &skiff_runtime::mesh::WorkloadId) -> bool {
+    // Assignments are sorted by app and component.
+    desired
+        .assignments
+        .binary_search_by(|a| {
+            (a.app.as_str(), a.component.as_str())
+                .cmp(&(workload.app.as_str(), workload.component.as_str()))
+        })
+        .is_ok()
 }
 
 /// Says once (until it changes) when the labels or memory this node was

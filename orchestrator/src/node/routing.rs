@@ -65,6 +65,11 @@ impl AppRoutes {
             .map(|(_, component)| component.as_str())
     }
 
+    /// Whether any component of the app has a route.
+    pub(crate) fn has_routes(&self) -> bool {
+        !self.routes.is_empty()
+    }
+
     /// Whether `component` has a route, so ingress may reach it.
     pub(crate) fn is_routed(&self, component: &str) -> bool {
         self.routes.iter().any(|(_, c)| c == component)

@@ -126,12 +126,10 @@ async fn serve<B: GuestBody>(
     };
 
     let task = spawn_instance(component, store, req, out, permit, slot, outcome.clone());
-    // Until the response begins, the instance lives only as long as the
-    // request: a caller that went away (its own timeout, say) stops it.
-    let mut abandoned = AbortIfAbandoned(Some(task));
-
+    // A caller that goes away does not stop the instance: it runs to its
+    // end or its own timeout, so a client cannot cut a guest's work short
+    // at a moment of its choosing (the hop's span says 499).
     let answer = receiver.await;
-    let task = abandoned.0.take().expect("taken once");
     if request_overflow.load(Ordering::Acquire) {
         return Ok(request_too_large(name, request_limit));
     }
@@ -175,18 +173,6 @@ async fn serve<B: GuestBody>(
     })
 }
 
-/// Aborts the instance's task if dropped before it is taken: the request
-/// was dropped before its response began.
-struct AbortIfAbandoned(Option<tokio::task::JoinHandle<InstanceResult>>);
-
-impl Drop for AbortIfAbandoned {
-    fn drop(&mut self) {
-        if let Some(task) = self.0.take() {
-            task.abort();
-        }
-    }
-}
-
 /// How an instance's run ended, when it failed: why, and wasmtime's word.
 type InstanceResult = Result<(), (FailureReason, wasmtime::Error)>;
 
@@ -208,10 +194,9 @@ fn spawn_instance(
     let timeout = component.limits.timeout.as_duration();
     let task_name = component.name.to_string();
     let task_outcome = outcome;
-    // One value, so that however the task ends (aborted too, see
-    // `AbortIfAbandoned`) the store drops before the slot: a tuple drops
-    // in field order, and the slot is given back only once the instance
-    // has left the pool.
+    // One value, so that however the task ends (unwinding too) the store
+    // drops before the slot: a tuple drops in field order, and the slot is
+    // given back only once the instance has left the pool.
     let mut instance = (store, slot);
     tokio::spawn(async move {
         let _permit = permit;
