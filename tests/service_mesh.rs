@@ -237,6 +237,26 @@ fn on_skiff_up_only_allowed_callers_get_through_and_nobody_forges_an_identity() 
     assert!(body.contains("mesh hops"), "{body}");
     up.wait_for_line(&["mesh_loop", "callee=probe/probe"]);
 
+    // A client guessing names learns nothing of an app ingress cannot
+    // reach: the same 404 as for no app at all.
+    let hidden_dir = temp_dir();
+    write_manifest(
+        hidden_dir.path(),
+        &format!(
+            "[app]\nname = \"hidden\"\n[component.probe]\nsource = {}\nallow_callers = [\"probe/probe\"]\n",
+            toml_path(PROBE)
+        ),
+    );
+    let output = support::skiff(home.path())
+        .args(["deploy", hidden_dir.path().to_str().unwrap(), "--wait"])
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{output:?}");
+    assert_eq!(
+        as_host("hidden", "/x"),
+        (404, "no app serves /x\n".to_string())
+    );
+
     // With no replica of the catalog, a stranger is still refused: it
     // learns nothing of the callee's replicas; an allowed caller hears
     // there is none.
