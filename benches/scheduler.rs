@@ -119,6 +119,7 @@ fn in_process() {
                 memory,
                 required_labels: required_labels.clone(),
                 strategy,
+                prefer: None,
             });
         }
     }
@@ -293,7 +294,8 @@ fn through_api() {
                     &format!("/v1/apps/sched-{i}/scale"),
                     &ScaleRequest {
                         component: "web".to_string(),
-                        replicas: 2 * replicas as u32,
+                        replicas: Some(2 * replicas as u32),
+                        ..ScaleRequest::default()
                     },
                 )
                 .await
@@ -499,6 +501,7 @@ impl SimNode {
                 mesh: self.mesh.local_addr().unwrap().to_string(),
                 logs_first_seq: 0,
                 logs: Vec::new(),
+                load: Vec::new(),
             };
             let answer = self
                 .api

@@ -149,6 +149,27 @@ pub struct SyncRequest {
     /// Guest log lines not yet acknowledged: at most
     /// [`MAX_LOG_LINES_PER_SYNC`], each at most [`MAX_LOG_LINE_BYTES`].
     pub logs: Vec<GuestLine>,
+    /// The demand on each component with any (the autoscaler's input);
+    /// a component absent has none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub load: Vec<ComponentLoad>,
+}
+
+/// The demand on one component at a node, as its heartbeat reports it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ComponentLoad {
+    /// The app.
+    pub app: String,
+    /// The component.
+    pub component: String,
+    /// Requests in its instances or queued for one, averaged over the
+    /// last second.
+    #[serde(default)]
+    pub concurrency: f64,
+    /// Requests held because no replica of it runs anywhere: they wait
+    /// for one the control plane places.
+    #[serde(default)]
+    pub held: u32,
 }
 
 /// A heartbeat's report of the components a node holds.
@@ -401,6 +422,11 @@ pub struct AppRouting {
     /// the callee checks.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub callers: Option<BTreeMap<String, Vec<skiff_runtime::mesh::CallerPattern>>>,
+    /// Components the autoscaler may take to zero replicas: a request
+    /// for one while no replica runs is held (not refused) until the
+    /// control plane places one.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub scale_from_zero: Vec<String>,
 }
 
 /// A node running a replica.
@@ -434,13 +460,39 @@ pub struct DeployResponse {
     pub warnings: Vec<String>,
 }
 
-/// `POST /v1/apps/NAME/scale`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+/// `POST /v1/apps/NAME/scale`: pins a component at a count
+/// (`replicas`), or autoscales it within bounds (`min`, `max`); not both.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct ScaleRequest {
     /// The component.
     pub component: String,
-    /// Desired replicas.
-    pub replicas: u32,
+    /// Replicas to run whatever the traffic.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replicas: Option<u32>,
+    /// Fewest replicas the autoscaler keeps.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min: Option<u32>,
+    /// Most replicas the autoscaler runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max: Option<u32>,
+}
+
+/// The answer to a scale.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ScaleResponse {
+    /// The app.
+    pub app: String,
+    /// The component.
+    pub component: String,
+    /// What it runs now: pinned at a count or autoscaled within bounds.
+    pub replicas: skiff_runtime::manifest::Replicas,
+    /// What it ran before.
+    pub before: skiff_runtime::manifest::Replicas,
+    /// Whether anything changed.
+    pub changed: bool,
+    /// Replicas that cannot be placed, and why.
+    #[serde(default)]
+    pub warnings: Vec<String>,
 }
 
 /// An app, as `skiff apps` shows it.
@@ -474,6 +526,44 @@ pub struct ComponentView {
     pub desired: u32,
     /// Replicas running.
     pub running: u32,
+    /// The autoscaler's bounds and what it sees, when autoscaled.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub autoscale: Option<AutoscaleView>,
+}
+
+/// An autoscaled component's settings and demand.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AutoscaleView {
+    /// Fewest replicas.
+    pub min: u32,
+    /// Most replicas.
+    pub max: u32,
+    /// Requests in flight per replica aimed for.
+    pub target_concurrency: u32,
+    /// How long demand must stay low before replicas are removed, ms.
+    pub scale_down_delay_ms: u64,
+    /// Requests in flight, queued or held now, over all its nodes.
+    pub concurrency: f64,
+}
+
+/// A scheduling or scaling decision, as `skiff events` shows it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct EventView {
+    /// Position in the control plane's event log; increasing.
+    pub seq: u64,
+    /// When, Unix milliseconds.
+    pub unix_ms: u64,
+    /// `scaled`, `placed`, `moved`, `unschedulable`, `node_down` or
+    /// `node_back`.
+    pub kind: String,
+    /// The app it concerns, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub app: Option<String>,
+    /// The component it concerns, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub component: Option<String>,
+    /// What happened and why.
+    pub message: String,
 }
 
 /// A replica, as `skiff ps` shows it.

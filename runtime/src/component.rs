@@ -251,6 +251,17 @@ impl LoadedComponent {
         &self.pre
     }
 
+    /// Requests in its instances or queued for one, now.
+    pub fn in_flight(&self) -> usize {
+        self.gate.in_flight()
+    }
+
+    /// Whether every instance it may run at once is busy, so a request
+    /// arriving now would queue.
+    pub fn is_saturated(&self) -> bool {
+        self.gate.is_full()
+    }
+
     /// The Wasm stack its instances get, in bytes: `limits.stack` rounded
     /// up to its stack class.
     pub fn wasm_stack(&self) -> usize {

@@ -99,6 +99,7 @@ impl ResourceLimiter for InstanceLimiter {
 #[derive(Debug)]
 pub struct ConcurrencyGate {
     permits: Arc<Semaphore>,
+    max_concurrency: usize,
     queued: AtomicUsize,
     max_queued: usize,
 }
@@ -112,9 +113,23 @@ impl ConcurrencyGate {
     pub fn new(max_concurrency: u32, max_queued: u32) -> ConcurrencyGate {
         ConcurrencyGate {
             permits: Arc::new(Semaphore::new(max_concurrency as usize)),
+            max_concurrency: max_concurrency as usize,
             queued: AtomicUsize::new(0),
             max_queued: max_queued as usize,
         }
+    }
+
+    /// Requests inside (holding a permit) or waiting in the queue now.
+    pub fn in_flight(&self) -> usize {
+        let inside = self
+            .max_concurrency
+            .saturating_sub(self.permits.available_permits());
+        inside + self.queued.load(Ordering::Acquire)
+    }
+
+    /// Whether a request arriving now would wait: every permit is taken.
+    pub fn is_full(&self) -> bool {
+        self.permits.available_permits() == 0
     }
 
     /// Waits for a slot; the permit frees it when dropped.
@@ -446,9 +461,14 @@ mod tests {
             tokio::task::yield_now().await;
         }
         assert_eq!(gate.enter().await.unwrap_err(), Busy);
+        // One inside and one waiting: both are demand.
+        assert_eq!(gate.in_flight(), 2);
+        assert!(gate.is_full());
         drop(running);
         assert!(waiter.await.unwrap().is_ok());
         assert_eq!(gate.queued.load(Ordering::Acquire), 0);
+        assert_eq!(gate.in_flight(), 0);
+        assert!(!gate.is_full());
     }
 
     #[test]

@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 /// The Wasm stack an instance gets unless `limits.stack` says otherwise.
 pub const DEFAULT_STACK: usize = 512 << 10;
@@ -133,18 +134,164 @@ pub struct ComponentSpec {
     pub placement: Placement,
 }
 
-/// `[component.<name>.scale]`
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+/// `[component.<name>.scale]`: a fixed count (`replicas = 3`), or bounds
+/// the cluster's autoscaler keeps the count within as traffic comes and
+/// goes (`min`, `max`, `target_concurrency`, `scale_down_delay`); not both.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields, default)]
 pub struct Scale {
-    /// `replicas = 3`: replicas the cluster keeps running. Default 1;
-    /// `skiff run` ignores it (it serves one copy).
-    pub replicas: u32,
+    /// `replicas = 3`: replicas the cluster keeps running whatever the
+    /// traffic. Default 1 when no autoscaling key is given; `skiff run`
+    /// ignores it (it serves one copy).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub replicas: Option<u32>,
+    /// `min = 0`: fewest replicas while autoscaled; 0 lets an idle
+    /// component run none, its next request held until one is ready.
+    /// Default 1.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub min: Option<u32>,
+    /// `max = 10`: most replicas while autoscaled. Default
+    /// [`DEFAULT_MAX_REPLICAS`].
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max: Option<u32>,
+    /// `target_concurrency = 50`: requests in flight (running or queued)
+    /// per replica the autoscaler aims for. Default 70% of
+    /// `limits.max_concurrency` (see [`Scale::target_concurrency`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub target_concurrency: Option<u32>,
+    /// `scale_down_delay = "30s"`: how long demand must stay low before
+    /// replicas are removed. Default [`DEFAULT_SCALE_DOWN_DELAY`].
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub scale_down_delay: Option<DurationSpec>,
 }
 
-impl Default for Scale {
-    fn default() -> Self {
-        Scale { replicas: 1 }
+/// The most replicas an autoscaled component gets when its manifest sets
+/// no `max`.
+pub const DEFAULT_MAX_REPLICAS: u32 = 10;
+
+/// The most replicas of one component a manifest (or `skiff scale`) may
+/// ask for.
+pub const MAX_REPLICAS: u32 = 10_000;
+
+/// How long demand must stay low before an autoscaled component loses
+/// replicas, when its manifest sets no `scale_down_delay`: long enough
+/// that a pause between bursts keeps the replicas the next burst needs.
+pub const DEFAULT_SCALE_DOWN_DELAY: Duration = Duration::from_secs(30);
+
+/// How many replicas a component runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Replicas {
+    /// Exactly this many.
+    Fixed(u32),
+    /// As many as its traffic needs, within these bounds.
+    Auto {
+        /// Fewest; 0 allowed.
+        min: u32,
+        /// Most.
+        max: u32,
+    },
+}
+
+impl Replicas {
+    /// The bounds: a fixed count is its own minimum and maximum.
+    pub fn bounds(self) -> (u32, u32) {
+        match self {
+            Replicas::Fixed(n) => (n, n),
+            Replicas::Auto { min, max } => (min, max),
+        }
+    }
+}
+
+impl fmt::Display for Replicas {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Replicas::Fixed(n) => write!(f, "{n} replicas"),
+            Replicas::Auto { min, max } => write!(f, "autoscaled from {min} to {max} replicas"),
+        }
+    }
+}
+
+impl Scale {
+    /// Whether any autoscaling key is set.
+    pub fn autoscaled(&self) -> bool {
+        self.min.is_some()
+            || self.max.is_some()
+            || self.target_concurrency.is_some()
+            || self.scale_down_delay.is_some()
+    }
+
+    /// The replicas declared: fixed, or the autoscaler's bounds.
+    pub fn replicas(&self) -> Replicas {
+        if self.autoscaled() {
+            let min = self.min.unwrap_or(1);
+            Replicas::Auto {
+                min,
+                max: self.max.unwrap_or(DEFAULT_MAX_REPLICAS.max(min)),
+            }
+        } else {
+            Replicas::Fixed(self.replicas.unwrap_or(1))
+        }
+    }
+
+    /// The concurrency per replica the autoscaler aims for: as declared,
+    /// or 70% of what one replica admits (`max_concurrency`), so replicas
+    /// are added while the running ones still have room, before requests
+    /// queue (the headroom covers the moments until the new ones serve).
+    pub fn target_concurrency(&self, limits: &Limits) -> u32 {
+        self.target_concurrency.unwrap_or_else(|| {
+            (limits.max_concurrency.saturating_mul(7))
+                .div_ceil(10)
+                .max(1)
+        })
+    }
+
+    /// How long demand must stay low before replicas are removed.
+    pub fn scale_down_delay(&self) -> Duration {
+        self.scale_down_delay
+            .map_or(DEFAULT_SCALE_DOWN_DELAY, |d| d.as_duration())
+    }
+
+    /// Checks the keys together.
+    fn validate(&self) -> Result<(), String> {
+        if self.replicas.is_some() && self.autoscaled() {
+            return Err("scale.replicas fixes the count, and min, max, target_concurrency and scale_down_delay autoscale it: give one or the other".to_string());
+        }
+        if let (Some(min), Some(max)) = (self.min, self.max)
+            && min > max
+        {
+            return Err(format!("scale.min ({min}) is above scale.max ({max})"));
+        }
+        for (key, value) in [
+            ("replicas", self.replicas),
+            ("min", self.min),
+            ("max", self.max),
+        ] {
+            if let Some(n) = value.filter(|n| *n > MAX_REPLICAS) {
+                return Err(format!(
+                    "scale.{key} = {n} is over the limit of {MAX_REPLICAS} replicas per component"
+                ));
+            }
+        }
+        if self.max == Some(0) {
+            return Err(
+                "scale.max must be at least 1 (min = 0 lets an idle component run no replica)"
+                    .to_string(),
+            );
+        }
+        if self
+            .scale_down_delay
+            .is_some_and(|d| d.as_duration() < Duration::from_secs(1))
+        {
+            return Err("scale.scale_down_delay must be at least \"1s\": shorter, replicas would come and go with every pause between requests".to_string());
+        }
+        if self.target_concurrency == Some(0) {
+            return Err(
+                "scale.target_concurrency must be at least 1 (requests in flight per replica)"
+                    .to_string(),
+            );
+        }
+        Ok(())
     }
 }
 
@@ -416,6 +563,9 @@ impl Manifest {
                     "component \"{name}\": limits.stack must be at least \"64KiB\""
                 ));
             }
+            spec.scale
+                .validate()
+                .map_err(|e| format!("component \"{name}\": {e}"))?;
             for mount in &spec.files {
                 if !mount.destination.starts_with('/') {
                     return Err(format!(

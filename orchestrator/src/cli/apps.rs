@@ -31,7 +31,7 @@ impl ClusterArgs {
         self.output == "json"
     }
 
-    fn client(&self) -> anyhow::Result<ApiClient> {
+    pub(super) fn client(&self) -> anyhow::Result<ApiClient> {
         ClusterConfig::load(self.server.as_deref())?.client()
     }
 }
@@ -163,6 +163,7 @@ pub fn apps(args: ListArgs) -> anyhow::Result<()> {
                     "-".to_string(),
                     "-".to_string(),
                     "-".to_string(),
+                    "-".to_string(),
                     app.package.chars().take(19).collect(),
                 ]
             });
@@ -175,6 +176,7 @@ pub fn apps(args: ListArgs) -> anyhow::Result<()> {
                         c.name.clone(),
                         c.route.clone().unwrap_or_else(|| "-".to_string()),
                         format!("{}/{}", c.running, c.desired),
+                        scale_column(c),
                         app.package.chars().take(19).collect(),
                     ]
                 })
@@ -182,7 +184,15 @@ pub fn apps(args: ListArgs) -> anyhow::Result<()> {
         })
         .collect();
     table(
-        &["APP", "VERSION", "COMPONENT", "ROUTE", "RUNNING", "PACKAGE"],
+        &[
+            "APP",
+            "VERSION",
+            "COMPONENT",
+            "ROUTE",
+            "RUNNING",
+            "SCALE",
+            "PACKAGE",
+        ],
         rows,
     )?;
     for app in &apps {
@@ -191,6 +201,40 @@ pub fn apps(args: ListArgs) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// How a component is scaled, for `skiff apps`: `fixed`, or the
+/// autoscaler's bounds, target and the demand it sees
+/// (`auto 0-6, target 7, load 12.5`).
+fn scale_column(component: &crate::api::ComponentView) -> String {
+    match &component.autoscale {
+        None => "fixed".to_string(),
+        Some(auto) => format!(
+            "auto {}-{}, target {}, load {:.1}",
+            auto.min, auto.max, auto.target_concurrency, auto.concurrency
+        ),
+    }
+}
+
+/// What a scale did, in words: pinned or autoscaled, and what it was.
+fn scale_outcome(app: &str, component: &str, answer: &crate::api::ScaleResponse) -> String {
+    use skiff_runtime::manifest::Replicas;
+    let now = match answer.replicas {
+        Replicas::Fixed(n) if matches!(answer.before, Replicas::Auto { .. }) => {
+            format!(
+                "pinned at {n} replicas; autoscaling is off until `skiff scale --min/--max` or the next deploy"
+            )
+        }
+        Replicas::Fixed(n) => format!("scaled to {n} replicas"),
+        Replicas::Auto { min, max } => format!("autoscaled from {min} to {max} replicas"),
+    };
+    if !answer.changed {
+        return match answer.replicas {
+            Replicas::Fixed(n) => format!("{app}/{component} already has {n} replicas"),
+            auto => format!("{app}/{component} is already {auto}"),
+        };
+    }
+    format!("{app}/{component} {now} (was {})", answer.before)
 }
 
 /// Arguments of `skiff ps`.
@@ -285,8 +329,17 @@ pub fn nodes(args: ListArgs) -> anyhow::Result<()> {
 pub struct ScaleArgs {
     /// `APP/COMPONENT`, or `APP` when it has one component.
     target: String,
-    /// Desired replicas.
-    replicas: u32,
+    /// Replicas to pin the component at, whatever its traffic (autoscaling
+    /// off until `--min`/`--max` or the next deploy).
+    #[arg(required_unless_present_any = ["min", "max"], conflicts_with_all = ["min", "max"])]
+    replicas: Option<u32>,
+    /// Autoscale it with at least this many replicas (0: none while idle,
+    /// the next request held until one is ready).
+    #[arg(long)]
+    min: Option<u32>,
+    /// Autoscale it with at most this many replicas.
+    #[arg(long)]
+    max: Option<u32>,
     #[command(flatten)]
     cluster: ClusterArgs,
 }
@@ -315,26 +368,22 @@ pub fn scale(args: ScaleArgs) -> anyhow::Result<()> {
                 }
             }
         };
-        let answer: serde_json::Value = client
+        let answer: crate::api::ScaleResponse = client
             .post(
                 &format!("/v1/apps/{app}/scale"),
                 &crate::api::ScaleRequest {
                     component: component.clone(),
                     replicas: args.replicas,
+                    min: args.min,
+                    max: args.max,
                 },
             )
             .await?;
         if args.cluster.json() {
             return print_json(&answer);
         }
-        if answer["changed"] == false {
-            out!("{app}/{component} already has {} replicas", args.replicas)?;
-        } else {
-            out!("{app}/{component} scaled to {}", args.replicas)?;
-        }
-        let warnings: Vec<String> =
-            serde_json::from_value(answer["warnings"].clone()).unwrap_or_default();
-        warn_all(&warnings);
+        out!("{}", scale_outcome(&app, &component, &answer))?;
+        warn_all(&answer.warnings);
         Ok(())
     })
 }
@@ -539,7 +588,7 @@ pub fn logs(args: LogsArgs) -> anyhow::Result<()> {
 
 /// `name` checked to be a plain name (letters, digits, `.`, `_`, `-`),
 /// safe to put in an API path.
-fn checked<'a>(kind: &str, name: &'a str) -> anyhow::Result<&'a str> {
+pub(super) fn checked<'a>(kind: &str, name: &'a str) -> anyhow::Result<&'a str> {
     let plain = !name.is_empty()
         && name
             .bytes()
@@ -550,13 +599,13 @@ fn checked<'a>(kind: &str, name: &'a str) -> anyhow::Result<&'a str> {
     Ok(name)
 }
 
-fn print_json<T: Serialize>(value: &T) -> anyhow::Result<()> {
+pub(super) fn print_json<T: Serialize>(value: &T) -> anyhow::Result<()> {
     out!("{}", serde_json::to_string_pretty(value)?)?;
     Ok(())
 }
 
 /// Prints rows under headers, columns padded to their widest cell.
-fn table(headers: &[&str], rows: Vec<Vec<String>>) -> std::io::Result<()> {
+pub(super) fn table(headers: &[&str], rows: Vec<Vec<String>>) -> std::io::Result<()> {
     let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
     for row in &rows {
         for (width, cell) in widths.iter_mut().zip(row) {

@@ -164,6 +164,22 @@ pub struct NodeArgs {
     /// `$SKIFF_HOME/node-<name>`.
     #[arg(long)]
     data_dir: Option<PathBuf>,
+    /// The longest a request for a component scaled to zero waits for a
+    /// replica before it gets 503, e.g. `30s`.
+    #[arg(long, default_value = "30s", value_parser = parse_hold_limit)]
+    hold_limit: Duration,
+}
+
+/// A `--hold-limit`: from 100ms to 10 minutes.
+fn parse_hold_limit(text: &str) -> Result<Duration, String> {
+    let limit = humantime::parse_duration(text)
+        .map_err(|e| format!("{text:?} is not a duration such as \"30s\": {e}"))?;
+    if !(Duration::from_millis(100)..=Duration::from_secs(600)).contains(&limit) {
+        return Err(format!(
+            "{text:?}: the hold limit must be from 100ms to 10m"
+        ));
+    }
+    Ok(limit)
 }
 
 /// Runs a node until Ctrl-C or SIGTERM.
@@ -196,6 +212,7 @@ pub fn node(args: NodeArgs) -> anyhow::Result<()> {
         mesh_listen: args
             .mesh_listen
             .unwrap_or_else(|| SocketAddr::new(args.listen.ip(), 0)),
+        hold_limit: args.hold_limit,
     };
     if config.mesh_listen.ip().is_unspecified() {
         anyhow::bail!(
@@ -232,6 +249,10 @@ pub struct UpArgs {
     /// Run each component's build command first.
     #[arg(long)]
     build: bool,
+    /// The longest a request for a component scaled to zero waits for a
+    /// replica before it gets 503, e.g. `30s`.
+    #[arg(long, default_value = "30s", value_parser = parse_hold_limit)]
+    hold_limit: Duration,
 }
 
 /// A one-machine cluster: control plane, one node and ingress in one
@@ -307,6 +328,7 @@ pub fn up(args: UpArgs) -> anyhow::Result<()> {
                 0,
             ),
             data_dir: node_dir,
+            hold_limit: args.hold_limit,
         })
         .await?;
         let ingress = node.ingress_addr();

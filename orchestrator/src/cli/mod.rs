@@ -12,6 +12,7 @@ macro_rules! out {
 
 mod apps;
 mod cluster;
+mod events;
 mod package;
 mod registry;
 mod run;
@@ -66,8 +67,11 @@ enum Command {
     Ps(apps::PsArgs),
     /// List the cluster's nodes.
     Nodes(apps::ListArgs),
-    /// Set a component's replica count.
+    /// Pin a component at a replica count, or autoscale it within
+    /// --min/--max.
     Scale(apps::ScaleArgs),
+    /// Recent scheduling and scaling decisions, and why.
+    Events(events::EventsArgs),
     /// Delete an app and its replicas.
     Delete(apps::NameArgs),
     /// Stop placing new replicas on a node.
@@ -109,6 +113,7 @@ pub fn main() -> ExitCode {
         Command::Ps(args) => apps::ps(args),
         Command::Nodes(args) => apps::nodes(args),
         Command::Scale(args) => apps::scale(args),
+        Command::Events(args) => events::events(args),
         Command::Delete(args) => apps::delete(args),
         Command::Cordon(args) => apps::node_action(args, "cordon"),
         Command::Uncordon(args) => apps::node_action(args, "uncordon"),

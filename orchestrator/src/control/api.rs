@@ -9,11 +9,11 @@ use super::{LiveNode, Shared, catalog};
 use crate::api::{
     AppView, ComponentView, DeployRequest, DeployResponse, ErrorBody, JoinRequest, JoinResponse,
     LabelRequest, LabelResponse, LoadState, NodeView, RenewRequest, ReplicaView, ScaleRequest,
-    SyncRequest, SyncResponse, WorkloadCertRequest, WorkloadCertResponse,
+    ScaleResponse, SyncRequest, SyncResponse, WorkloadCertRequest, WorkloadCertResponse,
 };
 use crate::mesh::NodeCert;
 use crate::mesh::admission::{Admission, Trust};
-use crate::state::{Applied, NodeRecord, ReplicaRecord};
+use crate::state::{Applied, NodeRecord, ReplicaRecord, Replicas};
 use bytes::Bytes;
 use futures::TryStreamExt;
 use http::{Method, StatusCode};
@@ -326,37 +326,24 @@ async fn admin(
             json(StatusCode::OK, &serde_json::json!({"deleted": app}))
         }
         (&Method::POST, ["v1", "apps", app, "scale"]) => {
-            let scale: ScaleRequest = read_json(request).await?;
-            let applied = {
-                let mut live = shared.live.lock().expect("live state lock");
-                let applied = shared
-                    .store
-                    .scale(app, &scale.component, scale.replicas)
-                    .map_err(|e| match e {
-                        crate::state::StateError::UnknownApp(_)
-                        | crate::state::StateError::UnknownComponent { .. } => {
-                            Refusal::not_found(e.to_string())
-                        }
-                        e => Refusal::internal(e),
-                    })?;
-                if let Some(record) = shared.store.app(app).map_err(Refusal::internal)? {
-                    live.apps.insert(record.name.clone(), record);
-                }
-                (applied, live.passes)
-            };
-            let (applied, passes_before) = applied;
-            // Said again when nothing changed: a user running the same
-            // scale to check must not be told all is well.
-            let warnings =
-                if applied == Applied::Unchanged || placed_after(shared, passes_before).await {
-                    unplaceable(shared, &format!("{app}/{}/", scale.component))
-                } else {
-                    vec![not_placed_yet(app)]
-                };
-            json(
-                StatusCode::OK,
-                &serde_json::json!({"app": app, "component": scale.component, "replicas": scale.replicas, "changed": applied != Applied::Unchanged, "warnings": warnings}),
-            )
+            scale(shared, app, read_json(request).await?).await
+        }
+        (&Method::GET, ["v1", "events"]) => {
+            let params = query_params(query);
+            let after = params
+                .get("after")
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0);
+            let app = params.get("app").map(String::as_str);
+            let live = shared.live.lock().expect("live state lock");
+            if let Some(app) = app
+                && !live.apps.contains_key(app)
+            {
+                return Err(Refusal::not_found(format!(
+                    "no app {app:?}; see `skiff apps`"
+                )));
+            }
+            json(StatusCode::OK, &live.events.read(app, after))
         }
         (&Method::GET, ["v1", "apps", app, "logs"]) => {
             let params = query_params(query);
@@ -428,6 +415,106 @@ async fn admin(
     }
 }
 
+/// `POST /v1/apps/APP/scale`: pins a component at a count, or sets the
+/// bounds it is autoscaled within, in one store transaction; then waits
+/// for the controller to place what changed, as a deploy does.
+async fn scale(shared: &Shared, app: &str, request: ScaleRequest) -> Handled {
+    let component = request.component.as_str();
+    let (before, replicas, applied, passes_before) = {
+        let mut live = shared.live.lock().expect("live state lock");
+        let record = live
+            .apps
+            .get(app)
+            .ok_or_else(|| Refusal::not_found(format!("no app {app:?}; see `skiff apps`")))?;
+        let before = record.scale.get(component).copied().ok_or_else(|| {
+            Refusal::not_found(format!(
+                "app {app:?} has no component {component:?}; see `skiff apps`"
+            ))
+        })?;
+        let replicas = requested_replicas(&request, before).map_err(Refusal::bad)?;
+        let applied = shared
+            .store
+            .scale(app, component, replicas)
+            .map_err(|e| match e {
+                crate::state::StateError::UnknownApp(_)
+                | crate::state::StateError::UnknownComponent { .. } => {
+                    Refusal::not_found(e.to_string())
+                }
+                e => Refusal::internal(e),
+            })?;
+        if let Some(record) = shared.store.app(app).map_err(Refusal::internal)? {
+            live.apps.insert(record.name.clone(), record);
+        }
+        (before, replicas, applied, live.passes)
+    };
+    tracing::info!(
+        app,
+        component,
+        "{app}/{component} set to {replicas} (was {before})"
+    );
+    // Said again when nothing changed: a user running the same scale to
+    // check must not be told all is well.
+    let warnings = if applied == Applied::Unchanged || placed_after(shared, passes_before).await {
+        unplaceable(shared, &format!("{app}/{component}/"))
+    } else {
+        vec![not_placed_yet(app)]
+    };
+    json(
+        StatusCode::OK,
+        &ScaleResponse {
+            app: app.to_string(),
+            component: component.to_string(),
+            replicas,
+            before,
+            changed: applied != Applied::Unchanged,
+            warnings,
+        },
+    )
+}
+
+/// What a scale request asks for, given what the component runs now
+/// (`before`): a count pins it; `min` or `max` autoscale it, the bound not
+/// given kept from before (or its default, when it was pinned).
+fn requested_replicas(request: &ScaleRequest, before: Replicas) -> Result<Replicas, String> {
+    use skiff_runtime::manifest::{DEFAULT_MAX_REPLICAS, MAX_REPLICAS};
+    let replicas = match (request.replicas, request.min, request.max) {
+        (Some(_), Some(_), _) | (Some(_), _, Some(_)) => {
+            return Err("give a replica count (pins the component) or --min/--max (autoscales it), not both".to_string());
+        }
+        (None, None, None) => {
+            return Err(
+                "nothing to change: give a replica count, or --min and/or --max".to_string(),
+            );
+        }
+        (Some(n), None, None) => Replicas::Fixed(n),
+        (None, min, max) => {
+            let (was_min, was_max) = match before {
+                Replicas::Auto { min, max } => (min, max),
+                Replicas::Fixed(_) => (1, DEFAULT_MAX_REPLICAS),
+            };
+            let min = min.unwrap_or(was_min);
+            let max = max.unwrap_or(was_max.max(min));
+            if max == 0 {
+                return Err(
+                    "--max must be at least 1 (--min 0 lets an idle component run no replica)"
+                        .to_string(),
+                );
+            }
+            if min > max {
+                return Err(format!("--min {min} is above --max {max}"));
+            }
+            Replicas::Auto { min, max }
+        }
+    };
+    let (_, most) = replicas.bounds();
+    if most > MAX_REPLICAS {
+        return Err(format!(
+            "{most} replicas is over the limit of {MAX_REPLICAS} per component"
+        ));
+    }
+    Ok(replicas)
+}
+
 /// The longest a deploy or scale waits for the controller to place its
 /// replicas before it answers (without saying which cannot be placed).
 const PLACE_WAIT: Duration = Duration::from_secs(10);
@@ -437,7 +524,7 @@ async fn deploy(shared: &Shared, request: DeployRequest) -> Handled {
     let _deploying = shared.collector.busy();
     let spec = catalog::read(&shared.packages, &request.package)
         .map_err(|e| Refusal::bad(format!("package refused: {e}")))?;
-    let scale: BTreeMap<String, u32> = spec
+    let scale: BTreeMap<String, Replicas> = spec
         .components
         .iter()
         .map(|(name, plan)| (name.clone(), plan.replicas))
@@ -910,12 +997,16 @@ async fn sync(shared: &Shared, caller: &NodeCert, request: Request) -> Handled {
         entry.connection_lost = None;
         entry.heartbeats += 1;
         heartbeat = entry.heartbeats;
-        if entry.down {
+        let back = entry.down;
+        if back {
             tracing::info!(node, "node is back");
             entry.down = false;
             wake = true;
             bump = true;
         }
+        // Demand that grew (or requests held for a component with no
+        // replica) wakes the autoscaler now, not at the next pass.
+        wake |= entry.take_load(sync.load);
         // What other nodes route by changed: they hear of it with the
         // next version, within this node's bump budget.
         let serving_changed = entry.take_status(sync.status);
@@ -933,6 +1024,13 @@ async fn sync(shared: &Shared, caller: &NodeCert, request: Request) -> Handled {
             .filter(|_| !sync.logs.is_empty())
         {
             entry.logs_seen = seen.max(last);
+        }
+        if back {
+            live.events.record(
+                super::events::EventKind::NodeBack,
+                None,
+                format!("node {node} is back"),
+            );
         }
         // Most heartbeats carry no lines: skip the scan of every replica.
         let assigned: std::collections::BTreeSet<(&str, &str)> = if sync.logs.is_empty() {
@@ -1221,7 +1319,8 @@ fn app_views(shared: &Shared) -> Vec<AppView> {
                         .map(|(name, plan)| ComponentView {
                             name: name.clone(),
                             route: plan.route.clone(),
-                            desired: app.scale.get(name).copied().unwrap_or(plan.replicas),
+                            desired: live.desired_replicas(app, name, plan),
+                            autoscale: live.autoscale_view(app, name, plan),
                             running: replicas_of
                                 .get(app.name.as_str())
                                 .into_iter()

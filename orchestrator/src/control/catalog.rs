@@ -3,12 +3,13 @@
 //! package's locked manifest after verifying every blob.
 
 use crate::scheduler::{ReplicaRequest, Strategy};
-use skiff_runtime::manifest::PlacementStrategy;
+use skiff_runtime::manifest::{PlacementStrategy, Replicas};
 use skiff_runtime::package::{self, Digest, Store};
 use skiff_runtime::reservation;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::Path;
 use std::sync::{LazyLock, Mutex};
+use std::time::Duration;
 
 /// An app as declared by its package.
 #[derive(Debug, Clone)]
@@ -56,8 +57,18 @@ impl AppSpec {
 pub struct ComponentPlan {
     /// Its route, if any.
     pub route: Option<String>,
-    /// Replicas the manifest asks for.
-    pub replicas: u32,
+    /// Replicas the manifest asks for: a fixed count or autoscaling
+    /// bounds.
+    pub replicas: Replicas,
+    /// Requests in flight per replica the autoscaler aims for.
+    pub target_concurrency: u32,
+    /// How long demand must stay low before the autoscaler removes
+    /// replicas.
+    pub scale_down_delay: Duration,
+    /// Requests one replica takes at once, running or queued
+    /// (`max_concurrency + max_queued`): no node can report more demand
+    /// per replica than this.
+    pub replica_capacity: u32,
     /// What the scheduler needs to place one replica.
     pub request: ReplicaRequest,
     /// Who may call it over the mesh (`allow_callers`).
@@ -99,7 +110,13 @@ pub fn read(store: &Store, digest: &str) -> Result<AppSpec, String> {
             let plan = ComponentPlan {
                 route: spec.route.as_ref().map(ToString::to_string),
                 allow_callers: spec.allow_callers.clone(),
-                replicas: spec.scale.replicas,
+                replicas: spec.scale.replicas(),
+                target_concurrency: spec.scale.target_concurrency(&spec.limits),
+                scale_down_delay: spec.scale.scale_down_delay(),
+                replica_capacity: spec
+                    .limits
+                    .max_concurrency
+                    .saturating_add(spec.limits.max_queued),
                 request: ReplicaRequest {
                     component: format!("{name}/{component}"),
                     memory: reservation::replica_reservation(spec, initial_memory),
@@ -108,6 +125,7 @@ pub fn read(store: &Store, digest: &str) -> Result<AppSpec, String> {
                         PlacementStrategy::Spread => Strategy::Spread,
                         PlacementStrategy::Binpack => Strategy::Binpack,
                     },
+                    prefer: None,
                 },
             };
             Ok((component.to_string(), plan))

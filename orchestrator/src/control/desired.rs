@@ -9,6 +9,7 @@
 use super::Live;
 use super::reconcile::endpoint_node;
 use crate::api::{AppRouting, Assignment, DesiredChange, Endpoint};
+use crate::state::Replicas;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
@@ -268,6 +269,17 @@ fn routing_and_assignments(live: &Live) -> (BTreeMap<String, AppRouting>, Assign
                     .map(|(c, plan)| (c.clone(), plan.allow_callers.clone()))
                     .collect(),
             ),
+            scale_from_zero: spec
+                .components
+                .iter()
+                .filter(|(c, plan)| {
+                    matches!(
+                        record.scale.get(*c).copied().unwrap_or(plan.replicas),
+                        Replicas::Auto { min: 0, .. }
+                    )
+                })
+                .map(|(c, _)| c.clone())
+                .collect(),
         };
         apps.insert(app.clone(), routing);
     }

@@ -14,6 +14,7 @@ mod catalog;
 mod collect;
 mod deadline;
 mod desired;
+mod events;
 mod logs;
 mod reconcile;
 #[cfg(test)]
@@ -147,6 +148,13 @@ pub(crate) struct Live {
     overcommit: Overcommit,
     /// Controller passes started.
     passes: u64,
+    /// Each autoscaled component's autoscaler, by `(app, component)`.
+    autoscalers: HashMap<(String, String), crate::autoscaler::Autoscaler>,
+    /// Per autoscaled component with requests held for it, the node
+    /// holding the most: its next replica goes there when it fits.
+    held_at: HashMap<(String, String), String>,
+    /// Recent scheduling and scaling decisions.
+    events: events::EventLog,
 }
 
 /// How far the replicas placed on a node may reserve beyond the memory it
@@ -243,6 +251,8 @@ pub(crate) struct LiveNode {
     used: u64,
     /// Whether its last heartbeat said it is short of memory.
     pressure: bool,
+    /// The demand its last heartbeat reported, by `(app, component)`.
+    load: HashMap<(String, String), crate::api::ComponentLoad>,
     /// How often its heartbeats may move the desired-state version.
     bumps: BumpBudget,
     /// Signalled when the node has news: its held heartbeat is answered
@@ -313,6 +323,7 @@ impl LiveNode {
             reported_memory: record.memory,
             used: 0,
             pressure: false,
+            load: HashMap::new(),
             bumps: BumpBudget::default(),
             news: Arc::new(tokio::sync::Notify::new()),
             record,
@@ -404,6 +415,25 @@ impl LiveNode {
     fn forget_status(&mut self) {
         self.components.clear();
         self.status_seq = None;
+        self.load.clear();
+    }
+
+    /// Takes the demand a heartbeat reports (at most one entry per
+    /// component, and no more than [`MAX_COMPONENTS_PER_NODE`]); returns
+    /// whether the autoscaler should look now: requests are held for a
+    /// component, or one's demand at least doubled.
+    fn take_load(&mut self, load: Vec<crate::api::ComponentLoad>) -> bool {
+        let mut urgent = false;
+        let mut taken = HashMap::with_capacity(load.len().min(MAX_COMPONENTS_PER_NODE));
+        for entry in load.into_iter().take(MAX_COMPONENTS_PER_NODE) {
+            let key = (entry.app.clone(), entry.component.clone());
+            let before = self.load.get(&key).map_or(0.0, |l| l.concurrency);
+            urgent |=
+                entry.held > 0 || (entry.concurrency >= 1.0 && entry.concurrency >= 2.0 * before);
+            taken.insert(key, entry);
+        }
+        self.load = taken;
+        urgent
     }
 
     /// Memory replicas may reserve on it: what it declared at join, or

@@ -4,10 +4,12 @@
 //! runs when something changed and a few times per heartbeat regardless.
 
 use super::catalog::{AppSpec, ComponentPlan};
+use super::events::EventKind;
 use super::{ControlPlaneConfig, Live, Shared};
 use crate::api::LoadState;
+use crate::autoscaler::{Autoscaler, Policy};
 use crate::scheduler::{ClusterSnapshot, Decision, NodeInfo, Refusal, ReplicaRequest, Scheduler};
-use crate::state::{ReplicaChange, ReplicaRecord};
+use crate::state::{AppRecord, ReplicaChange, ReplicaRecord, Replicas};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Instant;
@@ -143,6 +145,7 @@ pub(super) fn reconcile(
     mark_down(live, now, config, &mut out);
     let specs = AppSpecs::of(live);
     release_lost(live, &specs, &mut out);
+    autoscale(live, &specs, now);
     match_scale(live, now_unix, &mut out);
     place_pending(live, &specs, &mut out);
     move_off(live, &specs, &mut out);
@@ -200,6 +203,7 @@ fn is_silent(node: &super::LiveNode, now: Instant, config: &ControlPlaneConfig) 
 /// heartbeat connection broke and it did not reconnect within half of that
 /// (a killed process closes its sockets; a live one reconnects at once).
 fn mark_down(live: &mut Live, now: Instant, config: &ControlPlaneConfig, out: &mut Outcome) {
+    let events = &mut live.events;
     for (name, node) in &mut live.nodes {
         let silent = now.saturating_duration_since(node.last_seen);
         if !node.down && is_silent(node, now, config) {
@@ -209,6 +213,11 @@ fn mark_down(live: &mut Live, now: Instant, config: &ControlPlaneConfig, out: &m
             tracing::warn!(
                 node = name,
                 "node is down: no heartbeat for {silent:.1?}; moving its replicas where others can take them"
+            );
+            events.record(
+                EventKind::NodeDown,
+                None,
+                format!("node {name} is down: no heartbeat for {silent:.1?}"),
             );
         }
     }
@@ -244,6 +253,152 @@ fn release_lost(live: &mut Live, specs: &AppSpecs, out: &mut Outcome) {
     }
 }
 
+/// Requests held for a component at one node that count as its demand,
+/// at most: a node holds no more than this many (see the node's
+/// `hold` module), whatever it reports.
+const MAX_HELD_COUNTED: u32 = 1_000;
+
+/// Runs each autoscaled component's autoscaler on its demand now: what
+/// the nodes up report in flight, queued and held, each node's figure
+/// capped at what the replicas it holds can take (a node cannot drive a
+/// component past what it could really be asked for), and records each
+/// change of count with its reason.
+fn autoscale(live: &mut Live, specs: &AppSpecs, now: Instant) {
+    let mut on_node: HashMap<(&str, &str, &str), u32> = HashMap::new();
+    let mut count: HashMap<(&str, &str), u32> = HashMap::new();
+    for replica in live.replicas.values() {
+        let workload = (replica.app.as_str(), replica.component.as_str());
+        *count.entry(workload).or_default() += 1;
+        if let Some(node) = replica.node.as_deref() {
+            *on_node.entry((workload.0, workload.1, node)).or_default() += 1;
+        }
+    }
+    let mut demand: HashMap<(&str, &str), f64> = HashMap::new();
+    let mut held_at: HashMap<(String, String), (u32, String)> = HashMap::new();
+    for (name, node) in live.nodes.iter().filter(|(_, n)| !n.down) {
+        for ((app, component), load) in &node.load {
+            let Some(plan) = specs.plan(app, component) else {
+                continue;
+            };
+            let replicas = on_node
+                .get(&(app.as_str(), component.as_str(), name.as_str()))
+                .copied()
+                .unwrap_or(0);
+            let most = f64::from(replicas.saturating_mul(plan.replica_capacity));
+            let concurrency = if load.concurrency.is_finite() {
+                load.concurrency.clamp(0.0, most)
+            } else {
+                0.0
+            };
+            let held = load.held.min(MAX_HELD_COUNTED);
+            *demand.entry((app, component)).or_default() += concurrency + f64::from(held);
+            if held > 0 {
+                let top = held_at
+                    .entry((app.clone(), component.clone()))
+                    .or_insert((0, String::new()));
+                if held > top.0 {
+                    *top = (held, name.clone());
+                }
+            }
+        }
+    }
+    let mut seen = std::collections::HashSet::new();
+    let mut changes = Vec::new();
+    for (app_name, app) in &live.apps {
+        let Some(spec) = live.specs.get(&app.package) else {
+            continue;
+        };
+        for (component, plan) in &spec.components {
+            let replicas = app.scale.get(component).copied().unwrap_or(plan.replicas);
+            let Replicas::Auto { min, max } = replicas else {
+                continue;
+            };
+            let policy = Policy {
+                min,
+                max,
+                target: plan.target_concurrency,
+                scale_down_delay: plan.scale_down_delay,
+            };
+            let key = (app_name.clone(), component.clone());
+            let current = count
+                .get(&(app_name.as_str(), component.as_str()))
+                .copied()
+                .unwrap_or(0);
+            let demand = demand
+                .get(&(app_name.as_str(), component.as_str()))
+                .copied()
+                .unwrap_or(0.0);
+            let autoscaler = live
+                .autoscalers
+                .entry(key.clone())
+                // A component new to the autoscaler (just deployed, or
+                // the control plane just started) starts within its bounds.
+                .or_insert_with(|| Autoscaler::new(current.clamp(min, max.max(min)), now));
+            if let Some(change) = autoscaler.observe(&policy, demand, now) {
+                changes.push((key.clone(), change));
+            }
+            seen.insert(key);
+        }
+    }
+    live.autoscalers.retain(|key, _| seen.contains(key));
+    live.held_at = held_at
+        .into_iter()
+        .map(|(key, (_, node))| (key, node))
+        .collect();
+    for ((app, component), change) in changes {
+        tracing::info!(app, component, "{app}/{component} {change}");
+        live.events.record(
+            EventKind::Scaled,
+            Some((&app, &component)),
+            format!("{app}/{component} {change}"),
+        );
+    }
+}
+
+impl Live {
+    /// The replicas a component should run now: its fixed count, or what
+    /// its autoscaler decided.
+    pub(super) fn desired_replicas(
+        &self,
+        app: &AppRecord,
+        component: &str,
+        plan: &ComponentPlan,
+    ) -> u32 {
+        match app.scale.get(component).copied().unwrap_or(plan.replicas) {
+            Replicas::Fixed(n) => n,
+            Replicas::Auto { min, .. } => self
+                .autoscalers
+                .get(&(app.name.clone(), component.to_string()))
+                .map_or(min, Autoscaler::desired),
+        }
+    }
+
+    /// An autoscaled component's bounds, target and demand; none for a
+    /// fixed one.
+    pub(super) fn autoscale_view(
+        &self,
+        app: &AppRecord,
+        component: &str,
+        plan: &ComponentPlan,
+    ) -> Option<crate::api::AutoscaleView> {
+        let Replicas::Auto { min, max } =
+            app.scale.get(component).copied().unwrap_or(plan.replicas)
+        else {
+            return None;
+        };
+        Some(crate::api::AutoscaleView {
+            min,
+            max,
+            target_concurrency: plan.target_concurrency,
+            scale_down_delay_ms: plan.scale_down_delay.as_millis() as u64,
+            concurrency: self
+                .autoscalers
+                .get(&(app.name.clone(), component.to_string()))
+                .map_or(0.0, Autoscaler::demand),
+        })
+    }
+}
+
 /// Adds or removes replicas so each component has its declared count.
 fn match_scale(live: &mut Live, now_unix: u64, out: &mut Outcome) {
     // Each component's replicas, found in one walk over all of them: ids
@@ -262,7 +417,7 @@ fn match_scale(live: &mut Live, now_unix: u64, out: &mut Outcome) {
             continue;
         };
         for (component, plan) in &spec.components {
-            let desired = app.scale.get(component).copied().unwrap_or(plan.replicas);
+            let desired = live.desired_replicas(app, component, plan);
             let mut current = existing
                 .remove(&(name.as_str(), component.as_str()))
                 .unwrap_or_default();
@@ -363,7 +518,12 @@ fn place(live: &mut Live, specs: &AppSpecs, out: &mut Outcome, ids: Vec<String>,
         .filter_map(|id| {
             let r = &live.replicas[&id];
             let plan = specs.plan(&r.app, &r.component)?;
-            Some((id, plan.request.clone()))
+            let mut request = plan.request.clone();
+            request.prefer = live
+                .held_at
+                .get(&(r.app.clone(), r.component.clone()))
+                .cloned();
+            Some((id, request))
         })
         .unzip();
     if ids.is_empty() {
@@ -407,21 +567,36 @@ fn place(live: &mut Live, specs: &AppSpecs, out: &mut Outcome, ids: Vec<String>,
                 let node = placement.node;
                 let replica = live.replicas.get_mut(id).expect("the replica exists");
                 let from = replica.node.replace(names[node].clone());
-                match from {
-                    Some(from) => tracing::info!(
-                        replica = id,
-                        from,
-                        to = names[node],
-                        "replica moved off a draining or down node"
-                    ),
-                    None => tracing::info!(
-                        replica = id,
-                        node = names[node],
-                        scores = %placement,
-                        "replica placed"
-                    ),
-                }
+                let workload = (replica.app.clone(), replica.component.clone());
                 out.put(replica);
+                let event = match from {
+                    Some(from) => {
+                        tracing::info!(
+                            replica = id,
+                            from,
+                            to = names[node],
+                            "replica moved off a draining or down node"
+                        );
+                        (
+                            EventKind::Moved,
+                            format!("{id} moved from {from} to {}", names[node]),
+                        )
+                    }
+                    None => {
+                        tracing::info!(
+                            replica = id,
+                            node = names[node],
+                            scores = %placement,
+                            "replica placed"
+                        );
+                        (
+                            EventKind::Placed,
+                            format!("{id} placed on {} ({placement})", names[node]),
+                        )
+                    }
+                };
+                live.events
+                    .record(event.0, Some((&workload.0, &workload.1)), event.1);
                 live.pending.remove(id);
             }
             Decision::Unschedulable(why) => {
@@ -456,6 +631,13 @@ fn place(live: &mut Live, specs: &AppSpecs, out: &mut Outcome, ids: Vec<String>,
                 }
                 if live.pending.get(id) != Some(&reason) {
                     tracing::warn!(replica = id, "cannot place replica: {reason}");
+                    let r = &live.replicas[id];
+                    let workload = (r.app.clone(), r.component.clone());
+                    live.events.record(
+                        EventKind::Unschedulable,
+                        Some((&workload.0, &workload.1)),
+                        format!("{id} cannot be placed: {reason}"),
+                    );
                     live.pending.insert(id.clone(), reason);
                     out.changed = true;
                 }

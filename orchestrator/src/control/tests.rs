@@ -5,7 +5,7 @@ use super::catalog::{AppSpec, ComponentPlan};
 use super::reconcile::reconcile;
 use super::{ControlPlaneConfig, Live, LiveNode};
 use crate::scheduler::{ReplicaRequest, Strategy};
-use crate::state::{AppRecord, NodeRecord, ReplicaChange};
+use crate::state::{AppRecord, NodeRecord, ReplicaChange, Replicas};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -43,12 +43,16 @@ fn cluster(nodes: &[(&str, u64)], replicas: u32, memory: u64, now: Instant) -> L
     let plan = ComponentPlan {
         route: Some("/...".to_string()),
         allow_callers: Vec::new(),
-        replicas,
+        replicas: Replicas::Fixed(replicas),
+        target_concurrency: 10,
+        scale_down_delay: Duration::from_secs(30),
+        replica_capacity: 200,
         request: ReplicaRequest {
             component: "web/api".to_string(),
             memory,
             required_labels: BTreeMap::new(),
             strategy: Strategy::Spread,
+            prefer: None,
         },
     };
     live.specs.insert(
@@ -65,7 +69,7 @@ fn cluster(nodes: &[(&str, u64)], replicas: u32, memory: u64, now: Instant) -> L
         AppRecord {
             name: "web".to_string(),
             package: "sha256:p".to_string(),
-            scale: BTreeMap::from([("api".to_string(), replicas)]),
+            scale: BTreeMap::from([("api".to_string(), Replicas::Fixed(replicas))]),
             generation: 1,
         },
     );
@@ -218,7 +222,7 @@ fn scaling_down_removes_from_the_most_crowded_node_first() {
         .get_mut("web")
         .unwrap()
         .scale
-        .insert("api".into(), 2);
+        .insert("api".into(), Replicas::Fixed(2));
     let outcome = reconcile(&mut live, now, &config(), 0);
     assert_eq!(
         per_node(&live),
@@ -236,7 +240,7 @@ fn scaling_down_removes_from_the_most_crowded_node_first() {
         .get_mut("web")
         .unwrap()
         .scale
-        .insert("api".into(), 3);
+        .insert("api".into(), Replicas::Fixed(3));
     reconcile(&mut live, now, &config(), 0);
     assert_eq!(live.replicas.len(), 3);
     assert!(
@@ -507,7 +511,7 @@ fn a_node_brought_forward_by_changes_holds_the_whole_desired_state() {
         AppRecord {
             name: "shop".to_string(),
             package: "sha256:q".to_string(),
-            scale: BTreeMap::from([("api".to_string(), 2)]),
+            scale: BTreeMap::from([("api".to_string(), Replicas::Fixed(2))]),
             generation: 1,
         },
     );
@@ -674,5 +678,81 @@ fn a_component_nothing_can_reach_and_a_caller_the_app_lacks_are_warned_of_at_dep
             "component \"store\" allows calls from \"web/nosuch\", but app \"web\" has no component \"nosuch\"",
             "component \"worker\" has neither a route nor allow_callers: nothing can reach it",
         ]
+    );
+}
+
+#[test]
+fn the_autoscaler_follows_demand_prefers_the_holding_node_and_caps_absurd_reports() {
+    let now = Instant::now();
+    let nodes = [("a", 1024 * MIB), ("b", 1024 * MIB), ("c", 1024 * MIB)];
+    let mut live = cluster(&nodes, 1, 64 * MIB, now);
+    live.apps
+        .get_mut("web")
+        .unwrap()
+        .scale
+        .insert("api".into(), Replicas::Auto { min: 0, max: 3 });
+    reconcile(&mut live, now, &config(), 0);
+    assert!(live.replicas.is_empty(), "min 0 and no demand: no replica");
+
+    let report = |live: &mut Live, node: &str, concurrency: f64, held: u32| {
+        let load = crate::api::ComponentLoad {
+            app: "web".to_string(),
+            component: "api".to_string(),
+            concurrency,
+            held,
+        };
+        live.nodes.get_mut(node).unwrap().load =
+            std::collections::HashMap::from([(("web".to_string(), "api".to_string()), load)]);
+    };
+    // Requests held on "b": one replica, placed on "b".
+    report(&mut live, "b", 0.0, 5);
+    reconcile(&mut live, now, &config(), 0);
+    let placed = placement(&live);
+    assert_eq!(
+        placed,
+        vec![("web/api/0".to_string(), Some("b".to_string()))]
+    );
+    let events = live.events.read(Some("web"), 0);
+    assert!(
+        events
+            .iter()
+            .any(|e| e.message == "web/api 0 -> 1: 5 requests waiting for a replica"),
+        "{events:?}"
+    );
+    assert!(
+        events
+            .iter()
+            .any(|e| e.kind == "placed" && e.message.contains("requested=2.00")),
+        "{events:?}"
+    );
+
+    // "b" claims a billion in flight: counted as no more than its one
+    // replica can take (200), and never past max.
+    report(&mut live, "b", 1e9, 0);
+    reconcile(&mut live, now, &config(), 0);
+    let placed = placement(&live);
+    assert_eq!(placed.len(), 3, "{placed:?}");
+    let mut on: Vec<_> = placed.iter().filter_map(|(_, n)| n.clone()).collect();
+    on.sort();
+    assert_eq!(on, vec!["a", "b", "c"], "spread over the nodes");
+
+    // Quiet for the whole scale-down delay (30 s): back to none.
+    report(&mut live, "b", 0.0, 0);
+    for s in 1..=31 {
+        let at = now + Duration::from_secs(s);
+        for node in live.nodes.values_mut() {
+            node.last_seen = at;
+        }
+        reconcile(&mut live, at, &config(), 0);
+        if s < 30 {
+            assert_eq!(live.replicas.len(), 3, "still 3 at {s}s");
+        }
+    }
+    assert!(live.replicas.is_empty(), "{:?}", placement(&live));
+    assert!(
+        live.events
+            .read(None, 0)
+            .iter()
+            .any(|e| e.message == "web/api 3 -> 0: no requests for 30s")
     );
 }

@@ -255,6 +255,7 @@ mod tests {
                 components: vec!["frontend".to_string()],
                 endpoints: [("frontend".to_string(), vec![endpoint("node-1")])].into(),
                 callers: None,
+                scale_from_zero: Vec::new(),
             }],
             &[],
         );

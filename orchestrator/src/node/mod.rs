@@ -9,8 +9,10 @@
 //! forwarding with the endpoints it last saw (static stability), also
 //! across its own restarts: the last desired state is kept on disk.
 
+mod hold;
 mod identity;
 mod ingress;
+mod load;
 pub(crate) mod reach;
 mod replicas;
 pub(crate) mod routing;
@@ -38,6 +40,7 @@ const LINES_PER_SYNC: usize = crate::api::MAX_LOG_LINES_PER_SYNC;
 const LAST_DESIRED: &str = "desired.json";
 
 pub use crate::api::UNLIMITED_MEMORY;
+pub use hold::HOLD_LIMIT;
 
 /// The memory a node declared when it joined, in its data directory.
 const DECLARED_CAPACITY: &str = "capacity";
@@ -115,6 +118,9 @@ pub struct NodeConfig {
     pub mesh_listen: SocketAddr,
     /// Where the node's identity, packages and cache live.
     pub data_dir: PathBuf,
+    /// The longest a request for a component scaled to zero is held
+    /// waiting for a replica; default [`HOLD_LIMIT`].
+    pub hold_limit: Duration,
 }
 
 /// A node that joined and bound its addresses, ready to run.
@@ -138,6 +144,12 @@ pub(crate) struct NodeShared {
     store_lock: tokio::sync::Mutex<()>,
     pub(crate) identity: RwLock<identity::Current>,
     pub(crate) routing: RwLock<Arc<routing::Routing>>,
+    /// Signalled whenever `routing` changes.
+    pub(crate) routing_changed: Notify,
+    /// The demand on the components served here, for the autoscaler.
+    pub(crate) load: load::LoadMeter,
+    /// Requests held for components scaled to zero.
+    pub(crate) holds: hold::Holds,
     pub(crate) forwarder: crate::mesh::forward::Forwarder,
     /// The nodes honoured on the mesh, as last heard.
     pub(crate) members: crate::mesh::Members,
@@ -145,7 +157,11 @@ pub(crate) struct NodeShared {
     _data_dir_lock: std::fs::File,
     logs: Mutex<LogBuffer>,
     /// Something the control plane should hear about happened.
-    changed: Notify,
+    pub(crate) changed: Notify,
+    /// Something the control plane should hear about at once happened (a
+    /// request is held for a component scaled to zero): told without
+    /// waiting for other news to gather.
+    pub(crate) urgent: Notify,
     /// The desired state last heard, whole.
     desired: Mutex<DesiredState>,
     /// `desired` changed since it was last saved.
@@ -235,6 +251,9 @@ impl Node {
             store_lock: tokio::sync::Mutex::new(()),
             identity: RwLock::new(current),
             routing: RwLock::new(Arc::new(routing::Routing::default())),
+            routing_changed: Notify::new(),
+            load: load::LoadMeter::default(),
+            holds: hold::Holds::default(),
             forwarder,
             members,
             _data_dir_lock: lock,
@@ -245,6 +264,7 @@ impl Node {
                 next: crate::clock::unix_ms() * 1000,
             }),
             changed: Notify::new(),
+            urgent: Notify::new(),
             desired: Mutex::new(DesiredState::default()),
             unsaved: Notify::new(),
             mesh_router: Arc::new(crate::mesh::calls::NodeMesh::new(weak.clone())),
@@ -297,6 +317,7 @@ impl Node {
             replicas::collect_unused_packages(&collector).await;
         });
         let mut sync = tokio::spawn(sync_loop(self.shared.clone()));
+        let load = tokio::spawn(load::run(self.shared.clone()));
         // The control plane hears of memory pressure at once, not with the
         // next heartbeat, so it stops placing replicas here.
         let mut pressure = self.shared.engine.memory().changes();
@@ -330,6 +351,7 @@ impl Node {
             },
         };
         sync.abort();
+        load.abort();
         pressure_reports.abort();
         saver.abort();
         first_collection.abort();
@@ -371,6 +393,7 @@ impl NodeShared {
         let mut routing = self.routing.write().expect("routing lock");
         *routing = Arc::new(routing.changed(change.full, &change.apps, &change.removed_apps));
         drop(routing);
+        self.routing_changed.notify_waiters();
         let unassigned = if change.full {
             replicas::Unassigned::AllOthers
         } else {
@@ -461,6 +484,7 @@ async fn sync_loop(shared: Arc<NodeShared>) -> String {
             status,
             logs_first_seq: shipped.first().map_or(0, |(seq, _)| *seq),
             logs: shipped.iter().map(|(_, line)| line.clone()).collect(),
+            load: shared.load.report(shared.holds.counts()),
         };
         // The control plane holds a heartbeat while the node is up to date
         // both ways. News while it is held (a replica loaded, memory
@@ -469,6 +493,7 @@ async fn sync_loop(shared: Arc<NodeShared>) -> String {
         let holdable = version != 0 && epoch != 0 && request.status.base.is_some();
         let api = shared.api();
         let changed = shared.changed.notified();
+        let urgent = shared.urgent.notified();
         let call = api.call::<_, SyncResponse>(
             Method::POST,
             "/v1/node/sync",
@@ -482,6 +507,10 @@ async fn sync_loop(shared: Arc<NodeShared>) -> String {
                 () = changed => {
                     // Loads finishing together make one report.
                     tokio::time::sleep(REPORT_GATHER).await;
+                    tokio::spawn(tell_news(api.clone()));
+                    call.await
+                }
+                () = urgent => {
                     tokio::spawn(tell_news(api.clone()));
                     call.await
                 }
@@ -687,6 +716,7 @@ mod tests {
             listen: "127.0.0.1:0".parse().unwrap(),
             mesh_listen: "127.0.0.1:0".parse().unwrap(),
             data_dir: PathBuf::from("/nonexistent"),
+            hold_limit: hold::HOLD_LIMIT,
         }
     }
 

@@ -1,8 +1,10 @@
 //! Where a request for a component goes, once its app and component are
 //! known (from ingress, or a guest's call by name): a replica on this node
-//! serves it without the network; else, when no other node runs one, a
-//! replica loading here does, once ready; else it is forwarded over the
-//! mesh, presenting the caller workload's certificate for a mesh call.
+//! serves it without the network, unless it is saturated and another node
+//! runs one; else, when no node runs one, it is held until one is placed
+//! (a component scaled to zero) or a replica loading here serves it once
+//! ready; else it is forwarded over the mesh, presenting the caller
+//! workload's certificate for a mesh call.
 
 use super::NodeShared;
 use super::routing::AppRoutes;
@@ -37,15 +39,26 @@ where
     B: Body<Data = Bytes> + Send + Unpin + 'static,
     B::Error: Into<HttpError> + Into<BoxError>,
 {
-    // Here: no network, no TLS.
-    if let Some((local, sink)) = node.replicas.serving(&app.name, component) {
-        return invoke(&local, request, &sink, inbound).await;
-    }
     let elsewhere: Vec<&Endpoint> = app
         .endpoints(component)
         .iter()
         .filter(|e| e.node != node.config.name)
         .collect();
+    // Here: no network, no TLS; unless every instance here is busy and
+    // another node runs a replica (one the autoscaler added, say): then
+    // the request goes there rather than queue here.
+    if let Some((local, sink)) = node.replicas.serving(&app.name, component)
+        && (elsewhere.is_empty() || !local.is_saturated())
+    {
+        return invoke(&local, request, &sink, inbound).await;
+    }
+    // Scaled to zero: held until the replica it brings is ready.
+    if elsewhere.is_empty()
+        && app.scales_from_zero(component)
+        && !node.replicas.holds(&app.name, component)
+    {
+        return super::hold::until_ready(node, app, component, request, inbound).await;
+    }
     // Loading here (just assigned, or the node just started) and nowhere
     // else: wait for it rather than refuse.
     if elsewhere.is_empty() {

@@ -198,6 +198,32 @@ impl LocalReplicas {
             .and_then(|h| h.serving.clone())
     }
 
+    /// Whether `app`/`component` is assigned here (loading, serving or
+    /// failed).
+    pub(crate) fn holds(&self, app: &str, component: &str) -> bool {
+        self.held
+            .lock()
+            .expect("replica lock")
+            .contains_key(&(app.to_string(), component.to_string()))
+    }
+
+    /// Runs `f` on every component serving here, under the replica lock
+    /// (so `f` must be quick).
+    pub(crate) fn for_each_serving(&self, mut f: impl FnMut(&Key, &LoadedComponent)) {
+        let held = self.held.lock().expect("replica lock");
+        for (key, h) in held.iter() {
+            if let Some((component, _)) = &h.serving {
+                f(key, component);
+            }
+        }
+    }
+
+    /// Completes when the next load finishes, well or badly (registered
+    /// at once, so a load finishing before it is awaited counts).
+    pub(crate) fn settled(&self) -> tokio::sync::futures::Notified<'_> {
+        self.settled.notified()
+    }
+
     /// The component for `app`/`component` once it serves here: at once if
     /// it does, after its load if it is loading (at most `limit`), `None`
     /// if it is not held or failed.

@@ -26,6 +26,9 @@ pub(crate) struct AppRoutes {
     /// Per component, who may call it; `None` when the control plane did
     /// not say (then only the callee's node checks).
     callers: Option<HashMap<String, CallerPolicy>>,
+    /// Components that may run no replica while idle: their requests are
+    /// held, not refused, while none runs.
+    scale_from_zero: Vec<String>,
     next: AtomicUsize,
 }
 
@@ -52,8 +55,15 @@ impl AppRoutes {
                     .map(|(c, patterns)| (c.clone(), CallerPolicy::new(patterns.clone())))
                     .collect()
             }),
+            scale_from_zero: app.scale_from_zero.clone(),
             next: AtomicUsize::new(0),
         }
+    }
+
+    /// Whether `component` may run no replica while idle, so a request
+    /// for it is held until one runs.
+    pub(crate) fn scales_from_zero(&self, component: &str) -> bool {
+        self.scale_from_zero.iter().any(|c| c == component)
     }
 
     /// The component whose route serves `path` best.
@@ -154,6 +164,16 @@ impl Routing {
             .binary_search_by(|a| a.name.as_str().cmp(&name))
             .ok()?;
         Some(&self.apps[i])
+    }
+
+    /// The app named `name`, shared: for a request that outlives this
+    /// routing (one held until a replica runs).
+    pub(crate) fn app(&self, name: &str) -> Option<Arc<AppRoutes>> {
+        let i = self
+            .apps
+            .binary_search_by(|a| a.name.as_str().cmp(name))
+            .ok()?;
+        Some(self.apps[i].clone())
     }
 
     /// The app a `Host` header names: `Host: shop.example.com`, or just

@@ -15,7 +15,7 @@ mod scorers;
 mod tests;
 
 pub use filters::{Capacity, Filter, Labels, MemoryPressure, Ready, Refusal};
-pub use scorers::{AntiAffinity, Binpack, Scorer, Spread};
+pub use scorers::{AntiAffinity, Binpack, Requested, Scorer, Spread};
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
@@ -59,6 +59,9 @@ pub struct ReplicaRequest {
     pub required_labels: BTreeMap<String, String>,
     /// Spread or binpack.
     pub strategy: Strategy,
+    /// A node to prefer when it fits: the one holding requests for a
+    /// component scaled to zero, which then serves them without a hop.
+    pub prefer: Option<String>,
 }
 
 /// The cluster state a plan is computed from.
@@ -209,6 +212,8 @@ impl Scheduler {
                 // Then by load, in the direction the component asked for.
                 Box::new(Spread),
                 Box::new(Binpack),
+                // The node asking for a replica, when it fits.
+                Box::new(Requested),
             ],
             candidates: 0,
         }
@@ -254,8 +259,17 @@ impl Scheduler {
         let mut best: Option<(f64, Placement)> = None;
         let mut feasible = 0;
         let mut refusals: BTreeMap<Refusal, usize> = BTreeMap::new();
-        for step in 0..count {
-            let index = (*offset + step) % count;
+        // The preferred node first, so it is scored whatever the window.
+        let preferred = request
+            .prefer
+            .as_deref()
+            .and_then(|name| nodes.iter().position(|n| n.name == name));
+        let order = preferred.into_iter().chain(
+            (0..count)
+                .map(|step| (*offset + step) % count)
+                .filter(|index| Some(*index) != preferred),
+        );
+        for index in order {
             let node = &nodes[index];
             let refused = self
                 .filters

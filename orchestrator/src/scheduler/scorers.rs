@@ -84,3 +84,23 @@ impl Scorer for Binpack {
         (allocation.used(index) + request.memory) as f64 / node.memory as f64
     }
 }
+
+/// Prefers the node that asked for the replica (it holds requests for a
+/// component scaled to zero): those requests are then served there,
+/// without a hop. Weighs more than the load scorers and less than
+/// anti-affinity.
+pub struct Requested;
+
+impl Scorer for Requested {
+    fn name(&self) -> &'static str {
+        "requested"
+    }
+
+    fn score(&self, node: &NodeInfo, _: usize, _: &Allocation, request: &ReplicaRequest) -> f64 {
+        if request.prefer.as_deref() == Some(node.name.as_str()) {
+            2.0
+        } else {
+            0.0
+        }
+    }
+}

@@ -23,6 +23,7 @@ fn replica(component: &str, memory: u64) -> ReplicaRequest {
         memory,
         required_labels: BTreeMap::new(),
         strategy: Strategy::Spread,
+        prefer: None,
     }
 }
 
@@ -142,8 +143,18 @@ fn a_placement_names_each_scorers_score_and_a_refusal_is_typed() {
     assert_eq!(placement.node, 1);
     assert_eq!(
         placement.to_string(),
-        "anti_affinity=0.00 spread=0.75 binpack=0.00"
+        "anti_affinity=0.00 spread=0.75 binpack=0.00 requested=0.00"
     );
+
+    // The node that asked (holding requests for a component scaled to
+    // zero) wins over an emptier one, unless it already runs a replica.
+    let mut asked = replica("x/d", 256 * MIB);
+    asked.prefer = Some("a".to_string());
+    let plan = Scheduler::new().plan(&snapshot, &[asked.clone()]);
+    assert!(matches!(&plan.decisions[0], Decision::Placed(p) if p.node == 0));
+    asked.component = "x/c".to_string();
+    let plan = Scheduler::new().plan(&snapshot, &[asked]);
+    assert!(matches!(&plan.decisions[0], Decision::Placed(p) if p.node == 1));
 
     let plan = Scheduler::new().plan(&snapshot, &[replica("x/c", 2 * GIB)]);
     let Decision::Unschedulable(why) = &plan.decisions[0] else {

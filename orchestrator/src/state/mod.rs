@@ -11,6 +11,7 @@ mod tests;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
+pub use skiff_runtime::manifest::Replicas;
 use std::collections::BTreeMap;
 use std::path::Path;
 
@@ -101,8 +102,10 @@ pub struct AppRecord {
     pub name: String,
     /// The digest of the package it runs.
     pub package: String,
-    /// Desired replicas per component.
-    pub scale: BTreeMap<String, u32>,
+    /// Desired replicas per component: a fixed count, or autoscaling
+    /// bounds. A record stored before autoscaling holds plain counts,
+    /// which read as fixed ones.
+    pub scale: BTreeMap<String, Replicas>,
     /// Bumped on every change; 1 when first declared.
     pub generation: u64,
 }
@@ -250,7 +253,7 @@ impl ClusterStore {
         &self,
         name: &str,
         package: &str,
-        scale: BTreeMap<String, u32>,
+        scale: BTreeMap<String, Replicas>,
     ) -> Result<Applied, StateError> {
         self.update_app(name, |_| Ok((package.to_string(), scale)))
     }
@@ -261,7 +264,12 @@ impl ClusterStore {
     /// # Errors
     ///
     /// An unknown app or component, or store failures.
-    pub fn scale(&self, app: &str, component: &str, replicas: u32) -> Result<Applied, StateError> {
+    pub fn scale(
+        &self,
+        app: &str,
+        component: &str,
+        replicas: Replicas,
+    ) -> Result<Applied, StateError> {
         self.update_app(app, |current| {
             let record = current.ok_or_else(|| StateError::UnknownApp(app.to_string()))?;
             if !record.scale.contains_key(component) {
@@ -282,7 +290,9 @@ impl ClusterStore {
     fn update_app(
         &self,
         name: &str,
-        change: impl FnOnce(Option<&AppRecord>) -> Result<(String, BTreeMap<String, u32>), StateError>,
+        change: impl FnOnce(
+            Option<&AppRecord>,
+        ) -> Result<(String, BTreeMap<String, Replicas>), StateError>,
     ) -> Result<Applied, StateError> {
         let tx = self.db.begin_write().map_err(store_err)?;
         let applied = {

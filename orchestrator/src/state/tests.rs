@@ -1,8 +1,11 @@
 use super::*;
 use std::process::Command;
 
-fn scale(pairs: &[(&str, u32)]) -> BTreeMap<String, u32> {
-    pairs.iter().map(|(c, n)| (c.to_string(), *n)).collect()
+fn scale(pairs: &[(&str, u32)]) -> BTreeMap<String, Replicas> {
+    pairs
+        .iter()
+        .map(|(c, n)| (c.to_string(), Replicas::Fixed(*n)))
+        .collect()
 }
 
 #[test]
@@ -22,16 +25,22 @@ fn applying_the_same_declaration_twice_changes_nothing() {
         store.apply_app("shop", "sha256:bb", s).unwrap(),
         Applied::Updated(2)
     );
-    assert_eq!(store.scale("shop", "web", 5).unwrap(), Applied::Updated(3));
+    assert_eq!(
+        store.scale("shop", "web", Replicas::Fixed(5)).unwrap(),
+        Applied::Updated(3)
+    );
     assert!(matches!(
-        store.scale("shop", "nope", 1),
+        store.scale("shop", "nope", Replicas::Fixed(1)),
         Err(StateError::UnknownComponent { .. })
     ));
     assert!(matches!(
-        store.scale("none", "web", 1),
+        store.scale("none", "web", Replicas::Fixed(1)),
         Err(StateError::UnknownApp(_))
     ));
-    assert_eq!(store.app("shop").unwrap().unwrap().scale["web"], 5);
+    assert_eq!(
+        store.app("shop").unwrap().unwrap().scale["web"],
+        Replicas::Fixed(5)
+    );
 }
 
 #[test]
@@ -149,7 +158,7 @@ fn a_store_killed_mid_write_reopens_consistent() {
             .expect("committed writes survive");
         // Every field of the record comes from the same committed write.
         let i = u32::from_str_radix(app.package.trim_start_matches("sha256:"), 16).unwrap();
-        assert_eq!(app.scale["c"], i % 7);
+        assert_eq!(app.scale["c"], Replicas::Fixed(i % 7));
         assert!(
             i >= committed,
             "write {committed} was committed, {i} is stored"
@@ -260,4 +269,17 @@ fn damaged_records_are_set_aside_and_the_rest_loads() {
             .unwrap(),
         Applied::Created
     );
+}
+
+#[test]
+fn a_record_stored_with_plain_counts_reads_as_fixed_replicas_and_bounds_round_trip() {
+    let old = r#"{"name":"shop","package":"sha256:01","scale":{"web":3},"generation":2}"#;
+    let record: AppRecord = serde_json::from_str(old).unwrap();
+    assert_eq!(record.scale["web"], Replicas::Fixed(3));
+    let mut record = record;
+    record
+        .scale
+        .insert("api".to_string(), Replicas::Auto { min: 0, max: 6 });
+    let again: AppRecord = serde_json::from_slice(&serde_json::to_vec(&record).unwrap()).unwrap();
+    assert_eq!(again, record);
 }

@@ -197,12 +197,12 @@ max_concurrency = 4
     )
     .unwrap();
     let api = &m.component[&ComponentName::try_from("api".to_string()).unwrap()];
-    assert_eq!(api.scale.replicas, 3);
+    assert_eq!(api.scale.replicas(), Replicas::Fixed(3));
     assert_eq!(api.placement.labels["zone"], "eu-1");
     assert_eq!(api.placement.strategy, PlacementStrategy::Binpack);
     assert_eq!(api.placement.memory.map(|m| m.bytes()), Some(256 << 20));
     let web = &m.component[&ComponentName::try_from("web".to_string()).unwrap()];
-    assert_eq!(web.scale.replicas, 1);
+    assert_eq!(web.scale.replicas(), Replicas::Fixed(1));
     assert_eq!(web.placement.strategy, PlacementStrategy::Spread);
     assert_eq!(web.placement.memory, None);
 
@@ -223,7 +223,71 @@ max_concurrency = 4
         (
             6,
             1,
-            "unknown field `replica`, expected `replicas`".to_string()
+            "unknown field `replica`, expected one of `replicas`, `min`, `max`, `target_concurrency`, `scale_down_delay`".to_string()
         )
     );
+}
+
+#[test]
+fn autoscaling_keys_give_bounds_a_target_and_a_delay() {
+    let m = parse(
+        r#"
+[app]
+name = "shop"
+
+[component.api]
+source = "api.wasm"
+[component.api.limits]
+max_concurrency = 10
+[component.api.scale]
+min = 0
+max = 6
+scale_down_delay = "5s"
+
+[component.web]
+source = "web.wasm"
+[component.web.scale]
+target_concurrency = 25
+"#,
+    )
+    .unwrap();
+    let api = &m.component[&ComponentName::try_from("api".to_string()).unwrap()];
+    assert_eq!(api.scale.replicas(), Replicas::Auto { min: 0, max: 6 });
+    assert_eq!(api.scale.target_concurrency(&api.limits), 7);
+    assert_eq!(
+        api.scale.scale_down_delay(),
+        std::time::Duration::from_secs(5)
+    );
+    let web = &m.component[&ComponentName::try_from("web".to_string()).unwrap()];
+    assert_eq!(
+        web.scale.replicas(),
+        Replicas::Auto {
+            min: 1,
+            max: crate::manifest::DEFAULT_MAX_REPLICAS
+        }
+    );
+    assert_eq!(web.scale.target_concurrency(&web.limits), 25);
+    assert_eq!(
+        web.scale.scale_down_delay(),
+        crate::manifest::DEFAULT_SCALE_DOWN_DELAY
+    );
+}
+
+#[test]
+fn autoscaling_keys_that_contradict_are_refused_by_name() {
+    let invalid = |scale: &str| {
+        let text = format!(
+            "[app]\nname = \"a\"\n[component.x]\nsource = \"x.wasm\"\n[component.x.scale]\n{scale}\n"
+        );
+        match Manifest::parse(&text, Path::new("skiff.toml")) {
+            Err(ManifestError::Invalid { message, .. }) => message,
+            other => panic!("{scale}: expected an invalid manifest, got {other:?}"),
+        }
+    };
+    assert!(invalid("replicas = 2\nmax = 4").contains("give one or the other"));
+    assert!(invalid("min = 5\nmax = 2").contains("scale.min (5) is above scale.max (2)"));
+    assert!(invalid("target_concurrency = 0").contains("target_concurrency must be at least 1"));
+    assert!(invalid("max = 0").contains("scale.max must be at least 1"));
+    assert!(invalid("min = 1\nscale_down_delay = \"100ms\"").contains("at least \"1s\""));
+    assert!(invalid("min = 5\nmax = 2").starts_with("component \"x\""));
 }

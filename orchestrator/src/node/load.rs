@@ -1,0 +1,172 @@
+//! The demand on the components this node serves, as its heartbeats
+//! report it to the autoscaler: each one's requests in its instances or
+//! queued for one, sampled every [`SAMPLE_EVERY`] and averaged over the
+//! last [`SAMPLES`] samples (a second), plus the requests held for it
+//! while no replica runs (see `hold`). A component that starts queueing
+//! is news: the control plane hears of it at once, not with the next
+//! heartbeat.
+
+use super::NodeShared;
+use crate::api::ComponentLoad;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// How often each serving component's demand is sampled.
+pub(crate) const SAMPLE_EVERY: Duration = Duration::from_millis(100);
+
+/// Samples averaged: one second's worth.
+const SAMPLES: usize = 10;
+
+/// `(app, component)`.
+type Key = (String, String);
+
+/// The last second of demand of each component that had any.
+#[derive(Default)]
+pub(crate) struct LoadMeter {
+    windows: Mutex<HashMap<Key, Window>>,
+}
+
+/// One component's last samples, and whether it was queueing at the last.
+#[derive(Default)]
+struct Window {
+    samples: [u32; SAMPLES],
+    next: usize,
+    saturated: bool,
+    /// Sampled this round; a component no longer serving here is not,
+    /// and gets a zero.
+    sampled: bool,
+}
+
+impl Window {
+    fn push(&mut self, in_flight: u32) {
+        self.samples[self.next] = in_flight;
+        self.next = (self.next + 1) % SAMPLES;
+    }
+
+    fn mean(&self) -> f64 {
+        self.samples.iter().map(|s| f64::from(*s)).sum::<f64>() / SAMPLES as f64
+    }
+
+    fn idle(&self) -> bool {
+        self.samples.iter().all(|s| *s == 0)
+    }
+}
+
+impl LoadMeter {
+    /// Takes one sample of every component serving here; returns whether
+    /// one started queueing since the last sample (news for the control
+    /// plane). Components idle for a whole window are forgotten, so an
+    /// idle node costs nothing per component.
+    fn sample(&self, node: &NodeShared) -> bool {
+        let mut windows = self.windows.lock().expect("load lock");
+        let mut news = false;
+        node.replicas.for_each_serving(|key, component| {
+            let in_flight = u32::try_from(component.in_flight()).unwrap_or(u32::MAX);
+            let saturated = component.is_saturated();
+            let window = match windows.get_mut(key) {
+                Some(window) => window,
+                None if in_flight == 0 => return,
+                None => windows.entry(key.clone()).or_default(),
+            };
+            window.push(in_flight);
+            window.sampled = true;
+            news |= saturated && !window.saturated;
+            window.saturated = saturated;
+        });
+        windows.retain(|_, w| {
+            if !std::mem::take(&mut w.sampled) {
+                w.push(0);
+                w.saturated = false;
+            }
+            !w.idle()
+        });
+        news
+    }
+
+    /// What the next heartbeat reports: each component with demand, and
+    /// with the requests `held` for it (by `(app, component)`).
+    pub(crate) fn report(&self, held: HashMap<Key, u32>) -> Vec<ComponentLoad> {
+        let windows = self.windows.lock().expect("load lock");
+        let mut load: HashMap<&Key, ComponentLoad> = windows
+            .iter()
+            .map(|(key, window)| {
+                (
+                    key,
+                    ComponentLoad {
+                        app: key.0.clone(),
+                        component: key.1.clone(),
+                        concurrency: window.mean(),
+                        held: 0,
+                    },
+                )
+            })
+            .collect();
+        for (key, count) in &held {
+            load.entry(key)
+                .or_insert_with(|| ComponentLoad {
+                    app: key.0.clone(),
+                    component: key.1.clone(),
+                    concurrency: 0.0,
+                    held: 0,
+                })
+                .held = *count;
+        }
+        load.into_values().collect()
+    }
+}
+
+/// Samples demand until aborted, telling the control plane at once when
+/// a component starts queueing.
+pub(crate) async fn run(node: Arc<NodeShared>) {
+    let mut tick = tokio::time::interval(SAMPLE_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        if node.load.sample(&node) {
+            node.changed.notify_one();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_window_averages_its_last_second_and_is_idle_once_it_holds_only_zeros() {
+        let mut window = Window::default();
+        for _ in 0..5 {
+            window.push(8);
+        }
+        assert_eq!(window.mean(), 4.0);
+        assert!(!window.idle());
+        for _ in 0..SAMPLES {
+            window.push(0);
+        }
+        assert!(window.idle());
+    }
+
+    #[test]
+    fn held_requests_are_reported_beside_the_demand_measured() {
+        let meter = LoadMeter::default();
+        let key = ("shop".to_string(), "api".to_string());
+        {
+            let mut windows = meter.windows.lock().unwrap();
+            let window = windows.entry(key.clone()).or_default();
+            for _ in 0..SAMPLES {
+                window.push(3);
+            }
+        }
+        let held = HashMap::from([
+            (key.clone(), 2),
+            (("shop".to_string(), "cold".to_string()), 5),
+        ]);
+        let mut report = meter.report(held);
+        report.sort_by(|a, b| a.component.cmp(&b.component));
+        assert_eq!(report.len(), 2);
+        assert_eq!((report[0].concurrency, report[0].held), (3.0, 2));
+        assert_eq!(report[1].component, "cold");
+        assert_eq!((report[1].concurrency, report[1].held), (0.0, 5));
+    }
+}

@@ -1,0 +1,308 @@
+//! End-to-end tests of autoscaling: replicas added across nodes as
+//! concurrency rises and removed after `scale_down_delay`, components
+//! scaled to zero whose requests are held (not refused) until a replica
+//! is ready, through a node without one and through `skiff up`, a hold
+//! past its limit answered 503, and `skiff scale` pinning and bounding.
+//! Real control planes and nodes on loopback, driven through the CLI.
+
+mod support;
+
+use serde_json::Value;
+use skiff_test_guests::PROBE;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use support::cluster::{Cluster, nodes_of, one_at_a_time};
+use support::{Running, get, http, temp_dir, toml_path, wait_until, write_manifest};
+
+/// An app `name` of one routed probe component `probe` with `extra`
+/// manifest lines (its `[component.probe.*]` tables).
+fn probe_app(dir: &std::path::Path, name: &str, extra: &str) -> String {
+    write_manifest(
+        dir,
+        &format!(
+            "[app]\nname = \"{name}\"\n[component.probe]\nsource = {}\nroute = \"/...\"\n{extra}",
+            toml_path(PROBE)
+        ),
+    );
+    dir.to_str().unwrap().to_string()
+}
+
+/// The events `skiff events APP -o json` lists.
+fn events(cluster: &Cluster, app: &str) -> Vec<Value> {
+    cluster.json(&["events", app]).as_array().unwrap().clone()
+}
+
+/// Statuses of requests that `threads` clients send to `url` back to
+/// back until `stop` is set (or a minute passes).
+struct Load {
+    stop: Arc<AtomicBool>,
+    statuses: Arc<Mutex<Vec<u16>>>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl Load {
+    fn start(threads: usize, url: &str) -> Load {
+        let stop = Arc::new(AtomicBool::new(false));
+        let statuses = Arc::new(Mutex::new(Vec::new()));
+        let threads = (0..threads)
+            .map(|_| {
+                let (stop, statuses, url) = (stop.clone(), statuses.clone(), url.to_string());
+                std::thread::spawn(move || {
+                    let agent = http();
+                    let deadline = Instant::now() + Duration::from_secs(60);
+                    while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
+                        // Any status comes back as a response; 0 is no answer.
+                        let status = agent
+                            .get(&url)
+                            .call()
+                            .map_or(0, |response| response.status().as_u16());
+                        statuses.lock().unwrap().push(status);
+                    }
+                })
+            })
+            .collect();
+        Load {
+            stop,
+            statuses,
+            threads,
+        }
+    }
+
+    /// Stops the clients; the statuses they got.
+    fn stop(self) -> Vec<u16> {
+        self.stop.store(true, Ordering::Relaxed);
+        for thread in self.threads {
+            thread.join().unwrap();
+        }
+        Arc::try_unwrap(self.statuses)
+            .unwrap()
+            .into_inner()
+            .unwrap()
+    }
+}
+
+#[test]
+fn concurrency_past_the_target_adds_replicas_across_nodes_and_quiet_removes_them() {
+    let cluster = Cluster::start(3, &[]);
+    let dir = temp_dir();
+    // Two instances at once per replica, so a target of 2 (70%, rounded
+    // up); replicas of 64 MiB, three nodes of 1 GiB.
+    let app = probe_app(
+        dir.path(),
+        "busy",
+        "[component.probe.limits]\nmax_concurrency = 2\n\
+         [component.probe.scale]\nmin = 1\nmax = 3\nscale_down_delay = \"3s\"\n\
+         [component.probe.placement]\nmemory = \"64MiB\"\n",
+    );
+    cluster.cli(&["deploy", &app, "--wait"]);
+    assert_eq!(cluster.wait_running("busy", 1).len(), 1);
+    let apps = cluster.json(&["apps"]);
+    let autoscale = &apps[0]["components"][0]["autoscale"];
+    assert_eq!(
+        (
+            &autoscale["min"],
+            &autoscale["max"],
+            &autoscale["target_concurrency"]
+        ),
+        (&Value::from(1), &Value::from(3), &Value::from(2))
+    );
+
+    // Twelve clients at once on one node's ingress, each request 100 ms:
+    // about twelve in flight, six times the target for one replica.
+    let ingress = cluster.nodes[0].process.url.clone();
+    let load = Load::start(12, &format!("{ingress}/sleep?100"));
+    let started = Instant::now();
+    let replicas = wait_until(Duration::from_secs(15), "three running replicas", || {
+        let replicas = cluster.replicas("busy");
+        let running = replicas.iter().filter(|r| r.2 == "running").count();
+        (running == 3).then_some(replicas)
+    });
+    let took = started.elapsed();
+    // Keep the load on a little while the new replicas serve.
+    std::thread::sleep(Duration::from_secs(2));
+    let statuses = load.stop();
+    assert_eq!(nodes_of(&replicas).len(), 3, "spread: {replicas:?}");
+    let failed: Vec<_> = statuses.iter().filter(|s| **s != 200).collect();
+    assert!(
+        failed.is_empty() && statuses.len() > 50,
+        "{} of {} requests failed ({failed:?}); scaled out in {took:?}",
+        failed.len(),
+        statuses.len()
+    );
+    let scaled = events(&cluster, "busy");
+    let up = scaled
+        .iter()
+        .find(|e| e["kind"] == "scaled")
+        .unwrap_or_else(|| panic!("{scaled:?}"));
+    let message = up["message"].as_str().unwrap();
+    assert!(
+        message.starts_with("busy/probe 1 -> ") && message.contains("over target 2 per replica"),
+        "{message}"
+    );
+    assert!(
+        scaled
+            .iter()
+            .any(|e| e["kind"] == "placed" && e["message"].as_str().unwrap().contains("spread=")),
+        "{scaled:?}"
+    );
+
+    // Quiet: back to one replica once the delay has passed, not before.
+    let quiet = Instant::now();
+    wait_until(Duration::from_secs(15), "one replica again", || {
+        (cluster.replicas("busy").len() == 1).then_some(())
+    });
+    assert!(
+        quiet.elapsed() >= Duration::from_secs(2),
+        "scaled down after {:?}, before the 3s delay",
+        quiet.elapsed()
+    );
+    let down = events(&cluster, "busy");
+    assert!(
+        down.iter().any(|e| {
+            let m = e["message"].as_str().unwrap();
+            e["kind"] == "scaled" && m.starts_with("busy/probe 3 -> 1: ")
+        }),
+        "{down:?}"
+    );
+}
+
+#[test]
+fn a_component_scaled_to_zero_serves_a_request_held_on_a_node_without_a_replica() {
+    let cluster = Cluster::start(3, &[]);
+    let dir = temp_dir();
+    let app = probe_app(
+        dir.path(),
+        "cold",
+        "[component.probe.scale]\nmin = 0\nmax = 2\nscale_down_delay = \"1s\"\n\
+         [component.probe.placement]\nmemory = \"64MiB\"\n",
+    );
+    let deployed = cluster.cli(&["deploy", &app]);
+    assert!(deployed.contains("app \"cold\" created"), "{deployed}");
+    // Idle from the start: no replica.
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(cluster.replicas("cold").is_empty());
+    cluster.wait_known_everywhere("cold", 0);
+
+    // Through node-2: held, a replica placed there, served.
+    let (status, body) = get(&format!("{}/sleep?1", cluster.nodes[1].process.url));
+    assert_eq!((status, body.as_str()), (200, "slept 1ms"));
+    let replicas = cluster.replicas("cold");
+    assert_eq!(
+        nodes_of(&replicas),
+        vec!["node-2".to_string()],
+        "{replicas:?}"
+    );
+    let woke = events(&cluster, "cold");
+    assert!(
+        woke.iter()
+            .any(|e| e["message"] == "cold/probe 0 -> 1: 1 request waiting for a replica"),
+        "{woke:?}"
+    );
+
+    // Idle again: to zero after the delay; then through node-3.
+    wait_until(Duration::from_secs(10), "no replica", || {
+        cluster.replicas("cold").is_empty().then_some(())
+    });
+    assert!(
+        events(&cluster, "cold")
+            .iter()
+            .any(|e| e["message"] == "cold/probe 1 -> 0: no requests for 1s")
+    );
+    cluster.wait_known_everywhere("cold", 0);
+    let (status, _) = get(&format!("{}/sleep?1", cluster.nodes[2].process.url));
+    assert_eq!(status, 200);
+
+    // Pinned by hand, then autoscaled again within new bounds.
+    let pinned = cluster.cli(&["scale", "cold/probe", "2"]);
+    assert!(
+        pinned.contains("cold/probe pinned at 2 replicas; autoscaling is off")
+            && pinned.contains("(was autoscaled from 0 to 2 replicas)"),
+        "{pinned}"
+    );
+    cluster.wait_running("cold", 2);
+    let bounded = cluster.cli(&["scale", "cold/probe", "--min", "1", "--max", "3"]);
+    assert!(
+        bounded.contains("cold/probe autoscaled from 1 to 3 replicas (was 2 replicas)"),
+        "{bounded}"
+    );
+    let refused = cluster.cli_fails(&["scale", "cold/probe", "--min", "4", "--max", "3"]);
+    assert!(refused.contains("--min 4 is above --max 3"), "{refused}");
+    let refused = cluster.cli_fails(&["scale", "cold/probe", "--max", "20000"]);
+    assert!(refused.contains("over the limit of 10000"), "{refused}");
+    let apps = cluster.json(&["apps"]);
+    assert_eq!(apps[0]["components"][0]["autoscale"]["min"], 1);
+}
+
+#[test]
+fn skiff_up_holds_a_request_until_a_replica_is_ready_and_refuses_one_held_too_long() {
+    let _serial = one_at_a_time();
+    let home = temp_dir();
+    let dir = temp_dir();
+    let app = probe_app(
+        dir.path(),
+        "cold",
+        "[component.probe.scale]\nmin = 0\nmax = 1\nscale_down_delay = \"1s\"\n",
+    );
+    let up = Running::launch(
+        home.path(),
+        &[
+            "up",
+            &app,
+            "--listen",
+            "127.0.0.1:0",
+            "--api",
+            "127.0.0.1:0",
+            "--hold-limit",
+            "1s",
+        ],
+        "Serving ",
+    );
+    let (status, body) = get(&up.at("/sleep?1"));
+    assert_eq!((status, body.as_str()), (200, "slept 1ms"));
+
+    // A component no node may run (its labels match none): its request
+    // is held for the limit, then refused with a reason to retry.
+    let stuck_dir = temp_dir();
+    let stuck = probe_app(
+        stuck_dir.path(),
+        "stuck",
+        "[component.probe.scale]\nmin = 0\n\
+         [component.probe.placement]\nlabels = { zone = \"nowhere\" }\n",
+    );
+    let deployed = support::skiff(home.path())
+        .args(["deploy", &stuck])
+        .output()
+        .unwrap();
+    assert!(deployed.status.success());
+    let host_url = up.at("/sleep?1");
+    let (held, retry_after, body) = wait_until(
+        Duration::from_secs(10),
+        "the stuck app held and refused",
+        || {
+            let started = Instant::now();
+            let mut response = http().get(&host_url).header("Host", "stuck").call().ok()?;
+            // 404 until the node has heard of the app.
+            (response.status() == 503).then(|| {
+                let retry_after = response.headers().contains_key("retry-after");
+                let body = response.body_mut().read_to_string().unwrap();
+                (started.elapsed(), retry_after, body)
+            })
+        },
+    );
+    assert!(held >= Duration::from_millis(900), "held only {held:?}");
+    assert!(retry_after);
+    assert!(
+        body.contains("had no replica ready within 1s") && body.contains("skiff events stuck"),
+        "{body}"
+    );
+    let events = support::skiff(home.path())
+        .args(["events", "stuck"])
+        .output()
+        .unwrap();
+    let events = String::from_utf8_lossy(&events.stdout);
+    assert!(
+        events.contains("stuck/probe/0 cannot be placed: 0/1 nodes fit: 1 labels do not match"),
+        "{events}"
+    );
+}
