@@ -174,7 +174,8 @@ fn a_component_scaled_to_zero_serves_a_request_held_on_a_node_without_a_replica(
     let app = probe_app(
         dir.path(),
         "cold",
-        "[component.probe.scale]\nmin = 0\nmax = 2\nscale_down_delay = \"1s\"\n\
+        "allow_callers = [\"front/*\"]\n\
+         [component.probe.scale]\nmin = 0\nmax = 2\nscale_down_delay = \"1s\"\n\
          [component.probe.placement]\nmemory = \"64MiB\"\n",
     );
     let deployed = cluster.cli(&["deploy", &app]);
@@ -213,6 +214,40 @@ fn a_component_scaled_to_zero_serves_a_request_held_on_a_node_without_a_replica(
     let (status, _) = get(&format!("{}/sleep?1", cluster.nodes[2].process.url));
     assert_eq!(status, 200);
 
+    // A mesh call by name is held the same way.
+    let front_dir = temp_dir();
+    let front = probe_app(
+        front_dir.path(),
+        "front",
+        "[component.probe.placement]\nmemory = \"64MiB\"\n",
+    );
+    cluster.cli(&["deploy", &front, "--wait"]);
+    wait_until(Duration::from_secs(10), "no replica of cold", || {
+        cluster.replicas("cold").is_empty().then_some(())
+    });
+    cluster.wait_known_everywhere("cold", 0);
+    let (status, body) = support::cluster::get_as_host(
+        &cluster.nodes[0].process.url,
+        Some("front"),
+        "/call?http://probe.cold.skiff.internal/sleep?1",
+    );
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("slept 1ms"), "{body}");
+
+    // A max the cluster cannot hold is said at deploy.
+    let wide_dir = temp_dir();
+    let wide = probe_app(
+        wide_dir.path(),
+        "wide",
+        "[component.probe.scale]\nmax = 5\n\
+         [component.probe.placement]\nmemory = \"600MiB\"\n",
+    );
+    let (_, warned) = cluster.cli_with_stderr(&["deploy", &wide]);
+    assert!(
+        warned.contains("wide/probe may scale to 5 replicas, but the cluster can hold only 3 now: 0/3 nodes fit: 3 insufficient memory"),
+        "{warned}"
+    );
+
     // Pinned by hand, then autoscaled again within new bounds.
     let pinned = cluster.cli(&["scale", "cold/probe", "2"]);
     assert!(
@@ -231,7 +266,13 @@ fn a_component_scaled_to_zero_serves_a_request_held_on_a_node_without_a_replica(
     let refused = cluster.cli_fails(&["scale", "cold/probe", "--max", "20000"]);
     assert!(refused.contains("over the limit of 10000"), "{refused}");
     let apps = cluster.json(&["apps"]);
-    assert_eq!(apps[0]["components"][0]["autoscale"]["min"], 1);
+    let cold = apps
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["name"] == "cold")
+        .unwrap();
+    assert_eq!(cold["components"][0]["autoscale"]["min"], 1);
 }
 
 #[test]

@@ -251,6 +251,12 @@ impl LoadedComponent {
         &self.pre
     }
 
+    /// Admits `limits.max_concurrency` times `replicas` requests at once:
+    /// the replicas of it this node runs (each reserved its memory).
+    pub fn set_replicas(&self, replicas: u32) {
+        self.gate.set_replicas(replicas);
+    }
+
     /// Requests in its instances or queued for one, now.
     pub fn in_flight(&self) -> usize {
         self.gate.in_flight()

@@ -95,13 +95,43 @@ impl ResourceLimiter for InstanceLimiter {
 }
 
 /// Admits at most `max_concurrency` requests into instances of one
-/// component, with at most `max_queued` more waiting; the rest are refused.
+/// component (times the replicas of it the node runs), with at most
+/// `max_queued` more waiting; the rest are refused.
 #[derive(Debug)]
 pub struct ConcurrencyGate {
     permits: Arc<Semaphore>,
-    max_concurrency: usize,
+    per_replica: usize,
+    /// The admitted-at-once limit now, and the permits to forget as they
+    /// come back (the limit was lowered while they were in use).
+    size: Arc<Mutex<GateSize>>,
     queued: AtomicUsize,
     max_queued: usize,
+}
+
+#[derive(Debug)]
+struct GateSize {
+    limit: usize,
+    owed: usize,
+}
+
+/// A place in the gate, given back when dropped (or forgotten, when the
+/// gate has shrunk since it was taken).
+#[derive(Debug)]
+pub struct GatePermit {
+    permit: Option<OwnedSemaphorePermit>,
+    size: Arc<Mutex<GateSize>>,
+}
+
+impl Drop for GatePermit {
+    fn drop(&mut self) {
+        let mut size = self.size.lock().unwrap_or_else(|e| e.into_inner());
+        if size.owed > 0 {
+            size.owed -= 1;
+            if let Some(permit) = self.permit.take() {
+                permit.forget();
+            }
+        }
+    }
 }
 
 /// The gate's queue is full.
@@ -113,40 +143,74 @@ impl ConcurrencyGate {
     pub fn new(max_concurrency: u32, max_queued: u32) -> ConcurrencyGate {
         ConcurrencyGate {
             permits: Arc::new(Semaphore::new(max_concurrency as usize)),
-            max_concurrency: max_concurrency as usize,
+            per_replica: max_concurrency as usize,
+            size: Arc::new(Mutex::new(GateSize {
+                limit: max_concurrency as usize,
+                owed: 0,
+            })),
             queued: AtomicUsize::new(0),
             max_queued: max_queued as usize,
         }
     }
 
-    /// Requests inside (holding a permit) or waiting in the queue now.
+    /// Admits `max_concurrency` times `replicas` at once from now on: a
+    /// node running three replicas of a component reserved memory for
+    /// three, so it admits three times as many. Requests inside past a
+    /// lower limit finish; their places are not given back.
+    pub fn set_replicas(&self, replicas: u32) {
+        let wanted = self.per_replica.saturating_mul(replicas.max(1) as usize);
+        let mut size = self.size.lock().unwrap_or_else(|e| e.into_inner());
+        if wanted > size.limit {
+            let mut more = wanted - size.limit;
+            let repaid = more.min(size.owed);
+            size.owed -= repaid;
+            more -= repaid;
+            self.permits.add_permits(more);
+        } else {
+            let fewer = size.limit - wanted;
+            let forgotten = self.permits.forget_permits(fewer);
+            size.owed += fewer - forgotten;
+        }
+        size.limit = wanted;
+    }
+
+    /// Requests inside (holding a place) or waiting in the queue now.
     pub fn in_flight(&self) -> usize {
-        let inside = self
-            .max_concurrency
-            .saturating_sub(self.permits.available_permits());
+        let size = self.size.lock().unwrap_or_else(|e| e.into_inner());
+        let inside = (size.limit + size.owed).saturating_sub(self.permits.available_permits());
         inside + self.queued.load(Ordering::Acquire)
     }
 
-    /// Whether a request arriving now would wait: every permit is taken.
+    /// Whether a request arriving now would wait: every place is taken.
     pub fn is_full(&self) -> bool {
         self.permits.available_permits() == 0
     }
 
-    /// Waits for a slot; the permit frees it when dropped.
+    /// Waits for a place; the permit gives it back when dropped.
     ///
     /// # Errors
     ///
-    /// [`Busy`] at once when every slot is taken and the queue is full.
-    pub async fn enter(&self) -> Result<OwnedSemaphorePermit, Busy> {
-        if let Ok(permit) = self.permits.clone().try_acquire_owned() {
-            return Ok(permit);
-        }
-        if self.queued.fetch_add(1, Ordering::AcqRel) >= self.max_queued {
-            self.queued.fetch_sub(1, Ordering::AcqRel);
-            return Err(Busy);
-        }
-        let _leave_queue = QueueSlot(&self.queued);
-        self.permits.clone().acquire_owned().await.map_err(|_| Busy)
+    /// [`Busy`] at once when every place is taken and the queue is full.
+    pub async fn enter(&self) -> Result<GatePermit, Busy> {
+        let permit = match self.permits.clone().try_acquire_owned() {
+            Ok(permit) => permit,
+            Err(_) => {
+                if self.queued.fetch_add(1, Ordering::AcqRel) >= self.max_queued {
+                    self.queued.fetch_sub(1, Ordering::AcqRel);
+                    return Err(Busy);
+                }
+                let _leave_queue = QueueSlot(&self.queued);
+                self.permits
+                    .clone()
+                    .acquire_owned()
+                    .await
+                    .map_err(|_| Busy)?
+            }
+        };
+        Ok(GatePermit {
+            permit: Some(permit),
+            size: self.size.clone(),
+        })
     }
 }
 
@@ -469,6 +533,47 @@ mod tests {
         assert_eq!(gate.queued.load(Ordering::Acquire), 0);
         assert_eq!(gate.in_flight(), 0);
         assert!(!gate.is_full());
+    }
+
+    #[tokio::test]
+    async fn a_gate_grows_and_shrinks_with_the_replicas_its_node_runs() {
+        let gate = ConcurrencyGate::new(2, 0);
+        gate.set_replicas(3);
+        let inside: Vec<_> = (0..6).map(|_| gate.enter()).collect();
+        let mut inside: Vec<_> = futures_join(inside).await;
+        assert_eq!(gate.in_flight(), 6);
+        assert!(gate.enter().await.is_err(), "six places for three replicas");
+        // Down to one replica while six are inside: they finish, and
+        // their places are not given back until only two remain.
+        gate.set_replicas(1);
+        assert_eq!(gate.in_flight(), 6);
+        inside.truncate(2);
+        assert_eq!(gate.in_flight(), 2);
+        assert!(gate.enter().await.is_err(), "two places for one replica");
+        inside.clear();
+        assert_eq!(gate.in_flight(), 0);
+        let two = (gate.enter().await.unwrap(), gate.enter().await.unwrap());
+        assert!(gate.enter().await.is_err());
+        drop(two);
+        // Up again while places are owed: the debt is cancelled first.
+        let held = gate.enter().await.unwrap();
+        gate.set_replicas(3);
+        gate.set_replicas(2);
+        let more: Vec<_> = futures_join((0..3).map(|_| gate.enter()).collect()).await;
+        assert!(gate.enter().await.is_err(), "four places for two replicas");
+        drop((held, more));
+        assert_eq!(gate.in_flight(), 0);
+    }
+
+    /// Awaits each of `entries` in turn, expecting every one admitted.
+    async fn futures_join<F: Future<Output = Result<GatePermit, Busy>>>(
+        entries: Vec<F>,
+    ) -> Vec<GatePermit> {
+        let mut permits = Vec::new();
+        for entry in entries {
+            permits.push(entry.await.expect("admitted"));
+        }
+        permits
     }
 
     #[test]

@@ -575,10 +575,17 @@ async fn deploy(shared: &Shared, request: DeployRequest) -> Handled {
         shared.collector.wake();
     }
     // The controller has just tried to place the replicas: say at once
-    // which ones cannot be, and why.
+    // which ones cannot be, and why; and which autoscaled components
+    // could not grow to their max.
     response
         .warnings
         .extend(unplaceable(shared, &format!("{}/", spec.name)));
+    response
+        .warnings
+        .extend(super::reconcile::headroom_warnings(
+            &shared.live.lock().expect("live state lock"),
+            &spec.name,
+        ));
     json(StatusCode::OK, &response)
 }
 

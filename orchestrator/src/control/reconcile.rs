@@ -509,6 +509,91 @@ fn replicas_where(live: &Live, wanted: impl Fn(&Live, &ReplicaRecord) -> bool) -
         .collect()
 }
 
+/// The cluster as the scheduler sees it, with every placed replica but
+/// those in `placing`; and the nodes' names, by snapshot index.
+fn snapshot(
+    live: &Live,
+    specs: &AppSpecs,
+    placing: &BTreeSet<&str>,
+) -> (Vec<String>, ClusterSnapshot) {
+    let names: Vec<String> = live.nodes.keys().cloned().collect();
+    let index: BTreeMap<&str, usize> = names
+        .iter()
+        .enumerate()
+        .map(|(i, n)| (n.as_str(), i))
+        .collect();
+    let snapshot = ClusterSnapshot {
+        nodes: live
+            .nodes
+            .values()
+            .map(|n| NodeInfo {
+                name: n.record.name.clone(),
+                labels: n.record.labels.clone(),
+                memory: live.overcommit.placeable(n.memory()),
+                ready: !n.down && n.heard,
+                cordoned: n.record.cordoned || n.record.drained,
+                pressure: n.pressure,
+            })
+            .collect(),
+        running: live
+            .replicas
+            .values()
+            .filter(|r| !placing.contains(r.id.as_str()))
+            .filter_map(|r| {
+                let node = index.get(r.node.as_deref()?)?;
+                let plan = specs.plan(&r.app, &r.component)?;
+                Some((*node, plan.request.component.clone(), plan.request.memory))
+            })
+            .collect(),
+    };
+    (names, snapshot)
+}
+
+/// Warnings for autoscaled components of `app` whose `max` replicas the
+/// cluster cannot hold now: the scheduler tries to place the replicas
+/// still to come on what is left, and each component that would have
+/// some pending says how many fit and why the rest would not.
+pub(super) fn headroom_warnings(live: &Live, app: &str) -> Vec<String> {
+    let specs = AppSpecs::of(live);
+    let Some(record) = live.apps.get(app) else {
+        return Vec::new();
+    };
+    let Some(spec) = live.specs.get(&record.package) else {
+        return Vec::new();
+    };
+    let (_, snapshot) = snapshot(live, &specs, &BTreeSet::new());
+    let mut warnings = Vec::new();
+    for (component, plan) in &spec.components {
+        let Replicas::Auto { max, .. } = record
+            .scale
+            .get(component)
+            .copied()
+            .unwrap_or(plan.replicas)
+        else {
+            continue;
+        };
+        let placed = live
+            .replicas
+            .values()
+            .filter(|r| r.app == app && &r.component == component && r.node.is_some())
+            .count() as u32;
+        let more = max.saturating_sub(placed);
+        let requests = vec![plan.request.clone(); more as usize];
+        let decisions = Scheduler::new().plan(&snapshot, &requests).decisions;
+        let fit = decisions
+            .iter()
+            .take_while(|d| matches!(d, Decision::Placed(_)))
+            .count() as u32;
+        if let Some(Decision::Unschedulable(why)) = decisions.get(fit as usize) {
+            warnings.push(format!(
+                "{app}/{component} may scale to {max} replicas, but the cluster can hold only {} now: {why}",
+                placed + fit
+            ));
+        }
+    }
+    warnings
+}
+
 /// Runs the scheduler for replicas `ids` (pending, or `moving` off a
 /// drained node) against every other replica's placement, and records
 /// where each goes or why it cannot.
@@ -529,37 +614,8 @@ fn place(live: &mut Live, specs: &AppSpecs, out: &mut Outcome, ids: Vec<String>,
     if ids.is_empty() {
         return;
     }
-    let names: Vec<String> = live.nodes.keys().cloned().collect();
-    let index: BTreeMap<&str, usize> = names
-        .iter()
-        .enumerate()
-        .map(|(i, n)| (n.as_str(), i))
-        .collect();
-    let placing: std::collections::BTreeSet<&String> = ids.iter().collect();
-    let snapshot = ClusterSnapshot {
-        nodes: live
-            .nodes
-            .values()
-            .map(|n| NodeInfo {
-                name: n.record.name.clone(),
-                labels: n.record.labels.clone(),
-                memory: live.overcommit.placeable(n.memory()),
-                ready: !n.down && n.heard,
-                cordoned: n.record.cordoned || n.record.drained,
-                pressure: n.pressure,
-            })
-            .collect(),
-        running: live
-            .replicas
-            .values()
-            .filter(|r| !placing.contains(&r.id))
-            .filter_map(|r| {
-                let node = index.get(r.node.as_deref()?)?;
-                let plan = specs.plan(&r.app, &r.component)?;
-                Some((*node, plan.request.component.clone(), plan.request.memory))
-            })
-            .collect(),
-    };
+    let placing: BTreeSet<&str> = ids.iter().map(String::as_str).collect();
+    let (names, snapshot) = snapshot(live, specs, &placing);
     let plan = Scheduler::new().plan(&snapshot, &requests);
     for ((id, request), decision) in ids.iter().zip(&requests).zip(plan.decisions) {
         match decision {

@@ -91,6 +91,9 @@ pub(crate) enum Unassigned<'a> {
 
 struct Held {
     package: String,
+    /// Replicas of it placed here: its concurrency limit is that many
+    /// times `max_concurrency`.
+    replicas: u32,
     state: LoadState,
     error: Option<String>,
     serving: Option<(Arc<LoadedComponent>, Arc<dyn LogSink>)>,
@@ -153,11 +156,17 @@ impl LocalReplicas {
         for a in assigned {
             let (key, package) = ((a.app.clone(), a.component.clone()), &a.package);
             match held.get_mut(&key) {
-                Some(h) if h.package == *package => continue,
+                Some(h) if h.package == *package => {
+                    h.replicas = a.replicas;
+                    if let Some((component, _)) = &h.serving {
+                        component.set_replicas(a.replicas);
+                    }
+                }
                 // A new version: the old one keeps serving until the new
                 // one is loaded.
                 Some(h) => {
                     h.package = package.clone();
+                    h.replicas = a.replicas;
                     h.state = LoadState::Loading;
                     h.error = None;
                     h.failures = 0;
@@ -170,6 +179,7 @@ impl LocalReplicas {
                         key.clone(),
                         Held {
                             package: package.clone(),
+                            replicas: a.replicas,
                             state: LoadState::Loading,
                             error: None,
                             serving: None,
@@ -359,6 +369,7 @@ async fn load(node: Arc<NodeShared>, key: Key, package: String, attempt: u64) {
                 // now be unused.
                 let replaced = attempt > 1;
                 node.replicas.retire(h);
+                loaded.set_replicas(h.replicas);
                 h.serving = Some((Arc::new(loaded), node.log_sink(&app)));
                 h.serving_package = Some(package.clone());
                 (None, replaced)

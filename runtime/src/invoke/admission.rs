@@ -8,13 +8,12 @@ use super::{Answer, Around, Call, FailureReason, Stage, answered, retry_shortly}
 use crate::limits::InstanceSlot;
 use std::convert::Infallible;
 use std::task::{Context, Poll};
-use tokio::sync::OwnedSemaphorePermit;
 
 /// A request admitted to run an instance, holding its places until the
 /// instance is gone.
 pub(super) struct Admitted<B> {
     pub(super) call: Call<B>,
-    pub(super) permit: OwnedSemaphorePermit,
+    pub(super) permit: crate::limits::GatePermit,
     pub(super) slot: InstanceSlot,
 }
 

@@ -26,7 +26,6 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll};
-use tokio::sync::OwnedSemaphorePermit;
 use wasmtime::component::Resource;
 use wasmtime::{Store, Trap};
 use wasmtime_wasi_http::WasiHttpView;
@@ -185,7 +184,7 @@ fn spawn_instance(
     store: Store<InstanceState>,
     req: Resource<IncomingRequest>,
     out: Resource<ResponseOutparam>,
-    permit: OwnedSemaphorePermit,
+    permit: crate::limits::GatePermit,
     slot: InstanceSlot,
     outcome: Arc<InstanceOutcome>,
 ) -> tokio::task::JoinHandle<InstanceResult> {
