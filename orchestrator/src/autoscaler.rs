@@ -65,7 +65,10 @@ pub struct Autoscaler {
     desired: u32,
     /// The demand last observed.
     demand: f64,
-    /// Demand observed over the last `scale_down_delay`, oldest first.
+    /// The demand observed over the last `scale_down_delay` that may
+    /// still be its highest: each entry is higher than every later one
+    /// (a sliding-window maximum), so a steady or rising demand keeps one
+    /// entry however long the delay.
     window: VecDeque<(Instant, f64)>,
     /// Since when the window holds every observation that matters for a
     /// scale-down: the autoscaler's start (a control plane just started
@@ -105,6 +108,9 @@ impl Autoscaler {
             0.0
         };
         self.demand = demand;
+        while self.window.back().is_some_and(|(_, d)| *d <= demand) {
+            self.window.pop_back();
+        }
         self.window.push_back((now, demand));
         while self
             .window
@@ -135,7 +141,7 @@ impl Autoscaler {
         } else if from > max {
             (max, format!("above the maximum of {max}"))
         } else {
-            let peak = self.window.iter().map(|(_, d)| *d).fold(0.0, f64::max);
+            let peak = self.window.front().map_or(0.0, |(_, d)| *d);
             let wanted = policy.bounded(peak);
             let watched = now.saturating_duration_since(self.watched_since);
             if wanted >= from || watched < policy.scale_down_delay {
@@ -228,6 +234,20 @@ mod tests {
             a.observe(&p, 25.0, secs(start, s));
         }
         assert_eq!(a.desired(), 3);
+    }
+
+    #[test]
+    fn a_long_delay_keeps_few_observations() {
+        let start = Instant::now();
+        let mut a = Autoscaler::new(1, start);
+        let p = Policy {
+            scale_down_delay: Duration::from_secs(3600),
+            ..policy(1, 10)
+        };
+        for s in 0..3600 {
+            a.observe(&p, 5.0 + (s % 7) as f64, secs(start, s));
+        }
+        assert!(a.window.len() <= 8, "{}", a.window.len());
     }
 
     #[test]

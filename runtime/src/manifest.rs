@@ -169,6 +169,9 @@ pub struct Scale {
 /// no `max`.
 pub const DEFAULT_MAX_REPLICAS: u32 = 10;
 
+/// The longest `scale_down_delay`.
+pub const MAX_SCALE_DOWN_DELAY: Duration = Duration::from_secs(3600);
+
 /// The most replicas of one component a manifest (or `skiff scale`) may
 /// ask for.
 pub const MAX_REPLICAS: u32 = 10_000;
@@ -284,6 +287,12 @@ impl Scale {
             .is_some_and(|d| d.as_duration() < Duration::from_secs(1))
         {
             return Err("scale.scale_down_delay must be at least \"1s\": shorter, replicas would come and go with every pause between requests".to_string());
+        }
+        if self
+            .scale_down_delay
+            .is_some_and(|d| d.as_duration() > MAX_SCALE_DOWN_DELAY)
+        {
+            return Err("scale.scale_down_delay must be at most \"1h\"; for replicas that stay, raise scale.min".to_string());
         }
         if self.target_concurrency == Some(0) {
             return Err(

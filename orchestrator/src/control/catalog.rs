@@ -75,6 +75,22 @@ pub struct ComponentPlan {
     pub allow_callers: Vec<skiff_runtime::mesh::CallerPattern>,
 }
 
+impl ComponentPlan {
+    /// The replicas `app` runs of this component (`component`): what a
+    /// deploy or `skiff scale` stored, else what the manifest asks for.
+    pub fn replicas_in(&self, app: &crate::state::AppRecord, component: &str) -> Replicas {
+        app.scale.get(component).copied().unwrap_or(self.replicas)
+    }
+
+    /// Whether `app` lets this component run no replica while idle.
+    pub fn scales_from_zero(&self, app: &crate::state::AppRecord, component: &str) -> bool {
+        matches!(
+            self.replicas_in(app, component),
+            Replicas::Auto { min: 0, .. }
+        )
+    }
+}
+
 /// Reads package `digest` from `store`, verifying every blob; a blob
 /// found corrupt is removed from the store.
 ///

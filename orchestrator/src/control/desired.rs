@@ -9,7 +9,6 @@
 use super::Live;
 use super::reconcile::endpoint_node;
 use crate::api::{AppRouting, Assignment, DesiredChange, Endpoint};
-use crate::state::Replicas;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
@@ -272,12 +271,7 @@ fn routing_and_assignments(live: &Live) -> (BTreeMap<String, AppRouting>, Assign
             scale_from_zero: spec
                 .components
                 .iter()
-                .filter(|(c, plan)| {
-                    matches!(
-                        record.scale.get(*c).copied().unwrap_or(plan.replicas),
-                        Replicas::Auto { min: 0, .. }
-                    )
-                })
+                .filter(|(c, plan)| plan.scales_from_zero(record, c))
                 .map(|(c, _)| c.clone())
                 .collect(),
         };

@@ -290,7 +290,17 @@ fn autoscale(live: &mut Live, specs: &AppSpecs, now: Instant) {
             } else {
                 0.0
             };
-            let held = load.held.min(MAX_HELD_COUNTED);
+            // Requests are held only for a component that may run no
+            // replica: a node's word of others held is not demand.
+            let scales_from_zero = live
+                .apps
+                .get(app)
+                .is_some_and(|record| plan.scales_from_zero(record, component));
+            let held = if scales_from_zero {
+                load.held.min(MAX_HELD_COUNTED)
+            } else {
+                0
+            };
             *demand.entry((app, component)).or_default() += concurrency + f64::from(held);
             if held > 0 {
                 let top = held_at
@@ -309,7 +319,7 @@ fn autoscale(live: &mut Live, specs: &AppSpecs, now: Instant) {
             continue;
         };
         for (component, plan) in &spec.components {
-            let replicas = app.scale.get(component).copied().unwrap_or(plan.replicas);
+            let replicas = plan.replicas_in(app, component);
             let Replicas::Auto { min, max } = replicas else {
                 continue;
             };
@@ -364,7 +374,7 @@ impl Live {
         component: &str,
         plan: &ComponentPlan,
     ) -> u32 {
-        match app.scale.get(component).copied().unwrap_or(plan.replicas) {
+        match plan.replicas_in(app, component) {
             Replicas::Fixed(n) => n,
             Replicas::Auto { min, .. } => self
                 .autoscalers
@@ -381,9 +391,7 @@ impl Live {
         component: &str,
         plan: &ComponentPlan,
     ) -> Option<crate::api::AutoscaleView> {
-        let Replicas::Auto { min, max } =
-            app.scale.get(component).copied().unwrap_or(plan.replicas)
-        else {
+        let Replicas::Auto { min, max } = plan.replicas_in(app, component) else {
             return None;
         };
         Some(crate::api::AutoscaleView {
@@ -564,12 +572,7 @@ pub(super) fn headroom_warnings(live: &Live, app: &str) -> Vec<String> {
     let (_, snapshot) = snapshot(live, &specs, &BTreeSet::new());
     let mut warnings = Vec::new();
     for (component, plan) in &spec.components {
-        let Replicas::Auto { max, .. } = record
-            .scale
-            .get(component)
-            .copied()
-            .unwrap_or(plan.replicas)
-        else {
+        let Replicas::Auto { max, .. } = plan.replicas_in(record, component) else {
             continue;
         };
         let placed = live

@@ -289,5 +289,7 @@ fn autoscaling_keys_that_contradict_are_refused_by_name() {
     assert!(invalid("target_concurrency = 0").contains("target_concurrency must be at least 1"));
     assert!(invalid("max = 0").contains("scale.max must be at least 1"));
     assert!(invalid("min = 1\nscale_down_delay = \"100ms\"").contains("at least \"1s\""));
+    assert!(invalid("scale_down_delay = \"2h\"").contains("at most \"1h\""));
+    assert!(invalid("max = 20000").contains("over the limit of 10000"));
     assert!(invalid("min = 5\nmax = 2").starts_with("component \"x\""));
 }
