@@ -65,9 +65,11 @@ pub fn deploy(args: DeployArgs) -> anyhow::Result<()> {
         if !args.cluster.json() {
             warn_all(&declared.warnings);
         }
-        if args.wait {
-            wait_until_running(&client, &declared.app, args.timeout).await?;
-        }
+        let running = if args.wait {
+            Some(wait_until_running(&client, &declared.app, args.timeout).await?)
+        } else {
+            None
+        };
         if args.cluster.json() {
             out!("{}", serde_json::to_string_pretty(&declared)?)?;
         } else {
@@ -78,6 +80,9 @@ pub fn deploy(args: DeployArgs) -> anyhow::Result<()> {
                 prepared.descriptor.digest.short(),
                 declared.generation
             )?;
+            if let Some(note) = running.as_ref().and_then(idle_note) {
+                out!("{note}")?;
+            }
         }
         Ok(())
     })
@@ -90,7 +95,29 @@ pub fn warn_all(warnings: &[String]) {
     }
 }
 
-/// Waits until every replica of `app` runs its current package.
+/// Says which components of `app` run no replica because they are
+/// scaled to zero (their first request starts one), if any.
+pub fn idle_note(app: &AppView) -> Option<String> {
+    let idle: Vec<String> = app
+        .components
+        .iter()
+        .filter(|c| c.desired == 0 && c.autoscale.as_ref().is_some_and(|a| a.min == 0))
+        .map(|c| format!("{}/{}", app.name, c.name))
+        .collect();
+    match idle.as_slice() {
+        [] => None,
+        [one] => Some(format!(
+            "{one} is scaled to zero: its first request starts a replica"
+        )),
+        _ => Some(format!(
+            "{} are scaled to zero: the first request to each starts a replica",
+            idle.join(", ")
+        )),
+    }
+}
+
+/// Waits until every replica of `app` runs its current package; returns
+/// the app as it is then.
 ///
 /// # Errors
 ///
@@ -100,16 +127,16 @@ pub async fn wait_until_running(
     client: &ApiClient,
     app: &str,
     limit: Duration,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<AppView> {
     let deadline = Instant::now() + limit;
     loop {
         let apps: Vec<AppView> = client.get("/v1/apps").await?;
         let ready = apps
-            .iter()
+            .into_iter()
             .find(|a| a.name == app)
-            .is_some_and(|a| a.components.iter().all(|c| c.running >= c.desired));
-        if ready {
-            return Ok(());
+            .filter(|a| a.components.iter().all(|c| c.running >= c.desired));
+        if let Some(ready) = ready {
+            return Ok(ready);
         }
         let replicas: Vec<ReplicaView> = client.get(&format!("/v1/replicas?app={app}")).await?;
         let describe = |r: &ReplicaView| {

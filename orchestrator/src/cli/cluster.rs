@@ -340,15 +340,19 @@ pub fn up(args: UpArgs) -> anyhow::Result<()> {
             let deployed = async {
                 let declared = deploy::upload_and_declare(&client, prepared).await?;
                 super::apps::warn_all(&declared.warnings);
-                super::apps::wait_until_running(&client, &declared.app, Duration::from_secs(60))
-                    .await?;
-                Ok::<_, anyhow::Error>(declared)
+                let running = super::apps::wait_until_running(
+                    &client,
+                    &declared.app,
+                    Duration::from_secs(60),
+                )
+                .await?;
+                Ok::<_, anyhow::Error>((declared, running))
             };
             let declared = tokio::select! {
                 declared = deployed => declared,
                 _ = &mut signalled => Err(anyhow::anyhow!("stopped before the app was running")),
             };
-            let declared = match declared {
+            let (declared, running) = match declared {
                 Ok(declared) => declared,
                 Err(e) => {
                     let _ = stop.send(true);
@@ -363,6 +367,9 @@ pub fn up(args: UpArgs) -> anyhow::Result<()> {
                 prepared.descriptor.digest.short(),
                 started.elapsed()
             )?;
+            if let Some(note) = super::apps::idle_note(&running) {
+                out!("{note}")?;
+            }
         }
         out!("Serving http://{ingress} (control plane {url}; Ctrl-C to stop)")?;
         if let Some(previous) = &previous {

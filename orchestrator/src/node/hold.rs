@@ -113,6 +113,18 @@ where
             drop(hold);
             return invoke(&local, request, &sink, inbound).await;
         }
+        // Placed here, and its load failed: no use waiting for the retry.
+        if node.replicas.failed(name, component) {
+            tracing::warn!(
+                app = name,
+                component,
+                reason = "load_failed",
+                "held request refused: the replica placed here failed to load"
+            );
+            return retry_shortly(format!(
+                "app \"{name}\" component \"{component}\" failed to start; see `skiff ps {name}`\n"
+            ));
+        }
         let current = node.routing.read().expect("routing lock").app(name);
         match current {
             // The app was deleted while the request waited.

@@ -2,8 +2,9 @@
 //! report it to the autoscaler: each one's requests in its instances or
 //! queued for one, sampled every [`SAMPLE_EVERY`] and averaged over the
 //! last [`SAMPLES`] samples (a second), plus the requests held for it
-//! while no replica runs (see `hold`). A component that starts queueing
-//! is news: the control plane hears of it at once, not with the next
+//! while no replica runs (see `hold`). A component that starts queueing,
+//! or whose demand doubled since the control plane last heard of it, is
+//! news: the control plane hears of it at once, not with the next
 //! heartbeat.
 
 use super::NodeShared;
@@ -33,6 +34,8 @@ struct Window {
     samples: [u32; SAMPLES],
     next: usize,
     saturated: bool,
+    /// The average last reported (or told as news).
+    told: f64,
     /// Sampled this round; a component no longer serving here is not,
     /// and gets a zero.
     sampled: bool,
@@ -71,7 +74,13 @@ impl LoadMeter {
             };
             window.push(in_flight);
             window.sampled = true;
-            news |= saturated && !window.saturated;
+            // News: it starts queueing, or its demand doubled since the
+            // control plane last heard of it.
+            let mean = window.mean();
+            if (saturated && !window.saturated) || (mean >= 1.0 && mean >= 2.0 * window.told) {
+                news = true;
+                window.told = mean;
+            }
             window.saturated = saturated;
         });
         windows.retain(|_, w| {
@@ -87,16 +96,17 @@ impl LoadMeter {
     /// What the next heartbeat reports: each component with demand, and
     /// with the requests `held` for it (by `(app, component)`).
     pub(crate) fn report(&self, held: HashMap<Key, u32>) -> Vec<ComponentLoad> {
-        let windows = self.windows.lock().expect("load lock");
+        let mut windows = self.windows.lock().expect("load lock");
         let mut load: HashMap<&Key, ComponentLoad> = windows
-            .iter()
+            .iter_mut()
             .map(|(key, window)| {
+                window.told = window.mean();
                 (
-                    key,
+                    &*key,
                     ComponentLoad {
                         app: key.0.clone(),
                         component: key.1.clone(),
-                        concurrency: window.mean(),
+                        concurrency: window.told,
                         held: 0,
                     },
                 )

@@ -217,6 +217,16 @@ impl LocalReplicas {
             .contains_key(&(app.to_string(), component.to_string()))
     }
 
+    /// Whether `app`/`component` is assigned here and its last load
+    /// failed (it is retried with backoff).
+    pub(crate) fn failed(&self, app: &str, component: &str) -> bool {
+        self.held
+            .lock()
+            .expect("replica lock")
+            .get(&(app.to_string(), component.to_string()))
+            .is_some_and(|h| h.state == LoadState::Failed && h.serving.is_none())
+    }
+
     /// Runs `f` on every component serving here, under the replica lock
     /// (so `f` must be quick).
     pub(crate) fn for_each_serving(&self, mut f: impl FnMut(&Key, &LoadedComponent)) {
