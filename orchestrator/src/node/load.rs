@@ -102,7 +102,7 @@ impl LoadMeter {
             .map(|(key, window)| {
                 window.told = window.mean();
                 (
-                    &*key,
+                    key,
                     ComponentLoad {
                         app: key.0.clone(),
                         component: key.1.clone(),
