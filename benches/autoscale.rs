@@ -262,7 +262,7 @@ fn from_zero_in_a_cluster(cluster: &Cluster, count: usize) {
         cluster.wait_known_everywhere("zero", 0);
     }
     report_cold_starts(
-        "through a node holding no replica (3-node cluster)",
+        "through a node holding no replica (3-node cluster; the load step compiled the probe)",
         times,
         50.0,
     );
