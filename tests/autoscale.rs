@@ -178,11 +178,23 @@ fn a_component_scaled_to_zero_serves_a_request_held_on_a_node_without_a_replica(
          [component.probe.scale]\nmin = 0\nmax = 2\nscale_down_delay = \"1s\"\n\
          [component.probe.placement]\nmemory = \"64MiB\"\n",
     );
-    let deployed = cluster.cli(&["deploy", &app]);
+    // A new version starts one replica (its load checked by --wait), and
+    // with no request goes to zero after the delay.
+    let deployed = cluster.cli(&["deploy", &app, "--wait"]);
     assert!(deployed.contains("app \"cold\" created"), "{deployed}");
-    // Idle from the start: no replica.
-    std::thread::sleep(Duration::from_secs(2));
-    assert!(cluster.replicas("cold").is_empty());
+    assert!(
+        deployed.contains("scales to zero without requests: cold/probe after 1s"),
+        "{deployed}"
+    );
+    assert_eq!(cluster.replicas("cold").len(), 1);
+    wait_until(Duration::from_secs(10), "no replica", || {
+        cluster.replicas("cold").is_empty().then_some(())
+    });
+    assert!(
+        events(&cluster, "cold")
+            .iter()
+            .any(|e| e["message"] == "cold/probe 1 -> 0: no requests for 1s")
+    );
     cluster.wait_known_everywhere("cold", 0);
 
     // Through node-2: held, a replica placed there, served.
@@ -205,11 +217,6 @@ fn a_component_scaled_to_zero_serves_a_request_held_on_a_node_without_a_replica(
     wait_until(Duration::from_secs(10), "no replica", || {
         cluster.replicas("cold").is_empty().then_some(())
     });
-    assert!(
-        events(&cluster, "cold")
-            .iter()
-            .any(|e| e["message"] == "cold/probe 1 -> 0: no requests for 1s")
-    );
     cluster.wait_known_everywhere("cold", 0);
     let (status, _) = get(&format!("{}/sleep?1", cluster.nodes[2].process.url));
     assert_eq!(status, 200);
@@ -252,17 +259,28 @@ fn a_component_scaled_to_zero_serves_a_request_held_on_a_node_without_a_replica(
     let pinned = cluster.cli(&["scale", "cold/probe", "2"]);
     assert!(
         pinned.contains("cold/probe pinned at 2 replicas; autoscaling is off")
-            && pinned.contains("(was autoscaled from 0 to 2 replicas)"),
+            && pinned.contains("(was autoscaled between 0 and 2 replicas)"),
         "{pinned}"
     );
     cluster.wait_running("cold", 2);
     let bounded = cluster.cli(&["scale", "cold/probe", "--min", "1", "--max", "3"]);
     assert!(
-        bounded.contains("cold/probe autoscaled from 1 to 3 replicas (was 2 replicas)"),
+        bounded.contains("cold/probe autoscaled between 1 and 3 replicas (was 2 replicas)"),
         "{bounded}"
     );
     let refused = cluster.cli_fails(&["scale", "cold/probe", "--min", "4", "--max", "3"]);
     assert!(refused.contains("--min 4 is above --max 3"), "{refused}");
+    let refused = cluster.cli_fails(&["scale", "cold/probe", "--min", "5"]);
+    assert!(
+        refused.contains("--min 5 is above the max of 3: give --max too"),
+        "{refused}"
+    );
+    let set = events(&cluster, "cold");
+    assert!(
+        set.iter().any(|e| e["kind"] == "scale_set"
+            && e["message"] == "cold/probe 2 replicas by `skiff scale` (was autoscaled between 0 and 2 replicas)"),
+        "{set:?}"
+    );
     let refused = cluster.cli_fails(&["scale", "cold/probe", "--max", "20000"]);
     assert!(refused.contains("over the limit of 10000"), "{refused}");
     let apps = cluster.json(&["apps"]);
@@ -299,8 +317,33 @@ fn skiff_up_holds_a_request_until_a_replica_is_ready_and_refuses_one_held_too_lo
         ],
         "Serving ",
     );
+    assert!(
+        up.banner
+            .contains("scales to zero without requests: cold/probe after 1s"),
+        "{}",
+        up.banner
+    );
+    // Started with one replica by the deploy; held once it is gone.
+    wait_until(Duration::from_secs(10), "no replica of cold", || {
+        let output = support::skiff(home.path())
+            .args(["ps", "cold", "-o", "json"])
+            .output()
+            .unwrap();
+        let replicas: Value = serde_json::from_slice(&output.stdout).ok()?;
+        replicas.as_array()?.is_empty().then_some(())
+    });
+    std::thread::sleep(Duration::from_millis(300));
     let (status, body) = get(&up.at("/sleep?1"));
     assert_eq!((status, body.as_str()), (200, "slept 1ms"));
+    let output = support::skiff(home.path())
+        .args(["events", "cold"])
+        .output()
+        .unwrap();
+    let woke = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        woke.contains("cold/probe 0 -> 1: 1 request waiting for a replica"),
+        "{woke}"
+    );
 
     // A component no node may run (its labels match none): its request
     // is held for the limit, then refused with a reason to retry.

@@ -553,8 +553,8 @@ pub struct EventView {
     pub seq: u64,
     /// When, Unix milliseconds.
     pub unix_ms: u64,
-    /// `scaled`, `placed`, `moved`, `unschedulable`, `node_down` or
-    /// `node_back`.
+    /// `scaled`, `scale_set`, `placed`, `moved`, `unschedulable`,
+    /// `node_down` or `node_back`.
     pub kind: String,
     /// The app it concerns, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -87,6 +87,17 @@ impl Autoscaler {
         }
     }
 
+    /// Runs at least `replicas` from `now`, and keeps them a whole
+    /// `scale_down_delay` unless demand asks for more: a new version of a
+    /// component that may scale to zero starts one replica, so the deploy
+    /// loads (and checks) it and its first requests find it warm.
+    pub fn start_with(&mut self, replicas: u32, now: Instant) {
+        if self.desired < replicas {
+            self.desired = replicas;
+            self.watched_since = now;
+        }
+    }
+
     /// The replicas the component should run.
     pub fn desired(&self) -> u32 {
         self.desired
@@ -283,6 +294,23 @@ mod tests {
         let mut a = Autoscaler::new(0, start);
         let change = a.observe(&p, 0.4, start).unwrap();
         assert_eq!(change.reason, "1 request waiting for a replica");
+    }
+
+    #[test]
+    fn a_new_version_starts_one_replica_and_keeps_it_a_delay() {
+        let start = Instant::now();
+        let p = policy(0, 10);
+        let mut a = Autoscaler::new(0, start);
+        a.start_with(1, start);
+        assert_eq!(a.desired(), 1);
+        for s in 1..30 {
+            assert_eq!(a.observe(&p, 0.0, secs(start, s)), None, "at {s}s");
+        }
+        assert_eq!(a.observe(&p, 0.0, secs(start, 31)).unwrap().to, 0);
+        // Never fewer than it runs.
+        let mut busy = Autoscaler::new(4, start);
+        busy.start_with(1, start);
+        assert_eq!(busy.desired(), 4);
     }
 
     #[test]

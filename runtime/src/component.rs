@@ -262,6 +262,12 @@ impl LoadedComponent {
         self.gate.in_flight()
     }
 
+    /// The time requests that left its instances spent inside since the
+    /// last call (see [`crate::limits::ConcurrencyGate::take_busy`]).
+    pub fn take_busy(&self) -> std::time::Duration {
+        self.gate.take_busy()
+    }
+
     /// Whether every instance it may run at once is busy, so a request
     /// arriving now would queue.
     pub fn is_saturated(&self) -> bool {

@@ -4,8 +4,9 @@
 //! every replica of the process shares.
 
 use std::sync::atomic::AtomicBool;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use wasmtime::ResourceLimiter;
 
@@ -101,6 +102,9 @@ impl ResourceLimiter for InstanceLimiter {
 pub struct ConcurrencyGate {
     permits: Arc<Semaphore>,
     per_replica: usize,
+    /// Time spent inside by requests that left since it was last taken
+    /// (see [`ConcurrencyGate::take_busy`]), nanoseconds.
+    busy: Arc<AtomicU64>,
     /// The admitted-at-once limit now, and the permits to forget as they
     /// come back (the limit was lowered while they were in use).
     size: Arc<Mutex<GateSize>>,
@@ -120,10 +124,20 @@ struct GateSize {
 pub struct GatePermit {
     permit: Option<OwnedSemaphorePermit>,
     size: Arc<Mutex<GateSize>>,
+    entered: Instant,
+    busy: Arc<AtomicU64>,
 }
+
+/// The most of one request's time inside counted as busy when it leaves:
+/// a request that takes longer is seen in flight by whoever samples the
+/// gate at least this often.
+pub const BUSY_COUNTED: Duration = Duration::from_millis(100);
 
 impl Drop for GatePermit {
     fn drop(&mut self) {
+        let inside = self.entered.elapsed().min(BUSY_COUNTED);
+        self.busy
+            .fetch_add(inside.as_nanos() as u64, Ordering::Relaxed);
         let mut size = self.size.lock().unwrap_or_else(|e| e.into_inner());
         if size.owed > 0 {
             size.owed -= 1;
@@ -144,6 +158,7 @@ impl ConcurrencyGate {
         ConcurrencyGate {
             permits: Arc::new(Semaphore::new(max_concurrency as usize)),
             per_replica: max_concurrency as usize,
+            busy: Arc::new(AtomicU64::new(0)),
             size: Arc::new(Mutex::new(GateSize {
                 limit: max_concurrency as usize,
                 owed: 0,
@@ -181,6 +196,14 @@ impl ConcurrencyGate {
         inside + self.queued.load(Ordering::Acquire)
     }
 
+    /// The time requests that left spent inside since the last call (each
+    /// counted up to [`BUSY_COUNTED`]), and resets it: over an interval,
+    /// busy time divided by the interval is the average concurrency of
+    /// requests too short to be seen in flight by a sampler.
+    pub fn take_busy(&self) -> Duration {
+        Duration::from_nanos(self.busy.swap(0, Ordering::Relaxed))
+    }
+
     /// Whether a request arriving now would wait: every place is taken.
     pub fn is_full(&self) -> bool {
         self.permits.available_permits() == 0
@@ -210,6 +233,8 @@ impl ConcurrencyGate {
         Ok(GatePermit {
             permit: Some(permit),
             size: self.size.clone(),
+            entered: Instant::now(),
+            busy: self.busy.clone(),
         })
     }
 }
@@ -563,6 +588,25 @@ mod tests {
         assert!(gate.enter().await.is_err(), "four places for two replicas");
         drop((held, more));
         assert_eq!(gate.in_flight(), 0);
+    }
+
+    #[tokio::test]
+    async fn requests_that_left_count_their_time_inside_up_to_a_bound() {
+        let gate = ConcurrencyGate::new(4, 0);
+        let _ = gate.take_busy();
+        let short = gate.enter().await.unwrap();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        drop(short);
+        let busy = gate.take_busy();
+        assert!(
+            busy >= Duration::from_millis(20) && busy < BUSY_COUNTED,
+            "{busy:?}"
+        );
+        assert_eq!(gate.take_busy(), Duration::ZERO, "taken once");
+        let long = gate.enter().await.unwrap();
+        tokio::time::sleep(BUSY_COUNTED + Duration::from_millis(50)).await;
+        drop(long);
+        assert_eq!(gate.take_busy(), BUSY_COUNTED);
     }
 
     /// Awaits each of `entries` in turn, expecting every one admitted.

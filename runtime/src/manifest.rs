@@ -138,7 +138,7 @@ pub struct ComponentSpec {
 /// the cluster's autoscaler keeps the count within as traffic comes and
 /// goes (`min`, `max`, `target_concurrency`, `scale_down_delay`); not both.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
-#[serde(deny_unknown_fields, default)]
+#[serde(try_from = "ScaleKeys")]
 pub struct Scale {
     /// `replicas = 3`: replicas the cluster keeps running whatever the
     /// traffic. Default 1 when no autoscaling key is given; `skiff run`
@@ -163,6 +163,34 @@ pub struct Scale {
     /// replicas are removed. Default [`DEFAULT_SCALE_DOWN_DELAY`].
     #[serde(skip_serializing_if = "Option::is_none")]
     pub scale_down_delay: Option<DurationSpec>,
+}
+
+/// The keys of `[component.<name>.scale]` as written; checked together
+/// into a [`Scale`], so a contradiction is reported at the table's line.
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+struct ScaleKeys {
+    replicas: Option<u32>,
+    min: Option<u32>,
+    max: Option<u32>,
+    target_concurrency: Option<u32>,
+    scale_down_delay: Option<DurationSpec>,
+}
+
+impl TryFrom<ScaleKeys> for Scale {
+    type Error = String;
+
+    fn try_from(keys: ScaleKeys) -> Result<Scale, String> {
+        let scale = Scale {
+            replicas: keys.replicas,
+            min: keys.min,
+            max: keys.max,
+            target_concurrency: keys.target_concurrency,
+            scale_down_delay: keys.scale_down_delay,
+        };
+        scale.validate()?;
+        Ok(scale)
+    }
 }
 
 /// The most replicas an autoscaled component gets when its manifest sets
@@ -210,7 +238,9 @@ impl fmt::Display for Replicas {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Replicas::Fixed(n) => write!(f, "{n} replicas"),
-            Replicas::Auto { min, max } => write!(f, "autoscaled from {min} to {max} replicas"),
+            Replicas::Auto { min, max } => {
+                write!(f, "autoscaled between {min} and {max} replicas")
+            }
         }
     }
 }
@@ -275,6 +305,13 @@ impl Scale {
                     "scale.{key} = {n} is over the limit of {MAX_REPLICAS} replicas per component"
                 ));
             }
+        }
+        if let (Some(min), None) = (self.min, self.max)
+            && min > DEFAULT_MAX_REPLICAS
+        {
+            return Err(format!(
+                "scale.min ({min}) is above the default max ({DEFAULT_MAX_REPLICAS}): set scale.max too"
+            ));
         }
         if self.max == Some(0) {
             return Err(
@@ -572,9 +609,14 @@ impl Manifest {
                     "component \"{name}\": limits.stack must be at least \"64KiB\""
                 ));
             }
-            spec.scale
-                .validate()
-                .map_err(|e| format!("component \"{name}\": {e}"))?;
+            let target = spec.scale.target_concurrency(limits);
+            let most = limits.max_concurrency.saturating_add(limits.max_queued);
+            if target > most {
+                return Err(format!(
+                    "component \"{name}\": scale.target_concurrency ({target}) is above what one replica takes at once (limits.max_concurrency {} + limits.max_queued {} = {most}), so demand could never reach it: lower it, or raise the limits",
+                    limits.max_concurrency, limits.max_queued
+                ));
+            }
             for mount in &spec.files {
                 if !mount.destination.starts_with('/') {
                     return Err(format!(

@@ -95,25 +95,24 @@ pub fn warn_all(warnings: &[String]) {
     }
 }
 
-/// Says which components of `app` run no replica because they are
-/// scaled to zero (their first request starts one), if any.
+/// Says which components of `app` scale to zero when idle (their next
+/// request then starts a replica), if any.
 pub fn idle_note(app: &AppView) -> Option<String> {
     let idle: Vec<String> = app
         .components
         .iter()
-        .filter(|c| c.desired == 0 && c.autoscale.as_ref().is_some_and(|a| a.min == 0))
-        .map(|c| format!("{}/{}", app.name, c.name))
+        .filter_map(|c| {
+            let auto = c.autoscale.as_ref().filter(|a| a.min == 0)?;
+            let delay = humantime::format_duration(Duration::from_millis(auto.scale_down_delay_ms));
+            Some(format!("{}/{} after {delay}", app.name, c.name))
+        })
         .collect();
-    match idle.as_slice() {
-        [] => None,
-        [one] => Some(format!(
-            "{one} is scaled to zero: its first request starts a replica"
-        )),
-        _ => Some(format!(
-            "{} are scaled to zero: the first request to each starts a replica",
+    (!idle.is_empty()).then(|| {
+        format!(
+            "scales to zero without requests: {}; a request then starts a replica",
             idle.join(", ")
-        )),
-    }
+        )
+    })
 }
 
 /// Waits until every replica of `app` runs its current package; returns
@@ -252,8 +251,8 @@ fn scale_outcome(app: &str, component: &str, answer: &crate::api::ScaleResponse)
                 "pinned at {n} replicas; autoscaling is off until `skiff scale --min/--max` or the next deploy"
             )
         }
-        Replicas::Fixed(n) => format!("scaled to {n} replicas"),
-        Replicas::Auto { min, max } => format!("autoscaled from {min} to {max} replicas"),
+        Replicas::Fixed(n) => format!("pinned at {n} replicas"),
+        auto => auto.to_string(),
     };
     if !answer.changed {
         return match answer.replicas {
@@ -353,6 +352,9 @@ pub fn nodes(args: ListArgs) -> anyhow::Result<()> {
 
 /// Arguments of `skiff scale`.
 #[derive(Debug, clap::Args)]
+#[command(
+    override_usage = "skiff scale APP[/COMPONENT] REPLICAS\n       skiff scale APP[/COMPONENT] [--min N] [--max N]"
+)]
 pub struct ScaleArgs {
     /// `APP/COMPONENT`, or `APP` when it has one component.
     target: String,

@@ -445,6 +445,13 @@ async fn scale(shared: &Shared, app: &str, request: ScaleRequest) -> Handled {
         if let Some(record) = shared.store.app(app).map_err(Refusal::internal)? {
             live.apps.insert(record.name.clone(), record);
         }
+        if applied != Applied::Unchanged {
+            live.events.record(
+                super::events::EventKind::ScaleSet,
+                Some((app, component)),
+                format!("{app}/{component} {replicas} by `skiff scale` (was {before})"),
+            );
+        }
         (before, replicas, applied, live.passes)
     };
     tracing::info!(
@@ -452,6 +459,11 @@ async fn scale(shared: &Shared, app: &str, request: ScaleRequest) -> Handled {
         component,
         "{app}/{component} set to {replicas} (was {before})"
     );
+    if applied != Applied::Unchanged {
+        // Nodes route by it (whether requests for it are held while it
+        // runs no replica), even when no replica changes.
+        shared.bump();
+    }
     // Said again when nothing changed: a user running the same scale to
     // check must not be told all is well.
     let warnings = if applied == Applied::Unchanged || placed_after(shared, passes_before).await {
@@ -492,8 +504,15 @@ fn requested_replicas(request: &ScaleRequest, before: Replicas) -> Result<Replic
                 Replicas::Auto { min, max } => (min, max),
                 Replicas::Fixed(_) => (1, DEFAULT_MAX_REPLICAS),
             };
+            if let (Some(min), None) = (min, max)
+                && min > was_max
+            {
+                return Err(format!(
+                    "--min {min} is above the max of {was_max}: give --max too"
+                ));
+            }
             let min = min.unwrap_or(was_min);
-            let max = max.unwrap_or(was_max.max(min));
+            let max = max.unwrap_or(was_max);
             if max == 0 {
                 return Err(
                     "--max must be at least 1 (--min 0 lets an idle component run no replica)"
@@ -541,6 +560,9 @@ async fn deploy(shared: &Shared, request: DeployRequest) -> Handled {
             .map_err(Refusal::internal)?
             .ok_or_else(|| Refusal::internal("the app vanished after it was stored"))?;
         let generation = record.generation;
+        if applied != Applied::Unchanged {
+            super::reconcile::start_new_version(&mut live, &record, &spec, Instant::now());
+        }
         live.specs
             .insert(request.package.clone(), Arc::new(spec.clone()));
         live.unreadable.remove(&request.package);

@@ -11,10 +11,12 @@ use std::collections::VecDeque;
 pub(crate) const KEPT: usize = 2_000;
 
 /// What kind of decision an event records.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub(crate) enum EventKind {
     /// The autoscaler changed a component's replica count.
     Scaled,
+    /// `skiff scale` pinned a component or set its autoscaling bounds.
+    ScaleSet,
     /// A replica was placed on a node.
     Placed,
     /// A replica moved off a draining or down node.
@@ -31,6 +33,7 @@ impl EventKind {
     fn as_str(self) -> &'static str {
         match self {
             EventKind::Scaled => "scaled",
+            EventKind::ScaleSet => "scale_set",
             EventKind::Placed => "placed",
             EventKind::Moved => "moved",
             EventKind::Unschedulable => "unschedulable",

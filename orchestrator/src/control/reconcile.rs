@@ -43,7 +43,16 @@ pub(super) async fn run(shared: Arc<Shared>) {
         if due {
             tokio::time::sleep(rest.saturating_sub(last_pass.elapsed())).await;
             let started = Instant::now();
-            pass(&shared);
+            // A pass over a large cluster takes a while and holds a
+            // std lock: off the async workers, so serving goes on.
+            let passing = shared.clone();
+            match tokio::task::spawn_blocking(move || pass(&passing)).await {
+                Ok(()) => {}
+                // The controller stops with its pass (`serve` says so).
+                Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+                // The runtime is shutting down.
+                Err(_) => return,
+            }
             last_pass = Instant::now();
             rest = (last_pass - started) * 2;
         }
@@ -266,11 +275,13 @@ const MAX_HELD_COUNTED: u32 = 1_000;
 fn autoscale(live: &mut Live, specs: &AppSpecs, now: Instant) {
     let mut on_node: HashMap<(&str, &str, &str), u32> = HashMap::new();
     let mut count: HashMap<(&str, &str), u32> = HashMap::new();
+    let mut placed: HashMap<(&str, &str), u32> = HashMap::new();
     for replica in live.replicas.values() {
         let workload = (replica.app.as_str(), replica.component.as_str());
         *count.entry(workload).or_default() += 1;
         if let Some(node) = replica.node.as_deref() {
             *on_node.entry((workload.0, workload.1, node)).or_default() += 1;
+            *placed.entry(workload).or_default() += 1;
         }
     }
     let mut demand: HashMap<(&str, &str), f64> = HashMap::new();
@@ -291,12 +302,15 @@ fn autoscale(live: &mut Live, specs: &AppSpecs, now: Instant) {
                 0.0
             };
             // Requests are held only for a component that may run no
-            // replica: a node's word of others held is not demand.
+            // replica and has none placed: a node's word of others held
+            // is not demand, so a node can bring a component from zero
+            // but not keep it up by claiming held requests.
             let scales_from_zero = live
                 .apps
                 .get(app)
                 .is_some_and(|record| plan.scales_from_zero(record, component));
-            let held = if scales_from_zero {
+            let none_placed = !placed.contains_key(&(app.as_str(), component.as_str()));
+            let held = if scales_from_zero && none_placed {
                 load.held.min(MAX_HELD_COUNTED)
             } else {
                 0
@@ -362,6 +376,22 @@ fn autoscale(live: &mut Live, specs: &AppSpecs, now: Instant) {
             Some((&app, &component)),
             format!("{app}/{component} {change}"),
         );
+    }
+}
+
+/// A new version of `app` (`record`, declared by `spec`) was deployed:
+/// each component that may scale to zero starts one replica (Knative's
+/// initial scale), so the new version is loaded, its load errors are
+/// seen at deploy, and it scales to zero only after a whole
+/// `scale_down_delay` without requests.
+pub(super) fn start_new_version(live: &mut Live, record: &AppRecord, spec: &AppSpec, now: Instant) {
+    for (component, plan) in &spec.components {
+        if plan.scales_from_zero(record, component) {
+            live.autoscalers
+                .entry((record.name.clone(), component.clone()))
+                .or_insert_with(|| Autoscaler::new(0, now))
+                .start_with(1, now);
+        }
     }
 }
 
@@ -433,17 +463,26 @@ fn match_scale(live: &mut Live, now_unix: u64, out: &mut Outcome) {
             if count > desired {
                 // One at a time: a pending one first, then one from the
                 // node with the most replicas of this component, then the
-                // newest.
+                // newest. The counts per node are kept as replicas go, so
+                // removing k of n costs k walks of n, not k of n squared.
+                let mut per_node: HashMap<Option<&str>, usize> = HashMap::new();
+                for r in &current {
+                    *per_node.entry(r.node.as_deref()).or_default() += 1;
+                }
                 for _ in desired..count {
-                    let per_node =
-                        |node: &Option<String>| current.iter().filter(|r| &r.node == node).count();
                     let victim = current
                         .iter()
                         .enumerate()
-                        .max_by_key(|(_, r)| (r.node.is_none(), per_node(&r.node), index_of(&r.id)))
-                        .map(|(i, r)| (i, r.id.clone()));
-                    let Some((i, id)) = victim else { break };
-                    current.remove(i);
+                        .max_by_key(|(_, r)| {
+                            let on_node = per_node.get(&r.node.as_deref()).copied();
+                            (r.node.is_none(), on_node, index_of(&r.id))
+                        })
+                        .map(|(i, r)| (i, r.id.clone(), r.node.as_deref()));
+                    let Some((i, id, node)) = victim else { break };
+                    if let Some(n) = per_node.get_mut(&node) {
+                        *n -= 1;
+                    }
+                    current.swap_remove(i);
                     remove.push(id);
                 }
             } else if count < desired {
@@ -620,6 +659,7 @@ fn place(live: &mut Live, specs: &AppSpecs, out: &mut Outcome, ids: Vec<String>,
     let placing: BTreeSet<&str> = ids.iter().map(String::as_str).collect();
     let (names, snapshot) = snapshot(live, specs, &placing);
     let plan = Scheduler::new().plan(&snapshot, &requests);
+    let mut decided = PassEvents::default();
     for ((id, request), decision) in ids.iter().zip(&requests).zip(plan.decisions) {
         match decision {
             Decision::Placed(placement) => {
@@ -628,7 +668,7 @@ fn place(live: &mut Live, specs: &AppSpecs, out: &mut Outcome, ids: Vec<String>,
                 let from = replica.node.replace(names[node].clone());
                 let workload = (replica.app.clone(), replica.component.clone());
                 out.put(replica);
-                let event = match from {
+                match from {
                     Some(from) => {
                         tracing::info!(
                             replica = id,
@@ -636,10 +676,12 @@ fn place(live: &mut Live, specs: &AppSpecs, out: &mut Outcome, ids: Vec<String>,
                             to = names[node],
                             "replica moved off a draining or down node"
                         );
-                        (
+                        decided.add(
                             EventKind::Moved,
-                            format!("{id} moved from {from} to {}", names[node]),
-                        )
+                            workload,
+                            id,
+                            format!("from {from} to {}", names[node]),
+                        );
                     }
                     None => {
                         tracing::info!(
@@ -648,14 +690,14 @@ fn place(live: &mut Live, specs: &AppSpecs, out: &mut Outcome, ids: Vec<String>,
                             scores = %placement,
                             "replica placed"
                         );
-                        (
+                        decided.add(
                             EventKind::Placed,
-                            format!("{id} placed on {} ({placement})", names[node]),
-                        )
+                            workload,
+                            id,
+                            format!("on {} ({placement})", names[node]),
+                        );
                     }
-                };
-                live.events
-                    .record(event.0, Some((&workload.0, &workload.1)), event.1);
+                }
                 live.pending.remove(id);
             }
             Decision::Unschedulable(why) => {
@@ -692,15 +734,91 @@ fn place(live: &mut Live, specs: &AppSpecs, out: &mut Outcome, ids: Vec<String>,
                     tracing::warn!(replica = id, "cannot place replica: {reason}");
                     let r = &live.replicas[id];
                     let workload = (r.app.clone(), r.component.clone());
-                    live.events.record(
+                    decided.add(
                         EventKind::Unschedulable,
-                        Some((&workload.0, &workload.1)),
-                        format!("{id} cannot be placed: {reason}"),
+                        workload,
+                        id,
+                        format!("cannot be placed: {reason}"),
                     );
                     live.pending.insert(id.clone(), reason);
                     out.changed = true;
                 }
             }
+        }
+    }
+    decided.record(&mut live.events);
+}
+
+/// `(kind, (app, component), the outcome the group shares, if any)`.
+type EventGroup = (EventKind, (String, String), String);
+
+/// A pass's placement events, one per component, kind and outcome, so a
+/// component scaled up by hundreds of replicas is one event, not hundreds
+/// pushing every other app's out of the log.
+#[derive(Default)]
+struct PassEvents {
+    /// Each group's replicas and their outcomes, in order.
+    groups: BTreeMap<EventGroup, Vec<(String, String)>>,
+}
+
+impl PassEvents {
+    fn add(&mut self, kind: EventKind, workload: (String, String), id: &str, outcome: String) {
+        // Placements and moves group by component; refusals by reason too.
+        let shared = match kind {
+            EventKind::Unschedulable => outcome.clone(),
+            _ => String::new(),
+        };
+        self.groups
+            .entry((kind, workload, shared))
+            .or_default()
+            .push((id.to_string(), outcome));
+    }
+
+    fn record(self, events: &mut super::events::EventLog) {
+        /// Replicas named in one event; the rest are counted.
+        const NAMED: usize = 5;
+        for ((kind, (app, component), shared), replicas) in self.groups {
+            let message = match replicas.as_slice() {
+                [(id, outcome)] => format!("{id} {outcome}"),
+                many => {
+                    let named: Vec<String> = many
+                        .iter()
+                        .take(NAMED)
+                        .map(|(id, outcome)| {
+                            if shared.is_empty() {
+                                format!("{id} {outcome}")
+                            } else {
+                                id.clone()
+                            }
+                        })
+                        .collect();
+                    let more = many.len().saturating_sub(NAMED);
+                    let more = if more > 0 {
+                        format!("; and {more} more")
+                    } else {
+                        String::new()
+                    };
+                    let verb = match kind {
+                        EventKind::Moved => "moved",
+                        EventKind::Unschedulable => "cannot be placed",
+                        _ => "placed",
+                    };
+                    if shared.is_empty() {
+                        format!(
+                            "{} replicas of {app}/{component} {verb}: {}{more}",
+                            many.len(),
+                            named.join("; ")
+                        )
+                    } else {
+                        format!(
+                            "{} replicas ({}{more}) {shared}",
+                            many.len(),
+                            named.join(", ")
+                        )
+                    }
+                }
+            };
+            events.record(kind, Some((&app, &component)), message);
         }
     }
 }

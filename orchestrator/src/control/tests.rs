@@ -726,6 +726,13 @@ fn the_autoscaler_follows_demand_prefers_the_holding_node_and_caps_absurd_report
         "{events:?}"
     );
 
+    // Once a replica is placed, no node's word of held requests counts:
+    // "c" claiming a thousand changes nothing.
+    report(&mut live, "c", 0.0, 1000);
+    reconcile(&mut live, now, &config(), 0);
+    assert_eq!(placement(&live).len(), 1);
+    report(&mut live, "c", 0.0, 0);
+
     // "b" claims a billion in flight: counted as no more than its one
     // replica can take (200), and never past max.
     report(&mut live, "b", 1e9, 0);
@@ -735,6 +742,14 @@ fn the_autoscaler_follows_demand_prefers_the_holding_node_and_caps_absurd_report
     let mut on: Vec<_> = placed.iter().filter_map(|(_, n)| n.clone()).collect();
     on.sort();
     assert_eq!(on, vec!["a", "b", "c"], "spread over the nodes");
+    // Both placements of the pass are one event.
+    let last = live.events.read(Some("web"), 0).pop().unwrap();
+    assert_eq!(last.kind, "placed");
+    assert!(
+        last.message.starts_with("2 replicas of web/api placed: web/api/1 on "),
+        "{}",
+        last.message
+    );
 
     // Quiet for the whole scale-down delay (30 s): back to none.
     report(&mut live, "b", 0.0, 0);

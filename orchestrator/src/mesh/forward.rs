@@ -377,7 +377,7 @@ fn not_here<B>(response: &hyper::Response<B>) -> bool {
 /// headers declare none (no `transfer-encoding`, no length but 0) and the
 /// body is already at its end or declared empty. A guest's streamed body
 /// declares nothing in its headers, so its end decides.
-fn surely_bodiless<B: Body>(request: &hyper::Request<B>) -> bool {
+pub(crate) fn surely_bodiless<B: Body>(request: &hyper::Request<B>) -> bool {
     let headers = request.headers();
     let length = headers
         .get(http::header::CONTENT_LENGTH)

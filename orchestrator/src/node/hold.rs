@@ -133,6 +133,16 @@ where
                     "app \"{name}\" was removed while this request waited for it\n"
                 ));
             }
+            // A new version dropped the component, or pinned it.
+            Some(current)
+                if !current.has_component(component) || !current.scales_from_zero(component) =>
+            {
+                drop(hold);
+                return Box::pin(super::reach::reach(
+                    node, &current, component, request, inbound,
+                ))
+                .await;
+            }
             Some(current)
                 if current
                     .endpoints(component)

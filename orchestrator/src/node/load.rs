@@ -1,7 +1,9 @@
 //! The demand on the components this node serves, as its heartbeats
 //! report it to the autoscaler: each one's requests in its instances or
-//! queued for one, sampled every [`SAMPLE_EVERY`] and averaged over the
-//! last [`SAMPLES`] samples (a second), plus the requests held for it
+//! queued for one, sampled every [`SAMPLE_EVERY`] (or, when higher, the
+//! time requests that left spent inside over the interval, so requests
+//! shorter than an interval count too) and averaged over the last
+//! [`SAMPLES`] samples (a second), plus the requests held for it
 //! while no replica runs (see `hold`). A component that starts queueing,
 //! or whose demand doubled since the control plane last heard of it, is
 //! news: the control plane hears of it at once, not with the next
@@ -11,7 +13,7 @@ use super::NodeShared;
 use crate::api::ComponentLoad;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// How often each serving component's demand is sampled.
 pub(crate) const SAMPLE_EVERY: Duration = Duration::from_millis(100);
@@ -26,12 +28,14 @@ type Key = (String, String);
 #[derive(Default)]
 pub(crate) struct LoadMeter {
     windows: Mutex<HashMap<Key, Window>>,
+    /// When the last sample was taken.
+    sampled_at: Mutex<Option<Instant>>,
 }
 
 /// One component's last samples, and whether it was queueing at the last.
 #[derive(Default)]
 struct Window {
-    samples: [u32; SAMPLES],
+    samples: [f64; SAMPLES],
     next: usize,
     saturated: bool,
     /// The average last reported (or told as news).
@@ -42,17 +46,17 @@ struct Window {
 }
 
 impl Window {
-    fn push(&mut self, in_flight: u32) {
-        self.samples[self.next] = in_flight;
+    fn push(&mut self, demand: f64) {
+        self.samples[self.next] = demand;
         self.next = (self.next + 1) % SAMPLES;
     }
 
     fn mean(&self) -> f64 {
-        self.samples.iter().map(|s| f64::from(*s)).sum::<f64>() / SAMPLES as f64
+        self.samples.iter().sum::<f64>() / SAMPLES as f64
     }
 
     fn idle(&self) -> bool {
-        self.samples.iter().all(|s| *s == 0)
+        self.samples.iter().all(|s| *s == 0.0)
     }
 }
 
@@ -62,17 +66,26 @@ impl LoadMeter {
     /// plane). Components idle for a whole window are forgotten, so an
     /// idle node costs nothing per component.
     fn sample(&self, node: &NodeShared) -> bool {
+        let now = Instant::now();
+        let interval = self
+            .sampled_at
+            .lock()
+            .expect("load lock")
+            .replace(now)
+            .map_or(SAMPLE_EVERY, |then| now - then)
+            .max(SAMPLE_EVERY / 10);
         let mut windows = self.windows.lock().expect("load lock");
         let mut news = false;
         node.replicas.for_each_serving(|key, component| {
-            let in_flight = u32::try_from(component.in_flight()).unwrap_or(u32::MAX);
+            let busy = component.take_busy().as_secs_f64() / interval.as_secs_f64();
+            let demand = (component.in_flight() as f64).max(busy);
             let saturated = component.is_saturated();
             let window = match windows.get_mut(key) {
                 Some(window) => window,
-                None if in_flight == 0 => return,
+                None if demand == 0.0 => return,
                 None => windows.entry(key.clone()).or_default(),
             };
-            window.push(in_flight);
+            window.push(demand);
             window.sampled = true;
             // News: it starts queueing, or its demand doubled since the
             // control plane last heard of it.
@@ -85,7 +98,7 @@ impl LoadMeter {
         });
         windows.retain(|_, w| {
             if !std::mem::take(&mut w.sampled) {
-                w.push(0);
+                w.push(0.0);
                 w.saturated = false;
             }
             !w.idle()
@@ -147,12 +160,12 @@ mod tests {
     fn a_window_averages_its_last_second_and_is_idle_once_it_holds_only_zeros() {
         let mut window = Window::default();
         for _ in 0..5 {
-            window.push(8);
+            window.push(8.0);
         }
         assert_eq!(window.mean(), 4.0);
         assert!(!window.idle());
         for _ in 0..SAMPLES {
-            window.push(0);
+            window.push(0.0);
         }
         assert!(window.idle());
     }
@@ -165,7 +178,7 @@ mod tests {
             let mut windows = meter.windows.lock().unwrap();
             let window = windows.entry(key.clone()).or_default();
             for _ in 0..SAMPLES {
-                window.push(3);
+                window.push(3.0);
             }
         }
         let held = HashMap::from([

@@ -45,10 +45,13 @@ where
         .filter(|e| e.node != node.config.name)
         .collect();
     // Here: no network, no TLS; unless every instance here is busy and
-    // another node runs a replica (one the autoscaler added, say): then
-    // the request goes there rather than queue here.
+    // another node runs a replica (one the autoscaler added, say): then a
+    // request without a body goes there rather than queue here (one with
+    // a body could not come back here if that replica just went).
     if let Some((local, sink)) = node.replicas.serving(&app.name, component)
-        && (elsewhere.is_empty() || !local.is_saturated())
+        && (elsewhere.is_empty()
+            || !local.is_saturated()
+            || !crate::mesh::forward::surely_bodiless(&request))
     {
         return invoke(&local, request, &sink, inbound).await;
     }

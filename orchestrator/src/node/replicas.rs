@@ -16,7 +16,7 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// First retry after a failed load; doubled per failure.
 const FIRST_BACKOFF: Duration = Duration::from_secs(1);
@@ -39,7 +39,14 @@ pub(crate) struct LocalReplicas {
     changes: Mutex<StatusChanges>,
     /// A collection of unused packages is due to run again.
     collect_scheduled: AtomicBool,
+    /// Packages of components no longer assigned here, and when they
+    /// left: kept for [`KEEP_RELEASED`], so a component scaled to zero
+    /// (or moved away and back) starts again without fetching them.
+    released: Mutex<HashMap<String, Instant>>,
 }
+
+/// How long a package stays on a node after its last component left.
+const KEEP_RELEASED: Duration = Duration::from_secs(600);
 
 /// Numbers every change of what the node reports, so a heartbeat carries
 /// only what changed since the status the control plane acknowledged:
@@ -121,6 +128,11 @@ impl LocalReplicas {
         let mut drop_held = |key: &Key, h: &mut Held| {
             let (app, component) = key;
             tracing::info!(app, component, "replica removed from this node");
+            let mut released = self.released.lock().expect("released lock");
+            let now = Instant::now();
+            for package in std::iter::once(&h.package).chain(h.serving_package.as_ref()) {
+                released.insert(package.clone(), now);
+            }
             self.retire(h);
             let seq = changes.next();
             changes.removed.push((key.clone(), seq));
@@ -271,8 +283,6 @@ impl LocalReplicas {
         }
     }
 
-    /// Packages a held component is assigned or serving, or a retired one
-    /// still has requests inside; and whether any retired one does.
     fn packages_in_use(&self) -> (std::collections::HashSet<String>, bool) {
         // One lock at a time: `retire` takes `retired` while `held` is held.
         let retired: Vec<String> = {
@@ -280,12 +290,18 @@ impl LocalReplicas {
             retired.retain(|(component, _)| Arc::strong_count(component) > 1);
             retired.iter().map(|(_, package)| package.clone()).collect()
         };
-        let draining = !retired.is_empty();
+        let kept: Vec<String> = {
+            let mut released = self.released.lock().expect("released lock");
+            released.retain(|_, at| at.elapsed() < KEEP_RELEASED);
+            released.keys().cloned().collect()
+        };
+        let draining = !retired.is_empty() || !kept.is_empty();
         let held = self.held.lock().expect("replica lock");
         let in_use = held
             .values()
             .flat_map(|h| std::iter::once(h.package.clone()).chain(h.serving_package.clone()))
             .chain(retired)
+            .chain(kept)
             .collect();
         (in_use, draining)
     }

@@ -275,11 +275,16 @@ target_concurrency = 25
 
 #[test]
 fn autoscaling_keys_that_contradict_are_refused_by_name() {
+    // Reported at the line of the scale table, naming the keys.
     let invalid = |scale: &str| {
         let text = format!(
             "[app]\nname = \"a\"\n[component.x]\nsource = \"x.wasm\"\n[component.x.scale]\n{scale}\n"
         );
         match Manifest::parse(&text, Path::new("skiff.toml")) {
+            Err(ManifestError::Syntax { line, message, .. }) => {
+                assert_eq!(line, 5, "{message}");
+                message
+            }
             Err(ManifestError::Invalid { message, .. }) => message,
             other => panic!("{scale}: expected an invalid manifest, got {other:?}"),
         }
@@ -291,5 +296,15 @@ fn autoscaling_keys_that_contradict_are_refused_by_name() {
     assert!(invalid("min = 1\nscale_down_delay = \"100ms\"").contains("at least \"1s\""));
     assert!(invalid("scale_down_delay = \"2h\"").contains("at most \"1h\""));
     assert!(invalid("max = 20000").contains("over the limit of 10000"));
-    assert!(invalid("min = 5\nmax = 2").starts_with("component \"x\""));
+    assert!(invalid("min = 20").contains("above the default max (10): set scale.max too"));
+    let text = "[app]\nname = \"a\"\n[component.x]\nsource = \"x.wasm\"\n\
+                [component.x.limits]\nmax_concurrency = 10\nmax_queued = 10\n\
+                [component.x.scale]\ntarget_concurrency = 21\n";
+    match Manifest::parse(text, Path::new("skiff.toml")) {
+        Err(ManifestError::Invalid { message, .. }) => assert!(
+            message.contains("scale.target_concurrency (21) is above what one replica takes at once (limits.max_concurrency 10 + limits.max_queued 10 = 20)"),
+            "{message}"
+        ),
+        other => panic!("{other:?}"),
+    }
 }
