@@ -262,10 +262,11 @@ impl LoadedComponent {
         self.gate.in_flight()
     }
 
-    /// The time requests that left its instances spent inside since the
-    /// last call (see [`crate::limits::ConcurrencyGate::take_busy`]).
-    pub fn take_busy(&self) -> std::time::Duration {
-        self.gate.take_busy()
+    /// The average number of requests in its instances or queued for one
+    /// since the last call (see
+    /// [`crate::limits::ConcurrencyGate::take_average`]).
+    pub fn take_average_demand(&self) -> f64 {
+        self.gate.take_average()
     }
 
     /// Whether every instance it may run at once is busy, so a request

@@ -4,9 +4,9 @@
 //! every replica of the process shares.
 
 use std::sync::atomic::AtomicBool;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use wasmtime::ResourceLimiter;
 
@@ -102,9 +102,9 @@ impl ResourceLimiter for InstanceLimiter {
 pub struct ConcurrencyGate {
     permits: Arc<Semaphore>,
     per_replica: usize,
-    /// Time spent inside by requests that left since it was last taken
-    /// (see [`ConcurrencyGate::take_busy`]), nanoseconds.
-    busy: Arc<AtomicU64>,
+    /// Requests inside or queued, integrated over time, for the average
+    /// demand (see [`ConcurrencyGate::take_average`]).
+    demand: Arc<Mutex<DemandArea>>,
     /// The admitted-at-once limit now, and the permits to forget as they
     /// come back (the limit was lowered while they were in use).
     size: Arc<Mutex<GateSize>>,
@@ -118,26 +118,63 @@ struct GateSize {
     owed: usize,
 }
 
+/// Requests inside or queued now, and their count integrated over time
+/// since the average was last taken: the exact time-weighted demand,
+/// however short the requests.
+#[derive(Debug)]
+struct DemandArea {
+    count: usize,
+    /// When `count` last changed, or the area was last taken.
+    since: Instant,
+    /// Request-seconds since `taken`.
+    area: f64,
+    taken: Instant,
+}
+
+impl DemandArea {
+    fn change(&mut self, up: bool) {
+        let now = Instant::now();
+        self.area += self.count as f64 * (now - self.since).as_secs_f64();
+        self.since = now;
+        if up {
+            self.count += 1;
+        } else {
+            self.count = self.count.saturating_sub(1);
+        }
+    }
+}
+
+/// One request counted as demand (queued or inside) until dropped.
+#[derive(Debug)]
+struct Demand(Arc<Mutex<DemandArea>>);
+
+impl Demand {
+    fn new(area: &Arc<Mutex<DemandArea>>) -> Demand {
+        area.lock().unwrap_or_else(|e| e.into_inner()).change(true);
+        Demand(area.clone())
+    }
+}
+
+impl Drop for Demand {
+    fn drop(&mut self) {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .change(false);
+    }
+}
+
 /// A place in the gate, given back when dropped (or forgotten, when the
 /// gate has shrunk since it was taken).
 #[derive(Debug)]
 pub struct GatePermit {
     permit: Option<OwnedSemaphorePermit>,
     size: Arc<Mutex<GateSize>>,
-    entered: Instant,
-    busy: Arc<AtomicU64>,
+    _demand: Demand,
 }
-
-/// The most of one request's time inside counted as busy when it leaves:
-/// a request that takes longer is seen in flight by whoever samples the
-/// gate at least this often.
-pub const BUSY_COUNTED: Duration = Duration::from_millis(100);
 
 impl Drop for GatePermit {
     fn drop(&mut self) {
-        let inside = self.entered.elapsed().min(BUSY_COUNTED);
-        self.busy
-            .fetch_add(inside.as_nanos() as u64, Ordering::Relaxed);
         let mut size = self.size.lock().unwrap_or_else(|e| e.into_inner());
         if size.owed > 0 {
             size.owed -= 1;
@@ -158,7 +195,12 @@ impl ConcurrencyGate {
         ConcurrencyGate {
             permits: Arc::new(Semaphore::new(max_concurrency as usize)),
             per_replica: max_concurrency as usize,
-            busy: Arc::new(AtomicU64::new(0)),
+            demand: Arc::new(Mutex::new(DemandArea {
+                count: 0,
+                since: Instant::now(),
+                area: 0.0,
+                taken: Instant::now(),
+            })),
             size: Arc::new(Mutex::new(GateSize {
                 limit: max_concurrency as usize,
                 owed: 0,
@@ -196,12 +238,20 @@ impl ConcurrencyGate {
         inside + self.queued.load(Ordering::Acquire)
     }
 
-    /// The time requests that left spent inside since the last call (each
-    /// counted up to [`BUSY_COUNTED`]), and resets it: over an interval,
-    /// busy time divided by the interval is the average concurrency of
-    /// requests too short to be seen in flight by a sampler.
-    pub fn take_busy(&self) -> Duration {
-        Duration::from_nanos(self.busy.swap(0, Ordering::Relaxed))
+    /// The average number of requests inside or queued since the last
+    /// call (or since the gate was made), and starts the next average:
+    /// every request counts for exactly its time here, so a stream of
+    /// requests shorter than any sampling interval is seen too.
+    pub fn take_average(&self) -> f64 {
+        let mut demand = self.demand.lock().unwrap_or_else(|e| e.into_inner());
+        let now = Instant::now();
+        demand.area += demand.count as f64 * (now - demand.since).as_secs_f64();
+        demand.since = now;
+        let span = (now - demand.taken).as_secs_f64();
+        let average = if span > 0.0 { demand.area / span } else { 0.0 };
+        demand.area = 0.0;
+        demand.taken = now;
+        average
     }
 
     /// Whether a request arriving now would wait: every place is taken.
@@ -215,26 +265,29 @@ impl ConcurrencyGate {
     ///
     /// [`Busy`] at once when every place is taken and the queue is full.
     pub async fn enter(&self) -> Result<GatePermit, Busy> {
-        let permit = match self.permits.clone().try_acquire_owned() {
-            Ok(permit) => permit,
+        let (permit, demand) = match self.permits.clone().try_acquire_owned() {
+            Ok(permit) => (permit, Demand::new(&self.demand)),
             Err(_) => {
                 if self.queued.fetch_add(1, Ordering::AcqRel) >= self.max_queued {
                     self.queued.fetch_sub(1, Ordering::AcqRel);
                     return Err(Busy);
                 }
                 let _leave_queue = QueueSlot(&self.queued);
-                self.permits
+                // Queued is demand too, until it leaves (admitted or not).
+                let demand = Demand::new(&self.demand);
+                let permit = self
+                    .permits
                     .clone()
                     .acquire_owned()
                     .await
-                    .map_err(|_| Busy)?
+                    .map_err(|_| Busy)?;
+                (permit, demand)
             }
         };
         Ok(GatePermit {
             permit: Some(permit),
             size: self.size.clone(),
-            entered: Instant::now(),
-            busy: self.busy.clone(),
+            _demand: demand,
         })
     }
 }
@@ -411,6 +464,7 @@ impl Drop for InstanceSlot {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
     use crate::engine::{EngineConfig, SkiffEngine};
     use crate::manifest::DEFAULT_STACK;
     use wasmtime::Store;
@@ -591,22 +645,42 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn requests_that_left_count_their_time_inside_up_to_a_bound() {
-        let gate = ConcurrencyGate::new(4, 0);
-        let _ = gate.take_busy();
-        let short = gate.enter().await.unwrap();
-        tokio::time::sleep(Duration::from_millis(20)).await;
-        drop(short);
-        let busy = gate.take_busy();
-        assert!(
-            busy >= Duration::from_millis(20) && busy < BUSY_COUNTED,
-            "{busy:?}"
-        );
-        assert_eq!(gate.take_busy(), Duration::ZERO, "taken once");
-        let long = gate.enter().await.unwrap();
-        tokio::time::sleep(BUSY_COUNTED + Duration::from_millis(50)).await;
-        drop(long);
-        assert_eq!(gate.take_busy(), BUSY_COUNTED);
+    async fn the_average_demand_counts_each_request_for_its_time_inside_or_queued() {
+        let gate = ConcurrencyGate::new(1, 4);
+        let _ = gate.take_average();
+        let started = std::time::Instant::now();
+        // One inside for the whole span, one queued for half of it.
+        let inside = gate.enter().await.unwrap();
+        let queued = {
+            let gate = &gate;
+            async move {
+                let waiting = gate.enter();
+                tokio::pin!(waiting);
+                tokio::select! {
+                    _ = &mut waiting => panic!("admitted past the limit"),
+                    () = tokio::time::sleep(Duration::from_millis(100)) => {}
+                }
+            }
+        };
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        queued.await;
+        let average = gate.take_average();
+        let span = started.elapsed().as_secs_f64();
+        // 1 x span + 1 x ~0.1 s over the span.
+        let expected = (span + 0.1) / span;
+        assert!((average - expected).abs() < 0.15, "{average} vs {expected}");
+        drop(inside);
+        // A burst of short requests between two takes is seen.
+        let _ = gate.take_average();
+        for _ in 0..20 {
+            let permit = gate.enter().await.unwrap();
+            tokio::time::sleep(Duration::from_millis(2)).await;
+            drop(permit);
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        let average = gate.take_average();
+        assert!((0.2..0.8).contains(&average), "{average}");
+        assert_eq!(gate.in_flight(), 0);
     }
 
     /// Awaits each of `entries` in turn, expecting every one admitted.

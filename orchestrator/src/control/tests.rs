@@ -746,7 +746,8 @@ fn the_autoscaler_follows_demand_prefers_the_holding_node_and_caps_absurd_report
     let last = live.events.read(Some("web"), 0).pop().unwrap();
     assert_eq!(last.kind, "placed");
     assert!(
-        last.message.starts_with("2 replicas of web/api placed: web/api/1 on "),
+        last.message
+            .starts_with("2 replicas of web/api placed: web/api/1 on "),
         "{}",
         last.message
     );

@@ -1,9 +1,8 @@
 //! The demand on the components this node serves, as its heartbeats
 //! report it to the autoscaler: each one's requests in its instances or
-//! queued for one, sampled every [`SAMPLE_EVERY`] (or, when higher, the
-//! time requests that left spent inside over the interval, so requests
-//! shorter than an interval count too) and averaged over the last
-//! [`SAMPLES`] samples (a second), plus the requests held for it
+//! queued for one, averaged over time (each request counts for exactly
+//! its time there, however short) in samples of [`SAMPLE_EVERY`], and
+//! over the last [`SAMPLES`] samples (a second), plus the requests held for it
 //! while no replica runs (see `hold`). A component that starts queueing,
 //! or whose demand doubled since the control plane last heard of it, is
 //! news: the control plane hears of it at once, not with the next
@@ -13,7 +12,7 @@ use super::NodeShared;
 use crate::api::ComponentLoad;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// How often each serving component's demand is sampled.
 pub(crate) const SAMPLE_EVERY: Duration = Duration::from_millis(100);
@@ -28,8 +27,6 @@ type Key = (String, String);
 #[derive(Default)]
 pub(crate) struct LoadMeter {
     windows: Mutex<HashMap<Key, Window>>,
-    /// When the last sample was taken.
-    sampled_at: Mutex<Option<Instant>>,
 }
 
 /// One component's last samples, and whether it was queueing at the last.
@@ -66,19 +63,10 @@ impl LoadMeter {
     /// plane). Components idle for a whole window are forgotten, so an
     /// idle node costs nothing per component.
     fn sample(&self, node: &NodeShared) -> bool {
-        let now = Instant::now();
-        let interval = self
-            .sampled_at
-            .lock()
-            .expect("load lock")
-            .replace(now)
-            .map_or(SAMPLE_EVERY, |then| now - then)
-            .max(SAMPLE_EVERY / 10);
         let mut windows = self.windows.lock().expect("load lock");
         let mut news = false;
         node.replicas.for_each_serving(|key, component| {
-            let busy = component.take_busy().as_secs_f64() / interval.as_secs_f64();
-            let demand = (component.in_flight() as f64).max(busy);
+            let demand = component.take_average_demand();
             let saturated = component.is_saturated();
             let window = match windows.get_mut(key) {
                 Some(window) => window,
