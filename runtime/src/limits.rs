@@ -464,9 +464,9 @@ impl Drop for InstanceSlot {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Duration;
     use crate::engine::{EngineConfig, SkiffEngine};
     use crate::manifest::DEFAULT_STACK;
+    use std::time::Duration;
     use wasmtime::Store;
     use wasmtime::component::{Component, Linker};
 

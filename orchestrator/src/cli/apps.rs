@@ -150,7 +150,10 @@ pub async fn wait_until_running(
             )
         };
         if let Some(failed) = replicas.iter().find(|r| r.state == "failed") {
-            anyhow::bail!("app \"{app}\" failed to start: {}", describe(failed));
+            anyhow::bail!(
+                "app \"{app}\" failed to start: {}; it stays deployed and is retried with backoff: fix it and deploy again, or remove it with `skiff delete {app}`",
+                describe(failed)
+            );
         }
         if Instant::now() > deadline {
             let states: Vec<String> = replicas.iter().map(describe).collect();

@@ -431,7 +431,13 @@ async fn scale(shared: &Shared, app: &str, request: ScaleRequest) -> Handled {
                 "app {app:?} has no component {component:?}; see `skiff apps`"
             ))
         })?;
-        let replicas = requested_replicas(&request, before).map_err(Refusal::bad)?;
+        // What the manifest declares: its bounds are the ones a pinned
+        // component goes back to when given only one.
+        let declared = live
+            .spec(app)
+            .and_then(|spec| spec.components.get(component))
+            .map(|plan| plan.replicas);
+        let replicas = requested_replicas(&request, before, declared).map_err(Refusal::bad)?;
         let applied = shared
             .store
             .scale(app, component, replicas)
@@ -485,9 +491,14 @@ async fn scale(shared: &Shared, app: &str, request: ScaleRequest) -> Handled {
 }
 
 /// What a scale request asks for, given what the component runs now
-/// (`before`): a count pins it; `min` or `max` autoscale it, the bound not
-/// given kept from before (or its default, when it was pinned).
-fn requested_replicas(request: &ScaleRequest, before: Replicas) -> Result<Replicas, String> {
+/// (`before`) and what its manifest declares: a count pins it; `min` or
+/// `max` autoscale it, the bound not given kept from before (or, when it
+/// was pinned, from the manifest's bounds, else the defaults).
+fn requested_replicas(
+    request: &ScaleRequest,
+    before: Replicas,
+    declared: Option<Replicas>,
+) -> Result<Replicas, String> {
     use skiff_runtime::manifest::{DEFAULT_MAX_REPLICAS, MAX_REPLICAS};
     let replicas = match (request.replicas, request.min, request.max) {
         (Some(_), Some(_), _) | (Some(_), _, Some(_)) => {
@@ -500,9 +511,11 @@ fn requested_replicas(request: &ScaleRequest, before: Replicas) -> Result<Replic
         }
         (Some(n), None, None) => Replicas::Fixed(n),
         (None, min, max) => {
-            let (was_min, was_max) = match before {
-                Replicas::Auto { min, max } => (min, max),
-                Replicas::Fixed(_) => (1, DEFAULT_MAX_REPLICAS),
+            let (was_min, was_max) = match (before, declared) {
+                (Replicas::Auto { min, max }, _) | (_, Some(Replicas::Auto { min, max })) => {
+                    (min, max)
+                }
+                _ => (1, DEFAULT_MAX_REPLICAS),
             };
             if let (Some(min), None) = (min, max)
                 && min > was_max
