@@ -291,6 +291,28 @@ fn a_component_scaled_to_zero_serves_a_request_held_on_a_node_without_a_replica(
     );
     let refused = cluster.cli_fails(&["scale", "cold/probe", "--max", "20000"]);
     assert!(refused.contains("over the limit of 10000"), "{refused}");
+    // A request held while its component is pinned keeps waiting for the
+    // replica the pin brings: here one no node may run until a label is
+    // set.
+    let late_dir = temp_dir();
+    let late = probe_app(
+        late_dir.path(),
+        "late",
+        "[component.probe.scale]\nmin = 0\n\
+         [component.probe.placement]\nlabels = { zone = \"late\" }\nmemory = \"64MiB\"\n",
+    );
+    cluster.cli(&["deploy", &late]);
+    cluster.wait_known_everywhere("late", 0);
+    let url = cluster.nodes[0].process.url.clone();
+    let held =
+        std::thread::spawn(move || support::cluster::get_as_host(&url, Some("late"), "/sleep?1"));
+    std::thread::sleep(Duration::from_secs(1));
+    cluster.cli(&["scale", "late/probe", "1"]);
+    std::thread::sleep(Duration::from_millis(500));
+    cluster.cli(&["label", "node-1", "zone=late"]);
+    let (status, body) = held.join().unwrap();
+    assert_eq!((status, body.as_str()), (200, "slept 1ms"));
+
     let apps = cluster.json(&["apps"]);
     let cold = apps
         .as_array()

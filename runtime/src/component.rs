@@ -269,6 +269,12 @@ impl LoadedComponent {
         self.gate.take_average()
     }
 
+    /// Whether a request arriving now would be refused: every instance
+    /// is busy and its queue is full.
+    pub fn is_full(&self) -> bool {
+        self.gate.queue_is_full()
+    }
+
     /// Whether every instance it may run at once is busy, so a request
     /// arriving now would queue.
     pub fn is_saturated(&self) -> bool {

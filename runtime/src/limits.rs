@@ -254,6 +254,12 @@ impl ConcurrencyGate {
         average
     }
 
+    /// Whether a request arriving now would be refused: every place is
+    /// taken and the queue is full.
+    pub fn queue_is_full(&self) -> bool {
+        self.is_full() && self.queued.load(Ordering::Acquire) >= self.max_queued
+    }
+
     /// Whether a request arriving now would wait: every place is taken.
     pub fn is_full(&self) -> bool {
         self.permits.available_permits() == 0

@@ -275,13 +275,15 @@ const MAX_HELD_COUNTED: u32 = 1_000;
 fn autoscale(live: &mut Live, specs: &AppSpecs, now: Instant) {
     let mut on_node: HashMap<(&str, &str, &str), u32> = HashMap::new();
     let mut count: HashMap<(&str, &str), u32> = HashMap::new();
-    let mut placed: HashMap<(&str, &str), u32> = HashMap::new();
+    let mut serving: std::collections::HashSet<(&str, &str)> = Default::default();
     for replica in live.replicas.values() {
         let workload = (replica.app.as_str(), replica.component.as_str());
         *count.entry(workload).or_default() += 1;
         if let Some(node) = replica.node.as_deref() {
             *on_node.entry((workload.0, workload.1, node)).or_default() += 1;
-            *placed.entry(workload).or_default() += 1;
+        }
+        if endpoint_node(live, replica).is_some() {
+            serving.insert(workload);
         }
     }
     let mut demand: HashMap<(&str, &str), f64> = HashMap::new();
@@ -302,15 +304,15 @@ fn autoscale(live: &mut Live, specs: &AppSpecs, now: Instant) {
                 0.0
             };
             // Requests are held only for a component that may run no
-            // replica and has none placed: a node's word of others held
+            // replica and has none serving: a node's word of others held
             // is not demand, so a node can bring a component from zero
-            // but not keep it up by claiming held requests.
+            // but not keep it up by claiming held requests once it runs.
             let scales_from_zero = live
                 .apps
                 .get(app)
                 .is_some_and(|record| plan.scales_from_zero(record, component));
-            let none_placed = !placed.contains_key(&(app.as_str(), component.as_str()));
-            let held = if scales_from_zero && none_placed {
+            let none_serving = !serving.contains(&(app.as_str(), component.as_str()));
+            let held = if scales_from_zero && none_serving {
                 load.held.min(MAX_HELD_COUNTED)
             } else {
                 0
@@ -456,35 +458,12 @@ fn match_scale(live: &mut Live, now_unix: u64, out: &mut Outcome) {
         };
         for (component, plan) in &spec.components {
             let desired = live.desired_replicas(app, component, plan);
-            let mut current = existing
+            let current = existing
                 .remove(&(name.as_str(), component.as_str()))
                 .unwrap_or_default();
             let count = current.len() as u32;
             if count > desired {
-                // One at a time: a pending one first, then one from the
-                // node with the most replicas of this component, then the
-                // newest. The counts per node are kept as replicas go, so
-                // removing k of n costs k walks of n, not k of n squared.
-                let mut per_node: HashMap<Option<&str>, usize> = HashMap::new();
-                for r in &current {
-                    *per_node.entry(r.node.as_deref()).or_default() += 1;
-                }
-                for _ in desired..count {
-                    let victim = current
-                        .iter()
-                        .enumerate()
-                        .max_by_key(|(_, r)| {
-                            let on_node = per_node.get(&r.node.as_deref()).copied();
-                            (r.node.is_none(), on_node, index_of(&r.id))
-                        })
-                        .map(|(i, r)| (i, r.id.clone(), r.node.as_deref()));
-                    let Some((i, id, node)) = victim else { break };
-                    if let Some(n) = per_node.get_mut(&node) {
-                        *n -= 1;
-                    }
-                    current.swap_remove(i);
-                    remove.push(id);
-                }
+                remove.extend(scale_down_order(&current, (count - desired) as usize));
             } else if count < desired {
                 let first = current
                     .iter()
@@ -512,6 +491,52 @@ fn match_scale(live: &mut Live, now_unix: u64, out: &mut Outcome) {
         live.pending.remove(&id);
         out.remove(&id);
     }
+}
+
+/// The `k` replicas of one component to remove, in order: pending ones
+/// first (newest first), then each time the newest on the node holding
+/// the most of them, so the ones left stay spread. A heap of nodes by
+/// replicas held makes removing k of n cost O(n log n), not O(k n).
+pub(super) fn scale_down_order(replicas: &[&ReplicaRecord], k: usize) -> Vec<String> {
+    use std::collections::BinaryHeap;
+    let mut pending: Vec<(u64, &str)> = Vec::new();
+    let mut by_node: HashMap<&str, Vec<(u64, &str)>> = HashMap::new();
+    for r in replicas {
+        let entry = (index_of(&r.id), r.id.as_str());
+        match r.node.as_deref() {
+            None => pending.push(entry),
+            Some(node) => by_node.entry(node).or_default().push(entry),
+        }
+    }
+    pending.sort_unstable();
+    let mut order: Vec<String> = pending
+        .iter()
+        .rev()
+        .take(k)
+        .map(|(_, id)| id.to_string())
+        .collect();
+    // Each node's replicas oldest first, so its newest is at the end; the
+    // heap holds (replicas left, its newest index, node).
+    let mut heap: BinaryHeap<(usize, u64, &str)> = BinaryHeap::new();
+    for (node, held) in &mut by_node {
+        held.sort_unstable();
+        let newest = held.last().map_or(0, |(index, _)| *index);
+        heap.push((held.len(), newest, node));
+    }
+    while order.len() < k {
+        let Some((_, _, node)) = heap.pop() else {
+            break;
+        };
+        let held = by_node
+            .get_mut(node)
+            .expect("a node in the heap has replicas");
+        let (_, id) = held.pop().expect("a node in the heap has replicas");
+        order.push(id.to_string());
+        if let Some((newest, _)) = held.last() {
+            heap.push((held.len(), *newest, node));
+        }
+    }
+    order
 }
 
 fn index_of(id: &str) -> u64 {

@@ -5,7 +5,7 @@ use super::catalog::{AppSpec, ComponentPlan};
 use super::reconcile::reconcile;
 use super::{ControlPlaneConfig, Live, LiveNode};
 use crate::scheduler::{ReplicaRequest, Strategy};
-use crate::state::{AppRecord, NodeRecord, ReplicaChange, Replicas};
+use crate::state::{AppRecord, NodeRecord, ReplicaChange, ReplicaRecord, Replicas};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -726,8 +726,20 @@ fn the_autoscaler_follows_demand_prefers_the_holding_node_and_caps_absurd_report
         "{events:?}"
     );
 
-    // Once a replica is placed, no node's word of held requests counts:
-    // "c" claiming a thousand changes nothing.
+    // Once a replica serves, no node's word of held requests counts: "c"
+    // claiming a thousand changes nothing.
+    let serving = crate::api::ComponentStatus {
+        app: "web".to_string(),
+        component: "api".to_string(),
+        package: "sha256:p".to_string(),
+        state: crate::api::LoadState::Running,
+        serving: Some("sha256:p".to_string()),
+        error: None,
+    };
+    live.nodes.get_mut("b").unwrap().components.insert(
+        "web".to_string(),
+        std::collections::HashMap::from([("api".to_string(), serving)]),
+    );
     report(&mut live, "c", 0.0, 1000);
     reconcile(&mut live, now, &config(), 0);
     assert_eq!(placement(&live).len(), 1);
@@ -771,4 +783,44 @@ fn the_autoscaler_follows_demand_prefers_the_holding_node_and_caps_absurd_report
             .iter()
             .any(|e| e.message == "web/api 3 -> 0: no requests for 30s")
     );
+}
+
+#[test]
+fn scale_down_removes_pending_first_then_from_the_fullest_node_newest_first() {
+    let record = |i: u64, node: Option<&str>| ReplicaRecord {
+        id: format!("web/api/{i}"),
+        app: "web".to_string(),
+        component: "api".to_string(),
+        node: node.map(str::to_string),
+        created_unix: 0,
+    };
+    // 10,000 replicas: a: 5,000, b: 3,000, c: 1,990, and 10 pending.
+    let replicas: Vec<ReplicaRecord> = (0..10_000u64)
+        .map(|i| {
+            let node = match i {
+                0..5_000 => Some("a"),
+                5_000..8_000 => Some("b"),
+                8_000..9_990 => Some("c"),
+                _ => None,
+            };
+            record(i, node)
+        })
+        .collect();
+    let refs: Vec<&ReplicaRecord> = replicas.iter().collect();
+    let order = super::reconcile::scale_down_order(&refs, 9_997);
+    assert_eq!(order.len(), 9_997);
+    assert_eq!(order[0], "web/api/9999", "pending, newest first");
+    assert_eq!(order[9], "web/api/9990");
+    assert_eq!(
+        order[10], "web/api/4999",
+        "then the newest on the fullest node"
+    );
+    let removed: std::collections::HashSet<&String> = order.iter().collect();
+    let mut left: Vec<&str> = replicas
+        .iter()
+        .filter(|r| !removed.contains(&r.id))
+        .filter_map(|r| r.node.as_deref())
+        .collect();
+    left.sort_unstable();
+    assert_eq!(left, vec!["a", "b", "c"], "the three left stay spread");
 }

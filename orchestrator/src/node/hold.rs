@@ -133,10 +133,10 @@ where
                     "app \"{name}\" was removed while this request waited for it\n"
                 ));
             }
-            // A new version dropped the component, or pinned it.
-            Some(current)
-                if !current.has_component(component) || !current.scales_from_zero(component) =>
-            {
+            // A new version dropped the component: answered as any
+            // request for it now is. (One pinned while this waits keeps
+            // waiting: its replica is coming.)
+            Some(current) if !current.has_component(component) => {
                 drop(hold);
                 return Box::pin(super::reach::reach(
                     node, &current, component, request, inbound,

@@ -46,14 +46,16 @@ where
         .collect();
     // Here: no network, no TLS; unless every instance here is busy and
     // another node runs a replica (one the autoscaler added, say): then a
-    // request without a body goes there rather than queue here (one with
-    // a body could not come back here if that replica just went).
-    if let Some((local, sink)) = node.replicas.serving(&app.name, component)
-        && (elsewhere.is_empty()
-            || !local.is_saturated()
-            || !crate::mesh::forward::surely_bodiless(&request))
-    {
-        return invoke(&local, request, &sink, inbound).await;
+    // request without a body goes there rather than queue here. One with
+    // a body goes only when this queue is full too (it would be refused
+    // here): if that replica has just gone, it could not come back.
+    if let Some((local, sink)) = node.replicas.serving(&app.name, component) {
+        let hand_over = !elsewhere.is_empty()
+            && local.is_saturated()
+            && (local.is_full() || crate::mesh::forward::surely_bodiless(&request));
+        if !hand_over {
+            return invoke(&local, request, &sink, inbound).await;
+        }
     }
     // Scaled to zero: held until the replica it brings is ready.
     if elsewhere.is_empty()
