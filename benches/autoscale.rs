@@ -30,13 +30,11 @@
 mod support;
 
 use skiff_orchestrator::api::AppView;
-use skiff_test_guests::PROBE;
-use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
-use support::cluster::{Cluster, one_at_a_time};
-use support::{Running, http, temp_dir, toml_path, wait_until, write_manifest};
+use support::cluster::{Cluster, one_at_a_time, probe_app, replica_count};
+use support::{Running, http, temp_dir, wait_until};
 
 /// Guest time per request in the load step, ms.
 const SLEEP_MS: u64 = 20;
@@ -109,17 +107,6 @@ fn percentile(values: &mut [f64], q: f64) -> f64 {
     values[((values.len() - 1) as f64 * q).round() as usize]
 }
 
-fn probe_manifest(dir: &Path, name: &str, extra: &str) -> String {
-    write_manifest(
-        dir,
-        &format!(
-            "[app]\nname = \"{name}\"\n[component.probe]\nsource = {}\nroute = \"/...\"\n{extra}",
-            toml_path(PROBE)
-        ),
-    );
-    dir.to_str().unwrap().to_string()
-}
-
 /// Replicas of `app` the control plane reports running.
 fn running(runtime: &tokio::runtime::Runtime, cluster: &Cluster, app: &str) -> u32 {
     let client = cluster.admin_client(Some(&support::cluster::admin_token(cluster)));
@@ -131,7 +118,7 @@ fn running(runtime: &tokio::runtime::Runtime, cluster: &Cluster, app: &str) -> u
 
 fn load_step(cluster: &Cluster) {
     let dir = temp_dir();
-    let app = probe_manifest(
+    let app = probe_app(
         dir.path(),
         "step",
         "[component.probe.limits]\nmax_concurrency = 4\n\
@@ -244,7 +231,7 @@ fn load_step(cluster: &Cluster) {
 /// no replica of it, `count` times after a first (cold cache) one.
 fn from_zero_in_a_cluster(cluster: &Cluster, count: usize) {
     let dir = temp_dir();
-    let app = probe_manifest(
+    let app = probe_app(
         dir.path(),
         "zero",
         "[component.probe.scale]\nmin = 0\nmax = 1\nscale_down_delay = \"1s\"\n\
@@ -275,7 +262,7 @@ fn from_zero_in_skiff_up(count: usize) {
     let _serial = one_at_a_time();
     let home = temp_dir();
     let dir = temp_dir();
-    let app = probe_manifest(
+    let app = probe_app(
         dir.path(),
         "zero",
         "[component.probe.scale]\nmin = 0\nmax = 1\nscale_down_delay = \"1s\"\n",
@@ -292,14 +279,7 @@ fn from_zero_in_skiff_up(count: usize) {
         ],
         "Serving ",
     );
-    let replicas = || {
-        let output = support::skiff(home.path())
-            .args(["ps", "zero", "-o", "json"])
-            .output()
-            .unwrap();
-        let replicas: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
-        replicas.as_array().map_or(0, Vec::len)
-    };
+    let replicas = || replica_count(home.path(), "zero");
     // A new version starts one replica; wait for it to go.
     wait_until(Duration::from_secs(20), "zero replicas", || {
         (replicas() == 0).then_some(())

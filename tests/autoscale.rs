@@ -8,25 +8,11 @@
 mod support;
 
 use serde_json::Value;
-use skiff_test_guests::PROBE;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use support::cluster::{Cluster, nodes_of, one_at_a_time};
-use support::{Running, get, http, temp_dir, toml_path, wait_until, write_manifest};
-
-/// An app `name` of one routed probe component `probe` with `extra`
-/// manifest lines (its `[component.probe.*]` tables).
-fn probe_app(dir: &std::path::Path, name: &str, extra: &str) -> String {
-    write_manifest(
-        dir,
-        &format!(
-            "[app]\nname = \"{name}\"\n[component.probe]\nsource = {}\nroute = \"/...\"\n{extra}",
-            toml_path(PROBE)
-        ),
-    );
-    dir.to_str().unwrap().to_string()
-}
+use support::cluster::{Cluster, nodes_of, one_at_a_time, probe_app, replica_count};
+use support::{Running, get, http, temp_dir, wait_until};
 
 /// The events `skiff events APP -o json` lists.
 fn events(cluster: &Cluster, app: &str) -> Vec<Value> {
@@ -355,12 +341,7 @@ fn skiff_up_holds_a_request_until_a_replica_is_ready_and_refuses_one_held_too_lo
     );
     // Started with one replica by the deploy; held once it is gone.
     wait_until(Duration::from_secs(10), "no replica of cold", || {
-        let output = support::skiff(home.path())
-            .args(["ps", "cold", "-o", "json"])
-            .output()
-            .unwrap();
-        let replicas: Value = serde_json::from_slice(&output.stdout).ok()?;
-        replicas.as_array()?.is_empty().then_some(())
+        (replica_count(home.path(), "cold") == 0).then_some(())
     });
     std::thread::sleep(Duration::from_millis(300));
     let (status, body) = get(&up.at("/sleep?1"));

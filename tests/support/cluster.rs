@@ -333,3 +333,30 @@ pub fn only(identity: &NodeIdentity) -> Members {
 pub fn admin_token(cluster: &Cluster) -> String {
     std::fs::read_to_string(cluster.home().join("server/admin-token")).unwrap()
 }
+
+/// An app `name` of one component, `probe` (the probe guest), on route
+/// `/...`, with `extra` manifest lines: keys of `[component.probe]`, then
+/// its `[component.probe.*]` tables.
+pub fn probe_app(dir: &Path, name: &str, extra: &str) -> String {
+    write_manifest(
+        dir,
+        &format!(
+            "[app]\nname = \"{name}\"\n[component.probe]\nsource = {}\nroute = \"/...\"\n{extra}",
+            toml_path(skiff_test_guests::PROBE)
+        ),
+    );
+    dir.to_str().unwrap().to_string()
+}
+
+/// The replicas of `app` that `skiff ps APP -o json` lists, with the
+/// Skiff home `home` (a `skiff up`'s); 0 when it cannot tell.
+pub fn replica_count(home: &Path, app: &str) -> usize {
+    let output = skiff(home)
+        .args(["ps", app, "-o", "json"])
+        .output()
+        .expect("running skiff ps");
+    serde_json::from_slice::<Value>(&output.stdout)
+        .ok()
+        .and_then(|replicas| replicas.as_array().map(Vec::len))
+        .unwrap_or(0)
+}
