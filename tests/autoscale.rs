@@ -391,6 +391,39 @@ fn skiff_up_holds_a_request_until_a_replica_is_ready_and_refuses_one_held_too_lo
         body.contains("had no replica ready within 1s") && body.contains("skiff events stuck"),
         "{body}"
     );
+    // A component that cannot load, scaled to zero: the deploy starts one
+    // replica, so --wait says so, and so does `skiff events`.
+    let broken_dir = temp_dir();
+    support::write_manifest(
+        broken_dir.path(),
+        &format!(
+            "[app]\nname = \"broken\"\n[component.web]\nsource = {}\nroute = \"/broken/...\"\n\
+             [component.web.scale]\nmin = 0\n",
+            support::toml_path(skiff_test_guests::UNKNOWN_IMPORT)
+        ),
+    );
+    let failed = support::skiff(home.path())
+        .args(["deploy", broken_dir.path().to_str().unwrap(), "--wait"])
+        .output()
+        .unwrap();
+    let error = String::from_utf8_lossy(&failed.stderr);
+    assert!(!failed.status.success());
+    assert!(
+        error.contains("app \"broken\" failed to start")
+            && error.contains("it stays deployed")
+            && error.contains("skiff delete broken"),
+        "{error}"
+    );
+    let output = support::skiff(home.path())
+        .args(["events", "broken"])
+        .output()
+        .unwrap();
+    let listed = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        listed.contains("load_failed") && listed.contains("broken/web failed to load on local: "),
+        "{listed}"
+    );
+
     let events = support::skiff(home.path())
         .args(["events", "stuck"])
         .output()

@@ -554,7 +554,7 @@ pub struct EventView {
     /// When, Unix milliseconds.
     pub unix_ms: u64,
     /// `scaled`, `scale_set`, `placed`, `moved`, `unschedulable`,
-    /// `node_down` or `node_back`.
+    /// `load_failed`, `node_down` or `node_back`.
     pub kind: String,
     /// The app it concerns, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]

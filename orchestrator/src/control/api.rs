@@ -1049,9 +1049,37 @@ async fn sync(shared: &Shared, caller: &NodeCert, request: Request) -> Handled {
         // Demand that grew (or requests held for a component with no
         // replica) wakes the autoscaler now, not at the next pass.
         wake |= entry.take_load(sync.load);
+        // Loads that failed since the node last reported: events.
+        let failed_now: Vec<(String, String, String)> = sync
+            .status
+            .components
+            .iter()
+            .filter(|c| c.state == LoadState::Failed)
+            .filter(|c| {
+                entry
+                    .component(&c.app, &c.component)
+                    .is_none_or(|before| before.state != LoadState::Failed)
+            })
+            .take(super::events::KEPT)
+            .map(|c| {
+                let error: String = c
+                    .error
+                    .as_deref()
+                    .unwrap_or("no reason given")
+                    .chars()
+                    .take(500)
+                    .collect();
+                (c.app.clone(), c.component.clone(), error)
+            })
+            .collect();
         // What other nodes route by changed: they hear of it with the
         // next version, within this node's bump budget.
         let serving_changed = entry.take_status(sync.status);
+        let failed_now = if serving_changed.is_some() {
+            failed_now
+        } else {
+            Vec::new()
+        };
         status_known = serving_changed.is_some();
         status_seq = entry.status_seq.map(|(_, seq)| seq);
         bump |= entry
@@ -1072,6 +1100,13 @@ async fn sync(shared: &Shared, caller: &NodeCert, request: Request) -> Handled {
                 super::events::EventKind::NodeBack,
                 None,
                 format!("node {node} is back"),
+            );
+        }
+        for (app, component, error) in failed_now {
+            live.events.record(
+                super::events::EventKind::LoadFailed,
+                Some((&app, &component)),
+                format!("{app}/{component} failed to load on {node}: {error}"),
             );
         }
         // Most heartbeats carry no lines: skip the scan of every replica.

@@ -1,7 +1,7 @@
 //! The control plane's recent scheduling and scaling decisions (`skiff
 //! events`): where each replica went and by which scores, why one cannot
-//! be placed, each autoscaling change and its reason, nodes going down
-//! and coming back. Kept in memory, the newest [`KEPT`]; each is also a
+//! be placed, each autoscaling change and its reason, components that
+//! fail to load, nodes going down and coming back. Kept in memory, the newest [`KEPT`]; each is also a
 //! log line of the control plane.
 
 use crate::api::EventView;
@@ -27,6 +27,8 @@ pub(crate) enum EventKind {
     NodeDown,
     /// A node down came back.
     NodeBack,
+    /// A node reported that a component failed to load.
+    LoadFailed,
 }
 
 impl EventKind {
@@ -39,6 +41,7 @@ impl EventKind {
             EventKind::Unschedulable => "unschedulable",
             EventKind::NodeDown => "node_down",
             EventKind::NodeBack => "node_back",
+            EventKind::LoadFailed => "load_failed",
         }
     }
 }
