@@ -613,3 +613,43 @@ fn large_blobs_stream_through_the_control_plane_and_nodes() {
         "the node grew by {node_growth} bytes"
     );
 }
+
+#[test]
+fn a_request_forwarded_to_a_node_that_froze_gets_504_after_its_deadline() {
+    let cluster = Cluster::start(2, &[]);
+    let app_dir = temp_dir();
+    // One replica, on node-2; requests may run 1 s there, so node-1 waits
+    // 2 x 1 s + 1 s for an answer.
+    write_manifest(
+        app_dir.path(),
+        &format!(
+            "[app]\nname = \"slow\"\n\
+             [component.web]\nsource = {}\nroute = \"/...\"\n\
+             [component.web.limits]\ntimeout = \"1s\"\n\
+             [component.web.placement]\nmemory = \"64MiB\"\nlabels = {{ zone = \"z2\" }}\n",
+            toml_path(HELLO)
+        ),
+    );
+    cluster.cli(&["deploy", app_dir.path().to_str().unwrap(), "--wait"]);
+    cluster.wait_known_everywhere("slow", 1);
+    let via_node_1 = cluster.node("node-1").process.at("/");
+    // A first request opens node-1's mesh connection to node-2, kept.
+    assert_eq!(get(&via_node_1).0, 200);
+
+    let frozen = cluster.node("node-2");
+    frozen.process.signal("STOP");
+    let sent = Instant::now();
+    let (status, body) = get(&via_node_1);
+    let waited = sent.elapsed();
+    frozen.process.signal("CONT");
+    assert_eq!(status, 504, "{body}");
+    assert!(body.contains("no answer within 3s"), "{body}");
+    assert!(
+        waited >= Duration::from_millis(2_900) && waited < Duration::from_secs(10),
+        "answered after {waited:?}"
+    );
+    cluster
+        .node("node-1")
+        .process
+        .wait_for_line(&["forward_timeout", "app=\"slow\""]);
+}

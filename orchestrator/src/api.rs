@@ -427,6 +427,11 @@ pub struct AppRouting {
     /// control plane places one.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub scale_from_zero: Vec<String>,
+    /// Per component, its `limits.timeout` in milliseconds: a node
+    /// forwarding a request to it gives up waiting for the answer after a
+    /// while longer (see the node's `reach`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub timeouts_ms: BTreeMap<String, u64>,
 }
 
 /// A node running a replica.

@@ -65,6 +65,8 @@ pub struct ComponentPlan {
     /// How long demand must stay low before the autoscaler removes
     /// replicas.
     pub scale_down_delay: Duration,
+    /// The component's `limits.timeout`: how long one request may run.
+    pub timeout: Duration,
     /// Requests one replica takes at once, running or queued
     /// (`max_concurrency + max_queued`): no node can report more demand
     /// per replica than this.
@@ -129,6 +131,7 @@ pub fn read(store: &Store, digest: &str) -> Result<AppSpec, String> {
                 replicas: spec.scale.replicas(),
                 target_concurrency: spec.scale.target_concurrency(&spec.limits),
                 scale_down_delay: spec.scale.scale_down_delay(),
+                timeout: spec.limits.timeout.as_duration(),
                 replica_capacity: spec
                     .limits
                     .max_concurrency

@@ -274,6 +274,11 @@ fn routing_and_assignments(live: &Live) -> (BTreeMap<String, AppRouting>, Assign
                 .filter(|(c, plan)| plan.scales_from_zero(record, c))
                 .map(|(c, _)| c.clone())
                 .collect(),
+            timeouts_ms: spec
+                .components
+                .iter()
+                .map(|(c, plan)| (c.clone(), plan.timeout.as_millis() as u64))
+                .collect(),
         };
         apps.insert(app.clone(), routing);
     }

@@ -46,6 +46,7 @@ fn cluster(nodes: &[(&str, u64)], replicas: u32, memory: u64, now: Instant) -> L
         replicas: Replicas::Fixed(replicas),
         target_concurrency: 10,
         scale_down_delay: Duration::from_secs(30),
+        timeout: Duration::from_secs(30),
         replica_capacity: 200,
         request: ReplicaRequest {
             component: "web/api".to_string(),

@@ -256,6 +256,7 @@ mod tests {
                 endpoints: [("frontend".to_string(), vec![endpoint("node-1")])].into(),
                 callers: None,
                 scale_from_zero: Vec::new(),
+                timeouts_ms: Default::default(),
             }],
             &[],
         );

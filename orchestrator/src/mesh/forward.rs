@@ -172,6 +172,7 @@ impl Forwarder {
         let (parts, body) = request.into_parts();
         let mut body = Some(body.map_err(Into::into).boxed_unsync());
         let mut last_error = String::new();
+        let mut last_status = http::StatusCode::BAD_GATEWAY;
         for endpoint in self.balance(endpoints, seed) {
             // Retry if safe: a body is sent once; a bodiless request again,
             // with an empty body.
@@ -190,6 +191,7 @@ impl Forwarder {
                 Ok(response) => return Forwarded::Answered(response),
                 Err(failure) => {
                     last_error = failure.why;
+                    last_status = failure.status;
                     if !(replayable && failure.nothing_ran) {
                         break;
                     }
@@ -197,7 +199,7 @@ impl Forwarder {
             }
         }
         let failed = plain(
-            http::StatusCode::BAD_GATEWAY,
+            last_status,
             format!(
                 "app \"{}\" component \"{}\": no replica could be reached ({last_error})\n",
                 target.app, target.component
@@ -233,6 +235,9 @@ pub(crate) struct Target<'a> {
     pub(crate) app: &'a str,
     /// The component's name.
     pub(crate) component: &'a str,
+    /// How long to wait for the answer's head from a node before giving
+    /// up (504): the request may have run there, so it is not sent again.
+    pub(crate) answer_within: std::time::Duration,
 }
 
 /// One try at one node.
@@ -250,6 +255,8 @@ struct Attempt<'a> {
 struct AttemptFailed {
     why: String,
     nothing_ran: bool,
+    /// The answer's status, should this be the last attempt.
+    status: http::StatusCode,
 }
 
 impl Attempt<'_> {
@@ -265,14 +272,31 @@ impl Attempt<'_> {
         let forwarded = self.request(parts, body).map_err(|why| AttemptFailed {
             why,
             nothing_ran: true,
+            status: http::StatusCode::BAD_GATEWAY,
         })?;
         let counted = InFlight::enter(forwarder.in_flight(node));
-        match self.client.request(forwarded).await {
+        let within = self.target.answer_within;
+        let Ok(answer) = tokio::time::timeout(within, self.client.request(forwarded)).await else {
+            tracing::warn!(
+                app = self.target.app,
+                component = self.target.component,
+                node,
+                reason = "forward_timeout",
+                "forwarded request unanswered after {within:?}; given up"
+            );
+            return Err(AttemptFailed {
+                why: format!("no answer within {}", humantime::format_duration(within)),
+                nothing_ran: false,
+                status: http::StatusCode::GATEWAY_TIMEOUT,
+            });
+        };
+        match answer {
             // The platform's own signal never reaches the client: a
             // request with a body cannot move on, so it gets the 502.
             Ok(response) if not_here(&response) => Err(AttemptFailed {
                 why: "the node no longer runs it".to_string(),
                 nothing_ran: true,
+                status: http::StatusCode::BAD_GATEWAY,
             }),
             // Counted until the whole body has gone through.
             Ok(response) => Ok(response.map(|body| relayed(Counted::new(body, counted)))),
@@ -298,6 +322,7 @@ impl Attempt<'_> {
                 Err(AttemptFailed {
                     why: failure_kind(&e),
                     nothing_ran: e.is_connect(),
+                    status: http::StatusCode::BAD_GATEWAY,
                 })
             }
         }

@@ -101,6 +101,7 @@ where
     let target = Target {
         app: &app.name,
         component,
+        answer_within: app.answer_deadline(component),
     };
     let seed = app.next_seed();
     let forwarded = node

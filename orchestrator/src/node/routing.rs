@@ -8,6 +8,7 @@ use skiff_runtime::route::Route;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
 
 /// Every app's routes and endpoints, as last heard from the control plane.
 #[derive(Default)]
@@ -29,6 +30,8 @@ pub(crate) struct AppRoutes {
     /// Components that may run no replica while idle: their requests are
     /// held, not refused, while none runs.
     scale_from_zero: Vec<String>,
+    /// Per component, how long one request may run there.
+    timeouts: HashMap<String, Duration>,
     next: AtomicUsize,
 }
 
@@ -56,8 +59,27 @@ impl AppRoutes {
                     .collect()
             }),
             scale_from_zero: app.scale_from_zero.clone(),
+            timeouts: app
+                .timeouts_ms
+                .iter()
+                .map(|(c, ms)| (c.clone(), Duration::from_millis(*ms)))
+                .collect(),
             next: AtomicUsize::new(0),
         }
+    }
+
+    /// How long a node forwarding a request for `component` waits for the
+    /// answer's head: twice its `limits.timeout` (the request may wait
+    /// that long for an instance there, then run that long) and a second
+    /// more; a minute when the control plane did not say. A node that
+    /// froze with the request is then given up on (504), not waited for
+    /// until the client leaves.
+    pub(crate) fn answer_deadline(&self, component: &str) -> Duration {
+        self.timeouts
+            .get(component)
+            .map_or(Duration::from_secs(60), |timeout| {
+                timeout.saturating_mul(2) + Duration::from_secs(1)
+            })
     }
 
     /// Whether `component` may run no replica while idle, so a request
