@@ -8,6 +8,7 @@
 //! body ends).
 
 use super::client::{BoxError, ForwardBody, MeshClient, client, failure_kind, with_sources};
+use super::outliers::Outcome;
 use super::{APP_HEADER, COMPONENT_HEADER, HOPS_HEADER, NOT_HERE_HEADER};
 use super::{Members, NodeIdentity};
 use crate::api::{AppRouting, Endpoint};
@@ -31,6 +32,9 @@ pub(crate) struct Forwarder {
     members: Members,
     client: RwLock<MeshClient>,
     in_flight: RwLock<HashMap<String, Arc<AtomicUsize>>>,
+    /// Each component's replicas (by node) that failed in a row, left
+    /// out for a while.
+    outliers: super::outliers::Outliers,
 }
 
 /// Counts a request in flight to one node until dropped.
@@ -95,6 +99,7 @@ impl Forwarder {
             members: members.clone(),
             client,
             in_flight: RwLock::new(HashMap::new()),
+            outliers: Default::default(),
         })
     }
 
@@ -173,7 +178,7 @@ impl Forwarder {
         let mut body = Some(body.map_err(Into::into).boxed_unsync());
         let mut last_error = String::new();
         let mut last_status = http::StatusCode::BAD_GATEWAY;
-        for endpoint in self.balance(endpoints, seed) {
+        for endpoint in self.balance(target, endpoints, seed) {
             // Retry if safe: a body is sent once; a bodiless request again,
             // with an empty body.
             let body = match body.take() {
@@ -214,8 +219,14 @@ impl Forwarder {
 
     /// The order to try `endpoints` in: first the less busy of two picked
     /// from `seed` (the power of two choices), then the rest in turn; a
-    /// node holding several replicas comes once.
-    fn balance<'e>(&self, endpoints: &[&'e Endpoint], seed: usize) -> Vec<&'e Endpoint> {
+    /// node holding several replicas comes once; replicas ejected for
+    /// failing in a row come last (tried only when every other failed).
+    fn balance<'e>(
+        &self,
+        target: Target<'_>,
+        endpoints: &[&'e Endpoint],
+        seed: usize,
+    ) -> Vec<&'e Endpoint> {
         let start = self.first_choice(endpoints, seed);
         let mut order: Vec<&Endpoint> = Vec::with_capacity(endpoints.len());
         for i in 0..endpoints.len() {
@@ -224,7 +235,30 @@ impl Forwarder {
                 order.push(endpoint);
             }
         }
+        let now = std::time::Instant::now();
+        // Stable: the balanced order holds within each group.
+        order.sort_by_key(|e| self.outliers.ejected(&target.replica_on(&e.node), now));
         order
+    }
+
+    /// Records how a forwarded request to `node` for `target` went, and
+    /// logs an ejection it causes.
+    fn record(&self, target: Target<'_>, node: &str, outcome: super::outliers::Outcome) {
+        let replica = target.replica_on(node);
+        if let Some(length) = self
+            .outliers
+            .record(&replica, outcome, std::time::Instant::now())
+        {
+            tracing::warn!(
+                app = target.app,
+                component = target.component,
+                node,
+                reason = "outlier_ejected",
+                "{} requests forwarded in a row failed; the replica on {node} is left out of forwarding for {}",
+                super::outliers::FAILURES_TO_EJECT,
+                humantime::format_duration(length)
+            );
+        }
     }
 }
 
@@ -238,6 +272,15 @@ pub(crate) struct Target<'a> {
     /// How long to wait for the answer's head from a node before giving
     /// up (504): the request may have run there, so it is not sent again.
     pub(crate) answer_within: std::time::Duration,
+}
+
+impl Target<'_> {
+    /// The key of its replica on `node`, for outlier ejection: a replica
+    /// failing is its component's business on that node, not the node's
+    /// for every app.
+    fn replica_on(&self, node: &str) -> String {
+        format!("{}/{}@{node}", self.app, self.component)
+    }
 }
 
 /// One try at one node.
@@ -277,6 +320,7 @@ impl Attempt<'_> {
         let counted = InFlight::enter(forwarder.in_flight(node));
         let within = self.target.answer_within;
         let Ok(answer) = tokio::time::timeout(within, self.client.request(forwarded)).await else {
+            forwarder.record(self.target, node, Outcome::Failed);
             tracing::warn!(
                 app = self.target.app,
                 component = self.target.component,
@@ -299,8 +343,22 @@ impl Attempt<'_> {
                 status: http::StatusCode::BAD_GATEWAY,
             }),
             // Counted until the whole body has gone through.
-            Ok(response) => Ok(response.map(|body| relayed(Counted::new(body, counted)))),
+            Ok(response) => {
+                // A server error but overload (503) is a failure of this
+                // replica.
+                let status = response.status();
+                let failed =
+                    status.is_server_error() && status != http::StatusCode::SERVICE_UNAVAILABLE;
+                let outcome = if failed {
+                    Outcome::Failed
+                } else {
+                    Outcome::Answered
+                };
+                forwarder.record(self.target, node, outcome);
+                Ok(response.map(|body| relayed(Counted::new(body, counted))))
+            }
             Err(e) => {
+                forwarder.record(self.target, node, Outcome::Failed);
                 // The whole chain goes to the log; the client, who may be
                 // anyone, learns only what kind of failure it was
                 // (certificate names, cluster names and validity times in
@@ -497,6 +555,12 @@ mod tests {
         }
     }
 
+    const TARGET: Target<'static> = Target {
+        app: "shop",
+        component: "api",
+        answer_within: std::time::Duration::from_secs(1),
+    };
+
     #[test]
     fn a_node_holding_several_replicas_is_tried_once() {
         let forwarder = forwarder();
@@ -504,12 +568,34 @@ mod tests {
         let endpoints: Vec<&Endpoint> = nodes.iter().collect();
         for seed in 0..50 {
             let mut order: Vec<&str> = forwarder
-                .balance(&endpoints, seed)
+                .balance(TARGET, &endpoints, seed)
                 .iter()
                 .map(|e| e.node.as_str())
                 .collect();
             order.sort_unstable();
             assert_eq!(order, ["x", "y", "z"], "seed {seed}");
         }
+    }
+
+    #[test]
+    fn a_replica_failing_in_a_row_is_tried_last_and_only_for_its_component() {
+        let forwarder = forwarder();
+        let nodes = [endpoint("x"), endpoint("y"), endpoint("z")];
+        let endpoints: Vec<&Endpoint> = nodes.iter().collect();
+        for _ in 0..super::super::outliers::FAILURES_TO_EJECT {
+            forwarder.record(TARGET, "y", Outcome::Failed);
+        }
+        let other = Target {
+            component: "web",
+            ..TARGET
+        };
+        let mut firsts = std::collections::HashSet::new();
+        for seed in 0..50 {
+            let order = forwarder.balance(TARGET, &endpoints, seed);
+            assert_eq!(order.len(), 3, "still there, last");
+            assert_eq!(order[2].node, "y", "seed {seed}");
+            firsts.insert(forwarder.balance(other, &endpoints, seed)[0].node.clone());
+        }
+        assert!(firsts.contains("y"), "another component still goes to y");
     }
 }

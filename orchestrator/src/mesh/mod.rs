@@ -20,6 +20,7 @@ pub(crate) mod endpoint;
 pub(crate) mod forward;
 pub mod identity;
 pub mod members;
+pub(crate) mod outliers;
 #[cfg(test)]
 mod tests;
 pub mod tls;
