@@ -159,6 +159,33 @@ fn a_request_without_a_body_moves_on_when_a_node_cannot_be_reached() {
     every_get_answered(&cluster, "killed", "Connection refused");
     let forwarder = &cluster.nodes[forwarder].process;
 
+    // Five failures in a row leave the dead replica out of forwarding
+    // (outlier ejection): after that, GETs go to the live one first, and
+    // no more fail there.
+    let ejected = |forwarder: &support::Running| {
+        forwarder
+            .stderr()
+            .lines()
+            .any(|l| l.contains("outlier_ejected") && l.contains(&dead))
+    };
+    let mut gets = 0;
+    while !ejected(forwarder) {
+        gets += 1;
+        assert!(gets <= 60, "the dead replica was never ejected");
+        assert_eq!(get(&forwarder_at).0, 200);
+    }
+    let failures = forwarding_failures(&forwarder.stderr(), &dead, "Connection refused");
+    for _ in 0..20 {
+        assert_eq!(get(&forwarder_at).0, 200);
+    }
+    assert_eq!(
+        forwarding_failures(&forwarder.stderr(), &dead, "Connection refused"),
+        failures,
+        "an ejected replica is not tried first"
+    );
+    // Once the ejection (10 s) lapses, it is tried again.
+    std::thread::sleep(std::time::Duration::from_millis(10_500));
+
     // A request with a body is sent once: when its node cannot be
     // reached, the client gets 502 saying what kind of failure it was, but
     // not which node (the forwarding node's log says).
