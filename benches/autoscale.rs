@@ -267,18 +267,7 @@ fn from_zero_in_skiff_up(count: usize) {
         "zero",
         "[component.probe.scale]\nmin = 0\nmax = 1\nscale_down_delay = \"1s\"\n",
     );
-    let up = Running::launch(
-        home.path(),
-        &[
-            "up",
-            &app,
-            "--listen",
-            "127.0.0.1:0",
-            "--api",
-            "127.0.0.1:0",
-        ],
-        "Serving ",
-    );
+    let up = Running::up(home.path(), &app, &[]);
     let replicas = || replica_count(home.path(), "zero");
     // A new version starts one replica; wait for it to go.
     wait_until(Duration::from_secs(20), "zero replicas", || {

@@ -44,6 +44,14 @@ impl Running {
         Running::launch(home, &all, "Serving ")
     }
 
+    /// Starts `skiff up APP EXTRA` on free loopback ports and waits for
+    /// it to serve; `url` is its ingress.
+    pub fn up(home: &Path, app: &str, extra: &[&str]) -> Running {
+        let mut args = vec!["up", app, "--listen", "127.0.0.1:0", "--api", "127.0.0.1:0"];
+        args.extend_from_slice(extra);
+        Running::launch(home, &args, "Serving ")
+    }
+
     /// Starts `skiff ARGS` and waits for a stdout line containing
     /// `marker`; `url` is the word after it.
     pub fn launch(home: &Path, args: &[&str], marker: &str) -> Running {

@@ -235,15 +235,21 @@ impl Forwarder {
                 order.push(endpoint);
             }
         }
-        let now = std::time::Instant::now();
-        // Stable: the balanced order holds within each group.
-        order.sort_by_key(|e| self.outliers.ejected(&target.replica_on(&e.node), now));
+        if self.outliers.any() {
+            let now = std::time::Instant::now();
+            // Stable: the balanced order holds within each group.
+            order.sort_by_key(|e| self.outliers.ejected(&target.replica_on(&e.node), now));
+        }
         order
     }
 
     /// Records how a forwarded request to `node` for `target` went, and
     /// logs an ejection it causes.
     fn record(&self, target: Target<'_>, node: &str, outcome: super::outliers::Outcome) {
+        // The usual case, an answer while nothing failed: nothing to do.
+        if outcome == Outcome::Answered && !self.outliers.any() {
+            return;
+        }
         let replica = target.replica_on(node);
         if let Some(length) = self
             .outliers

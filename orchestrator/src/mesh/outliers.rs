@@ -9,6 +9,7 @@
 
 use std::collections::HashMap;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 /// Failures in a row that eject a node.
@@ -24,6 +25,9 @@ pub(crate) const MAX_EJECTION: Duration = Duration::from_secs(300);
 #[derive(Default)]
 pub(crate) struct Outliers {
     nodes: Mutex<HashMap<String, Health>>,
+    /// How many `nodes` holds, readable without the lock: while none has
+    /// failed lately (the usual case), forwarding skips the bookkeeping.
+    tracked: AtomicUsize,
 }
 
 #[derive(Default)]
@@ -51,9 +55,14 @@ impl Outliers {
         if outcome == Outcome::Answered {
             // Nothing to remember of a node that answers.
             nodes.remove(node);
+            self.tracked.store(nodes.len(), Ordering::Relaxed);
             return None;
         }
-        let health = nodes.entry(node.to_string()).or_default();
+        if !nodes.contains_key(node) {
+            nodes.insert(node.to_string(), Health::default());
+            self.tracked.store(nodes.len(), Ordering::Relaxed);
+        }
+        let health = nodes.get_mut(node).expect("inserted above");
         health.failures += 1;
         let ejected = health.ejected_until.is_some_and(|until| until > now);
         if ejected || health.failures < FAILURES_TO_EJECT {
@@ -68,6 +77,12 @@ impl Outliers {
             .min(MAX_EJECTION);
         health.ejected_until = Some(now + length);
         Some(length)
+    }
+
+    /// Whether any node failed lately (so one may be ejected): when not,
+    /// an answer has nothing to reset and nothing is ejected.
+    pub(crate) fn any(&self) -> bool {
+        self.tracked.load(Ordering::Relaxed) > 0
     }
 
     /// Whether `node` is ejected at `now`.
@@ -93,6 +108,7 @@ mod tests {
             assert_eq!(outliers.record("n2", Outcome::Failed, start), None);
         }
         assert!(!outliers.ejected("n2", start));
+        assert!(outliers.any());
         assert_eq!(
             outliers.record("n2", Outcome::Failed, start),
             Some(FIRST_EJECTION)
@@ -120,6 +136,7 @@ mod tests {
         // An answer forgets it all.
         now += MAX_EJECTION + Duration::from_secs(1);
         outliers.record("n2", Outcome::Answered, now);
+        assert!(!outliers.any());
         for _ in 1..FAILURES_TO_EJECT {
             assert_eq!(outliers.record("n2", Outcome::Failed, now), None);
         }
