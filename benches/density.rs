@@ -200,9 +200,9 @@ fn deploy_all(
             );
             let prepared = deploy::prepare(app_dir.to_str().unwrap(), false).unwrap();
             let client = client.clone();
-            pending.push(
-                runtime.spawn(async move { deploy::upload_and_declare(&client, &prepared).await }),
-            );
+            pending.push(runtime.spawn(async move {
+                deploy::upload_and_declare(&client, &prepared, &Default::default()).await
+            }));
         }
         for task in pending.drain(..) {
             if let Err(e) = runtime.block_on(task).unwrap() {

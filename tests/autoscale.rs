@@ -8,64 +8,14 @@
 mod support;
 
 use serde_json::Value;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use support::cluster::{Cluster, nodes_of, one_at_a_time, probe_app, replica_count};
+use support::load::Load;
 use support::{Running, get, http, temp_dir, wait_until};
 
 /// The events `skiff events APP -o json` lists.
 fn events(cluster: &Cluster, app: &str) -> Vec<Value> {
     cluster.json(&["events", app]).as_array().unwrap().clone()
-}
-
-/// Statuses of requests that `threads` clients send to `url` back to
-/// back until `stop` is set (or a minute passes).
-struct Load {
-    stop: Arc<AtomicBool>,
-    statuses: Arc<Mutex<Vec<u16>>>,
-    threads: Vec<std::thread::JoinHandle<()>>,
-}
-
-impl Load {
-    fn start(threads: usize, url: &str) -> Load {
-        let stop = Arc::new(AtomicBool::new(false));
-        let statuses = Arc::new(Mutex::new(Vec::new()));
-        let threads = (0..threads)
-            .map(|_| {
-                let (stop, statuses, url) = (stop.clone(), statuses.clone(), url.to_string());
-                std::thread::spawn(move || {
-                    let agent = http();
-                    let deadline = Instant::now() + Duration::from_secs(60);
-                    while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
-                        // Any status comes back as a response; 0 is no answer.
-                        let status = agent
-                            .get(&url)
-                            .call()
-                            .map_or(0, |response| response.status().as_u16());
-                        statuses.lock().unwrap().push(status);
-                    }
-                })
-            })
-            .collect();
-        Load {
-            stop,
-            statuses,
-            threads,
-        }
-    }
-
-    /// Stops the clients; the statuses they got.
-    fn stop(self) -> Vec<u16> {
-        self.stop.store(true, Ordering::Relaxed);
-        for thread in self.threads {
-            thread.join().unwrap();
-        }
-        Arc::try_unwrap(self.statuses)
-            .unwrap()
-            .into_inner()
-            .unwrap()
-    }
 }
 
 #[test]
@@ -97,7 +47,11 @@ fn concurrency_past_the_target_adds_replicas_across_nodes_and_quiet_removes_them
     // Twelve clients at once on one node's ingress, each request 100 ms:
     // about twelve in flight, six times the target for one replica.
     let ingress = cluster.nodes[0].process.url.clone();
-    let load = Load::start(12, &format!("{ingress}/sleep?100"));
+    let load = Load::start(
+        12,
+        &[format!("{ingress}/sleep?100")],
+        Duration::from_secs(60),
+    );
     let started = Instant::now();
     let replicas = wait_until(Duration::from_secs(15), "three running replicas", || {
         let replicas = cluster.replicas("busy");
@@ -107,7 +61,7 @@ fn concurrency_past_the_target_adds_replicas_across_nodes_and_quiet_removes_them
     let took = started.elapsed();
     // Keep the load on a little while the new replicas serve.
     std::thread::sleep(Duration::from_secs(2));
-    let statuses = load.stop();
+    let statuses: Vec<u16> = load.stop().iter().map(|a| a.status).collect();
     assert_eq!(nodes_of(&replicas).len(), 3, "spread: {replicas:?}");
     let failed: Vec<_> = statuses.iter().filter(|s| **s != 200).collect();
     assert!(

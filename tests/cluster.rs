@@ -243,7 +243,9 @@ fn a_frozen_node_is_replaced_and_drops_what_moved_when_it_returns() {
         );
     }
 
-    // The node holding the replicas drops the old package from its store.
+    // The node holding the replicas keeps the old package a while, so a
+    // rollback starts without fetching it again (it is collected once it
+    // has gone unused for ten minutes).
     let new_package = cluster.json(&["apps"])[0]["package"]
         .as_str()
         .unwrap()
@@ -255,9 +257,10 @@ fn a_frozen_node_is_replaced_and_drops_what_moved_when_it_returns() {
     let new_blob = store
         .join("blobs/sha256")
         .join(new_package.trim_start_matches("sha256:"));
-    wait_until(Duration::from_secs(10), "the old package collected", || {
-        (new_blob.exists() && !old_blob.exists()).then_some(())
+    wait_until(Duration::from_secs(10), "the new package stored", || {
+        new_blob.exists().then_some(())
     });
+    assert!(old_blob.exists(), "the old version is kept for a rollback");
 }
 
 /// The time of a log line, seconds since midnight UTC.

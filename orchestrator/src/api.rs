@@ -63,7 +63,8 @@ pub struct WorkloadCertResponse {
     pub cert_pem: String,
 }
 
-/// What a node reports about the replicas of one component it holds.
+/// What a node reports about the replicas of one version of a component
+/// it holds: during a rollout a node may hold two versions.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ComponentStatus {
     /// The app.
@@ -74,8 +75,8 @@ pub struct ComponentStatus {
     pub package: String,
     /// Loading, running or failed, for `package`.
     pub state: LoadState,
-    /// The package actually serving requests: `package` once it runs, an
-    /// earlier one while a new version loads, none before the first load.
+    /// `package` once it serves requests: loaded, an instance created,
+    /// and its `health` path answering when it has one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub serving: Option<String>,
     /// Why it failed, and when it is retried.
@@ -170,6 +171,25 @@ pub struct ComponentLoad {
     /// for one the control plane places.
     #[serde(default)]
     pub held: u32,
+    /// What became of the requests each version here answered, counted
+    /// since it loaded (the control plane takes the differences).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub versions: Vec<VersionOutcomes>,
+}
+
+/// Requests one version of a component answered at a node, and how many
+/// failed, by reason: counted since the version loaded there.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VersionOutcomes {
+    /// The version's package digest.
+    pub package: String,
+    /// Requests answered.
+    pub answered: u64,
+    /// Requests answered with a 5xx status.
+    pub failed: u64,
+    /// Failures by reason (`trap`, `timeout`, `status_500`...).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub reasons: BTreeMap<String, u64>,
 }
 
 /// A heartbeat's report of the components a node holds.
@@ -190,9 +210,10 @@ pub struct StatusReport {
     /// Components held, with their state: each whose state changed since
     /// `base`, or all of them when there is no base.
     pub components: Vec<ComponentStatus>,
-    /// Components (`app`, `component`) no longer held since `base`.
+    /// Versions (`app`, `component`, `package`) no longer held since
+    /// `base`.
     #[serde(default)]
-    pub removed: Vec<(String, String)>,
+    pub removed: Vec<(String, String, String)>,
 }
 
 /// Guest log lines one heartbeat carries at most; the control plane keeps
@@ -303,10 +324,10 @@ impl DesiredState {
             self.apps.sort_by(|a, b| app_key(a).cmp(&app_key(b)));
             return;
         }
-        let unassigned: Vec<(&str, &str)> = change
+        let unassigned: Vec<(&str, &str, &str)> = change
             .unassigned
             .iter()
-            .map(|(app, component)| (app.as_str(), component.as_str()))
+            .map(|(app, component, package)| (app.as_str(), component.as_str(), package.as_str()))
             .collect();
         merge_sorted(
             &mut self.assignments,
@@ -314,10 +335,10 @@ impl DesiredState {
             unassigned,
             assignment_key,
         );
-        let removed: Vec<(&str, &str)> = change
+        let removed: Vec<Key<'_>> = change
             .removed_apps
             .iter()
-            .map(|name| ("", name.as_str()))
+            .map(|name| ("", "", name.as_str()))
             .collect();
         merge_sorted(&mut self.apps, &change.apps, removed, app_key);
         if let Some(members) = &change.members {
@@ -326,13 +347,17 @@ impl DesiredState {
     }
 }
 
-fn assignment_key(a: &Assignment) -> (&str, &str) {
-    (&a.app, &a.component)
+fn assignment_key(a: &Assignment) -> (&str, &str, &str) {
+    (&a.app, &a.component, &a.package)
 }
 
-fn app_key(a: &AppRouting) -> (&str, &str) {
-    ("", &a.name)
+fn app_key(a: &AppRouting) -> Key<'_> {
+    ("", "", &a.name)
 }
+
+/// How [`merge_sorted`] orders items: an assignment by app, component and
+/// package; an app routing by name.
+type Key<'a> = (&'a str, &'a str, &'a str);
 
 /// Makes `sorted` (ordered by `key`) hold `upserts` in place of the items
 /// of their key (or beside them), without the items keyed in `removed`: an
@@ -340,8 +365,8 @@ fn app_key(a: &AppRouting) -> (&str, &str) {
 fn merge_sorted<T: Clone>(
     sorted: &mut Vec<T>,
     upserts: &[T],
-    mut removed: Vec<(&str, &str)>,
-    key: for<'a> fn(&'a T) -> (&'a str, &'a str),
+    mut removed: Vec<Key<'_>>,
+    key: for<'a> fn(&'a T) -> Key<'a>,
 ) {
     let mut changes: Vec<&T> = upserts.iter().collect();
     changes.sort_by(|a, b| key(a).cmp(&key(b)));
@@ -374,9 +399,10 @@ pub struct DesiredChange {
     /// them when `full`).
     #[serde(default)]
     pub assignments: Vec<Assignment>,
-    /// Components (`app`, `component`) no longer assigned to the node.
+    /// Versions of components (`app`, `component`, `package`) no longer
+    /// assigned to the node.
     #[serde(default)]
-    pub unassigned: Vec<(String, String)>,
+    pub unassigned: Vec<(String, String, String)>,
     /// Apps whose routes or endpoints are new or changed (all of them
     /// when `full`).
     #[serde(default)]
@@ -389,7 +415,7 @@ pub struct DesiredChange {
     pub members: Option<BTreeMap<String, String>>,
 }
 
-/// One component a node should run.
+/// One version of a component a node should run.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Assignment {
     /// The app.
@@ -415,6 +441,13 @@ pub struct AppRouting {
     pub components: Vec<String>,
     /// Per component, the nodes running a replica (one entry per replica).
     pub endpoints: BTreeMap<String, Vec<Endpoint>>,
+    /// Per component whose requests are split between versions (a canary,
+    /// a rollback): one version (package digest) and the share of
+    /// requests it gets, percent; the other versions share the rest. A
+    /// component absent sends each request to any endpoint, whatever its
+    /// version.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub split: BTreeMap<String, (String, u32)>,
     /// Per component, the callers its `allow_callers` lists (a component
     /// absent lists none), so the caller's node refuses a call the callee
     /// would refuse before routing it anywhere; the callee's node checks
@@ -441,6 +474,9 @@ pub struct Endpoint {
     pub node: String,
     /// Its mesh address.
     pub mesh: String,
+    /// The version (package digest) the replica runs.
+    #[serde(default)]
+    pub package: String,
 }
 
 /// `POST /v1/apps`: declare the app in an uploaded package.
@@ -448,6 +484,63 @@ pub struct Endpoint {
 pub struct DeployRequest {
     /// The package digest; its blobs must be uploaded first.
     pub package: String,
+    /// Canary steps (percent of requests the new version gets in turn),
+    /// overriding the manifest's `[app] canary`; `[100]` or none with no
+    /// `canary` in the manifest: a rolling update.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub canary: Option<Vec<u32>>,
+    /// How long each canary step lasts, milliseconds, overriding the
+    /// manifest's `canary_interval`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub canary_interval_ms: Option<u64>,
+}
+
+/// The answer to `POST /v1/apps/NAME/rollback` or `.../promote`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RolloutResponse {
+    /// The app.
+    pub app: String,
+    /// What was done.
+    pub message: String,
+}
+
+/// A version that was rolled back.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RolledBackView {
+    /// The version, as `skiff apps` shows versions.
+    pub version: String,
+    /// Its package digest.
+    pub package: String,
+    /// Why, with the evidence.
+    pub reason: String,
+    /// When, Unix milliseconds.
+    pub unix_ms: u64,
+}
+
+/// A rollout under way, as `skiff apps` shows it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RolloutView {
+    /// `rolling`, `canary` or `rollback`.
+    pub strategy: String,
+    /// `rolling out`, `watching` (every replica moved; errors are still
+    /// watched) or `rolling back`.
+    pub state: String,
+    /// The version being replaced.
+    pub from: String,
+    /// The version moved to.
+    pub to: String,
+    /// A canary's share of requests now, percent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub share: Option<u32>,
+    /// Replicas of the new version serving, over all components.
+    pub ready: u32,
+    /// Replicas the app should run, over all components.
+    pub desired: u32,
+    /// Requests the new version answered since the rollout began, and
+    /// how many failed.
+    pub new_requests: (u64, u64),
+    /// Requests the old version answered meanwhile, and how many failed.
+    pub old_requests: (u64, u64),
 }
 
 /// The answer to a deploy.
@@ -459,6 +552,9 @@ pub struct DeployResponse {
     pub outcome: String,
     /// The app's generation after the deploy.
     pub generation: u64,
+    /// How the new version replaces the old one, when it does.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollout: Option<String>,
     /// What the user should know: replicas that cannot be placed (and
     /// why), routes another app serves too.
     #[serde(default)]
@@ -518,6 +614,15 @@ pub struct AppView {
     /// until the app is deployed again.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// The move to this version, while under way or watched.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollout: Option<RolloutView>,
+    /// The last version rolled back, and why.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rolled_back: Option<RolledBackView>,
+    /// Earlier versions kept for `skiff rollback`, newest last.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub history: Vec<String>,
 }
 
 /// A component of an app.
@@ -590,6 +695,10 @@ pub struct ReplicaView {
     /// Why it is pending or failed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// The version it runs: the app's `version` and the first digits of
+    /// its package digest (`1.2.0 3fa9c1d2e4b7`).
+    #[serde(default)]
+    pub version: String,
 }
 
 /// A node, as `skiff nodes` shows it.

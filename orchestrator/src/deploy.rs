@@ -45,7 +45,19 @@ pub fn prepare(target: &str, build: bool) -> anyhow::Result<Prepared> {
     Ok(Prepared { store, descriptor })
 }
 
-/// Uploads what the control plane lacks of `prepared` and declares it.
+/// How a new version of an app replaces the one running, when the
+/// manifest's `[app] canary` is not what is wanted.
+#[derive(Debug, Clone, Default)]
+pub struct RolloutChoice {
+    /// Canary steps, percent (`[10]` sends 10% of requests to the new
+    /// version, then all); `[100]`: a rolling update.
+    pub canary: Option<Vec<u32>>,
+    /// How long each canary step lasts.
+    pub canary_interval: Option<Duration>,
+}
+
+/// Uploads what the control plane lacks of `prepared` and declares it,
+/// replacing a running version as `rollout` says.
 ///
 /// # Errors
 ///
@@ -54,6 +66,7 @@ pub fn prepare(target: &str, build: bool) -> anyhow::Result<Prepared> {
 pub async fn upload_and_declare(
     client: &ApiClient,
     prepared: &Prepared,
+    rollout: &RolloutChoice,
 ) -> anyhow::Result<DeployResponse> {
     let store = &prepared.store;
     let digest = &prepared.descriptor.digest;
@@ -92,6 +105,8 @@ pub async fn upload_and_declare(
             "/v1/apps",
             &DeployRequest {
                 package: digest.to_string(),
+                canary: rollout.canary.clone(),
+                canary_interval_ms: rollout.canary_interval.map(|d| d.as_millis() as u64),
             },
         )
         .await?;

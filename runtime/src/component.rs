@@ -90,6 +90,8 @@ pub struct LoadedComponent {
     pub(crate) cpu_lane: CpuLane,
     pub(crate) reaper: ReaperHandle,
     pub(crate) memory: MemoryGuard,
+    /// What became of the requests it answered.
+    pub outcomes: crate::outcomes::Outcomes,
 }
 
 impl LoadedComponent {
@@ -240,6 +242,7 @@ impl LoadedComponent {
             cpu_lane: engine.cpu_lane().clone(),
             reaper: engine.reaper(),
             memory: engine.memory().clone(),
+            outcomes: Default::default(),
         })
     }
 }
@@ -279,6 +282,45 @@ impl LoadedComponent {
     /// arriving now would queue.
     pub fn is_saturated(&self) -> bool {
         self.gate.is_full()
+    }
+
+    /// Creates one instance (running the guest's start-up code, as every
+    /// request will) and drops it: a component that cannot be
+    /// instantiated within its limits (its memory limit below what it
+    /// needs at start, say) is found before it is given traffic.
+    ///
+    /// # Errors
+    ///
+    /// Why no instance could be created, naming the limit at fault.
+    pub async fn check_instantiates(
+        &self,
+        log_sink: &Arc<dyn crate::capability::logging::LogSink>,
+    ) -> Result<(), String> {
+        let name = &self.name;
+        let mut store = crate::invoke::new_store(
+            self,
+            log_sink,
+            crate::capability::outbound_http::OutboundContext::without_mesh(),
+        )
+        .map_err(|e| format!("component \"{name}\": cannot prepare an instance: {e}"))?;
+        let timeout = self.limits.timeout.as_duration();
+        let created = tokio::time::timeout(timeout, self.pre.instantiate_async(&mut store)).await;
+        let memory_refused = store.data().limiter.memory_refused();
+        drop(store);
+        match created {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(_)) if memory_refused => Err(format!(
+                "component \"{name}\" cannot be instantiated: it needs more memory at start than its limits.memory ({})",
+                self.limits.memory
+            )),
+            Ok(Err(e)) => Err(format!(
+                "component \"{name}\" cannot be instantiated: {e:#}"
+            )),
+            Err(_) => Err(format!(
+                "component \"{name}\" cannot be instantiated: its start-up took longer than limits.timeout ({})",
+                self.limits.timeout
+            )),
+        }
     }
 
     /// The Wasm stack its instances get, in bytes: `limits.stack` rounded

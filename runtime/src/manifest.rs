@@ -1,7 +1,9 @@
 //! The app manifest, `skiff.toml`: its schema, parsing with errors that name
 //! file, line and field, and the checks that span several components.
 
+pub mod rollout;
 mod units;
+pub use rollout::{Bound, RolloutBounds};
 pub use units::{ByteSize, DurationSpec};
 
 use crate::capability::outbound_http::OutboundHost;
@@ -75,6 +77,16 @@ pub struct AppInfo {
     /// `description = "..."`; optional.
     #[serde(default)]
     pub description: Option<String>,
+    /// `canary = [10, 50, 100]`: in a cluster, a new version of the app
+    /// gets these shares of requests (percent) in turn, one
+    /// `canary_interval` each, before it replaces the old one; errors
+    /// roll it back. Empty (the default): a rolling update.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub canary: Vec<u32>,
+    /// `canary_interval = "1m"`: how long each canary step lasts. Default
+    /// [`rollout::DEFAULT_CANARY_INTERVAL`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub canary_interval: Option<DurationSpec>,
 }
 
 fn default_version() -> String {
@@ -132,6 +144,14 @@ pub struct ComponentSpec {
     /// `[component.<name>.placement]`: where a cluster may run them.
     #[serde(default)]
     pub placement: Placement,
+    /// `health = "/healthz"`: a path a node requests (`GET`) from a new
+    /// replica before it takes traffic; it is ready once that answers 2xx.
+    /// Without it, a replica is ready once an instance of it is created.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health: Option<String>,
+    /// `[component.<name>.rollout]`: how a new version replaces the old.
+    #[serde(default)]
+    pub rollout: RolloutBounds,
 }
 
 /// `[component.<name>.scale]`: a fixed count (`replicas = 3`), or bounds
@@ -551,12 +571,16 @@ impl Manifest {
             dependencies: BTreeMap::new(),
             scale: Scale::default(),
             placement: Placement::default(),
+            health: None,
+            rollout: RolloutBounds::default(),
         };
         Manifest {
             app: AppInfo {
                 name: name.clone(),
                 version: default_version(),
                 description: None,
+                canary: Vec::new(),
+                canary_interval: None,
             },
             component: BTreeMap::from([(name, spec)]),
         }
@@ -574,8 +598,17 @@ impl Manifest {
                 "no components: add a [component.<name>] table with a `source`".to_string(),
             );
         }
+        rollout::canary_steps(&self.app.canary).map_err(|e| format!("[app] {e}"))?;
+        rollout::canary_interval(self.app.canary_interval).map_err(|e| format!("[app] {e}"))?;
         let mut routes: BTreeMap<&Route, &ComponentName> = BTreeMap::new();
         for (name, spec) in &self.component {
+            if let Some(health) = &spec.health
+                && (!health.starts_with('/') || health.parse::<http::uri::PathAndQuery>().is_err())
+            {
+                return Err(format!(
+                    "component \"{name}\": health = {health:?} is not a path: give one such as \"/healthz\""
+                ));
+            }
             if let Some(route) = &spec.route
                 && let Some(other) = routes.insert(route, name)
             {

@@ -52,6 +52,16 @@ pub struct DeployArgs {
     /// How long --wait waits, e.g. `2m`.
     #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
     timeout: Duration,
+    /// Send this share of requests (percent) to the new version first,
+    /// then all of them; several (`10,50`) are steps in turn. Errors roll
+    /// it back. Overrides the manifest's `[app] canary`; `100`: a rolling
+    /// update.
+    #[arg(long, value_delimiter = ',', value_name = "PERCENT")]
+    canary: Option<Vec<u32>>,
+    /// How long each canary step lasts, e.g. `30s` (default: the
+    /// manifest's `canary_interval`, else 1m).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    canary_interval: Option<Duration>,
     #[command(flatten)]
     cluster: ClusterArgs,
 }
@@ -61,12 +71,27 @@ pub fn deploy(args: DeployArgs) -> anyhow::Result<()> {
     let prepared = deploy::prepare(&args.target, args.build)?;
     let client = args.cluster.client()?;
     runtime()?.block_on(async {
-        let declared = deploy::upload_and_declare(&client, &prepared).await?;
+        let choice = deploy::RolloutChoice {
+            canary: args.canary.clone(),
+            canary_interval: args.canary_interval,
+        };
+        let declared = deploy::upload_and_declare(&client, &prepared, &choice).await?;
         if !args.cluster.json() {
             warn_all(&declared.warnings);
+            if let Some(rollout) = &declared.rollout {
+                out!("{}", printable(rollout))?;
+            }
         }
         let running = if args.wait {
-            Some(wait_until_running(&client, &declared.app, args.timeout).await?)
+            let package = prepared.descriptor.digest.to_string();
+            let limit = args.timeout;
+            Some(match declared.rollout {
+                Some(_) => {
+                    super::rollout::wait_until_rolled_out(&client, &declared.app, &package, limit)
+                        .await?
+                }
+                None => wait_until_running(&client, &declared.app, limit).await?,
+            })
         } else {
             None
         };
@@ -227,6 +252,17 @@ pub fn apps(args: ListArgs) -> anyhow::Result<()> {
     for app in &apps {
         if let Some(error) = &app.error {
             println!("app {:?}: {}", app.name, printable(error));
+        }
+        if let Some(rollout) = &app.rollout {
+            println!("{}", super::rollout::rollout_line(&app.name, rollout));
+        }
+        if let Some(failed) = &app.rolled_back {
+            println!(
+                "{}: version {} was rolled back: {}",
+                app.name,
+                printable(&failed.version),
+                printable(&failed.reason)
+            );
         }
     }
     Ok(())

@@ -338,7 +338,8 @@ pub fn up(args: UpArgs) -> anyhow::Result<()> {
         let client = admin.client()?;
         if let Some(prepared) = &prepared {
             let deployed = async {
-                let declared = deploy::upload_and_declare(&client, prepared).await?;
+                let declared =
+                    deploy::upload_and_declare(&client, prepared, &Default::default()).await?;
                 super::apps::warn_all(&declared.warnings);
                 let running = super::apps::wait_until_running(
                     &client,

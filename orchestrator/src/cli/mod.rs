@@ -15,6 +15,7 @@ mod cluster;
 mod events;
 mod package;
 mod registry;
+mod rollout;
 mod run;
 
 use clap::{Parser, Subcommand};
@@ -72,6 +73,10 @@ enum Command {
     Scale(apps::ScaleArgs),
     /// Recent scheduling and scaling decisions, and why.
     Events(events::EventsArgs),
+    /// Stop a rollout under way, or return an app to its previous version.
+    Rollback(rollout::RolloutArgs),
+    /// Give a canary all requests now, replacing the old version.
+    Promote(rollout::RolloutArgs),
     /// Delete an app and its replicas.
     Delete(apps::NameArgs),
     /// Stop placing new replicas on a node.
@@ -114,6 +119,8 @@ pub fn main() -> ExitCode {
         Command::Nodes(args) => apps::nodes(args),
         Command::Scale(args) => apps::scale(args),
         Command::Events(args) => events::events(args),
+        Command::Rollback(args) => rollout::rollback(args),
+        Command::Promote(args) => rollout::promote(args),
         Command::Delete(args) => apps::delete(args),
         Command::Cordon(args) => apps::node_action(args, "cordon"),
         Command::Uncordon(args) => apps::node_action(args, "uncordon"),

@@ -8,8 +8,9 @@ use super::reconcile::replica_running;
 use super::{LiveNode, Shared, catalog};
 use crate::api::{
     AppView, ComponentView, DeployRequest, DeployResponse, ErrorBody, JoinRequest, JoinResponse,
-    LabelRequest, LabelResponse, LoadState, NodeView, RenewRequest, ReplicaView, ScaleRequest,
-    ScaleResponse, SyncRequest, SyncResponse, WorkloadCertRequest, WorkloadCertResponse,
+    LabelRequest, LabelResponse, LoadState, NodeView, RenewRequest, ReplicaView, RolledBackView,
+    RolloutResponse, RolloutView, ScaleRequest, ScaleResponse, SyncRequest, SyncResponse,
+    WorkloadCertRequest, WorkloadCertResponse,
 };
 use crate::mesh::NodeCert;
 use crate::mesh::admission::{Admission, Trust};
@@ -328,6 +329,26 @@ async fn admin(
         (&Method::POST, ["v1", "apps", app, "scale"]) => {
             scale(shared, app, read_json(request).await?).await
         }
+        (&Method::POST, ["v1", "apps", app, "rollback"]) => change_rollout(
+            shared,
+            app,
+            super::events::EventKind::RolledBack,
+            super::rollout::rollback,
+        ),
+        (&Method::POST, ["v1", "apps", app, "promote"]) => change_rollout(
+            shared,
+            app,
+            super::events::EventKind::RolloutStep,
+            |record, now_ms| {
+                let (record, from) = super::rollout::promote(record, now_ms)?;
+                let message = format!(
+                    "{} canary {} promoted from {from}%: it now replaces the old version replica by replica",
+                    record.name,
+                    crate::node::replicas::short(&record.package)
+                );
+                Ok((record, message))
+            },
+        ),
         (&Method::GET, ["v1", "events"]) => {
             let params = query_params(query);
             let after = params
@@ -561,11 +582,25 @@ async fn deploy(shared: &Shared, request: DeployRequest) -> Handled {
         .iter()
         .map(|(name, plan)| (name.clone(), plan.replicas))
         .collect();
-    let (applied, generation, passes_before) = {
+    let canary = requested_canary(&request, &spec).map_err(Refusal::bad)?;
+    let (applied, generation, passes_before, rollout_note) = {
         let mut live = shared.live.lock().expect("live state lock");
+        let now_ms = crate::clock::unix_ms();
+        let mut notes = Vec::new();
         let applied = shared
             .store
-            .apply_app(&spec.name, &request.package, scale)
+            .update_app(&spec.name, |current| {
+                let (record, why) = super::rollout::deploy(
+                    current,
+                    &spec.name,
+                    &request.package,
+                    scale,
+                    canary.clone(),
+                    now_ms,
+                );
+                notes = why;
+                Ok(record)
+            })
             .map_err(Refusal::internal)?;
         let record = shared
             .store
@@ -579,8 +614,24 @@ async fn deploy(shared: &Shared, request: DeployRequest) -> Handled {
         live.specs
             .insert(request.package.clone(), Arc::new(spec.clone()));
         live.unreadable.remove(&request.package);
+        let started = record
+            .rollout
+            .as_ref()
+            .filter(|r| r.started_unix_ms == now_ms && applied != Applied::Unchanged);
+        let rollout_note = started.map(|rollout| {
+            // A new rollout is judged on its own requests.
+            live.tallies.retain(|(app, _), _| app != &spec.name);
+            let message = describe_start(&live, &record, rollout, &notes);
+            tracing::info!(app = spec.name, "{message}");
+            live.events.record_app(
+                super::events::EventKind::RolloutStarted,
+                &spec.name,
+                message.clone(),
+            );
+            message
+        });
         live.apps.insert(record.name.clone(), record);
-        (applied, generation, live.passes)
+        (applied, generation, live.passes, rollout_note)
     };
     let outcome = match applied {
         Applied::Created => "created",
@@ -597,6 +648,7 @@ async fn deploy(shared: &Shared, request: DeployRequest) -> Handled {
         app: spec.name.clone(),
         outcome: outcome.to_string(),
         generation,
+        rollout: rollout_note,
         warnings: route_overlaps(shared, &spec),
     };
     response.warnings.extend(spec.reachability_warnings());
@@ -622,6 +674,135 @@ async fn deploy(shared: &Shared, request: DeployRequest) -> Handled {
             &spec.name,
         ));
     json(StatusCode::OK, &response)
+}
+
+/// The canary a deploy asks for: its own `canary` steps, else the
+/// manifest's; each step lasts the deploy's interval, else the
+/// manifest's, else the default. `[100]` asks for a rolling update.
+fn requested_canary(
+    request: &DeployRequest,
+    spec: &catalog::AppSpec,
+) -> Result<Option<super::rollout::Canary>, String> {
+    use skiff_runtime::manifest::rollout as bounds;
+    let interval = match request.canary_interval_ms {
+        Some(ms) => bounds::check_canary_interval(Duration::from_millis(ms))?,
+        None => spec
+            .canary
+            .as_ref()
+            .map_or(bounds::DEFAULT_CANARY_INTERVAL, |(_, interval)| *interval),
+    };
+    let steps = match &request.canary {
+        Some(steps) => bounds::canary_steps(steps)?,
+        None => match &spec.canary {
+            Some((steps, _)) => steps.clone(),
+            None => return Ok(None),
+        },
+    };
+    if steps == [100] {
+        return Ok(None);
+    }
+    Ok(Some(super::rollout::Canary { steps, interval }))
+}
+
+/// What a deploy that started `rollout` of `record` tells the user.
+fn describe_start(
+    live: &super::Live,
+    record: &crate::state::AppRecord,
+    rollout: &crate::state::Rollout,
+    notes: &[String],
+) -> String {
+    use crate::state::RolloutStrategy;
+    let (to, from) = (
+        version_of(live, &record.package),
+        version_of(live, &rollout.from),
+    );
+    let app = &record.name;
+    let how = match &rollout.strategy {
+        RolloutStrategy::Rolling => format!(
+            "rolling out {to} replica by replica, replacing {from}; errors roll it back; `skiff rollback {app}` stops it"
+        ),
+        RolloutStrategy::Canary {
+            steps, interval_ms, ..
+        } => {
+            let steps: Vec<String> = steps.iter().map(|s| format!("{s}%")).collect();
+            format!(
+                "canary of {to}: its share of requests goes {} ({} each) unless it fails more than {from}; `skiff promote {app}` skips ahead, `skiff rollback {app}` stops it",
+                steps.join(" -> "),
+                humantime::format_duration(Duration::from_millis(*interval_ms))
+            )
+        }
+        RolloutStrategy::Rollback { reason } => {
+            format!("rolling back to {to} from {from}: {reason}")
+        }
+    };
+    let mut message = format!("{app}: {how}");
+    for note in notes {
+        message.push_str("; ");
+        message.push_str(note);
+    }
+    message
+}
+
+/// `POST /v1/apps/APP/rollback` or `.../promote`: changes the app's
+/// rollout by `change` in one store transaction, records `kind` of event,
+/// and has nodes hear of it at once.
+fn change_rollout(
+    shared: &Shared,
+    app: &str,
+    kind: super::events::EventKind,
+    change: impl FnOnce(
+        &crate::state::AppRecord,
+        u64,
+    ) -> Result<(crate::state::AppRecord, String), String>,
+) -> Handled {
+    let message = {
+        let mut live = shared.live.lock().expect("live state lock");
+        let now_ms = crate::clock::unix_ms();
+        let mut message = String::new();
+        let mut refused = None;
+        shared
+            .store
+            .update_app(app, |current| {
+                let Some(current) = current else {
+                    return Err(crate::state::StateError::UnknownApp(app.to_string()));
+                };
+                match change(current, now_ms) {
+                    Ok((record, said)) => {
+                        message = said;
+                        Ok(record)
+                    }
+                    Err(why) => {
+                        refused = Some(why);
+                        Ok(current.clone())
+                    }
+                }
+            })
+            .map_err(|e| match e {
+                crate::state::StateError::UnknownApp(_) => Refusal::not_found(e.to_string()),
+                e => Refusal::internal(e),
+            })?;
+        if let Some(why) = refused {
+            return Err(Refusal::bad(why));
+        }
+        let record = shared
+            .store
+            .app(app)
+            .map_err(Refusal::internal)?
+            .ok_or_else(|| Refusal::internal("the app vanished after it was stored"))?;
+        tracing::info!(app, "{message}");
+        live.events.record_app(kind, app, message.clone());
+        live.apps.insert(app.to_string(), record);
+        message
+    };
+    shared.bump();
+    shared.wake.notify_one();
+    json(
+        StatusCode::OK,
+        &RolloutResponse {
+            app: app.to_string(),
+            message,
+        },
+    )
 }
 
 /// Wakes the controller and waits (at most [`PLACE_WAIT`]) for a pass
@@ -975,6 +1156,7 @@ async fn sync(shared: &Shared, caller: &NodeCert, request: Request) -> Handled {
     }
     let mut wake = false;
     let mut bump = false;
+    let mut reported_outcomes;
     let heartbeat;
     let fresh_logs: Vec<_>;
     let placed_by;
@@ -1048,7 +1230,9 @@ async fn sync(shared: &Shared, caller: &NodeCert, request: Request) -> Handled {
         }
         // Demand that grew (or requests held for a component with no
         // replica) wakes the autoscaler now, not at the next pass.
-        wake |= entry.take_load(sync.load);
+        let (urgent, outcomes) = entry.take_load(sync.load);
+        wake |= urgent;
+        reported_outcomes = outcomes;
         // Loads that failed since the node last reported: events.
         let failed_now: Vec<(String, String, String)> = sync
             .status
@@ -1057,7 +1241,7 @@ async fn sync(shared: &Shared, caller: &NodeCert, request: Request) -> Handled {
             .filter(|c| c.state == LoadState::Failed)
             .filter(|c| {
                 entry
-                    .component(&c.app, &c.component)
+                    .component(&c.app, &c.component, &c.package)
                     .is_none_or(|before| before.state != LoadState::Failed)
             })
             .take(super::events::KEPT)
@@ -1101,6 +1285,9 @@ async fn sync(shared: &Shared, caller: &NodeCert, request: Request) -> Handled {
                 None,
                 format!("node {node} is back"),
             );
+        }
+        for (app, component, versions) in std::mem::take(&mut reported_outcomes) {
+            super::rollout::take_outcomes(&mut live, node, &app, &component, versions);
         }
         for (app, component, error) in failed_now {
             live.events.record(
@@ -1403,7 +1590,7 @@ fn app_views(shared: &Shared) -> Vec<AppView> {
                                 .into_iter()
                                 .flatten()
                                 .filter(|r| &r.component == name)
-                                .filter(|r| replica_running(&live, r))
+                                .filter(|r| r.package == app.package && replica_running(&live, r))
                                 .count() as u32,
                         })
                         .collect()
@@ -1421,9 +1608,81 @@ fn app_views(shared: &Shared) -> Vec<AppView> {
                         u.reason
                     )
                 }),
+                rollout: app
+                    .rollout
+                    .as_ref()
+                    .map(|rollout| rollout_view(&live, app, rollout, &replicas_of)),
+                rolled_back: app.failed.as_ref().map(|failed| RolledBackView {
+                    version: version_of(&live, &failed.package),
+                    package: failed.package.clone(),
+                    reason: failed.reason.clone(),
+                    unix_ms: failed.unix_ms,
+                }),
+                history: app.history.iter().map(|p| version_of(&live, p)).collect(),
             }
         })
         .collect()
+}
+
+/// How `app`'s `rollout` shows in `skiff apps`.
+fn rollout_view(
+    live: &super::Live,
+    app: &crate::state::AppRecord,
+    rollout: &crate::state::Rollout,
+    replicas_of: &std::collections::HashMap<&str, Vec<&ReplicaRecord>>,
+) -> RolloutView {
+    use crate::state::RolloutStrategy;
+    let (strategy, share) = match &rollout.strategy {
+        RolloutStrategy::Rolling => ("rolling", None),
+        RolloutStrategy::Canary { steps, step, .. } => ("canary", Some(steps[*step])),
+        RolloutStrategy::Rollback { .. } => ("rollback", None),
+    };
+    let state = match (&rollout.strategy, rollout.done_unix_ms) {
+        (RolloutStrategy::Rollback { .. }, _) => "rolling back",
+        (_, Some(_)) => "watching",
+        _ => "rolling out",
+    };
+    let replicas = replicas_of
+        .get(app.name.as_str())
+        .map(Vec::as_slice)
+        .unwrap_or_default();
+    let ready = replicas
+        .iter()
+        .filter(|r| r.package == app.package)
+        .filter(|r| super::reconcile::endpoint_node(live, r).is_some())
+        .count() as u32;
+    let desired = live.specs.get(&app.package).map_or(0, |spec| {
+        spec.components
+            .iter()
+            .map(|(name, plan)| live.desired_replicas(app, name, plan))
+            .sum()
+    });
+    let requests = |package: &str| {
+        live.tallies
+            .get(&(app.name.clone(), package.to_string()))
+            .map_or((0, 0), |t| (t.answered, t.failed))
+    };
+    RolloutView {
+        strategy: strategy.to_string(),
+        state: state.to_string(),
+        from: version_of(live, &rollout.from),
+        to: version_of(live, &app.package),
+        share,
+        ready,
+        desired,
+        new_requests: requests(&app.package),
+        old_requests: requests(&rollout.from),
+    }
+}
+
+/// How a version is shown: the app's `version` and the first digits of
+/// its package digest.
+fn version_of(live: &super::Live, package: &str) -> String {
+    let digits = crate::node::replicas::short(package);
+    match live.specs.get(package) {
+        Some(spec) => format!("{} {digits}", spec.version),
+        None => digits.to_string(),
+    }
 }
 
 fn replica_views(shared: &Shared, app: Option<&str>) -> Vec<ReplicaView> {
@@ -1445,29 +1704,13 @@ fn replica_views(shared: &Shared, app: Option<&str>) -> Vec<ReplicaView> {
                 ),
                 Some(node) => match live.nodes.get(node) {
                     Some(n) if n.down => ("unknown", Some(format!("node {node} is down"))),
-                    Some(n) => match n.component(&r.app, &r.component) {
+                    Some(n) => match n.component(&r.app, &r.component, &r.package) {
                         _ if replica_running(&live, r) => ("running", None),
-                        // A failure of an earlier version says nothing of
-                        // the one being loaded now.
-                        Some(c)
-                            if c.state == LoadState::Failed
-                                && live.apps.get(&r.app).map(|a| &a.package)
-                                    == Some(&c.package) =>
-                        {
-                            ("failed", c.error.clone())
-                        }
-                        Some(c) if c.serving.is_some() => (
+                        Some(c) if c.state == LoadState::Failed => ("failed", c.error.clone()),
+                        Some(c) if c.serving.is_some() => ("running", None),
+                        Some(_) => (
                             "starting",
-                            Some("the previous version serves until this one loads".to_string()),
-                        ),
-                        // The earlier version's error is often this one's
-                        // too (a full disk, a corrupt blob): say it, without
-                        // calling the new version failed.
-                        Some(c) if c.state == LoadState::Failed => (
-                            "starting",
-                            c.error.as_ref().map(|error| {
-                                format!("the node has not reported this version yet; the last one failed: {error}")
-                            }),
+                            Some("loading and checking it is ready".to_string()),
                         ),
                         _ => ("starting", None),
                     },
@@ -1479,8 +1722,7 @@ fn replica_views(shared: &Shared, app: Option<&str>) -> Vec<ReplicaView> {
             let reason = reason
                 .or_else(|| live.pending.get(&r.id).cloned())
                 .or_else(|| {
-                    let package = &live.apps.get(&r.app)?.package;
-                    let unreadable = live.unreadable.get(package)?;
+                    let unreadable = live.unreadable.get(&r.package)?;
                     Some(format!(
                         "the app's package cannot be read: {}",
                         unreadable.reason
@@ -1494,6 +1736,7 @@ fn replica_views(shared: &Shared, app: Option<&str>) -> Vec<ReplicaView> {
                 state: state.to_string(),
                 age_secs: now.saturating_sub(r.created_unix),
                 reason,
+                version: version_of(&live, &r.package),
             }
         })
         .collect()
@@ -1512,7 +1755,7 @@ fn node_views(shared: &Shared) -> Vec<NodeView> {
                 .unwrap_or_default();
             let reserved = on_node
                 .iter()
-                .filter_map(|r| live.spec(&r.app)?.components.get(&r.component))
+                .filter_map(|r| live.specs.get(&r.package)?.components.get(&r.component))
                 .map(|plan| plan.request.memory)
                 .sum();
             let state = if n.down {

@@ -23,6 +23,9 @@ pub struct AppSpec {
     /// Every blob of the package: its manifest, config and layers. A node
     /// may fetch these only while the app has a replica on it.
     pub blobs: BTreeSet<Digest>,
+    /// `[app] canary` steps (ending at 100) and interval, when it has
+    /// some: a deploy of this version over another is a canary.
+    pub canary: Option<(Vec<u32>, Duration)>,
 }
 
 impl AppSpec {
@@ -75,6 +78,8 @@ pub struct ComponentPlan {
     pub request: ReplicaRequest,
     /// Who may call it over the mesh (`allow_callers`).
     pub allow_callers: Vec<skiff_runtime::mesh::CallerPattern>,
+    /// How a new version's replicas replace the old ones.
+    pub rollout: skiff_runtime::manifest::RolloutBounds,
 }
 
 impl ComponentPlan {
@@ -128,6 +133,7 @@ pub fn read(store: &Store, digest: &str) -> Result<AppSpec, String> {
             let plan = ComponentPlan {
                 route: spec.route.as_ref().map(ToString::to_string),
                 allow_callers: spec.allow_callers.clone(),
+                rollout: spec.rollout.clone(),
                 replicas: spec.scale.replicas(),
                 target_concurrency: spec.scale.target_concurrency(&spec.limits),
                 scale_down_delay: spec.scale.scale_down_delay(),
@@ -150,11 +156,21 @@ pub fn read(store: &Store, digest: &str) -> Result<AppSpec, String> {
             Ok((component.to_string(), plan))
         })
         .collect::<Result<_, String>>()?;
+    use skiff_runtime::manifest::rollout;
+    let canary = if manifest.app.canary.is_empty() {
+        None
+    } else {
+        Some((
+            rollout::canary_steps(&manifest.app.canary)?,
+            rollout::canary_interval(manifest.app.canary_interval)?,
+        ))
+    };
     Ok(AppSpec {
         name,
         version: manifest.app.version.clone(),
         components,
         blobs,
+        canary,
     })
 }
 

@@ -106,7 +106,12 @@ fn collect(shared: &Shared) {
     }
     let in_use: Vec<Digest> = {
         let mut live = shared.live.lock().expect("live state lock");
-        let used: BTreeSet<String> = live.apps.values().map(|a| a.package.clone()).collect();
+        let used: BTreeSet<String> = live
+            .apps
+            .values()
+            .flat_map(crate::state::AppRecord::versions)
+            .cloned()
+            .collect();
         live.specs.retain(|package, _| used.contains(package));
         live.unreadable.retain(|package, _| used.contains(package));
         used.iter().filter_map(|p| p.parse().ok()).collect()

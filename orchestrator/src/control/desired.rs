@@ -16,10 +16,10 @@ use std::time::{Duration, Instant};
 /// whose version is older than a forgotten removal gets the whole state.
 const MAX_TOMBSTONES: usize = 20_000;
 
-/// `(app, component)`.
-type ComponentKey = (String, String);
+/// `(app, component, package)`: one version of a component.
+type ComponentKey = (String, String, String);
 
-/// Per node, the components placed on it.
+/// Per node, the versions of components placed on it.
 type Assignments = BTreeMap<String, BTreeMap<ComponentKey, Assignment>>;
 
 /// The desired state of every node at one version, with when each part
@@ -227,14 +227,18 @@ fn routing_and_assignments(live: &Live) -> (BTreeMap<String, AppRouting>, Assign
             let Some(node) = replica.node.as_ref().and_then(|n| per_node.get_mut(n)) else {
                 continue;
             };
-            node.entry((app.clone(), replica.component.clone()))
-                .or_insert_with(|| Assignment {
-                    app: app.clone(),
-                    component: replica.component.clone(),
-                    package: record.package.clone(),
-                    replicas: 0,
-                })
-                .replicas += 1;
+            node.entry((
+                app.clone(),
+                replica.component.clone(),
+                replica.package.clone(),
+            ))
+            .or_insert_with(|| Assignment {
+                app: app.clone(),
+                component: replica.component.clone(),
+                package: replica.package.clone(),
+                replicas: 0,
+            })
+            .replicas += 1;
         }
         let Some(spec) = live.specs.get(&record.package) else {
             continue;
@@ -253,14 +257,27 @@ fn routing_and_assignments(live: &Live) -> (BTreeMap<String, AppRouting>, Assign
                     .push(Endpoint {
                         node: node.record.name.clone(),
                         mesh: node.record.mesh.clone(),
+                        package: replica.package.clone(),
                     });
             }
         }
+        let split = if record.rollout.is_some() {
+            endpoints
+                .iter()
+                .filter_map(|(component, endpoints)| {
+                    let versions = endpoints.iter().map(|e| e.package.as_str());
+                    Some((component.clone(), super::rollout::split(record, versions)?))
+                })
+                .collect()
+        } else {
+            BTreeMap::new()
+        };
         let routing = AppRouting {
             name: app.clone(),
             routes,
             components: spec.components.keys().cloned().collect(),
             endpoints,
+            split,
             callers: Some(
                 spec.components
                     .iter()

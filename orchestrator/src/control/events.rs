@@ -1,8 +1,10 @@
 //! The control plane's recent scheduling and scaling decisions (`skiff
 //! events`): where each replica went and by which scores, why one cannot
 //! be placed, each autoscaling change and its reason, components that
-//! fail to load, nodes going down and coming back. Kept in memory, the newest [`KEPT`]; each is also a
-//! log line of the control plane.
+//! fail to load, nodes going down and coming back, and each step of a
+//! rollout (started, a canary step, done, rolled back with the evidence).
+//! Kept in memory, the newest [`KEPT`]; each is also a log line of the
+//! control plane.
 
 use crate::api::EventView;
 use std::collections::VecDeque;
@@ -29,6 +31,14 @@ pub(crate) enum EventKind {
     NodeBack,
     /// A node reported that a component failed to load.
     LoadFailed,
+    /// A deploy started moving an app to a new version.
+    RolloutStarted,
+    /// A canary took a larger share of requests, or was promoted.
+    RolloutStep,
+    /// Every replica runs the new version (and, later, its watch ended).
+    RolloutDone,
+    /// A new version was rolled back, by itself or by hand.
+    RolledBack,
 }
 
 impl EventKind {
@@ -42,6 +52,10 @@ impl EventKind {
             EventKind::NodeDown => "node_down",
             EventKind::NodeBack => "node_back",
             EventKind::LoadFailed => "load_failed",
+            EventKind::RolloutStarted => "rollout_started",
+            EventKind::RolloutStep => "rollout_step",
+            EventKind::RolloutDone => "rollout_done",
+            EventKind::RolledBack => "rolled_back",
         }
     }
 }
@@ -73,6 +87,14 @@ impl EventLog {
             component: workload.map(|(_, component)| component.to_string()),
             message,
         });
+    }
+
+    /// Records an event about app `app` as a whole.
+    pub(crate) fn record_app(&mut self, kind: EventKind, app: &str, message: String) {
+        self.record(kind, Some((app, "")), message);
+        if let Some(event) = self.events.back_mut() {
+            event.component = None;
+        }
     }
 
     /// Events after `after` (a `seq`), of `app` when given, oldest first.

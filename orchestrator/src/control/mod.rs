@@ -17,6 +17,7 @@ mod desired;
 mod events;
 mod logs;
 mod reconcile;
+mod rollout;
 #[cfg(test)]
 mod tests;
 
@@ -155,6 +156,9 @@ pub(crate) struct Live {
     held_at: HashMap<(String, String), String>,
     /// Recent scheduling and scaling decisions.
     events: events::EventLog,
+    /// Per `(app, package)` under a rollout, what became of the requests
+    /// that version answered since it began.
+    tallies: HashMap<(String, String), rollout::Tally>,
 }
 
 /// How far the replicas placed on a node may reserve beyond the memory it
@@ -237,9 +241,10 @@ pub(crate) struct LiveNode {
     /// from the store keeps its replicas but takes no new ones.
     heard: bool,
     down: bool,
-    /// What its last heartbeat said of each component it holds, by app,
-    /// so a replica's state is found without scanning every component.
-    components: HashMap<String, HashMap<String, ComponentStatus>>,
+    /// What its last heartbeat said of each version of a component it
+    /// holds, by app and then `(component, package)`, so a replica's state
+    /// is found without scanning every component.
+    components: HashMap<String, HashMap<(String, String), ComponentStatus>>,
     /// The node's run (the first number it gave) and number for the status
     /// in `components`, when it is whole as of that number; none until a
     /// heartbeat brought all of it.
@@ -258,6 +263,8 @@ pub(crate) struct LiveNode {
     /// Signalled when the node has news: its held heartbeat is answered
     /// at once, so it can send the next one with the news.
     news: Arc<tokio::sync::Notify>,
+    /// What it last said each version answered.
+    outcomes_seen: rollout::OutcomesSeen,
 }
 
 /// Heartbeats of one node may move the desired-state version (which wakes
@@ -326,13 +333,19 @@ impl LiveNode {
             load: HashMap::new(),
             bumps: BumpBudget::default(),
             news: Arc::new(tokio::sync::Notify::new()),
+            outcomes_seen: HashMap::new(),
             record,
         }
     }
 
-    /// What the node last said of `app`/`component`.
-    fn component(&self, app: &str, component: &str) -> Option<&ComponentStatus> {
-        self.components.get(app)?.get(component)
+    /// What the node last said of version `package` of `app`/`component`.
+    fn component(&self, app: &str, component: &str, package: &str) -> Option<&ComponentStatus> {
+        // Keys are owned; a lookup by borrowed parts scans the app's few.
+        self.components
+            .get(app)?
+            .iter()
+            .find(|((c, p), _)| c == component && p == package)
+            .map(|(_, status)| status)
     }
 
     /// Takes what a heartbeat says of the components held: all of them
@@ -374,7 +387,7 @@ impl LiveNode {
                     self.components
                         .entry(status.app.clone())
                         .or_default()
-                        .insert(status.component.clone(), status);
+                        .insert((status.component.clone(), status.package.clone()), status);
                 }
                 routed
             }
@@ -385,11 +398,11 @@ impl LiveNode {
                     return None;
                 }
                 let mut routed = false;
-                for (app, component) in removed {
+                for (app, component, package) in removed {
                     let Some(held) = self.components.get_mut(&app) else {
                         continue;
                     };
-                    if let Some(gone) = held.remove(&component) {
+                    if let Some(gone) = held.remove(&(component, package)) {
                         routed |= gone.serving.is_some();
                     }
                     if held.is_empty() {
@@ -399,7 +412,8 @@ impl LiveNode {
                 for status in components {
                     let held = self.components.entry(status.app.clone()).or_default();
                     let serving = status.serving.clone();
-                    match held.insert(status.component.clone(), status) {
+                    let key = (status.component.clone(), status.package.clone());
+                    match held.insert(key, status) {
                         Some(old) => routed |= old.serving != serving,
                         None => routed |= serving.is_some(),
                     }
@@ -416,16 +430,26 @@ impl LiveNode {
         self.components.clear();
         self.status_seq = None;
         self.load.clear();
+        self.outcomes_seen.clear();
     }
 
     /// Takes the demand a heartbeat reports (at most one entry per
     /// component, and no more than [`MAX_COMPONENTS_PER_NODE`]); returns
-    /// whether the autoscaler should look now: requests are held for a
-    /// component, or one's demand at least doubled.
-    fn take_load(&mut self, load: Vec<crate::api::ComponentLoad>) -> bool {
+    /// whether the autoscaler should look now (requests are held for a
+    /// component, or one's demand at least doubled), and the outcomes of
+    /// the versions it reports, by `(app, component)`.
+    fn take_load(&mut self, load: Vec<crate::api::ComponentLoad>) -> (bool, Vec<ReportedOutcomes>) {
         let mut urgent = false;
+        let mut outcomes = Vec::new();
         let mut taken = HashMap::with_capacity(load.len().min(MAX_COMPONENTS_PER_NODE));
-        for entry in load.into_iter().take(MAX_COMPONENTS_PER_NODE) {
+        for mut entry in load.into_iter().take(MAX_COMPONENTS_PER_NODE) {
+            if !entry.versions.is_empty() {
+                outcomes.push((
+                    entry.app.clone(),
+                    entry.component.clone(),
+                    std::mem::take(&mut entry.versions),
+                ));
+            }
             let key = (entry.app.clone(), entry.component.clone());
             let before = self.load.get(&key).map_or(0.0, |l| l.concurrency);
             urgent |=
@@ -433,7 +457,7 @@ impl LiveNode {
             taken.insert(key, entry);
         }
         self.load = taken;
-        urgent
+        (urgent, outcomes)
     }
 
     /// Memory replicas may reserve on it: what it declared at join, or
@@ -442,6 +466,9 @@ impl LiveNode {
         self.record.memory.min(self.reported_memory)
     }
 }
+
+/// `(app, component, outcomes of its versions)` as a heartbeat reports them.
+type ReportedOutcomes = (String, String, Vec<crate::api::VersionOutcomes>);
 
 /// The most components a node's reports may say it holds; a report past
 /// it is refused. A node holds one per app it runs a replica of.
@@ -736,8 +763,12 @@ impl Live {
         for app in store.apps()? {
             live.apps.insert(app.name.clone(), app);
         }
-        let packages_used: std::collections::BTreeSet<String> =
-            live.apps.values().map(|a| a.package.clone()).collect();
+        let packages_used: std::collections::BTreeSet<String> = live
+            .apps
+            .values()
+            .flat_map(AppRecord::versions)
+            .cloned()
+            .collect();
         for package in packages_used {
             match catalog::read(packages, &package) {
                 Ok(spec) => {
@@ -746,7 +777,13 @@ impl Live {
                 Err(e) => live.mark_unreadable(&package, e, Instant::now()),
             }
         }
-        for replica in store.replicas()? {
+        for mut replica in store.replicas()? {
+            // Stored before versions were: it runs the app's package.
+            if replica.package.is_empty()
+                && let Some(app) = live.apps.get(&replica.app)
+            {
+                replica.package = app.package.clone();
+            }
             live.replicas.insert(replica.id.clone(), replica);
         }
         Ok(live)

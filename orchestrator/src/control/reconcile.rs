@@ -82,6 +82,13 @@ fn pass(shared: &Shared) {
             Err(e) => tracing::error!("cannot reload replicas: {e}"),
         }
     }
+    for app in &outcome.apps {
+        if let Err(e) = shared.store.update_app(&app.name, |_| Ok(app.clone())) {
+            // Memory runs ahead of the store until the next change of the
+            // app is stored; a restart picks the rollout up where stored.
+            tracing::error!(app = app.name, "cannot record the rollout's progress: {e}");
+        }
+    }
     drop(live);
     if outcome.changed {
         shared.bump();
@@ -99,7 +106,7 @@ fn read_missing_specs(shared: &Shared) {
         let now = Instant::now();
         live.apps
             .values()
-            .map(|app| &app.package)
+            .flat_map(AppRecord::versions)
             .filter(|package| !live.specs.contains_key(*package))
             .filter(|package| {
                 live.unreadable
@@ -130,6 +137,8 @@ pub(super) struct Outcome {
     pub(super) changes: Vec<ReplicaChange>,
     /// Whether nodes must hear of a new desired state.
     pub(super) changed: bool,
+    /// Apps whose rollout moved on, to store.
+    pub(super) apps: Vec<AppRecord>,
 }
 
 impl Outcome {
@@ -152,6 +161,8 @@ pub(super) fn reconcile(
 ) -> Outcome {
     let mut out = Outcome::default();
     mark_down(live, now, config, &mut out);
+    out.apps = super::rollout::progress(live, crate::clock::unix_ms());
+    out.changed |= !out.apps.is_empty();
     let specs = AppSpecs::of(live);
     release_lost(live, &specs, &mut out);
     autoscale(live, &specs, now);
@@ -162,8 +173,12 @@ pub(super) fn reconcile(
 }
 
 /// Each declared app's spec (none while its package cannot be read),
-/// looked up once per pass instead of once per replica.
-struct AppSpecs(HashMap<String, Option<Arc<AppSpec>>>);
+/// looked up once per pass instead of once per replica; and every
+/// version's, for the replicas of a version being replaced.
+struct AppSpecs(
+    HashMap<String, Option<Arc<AppSpec>>>,
+    HashMap<String, Arc<AppSpec>>,
+);
 
 impl AppSpecs {
     fn of(live: &Live) -> AppSpecs {
@@ -172,7 +187,18 @@ impl AppSpecs {
                 .iter()
                 .map(|(name, app)| (name.clone(), live.specs.get(&app.package).cloned()))
                 .collect(),
+            live.specs.clone(),
         )
+    }
+
+    /// How `replica`'s version of its component is placed: its own
+    /// version's plan (a replica of the old version reserves what that
+    /// version needs), else the app's current one.
+    fn plan_of(&self, replica: &ReplicaRecord) -> Option<&ComponentPlan> {
+        self.1
+            .get(&replica.package)
+            .and_then(|spec| spec.components.get(&replica.component))
+            .or_else(|| self.plan(&replica.app, &replica.component))
     }
 
     /// Whether `app` declares `component`; an app whose package cannot be
@@ -439,7 +465,10 @@ impl Live {
     }
 }
 
-/// Adds or removes replicas so each component has its declared count.
+/// Adds or removes replicas so each component has its declared count,
+/// of its app's version; during a rollout, replaces the other versions'
+/// replicas as [`super::rollout::targets`] allows: new ones first, an old
+/// one removed only while enough replicas stay ready.
 fn match_scale(live: &mut Live, now_unix: u64, out: &mut Outcome) {
     // Each component's replicas, found in one walk over all of them: ids
     // are `app/component/N`, so a component's replicas are adjacent.
@@ -461,23 +490,70 @@ fn match_scale(live: &mut Live, now_unix: u64, out: &mut Outcome) {
             let current = existing
                 .remove(&(name.as_str(), component.as_str()))
                 .unwrap_or_default();
-            let count = current.len() as u32;
-            if count > desired {
-                remove.extend(scale_down_order(&current, (count - desired) as usize));
-            } else if count < desired {
-                let first = current
-                    .iter()
-                    .map(|r| index_of(&r.id) + 1)
-                    .max()
-                    .unwrap_or(0);
-                for next in first..first + u64::from(desired - count) {
+            let next_index = current
+                .iter()
+                .map(|r| index_of(&r.id) + 1)
+                .max()
+                .unwrap_or(0);
+            let (new, old): (Vec<&ReplicaRecord>, Vec<&ReplicaRecord>) =
+                current.into_iter().partition(|r| r.package == app.package);
+            let ready = |r: &&&ReplicaRecord| endpoint_node(live, r).is_some();
+            let (ready_old, unready_old): (Vec<&ReplicaRecord>, Vec<&ReplicaRecord>) =
+                old.iter().partition(ready);
+            let targets = match &app.rollout {
+                Some(_) => super::rollout::targets(
+                    app,
+                    desired,
+                    old.len() as u32,
+                    plan.rollout.for_desired(desired),
+                ),
+                // No rollout: nothing else should run; what does goes.
+                None => super::rollout::VersionTargets {
+                    new: desired,
+                    keep_old: None,
+                    min_ready: 0,
+                },
+            };
+            let mut next = next_index;
+            let mut more = |package: &str, n: u32, add: &mut Vec<ReplicaRecord>| {
+                for _ in 0..n {
                     add.push(ReplicaRecord {
                         id: format!("{name}/{component}/{next}"),
                         app: name.clone(),
                         component: component.clone(),
                         node: None,
                         created_unix: now_unix,
+                        package: package.to_string(),
                     });
+                    next += 1;
+                }
+            };
+            let count = new.len() as u32;
+            if count > targets.new {
+                remove.extend(scale_down_order(&new, (count - targets.new) as usize));
+            } else {
+                more(&app.package, targets.new - count, &mut add);
+            }
+            match targets.keep_old {
+                // A canary: the old versions stay as they are, scaled
+                // with demand, until its last step.
+                Some(keep) => {
+                    let count = old.len() as u32;
+                    if count > keep {
+                        remove.extend(scale_down_order(&old, (count - keep) as usize));
+                    } else if let Some(from) = app.rollout.as_ref().map(|r| &r.from)
+                        && live.specs.contains_key(from)
+                    {
+                        more(from, keep - count, &mut add);
+                    }
+                }
+                None => {
+                    // Old replicas not serving count for nothing: they go.
+                    remove.extend(unready_old.iter().map(|r| r.id.clone()));
+                    let ready_new = new.iter().filter(ready).count() as u32;
+                    let ready_now = ready_new + ready_old.len() as u32;
+                    let spare = ready_now.saturating_sub(targets.min_ready) as usize;
+                    remove.extend(scale_down_order(&ready_old, spare.min(ready_old.len())));
                 }
             }
         }
@@ -613,7 +689,7 @@ fn snapshot(
             .filter(|r| !placing.contains(r.id.as_str()))
             .filter_map(|r| {
                 let node = index.get(r.node.as_deref()?)?;
-                let plan = specs.plan(&r.app, &r.component)?;
+                let plan = specs.plan_of(r)?;
                 Some((*node, plan.request.component.clone(), plan.request.memory))
             })
             .collect(),
@@ -669,7 +745,7 @@ fn place(live: &mut Live, specs: &AppSpecs, out: &mut Outcome, ids: Vec<String>,
         .into_iter()
         .filter_map(|id| {
             let r = &live.replicas[&id];
-            let plan = specs.plan(&r.app, &r.component)?;
+            let plan = specs.plan_of(r)?;
             let mut request = plan.request.clone();
             request.prefer = live
                 .held_at
@@ -848,8 +924,8 @@ impl PassEvents {
     }
 }
 
-/// The replica's node, when that node is up and serves its component
-/// (any version: during a rollout the old one serves until the new loads).
+/// The replica's node, when that node is up and serves the replica's
+/// version (loaded and ready).
 pub(super) fn endpoint_node<'a>(
     live: &'a Live,
     replica: &ReplicaRecord,
@@ -860,16 +936,13 @@ pub(super) fn endpoint_node<'a>(
     let serving = !node.down
         && (!node.heard
             || node
-                .component(&replica.app, &replica.component)
+                .component(&replica.app, &replica.component, &replica.package)
                 .is_some_and(|c| c.serving.is_some()));
     serving.then_some(node)
 }
 
-/// Whether the replica runs the app's current package on a live node.
+/// Whether the replica runs its version on a live node.
 pub(super) fn replica_running(live: &Live, replica: &ReplicaRecord) -> bool {
-    let Some(package) = live.apps.get(&replica.app).map(|a| &a.package) else {
-        return false;
-    };
     replica
         .node
         .as_deref()
@@ -877,7 +950,7 @@ pub(super) fn replica_running(live: &Live, replica: &ReplicaRecord) -> bool {
         .is_some_and(|node| {
             !node.down
                 && node
-                    .component(&replica.app, &replica.component)
-                    .is_some_and(|c| c.state == LoadState::Running && &c.package == package)
+                    .component(&replica.app, &replica.component, &replica.package)
+                    .is_some_and(|c| c.state == LoadState::Running)
         })
 }

@@ -55,6 +55,7 @@ fn cluster(nodes: &[(&str, u64)], replicas: u32, memory: u64, now: Instant) -> L
             strategy: Strategy::Spread,
             prefer: None,
         },
+        rollout: Default::default(),
     };
     live.specs.insert(
         "sha256:p".to_string(),
@@ -63,6 +64,7 @@ fn cluster(nodes: &[(&str, u64)], replicas: u32, memory: u64, now: Instant) -> L
             version: "1".to_string(),
             components: BTreeMap::from([("api".to_string(), plan)]),
             blobs: Default::default(),
+            canary: None,
         }),
     );
     live.apps.insert(
@@ -72,6 +74,7 @@ fn cluster(nodes: &[(&str, u64)], replicas: u32, memory: u64, now: Instant) -> L
             package: "sha256:p".to_string(),
             scale: BTreeMap::from([("api".to_string(), Replicas::Fixed(replicas))]),
             generation: 1,
+            ..AppRecord::new("")
         },
     );
     live
@@ -514,6 +517,7 @@ fn a_node_brought_forward_by_changes_holds_the_whole_desired_state() {
             package: "sha256:q".to_string(),
             scale: BTreeMap::from([("api".to_string(), Replicas::Fixed(2))]),
             generation: 1,
+            ..AppRecord::new("")
         },
     );
     reconcile(&mut live, now, &config(), 0);
@@ -527,7 +531,10 @@ fn a_node_brought_forward_by_changes_holds_the_whole_desired_state() {
     reconcile(&mut live, now, &config(), 0);
     let change = step(&live, 14);
     assert_eq!(change.removed_apps, ["web"]);
-    assert_eq!(change.unassigned, [("web".to_string(), "api".to_string())]);
+    assert_eq!(
+        change.unassigned,
+        [("web".to_string(), "api".to_string(), "sha256:p".to_string())]
+    );
 
     // A node leaves the cluster: the members change.
     live.nodes.remove("b");
@@ -558,7 +565,7 @@ fn report(
         components: serving_apps.iter().map(|app| serving(app)).collect(),
         removed: removed
             .iter()
-            .map(|app| (app.to_string(), "api".to_string()))
+            .map(|app| (app.to_string(), "api".to_string(), "sha256:p".to_string()))
             .collect(),
     }
 }
@@ -580,7 +587,7 @@ fn a_node_status_is_taken_whole_then_by_changes_and_never_backwards() {
     loading.components[0].state = crate::api::LoadState::Loading;
     assert_eq!(node.take_status(loading), Some(false));
     assert_eq!(
-        node.component("y", "api").map(|c| c.state),
+        node.component("y", "api", "sha256:p").map(|c| c.state),
         Some(crate::api::LoadState::Loading)
     );
     // A removal, and a repeat from an older base (an answer the node never
@@ -593,12 +600,12 @@ fn a_node_status_is_taken_whole_then_by_changes_and_never_backwards() {
         node.take_status(report(1, Some(10), 13, &[], &["x"])),
         Some(false)
     );
-    assert!(node.component("x", "api").is_none());
+    assert!(node.component("x", "api", "sha256:p").is_none());
     assert_eq!(node.status_seq, Some((1, 13)));
     // Older than the status held, change or whole: it arrived late.
     assert_eq!(node.take_status(report(1, Some(10), 12, &["x"], &[])), None);
     assert_eq!(node.take_status(report(1, None, 12, &["x"], &[])), None);
-    assert!(node.component("x", "api").is_none());
+    assert!(node.component("x", "api", "sha256:p").is_none());
     // A base past the status held (lost by the control plane): refused.
     assert_eq!(node.take_status(report(1, Some(20), 21, &["x"], &[])), None);
     // A change of another run of the node is refused; its whole status is
@@ -701,6 +708,7 @@ fn the_autoscaler_follows_demand_prefers_the_holding_node_and_caps_absurd_report
             component: "api".to_string(),
             concurrency,
             held,
+            versions: Vec::new(),
         };
         live.nodes.get_mut(node).unwrap().load =
             std::collections::HashMap::from([(("web".to_string(), "api".to_string()), load)]);
@@ -739,7 +747,7 @@ fn the_autoscaler_follows_demand_prefers_the_holding_node_and_caps_absurd_report
     };
     live.nodes.get_mut("b").unwrap().components.insert(
         "web".to_string(),
-        std::collections::HashMap::from([("api".to_string(), serving)]),
+        std::collections::HashMap::from([(("api".to_string(), "sha256:p".to_string()), serving)]),
     );
     report(&mut live, "c", 0.0, 1000);
     reconcile(&mut live, now, &config(), 0);
@@ -794,6 +802,7 @@ fn scale_down_removes_pending_first_then_from_the_fullest_node_newest_first() {
         component: "api".to_string(),
         node: node.map(str::to_string),
         created_unix: 0,
+        package: "sha256:p".to_string(),
     };
     // 10,000 replicas: a: 5,000, b: 3,000, c: 1,990, and 10 pending.
     let replicas: Vec<ReplicaRecord> = (0..10_000u64)

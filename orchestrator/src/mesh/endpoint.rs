@@ -8,7 +8,7 @@
 //! make a loop.
 
 use super::admission::{Admission, MESH_MAX_UNPROVEN, MESH_MAX_UNPROVEN_PER_IP, Trust};
-use super::{APP_HEADER, COMPONENT_HEADER, HOPS_HEADER, NOT_HERE_HEADER};
+use super::{APP_HEADER, COMPONENT_HEADER, HOPS_HEADER, NOT_HERE_HEADER, VERSION_HEADER};
 use super::{NodeCert, Peer, WorkloadCert};
 use crate::node::NodeShared;
 use crate::node::routing::Routing;
@@ -143,6 +143,8 @@ async fn serve_forwarded(
         );
     };
     let hops = text(headers.remove(HOPS_HEADER));
+    // The version the sender chose; only a node (a mesh peer) sets it.
+    let version = text(headers.remove(VERSION_HEADER));
     let routing = node.routing.read().expect("routing lock").clone();
     let inbound = match peer {
         Peer::Node(sender) => {
@@ -181,9 +183,13 @@ async fn serve_forwarded(
     };
     // A replica loading here (the node just restarted, say) serves once
     // loaded: the sender's endpoints are right, only early.
+    let pick = version.as_deref().map_or(
+        crate::node::replicas::Pick::Any,
+        crate::node::replicas::Pick::Only,
+    );
     let here = node
         .replicas
-        .wait_serving(&app, &component, crate::node::reach::LOAD_WAIT)
+        .wait_serving(&app, &component, pick, crate::node::reach::LOAD_WAIT)
         .await;
     match here {
         Some((local, sink)) => invoke(&local, request, &sink, inbound).await,
@@ -242,6 +248,7 @@ mod tests {
         Endpoint {
             node: node.to_string(),
             mesh: "127.0.0.1:1".to_string(),
+            package: String::new(),
         }
     }
 
@@ -257,6 +264,7 @@ mod tests {
                 callers: None,
                 scale_from_zero: Vec::new(),
                 timeouts_ms: Default::default(),
+                split: Default::default(),
             }],
             &[],
         );

@@ -9,7 +9,7 @@
 
 use super::client::{BoxError, ForwardBody, MeshClient, client, failure_kind, with_sources};
 use super::outliers::Outcome;
-use super::{APP_HEADER, COMPONENT_HEADER, HOPS_HEADER, NOT_HERE_HEADER};
+use super::{APP_HEADER, COMPONENT_HEADER, HOPS_HEADER, NOT_HERE_HEADER, VERSION_HEADER};
 use super::{Members, NodeIdentity};
 use crate::api::{AppRouting, Endpoint};
 use bytes::Bytes;
@@ -238,19 +238,20 @@ impl Forwarder {
         if self.outliers.any() {
             let now = std::time::Instant::now();
             // Stable: the balanced order holds within each group.
-            order.sort_by_key(|e| self.outliers.ejected(&target.replica_on(&e.node), now));
+            order.sort_by_key(|e| self.outliers.ejected(&target.replica_on(e), now));
         }
         order
     }
 
     /// Records how a forwarded request to `node` for `target` went, and
     /// logs an ejection it causes.
-    fn record(&self, target: Target<'_>, node: &str, outcome: super::outliers::Outcome) {
+    fn record(&self, target: Target<'_>, endpoint: &Endpoint, outcome: super::outliers::Outcome) {
+        let node = endpoint.node.as_str();
         // The usual case, an answer while nothing failed: nothing to do.
         if outcome == Outcome::Answered && !self.outliers.any() {
             return;
         }
-        let replica = target.replica_on(node);
+        let replica = target.replica_on(endpoint);
         if let Some(length) = self
             .outliers
             .record(&replica, outcome, std::time::Instant::now())
@@ -281,11 +282,14 @@ pub(crate) struct Target<'a> {
 }
 
 impl Target<'_> {
-    /// The key of its replica on `node`, for outlier ejection: a replica
-    /// failing is its component's business on that node, not the node's
-    /// for every app.
-    fn replica_on(&self, node: &str) -> String {
-        format!("{}/{}@{node}", self.app, self.component)
+    /// The key of its replica at `endpoint`, for outlier ejection: a
+    /// replica failing is its version's business on that node, not the
+    /// node's for every app, nor the other version's there.
+    fn replica_on(&self, endpoint: &Endpoint) -> String {
+        format!(
+            "{}/{}@{}#{}",
+            self.app, self.component, endpoint.node, endpoint.package
+        )
     }
 }
 
@@ -326,7 +330,7 @@ impl Attempt<'_> {
         let counted = InFlight::enter(forwarder.in_flight(node));
         let within = self.target.answer_within;
         let Ok(answer) = tokio::time::timeout(within, self.client.request(forwarded)).await else {
-            forwarder.record(self.target, node, Outcome::Failed);
+            forwarder.record(self.target, self.endpoint, Outcome::Failed);
             tracing::warn!(
                 app = self.target.app,
                 component = self.target.component,
@@ -360,11 +364,11 @@ impl Attempt<'_> {
                 } else {
                     Outcome::Answered
                 };
-                forwarder.record(self.target, node, outcome);
+                forwarder.record(self.target, self.endpoint, outcome);
                 Ok(response.map(|body| relayed(Counted::new(body, counted))))
             }
             Err(e) => {
-                forwarder.record(self.target, node, Outcome::Failed);
+                forwarder.record(self.target, self.endpoint, Outcome::Failed);
                 // The whole chain goes to the log; the client, who may be
                 // anyone, learns only what kind of failure it was
                 // (certificate names, cluster names and validity times in
@@ -425,6 +429,11 @@ impl Attempt<'_> {
         let headers = forwarded.headers_mut();
         headers.insert(APP_HEADER, header_value(self.target.app));
         headers.insert(COMPONENT_HEADER, header_value(self.target.component));
+        // Whatever a client wrote there is not the sender's choice.
+        headers.remove(VERSION_HEADER);
+        if !self.endpoint.package.is_empty() {
+            headers.insert(VERSION_HEADER, header_value(&self.endpoint.package));
+        }
         if self.inbound.caller.is_some() {
             headers.insert(
                 HOPS_HEADER,
@@ -499,6 +508,7 @@ mod tests {
         Endpoint {
             node: node.to_string(),
             mesh: "127.0.0.1:1".to_string(),
+            package: String::new(),
         }
     }
 
@@ -589,7 +599,7 @@ mod tests {
         let nodes = [endpoint("x"), endpoint("y"), endpoint("z")];
         let endpoints: Vec<&Endpoint> = nodes.iter().collect();
         for _ in 0..super::super::outliers::FAILURES_TO_EJECT {
-            forwarder.record(TARGET, "y", Outcome::Failed);
+            forwarder.record(TARGET, &nodes[1], Outcome::Failed);
         }
         let other = Target {
             component: "web",

@@ -49,5 +49,8 @@ pub const COMPONENT_HEADER: &str = "skiff-component";
 /// Only the mesh endpoint sets it: `invoke` strips every `skiff-*` header
 /// from guest responses, so a guest cannot make a request replayed.
 pub const NOT_HERE_HEADER: &str = "skiff-not-here";
+/// Header naming the version (package digest) of the component a
+/// forwarded request is for: the sender chose it (a canary's share).
+pub const VERSION_HEADER: &str = "skiff-version";
 /// Header giving, on a forwarded mesh call, how many mesh hops it took.
 pub const HOPS_HEADER: &str = "skiff-hops";

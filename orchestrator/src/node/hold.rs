@@ -109,7 +109,10 @@ where
         // Registered before looking, so a change in between is not missed.
         let routed = node.routing_changed.notified();
         let settled = node.replicas.settled();
-        if let Some((local, sink)) = node.replicas.serving(name, component) {
+        if let Some((local, sink)) =
+            node.replicas
+                .serving(name, component, super::replicas::Pick::Any)
+        {
             drop(hold);
             return invoke(&local, request, &sink, inbound).await;
         }

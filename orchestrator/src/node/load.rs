@@ -7,12 +7,18 @@
 //! or whose demand doubled since the control plane last heard of it, is
 //! news: the control plane hears of it at once, not with the next
 //! heartbeat.
+//!
+//! Heartbeats also carry what became of the requests each version
+//! answered (counts since it loaded, sent when they changed), which the
+//! control plane compares during a rollout; a version's first failures
+//! since the last heartbeat are news too, so a bad version is rolled back
+//! within a second or two.
 
 use super::NodeShared;
-use crate::api::ComponentLoad;
+use crate::api::{ComponentLoad, VersionOutcomes};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// How often each serving component's demand is sampled.
 pub(crate) const SAMPLE_EVERY: Duration = Duration::from_millis(100);
@@ -27,7 +33,15 @@ type Key = (String, String);
 #[derive(Default)]
 pub(crate) struct LoadMeter {
     windows: Mutex<HashMap<Key, Window>>,
+    /// Per version, the counts last reported: `((app, component),
+    /// package) -> (answered, failed)`.
+    told: Mutex<HashMap<(Key, String), (u64, u64)>>,
+    /// When failures were last news: at most once per [`FAILURE_NEWS_EVERY`].
+    failure_news: Mutex<Option<Instant>>,
 }
+
+/// How often new failures of a version may be news.
+const FAILURE_NEWS_EVERY: Duration = Duration::from_secs(1);
 
 /// One component's last samples, and whether it was queueing at the last.
 #[derive(Default)]
@@ -65,12 +79,34 @@ impl LoadMeter {
     fn sample(&self, node: &NodeShared) -> bool {
         let mut windows = self.windows.lock().expect("load lock");
         let mut news = false;
-        node.replicas.for_each_serving(|key, component| {
-            let demand = component.take_average_demand();
-            let saturated = component.is_saturated();
+        // Every version of a component adds to its demand.
+        let mut now: HashMap<Key, (f64, bool)> = HashMap::new();
+        let mut new_failures = false;
+        {
+            let told = self.told.lock().expect("load lock");
+            node.replicas.for_each_serving(|key, package, component| {
+                let entry = now.entry(key.clone()).or_default();
+                entry.0 += component.take_average_demand();
+                entry.1 |= component.is_saturated();
+                let failed = component.outcomes.counts().failed;
+                let before = told
+                    .get(&(key.clone(), package.to_string()))
+                    .map_or(0, |(_, failed)| *failed);
+                new_failures |= failed > before;
+            });
+        }
+        if new_failures {
+            let mut last = self.failure_news.lock().expect("load lock");
+            if last.is_none_or(|at| at.elapsed() >= FAILURE_NEWS_EVERY) {
+                *last = Some(Instant::now());
+                news = true;
+            }
+        }
+        for (key, (demand, saturated)) in now {
+            let key = &key;
             let window = match windows.get_mut(key) {
                 Some(window) => window,
-                None if demand == 0.0 => return,
+                None if demand == 0.0 => continue,
                 None => windows.entry(key.clone()).or_default(),
             };
             window.push(demand);
@@ -83,7 +119,7 @@ impl LoadMeter {
                 window.told = mean;
             }
             window.saturated = saturated;
-        });
+        }
         windows.retain(|_, w| {
             if !std::mem::take(&mut w.sampled) {
                 w.push(0.0);
@@ -94,9 +130,44 @@ impl LoadMeter {
         news
     }
 
-    /// What the next heartbeat reports: each component with demand, and
-    /// with the requests `held` for it (by `(app, component)`).
-    pub(crate) fn report(&self, held: HashMap<Key, u32>) -> Vec<ComponentLoad> {
+    /// The outcomes of each version serving here whose counts changed
+    /// since the last call, by `(app, component)`: for the next heartbeat.
+    pub(crate) fn changed_outcomes(&self, node: &NodeShared) -> HashMap<Key, Vec<VersionOutcomes>> {
+        let mut changed: HashMap<Key, Vec<VersionOutcomes>> = HashMap::new();
+        {
+            let mut told = self.told.lock().expect("load lock");
+            let mut serving = std::collections::HashSet::new();
+            node.replicas.for_each_serving(|key, package, component| {
+                let version = (key.clone(), package.to_string());
+                let counts = component.outcomes.counts();
+                let now = (counts.answered, counts.failed);
+                if told.get(&version) != Some(&now) && counts.answered > 0 {
+                    changed
+                        .entry(key.clone())
+                        .or_default()
+                        .push(VersionOutcomes {
+                            package: package.to_string(),
+                            answered: counts.answered,
+                            failed: counts.failed,
+                            reasons: counts.reasons,
+                        });
+                    told.insert(version.clone(), now);
+                }
+                serving.insert(version);
+            });
+            told.retain(|version, _| serving.contains(version));
+        }
+        changed
+    }
+
+    /// What the next heartbeat reports: each component with demand, with
+    /// the requests `held` for it and the `outcomes` of its versions (by
+    /// `(app, component)`).
+    pub(crate) fn report(
+        &self,
+        held: HashMap<Key, u32>,
+        mut outcomes: HashMap<Key, Vec<VersionOutcomes>>,
+    ) -> Vec<ComponentLoad> {
         let mut windows = self.windows.lock().expect("load lock");
         let mut load: HashMap<&Key, ComponentLoad> = windows
             .iter_mut()
@@ -109,19 +180,23 @@ impl LoadMeter {
                         component: key.1.clone(),
                         concurrency: window.told,
                         held: 0,
+                        versions: Vec::new(),
                     },
                 )
             })
             .collect();
+        let empty = |key: &Key| ComponentLoad {
+            app: key.0.clone(),
+            component: key.1.clone(),
+            concurrency: 0.0,
+            held: 0,
+            versions: Vec::new(),
+        };
         for (key, count) in &held {
-            load.entry(key)
-                .or_insert_with(|| ComponentLoad {
-                    app: key.0.clone(),
-                    component: key.1.clone(),
-                    concurrency: 0.0,
-                    held: 0,
-                })
-                .held = *count;
+            load.entry(key).or_insert_with(|| empty(key)).held = *count;
+        }
+        for (key, versions) in &mut outcomes {
+            load.entry(key).or_insert_with(|| empty(key)).versions = std::mem::take(versions);
         }
         load.into_values().collect()
     }
@@ -173,10 +248,20 @@ mod tests {
             (key.clone(), 2),
             (("shop".to_string(), "cold".to_string()), 5),
         ]);
-        let mut report = meter.report(held);
+        let outcomes = HashMap::from([(
+            key.clone(),
+            vec![VersionOutcomes {
+                package: "sha256:p".to_string(),
+                answered: 10,
+                failed: 1,
+                reasons: Default::default(),
+            }],
+        )]);
+        let mut report = meter.report(held, outcomes);
         report.sort_by(|a, b| a.component.cmp(&b.component));
         assert_eq!(report.len(), 2);
         assert_eq!((report[0].concurrency, report[0].held), (3.0, 2));
+        assert_eq!(report[0].versions[0].failed, 1);
         assert_eq!(report[1].component, "cold");
         assert_eq!((report[1].concurrency, report[1].held), (0.0, 5));
     }

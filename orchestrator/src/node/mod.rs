@@ -14,7 +14,7 @@ mod identity;
 mod ingress;
 mod load;
 pub(crate) mod reach;
-mod replicas;
+pub(crate) mod replicas;
 pub(crate) mod routing;
 
 use crate::api::{DesiredChange, DesiredState, GuestLine, SyncRequest, SyncResponse};
@@ -484,7 +484,9 @@ async fn sync_loop(shared: Arc<NodeShared>) -> String {
             status,
             logs_first_seq: shipped.first().map_or(0, |(seq, _)| *seq),
             logs: shipped.iter().map(|(_, line)| line.clone()).collect(),
-            load: shared.load.report(shared.holds.counts()),
+            load: shared
+                .load
+                .report(shared.holds.counts(), shared.load.changed_outcomes(&shared)),
         };
         // The control plane holds a heartbeat while the node is up to date
         // both ways. News while it is held (a replica loaded, memory

@@ -7,6 +7,7 @@
 //! workload's certificate for a mesh call.
 
 use super::NodeShared;
+use super::replicas::Pick;
 use super::routing::AppRoutes;
 use crate::api::Endpoint;
 use crate::mesh::forward::{Forwarded, Target};
@@ -39,17 +40,31 @@ where
     B: Body<Data = Bytes> + Send + Unpin + 'static,
     B::Error: Into<HttpError> + Into<BoxError>,
 {
+    // A canary's share: the versions this request may go to; any, when
+    // none of those runs anywhere yet.
+    let pick = match app.version_pick(component) {
+        Pick::Any => Pick::Any,
+        pick if app
+            .endpoints(component)
+            .iter()
+            .any(|e| pick.admits(&e.package))
+            || node.replicas.holds(&app.name, component, pick) =>
+        {
+            pick
+        }
+        _ => Pick::Any,
+    };
     let elsewhere: Vec<&Endpoint> = app
         .endpoints(component)
         .iter()
-        .filter(|e| e.node != node.config.name)
+        .filter(|e| e.node != node.config.name && pick.admits(&e.package))
         .collect();
     // Here: no network, no TLS; unless every instance here is busy and
     // another node runs a replica (one the autoscaler added, say): then a
     // request without a body goes there rather than queue here. One with
     // a body goes only when this queue is full too (it would be refused
     // here): if that replica has just gone, it could not come back.
-    if let Some((local, sink)) = node.replicas.serving(&app.name, component) {
+    if let Some((local, sink)) = node.replicas.serving(&app.name, component, pick) {
         let hand_over = !elsewhere.is_empty()
             && local.is_saturated()
             && (local.is_full() || crate::mesh::forward::surely_bodiless(&request));
@@ -60,14 +75,14 @@ where
     // Scaled to zero: held until the replica it brings is ready.
     if elsewhere.is_empty()
         && app.scales_from_zero(component)
-        && !node.replicas.holds(&app.name, component)
+        && !node.replicas.holds(&app.name, component, Pick::Any)
     {
         return super::hold::until_ready(node, app, component, request, inbound).await;
     }
     // Loading here (just assigned, or the node just started) and nowhere
     // else: wait for it rather than refuse.
     if elsewhere.is_empty() {
-        return match when_loaded(node, app, component, request, inbound).await {
+        return match when_loaded(node, app, component, pick, request, inbound).await {
             Ok(answer) => answer,
             Err(_) => {
                 tracing::warn!(
@@ -116,7 +131,7 @@ where
             let body = http_body_util::Empty::<Bytes>::new()
                 .map_err(|never| -> HttpError { match never {} });
             let request = hyper::Request::from_parts(*parts, body);
-            when_loaded(node, app, component, request, inbound)
+            when_loaded(node, app, component, pick, request, inbound)
                 .await
                 .unwrap_or(failed)
         }
@@ -130,6 +145,7 @@ async fn when_loaded<B>(
     node: &NodeShared,
     app: &AppRoutes,
     component: &str,
+    pick: Pick<'_>,
     request: hyper::Request<B>,
     inbound: Inbound,
 ) -> Result<Answer, hyper::Request<B>>
@@ -139,7 +155,7 @@ where
 {
     match node
         .replicas
-        .wait_serving(&app.name, component, LOAD_WAIT)
+        .wait_serving(&app.name, component, pick, LOAD_WAIT)
         .await
     {
         Some((local, sink)) => Ok(invoke(&local, request, &sink, inbound).await),

@@ -1,15 +1,20 @@
-//! The replicas this node runs: for each assigned component, pull its
-//! package from the control plane by digest (verifying every blob), load
-//! it, and serve it; a load that fails is retried with exponential backoff
-//! and its error reported. Components no longer assigned are dropped;
-//! requests already inside them finish.
+//! The replicas this node runs: for each assigned version of a
+//! component, pull its package from the control plane by digest
+//! (verifying every blob), load it, check it is ready (an instance can be
+//! created, and its `health` path answers), and serve it; a load that
+//! fails is retried with exponential backoff and its error reported.
+//! During a rollout a node may hold two versions of one component.
+//! Versions no longer assigned are dropped; requests already inside them
+//! finish.
 
 use super::NodeShared;
 use crate::api::{Assignment, ComponentStatus, LoadState, StatusReport};
+use bytes::Bytes;
+use http_body_util::BodyExt;
 use skiff_runtime::LoadedComponent;
 use skiff_runtime::capability::logging::LogSink;
 use skiff_runtime::manifest::ComponentName;
-use skiff_runtime::mesh::WorkloadId;
+use skiff_runtime::mesh::{Inbound, WorkloadId};
 use skiff_runtime::package::blob::{BlobSize, MAX_MANIFEST_SIZE};
 use skiff_runtime::package::{self, Digest};
 use std::collections::HashMap;
@@ -26,27 +31,57 @@ const MAX_BACKOFF: Duration = Duration::from_secs(60);
 /// `(app, component)`.
 type Key = (String, String);
 
-/// The components held, by app and component.
+/// A loaded version, ready to serve, and where its guest's lines go.
+pub(crate) type Serving = (Arc<LoadedComponent>, Arc<dyn LogSink>);
+
+/// Which versions of a component a request may be served by: a canary
+/// sends a share of requests to one version and the rest to the others.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Pick<'a> {
+    /// Any version.
+    Any,
+    /// Only this one.
+    Only(&'a str),
+    /// Any but this one.
+    Except(&'a str),
+}
+
+impl Pick<'_> {
+    /// Whether version `package` may serve.
+    pub(crate) fn admits(self, package: &str) -> bool {
+        match self {
+            Pick::Any => true,
+            Pick::Only(p) => p == package,
+            Pick::Except(p) => p != package,
+        }
+    }
+}
+
+/// The versions held, by app and component.
 #[derive(Default)]
 pub(crate) struct LocalReplicas {
-    held: Mutex<HashMap<Key, Held>>,
+    held: Mutex<HashMap<Key, Vec<Held>>>,
     /// Signalled whenever a load finishes, well or badly.
     settled: tokio::sync::Notify,
-    /// Components replaced or unassigned, with their package, kept until
-    /// the requests still inside them finish, so their files stay.
+    /// Versions unassigned, with their package, kept until the requests
+    /// still inside them finish, so their files stay.
     retired: Mutex<Vec<(Arc<LoadedComponent>, String)>>,
     /// Numbers each change of status; locked after `held`.
     changes: Mutex<StatusChanges>,
     /// A collection of unused packages is due to run again.
     collect_scheduled: AtomicBool,
-    /// Packages of components no longer assigned here, and when they
-    /// left: kept for [`KEEP_RELEASED`], so a component scaled to zero
-    /// (or moved away and back) starts again without fetching them.
+    /// Packages of versions no longer assigned here, and when they left:
+    /// kept for [`KEEP_RELEASED`], so a component scaled to zero (or
+    /// moved away and back, or rolled back) starts again without
+    /// fetching them.
     released: Mutex<HashMap<String, Instant>>,
 }
 
 /// How long a package stays on a node after its last component left.
 const KEEP_RELEASED: Duration = Duration::from_secs(600);
+
+/// `(app, component, package)`.
+type VersionKey = (String, String, String);
 
 /// Numbers every change of what the node reports, so a heartbeat carries
 /// only what changed since the status the control plane acknowledged:
@@ -57,9 +92,9 @@ struct StatusChanges {
     first: u64,
     /// The last number given.
     last: u64,
-    /// Components no longer held, with the number of their removal, until
+    /// Versions no longer held, with the number of their removal, until
     /// the control plane acknowledges a status past it.
-    removed: Vec<(Key, u64)>,
+    removed: Vec<(VersionKey, u64)>,
 }
 
 impl Default for StatusChanges {
@@ -88,14 +123,15 @@ impl StatusChanges {
     }
 }
 
-/// Which held components are no longer assigned.
+/// Which held versions are no longer assigned.
 pub(crate) enum Unassigned<'a> {
     /// Every one not in the assignments given (they are all of them).
     AllOthers,
-    /// These `(app, component)`.
-    These(&'a [(String, String)]),
+    /// These `(app, component, package)`.
+    These(&'a [(String, String, String)]),
 }
 
+/// One version of a component held here.
 struct Held {
     package: String,
     /// Replicas of it placed here: its concurrency limit is that many
@@ -103,9 +139,8 @@ struct Held {
     replicas: u32,
     state: LoadState,
     error: Option<String>,
-    serving: Option<(Arc<LoadedComponent>, Arc<dyn LogSink>)>,
-    /// The package `serving` came from.
-    serving_package: Option<String>,
+    /// Set once it is loaded and ready.
+    serving: Option<Serving>,
     failures: u32,
     /// Bumped on every (re)load, so a stale load result is ignored.
     attempt: u64,
@@ -113,9 +148,24 @@ struct Held {
     changed: u64,
 }
 
+impl Held {
+    fn new(package: &str, replicas: u32, changed: u64) -> Held {
+        Held {
+            package: package.to_string(),
+            replicas,
+            state: LoadState::Loading,
+            error: None,
+            serving: None,
+            failures: 0,
+            attempt: 1,
+            changed,
+        }
+    }
+}
+
 impl LocalReplicas {
-    /// Loads what `assigned` holds that is new (or moved to a new
-    /// package), and drops what `unassigned` says is no longer assigned.
+    /// Loads the versions `assigned` holds that are new, and drops what
+    /// `unassigned` says is no longer assigned.
     pub(crate) fn apply(
         &self,
         node: &Arc<NodeShared>,
@@ -124,128 +174,122 @@ impl LocalReplicas {
     ) {
         let mut held = self.held.lock().expect("replica lock");
         let mut changes = self.changes.lock().expect("status lock");
-        let before = held.len();
-        let mut drop_held = |key: &Key, h: &mut Held| {
-            let (app, component) = key;
-            tracing::info!(app, component, "replica removed from this node");
-            let mut released = self.released.lock().expect("released lock");
-            let now = Instant::now();
-            for package in std::iter::once(&h.package).chain(h.serving_package.as_ref()) {
-                released.insert(package.clone(), now);
-            }
-            self.retire(h);
-            let seq = changes.next();
-            changes.removed.push((key.clone(), seq));
-        };
+        let mut gone: Vec<(Key, Held)> = Vec::new();
         match unassigned {
             Unassigned::AllOthers => {
-                let wanted: std::collections::HashSet<(&str, &str)> = assigned
+                let wanted: std::collections::HashSet<(&str, &str, &str)> = assigned
                     .iter()
-                    .map(|a| (a.app.as_str(), a.component.as_str()))
+                    .map(|a| (a.app.as_str(), a.component.as_str(), a.package.as_str()))
                     .collect();
-                held.retain(|key, h| {
-                    let keep = wanted.contains(&(key.0.as_str(), key.1.as_str()));
-                    if !keep {
-                        drop_held(key, h);
-                    }
-                    keep
+                held.retain(|key, versions| {
+                    let (kept, left): (Vec<Held>, Vec<Held>) =
+                        std::mem::take(versions).into_iter().partition(|h| {
+                            wanted.contains(&(key.0.as_str(), key.1.as_str(), h.package.as_str()))
+                        });
+                    gone.extend(left.into_iter().map(|h| (key.clone(), h)));
+                    *versions = kept;
+                    !versions.is_empty()
                 });
             }
-            Unassigned::These(keys) => {
-                for key in keys {
-                    if let Some(mut h) = held.remove(key) {
-                        drop_held(key, &mut h);
+            Unassigned::These(versions) => {
+                for (app, component, package) in versions {
+                    let key = (app.clone(), component.clone());
+                    let Some(held_versions) = held.get_mut(&key) else {
+                        continue;
+                    };
+                    if let Some(i) = held_versions.iter().position(|h| &h.package == package) {
+                        gone.push((key.clone(), held_versions.remove(i)));
+                    }
+                    if held_versions.is_empty() {
+                        held.remove(&key);
                     }
                 }
             }
         }
-        // Only a removal frees a package here; a new version's load
-        // collects the old one when it completes.
-        if held.len() < before {
+        let dropped = !gone.is_empty();
+        for ((app, component), h) in gone {
+            tracing::info!(
+                app,
+                component,
+                version = short(&h.package),
+                "replica removed from this node"
+            );
+            self.released
+                .lock()
+                .expect("released lock")
+                .insert(h.package.clone(), Instant::now());
+            let seq = changes.next();
+            changes
+                .removed
+                .push(((app, component, h.package.clone()), seq));
+            self.retire(h);
+        }
+        // Only a removal frees a package here.
+        if dropped {
             let node = node.clone();
             tokio::spawn(async move { collect_unused_packages(&node).await });
         }
         for a in assigned {
-            let (key, package) = ((a.app.clone(), a.component.clone()), &a.package);
-            match held.get_mut(&key) {
-                Some(h) if h.package == *package => {
+            let key = (a.app.clone(), a.component.clone());
+            let versions = held.entry(key.clone()).or_default();
+            match versions.iter_mut().find(|h| h.package == a.package) {
+                Some(h) => {
                     h.replicas = a.replicas;
                     if let Some((component, _)) = &h.serving {
                         component.set_replicas(a.replicas);
                     }
                 }
-                // A new version: the old one keeps serving until the new
-                // one is loaded.
-                Some(h) => {
-                    h.package = package.clone();
-                    h.replicas = a.replicas;
-                    h.state = LoadState::Loading;
-                    h.error = None;
-                    h.failures = 0;
-                    h.attempt += 1;
-                    h.changed = changes.next();
-                    tokio::spawn(load(node.clone(), key, package.clone(), h.attempt));
-                }
                 None => {
-                    held.insert(
-                        key.clone(),
-                        Held {
-                            package: package.clone(),
-                            replicas: a.replicas,
-                            state: LoadState::Loading,
-                            error: None,
-                            serving: None,
-                            serving_package: None,
-                            failures: 0,
-                            attempt: 1,
-                            changed: changes.next(),
-                        },
-                    );
-                    tokio::spawn(load(node.clone(), key, package.clone(), 1));
+                    versions.push(Held::new(&a.package, a.replicas, changes.next()));
+                    tokio::spawn(load(node.clone(), key, a.package.clone(), 1));
                 }
             }
         }
     }
 
-    /// The loaded component for `app`/`component`, if it is serving here.
-    pub(crate) fn serving(
-        &self,
-        app: &str,
-        component: &str,
-    ) -> Option<(Arc<LoadedComponent>, Arc<dyn LogSink>)> {
+    /// A version of `app`/`component` that `pick` admits and that serves
+    /// here.
+    pub(crate) fn serving(&self, app: &str, component: &str, pick: Pick<'_>) -> Option<Serving> {
+        let held = self.held.lock().expect("replica lock");
+        held.get(&(app.to_string(), component.to_string()))?
+            .iter()
+            .filter(|h| pick.admits(&h.package))
+            .find_map(|h| h.serving.clone())
+    }
+
+    /// Whether a version of `app`/`component` that `pick` admits is
+    /// assigned here (loading, serving or failed).
+    pub(crate) fn holds(&self, app: &str, component: &str, pick: Pick<'_>) -> bool {
         self.held
             .lock()
             .expect("replica lock")
             .get(&(app.to_string(), component.to_string()))
-            .and_then(|h| h.serving.clone())
+            .is_some_and(|versions| versions.iter().any(|h| pick.admits(&h.package)))
     }
 
-    /// Whether `app`/`component` is assigned here (loading, serving or
-    /// failed).
-    pub(crate) fn holds(&self, app: &str, component: &str) -> bool {
-        self.held
-            .lock()
-            .expect("replica lock")
-            .contains_key(&(app.to_string(), component.to_string()))
-    }
-
-    /// Whether `app`/`component` is assigned here and its last load
-    /// failed (it is retried with backoff).
+    /// Whether `app`/`component` is assigned here and every version of it
+    /// failed to load (each is retried with backoff).
     pub(crate) fn failed(&self, app: &str, component: &str) -> bool {
         self.held
             .lock()
             .expect("replica lock")
             .get(&(app.to_string(), component.to_string()))
-            .is_some_and(|h| h.state == LoadState::Failed && h.serving.is_none())
+            .is_some_and(|versions| {
+                versions
+                    .iter()
+                    .all(|h| h.state == LoadState::Failed && h.serving.is_none())
+            })
     }
 
-    /// Runs `f` on every component serving here, under the replica lock
-    /// (so `f` must be quick).
-    pub(crate) fn for_each_serving(&self, mut f: impl FnMut(&Key, &LoadedComponent)) {
+    /// Runs `f` on every version serving here, with its package, under
+    /// the replica lock (so `f` must be quick).
+    pub(crate) fn for_each_serving(&self, mut f: impl FnMut(&Key, &str, &LoadedComponent)) {
         let held = self.held.lock().expect("replica lock");
-        for (key, h) in held.iter() {
-            if let Some((component, _)) = &h.serving {
-                f(key, component);
+        for (key, versions) in held.iter() {
+            for h in versions {
+                if let Some((component, _)) = &h.serving {
+                    f(key, &h.package, component);
+                }
             }
         }
     }
@@ -256,26 +300,35 @@ impl LocalReplicas {
         self.settled.notified()
     }
 
-    /// The component for `app`/`component` once it serves here: at once if
-    /// it does, after its load if it is loading (at most `limit`), `None`
-    /// if it is not held or failed.
+    /// A version of `app`/`component` that `pick` admits once it serves
+    /// here: at once if one does, after its load if one is loading (at
+    /// most `limit`), `None` if none is held or all failed. When no
+    /// version `pick` admits is held, any version will do: the sender's
+    /// view of where versions run was only early.
     pub(crate) async fn wait_serving(
         &self,
         app: &str,
         component: &str,
+        pick: Pick<'_>,
         limit: Duration,
-    ) -> Option<(Arc<LoadedComponent>, Arc<dyn LogSink>)> {
+    ) -> Option<Serving> {
         let deadline = tokio::time::Instant::now() + limit;
         let key = (app.to_string(), component.to_string());
         loop {
             let settled = self.settled.notified();
             {
                 let held = self.held.lock().expect("replica lock");
-                let h = held.get(&key)?;
-                if let Some(serving) = &h.serving {
-                    return Some(serving.clone());
+                let versions = held.get(&key)?;
+                let pick = if versions.iter().any(|h| pick.admits(&h.package)) {
+                    pick
+                } else {
+                    Pick::Any
+                };
+                let admitted = || versions.iter().filter(|h| pick.admits(&h.package));
+                if let Some(serving) = admitted().find_map(|h| h.serving.clone()) {
+                    return Some(serving);
                 }
-                if h.state != LoadState::Loading {
+                if !admitted().any(|h| h.state == LoadState::Loading) {
                     return None;
                 }
             }
@@ -299,7 +352,8 @@ impl LocalReplicas {
         let held = self.held.lock().expect("replica lock");
         let in_use = held
             .values()
-            .flat_map(|h| std::iter::once(h.package.clone()).chain(h.serving_package.clone()))
+            .flatten()
+            .map(|h| h.package.clone())
             .chain(retired)
             .chain(kept)
             .collect();
@@ -308,13 +362,12 @@ impl LocalReplicas {
 
     /// Takes `h`'s serving component out of service, keeping it while
     /// requests are inside.
-    fn retire(&self, h: &mut Held) {
-        if let (Some((component, _)), Some(package)) = (h.serving.take(), h.serving_package.take())
-        {
+    fn retire(&self, mut h: Held) {
+        if let Some((component, _)) = h.serving.take() {
             self.retired
                 .lock()
                 .expect("retired lock")
-                .push((component, package));
+                .push((component, h.package));
         }
     }
 
@@ -328,6 +381,7 @@ impl LocalReplicas {
         let after = base.unwrap_or(0);
         let mut components: Vec<_> = held
             .iter()
+            .flat_map(|(key, versions)| versions.iter().map(move |h| (key, h)))
             .filter(|(_, h)| h.changed > after)
             .map(|((app, component), h)| ComponentStatus {
                 app: app.clone(),
@@ -335,10 +389,12 @@ impl LocalReplicas {
                 package: h.package.clone(),
                 state: h.state,
                 error: h.error.clone(),
-                serving: h.serving_package.clone(),
+                serving: h.serving.as_ref().map(|_| h.package.clone()),
             })
             .collect();
-        components.sort_by(|a, b| (&a.app, &a.component).cmp(&(&b.app, &b.component)));
+        components.sort_by(|a, b| {
+            (&a.app, &a.component, &a.package).cmp(&(&b.app, &b.component, &b.package))
+        });
         let removed = match base {
             Some(base) => changes
                 .removed
@@ -367,22 +423,41 @@ impl LocalReplicas {
     }
 }
 
-/// Pulls and loads one component, then records the outcome (unless the
-/// assignment changed meanwhile) and schedules a retry on failure.
+/// The first digits of a package digest, as logs show a version.
+pub(crate) fn short(package: &str) -> &str {
+    let hex = package.strip_prefix("sha256:").unwrap_or(package);
+    &hex[..hex.len().min(12)]
+}
+
+/// Pulls, loads and readies one version of a component, then records the
+/// outcome (unless it was unassigned meanwhile) and schedules a retry on
+/// failure.
 async fn load(node: Arc<NodeShared>, key: Key, package: String, attempt: u64) {
     let (app, component) = key.clone();
-    let result = pull_and_load(&node, &app, &component, &package).await;
-    // When to retry, or (after a load) whether another package stopped serving.
-    let (retry_in, replaced) = {
+    let result = match pull_and_load(&node, &app, &component, &package).await {
+        Ok((loaded, health)) => {
+            let sink = node.log_sink(&app);
+            ready(&node, &loaded, &sink, health.as_deref())
+                .await
+                .map(|()| (loaded, sink))
+        }
+        Err(e) => Err(e),
+    };
+    let retry_in = {
         let mut held = node.replicas.held.lock().expect("replica lock");
-        let Some(h) = held.get_mut(&key).filter(|h| h.attempt == attempt) else {
+        let Some(h) = held
+            .get_mut(&key)
+            .and_then(|versions| versions.iter_mut().find(|h| h.package == package))
+            .filter(|h| h.attempt == attempt)
+        else {
             return;
         };
         match result {
-            Ok(loaded) => {
+            Ok((loaded, sink)) => {
                 tracing::info!(
                     app,
                     component,
+                    version = short(&package),
                     code = loaded.cache.as_str(),
                     "replica running"
                 );
@@ -390,15 +465,9 @@ async fn load(node: Arc<NodeShared>, key: Key, package: String, attempt: u64) {
                 h.error = None;
                 h.failures = 0;
                 h.changed = node.replicas.changes.lock().expect("status lock").next();
-                // A first load (attempt 1) replaces nothing; a later one
-                // follows a new version or a failure, whose package may
-                // now be unused.
-                let replaced = attempt > 1;
-                node.replicas.retire(h);
                 loaded.set_replicas(h.replicas);
-                h.serving = Some((Arc::new(loaded), node.log_sink(&app)));
-                h.serving_package = Some(package.clone());
-                (None, replaced)
+                h.serving = Some((Arc::new(loaded), sink));
+                None
             }
             Err(e) => {
                 h.failures += 1;
@@ -408,6 +477,7 @@ async fn load(node: Arc<NodeShared>, key: Key, package: String, attempt: u64) {
                 tracing::error!(
                     app,
                     component,
+                    version = short(&package),
                     "replica failed to load: {e}; retrying in {backoff:?}"
                 );
                 h.state = LoadState::Failed;
@@ -417,22 +487,21 @@ async fn load(node: Arc<NodeShared>, key: Key, package: String, attempt: u64) {
                     h.failures,
                     backoff.as_secs()
                 ));
-                (Some(backoff), false)
+                Some(backoff)
             }
         }
     };
     node.replicas.settled.notify_waiters();
     node.changed.notify_one();
-    // Collecting reads every package in use: only worth it when one may
-    // have stopped being used, not after every first load.
-    if replaced {
-        collect_unused_packages(&node).await;
-    }
     if let Some(backoff) = retry_in {
         tokio::time::sleep(backoff).await;
         let next = {
             let mut held = node.replicas.held.lock().expect("replica lock");
-            match held.get_mut(&key).filter(|h| h.attempt == attempt) {
+            match held
+                .get_mut(&key)
+                .and_then(|versions| versions.iter_mut().find(|h| h.package == package))
+                .filter(|h| h.attempt == attempt)
+            {
                 Some(h) => {
                     h.attempt += 1;
                     h.attempt
@@ -444,12 +513,60 @@ async fn load(node: Arc<NodeShared>, key: Key, package: String, attempt: u64) {
     }
 }
 
+/// How often a new replica's `health` path is asked before it is given up
+/// on (the load is then retried with backoff), and the pause between.
+const HEALTH_TRIES: u32 = 20;
+const HEALTH_PAUSE: Duration = Duration::from_millis(500);
+
+/// Whether a loaded version may take traffic: an instance of it can be
+/// created, and its `health` path (when it has one) answers 2xx.
+async fn ready(
+    node: &Arc<NodeShared>,
+    loaded: &LoadedComponent,
+    sink: &Arc<dyn LogSink>,
+    health: Option<&str>,
+) -> Result<(), String> {
+    loaded.check_instantiates(sink).await?;
+    let Some(path) = health else {
+        return Ok(());
+    };
+    let mut last = String::new();
+    for _ in 0..HEALTH_TRIES {
+        let request = hyper::Request::get(path)
+            .header(http::header::HOST, loaded.workload.app.as_str())
+            .body(
+                http_body_util::Empty::<Bytes>::new()
+                    .map_err(|never| -> wasmtime_wasi_http::Error { match never {} }),
+            )
+            .map_err(|e| format!("health = {path:?}: {e}"))?;
+        let answer = skiff_runtime::invoke::invoke(
+            loaded,
+            request,
+            sink,
+            Inbound::ingress(Some(node.mesh_router())),
+        )
+        .await;
+        let status = answer.status();
+        if status.is_success() {
+            return Ok(());
+        }
+        last = format!("its health check GET {path} answered {status}");
+        tokio::time::sleep(HEALTH_PAUSE).await;
+    }
+    Err(format!(
+        "{last} ({HEALTH_TRIES} tries over {:?})",
+        HEALTH_PAUSE * HEALTH_TRIES
+    ))
+}
+
+/// Pulls package `package` and loads its `component`; returns it with its
+/// `health` path.
 async fn pull_and_load(
     node: &Arc<NodeShared>,
     app: &str,
     component: &str,
     package: &str,
-) -> Result<LoadedComponent, String> {
+) -> Result<(LoadedComponent, Option<String>), String> {
     let digest: Digest = package
         .parse()
         .map_err(|e| format!("package {package}: {e}"))?;
@@ -494,7 +611,7 @@ async fn pull_and_load(
         let workload = WorkloadId::new(app_name, component.clone());
         // `open` verified the component's blob: the engine need not hash
         // it again for every app that shares it.
-        match node.packages.blob_at(&spec.source) {
+        let loaded = match node.packages.blob_at(&spec.source) {
             Some(blob) => LoadedComponent::load_verified(
                 &node.engine,
                 &node.cache,
@@ -507,7 +624,8 @@ async fn pull_and_load(
                 LoadedComponent::load(&node.engine, &node.cache, &workload, spec, Path::new("/"))
             }
         }
-        .map_err(|e| e.to_string())
+        .map_err(|e| e.to_string())?;
+        Ok((loaded, spec.health.clone()))
     })
     .await
     .map_err(|e| format!("the load task failed: {e}"))?

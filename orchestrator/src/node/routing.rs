@@ -2,6 +2,7 @@
 //! which app and component a request is for (by `Host`, then by the route
 //! that matches its path best), and where the component's replicas run.
 
+use super::replicas::Pick;
 use crate::api::{AppRouting, Endpoint};
 use skiff_runtime::mesh::{CallerPolicy, WorkloadId};
 use skiff_runtime::route::Route;
@@ -32,7 +33,12 @@ pub(crate) struct AppRoutes {
     scale_from_zero: Vec<String>,
     /// Per component, how long one request may run there.
     timeouts: HashMap<String, Duration>,
+    /// Per component split between versions, the version that gets a
+    /// share of its requests, and the share (percent).
+    split: HashMap<String, (String, u32)>,
     next: AtomicUsize,
+    /// Counts requests of split components, to deal out the shares.
+    dealt: AtomicUsize,
 }
 
 impl AppRoutes {
@@ -64,7 +70,27 @@ impl AppRoutes {
                 .iter()
                 .map(|(c, ms)| (c.clone(), Duration::from_millis(*ms)))
                 .collect(),
+            split: app.split.clone().into_iter().collect(),
             next: AtomicUsize::new(0),
+            dealt: AtomicUsize::new(0),
+        }
+    }
+
+    /// Which versions of `component` the next request may go to: all of
+    /// them, unless its requests are split (a canary). Shares are dealt
+    /// exactly: of every 100 requests a node routes, a version with a
+    /// share of 10% gets 10, spread over the hundred rather than in a run.
+    pub(crate) fn version_pick(&self, component: &str) -> Pick<'_> {
+        let Some((package, percent)) = self.split.get(component) else {
+            return Pick::Any;
+        };
+        // 37 is coprime with 100: n -> 37n mod 100 visits every slot of a
+        // hundred once, in an order that spreads the low ones.
+        let n = self.dealt.fetch_add(1, Ordering::Relaxed) % 100;
+        if (n * 37) % 100 < *percent as usize {
+            Pick::Only(package)
+        } else {
+            Pick::Except(package)
         }
     }
 

@@ -84,6 +84,10 @@ pub struct ReplicaRecord {
     pub node: Option<String>,
     /// When it was created, Unix seconds.
     pub created_unix: u64,
+    /// The version (package digest) it runs. Empty in a record stored
+    /// before versions were recorded: it runs the app's package.
+    #[serde(default)]
+    pub package: String,
 }
 
 /// One change to the replica table, applied with others atomically.
@@ -108,6 +112,103 @@ pub struct AppRecord {
     pub scale: BTreeMap<String, Replicas>,
     /// Bumped on every change; 1 when first declared.
     pub generation: u64,
+    /// The move from the version that served before to `package`, while
+    /// it is under way or watched.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollout: Option<Rollout>,
+    /// Versions that served before, oldest first, at most
+    /// [`KEPT_VERSIONS`]: where `skiff rollback` returns.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub history: Vec<String>,
+    /// The last version that was rolled back, and why.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failed: Option<FailedVersion>,
+}
+
+/// How many earlier versions of an app are kept for `skiff rollback`.
+pub const KEPT_VERSIONS: usize = 5;
+
+impl AppRecord {
+    /// Every version the app needs kept: the one it runs, the one a
+    /// rollout moves from, and the earlier ones.
+    pub fn versions(&self) -> impl Iterator<Item = &String> {
+        std::iter::once(&self.package)
+            .chain(self.rollout.as_ref().map(|r| &r.from))
+            .chain(&self.history)
+    }
+}
+
+/// A change of an app's version under way: replicas of `from` are
+/// replaced by replicas of the app's `package`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Rollout {
+    /// The version being replaced: for a rollout, the one that served
+    /// before and where a rollback returns; for a rollback, the version
+    /// that failed.
+    pub from: String,
+    /// When it started, Unix milliseconds.
+    pub started_unix_ms: u64,
+    /// How requests move to the new version.
+    pub strategy: RolloutStrategy,
+    /// When every replica first ran the new version, Unix milliseconds:
+    /// the new version is still watched for errors for a while.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub done_unix_ms: Option<u64>,
+}
+
+/// How requests move from the old version to the new.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "kind")]
+pub enum RolloutStrategy {
+    /// Replica by replica, within the components' `rollout` bounds;
+    /// requests go to every ready replica of either version.
+    Rolling,
+    /// The new version gets `steps[step]` percent of requests for
+    /// `interval_ms`, then the next step; the last (100) is a rolling
+    /// update.
+    Canary {
+        /// Shares of requests, percent, increasing to 100.
+        steps: Vec<u32>,
+        /// The step now.
+        step: usize,
+        /// How long each step lasts.
+        interval_ms: u64,
+        /// When this step began, Unix milliseconds.
+        step_started_unix_ms: u64,
+    },
+    /// Back to the app's `package` from `from`, which failed or was
+    /// rolled back by hand: requests go to `package` as soon as a replica
+    /// of it serves.
+    Rollback {
+        /// Why.
+        reason: String,
+    },
+}
+
+/// A version that was rolled back.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FailedVersion {
+    /// Its package digest.
+    pub package: String,
+    /// Why it was rolled back, with the evidence.
+    pub reason: String,
+    /// When, Unix milliseconds.
+    pub unix_ms: u64,
+}
+
+impl AppRecord {
+    /// A new app named `name`, with no version yet.
+    pub fn new(name: &str) -> AppRecord {
+        AppRecord {
+            name: name.to_string(),
+            package: String::new(),
+            scale: BTreeMap::new(),
+            generation: 0,
+            rollout: None,
+            history: Vec::new(),
+            failed: None,
+        }
+    }
 }
 
 /// What applying a declaration did.
@@ -255,7 +356,12 @@ impl ClusterStore {
         package: &str,
         scale: BTreeMap<String, Replicas>,
     ) -> Result<Applied, StateError> {
-        self.update_app(name, |_| Ok((package.to_string(), scale)))
+        self.update_app(name, |current| {
+            let mut record = current.cloned().unwrap_or_else(|| AppRecord::new(name));
+            record.package = package.to_string();
+            record.scale = scale;
+            Ok(record)
+        })
     }
 
     /// Sets the desired replicas of one component, reading and writing the
@@ -278,21 +384,23 @@ impl ClusterStore {
                     component: component.to_string(),
                 });
             }
-            let mut scale = record.scale.clone();
-            scale.insert(component.to_string(), replicas);
-            Ok((record.package.clone(), scale))
+            let mut record = record.clone();
+            record.scale.insert(component.to_string(), replicas);
+            Ok(record)
         })
     }
 
-    /// In one write transaction: reads app `name`, asks `change` for its
-    /// new package and scale, and stores them (bumping the generation)
-    /// unless they are what was stored.
-    fn update_app(
+    /// In one write transaction: reads app `name`, asks `change` for the
+    /// record to store, and stores it (bumping the generation) unless it
+    /// is what was stored. `change` need not set the name or generation.
+    ///
+    /// # Errors
+    ///
+    /// What `change` returns, or store failures; then nothing changed.
+    pub fn update_app(
         &self,
         name: &str,
-        change: impl FnOnce(
-            Option<&AppRecord>,
-        ) -> Result<(String, BTreeMap<String, Replicas>), StateError>,
+        change: impl FnOnce(Option<&AppRecord>) -> Result<AppRecord, StateError>,
     ) -> Result<Applied, StateError> {
         let tx = self.db.begin_write().map_err(store_err)?;
         let applied = {
@@ -301,17 +409,20 @@ impl ClusterStore {
                 Some(bytes) => Some(decode::<AppRecord>(name, bytes.value())?),
                 None => None,
             };
-            let (package, scale) = change(current.as_ref())?;
+            let mut record = change(current.as_ref())?;
+            record.name = name.to_string();
             match current {
-                Some(app) if app.package == package && app.scale == scale => Applied::Unchanged,
+                Some(app)
+                    if AppRecord {
+                        generation: app.generation,
+                        ..record.clone()
+                    } == app =>
+                {
+                    Applied::Unchanged
+                }
                 current => {
                     let generation = current.map_or(1, |app| app.generation + 1);
-                    let record = AppRecord {
-                        name: name.to_string(),
-                        package,
-                        scale,
-                        generation,
-                    };
+                    record.generation = generation;
                     let bytes = serde_json::to_vec(&record).expect("a record serializes");
                     apps.insert(name, bytes.as_slice()).map_err(store_err)?;
                     if generation == 1 {

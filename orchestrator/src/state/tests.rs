@@ -178,6 +178,7 @@ fn nodes_and_replica_assignments_survive_a_restart() {
         component: "web".to_string(),
         node: node.map(str::to_string),
         created_unix: 7,
+        package: "sha256:p".to_string(),
     };
     {
         let store = ClusterStore::open(&path).unwrap();

@@ -62,6 +62,8 @@ const CALLER_GONE: u16 = 499;
 impl Hop<'_> {
     fn log(&mut self, status: u16) {
         self.logged = true;
+        let reason = self.outcome.failed.get().map(|reason| reason.as_str());
+        self.component.outcomes.record(status, reason);
         let mesh_hop = self.inbound.caller.is_some() || self.outcome.called_mesh();
         log_span(
             self.component,

@@ -15,7 +15,9 @@
 //! `/call?URL` answers with what a GET of URL answered (status and body),
 //! `/forge?URL` does the same with a forged `skiff-caller` header, and
 //! `/loop?URL` calls `URL/loop?URL`, so a probe reached by URL calls
-//! itself until something stops it.
+//! itself until something stops it. `/version` answers `version V` with
+//! the environment's `VERSION` and `STATUS` (default 200), so one probe
+//! deployed with two environments is two versions, a good and a bad.
 
 use skiff_sdk::http::StatusCode;
 use skiff_sdk::{Request, Response};
@@ -55,6 +57,16 @@ fn probe(request: Request) -> Response {
             std::thread::sleep(std::time::Duration::from_millis(ms));
             eprintln!("awake");
             Ok(format!("slept {ms}ms"))
+        }
+        "version" => {
+            let version = std::env::var("VERSION").unwrap_or_default();
+            let code = std::env::var("STATUS")
+                .ok()
+                .and_then(|s| s.parse().ok())
+                .unwrap_or(200);
+            let mut response = Response::new(format!("version {version}").into());
+            *response.status_mut() = StatusCode::from_u16(code).unwrap_or(StatusCode::OK);
+            return response;
         }
         "status" => {
             let code = arg.parse().unwrap_or(200);
