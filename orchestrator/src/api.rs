@@ -465,6 +465,10 @@ pub struct AppRouting {
     /// while longer (see the node's `reach`).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub timeouts_ms: BTreeMap<String, u64>,
+    /// Per component with a `request_timeout`, that timeout in
+    /// milliseconds: how long a caller waits for its answer.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub request_timeouts_ms: BTreeMap<String, u64>,
 }
 
 /// A node running a replica.

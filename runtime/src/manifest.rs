@@ -152,6 +152,12 @@ pub struct ComponentSpec {
     /// `[component.<name>.rollout]`: how a new version replaces the old.
     #[serde(default)]
     pub rollout: RolloutBounds,
+    /// `request_timeout = "5s"`: in a cluster, how long a caller (ingress
+    /// or another component) waits for the answer's head, every try on
+    /// every node included; past it the caller gets 504. Default: no
+    /// limit but `limits.timeout` where the request runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_timeout: Option<DurationSpec>,
 }
 
 /// `[component.<name>.scale]`: a fixed count (`replicas = 3`), or bounds
@@ -573,6 +579,7 @@ impl Manifest {
             placement: Placement::default(),
             health: None,
             rollout: RolloutBounds::default(),
+            request_timeout: None,
         };
         Manifest {
             app: AppInfo {
@@ -602,6 +609,14 @@ impl Manifest {
         rollout::canary_interval(self.app.canary_interval).map_err(|e| format!("[app] {e}"))?;
         let mut routes: BTreeMap<&Route, &ComponentName> = BTreeMap::new();
         for (name, spec) in &self.component {
+            if spec
+                .request_timeout
+                .is_some_and(|t| t.as_duration() < Duration::from_millis(10))
+            {
+                return Err(format!(
+                    "component \"{name}\": request_timeout must be at least \"10ms\""
+                ));
+            }
             if let Some(health) = &spec.health
                 && (!health.starts_with('/') || health.parse::<http::uri::PathAndQuery>().is_err())
             {

@@ -168,6 +168,11 @@ pub struct NodeArgs {
     /// replica before it gets 503, e.g. `30s`.
     #[arg(long, default_value = "30s", value_parser = parse_hold_limit)]
     hold_limit: Duration,
+    /// How requests forwarded to other nodes choose a replica: `ewma`
+    /// (latency times requests in flight, so a slow replica gets less) or
+    /// `in-flight` (requests in flight only).
+    #[arg(long, value_enum, default_value = "ewma")]
+    balancer: crate::mesh::Balancer,
 }
 
 /// A `--hold-limit`: from 100ms to 10 minutes.
@@ -213,6 +218,7 @@ pub fn node(args: NodeArgs) -> anyhow::Result<()> {
             .mesh_listen
             .unwrap_or_else(|| SocketAddr::new(args.listen.ip(), 0)),
         hold_limit: args.hold_limit,
+        balancer: args.balancer,
     };
     if config.mesh_listen.ip().is_unspecified() {
         anyhow::bail!(
@@ -329,6 +335,7 @@ pub fn up(args: UpArgs) -> anyhow::Result<()> {
             ),
             data_dir: node_dir,
             hold_limit: args.hold_limit,
+            balancer: Default::default(),
         })
         .await?;
         let ingress = node.ingress_addr();

@@ -80,6 +80,8 @@ pub struct ComponentPlan {
     pub allow_callers: Vec<skiff_runtime::mesh::CallerPattern>,
     /// How a new version's replicas replace the old ones.
     pub rollout: skiff_runtime::manifest::RolloutBounds,
+    /// How long a caller waits for an answer (`request_timeout`).
+    pub request_timeout: Option<Duration>,
 }
 
 impl ComponentPlan {
@@ -134,6 +136,7 @@ pub fn read(store: &Store, digest: &str) -> Result<AppSpec, String> {
                 route: spec.route.as_ref().map(ToString::to_string),
                 allow_callers: spec.allow_callers.clone(),
                 rollout: spec.rollout.clone(),
+                request_timeout: spec.request_timeout.map(|t| t.as_duration()),
                 replicas: spec.scale.replicas(),
                 target_concurrency: spec.scale.target_concurrency(&spec.limits),
                 scale_down_delay: spec.scale.scale_down_delay(),

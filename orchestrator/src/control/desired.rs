@@ -296,6 +296,11 @@ fn routing_and_assignments(live: &Live) -> (BTreeMap<String, AppRouting>, Assign
                 .iter()
                 .map(|(c, plan)| (c.clone(), plan.timeout.as_millis() as u64))
                 .collect(),
+            request_timeouts_ms: spec
+                .components
+                .iter()
+                .filter_map(|(c, plan)| Some((c.clone(), plan.request_timeout?.as_millis() as u64)))
+                .collect(),
         };
         apps.insert(app.clone(), routing);
     }

@@ -56,6 +56,7 @@ fn cluster(nodes: &[(&str, u64)], replicas: u32, memory: u64, now: Instant) -> L
             prefer: None,
         },
         rollout: Default::default(),
+        request_timeout: None,
     };
     live.specs.insert(
         "sha256:p".to_string(),

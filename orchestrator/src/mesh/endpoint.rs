@@ -265,6 +265,7 @@ mod tests {
                 scale_from_zero: Vec::new(),
                 timeouts_ms: Default::default(),
                 split: Default::default(),
+                request_timeouts_ms: Default::default(),
             }],
             &[],
         );

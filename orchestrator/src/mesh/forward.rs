@@ -1,11 +1,13 @@
 //! Forwarding to other nodes, in three stages: balance (the order to try
-//! the nodes running the component in: first the less busy of two picked
-//! at random, by requests in flight from here), retry where safe (a
-//! request without a body moves on to the next node when one cannot be
-//! connected to or no longer runs the component; one with a body is sent
-//! once), and one attempt (the request sent over mTLS with its target and
-//! hop count in `skiff-*` headers, counted in flight until its response
-//! body ends).
+//! the nodes running the component in: first the cheaper of two picked at
+//! random, by its peak-EWMA latency times its requests in flight from
+//! here, as Linkerd balances), retry where safe and within the node's
+//! retry budget (a request without a body moves on to the next node when
+//! one cannot be connected to or no longer runs the component, and an
+//! idempotent one also when a node answers 502, 503 or 504; one with a
+//! body is sent once), and one attempt (the request sent over mTLS with
+//! its target, version and hop count in `skiff-*` headers, counted in
+//! flight until its response body ends).
 
 use super::client::{BoxError, ForwardBody, MeshClient, client, failure_kind, with_sources};
 use super::outliers::Outcome;
@@ -24,9 +26,20 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 use std::task::{Context, Poll};
 
+/// How the first node to try is chosen among two picked at random.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum Balancer {
+    /// The one whose peak-EWMA latency times requests in flight is lower
+    /// (Linkerd's balancer): a slow replica gets less traffic.
+    #[default]
+    Ewma,
+    /// The one with fewer requests in flight from this node.
+    InFlight,
+}
+
 /// Forwards requests to other nodes, choosing by the power of two
-/// choices: of two endpoints picked at random, the one with fewer requests
-/// in flight from this node.
+/// choices: of two endpoints picked at random, the cheaper (see
+/// [`Balancer`]).
 pub(crate) struct Forwarder {
     addresses: Arc<RwLock<HashMap<String, SocketAddr>>>,
     members: Members,
@@ -35,6 +48,11 @@ pub(crate) struct Forwarder {
     /// Each component's replicas (by node) that failed in a row, left
     /// out for a while.
     outliers: super::outliers::Outliers,
+    /// Each replica's answer times.
+    latencies: super::latency::Latencies,
+    /// How many attempts may be retries.
+    budget: super::retry_budget::RetryBudget,
+    balancer: Balancer,
 }
 
 /// Counts a request in flight to one node until dropped.
@@ -100,7 +118,16 @@ impl Forwarder {
             client,
             in_flight: RwLock::new(HashMap::new()),
             outliers: Default::default(),
+            latencies: Default::default(),
+            budget: Default::default(),
+            balancer: Balancer::default(),
         })
+    }
+
+    /// Chooses among endpoints by `balancer`.
+    pub(crate) fn with_balancer(mut self, balancer: Balancer) -> Forwarder {
+        self.balancer = balancer;
+        self
     }
 
     /// A client presenting `identity` (a workload's certificate) to
@@ -139,9 +166,10 @@ impl Forwarder {
             .clone()
     }
 
-    /// The index to try first among `endpoints`: the less busy of two
-    /// picked from `seed` (a counter, spread by a multiplicative hash).
-    fn first_choice(&self, endpoints: &[&Endpoint], seed: usize) -> usize {
+    /// The index to try first among `endpoints` of `target`: the cheaper
+    /// of two picked from `seed` (a counter, spread by a multiplicative
+    /// hash).
+    fn first_choice(&self, target: Target<'_>, endpoints: &[&Endpoint], seed: usize) -> usize {
         let n = endpoints.len();
         if n < 2 {
             return 0;
@@ -149,8 +177,18 @@ impl Forwarder {
         let spread = (seed as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 32;
         let a = (spread % n as u64) as usize;
         let b = (a + 1 + ((spread >> 16) % (n as u64 - 1)) as usize) % n;
-        let load = |i: usize| self.in_flight(&endpoints[i].node).load(Ordering::Relaxed);
-        if load(b) < load(a) { b } else { a }
+        let in_flight = |i: usize| self.in_flight(&endpoints[i].node).load(Ordering::Relaxed);
+        let cheaper = match self.balancer {
+            Balancer::InFlight => in_flight(b) < in_flight(a),
+            Balancer::Ewma => {
+                let cost = |i: usize| {
+                    let estimate = self.latencies.estimate(&target.replica_on(endpoints[i]));
+                    super::latency::cost(estimate, in_flight(i))
+                };
+                cost(b) < cost(a)
+            }
+        };
+        if cheaper { b } else { a }
     }
 
     /// Sends `request` for `target` to a node running it (one of
@@ -174,16 +212,22 @@ impl Forwarder {
         let client =
             caller_client.unwrap_or_else(|| self.client.read().expect("mesh client lock").clone());
         let replayable = surely_bodiless(&request);
+        let idempotent = replayable && is_idempotent(request.method());
         let (parts, body) = request.into_parts();
         let mut body = Some(body.map_err(Into::into).boxed_unsync());
         let mut last_error = String::new();
         let mut last_status = http::StatusCode::BAD_GATEWAY;
-        for endpoint in self.balance(target, endpoints, seed) {
+        self.budget.request();
+        let order = self.balance(target, endpoints, seed);
+        let mut order = order.iter().peekable();
+        while let Some(endpoint) = order.next() {
             // Retry if safe: a body is sent once; a bodiless request again,
-            // with an empty body.
+            // with an empty body, while the budget allows.
             let body = match body.take() {
                 Some(body) => body,
-                None if replayable => Empty::new().map_err(|never| match never {}).boxed_unsync(),
+                None if replayable && self.retry_allowed(target) => {
+                    Empty::new().map_err(|never| match never {}).boxed_unsync()
+                }
                 None => break,
             };
             let attempt = Attempt {
@@ -193,6 +237,20 @@ impl Forwarder {
                 inbound,
             };
             match attempt.send(&parts, body, self).await {
+                // An idempotent request a node could not serve (a gateway
+                // error, overload, a timeout there) may go to the next.
+                Ok(response)
+                    if idempotent
+                        && order.peek().is_some()
+                        && retried_status(response.status()) =>
+                {
+                    last_error = format!("a node answered {}", response.status());
+                    last_status = response.status();
+                    // Kept in case the budget allows no retry.
+                    if !self.budget_left() {
+                        return Forwarded::Answered(response);
+                    }
+                }
                 Ok(response) => return Forwarded::Answered(response),
                 Err(failure) => {
                     last_error = failure.why;
@@ -227,7 +285,7 @@ impl Forwarder {
         endpoints: &[&'e Endpoint],
         seed: usize,
     ) -> Vec<&'e Endpoint> {
-        let start = self.first_choice(endpoints, seed);
+        let start = self.first_choice(target, endpoints, seed);
         let mut order: Vec<&Endpoint> = Vec::with_capacity(endpoints.len());
         for i in 0..endpoints.len() {
             let endpoint = endpoints[(start + i) % endpoints.len()];
@@ -241,6 +299,28 @@ impl Forwarder {
             order.sort_by_key(|e| self.outliers.ejected(&target.replica_on(e), now));
         }
         order
+    }
+
+    /// Whether one more attempt may be made for `target` (counted if so);
+    /// a refusal is logged.
+    fn retry_allowed(&self, target: Target<'_>) -> bool {
+        let allowed = self.budget.try_retry();
+        if !allowed {
+            tracing::warn!(
+                app = target.app,
+                component = target.component,
+                reason = "retry_budget",
+                "not retried: retries are over their budget ({}% of requests plus {} a second)",
+                (super::retry_budget::RETRY_RATIO * 100.0) as u32,
+                super::retry_budget::MIN_RETRIES_PER_SEC
+            );
+        }
+        allowed
+    }
+
+    /// Whether the retry budget has room, without taking any.
+    fn budget_left(&self) -> bool {
+        self.budget.has_room()
     }
 
     /// Records how a forwarded request to `node` for `target` went, and
@@ -329,7 +409,10 @@ impl Attempt<'_> {
         })?;
         let counted = InFlight::enter(forwarder.in_flight(node));
         let within = self.target.answer_within;
+        let sent = std::time::Instant::now();
+        let replica = self.target.replica_on(self.endpoint);
         let Ok(answer) = tokio::time::timeout(within, self.client.request(forwarded)).await else {
+            forwarder.latencies.observe(&replica, within);
             forwarder.record(self.target, self.endpoint, Outcome::Failed);
             tracing::warn!(
                 app = self.target.app,
@@ -354,6 +437,7 @@ impl Attempt<'_> {
             }),
             // Counted until the whole body has gone through.
             Ok(response) => {
+                forwarder.latencies.observe(&replica, sent.elapsed());
                 // A server error but overload (503) is a failure of this
                 // replica.
                 let status = response.status();
@@ -465,6 +549,27 @@ fn header_value(text: &str) -> http::HeaderValue {
         .expect("app and component names and SPIFFE IDs are valid header values")
 }
 
+/// Whether a request with `method` may be sent twice: the methods HTTP
+/// calls idempotent.
+fn is_idempotent(method: &http::Method) -> bool {
+    matches!(
+        *method,
+        http::Method::GET
+            | http::Method::HEAD
+            | http::Method::OPTIONS
+            | http::Method::TRACE
+            | http::Method::PUT
+            | http::Method::DELETE
+    )
+}
+
+/// Answers after which an idempotent request may go to another node: the
+/// node could not serve it (bad gateway, overload, gateway timeout), not
+/// the app's own error (500).
+fn retried_status(status: http::StatusCode) -> bool {
+    matches!(status.as_u16(), 502..=504)
+}
+
 /// Whether a mesh answer is the endpoint's own "no such replica here".
 fn not_here<B>(response: &hyper::Response<B>) -> bool {
     response.status() == http::StatusCode::SERVICE_UNAVAILABLE
@@ -520,7 +625,7 @@ mod tests {
         forwarder.in_flight("y").store(5, Ordering::Relaxed);
         let mut picked = [0usize; 3];
         for seed in 0..1000 {
-            picked[forwarder.first_choice(&endpoints, seed)] += 1;
+            picked[forwarder.first_choice(TARGET, &endpoints, seed)] += 1;
         }
         assert_eq!(picked[1], 0, "{picked:?}");
         assert!(picked[0] > 300 && picked[2] > 300, "{picked:?}");
@@ -530,7 +635,36 @@ mod tests {
         assert_eq!(forwarder.in_flight("x").load(Ordering::Relaxed), 1);
         drop(counted);
         assert_eq!(forwarder.in_flight("x").load(Ordering::Relaxed), 0);
-        assert_eq!(forwarder.first_choice(&endpoints[..1], 7), 0);
+        assert_eq!(forwarder.first_choice(TARGET, &endpoints[..1], 7), 0);
+    }
+
+    #[test]
+    fn a_slow_replica_is_tried_first_less_often_than_a_fast_busy_one() {
+        let ewma = forwarder();
+        let nodes = [endpoint("x"), endpoint("y"), endpoint("z")];
+        let endpoints: Vec<&Endpoint> = nodes.iter().collect();
+        for node in &nodes {
+            let rtt = if node.node == "y" { 50 } else { 2 };
+            ewma.latencies.observe(
+                &TARGET.replica_on(node),
+                std::time::Duration::from_millis(rtt),
+            );
+        }
+        // x is busy, but y is slow: x still costs less (2 ms x 3 < 50 ms).
+        ewma.in_flight("x").store(2, Ordering::Relaxed);
+        let mut picked = [0usize; 3];
+        for seed in 0..1000 {
+            picked[ewma.first_choice(TARGET, &endpoints, seed)] += 1;
+        }
+        assert_eq!(picked[1], 0, "{picked:?}");
+        // By requests in flight alone, y would be picked often.
+        let by_count = forwarder().with_balancer(Balancer::InFlight);
+        by_count.in_flight("x").store(2, Ordering::Relaxed);
+        let mut picked = [0usize; 3];
+        for seed in 0..1000 {
+            picked[by_count.first_choice(TARGET, &endpoints, seed)] += 1;
+        }
+        assert!(picked[1] > 300, "{picked:?}");
     }
 
     #[test]

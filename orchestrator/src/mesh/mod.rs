@@ -19,8 +19,10 @@ pub(crate) mod client;
 pub(crate) mod endpoint;
 pub(crate) mod forward;
 pub mod identity;
+pub(crate) mod latency;
 pub mod members;
 pub(crate) mod outliers;
+pub(crate) mod retry_budget;
 #[cfg(test)]
 mod tests;
 pub mod tls;
@@ -37,6 +39,7 @@ pub const CLUSTER: &str = "skiff";
 pub fn control_plane_id() -> String {
     format!("spiffe://{CLUSTER}/control-plane")
 }
+pub use forward::Balancer;
 pub use identity::{NodeIdentity, peer_spiffe_id};
 pub use members::{Members, NodeCert, Peer, WorkloadCert};
 

@@ -121,6 +121,8 @@ pub struct NodeConfig {
     /// The longest a request for a component scaled to zero is held
     /// waiting for a replica; default [`HOLD_LIMIT`].
     pub hold_limit: Duration,
+    /// How requests forwarded to other nodes choose among replicas.
+    pub balancer: crate::mesh::Balancer,
 }
 
 /// A node that joined and bound its addresses, ready to run.
@@ -237,7 +239,8 @@ impl Node {
         warn_if_capacity_below_baseline(config.memory);
         let cache = CompileCache::open(&crate::home::cache_dir())?;
         let packages = Store::open(&config.data_dir.join("packages"))?;
-        let forwarder = crate::mesh::forward::Forwarder::new(&current.identity, &members)?;
+        let forwarder = crate::mesh::forward::Forwarder::new(&current.identity, &members)?
+            .with_balancer(config.balancer);
         let workload_identities =
             crate::mesh::workload_certs::WorkloadIdentities::new(&config.data_dir);
         let shared = Arc::new_cyclic(|weak| NodeShared {
@@ -719,6 +722,7 @@ mod tests {
             mesh_listen: "127.0.0.1:0".parse().unwrap(),
             data_dir: PathBuf::from("/nonexistent"),
             hold_limit: hold::HOLD_LIMIT,
+            balancer: Default::default(),
         }
     }
 

@@ -26,10 +26,48 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// other node runs one (or another node sent it here).
 pub(crate) const LOAD_WAIT: Duration = Duration::from_secs(10);
 
+/// Serves a request for `app`'s `component` (see [`reach_replica`]),
+/// within the component's `request_timeout` when it has one: past it the
+/// caller gets 504 (a request already running goes on to its own end).
+pub(crate) async fn reach<B>(
+    node: &Arc<NodeShared>,
+    app: &AppRoutes,
+    component: &str,
+    request: hyper::Request<B>,
+    inbound: Inbound,
+) -> Answer
+where
+    B: Body<Data = Bytes> + Send + Unpin + 'static,
+    B::Error: Into<HttpError> + Into<BoxError>,
+{
+    let Some(limit) = app.request_timeout(component) else {
+        return reach_replica(node, app, component, request, inbound).await;
+    };
+    match tokio::time::timeout(limit, reach_replica(node, app, component, request, inbound)).await {
+        Ok(answer) => answer,
+        Err(_) => {
+            tracing::warn!(
+                app = app.name,
+                component,
+                reason = "request_timeout",
+                "request given up: no answer within its request_timeout of {limit:?}"
+            );
+            skiff_runtime::invoke::plain(
+                http::StatusCode::GATEWAY_TIMEOUT,
+                format!(
+                    "app \"{}\" component \"{component}\" did not answer within its request_timeout ({})\n",
+                    app.name,
+                    humantime::format_duration(limit)
+                ),
+            )
+        }
+    }
+}
+
 /// Serves a request for `app`'s `component`, in this order: a replica
 /// here; a replica loading here when no other node runs one; another
 /// node, over the mesh.
-pub(crate) async fn reach<B>(
+async fn reach_replica<B>(
     node: &Arc<NodeShared>,
     app: &AppRoutes,
     component: &str,

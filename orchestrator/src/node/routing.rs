@@ -33,6 +33,8 @@ pub(crate) struct AppRoutes {
     scale_from_zero: Vec<String>,
     /// Per component, how long one request may run there.
     timeouts: HashMap<String, Duration>,
+    /// Per component with a `request_timeout`, that timeout.
+    request_timeouts: HashMap<String, Duration>,
     /// Per component split between versions, the version that gets a
     /// share of its requests, and the share (percent).
     split: HashMap<String, (String, u32)>,
@@ -71,6 +73,11 @@ impl AppRoutes {
                 .map(|(c, ms)| (c.clone(), Duration::from_millis(*ms)))
                 .collect(),
             split: app.split.clone().into_iter().collect(),
+            request_timeouts: app
+                .request_timeouts_ms
+                .iter()
+                .map(|(c, ms)| (c.clone(), Duration::from_millis(*ms)))
+                .collect(),
             next: AtomicUsize::new(0),
             dealt: AtomicUsize::new(0),
         }
@@ -106,6 +113,12 @@ impl AppRoutes {
             .map_or(Duration::from_secs(60), |timeout| {
                 timeout.saturating_mul(2) + Duration::from_secs(1)
             })
+    }
+
+    /// How long a caller waits for `component`'s answer, if it has a
+    /// `request_timeout`.
+    pub(crate) fn request_timeout(&self, component: &str) -> Option<Duration> {
+        self.request_timeouts.get(component).copied()
     }
 
     /// Whether `component` may run no replica while idle, so a request

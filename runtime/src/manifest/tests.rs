@@ -93,7 +93,7 @@ fn unknown_fields_are_named_with_their_line() {
         (
             6,
             1,
-            "unknown field `rout`, expected one of `source`, `build`, `workdir`, `route`, `env`, `files`, `allowed_outbound_hosts`, `allow_callers`, `limits`, `dependencies`, `scale`, `placement`, `health`, `rollout`"
+            "unknown field `rout`, expected one of `source`, `build`, `workdir`, `route`, `env`, `files`, `allowed_outbound_hosts`, `allow_callers`, `limits`, `dependencies`, `scale`, `placement`, `health`, `rollout`, `request_timeout`"
                 .to_string()
         )
     );
