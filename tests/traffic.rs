@@ -7,10 +7,8 @@
 mod support;
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
-use support::cluster::{Cluster, probe_app};
+use support::cluster::{Cluster, Pauser, probe_app};
 use support::load::Load;
 use support::{get, temp_dir, wait_until};
 
@@ -66,32 +64,18 @@ fn a_replica_that_turns_slow_gets_less_traffic() {
     let replicas = cluster.replicas("shop");
     let slow_node = replicas[0].1.clone().unwrap();
     // The slow node pauses 60 ms in every 100: its replica answers late.
-    let stop = Arc::new(AtomicBool::new(false));
-    let pauser = {
-        let (stop, pid) = (stop.clone(), cluster.node(&slow_node).process.pid());
-        std::thread::spawn(move || {
-            let signal = |s: &str| {
-                std::process::Command::new("kill")
-                    .args([&format!("-{s}"), &pid.to_string()])
-                    .status()
-                    .unwrap();
-            };
-            while !stop.load(Ordering::Relaxed) {
-                signal("STOP");
-                std::thread::sleep(Duration::from_millis(60));
-                signal("CONT");
-                std::thread::sleep(Duration::from_millis(40));
-            }
-        })
-    };
+    let pauser = Pauser::start(
+        cluster.node(&slow_node).process.pid(),
+        Duration::from_millis(60),
+        Duration::from_millis(100),
+    );
     let urls: Vec<String> = (0..600).map(|i| format!("{ingress}/log?req-{i}")).collect();
     let load = Load::start(4, &urls, Duration::from_secs(60));
     wait_until(Duration::from_secs(60), "600 requests", || {
         (load.count() >= 600).then_some(())
     });
     let answers = load.stop();
-    stop.store(true, Ordering::Relaxed);
-    pauser.join().unwrap();
+    drop(pauser);
     assert!(
         answers.iter().all(|a| a.status == 200),
         "every request served"

@@ -52,6 +52,11 @@ impl Cluster {
     /// A control plane with `server_args` and `nodes` nodes on 127.0.0.2,
     /// .3, ... each labelled `zone=z<N>` and offering 1 GiB.
     pub fn start(nodes: usize, server_args: &[&str]) -> Cluster {
+        Cluster::start_with(nodes, server_args, &[])
+    }
+
+    /// [`Cluster::start`], each node started with `node_args` too.
+    pub fn start_with(nodes: usize, server_args: &[&str], node_args: &[&str]) -> Cluster {
         let serial = one_at_a_time();
         let home = temp_dir();
         let server = start_server(home.path(), "127.0.0.1:0", server_args);
@@ -64,7 +69,7 @@ impl Cluster {
             nodes: Vec::new(),
         };
         for i in 1..=nodes {
-            cluster.add_node(i);
+            cluster.add_node_with(i, node_args);
         }
         cluster
     }
@@ -76,10 +81,18 @@ impl Cluster {
 
     /// Joins `node-<i>` on 127.0.0.<i+1>.
     pub fn add_node(&mut self, i: usize) {
+        self.add_node_with(i, &[]);
+    }
+
+    /// Joins `node-<i>` on 127.0.0.<i+1>, with `extra` `skiff node`
+    /// arguments.
+    pub fn add_node_with(&mut self, i: usize, extra: &[&str]) {
         let token = self.cli(&["join-token"]).trim().to_string();
         let name = format!("node-{i}");
         let listen = format!("127.0.0.{}:0", i + 1);
-        let node = self.launch_node(&name, &["--token", &token, "--listen", &listen]);
+        let mut args = vec!["--token", token.as_str(), "--listen", listen.as_str()];
+        args.extend_from_slice(extra);
+        let node = self.launch_node(&name, &args);
         self.nodes.push(node);
     }
 
@@ -359,4 +372,47 @@ pub fn replica_count(home: &Path, app: &str) -> usize {
         .ok()
         .and_then(|replicas| replicas.as_array().map(Vec::len))
         .unwrap_or(0)
+}
+
+/// Makes a process slow: stops it for `pause` in every `period`, until
+/// dropped (then it runs on).
+pub struct Pauser {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Pauser {
+    /// Starts pausing process `pid`.
+    pub fn start(pid: u32, pause: Duration, period: Duration) -> Pauser {
+        use std::sync::atomic::Ordering;
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stopping = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let signal = |s: &str| {
+                std::process::Command::new("kill")
+                    .args([&format!("-{s}"), &pid.to_string()])
+                    .status()
+                    .unwrap();
+            };
+            while !stopping.load(Ordering::Relaxed) {
+                signal("STOP");
+                std::thread::sleep(pause);
+                signal("CONT");
+                std::thread::sleep(period.saturating_sub(pause));
+            }
+        });
+        Pauser {
+            stop,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for Pauser {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
 }
