@@ -120,6 +120,7 @@ fn in_process() {
                 required_labels: required_labels.clone(),
                 strategy,
                 prefer: None,
+                avoid: Vec::new(),
             });
         }
     }

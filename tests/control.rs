@@ -254,7 +254,7 @@ fn package_of(home: &Path, app: &str) -> String {
 }
 
 #[test]
-fn packages_no_app_uses_are_collected_after_a_grace_period() {
+fn packages_no_app_uses_nor_may_roll_back_to_are_collected_after_a_grace_period() {
     let _serial = one_at_a_time();
     let home = temp_dir();
     let server = start_server(home.path(), "127.0.0.1:0", &["--package-grace", "3s"]);
@@ -286,12 +286,12 @@ fn packages_no_app_uses_are_collected_after_a_grace_period() {
     assert!(all.is_superset(&v1) && all.is_superset(&v2), "{all:?}");
     assert!(all.contains(stray_digest.hex()));
 
-    // After it, exactly what the app runs now is kept.
-    wait_until(
-        Duration::from_secs(60),
-        "v1 and the stray blob to go",
-        || (server_blobs(home.path()) == v2).then_some(()),
-    );
+    // After it, exactly what the app runs now and the version before it
+    // (kept for `skiff rollback`) are kept.
+    let kept: BTreeSet<String> = v1.union(&v2).cloned().collect();
+    wait_until(Duration::from_secs(60), "the stray blob to go", || {
+        (server_blobs(home.path()) == kept).then_some(())
+    });
     server.wait_for_stderr("uploaded blob(s) that no app uses");
 
     cli(home.path(), &["delete", "shop"]);
@@ -558,27 +558,8 @@ fn news_answers_a_held_heartbeat_at_once() {
         &["--heartbeat", "20s", "--down-after", "60s"],
     );
     let api = server.url.clone();
-    let token = cli(home.path(), &["join-token"]).trim().to_string();
-    let pin = token.split('.').nth(1).unwrap();
     let runtime = tokio::runtime::Runtime::new().unwrap();
-    let joining = ApiClient::new(
-        &api,
-        skiff_orchestrator::mesh::tls::client_pinned(pin).unwrap(),
-        None,
-    );
-    let (key, csr) = NodeIdentity::request().unwrap();
-    let joined: Value = runtime
-        .block_on(joining.post(
-            "/v1/join",
-            &serde_json::json!({ "token": token, "name": "node-1", "csr_pem": csr }),
-        ))
-        .unwrap();
-    let identity = NodeIdentity::new(
-        key,
-        joined["cert_pem"].as_str().unwrap().to_string(),
-        joined["ca_pem"].as_str().unwrap().to_string(),
-    );
-    let node = ApiClient::new(&api, identity.control_plane_client_config().unwrap(), None);
+    let node = join_by_api(&runtime, home.path(), &api, "node-1");
     let heartbeat = |version: u64, epoch: u64, seq: Option<u64>| {
         serde_json::json!({
             "version": version, "epoch": epoch, "memory": 1u64 << 30,
@@ -652,4 +633,125 @@ fn news_answers_a_held_heartbeat_at_once() {
         ))
         .unwrap_err();
     assert_eq!(refused.status(), Some(http::StatusCode::UNAUTHORIZED));
+}
+
+/// Joins a node named `name` through the API alone, as a compromised
+/// node's owner could: the node's API client.
+fn join_by_api(runtime: &tokio::runtime::Runtime, home: &Path, api: &str, name: &str) -> ApiClient {
+    let token = cli(home, &["join-token"]).trim().to_string();
+    let pin = token.split('.').nth(1).unwrap();
+    let joining = ApiClient::new(
+        api,
+        skiff_orchestrator::mesh::tls::client_pinned(pin).unwrap(),
+        None,
+    );
+    let (key, csr) = NodeIdentity::request().unwrap();
+    let joined: Value = runtime
+        .block_on(joining.post(
+            "/v1/join",
+            &serde_json::json!({
+                "token": token, "name": name, "csr_pem": csr, "memory": 1u64 << 30
+            }),
+        ))
+        .unwrap();
+    let identity = NodeIdentity::new(
+        key,
+        joined["cert_pem"].as_str().unwrap().to_string(),
+        joined["ca_pem"].as_str().unwrap().to_string(),
+    );
+    ApiClient::new(api, identity.control_plane_client_config().unwrap(), None)
+}
+
+#[test]
+fn a_node_that_never_starts_its_replica_loses_it_to_a_node_that_does() {
+    let _serial = one_at_a_time();
+    let home = temp_dir();
+    let server = start_server(home.path(), "127.0.0.1:0", &[]);
+    let api = server.url.clone();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    // A compromised node: it heartbeats, and says every replica it is
+    // given failed to start.
+    let evil = join_by_api(&runtime, home.path(), &api, "evil");
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let heartbeats = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let runtime = tokio::runtime::Runtime::new().unwrap();
+            let (mut version, mut epoch, mut seq) = (0u64, 0u64, 1u64);
+            let mut assigned: BTreeSet<(String, String, String)> = BTreeSet::new();
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                seq += 1;
+                let components: Vec<Value> = assigned
+                    .iter()
+                    .map(|(app, component, package)| {
+                        serde_json::json!({
+                            "app": app, "component": component, "package": package,
+                            "state": "failed", "error": "never started"
+                        })
+                    })
+                    .collect();
+                let body = serde_json::json!({
+                    "version": version, "epoch": epoch, "memory": 1u64 << 30,
+                    "ingress": "127.0.0.9:1", "mesh": "127.0.0.9:2",
+                    "status_run": 1, "status_seq": seq, "status_base": null,
+                    "components": components, "logs_first_seq": 0, "logs": []
+                });
+                let Ok(answer) = runtime.block_on(evil.call::<_, Value>(
+                    http::Method::POST,
+                    "/v1/node/sync",
+                    &body,
+                    Duration::from_secs(10),
+                )) else {
+                    std::thread::sleep(Duration::from_millis(200));
+                    continue;
+                };
+                version = answer["version"].as_u64().unwrap_or(version);
+                epoch = answer["epoch"].as_u64().unwrap_or(epoch);
+                let desired = &answer["desired"];
+                if desired["full"] == true {
+                    assigned.clear();
+                }
+                for a in desired["assignments"].as_array().into_iter().flatten() {
+                    assigned.insert((
+                        a["app"].as_str().unwrap().to_string(),
+                        a["component"].as_str().unwrap().to_string(),
+                        a["package"].as_str().unwrap().to_string(),
+                    ));
+                }
+                for u in desired["unassigned"].as_array().into_iter().flatten() {
+                    let key = (
+                        u[0].as_str().unwrap().to_string(),
+                        u[1].as_str().unwrap().to_string(),
+                        u[2].as_str().unwrap().to_string(),
+                    );
+                    assigned.remove(&key);
+                }
+            }
+        })
+    };
+    let dir = temp_dir();
+    let app = hello_app(dir.path(), "web", "1.0.0", "/...");
+    cli(home.path(), &["deploy", &app]);
+    wait_until(
+        Duration::from_secs(10),
+        "the replica on the evil node",
+        || {
+            let replicas = json(home.path(), &["ps", "web"]);
+            (replicas[0]["node"] == "evil" && replicas[0]["state"] == "failed").then_some(())
+        },
+    );
+    // An honest node joins: within seconds the replica moves there and
+    // serves.
+    let honest = start_node(home.path(), &api, "honest");
+    let replicas = wait_until(Duration::from_secs(30), "the replica moved", || {
+        let replicas = json(home.path(), &["ps", "web"]);
+        (replicas[0]["node"] == "honest" && replicas[0]["state"] == "running").then_some(replicas)
+    });
+    assert_eq!(replicas.as_array().unwrap().len(), 1);
+    let (status, body) = support::get(&honest.at("/"));
+    assert_eq!((status, body.as_str()), (200, "Hello from Skiff!\n"));
+    let events = cli(home.path(), &["events", "web"]);
+    assert!(events.contains("from evil to honest"), "{events}");
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    heartbeats.join().unwrap();
 }

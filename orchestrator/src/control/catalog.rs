@@ -154,6 +154,7 @@ pub fn read(store: &Store, digest: &str) -> Result<AppSpec, String> {
                         PlacementStrategy::Binpack => Strategy::Binpack,
                     },
                     prefer: None,
+                    avoid: Vec::new(),
                 },
             };
             Ok((component.to_string(), plan))

@@ -159,6 +159,9 @@ pub(crate) struct Live {
     /// Per `(app, package)` under a rollout, what became of the requests
     /// that version answered since it began.
     tallies: HashMap<(String, String), rollout::Tally>,
+    /// Replicas that failed to start on a node, by id: since when, and
+    /// the nodes they failed on (not tried again).
+    unready: HashMap<String, reconcile::Unready>,
 }
 
 /// How far the replicas placed on a node may reserve beyond the memory it

@@ -167,9 +167,74 @@ pub(super) fn reconcile(
     release_lost(live, &specs, &mut out);
     autoscale(live, &specs, now);
     match_scale(live, now_unix, &mut out);
+    move_unready(live, &specs, &mut out, now);
     place_pending(live, &specs, &mut out);
     move_off(live, &specs, &mut out);
     out
+}
+
+/// A replica that failed to start on its node.
+#[derive(Debug, Default)]
+pub(crate) struct Unready {
+    /// The node it is failing on now, and since when.
+    failing: Option<(String, Instant)>,
+    /// Every node it failed to start on for [`MOVE_UNREADY_AFTER`].
+    avoid: Vec<String>,
+}
+
+/// How long a replica may fail to start on its node (its load retried
+/// with backoff there) before it is tried on another.
+pub(crate) const MOVE_UNREADY_AFTER: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Moves each replica that has failed to start on its node for
+/// [`MOVE_UNREADY_AFTER`] to a node it has not failed on, once one can
+/// take it: what fails on one node (its disk, its memory, a compromised
+/// node that never starts it) is tried elsewhere, and a version that
+/// fails everywhere stops moving once it has failed on every node that
+/// fits.
+fn move_unready(live: &mut Live, specs: &AppSpecs, out: &mut Outcome, now: Instant) {
+    let mut due = Vec::new();
+    {
+        let (replicas, nodes, unready) = (&live.replicas, &live.nodes, &mut live.unready);
+        unready.retain(|id, _| replicas.contains_key(id));
+        for replica in replicas.values() {
+            let Some(name) = replica.node.as_deref() else {
+                continue;
+            };
+            let failed = nodes.get(name).is_some_and(|node| {
+                !node.down
+                    && node
+                        .component(&replica.app, &replica.component, &replica.package)
+                        .is_some_and(|c| c.state == LoadState::Failed)
+            });
+            if !failed {
+                if let Some(entry) = unready.get_mut(&replica.id) {
+                    entry.failing = None;
+                }
+                continue;
+            }
+            let entry = unready.entry(replica.id.clone()).or_default();
+            let since = match &entry.failing {
+                Some((node, since)) if node == name => *since,
+                _ => {
+                    entry.failing = Some((name.to_string(), now));
+                    now
+                }
+            };
+            if now.saturating_duration_since(since) >= MOVE_UNREADY_AFTER {
+                if !entry.avoid.iter().any(|n| n == name) {
+                    tracing::warn!(
+                        replica = replica.id,
+                        node = name,
+                        "replica failed to start on its node for {MOVE_UNREADY_AFTER:?}: trying another node"
+                    );
+                    entry.avoid.push(name.to_string());
+                }
+                due.push(replica.id.clone());
+            }
+        }
+    }
+    place(live, specs, out, due, true);
 }
 
 /// Each declared app's spec (none while its package cannot be read),
@@ -625,10 +690,17 @@ fn index_of(id: &str) -> u64 {
 /// Places every pending replica the scheduler can fit.
 fn place_pending(live: &mut Live, specs: &AppSpecs, out: &mut Outcome) {
     let (replicas, nodes) = (&live.replicas, &live.nodes);
+    let unready = &live.unready;
     live.pending.retain(|id, _| {
         replicas.get(id).is_some_and(|r| match &r.node {
             None => true,
-            Some(node) => nodes.get(node).is_some_and(|n| n.record.drained || n.down),
+            Some(node) => {
+                nodes.get(node).is_some_and(|n| n.record.drained || n.down)
+                    || unready
+                        .get(id)
+                        .and_then(|u| u.failing.as_ref())
+                        .is_some_and(|(failing, _)| failing == node)
+            }
         })
     });
     let pending = replicas_where(live, |_, r| r.node.is_none());
@@ -751,6 +823,11 @@ fn place(live: &mut Live, specs: &AppSpecs, out: &mut Outcome, ids: Vec<String>,
                 .held_at
                 .get(&(r.app.clone(), r.component.clone()))
                 .cloned();
+            request.avoid = live
+                .unready
+                .get(&id)
+                .map(|u| u.avoid.clone())
+                .unwrap_or_default();
             Some((id, request))
         })
         .unzip();
@@ -775,7 +852,7 @@ fn place(live: &mut Live, specs: &AppSpecs, out: &mut Outcome, ids: Vec<String>,
                             replica = id,
                             from,
                             to = names[node],
-                            "replica moved off a draining or down node"
+                            "replica moved off a draining, down or failing node"
                         );
                         decided.add(
                             EventKind::Moved,
@@ -826,8 +903,10 @@ fn place(live: &mut Live, specs: &AppSpecs, out: &mut Outcome, ids: Vec<String>,
                         .and_then(|n| live.nodes.get(n));
                     let why = if node.is_some_and(|n| n.down) {
                         "its node is down and no other node can take it, so it stays there until the node returns or room appears"
-                    } else {
+                    } else if node.is_some_and(|n| n.record.drained) {
                         "cannot leave its draining node"
+                    } else {
+                        "it fails to start on its node and no other node can take it, so its load is retried there"
                     };
                     reason = format!("{why}: {reason}");
                 }

@@ -54,6 +54,7 @@ fn cluster(nodes: &[(&str, u64)], replicas: u32, memory: u64, now: Instant) -> L
             required_labels: BTreeMap::new(),
             strategy: Strategy::Spread,
             prefer: None,
+            avoid: Vec::new(),
         },
         rollout: Default::default(),
         request_timeout: None,
@@ -834,4 +835,51 @@ fn scale_down_removes_pending_first_then_from_the_fullest_node_newest_first() {
         .collect();
     left.sort_unstable();
     assert_eq!(left, vec!["a", "b", "c"], "the three left stay spread");
+}
+
+#[test]
+fn a_replica_failing_to_start_on_its_node_moves_once_to_each_node_that_can_take_it() {
+    let now = Instant::now();
+    let mut live = cluster(&[("a", 1024 * MIB), ("b", 1024 * MIB)], 1, 64 * MIB, now);
+    reconcile(&mut live, now, &config(), 0);
+    let first = live.replicas.values().next().unwrap().node.clone().unwrap();
+    let other = if first == "a" { "b" } else { "a" };
+    let fail_on = |live: &mut Live, node: &str| {
+        let failed = crate::api::ComponentStatus {
+            state: crate::api::LoadState::Failed,
+            serving: None,
+            error: Some("disk full".to_string()),
+            ..serving("web")
+        };
+        live.nodes.get_mut(node).unwrap().components.insert(
+            "web".to_string(),
+            std::collections::HashMap::from([(
+                ("api".to_string(), "sha256:p".to_string()),
+                failed,
+            )]),
+        );
+    };
+    let at = |live: &mut Live, later: Instant| {
+        for node in live.nodes.values_mut() {
+            node.last_seen = later;
+        }
+        reconcile(live, later, &config(), 0);
+        live.replicas.values().next().unwrap().node.clone().unwrap()
+    };
+    fail_on(&mut live, &first);
+    assert_eq!(at(&mut live, now), first, "not at the first failure");
+    let later = now + super::reconcile::MOVE_UNREADY_AFTER;
+    assert_eq!(at(&mut live, later), other, "moved after failing a while");
+    // It fails on the other node too: with nowhere left, it stays, and
+    // says why.
+    fail_on(&mut live, other);
+    let id = live.replicas.keys().next().unwrap().clone();
+    assert_eq!(at(&mut live, later), other);
+    let much_later = later + super::reconcile::MOVE_UNREADY_AFTER * 2;
+    assert_eq!(at(&mut live, much_later), other);
+    assert!(
+        live.pending[&id].contains("fails to start on its node"),
+        "{:?}",
+        live.pending.get(&id)
+    );
 }

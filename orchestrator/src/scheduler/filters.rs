@@ -17,6 +17,8 @@ pub enum Refusal {
     NotReady,
     /// The node is short of real memory.
     UnderMemoryPressure,
+    /// The replica failed to start on the node already.
+    FailedThere,
 }
 
 impl Refusal {
@@ -28,6 +30,7 @@ impl Refusal {
             Refusal::LabelsDoNotMatch => "labels do not match",
             Refusal::NotReady => "not ready",
             Refusal::UnderMemoryPressure => "under memory pressure",
+            Refusal::FailedThere => "it failed to start there",
         }
     }
 }
@@ -133,6 +136,26 @@ impl Filter for Labels {
             Ok(())
         } else {
             Err(Refusal::LabelsDoNotMatch)
+        }
+    }
+}
+
+/// Not a node the replica already failed to start on: a replica that
+/// never becomes ready on one node is tried on another.
+pub struct NotFailedThere;
+
+impl Filter for NotFailedThere {
+    fn check(
+        &self,
+        node: &NodeInfo,
+        _: usize,
+        _: &Allocation,
+        request: &ReplicaRequest,
+    ) -> Result<(), Refusal> {
+        if request.avoid.contains(&node.name) {
+            Err(Refusal::FailedThere)
+        } else {
+            Ok(())
         }
     }
 }

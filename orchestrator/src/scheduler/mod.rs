@@ -14,7 +14,7 @@ mod scorers;
 #[cfg(test)]
 mod tests;
 
-pub use filters::{Capacity, Filter, Labels, MemoryPressure, Ready, Refusal};
+pub use filters::{Capacity, Filter, Labels, MemoryPressure, NotFailedThere, Ready, Refusal};
 pub use scorers::{AntiAffinity, Binpack, Requested, Scorer, Spread};
 
 use std::collections::{BTreeMap, HashMap};
@@ -62,6 +62,8 @@ pub struct ReplicaRequest {
     /// A node to prefer when it fits: the one holding requests for a
     /// component scaled to zero, which then serves them without a hop.
     pub prefer: Option<String>,
+    /// Nodes the replica failed to start on: not tried again.
+    pub avoid: Vec<String>,
 }
 
 /// The cluster state a plan is computed from.
@@ -205,6 +207,8 @@ impl Scheduler {
                 // A node short of real memory, whatever its reservations
                 // say, takes nothing new.
                 Box::new(MemoryPressure),
+                // Not again where the replica failed to start.
+                Box::new(NotFailedThere),
             ],
             scorers: vec![
                 // Replicas of one component on distinct nodes when possible.

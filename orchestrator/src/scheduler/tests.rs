@@ -24,6 +24,7 @@ fn replica(component: &str, memory: u64) -> ReplicaRequest {
         required_labels: BTreeMap::new(),
         strategy: Strategy::Spread,
         prefer: None,
+        avoid: Vec::new(),
     }
 }
 
