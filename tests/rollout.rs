@@ -149,15 +149,15 @@ fn a_version_answering_500_is_rolled_back_by_itself_and_the_old_keeps_serving() 
     cluster.wait_known_everywhere("shop", 3);
     let load = steady_load(&cluster);
 
-    // Without --wait the deploy returns as the rollout starts; with it, it
-    // would say the version was rolled back (see the next test).
-    cluster.cli(&["deploy", &shop(dir.path(), "2", 500, 3, "")]);
-    let bad = shop_view(&cluster)["package"].as_str().unwrap().to_string();
+    // The new version gets its share of requests as soon as a replica is
+    // ready, fails them, and replaces no old replica meanwhile.
+    let refused = cluster.cli_fails(&["deploy", &shop(dir.path(), "2", 500, 3, ""), "--wait"]);
+    assert!(refused.contains("was rolled back"), "{refused}");
     let view = wait_until(Duration::from_secs(30), "the rollback", || {
         let view = shop_view(&cluster);
-        (view["rolled_back"]["package"] == bad.as_str() && view["rollout"].is_null())
-            .then_some(view)
+        view["rollout"].is_null().then_some(view)
     });
+    let bad = view["rolled_back"]["package"].as_str().unwrap().to_string();
     let reason = view["rolled_back"]["reason"].as_str().unwrap();
     assert!(
         reason.contains("requests failed") && reason.contains("status_500"),

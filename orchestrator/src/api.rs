@@ -638,7 +638,8 @@ pub struct ComponentView {
     pub route: Option<String>,
     /// Desired replicas.
     pub desired: u32,
-    /// Replicas running.
+    /// Replicas running, of any version (during a rollout, the old and the
+    /// new; its line says how many run the new one).
     pub running: u32,
     /// The autoscaler's bounds and what it sees, when autoscaled.
     #[serde(default, skip_serializing_if = "Option::is_none")]

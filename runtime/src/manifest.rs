@@ -18,6 +18,9 @@ use std::time::Duration;
 /// The Wasm stack an instance gets unless `limits.stack` says otherwise.
 pub const DEFAULT_STACK: usize = 512 << 10;
 
+/// The longest `request_timeout`.
+pub const MAX_REQUEST_TIMEOUT: Duration = Duration::from_secs(3600);
+
 /// The file name `skiff run DIR` looks for.
 pub const MANIFEST_FILE: &str = "skiff.toml";
 
@@ -609,12 +612,11 @@ impl Manifest {
         rollout::canary_interval(self.app.canary_interval).map_err(|e| format!("[app] {e}"))?;
         let mut routes: BTreeMap<&Route, &ComponentName> = BTreeMap::new();
         for (name, spec) in &self.component {
-            if spec
-                .request_timeout
-                .is_some_and(|t| t.as_duration() < Duration::from_millis(10))
-            {
+            if spec.request_timeout.is_some_and(|t| {
+                t.as_duration() < Duration::from_millis(10) || t.as_duration() > MAX_REQUEST_TIMEOUT
+            }) {
                 return Err(format!(
-                    "component \"{name}\": request_timeout must be at least \"10ms\""
+                    "component \"{name}\": request_timeout must be from \"10ms\" to \"1h\""
                 ));
             }
             if let Some(health) = &spec.health

@@ -7,6 +7,9 @@ use std::collections::BTreeMap;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+/// The status of a request given up before its answer began.
+const ABANDONED: u16 = 499;
+
 /// The most distinct failure reasons kept; later ones count as `other`.
 const MAX_REASONS: usize = 16;
 
@@ -36,9 +39,13 @@ impl Outcomes {
     /// `status_NNN`.
     pub fn record(&self, status: u16, reason: Option<&'static str>) {
         self.answered.fetch_add(1, Ordering::Relaxed);
-        if status < 500 {
-            return;
-        }
+        // 499: given up before the answer began (by the client, or by a
+        // `request_timeout`): a version too slow to answer fails.
+        let reason = match status {
+            ABANDONED => Some(reason.unwrap_or("abandoned")),
+            500.. => reason,
+            _ => return,
+        };
         self.failed.fetch_add(1, Ordering::Relaxed);
         let reason = reason.map_or_else(|| format!("status_{status}"), str::to_string);
         let mut reasons = self.reasons.lock().expect("outcomes lock");
@@ -48,6 +55,14 @@ impl Outcomes {
             "other".to_string()
         };
         *reasons.entry(key).or_default() += 1;
+    }
+
+    /// Forgets what was counted: the requests a node made itself (health
+    /// checks) before the version took traffic are not its clients'.
+    pub fn reset(&self) {
+        self.answered.store(0, Ordering::Relaxed);
+        self.failed.store(0, Ordering::Relaxed);
+        self.reasons.lock().expect("outcomes lock").clear();
     }
 
     /// The counts now.
@@ -71,8 +86,10 @@ mod tests {
         outcomes.record(500, Some("trap"));
         outcomes.record(503, None);
         outcomes.record(404, None);
+        outcomes.record(499, None);
         let counts = outcomes.counts();
-        assert_eq!((counts.answered, counts.failed), (4, 2));
+        assert_eq!((counts.answered, counts.failed), (5, 3));
+        assert_eq!(counts.reasons["abandoned"], 1);
         assert_eq!(counts.reasons["trap"], 1);
         assert_eq!(counts.reasons["status_503"], 1);
     }

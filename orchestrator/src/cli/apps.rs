@@ -56,7 +56,7 @@ pub struct DeployArgs {
     /// then all of them; several (`10,50`) are steps in turn. Errors roll
     /// it back. Overrides the manifest's `[app] canary`; `100`: a rolling
     /// update.
-    #[arg(long, value_delimiter = ',', value_name = "PERCENT")]
+    #[arg(long, value_delimiter = ',', value_name = "PERCENT", value_parser = parse_percent)]
     canary: Option<Vec<u32>>,
     /// How long each canary step lasts, e.g. `30s` (default: the
     /// manifest's `canary_interval`, else 1m).
@@ -64,6 +64,14 @@ pub struct DeployArgs {
     canary_interval: Option<Duration>,
     #[command(flatten)]
     cluster: ClusterArgs,
+}
+
+/// A canary step: `10` or `10%`.
+fn parse_percent(text: &str) -> Result<u32, String> {
+    let digits = text.trim().trim_end_matches('%');
+    digits.parse().map_err(|_| {
+        format!("{text:?} is not a percentage: give a number from 0 to 100, such as 10")
+    })
 }
 
 /// Packs, uploads and declares an app.
@@ -84,14 +92,15 @@ pub fn deploy(args: DeployArgs) -> anyhow::Result<()> {
         }
         let running = if args.wait {
             let package = prepared.descriptor.digest.to_string();
-            let limit = args.timeout;
-            Some(match declared.rollout {
-                Some(_) => {
-                    super::rollout::wait_until_rolled_out(&client, &declared.app, &package, limit)
-                        .await?
-                }
-                None => wait_until_running(&client, &declared.app, limit).await?,
-            })
+            Some(
+                super::rollout::wait_until_rolled_out(
+                    &client,
+                    &declared.app,
+                    &package,
+                    args.timeout,
+                )
+                .await?,
+            )
         } else {
             None
         };
@@ -328,6 +337,7 @@ pub fn ps(args: PsArgs) -> anyhow::Result<()> {
             vec![
                 r.id,
                 r.component,
+                printable(&r.version).into_owned(),
                 r.node.unwrap_or_else(|| "-".to_string()),
                 r.state,
                 age(r.age_secs),
@@ -336,7 +346,15 @@ pub fn ps(args: PsArgs) -> anyhow::Result<()> {
         })
         .collect();
     table(
-        &["REPLICA", "COMPONENT", "NODE", "STATE", "AGE", "REASON"],
+        &[
+            "REPLICA",
+            "COMPONENT",
+            "VERSION",
+            "NODE",
+            "STATE",
+            "AGE",
+            "REASON",
+        ],
         rows,
     )?;
     Ok(())

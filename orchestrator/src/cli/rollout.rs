@@ -45,6 +45,15 @@ fn post(args: RolloutArgs, action: &str) -> anyhow::Result<()> {
 /// One line on `app`'s rollout for `skiff apps`: `shop: canary 1.1.0
 /// 3fa9c1d2e4b7 at 10%, 1/3 ready; new 2 of 40 failed, old 0 of 380`.
 pub fn rollout_line(app: &str, rollout: &RolloutView) -> String {
+    if rollout.strategy == "rollback" {
+        return format!(
+            "{app}: rolling back from {} to {}, {}/{} ready",
+            printable(&rollout.from),
+            printable(&rollout.to),
+            rollout.ready,
+            rollout.desired,
+        );
+    }
     let share = rollout
         .share
         .map(|share| format!(" at {share}%"))
@@ -94,7 +103,13 @@ pub async fn wait_until_rolled_out(
                 printable(&view.version)
             );
         }
-        let moved = view.rollout.as_ref().is_none_or(|r| r.state == "watching");
+        // Not moving: every replica must run it, as for a first deploy
+        // (which stops at a replica that fails to start).
+        if view.rollout.is_none() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            return super::apps::wait_until_running(client, app, left).await;
+        }
+        let moved = view.rollout.as_ref().is_some_and(|r| r.state == "watching");
         if moved && view.components.iter().all(|c| c.running >= c.desired) {
             return Ok(view);
         }

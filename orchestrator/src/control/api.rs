@@ -685,7 +685,8 @@ fn requested_canary(
 ) -> Result<Option<super::rollout::Canary>, String> {
     use skiff_runtime::manifest::rollout as bounds;
     let interval = match request.canary_interval_ms {
-        Some(ms) => bounds::check_canary_interval(Duration::from_millis(ms))?,
+        Some(ms) => bounds::check_canary_interval(Duration::from_millis(ms))
+            .map_err(|e| e.replace("canary_interval", "--canary-interval"))?,
         None => spec
             .canary
             .as_ref()
@@ -1287,7 +1288,8 @@ async fn sync(shared: &Shared, caller: &NodeCert, request: Request) -> Handled {
             );
         }
         for (app, component, versions) in std::mem::take(&mut reported_outcomes) {
-            super::rollout::take_outcomes(&mut live, node, &app, &component, versions);
+            // A version under rollout failing is judged now.
+            wake |= super::rollout::take_outcomes(&mut live, node, &app, &component, versions);
         }
         for (app, component, error) in failed_now {
             live.events.record(
@@ -1590,7 +1592,7 @@ fn app_views(shared: &Shared) -> Vec<AppView> {
                                 .into_iter()
                                 .flatten()
                                 .filter(|r| &r.component == name)
-                                .filter(|r| r.package == app.package && replica_running(&live, r))
+                                .filter(|r| replica_running(&live, r))
                                 .count() as u32,
                         })
                         .collect()

@@ -296,15 +296,48 @@ fn routing_and_assignments(live: &Live) -> (BTreeMap<String, AppRouting>, Assign
                 .iter()
                 .map(|(c, plan)| (c.clone(), plan.timeout.as_millis() as u64))
                 .collect(),
-            request_timeouts_ms: spec
-                .components
-                .iter()
-                .filter_map(|(c, plan)| Some((c.clone(), plan.request_timeout?.as_millis() as u64)))
-                .collect(),
+            request_timeouts_ms: request_timeouts(live, record, spec),
         };
         apps.insert(app.clone(), routing);
     }
     (apps, per_node)
+}
+
+/// Per component of `record` (declared by `spec`) with a
+/// `request_timeout`, that timeout in milliseconds. While a rollout
+/// moves the app, a component gets the looser of its two versions'
+/// (none when either has none): a new, tighter timeout applies once every
+/// replica runs the new version, while its errors are still watched, so
+/// a timeout that fails requests rolls its version back rather than
+/// failing the old version's requests too.
+fn request_timeouts(
+    live: &Live,
+    record: &crate::state::AppRecord,
+    spec: &super::catalog::AppSpec,
+) -> BTreeMap<String, u64> {
+    use crate::state::RolloutStrategy;
+    let before = record
+        .rollout
+        .as_ref()
+        .filter(|r| {
+            r.done_unix_ms.is_none() && !matches!(r.strategy, RolloutStrategy::Rollback { .. })
+        })
+        .and_then(|r| live.specs.get(&r.from));
+    spec.components
+        .iter()
+        .filter_map(|(component, plan)| {
+            let mut timeout = plan.request_timeout?;
+            if let Some(before) = before {
+                let old = before.components.get(component).map(|p| p.request_timeout);
+                match old {
+                    Some(Some(old)) => timeout = timeout.max(old),
+                    Some(None) => return None,
+                    None => {}
+                }
+            }
+            Some((component.clone(), timeout.as_millis() as u64))
+        })
+        .collect()
 }
 
 /// Every node in the cluster, name to incarnation.

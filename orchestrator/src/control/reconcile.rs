@@ -546,10 +546,12 @@ fn match_scale(live: &mut Live, now_unix: u64, out: &mut Outcome) {
     }
     let mut add = Vec::new();
     let mut remove = Vec::new();
+    let now_ms = crate::clock::unix_ms();
     for (name, app) in &live.apps {
         let Some(spec) = live.specs.get(&app.package) else {
             continue;
         };
+        let proven = super::rollout::proven(live, app, now_ms);
         for (component, plan) in &spec.components {
             let desired = live.desired_replicas(app, component, plan);
             let current = existing
@@ -615,7 +617,13 @@ fn match_scale(live: &mut Live, now_unix: u64, out: &mut Outcome) {
                 None => {
                     // Old replicas not serving count for nothing: they go.
                     remove.extend(unready_old.iter().map(|r| r.id.clone()));
-                    let ready_new = new.iter().filter(ready).count() as u32;
+                    // Until the new version has answered a request well,
+                    // its ready replicas replace nothing.
+                    let ready_new = if proven {
+                        new.iter().filter(ready).count() as u32
+                    } else {
+                        0
+                    };
                     let ready_now = ready_new + ready_old.len() as u32;
                     let spare = ready_now.saturating_sub(targets.min_ready) as usize;
                     remove.extend(scale_down_order(&ready_old, spare.min(ready_old.len())));

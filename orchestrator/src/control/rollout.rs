@@ -176,7 +176,7 @@ pub(crate) fn rollback(current: &AppRecord, now_ms: u64) -> Result<(AppRecord, S
             }
             let Some(previous) = record.history.pop() else {
                 return Err(format!(
-                    "app {name:?} has no earlier version to roll back to: Skiff keeps the versions an app ran before (up to {KEPT_VERSIONS}), and {name:?} has run only this one"
+                    "app {name:?} has no earlier version left to roll back to: Skiff keeps the last {KEPT_VERSIONS} versions an app ran, and each rollback goes one further back (to go forward again, deploy the version you want)"
                 ));
             };
             let message = format!(
@@ -254,14 +254,26 @@ pub(crate) struct Tally {
     pub(crate) answered: u64,
     pub(crate) failed: u64,
     pub(crate) reasons: BTreeMap<String, u64>,
+    /// When a node last reported requests of it, Unix milliseconds.
+    pub(crate) last_unix_ms: u64,
 }
 
 impl Tally {
-    fn add(&mut self, answered: u64, failed: u64, reasons: &BTreeMap<String, u64>) {
-        self.answered += answered;
-        self.failed += failed;
-        for (reason, n) in reasons {
-            *self.reasons.entry(reason.clone()).or_default() += n;
+    fn add(&mut self, counts: &Counts) {
+        if counts.answered > 0 {
+            self.last_unix_ms = crate::clock::unix_ms();
+        }
+        self.answered = self.answered.saturating_add(counts.answered);
+        self.failed = self.failed.saturating_add(counts.failed);
+        for (reason, n) in &counts.reasons {
+            // A few reasons per tally, whatever many nodes report.
+            let reason = if self.reasons.contains_key(reason) || self.reasons.len() < MAX_REASONS {
+                reason.clone()
+            } else {
+                "other".to_string()
+            };
+            let count = self.reasons.entry(reason).or_default();
+            *count = count.saturating_add(*n);
         }
     }
 
@@ -314,74 +326,139 @@ pub(crate) fn judge(new: &Tally, old: &Tally) -> Option<String> {
 /// What each node last said each version answered, per `(app, component,
 /// package)`: the next report's counts are taken as differences from
 /// these.
-pub(crate) type OutcomesSeen = HashMap<(String, String, String), (u64, u64, BTreeMap<String, u64>)>;
+pub(crate) type OutcomesSeen = HashMap<(String, String, String), Counts>;
 
 /// Takes the outcomes node `node` reported for `app`'s `component`
-/// (counts since each version loaded there) into the app's tallies while
-/// a rollout of it is judged; a version the node holds no replica of is
-/// ignored, so a node can speak only of what it runs.
+/// (counts since each version loaded there) as differences from what it
+/// reported before, into the app's tallies while a rollout of it is
+/// judged. A version the node holds no replica of is ignored, so a node
+/// speaks only of what it runs; its figures are bounded (no more failures
+/// than answers, a few reasons of a few words), so no report can overflow
+/// a tally or bloat what is stored.
+///
+/// A version never heard of from this node (the control plane or the
+/// node restarted since, or it was down) gives a baseline, not requests:
+/// its counts may go back to before the rollout. Only the new version's
+/// count in full: it loaded after the rollout began.
+///
+/// Returns whether a judged version failed more requests: the controller
+/// should look now, not at its next pass.
 pub(crate) fn take_outcomes(
     live: &mut Live,
     node: &str,
     app: &str,
     component: &str,
     versions: Vec<VersionOutcomes>,
-) {
-    let judged = live.apps.get(app).is_some_and(|record| {
-        matches!(
-            &record.rollout,
-            Some(Rollout {
-                strategy: RolloutStrategy::Rolling | RolloutStrategy::Canary { .. },
-                ..
-            })
-        )
-    });
+) -> bool {
+    let Some(record) = live.apps.get(app) else {
+        return false;
+    };
+    let mut failures = false;
+    let judged = matches!(
+        &record.rollout,
+        Some(Rollout {
+            strategy: RolloutStrategy::Rolling | RolloutStrategy::Canary { .. },
+            ..
+        })
+    );
+    let new_version = record.package.clone();
     let prefix = format!("{app}/{component}/");
+    let mut reported = std::collections::HashSet::new();
     for version in versions.into_iter().take(MAX_VERSIONS_PER_REPORT) {
+        if !reported.insert(version.package.clone()) {
+            continue;
+        }
         let held = live
             .replicas
             .range(prefix.clone()..)
             .take_while(|(id, _)| id.starts_with(&prefix))
             .any(|(_, r)| r.node.as_deref() == Some(node) && r.package == version.package);
         let Some(seen) = live.nodes.get_mut(node).map(|n| &mut n.outcomes_seen) else {
-            return;
+            return failures;
         };
         if !held {
             continue;
         }
+        if seen.len() >= MAX_SEEN_PER_NODE {
+            seen.clear();
+        }
+        let now = Counts::bounded(&version);
         let key = (
             app.to_string(),
             component.to_string(),
             version.package.clone(),
         );
-        let (answered, failed, reasons) = match seen.get(&key) {
-            // Counts that went down are of a new load: all of them are new.
-            Some((a, f, _)) if version.answered < *a || version.failed < *f => {
-                (version.answered, version.failed, version.reasons.clone())
+        let new = match seen.get(&key) {
+            Some(before) if now.answered >= before.answered && now.failed >= before.failed => {
+                now.since(before)
             }
-            Some((a, f, r)) => (
-                version.answered - a,
-                version.failed - f,
-                version
-                    .reasons
-                    .iter()
-                    .map(|(reason, n)| {
-                        (
-                            reason.clone(),
-                            n.saturating_sub(*r.get(reason).unwrap_or(&0)),
-                        )
-                    })
-                    .filter(|(_, n)| *n > 0)
-                    .collect(),
-            ),
-            None => (version.answered, version.failed, version.reasons.clone()),
+            // Counts that went down are of a new load there: all new.
+            Some(_) => now.clone(),
+            None if judged && version.package == new_version => now.clone(),
+            None => Counts::default(),
         };
-        seen.insert(key, (version.answered, version.failed, version.reasons));
+        seen.insert(key, now);
+        failures |= judged && new.failed > 0;
         if judged {
             live.tallies
                 .entry((app.to_string(), version.package))
                 .or_default()
-                .add(answered, failed, &reasons);
+                .add(&new);
+        }
+    }
+    failures
+}
+
+/// Versions remembered per node before the memory starts afresh.
+const MAX_SEEN_PER_NODE: usize = 200_000;
+
+/// Failure reasons kept per version, and the longest reason kept.
+const MAX_REASONS: usize = 16;
+const MAX_REASON_LEN: usize = 40;
+
+/// A node's counts for one version, bounded.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct Counts {
+    answered: u64,
+    failed: u64,
+    reasons: BTreeMap<String, u64>,
+}
+
+impl Counts {
+    /// What `version` says, with no more failures than answers and at
+    /// most [`MAX_REASONS`] reasons of [`MAX_REASON_LEN`] characters.
+    fn bounded(version: &VersionOutcomes) -> Counts {
+        let failed = version.failed.min(version.answered);
+        let reasons = version
+            .reasons
+            .iter()
+            .take(MAX_REASONS)
+            .map(|(reason, n)| {
+                let reason: String = reason.chars().take(MAX_REASON_LEN).collect();
+                (reason, (*n).min(failed))
+            })
+            .collect();
+        Counts {
+            answered: version.answered,
+            failed,
+            reasons,
+        }
+    }
+
+    /// What was added since `before`.
+    fn since(&self, before: &Counts) -> Counts {
+        Counts {
+            answered: self.answered - before.answered,
+            failed: self.failed - before.failed,
+            reasons: self
+                .reasons
+                .iter()
+                .map(|(reason, n)| {
+                    let was = before.reasons.get(reason).copied().unwrap_or(0);
+                    (reason.clone(), n.saturating_sub(was))
+                })
+                .filter(|(_, n)| *n > 0)
+                .collect(),
         }
     }
 }
@@ -469,7 +546,7 @@ pub(super) fn progress(live: &mut Live, now_ms: u64) -> Vec<AppRecord> {
                             tally.describe()
                         ),
                     );
-                } else if rollout.done_unix_ms.is_none() && moved {
+                } else if rollout.done_unix_ms.is_none() && moved && at_last_step(strategy) {
                     if let Some(r) = next.rollout.as_mut() {
                         r.done_unix_ms = Some(now_ms);
                     }
@@ -506,6 +583,50 @@ pub(super) fn progress(live: &mut Live, now_ms: u64) -> Vec<AppRecord> {
         }
     }
     changed
+}
+
+/// How long a rollout whose app gets no requests waits for one (since it
+/// began, or since the last) before its new version's readiness is proof
+/// enough.
+pub(crate) const IDLE_PROOF: Duration = Duration::from_secs(5);
+
+/// Whether `record`'s new version may replace old replicas: it answered
+/// a request without failing since its rollout began (the first
+/// successful request is the readiness that counts), or the app got no
+/// requests for [`IDLE_PROOF`], so there is nothing to prove it on (a
+/// version that took none while others did waits for more). A
+/// rollback proves nothing: the version it returns to served before.
+pub(crate) fn proven(live: &Live, record: &AppRecord, now_ms: u64) -> bool {
+    let Some(rollout) = &record.rollout else {
+        return true;
+    };
+    if matches!(rollout.strategy, RolloutStrategy::Rollback { .. }) {
+        return true;
+    }
+    let tally = |package: &str| {
+        live.tallies
+            .get(&(record.name.clone(), package.to_string()))
+    };
+    let new = tally(&record.package);
+    if new.is_some_and(|t| t.answered > t.failed) {
+        return true;
+    }
+    // Quiet since the rollout began, or since the last request.
+    let last = [tally(&rollout.from), new]
+        .into_iter()
+        .flatten()
+        .map(|t| t.last_unix_ms)
+        .fold(rollout.started_unix_ms, u64::max);
+    now_ms.saturating_sub(last) >= IDLE_PROOF.as_millis() as u64
+}
+
+/// Whether `strategy` sends the new version all requests now: a canary
+/// only at its last step.
+fn at_last_step(strategy: &RolloutStrategy) -> bool {
+    match strategy {
+        RolloutStrategy::Canary { steps, step, .. } => steps[*step] >= 100,
+        _ => true,
+    }
 }
 
 /// Whether every component of `record` runs only its new version, with
@@ -546,6 +667,10 @@ fn failing(live: &Live, record: &AppRecord) -> Option<String> {
         for ((component, package), status) in held {
             if package == &record.package && status.state == LoadState::Failed {
                 let error = status.error.as_deref().unwrap_or("no reason given");
+                // The node's note of its next retry is no verdict's.
+                let error = error
+                    .rsplit_once(" (attempt ")
+                    .map_or(error, |(error, _)| error);
                 return Some(format!(
                     "component {component} failed to start on node {name}: {error}"
                 ));
@@ -625,7 +750,7 @@ pub(super) fn targets(
             min_ready: desired,
         };
     }
-    let new = desired.min((desired + surge).saturating_sub(old));
+    let new = desired.min(desired.saturating_add(surge).saturating_sub(old));
     VersionTargets {
         new,
         keep_old: None,
@@ -726,6 +851,7 @@ mod tests {
             answered,
             failed,
             reasons: BTreeMap::from([("status_500".to_string(), failed)]),
+            last_unix_ms: 0,
         };
         assert_eq!(
             judge(&tally(4, 4), &tally(100, 0)),

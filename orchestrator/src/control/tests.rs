@@ -883,3 +883,65 @@ fn a_replica_failing_to_start_on_its_node_moves_once_to_each_node_that_can_take_
         live.pending.get(&id)
     );
 }
+
+#[test]
+fn a_nodes_outcomes_count_from_a_baseline_bounded_and_only_for_what_it_runs() {
+    use super::rollout::take_outcomes;
+    use crate::api::VersionOutcomes;
+    let now = Instant::now();
+    let mut live = cluster(&[("a", 1024 * MIB)], 1, 64 * MIB, now);
+    reconcile(&mut live, now, &config(), 0);
+    // A replica of the old version beside the new one's, mid-rollout.
+    live.replicas.insert(
+        "web/api/9".to_string(),
+        ReplicaRecord {
+            id: "web/api/9".to_string(),
+            app: "web".to_string(),
+            component: "api".to_string(),
+            node: Some("a".to_string()),
+            created_unix: 0,
+            package: "sha256:old".to_string(),
+        },
+    );
+    live.apps.get_mut("web").unwrap().rollout = Some(crate::state::Rollout {
+        from: "sha256:old".to_string(),
+        started_unix_ms: 0,
+        strategy: crate::state::RolloutStrategy::Rolling,
+        done_unix_ms: None,
+    });
+    let report = |live: &mut Live, package: &str, answered: u64, failed: u64| {
+        let version = VersionOutcomes {
+            package: package.to_string(),
+            answered,
+            failed,
+            reasons: BTreeMap::from([("x".repeat(1000), failed)]),
+        };
+        take_outcomes(live, "a", "web", "api", vec![version.clone(), version]);
+    };
+    let tally = |live: &Live, package: &str| {
+        live.tallies
+            .get(&("web".to_string(), package.to_string()))
+            .map(|t| (t.answered, t.failed))
+            .unwrap_or_default()
+    };
+    // The new version loaded after the rollout began: all of it counts,
+    // once however often it is listed.
+    report(&mut live, "sha256:p", 10, 10);
+    assert_eq!(tally(&live, "sha256:p"), (10, 10));
+    // The old version's counts go back to before the rollout: a baseline.
+    report(&mut live, "sha256:old", 10_000, 9_000);
+    assert_eq!(tally(&live, "sha256:old"), (0, 0));
+    report(&mut live, "sha256:old", 10_010, 9_000);
+    assert_eq!(tally(&live, "sha256:old"), (10, 0));
+    // A version the node runs no replica of is not its to speak of.
+    report(&mut live, "sha256:other", 50, 50);
+    assert_eq!(tally(&live, "sha256:other"), (0, 0));
+    // Absurd figures neither overflow nor claim more failures than answers.
+    report(&mut live, "sha256:p", u64::MAX, u64::MAX);
+    report(&mut live, "sha256:p", u64::MAX - 1, u64::MAX);
+    let (answered, failed) = tally(&live, "sha256:p");
+    assert_eq!(answered, u64::MAX);
+    assert!(failed <= answered);
+    let reasons = &live.tallies[&("web".to_string(), "sha256:p".to_string())].reasons;
+    assert!(reasons.keys().all(|r| r.len() <= 40), "{reasons:?}");
+}

@@ -3,9 +3,9 @@
 //! random, by its peak-EWMA latency times its requests in flight from
 //! here, as Linkerd balances), retry where safe and within the node's
 //! retry budget (a request without a body moves on to the next node when
-//! one cannot be connected to or no longer runs the component, and an
-//! idempotent one also when a node answers 502, 503 or 504; one with a
-//! body is sent once), and one attempt (the request sent over mTLS with
+//! one cannot be connected to, no longer runs the component, or refused
+//! it before any guest code ran, for overload or memory pressure; one
+//! with a body is sent once), and one attempt (the request sent over mTLS with
 //! its target, version and hop count in `skiff-*` headers, counted in
 //! flight until its response body ends).
 
@@ -25,6 +25,9 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 use std::task::{Context, Poll};
+
+/// Components whose retry budgets are kept at most.
+const MAX_BUDGETS: usize = 100_000;
 
 /// How the first node to try is chosen among two picked at random.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
@@ -50,8 +53,9 @@ pub(crate) struct Forwarder {
     outliers: super::outliers::Outliers,
     /// Each replica's answer times.
     latencies: super::latency::Latencies,
-    /// How many attempts may be retries.
-    budget: super::retry_budget::RetryBudget,
+    /// How many attempts may be retries, per component: one app's
+    /// failures do not spend another's retries.
+    budgets: RwLock<HashMap<String, Arc<super::retry_budget::RetryBudget>>>,
     balancer: Balancer,
 }
 
@@ -119,7 +123,7 @@ impl Forwarder {
             in_flight: RwLock::new(HashMap::new()),
             outliers: Default::default(),
             latencies: Default::default(),
-            budget: Default::default(),
+            budgets: Default::default(),
             balancer: Balancer::default(),
         })
     }
@@ -212,12 +216,13 @@ impl Forwarder {
         let client =
             caller_client.unwrap_or_else(|| self.client.read().expect("mesh client lock").clone());
         let replayable = surely_bodiless(&request);
-        let idempotent = replayable && is_idempotent(request.method());
         let (parts, body) = request.into_parts();
+        let mut refusal = None;
         let mut body = Some(body.map_err(Into::into).boxed_unsync());
         let mut last_error = String::new();
         let mut last_status = http::StatusCode::BAD_GATEWAY;
-        self.budget.request();
+        let budget = self.budget(target);
+        budget.request();
         let order = self.balance(target, endpoints, seed);
         let mut order = order.iter().peekable();
         while let Some(endpoint) = order.next() {
@@ -225,7 +230,7 @@ impl Forwarder {
             // with an empty body, while the budget allows.
             let body = match body.take() {
                 Some(body) => body,
-                None if replayable && self.retry_allowed(target) => {
+                None if replayable && self.retry_allowed(target, &budget) => {
                     Empty::new().map_err(|never| match never {}).boxed_unsync()
                 }
                 None => break,
@@ -237,22 +242,15 @@ impl Forwarder {
                 inbound,
             };
             match attempt.send(&parts, body, self).await {
-                // An idempotent request a node could not serve (a gateway
-                // error, overload, a timeout there) may go to the next.
-                Ok(response)
-                    if idempotent
-                        && order.peek().is_some()
-                        && retried_status(response.status()) =>
-                {
-                    last_error = format!("a node answered {}", response.status());
-                    last_status = response.status();
-                    // Kept in case the budget allows no retry.
-                    if !self.budget_left() {
-                        return Forwarded::Answered(response);
-                    }
+                // The node refused it before any guest code ran (overload,
+                // memory pressure): the next node may take it. Kept, to
+                // pass on should no other node answer.
+                Ok(response) if replayable && order.peek().is_some() && refused(&response) => {
+                    refusal = Some(response);
                 }
                 Ok(response) => return Forwarded::Answered(response),
                 Err(failure) => {
+                    refusal = None;
                     last_error = failure.why;
                     last_status = failure.status;
                     if !(replayable && failure.nothing_ran) {
@@ -260,6 +258,9 @@ impl Forwarder {
                     }
                 }
             }
+        }
+        if let Some(refusal) = refusal {
+            return Forwarded::Answered(refusal);
         }
         let failed = plain(
             last_status,
@@ -301,10 +302,24 @@ impl Forwarder {
         order
     }
 
+    /// The retry budget of `target`'s component.
+    fn budget(&self, target: Target<'_>) -> Arc<super::retry_budget::RetryBudget> {
+        let key = format!("{}/{}", target.app, target.component);
+        if let Some(budget) = self.budgets.read().expect("budget lock").get(&key) {
+            return budget.clone();
+        }
+        let mut budgets = self.budgets.write().expect("budget lock");
+        // Bounded: past this many components, budgets start afresh.
+        if budgets.len() >= MAX_BUDGETS {
+            budgets.clear();
+        }
+        budgets.entry(key).or_default().clone()
+    }
+
     /// Whether one more attempt may be made for `target` (counted if so);
     /// a refusal is logged.
-    fn retry_allowed(&self, target: Target<'_>) -> bool {
-        let allowed = self.budget.try_retry();
+    fn retry_allowed(&self, target: Target<'_>, budget: &super::retry_budget::RetryBudget) -> bool {
+        let allowed = budget.try_retry();
         if !allowed {
             tracing::warn!(
                 app = target.app,
@@ -316,11 +331,6 @@ impl Forwarder {
             );
         }
         allowed
-    }
-
-    /// Whether the retry budget has room, without taking any.
-    fn budget_left(&self) -> bool {
-        self.budget.has_room()
     }
 
     /// Records how a forwarded request to `node` for `target` went, and
@@ -437,7 +447,11 @@ impl Attempt<'_> {
             }),
             // Counted until the whole body has gone through.
             Ok(response) => {
-                forwarder.latencies.observe(&replica, sent.elapsed());
+                // A refusal comes fast and says nothing of how fast the
+                // replica serves: it must not make it look cheap.
+                if !refused(&response) {
+                    forwarder.latencies.observe(&replica, sent.elapsed());
+                }
                 // A server error but overload (503) is a failure of this
                 // replica.
                 let status = response.status();
@@ -549,25 +563,14 @@ fn header_value(text: &str) -> http::HeaderValue {
         .expect("app and component names and SPIFFE IDs are valid header values")
 }
 
-/// Whether a request with `method` may be sent twice: the methods HTTP
-/// calls idempotent.
-fn is_idempotent(method: &http::Method) -> bool {
-    matches!(
-        *method,
-        http::Method::GET
-            | http::Method::HEAD
-            | http::Method::OPTIONS
-            | http::Method::TRACE
-            | http::Method::PUT
-            | http::Method::DELETE
-    )
-}
-
-/// Answers after which an idempotent request may go to another node: the
-/// node could not serve it (bad gateway, overload, gateway timeout), not
-/// the app's own error (500).
-fn retried_status(status: http::StatusCode) -> bool {
-    matches!(status.as_u16(), 502..=504)
+/// Whether a node's answer is the platform's refusal before any guest
+/// code ran (see [`skiff_runtime::invoke::REFUSED_HEADER`]): a guest's own
+/// answers never carry it.
+fn refused<B>(response: &hyper::Response<B>) -> bool {
+    response.status() == http::StatusCode::SERVICE_UNAVAILABLE
+        && response
+            .headers()
+            .contains_key(skiff_runtime::invoke::REFUSED_HEADER)
 }
 
 /// Whether a mesh answer is the endpoint's own "no such replica here".

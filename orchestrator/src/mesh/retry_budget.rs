@@ -77,14 +77,6 @@ impl RetryBudget {
         window.slices[at].0 += 1;
     }
 
-    /// Whether a retry would fit the budget now (nothing is counted).
-    pub(crate) fn has_room(&self) -> bool {
-        let mut window = self.counts.lock().expect("retry budget lock");
-        window.advance(Instant::now());
-        let (requests, retries) = window.totals();
-        (retries as f64) < Self::allowed(requests)
-    }
-
     fn allowed(requests: u64) -> f64 {
         requests as f64 * RETRY_RATIO + MIN_RETRIES_PER_SEC * WINDOW.as_secs_f64()
     }

@@ -41,10 +41,10 @@ where
     B::Error: Into<HttpError> + Into<BoxError>,
 {
     let Some(limit) = app.request_timeout(component) else {
-        return reach_replica(node, app, component, request, inbound).await;
+        return unmarked(reach_replica(node, app, component, request, inbound).await);
     };
     match tokio::time::timeout(limit, reach_replica(node, app, component, request, inbound)).await {
-        Ok(answer) => answer,
+        Ok(answer) => unmarked(answer),
         Err(_) => {
             tracing::warn!(
                 app = app.name,
@@ -62,6 +62,15 @@ where
             )
         }
     }
+}
+
+/// `answer` without the platform's mark of a refusal, which only nodes
+/// forwarding to each other read.
+fn unmarked(mut answer: Answer) -> Answer {
+    answer
+        .headers_mut()
+        .remove(skiff_runtime::invoke::REFUSED_HEADER);
+    answer
 }
 
 /// Serves a request for `app`'s `component`, in this order: a replica

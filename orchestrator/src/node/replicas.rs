@@ -70,6 +70,10 @@ pub(crate) struct LocalReplicas {
     changes: Mutex<StatusChanges>,
     /// A collection of unused packages is due to run again.
     collect_scheduled: AtomicBool,
+    /// Counts local requests to spread them over the versions serving
+    /// here, and keys the hash that does it.
+    dealt: std::sync::atomic::AtomicU64,
+    dealer: std::hash::RandomState,
     /// Packages of versions no longer assigned here, and when they left:
     /// kept for [`KEEP_RELEASED`], so a component scaled to zero (or
     /// moved away and back, or rolled back) starts again without
@@ -248,13 +252,32 @@ impl LocalReplicas {
     }
 
     /// A version of `app`/`component` that `pick` admits and that serves
-    /// here.
+    /// here; when several do (a rolling update), each in proportion to its
+    /// replicas here, so a new version takes its share of requests as its
+    /// replicas become ready, and shows at once whether it fails.
     pub(crate) fn serving(&self, app: &str, component: &str, pick: Pick<'_>) -> Option<Serving> {
+        use std::hash::BuildHasher;
         let held = self.held.lock().expect("replica lock");
-        held.get(&(app.to_string(), component.to_string()))?
-            .iter()
-            .filter(|h| pick.admits(&h.package))
-            .find_map(|h| h.serving.clone())
+        let versions = held.get(&(app.to_string(), component.to_string()))?;
+        let serving = || {
+            versions
+                .iter()
+                .filter(|h| pick.admits(&h.package) && h.serving.is_some())
+        };
+        let total: u64 = serving().map(|h| u64::from(h.replicas.max(1))).sum();
+        if total == 0 {
+            return None;
+        }
+        let n = self.dealt.fetch_add(1, Ordering::Relaxed);
+        let mut at = self.dealer.hash_one(n) % total;
+        for h in serving() {
+            let weight = u64::from(h.replicas.max(1));
+            if at < weight {
+                return h.serving.clone();
+            }
+            at -= weight;
+        }
+        None
     }
 
     /// Whether a version of `app`/`component` that `pick` admits is
@@ -517,6 +540,8 @@ async fn load(node: Arc<NodeShared>, key: Key, package: String, attempt: u64) {
 /// on (the load is then retried with backoff), and the pause between.
 const HEALTH_TRIES: u32 = 20;
 const HEALTH_PAUSE: Duration = Duration::from_millis(500);
+/// How long one health check may take.
+const HEALTH_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Whether a loaded version may take traffic: an instance of it can be
 /// created, and its `health` path (when it has one) answers 2xx.
@@ -530,6 +555,20 @@ async fn ready(
     let Some(path) = health else {
         return Ok(());
     };
+    // The checks are the node's own requests, not the version's clients'.
+    let checked = check_health(node, loaded, sink, path).await;
+    loaded.outcomes.reset();
+    checked
+}
+
+/// Asks `path` of `loaded` until it answers 2xx, each try within
+/// [`HEALTH_TIMEOUT`], at most [`HEALTH_TRIES`] times.
+async fn check_health(
+    node: &Arc<NodeShared>,
+    loaded: &LoadedComponent,
+    sink: &Arc<dyn LogSink>,
+    path: &str,
+) -> Result<(), String> {
     let mut last = String::new();
     for _ in 0..HEALTH_TRIES {
         let request = hyper::Request::get(path)
@@ -539,18 +578,24 @@ async fn ready(
                     .map_err(|never| -> wasmtime_wasi_http::Error { match never {} }),
             )
             .map_err(|e| format!("health = {path:?}: {e}"))?;
-        let answer = skiff_runtime::invoke::invoke(
-            loaded,
-            request,
-            sink,
-            Inbound::ingress(Some(node.mesh_router())),
+        let answer = tokio::time::timeout(
+            HEALTH_TIMEOUT,
+            skiff_runtime::invoke::invoke(
+                loaded,
+                request,
+                sink,
+                Inbound::ingress(Some(node.mesh_router())),
+            ),
         )
         .await;
-        let status = answer.status();
-        if status.is_success() {
-            return Ok(());
+        match answer.map(|answer| answer.status()) {
+            Ok(status) if status.is_success() => return Ok(()),
+            Ok(status) => last = format!("its health check GET {path} answered {status}"),
+            Err(_) => {
+                last =
+                    format!("its health check GET {path} did not answer within {HEALTH_TIMEOUT:?}");
+            }
         }
-        last = format!("its health check GET {path} answered {status}");
         tokio::time::sleep(HEALTH_PAUSE).await;
     }
     Err(format!(

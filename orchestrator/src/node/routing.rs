@@ -41,6 +41,9 @@ pub(crate) struct AppRoutes {
     next: AtomicUsize,
     /// Counts requests of split components, to deal out the shares.
     dealt: AtomicUsize,
+    /// Keys the hash that turns the count into a share: random, so no
+    /// client can tell which of its requests go to which version.
+    dealer: std::hash::RandomState,
 }
 
 impl AppRoutes {
@@ -80,21 +83,22 @@ impl AppRoutes {
                 .collect(),
             next: AtomicUsize::new(0),
             dealt: AtomicUsize::new(0),
+            dealer: std::hash::RandomState::new(),
         }
     }
 
     /// Which versions of `component` the next request may go to: all of
-    /// them, unless its requests are split (a canary). Shares are dealt
-    /// exactly: of every 100 requests a node routes, a version with a
-    /// share of 10% gets 10, spread over the hundred rather than in a run.
+    /// them, unless its requests are split (a canary). Each request goes
+    /// to the version with a share of p% with probability p, decided by a
+    /// keyed hash of a counter: no client can predict, or steer, which of
+    /// its requests a canary gets.
     pub(crate) fn version_pick(&self, component: &str) -> Pick<'_> {
+        use std::hash::BuildHasher;
         let Some((package, percent)) = self.split.get(component) else {
             return Pick::Any;
         };
-        // 37 is coprime with 100: n -> 37n mod 100 visits every slot of a
-        // hundred once, in an order that spreads the low ones.
-        let n = self.dealt.fetch_add(1, Ordering::Relaxed) % 100;
-        if (n * 37) % 100 < *percent as usize {
+        let n = self.dealt.fetch_add(1, Ordering::Relaxed);
+        if self.dealer.hash_one(n) % 100 < u64::from(*percent) {
             Pick::Only(package)
         } else {
             Pick::Except(package)

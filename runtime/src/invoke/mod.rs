@@ -31,7 +31,7 @@ use tower::{ServiceBuilder, ServiceExt};
 use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
 
 pub use instance::new_store;
-pub use responses::{plain, relayed, retry_shortly};
+pub use responses::{REFUSED_HEADER, plain, relayed, retry_shortly};
 
 /// The body of every response Skiff sends.
 pub type ResponseBody = HyperOutgoingBody;

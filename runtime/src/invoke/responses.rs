@@ -19,14 +19,23 @@ pub fn plain(status: http::StatusCode, text: String) -> Answer {
     response
 }
 
+/// Set on the platform's own refusals (see [`retry_shortly`]): no guest
+/// code ran for the request, so a node that forwarded it may send it to
+/// another replica. A guest cannot set it: every `skiff-*` header is
+/// stripped from guest responses. Removed before a response leaves for a
+/// client or a calling guest.
+pub const REFUSED_HEADER: &str = "skiff-refused";
+
 /// A 503 with `Retry-After: 1`: the request was refused before any
 /// instance ran, and may well succeed a moment later.
 pub fn retry_shortly(text: String) -> Answer {
     let mut response = plain(http::StatusCode::SERVICE_UNAVAILABLE, text);
-    response.headers_mut().insert(
+    let headers = response.headers_mut();
+    headers.insert(
         http::header::RETRY_AFTER,
         http::HeaderValue::from_static("1"),
     );
+    headers.insert(REFUSED_HEADER, http::HeaderValue::from_static("1"));
     response
 }
 

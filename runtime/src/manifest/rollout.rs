@@ -10,8 +10,8 @@ use std::time::Duration;
 
 /// A number of replicas, given as a count (`1`) or as a percentage of the
 /// component's desired replicas (`"25%"`), as Kubernetes takes them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(try_from = "BoundText", into = "BoundText")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(into = "BoundText")]
 pub enum Bound {
     /// This many replicas.
     Count(u32),
@@ -20,7 +20,7 @@ pub enum Bound {
 }
 
 /// A [`Bound`] as written: a number or a `"N%"` string.
-#[derive(Serialize, Deserialize)]
+#[derive(Serialize)]
 #[serde(untagged)]
 enum BoundText {
     Count(u32),
@@ -32,6 +32,10 @@ impl TryFrom<BoundText> for Bound {
 
     fn try_from(text: BoundText) -> Result<Bound, String> {
         match text {
+            BoundText::Count(n) if n > crate::manifest::MAX_REPLICAS => Err(format!(
+                "{n} replicas is over the limit of {} per component",
+                crate::manifest::MAX_REPLICAS
+            )),
             BoundText::Count(n) => Ok(Bound::Count(n)),
             BoundText::Text(text) => {
                 let percent = text
@@ -49,6 +53,38 @@ impl TryFrom<BoundText> for Bound {
                 Ok(Bound::Percent(percent))
             }
         }
+    }
+}
+
+impl<'de> Deserialize<'de> for Bound {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Bound, D::Error> {
+        struct Visitor;
+        impl serde::de::Visitor<'_> for Visitor {
+            type Value = Bound;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a count of replicas (1) or a percentage (\"25%\")")
+            }
+
+            fn visit_u64<E: serde::de::Error>(self, n: u64) -> Result<Bound, E> {
+                let n = u32::try_from(n).unwrap_or(u32::MAX);
+                Bound::try_from(BoundText::Count(n)).map_err(E::custom)
+            }
+
+            fn visit_i64<E: serde::de::Error>(self, n: i64) -> Result<Bound, E> {
+                match u64::try_from(n) {
+                    Ok(n) => self.visit_u64(n),
+                    Err(_) => Err(E::custom(format!(
+                        "{n} is negative: give a count of replicas (1) or a percentage (\"25%\")"
+                    ))),
+                }
+            }
+
+            fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<Bound, E> {
+                Bound::try_from(BoundText::Text(text.to_string())).map_err(E::custom)
+            }
+        }
+        deserializer.deserialize_any(Visitor)
     }
 }
 
@@ -166,6 +202,8 @@ impl RolloutBounds {
 
 /// The shortest pause between canary steps.
 pub const MIN_CANARY_INTERVAL: Duration = Duration::from_secs(1);
+/// The longest pause between canary steps.
+pub const MAX_CANARY_INTERVAL: Duration = Duration::from_secs(7 * 24 * 3600);
 /// The pause between canary steps when the manifest does not say.
 pub const DEFAULT_CANARY_INTERVAL: Duration = Duration::from_secs(60);
 
@@ -198,7 +236,7 @@ pub fn canary_steps(steps: &[u32]) -> Result<Vec<u32>, String> {
 ///
 /// # Errors
 ///
-/// An interval under [`MIN_CANARY_INTERVAL`].
+/// As [`check_canary_interval`].
 pub fn canary_interval(interval: Option<DurationSpec>) -> Result<Duration, String> {
     check_canary_interval(interval.map_or(DEFAULT_CANARY_INTERVAL, |d| d.as_duration()))
 }
@@ -207,8 +245,15 @@ pub fn canary_interval(interval: Option<DurationSpec>) -> Result<Duration, Strin
 ///
 /// # Errors
 ///
-/// An interval under [`MIN_CANARY_INTERVAL`].
+/// An interval under [`MIN_CANARY_INTERVAL`] or over
+/// [`MAX_CANARY_INTERVAL`].
 pub fn check_canary_interval(interval: Duration) -> Result<Duration, String> {
+    if interval > MAX_CANARY_INTERVAL {
+        return Err(format!(
+            "canary_interval must be at most {} days: promote a canary sooner with `skiff promote`",
+            MAX_CANARY_INTERVAL.as_secs() / 86_400
+        ));
+    }
     if interval < MIN_CANARY_INTERVAL {
         return Err(format!(
             "canary_interval must be at least {}s: each step needs time to show errors",
@@ -235,6 +280,27 @@ mod tests {
         // 10% of 3 rounds down to 0: one replica surges instead.
         assert_eq!(bounds.for_desired(3), (1, 0));
         assert_eq!(bounds.for_desired(20), (0, 2));
+    }
+
+    #[test]
+    fn a_bound_is_a_count_or_a_percentage_and_says_what_was_wrong() {
+        #[derive(Deserialize, Debug)]
+        struct Keys {
+            #[allow(dead_code)]
+            max_surge: Bound,
+        }
+        let parse = |text: &str| toml::from_str::<Keys>(&format!("max_surge = {text}"));
+        assert!(parse("1").is_ok() && parse("\"25%\"").is_ok());
+        for (text, said) in [
+            ("-1", "negative"),
+            ("\"abc\"", "neither a count"),
+            ("4294967295", "over the limit"),
+            ("\"150%\"", "over 100%"),
+        ] {
+            let error = parse(text).unwrap_err().to_string();
+            assert!(error.contains(said), "{text}: {error}");
+            assert!(!error.contains("BoundText"), "{error}");
+        }
     }
 
     #[test]
