@@ -1,6 +1,7 @@
-//! The retry budget: a node sends again at most a fifth as many requests
-//! as it forwards, plus a few a second (Linkerd's and Finagle's budget),
-//! over the last ten seconds. Retries then never multiply an overload:
+//! The retry budget, one per component on each node: a node sends again
+//! at most a fifth as many of a component's requests as it forwards, plus
+//! a few a second (Linkerd's and Finagle's budget), over the last ten
+//! seconds. Retries then never multiply an overload:
 //! when most attempts fail, most requests fail once, instead of every
 //! request failing on every replica.
 
