@@ -320,7 +320,7 @@ fn manifest_syntax_errors_name_file_line_and_field() {
     assert_eq!(
         stderr,
         format!(
-            "error: {}:6:1: unknown field `routes`, expected one of `source`, `build`, `workdir`, `route`, `env`, `files`, `allowed_outbound_hosts`, `allow_callers`, `limits`, `dependencies`, `scale`, `placement`\n",
+            "error: {}:6:1: unknown field `routes`, expected one of `source`, `build`, `workdir`, `route`, `env`, `files`, `allowed_outbound_hosts`, `allow_callers`, `limits`, `dependencies`, `scale`, `placement`, `health`, `rollout`, `request_timeout`\n",
             manifest.display()
         )
     );

@@ -39,6 +39,8 @@ pub fn events(args: EventsArgs) -> anyhow::Result<()> {
                     (Some(app), Some(component)) => {
                         printable(&format!("{app}/{component}")).into_owned()
                     }
+                    // An event of the app as a whole (its rollout).
+                    (Some(app), None) => printable(app).into_owned(),
                     _ => "-".to_string(),
                 },
                 printable(&e.message).into_owned(),

@@ -537,11 +537,16 @@ pub(super) fn progress(live: &mut Live, now_ms: u64) -> Vec<AppRecord> {
                         .get(&(name.clone(), record.package.clone()))
                         .cloned()
                         .unwrap_or_default();
+                    let now = if share >= 100 {
+                        "replaces the old version replica by replica".to_string()
+                    } else {
+                        format!("now gets {share}% of requests")
+                    };
                     live.events.record_app(
                         EventKind::RolloutStep,
                         &name,
                         format!(
-                            "{name} canary {} now gets {share}% of requests ({} so far)",
+                            "{name} canary {} {now} ({} so far)",
                             short(&record.package),
                             tally.describe()
                         ),

@@ -222,7 +222,7 @@ impl Forwarder {
         let mut last_error = String::new();
         let mut last_status = http::StatusCode::BAD_GATEWAY;
         let budget = self.budget(target);
-        budget.request();
+        super::retry_budget::Budget::deposit(&*budget);
         let order = self.balance(target, endpoints, seed);
         let mut order = order.iter().peekable();
         while let Some(endpoint) = order.next() {
@@ -313,20 +313,23 @@ impl Forwarder {
         if budgets.len() >= MAX_BUDGETS {
             budgets.clear();
         }
-        budgets.entry(key).or_default().clone()
+        budgets
+            .entry(key)
+            .or_insert_with(|| Arc::new(super::retry_budget::budget()))
+            .clone()
     }
 
     /// Whether one more attempt may be made for `target` (counted if so);
     /// a refusal is logged.
     fn retry_allowed(&self, target: Target<'_>, budget: &super::retry_budget::RetryBudget) -> bool {
-        let allowed = budget.try_retry();
+        let allowed = super::retry_budget::Budget::withdraw(budget);
         if !allowed {
             tracing::warn!(
                 app = target.app,
                 component = target.component,
                 reason = "retry_budget",
                 "not retried: retries are over their budget ({}% of requests plus {} a second)",
-                (super::retry_budget::RETRY_RATIO * 100.0) as u32,
+                (super::retry_budget::RETRY_RATIO * 100.0).round() as u32,
                 super::retry_budget::MIN_RETRIES_PER_SEC
             );
         }
