@@ -321,3 +321,41 @@ fn a_ten_percent_canary_gets_ten_percent_of_requests_then_is_promoted() {
             .then_some(())
     });
 }
+
+#[test]
+fn a_request_timeout_too_tight_for_the_new_version_rolls_it_back_and_spares_the_old() {
+    let cluster = Cluster::start(3, &[]);
+    let dir = temp_dir();
+    cluster.cli(&["deploy", &shop(dir.path(), "1", 200, 3, ""), "--wait"]);
+    cluster.wait_known_everywhere("shop", 3);
+    let urls: Vec<String> = cluster
+        .nodes
+        .iter()
+        .map(|n| n.process.at("/sleep?200"))
+        .collect();
+    let load = Load::start(3, &urls, Duration::from_secs(120));
+    wait_until(Duration::from_secs(10), "the load to flow", || {
+        (load.count() >= 10).then_some(())
+    });
+    // The new version asks callers to give up after 100 ms, which a 200 ms
+    // request never meets: while it rolls out the old version keeps the
+    // looser limit (none); once it runs everywhere its own applies, its
+    // requests fail, and it is rolled back.
+    cluster.cli(&[
+        "deploy",
+        &shop(dir.path(), "2", 200, 3, "request_timeout = \"100ms\"\n"),
+    ]);
+    let view = wait_until(Duration::from_secs(60), "the rollback", || {
+        let view = shop_view(&cluster);
+        (view["rolled_back"].is_object() && view["rollout"].is_null()).then_some(view)
+    });
+    let reason = view["rolled_back"]["reason"].as_str().unwrap();
+    assert!(reason.contains("request_timeout"), "{reason}");
+    let answers = load.stop();
+    let timed_out = answers.iter().filter(|a| a.status == 504).count();
+    assert!(
+        timed_out < answers.len() / 2,
+        "{timed_out} of {} timed out",
+        answers.len()
+    );
+}

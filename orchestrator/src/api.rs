@@ -185,7 +185,11 @@ pub struct VersionOutcomes {
     pub package: String,
     /// Requests answered.
     pub answered: u64,
-    /// Requests answered with a 5xx status.
+    /// Requests answered below 400.
+    #[serde(default)]
+    pub succeeded: u64,
+    /// Requests answered with a 5xx status, or given up by the platform
+    /// (`request_timeout`).
     pub failed: u64,
     /// Failures by reason (`trap`, `timeout`, `status_500`...).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]

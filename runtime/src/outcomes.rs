@@ -1,14 +1,12 @@
 //! What became of the requests one loaded component answered: how many,
-//! and how many failed (a 5xx status), by reason. A cluster compares these
-//! between an app's old and new versions to decide whether a rollout
-//! goes on or rolls back.
+//! how many succeeded (below 400), and how many failed (a 5xx status, or
+//! given up by the platform's `request_timeout`), by reason. A cluster
+//! compares these between an app's old and new versions to decide whether
+//! a rollout goes on or rolls back.
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
-
-/// The status of a request given up before its answer began.
-const ABANDONED: u16 = 499;
 
 /// The most distinct failure reasons kept; later ones count as `other`.
 const MAX_REASONS: usize = 16;
@@ -17,6 +15,7 @@ const MAX_REASONS: usize = 16;
 #[derive(Debug, Default)]
 pub struct Outcomes {
     answered: AtomicU64,
+    succeeded: AtomicU64,
     failed: AtomicU64,
     /// Failures by reason (`trap`, `timeout`, `status_500`...).
     reasons: Mutex<BTreeMap<String, u64>>,
@@ -27,6 +26,8 @@ pub struct Outcomes {
 pub struct OutcomeCounts {
     /// Requests whose response head was ready (or that failed).
     pub answered: u64,
+    /// Those answered below 400.
+    pub succeeded: u64,
     /// Those answered with a 5xx status.
     pub failed: u64,
     /// Failures by reason.
@@ -39,13 +40,13 @@ impl Outcomes {
     /// `status_NNN`.
     pub fn record(&self, status: u16, reason: Option<&'static str>) {
         self.answered.fetch_add(1, Ordering::Relaxed);
-        // 499: given up before the answer began (by the client, or by a
-        // `request_timeout`): a version too slow to answer fails.
-        let reason = match status {
-            ABANDONED => Some(reason.unwrap_or("abandoned")),
-            500.. => reason,
-            _ => return,
-        };
+        if status < 400 {
+            self.succeeded.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        if status < 500 {
+            return;
+        }
         self.failed.fetch_add(1, Ordering::Relaxed);
         let reason = reason.map_or_else(|| format!("status_{status}"), str::to_string);
         let mut reasons = self.reasons.lock().expect("outcomes lock");
@@ -61,6 +62,7 @@ impl Outcomes {
     /// checks) before the version took traffic are not its clients'.
     pub fn reset(&self) {
         self.answered.store(0, Ordering::Relaxed);
+        self.succeeded.store(0, Ordering::Relaxed);
         self.failed.store(0, Ordering::Relaxed);
         self.reasons.lock().expect("outcomes lock").clear();
     }
@@ -69,6 +71,7 @@ impl Outcomes {
     pub fn counts(&self) -> OutcomeCounts {
         OutcomeCounts {
             answered: self.answered.load(Ordering::Relaxed),
+            succeeded: self.succeeded.load(Ordering::Relaxed),
             failed: self.failed.load(Ordering::Relaxed),
             reasons: self.reasons.lock().expect("outcomes lock").clone(),
         }
@@ -87,9 +90,13 @@ mod tests {
         outcomes.record(503, None);
         outcomes.record(404, None);
         outcomes.record(499, None);
+        outcomes.record(504, Some("request_timeout"));
         let counts = outcomes.counts();
-        assert_eq!((counts.answered, counts.failed), (5, 3));
-        assert_eq!(counts.reasons["abandoned"], 1);
+        assert_eq!(
+            (counts.answered, counts.succeeded, counts.failed),
+            (6, 1, 3)
+        );
+        assert_eq!(counts.reasons["request_timeout"], 1);
         assert_eq!(counts.reasons["trap"], 1);
         assert_eq!(counts.reasons["status_503"], 1);
     }

@@ -213,11 +213,14 @@ async fn dispatch(
     {
         request.headers_mut().insert(http::header::HOST, host);
     }
-    invoke(
+    let mut answer = invoke(
         component,
         request,
         log_sink,
         Inbound::ingress(Some(mesh.clone())),
     )
-    .await
+    .await;
+    // The platform's mark is for nodes forwarding to each other only.
+    answer.headers_mut().remove(crate::invoke::REFUSED_HEADER);
+    answer
 }

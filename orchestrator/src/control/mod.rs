@@ -162,6 +162,9 @@ pub(crate) struct Live {
     /// Replicas that failed to start on a node, by id: since when, and
     /// the nodes they failed on (not tried again).
     unready: HashMap<String, reconcile::Unready>,
+    /// When this control plane read its state, Unix milliseconds: what
+    /// nodes reported before is in no tally.
+    started_unix_ms: u64,
 }
 
 /// How far the replicas placed on a node may reserve beyond the memory it
@@ -433,7 +436,8 @@ impl LiveNode {
         self.components.clear();
         self.status_seq = None;
         self.load.clear();
-        self.outcomes_seen.clear();
+        // What it reported of each version stays the baseline: a node
+        // back from down reports counts that include what was counted.
     }
 
     /// Takes the demand a heartbeat reports (at most one entry per
@@ -746,7 +750,10 @@ impl Live {
     /// Reads the durable state from `store` (at `path`), setting aside
     /// records that do not decode, and each app's package from `packages`.
     fn load(store: &ClusterStore, packages: &Store, path: &Path) -> anyhow::Result<Live> {
-        let mut live = Live::default();
+        let mut live = Live {
+            started_unix_ms: crate::clock::unix_ms(),
+            ..Live::default()
+        };
         for aside in store.set_aside_damaged()? {
             tracing::error!(
                 table = aside.table,

@@ -176,9 +176,10 @@ pub(super) fn reconcile(
 /// A replica that failed to start on its node.
 #[derive(Debug, Default)]
 pub(crate) struct Unready {
-    /// The node it is failing on now, and since when.
+    /// The node it is not ready on now (failed, or still loading), and
+    /// since when.
     failing: Option<(String, Instant)>,
-    /// Every node it failed to start on for [`MOVE_UNREADY_AFTER`].
+    /// Every node it was not ready on for long enough to leave it.
     avoid: Vec<String>,
 }
 
@@ -186,8 +187,14 @@ pub(crate) struct Unready {
 /// with backoff there) before it is tried on another.
 pub(crate) const MOVE_UNREADY_AFTER: std::time::Duration = std::time::Duration::from_secs(10);
 
+/// How long a replica may be loading on its node before it is tried on
+/// another: generous for a large package on a slow link, and a bound on a
+/// node that says it is loading forever.
+pub(crate) const MOVE_LOADING_AFTER: std::time::Duration = std::time::Duration::from_secs(300);
+
 /// Moves each replica that has failed to start on its node for
-/// [`MOVE_UNREADY_AFTER`] to a node it has not failed on, once one can
+/// [`MOVE_UNREADY_AFTER`] (or is still loading after
+/// [`MOVE_LOADING_AFTER`]) to a node it has not failed on, once one can
 /// take it: what fails on one node (its disk, its memory, a compromised
 /// node that never starts it) is tried elsewhere, and a version that
 /// fails everywhere stops moving once it has failed on every node that
@@ -201,18 +208,23 @@ fn move_unready(live: &mut Live, specs: &AppSpecs, out: &mut Outcome, now: Insta
             let Some(name) = replica.node.as_deref() else {
                 continue;
             };
-            let failed = nodes.get(name).is_some_and(|node| {
-                !node.down
-                    && node
-                        .component(&replica.app, &replica.component, &replica.package)
-                        .is_some_and(|c| c.state == LoadState::Failed)
-            });
-            if !failed {
-                if let Some(entry) = unready.get_mut(&replica.id) {
-                    entry.failing = None;
+            // Failed, or loading (not serving) for long: how long it may be.
+            let state = nodes
+                .get(name)
+                .filter(|node| !node.down && node.heard)
+                .and_then(|node| node.component(&replica.app, &replica.component, &replica.package))
+                .filter(|c| c.serving.is_none())
+                .map(|c| c.state);
+            let allowed = match state {
+                Some(LoadState::Failed) => MOVE_UNREADY_AFTER,
+                Some(LoadState::Loading) => MOVE_LOADING_AFTER,
+                _ => {
+                    if let Some(entry) = unready.get_mut(&replica.id) {
+                        entry.failing = None;
+                    }
+                    continue;
                 }
-                continue;
-            }
+            };
             let entry = unready.entry(replica.id.clone()).or_default();
             let since = match &entry.failing {
                 Some((node, since)) if node == name => *since,
@@ -221,12 +233,12 @@ fn move_unready(live: &mut Live, specs: &AppSpecs, out: &mut Outcome, now: Insta
                     now
                 }
             };
-            if now.saturating_duration_since(since) >= MOVE_UNREADY_AFTER {
+            if now.saturating_duration_since(since) >= allowed {
                 if !entry.avoid.iter().any(|n| n == name) {
                     tracing::warn!(
                         replica = replica.id,
                         node = name,
-                        "replica failed to start on its node for {MOVE_UNREADY_AFTER:?}: trying another node"
+                        "replica not ready on its node for {allowed:?}: trying another node"
                     );
                     entry.avoid.push(name.to_string());
                 }

@@ -252,6 +252,8 @@ pub(crate) fn promote(current: &AppRecord, now_ms: u64) -> Result<(AppRecord, u3
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub(crate) struct Tally {
     pub(crate) answered: u64,
+    /// Answered below 400: what proves a version works.
+    pub(crate) succeeded: u64,
     pub(crate) failed: u64,
     pub(crate) reasons: BTreeMap<String, u64>,
     /// When a node last reported requests of it, Unix milliseconds.
@@ -264,6 +266,7 @@ impl Tally {
             self.last_unix_ms = crate::clock::unix_ms();
         }
         self.answered = self.answered.saturating_add(counts.answered);
+        self.succeeded = self.succeeded.saturating_add(counts.succeeded);
         self.failed = self.failed.saturating_add(counts.failed);
         for (reason, n) in &counts.reasons {
             // A few reasons per tally, whatever many nodes report.
@@ -277,11 +280,16 @@ impl Tally {
         }
     }
 
+    /// Requests that either worked or failed: a 4xx is the client's
+    /// doing, so a flood of requests for missing paths dilutes nothing.
+    fn judged(&self) -> u64 {
+        self.succeeded.saturating_add(self.failed)
+    }
+
     fn rate(&self) -> f64 {
-        if self.answered == 0 {
-            0.0
-        } else {
-            self.failed as f64 / self.answered as f64
+        match self.judged() {
+            0 => 0.0,
+            judged => self.failed as f64 / judged as f64,
         }
     }
 
@@ -295,7 +303,7 @@ impl Tally {
         format!(
             "{} of {} requests failed ({:.0}%{}{})",
             self.failed,
-            self.answered,
+            self.judged(),
             self.rate() * 100.0,
             if reasons.is_empty() { "" } else { ": " },
             reasons.join(", ")
@@ -305,22 +313,46 @@ impl Tally {
 
 /// Why the new version should be rolled back, judging what became of its
 /// requests (`new`) against the old version's (`old`) since the rollout
-/// began: at least [`MIN_FAILED`] failures and a failure rate more than
-/// [`MAX_EXTRA_FAILURE_RATE`] above the old one's.
+/// began: at least [`MIN_FAILED`] failures, a failure rate more than
+/// [`MAX_EXTRA_FAILURE_RATE`] above the old one's, and a difference too
+/// large to be chance (a two-proportion z-test at [`MIN_Z`]), so a few
+/// unlucky requests on a small canary do not roll back a good version.
 pub(crate) fn judge(new: &Tally, old: &Tally) -> Option<String> {
     if new.failed < MIN_FAILED || new.rate() - old.rate() <= MAX_EXTRA_FAILURE_RATE {
         return None;
     }
-    let before = if old.answered == 0 {
+    if !significant(new, old) {
+        return None;
+    }
+    let before = if old.judged() == 0 {
         "the version before answered none meanwhile".to_string()
     } else {
         format!(
             "the version before: {:.0}% of {}",
             old.rate() * 100.0,
-            old.answered
+            old.judged()
         )
     };
     Some(format!("{}; {before}", new.describe()))
+}
+
+/// How many standard errors apart the two failure rates must be.
+pub(crate) const MIN_Z: f64 = 3.0;
+
+/// Whether `new` fails more than `old` by more than chance: a one-sided
+/// two-proportion z-test. With nothing from the old version to compare
+/// with, the rate alone decides.
+fn significant(new: &Tally, old: &Tally) -> bool {
+    let (n1, n2) = (new.judged() as f64, old.judged() as f64);
+    if n2 == 0.0 || n1 == 0.0 {
+        return true;
+    }
+    let pooled = (new.failed + old.failed) as f64 / (n1 + n2);
+    let error = (pooled * (1.0 - pooled) * (1.0 / n1 + 1.0 / n2)).sqrt();
+    if error == 0.0 {
+        return new.rate() > old.rate();
+    }
+    (new.rate() - old.rate()) / error >= MIN_Z
 }
 
 /// What each node last said each version answered, per `(app, component,
@@ -362,6 +394,7 @@ pub(crate) fn take_outcomes(
         })
     );
     let new_version = record.package.clone();
+    let started = record.rollout.as_ref().map_or(0, |r| r.started_unix_ms);
     let prefix = format!("{app}/{component}/");
     let mut reported = std::collections::HashSet::new();
     for version in versions.into_iter().take(MAX_VERSIONS_PER_REPORT) {
@@ -394,7 +427,12 @@ pub(crate) fn take_outcomes(
             }
             // Counts that went down are of a new load there: all new.
             Some(_) => now.clone(),
-            None if judged && version.package == new_version => now.clone(),
+            // The new version loaded after the rollout began: all of it
+            // counts, unless this control plane started since (then its
+            // counts before are in no tally either).
+            None if judged && version.package == new_version && live.started_unix_ms <= started => {
+                now.clone()
+            }
             None => Counts::default(),
         };
         seen.insert(key, now);
@@ -420,6 +458,7 @@ const MAX_REASON_LEN: usize = 40;
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub(crate) struct Counts {
     answered: u64,
+    succeeded: u64,
     failed: u64,
     reasons: BTreeMap<String, u64>,
 }
@@ -429,6 +468,7 @@ impl Counts {
     /// most [`MAX_REASONS`] reasons of [`MAX_REASON_LEN`] characters.
     fn bounded(version: &VersionOutcomes) -> Counts {
         let failed = version.failed.min(version.answered);
+        let succeeded = version.succeeded.min(version.answered - failed);
         let reasons = version
             .reasons
             .iter()
@@ -440,6 +480,7 @@ impl Counts {
             .collect();
         Counts {
             answered: version.answered,
+            succeeded,
             failed,
             reasons,
         }
@@ -449,6 +490,7 @@ impl Counts {
     fn since(&self, before: &Counts) -> Counts {
         Counts {
             answered: self.answered - before.answered,
+            succeeded: self.succeeded.saturating_sub(before.succeeded),
             failed: self.failed - before.failed,
             reasons: self
                 .reasons
@@ -596,7 +638,7 @@ pub(super) fn progress(live: &mut Live, now_ms: u64) -> Vec<AppRecord> {
 pub(crate) const IDLE_PROOF: Duration = Duration::from_secs(5);
 
 /// Whether `record`'s new version may replace old replicas: it answered
-/// a request without failing since its rollout began (the first
+/// a request successfully (below 400) since its rollout began (the first
 /// successful request is the readiness that counts), or the app got no
 /// requests for [`IDLE_PROOF`], so there is nothing to prove it on (a
 /// version that took none while others did waits for more). A
@@ -613,7 +655,7 @@ pub(crate) fn proven(live: &Live, record: &AppRecord, now_ms: u64) -> bool {
             .get(&(record.name.clone(), package.to_string()))
     };
     let new = tally(&record.package);
-    if new.is_some_and(|t| t.answered > t.failed) {
+    if new.is_some_and(|t| t.succeeded > 0) {
         return true;
     }
     // Quiet since the rollout began, or since the last request.
@@ -665,19 +707,40 @@ fn all_moved(live: &Live, record: &AppRecord) -> bool {
 /// to load it, or its requests fail clearly more than the old version's.
 fn failing(live: &Live, record: &AppRecord) -> Option<String> {
     let Rollout { from, .. } = record.rollout.as_ref()?;
-    for (name, node) in live.nodes.iter().filter(|(_, n)| !n.down) {
-        let Some(held) = node.components.get(&record.name) else {
-            continue;
-        };
-        for ((component, package), status) in held {
-            if package == &record.package && status.state == LoadState::Failed {
+    // Where the new version's replicas are, and whether any serves: a
+    // node speaks only of replicas it was given, and a version that
+    // serves elsewhere failed only on that node (its replica moves).
+    let prefix = format!("{}/", record.name);
+    let placed: Vec<&crate::state::ReplicaRecord> = live
+        .replicas
+        .range(prefix.clone()..)
+        .take_while(|(id, _)| id.starts_with(&prefix))
+        .map(|(_, r)| r)
+        .filter(|r| r.package == record.package)
+        .collect();
+    let serves_somewhere = placed
+        .iter()
+        .any(|r| super::reconcile::endpoint_node(live, r).is_some());
+    if !serves_somewhere {
+        for replica in &placed {
+            let Some(name) = replica.node.as_deref() else {
+                continue;
+            };
+            let Some(node) = live.nodes.get(name).filter(|n| !n.down) else {
+                continue;
+            };
+            if let Some(status) = node
+                .component(&record.name, &replica.component, &record.package)
+                .filter(|status| status.state == LoadState::Failed)
+            {
                 let error = status.error.as_deref().unwrap_or("no reason given");
                 // The node's note of its next retry is no verdict's.
                 let error = error
                     .rsplit_once(" (attempt ")
                     .map_or(error, |(error, _)| error);
                 return Some(format!(
-                    "component {component} failed to start on node {name}: {error}"
+                    "component {} failed to start on node {name}: {error}",
+                    replica.component
                 ));
             }
         }
@@ -854,6 +917,7 @@ mod tests {
     fn a_version_is_judged_only_on_enough_failures_clearly_above_the_old() {
         let tally = |answered, failed| Tally {
             answered,
+            succeeded: answered - failed,
             failed,
             reasons: BTreeMap::from([("status_500".to_string(), failed)]),
             last_unix_ms: 0,
@@ -872,6 +936,15 @@ mod tests {
             judge(&tally(100, 30), &tally(100, 25)),
             None,
             "as bad as before"
+        );
+        // A few unlucky requests on a small canary: not beyond chance.
+        assert_eq!(judge(&tally(8, 5), &tally(74, 27)), None, "not significant");
+        // Client errors neither prove nor dilute: 4xx answers are left out.
+        let mut diluted = tally(20, 20);
+        diluted.answered += 10_000;
+        assert!(
+            judge(&diluted, &tally(100, 0)).is_some(),
+            "404s dilute nothing"
         );
         let why = judge(&tally(20, 20), &tally(100, 0)).expect("rolled back");
         assert!(

@@ -913,6 +913,7 @@ fn a_nodes_outcomes_count_from_a_baseline_bounded_and_only_for_what_it_runs() {
         let version = VersionOutcomes {
             package: package.to_string(),
             answered,
+            succeeded: answered - failed.min(answered),
             failed,
             reasons: BTreeMap::from([("x".repeat(1000), failed)]),
         };
@@ -944,4 +945,46 @@ fn a_nodes_outcomes_count_from_a_baseline_bounded_and_only_for_what_it_runs() {
     assert!(failed <= answered);
     let reasons = &live.tallies[&("web".to_string(), "sha256:p".to_string())].reasons;
     assert!(reasons.keys().all(|r| r.len() <= 40), "{reasons:?}");
+}
+
+#[test]
+fn only_a_node_given_the_new_version_can_report_it_failed_and_only_where_it_serves_nowhere() {
+    let now = Instant::now();
+    let mut live = cluster(&[("a", 1024 * MIB), ("b", 1024 * MIB)], 1, 64 * MIB, now);
+    live.apps.get_mut("web").unwrap().rollout = Some(crate::state::Rollout {
+        from: "sha256:old".to_string(),
+        started_unix_ms: 0,
+        strategy: crate::state::RolloutStrategy::Rolling,
+        done_unix_ms: None,
+    });
+    reconcile(&mut live, now, &config(), 0);
+    let holder = live.replicas.values().next().unwrap().node.clone().unwrap();
+    let other = if holder == "a" { "b" } else { "a" };
+    let failed = crate::api::ComponentStatus {
+        state: crate::api::LoadState::Failed,
+        serving: None,
+        error: Some("disk on fire (attempt 1, next in 1s)".to_string()),
+        ..serving("web")
+    };
+    // The node without a replica of it claims the new version failed.
+    live.nodes.get_mut(other).unwrap().components.insert(
+        "web".to_string(),
+        std::collections::HashMap::from([(
+            ("api".to_string(), "sha256:p".to_string()),
+            failed.clone(),
+        )]),
+    );
+    reconcile(&mut live, now, &config(), 0);
+    assert!(
+        live.apps["web"].failed.is_none(),
+        "a node speaks only of what it runs"
+    );
+    // The node holding it says so: rolled back, the retry note dropped.
+    live.nodes.get_mut(&holder).unwrap().components.insert(
+        "web".to_string(),
+        std::collections::HashMap::from([(("api".to_string(), "sha256:p".to_string()), failed)]),
+    );
+    reconcile(&mut live, now, &config(), 0);
+    let failed = live.apps["web"].failed.clone().expect("rolled back");
+    assert!(failed.reason.ends_with("disk on fire"), "{}", failed.reason);
 }

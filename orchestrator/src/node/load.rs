@@ -148,6 +148,7 @@ impl LoadMeter {
                         .push(VersionOutcomes {
                             package: package.to_string(),
                             answered: counts.answered,
+                            succeeded: counts.succeeded,
                             failed: counts.failed,
                             reasons: counts.reasons,
                         });
@@ -253,6 +254,7 @@ mod tests {
             vec![VersionOutcomes {
                 package: "sha256:p".to_string(),
                 answered: 10,
+                succeeded: 9,
                 failed: 1,
                 reasons: Default::default(),
             }],

@@ -43,9 +43,12 @@ where
     let Some(limit) = app.request_timeout(component) else {
         return unmarked(reach_replica(node, app, component, request, inbound).await);
     };
-    match tokio::time::timeout(limit, reach_replica(node, app, component, request, inbound)).await {
+    let mut serving = Box::pin(reach_replica(node, app, component, request, inbound));
+    match tokio::time::timeout(limit, &mut serving).await {
         Ok(answer) => unmarked(answer),
         Err(_) => {
+            // The version serving it here is charged with the timeout.
+            skiff_runtime::invoke::give_up(serving);
             tracing::warn!(
                 app = app.name,
                 component,

@@ -32,6 +32,7 @@ use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
 
 pub use instance::new_store;
 pub use responses::{REFUSED_HEADER, plain, relayed, retry_shortly};
+pub use trace::give_up;
 
 /// The body of every response Skiff sends.
 pub type ResponseBody = HyperOutgoingBody;

@@ -64,6 +64,10 @@ impl Hop<'_> {
         self.logged = true;
         let reason = self.outcome.failed.get().map(|reason| reason.as_str());
         self.component.outcomes.record(status, reason);
+        self.log_span(status);
+    }
+
+    fn log_span(&self, status: u16) {
         let mesh_hop = self.inbound.caller.is_some() || self.outcome.called_mesh();
         log_span(
             self.component,
@@ -78,10 +82,41 @@ impl Hop<'_> {
 
 impl Drop for Hop<'_> {
     fn drop(&mut self) {
-        if !self.logged {
+        if self.logged {
+            return;
+        }
+        if GIVEN_UP.get() {
+            // The platform's `request_timeout`, not the caller: the caller
+            // gets 504, and the version is charged with it.
+            self.logged = true;
+            self.component
+                .outcomes
+                .record(GATEWAY_TIMEOUT, Some("request_timeout"));
+            self.log_span(GATEWAY_TIMEOUT);
+        } else {
             self.log(CALLER_GONE);
         }
     }
+}
+
+/// The status a caller gets when its `request_timeout` passes.
+const GATEWAY_TIMEOUT: u16 = 504;
+
+thread_local! {
+    /// Set while a request is dropped because its `request_timeout`
+    /// passed (see [`give_up`]).
+    static GIVEN_UP: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Drops `request` (the future serving a request) because the platform
+/// gives up on it (its `request_timeout` passed): the hop it was in is
+/// charged with a 504 (`request_timeout`) rather than taken for a caller
+/// that went away, so a version too slow for its timeout shows failing.
+pub fn give_up<T>(request: T) {
+    // Dropped here, on this thread: the hop's `drop` reads the flag.
+    GIVEN_UP.set(true);
+    drop(request);
+    GIVEN_UP.set(false);
 }
 
 /// Logs the hop `span` (to its response head): at info when it is part of
