@@ -128,15 +128,7 @@ fn slow_replica(seconds: u64) {
         cluster.cli(&["deploy", &shop(dir.path(), "1", 200, 3), "--wait"]);
         cluster.wait_known_everywhere("shop", 3);
         let running = cluster.wait_running("shop", 3);
-        let ingress = cluster
-            .nodes
-            .iter()
-            .find(|n| {
-                !running
-                    .iter()
-                    .any(|r| r.1.as_deref() == Some(n.name.as_str()))
-            })
-            .expect("a node without a replica");
+        let ingress = cluster.node_without(&running);
         let slow = cluster.node(running[0].1.as_deref().unwrap());
         let _pauser = Pauser::start(
             slow.process.pid(),

@@ -27,16 +27,7 @@ fn shop_beside_one_empty_node(cluster: &Cluster, replicas: u32, extra: &str) -> 
     cluster.cli(&["deploy", &app, "--wait"]);
     cluster.wait_known_everywhere("shop", replicas as usize);
     let running = cluster.wait_running("shop", replicas as usize);
-    let empty = cluster
-        .nodes
-        .iter()
-        .find(|n| {
-            !running
-                .iter()
-                .any(|r| r.1.as_deref() == Some(n.name.as_str()))
-        })
-        .expect("a node without a replica");
-    empty.process.url.clone()
+    cluster.node_without(&running).process.url.clone()
 }
 
 /// How many of the guest's stdout lines starting with `prefix` each node

@@ -223,6 +223,19 @@ impl Cluster {
         }
     }
 
+    /// A node running none of `replicas` (as [`Cluster::replicas`] lists
+    /// them): requests entering there are all forwarded.
+    pub fn node_without(&self, replicas: &[Replica]) -> &TestNode {
+        self.nodes
+            .iter()
+            .find(|n| {
+                !replicas
+                    .iter()
+                    .any(|r| r.1.as_deref() == Some(n.name.as_str()))
+            })
+            .expect("a node without a replica")
+    }
+
     /// The node called `name`.
     pub fn node(&self, name: &str) -> &TestNode {
         self.nodes.iter().find(|n| n.name == name).unwrap()
