@@ -658,12 +658,13 @@ pub(crate) fn proven(live: &Live, record: &AppRecord, now_ms: u64) -> bool {
     if new.is_some_and(|t| t.succeeded > 0) {
         return true;
     }
-    // Quiet since the rollout began, or since the last request.
+    // Quiet since the rollout began (or this control plane started, not
+    // knowing what came before), or since the last request.
     let last = [tally(&rollout.from), new]
         .into_iter()
         .flatten()
         .map(|t| t.last_unix_ms)
-        .fold(rollout.started_unix_ms, u64::max);
+        .fold(rollout.started_unix_ms.max(live.started_unix_ms), u64::max);
     now_ms.saturating_sub(last) >= IDLE_PROOF.as_millis() as u64
 }
 
