@@ -72,7 +72,8 @@ pub fn rollout_line(app: &str, rollout: &RolloutView) -> String {
 }
 
 /// Waits until `package` is `app`'s version and every replica runs it,
-/// any rollout to it done; returns the app as it is then.
+/// any rollout to it over, its watch for errors included; returns the app
+/// as it is then.
 ///
 /// # Errors
 ///
@@ -109,10 +110,8 @@ pub async fn wait_until_rolled_out(
             let left = deadline.saturating_duration_since(Instant::now());
             return super::apps::wait_until_running(client, app, left).await;
         }
-        let moved = view.rollout.as_ref().is_some_and(|r| r.state == "watching");
-        if moved && view.components.iter().all(|c| c.running >= c.desired) {
-            return Ok(view);
-        }
+        // Under way, or watched for errors: not done until the watch ends
+        // (the version may still be rolled back).
         if Instant::now() > deadline {
             let state = view
                 .rollout

@@ -1682,7 +1682,7 @@ fn rollout_view(
 fn version_of(live: &super::Live, package: &str) -> String {
     let digits = crate::node::replicas::short(package);
     match live.specs.get(package) {
-        Some(spec) => format!("{} {digits}", spec.version),
+        Some(spec) => format!("{} ({digits})", spec.version),
         None => digits.to_string(),
     }
 }

@@ -143,11 +143,20 @@ fn remember(history: &mut Vec<String>, package: &str) {
 ///
 /// # Errors
 ///
-/// No rollout under way and no earlier version kept.
+/// A rollback already under way, or no rollout under way and no earlier
+/// version kept.
 pub(crate) fn rollback(current: &AppRecord, now_ms: u64) -> Result<(AppRecord, String), String> {
     let mut record = current.clone();
     let name = &record.name;
     match &record.rollout {
+        // Asking again while it goes back does not go further back.
+        Some(Rollout {
+            strategy: RolloutStrategy::Rollback { .. },
+            ..
+        }) => Err(format!(
+            "app {name:?} is already rolling back to {}; `skiff apps` shows how far it is (roll back further once it is done)",
+            short(&record.package)
+        )),
         Some(Rollout {
             from,
             strategy: RolloutStrategy::Rolling | RolloutStrategy::Canary { .. },
@@ -870,6 +879,8 @@ mod tests {
         let (stopped, _) = rollback(&v2, 6).unwrap();
         assert_eq!(stopped.package, "v1");
         assert_eq!(stopped.failed.as_ref().unwrap().package, "v2");
+        let again = rollback(&stopped, 7).unwrap_err();
+        assert!(again.contains("already rolling back"), "{again}");
 
         let mut done = v2.clone();
         done.rollout = None;
