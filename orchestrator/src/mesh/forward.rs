@@ -26,6 +26,12 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 use std::task::{Context, Poll};
 
+/// The latency key of the replica of `(app, component)` on node `node`,
+/// this one, served without the mesh.
+fn local_key((app, component, node): (&str, &str, &str)) -> String {
+    format!("{app}/{component}@{node}#here")
+}
+
 /// Components whose retry budgets are kept at most.
 const MAX_BUDGETS: usize = 100_000;
 
@@ -126,6 +132,52 @@ impl Forwarder {
             budgets: Default::default(),
             balancer: Balancer::default(),
         })
+    }
+
+    /// Records that the replica on this node (`(app, component, node)`)
+    /// answered in `rtt`.
+    pub(crate) fn observe_local(&self, here: (&str, &str, &str), rtt: std::time::Duration) {
+        if self.balancer == Balancer::Ewma {
+            self.latencies.observe(&local_key(here), rtt);
+        }
+    }
+
+    /// Whether the replica on this node (`(app, component, node)`, with
+    /// `in_flight` requests) costs more than twice what the cheapest of
+    /// `elsewhere` does, by peak-EWMA latency times requests in flight:
+    /// local replicas are preferred only while they are not clearly
+    /// slower. A replica elsewhere not yet measured is not taken for
+    /// faster; and the local estimate decays while unused, so the local
+    /// replica is tried again.
+    pub(crate) fn local_is_slower(
+        &self,
+        here: (&str, &str, &str),
+        elsewhere: &[&Endpoint],
+        in_flight: usize,
+    ) -> bool {
+        if self.balancer != Balancer::Ewma {
+            return false;
+        }
+        let local = self.latencies.estimate(&local_key(here));
+        if local == 0.0 {
+            return false;
+        }
+        let target = Target {
+            app: here.0,
+            component: here.1,
+            answer_within: std::time::Duration::ZERO,
+        };
+        let best = elsewhere
+            .iter()
+            .filter_map(|e| {
+                let estimate = self.latencies.estimate(&target.replica_on(e));
+                (estimate > 0.0).then(|| {
+                    let in_flight = self.in_flight(&e.node).load(Ordering::Relaxed);
+                    super::latency::cost(estimate, in_flight)
+                })
+            })
+            .fold(f64::INFINITY, f64::min);
+        super::latency::cost(local, in_flight) > 2.0 * best
     }
 
     /// Chooses among endpoints by `balancer`.
@@ -603,6 +655,10 @@ mod tests {
     use super::*;
     use crate::mesh::ClusterCa;
 
+    fn forwarder_with(balancer: Balancer) -> Forwarder {
+        forwarder().with_balancer(balancer)
+    }
+
     fn forwarder() -> Forwarder {
         let ca = ClusterCa::create("skiff").unwrap();
         let (key, csr) = NodeIdentity::request().unwrap();
@@ -642,6 +698,37 @@ mod tests {
         drop(counted);
         assert_eq!(forwarder.in_flight("x").load(Ordering::Relaxed), 0);
         assert_eq!(forwarder.first_choice(TARGET, &endpoints[..1], 7), 0);
+    }
+
+    #[test]
+    fn the_local_replica_is_left_only_when_clearly_slower_than_a_measured_one() {
+        let forwarder = forwarder();
+        let nodes = [endpoint("y"), endpoint("z")];
+        let here = ("shop", "api", "x");
+        let rtt = std::time::Duration::from_millis;
+        // Nothing measured here: stay.
+        assert!(!forwarder.local_is_slower(here, &[&nodes[0]], 0));
+        forwarder.observe_local(here, rtt(40));
+        // Elsewhere not measured yet: not taken for faster.
+        assert!(!forwarder.local_is_slower(here, &[&nodes[0]], 0));
+        forwarder
+            .latencies
+            .observe(&TARGET.replica_on(&nodes[0]), rtt(30));
+        assert!(
+            !forwarder.local_is_slower(here, &[&nodes[0]], 0),
+            "not twice as slow"
+        );
+        forwarder
+            .latencies
+            .observe(&TARGET.replica_on(&nodes[1]), rtt(2));
+        assert!(forwarder.local_is_slower(here, &[&nodes[0], &nodes[1]], 0));
+        // Busy elsewhere counts: 2 ms x 30 in flight is no better.
+        forwarder.in_flight("z").store(30, Ordering::Relaxed);
+        assert!(!forwarder.local_is_slower(here, &[&nodes[1]], 0));
+        // The in-flight balancer never leaves the local replica for speed.
+        let by_count = forwarder_with(Balancer::InFlight);
+        by_count.observe_local(here, rtt(40));
+        assert!(!by_count.local_is_slower(here, &[&nodes[1]], 0));
     }
 
     #[test]

@@ -114,12 +114,23 @@ where
     // request without a body goes there rather than queue here. One with
     // a body goes only when this queue is full too (it would be refused
     // here): if that replica has just gone, it could not come back.
+    // Nor when the replica here is clearly slower than one elsewhere
+    // (peak-EWMA, as forwarding balances): then a request without a body
+    // goes there.
     if let Some((local, sink)) = node.replicas.serving(&app.name, component, pick) {
+        let bodiless = crate::mesh::forward::surely_bodiless(&request);
+        let here = (app.name.as_str(), component, node.config.name.as_str());
         let hand_over = !elsewhere.is_empty()
-            && local.is_saturated()
-            && (local.is_full() || crate::mesh::forward::surely_bodiless(&request));
+            && ((local.is_saturated() && (local.is_full() || bodiless))
+                || (bodiless
+                    && node
+                        .forwarder
+                        .local_is_slower(here, &elsewhere, local.in_flight())));
         if !hand_over {
-            return invoke(&local, request, &sink, inbound).await;
+            let started = std::time::Instant::now();
+            let answer = invoke(&local, request, &sink, inbound).await;
+            node.forwarder.observe_local(here, started.elapsed());
+            return answer;
         }
     }
     // Scaled to zero: held until the replica it brings is ready.
