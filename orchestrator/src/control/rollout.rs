@@ -840,6 +840,23 @@ pub(super) fn targets(
 mod tests {
     use super::*;
 
+    /// "shop" at v1, deployed as v2 by a canary of `steps`.
+    fn canary_of_v2(steps: &[u32]) -> AppRecord {
+        let canary = Canary {
+            steps: steps.to_vec(),
+            interval: Duration::from_secs(60),
+        };
+        deploy(
+            Some(&app("v1")),
+            "shop",
+            "v2",
+            BTreeMap::new(),
+            Some(canary),
+            5,
+        )
+        .0
+    }
+
     fn app(package: &str) -> AppRecord {
         let mut record = AppRecord::new("shop");
         record.package = package.to_string();
@@ -904,18 +921,7 @@ mod tests {
 
     #[test]
     fn promote_skips_to_the_last_step_and_needs_a_canary() {
-        let canary = Canary {
-            steps: vec![10, 50, 100],
-            interval: Duration::from_secs(60),
-        };
-        let (v2, _) = deploy(
-            Some(&app("v1")),
-            "shop",
-            "v2",
-            BTreeMap::new(),
-            Some(canary),
-            5,
-        );
+        let v2 = canary_of_v2(&[10, 50, 100]);
         let (promoted, from) = promote(&v2, 6).unwrap();
         assert_eq!(from, 10);
         assert!(matches!(
@@ -967,18 +973,7 @@ mod tests {
 
     #[test]
     fn a_canary_keeps_the_old_version_whole_and_a_rolling_update_surges() {
-        let canary = Canary {
-            steps: vec![10, 100],
-            interval: Duration::from_secs(60),
-        };
-        let (v2, _) = deploy(
-            Some(&app("v1")),
-            "shop",
-            "v2",
-            BTreeMap::new(),
-            Some(canary),
-            5,
-        );
+        let v2 = canary_of_v2(&[10, 100]);
         let t = targets(&v2, 10, 10, (1, 0));
         assert_eq!((t.new, t.keep_old), (1, Some(10)));
         let (rolling, _) = deploy(Some(&app("v1")), "shop", "v2", BTreeMap::new(), None, 5);
@@ -990,18 +985,7 @@ mod tests {
 
     #[test]
     fn the_split_follows_the_strategy_once_both_versions_serve() {
-        let canary = Canary {
-            steps: vec![10, 100],
-            interval: Duration::from_secs(60),
-        };
-        let (v2, _) = deploy(
-            Some(&app("v1")),
-            "shop",
-            "v2",
-            BTreeMap::new(),
-            Some(canary),
-            5,
-        );
+        let v2 = canary_of_v2(&[10, 100]);
         assert_eq!(
             split(&v2, ["v1", "v2"].into_iter()),
             Some(("v2".into(), 10))

@@ -127,6 +127,11 @@ where
                         .forwarder
                         .local_is_slower(here, &elsewhere, local.in_flight())));
         if !hand_over {
+            // Timed only where a replica elsewhere could be chosen over it:
+            // a node serving alone pays nothing per request.
+            if elsewhere.is_empty() {
+                return invoke(&local, request, &sink, inbound).await;
+            }
             let started = std::time::Instant::now();
             let answer = invoke(&local, request, &sink, inbound).await;
             node.forwarder.observe_local(here, started.elapsed());
