@@ -11,6 +11,12 @@ if ! command -v docker-registry >/dev/null; then
   echo "== installing docker-registry"
   (apt-get update -qq && apt-get install -y -qq docker-registry) >/dev/null
 fi
+# The observability tests scrape a test cluster with a real Prometheus,
+# which they start on loopback themselves.
+if ! command -v prometheus >/dev/null; then
+  echo "== installing prometheus"
+  (apt-get update -qq && apt-get install -y -qq --no-install-recommends prometheus) >/dev/null
+fi
 # The JavaScript example builds with componentize-js from the npm registry.
 if ! command -v npm >/dev/null; then
   echo "== installing nodejs and npm"

@@ -84,7 +84,7 @@ pub struct LoadedComponent {
     pub cache: CacheOutcome,
     pub(crate) pre: Prepared,
     pub(crate) capabilities: Vec<Box<dyn Capability>>,
-    pub(crate) gate: ConcurrencyGate,
+    pub(crate) gate: Arc<ConcurrencyGate>,
     pub(crate) slots: ReplicaSlots,
     pub(crate) wasm_stack: usize,
     pub(crate) cpu_lane: CpuLane,
@@ -92,6 +92,8 @@ pub struct LoadedComponent {
     pub(crate) memory: MemoryGuard,
     /// What became of the requests it answered.
     pub outcomes: crate::outcomes::Outcomes,
+    /// Its Prometheus series, shared with its other loaded versions.
+    pub series: Arc<crate::metrics::ComponentSeries>,
 }
 
 impl LoadedComponent {
@@ -140,6 +142,7 @@ impl LoadedComponent {
         base_dir: &Path,
         known_digest: Option<&str>,
     ) -> Result<LoadedComponent, LoadError> {
+        let started = std::time::Instant::now();
         let name = &workload.component;
         let max_memory = engine.config().max_instance_memory;
         if spec.limits.memory.bytes() > max_memory {
@@ -226,7 +229,15 @@ impl LoadedComponent {
             })
         })?;
 
+        engine
+            .metrics()
+            .record_load(cache_outcome, started.elapsed());
+        let gate = Arc::new(ConcurrencyGate::new(
+            spec.limits.max_concurrency,
+            spec.limits.max_queued,
+        ));
         Ok(LoadedComponent {
+            series: engine.metrics().component(workload, &gate),
             name: name.clone(),
             workload: Arc::new(workload.clone()),
             callers: CallerPolicy::new(spec.allow_callers.clone()),
@@ -236,7 +247,7 @@ impl LoadedComponent {
             cache: cache_outcome,
             pre,
             capabilities,
-            gate: ConcurrencyGate::new(spec.limits.max_concurrency, spec.limits.max_queued),
+            gate,
             slots: engine.slots().replica(),
             wasm_stack: class.stack(),
             cpu_lane: engine.cpu_lane().clone(),

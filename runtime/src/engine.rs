@@ -8,6 +8,7 @@ use crate::cpu_lane::CpuLane;
 use crate::instance::InstanceState;
 use crate::limits::InstanceSlots;
 use crate::manifest::DEFAULT_STACK;
+use crate::metrics::RuntimeMetrics;
 use crate::prepared::PreparedComponents;
 use crate::pressure::{MemoryGuard, MemorySampler};
 use crate::reaper::{Reaper, ReaperHandle};
@@ -83,6 +84,7 @@ pub struct SkiffEngine {
     ticker: EpochTicker,
     memory: MemoryGuard,
     _memory_sampler: MemorySampler,
+    metrics: Arc<RuntimeMetrics>,
 }
 
 /// One engine: its wasmtime `Engine`, linker and Wasm stack limit, and the
@@ -151,6 +153,7 @@ impl SkiffEngine {
             slots: slots.clone(),
             reaper: Reaper::start(),
             ticker: EpochTicker::start(slots),
+            metrics: Arc::default(),
         };
         engine.for_stack(DEFAULT_STACK)?;
         Ok(engine)
@@ -270,6 +273,11 @@ impl SkiffEngine {
     /// The lane CPU-bound instances share.
     pub fn cpu_lane(&self) -> &CpuLane {
         &self.cpu_lane
+    }
+
+    /// The runtime's metrics, for a process's `/metrics`.
+    pub fn metrics(&self) -> &Arc<RuntimeMetrics> {
+        &self.metrics
     }
 
     /// The instance slots every replica of this process draws from.

@@ -22,6 +22,7 @@ pub mod invoke;
 pub mod limits;
 pub mod manifest;
 pub mod mesh;
+pub mod metrics;
 pub mod outcomes;
 pub mod package;
 mod prepared;

@@ -238,6 +238,11 @@ impl ConcurrencyGate {
         inside + self.queued.load(Ordering::Acquire)
     }
 
+    /// Requests waiting in the queue now.
+    pub fn queued(&self) -> usize {
+        self.queued.load(Ordering::Acquire)
+    }
+
     /// The average number of requests inside or queued since the last
     /// call (or since the gate was made), and starts the next average:
     /// every request counts for exactly its time here, so a stream of

@@ -1,6 +1,7 @@
 //! `skiff server`, `skiff node`, `skiff up` and `skiff join-token`:
 //! starting the control plane and nodes.
 
+use super::metrics::Metrics;
 use super::run::shutdown_signal;
 use crate::cluster_config::{self, ClusterConfig};
 use crate::control::{ControlPlane, ControlPlaneConfig};
@@ -66,6 +67,8 @@ pub struct ServerArgs {
     /// run short refuses new instances until it recovers.
     #[arg(long, default_value_t = 1.0)]
     overcommit: f64,
+    #[command(flatten)]
+    metrics: super::metrics::MetricsArgs,
 }
 
 /// Runs the control plane until Ctrl-C or SIGTERM.
@@ -86,7 +89,12 @@ pub fn server(args: ServerArgs) -> anyhow::Result<()> {
     config.package_grace = args.package_grace;
     config.overcommit = crate::control::Overcommit::new(args.overcommit)?;
     runtime()?.block_on(async {
+        let metrics = args.metrics.bind().await?;
         let control = ControlPlane::start(config).await?;
+        let mut registry = Metrics::registry();
+        control.register_metrics(&mut registry, true);
+        crate::mesh::metrics::register_handshakes(&mut registry);
+        metrics.serve(registry);
         let url = control.url();
         let previous = admin_config(&control).save(&cluster_config::path())?;
         let mut out = std::io::stdout().lock();
@@ -173,6 +181,8 @@ pub struct NodeArgs {
     /// `in-flight` (requests in flight only).
     #[arg(long, value_enum, default_value = "ewma")]
     balancer: crate::mesh::Balancer,
+    #[command(flatten)]
+    metrics: super::metrics::MetricsArgs,
 }
 
 /// A `--hold-limit`: from 100ms to 10 minutes.
@@ -227,7 +237,12 @@ pub fn node(args: NodeArgs) -> anyhow::Result<()> {
         );
     }
     runtime()?.block_on(async {
+        let metrics = args.metrics.bind().await?;
         let node = Node::start(config.clone()).await?;
+        let mut registry = Metrics::registry();
+        node.register_metrics(&mut registry);
+        crate::mesh::metrics::register_handshakes(&mut registry);
+        metrics.serve(registry);
         out!(
             "Node {} serving ingress on http://{} (mesh {}), control plane {}",
             config.name,
@@ -259,6 +274,8 @@ pub struct UpArgs {
     /// replica before it gets 503, e.g. `30s`.
     #[arg(long, default_value = "30s", value_parser = parse_hold_limit)]
     hold_limit: Duration,
+    #[command(flatten)]
+    metrics: super::metrics::MetricsArgs,
 }
 
 /// A one-machine cluster: control plane, one node and ingress in one
@@ -278,8 +295,12 @@ pub fn up(args: UpArgs) -> anyhow::Result<()> {
     })?;
     let dir = home::skiff_home().join("up");
     runtime()?.block_on(async {
+        let metrics = args.metrics.bind().await?;
         let control =
             ControlPlane::start(ControlPlaneConfig::new(dir.join("server"), args.api)).await?;
+        let mut registry = Metrics::registry();
+        control.register_metrics(&mut registry, false);
+        crate::mesh::metrics::register_handshakes(&mut registry);
         let admin = admin_config(&control);
         let previous = admin.save(&cluster_config::path())?;
         // However `up` ends, the CLI goes back to the cluster it found.
@@ -339,6 +360,8 @@ pub fn up(args: UpArgs) -> anyhow::Result<()> {
         })
         .await?;
         let ingress = node.ingress_addr();
+        node.register_metrics(&mut registry);
+        metrics.serve(registry);
         let node_task = tokio::spawn(node.run(wait(stopped)));
         // This cluster's own credentials, whatever SKIFF_TOKEN or
         // cluster.json say.

@@ -13,6 +13,7 @@ macro_rules! out {
 mod apps;
 mod cluster;
 mod events;
+mod metrics;
 mod package;
 mod registry;
 mod rollout;

@@ -28,6 +28,8 @@ pub struct RunArgs {
     /// (each slot reserves address space for the largest memory allowed).
     #[arg(long, default_value_t = EngineConfig::default().max_instances, value_parser = clap::value_parser!(u32).range(1..=100_000))]
     max_instances: u32,
+    #[command(flatten)]
+    metrics: super::metrics::MetricsArgs,
 }
 
 /// Runs `skiff run`.
@@ -47,12 +49,19 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         max_instances: args.max_instances,
         ..EngineConfig::default()
     };
-    runtime.block_on(serve(source, args.listen, engine))
+    runtime.block_on(serve(source, args.listen, engine, args.metrics))
 }
 
-async fn serve(source: AppSource, listen: SocketAddr, engine: EngineConfig) -> anyhow::Result<()> {
+async fn serve(
+    source: AppSource,
+    listen: SocketAddr,
+    engine: EngineConfig,
+    metrics: super::metrics::MetricsArgs,
+) -> anyhow::Result<()> {
     let started = Instant::now();
+    let metrics = metrics.bind().await?;
     let engine = SkiffEngine::new(engine)?;
+    let runtime_metrics = engine.metrics().clone();
     let cache = CompileCache::open(&home::cache_dir())?;
     let app = LoadedApp::load(&engine, &cache, &source.manifest, &source.base_dir)?;
     let log_sink: Arc<dyn LogSink> = Arc::new(StderrSink);
@@ -83,6 +92,9 @@ async fn serve(source: AppSource, listen: SocketAddr, engine: EngineConfig) -> a
     writeln!(out, "Serving {url} (Ctrl-C to stop)")?;
     out.flush()?;
     drop(out);
+    let mut registry = super::metrics::Metrics::registry();
+    runtime_metrics.register(&mut registry);
+    metrics.serve(registry);
 
     server.run(shutdown_signal()).await;
     eprintln!("stopped");

@@ -85,7 +85,8 @@ pub(super) async fn serve(
             let shared = shared.clone();
             tokio::spawn(async move {
                 let Some(tls) =
-                    crate::mesh::tls::accept(&acceptor, accepted.stream, accepted.peer).await
+                    crate::mesh::tls::accept("api", &acceptor, accepted.stream, accepted.peer)
+                        .await
                 else {
                     return;
                 };
@@ -192,12 +193,14 @@ async fn handle(
             Ok(()) => admin(shared, &method, &segments, &query, request).await,
         },
     };
-    result.unwrap_or_else(|Refusal(status, error)| {
+    let response = result.unwrap_or_else(|Refusal(status, error)| {
         if status.is_server_error() {
             tracing::error!("{method} {path}: {error}");
         }
         json(status, &ErrorBody { error }).expect("an error serializes")
-    })
+    });
+    shared.metrics.record_api(&method, &path, response.status());
+    response
 }
 
 /// The calling node's name, if the cluster holds a node of that name and
@@ -1152,6 +1155,7 @@ fn node_connection_closed(shared: &Shared, node: &NodeCert) {
 async fn sync(shared: &Shared, caller: &NodeCert, request: Request) -> Handled {
     let node = caller.name.as_str();
     let sync: SyncRequest = read_json(request).await?;
+    let started = Instant::now();
     for (what, addr) in [("ingress", &sync.ingress), ("mesh", &sync.mesh)] {
         check_reported_address(what, addr, shared.api_addr, &shared.hosts).map_err(Refusal::bad)?;
     }
@@ -1327,6 +1331,7 @@ async fn sync(shared: &Shared, caller: &NodeCert, request: Request) -> Handled {
         shared.bump();
     }
     let epoch = shared.desired.lock().expect("desired state lock").epoch();
+    shared.metrics.record_heartbeat(started.elapsed());
     let mut version = shared.version.subscribe();
     // Held only while the node is up to date both ways: a status the
     // control plane could not take is asked for again at once.
@@ -1687,7 +1692,7 @@ fn version_of(live: &super::Live, package: &str) -> String {
     }
 }
 
-fn replica_views(shared: &Shared, app: Option<&str>) -> Vec<ReplicaView> {
+pub(super) fn replica_views(shared: &Shared, app: Option<&str>) -> Vec<ReplicaView> {
     let live = shared.live.lock().expect("live state lock");
     let now = crate::clock::unix_secs();
     live.replicas
@@ -1744,7 +1749,7 @@ fn replica_views(shared: &Shared, app: Option<&str>) -> Vec<ReplicaView> {
         .collect()
 }
 
-fn node_views(shared: &Shared) -> Vec<NodeView> {
+pub(super) fn node_views(shared: &Shared) -> Vec<NodeView> {
     let live = shared.live.lock().expect("live state lock");
     let replicas_on = live.replicas_by(|r| r.node.as_deref());
     live.nodes

@@ -16,6 +16,7 @@ mod deadline;
 mod desired;
 mod events;
 mod logs;
+mod metrics;
 mod reconcile;
 mod rollout;
 #[cfg(test)]
@@ -132,6 +133,8 @@ pub(crate) struct Shared {
     logs: logs::LogRing,
     /// Uploads and deploys under way, and when package collection runs.
     collector: collect::Collector,
+    /// The control plane's own Prometheus metrics.
+    metrics: metrics::ControlMetrics,
 }
 
 /// The in-memory view: the durable records plus liveness.
@@ -607,6 +610,7 @@ impl ControlPlane {
             passed: watch::Sender::new(0),
             logs: logs::LogRing::default(),
             collector: collect::Collector::default(),
+            metrics: Default::default(),
         });
         Ok(ControlPlane {
             shared,
@@ -647,6 +651,20 @@ impl ControlPlane {
     /// Store failures.
     pub fn new_join_token(&self) -> anyhow::Result<JoinTokenResponse> {
         Ok(self.shared.new_join_token()?)
+    }
+
+    /// Adds the control plane's metrics to `registry`; with
+    /// `certificates`, also when the cluster CA expires (which a node in
+    /// the same process reports already).
+    pub fn register_metrics(
+        &self,
+        registry: &mut prometheus_client::registry::Registry,
+        certificates: bool,
+    ) {
+        metrics::register(&self.shared, registry);
+        if certificates {
+            metrics::register_certificates(&self.shared, registry);
+        }
     }
 
     /// Forgets node `name` before serving: used by `skiff up`, whose one

@@ -12,7 +12,7 @@ use crate::scheduler::{ClusterSnapshot, Decision, NodeInfo, Refusal, ReplicaRequ
 use crate::state::{AppRecord, ReplicaChange, ReplicaRecord, Replicas};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// Runs controller passes until aborted: soon after being woken, and a
 /// few times per heartbeat to notice silent nodes. A tick that finds no
@@ -90,6 +90,9 @@ fn pass(shared: &Shared) {
         }
     }
     drop(live);
+    for (placed, unplaced, took) in &outcome.scheduling {
+        shared.metrics.record_scheduling(*placed, *unplaced, *took);
+    }
     if outcome.changed {
         shared.bump();
     }
@@ -139,6 +142,8 @@ pub(super) struct Outcome {
     pub(super) changed: bool,
     /// Apps whose rollout moved on, to store.
     pub(super) apps: Vec<AppRecord>,
+    /// Each scheduler run: replicas placed, not placed, and its time.
+    pub(super) scheduling: Vec<(u64, u64, Duration)>,
 }
 
 impl Outcome {
@@ -856,7 +861,16 @@ fn place(live: &mut Live, specs: &AppSpecs, out: &mut Outcome, ids: Vec<String>,
     }
     let placing: BTreeSet<&str> = ids.iter().map(String::as_str).collect();
     let (names, snapshot) = snapshot(live, specs, &placing);
+    let started = Instant::now();
     let plan = Scheduler::new().plan(&snapshot, &requests);
+    let took = started.elapsed();
+    let placed = plan
+        .decisions
+        .iter()
+        .filter(|d| matches!(d, Decision::Placed(_)))
+        .count() as u64;
+    out.scheduling
+        .push((placed, plan.decisions.len() as u64 - placed, took));
     let mut decided = PassEvents::default();
     for ((id, request), decision) in ids.iter().zip(&requests).zip(plan.decisions) {
         match decision {

@@ -93,9 +93,22 @@ where
         let connecting = self.inner.call(uri);
         let limit = self.limit;
         Box::pin(async move {
+            let count = |outcome| {
+                super::metrics::count_handshake("mesh", super::metrics::Side::Client, outcome)
+            };
             match tokio::time::timeout(limit, connecting).await {
-                Ok(connected) => connected.map_err(Into::into),
-                Err(_) => Err(ConnectTimeout(limit).into()),
+                Ok(Ok(connected)) => {
+                    count("ok");
+                    Ok(connected)
+                }
+                Ok(Err(e)) => {
+                    count("failed");
+                    Err(e.into())
+                }
+                Err(_) => {
+                    count("timeout");
+                    Err(ConnectTimeout(limit).into())
+                }
             }
         })
     }

@@ -48,7 +48,8 @@ pub(crate) async fn serve(
         let node = node.clone();
         tokio::spawn(async move {
             let acceptor = TlsAcceptor::from(tls);
-            let Some(stream) = super::tls::accept(&acceptor, accepted.stream, accepted.peer).await
+            let Some(stream) =
+                super::tls::accept("mesh", &acceptor, accepted.stream, accepted.peer).await
             else {
                 return;
             };

@@ -10,6 +10,7 @@
 //! flight until its response body ends).
 
 use super::client::{BoxError, ForwardBody, MeshClient, client, failure_kind, with_sources};
+use super::metrics::ForwardOutcome;
 use super::outliers::Outcome;
 use super::{APP_HEADER, COMPONENT_HEADER, HOPS_HEADER, NOT_HERE_HEADER, VERSION_HEADER};
 use super::{Members, NodeIdentity};
@@ -63,6 +64,8 @@ pub(crate) struct Forwarder {
     /// failures do not spend another's retries.
     budgets: RwLock<HashMap<String, Arc<super::retry_budget::RetryBudget>>>,
     balancer: Balancer,
+    /// Attempts by peer and outcome.
+    pub(crate) metrics: super::metrics::ForwardMetrics,
 }
 
 /// Counts a request in flight to one node until dropped.
@@ -131,6 +134,7 @@ impl Forwarder {
             latencies: Default::default(),
             budgets: Default::default(),
             balancer: Balancer::default(),
+            metrics: Default::default(),
         })
     }
 
@@ -476,7 +480,9 @@ impl Attempt<'_> {
         let within = self.target.answer_within;
         let sent = std::time::Instant::now();
         let replica = self.target.replica_on(self.endpoint);
+        let count = |outcome| forwarder.metrics.record(node, outcome);
         let Ok(answer) = tokio::time::timeout(within, self.client.request(forwarded)).await else {
+            count(ForwardOutcome::Timeout);
             forwarder.latencies.observe(&replica, within);
             forwarder.record(self.target, self.endpoint, Outcome::Failed);
             tracing::warn!(
@@ -495,11 +501,14 @@ impl Attempt<'_> {
         match answer {
             // The platform's own signal never reaches the client: a
             // request with a body cannot move on, so it gets the 502.
-            Ok(response) if not_here(&response) => Err(AttemptFailed {
-                why: "the node no longer runs it".to_string(),
-                nothing_ran: true,
-                status: http::StatusCode::BAD_GATEWAY,
-            }),
+            Ok(response) if not_here(&response) => {
+                count(ForwardOutcome::NotHere);
+                Err(AttemptFailed {
+                    why: "the node no longer runs it".to_string(),
+                    nothing_ran: true,
+                    status: http::StatusCode::BAD_GATEWAY,
+                })
+            }
             // Counted until the whole body has gone through.
             Ok(response) => {
                 // A refusal comes fast and says nothing of how fast the
@@ -512,6 +521,13 @@ impl Attempt<'_> {
                 let status = response.status();
                 let failed =
                     status.is_server_error() && status != http::StatusCode::SERVICE_UNAVAILABLE;
+                count(if refused(&response) {
+                    ForwardOutcome::Refused
+                } else if failed {
+                    ForwardOutcome::ServerError
+                } else {
+                    ForwardOutcome::Answered
+                });
                 let outcome = if failed {
                     Outcome::Failed
                 } else {
@@ -521,6 +537,7 @@ impl Attempt<'_> {
                 Ok(response.map(|body| relayed(Counted::new(body, counted))))
             }
             Err(e) => {
+                count(ForwardOutcome::Failed);
                 forwarder.record(self.target, self.endpoint, Outcome::Failed);
                 // The whole chain goes to the log; the client, who may be
                 // anyone, learns only what kind of failure it was

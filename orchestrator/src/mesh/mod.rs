@@ -21,6 +21,7 @@ pub(crate) mod forward;
 pub mod identity;
 pub(crate) mod latency;
 pub mod members;
+pub mod metrics;
 pub(crate) mod outliers;
 pub(crate) mod retry_budget;
 #[cfg(test)]

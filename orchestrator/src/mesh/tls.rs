@@ -25,18 +25,27 @@ pub const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_sec
 
 /// Completes the server side of a TLS handshake on `stream` within
 /// [`HANDSHAKE_TIMEOUT`]; a refused or slow peer is logged and dropped.
+/// Each handshake is counted for `endpoint` (`api`, `mesh`).
 pub async fn accept(
+    endpoint: &'static str,
     acceptor: &tokio_rustls::TlsAcceptor,
     stream: tokio::net::TcpStream,
     peer: std::net::SocketAddr,
 ) -> Option<tokio_rustls::server::TlsStream<tokio::net::TcpStream>> {
+    let count =
+        |outcome| super::metrics::count_handshake(endpoint, super::metrics::Side::Server, outcome);
     match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
-        Ok(Ok(stream)) => Some(stream),
+        Ok(Ok(stream)) => {
+            count("ok");
+            Some(stream)
+        }
         Ok(Err(e)) => {
+            count("refused");
             tracing::warn!(%peer, "TLS handshake refused: {e}");
             None
         }
         Err(_) => {
+            count("timeout");
             tracing::debug!(%peer, "TLS handshake not finished within {HANDSHAKE_TIMEOUT:?}");
             None
         }

@@ -290,6 +290,27 @@ impl Node {
         self.shared.mesh_addr
     }
 
+    /// Adds the node's metrics to `registry`: its runtime's (requests,
+    /// instances, loads), its forwards to other nodes, and when its
+    /// certificate and the cluster CA's expire.
+    pub fn register_metrics(&self, registry: &mut prometheus_client::registry::Registry) {
+        self.shared.engine.metrics().register(registry);
+        self.shared.forwarder.metrics.register(registry);
+        let shared = Arc::downgrade(&self.shared);
+        registry.register_collector(Box::new(crate::mesh::metrics::CertificateExpiry(
+            move || {
+                let Some(shared) = shared.upgrade() else {
+                    return Vec::new();
+                };
+                let current = shared.identity.read().expect("identity lock");
+                vec![
+                    ("node", current.identity.cert_pem().to_string()),
+                    ("ca", current.identity.ca_pem().to_string()),
+                ]
+            },
+        )));
+    }
+
     /// Heartbeats, runs replicas and serves until `shutdown` completes;
     /// then finishes in-flight requests.
     ///

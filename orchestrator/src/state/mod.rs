@@ -279,7 +279,7 @@ impl ClusterStore {
         tx.open_table(NODES).map_err(store_err)?;
         tx.open_table(REPLICAS).map_err(store_err)?;
         tx.open_table(QUARANTINE).map_err(store_err)?;
-        tx.commit().map_err(store_err)?;
+        commit(tx)?;
         Ok(ClusterStore { db })
     }
 
@@ -326,7 +326,7 @@ impl ClusterStore {
                 }
             }
         }
-        tx.commit().map_err(store_err)?;
+        commit(tx)?;
         Ok(set_aside)
     }
 
@@ -433,7 +433,7 @@ impl ClusterStore {
                 }
             }
         };
-        tx.commit().map_err(store_err)?;
+        commit(tx)?;
         Ok(applied)
     }
 
@@ -487,7 +487,7 @@ impl ClusterStore {
                 replicas.remove(id.as_str()).map_err(store_err)?;
             }
         }
-        tx.commit().map_err(store_err)?;
+        commit(tx)?;
         Ok(existed)
     }
 
@@ -513,7 +513,7 @@ impl ClusterStore {
             .remove(name)
             .map_err(store_err)?
             .is_some();
-        tx.commit().map_err(store_err)?;
+        commit(tx)?;
         Ok(existed)
     }
 
@@ -546,7 +546,7 @@ impl ClusterStore {
             .map_err(store_err)?
             .insert(record.name.as_str(), bytes.as_slice())
             .map_err(store_err)?;
-        tx.commit().map_err(store_err)?;
+        commit(tx)?;
         Ok(true)
     }
 
@@ -594,7 +594,7 @@ impl ClusterStore {
                 }
             }
         }
-        tx.commit().map_err(store_err)
+        commit(tx)
     }
 
     /// Records a join token (only its hash is stored), valid until
@@ -609,7 +609,7 @@ impl ClusterStore {
             .map_err(store_err)?
             .insert(token_hash(token).as_str(), expires_unix)
             .map_err(store_err)?;
-        tx.commit().map_err(store_err)
+        commit(tx)
     }
 
     /// Whether `token` is known and unexpired, without using it up.
@@ -627,6 +627,22 @@ impl ClusterStore {
     }
 }
 
+/// How long store transactions took to commit (to disk), seconds.
+pub static WRITE_DURATIONS: std::sync::LazyLock<prometheus_client::metrics::histogram::Histogram> =
+    std::sync::LazyLock::new(|| {
+        prometheus_client::metrics::histogram::Histogram::new([
+            0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
+        ])
+    });
+
+/// Commits `tx`, timing it for [`WRITE_DURATIONS`].
+fn commit(tx: redb::WriteTransaction) -> Result<(), StateError> {
+    let started = std::time::Instant::now();
+    let committed = tx.commit().map_err(store_err);
+    WRITE_DURATIONS.observe(started.elapsed().as_secs_f64());
+    committed
+}
+
 fn put_json<T: Serialize>(
     db: &Database,
     table: TableDefinition<&str, &[u8]>,
@@ -639,7 +655,7 @@ fn put_json<T: Serialize>(
         .map_err(store_err)?
         .insert(key, bytes.as_slice())
         .map_err(store_err)?;
-    tx.commit().map_err(store_err)
+    commit(tx)
 }
 
 fn all_json<T: serde::de::DeserializeOwned>(

@@ -39,6 +39,7 @@ where
         let component = self.component;
         let name = component.name.as_str();
         if component.memory.under_pressure() {
+            call.outcome.fail(FailureReason::MemoryPressure);
             return answered(refuse_under_pressure(name));
         }
         // The inner service was made ready for this call: take it, leave a
@@ -47,6 +48,7 @@ where
         let mut inner = std::mem::replace(&mut self.inner, clone);
         Box::pin(async move {
             let Ok(permit) = component.gate.enter().await else {
+                call.outcome.fail(FailureReason::Overloaded);
                 tracing::warn!(
                     component = name,
                     reason = FailureReason::Overloaded.as_str(),
@@ -65,6 +67,7 @@ where
                 None => match tokio::time::timeout(timeout, component.slots.take()).await {
                     Ok(slot) => slot,
                     Err(_) => {
+                        call.outcome.fail(FailureReason::Overloaded);
                         tracing::warn!(
                             component = name,
                             reason = FailureReason::Overloaded.as_str(),
@@ -79,6 +82,7 @@ where
             // A request that waited for its place may find the node short
             // of memory by now: still, no new instance.
             if component.memory.under_pressure() {
+                call.outcome.fail(FailureReason::MemoryPressure);
                 return Ok(refuse_under_pressure(name));
             }
             inner.call(Admitted { call, permit, slot }).await

@@ -4,7 +4,7 @@
 //! no instance starts. Requests from ingress pass untouched (ingress
 //! reaches only routed components, which the node checks before this).
 
-use super::{Answer, Around, Call, GuestBody, Stage, answered};
+use super::{Answer, Around, Call, FailureReason, GuestBody, Stage, answered};
 use crate::body_limit::drain;
 use crate::mesh::{self, CALLER_HEADER};
 use std::convert::Infallible;
@@ -31,13 +31,20 @@ where
         };
         let callee = &self.component.workload;
         let refusal = if call.inbound.hops > mesh::MAX_HOPS {
-            Some(mesh::too_many_hops(callee, call.inbound.hops))
+            Some((
+                FailureReason::HopLimit,
+                mesh::too_many_hops(callee, call.inbound.hops),
+            ))
         } else if !self.component.callers.allows(&caller) {
-            Some(mesh::denied(&caller, callee))
+            Some((
+                FailureReason::CallerNotAllowed,
+                mesh::denied(&caller, callee),
+            ))
         } else {
             None
         };
-        if let Some(refusal) = refusal {
+        if let Some((reason, refusal)) = refusal {
+            call.outcome.fail(reason);
             tokio::spawn(drain(call.request.into_body()));
             return answered(refusal);
         }

@@ -26,6 +26,7 @@ where
     fn call(&mut self, call: Call<B>) -> Stage<'a> {
         let limit = self.component.limits.max_request_body.bytes();
         if declared_length(call.request.headers()).is_some_and(|len| len > limit) {
+            call.outcome.fail(FailureReason::RequestTooLarge);
             tokio::spawn(drain(call.request.into_body()));
             return answered(request_too_large(self.component.name.as_str(), limit));
         }

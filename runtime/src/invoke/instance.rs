@@ -88,6 +88,7 @@ async fn serve<B: GuestBody>(
         span: call.span,
         tracestate: call.tracestate,
         outcome: outcome.clone(),
+        series: Some(component.series.clone()),
     };
     let mut store = match new_store(component, log_sink, outbound) {
         Ok(store) => store,
@@ -130,6 +131,7 @@ async fn serve<B: GuestBody>(
     // at a moment of its choosing (the hop's span says 499).
     let answer = receiver.await;
     if request_overflow.load(Ordering::Acquire) {
+        outcome.fail(FailureReason::RequestTooLarge);
         return Ok(request_too_large(name, request_limit));
     }
     Ok(match answer {
@@ -137,7 +139,7 @@ async fn serve<B: GuestBody>(
             strip_platform_headers(response.headers_mut());
             let response =
                 response.map(|body| CutOnFailure::new(body, outcome.clone()).boxed_unsync());
-            limit_response(name, response, limits.max_response_body.bytes())
+            limit_response(name, response, limits.max_response_body.bytes(), &outcome)
         }
         Ok(Err(code)) => {
             tracing::warn!(component = name, "guest answered with error {code:?}");
@@ -189,6 +191,7 @@ fn spawn_instance(
     outcome: Arc<InstanceOutcome>,
 ) -> tokio::task::JoinHandle<InstanceResult> {
     let pre = component.pre.clone();
+    let series = component.series.clone();
     let reaper = component.reaper.clone();
     let timeout = component.limits.timeout.as_duration();
     let task_name = component.name.to_string();
@@ -206,6 +209,7 @@ fn spawn_instance(
                 .instantiate_async(&mut *store)
                 .await
                 .map_err(|e| (FailureReason::Instantiate, e))?;
+            series.record_instance();
             proxy
                 .wasi_http_incoming_handler()
                 .call_handle(&mut *store, req, out)
@@ -235,8 +239,9 @@ fn spawn_instance(
 
 /// Refuses a response declaring more than `limit` bytes, and cuts off one
 /// that streams past it.
-fn limit_response(name: &str, response: Answer, limit: u64) -> Answer {
+fn limit_response(name: &str, response: Answer, limit: u64, outcome: &InstanceOutcome) -> Answer {
     if declared_length(response.headers()).is_some_and(|len| len > limit) {
+        outcome.fail(FailureReason::ResponseTooLarge);
         tracing::warn!(
             component = name,
             reason = FailureReason::ResponseTooLarge.as_str(),
@@ -351,7 +356,11 @@ fn failure_response(name: &str, reason: FailureReason) -> Answer {
             http::StatusCode::INTERNAL_SERVER_ERROR,
             "produced an oversized response",
         ),
-        FailureReason::Instantiate | FailureReason::Overloaded | FailureReason::MemoryPressure => (
+        FailureReason::Instantiate
+        | FailureReason::Overloaded
+        | FailureReason::MemoryPressure
+        | FailureReason::CallerNotAllowed
+        | FailureReason::HopLimit => (
             http::StatusCode::SERVICE_UNAVAILABLE,
             "could not be instantiated",
         ),

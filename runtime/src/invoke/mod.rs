@@ -175,9 +175,29 @@ pub enum FailureReason {
     RequestTooLarge,
     /// The response body exceeded `max_response_body`.
     ResponseTooLarge,
+    /// A mesh caller the callee's `allow_callers` does not list.
+    CallerNotAllowed,
+    /// A mesh call past the hop limit.
+    HopLimit,
 }
 
 impl FailureReason {
+    /// Every reason.
+    pub const ALL: [FailureReason; 12] = [
+        FailureReason::Overloaded,
+        FailureReason::MemoryPressure,
+        FailureReason::Timeout,
+        FailureReason::MemoryLimit,
+        FailureReason::StackOverflow,
+        FailureReason::Trap,
+        FailureReason::NoResponse,
+        FailureReason::Instantiate,
+        FailureReason::RequestTooLarge,
+        FailureReason::ResponseTooLarge,
+        FailureReason::CallerNotAllowed,
+        FailureReason::HopLimit,
+    ];
+
     /// A short stable name, as used in logs.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -191,16 +211,19 @@ impl FailureReason {
             FailureReason::Instantiate => "instantiate",
             FailureReason::RequestTooLarge => "request_too_large",
             FailureReason::ResponseTooLarge => "response_too_large",
+            FailureReason::CallerNotAllowed => "caller_not_allowed",
+            FailureReason::HopLimit => "hop_limit",
         }
     }
 }
 
-/// What the host learns of one instance while it runs, shared between the
+/// What the host learns of one request while it runs, shared between the
 /// stages, the instance's task and its response body.
 #[derive(Default)]
 pub struct InstanceOutcome {
-    /// Set, before the instance is dropped, when it failed: a response
-    /// body still streaming then is cut off rather than ended.
+    /// Why the platform answered the request itself: a stage refused it,
+    /// or its instance failed (set before the instance is dropped, so a
+    /// response body still streaming then is cut off rather than ended).
     failed: OnceLock<FailureReason>,
     /// The instance called another component over the mesh.
     called_mesh: AtomicBool,
@@ -210,6 +233,12 @@ impl InstanceOutcome {
     /// Records that the instance made a mesh call.
     pub fn note_mesh_call(&self) {
         self.called_mesh.store(true, Ordering::Relaxed);
+    }
+
+    /// Records why the platform answered the request itself; the first
+    /// reason stands.
+    fn fail(&self, reason: FailureReason) {
+        let _ = self.failed.set(reason);
     }
 
     fn called_mesh(&self) -> bool {

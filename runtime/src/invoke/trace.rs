@@ -64,6 +64,10 @@ impl Hop<'_> {
         self.logged = true;
         let reason = self.outcome.failed.get().map(|reason| reason.as_str());
         self.component.outcomes.record(status, reason);
+        let shown = reason.or((status == CALLER_GONE).then_some("caller_gone"));
+        self.component
+            .series
+            .record_request(status, shown, self.started.elapsed());
         self.log_span(status);
     }
 
@@ -92,6 +96,11 @@ impl Drop for Hop<'_> {
             self.component
                 .outcomes
                 .record(GATEWAY_TIMEOUT, Some("request_timeout"));
+            self.component.series.record_request(
+                GATEWAY_TIMEOUT,
+                Some("request_timeout"),
+                self.started.elapsed(),
+            );
             self.log_span(GATEWAY_TIMEOUT);
         } else {
             self.log(CALLER_GONE);

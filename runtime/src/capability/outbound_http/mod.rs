@@ -20,6 +20,7 @@ use crate::instance::InstanceBuilder;
 use crate::invoke::{InstanceOutcome, strip_platform_headers};
 use crate::manifest::ComponentSpec;
 use crate::mesh::{MeshCall, MeshRouter, MeshTarget, Span, TRACEPARENT, TRACESTATE, WorkloadId};
+use crate::metrics::{ComponentSeries, OutboundOutcome};
 use std::net::IpAddr;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
@@ -99,6 +100,8 @@ pub struct OutboundContext {
     pub tracestate: Option<http::HeaderValue>,
     /// Where the instance's mesh calls are noted.
     pub outcome: Arc<InstanceOutcome>,
+    /// Where its calls' outcomes are counted, if anywhere.
+    pub series: Option<Arc<ComponentSeries>>,
 }
 
 impl OutboundContext {
@@ -111,6 +114,7 @@ impl OutboundContext {
             span: Span::for_request(&http::HeaderMap::new()),
             tracestate: None,
             outcome: Arc::default(),
+            series: None,
         }
     }
 }
@@ -209,9 +213,21 @@ impl WasiHttpHooks for OutboundHooks {
         options: Option<RequestOptions>,
         _fut: Box<dyn Future<Output = Result<(), HttpError>> + Send>,
     ) -> SendFuture {
+        let series = self.context.series.clone();
+        let count = move |outcome| {
+            if let Some(series) = &series {
+                series.record_outbound(outcome);
+            }
+        };
         let admitted = match self.admit(request.uri()) {
             Ok(admitted) => admitted,
-            Err(code) => return Box::new(async move { Err(code) }),
+            Err(code) => {
+                count(match code {
+                    HttpError::ConnectionLimitReached => OutboundOutcome::Limited,
+                    _ => OutboundOutcome::Denied,
+                });
+                return Box::new(async move { Err(code) });
+            }
         };
         // Every call continues the request's trace, unless the guest traces
         // itself and set its own span.
@@ -244,19 +260,36 @@ impl WasiHttpHooks for OutboundHooks {
                     target,
                     hops: self.context.hops.saturating_add(1),
                 });
-                return Box::new(call_mesh(router, call, request, head_timeout));
+                return Box::new(async move {
+                    let result = call_mesh(router, call, request, head_timeout).await;
+                    count(answered_or_failed(&result));
+                    result
+                });
             }
         };
         let between_bytes = options
             .between_bytes_timeout
             .unwrap_or(DEFAULT_BETWEEN_BYTES_TIMEOUT);
         Box::new(async move {
-            let response = grant
-                .client()?
-                .send(request, head_timeout, between_bytes)
-                .await?;
-            Ok((response, finished()))
+            let result = async {
+                let response = grant
+                    .client()?
+                    .send(request, head_timeout, between_bytes)
+                    .await?;
+                Ok((response, finished()))
+            }
+            .await;
+            count(answered_or_failed(&result));
+            result
         })
+    }
+}
+
+/// A sent call's outcome: answered when a response head came back.
+fn answered_or_failed<T>(result: &Result<T, HttpError>) -> OutboundOutcome {
+    match result {
+        Ok(_) => OutboundOutcome::Answered,
+        Err(_) => OutboundOutcome::Failed,
     }
 }
 

@@ -1,0 +1,57 @@
+//! `--metrics-listen`: the process's Prometheus metrics on an address of
+//! their own, for `skiff run`, `node`, `server` and `up`.
+
+use prometheus_client::registry::Registry;
+use skiff_runtime::metrics::MetricsEndpoint;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+/// The `--metrics-listen` option.
+#[derive(Debug, Clone, clap::Args)]
+pub struct MetricsArgs {
+    /// Serve Prometheus metrics at http://ADDR/metrics (off by default;
+    /// bind a private address: the metrics name every app).
+    #[arg(long, value_name = "ADDR")]
+    metrics_listen: Option<SocketAddr>,
+}
+
+/// A bound metrics endpoint, waiting for what it reports.
+pub struct Metrics {
+    endpoint: Option<MetricsEndpoint>,
+}
+
+impl MetricsArgs {
+    /// Binds the address, if one was given, before anything else starts.
+    ///
+    /// # Errors
+    ///
+    /// The address cannot be bound.
+    pub async fn bind(&self) -> anyhow::Result<Metrics> {
+        let endpoint = match self.metrics_listen {
+            Some(addr) => Some(
+                MetricsEndpoint::bind(addr)
+                    .await
+                    .map_err(anyhow::Error::msg)?,
+            ),
+            None => None,
+        };
+        Ok(Metrics { endpoint })
+    }
+}
+
+impl Metrics {
+    /// A registry for what this process reports, prefixed `skiff`.
+    pub fn registry() -> Registry {
+        Registry::with_prefix("skiff")
+    }
+
+    /// Serves `registry` in the background for the rest of the process,
+    /// and says where; nothing without `--metrics-listen`.
+    pub fn serve(self, registry: Registry) {
+        let Some(endpoint) = self.endpoint else {
+            return;
+        };
+        eprintln!("Metrics at http://{}/metrics", endpoint.local_addr());
+        tokio::spawn(endpoint.run(Arc::new(registry), std::future::pending()));
+    }
+}

@@ -1,0 +1,258 @@
+//! The control plane's Prometheus metrics: API requests by route and
+//! status, heartbeat handling time, scheduling decisions and their time,
+//! store commit time, and (read at each scrape) nodes and replicas by
+//! state and the replicas pending.
+
+use super::Shared;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::{Registry, Unit};
+use std::collections::BTreeMap;
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+/// Path segments an API route label keeps as written; any other segment
+/// (an app's or node's name, a digest) shows as `:name`, so the label's
+/// values are bounded whatever clients ask for.
+const ROUTE_WORDS: [&str; 20] = [
+    "v1",
+    "health",
+    "join",
+    "node",
+    "sync",
+    "news",
+    "renew",
+    "workload-cert",
+    "blobs",
+    "apps",
+    "logs",
+    "promote",
+    "rollback",
+    "scale",
+    "events",
+    "join-tokens",
+    "nodes",
+    "labels",
+    "replicas",
+    "drain",
+];
+
+/// Route labels keep at most this many segments.
+const MAX_ROUTE_SEGMENTS: usize = 5;
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ApiLabels {
+    method: &'static str,
+    route: String,
+    status: u16,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DecisionLabels {
+    outcome: &'static str,
+}
+
+/// The control plane's own metrics.
+#[derive(Debug)]
+pub(crate) struct ControlMetrics {
+    api_requests: Family<ApiLabels, Counter>,
+    heartbeats: Histogram,
+    decisions: Family<DecisionLabels, Counter>,
+    scheduling: Histogram,
+}
+
+impl Default for ControlMetrics {
+    fn default() -> Self {
+        ControlMetrics {
+            api_requests: Family::default(),
+            heartbeats: Histogram::new([
+                0.000_1, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
+            ]),
+            decisions: Family::default(),
+            scheduling: Histogram::new([
+                0.000_1, 0.000_5, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0,
+            ]),
+        }
+    }
+}
+
+impl ControlMetrics {
+    /// Counts an API request `method` `path` answered with `status`.
+    pub(crate) fn record_api(&self, method: &http::Method, path: &str, status: http::StatusCode) {
+        self.api_requests
+            .get_or_create(&ApiLabels {
+                method: method_label(method),
+                route: route_label(path),
+                status: status.as_u16(),
+            })
+            .inc();
+    }
+
+    /// Records how long the control plane took over one heartbeat (up to
+    /// holding it for news).
+    pub(crate) fn record_heartbeat(&self, took: Duration) {
+        self.heartbeats.observe(took.as_secs_f64());
+    }
+
+    /// Records one scheduler run that placed `placed` replicas and could
+    /// not place `unplaced` in `took`.
+    pub(crate) fn record_scheduling(&self, placed: u64, unplaced: u64, took: Duration) {
+        self.scheduling.observe(took.as_secs_f64());
+        for (outcome, count) in [("placed", placed), ("unplaced", unplaced)] {
+            if count > 0 {
+                self.decisions
+                    .get_or_create(&DecisionLabels { outcome })
+                    .inc_by(count);
+            }
+        }
+    }
+}
+
+/// Adds the control plane's metrics to `registry`.
+pub(crate) fn register(shared: &Arc<Shared>, registry: &mut Registry) {
+    let metrics = &shared.metrics;
+    registry.register(
+        "api_requests",
+        "Control plane API requests, by method, route and status",
+        metrics.api_requests.clone(),
+    );
+    registry.register_with_unit(
+        "heartbeat_duration",
+        "Time the control plane took over a node's heartbeat, before holding it for news",
+        Unit::Seconds,
+        metrics.heartbeats.clone(),
+    );
+    registry.register(
+        "scheduling_decisions",
+        "Replicas the scheduler placed or could not place",
+        metrics.decisions.clone(),
+    );
+    registry.register_with_unit(
+        "scheduling_duration",
+        "Time one scheduler run took",
+        Unit::Seconds,
+        metrics.scheduling.clone(),
+    );
+    registry.register_with_unit(
+        "store_write_duration",
+        "Time a cluster state transaction took to commit",
+        Unit::Seconds,
+        crate::state::WRITE_DURATIONS.clone(),
+    );
+    registry.register_collector(Box::new(ClusterState(Arc::downgrade(shared))));
+}
+
+/// Adds when the cluster CA expires to `registry` (a node in the same
+/// process reports it already).
+pub(crate) fn register_certificates(shared: &Shared, registry: &mut Registry) {
+    let ca = shared.ca.cert_pem().to_string();
+    registry.register_collector(Box::new(crate::mesh::metrics::CertificateExpiry(
+        move || vec![("ca", ca.clone())],
+    )));
+}
+
+/// `GET` and the like as themselves; anything else as `OTHER`.
+fn method_label(method: &http::Method) -> &'static str {
+    match *method {
+        http::Method::GET => "GET",
+        http::Method::HEAD => "HEAD",
+        http::Method::POST => "POST",
+        http::Method::PUT => "PUT",
+        http::Method::DELETE => "DELETE",
+        _ => "OTHER",
+    }
+}
+
+/// `path` with every segment but the API's own words as `:name`.
+fn route_label(path: &str) -> String {
+    let mut route = String::new();
+    for segment in path
+        .trim_matches('/')
+        .split('/')
+        .filter(|s| !s.is_empty())
+        .take(MAX_ROUTE_SEGMENTS)
+    {
+        route.push('/');
+        route.push_str(if ROUTE_WORDS.contains(&segment) {
+            segment
+        } else {
+            ":name"
+        });
+    }
+    if route.is_empty() {
+        route.push('/');
+    }
+    route
+}
+
+/// Nodes and replicas by state, read from the live state at each scrape.
+struct ClusterState(Weak<Shared>);
+
+impl std::fmt::Debug for ClusterState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ClusterState")
+    }
+}
+
+impl Collector for ClusterState {
+    fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
+        let Some(shared) = self.0.upgrade() else {
+            return Ok(());
+        };
+        let nodes = count_by(super::api::node_views(&shared).into_iter().map(|n| n.state));
+        let replicas = count_by(
+            super::api::replica_views(&shared, None)
+                .into_iter()
+                .map(|r| r.state),
+        );
+        for (name, help, counts) in [
+            ("nodes", "Nodes, by state.", &nodes),
+            ("replicas", "Replicas, by state.", &replicas),
+        ] {
+            let mut family = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
+            for (state, count) in counts {
+                ConstGauge::new(*count)
+                    .encode(family.encode_family(&[("state", state.as_str())])?)?;
+            }
+        }
+        let pending = replicas.get("pending").copied().unwrap_or(0);
+        ConstGauge::new(pending).encode(encoder.encode_descriptor(
+            "replicas_pending",
+            "Replicas waiting for a node to place them on.",
+            None,
+            MetricType::Gauge,
+        )?)?;
+        Ok(())
+    }
+}
+
+fn count_by(states: impl Iterator<Item = String>) -> BTreeMap<String, i64> {
+    let mut counts = BTreeMap::new();
+    for state in states {
+        *counts.entry(state).or_default() += 1;
+    }
+    counts
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routes_keep_the_api_words_only() {
+        assert_eq!(route_label("/v1/apps/shop/scale"), "/v1/apps/:name/scale");
+        assert_eq!(route_label("/v1/node/sync"), "/v1/node/sync");
+        assert_eq!(route_label("/v1/blobs/sha256:abc"), "/v1/blobs/:name");
+        assert_eq!(route_label("/"), "/");
+        assert_eq!(
+            route_label("/a/b/c/d/e/f/g/h"),
+            "/:name/:name/:name/:name/:name"
+        );
+        assert_eq!(method_label(&http::Method::PATCH), "OTHER");
+    }
+}
