@@ -6,4 +6,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 rustup target add wasm32-wasip2 >/dev/null
-exec cargo run --quiet -p skiff-orchestrator --bin skiff -- up examples/hello --build "$@"
+echo "== building skiff (the first build compiles wasmtime: several minutes)" >&2
+cargo build -p skiff-orchestrator --bin skiff
+echo "== starting: target/debug/skiff up examples/hello --build $*" >&2
+exec target/debug/skiff up examples/hello --build "$@"

@@ -558,3 +558,79 @@ fn sigterm_waits_at_most_30s_for_a_request_that_never_finishes() {
         "the stuck request was cut off, not answered"
     );
 }
+
+/// `skiff new NAME --lang LANG` in a fresh directory, then `skiff run
+/// NAME --build`: the app answers its greeting.
+fn new_app_builds_and_serves(lang: &str, greeting: &str) {
+    let home = temp_dir();
+    let dir = temp_dir();
+    let created = skiff(home.path())
+        .args(["new", "shop-front", "--lang", lang])
+        .current_dir(dir.path())
+        .output()
+        .expect("running skiff new");
+    let said = String::from_utf8_lossy(&created.stdout);
+    assert!(
+        created.status.success(),
+        "{said}{}",
+        String::from_utf8_lossy(&created.stderr)
+    );
+    assert!(said.contains("run ./shop-front --build"), "{said}");
+    let app = dir.path().join("shop-front");
+    let served = Running::start(home.path(), &[app.to_str().unwrap(), "--build"]);
+    let (status, body) = get(&served.at("/orders"));
+    assert_eq!(status, 200, "{body}");
+    assert!(body.starts_with(greeting), "{body}");
+
+    // A second `new` of the same name loses nothing.
+    let again = skiff(home.path())
+        .args(["new", "shop-front"])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert!(!again.status.success());
+    assert!(String::from_utf8_lossy(&again.stderr).contains("already exists and is not empty"));
+}
+
+#[test]
+fn a_new_rust_app_builds_and_serves_outside_this_repository() {
+    new_app_builds_and_serves("rust", "Hello from shop-front! You asked for /orders");
+}
+
+#[test]
+fn a_new_javascript_app_builds_and_serves() {
+    new_app_builds_and_serves("js", "Hello from shop-front!");
+}
+
+#[test]
+fn new_refuses_a_name_an_app_cannot_have() {
+    let home = temp_dir();
+    let stderr = expect_failure(home.path(), &["new", "Shop_Front"]);
+    assert!(
+        stderr.contains("cannot name an app \"Shop_Front\""),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn completions_are_printed_for_each_shell() {
+    let home = temp_dir();
+    for (shell, marker) in [
+        ("bash", "complete -F"),
+        ("zsh", "#compdef skiff"),
+        ("fish", "complete -c skiff"),
+    ] {
+        let output = skiff(home.path())
+            .args(["completions", shell])
+            .output()
+            .unwrap();
+        let script = String::from_utf8_lossy(&output.stdout);
+        assert!(
+            output.status.success() && script.contains(marker),
+            "{shell}: {script}"
+        );
+        assert!(script.contains("rollback"), "{shell} completes subcommands");
+    }
+    let stderr = expect_failure(home.path(), &["completions", "tcsh"]);
+    assert!(stderr.contains("tcsh"), "{stderr}");
+}

@@ -115,7 +115,8 @@ pub fn server(args: ServerArgs) -> anyhow::Result<()> {
             writeln!(out, "Join a node with:")?;
             writeln!(
                 out,
-                "  skiff node --server {url} --token {} --name <name> --listen <its ip>:3000",
+                "  {} node --server {url} --token {} --name <name> --listen <its ip>:3000",
+                super::invocation(),
                 token.token
             )?;
         } else {
@@ -406,7 +407,8 @@ pub fn up(args: UpArgs) -> anyhow::Result<()> {
         if let Some(previous) = &previous {
             out!("The CLI talks to this cluster until it stops, then to {previous} again")?;
         }
-        out!("Try: skiff ps, skiff apps, skiff logs <app>")?;
+        let skiff = super::invocation();
+        out!("Try: {skiff} ps, {skiff} apps, {skiff} logs <app>")?;
         let mut control_task = control_task;
         let stopped_early = tokio::select! {
             _ = &mut signalled => None,

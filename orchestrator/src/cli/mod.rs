@@ -14,17 +14,22 @@ mod apps;
 mod cluster;
 mod events;
 mod metrics;
+mod new;
 mod package;
 mod registry;
 mod rollout;
 mod run;
 
 use clap::{Parser, Subcommand};
+use std::path::Path;
 use std::process::ExitCode;
 
-/// Skiff: run WebAssembly components, from one laptop to a cluster.
+/// Skiff runs WebAssembly components: each request in a fresh, sandboxed
+/// instance, one app on a laptop (`skiff run`) or many across a cluster
+/// with autoscaling, rollouts and an mTLS service mesh (`skiff up`,
+/// `skiff server`, `skiff node`). Start with `skiff new NAME`.
 #[derive(Debug, Parser)]
-#[command(name = "skiff", version, about)]
+#[command(name = "skiff", version)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -32,6 +37,8 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Make a new app to start from (Rust or JavaScript).
+    New(new::NewArgs),
     /// Serve an app locally: a skiff.toml, a directory holding one, or a
     /// bare .wasm component.
     Run(run::RunArgs),
@@ -93,6 +100,48 @@ enum Command {
     Label(apps::LabelArgs),
     /// Print (and with -f follow) the guest output of an app's replicas.
     Logs(apps::LogsArgs),
+    /// Print a shell completion script, e.g. `skiff completions bash >
+    /// ~/.local/share/bash-completion/completions/skiff`.
+    Completions(CompletionsArgs),
+}
+
+/// Arguments of `skiff completions`.
+#[derive(Debug, clap::Args)]
+struct CompletionsArgs {
+    /// The shell to complete in.
+    shell: clap_complete::Shell,
+}
+
+/// Prints the completion script for `shell`.
+fn completions(args: CompletionsArgs) -> anyhow::Result<()> {
+    let mut command = <Cli as clap::CommandFactory>::command();
+    clap_complete::generate(args.shell, &mut command, "skiff", &mut std::io::stdout());
+    Ok(())
+}
+
+/// How to run this `skiff` from the current directory: `skiff` when that
+/// is what PATH finds, else its path (relative when under the current
+/// directory), so printed hints work as shown.
+pub(crate) fn invocation() -> String {
+    let Ok(this) = std::env::current_exe().and_then(std::fs::canonicalize) else {
+        return "skiff".to_string();
+    };
+    let on_path = std::env::var_os("PATH").is_some_and(|path| {
+        std::env::split_paths(&path)
+            .filter_map(|dir| std::fs::canonicalize(dir.join("skiff")).ok())
+            .next()
+            .is_some_and(|found| found == this)
+    });
+    if on_path {
+        return "skiff".to_string();
+    }
+    let relative = std::env::current_dir()
+        .ok()
+        .and_then(|cwd| this.strip_prefix(cwd).ok().map(Path::to_path_buf));
+    match relative {
+        Some(relative) => relative.display().to_string(),
+        None => this.display().to_string(),
+    }
 }
 
 /// Parses the command line, runs the command, and turns errors into a
@@ -101,6 +150,7 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     let log_writer = init_logging();
     let result = match cli.command {
+        Command::New(args) => new::new(args),
         Command::Run(args) => run::run(args),
         Command::Build(args) => package::build(args),
         Command::Pack(args) => package::pack(args),
@@ -129,6 +179,7 @@ pub fn main() -> ExitCode {
         Command::Forget(args) => apps::forget(args),
         Command::Label(args) => apps::label(args),
         Command::Logs(args) => apps::logs(args),
+        Command::Completions(args) => completions(args),
     };
     // What was logged is written before the last word below.
     drop(log_writer);
