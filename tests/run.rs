@@ -383,6 +383,11 @@ fn a_component_with_an_unknown_import_is_refused_naming_it() {
         "{stderr}"
     );
     assert!(stderr.contains("which Skiff does not provide"), "{stderr}");
+    // The clear half only: not wasmtime's words about its linker.
+    assert!(
+        !stderr.contains("implementation is missing") && !stderr.contains("linker"),
+        "{stderr}"
+    );
 }
 
 #[test]
@@ -633,4 +638,61 @@ fn completions_are_printed_for_each_shell() {
     }
     let stderr = expect_failure(home.path(), &["completions", "tcsh"]);
     assert!(stderr.contains("tcsh"), "{stderr}");
+}
+
+#[test]
+fn route_parameters_match_one_segment_and_reach_the_guest_in_headers() {
+    let dir = temp_dir();
+    write_manifest(
+        dir.path(),
+        &format!(
+            "[app]\nname = \"orders\"\n\
+             [component.order]\nsource = {probe}\nroute = \"/users/:user/orders/:id/...\"\n\
+             [component.user]\nsource = {probe}\nroute = \"/users/:user/status\"\n\
+             [component.me]\nsource = {probe}\nroute = \"/users/me/status\"\n",
+            probe = toml_path(guests::PROBE)
+        ),
+    );
+    let home = temp_dir();
+    let served = Running::start(home.path(), &[dir.path().to_str().unwrap()]);
+    let addr = served.url.clone();
+    // A client's own parameter header is replaced by the platform's.
+    let (status, headers) = support::cluster::get_with_headers(
+        &addr,
+        "/users/ann/orders/42/headers",
+        "skiff-path-param-id: 7\r\nskiff-path-param-other: x\r\n",
+    );
+    assert_eq!(status, 200, "{headers}");
+    assert!(
+        headers.contains("skiff-path-param-user: ann\n"),
+        "{headers}"
+    );
+    assert!(headers.contains("skiff-path-param-id: 42\n"), "{headers}");
+    assert!(
+        !headers.contains(": 7\n") && !headers.contains("param-other"),
+        "{headers}"
+    );
+    // A literal segment beats a parameter; a parameter takes one segment.
+    let (status, body) = get(&served.at("/users/me/status?204"));
+    assert_eq!(status, 204, "{body}");
+    assert_eq!(get(&served.at("/users/ann/status?201")).0, 201);
+    assert_eq!(get(&served.at("/users/ann/orders")).0, 404);
+    assert_eq!(get(&served.at("/users/a/b/status")).0, 404);
+}
+
+#[test]
+fn a_route_parameter_without_a_name_is_refused_at_load() {
+    let dir = temp_dir();
+    write_manifest(
+        dir.path(),
+        &format!(
+            "[app]\nname = \"orders\"\n[component.order]\nsource = {}\nroute = \"/orders/:/...\"\n",
+            toml_path(guests::PROBE)
+        ),
+    );
+    let stderr = expect_failure(temp_dir().path(), &["run", dir.path().to_str().unwrap()]);
+    assert!(
+        stderr.contains("invalid route \"/orders/:/...\"") && stderr.contains("needs a name"),
+        "{stderr}"
+    );
 }

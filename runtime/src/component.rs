@@ -41,8 +41,11 @@ pub enum LoadError {
         /// What the bytes are instead, with a hint.
         reason: String,
     },
-    /// The component imports something Skiff does not provide.
-    #[error("component \"{component}\" imports {import}, which Skiff does not provide ({detail})")]
+    /// The component imports something Skiff does not provide; wasmtime's
+    /// own words are in `detail` (logged at debug level).
+    #[error(
+        "component \"{component}\" imports {import}, which Skiff does not provide: components get WASI 0.2 (cli, clocks, filesystem, io, random, sockets) and wasi:http 0.2"
+    )]
     UnsatisfiedImport {
         /// The component.
         component: ComponentName,
@@ -215,6 +218,7 @@ impl LoadedComponent {
             cache_outcome = outcome;
             let instance_pre = class.linker().instantiate_pre(&component).map_err(|e| {
                 let detail = format!("{e:#}");
+                tracing::debug!(component = %name, "unsatisfied import: {detail}");
                 LoadError::UnsatisfiedImport {
                     component: name.clone(),
                     import: first_backticked(&detail)

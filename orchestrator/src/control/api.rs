@@ -877,6 +877,14 @@ fn route_overlaps(shared: &Shared, spec: &catalog::AppSpec) -> Vec<String> {
     let mut warnings = Vec::new();
     for (component, plan) in &spec.components {
         let Some(route) = &plan.route else { continue };
+        // `/orders/:id` and `/orders/:order` serve the same paths.
+        let same = |other: &String| match (
+            skiff_runtime::route::Route::try_from(route.clone()),
+            skiff_runtime::route::Route::try_from(other.clone()),
+        ) {
+            (Ok(mine), Ok(theirs)) => mine.same_paths(&theirs),
+            _ => other == route,
+        };
         let others: Vec<&str> = live
             .apps
             .iter()
@@ -885,7 +893,7 @@ fn route_overlaps(shared: &Shared, spec: &catalog::AppSpec) -> Vec<String> {
                 live.specs.get(&other.package).is_some_and(|o| {
                     o.components
                         .values()
-                        .any(|c| c.route.as_ref() == Some(route))
+                        .any(|c| c.route.as_ref().is_some_and(same))
                 })
             })
             .map(|(name, _)| name.as_str())

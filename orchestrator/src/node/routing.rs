@@ -136,7 +136,7 @@ impl AppRoutes {
         self.routes
             .iter()
             .filter(|(route, _)| route.matches(path))
-            .max_by_key(|(route, _)| route_rank(route))
+            .max_by_key(|(route, _)| route.specificity())
             .map(|(_, component)| component.as_str())
     }
 
@@ -183,14 +183,6 @@ impl AppRoutes {
         self.endpoints
             .get(component)
             .is_some_and(|eps| eps.iter().any(|e| e.node == node))
-    }
-}
-
-/// How well a route matches: exact before prefix, then the longer.
-fn route_rank(route: &Route) -> (bool, usize) {
-    match route {
-        Route::Exact(p) => (true, p.len()),
-        Route::Prefix(p) => (false, p.len()),
     }
 }
 
@@ -257,13 +249,13 @@ impl Routing {
             Some(app) => vec![app],
             None => self.apps.iter().map(|a| &**a).collect(),
         };
-        let mut best: Option<((bool, usize), &AppRoutes, &str)> = None;
+        let mut best: Option<((bool, usize, usize), &AppRoutes, &str)> = None;
         for app in candidates {
             for (route, component) in &app.routes {
                 if !route.matches(path) {
                     continue;
                 }
-                let rank = route_rank(route);
+                let rank = route.specificity();
                 if best.as_ref().is_none_or(|(r, _, _)| rank > *r) {
                     best = Some((rank, app, component));
                 }

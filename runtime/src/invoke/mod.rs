@@ -68,7 +68,8 @@ pub async fn invoke<B: GuestBody>(
     log_sink: &Arc<dyn LogSink>,
     inbound: Inbound,
 ) -> Answer {
-    let call = Call::new(request, inbound);
+    let mut call = Call::new(request, inbound);
+    call.set_path_params(component);
     match stack(component, log_sink).oneshot(call).await {
         Ok(answer) => answer,
         Err(never) => match never {},
@@ -140,6 +141,24 @@ impl<B> Call<B> {
             span,
             tracestate,
             outcome: Arc::default(),
+        }
+    }
+
+    /// Tells the guest what its route's `:name` segments matched, in
+    /// `skiff-path-param-NAME` headers.
+    fn set_path_params(&mut self, component: &LoadedComponent) {
+        let Some(route) = &component.route else {
+            return;
+        };
+        let path = self.request.uri().path().to_string();
+        for (name, value) in route.params(&path) {
+            let name = format!("{}{name}", crate::route::PATH_PARAM_HEADER_PREFIX);
+            if let (Ok(name), Ok(value)) = (
+                http::HeaderName::try_from(name),
+                http::HeaderValue::from_str(value),
+            ) {
+                self.request.headers_mut().insert(name, value);
+            }
         }
     }
 

@@ -24,6 +24,9 @@ enum HostPattern {
     /// `*.example.com`, stored as `.example.com`.
     Suffix(String),
     Exact(String),
+    /// `10.0.0.0/24` or `[fd00::/8]`: IP literals in the range (a name
+    /// never matches, whatever it resolves to).
+    Range(ipnet::IpNet),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -50,21 +53,35 @@ impl TryFrom<String> for OutboundHost {
             _ => return Err(bad("the scheme must be http, https or *")),
         };
         let rest = rest.strip_suffix('/').unwrap_or(rest);
-        if rest.contains('/') {
-            return Err(bad("paths are not allowed"));
-        }
         let (host, port) = match rest.rsplit_once(':') {
             // An IPv6 literal in brackets has colons of its own.
             Some((host, port)) if !port.contains(']') => (host, Some(port)),
             _ => (rest, None),
         };
+        if port.is_some_and(|port| port.contains('/')) {
+            return Err(bad("paths are not allowed"));
+        }
         let port = match port {
             None => PortPattern::Default,
             Some("*") => PortPattern::Any,
             Some(p) => PortPattern::Exact(p.parse().map_err(|_| bad("the port is not a number"))?),
         };
         let host = host.to_ascii_lowercase();
-        let host = if host == "*" {
+        let bare = host.trim_start_matches('[').trim_end_matches(']');
+        let host = if bare.contains('/') {
+            // A CIDR range, as Spin writes them; anything else with a '/'
+            // is a path.
+            let looks_like_range = bare
+                .split_once('/')
+                .is_some_and(|(ip, _)| ip.parse::<IpAddr>().is_ok());
+            if !looks_like_range {
+                return Err(bad("paths are not allowed"));
+            }
+            let range = bare.parse::<ipnet::IpNet>().map_err(|_| {
+                bad("the range is not an address and a prefix length, such as 10.0.0.0/24")
+            })?;
+            HostPattern::Range(range.trunc())
+        } else if host == "*" {
             HostPattern::Any
         } else if let Some(suffix) = host.strip_prefix("*.") {
             HostPattern::Suffix(format!(".{suffix}"))
@@ -105,6 +122,11 @@ impl OutboundHost {
             HostPattern::Any => true,
             HostPattern::Suffix(suffix) => host.ends_with(suffix.as_str()),
             HostPattern::Exact(exact) => *exact == host,
+            HostPattern::Range(range) => host
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .parse::<IpAddr>()
+                .is_ok_and(|ip| range.contains(&ip)),
         };
         let port_ok = match self.port {
             PortPattern::Any => true,
@@ -155,6 +177,8 @@ impl OutboundPolicy {
                     .trim_end_matches(']')
                     .parse::<IpAddr>()
                     .is_ok_and(|listed| listed == ip),
+                // A range names each address in it.
+                HostPattern::Range(range) => range.contains(&ip),
                 HostPattern::Any | HostPattern::Suffix(_) => false,
             };
             names_ip && entry.allows(scheme, host, port)
@@ -254,6 +278,28 @@ mod tests {
     }
 
     #[test]
+    fn ranges_cover_the_ip_literals_in_them_internal_ones_included() {
+        let p = policy(&[
+            "*://127.0.0.0/24:6379",
+            "https://[fd00::/8]:443",
+            "http://10.1.2.3/16",
+        ]);
+        let loopback: IpAddr = "127.0.0.9".parse().unwrap();
+        assert!(p.allows(&"http://127.0.0.9:6379/".parse().unwrap()));
+        assert!(p.permits_address("http", "127.0.0.9", 6379, loopback));
+        assert!(!p.permits_address("http", "127.0.0.9", 6380, loopback));
+        assert!(!p.allows(&"http://127.0.1.9:6379/".parse().unwrap()));
+        // A name resolving into the range is not named by it.
+        assert!(!p.allows(&"http://localhost:6379/".parse().unwrap()));
+        assert!(!p.permits_address("http", "redis.local", 6379, loopback));
+        assert!(p.allows(&"https://[fd00::1]/".parse().unwrap()));
+        assert!(p.permits_address("https", "[fd00::1]", 443, "fd00::1".parse().unwrap()));
+        // Host bits are dropped: 10.1.2.3/16 is 10.1.0.0/16.
+        assert!(p.allows(&"http://10.1.200.1/".parse().unwrap()));
+        assert!(!p.allows(&"http://10.2.0.1/".parse().unwrap()));
+    }
+
+    #[test]
     fn empty_policy_denies_everything() {
         assert!(!policy(&[]).allows(&"http://127.0.0.1/".parse().unwrap()));
     }
@@ -264,6 +310,8 @@ mod tests {
             "example.com",
             "ftp://x",
             "http://x/path",
+            "http://x:80/path",
+            "http://10.0.0.0/33",
             "http://x:port",
             "http://a*b",
         ] {
