@@ -6,6 +6,8 @@ mod support;
 
 use skiff_test_guests as guests;
 use std::io::{Read, Write};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 use support::*;
 
@@ -688,17 +690,100 @@ fn sockets_and_name_lookups_are_refused_and_logged() {
         .collect();
     for line in &refusals {
         assert!(line.contains("component=\"hostile\""), "{line}");
-        assert!(line.contains("refused: a guest gets no sockets"), "{line}");
+        assert!(
+            line.contains("refused: not allowed by a tcp:// or *:// entry")
+                || line.contains("more socket calls refused"),
+            "{line}"
+        );
     }
     let count = |what: &str| refusals.iter().filter(|l| l.contains(what)).count();
     assert_eq!(
         (
             count("tcp socket refused"),
             count("udp socket refused"),
-            count("name lookup refused")
+            count("name lookup of \"localhost\" refused")
         ),
-        (4, 2, 1),
-        "one line per instance: tcp, std-connect, std-listen and the flood; udp and std-udp; the lookup:\n{stderr}"
+        (11, 2, 1),
+        "one line per refusal, the flood's first 8 only: tcp, std-connect, std-listen and the flood; udp and std-udp; the lookup:\n{stderr}"
+    );
+    assert_eq!(count("more socket calls refused"), 1, "{stderr}");
+    assert_neighbour_serves(&skiff);
+}
+
+/// A TCP server on loopback answering `pong` to whatever comes; counts
+/// its connections.
+fn pong_server() -> (std::net::SocketAddr, Arc<AtomicUsize>) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let connections = Arc::new(AtomicUsize::new(0));
+    let counted = connections.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            counted.fetch_add(1, Ordering::SeqCst);
+            let mut buf = [0u8; 64];
+            let _ = stream.read(&mut buf);
+            let _ = stream.write_all(b"pong\n");
+        }
+    });
+    (addr, connections)
+}
+
+#[test]
+fn tcp_reaches_exactly_the_hosts_and_ports_allowed() {
+    let (allowed, allowed_hits) = pong_server();
+    let (by_name, by_name_hits) = pong_server();
+    let (other, other_hits) = pong_server();
+    let (skiff, _h, _d) = start(&format!(
+        "\"tcp://{allowed}\", \"*://localhost:{}\", \"https://example.com\"",
+        by_name.port()
+    ));
+    let talk = |to: &str| get(&skiff.at(&format!("/socket?std-talk&{to}")));
+    assert_eq!(talk(&allowed.to_string()), (200, "got pong".to_string()));
+    // A name an entry allows is looked up, and its loopback address taken.
+    assert_eq!(
+        talk(&format!("localhost:{}", by_name.port())),
+        (200, "got pong".to_string())
+    );
+    // Another port of an allowed address; another address; a name no
+    // entry grants TCP to (an https:// entry does not).
+    assert_eq!(
+        talk(&other.to_string()),
+        (200, "PermissionDenied".to_string())
+    );
+    assert_eq!(
+        talk(&format!("127.0.0.1:{}", by_name.port())),
+        (200, "PermissionDenied".to_string())
+    );
+    let (status, refused) = talk("example.com:443");
+    assert_eq!(status, 200);
+    assert_ne!(refused, "got pong");
+    // Still no listening and no UDP.
+    for (attempt, seen) in [
+        ("std-listen", "PermissionDenied"),
+        ("std-udp", "PermissionDenied"),
+    ] {
+        assert_eq!(
+            get(&skiff.at(&format!("/socket?{attempt}"))),
+            (200, seen.to_string())
+        );
+    }
+    assert_eq!(allowed_hits.load(Ordering::SeqCst), 1);
+    assert_eq!(by_name_hits.load(Ordering::SeqCst), 1);
+    assert_eq!(
+        other_hits.load(Ordering::SeqCst),
+        0,
+        "no connection reached the other server"
+    );
+    assert_eq!(get(&skiff.at("/probe/log?after")).0, 200);
+    let stderr = skiff.wait_for_stderr("[probe] after\n");
+    assert!(
+        stderr.contains(&format!("TcpConnect to {other} refused")),
+        "each refused connection is logged:\n{stderr}"
+    );
+    assert!(
+        stderr.contains("name lookup of \"example.com\" refused"),
+        "{stderr}"
     );
     assert_neighbour_serves(&skiff);
 }

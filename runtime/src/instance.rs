@@ -4,7 +4,7 @@
 
 use crate::capability::logging::LogSink;
 use crate::capability::outbound_http::{OutboundContext, OutboundGrant, OutboundHooks};
-use crate::capability::sockets::{DeniedSocketsState, DeniedSocketsView, SocketDenials};
+use crate::capability::sockets::{DeniedSocketsState, DeniedSocketsView, SocketGrant};
 use crate::limits::InstanceLimiter;
 use crate::mesh::WorkloadId;
 use std::sync::Arc;
@@ -21,8 +21,8 @@ pub struct InstanceBuilder {
     pub outbound: Option<Arc<OutboundGrant>>,
     /// Where guest stdout/stderr lines go.
     pub log_sink: Arc<dyn LogSink>,
-    /// Refused socket calls, logged under the component's name.
-    pub sockets: SocketDenials,
+    /// What the instance may do with sockets, and its refusals.
+    pub sockets: SocketGrant,
     /// The workload the instance serves: the caller of its mesh calls.
     workload: Arc<WorkloadId>,
     /// The request's trace and hops, and where mesh calls go.
@@ -54,7 +54,7 @@ impl InstanceBuilder {
             wasi: WasiCtx::builder(),
             outbound: None,
             log_sink,
-            sockets: SocketDenials::default(),
+            sockets: SocketGrant::default(),
             workload,
             context,
         }
@@ -94,7 +94,7 @@ pub struct InstanceState {
     hooks: OutboundHooks,
     /// The limiter wasmtime consults on every `memory.grow` and `table.grow`.
     pub limiter: InstanceLimiter,
-    sockets: SocketDenials,
+    sockets: SocketGrant,
 }
 
 impl WasiView for InstanceState {

@@ -123,8 +123,11 @@ pub struct ComponentSpec {
     /// directories mounted read-only into the guest.
     #[serde(default)]
     pub files: Vec<FileMount>,
-    /// `allowed_outbound_hosts = ["https://api.example.com"]`: hosts the
-    /// component may call; everything else is denied.
+    /// `allowed_outbound_hosts = ["https://api.example.com",
+    /// "tcp://db.internal:5432", "*://10.0.0.0/24:6379"]`: the hosts the
+    /// component may call over HTTP (`http`, `https`, `*` entries) and
+    /// connect to over TCP (`tcp` entries, and `*` entries writing a port);
+    /// everything else is denied.
     #[serde(default)]
     pub allowed_outbound_hosts: Vec<OutboundHost>,
     /// `allow_callers = ["shop/*", "billing/api"]`: the workloads that may

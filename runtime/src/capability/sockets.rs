@@ -1,81 +1,155 @@
-//! Sockets: never granted. `wasi:sockets` stays in the linker, so that
-//! components importing it (many toolchains' do) still load, but creating a
-//! TCP or UDP socket and looking up a name are refused with `access-denied`
-//! before anything reaches the host's network stack, and the first refusal
-//! of each instance is logged with `reason="socket_denied"`. A guest reaches
-//! the network only through outbound HTTP.
+//! Sockets: outbound TCP to exactly the `host:port`s that `tcp://` and
+//! `*://` entries of `allowed_outbound_hosts` name (a port written, not a
+//! wildcard scheme's default), under outbound HTTP's rule for internal
+//! addresses: loopback, private and link-local ones only where an entry
+//! names them as an IP literal, a range, or `localhost`. A name is looked
+//! up only when such an entry names it, and a connection goes only to an
+//! address the instance looked up for a name an entry allows, or to an
+//! address an entry names. No listening, no UDP. `wasi:sockets` stays in
+//! the linker for every component, so those importing it (many
+//! toolchains' do) load; each refusal is logged with
+//! `reason="socket_denied"`, at most [`LOGGED_DENIALS`] an instance.
 
+use super::outbound_http::OutboundPolicy;
 use super::{Capability, PrepareContext};
 use crate::instance::InstanceBuilder;
 use crate::manifest::ComponentSpec;
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use wasmtime::component::{HasData, Linker, Resource};
 use wasmtime_wasi::p2::bindings::sockets::network::{ErrorCode, IpAddress, IpAddressFamily};
 use wasmtime_wasi::p2::bindings::sockets::{
     ip_name_lookup, network, tcp_create_socket, udp_create_socket,
 };
 use wasmtime_wasi::p2::{DynPollable, Network, SocketError, SocketResult, TcpSocket, UdpSocket};
-use wasmtime_wasi::sockets::WasiSocketsCtxView;
+use wasmtime_wasi::sockets::{SocketAddrUse, WasiSocketsCtxView};
 
 /// The reason logged when a guest is refused a socket or a name lookup.
 pub const REASON: &str = "socket_denied";
 
-/// The socket capability of one component: only its name, for the log.
+/// Refusals logged per instance; a guest retrying in a loop is cut off
+/// from the log after these (and one line saying so).
+pub const LOGGED_DENIALS: usize = 8;
+
+/// The socket capability of one component: its name, for the log, and
+/// its TCP policy when an entry grants TCP.
 pub struct Sockets {
     component: Arc<str>,
+    tcp: Option<Arc<OutboundPolicy>>,
 }
 
 impl Sockets {
-    /// Sockets take no configuration: there is nothing to grant.
+    /// Reads which `allowed_outbound_hosts` entries grant TCP.
     ///
     /// # Errors
     ///
     /// None today; the signature matches the other capabilities.
-    pub fn prepare(_spec: &ComponentSpec, cx: &PrepareContext<'_>) -> Result<Sockets, String> {
+    pub fn prepare(spec: &ComponentSpec, cx: &PrepareContext<'_>) -> Result<Sockets, String> {
+        let tcp: Vec<_> = spec
+            .allowed_outbound_hosts
+            .iter()
+            .filter(|entry| entry.grants_tcp())
+            .cloned()
+            .collect();
         Ok(Sockets {
             component: Arc::from(cx.component.as_str()),
+            tcp: (!tcp.is_empty())
+                .then(|| Arc::new(OutboundPolicy::new(cx.component.as_str(), tcp))),
         })
     }
 }
 
 impl Capability for Sockets {
     fn grant(&self, instance: &mut InstanceBuilder) -> Result<(), String> {
-        instance.sockets = SocketDenials {
+        let grant = SocketGrant {
             component: self.component.clone(),
-            logged: false,
+            tcp: self.tcp.clone(),
+            resolved: Arc::default(),
+            lookups: HashMap::new(),
+            denials: Arc::default(),
         };
+        if let Some(policy) = &self.tcp {
+            let policy = policy.clone();
+            let resolved = grant.resolved.clone();
+            let component = grant.component.clone();
+            let denials = grant.denials.clone();
+            instance
+                .wasi
+                .allow_tcp(true)
+                .allow_ip_name_lookup(true)
+                .socket_addr_check(move |addr, using| {
+                    let permitted = match using {
+                        // The implicit bind of a connect: any local port.
+                        SocketAddrUse::TcpBind => addr.ip().is_unspecified() && addr.port() == 0,
+                        SocketAddrUse::TcpConnect => {
+                            let name = resolved
+                                .lock()
+                                .unwrap_or_else(|e| e.into_inner())
+                                .get(&addr.ip())
+                                .cloned();
+                            policy.permits_tcp(addr.ip(), addr.port(), name.as_deref())
+                        }
+                        _ => false,
+                    };
+                    if !permitted {
+                        deny(&component, &denials, &format!("{using:?} to {addr}"));
+                    }
+                    Box::pin(std::future::ready(permitted))
+                });
+        }
+        instance.sockets = grant;
         Ok(())
     }
 }
 
-/// One instance's record of refused socket calls.
-#[derive(Debug, Default)]
-pub struct SocketDenials {
-    component: Arc<str>,
-    /// Whether a refusal was logged already: a guest retrying in a loop
-    /// gets one line per instance.
-    logged: bool,
+/// Logs a refusal of `what`, while the instance has logged fewer than
+/// [`LOGGED_DENIALS`].
+fn deny(component: &str, denials: &AtomicUsize, what: &str) -> ErrorCode {
+    let count = denials.fetch_add(1, Ordering::Relaxed);
+    if count < LOGGED_DENIALS {
+        tracing::warn!(
+            component,
+            reason = REASON,
+            "{what} refused: not allowed by a tcp:// or *:// entry of allowed_outbound_hosts naming its host and port"
+        );
+    } else if count == LOGGED_DENIALS {
+        tracing::warn!(
+            component,
+            reason = REASON,
+            "more socket calls refused; not logged for the rest of this instance"
+        );
+    }
+    ErrorCode::AccessDenied
 }
 
-impl SocketDenials {
-    /// Refuses `what`, logging it if it is the instance's first refusal.
-    fn deny(&mut self, what: &str) -> ErrorCode {
-        if !self.logged {
-            self.logged = true;
-            tracing::warn!(
-                component = &*self.component,
-                reason = REASON,
-                "{what} refused: a guest gets no sockets (outbound HTTP to allowed_outbound_hosts is its only network access)"
-            );
-        }
-        ErrorCode::AccessDenied
+/// One instance's sockets: what it may do, the names it looked up, and
+/// its refusals.
+#[derive(Debug, Default)]
+pub struct SocketGrant {
+    component: Arc<str>,
+    /// `None`: no TCP at all.
+    tcp: Option<Arc<OutboundPolicy>>,
+    /// Addresses the instance looked up, with the name each came from.
+    resolved: Arc<Mutex<HashMap<IpAddr, String>>>,
+    /// The name each open lookup (by its resource) is for.
+    lookups: HashMap<u32, String>,
+    /// Refusals so far.
+    denials: Arc<AtomicUsize>,
+}
+
+impl SocketGrant {
+    /// Refuses `what`, logging it (see [`deny`]).
+    fn deny(&self, what: &str) -> ErrorCode {
+        deny(&self.component, &self.denials, what)
     }
 }
 
 /// What the socket functions need of an instance's state.
 pub struct DeniedSocketsView<'a> {
-    /// The instance's refusals.
-    pub denials: &'a mut SocketDenials,
+    /// The instance's grant and refusals.
+    pub denials: &'a mut SocketGrant,
     /// wasmtime's socket state, which serves what is not refused here
     /// (error conversions, dropping handles).
     pub sockets: WasiSocketsCtxView<'a>,
@@ -136,8 +210,12 @@ impl network::HostNetwork for DeniedSocketsView<'_> {
 }
 
 impl tcp_create_socket::Host for DeniedSocketsView<'_> {
-    fn create_tcp_socket(&mut self, _family: IpAddressFamily) -> SocketResult<Resource<TcpSocket>> {
-        Err(self.denials.deny("tcp socket").into())
+    fn create_tcp_socket(&mut self, family: IpAddressFamily) -> SocketResult<Resource<TcpSocket>> {
+        if self.denials.tcp.is_none() {
+            return Err(self.denials.deny("tcp socket").into());
+        }
+        // Where it may connect is the socket address check's to say.
+        tcp_create_socket::Host::create_tcp_socket(&mut self.sockets, family)
     }
 }
 
@@ -153,21 +231,45 @@ impl udp_create_socket::Host for DeniedSocketsView<'_> {
 impl ip_name_lookup::Host for DeniedSocketsView<'_> {
     fn resolve_addresses(
         &mut self,
-        _network: Resource<Network>,
-        _name: String,
+        network: Resource<Network>,
+        name: String,
     ) -> SocketResult<Resource<ip_name_lookup::ResolveAddressStream>> {
-        Err(self.denials.deny("name lookup").into())
+        let name = name.to_ascii_lowercase();
+        let allowed = self
+            .denials
+            .tcp
+            .as_ref()
+            .is_some_and(|policy| policy.may_resolve(&name));
+        if !allowed {
+            return Err(self
+                .denials
+                .deny(&format!("name lookup of {name:?}"))
+                .into());
+        }
+        let stream =
+            ip_name_lookup::Host::resolve_addresses(&mut self.sockets, network, name.clone())?;
+        self.denials.lookups.insert(stream.rep(), name);
+        Ok(stream)
     }
 }
 
-// No resolve-address-stream is ever created here (every lookup is
-// refused); a handle the guest forges is wasmtime's to refuse.
 impl ip_name_lookup::HostResolveAddressStream for DeniedSocketsView<'_> {
     fn resolve_next_address(
         &mut self,
         stream: Resource<ip_name_lookup::ResolveAddressStream>,
     ) -> SocketResult<Option<IpAddress>> {
-        self.sockets.resolve_next_address(stream)
+        let rep = stream.rep();
+        let next = self.sockets.resolve_next_address(stream)?;
+        // Each address the platform looked up for an allowed name may be
+        // connected to, as that name.
+        if let (Some(address), Some(name)) = (&next, self.denials.lookups.get(&rep)) {
+            self.denials
+                .resolved
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(ip_of(address), name.clone());
+        }
+        Ok(next)
     }
 
     fn subscribe(
@@ -181,6 +283,30 @@ impl ip_name_lookup::HostResolveAddressStream for DeniedSocketsView<'_> {
         &mut self,
         stream: Resource<ip_name_lookup::ResolveAddressStream>,
     ) -> wasmtime::Result<()> {
+        self.denials.lookups.remove(&stream.rep());
         ip_name_lookup::HostResolveAddressStream::drop(&mut self.sockets, stream)
+    }
+}
+
+/// The std form of a WASI address.
+fn ip_of(address: &IpAddress) -> IpAddr {
+    match *address {
+        IpAddress::Ipv4((a, b, c, d)) => IpAddr::V4(Ipv4Addr::new(a, b, c, d)),
+        IpAddress::Ipv6((a, b, c, d, e, f, g, h)) => {
+            IpAddr::V6(Ipv6Addr::new(a, b, c, d, e, f, g, h))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wasi_addresses_convert_to_std_ones() {
+        let v4: std::net::SocketAddr = "10.1.2.3:80".parse().unwrap();
+        assert_eq!(ip_of(&IpAddress::from(v4.ip())), v4.ip());
+        let v6: IpAddr = "fd00::1:2".parse().unwrap();
+        assert_eq!(ip_of(&IpAddress::from(v6)), v6);
     }
 }

@@ -49,8 +49,8 @@ impl TryFrom<String> for OutboundHost {
         let (scheme, rest) = text.split_once("://").ok_or_else(|| bad("no scheme"))?;
         let scheme = match scheme {
             "*" => None,
-            "http" | "https" => Some(scheme.to_string()),
-            _ => return Err(bad("the scheme must be http, https or *")),
+            "http" | "https" | "tcp" => Some(scheme.to_string()),
+            _ => return Err(bad("the scheme must be http, https, tcp or *")),
         };
         let rest = rest.strip_suffix('/').unwrap_or(rest);
         let (host, port) = match rest.rsplit_once(':') {
@@ -62,6 +62,11 @@ impl TryFrom<String> for OutboundHost {
             return Err(bad("paths are not allowed"));
         }
         let port = match port {
+            None if scheme.as_deref() == Some("tcp") => {
+                return Err(bad(
+                    "a tcp:// entry needs a port, such as tcp://db.internal:5432",
+                ));
+            }
             None => PortPattern::Default,
             Some("*") => PortPattern::Any,
             Some(p) => PortPattern::Exact(p.parse().map_err(|_| bad("the port is not a number"))?),
@@ -114,6 +119,23 @@ impl fmt::Display for OutboundHost {
 }
 
 impl OutboundHost {
+    /// Whether this entry grants TCP connections: its scheme is `tcp` or
+    /// `*`, and it writes a port (or `*`).
+    pub fn grants_tcp(&self) -> bool {
+        self.scheme.as_deref().is_none_or(|s| s == "tcp") && self.port != PortPattern::Default
+    }
+
+    /// Whether this entry names the host `name` (as written, by a
+    /// `*.suffix`, or as `*`).
+    fn names(&self, name: &str) -> bool {
+        match &self.host {
+            HostPattern::Any => true,
+            HostPattern::Suffix(suffix) => name.ends_with(suffix.as_str()),
+            HostPattern::Exact(exact) => exact == name,
+            HostPattern::Range(_) => false,
+        }
+    }
+
     /// Whether a request to `scheme://host:port` is covered by this entry.
     pub fn allows(&self, scheme: &str, host: &str, port: u16) -> bool {
         let scheme_ok = self.scheme.as_deref().is_none_or(|s| s == scheme);
@@ -137,8 +159,13 @@ impl OutboundHost {
     }
 }
 
+/// The port a URL of `scheme` means when it writes none; TCP has none.
 pub(super) fn default_port(scheme: &str) -> u16 {
-    if scheme == "https" { 443 } else { 80 }
+    match scheme {
+        "https" => 443,
+        "http" => 80,
+        _ => 0,
+    }
 }
 
 /// The hosts one component may call.
@@ -183,6 +210,25 @@ impl OutboundPolicy {
             };
             names_ip && entry.allows(scheme, host, port)
         })
+    }
+
+    /// Whether a TCP connection to `ip:port` is allowed: as the address
+    /// looked up for the name `resolved_from`, or as an IP literal.
+    pub fn permits_tcp(&self, ip: IpAddr, port: u16, resolved_from: Option<&str>) -> bool {
+        let literal = match ip {
+            IpAddr::V4(v4) => v4.to_string(),
+            IpAddr::V6(v6) => format!("[{v6}]"),
+        };
+        let host = resolved_from.unwrap_or(&literal);
+        self.permits_address("tcp", host, port, ip)
+    }
+
+    /// Whether an entry granting TCP names the host `name`, so it may be
+    /// looked up.
+    pub fn may_resolve(&self, name: &str) -> bool {
+        self.allowed
+            .iter()
+            .any(|entry| entry.grants_tcp() && entry.names(name))
     }
 
     /// The component this policy belongs to.
@@ -300,6 +346,42 @@ mod tests {
     }
 
     #[test]
+    fn tcp_goes_to_the_host_and_port_an_entry_names() {
+        let p = policy(&[
+            "tcp://db.example.com:5432",
+            "*://127.0.0.1:6379",
+            "tcp://*.cache.example.com:11211",
+            "https://api.example.com",
+            "*://*.example.org",
+        ]);
+        let public: IpAddr = "93.184.215.14".parse().unwrap();
+        let loopback: IpAddr = "127.0.0.1".parse().unwrap();
+        assert!(p.permits_tcp(public, 5432, Some("db.example.com")));
+        assert!(!p.permits_tcp(public, 5433, Some("db.example.com")));
+        // An address not looked up for an allowed name is not allowed.
+        assert!(!p.permits_tcp(public, 5432, None));
+        assert!(p.permits_tcp(loopback, 6379, None));
+        assert!(!p.permits_tcp(loopback, 6380, None));
+        // A name resolving to an internal address is not the address.
+        assert!(!p.permits_tcp(loopback, 5432, Some("db.example.com")));
+        assert!(p.permits_tcp(public, 11211, Some("a.cache.example.com")));
+        // An http(s) entry, or a wildcard scheme without a port, grants no TCP.
+        assert!(!p.permits_tcp(public, 443, Some("api.example.com")));
+        assert!(!p.permits_tcp(public, 80, Some("www.example.org")));
+        assert!(p.may_resolve("db.example.com"));
+        assert!(p.may_resolve("x.cache.example.com"));
+        assert!(!p.may_resolve("api.example.com"));
+        assert!(!p.may_resolve("www.example.org"));
+        assert!(host("tcp://db:5432").grants_tcp());
+        assert!(!host("*://db").grants_tcp());
+        // HTTP does not go through a tcp:// entry.
+        assert!(
+            !policy(&["tcp://db.example.com:80"])
+                .allows(&"http://db.example.com/".parse().unwrap())
+        );
+    }
+
+    #[test]
     fn empty_policy_denies_everything() {
         assert!(!policy(&[]).allows(&"http://127.0.0.1/".parse().unwrap()));
     }
@@ -314,6 +396,8 @@ mod tests {
             "http://10.0.0.0/33",
             "http://x:port",
             "http://a*b",
+            "tcp://db.internal",
+            "udp://x:53",
         ] {
             let err = OutboundHost::try_from(bad.to_string()).unwrap_err();
             assert!(err.contains(&format!("{bad:?}")), "{err}");

@@ -141,7 +141,8 @@ impl Read for Drip {
 
 /// Tries one use of `wasi:sockets`, named by the query: `tcp`, `udp`,
 /// `lookup` (of `localhost`), `tcp-flood` (1000 TCP sockets), or through
-/// the standard library `std-connect&ADDR`, `std-listen`, `std-udp`.
+/// the standard library `std-connect&ADDR`, `std-talk&ADDR` (connects,
+/// sends `ping`, answers `got REPLY`), `std-listen`, `std-udp`.
 /// Answers what the guest got back: `ok` or `error CODE` (its WIT name),
 /// or for the standard library the `io::ErrorKind`.
 fn socket(query: &str) -> String {
@@ -186,6 +187,17 @@ fn socket(query: &str) -> String {
         "std-connect" => std::net::TcpStream::connect(addr)
             .map(|_| "connected".to_string())
             .unwrap_or_else(kind_of),
+        "std-talk" => {
+            use std::io::{Read, Write};
+            let talk = || -> std::io::Result<String> {
+                let mut stream = std::net::TcpStream::connect(addr)?;
+                stream.write_all(b"ping\n")?;
+                let mut reply = [0u8; 64];
+                let n = stream.read(&mut reply)?;
+                Ok(format!("got {}", String::from_utf8_lossy(&reply[..n]).trim()))
+            };
+            talk().unwrap_or_else(kind_of)
+        }
         "std-listen" => std::net::TcpListener::bind("127.0.0.1:0")
             .map(|_| "listening".to_string())
             .unwrap_or_else(kind_of),
