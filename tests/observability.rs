@@ -334,3 +334,97 @@ fn a_taken_metrics_address_is_refused_before_anything_starts() {
         "{message}"
     );
 }
+
+#[test]
+fn skiff_top_shows_each_components_traffic_and_each_nodes_share() {
+    let cluster = Cluster::start(2, &[]);
+    let dir = temp_dir();
+    let app = probe_app(
+        dir.path(),
+        "shop",
+        "[component.probe.scale]\nreplicas = 2\n[component.probe.placement]\nmemory = \"64MiB\"\n",
+    );
+    cluster.cli(&["deploy", &app, "--wait"]);
+    cluster.wait_running("shop", 2);
+    // 60 requests on each node, every sixth answered 500.
+    for node in &cluster.nodes {
+        for i in 0..60 {
+            let status = if i % 6 == 5 { 500 } else { 200 };
+            assert_eq!(
+                get(&format!("{}/status?{status}", node.process.url)).0,
+                status
+            );
+        }
+    }
+    // The nodes report within a heartbeat or two.
+    let top = wait_until(Duration::from_secs(20), "top to show the traffic", || {
+        let top = cluster.json(&["top"]);
+        let shop = top["components"]
+            .as_array()?
+            .iter()
+            .find(|c| c["app"] == "shop" && c["component"] == "probe")?
+            .clone();
+        let busy = |node: &Value| node["rps"].as_f64().is_some_and(|rps| rps > 0.0);
+        let both = top["nodes"].as_array()?.iter().filter(|n| busy(n)).count() == 2;
+        (both && shop["rps"].as_f64()? > 0.0).then_some((top, shop))
+    });
+    let (top, shop) = top;
+    assert_eq!(shop["running"], 2, "{shop}");
+    assert_eq!(shop["replicas"], 2, "{shop}");
+    let error_rate = shop["error_rate"].as_f64().unwrap();
+    assert!((error_rate - 1.0 / 6.0).abs() < 0.05, "{shop}");
+    let p50 = shop["p50_ms"].as_f64().expect("a median");
+    let p99 = shop["p99_ms"].as_f64().expect("a p99");
+    assert!(p50 > 0.0 && p50 <= p99 && p99 < 5_000.0, "{shop}");
+    let nodes = top["nodes"].as_array().unwrap();
+    assert_eq!(nodes.len(), 2, "{top}");
+    for node in nodes {
+        assert!(
+            node["rps"].as_f64().unwrap() > 0.0,
+            "each node served its share: {top}"
+        );
+        assert_eq!(node["state"], "ready");
+    }
+
+    // The live view refreshes until Ctrl-C, then ends cleanly.
+    let mut live = support::skiff(cluster.home())
+        .args(["top", "--interval", "500ms"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = live.stdout.take().unwrap();
+    let screens = std::thread::spawn(move || {
+        let mut text = String::new();
+        let _ = std::io::Read::read_to_string(&mut stdout, &mut text);
+        text
+    });
+    std::thread::sleep(Duration::from_millis(1_600));
+    let _ = Command::new("kill")
+        .args(["-INT", &live.id().to_string()])
+        .status();
+    let status = live.wait().unwrap();
+    let text = screens.join().unwrap();
+    assert!(status.success(), "{status:?}\n{text}");
+    assert!(
+        text.matches("skiff top: 2 nodes").count() >= 2,
+        "refreshed:\n{text}"
+    );
+    assert!(
+        text.contains("APP") && text.contains("shop") && text.contains("node-1"),
+        "{text}"
+    );
+}
+
+#[test]
+fn skiff_top_refuses_a_wrong_token_at_once() {
+    let cluster = Cluster::start(0, &[]);
+    let output = support::skiff(cluster.home())
+        .args(["top"])
+        .env("SKIFF_TOKEN", "not-the-token")
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("not valid for this cluster"), "{stderr}");
+}

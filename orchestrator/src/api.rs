@@ -175,6 +175,30 @@ pub struct ComponentLoad {
     /// since it loaded (the control plane takes the differences).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub versions: Vec<VersionOutcomes>,
+    /// Its traffic here so far (for `skiff top`), when it changed since
+    /// the last report.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traffic: Option<Traffic>,
+}
+
+/// A component's traffic at a node, counted since it began serving there
+/// (all its versions together): the control plane takes the differences
+/// between reports for `skiff top`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Traffic {
+    /// Requests answered.
+    pub requests: u64,
+    /// Of those, answered 5xx.
+    pub errors: u64,
+    /// Their durations: a count per bucket of
+    /// `skiff_runtime::metrics::REQUEST_DURATION_BUCKETS`, the last past
+    /// every bound.
+    pub durations: Vec<u64>,
+    /// Requests inside an instance or queued now.
+    pub in_flight: u64,
+    /// When these counts began there, Unix milliseconds.
+    #[serde(default)]
+    pub since_unix_ms: u64,
 }
 
 /// Requests one version of a component answered at a node, and how many
@@ -708,6 +732,64 @@ pub struct ReplicaView {
     /// its package digest (`1.2.0 3fa9c1d2e4b7`).
     #[serde(default)]
     pub version: String,
+}
+
+/// The cluster as `skiff top` shows it: what each component and node did
+/// over the last `window_secs`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct TopView {
+    /// The span the rates cover, seconds.
+    pub window_secs: f64,
+    /// Every component with a replica or recent traffic, by app and name.
+    pub components: Vec<ComponentTop>,
+    /// Every node.
+    pub nodes: Vec<NodeTop>,
+}
+
+/// One component in `skiff top`: summed over the nodes serving it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ComponentTop {
+    /// The app.
+    pub app: String,
+    /// The component.
+    pub component: String,
+    /// Requests answered a second.
+    pub rps: f64,
+    /// Of those, answered 5xx, a second.
+    pub errors_per_sec: f64,
+    /// The share of requests answered 5xx, 0 to 1.
+    pub error_rate: f64,
+    /// Median time to the response head, ms; none without requests.
+    pub p50_ms: Option<f64>,
+    /// 99th percentile time to the response head, ms.
+    pub p99_ms: Option<f64>,
+    /// Requests inside an instance or queued, as last reported.
+    pub in_flight: u64,
+    /// Replicas running.
+    pub running: u32,
+    /// Replicas in all.
+    pub replicas: u32,
+}
+
+/// One node in `skiff top`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct NodeTop {
+    /// Its name.
+    pub name: String,
+    /// As `skiff nodes` shows it.
+    pub state: String,
+    /// Requests its replicas answered a second.
+    pub rps: f64,
+    /// Requests inside its instances or queued.
+    pub in_flight: u64,
+    /// Replicas placed on it.
+    pub replicas: u32,
+    /// Memory the node process uses, bytes.
+    pub used: u64,
+    /// Memory its replicas reserve, bytes.
+    pub reserved: u64,
+    /// Memory it offers, bytes.
+    pub memory: u64,
 }
 
 /// A node, as `skiff nodes` shows it.

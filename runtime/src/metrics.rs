@@ -15,7 +15,7 @@ mod endpoint;
 mod series;
 
 pub use endpoint::{MAX_SCRAPE_CONNECTIONS, MetricsEndpoint};
-pub use series::{ComponentSeries, OutboundOutcome};
+pub use series::{ComponentSeries, Durations, OutboundOutcome, TrafficCounts};
 
 use crate::cache::CacheOutcome;
 use crate::limits::ConcurrencyGate;
@@ -49,6 +49,36 @@ pub const REQUEST_DURATION_BUCKETS: [f64; 12] = [
 /// first compile (tens of seconds).
 const LOAD_DURATION_BUCKETS: [f64; 10] =
     [0.001, 0.005, 0.025, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0, 30.0];
+
+/// The `q` quantile (0 to 1) of durations counted per bucket of
+/// [`REQUEST_DURATION_BUCKETS`] (the last past every bound), in seconds,
+/// interpolated linearly within its bucket as Prometheus'
+/// `histogram_quantile` does; `None` when nothing was counted. In the
+/// last bucket it is the largest bound.
+pub fn quantile(counts: &[u64], q: f64) -> Option<f64> {
+    let total: u64 = counts.iter().sum();
+    if total == 0 {
+        return None;
+    }
+    let rank = q.clamp(0.0, 1.0) * total as f64;
+    let mut below = 0u64;
+    for (index, count) in counts.iter().enumerate() {
+        let Some(upper) = REQUEST_DURATION_BUCKETS.get(index) else {
+            break;
+        };
+        if *count > 0 && (below + count) as f64 >= rank {
+            let lower = if index == 0 {
+                0.0
+            } else {
+                REQUEST_DURATION_BUCKETS[index - 1]
+            };
+            let within = (rank - below as f64) / *count as f64;
+            return Some(lower + (upper - lower) * within);
+        }
+        below += count;
+    }
+    REQUEST_DURATION_BUCKETS.last().copied()
+}
 
 /// The metrics of one process's runtime.
 #[derive(Debug)]

@@ -692,25 +692,33 @@ pub(super) fn print_json<T: Serialize>(value: &T) -> anyhow::Result<()> {
 
 /// Prints rows under headers, columns padded to their widest cell.
 pub(super) fn table(headers: &[&str], rows: Vec<Vec<String>>) -> std::io::Result<()> {
+    use std::io::Write as _;
+    std::io::stdout().write_all(render_table(headers, &rows).as_bytes())
+}
+
+/// Rows under headers, columns padded to their widest cell, one line each.
+pub(super) fn render_table(headers: &[&str], rows: &[Vec<String>]) -> String {
     let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
-    for row in &rows {
+    for row in rows {
         for (width, cell) in widths.iter_mut().zip(row) {
-            *width = (*width).max(cell.len());
+            *width = (*width).max(cell.chars().count());
         }
     }
-    let line = |cells: Vec<&str>| {
+    let mut text = String::new();
+    let mut line = |cells: Vec<&str>| {
         let padded: Vec<String> = cells
             .iter()
             .zip(&widths)
             .map(|(cell, width)| format!("{cell:<width$}"))
             .collect();
-        out!("{}", padded.join("  ").trim_end())
+        text.push_str(padded.join("  ").trim_end());
+        text.push('\n');
     };
-    line(headers.to_vec())?;
-    for row in &rows {
-        line(row.iter().map(String::as_str).collect())?;
+    line(headers.to_vec());
+    for row in rows {
+        line(row.iter().map(String::as_str).collect());
     }
-    Ok(())
+    text
 }
 
 /// `42s`, `5m`, `3h`, `2d`.

@@ -19,6 +19,7 @@ mod package;
 mod registry;
 mod rollout;
 mod run;
+mod top;
 
 use clap::{Parser, Subcommand};
 use std::path::Path;
@@ -79,6 +80,10 @@ enum Command {
     /// Pin a component at a replica count, or autoscale it within
     /// --min/--max.
     Scale(apps::ScaleArgs),
+    /// A live view of the cluster: each component's requests a second,
+    /// errors, p50/p99 and requests in flight, and each node's load and
+    /// memory; `-o json` prints one snapshot.
+    Top(top::TopArgs),
     /// Recent scheduling and scaling decisions, and why.
     Events(events::EventsArgs),
     /// Stop a rollout under way, or return an app to its previous version.
@@ -169,6 +174,7 @@ pub fn main() -> ExitCode {
         Command::Ps(args) => apps::ps(args),
         Command::Nodes(args) => apps::nodes(args),
         Command::Scale(args) => apps::scale(args),
+        Command::Top(args) => top::top(args),
         Command::Events(args) => events::events(args),
         Command::Rollback(args) => rollout::rollback(args),
         Command::Promote(args) => rollout::promote(args),

@@ -310,6 +310,7 @@ async fn admin(
         }
         (&Method::POST, ["v1", "apps"]) => deploy(shared, read_json(request).await?).await,
         (&Method::GET, ["v1", "apps"]) => json(StatusCode::OK, &app_views(shared)),
+        (&Method::GET, ["v1", "top"]) => json(StatusCode::OK, &top_view(shared)),
         (&Method::DELETE, ["v1", "apps", app]) => {
             // Store and memory change under one lock, so a controller pass
             // cannot slip between them.
@@ -1755,6 +1756,22 @@ pub(super) fn replica_views(shared: &Shared, app: Option<&str>) -> Vec<ReplicaVi
             }
         })
         .collect()
+}
+
+/// What `skiff top` shows now.
+fn top_view(shared: &Shared) -> crate::api::TopView {
+    let replicas = replica_views(shared, None);
+    let nodes = node_views(shared);
+    let live = shared.live.lock().expect("live state lock");
+    super::top::view(
+        live.nodes
+            .iter()
+            .map(|(name, node)| (name.as_str(), &node.traffic)),
+        &replicas,
+        &nodes,
+        Instant::now(),
+        crate::clock::unix_ms(),
+    )
 }
 
 pub(super) fn node_views(shared: &Shared) -> Vec<NodeView> {

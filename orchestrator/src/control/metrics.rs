@@ -19,7 +19,7 @@ use std::time::Duration;
 /// Path segments an API route label keeps as written; any other segment
 /// (an app's or node's name, a digest) shows as `:name`, so the label's
 /// values are bounded whatever clients ask for.
-const ROUTE_WORDS: [&str; 20] = [
+const ROUTE_WORDS: [&str; 21] = [
     "v1",
     "health",
     "join",
@@ -40,6 +40,7 @@ const ROUTE_WORDS: [&str; 20] = [
     "labels",
     "replicas",
     "drain",
+    "top",
 ];
 
 /// Route labels keep at most this many segments.

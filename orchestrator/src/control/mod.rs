@@ -21,6 +21,7 @@ mod reconcile;
 mod rollout;
 #[cfg(test)]
 mod tests;
+mod top;
 
 pub use crate::mesh::admission::{MAX_CONNECTIONS, MAX_CONNECTIONS_PER_IP};
 pub use catalog::AppSpec;
@@ -274,6 +275,8 @@ pub(crate) struct LiveNode {
     news: Arc<tokio::sync::Notify>,
     /// What it last said each version answered.
     outcomes_seen: rollout::OutcomesSeen,
+    /// The traffic it reported of each component, for `skiff top`.
+    traffic: top::TrafficLog,
 }
 
 /// Heartbeats of one node may move the desired-state version (which wakes
@@ -343,6 +346,7 @@ impl LiveNode {
             bumps: BumpBudget::default(),
             news: Arc::new(tokio::sync::Notify::new()),
             outcomes_seen: HashMap::new(),
+            traffic: top::TrafficLog::default(),
             record,
         }
     }
@@ -452,7 +456,12 @@ impl LiveNode {
         let mut urgent = false;
         let mut outcomes = Vec::new();
         let mut taken = HashMap::with_capacity(load.len().min(MAX_COMPONENTS_PER_NODE));
+        let now = Instant::now();
         for mut entry in load.into_iter().take(MAX_COMPONENTS_PER_NODE) {
+            if let Some(traffic) = entry.traffic.take() {
+                self.traffic
+                    .record((entry.app.clone(), entry.component.clone()), traffic, now);
+            }
             if !entry.versions.is_empty() {
                 outcomes.push((
                     entry.app.clone(),

@@ -711,6 +711,7 @@ fn the_autoscaler_follows_demand_prefers_the_holding_node_and_caps_absurd_report
             concurrency,
             held,
             versions: Vec::new(),
+            traffic: None,
         };
         live.nodes.get_mut(node).unwrap().load =
             std::collections::HashMap::from([(("web".to_string(), "api".to_string()), load)]);

@@ -15,7 +15,7 @@
 //! within a second or two.
 
 use super::NodeShared;
-use crate::api::{ComponentLoad, VersionOutcomes};
+use crate::api::{ComponentLoad, Traffic, VersionOutcomes};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -38,6 +38,8 @@ pub(crate) struct LoadMeter {
     told: Mutex<HashMap<(Key, String), (u64, u64)>>,
     /// When failures were last news: at most once per [`FAILURE_NEWS_EVERY`].
     failure_news: Mutex<Option<Instant>>,
+    /// Each component's traffic as last reported.
+    told_traffic: Mutex<HashMap<Key, Traffic>>,
 }
 
 /// How often new failures of a version may be news.
@@ -161,13 +163,43 @@ impl LoadMeter {
         changed
     }
 
+    /// The traffic of each component serving here whose figures changed
+    /// since the last call: for the next heartbeat.
+    pub(crate) fn changed_traffic(&self, node: &NodeShared) -> HashMap<Key, Traffic> {
+        let mut told = self.told_traffic.lock().expect("load lock");
+        let mut now: HashMap<Key, Traffic> = HashMap::new();
+        node.replicas.for_each_serving(|key, _, component| {
+            // Every version shares the component's series.
+            now.entry(key.clone()).or_insert_with(|| {
+                let counts = component.series.traffic();
+                Traffic {
+                    requests: counts.requests,
+                    errors: counts.errors,
+                    durations: counts.durations,
+                    in_flight: counts.in_flight,
+                    since_unix_ms: counts.since_unix_ms,
+                }
+            });
+        });
+        told.retain(|key, _| now.contains_key(key));
+        now.retain(|key, traffic| {
+            let changed = told.get(key) != Some(traffic) && traffic.requests > 0;
+            if changed {
+                told.insert(key.clone(), traffic.clone());
+            }
+            changed
+        });
+        now
+    }
+
     /// What the next heartbeat reports: each component with demand, with
-    /// the requests `held` for it and the `outcomes` of its versions (by
-    /// `(app, component)`).
+    /// the requests `held` for it, the `outcomes` of its versions and its
+    /// `traffic` (by `(app, component)`).
     pub(crate) fn report(
         &self,
         held: HashMap<Key, u32>,
         mut outcomes: HashMap<Key, Vec<VersionOutcomes>>,
+        mut traffic: HashMap<Key, Traffic>,
     ) -> Vec<ComponentLoad> {
         let mut windows = self.windows.lock().expect("load lock");
         let mut load: HashMap<&Key, ComponentLoad> = windows
@@ -182,6 +214,7 @@ impl LoadMeter {
                         concurrency: window.told,
                         held: 0,
                         versions: Vec::new(),
+                        traffic: None,
                     },
                 )
             })
@@ -192,12 +225,16 @@ impl LoadMeter {
             concurrency: 0.0,
             held: 0,
             versions: Vec::new(),
+            traffic: None,
         };
         for (key, count) in &held {
             load.entry(key).or_insert_with(|| empty(key)).held = *count;
         }
         for (key, versions) in &mut outcomes {
             load.entry(key).or_insert_with(|| empty(key)).versions = std::mem::take(versions);
+        }
+        for (key, traffic) in &mut traffic {
+            load.entry(key).or_insert_with(|| empty(key)).traffic = Some(std::mem::take(traffic));
         }
         load.into_values().collect()
     }
@@ -259,7 +296,7 @@ mod tests {
                 reasons: Default::default(),
             }],
         )]);
-        let mut report = meter.report(held, outcomes);
+        let mut report = meter.report(held, outcomes, HashMap::new());
         report.sort_by(|a, b| a.component.cmp(&b.component));
         assert_eq!(report.len(), 2);
         assert_eq!((report[0].concurrency, report[0].held), (3.0, 2));

@@ -508,9 +508,11 @@ async fn sync_loop(shared: Arc<NodeShared>) -> String {
             status,
             logs_first_seq: shipped.first().map_or(0, |(seq, _)| *seq),
             logs: shipped.iter().map(|(_, line)| line.clone()).collect(),
-            load: shared
-                .load
-                .report(shared.holds.counts(), shared.load.changed_outcomes(&shared)),
+            load: shared.load.report(
+                shared.holds.counts(),
+                shared.load.changed_outcomes(&shared),
+                shared.load.changed_traffic(&shared),
+            ),
         };
         // The control plane holds a heartbeat while the node is up to date
         // both ways. News while it is held (a replica loaded, memory

@@ -2,12 +2,13 @@
 //! Prometheus families at each scrape.
 
 use crate::limits::ConcurrencyGate;
-use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric, NoLabelSet};
 use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::exemplar::Exemplar;
 use prometheus_client::metrics::gauge::ConstGauge;
-use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Unit;
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
@@ -69,6 +70,82 @@ impl OutboundOutcome {
     }
 }
 
+/// Request durations in [`super::REQUEST_DURATION_BUCKETS`], lock-free on
+/// the request path: a count per bucket (the last past every bound) and
+/// the sum.
+#[derive(Debug)]
+pub struct Durations {
+    buckets: [AtomicU64; super::REQUEST_DURATION_BUCKETS.len() + 1],
+    sum_nanos: AtomicU64,
+}
+
+impl Default for Durations {
+    fn default() -> Self {
+        Durations {
+            buckets: std::array::from_fn(|_| AtomicU64::new(0)),
+            sum_nanos: AtomicU64::new(0),
+        }
+    }
+}
+
+impl Durations {
+    fn observe(&self, took: Duration) {
+        let seconds = took.as_secs_f64();
+        let bucket = super::REQUEST_DURATION_BUCKETS
+            .iter()
+            .position(|bound| seconds <= *bound)
+            .unwrap_or(super::REQUEST_DURATION_BUCKETS.len());
+        self.buckets[bucket].fetch_add(1, Ordering::Relaxed);
+        let nanos = u64::try_from(took.as_nanos()).unwrap_or(u64::MAX);
+        self.sum_nanos.fetch_add(nanos, Ordering::Relaxed);
+    }
+
+    /// The count in each bucket (not cumulative), the last past every
+    /// bound.
+    pub fn counts(&self) -> Vec<u64> {
+        self.buckets
+            .iter()
+            .map(|bucket| bucket.load(Ordering::Relaxed))
+            .collect()
+    }
+
+    fn encode(
+        &self,
+        encoder: &mut prometheus_client::encoding::MetricEncoder<'_>,
+    ) -> Result<(), std::fmt::Error> {
+        let counts = self.counts();
+        let buckets: Vec<(f64, u64)> = super::REQUEST_DURATION_BUCKETS
+            .iter()
+            .copied()
+            .chain([f64::INFINITY])
+            .zip(counts.iter().copied())
+            .collect();
+        let sum = self.sum_nanos.load(Ordering::Relaxed) as f64 / 1e9;
+        encoder.encode_histogram::<NoLabelSet>(
+            sum,
+            counts.iter().sum(),
+            &buckets,
+            None::<&HashMap<usize, Exemplar<NoLabelSet, f64>>>,
+        )
+    }
+}
+
+/// A component's traffic on this node so far, for a cluster's `skiff top`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TrafficCounts {
+    /// Requests answered.
+    pub requests: u64,
+    /// Of those, answered 5xx.
+    pub errors: u64,
+    /// Their durations, a count per bucket of
+    /// [`super::REQUEST_DURATION_BUCKETS`] (the last past every bound).
+    pub durations: Vec<u64>,
+    /// Requests inside an instance or queued now.
+    pub in_flight: u64,
+    /// When these counts began (the series was made), Unix milliseconds.
+    pub since_unix_ms: u64,
+}
+
 /// The series of one component (or of the overflow).
 #[derive(Debug)]
 pub struct ComponentSeries {
@@ -77,13 +154,15 @@ pub struct ComponentSeries {
     /// Requests by status class and reason: `CLASSES` x `REASONS`.
     requests: [AtomicU64; CLASSES.len() * REASONS.len()],
     /// Seconds from a request's arrival to its response head.
-    durations: Histogram,
+    durations: Durations,
     instances: AtomicU64,
     outbound: [AtomicU64; OutboundOutcome::ALL.len()],
     /// Whether a request was recorded: only then does it show.
     served: AtomicBool,
     /// The gates of its loaded versions, read for in-flight and queued.
     gates: Mutex<Vec<Weak<ConcurrencyGate>>>,
+    /// When it was made, Unix milliseconds.
+    since_unix_ms: u64,
 }
 
 impl ComponentSeries {
@@ -92,11 +171,14 @@ impl ComponentSeries {
             app: app.to_string(),
             component: component.to_string(),
             requests: std::array::from_fn(|_| AtomicU64::new(0)),
-            durations: Histogram::new(super::REQUEST_DURATION_BUCKETS),
+            durations: Durations::default(),
             instances: AtomicU64::new(0),
             outbound: std::array::from_fn(|_| AtomicU64::new(0)),
             served: AtomicBool::new(false),
             gates: Mutex::default(),
+            since_unix_ms: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64),
         }
     }
 
@@ -110,7 +192,7 @@ impl ComponentSeries {
             .position(|known| *known == reason)
             .unwrap_or(REASONS.len() - 1);
         self.requests[class * REASONS.len() + reason].fetch_add(1, Ordering::Relaxed);
-        self.durations.observe(took.as_secs_f64());
+        self.durations.observe(took);
         if !self.served.load(Ordering::Relaxed) {
             self.served.store(true, Ordering::Relaxed);
         }
@@ -139,6 +221,24 @@ impl ComponentSeries {
             return 0;
         };
         self.requests[class * REASONS.len() + reason].load(Ordering::Relaxed)
+    }
+
+    /// Its traffic so far, and its requests in flight now.
+    pub fn traffic(&self) -> TrafficCounts {
+        let class_total = |class: usize| -> u64 {
+            self.requests[class * REASONS.len()..(class + 1) * REASONS.len()]
+                .iter()
+                .map(|count| count.load(Ordering::Relaxed))
+                .sum()
+        };
+        let (inside, queued) = self.in_flight_and_queued();
+        TrafficCounts {
+            requests: (0..CLASSES.len()).map(class_total).sum(),
+            errors: class_total(CLASSES.len() - 1),
+            durations: self.durations.counts(),
+            in_flight: (inside + queued) as u64,
+            since_unix_ms: self.since_unix_ms,
+        }
     }
 
     pub(super) fn add_gate(&self, gate: &Arc<ConcurrencyGate>) {
@@ -209,7 +309,7 @@ pub(super) fn encode(
     for series in all {
         series
             .durations
-            .encode(family.encode_family(&series.labels())?)?;
+            .encode(&mut family.encode_family(&series.labels())?)?;
     }
 
     let mut family = encoder.encode_descriptor(

@@ -149,3 +149,18 @@ fn loads_are_counted_by_cache_result() {
     assert!(text.contains(r#"skiff_compile_cache_lookups_total{result="miss"} 1"#));
     assert!(text.contains("skiff_component_load_duration_seconds_count 3"));
 }
+
+#[test]
+fn quantiles_interpolate_within_their_bucket() {
+    let mut counts = vec![0; REQUEST_DURATION_BUCKETS.len() + 1];
+    assert_eq!(quantile(&counts, 0.5), None);
+    // 100 requests between 1 and 2.5 ms (the third bucket).
+    counts[2] = 100;
+    let p50 = quantile(&counts, 0.5).unwrap();
+    assert!((p50 - 0.00175).abs() < 1e-9, "{p50}");
+    // One slow one past every bound: p99 stays in the bucket, p100 is
+    // the largest bound.
+    counts[REQUEST_DURATION_BUCKETS.len()] = 1;
+    assert!(quantile(&counts, 0.99).unwrap() <= 0.0025);
+    assert_eq!(quantile(&counts, 1.0), Some(5.0));
+}
