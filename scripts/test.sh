@@ -17,6 +17,11 @@ if ! command -v prometheus >/dev/null; then
   echo "== installing prometheus"
   (apt-get update -qq && apt-get install -y -qq --no-install-recommends prometheus) >/dev/null
 fi
+# The dashboard tests drive a real headless Chromium over WebDriver.
+if ! command -v chromedriver >/dev/null; then
+  echo "== installing chromium and chromium-driver"
+  (apt-get update -qq && apt-get install -y -qq --no-install-recommends chromium chromium-driver) >/dev/null
+fi
 # The JavaScript example builds with componentize-js from the npm registry.
 if ! command -v npm >/dev/null; then
   echo "== installing nodejs and npm"

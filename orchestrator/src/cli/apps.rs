@@ -730,3 +730,45 @@ fn age(secs: u64) -> String {
         s => format!("{}d", s / 86_400),
     }
 }
+
+/// Arguments of `skiff dashboard`.
+#[derive(Debug, clap::Args)]
+pub struct DashboardArgs {
+    #[command(flatten)]
+    cluster: ClusterArgs,
+}
+
+/// Prints a one-time link that logs a browser in to the dashboard.
+pub fn dashboard(args: DashboardArgs) -> anyhow::Result<()> {
+    #[derive(serde::Deserialize)]
+    struct Link {
+        once: String,
+        expires_secs: u64,
+    }
+    let config = ClusterConfig::load(args.cluster.server.as_deref())?;
+    let client = config.client()?;
+    let link: Link = runtime()?.block_on(client.call(
+        Method::POST,
+        "/v1/ui/links",
+        &serde_json::json!({}),
+        std::time::Duration::from_secs(30),
+    ))?;
+    let url = format!(
+        "{}/ui/login?once={}",
+        config.server.trim_end_matches('/'),
+        link.once
+    );
+    if args.cluster.json() {
+        return print_json(&serde_json::json!({"url": url, "expires_secs": link.expires_secs}));
+    }
+    out!(
+        "Open this link to log in to the dashboard (once, within {} minutes):",
+        link.expires_secs / 60
+    )?;
+    out!("  {url}")?;
+    out!(
+        "The control plane's certificate is signed by the cluster's own CA: a browser warns unless it trusts it (the CA is in {})",
+        crate::cluster_config::path().display()
+    )?;
+    Ok(())
+}

@@ -67,6 +67,9 @@ pub struct ServerArgs {
     /// run short refuses new instances until it recovers.
     #[arg(long, default_value_t = 1.0)]
     overcommit: f64,
+    /// How long a dashboard login lasts, e.g. `12h`.
+    #[arg(long, default_value = "12h", value_parser = humantime::parse_duration, hide = true)]
+    ui_session_lifetime: Duration,
     #[command(flatten)]
     metrics: super::metrics::MetricsArgs,
 }
@@ -88,6 +91,7 @@ pub fn server(args: ServerArgs) -> anyhow::Result<()> {
     config.body_timeout = args.body_timeout;
     config.package_grace = args.package_grace;
     config.overcommit = crate::control::Overcommit::new(args.overcommit)?;
+    config.ui_session_lifetime = args.ui_session_lifetime;
     runtime()?.block_on(async {
         let metrics = args.metrics.bind().await?;
         let control = ControlPlane::start(config).await?;

@@ -84,6 +84,9 @@ enum Command {
     /// errors, p50/p99 and requests in flight, and each node's load and
     /// memory; `-o json` prints one snapshot.
     Top(top::TopArgs),
+    /// Print a one-time link that logs a browser in to the web dashboard
+    /// (`/ui` on the control plane).
+    Dashboard(apps::DashboardArgs),
     /// Recent scheduling and scaling decisions, and why.
     Events(events::EventsArgs),
     /// Stop a rollout under way, or return an app to its previous version.
@@ -175,6 +178,7 @@ pub fn main() -> ExitCode {
         Command::Nodes(args) => apps::nodes(args),
         Command::Scale(args) => apps::scale(args),
         Command::Top(args) => top::top(args),
+        Command::Dashboard(args) => apps::dashboard(args),
         Command::Events(args) => events::events(args),
         Command::Rollback(args) => rollout::rollback(args),
         Command::Promote(args) => rollout::promote(args),

@@ -45,16 +45,16 @@ const MAX_JSON: usize = 16 << 20;
 const MAX_JOIN: usize = 64 << 10;
 
 /// A response body: a small buffer, or a blob streamed from its file.
-type Body = http_body_util::combinators::UnsyncBoxBody<Bytes, std::io::Error>;
+pub(super) type Body = http_body_util::combinators::UnsyncBoxBody<Bytes, std::io::Error>;
 type Response = hyper::Response<Body>;
 
-fn full(bytes: impl Into<Bytes>) -> Body {
+pub(super) fn full(bytes: impl Into<Bytes>) -> Body {
     Full::new(bytes.into())
         .map_err(|never| match never {})
         .boxed_unsync()
 }
 /// A request whose body must arrive by its deadline.
-type Request = hyper::Request<TimedBody>;
+pub(super) type Request = hyper::Request<TimedBody>;
 
 /// Accepts TLS connections and serves the API until `shutdown`.
 pub(super) async fn serve(
@@ -129,7 +129,7 @@ pub(super) async fn serve(
 
 /// A refusal with a status and a message.
 #[derive(Debug)]
-struct Refusal(StatusCode, String);
+pub(super) struct Refusal(StatusCode, String);
 
 impl Refusal {
     fn bad(message: impl Into<String>) -> Refusal {
@@ -188,6 +188,9 @@ async fn handle(
                 },
             },
         },
+        (_, ["ui", rest @ ..]) => {
+            Ok(super::ui::handle(&shared.ui, &shared.admin_token, rest, &query, request).await)
+        }
         _ => match authorize(shared, &request) {
             Err(refusal) => Err(refusal),
             Ok(()) => admin(shared, &method, &segments, &query, request).await,
@@ -236,6 +239,24 @@ fn authorize(shared: &Shared, request: &Request) -> Result<(), Refusal> {
         .get(http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "));
+    // The dashboard's session reads, and only reads.
+    if presented.is_none()
+        && let Some(session) = super::ui::session_cookie(request.headers())
+    {
+        if !shared.ui.valid(&session) {
+            return Err(Refusal(
+                StatusCode::UNAUTHORIZED,
+                "the dashboard session has expired: log in again at /ui".to_string(),
+            ));
+        }
+        if matches!(*request.method(), Method::GET | Method::HEAD) {
+            return Ok(());
+        }
+        return Err(Refusal(
+            StatusCode::FORBIDDEN,
+            "a dashboard session may only read; changes need the admin token".to_string(),
+        ));
+    }
     // Compare digests, so the time taken says nothing about the token.
     use sha2::{Digest as _, Sha256};
     match presented {
@@ -311,6 +332,10 @@ async fn admin(
         (&Method::POST, ["v1", "apps"]) => deploy(shared, read_json(request).await?).await,
         (&Method::GET, ["v1", "apps"]) => json(StatusCode::OK, &app_views(shared)),
         (&Method::GET, ["v1", "top"]) => json(StatusCode::OK, &top_view(shared)),
+        (&Method::POST, ["v1", "ui", "links"]) => json(
+            StatusCode::CREATED,
+            &serde_json::json!({"once": shared.ui.new_link(), "expires_secs": super::ui::LINK_LIFETIME.as_secs()}),
+        ),
         (&Method::DELETE, ["v1", "apps", app]) => {
             // Store and memory change under one lock, so a controller pass
             // cannot slip between them.
@@ -1885,7 +1910,7 @@ fn content_length<B>(request: &hyper::Request<B>) -> Option<u64> {
 
 /// Reads the whole body: refused at once when it announces more than
 /// `limit` bytes, cut off when it sends more or misses its deadline.
-async fn body(request: Request, limit: usize) -> Result<Bytes, Refusal> {
+pub(super) async fn body(request: Request, limit: usize) -> Result<Bytes, Refusal> {
     if let Some(length) = content_length(&request)
         && length > limit as u64
     {

@@ -22,6 +22,7 @@ mod rollout;
 #[cfg(test)]
 mod tests;
 mod top;
+mod ui;
 
 pub use crate::mesh::admission::{MAX_CONNECTIONS, MAX_CONNECTIONS_PER_IP};
 pub use catalog::AppSpec;
@@ -80,6 +81,8 @@ pub struct ControlPlaneConfig {
     pub package_grace: Duration,
     /// How far reservations may exceed what nodes offer; default 1.0.
     pub overcommit: Overcommit,
+    /// How long a dashboard login lasts; default 12 hours.
+    pub ui_session_lifetime: Duration,
 }
 
 impl ControlPlaneConfig {
@@ -98,6 +101,7 @@ impl ControlPlaneConfig {
             body_timeout: deadline::BODY_TIMEOUT,
             package_grace: collect::GRACE,
             overcommit: Overcommit::default(),
+            ui_session_lifetime: ui::SESSION_LIFETIME,
         }
     }
 }
@@ -136,6 +140,8 @@ pub(crate) struct Shared {
     collector: collect::Collector,
     /// The control plane's own Prometheus metrics.
     metrics: metrics::ControlMetrics,
+    /// The dashboard's sessions and login links.
+    ui: ui::Sessions,
 }
 
 /// The in-memory view: the durable records plus liveness.
@@ -600,6 +606,7 @@ impl ControlPlane {
         // A version unlike any earlier run's, so a node that kept running
         // while the control plane restarted takes the full state again.
         let version = crate::clock::unix_ms().max(1);
+        let ui_session_lifetime = config.ui_session_lifetime;
         let shared = Arc::new(Shared {
             config,
             cluster,
@@ -620,6 +627,7 @@ impl ControlPlane {
             logs: logs::LogRing::default(),
             collector: collect::Collector::default(),
             metrics: Default::default(),
+            ui: ui::Sessions::new(ui_session_lifetime),
         });
         Ok(ControlPlane {
             shared,
