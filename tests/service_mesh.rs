@@ -492,7 +492,12 @@ fn workload_certificates_rotate_while_calls_continue_and_an_expired_one_is_refus
 /// split over its first two nodes ([`split_shop`]); the third runs none
 /// of it.
 fn serving_split_shop(server_args: &[&str]) -> Cluster {
-    let cluster = Cluster::start(3, server_args);
+    serving_split_shop_with(server_args, &[])
+}
+
+/// [`serving_split_shop`], each node started with `node_args` too.
+fn serving_split_shop_with(server_args: &[&str], node_args: &[&str]) -> Cluster {
+    let cluster = Cluster::start_with(3, server_args, node_args);
     let app_dir = temp_dir();
     write_manifest(app_dir.path(), &split_shop());
     cluster.cli(&["deploy", app_dir.path().to_str().unwrap(), "--wait"]);
@@ -727,4 +732,180 @@ fn a_callee_on_another_node_whose_caller_gives_up_shows_499() {
         .process
         .wait_for_line(&["span", "callee=\"callee/probe\"", "status=499"]);
     cluster.nodes[1].process.wait_for_line(&["awake"]);
+}
+
+/// An OTLP/HTTP receiver on loopback: decodes each `POST /v1/traces` with
+/// the OpenTelemetry project's protobuf types and keeps its spans, with
+/// the `service.instance.id` of the process that sent them.
+struct OtlpReceiver {
+    addr: std::net::SocketAddr,
+    spans: std::sync::Arc<
+        std::sync::Mutex<Vec<(String, opentelemetry_proto::tonic::trace::v1::Span)>>,
+    >,
+}
+
+impl OtlpReceiver {
+    fn start() -> OtlpReceiver {
+        use std::io::{BufRead, BufReader, Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let spans = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let kept = spans.clone();
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(stream) = stream else { continue };
+                let kept = kept.clone();
+                std::thread::spawn(move || {
+                    let mut reader = BufReader::new(stream.try_clone().unwrap());
+                    let mut writer = stream;
+                    // One request after another on a kept-alive connection.
+                    loop {
+                        let mut length = 0usize;
+                        let mut path = String::new();
+                        loop {
+                            let mut line = String::new();
+                            if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                                return;
+                            }
+                            let line = line.trim_end();
+                            if line.is_empty() {
+                                break;
+                            }
+                            if path.is_empty() {
+                                path = line.split_whitespace().nth(1).unwrap_or("").to_string();
+                            }
+                            if let Some((name, value)) = line.split_once(':')
+                                && name.eq_ignore_ascii_case("content-length")
+                            {
+                                length = value.trim().parse().unwrap_or(0);
+                            }
+                        }
+                        let mut body = vec![0; length];
+                        reader.read_exact(&mut body).unwrap();
+                        assert_eq!(path, "/v1/traces");
+                        let request = <opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest as prost::Message>::decode(body.as_slice())
+                            .expect("an OTLP protobuf request");
+                        for resource in request.resource_spans {
+                            let instance = resource
+                                .resource
+                                .iter()
+                                .flat_map(|r| &r.attributes)
+                                .find(|a| a.key == "service.instance.id")
+                                .and_then(|a| a.value.as_ref())
+                                .and_then(|v| match &v.value {
+                                    Some(opentelemetry_proto::tonic::common::v1::any_value::Value::StringValue(s)) => Some(s.clone()),
+                                    _ => None,
+                                })
+                                .unwrap_or_default();
+                            for scope in resource.scope_spans {
+                                for span in scope.spans {
+                                    kept.lock().unwrap().push((instance.clone(), span));
+                                }
+                            }
+                        }
+                        let _ = writer.write_all(b"HTTP/1.1 200 OK\r\ncontent-type: application/x-protobuf\r\ncontent-length: 0\r\n\r\n");
+                    }
+                });
+            }
+        });
+        OtlpReceiver { addr, spans }
+    }
+
+    /// The spans of trace `trace` (hex) received so far, with the node
+    /// each came from.
+    fn trace(&self, trace: &str) -> Vec<(String, opentelemetry_proto::tonic::trace::v1::Span)> {
+        self.spans
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(_, span)| hex(&span.trace_id) == trace)
+            .cloned()
+            .collect()
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[test]
+fn spans_across_nodes_are_exported_over_otlp_as_one_trace() {
+    let receiver = OtlpReceiver::start();
+    let endpoint = format!("http://{}", receiver.addr);
+    let cluster = serving_split_shop_with(&[], &["--otlp-endpoint", &endpoint]);
+    let url = cluster.nodes[0].process.url.clone();
+    let client_trace = "0af7651916cd43dd8448eb211c80319c";
+    let client_span = "b7ad6b7169203331";
+    let (status, body) = get_with(
+        &url,
+        "/",
+        &format!("Host: shop\r\ntraceparent: 00-{client_trace}-{client_span}-01\r\n"),
+    );
+    assert_eq!(status, 200, "{body}");
+    let spans = wait_until(Duration::from_secs(20), "both hops exported", || {
+        let spans = receiver.trace(client_trace);
+        (spans.len() >= 2).then_some(spans)
+    });
+    let named = |component: &str| {
+        spans
+            .iter()
+            .find(|(_, span)| {
+                span.attributes.iter().any(|a| {
+                    a.key == "skiff.component"
+                        && matches!(&a.value.as_ref().and_then(|v| v.value.clone()),
+                            Some(opentelemetry_proto::tonic::common::v1::any_value::Value::StringValue(s)) if s == component)
+                })
+            })
+            .unwrap_or_else(|| panic!("no span of {component} in {spans:?}"))
+            .clone()
+    };
+    let (frontend_node, frontend) = named("frontend");
+    let (catalog_node, catalog) = named("catalog");
+    // One trace: the frontend's parent is the client's span, the catalog's
+    // the frontend's; each exported by the node that served it.
+    assert_eq!(hex(&frontend.parent_span_id), client_span);
+    assert_eq!(catalog.parent_span_id, frontend.span_id);
+    assert_eq!(
+        (frontend_node.as_str(), catalog_node.as_str()),
+        ("node-1", "node-2")
+    );
+    assert_eq!(frontend.name, "GET /...");
+    assert_eq!(
+        frontend.kind,
+        opentelemetry_proto::tonic::trace::v1::span::SpanKind::Server as i32
+    );
+    assert!(frontend.end_time_unix_nano >= frontend.start_time_unix_nano);
+    // The same span as the node's span log line.
+    let line =
+        cluster.nodes[1]
+            .process
+            .wait_for_line(&["span", "callee=\"shop/catalog\"", client_trace]);
+    assert_eq!(field(&line, "span_id"), hex(&catalog.span_id), "{line}");
+
+    // A trace its caller did not sample is not exported.
+    let unsampled = "1af7651916cd43dd8448eb211c80319c";
+    let (status, _) = get_with(
+        &url,
+        "/",
+        &format!("Host: shop\r\ntraceparent: 00-{unsampled}-{client_span}-00\r\n"),
+    );
+    assert_eq!(status, 200);
+    cluster.nodes[1]
+        .process
+        .wait_for_line(&["span", "callee=\"shop/catalog\"", unsampled]);
+    std::thread::sleep(Duration::from_millis(2_500));
+    assert!(receiver.trace(unsampled).is_empty());
+}
+
+#[test]
+fn an_otlp_endpoint_that_is_not_a_url_is_refused_at_start() {
+    let home = temp_dir();
+    let stderr = support::expect_failure(
+        home.path(),
+        &["run", &shop(), "--otlp-endpoint", "collector:4318"],
+    );
+    assert!(
+        stderr.contains("--otlp-endpoint \"collector:4318\""),
+        "{stderr}"
+    );
 }

@@ -23,6 +23,7 @@ pub mod limits;
 pub mod manifest;
 pub mod mesh;
 pub mod metrics;
+pub mod otlp;
 pub mod outcomes;
 pub mod package;
 mod prepared;

@@ -1,8 +1,8 @@
 //! `skiff server`, `skiff node`, `skiff up` and `skiff join-token`:
 //! starting the control plane and nodes.
 
-use super::metrics::Metrics;
 use super::run::shutdown_signal;
+use super::telemetry::Metrics;
 use crate::cluster_config::{self, ClusterConfig};
 use crate::control::{ControlPlane, ControlPlaneConfig};
 use crate::deploy;
@@ -71,7 +71,7 @@ pub struct ServerArgs {
     #[arg(long, default_value = "12h", value_parser = humantime::parse_duration, hide = true)]
     ui_session_lifetime: Duration,
     #[command(flatten)]
-    metrics: super::metrics::MetricsArgs,
+    metrics: super::telemetry::MetricsArgs,
 }
 
 /// Runs the control plane until Ctrl-C or SIGTERM.
@@ -187,7 +187,9 @@ pub struct NodeArgs {
     #[arg(long, value_enum, default_value = "ewma")]
     balancer: crate::mesh::Balancer,
     #[command(flatten)]
-    metrics: super::metrics::MetricsArgs,
+    metrics: super::telemetry::MetricsArgs,
+    #[command(flatten)]
+    otlp: super::telemetry::OtlpArgs,
 }
 
 /// A `--hold-limit`: from 100ms to 10 minutes.
@@ -243,6 +245,7 @@ pub fn node(args: NodeArgs) -> anyhow::Result<()> {
     }
     runtime()?.block_on(async {
         let metrics = args.metrics.bind().await?;
+        args.otlp.start(&config.name)?;
         let node = Node::start(config.clone()).await?;
         let mut registry = Metrics::registry();
         node.register_metrics(&mut registry);
@@ -280,7 +283,9 @@ pub struct UpArgs {
     #[arg(long, default_value = "30s", value_parser = parse_hold_limit)]
     hold_limit: Duration,
     #[command(flatten)]
-    metrics: super::metrics::MetricsArgs,
+    metrics: super::telemetry::MetricsArgs,
+    #[command(flatten)]
+    otlp: super::telemetry::OtlpArgs,
 }
 
 /// A one-machine cluster: control plane, one node and ingress in one
@@ -301,6 +306,7 @@ pub fn up(args: UpArgs) -> anyhow::Result<()> {
     let dir = home::skiff_home().join("up");
     runtime()?.block_on(async {
         let metrics = args.metrics.bind().await?;
+        args.otlp.start("local")?;
         let control =
             ControlPlane::start(ControlPlaneConfig::new(dir.join("server"), args.api)).await?;
         let mut registry = Metrics::registry();
@@ -476,7 +482,7 @@ pub(crate) fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     tokio::runtime::Runtime::new().context("failed to start the async runtime")
 }
 
-fn host_name() -> String {
+pub(crate) fn host_name() -> String {
     std::fs::read_to_string("/etc/hostname")
         .ok()
         .and_then(|h| Some(h.trim().split('.').next()?.to_ascii_lowercase()))

@@ -13,12 +13,12 @@ macro_rules! out {
 mod apps;
 mod cluster;
 mod events;
-mod metrics;
 mod new;
 mod package;
 mod registry;
 mod rollout;
 mod run;
+mod telemetry;
 mod top;
 
 use clap::{Parser, Subcommand};

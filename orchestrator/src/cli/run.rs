@@ -29,7 +29,9 @@ pub struct RunArgs {
     #[arg(long, default_value_t = EngineConfig::default().max_instances, value_parser = clap::value_parser!(u32).range(1..=100_000))]
     max_instances: u32,
     #[command(flatten)]
-    metrics: super::metrics::MetricsArgs,
+    metrics: super::telemetry::MetricsArgs,
+    #[command(flatten)]
+    otlp: super::telemetry::OtlpArgs,
 }
 
 /// Runs `skiff run`.
@@ -49,14 +51,17 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         max_instances: args.max_instances,
         ..EngineConfig::default()
     };
-    runtime.block_on(serve(source, args.listen, engine, args.metrics))
+    runtime.block_on(async {
+        args.otlp.start(&super::cluster::host_name())?;
+        serve(source, args.listen, engine, args.metrics).await
+    })
 }
 
 async fn serve(
     source: AppSource,
     listen: SocketAddr,
     engine: EngineConfig,
-    metrics: super::metrics::MetricsArgs,
+    metrics: super::telemetry::MetricsArgs,
 ) -> anyhow::Result<()> {
     let started = Instant::now();
     let metrics = metrics.bind().await?;
@@ -92,7 +97,7 @@ async fn serve(
     writeln!(out, "Serving {url} (Ctrl-C to stop)")?;
     out.flush()?;
     drop(out);
-    let mut registry = super::metrics::Metrics::registry();
+    let mut registry = super::telemetry::Metrics::registry();
     runtime_metrics.register(&mut registry);
     metrics.serve(registry);
 

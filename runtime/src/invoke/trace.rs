@@ -7,7 +7,7 @@ use crate::component::LoadedComponent;
 use crate::mesh::{Inbound, Span, TRACEPARENT};
 use std::convert::Infallible;
 use std::task::{Context, Poll};
-use std::time::Instant;
+use std::time::{Instant, SystemTime};
 
 /// Wraps the stages inside it in the request's span.
 pub(super) struct Traced;
@@ -32,7 +32,9 @@ where
             inbound: call.inbound.clone(),
             span: call.span,
             outcome: call.outcome.clone(),
+            method: call.request.method().clone(),
             started: Instant::now(),
+            started_at: SystemTime::now(),
             logged: false,
         };
         let inner = self.inner.call(call);
@@ -51,7 +53,10 @@ struct Hop<'a> {
     inbound: Inbound,
     span: Span,
     outcome: std::sync::Arc<super::InstanceOutcome>,
+    method: http::Method,
     started: Instant,
+    /// `started` on the wall clock, for the exported span.
+    started_at: SystemTime,
     logged: bool,
 }
 
@@ -72,6 +77,7 @@ impl Hop<'_> {
     }
 
     fn log_span(&self, status: u16) {
+        self.export(status);
         let mesh_hop = self.inbound.caller.is_some() || self.outcome.called_mesh();
         log_span(
             self.component,
@@ -81,6 +87,35 @@ impl Hop<'_> {
             self.started,
             mesh_hop,
         );
+    }
+}
+
+impl Hop<'_> {
+    /// Queues the hop's span for OTLP, when spans are exported.
+    fn export(&self, status: u16) {
+        if !crate::otlp::enabled() {
+            return;
+        }
+        let (trace_id, span_id, parent_id, sampled) = self.span.ids();
+        let workload = &self.component.workload;
+        crate::otlp::export(crate::otlp::HopSpan {
+            trace_id,
+            span_id,
+            parent_id,
+            sampled,
+            method: &self.method,
+            route: self.component.route.as_ref().map(ToString::to_string),
+            app: workload.app.as_str(),
+            component: workload.component.as_str(),
+            caller: self
+                .inbound
+                .caller
+                .as_ref()
+                .map_or_else(|| "ingress".to_string(), |caller| caller.spiffe_id()),
+            status,
+            start: self.started_at,
+            end: self.started_at + self.started.elapsed(),
+        });
     }
 }
 

@@ -86,6 +86,17 @@ impl Span {
         )
     }
 
+    /// The raw ids: the trace's, this span's and the caller's, and
+    /// whether the trace is sampled.
+    pub fn ids(&self) -> ([u8; 16], [u8; 8], Option<[u8; 8]>, bool) {
+        (
+            self.trace_id,
+            self.span_id,
+            self.parent_id,
+            self.flags & 1 == 1,
+        )
+    }
+
     /// The trace id, 32 hex digits.
     pub fn trace_id(&self) -> String {
         hex::encode(self.trace_id)

@@ -1,5 +1,7 @@
-//! `--metrics-listen`: the process's Prometheus metrics on an address of
-//! their own, for `skiff run`, `node`, `server` and `up`.
+//! What a process tells operators: `--metrics-listen` (its Prometheus
+//! metrics on an address of their own, for `skiff run`, `node`, `server`
+//! and `up`) and `--otlp-endpoint` (request spans over OTLP, for `skiff
+//! run`, `node` and `up`).
 
 use prometheus_client::registry::Registry;
 use skiff_runtime::metrics::MetricsEndpoint;
@@ -53,5 +55,31 @@ impl Metrics {
         };
         eprintln!("Metrics at http://{}/metrics", endpoint.local_addr());
         tokio::spawn(endpoint.run(Arc::new(registry), std::future::pending()));
+    }
+}
+
+/// The `--otlp-endpoint` option.
+#[derive(Debug, Clone, clap::Args)]
+pub struct OtlpArgs {
+    /// Export request spans over OTLP/HTTP to this collector, e.g.
+    /// `http://127.0.0.1:4318` (`/v1/traces` is added when no path is
+    /// given); off by default. Span log lines are written either way.
+    #[arg(long, value_name = "URL")]
+    otlp_endpoint: Option<String>,
+}
+
+impl OtlpArgs {
+    /// Starts exporting as `instance` (the node's name), if asked; inside
+    /// the process's tokio runtime.
+    ///
+    /// # Errors
+    ///
+    /// The endpoint is not an http(s) URL.
+    pub fn start(&self, instance: &str) -> anyhow::Result<()> {
+        if let Some(endpoint) = &self.otlp_endpoint {
+            skiff_runtime::otlp::start(endpoint, instance).map_err(anyhow::Error::msg)?;
+            eprintln!("Exporting request spans to {endpoint}");
+        }
+        Ok(())
     }
 }
