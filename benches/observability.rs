@@ -24,7 +24,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 mod support;
-use support::{WrkRun, wrk, wrk_available};
+use support::{WrkRun, free_port, get_status, wrk, wrk_available};
 
 const CONNECTIONS: u32 = 64;
 
@@ -228,23 +228,6 @@ impl Drop for Scraper {
             let _ = thread.join();
         }
     }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn get_status(url: &str) -> Option<u16> {
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .timeout_global(Some(Duration::from_secs(5)))
-        .build()
-        .into();
-    agent.get(url).call().ok().map(|r| r.status().as_u16())
 }
 
 fn env_or(name: &str, default: u32) -> u32 {

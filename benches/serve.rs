@@ -21,14 +21,13 @@
 
 use skiff_runtime::capability::logging::{LogSink, StderrSink};
 use skiff_runtime::{CompileCache, EngineConfig, LoadedApp, Manifest, SkiffEngine};
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 mod support;
-use support::{WrkRun, wrk, wrk_available};
+use support::{WrkRun, free_port, get_status, wrk, wrk_available};
 
 const CONNECTIONS: u32 = 64;
 
@@ -315,14 +314,6 @@ fn wasmtime_version() -> Option<String> {
     Some(String::from_utf8_lossy(&out.stdout).trim().to_string())
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// Polls `url` until it answers 200; panics after `limit`.
 fn wait_for_200(url: &str, limit: Duration) {
     let deadline = Instant::now() + limit;
@@ -333,15 +324,6 @@ fn wait_for_200(url: &str, limit: Duration) {
         std::thread::sleep(Duration::from_millis(1));
     }
     panic!("{url} did not answer 200 within {limit:?}");
-}
-
-fn get_status(url: &str) -> Option<u16> {
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .timeout_global(Some(Duration::from_secs(5)))
-        .build()
-        .into();
-    agent.get(url).call().ok().map(|r| r.status().as_u16())
 }
 
 /// Mean time to create a store with the component's grants and instantiate.

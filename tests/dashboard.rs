@@ -15,7 +15,7 @@ use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
-use support::cluster::{Cluster, admin_token, probe_app};
+use support::cluster::{Cluster, admin_token, deploy_probe};
 use support::{get, temp_dir, wait_until};
 
 /// A chromedriver on a free loopback port; killed when dropped.
@@ -160,14 +160,7 @@ fn the_dashboard_shows_the_cluster_as_the_cli_does_and_only_to_a_session() {
     let mut cluster = Cluster::start(0, &["--ui-session-lifetime", "8s"]);
     cluster.add_node(1);
     cluster.add_node(2);
-    let dir = temp_dir();
-    let app = probe_app(
-        dir.path(),
-        "shop",
-        "[component.probe.scale]\nreplicas = 2\n[component.probe.placement]\nmemory = \"64MiB\"\n",
-    );
-    cluster.cli(&["deploy", &app, "--wait"]);
-    cluster.wait_running("shop", 2);
+    deploy_probe(&cluster, "shop", 2);
     // A guest log line holding markup, and some traffic.
     let ingress = cluster.nodes[0].process.url.clone();
     assert_eq!(

@@ -10,7 +10,7 @@ use serde_json::Value;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
-use support::cluster::{Cluster, probe_app};
+use support::cluster::{Cluster, deploy_probe, probe_app};
 use support::{Running, get, http, temp_dir, wait_until, write_manifest};
 
 /// The address a process printed as `Metrics at http://ADDR/metrics`.
@@ -338,14 +338,7 @@ fn a_taken_metrics_address_is_refused_before_anything_starts() {
 #[test]
 fn skiff_top_shows_each_components_traffic_and_each_nodes_share() {
     let cluster = Cluster::start(2, &[]);
-    let dir = temp_dir();
-    let app = probe_app(
-        dir.path(),
-        "shop",
-        "[component.probe.scale]\nreplicas = 2\n[component.probe.placement]\nmemory = \"64MiB\"\n",
-    );
-    cluster.cli(&["deploy", &app, "--wait"]);
-    cluster.wait_running("shop", 2);
+    deploy_probe(&cluster, "shop", 2);
     // 60 requests on each node, every sixth answered 500.
     for node in &cluster.nodes {
         for i in 0..60 {

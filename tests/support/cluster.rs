@@ -360,6 +360,22 @@ pub fn admin_token(cluster: &Cluster) -> String {
     std::fs::read_to_string(cluster.home().join("server/admin-token")).unwrap()
 }
 
+/// Deploys the probe app `name` with `replicas` replicas (spread, 64 MiB
+/// each) and waits until they all run.
+pub fn deploy_probe(cluster: &Cluster, name: &str, replicas: u32) {
+    let dir = crate::support::temp_dir();
+    let app = probe_app(
+        dir.path(),
+        name,
+        &format!(
+            "[component.probe.scale]\nreplicas = {replicas}\n\
+             [component.probe.placement]\nmemory = \"64MiB\"\n"
+        ),
+    );
+    cluster.cli(&["deploy", &app, "--wait"]);
+    cluster.wait_running(name, replicas as usize);
+}
+
 /// An app `name` of one component, `probe` (the probe guest), on route
 /// `/...`, with `extra` manifest lines: keys of `[component.probe]`, then
 /// its `[component.probe.*]` tables.

@@ -371,13 +371,7 @@ pub fn nodes(args: ListArgs) -> anyhow::Result<()> {
         .into_iter()
         .map(|n| {
             let labels: Vec<String> = n.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
-            let size = |bytes: u64| {
-                if bytes >= super::cluster::UNLIMITED_MEMORY {
-                    "unlimited".to_string()
-                } else {
-                    bytesize::ByteSize::b(bytes).display().iec().to_string()
-                }
-            };
+            let size = memory;
             vec![
                 n.name,
                 if n.pressure {
@@ -771,4 +765,13 @@ pub fn dashboard(args: DashboardArgs) -> anyhow::Result<()> {
         crate::cluster_config::path().display()
     )?;
     Ok(())
+}
+
+/// Memory as `skiff nodes` shows it: `1.0 GiB`, or `unlimited`.
+pub(super) fn memory(bytes: u64) -> String {
+    if bytes >= super::cluster::UNLIMITED_MEMORY {
+        "unlimited".to_string()
+    } else {
+        bytesize::ByteSize::b(bytes).display().iec().to_string()
+    }
 }

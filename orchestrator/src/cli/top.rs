@@ -173,13 +173,7 @@ fn render(view: &TopView, interval: Duration, problem: Option<&str>) -> String {
         &rows,
     ));
     text.push('\n');
-    let size = |bytes: u64| {
-        if bytes >= super::cluster::UNLIMITED_MEMORY {
-            "unlimited".to_string()
-        } else {
-            bytesize::ByteSize::b(bytes).display().iec().to_string()
-        }
-    };
+    let size = super::apps::memory;
     let rows: Vec<Vec<String>> = view
         .nodes
         .iter()

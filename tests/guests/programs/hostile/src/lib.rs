@@ -194,7 +194,10 @@ fn socket(query: &str) -> String {
                 stream.write_all(b"ping\n")?;
                 let mut reply = [0u8; 64];
                 let n = stream.read(&mut reply)?;
-                Ok(format!("got {}", String::from_utf8_lossy(&reply[..n]).trim()))
+                Ok(format!(
+                    "got {}",
+                    String::from_utf8_lossy(&reply[..n]).trim()
+                ))
             };
             talk().unwrap_or_else(kind_of)
         }
