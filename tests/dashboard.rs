@@ -141,6 +141,35 @@ async fn cells(browser: &Client, table: &str) -> Vec<String> {
         .collect()
 }
 
+/// The path the browser shows once it shows `path` (navigation after a
+/// click or a redirect takes a moment), or what it shows after 10 s.
+async fn path_after(browser: &Client, path: &str) -> String {
+    let mut shown = String::new();
+    for _ in 0..50 {
+        shown = browser.current_url().await.unwrap().path().to_string();
+        if shown == path {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    shown
+}
+
+/// The text of the element `id` once it has some (a page being loaded
+/// after a click may still show the last one), or `""` after 10 s.
+async fn message(browser: &Client, id: &str) -> String {
+    for _ in 0..50 {
+        if let Ok(element) = browser.find(Locator::Id(id)).await
+            && let Ok(text) = element.text().await
+            && !text.is_empty()
+        {
+            return text;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    String::new()
+}
+
 /// Logs in on the form at `/ui/login` with `token`.
 async fn log_in(browser: &Client, api: &str, token: &str) {
     browser.goto(&format!("{api}/ui/login")).await.unwrap();
@@ -221,14 +250,14 @@ fn the_dashboard_shows_the_cluster_as_the_cli_does_and_only_to_a_session() {
 
         // A wrong token is refused, and says so.
         log_in(&browser, &api, "not-the-token").await;
-        let message = browser.find(Locator::Id("message")).await.unwrap().text().await.unwrap();
+        let message = message(&browser, "message").await;
         assert!(message.contains("not this cluster's admin token"), "{message}");
         screenshot(&browser, "login-refused.png").await;
 
         // The admin token logs in: the overview shows the nodes and apps
         // the CLI shows.
         log_in(&browser, &api, &token).await;
-        assert_eq!(browser.current_url().await.unwrap().path(), "/ui");
+        assert_eq!(path_after(&browser, "/ui").await, "/ui");
         let shown: BTreeSet<String> = first_column(&browser, "nodes", 2).await.into_iter().collect();
         assert_eq!(shown, nodes);
         let apps = cells(&browser, "apps").await;
@@ -289,8 +318,31 @@ fn the_dashboard_shows_the_cluster_as_the_cli_does_and_only_to_a_session() {
     runtime.block_on(async {
         let browser = driver.browser().await;
         browser.goto(&link).await.unwrap();
-        assert_eq!(browser.current_url().await.unwrap().path(), "/ui");
+        assert_eq!(path_after(&browser, "/ui").await, "/ui");
         first_column(&browser, "nodes", 2).await;
+        // A page of another site posting to the logout (cross-site: no
+        // cookie goes with it) does not end the session.
+        let form = format!(
+            "data:text/html,<form method=post action='{api}/ui/logout'></form><script>document.forms[0].submit()</script>"
+        );
+        browser.goto(&form).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        browser.goto(&format!("{api}/ui")).await.unwrap();
+        assert_eq!(path_after(&browser, "/ui").await, "/ui", "still logged in");
+        // The session reads only what the pages read.
+        let status = browser
+            .execute_async(
+                "const done = arguments[0]; fetch('/v1/join-tokens').then(r => done(r.status))",
+                vec![],
+            )
+            .await
+            .unwrap();
+        assert_eq!(status, 403);
+        // Its own logout ends it.
+        browser.find(Locator::Css("header form button")).await.unwrap().click().await.unwrap();
+        assert_eq!(path_after(&browser, "/ui/login").await, "/ui/login");
+        browser.goto(&format!("{api}/ui")).await.unwrap();
+        assert_eq!(path_after(&browser, "/ui/login").await, "/ui/login");
         let other = driver.browser().await;
         other.goto(&link).await.unwrap();
         let message = other

@@ -660,7 +660,8 @@ fn route_parameters_match_one_segment_and_reach_the_guest_in_headers() {
     let (status, headers) = support::cluster::get_with_headers(
         &addr,
         "/users/ann/orders/42/headers",
-        "skiff-path-param-id: 7\r\nskiff-path-param-other: x\r\n",
+        "skiff-path-param-id: 7\r\nskiff-path-param-other: x\r\n\
+         cookie: theme=dark; skiff_session=0123abcd\r\n",
     );
     assert_eq!(status, 200, "{headers}");
     assert!(
@@ -672,6 +673,9 @@ fn route_parameters_match_one_segment_and_reach_the_guest_in_headers() {
         !headers.contains(": 7\n") && !headers.contains("param-other"),
         "{headers}"
     );
+    // The dashboard's session cookie is the platform's: never a guest's.
+    assert!(headers.contains("cookie: theme=dark\n"), "{headers}");
+    assert!(!headers.contains("skiff_session"), "{headers}");
     // A literal segment beats a parameter; a parameter takes one segment.
     let (status, body) = get(&served.at("/users/me/status?204"));
     assert_eq!(status, 204, "{body}");

@@ -56,23 +56,26 @@ const LOAD_DURATION_BUCKETS: [f64; 10] =
 /// `histogram_quantile` does; `None` when nothing was counted. In the
 /// last bucket it is the largest bound.
 pub fn quantile(counts: &[u64], q: f64) -> Option<f64> {
-    let total: u64 = counts.iter().sum();
-    if total == 0 {
+    // Counts from other processes may be anything: summed in floating
+    // point, no sum overflows.
+    let total: f64 = counts.iter().map(|count| *count as f64).sum();
+    if total == 0.0 {
         return None;
     }
-    let rank = q.clamp(0.0, 1.0) * total as f64;
-    let mut below = 0u64;
+    let rank = q.clamp(0.0, 1.0) * total;
+    let mut below = 0.0;
     for (index, count) in counts.iter().enumerate() {
         let Some(upper) = REQUEST_DURATION_BUCKETS.get(index) else {
             break;
         };
-        if *count > 0 && (below + count) as f64 >= rank {
+        let count = *count as f64;
+        if count > 0.0 && below + count >= rank {
             let lower = if index == 0 {
                 0.0
             } else {
                 REQUEST_DURATION_BUCKETS[index - 1]
             };
-            let within = (rank - below as f64) / *count as f64;
+            let within = (rank - below) / count;
             return Some(lower + (upper - lower) * within);
         }
         below += count;

@@ -27,6 +27,9 @@ const BATCH: usize = 512;
 /// How long a span waits at most before its batch is sent.
 const FLUSH_EVERY: Duration = Duration::from_secs(1);
 
+/// The longest method kept of one a client made up, characters.
+const MAX_METHOD: usize = 32;
+
 /// How long one export may take.
 const EXPORT_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -79,6 +82,12 @@ pub fn start(endpoint: &str, instance: &str) -> Result<(), String> {
     let url: http::Uri = endpoint
         .parse()
         .map_err(|e| format!("--otlp-endpoint {endpoint:?} is not a URL: {e}"))?;
+    if url.authority().is_some_and(|a| a.as_str().contains('@')) {
+        return Err(
+            "--otlp-endpoint: credentials in the URL are not sent; give the collector's URL without them"
+                .to_string(),
+        );
+    }
     if !matches!(url.scheme_str(), Some("http" | "https")) || url.host().is_none() {
         return Err(format!(
             "--otlp-endpoint {endpoint:?}: give an http:// or https:// URL, such as http://127.0.0.1:4318"
@@ -144,12 +153,27 @@ pub fn export(hop: HopSpan<'_>) {
 /// The OpenTelemetry form of `hop`: a server span named after its method
 /// and route, as OpenTelemetry's HTTP conventions name spans.
 fn span_data(hop: HopSpan<'_>) -> SpanData {
+    // A method of a client's own making is `_OTHER`, as OpenTelemetry's
+    // conventions say, its first bytes kept apart: no client makes a span
+    // as large as its method.
+    let method: &'static str = match *hop.method {
+        http::Method::GET => "GET",
+        http::Method::HEAD => "HEAD",
+        http::Method::POST => "POST",
+        http::Method::PUT => "PUT",
+        http::Method::DELETE => "DELETE",
+        http::Method::CONNECT => "CONNECT",
+        http::Method::OPTIONS => "OPTIONS",
+        http::Method::TRACE => "TRACE",
+        http::Method::PATCH => "PATCH",
+        _ => "_OTHER",
+    };
     let name = match &hop.route {
-        Some(route) => format!("{} {route}", hop.method),
-        None => hop.method.to_string(),
+        Some(route) => format!("{method} {route}"),
+        None => method.to_string(),
     };
     let mut attributes = vec![
-        KeyValue::new("http.request.method", hop.method.to_string()),
+        KeyValue::new("http.request.method", method),
         KeyValue::new("http.response.status_code", i64::from(hop.status)),
         KeyValue::new("skiff.app", hop.app.to_string()),
         KeyValue::new("skiff.component", hop.component.to_string()),
@@ -157,6 +181,10 @@ fn span_data(hop: HopSpan<'_>) -> SpanData {
     ];
     if let Some(route) = hop.route {
         attributes.push(KeyValue::new("http.route", route));
+    }
+    if method == "_OTHER" {
+        let original: String = hop.method.as_str().chars().take(MAX_METHOD).collect();
+        attributes.push(KeyValue::new("http.request.method_original", original));
     }
     SpanData {
         span_context: SpanContext::new(
@@ -224,5 +252,60 @@ async fn send_batches(
                 ));
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hop(method: &http::Method) -> HopSpan<'_> {
+        HopSpan {
+            trace_id: [1; 16],
+            span_id: [2; 8],
+            parent_id: None,
+            sampled: true,
+            method,
+            route: Some("/api/...".to_string()),
+            app: "shop",
+            component: "api",
+            caller: "ingress".to_string(),
+            status: 503,
+            start: SystemTime::UNIX_EPOCH,
+            end: SystemTime::UNIX_EPOCH,
+        }
+    }
+
+    #[test]
+    fn a_made_up_method_is_other_and_kept_short() {
+        let long = http::Method::from_bytes(&[b'A'; 300_000]).unwrap();
+        let span = span_data(hop(&long));
+        assert_eq!(span.name, "_OTHER /api/...");
+        let original = span
+            .attributes
+            .iter()
+            .find(|kv| kv.key.as_str() == "http.request.method_original")
+            .unwrap();
+        assert_eq!(original.value.as_str().len(), MAX_METHOD);
+        let get = span_data(hop(&http::Method::GET));
+        assert_eq!(get.name, "GET /api/...");
+        assert!(
+            matches!(span.status, Status::Error { .. }),
+            "a 503 is an error"
+        );
+    }
+
+    #[test]
+    fn endpoints_with_credentials_or_without_a_scheme_are_refused() {
+        let err = start("http://user:secret@127.0.0.1:4318", "n").unwrap_err();
+        assert!(
+            err.contains("credentials") && !err.contains("secret"),
+            "{err}"
+        );
+        assert!(
+            start("collector:4318", "n")
+                .unwrap_err()
+                .contains("http://")
+        );
     }
 }

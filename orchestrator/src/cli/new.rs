@@ -139,6 +139,13 @@ const JS: &[Template] = &[
 pub fn new(args: NewArgs) -> anyhow::Result<()> {
     skiff_runtime::manifest::ComponentName::try_from(args.name.clone())
         .map_err(|e| anyhow::anyhow!("cannot name an app {:?}: {e}", args.name))?;
+    // Also a Rust crate's and an npm package's name.
+    if !args.name.starts_with(|c: char| c.is_ascii_lowercase()) || args.name.ends_with('-') {
+        anyhow::bail!(
+            "cannot name an app {:?} with `skiff new`: start it with a letter and end it with a letter or digit (it names the app's crate or package too)",
+            args.name
+        );
+    }
     let root = args.dir.join(&args.name);
     if std::fs::read_dir(&root).is_ok_and(|mut entries| entries.next().is_some()) {
         anyhow::bail!(

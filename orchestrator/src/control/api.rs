@@ -249,12 +249,12 @@ fn authorize(shared: &Shared, request: &Request) -> Result<(), Refusal> {
                 "the dashboard session has expired: log in again at /ui".to_string(),
             ));
         }
-        if matches!(*request.method(), Method::GET | Method::HEAD) {
+        if super::ui::session_may(request.method(), request.uri().path()) {
             return Ok(());
         }
         return Err(Refusal(
             StatusCode::FORBIDDEN,
-            "a dashboard session may only read; changes need the admin token".to_string(),
+            "a dashboard session may only read what the dashboard shows; anything else needs the admin token".to_string(),
         ));
     }
     // Compare digests, so the time taken says nothing about the token.
@@ -1787,16 +1787,17 @@ pub(super) fn replica_views(shared: &Shared, app: Option<&str>) -> Vec<ReplicaVi
 fn top_view(shared: &Shared) -> crate::api::TopView {
     let replicas = replica_views(shared, None);
     let nodes = node_views(shared);
-    let live = shared.live.lock().expect("live state lock");
-    super::top::view(
-        live.nodes
-            .iter()
-            .map(|(name, node)| (name.as_str(), &node.traffic)),
-        &replicas,
-        &nodes,
-        Instant::now(),
-        crate::clock::unix_ms(),
-    )
+    let traffic = {
+        let live = shared.live.lock().expect("live state lock");
+        super::top::snapshot(
+            live.nodes
+                .iter()
+                .map(|(name, node)| (name.as_str(), &node.traffic)),
+            Instant::now(),
+            crate::clock::unix_ms(),
+        )
+    };
+    super::top::view(&traffic, &replicas, &nodes)
 }
 
 pub(super) fn node_views(shared: &Shared) -> Vec<NodeView> {

@@ -16,40 +16,45 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-/// Path segments an API route label keeps as written; any other segment
-/// (an app's or node's name, a digest) shows as `:name`, so the label's
-/// values are bounded whatever clients ask for.
-const ROUTE_WORDS: [&str; 21] = [
-    "v1",
-    "health",
-    "join",
-    "node",
-    "sync",
-    "news",
-    "renew",
-    "workload-cert",
-    "blobs",
-    "apps",
-    "logs",
-    "promote",
-    "rollback",
-    "scale",
-    "events",
-    "join-tokens",
-    "nodes",
-    "labels",
-    "replicas",
-    "drain",
-    "top",
+/// The API's routes, as route labels name them: `:name` stands for any
+/// one segment. A request on no route is labelled `unmatched`, so the
+/// label's values are these whatever clients ask for.
+const ROUTES: [&str; 29] = [
+    "/v1/health",
+    "/v1/join",
+    "/v1/node/sync",
+    "/v1/node/news",
+    "/v1/node/renew",
+    "/v1/node/workload-cert",
+    "/v1/node/blobs/:name",
+    "/v1/blobs/:name",
+    "/v1/apps",
+    "/v1/apps/:name",
+    "/v1/apps/:name/scale",
+    "/v1/apps/:name/logs",
+    "/v1/apps/:name/rollback",
+    "/v1/apps/:name/promote",
+    "/v1/events",
+    "/v1/join-tokens",
+    "/v1/nodes",
+    "/v1/nodes/:name",
+    "/v1/nodes/:name/labels",
+    "/v1/nodes/:name/:name",
+    "/v1/replicas",
+    "/v1/top",
+    "/v1/ui/links",
+    "/ui",
+    "/ui/login",
+    "/ui/logout",
+    "/ui/app.js",
+    "/ui/style.css",
+    "/",
 ];
-
-/// Route labels keep at most this many segments.
-const MAX_ROUTE_SEGMENTS: usize = 5;
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ApiLabels {
     method: &'static str,
-    route: String,
+    route: &'static str,
     status: u16,
 }
 
@@ -169,26 +174,32 @@ fn method_label(method: &http::Method) -> &'static str {
     }
 }
 
-/// `path` with every segment but the API's own words as `:name`.
-fn route_label(path: &str) -> String {
-    let mut route = String::new();
-    for segment in path
+/// The route of [`ROUTES`] `path` is on (the most literal one first), or
+/// `unmatched`.
+fn route_label(path: &str) -> &'static str {
+    let segments: Vec<&str> = path
         .trim_matches('/')
         .split('/')
         .filter(|s| !s.is_empty())
-        .take(MAX_ROUTE_SEGMENTS)
-    {
-        route.push('/');
-        route.push_str(if ROUTE_WORDS.contains(&segment) {
-            segment
-        } else {
-            ":name"
-        });
-    }
-    if route.is_empty() {
-        route.push('/');
-    }
-    route
+        .collect();
+    let fits = |route: &str| {
+        let pattern: Vec<&str> = route
+            .trim_matches('/')
+            .split('/')
+            .filter(|s| !s.is_empty())
+            .collect();
+        pattern.len() == segments.len()
+            && pattern
+                .iter()
+                .zip(&segments)
+                .all(|(want, got)| *want == ":name" || want == got)
+    };
+    ROUTES
+        .iter()
+        .filter(|route| fits(route))
+        .min_by_key(|route| route.matches(":name").count())
+        .copied()
+        .unwrap_or("unmatched")
 }
 
 /// Nodes and replicas by state, read from the live state at each scrape.
@@ -245,15 +256,15 @@ mod tests {
     use super::*;
 
     #[test]
-    fn routes_keep_the_api_words_only() {
+    fn routes_are_the_apis_own_or_unmatched() {
         assert_eq!(route_label("/v1/apps/shop/scale"), "/v1/apps/:name/scale");
         assert_eq!(route_label("/v1/node/sync"), "/v1/node/sync");
+        assert_eq!(route_label("/v1/nodes/a/labels"), "/v1/nodes/:name/labels");
+        assert_eq!(route_label("/v1/nodes/a/drain"), "/v1/nodes/:name/:name");
         assert_eq!(route_label("/v1/blobs/sha256:abc"), "/v1/blobs/:name");
         assert_eq!(route_label("/"), "/");
-        assert_eq!(
-            route_label("/a/b/c/d/e/f/g/h"),
-            "/:name/:name/:name/:name/:name"
-        );
+        assert_eq!(route_label("/health/rollback/nodes/node"), "unmatched");
+        assert_eq!(route_label("/a/b/c/d/e/f/g/h"), "unmatched");
         assert_eq!(method_label(&http::Method::PATCH), "OTHER");
     }
 }

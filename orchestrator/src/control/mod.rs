@@ -464,7 +464,14 @@ impl LiveNode {
         let mut taken = HashMap::with_capacity(load.len().min(MAX_COMPONENTS_PER_NODE));
         let now = Instant::now();
         for mut entry in load.into_iter().take(MAX_COMPONENTS_PER_NODE) {
-            if let Some(traffic) = entry.traffic.take() {
+            // Traffic only of a component the node holds: another's is
+            // not its to report.
+            if let Some(traffic) = entry.traffic.take()
+                && self
+                    .components
+                    .get(&entry.app)
+                    .is_some_and(|held| held.keys().any(|(c, _)| *c == entry.component))
+            {
                 self.traffic
                     .record((entry.app.clone(), entry.component.clone()), traffic, now);
             }

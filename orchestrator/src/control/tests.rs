@@ -989,3 +989,26 @@ fn only_a_node_given_the_new_version_can_report_it_failed_and_only_where_it_serv
     let failed = live.apps["web"].failed.clone().expect("rolled back");
     assert!(failed.reason.ends_with("disk on fire"), "{}", failed.reason);
 }
+
+#[test]
+fn a_node_reports_traffic_only_of_components_it_holds() {
+    let now = Instant::now();
+    let mut entry = node("a", 1 << 30, now);
+    let traffic = crate::api::Traffic {
+        requests: 5,
+        errors: 0,
+        durations: vec![0; skiff_runtime::metrics::REQUEST_DURATION_BUCKETS.len() + 1],
+        in_flight: 0,
+        since_unix_ms: 0,
+    };
+    let load = crate::api::ComponentLoad {
+        app: "web".to_string(),
+        component: "api".to_string(),
+        concurrency: 0.0,
+        held: 0,
+        versions: Vec::new(),
+        traffic: Some(traffic),
+    };
+    entry.take_load(vec![load]);
+    assert!(entry.traffic.is_empty(), "a component it does not hold");
+}

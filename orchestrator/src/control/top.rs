@@ -20,6 +20,10 @@ const FORGET_AFTER: Duration = Duration::from_secs(3600);
 /// heartbeat.
 const MAX_SAMPLES: usize = 32;
 
+/// The most requests in flight a report may claim for one component; a
+/// larger figure (a node's lie) is taken as this.
+const MAX_IN_FLIGHT: u64 = 1_000_000;
+
 /// `(app, component)`.
 type Key = (String, String);
 
@@ -33,7 +37,7 @@ pub(crate) struct TrafficLog {
 
 /// What one component did at one node over the window.
 #[derive(Debug, Clone, Default, PartialEq)]
-struct Delta {
+pub(crate) struct Delta {
     requests: u64,
     errors: u64,
     durations: Vec<u64>,
@@ -46,10 +50,13 @@ impl TrafficLog {
     /// figures went down (the node restarted, or the component was
     /// unloaded and loaded again) starts the component afresh; one with
     /// the wrong number of duration buckets is ignored.
-    pub(crate) fn record(&mut self, key: Key, traffic: Traffic, now: Instant) {
+    pub(crate) fn record(&mut self, key: Key, mut traffic: Traffic, now: Instant) {
         if traffic.durations.len() != skiff_runtime::metrics::REQUEST_DURATION_BUCKETS.len() + 1 {
             return;
         }
+        // A node's figures are its word: kept within what can be true.
+        traffic.errors = traffic.errors.min(traffic.requests);
+        traffic.in_flight = traffic.in_flight.min(MAX_IN_FLIGHT);
         let samples = self.samples.entry(key).or_default();
         let went_down = samples.back().is_some_and(|(_, last)| {
             traffic.requests < last.requests
@@ -84,13 +91,23 @@ impl TrafficLog {
         }
     }
 
+    /// Whether no component's traffic is kept.
+    #[cfg(test)]
+    pub(crate) fn is_empty(&self) -> bool {
+        self.samples.is_empty()
+    }
+
     /// What each component did over the window ending `now` (Unix time
     /// `now_unix_ms`): the change since its figures at the window's
     /// start. A node reports only changes, so the figures of the last
     /// report before the window held until its start. Without one, the
     /// counts began within the window (from zero) or are known from the
     /// first report on.
-    fn deltas(&self, now: Instant, now_unix_ms: u64) -> impl Iterator<Item = (&Key, Delta)> {
+    pub(crate) fn deltas(
+        &self,
+        now: Instant,
+        now_unix_ms: u64,
+    ) -> impl Iterator<Item = (&Key, Delta)> {
         let window_start = now.checked_sub(WINDOW).unwrap_or(now);
         self.samples.iter().filter_map(move |(key, samples)| {
             let (first_at, first) = samples.front()?;
@@ -133,14 +150,30 @@ impl TrafficLog {
     }
 }
 
-/// The `skiff top` view of the cluster at `now`, from each node's traffic
-/// log and the replicas and nodes as `skiff ps` and `skiff nodes` show them.
-pub(crate) fn view<'a>(
+/// What each node's components did over the window ending `now`: taken
+/// under the state lock, cheaply, so the view is made outside it.
+pub(crate) fn snapshot<'a>(
     logs: impl Iterator<Item = (&'a str, &'a TrafficLog)>,
-    replicas: &[ReplicaView],
-    nodes: &[NodeView],
     now: Instant,
     now_unix_ms: u64,
+) -> Vec<(String, Vec<(Key, Delta)>)> {
+    logs.map(|(node, log)| {
+        let deltas = log
+            .deltas(now, now_unix_ms)
+            .map(|(key, delta)| (key.clone(), delta))
+            .collect();
+        (node.to_string(), deltas)
+    })
+    .collect()
+}
+
+/// The `skiff top` view of the cluster from each node's `traffic` (see
+/// [`snapshot`]) and the replicas and nodes as `skiff ps` and `skiff
+/// nodes` show them. Every sum saturates: no report overflows it.
+pub(crate) fn view(
+    traffic: &[(String, Vec<(Key, Delta)>)],
+    replicas: &[ReplicaView],
+    nodes: &[NodeView],
 ) -> TopView {
     #[derive(Default)]
     struct Sum {
@@ -153,7 +186,7 @@ pub(crate) fn view<'a>(
         fn add(&mut self, delta: &Delta) {
             self.requests += delta.requests as f64 / delta.seconds;
             self.errors += delta.errors as f64 / delta.seconds;
-            self.in_flight += delta.in_flight;
+            self.in_flight = self.in_flight.saturating_add(delta.in_flight);
             if self.durations.len() < delta.durations.len() {
                 self.durations.resize(delta.durations.len(), 0);
             }
@@ -164,10 +197,10 @@ pub(crate) fn view<'a>(
     }
     let mut by_component: BTreeMap<Key, Sum> = BTreeMap::new();
     let mut by_node: BTreeMap<&str, Sum> = BTreeMap::new();
-    for (node, log) in logs {
-        for (key, delta) in log.deltas(now, now_unix_ms) {
-            by_component.entry(key.clone()).or_default().add(&delta);
-            by_node.entry(node).or_default().add(&delta);
+    for (node, deltas) in traffic {
+        for (key, delta) in deltas {
+            by_component.entry(key.clone()).or_default().add(delta);
+            by_node.entry(node).or_default().add(delta);
         }
     }
     // Every component with a replica shows, busy or not.
@@ -286,15 +319,13 @@ mod tests {
         b.record(key.clone(), traffic(50, 0, 1, 1025), at(start, 30));
         let now = at(start, 30);
         let top = view(
-            [("a", &a), ("b", &b)].into_iter(),
+            &snapshot([("a", &a), ("b", &b)].into_iter(), now, 1_030_000),
             &[
                 replica("shop", "web", "running"),
                 replica("shop", "web", "starting"),
                 replica("idle", "api", "running"),
             ],
             &[],
-            now,
-            1_030_000,
         );
         let shop = &top.components[1];
         assert_eq!(
@@ -340,6 +371,31 @@ mod tests {
             .map(|(_, d)| d)
             .collect();
         assert_eq!(deltas[0].requests, 0);
+    }
+
+    #[test]
+    fn a_nodes_lies_are_bounded_and_sums_saturate() {
+        let start = Instant::now();
+        let key = ("shop".to_string(), "web".to_string());
+        let (mut a, mut b) = (TrafficLog::default(), TrafficLog::default());
+        let lie = Traffic {
+            requests: 10,
+            errors: 1_000,
+            durations: vec![u64::MAX; BUCKETS],
+            in_flight: u64::MAX,
+            since_unix_ms: 1_000_000,
+        };
+        a.record(key.clone(), lie.clone(), at(start, 5));
+        b.record(key.clone(), lie, at(start, 5));
+        let top = view(
+            &snapshot([("a", &a), ("b", &b)].into_iter(), at(start, 6), 1_006_000),
+            &[],
+            &[],
+        );
+        let shop = &top.components[0];
+        assert_eq!(shop.in_flight, 2 * MAX_IN_FLIGHT);
+        assert!(shop.error_rate <= 1.0, "{}", shop.error_rate);
+        assert!(shop.p99_ms.is_some_and(f64::is_finite));
     }
 
     #[test]

@@ -3,8 +3,9 @@
 //! Logging in with the admin token, or with a one-time link from `skiff
 //! dashboard`, starts a session kept in a `Secure; HttpOnly;
 //! SameSite=Strict` cookie: the page's scripts never see the token, the
-//! cookie is sent only to this control plane, and it allows only reads
-//! (`GET` and `HEAD`) of `/v1`.
+//! cookie is sent only to this control plane's host (and removed from
+//! requests before a guest sees them), and it allows only the reads the
+//! pages make ([`SESSION_READS`]).
 
 use super::api::{Body, Request, full};
 use bytes::Bytes;
@@ -41,6 +42,8 @@ pub(crate) struct Sessions {
     lifetime: Duration,
     sessions: Mutex<HashMap<[u8; 32], Instant>>,
     links: Mutex<HashMap<[u8; 32], Instant>>,
+    /// Logins refused since the last line saying so, and when that was.
+    refused: Mutex<(u64, Option<Instant>)>,
 }
 
 impl Sessions {
@@ -50,6 +53,25 @@ impl Sessions {
             lifetime,
             sessions: Mutex::default(),
             links: Mutex::default(),
+            refused: Mutex::default(),
+        }
+    }
+
+    /// Counts a refused login, and says so in the log at most once a
+    /// minute: a flood of wrong tokens is one line a minute.
+    fn note_refusal(&self) {
+        let mut refused = self.refused.lock().unwrap_or_else(|e| e.into_inner());
+        refused.0 += 1;
+        if refused
+            .1
+            .is_none_or(|at| at.elapsed() >= Duration::from_secs(60))
+        {
+            tracing::warn!(
+                reason = "ui_login_refused",
+                refused = refused.0,
+                "dashboard logins refused (wrong admin token) since the last such line"
+            );
+            *refused = (0, Some(Instant::now()));
         }
     }
 
@@ -121,6 +143,31 @@ pub(crate) fn session_cookie(headers: &http::HeaderMap) -> Option<String> {
         .map(|(_, value)| value.to_string())
 }
 
+/// The `GET`s of `/v1` a dashboard session may make (`:name` stands for
+/// one segment): what the pages read, and nothing else.
+const SESSION_READS: [&str; 6] = [
+    "/v1/top",
+    "/v1/apps",
+    "/v1/nodes",
+    "/v1/replicas",
+    "/v1/events",
+    "/v1/apps/:name/logs",
+];
+
+/// Whether a dashboard session may make `method` `path`.
+pub(crate) fn session_may(method: &Method, path: &str) -> bool {
+    let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+    *method == Method::GET
+        && SESSION_READS.iter().any(|read| {
+            let pattern: Vec<&str> = read.trim_matches('/').split('/').collect();
+            pattern.len() == segments.len()
+                && pattern
+                    .iter()
+                    .zip(&segments)
+                    .all(|(want, got)| *want == ":name" || want == got)
+        })
+}
+
 /// Whether `request` carries a live session.
 fn logged_in(sessions: &Sessions, headers: &http::HeaderMap) -> bool {
     session_cookie(headers).is_some_and(|secret| sessions.valid(&secret))
@@ -179,10 +226,7 @@ pub(super) async fn handle(
             if !token.is_empty() && hash(&token) == hash(admin_token) {
                 logged_in_now(sessions)
             } else {
-                tracing::warn!(
-                    reason = "ui_login_refused",
-                    "dashboard login refused: wrong admin token"
-                );
+                sessions.note_refusal();
                 login_page(
                     StatusCode::UNAUTHORIZED,
                     "That is not this cluster's admin token (it is in cluster.json, or printed by `skiff server` on its first start).",
@@ -190,9 +234,14 @@ pub(super) async fn handle(
             }
         }
         (&Method::POST, ["logout"]) => {
-            if let Some(secret) = session_cookie(request.headers()) {
-                sessions.end(&secret);
-            }
+            // Only a session logs itself out: a form posted from another
+            // site carries no cookie (SameSite=Strict) and changes nothing.
+            let Some(secret) =
+                session_cookie(request.headers()).filter(|secret| sessions.valid(secret))
+            else {
+                return redirect("/ui/login");
+            };
+            sessions.end(&secret);
             let mut response = redirect("/ui/login");
             response.headers_mut().insert(
                 header::SET_COOKIE,
@@ -306,5 +355,15 @@ mod tests {
         );
         assert_eq!(session_cookie(&headers).as_deref(), Some("abc"));
         assert_eq!(escape("<script>&\"'"), "&lt;script&gt;&amp;&quot;&#39;");
+    }
+
+    #[test]
+    fn a_session_reads_only_what_the_pages_read() {
+        assert!(session_may(&Method::GET, "/v1/apps"));
+        assert!(session_may(&Method::GET, "/v1/apps/shop/logs"));
+        assert!(!session_may(&Method::HEAD, "/v1/apps"));
+        assert!(!session_may(&Method::GET, "/v1/blobs/sha256:abc"));
+        assert!(!session_may(&Method::DELETE, "/v1/apps/shop"));
+        assert!(!session_may(&Method::GET, "/v1/apps/shop/logs/x"));
     }
 }

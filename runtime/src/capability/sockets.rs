@@ -29,6 +29,10 @@ use wasmtime_wasi::sockets::{SocketAddrUse, WasiSocketsCtxView};
 /// The reason logged when a guest is refused a socket or a name lookup.
 pub const REASON: &str = "socket_denied";
 
+/// Names kept per looked-up address: several allowed names may share
+/// one address.
+const NAMES_PER_ADDRESS: usize = 16;
+
 /// Refusals logged per instance; a guest retrying in a loop is cut off
 /// from the log after these (and one line saying so).
 pub const LOGGED_DENIALS: usize = 8;
@@ -83,13 +87,19 @@ impl Capability for Sockets {
                     let permitted = match using {
                         // The implicit bind of a connect: any local port.
                         SocketAddrUse::TcpBind => addr.ip().is_unspecified() && addr.port() == 0,
+                        // As the address itself, or as any allowed name
+                        // it was looked up for.
                         SocketAddrUse::TcpConnect => {
-                            let name = resolved
-                                .lock()
-                                .unwrap_or_else(|e| e.into_inner())
-                                .get(&addr.ip())
-                                .cloned();
-                            policy.permits_tcp(addr.ip(), addr.port(), name.as_deref())
+                            policy.permits_tcp(addr.ip(), addr.port(), None)
+                                || resolved
+                                    .lock()
+                                    .unwrap_or_else(|e| e.into_inner())
+                                    .get(&addr.ip())
+                                    .is_some_and(|names| {
+                                        names.iter().any(|name| {
+                                            policy.permits_tcp(addr.ip(), addr.port(), Some(name))
+                                        })
+                                    })
                         }
                         _ => false,
                     };
@@ -131,8 +141,9 @@ pub struct SocketGrant {
     component: Arc<str>,
     /// `None`: no TCP at all.
     tcp: Option<Arc<OutboundPolicy>>,
-    /// Addresses the instance looked up, with the name each came from.
-    resolved: Arc<Mutex<HashMap<IpAddr, String>>>,
+    /// Addresses the instance looked up, with the names each came from
+    /// (at most [`NAMES_PER_ADDRESS`]).
+    resolved: Arc<Mutex<HashMap<IpAddr, Vec<String>>>>,
     /// The name each open lookup (by its resource) is for.
     lookups: HashMap<u32, String>,
     /// Refusals so far.
@@ -263,11 +274,15 @@ impl ip_name_lookup::HostResolveAddressStream for DeniedSocketsView<'_> {
         // Each address the platform looked up for an allowed name may be
         // connected to, as that name.
         if let (Some(address), Some(name)) = (&next, self.denials.lookups.get(&rep)) {
-            self.denials
+            let mut resolved = self
+                .denials
                 .resolved
                 .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .insert(ip_of(address), name.clone());
+                .unwrap_or_else(|e| e.into_inner());
+            let names = resolved.entry(ip_of(address)).or_default();
+            if !names.contains(name) && names.len() < NAMES_PER_ADDRESS {
+                names.push(name.clone());
+            }
         }
         Ok(next)
     }

@@ -133,6 +133,7 @@ pub(crate) struct Call<B> {
 impl<B> Call<B> {
     fn new(mut request: hyper::Request<B>, inbound: Inbound) -> Call<B> {
         strip_platform_headers(request.headers_mut());
+        strip_platform_cookies(request.headers_mut());
         let span = Span::for_request(request.headers());
         let tracestate = crate::mesh::tracestate_to_pass(&span, request.headers());
         Call {
@@ -278,7 +279,71 @@ pub fn strip_platform_headers(headers: &mut http::HeaderMap) {
     }
 }
 
+/// Cookies named `skiff_*` are the platform's own (the dashboard's
+/// session): a browser sends them to every port of the control plane's
+/// host, an app's ingress included, so they are removed before a guest
+/// sees the request.
+pub const PLATFORM_COOKIE_PREFIX: &str = "skiff_";
+
+/// Removes every `skiff_*` cookie from `headers`' `Cookie` headers (and a
+/// header left empty).
+pub fn strip_platform_cookies(headers: &mut http::HeaderMap) {
+    if !headers.contains_key(http::header::COOKIE) {
+        return;
+    }
+    let kept: Vec<http::HeaderValue> = headers
+        .get_all(http::header::COOKIE)
+        .iter()
+        .filter_map(|value| {
+            // A value that is not text cannot be read for names: dropped.
+            let text = value.to_str().ok()?;
+            let pairs: Vec<&str> = text
+                .split(';')
+                .map(str::trim)
+                .filter(|pair| !pair.is_empty())
+                .filter(|pair| {
+                    let name = pair.split_once('=').map_or(*pair, |(name, _)| name);
+                    !name.trim().starts_with(PLATFORM_COOKIE_PREFIX)
+                })
+                .collect();
+            if pairs.is_empty() {
+                return None;
+            }
+            http::HeaderValue::from_str(&pairs.join("; ")).ok()
+        })
+        .collect();
+    headers.remove(http::header::COOKIE);
+    for value in kept {
+        headers.append(http::header::COOKIE, value);
+    }
+}
+
 /// An early answer from a stage that did not call the stages inside it.
 fn answered<'a>(answer: Answer) -> Stage<'a> {
     Box::pin(std::future::ready(Ok(answer)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn platform_cookies_never_reach_a_guest() {
+        let mut headers = http::HeaderMap::new();
+        headers.append(
+            http::header::COOKIE,
+            http::HeaderValue::from_static("theme=dark; skiff_session=abc; lang=en"),
+        );
+        headers.append(
+            http::header::COOKIE,
+            http::HeaderValue::from_static("skiff_session=def"),
+        );
+        strip_platform_cookies(&mut headers);
+        let left: Vec<&str> = headers
+            .get_all(http::header::COOKIE)
+            .iter()
+            .map(|v| v.to_str().unwrap())
+            .collect();
+        assert_eq!(left, vec!["theme=dark; lang=en"]);
+    }
 }
