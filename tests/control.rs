@@ -755,3 +755,59 @@ fn a_node_that_never_starts_its_replica_loses_it_to_a_node_that_does() {
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     heartbeats.join().unwrap();
 }
+
+/// A compromised node reports impossible traffic (figures at the edge of
+/// u64, errors past requests, components it does not hold): `skiff top`
+/// shows bounded figures for what it holds, nothing for the rest, and the
+/// control plane keeps serving.
+#[test]
+fn a_node_reporting_impossible_traffic_cannot_bring_the_control_plane_down() {
+    let _serial = one_at_a_time();
+    let home = temp_dir();
+    let server = start_server(home.path(), "127.0.0.1:0", &[]);
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let node = join_by_api(&runtime, home.path(), &server.url, "node-1");
+    let buckets = skiff_runtime::metrics::REQUEST_DURATION_BUCKETS.len() + 1;
+    let lie = |app: &str| {
+        serde_json::json!({
+            "app": app, "component": "web", "concurrency": 0.0, "held": 0, "versions": [],
+            "traffic": {
+                "requests": 1, "errors": u64::MAX, "in_flight": u64::MAX,
+                "durations": vec![u64::MAX; buckets], "since_unix_ms": 0
+            }
+        })
+    };
+    let heartbeat = serde_json::json!({
+        "version": 0, "epoch": 0, "memory": 1u64 << 30,
+        "ingress": "127.0.0.2:1", "mesh": "127.0.0.2:2",
+        "status_run": 1, "status_seq": 1, "status_base": null,
+        "components": [{"app": "shop", "component": "web", "package": "sha256:00", "state": "running", "serving": "sha256:00"}],
+        "logs_first_seq": 0, "logs": [],
+        "load": [lie("shop"), lie("shop"), lie("stranger")]
+    });
+    for _ in 0..3 {
+        runtime
+            .block_on(node.call::<_, Value>(
+                http::Method::POST,
+                "/v1/node/sync",
+                &heartbeat,
+                Duration::from_secs(30),
+            ))
+            .expect("the heartbeat is taken");
+    }
+    let top: Value = serde_json::from_str(&cli(home.path(), &["top", "-o", "json"])).unwrap();
+    let components = top["components"].as_array().unwrap();
+    assert!(
+        components.iter().all(|c| c["app"] != "stranger"),
+        "traffic of a component the node does not hold: {top}"
+    );
+    let shop = components
+        .iter()
+        .find(|c| c["app"] == "shop")
+        .expect("the held component shows");
+    assert!(shop["error_rate"].as_f64().unwrap() <= 1.0, "{shop}");
+    assert!(shop["in_flight"].as_u64().unwrap() <= 1_000_000, "{shop}");
+    // Still serving.
+    let nodes: Value = serde_json::from_str(&cli(home.path(), &["nodes", "-o", "json"])).unwrap();
+    assert_eq!(nodes.as_array().unwrap().len(), 1, "{nodes}");
+}

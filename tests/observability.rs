@@ -165,6 +165,11 @@ fn prometheus_scrapes_a_node_and_the_control_plane() {
     send(503, 6);
     prometheus.wait_for(r#"sum(skiff_requests_total{app="shop",class="2xx"})"#, 40.0);
     prometheus.wait_for(r#"sum(skiff_requests_total{app="shop",class="5xx"})"#, 7.0);
+    // What the node's ingress answered, as its clients saw it.
+    prometheus.wait_for(
+        r#"sum(skiff_ingress_requests_total{app="shop",component="probe",class="2xx"})"#,
+        40.0,
+    );
     let load = r#"skiff_requests_total{app="shop"}[10m]"#;
     prometheus.wait_for(
         &format!("sum(max_over_time({load}) - min_over_time({load}))"),
@@ -189,6 +194,8 @@ fn prometheus_scrapes_a_node_and_the_control_plane() {
 
     // The control plane's view.
     prometheus.wait_for(r#"skiff_nodes{state="ready"}"#, 1.0);
+    // A state no node is in reads zero rather than vanishing.
+    prometheus.wait_for(r#"skiff_nodes{state="down"}"#, 0.0);
     prometheus.wait_for(r#"skiff_replicas{state="running"}"#, 1.0);
     prometheus.wait_for("skiff_replicas_pending", 0.0);
     let heartbeats = prometheus

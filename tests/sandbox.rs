@@ -698,11 +698,7 @@ fn sockets_and_name_lookups_are_refused_and_logged() {
         .collect();
     for line in &refusals {
         assert!(line.contains("component=\"hostile\""), "{line}");
-        assert!(
-            line.contains("refused: not allowed by a tcp:// or *:// entry")
-                || line.contains("more socket calls refused"),
-            "{line}"
-        );
+        assert!(line.contains(" refused"), "{line}");
     }
     let count = |what: &str| refusals.iter().filter(|l| l.contains(what)).count();
     assert_eq!(

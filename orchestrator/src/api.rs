@@ -788,7 +788,8 @@ pub struct NodeTop {
     pub used: u64,
     /// Memory its replicas reserve, bytes.
     pub reserved: u64,
-    /// Memory it offers, bytes.
+    /// Memory it offers, bytes; `null` in JSON when unlimited.
+    #[serde(with = "unlimited_as_null")]
     pub memory: u64,
 }
 

@@ -39,9 +39,10 @@ pub const MAX_COMPONENT_SERIES: usize = 2_000;
 pub const OVERFLOW_LABEL: &str = "_other";
 
 /// Upper bounds of the request duration buckets, seconds: Wasm requests
-/// often finish well under a millisecond, so the buckets start there.
-pub const REQUEST_DURATION_BUCKETS: [f64; 12] = [
-    0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0,
+/// often finish well under a millisecond, so the buckets start there, and
+/// they reach past the default 30 s timeout.
+pub const REQUEST_DURATION_BUCKETS: [f64; 15] = [
+    0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0,
 ];
 
 /// Upper bounds of the component load time buckets, seconds: from a

@@ -30,6 +30,9 @@ const FLUSH_EVERY: Duration = Duration::from_secs(1);
 /// The longest method kept of one a client made up, characters.
 const MAX_METHOD: usize = 32;
 
+/// The longest request path kept on a span, characters.
+const MAX_PATH: usize = 256;
+
 /// How long one export may take.
 const EXPORT_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -56,6 +59,8 @@ pub struct HopSpan<'a> {
     /// The route that served it, e.g. `/api/...`; `None` for a component
     /// reached only over the mesh.
     pub route: Option<String>,
+    /// The request's path (without its query).
+    pub path: &'a str,
     /// The app and component serving it.
     pub app: &'a str,
     /// The component.
@@ -111,10 +116,15 @@ pub fn start(endpoint: &str, instance: &str) -> Result<(), String> {
         .with_timeout(EXPORT_TIMEOUT)
         .build()
         .map_err(|e| format!("cannot export spans to {endpoint}: {e}"))?;
+    // OpenTelemetry's own variable names the service, as in every SDK.
+    let service = std::env::var("OTEL_SERVICE_NAME")
+        .ok()
+        .filter(|name| !name.trim().is_empty())
+        .unwrap_or_else(|| "skiff".to_string());
     exporter.set_resource(
         &opentelemetry_sdk::Resource::builder_empty()
             .with_attributes([
-                KeyValue::new("service.name", "skiff"),
+                KeyValue::new("service.name", service),
                 KeyValue::new("service.instance.id", instance.to_string()),
                 KeyValue::new("service.version", env!("CARGO_PKG_VERSION")),
             ])
@@ -170,7 +180,8 @@ fn span_data(hop: HopSpan<'_>) -> SpanData {
     };
     let name = match &hop.route {
         Some(route) => format!("{method} {route}"),
-        None => method.to_string(),
+        // Reached only over the mesh: named after the callee.
+        None => format!("{method} {}/{}", hop.app, hop.component),
     };
     let mut attributes = vec![
         KeyValue::new("http.request.method", method),
@@ -182,6 +193,8 @@ fn span_data(hop: HopSpan<'_>) -> SpanData {
     if let Some(route) = hop.route {
         attributes.push(KeyValue::new("http.route", route));
     }
+    let path: String = hop.path.chars().take(MAX_PATH).collect();
+    attributes.push(KeyValue::new("url.path", path));
     if method == "_OTHER" {
         let original: String = hop.method.as_str().chars().take(MAX_METHOD).collect();
         attributes.push(KeyValue::new("http.request.method_original", original));
@@ -267,6 +280,7 @@ mod tests {
             sampled: true,
             method,
             route: Some("/api/...".to_string()),
+            path: "/api/orders",
             app: "shop",
             component: "api",
             caller: "ingress".to_string(),

@@ -159,6 +159,11 @@ impl TryFrom<String> for Route {
                 "invalid route {text:?}: a route starts with '/', such as \"/api\" or \"/api/...\""
             ));
         }
+        if text.contains('*') {
+            return Err(format!(
+                "invalid route {text:?}: '*' is not a wildcard here; end a route with /... for everything below it, as in \"/api/...\""
+            ));
+        }
         if let Some(prefix) = text.strip_suffix("/...") {
             if prefix.contains("...") {
                 return Err(format!(
@@ -312,6 +317,12 @@ mod tests {
         let err = Route::try_from("api".to_string()).unwrap_err();
         assert!(err.contains("\"api\""), "{err}");
         assert!(Route::try_from("/a/.../b".to_string()).is_err());
+        assert!(
+            Route::try_from("/a/*".to_string())
+                .unwrap_err()
+                .contains("/...")
+        );
+        assert!(Route::try_from("/a*/...".to_string()).is_err());
         assert_eq!(route("/"), Route::Exact("/".into()));
         assert_eq!(route("/..."), Route::everything());
         assert_eq!(route("/a/...").to_string(), "/a/...");

@@ -41,7 +41,7 @@ impl ClusterArgs {
 pub struct DeployArgs {
     /// A skiff.toml, a directory holding one, a .wasm component, or a
     /// package reference.
-    #[arg(default_value = ".")]
+    #[arg(default_value = ".", value_hint = clap::ValueHint::AnyPath)]
     target: String,
     /// Run each component's build command first.
     #[arg(long)]
@@ -760,9 +760,13 @@ pub fn dashboard(args: DashboardArgs) -> anyhow::Result<()> {
         link.expires_secs / 60
     )?;
     out!("  {url}")?;
+    // The CA a browser must trust to take the API's certificate.
+    let ca = crate::cluster_config::path().with_file_name("cluster-ca.pem");
+    std::fs::write(&ca, &config.ca_pem)
+        .map_err(|e| anyhow::anyhow!("cannot write the cluster CA to {}: {e}", ca.display()))?;
     out!(
-        "The control plane's certificate is signed by the cluster's own CA: a browser warns unless it trusts it (the CA is in {})",
-        crate::cluster_config::path().display()
+        "The control plane's certificate is signed by the cluster's own CA: a browser warns unless it trusts {}",
+        ca.display()
     )?;
     Ok(())
 }

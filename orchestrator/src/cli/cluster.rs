@@ -76,6 +76,7 @@ pub struct ServerArgs {
 
 /// Runs the control plane until Ctrl-C or SIGTERM.
 pub fn server(args: ServerArgs) -> anyhow::Result<()> {
+    args.metrics.apart_from(args.listen, "--listen")?;
     let mut config = ControlPlaneConfig::new(
         args.data_dir
             .unwrap_or_else(|| home::skiff_home().join("server")),
@@ -206,6 +207,7 @@ fn parse_hold_limit(text: &str) -> Result<Duration, String> {
 
 /// Runs a node until Ctrl-C or SIGTERM.
 pub fn node(args: NodeArgs) -> anyhow::Result<()> {
+    args.metrics.apart_from(args.listen, "--listen")?;
     let name = args.name.unwrap_or_else(host_name);
     crate::mesh::ca::check_node_name(&name)?;
     let mut labels = BTreeMap::new();
@@ -268,6 +270,7 @@ pub fn node(args: NodeArgs) -> anyhow::Result<()> {
 pub struct UpArgs {
     /// An app to deploy: a skiff.toml, a directory holding one, a .wasm
     /// component, or a package reference.
+    #[arg(value_hint = clap::ValueHint::AnyPath)]
     path: Option<String>,
     /// HTTP ingress address.
     #[arg(long, default_value = "127.0.0.1:3000")]
@@ -291,6 +294,8 @@ pub struct UpArgs {
 /// A one-machine cluster: control plane, one node and ingress in one
 /// process, with an app deployed.
 pub fn up(args: UpArgs) -> anyhow::Result<()> {
+    args.metrics.apart_from(args.listen, "--listen")?;
+    args.metrics.apart_from(args.api, "--api")?;
     let started = Instant::now();
     let prepared = match &args.path {
         Some(path) => Some(deploy::prepare(path, args.build)?),
@@ -418,7 +423,7 @@ pub fn up(args: UpArgs) -> anyhow::Result<()> {
             out!("The CLI talks to this cluster until it stops, then to {previous} again")?;
         }
         let skiff = super::invocation();
-        out!("Try: {skiff} ps, {skiff} apps, {skiff} logs <app>")?;
+        out!("Try: {skiff} ps, {skiff} apps, {skiff} logs <app>, {skiff} top, {skiff} dashboard")?;
         let mut control_task = control_task;
         let stopped_early = tokio::select! {
             _ = &mut signalled => None,

@@ -108,8 +108,8 @@ enum Command {
     Label(apps::LabelArgs),
     /// Print (and with -f follow) the guest output of an app's replicas.
     Logs(apps::LogsArgs),
-    /// Print a shell completion script, e.g. `skiff completions bash >
-    /// ~/.local/share/bash-completion/completions/skiff`.
+    /// Print a shell completion script, e.g. `source <(skiff completions
+    /// bash)`.
     Completions(CompletionsArgs),
 }
 
@@ -123,7 +123,10 @@ struct CompletionsArgs {
 /// Prints the completion script for `shell`.
 fn completions(args: CompletionsArgs) -> anyhow::Result<()> {
     let mut command = <Cli as clap::CommandFactory>::command();
-    clap_complete::generate(args.shell, &mut command, "skiff", &mut std::io::stdout());
+    let mut script = Vec::new();
+    clap_complete::generate(args.shell, &mut command, "skiff", &mut script);
+    // A closed pipe (`skiff completions bash | head`) ends quietly.
+    std::io::Write::write_all(&mut std::io::stdout(), &script)?;
     Ok(())
 }
 

@@ -15,7 +15,7 @@ pub struct NewArgs {
     #[arg(long, value_enum, default_value = "rust")]
     lang: Lang,
     /// Where to make the app's directory; default the current one.
-    #[arg(long, default_value = ".")]
+    #[arg(long, default_value = ".", value_hint = clap::ValueHint::DirPath)]
     dir: PathBuf,
 }
 

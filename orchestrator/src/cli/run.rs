@@ -16,10 +16,10 @@ use std::time::Instant;
 pub struct RunArgs {
     /// A skiff.toml, a directory holding one, a .wasm component, or a
     /// package reference (`name:tag`, `sha256:...`, `registry/repo:tag`).
-    #[arg(default_value = ".")]
+    #[arg(default_value = ".", value_hint = clap::ValueHint::AnyPath)]
     path: String,
     /// Address to serve on.
-    #[arg(long, default_value = "127.0.0.1:3000")]
+    #[arg(long, default_value = "127.0.0.1:3000", value_hint = clap::ValueHint::Other)]
     listen: SocketAddr,
     /// Run each component's build command first.
     #[arg(long)]
@@ -36,6 +36,7 @@ pub struct RunArgs {
 
 /// Runs `skiff run`.
 pub fn run(args: RunArgs) -> anyhow::Result<()> {
+    args.metrics.apart_from(args.listen, "--listen")?;
     let source = if app_source::is_path(&args.path) {
         let mut source = AppSource::open(&PathBuf::from(&args.path))?;
         if args.build {

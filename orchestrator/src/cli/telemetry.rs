@@ -23,6 +23,21 @@ pub struct Metrics {
 }
 
 impl MetricsArgs {
+    /// Refuses a metrics address that is `other`, the address `flag`
+    /// gives.
+    ///
+    /// # Errors
+    ///
+    /// The two are the same.
+    pub fn apart_from(&self, other: SocketAddr, flag: &str) -> anyhow::Result<()> {
+        if self.metrics_listen == Some(other) && other.port() != 0 {
+            anyhow::bail!(
+                "--metrics-listen {other} is also {flag}: give the metrics an address of their own"
+            );
+        }
+        Ok(())
+    }
+
     /// Binds the address, if one was given, before anything else starts.
     ///
     /// # Errors
@@ -64,7 +79,7 @@ pub struct OtlpArgs {
     /// Export request spans over OTLP/HTTP to this collector, e.g.
     /// `http://127.0.0.1:4318` (`/v1/traces` is added when no path is
     /// given); off by default. Span log lines are written either way.
-    #[arg(long, value_name = "URL")]
+    #[arg(long, value_name = "URL", env = "OTEL_EXPORTER_OTLP_ENDPOINT")]
     otlp_endpoint: Option<String>,
 }
 

@@ -25,7 +25,7 @@ fn parse_interval(text: &str) -> Result<Duration, String> {
     let interval = humantime::parse_duration(text)
         .map_err(|e| format!("{text:?} is not a duration such as \"2s\": {e}"))?;
     if interval < Duration::from_millis(500) {
-        return Err(format!("{text:?}: refresh at most every 500ms"));
+        return Err(format!("{text:?}: the interval must be at least 500ms"));
     }
     Ok(interval)
 }

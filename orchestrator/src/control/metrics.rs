@@ -216,8 +216,12 @@ impl Collector for ClusterState {
         let Some(shared) = self.0.upgrade() else {
             return Ok(());
         };
-        let nodes = count_by(super::api::node_views(&shared).into_iter().map(|n| n.state));
+        let nodes = count_by(
+            &["ready", "down", "unknown", "cordoned", "draining"],
+            super::api::node_views(&shared).into_iter().map(|n| n.state),
+        );
         let replicas = count_by(
+            &["pending", "starting", "running", "failed", "unknown"],
             super::api::replica_views(&shared, None)
                 .into_iter()
                 .map(|r| r.state),
@@ -243,8 +247,11 @@ impl Collector for ClusterState {
     }
 }
 
-fn count_by(states: impl Iterator<Item = String>) -> BTreeMap<String, i64> {
-    let mut counts = BTreeMap::new();
+/// How many of `states` are each state; every one of `known` shows, at
+/// zero when none is in it.
+fn count_by(known: &[&str], states: impl Iterator<Item = String>) -> BTreeMap<String, i64> {
+    let mut counts: BTreeMap<String, i64> =
+        known.iter().map(|state| (state.to_string(), 0)).collect();
     for state in states {
         *counts.entry(state).or_default() += 1;
     }

@@ -109,28 +109,46 @@ impl TrafficLog {
         now_unix_ms: u64,
     ) -> impl Iterator<Item = (&Key, Delta)> {
         let window_start = now.checked_sub(WINDOW).unwrap_or(now);
+        let seconds_since = move |at: Instant| {
+            now.saturating_duration_since(at)
+                .max(Duration::from_secs(1))
+                .as_secs_f64()
+        };
         self.samples.iter().filter_map(move |(key, samples)| {
-            let (first_at, first) = samples.front()?;
-            let (_, last) = samples.back()?;
-            let began = now.checked_sub(Duration::from_millis(
-                now_unix_ms.saturating_sub(first.since_unix_ms),
-            ));
+            let (last_at, last) = samples.back()?;
+            // Nothing reported within the window: nothing changed in it.
+            if *last_at <= window_start {
+                return Some((
+                    key,
+                    Delta {
+                        durations: vec![0; last.durations.len()],
+                        seconds: WINDOW.as_secs_f64(),
+                        ..Delta::default()
+                    },
+                ));
+            }
             let zero = Traffic {
-                durations: vec![0; first.durations.len()],
+                durations: vec![0; last.durations.len()],
                 ..Traffic::default()
             };
-            let (from_at, from) = if *first_at <= window_start {
-                (window_start, first)
-            } else {
-                match began {
-                    Some(began) if began >= window_start => (began.min(now), &zero),
-                    _ => (*first_at, first),
+            // The figures at the window's start: the last report before it
+            // (they held until then); else zero if the counts began within
+            // the window; else the first report (what came before it is
+            // unknown, as after the control plane started).
+            let before = samples.iter().rev().find(|(at, _)| *at <= window_start);
+            let (from_at, from) = match before {
+                Some((_, before)) => (window_start, before),
+                None => {
+                    let (first_at, first) = samples.front()?;
+                    let began = now.checked_sub(Duration::from_millis(
+                        now_unix_ms.saturating_sub(first.since_unix_ms),
+                    ));
+                    match began {
+                        Some(began) if began >= window_start => (began.min(now), &zero),
+                        _ => (*first_at, first),
+                    }
                 }
             };
-            let seconds = now
-                .saturating_duration_since(from_at)
-                .max(Duration::from_secs(1))
-                .as_secs_f64();
             Some((
                 key,
                 Delta {
@@ -143,7 +161,7 @@ impl TrafficLog {
                         .map(|(now, before)| now.saturating_sub(*before))
                         .collect(),
                     in_flight: last.in_flight,
-                    seconds,
+                    seconds: seconds_since(from_at),
                 },
             ))
         })
@@ -216,6 +234,8 @@ pub(crate) fn view(
     }
     let keys: std::collections::BTreeSet<&Key> = by_component.keys().chain(counts.keys()).collect();
     let ms = |seconds: f64| (seconds * 1e6).round() / 1e3;
+    // Rates to a tenth, as shown.
+    let tenth = |rate: f64| (rate * 10.0).round() / 10.0;
     let components = keys
         .into_iter()
         .map(|key| {
@@ -230,9 +250,13 @@ pub(crate) fn view(
             ComponentTop {
                 app: key.0.clone(),
                 component: key.1.clone(),
-                rps,
-                errors_per_sec: errors,
-                error_rate: if rps > 0.0 { errors / rps } else { 0.0 },
+                rps: tenth(rps),
+                errors_per_sec: tenth(errors),
+                error_rate: if rps > 0.0 {
+                    (errors / rps * 1e4).round() / 1e4
+                } else {
+                    0.0
+                },
                 p50_ms: quantile(0.5),
                 p99_ms: quantile(0.99),
                 in_flight: sum.map_or(0, |s| s.in_flight),
@@ -248,7 +272,7 @@ pub(crate) fn view(
             NodeTop {
                 name: node.name.clone(),
                 state: node.state.clone(),
-                rps: sum.map_or(0.0, |s| s.requests),
+                rps: tenth(sum.map_or(0.0, |s| s.requests)),
                 in_flight: sum.map_or(0, |s| s.in_flight),
                 replicas: node.replicas,
                 used: node.used,
@@ -371,6 +395,38 @@ mod tests {
             .map(|(_, d)| d)
             .collect();
         assert_eq!(deltas[0].requests, 0);
+    }
+
+    #[test]
+    fn rates_fall_to_zero_once_the_window_holds_no_report() {
+        let start = Instant::now();
+        let key = ("shop".to_string(), "web".to_string());
+        let mut log = TrafficLog::default();
+        // A burst over seconds 0 to 5, counting since long before, then
+        // silence (a node reports only changes).
+        for second in 0..=5 {
+            log.record(
+                key.clone(),
+                traffic(1_000 + second * 100, 0, 4, 0),
+                at(start, second),
+            );
+        }
+        let rate = |log: &TrafficLog, second: u64| {
+            let deltas: Vec<Delta> = log
+                .deltas(at(start, second), 1_000_000 + second * 1000)
+                .map(|(_, d)| d)
+                .collect();
+            (
+                deltas[0].requests as f64 / deltas[0].seconds,
+                deltas[0].in_flight,
+            )
+        };
+        assert!(rate(&log, 6).0 > 0.0);
+        assert_eq!(rate(&log, 16), (0.0, 0), "idle for a whole window");
+        assert_eq!(rate(&log, 600), (0.0, 0));
+        // A node that comes back with lower figures starts afresh.
+        log.record(key.clone(), traffic(10, 0, 0, 1_000_700), at(start, 700));
+        assert!(rate(&log, 701).0 > 0.0);
     }
 
     #[test]

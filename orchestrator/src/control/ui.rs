@@ -229,7 +229,7 @@ pub(super) async fn handle(
                 sessions.note_refusal();
                 login_page(
                     StatusCode::UNAUTHORIZED,
-                    "That is not this cluster's admin token (it is in cluster.json, or printed by `skiff server` on its first start).",
+                    "That is not this cluster's admin token: it is the \"token\" of this cluster in $SKIFF_HOME/cluster.json, which skiff server and skiff up write; or log in with the link skiff dashboard prints.",
                 )
             }
         }

@@ -43,6 +43,8 @@ async fn dispatch(node: &Arc<NodeShared>, mut request: hyper::Request<Incoming>)
         .and_then(|h| h.to_str().ok())
         .map(str::to_string);
     let Some((app, component)) = routing.pick(host.as_deref(), request.uri().path()) else {
+        node.ingress_metrics
+            .record("", "", http::StatusCode::NOT_FOUND);
         let path = request.uri().path();
         // Only an app ingress can reach anyway is named: one without
         // routes is not revealed to a client guessing names.
@@ -60,5 +62,56 @@ async fn dispatch(node: &Arc<NodeShared>, mut request: hyper::Request<Incoming>)
         request.headers_mut().insert(http::header::HOST, value);
     }
     let inbound = Inbound::ingress(Some(node.mesh_router()));
-    reach(node, app, component, request, inbound).await
+    let answer = reach(node, app, component, request, inbound).await;
+    node.ingress_metrics
+        .record(&app.name, component, answer.status());
+    answer
+}
+
+/// Requests this node's ingress answered, by app, component and status
+/// class: whatever served them (a replica here, one on another node, or
+/// the node itself refusing: no replica, a hold or forward that failed).
+#[derive(Debug, Clone, Default)]
+pub(crate) struct IngressMetrics {
+    answered: prometheus_client::metrics::family::Family<
+        IngressLabels,
+        prometheus_client::metrics::counter::Counter,
+    >,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
+struct IngressLabels {
+    app: String,
+    component: String,
+    class: &'static str,
+}
+
+impl IngressMetrics {
+    /// Counts one answer with `status` for `app`'s `component` (empty for
+    /// a request no route took).
+    fn record(&self, app: &str, component: &str, status: http::StatusCode) {
+        let class = match status.as_u16() / 100 {
+            1 => "1xx",
+            2 => "2xx",
+            3 => "3xx",
+            4 => "4xx",
+            _ => "5xx",
+        };
+        self.answered
+            .get_or_create(&IngressLabels {
+                app: app.to_string(),
+                component: component.to_string(),
+                class,
+            })
+            .inc();
+    }
+
+    /// Adds these to `registry`.
+    pub(crate) fn register(&self, registry: &mut prometheus_client::registry::Registry) {
+        registry.register(
+            "ingress_requests",
+            "Requests this node's ingress answered, by app, component and status class, wherever they were served (app and component empty: no route took it)",
+            self.answered.clone(),
+        );
+    }
 }

@@ -172,6 +172,8 @@ pub(crate) struct NodeShared {
     mesh_router: Arc<crate::mesh::calls::NodeMesh>,
     /// The certificates of workloads here that call across nodes.
     pub(crate) workload_identities: crate::mesh::workload_certs::WorkloadIdentities,
+    /// What ingress answered.
+    pub(crate) ingress_metrics: ingress::IngressMetrics,
 }
 
 impl NodeShared {
@@ -272,6 +274,7 @@ impl Node {
             unsaved: Notify::new(),
             mesh_router: Arc::new(crate::mesh::calls::NodeMesh::new(weak.clone())),
             workload_identities,
+            ingress_metrics: Default::default(),
         });
         Ok(Node {
             shared,
@@ -296,6 +299,7 @@ impl Node {
     pub fn register_metrics(&self, registry: &mut prometheus_client::registry::Registry) {
         self.shared.engine.metrics().register(registry);
         self.shared.forwarder.metrics.register(registry);
+        self.shared.ingress_metrics.register(registry);
         let shared = Arc::downgrade(&self.shared);
         registry.register_collector(Box::new(crate::mesh::metrics::CertificateExpiry(
             move || {

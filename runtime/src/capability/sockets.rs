@@ -104,7 +104,21 @@ impl Capability for Sockets {
                         _ => false,
                     };
                     if !permitted {
-                        deny(&component, &denials, &format!("{using:?} to {addr}"));
+                        match using {
+                            SocketAddrUse::TcpConnect => deny(
+                                &component,
+                                &denials,
+                                &format!("TcpConnect to {addr}"),
+                                NOT_NAMED,
+                            ),
+                            // Never allowed, whatever the manifest says.
+                            _ => deny(
+                                &component,
+                                &denials,
+                                &format!("{using:?} on {addr}"),
+                                "guests may not listen or bind",
+                            ),
+                        };
                     }
                     Box::pin(std::future::ready(permitted))
                 });
@@ -114,16 +128,16 @@ impl Capability for Sockets {
     }
 }
 
-/// Logs a refusal of `what`, while the instance has logged fewer than
-/// [`LOGGED_DENIALS`].
-fn deny(component: &str, denials: &AtomicUsize, what: &str) -> ErrorCode {
+/// Why a TCP connection or lookup was refused.
+const NOT_NAMED: &str =
+    "no tcp:// or *:// entry of allowed_outbound_hosts names this host and port";
+
+/// Logs a refusal of `what` for `why`, while the instance has logged
+/// fewer than [`LOGGED_DENIALS`].
+fn deny(component: &str, denials: &AtomicUsize, what: &str, why: &str) -> ErrorCode {
     let count = denials.fetch_add(1, Ordering::Relaxed);
     if count < LOGGED_DENIALS {
-        tracing::warn!(
-            component,
-            reason = REASON,
-            "{what} refused: not allowed by a tcp:// or *:// entry of allowed_outbound_hosts naming its host and port"
-        );
+        tracing::warn!(component, reason = REASON, "{what} refused: {why}");
     } else if count == LOGGED_DENIALS {
         tracing::warn!(
             component,
@@ -152,8 +166,8 @@ pub struct SocketGrant {
 
 impl SocketGrant {
     /// Refuses `what`, logging it (see [`deny`]).
-    fn deny(&self, what: &str) -> ErrorCode {
-        deny(&self.component, &self.denials, what)
+    fn deny(&self, what: &str, why: &str) -> ErrorCode {
+        deny(&self.component, &self.denials, what, why)
     }
 }
 
@@ -223,7 +237,8 @@ impl network::HostNetwork for DeniedSocketsView<'_> {
 impl tcp_create_socket::Host for DeniedSocketsView<'_> {
     fn create_tcp_socket(&mut self, family: IpAddressFamily) -> SocketResult<Resource<TcpSocket>> {
         if self.denials.tcp.is_none() {
-            return Err(self.denials.deny("tcp socket").into());
+            let why = "no tcp:// or *:// entry of allowed_outbound_hosts names a host and port";
+            return Err(self.denials.deny("tcp socket", why).into());
         }
         // Where it may connect is the socket address check's to say.
         tcp_create_socket::Host::create_tcp_socket(&mut self.sockets, family)
@@ -235,7 +250,7 @@ impl udp_create_socket::Host for DeniedSocketsView<'_> {
         &mut self,
         _family: IpAddressFamily,
     ) -> SocketResult<Resource<UdpSocket>> {
-        Err(self.denials.deny("udp socket").into())
+        Err(self.denials.deny("udp socket", "guests get no UDP").into())
     }
 }
 
@@ -254,7 +269,7 @@ impl ip_name_lookup::Host for DeniedSocketsView<'_> {
         if !allowed {
             return Err(self
                 .denials
-                .deny(&format!("name lookup of {name:?}"))
+                .deny(&format!("name lookup of {name:?}"), NOT_NAMED)
                 .into());
         }
         let stream =

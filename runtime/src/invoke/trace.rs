@@ -33,6 +33,8 @@ where
             span: call.span,
             outcome: call.outcome.clone(),
             method: call.request.method().clone(),
+            // Kept only for an exported span: no copy per request otherwise.
+            path: crate::otlp::enabled().then(|| call.request.uri().path().to_string()),
             started: Instant::now(),
             started_at: SystemTime::now(),
             logged: false,
@@ -54,6 +56,8 @@ struct Hop<'a> {
     span: Span,
     outcome: std::sync::Arc<super::InstanceOutcome>,
     method: http::Method,
+    /// The request's path, for the exported span.
+    path: Option<String>,
     started: Instant,
     /// `started` on the wall clock, for the exported span.
     started_at: SystemTime,
@@ -105,6 +109,7 @@ impl Hop<'_> {
             sampled,
             method: &self.method,
             route: self.component.route.as_ref().map(ToString::to_string),
+            path: self.path.as_deref().unwrap_or_default(),
             app: workload.app.as_str(),
             component: workload.component.as_str(),
             caller: self

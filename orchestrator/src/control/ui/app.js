@@ -9,6 +9,9 @@ const CHART_POINTS = 60;
 // Per app, its last requests/s and p99 samples, for the chart.
 const samples = new Map();
 let refreshing = null;
+// The route the view shows; a refresh of it that fails keeps it, a new
+// route that fails says why instead.
+let shown = null;
 
 /** An element with attributes and children (strings become text nodes). */
 function el(tag, attrs, ...children) {
@@ -40,11 +43,11 @@ async function api(path) {
 }
 
 function table(id, headers, rows) {
-  return el("table", { id },
+  return el("div", { class: "scroll" }, el("table", { id },
     el("thead", {}, el("tr", {}, headers.map((h) => el("th", {}, h)))),
     el("tbody", {}, rows.length
       ? rows.map((cells) => el("tr", {}, cells.map((c) => c instanceof Node && c.tagName === "TD" ? c : el("td", {}, c))))
-      : el("tr", {}, el("td", { class: "muted", colspan: String(headers.length) }, "none"))));
+      : el("tr", {}, el("td", { class: "muted", colspan: String(headers.length) }, "none")))));
 }
 
 const link = (href, text) => el("a", { href }, text);
@@ -102,7 +105,7 @@ async function overview() {
           String(t.in_flight || 0), bytes(n.used), bytes(n.reserved), bytes(n.memory)];
       })),
     el("h2", {}, "Apps"),
-    table("apps", ["App", "Version", "Running", "Requests/s", "Errors", "p99"],
+    table("apps", ["App", "Version", "Running", "Requests/s", "Errors", "Worst p99"],
       apps.map((a) => {
         const t = appTraffic(top, a.name);
         const run = a.components.reduce((m, c) => m + c.running, 0);
@@ -116,7 +119,7 @@ async function overview() {
 /** Keeps the app's last traffic samples for its chart. */
 function record(app, traffic) {
   const list = samples.get(app) || [];
-  list.push({ rps: traffic.rps, p99: traffic.p99 || 0 });
+  list.push({ rps: traffic.rps, p99: traffic.p99 });
   while (list.length > CHART_POINTS) list.shift();
   samples.set(app, list);
 }
@@ -130,11 +133,15 @@ function chart(app) {
   svg.setAttribute("viewBox", `0 0 ${width} ${height}`);
   svg.setAttribute("preserveAspectRatio", "none");
   const list = samples.get(app) || [];
+  const maxima = {};
   for (const [key, cls] of [["rps", "rps"], ["p99", "p99"]]) {
-    const max = Math.max(1e-9, ...list.map((s) => s[key]));
+    // Each line on its own scale, from zero to its largest value (shown
+    // in the legend).
+    const max = Math.max(1e-9, ...list.map((s) => s[key] || 0));
+    maxima[key] = max;
     const points = list.map((s, i) => {
       const x = pad + (i / Math.max(1, list.length - 1)) * (width - 2 * pad);
-      const y = height - pad - (s[key] / max) * (height - 2 * pad);
+      const y = height - pad - ((s[key] || 0) / max) * (height - 2 * pad);
       return x.toFixed(1) + "," + y.toFixed(1);
     });
     const line = document.createElementNS(svgNs, "polyline");
@@ -142,11 +149,13 @@ function chart(app) {
     line.setAttribute("points", points.join(" "));
     svg.append(line);
   }
-  const last = list[list.length - 1] || { rps: 0, p99: 0 };
+  const last = list[list.length - 1] || { rps: 0, p99: null };
+  const seconds = Math.round(list.length * REFRESH_MS / 1000);
   return el("div", {},
     el("p", { class: "legend" },
-      el("span", { class: "rps" }, "requests/s " + rate(last.rps)),
-      el("span", { class: "p99" }, "p99 " + ms(last.p99))),
+      el("span", { class: "rps" }, "requests/s " + rate(last.rps) + " (top of chart: " + rate(maxima.rps) + ")"),
+      el("span", { class: "p99" }, "worst p99 " + ms(last.p99) + " (top of chart: " + ms(maxima.p99 > 1e-9 ? maxima.p99 : null) + ")"),
+      el("span", { class: "muted" }, "over the last " + seconds + " s, since this page opened")),
     svg);
 }
 
@@ -161,12 +170,13 @@ function rolloutText(r) {
 
 async function appPage(name) {
   const query = "?app=" + encodeURIComponent(name);
-  const [apps, top, replicas, events, logs] = await Promise.all([
-    api("/v1/apps"), api("/v1/top"), api("/v1/replicas" + query), api("/v1/events" + query),
+  const apps = await api("/v1/apps");
+  const app = apps.find((a) => a.name === name);
+  if (!app) return [el("h1", {}, "No app " + name), el("p", {}, link("#/", "Back to the cluster"))];
+  const [top, replicas, events, logs] = await Promise.all([
+    api("/v1/top"), api("/v1/replicas" + query), api("/v1/events" + query),
     api("/v1/apps/" + encodeURIComponent(name) + "/logs"),
   ]);
-  const app = apps.find((a) => a.name === name);
-  if (!app) return [el("h1", {}, "No app " + name), link("#/", "Back to the cluster")];
   record(name, appTraffic(top, name));
   const components = top.components.filter((c) => c.app === name);
   return [
@@ -200,7 +210,7 @@ async function appPage(name) {
 async function nodePage(name) {
   const [nodes, top, replicas] = await Promise.all([api("/v1/nodes"), api("/v1/top"), api("/v1/replicas")]);
   const node = nodes.find((n) => n.name === name);
-  if (!node) return [el("h1", {}, "No node " + name), link("#/", "Back to the cluster")];
+  if (!node) return [el("h1", {}, "No node " + name), el("p", {}, link("#/", "Back to the cluster"))];
   const t = top.nodes.find((x) => x.name === name) || {};
   const labels = Object.entries(node.labels).map(([k, v]) => k + "=" + v).join(", ");
   return [
@@ -218,24 +228,36 @@ async function nodePage(name) {
 }
 
 async function render() {
-  const route = location.hash.replace(/^#\/?/, "").split("/").map(decodeURIComponent);
+  const hash = location.hash;
+  const route = hash.replace(/^#\/?/, "").split("/").map(decodeURIComponent);
   const status = document.getElementById("status");
   try {
     let view;
     if (route[0] === "apps" && route[1]) view = await appPage(route[1]);
     else if (route[0] === "nodes" && route[1]) view = await nodePage(route[1]);
     else view = await overview();
+    if (hash !== location.hash) return; // the route changed meanwhile
     document.getElementById("view").replaceChildren(...view.filter((v) => v !== null));
+    shown = hash;
     status.className = "muted";
     status.textContent = "updated " + new Date().toLocaleTimeString();
   } catch (error) {
     status.className = "error";
     status.textContent = "refresh failed: " + error.message;
+    if (shown !== hash) {
+      document.getElementById("view").replaceChildren(
+        el("p", { class: "error" }, "This page could not be shown: " + error.message),
+        el("p", {}, link("#/", "Back to the cluster")));
+      shown = hash;
+    }
   }
 }
 
 function start() {
   if (refreshing) clearInterval(refreshing);
+  if (shown !== location.hash) {
+    document.getElementById("view").replaceChildren(el("p", { class: "muted" }, "Loading…"));
+  }
   render();
   refreshing = setInterval(render, REFRESH_MS);
 }
