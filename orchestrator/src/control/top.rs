@@ -24,6 +24,11 @@ const MAX_SAMPLES: usize = 32;
 /// larger figure (a node's lie) is taken as this.
 const MAX_IN_FLIGHT: u64 = 1_000_000;
 
+/// Components whose traffic is kept per node: a node busy in more at once
+/// has the rest left out of `skiff top` (and a node lying about what it
+/// holds costs the control plane at most this much).
+pub(crate) const MAX_COMPONENTS: usize = 10_000;
+
 /// `(app, component)`.
 type Key = (String, String);
 
@@ -57,6 +62,9 @@ impl TrafficLog {
         // A node's figures are its word: kept within what can be true.
         traffic.errors = traffic.errors.min(traffic.requests);
         traffic.in_flight = traffic.in_flight.min(MAX_IN_FLIGHT);
+        if !self.samples.contains_key(&key) && self.samples.len() >= MAX_COMPONENTS {
+            return;
+        }
         let samples = self.samples.entry(key).or_default();
         let went_down = samples.back().is_some_and(|(_, last)| {
             traffic.requests < last.requests
@@ -427,6 +435,20 @@ mod tests {
         // A node that comes back with lower figures starts afresh.
         log.record(key.clone(), traffic(10, 0, 0, 1_000_700), at(start, 700));
         assert!(rate(&log, 701).0 > 0.0);
+    }
+
+    #[test]
+    fn a_node_has_traffic_kept_for_a_bounded_number_of_components() {
+        let start = Instant::now();
+        let mut log = TrafficLog::default();
+        for n in 0..MAX_COMPONENTS + 10 {
+            log.record(
+                (format!("app{n}"), "web".to_string()),
+                traffic(1, 0, 0, 0),
+                at(start, 1),
+            );
+        }
+        assert_eq!(log.samples.len(), MAX_COMPONENTS);
     }
 
     #[test]
