@@ -84,9 +84,11 @@ pub struct HopSpan<'a> {
 /// An endpoint that is not an http(s) URL, or an exporter that cannot be
 /// built; and a second start.
 pub fn start(endpoint: &str, instance: &str) -> Result<(), String> {
+    // Errors and logs name the endpoint without its query (a token may be
+    // there): never its credentials.
     let url: http::Uri = endpoint
         .parse()
-        .map_err(|e| format!("--otlp-endpoint {endpoint:?} is not a URL: {e}"))?;
+        .map_err(|e| format!("--otlp-endpoint is not a URL: {e}"))?;
     if url.authority().is_some_and(|a| a.as_str().contains('@')) {
         return Err(
             "--otlp-endpoint: credentials in the URL are not sent; give the collector's URL without them"
@@ -94,9 +96,10 @@ pub fn start(endpoint: &str, instance: &str) -> Result<(), String> {
         );
     }
     if !matches!(url.scheme_str(), Some("http" | "https")) || url.host().is_none() {
-        return Err(format!(
-            "--otlp-endpoint {endpoint:?}: give an http:// or https:// URL, such as http://127.0.0.1:4318"
-        ));
+        return Err(
+            "--otlp-endpoint: give an http:// or https:// URL, such as http://127.0.0.1:4318"
+                .to_string(),
+        );
     }
     let endpoint = if matches!(url.path(), "" | "/") {
         format!("{}/v1/traces", endpoint.trim_end_matches('/'))
@@ -137,7 +140,17 @@ pub fn start(endpoint: &str, instance: &str) -> Result<(), String> {
             dropped: AtomicU64::new(0),
         })
         .map_err(|_| "spans are already exported".to_string())?;
-    tokio::spawn(send_batches(exporter, spans, endpoint));
+    let shown = format!(
+        "{}://{}{}",
+        url.scheme_str().unwrap_or("http"),
+        url.authority().map_or("", |a| a.as_str()),
+        if matches!(url.path(), "" | "/") {
+            "/v1/traces"
+        } else {
+            url.path()
+        }
+    );
+    tokio::spawn(send_batches(exporter, spans, shown));
     Ok(())
 }
 

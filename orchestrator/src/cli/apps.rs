@@ -738,6 +738,8 @@ pub fn dashboard(args: DashboardArgs) -> anyhow::Result<()> {
     struct Link {
         once: String,
         expires_secs: u64,
+        #[serde(default)]
+        api_certificate_sha256: String,
     }
     let config = ClusterConfig::load(args.cluster.server.as_deref())?;
     let client = config.client()?;
@@ -753,20 +755,23 @@ pub fn dashboard(args: DashboardArgs) -> anyhow::Result<()> {
         link.once
     );
     if args.cluster.json() {
-        return print_json(&serde_json::json!({"url": url, "expires_secs": link.expires_secs}));
+        return print_json(&serde_json::json!({
+            "url": url,
+            "expires_secs": link.expires_secs,
+            "api_certificate_sha256": link.api_certificate_sha256,
+        }));
     }
     out!(
         "Open this link to log in to the dashboard (once, within {} minutes):",
         link.expires_secs / 60
     )?;
     out!("  {url}")?;
-    // The CA a browser must trust to take the API's certificate.
-    let ca = crate::cluster_config::path().with_file_name("cluster-ca.pem");
-    std::fs::write(&ca, &config.ca_pem)
-        .map_err(|e| anyhow::anyhow!("cannot write the cluster CA to {}: {e}", ca.display()))?;
     out!(
-        "The control plane's certificate is signed by the cluster's own CA: a browser warns unless it trusts {}",
-        ca.display()
+        "The browser does not know the cluster's CA, so it warns: go on only if the certificate it shows has this SHA-256 fingerprint:"
+    )?;
+    out!("  {}", link.api_certificate_sha256)?;
+    out!(
+        "(Do not install the cluster CA in a browser: it also signs node certificates, which would then pass for web sites.)"
     )?;
     Ok(())
 }

@@ -93,7 +93,13 @@ impl OtlpArgs {
     pub fn start(&self, instance: &str) -> anyhow::Result<()> {
         if let Some(endpoint) = &self.otlp_endpoint {
             skiff_runtime::otlp::start(endpoint, instance).map_err(anyhow::Error::msg)?;
-            eprintln!("Exporting request spans to {endpoint}");
+            // The host only: a query or credentials may hold a secret.
+            let host = endpoint
+                .parse::<http::Uri>()
+                .ok()
+                .and_then(|url| url.host().map(str::to_string))
+                .unwrap_or_default();
+            eprintln!("Exporting request spans to the collector at {host}");
         }
         Ok(())
     }

@@ -240,22 +240,25 @@ fn authorize(shared: &Shared, request: &Request) -> Result<(), Refusal> {
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "));
     // The dashboard's session reads, and only reads.
-    if presented.is_none()
-        && let Some(session) = super::ui::session_cookie(request.headers())
-    {
-        if !shared.ui.valid(&session) {
-            return Err(Refusal(
-                StatusCode::UNAUTHORIZED,
-                "the dashboard session has expired: log in again at /ui".to_string(),
-            ));
+    if presented.is_none() {
+        match super::ui::session(&shared.ui, request.headers()) {
+            super::ui::SessionCookie::Absent => {}
+            super::ui::SessionCookie::Dead => {
+                return Err(Refusal(
+                    StatusCode::UNAUTHORIZED,
+                    "the dashboard session has expired: log in again at /ui".to_string(),
+                ));
+            }
+            super::ui::SessionCookie::Live(_) => {
+                if super::ui::session_may(request.method(), request.uri().path()) {
+                    return Ok(());
+                }
+                return Err(Refusal(
+                    StatusCode::FORBIDDEN,
+                    "a dashboard session may only read what the dashboard shows; anything else needs the admin token".to_string(),
+                ));
+            }
         }
-        if super::ui::session_may(request.method(), request.uri().path()) {
-            return Ok(());
-        }
-        return Err(Refusal(
-            StatusCode::FORBIDDEN,
-            "a dashboard session may only read what the dashboard shows; anything else needs the admin token".to_string(),
-        ));
     }
     // Compare digests, so the time taken says nothing about the token.
     use sha2::{Digest as _, Sha256};
@@ -331,10 +334,14 @@ async fn admin(
         }
         (&Method::POST, ["v1", "apps"]) => deploy(shared, read_json(request).await?).await,
         (&Method::GET, ["v1", "apps"]) => json(StatusCode::OK, &app_views(shared)),
-        (&Method::GET, ["v1", "top"]) => json(StatusCode::OK, &top_view(shared)),
+        (&Method::GET, ["v1", "top"]) => json(StatusCode::OK, &*top_view(shared)),
         (&Method::POST, ["v1", "ui", "links"]) => json(
             StatusCode::CREATED,
-            &serde_json::json!({"once": shared.ui.new_link(), "expires_secs": super::ui::LINK_LIFETIME.as_secs()}),
+            &serde_json::json!({
+                "once": shared.ui.new_link(),
+                "expires_secs": super::ui::LINK_LIFETIME.as_secs(),
+                "api_certificate_sha256": shared.api_fingerprint,
+            }),
         ),
         (&Method::DELETE, ["v1", "apps", app]) => {
             // Store and memory change under one lock, so a controller pass
@@ -1269,7 +1276,19 @@ async fn sync(shared: &Shared, caller: &NodeCert, request: Request) -> Handled {
         }
         // Demand that grew (or requests held for a component with no
         // replica) wakes the autoscaler now, not at the next pass.
-        let (urgent, outcomes) = entry.take_load(sync.load);
+        // What the control plane assigned the node, not what it says it
+        // holds, decides whose traffic it may report.
+        let assigned = if sync.load.iter().any(|l| l.traffic.is_some()) || !entry.traffic_is_empty()
+        {
+            shared
+                .desired
+                .lock()
+                .expect("desired state lock")
+                .assigned_to(node)
+        } else {
+            Default::default()
+        };
+        let (urgent, outcomes) = entry.take_load(sync.load, &assigned);
         wake |= urgent;
         reported_outcomes = outcomes;
         // Loads that failed since the node last reported: events.
@@ -1783,8 +1802,21 @@ pub(super) fn replica_views(shared: &Shared, app: Option<&str>) -> Vec<ReplicaVi
         .collect()
 }
 
-/// What `skiff top` shows now.
-fn top_view(shared: &Shared) -> crate::api::TopView {
+/// What `skiff top` shows now: made at most once a second, however many
+/// ask (every open dashboard does, every 2 s).
+fn top_view(shared: &Shared) -> Arc<crate::api::TopView> {
+    let mut cached = shared.top.lock().expect("top cache lock");
+    if let Some((at, view)) = cached.as_ref()
+        && at.elapsed() < Duration::from_secs(1)
+    {
+        return view.clone();
+    }
+    let view = Arc::new(make_top_view(shared));
+    *cached = Some((Instant::now(), view.clone()));
+    view
+}
+
+fn make_top_view(shared: &Shared) -> crate::api::TopView {
     let replicas = replica_views(shared, None);
     let nodes = node_views(shared);
     let traffic = {

@@ -108,6 +108,19 @@ impl DesiredLog {
     /// What node `name` must change to be at the computed version, having
     /// applied `since` (a version of `epoch`): everything when that
     /// version cannot be brought up to date by a change.
+    /// The `(app, component)`s assigned to node `name`, as last computed.
+    pub(super) fn assigned_to(&self, name: &str) -> std::collections::HashSet<(String, String)> {
+        self.assignments
+            .get(name)
+            .map_or_else(Default::default, |stamped| {
+                stamped
+                    .values
+                    .keys()
+                    .map(|(app, component, _)| (app.clone(), component.clone()))
+                    .collect()
+            })
+    }
+
     pub(super) fn change_for(&self, name: &str, epoch: u64, since: u64) -> DesiredChange {
         let none = Stamped::default();
         let assigned = self.assignments.get(name).unwrap_or(&none);

@@ -142,6 +142,11 @@ pub(crate) struct Shared {
     metrics: metrics::ControlMetrics,
     /// The dashboard's sessions and login links.
     ui: ui::Sessions,
+    /// The SHA-256 fingerprint of the API's certificate, as browsers show
+    /// it, for a user to check before accepting it.
+    api_fingerprint: String,
+    /// The last `skiff top` view and when it was made; locked alone.
+    top: Mutex<Option<(Instant, Arc<crate::api::TopView>)>>,
 }
 
 /// The in-memory view: the durable records plus liveness.
@@ -458,22 +463,24 @@ impl LiveNode {
     /// whether the autoscaler should look now (requests are held for a
     /// component, or one's demand at least doubled), and the outcomes of
     /// the versions it reports, by `(app, component)`.
-    fn take_load(&mut self, load: Vec<crate::api::ComponentLoad>) -> (bool, Vec<ReportedOutcomes>) {
+    fn take_load(
+        &mut self,
+        load: Vec<crate::api::ComponentLoad>,
+        assigned: &std::collections::HashSet<(String, String)>,
+    ) -> (bool, Vec<ReportedOutcomes>) {
         let mut urgent = false;
         let mut outcomes = Vec::new();
         let mut taken = HashMap::with_capacity(load.len().min(MAX_COMPONENTS_PER_NODE));
         let now = Instant::now();
         for mut entry in load.into_iter().take(MAX_COMPONENTS_PER_NODE) {
-            // Traffic only of a component the node holds: another's is
+            // Traffic only of a component the control plane assigned the
+            // node: what the node says it holds is its word, another's is
             // not its to report.
+            let key = (entry.app.clone(), entry.component.clone());
             if let Some(traffic) = entry.traffic.take()
-                && self
-                    .components
-                    .get(&entry.app)
-                    .is_some_and(|held| held.keys().any(|(c, _)| *c == entry.component))
+                && assigned.contains(&key)
             {
-                self.traffic
-                    .record((entry.app.clone(), entry.component.clone()), traffic, now);
+                self.traffic.record(key, traffic, now);
             }
             if !entry.versions.is_empty() {
                 outcomes.push((
@@ -489,7 +496,14 @@ impl LiveNode {
             taken.insert(key, entry);
         }
         self.load = taken;
+        // Nor is the traffic of a component it no longer runs kept.
+        self.traffic.keep_only(assigned);
         (urgent, outcomes)
+    }
+
+    /// Whether no component's traffic is kept for it.
+    fn traffic_is_empty(&self) -> bool {
+        self.traffic.is_empty()
     }
 
     /// Memory replicas may reserve on it: what it declared at join, or
@@ -497,6 +511,20 @@ impl LiveNode {
     fn memory(&self) -> u64 {
         self.record.memory.min(self.reported_memory)
     }
+}
+
+/// The SHA-256 of the first certificate in the PEM `chain`, as browsers
+/// show it (`AB:CD:...`).
+fn fingerprint(chain: &str) -> String {
+    let Ok((_, pem)) = x509_parser::pem::parse_x509_pem(chain.as_bytes()) else {
+        return String::new();
+    };
+    let digest = <sha2::Sha256 as sha2::Digest>::digest(&pem.contents);
+    digest
+        .iter()
+        .map(|byte| format!("{byte:02X}"))
+        .collect::<Vec<_>>()
+        .join(":")
 }
 
 /// `(app, component, outcomes of its versions)` as a heartbeat reports them.
@@ -597,6 +625,7 @@ impl ControlPlane {
         hosts.dedup();
         let (chain, key) = ca.sign_control_plane(&hosts)?;
         let tls = crate::mesh::tls::control_plane_server(ca.cert_pem(), &chain, &key)?;
+        let api_fingerprint = fingerprint(&chain);
 
         let mut live = Live::load(&store, &packages, &dir.join("state.redb"))?;
         live.overcommit = config.overcommit;
@@ -635,6 +664,8 @@ impl ControlPlane {
             collector: collect::Collector::default(),
             metrics: Default::default(),
             ui: ui::Sessions::new(ui_session_lifetime),
+            api_fingerprint,
+            top: Mutex::default(),
         });
         Ok(ControlPlane {
             shared,

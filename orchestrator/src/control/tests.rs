@@ -1009,6 +1009,27 @@ fn a_node_reports_traffic_only_of_components_it_holds() {
         versions: Vec::new(),
         traffic: Some(traffic),
     };
-    entry.take_load(vec![load]);
-    assert!(entry.traffic.is_empty(), "a component it does not hold");
+    // It says it holds web/api; the control plane assigned it nothing.
+    entry.components.insert(
+        "web".to_string(),
+        std::collections::HashMap::from([(
+            ("api".to_string(), "sha256:00".to_string()),
+            crate::api::ComponentStatus {
+                app: "web".to_string(),
+                component: "api".to_string(),
+                package: "sha256:00".to_string(),
+                state: crate::api::LoadState::Running,
+                serving: Some("sha256:00".to_string()),
+                error: None,
+            },
+        )]),
+    );
+    entry.take_load(vec![load.clone()], &Default::default());
+    assert!(entry.traffic.is_empty(), "a component not assigned to it");
+    let assigned = std::collections::HashSet::from([("web".to_string(), "api".to_string())]);
+    entry.take_load(vec![load.clone()], &assigned);
+    assert!(!entry.traffic.is_empty(), "its own component");
+    // Moved away: what it said of it is forgotten.
+    entry.take_load(vec![], &Default::default());
+    assert!(entry.traffic.is_empty());
 }

@@ -99,8 +99,14 @@ impl TrafficLog {
         }
     }
 
+    /// Forgets the traffic of components not in `assigned`.
+    pub(crate) fn keep_only(&mut self, assigned: &std::collections::HashSet<Key>) {
+        if !self.samples.is_empty() {
+            self.samples.retain(|key, _| assigned.contains(key));
+        }
+    }
+
     /// Whether no component's traffic is kept.
-    #[cfg(test)]
     pub(crate) fn is_empty(&self) -> bool {
         self.samples.is_empty()
     }

@@ -131,16 +131,43 @@ fn hash(secret: &str) -> [u8; 32] {
     Sha256::digest(secret.as_bytes()).into()
 }
 
-/// The session cookie of `headers`, if any.
-pub(crate) fn session_cookie(headers: &http::HeaderMap) -> Option<String> {
+/// The session cookies of `headers` (a browser may send several of one
+/// name, one planted by another page of the host among them).
+fn session_cookies(headers: &http::HeaderMap) -> Vec<&str> {
     headers
         .get_all(header::COOKIE)
         .iter()
         .filter_map(|value| value.to_str().ok())
         .flat_map(|value| value.split(';'))
         .filter_map(|pair| pair.trim().split_once('='))
-        .find(|(name, _)| *name == COOKIE)
-        .map(|(_, value)| value.to_string())
+        .filter(|(name, _)| *name == COOKIE)
+        .map(|(_, value)| value)
+        .collect()
+}
+
+/// What the session cookies of `headers` say.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum SessionCookie {
+    /// None was sent.
+    Absent,
+    /// One is a live session (this one).
+    Live(String),
+    /// Some were sent; none is live.
+    Dead,
+}
+
+/// The live session among `headers`' session cookies, if any.
+pub(crate) fn session(sessions: &Sessions, headers: &http::HeaderMap) -> SessionCookie {
+    let cookies = session_cookies(headers);
+    if cookies.is_empty() {
+        return SessionCookie::Absent;
+    }
+    cookies
+        .into_iter()
+        .find(|secret| sessions.valid(secret))
+        .map_or(SessionCookie::Dead, |secret| {
+            SessionCookie::Live(secret.to_string())
+        })
 }
 
 /// The `GET`s of `/v1` a dashboard session may make (`:name` stands for
@@ -170,7 +197,7 @@ pub(crate) fn session_may(method: &Method, path: &str) -> bool {
 
 /// Whether `request` carries a live session.
 fn logged_in(sessions: &Sessions, headers: &http::HeaderMap) -> bool {
-    session_cookie(headers).is_some_and(|secret| sessions.valid(&secret))
+    matches!(session(sessions, headers), SessionCookie::Live(_))
 }
 
 /// Answers a request under `/ui` (`rest` is the path after it);
@@ -236,9 +263,7 @@ pub(super) async fn handle(
         (&Method::POST, ["logout"]) => {
             // Only a session logs itself out: a form posted from another
             // site carries no cookie (SameSite=Strict) and changes nothing.
-            let Some(secret) =
-                session_cookie(request.headers()).filter(|secret| sessions.valid(secret))
-            else {
+            let SessionCookie::Live(secret) = session(sessions, request.headers()) else {
                 return redirect("/ui/login");
             };
             sessions.end(&secret);
@@ -353,7 +378,18 @@ mod tests {
             header::COOKIE,
             http::HeaderValue::from_static("a=1; skiff_session=abc; b=2"),
         );
-        assert_eq!(session_cookie(&headers).as_deref(), Some("abc"));
+        assert_eq!(session_cookies(&headers), vec!["abc"]);
+        // A planted cookie before the live one does not hide it.
+        let sessions = Sessions::new(Duration::from_secs(60));
+        let live = sessions.start();
+        let mut both = http::HeaderMap::new();
+        both.insert(
+            header::COOKIE,
+            http::HeaderValue::from_str(&format!("skiff_session=00; skiff_session={live}"))
+                .unwrap(),
+        );
+        assert_eq!(session(&sessions, &both), SessionCookie::Live(live));
+        assert_eq!(session(&sessions, &headers), SessionCookie::Dead);
         assert_eq!(escape("<script>&\"'"), "&lt;script&gt;&amp;&quot;&#39;");
     }
 

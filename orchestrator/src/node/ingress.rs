@@ -36,6 +36,9 @@ pub(crate) async fn serve(
 }
 
 async fn dispatch(node: &Arc<NodeShared>, mut request: hyper::Request<Incoming>) -> Answer {
+    // The dashboard's session cookie is the platform's: it goes no
+    // further than here, not even to the node a request is forwarded to.
+    skiff_runtime::invoke::strip_platform_cookies(request.headers_mut());
     let routing = node.routing.read().expect("routing lock").clone();
     let host = request
         .headers()

@@ -227,7 +227,20 @@ async function nodePage(name) {
   ];
 }
 
+let rendering = false;
+
 async function render() {
+  // A refresh still waiting for its answers is not joined by another.
+  if (rendering) return;
+  rendering = true;
+  try {
+    await draw();
+  } finally {
+    rendering = false;
+  }
+}
+
+async function draw() {
   const hash = location.hash;
   const route = hash.replace(/^#\/?/, "").split("/").map(decodeURIComponent);
   const status = document.getElementById("status");
