@@ -34,6 +34,11 @@ impl Route {
         }
     }
 
+    /// Whether the route has `:name` segments.
+    pub fn has_params(&self) -> bool {
+        self.path().contains(':')
+    }
+
     /// Whether `path` (without query) falls under this route.
     pub fn matches(&self, path: &str) -> bool {
         self.match_segments(path).is_some()

@@ -177,26 +177,9 @@ fn method_label(method: &http::Method) -> &'static str {
 /// The route of [`ROUTES`] `path` is on (the most literal one first), or
 /// `unmatched`.
 fn route_label(path: &str) -> &'static str {
-    let segments: Vec<&str> = path
-        .trim_matches('/')
-        .split('/')
-        .filter(|s| !s.is_empty())
-        .collect();
-    let fits = |route: &str| {
-        let pattern: Vec<&str> = route
-            .trim_matches('/')
-            .split('/')
-            .filter(|s| !s.is_empty())
-            .collect();
-        pattern.len() == segments.len()
-            && pattern
-                .iter()
-                .zip(&segments)
-                .all(|(want, got)| *want == ":name" || want == got)
-    };
     ROUTES
         .iter()
-        .filter(|route| fits(route))
+        .filter(|route| super::path_fits(route, path))
         .min_by_key(|route| route.matches(":name").count())
         .copied()
         .unwrap_or("unmatched")

@@ -513,6 +513,24 @@ impl LiveNode {
     }
 }
 
+/// Whether `path` is on the API route `template`, where `:name` stands
+/// for any one segment (`/v1/apps/:name/logs`); empty segments are
+/// ignored, as the API's router does.
+pub(crate) fn path_fits(template: &str, path: &str) -> bool {
+    let segments = |text: &str| -> Vec<String> {
+        text.split('/')
+            .filter(|s| !s.is_empty())
+            .map(str::to_string)
+            .collect()
+    };
+    let (pattern, actual) = (segments(template), segments(path));
+    pattern.len() == actual.len()
+        && pattern
+            .iter()
+            .zip(&actual)
+            .all(|(want, got)| want == ":name" || want == got)
+}
+
 /// The SHA-256 of the first certificate in the PEM `chain`, as browsers
 /// show it (`AB:CD:...`).
 fn fingerprint(chain: &str) -> String {

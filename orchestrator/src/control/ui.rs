@@ -183,16 +183,10 @@ const SESSION_READS: [&str; 6] = [
 
 /// Whether a dashboard session may make `method` `path`.
 pub(crate) fn session_may(method: &Method, path: &str) -> bool {
-    let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
     *method == Method::GET
-        && SESSION_READS.iter().any(|read| {
-            let pattern: Vec<&str> = read.trim_matches('/').split('/').collect();
-            pattern.len() == segments.len()
-                && pattern
-                    .iter()
-                    .zip(&segments)
-                    .all(|(want, got)| *want == ":name" || want == got)
-        })
+        && SESSION_READS
+            .iter()
+            .any(|read| super::path_fits(read, path))
 }
 
 /// Whether `request` carries a live session.

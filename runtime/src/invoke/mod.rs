@@ -148,7 +148,7 @@ impl<B> Call<B> {
     /// Tells the guest what its route's `:name` segments matched, in
     /// `skiff-path-param-NAME` headers.
     fn set_path_params(&mut self, component: &LoadedComponent) {
-        let Some(route) = &component.route else {
+        let Some(route) = component.route.as_ref().filter(|r| r.has_params()) else {
             return;
         };
         let path = self.request.uri().path().to_string();
