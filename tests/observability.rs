@@ -299,6 +299,10 @@ fn skiff_run_counts_requests_by_class_and_the_platforms_reason() {
         ),
         Some(1.0)
     );
+    // The process's own figures, under the names every client gives them.
+    let resident = sample(&text, "process_resident_memory_bytes ").expect("the resident set");
+    assert!(resident > 1e6, "{resident}");
+    assert!(text.contains("skiff_build_info{version="), "{text}");
     // The one load: compiled, or from the compile cache of this home.
     let loads = sample(&text, r#"skiff_compile_cache_lookups_total{result="miss"}"#).or(sample(
         &text,

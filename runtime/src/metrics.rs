@@ -12,9 +12,11 @@
 //! thousands of apps bounded in size and time.
 
 mod endpoint;
+mod process;
 mod series;
 
 pub use endpoint::{MAX_SCRAPE_CONNECTIONS, MetricsEndpoint};
+pub use process::ProcessCollector;
 pub use series::{ComponentSeries, Durations, OutboundOutcome, TrafficCounts};
 
 use crate::cache::CacheOutcome;

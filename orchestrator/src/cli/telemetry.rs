@@ -68,8 +68,12 @@ impl Metrics {
         let Some(endpoint) = self.endpoint else {
             return;
         };
+        // The process's own figures first, under their usual names.
+        let mut process = Registry::default();
+        process.register_collector(Box::new(skiff_runtime::metrics::ProcessCollector::default()));
         eprintln!("Metrics at http://{}/metrics", endpoint.local_addr());
-        tokio::spawn(endpoint.run(Arc::new(registry), std::future::pending()));
+        let registries: Arc<[Registry]> = Arc::from(vec![process, registry]);
+        tokio::spawn(endpoint.run(registries, std::future::pending()));
     }
 }
 

@@ -46,18 +46,19 @@ impl MetricsEndpoint {
             .expect("a bound listener has an address")
     }
 
-    /// Serves `registry` until `shutdown` completes.
-    pub async fn run(self, registry: Arc<Registry>, shutdown: impl Future<Output = ()>) {
+    /// Serves `registries`, one after the other in each scrape, until
+    /// `shutdown` completes.
+    pub async fn run(self, registries: Arc<[Registry]>, shutdown: impl Future<Output = ()>) {
         let open = Arc::new(Semaphore::new(MAX_SCRAPE_CONNECTIONS));
         accept_until(self.listener, shutdown, DRAIN_TIMEOUT, |accepted| {
             let Ok(permit) = open.clone().try_acquire_owned() else {
                 tracing::warn!(peer = %accepted.peer, "metrics connection refused: {MAX_SCRAPE_CONNECTIONS} already open");
                 return;
             };
-            let registry = registry.clone();
+            let registries = registries.clone();
             let service = hyper::service::service_fn(move |request| {
-                let registry = registry.clone();
-                async move { Ok::<_, std::convert::Infallible>(answer(&registry, &request)) }
+                let registries = registries.clone();
+                async move { Ok::<_, std::convert::Infallible>(answer(&registries, &request)) }
             });
             tokio::spawn(async move {
                 let _permit = permit;
@@ -70,7 +71,7 @@ impl MetricsEndpoint {
 
 /// The answer to one request: the metrics for `GET /metrics`, else why not.
 fn answer(
-    registry: &Registry,
+    registries: &[Registry],
     request: &hyper::Request<Incoming>,
 ) -> hyper::Response<ResponseBody> {
     if request.uri().path() != "/metrics" {
@@ -86,7 +87,13 @@ fn answer(
         );
     }
     let mut text = String::with_capacity(64 << 10);
-    if let Err(e) = prometheus_client::encoding::text::encode(&mut text, registry) {
+    let encoded = registries
+        .iter()
+        .try_for_each(|registry| {
+            prometheus_client::encoding::text::encode_registry(&mut text, registry)
+        })
+        .and_then(|()| prometheus_client::encoding::text::encode_eof(&mut text));
+    if let Err(e) = encoded {
         tracing::error!("cannot encode metrics: {e}");
         return plain(
             http::StatusCode::INTERNAL_SERVER_ERROR,
