@@ -17,7 +17,7 @@ mod series;
 
 pub use endpoint::{MAX_SCRAPE_CONNECTIONS, MetricsEndpoint};
 pub use process::ProcessCollector;
-pub use series::{ComponentSeries, Durations, OutboundOutcome, TrafficCounts};
+pub use series::{ComponentSeries, OutboundOutcome, TrafficCounts};
 
 use crate::cache::CacheOutcome;
 use crate::limits::ConcurrencyGate;

@@ -32,11 +32,13 @@ where
             inbound: call.inbound.clone(),
             span: call.span,
             outcome: call.outcome.clone(),
-            method: call.request.method().clone(),
-            // Kept only for an exported span: no copy per request otherwise.
-            path: crate::otlp::enabled().then(|| call.request.uri().path().to_string()),
+            exported: crate::otlp::enabled().then(|| {
+                (
+                    call.request.method().clone(),
+                    call.request.uri().path().to_string(),
+                )
+            }),
             started: Instant::now(),
-            started_at: SystemTime::now(),
             logged: false,
         };
         let inner = self.inner.call(call);
@@ -55,12 +57,10 @@ struct Hop<'a> {
     inbound: Inbound,
     span: Span,
     outcome: std::sync::Arc<super::InstanceOutcome>,
-    method: http::Method,
-    /// The request's path, for the exported span.
-    path: Option<String>,
+    /// The request's method and path, kept only when spans are exported:
+    /// no copy per request otherwise.
+    exported: Option<(http::Method, String)>,
     started: Instant,
-    /// `started` on the wall clock, for the exported span.
-    started_at: SystemTime,
     logged: bool,
 }
 
@@ -97,9 +97,11 @@ impl Hop<'_> {
 impl Hop<'_> {
     /// Queues the hop's span for OTLP, when spans are exported.
     fn export(&self, status: u16) {
-        if !crate::otlp::enabled() {
+        let Some((method, path)) = &self.exported else {
             return;
-        }
+        };
+        // The wall clock is read only for an exported span.
+        let end = SystemTime::now();
         let (trace_id, span_id, parent_id, sampled) = self.span.ids();
         let workload = &self.component.workload;
         crate::otlp::export(crate::otlp::HopSpan {
@@ -107,9 +109,9 @@ impl Hop<'_> {
             span_id,
             parent_id,
             sampled,
-            method: &self.method,
+            method,
             route: self.component.route.as_ref().map(ToString::to_string),
-            path: self.path.as_deref().unwrap_or_default(),
+            path,
             app: workload.app.as_str(),
             component: workload.component.as_str(),
             caller: self
@@ -118,8 +120,8 @@ impl Hop<'_> {
                 .as_ref()
                 .map_or_else(|| "ingress".to_string(), |caller| caller.spiffe_id()),
             status,
-            start: self.started_at,
-            end: self.started_at + self.started.elapsed(),
+            start: end - self.started.elapsed(),
+            end,
         });
     }
 }

@@ -74,7 +74,7 @@ impl OutboundOutcome {
 /// the request path: a count per bucket (the last past every bound) and
 /// the sum.
 #[derive(Debug)]
-pub struct Durations {
+pub(crate) struct Durations {
     buckets: [AtomicU64; super::REQUEST_DURATION_BUCKETS.len() + 1],
     sum_nanos: AtomicU64,
 }
@@ -102,7 +102,7 @@ impl Durations {
 
     /// The count in each bucket (not cumulative), the last past every
     /// bound.
-    pub fn counts(&self) -> Vec<u64> {
+    pub(crate) fn counts(&self) -> Vec<u64> {
         self.buckets
             .iter()
             .map(|bucket| bucket.load(Ordering::Relaxed))
@@ -210,17 +210,6 @@ impl ComponentSeries {
             .position(|known| *known == outcome)
             .unwrap_or_default();
         self.outbound[index].fetch_add(1, Ordering::Relaxed);
-    }
-
-    /// Requests with status class `class` (`2xx`) and `reason`, so far.
-    pub fn requests(&self, class: &str, reason: Option<&str>) -> u64 {
-        let (Some(class), Some(reason)) = (
-            CLASSES.iter().position(|known| *known == class),
-            REASONS.iter().position(|known| *known == reason),
-        ) else {
-            return 0;
-        };
-        self.requests[class * REASONS.len() + reason].load(Ordering::Relaxed)
     }
 
     /// Its traffic so far, and its requests in flight now.
