@@ -201,11 +201,13 @@ impl Collector for ClusterState {
         };
         let nodes = count_by(
             &["ready", "down", "unknown", "cordoned", "draining"],
-            super::api::node_views(&shared).into_iter().map(|n| n.state),
+            super::views::node_views(&shared)
+                .into_iter()
+                .map(|n| n.state),
         );
         let replicas = count_by(
             &["pending", "starting", "running", "failed", "unknown"],
-            super::api::replica_views(&shared, None)
+            super::views::replica_views(&shared, None)
                 .into_iter()
                 .map(|r| r.state),
         );

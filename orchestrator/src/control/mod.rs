@@ -3,7 +3,7 @@
 //! replica placed on a live node.
 //!
 //! State is split in two. What must survive a restart (apps, nodes,
-//! replica assignments, join tokens) is in the redb [`ClusterStore`], and
+//! replica assignments, join tokens) is in the [`ClusterStore`], and
 //! every change to it is one transaction. What is rebuilt from heartbeats
 //! (liveness, what each node reports running) is only in memory; after a
 //! restart every known node gets a fresh heartbeat window to reconnect, so
@@ -11,6 +11,7 @@
 
 mod api;
 mod catalog;
+mod cluster;
 mod collect;
 mod deadline;
 mod desired;
@@ -23,6 +24,7 @@ mod rollout;
 mod tests;
 mod top;
 mod ui;
+mod views;
 
 pub use crate::mesh::admission::{MAX_CONNECTIONS, MAX_CONNECTIONS_PER_IP};
 pub use catalog::AppSpec;
@@ -31,7 +33,7 @@ pub use deadline::{BODY_TIMEOUT, MIN_UPLOAD_RATE};
 
 use crate::api::{ComponentStatus, JoinTokenResponse, StatusReport};
 use crate::mesh::ClusterCa;
-use crate::state::{AppRecord, ClusterStore, NodeRecord, ReplicaRecord};
+use crate::state::{AppRecord, ClusterStore, NodeRecord, RedbStore, ReplicaRecord};
 use anyhow::Context;
 use skiff_runtime::package::Store;
 use std::collections::{BTreeMap, HashMap};
@@ -119,7 +121,7 @@ pub struct ControlPlane {
 pub(crate) struct Shared {
     config: ControlPlaneConfig,
     cluster: String,
-    store: ClusterStore,
+    store: Box<dyn ClusterStore>,
     packages: Store,
     ca: ClusterCa,
     /// Where the API listens, as bound.
@@ -620,7 +622,7 @@ impl ControlPlane {
             crate::home::write_private(&token_file, token.as_bytes())?;
             token
         };
-        let store = ClusterStore::open(&dir.join("state.redb"))?;
+        let store: Box<dyn ClusterStore> = Box::new(RedbStore::open(&dir.join("state.redb"))?);
         let packages = Store::open(&dir.join("packages"))?;
 
         let listener = TcpListener::bind(config.listen).await.map_err(|e| {
@@ -645,7 +647,7 @@ impl ControlPlane {
         let tls = crate::mesh::tls::control_plane_server(ca.cert_pem(), &chain, &key)?;
         let api_fingerprint = fingerprint(&chain);
 
-        let mut live = Live::load(&store, &packages, &dir.join("state.redb"))?;
+        let mut live = Live::load(store.as_ref(), &packages, &dir.join("state.redb"))?;
         live.overcommit = config.overcommit;
         if let Some(node) = live
             .nodes
@@ -840,7 +842,7 @@ impl Live {
 
     /// Reads the durable state from `store` (at `path`), setting aside
     /// records that do not decode, and each app's package from `packages`.
-    fn load(store: &ClusterStore, packages: &Store, path: &Path) -> anyhow::Result<Live> {
+    fn load(store: &dyn ClusterStore, packages: &Store, path: &Path) -> anyhow::Result<Live> {
         let mut live = Live {
             started_unix_ms: crate::clock::unix_ms(),
             ..Live::default()

@@ -83,7 +83,7 @@ fn pass(shared: &Shared) {
         }
     }
     for app in &outcome.apps {
-        if let Err(e) = shared.store.update_app(&app.name, |_| Ok(app.clone())) {
+        if let Err(e) = shared.store.update_app(&app.name, &mut |_| Ok(app.clone())) {
             // Memory runs ahead of the store until the next change of the
             // app is stored; a restart picks the rollout up where stored.
             tracing::error!(app = app.name, "cannot record the rollout's progress: {e}");

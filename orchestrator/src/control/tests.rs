@@ -350,7 +350,7 @@ fn every_node_learns_each_member_and_its_incarnation() {
 
 #[test]
 fn reported_addresses_must_be_dialable_and_not_the_control_plane() {
-    use super::api::check_reported_address;
+    use super::cluster::heartbeat::check_reported_address;
     let api: std::net::SocketAddr = "127.0.0.1:7070".parse().unwrap();
     let any: std::net::SocketAddr = "0.0.0.0:7070".parse().unwrap();
     let hosts = vec!["10.1.2.3".to_string(), "cp".to_string()];

@@ -1,27 +1,23 @@
-//! The control plane's durable state, in an embedded transactional store
-//! (redb): the apps declared with their package digest and scale, the nodes
-//! that joined, where each replica is assigned, and the one-time join
-//! tokens. Every change is one ACID transaction, so a control
-//! plane killed mid-write reopens to the state before or after that write,
-//! never between. Applying the same declaration twice changes nothing.
+//! The control plane's durable state: its records (the apps declared with
+//! their package digest and scale, the nodes that joined, where each
+//! replica is assigned, the one-time join tokens) and the [`ClusterStore`]
+//! that keeps them, one transaction per change, so a control plane killed
+//! mid-write reopens to the state before or after that write, never
+//! between. Applying the same declaration twice changes nothing.
+//!
+//! [`RedbStore`] keeps them in an embedded database file.
 
 #[cfg(test)]
 mod tests;
 
-use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+mod embedded;
+
+pub use embedded::RedbStore;
+
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 pub use skiff_runtime::manifest::Replicas;
 use std::collections::BTreeMap;
-use std::path::Path;
-
-const APPS: TableDefinition<&str, &[u8]> = TableDefinition::new("apps");
-const JOIN_TOKENS: TableDefinition<&str, u64> = TableDefinition::new("join_tokens");
-const NODES: TableDefinition<&str, &[u8]> = TableDefinition::new("nodes");
-const REPLICAS: TableDefinition<&str, &[u8]> = TableDefinition::new("replicas");
-/// Records that could not be decoded, keyed `table/key`, kept as they
-/// were so an operator can look at them; nothing reads them back.
-const QUARANTINE: TableDefinition<&str, &[u8]> = TableDefinition::new("quarantine");
 
 /// A damaged record moved out of its table by [`ClusterStore::set_aside_damaged`].
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -249,134 +245,161 @@ pub enum StateError {
     },
 }
 
-fn store_err(e: impl std::fmt::Display) -> StateError {
-    StateError::Store(e.to_string())
-}
-
-/// The desired-state store.
-pub struct ClusterStore {
-    db: Database,
-}
-
-impl ClusterStore {
-    /// Opens (creating if needed) the store at `path`.
-    ///
-    /// # Errors
-    ///
-    /// When the file cannot be opened or is not a redb database.
-    pub fn open(path: &Path) -> Result<ClusterStore, StateError> {
-        let db = Database::create(path).map_err(|e| match e {
-            // redb locks the file: another control plane has it open.
-            redb::DatabaseError::DatabaseAlreadyOpen => StateError::Store(format!(
-                "{} is in use by another control plane (a `skiff server` or `skiff up` with the same data directory or SKIFF_HOME); stop it, or give this one another --data-dir or SKIFF_HOME",
-                path.display()
-            )),
-            e => StateError::Store(format!("{}: {e}", path.display())),
-        })?;
-        let tx = db.begin_write().map_err(store_err)?;
-        tx.open_table(APPS).map_err(store_err)?;
-        tx.open_table(JOIN_TOKENS).map_err(store_err)?;
-        tx.open_table(NODES).map_err(store_err)?;
-        tx.open_table(REPLICAS).map_err(store_err)?;
-        tx.open_table(QUARANTINE).map_err(store_err)?;
-        commit(tx)?;
-        Ok(ClusterStore { db })
-    }
-
-    /// Moves every app, node and replica record that does not decode into
-    /// the `quarantine` table (key `table/key`, bytes unchanged), in one
-    /// transaction, so one damaged record does not stop the control plane
-    /// and the rest of the state loads. Returns what was set aside.
+/// Where the cluster's durable records are kept. Every method is one
+/// transaction: it happens whole or not at all.
+pub trait ClusterStore: Send + Sync {
+    /// Moves every app, node and replica record that does not decode out
+    /// of the way (kept as it was, under `table/key`, for an operator to
+    /// look at), so one damaged record does not stop the control plane and
+    /// the rest of the state loads. Returns what was set aside.
     ///
     /// # Errors
     ///
     /// Store failures; then nothing was moved.
-    pub fn set_aside_damaged(&self) -> Result<Vec<SetAside>, StateError> {
-        let tx = self.db.begin_write().map_err(store_err)?;
-        let mut set_aside = Vec::new();
-        {
-            let mut quarantine = tx.open_table(QUARANTINE).map_err(store_err)?;
-            for (name, definition, check) in [
-                (
-                    "apps",
-                    APPS,
-                    check::<AppRecord> as fn(&[u8]) -> Result<(), String>,
-                ),
-                ("nodes", NODES, check::<NodeRecord>),
-                ("replicas", REPLICAS, check::<ReplicaRecord>),
-            ] {
-                let mut table = tx.open_table(definition).map_err(store_err)?;
-                let mut damaged = Vec::new();
-                for entry in table.iter().map_err(store_err)? {
-                    let (key, value) = entry.map_err(store_err)?;
-                    if let Err(message) = check(value.value()) {
-                        damaged.push((key.value().to_string(), value.value().to_vec(), message));
-                    }
-                }
-                for (key, bytes, message) in damaged {
-                    quarantine
-                        .insert(format!("{name}/{key}").as_str(), bytes.as_slice())
-                        .map_err(store_err)?;
-                    table.remove(key.as_str()).map_err(store_err)?;
-                    set_aside.push(SetAside {
-                        table: name,
-                        key,
-                        message,
-                    });
-                }
-            }
-        }
-        commit(tx)?;
-        Ok(set_aside)
-    }
+    fn set_aside_damaged(&self) -> Result<Vec<SetAside>, StateError>;
 
     /// The records set aside so far, as `table/key`.
     ///
     /// # Errors
     ///
     /// Store failures.
-    pub fn quarantined(&self) -> Result<Vec<String>, StateError> {
-        let tx = self.db.begin_read().map_err(store_err)?;
-        let table = tx.open_table(QUARANTINE).map_err(store_err)?;
-        let mut keys = Vec::new();
-        for entry in table.iter().map_err(store_err)? {
-            keys.push(entry.map_err(store_err)?.0.value().to_string());
-        }
-        Ok(keys)
-    }
+    fn quarantined(&self) -> Result<Vec<String>, StateError>;
+
+    /// Reads app `name`, asks `change` for the record to store, and
+    /// stores it (bumping the generation) unless it is what was stored;
+    /// returns what happened and the record as stored. `change` need not
+    /// set the name or generation. A store that detects a concurrent
+    /// write may call `change` again with the newer record.
+    ///
+    /// # Errors
+    ///
+    /// What `change` returns, or store failures; then nothing changed.
+    fn update_app(
+        &self,
+        name: &str,
+        change: &mut dyn FnMut(Option<&AppRecord>) -> Result<AppRecord, StateError>,
+    ) -> Result<(Applied, AppRecord), StateError>;
+
+    /// The app `name`, if declared.
+    ///
+    /// # Errors
+    ///
+    /// Store failures or a damaged record.
+    fn app(&self, name: &str) -> Result<Option<AppRecord>, StateError>;
+
+    /// Every declared app, by name.
+    ///
+    /// # Errors
+    ///
+    /// Store failures or a damaged record.
+    fn apps(&self) -> Result<Vec<AppRecord>, StateError>;
+
+    /// Removes app `name` and its replicas; whether it existed.
+    ///
+    /// # Errors
+    ///
+    /// Store failures.
+    fn delete_app(&self, name: &str) -> Result<bool, StateError>;
+
+    /// Records (or replaces) node `record`.
+    ///
+    /// # Errors
+    ///
+    /// Store failures.
+    fn put_node(&self, record: &NodeRecord) -> Result<(), StateError>;
+
+    /// Removes node `name`; whether it was there.
+    ///
+    /// # Errors
+    ///
+    /// Store failures.
+    fn delete_node(&self, name: &str) -> Result<bool, StateError>;
+
+    /// Uses up join `token` and records node `record`: true if the token
+    /// was known and unexpired at `now_unix`; else false, and nothing is
+    /// written.
+    ///
+    /// # Errors
+    ///
+    /// Store failures; then nothing was written.
+    fn admit_node(
+        &self,
+        token: &str,
+        record: &NodeRecord,
+        now_unix: u64,
+    ) -> Result<bool, StateError>;
+
+    /// Every node that joined, by name.
+    ///
+    /// # Errors
+    ///
+    /// Store failures or a damaged record.
+    fn nodes(&self) -> Result<Vec<NodeRecord>, StateError>;
+
+    /// Every replica, by id.
+    ///
+    /// # Errors
+    ///
+    /// Store failures or a damaged record.
+    fn replicas(&self) -> Result<Vec<ReplicaRecord>, StateError>;
+
+    /// Applies `changes` to the replicas together.
+    ///
+    /// # Errors
+    ///
+    /// Store failures; then nothing was applied.
+    fn change_replicas(&self, changes: &[ReplicaChange]) -> Result<(), StateError>;
+
+    /// Records a join token (only its hash is kept), valid until
+    /// `expires_unix` (seconds).
+    ///
+    /// # Errors
+    ///
+    /// Store failures.
+    fn add_join_token(&self, token: &str, expires_unix: u64) -> Result<(), StateError>;
+
+    /// Whether `token` is known and unexpired at `now_unix`, without using
+    /// it up.
+    ///
+    /// # Errors
+    ///
+    /// Store failures.
+    fn join_token_valid(&self, token: &str, now_unix: u64) -> Result<bool, StateError>;
 
     /// Declares `name` to run `package` at `scale`; idempotent.
     ///
     /// # Errors
     ///
     /// Store failures.
-    pub fn apply_app(
+    fn apply_app(
         &self,
         name: &str,
         package: &str,
         scale: BTreeMap<String, Replicas>,
     ) -> Result<Applied, StateError> {
-        self.update_app(name, |current| {
+        let (applied, _) = self.update_app(name, &mut |current| {
             let mut record = current.cloned().unwrap_or_else(|| AppRecord::new(name));
             record.package = package.to_string();
-            record.scale = scale;
+            record.scale = scale.clone();
             Ok(record)
-        })
+        })?;
+        Ok(applied)
     }
 
     /// Sets the desired replicas of one component, reading and writing the
-    /// app in one transaction so a concurrent deploy is not undone.
+    /// app together so a concurrent deploy is not undone; returns what
+    /// happened and the app as stored.
     ///
     /// # Errors
     ///
     /// An unknown app or component, or store failures.
-    pub fn scale(
+    fn scale(
         &self,
         app: &str,
         component: &str,
         replicas: Replicas,
-    ) -> Result<Applied, StateError> {
-        self.update_app(app, |current| {
+    ) -> Result<(Applied, AppRecord), StateError> {
+        self.update_app(app, &mut |current| {
             let record = current.ok_or_else(|| StateError::UnknownApp(app.to_string()))?;
             if !record.scale.contains_key(component) {
                 return Err(StateError::UnknownComponent {
@@ -389,244 +412,42 @@ impl ClusterStore {
             Ok(record)
         })
     }
+}
 
-    /// In one write transaction: reads app `name`, asks `change` for the
-    /// record to store, and stores it (bumping the generation) unless it
-    /// is what was stored. `change` need not set the name or generation.
-    ///
-    /// # Errors
-    ///
-    /// What `change` returns, or store failures; then nothing changed.
-    pub fn update_app(
-        &self,
-        name: &str,
-        change: impl FnOnce(Option<&AppRecord>) -> Result<AppRecord, StateError>,
-    ) -> Result<Applied, StateError> {
-        let tx = self.db.begin_write().map_err(store_err)?;
-        let applied = {
-            let mut apps = tx.open_table(APPS).map_err(store_err)?;
-            let current = match apps.get(name).map_err(store_err)? {
-                Some(bytes) => Some(decode::<AppRecord>(name, bytes.value())?),
-                None => None,
+/// What storing `record` over `current` (the stored app, if any) does:
+/// whether it changes anything, and the record to keep (with its name and
+/// generation set).
+fn next_generation(
+    name: &str,
+    current: Option<&AppRecord>,
+    mut record: AppRecord,
+) -> (Applied, AppRecord) {
+    record.name = name.to_string();
+    match current {
+        Some(app)
+            if AppRecord {
+                generation: app.generation,
+                ..record.clone()
+            } == *app =>
+        {
+            (Applied::Unchanged, app.clone())
+        }
+        current => {
+            let generation = current.map_or(1, |app| app.generation + 1);
+            record.generation = generation;
+            let applied = if generation == 1 {
+                Applied::Created
+            } else {
+                Applied::Updated(generation)
             };
-            let mut record = change(current.as_ref())?;
-            record.name = name.to_string();
-            match current {
-                Some(app)
-                    if AppRecord {
-                        generation: app.generation,
-                        ..record.clone()
-                    } == app =>
-                {
-                    Applied::Unchanged
-                }
-                current => {
-                    let generation = current.map_or(1, |app| app.generation + 1);
-                    record.generation = generation;
-                    let bytes = serde_json::to_vec(&record).expect("a record serializes");
-                    apps.insert(name, bytes.as_slice()).map_err(store_err)?;
-                    if generation == 1 {
-                        Applied::Created
-                    } else {
-                        Applied::Updated(generation)
-                    }
-                }
-            }
-        };
-        commit(tx)?;
-        Ok(applied)
-    }
-
-    /// The app `name`, if declared.
-    ///
-    /// # Errors
-    ///
-    /// Store failures or a damaged record.
-    pub fn app(&self, name: &str) -> Result<Option<AppRecord>, StateError> {
-        let tx = self.db.begin_read().map_err(store_err)?;
-        let apps = tx.open_table(APPS).map_err(store_err)?;
-        match apps.get(name).map_err(store_err)? {
-            Some(bytes) => Ok(Some(decode(name, bytes.value())?)),
-            None => Ok(None),
+            (applied, record)
         }
-    }
-
-    /// Every declared app, by name.
-    ///
-    /// # Errors
-    ///
-    /// Store failures or a damaged record.
-    pub fn apps(&self) -> Result<Vec<AppRecord>, StateError> {
-        all_json(&self.db, APPS)
-    }
-
-    /// Removes app `name` and its replicas, in one transaction; whether it
-    /// existed.
-    ///
-    /// # Errors
-    ///
-    /// Store failures.
-    pub fn delete_app(&self, name: &str) -> Result<bool, StateError> {
-        let tx = self.db.begin_write().map_err(store_err)?;
-        let existed = tx
-            .open_table(APPS)
-            .map_err(store_err)?
-            .remove(name)
-            .map_err(store_err)?
-            .is_some();
-        {
-            let mut replicas = tx.open_table(REPLICAS).map_err(store_err)?;
-            let prefix = format!("{name}/");
-            let ids: Vec<String> = replicas
-                .iter()
-                .map_err(store_err)?
-                .filter_map(|entry| entry.ok().map(|(key, _)| key.value().to_string()))
-                .filter(|id| id.starts_with(&prefix))
-                .collect();
-            for id in ids {
-                replicas.remove(id.as_str()).map_err(store_err)?;
-            }
-        }
-        commit(tx)?;
-        Ok(existed)
-    }
-
-    /// Records (or replaces) node `record`.
-    ///
-    /// # Errors
-    ///
-    /// Store failures.
-    pub fn put_node(&self, record: &NodeRecord) -> Result<(), StateError> {
-        put_json(&self.db, NODES, &record.name, record)
-    }
-
-    /// Removes node `name`; whether it was there.
-    ///
-    /// # Errors
-    ///
-    /// Store failures.
-    pub fn delete_node(&self, name: &str) -> Result<bool, StateError> {
-        let tx = self.db.begin_write().map_err(store_err)?;
-        let existed = tx
-            .open_table(NODES)
-            .map_err(store_err)?
-            .remove(name)
-            .map_err(store_err)?
-            .is_some();
-        commit(tx)?;
-        Ok(existed)
-    }
-
-    /// Uses up join `token` and records node `record` in one transaction:
-    /// true if the token was known and unexpired; else false, and nothing
-    /// is written.
-    ///
-    /// # Errors
-    ///
-    /// Store failures; then nothing was written.
-    pub fn admit_node(
-        &self,
-        token: &str,
-        record: &NodeRecord,
-        now_unix: u64,
-    ) -> Result<bool, StateError> {
-        let tx = self.db.begin_write().map_err(store_err)?;
-        let valid = tx
-            .open_table(JOIN_TOKENS)
-            .map_err(store_err)?
-            .remove(token_hash(token).as_str())
-            .map_err(store_err)?
-            .is_some_and(|expires| expires.value() > now_unix);
-        if !valid {
-            tx.abort().map_err(store_err)?;
-            return Ok(false);
-        }
-        let bytes = serde_json::to_vec(record).expect("a record serializes");
-        tx.open_table(NODES)
-            .map_err(store_err)?
-            .insert(record.name.as_str(), bytes.as_slice())
-            .map_err(store_err)?;
-        commit(tx)?;
-        Ok(true)
-    }
-
-    /// Every node that joined, by name.
-    ///
-    /// # Errors
-    ///
-    /// Store failures or a damaged record.
-    pub fn nodes(&self) -> Result<Vec<NodeRecord>, StateError> {
-        all_json(&self.db, NODES)
-    }
-
-    /// Every replica, by id.
-    ///
-    /// # Errors
-    ///
-    /// Store failures or a damaged record.
-    pub fn replicas(&self) -> Result<Vec<ReplicaRecord>, StateError> {
-        all_json(&self.db, REPLICAS)
-    }
-
-    /// Applies `changes` to the replica table in one transaction.
-    ///
-    /// # Errors
-    ///
-    /// Store failures; then nothing was applied.
-    pub fn change_replicas(&self, changes: &[ReplicaChange]) -> Result<(), StateError> {
-        if changes.is_empty() {
-            return Ok(());
-        }
-        let tx = self.db.begin_write().map_err(store_err)?;
-        {
-            let mut replicas = tx.open_table(REPLICAS).map_err(store_err)?;
-            for change in changes {
-                match change {
-                    ReplicaChange::Put(record) => {
-                        let bytes = serde_json::to_vec(record).expect("a record serializes");
-                        replicas
-                            .insert(record.id.as_str(), bytes.as_slice())
-                            .map_err(store_err)?;
-                    }
-                    ReplicaChange::Remove(id) => {
-                        replicas.remove(id.as_str()).map_err(store_err)?;
-                    }
-                }
-            }
-        }
-        commit(tx)
-    }
-
-    /// Records a join token (only its hash is stored), valid until
-    /// `expires_unix` (seconds).
-    ///
-    /// # Errors
-    ///
-    /// Store failures.
-    pub fn add_join_token(&self, token: &str, expires_unix: u64) -> Result<(), StateError> {
-        let tx = self.db.begin_write().map_err(store_err)?;
-        tx.open_table(JOIN_TOKENS)
-            .map_err(store_err)?
-            .insert(token_hash(token).as_str(), expires_unix)
-            .map_err(store_err)?;
-        commit(tx)
-    }
-
-    /// Whether `token` is known and unexpired, without using it up.
-    ///
-    /// # Errors
-    ///
-    /// Store failures.
-    pub fn join_token_valid(&self, token: &str, now_unix: u64) -> Result<bool, StateError> {
-        let tx = self.db.begin_read().map_err(store_err)?;
-        let tokens = tx.open_table(JOIN_TOKENS).map_err(store_err)?;
-        Ok(tokens
-            .get(token_hash(token).as_str())
-            .map_err(store_err)?
-            .is_some_and(|expires| expires.value() > now_unix))
     }
 }
 
+fn store_err(e: impl std::fmt::Display) -> StateError {
+    StateError::Store(e.to_string())
+}
 /// How long store transactions took to commit (to disk), seconds.
 pub static WRITE_DURATIONS: std::sync::LazyLock<prometheus_client::metrics::histogram::Histogram> =
     std::sync::LazyLock::new(|| {
@@ -634,43 +455,6 @@ pub static WRITE_DURATIONS: std::sync::LazyLock<prometheus_client::metrics::hist
             0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
         ])
     });
-
-/// Commits `tx`, timing it for [`WRITE_DURATIONS`].
-fn commit(tx: redb::WriteTransaction) -> Result<(), StateError> {
-    let started = std::time::Instant::now();
-    let committed = tx.commit().map_err(store_err);
-    WRITE_DURATIONS.observe(started.elapsed().as_secs_f64());
-    committed
-}
-
-fn put_json<T: Serialize>(
-    db: &Database,
-    table: TableDefinition<&str, &[u8]>,
-    key: &str,
-    value: &T,
-) -> Result<(), StateError> {
-    let bytes = serde_json::to_vec(value).expect("a record serializes");
-    let tx = db.begin_write().map_err(store_err)?;
-    tx.open_table(table)
-        .map_err(store_err)?
-        .insert(key, bytes.as_slice())
-        .map_err(store_err)?;
-    commit(tx)
-}
-
-fn all_json<T: serde::de::DeserializeOwned>(
-    db: &Database,
-    table: TableDefinition<&str, &[u8]>,
-) -> Result<Vec<T>, StateError> {
-    let tx = db.begin_read().map_err(store_err)?;
-    let table = tx.open_table(table).map_err(store_err)?;
-    let mut all = Vec::new();
-    for entry in table.iter().map_err(store_err)? {
-        let (key, value) = entry.map_err(store_err)?;
-        all.push(decode(key.value(), value.value())?);
-    }
-    Ok(all)
-}
 
 /// Whether `bytes` decode as a `T`, and why not.
 fn check<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<(), String> {

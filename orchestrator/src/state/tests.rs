@@ -1,4 +1,6 @@
+use super::embedded::{APPS, NODES};
 use super::*;
+use std::path::Path;
 use std::process::Command;
 
 fn scale(pairs: &[(&str, u32)]) -> BTreeMap<String, Replicas> {
@@ -11,7 +13,7 @@ fn scale(pairs: &[(&str, u32)]) -> BTreeMap<String, Replicas> {
 #[test]
 fn applying_the_same_declaration_twice_changes_nothing() {
     let dir = tempfile::tempdir().unwrap();
-    let store = ClusterStore::open(&dir.path().join("state.redb")).unwrap();
+    let store = RedbStore::open(&dir.path().join("state.redb")).unwrap();
     let s = scale(&[("web", 3)]);
     assert_eq!(
         store.apply_app("shop", "sha256:aa", s.clone()).unwrap(),
@@ -26,7 +28,7 @@ fn applying_the_same_declaration_twice_changes_nothing() {
         Applied::Updated(2)
     );
     assert_eq!(
-        store.scale("shop", "web", Replicas::Fixed(5)).unwrap(),
+        store.scale("shop", "web", Replicas::Fixed(5)).unwrap().0,
         Applied::Updated(3)
     );
     assert!(matches!(
@@ -48,7 +50,7 @@ fn state_survives_a_restart_and_deletes_stick() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("state.redb");
     {
-        let store = ClusterStore::open(&path).unwrap();
+        let store = RedbStore::open(&path).unwrap();
         store
             .apply_app("a", "sha256:01", scale(&[("x", 1)]))
             .unwrap();
@@ -58,7 +60,7 @@ fn state_survives_a_restart_and_deletes_stick() {
         assert!(store.delete_app("a").unwrap());
         assert!(!store.delete_app("a").unwrap());
     }
-    let store = ClusterStore::open(&path).unwrap();
+    let store = RedbStore::open(&path).unwrap();
     let names: Vec<String> = store.apps().unwrap().into_iter().map(|a| a.name).collect();
     assert_eq!(names, vec!["b"]);
 }
@@ -78,7 +80,7 @@ fn a_node_is_admitted_with_its_token_used_up_or_not_at_all() {
         incarnation: format!("i-{name}"),
     };
     {
-        let store = ClusterStore::open(&path).unwrap();
+        let store = RedbStore::open(&path).unwrap();
         store.add_join_token("secret-1", 1_000).unwrap();
         store.add_join_token("secret-2", 1_000).unwrap();
         assert!(store.admit_node("secret-1", &record("a"), 500).unwrap());
@@ -89,7 +91,7 @@ fn a_node_is_admitted_with_its_token_used_up_or_not_at_all() {
         assert!(!store.admit_node("wrong", &record("d"), 500).unwrap());
         assert!(!store.admit_node("secret-2", &record("c"), 2_000).unwrap());
     }
-    let store = ClusterStore::open(&path).unwrap();
+    let store = RedbStore::open(&path).unwrap();
     assert_eq!(store.nodes().unwrap(), vec![record("a")]);
     // The expired token was not used up by the failed attempt, nor was
     // anything written for it; it stays refused.
@@ -107,7 +109,7 @@ fn writer_for_crash_test() {
     let path = std::env::var("SKIFF_STATE_WRITER").expect(
         "SKIFF_STATE_WRITER names the store to write; this runs only as the victim process of a_store_killed_mid_write_reopens_consistent",
     );
-    let store = ClusterStore::open(Path::new(&path)).unwrap();
+    let store = RedbStore::open(Path::new(&path)).unwrap();
     for i in 0u32.. {
         store
             .apply_app("busy", &format!("sha256:{i:064x}"), scale(&[("c", i % 7)]))
@@ -151,7 +153,7 @@ fn a_store_killed_mid_write_reopens_consistent() {
         writer.kill().unwrap(); // SIGKILL, mid-transaction most likely
         drop(output);
         writer.wait().unwrap();
-        let store = ClusterStore::open(&path).unwrap();
+        let store = RedbStore::open(&path).unwrap();
         let app = store
             .app("busy")
             .unwrap()
@@ -181,7 +183,7 @@ fn nodes_and_replica_assignments_survive_a_restart() {
         package: "sha256:p".to_string(),
     };
     {
-        let store = ClusterStore::open(&path).unwrap();
+        let store = RedbStore::open(&path).unwrap();
         store
             .put_node(&NodeRecord {
                 name: "n1".to_string(),
@@ -208,7 +210,7 @@ fn nodes_and_replica_assignments_survive_a_restart() {
             .change_replicas(&[ReplicaChange::Remove("other/web/0".to_string())])
             .unwrap();
     }
-    let store = ClusterStore::open(&path).unwrap();
+    let store = RedbStore::open(&path).unwrap();
     let nodes = store.nodes().unwrap();
     assert_eq!(nodes.len(), 1);
     assert!(nodes[0].cordoned);
@@ -229,7 +231,7 @@ fn damaged_records_are_set_aside_and_the_rest_loads() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("state.redb");
     {
-        let store = ClusterStore::open(&path).unwrap();
+        let store = RedbStore::open(&path).unwrap();
         store
             .apply_app("good", "sha256:aa", scale(&[("web", 1)]))
             .unwrap();
@@ -249,7 +251,7 @@ fn damaged_records_are_set_aside_and_the_rest_loads() {
         let err = store.apps().unwrap_err();
         assert!(err.to_string().contains("\"bad\""), "{err}");
     }
-    let store = ClusterStore::open(&path).unwrap();
+    let store = RedbStore::open(&path).unwrap();
     let set_aside = store.set_aside_damaged().unwrap();
     let named: Vec<(&str, &str)> = set_aside
         .iter()

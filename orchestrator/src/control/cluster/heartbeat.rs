@@ -1,0 +1,451 @@
+//! Heartbeats: what a node reports taken into the live state, the
+//! heartbeat held while nothing changes for the node, and the answer with
+//! what changed for it; and what a node's lost connection says.
+
+use super::Refused;
+use super::members::not_a_member;
+use crate::api::{LoadState, SyncRequest, SyncResponse};
+use crate::control::Shared;
+use crate::mesh::NodeCert;
+use crate::state::NodeRecord;
+use std::sync::Arc;
+use std::time::Instant;
+use tokio::sync::Notify;
+
+/// A heartbeat being held. While any is, the node is known to be
+/// listening. If the handler is dropped before answering (the connection
+/// closed under it), the node has lost its connection, unless a newer
+/// heartbeat from it already arrived.
+struct HeldHeartbeat<'a> {
+    shared: &'a Shared,
+    node: &'a str,
+    heartbeat: u64,
+    armed: bool,
+}
+
+impl<'a> HeldHeartbeat<'a> {
+    fn hold(shared: &'a Shared, node: &'a str, heartbeat: u64) -> HeldHeartbeat<'a> {
+        shared.with_node(node, |entry| {
+            entry.holding += 1;
+            // A connection that closed while this heartbeat was arriving
+            // says nothing: the node is here.
+            if entry.heartbeats == heartbeat {
+                entry.connection_lost = None;
+            }
+        });
+        HeldHeartbeat {
+            shared,
+            node,
+            heartbeat,
+            armed: true,
+        }
+    }
+}
+
+impl Drop for HeldHeartbeat<'_> {
+    fn drop(&mut self) {
+        let cut_short = self.armed;
+        self.shared.with_node(self.node, |node| {
+            node.holding = node.holding.saturating_sub(1);
+            if cut_short && node.heartbeats == self.heartbeat {
+                node.connection_lost = Some(Instant::now());
+                self.shared.wake.notify_one();
+            }
+        });
+    }
+}
+
+/// A node's connection closed. Unless one of its heartbeats is being held
+/// on another connection, it may be gone: if it does not heartbeat again
+/// soon, the controller marks it down (a killed node closes its sockets,
+/// so this is much sooner than `down_after`).
+pub(crate) fn connection_closed(shared: &Shared, node: &NodeCert) {
+    shared.with_node(&node.name, |entry| {
+        // A certificate of an earlier join says nothing about this one.
+        if entry.holding == 0 && entry.record.incarnation == node.incarnation {
+            entry.connection_lost = Some(Instant::now());
+            shared.wake.notify_one();
+        }
+    });
+}
+
+/// What a node learns from its heartbeat, once taken.
+pub(crate) struct Taken {
+    /// The node's number of this heartbeat.
+    heartbeat: u64,
+    /// The desired-state version and run the node applied, as it said.
+    version: u64,
+    epoch: u64,
+    /// Whether its status was taken (else it is asked for all of it).
+    status_known: bool,
+    /// The node's number of the status held for it.
+    status_seq: Option<u64>,
+    /// The labels and memory it is placed by.
+    placed_by: (std::collections::BTreeMap<String, String>, u64),
+    /// Signalled when the node has news to send.
+    news: Arc<Notify>,
+}
+
+/// A node's heartbeat (`POST /v1/node/sync`), whole: takes what it
+/// reports, holds it while the node is up to date (at most a heartbeat
+/// interval), and answers with what changed for it.
+pub(crate) async fn heartbeat(
+    shared: &Shared,
+    caller: &NodeCert,
+    sync: SyncRequest,
+) -> Result<SyncResponse, Refused> {
+    let taken = take(shared, caller, sync)?;
+    hold(shared, &caller.name, &taken).await;
+    answer(shared, caller, &taken).await
+}
+
+/// Takes what a heartbeat reports, in one go under the state lock: the
+/// node's addresses and memory (its addresses written to the store when
+/// they moved), that it is alive (and back, if it was down), the status
+/// of what it holds, its load and traffic, the outcomes of versions under
+/// rollout, load failures as events, and its guest log lines. Wakes the
+/// controller and moves the desired-state version when what it reports
+/// calls for it.
+pub(crate) fn take(
+    shared: &Shared,
+    caller: &NodeCert,
+    sync: SyncRequest,
+) -> Result<Taken, Refused> {
+    let node = caller.name.as_str();
+    let started = Instant::now();
+    for (what, addr) in [("ingress", &sync.ingress), ("mesh", &sync.mesh)] {
+        check_reported_address(what, addr, shared.api_addr, &shared.hosts)
+            .map_err(Refused::Invalid)?;
+    }
+    let mut wake = false;
+    let mut bump = false;
+    let mut reported_outcomes;
+    let heartbeat;
+    let fresh_logs: Vec<_>;
+    let placed_by;
+    let status_seq;
+    let status_known;
+    let news;
+    {
+        let mut live = shared.live.lock().expect("live state lock");
+        let now = Instant::now();
+        // Only a join makes a node, and only that join's certificate speaks
+        // for it: a node forgotten (or joined again) while this body was
+        // arriving is refused, not brought back.
+        let entry = live
+            .nodes
+            .get_mut(node)
+            .filter(|n| n.record.incarnation == caller.incarnation)
+            .ok_or_else(|| not_a_member(caller))?;
+        // What a heartbeat may change: the node's addresses (ports may
+        // differ after a restart), and the memory it offers, up to what it
+        // declared at join. Labels stay as joined or set by an admin.
+        let updated = NodeRecord {
+            ingress: sync.ingress.clone(),
+            mesh: sync.mesh.clone(),
+            ..entry.record.clone()
+        };
+        let moved = entry.record != updated;
+        if moved {
+            shared.store.put_node(&updated).map_err(Refused::internal)?;
+            entry.record = updated;
+            wake = true;
+        }
+        if entry.reported_memory != sync.memory {
+            let before = entry.memory();
+            entry.reported_memory = sync.memory;
+            wake |= entry.memory() != before;
+        }
+        entry.used = sync.used;
+        if entry.pressure != sync.pressure {
+            if sync.pressure {
+                tracing::warn!(
+                    node,
+                    used = sync.used,
+                    "node under memory pressure: no new replicas go there"
+                );
+            } else {
+                tracing::info!(
+                    node,
+                    used = sync.used,
+                    "node no longer under memory pressure"
+                );
+            }
+            entry.pressure = sync.pressure;
+            wake = true;
+        }
+        placed_by = (entry.record.labels.clone(), entry.record.memory);
+        news = entry.news.clone();
+        entry.last_seen = now;
+        // First word since the control plane started: endpoints that were
+        // trusted from the store now follow what the node reports.
+        bump |= !entry.heard;
+        entry.heard = true;
+        entry.connection_lost = None;
+        entry.heartbeats += 1;
+        heartbeat = entry.heartbeats;
+        let back = entry.down;
+        if back {
+            tracing::info!(node, "node is back");
+            entry.down = false;
+            wake = true;
+            bump = true;
+        }
+        // Demand that grew (or requests held for a component with no
+        // replica) wakes the autoscaler now, not at the next pass.
+        // What the control plane assigned the node, not what it says it
+        // holds, decides whose traffic it may report.
+        let assigned = if sync.load.iter().any(|l| l.traffic.is_some()) || !entry.traffic_is_empty()
+        {
+            shared
+                .desired
+                .lock()
+                .expect("desired state lock")
+                .assigned_to(node)
+        } else {
+            Default::default()
+        };
+        let (urgent, outcomes) = entry.take_load(sync.load, &assigned);
+        wake |= urgent;
+        reported_outcomes = outcomes;
+        // Loads that failed since the node last reported: events.
+        let failed_now: Vec<(String, String, String)> = sync
+            .status
+            .components
+            .iter()
+            .filter(|c| c.state == LoadState::Failed)
+            .filter(|c| {
+                entry
+                    .component(&c.app, &c.component, &c.package)
+                    .is_none_or(|before| before.state != LoadState::Failed)
+            })
+            .take(crate::control::events::KEPT)
+            .map(|c| {
+                let error: String = c
+                    .error
+                    .as_deref()
+                    .unwrap_or("no reason given")
+                    .chars()
+                    .take(500)
+                    .collect();
+                (c.app.clone(), c.component.clone(), error)
+            })
+            .collect();
+        // What other nodes route by changed: they hear of it with the
+        // next version, within this node's bump budget.
+        let serving_changed = entry.take_status(sync.status);
+        let failed_now = if serving_changed.is_some() {
+            failed_now
+        } else {
+            Vec::new()
+        };
+        status_known = serving_changed.is_some();
+        status_seq = entry.status_seq.map(|(_, seq)| seq);
+        bump |= entry
+            .bumps
+            .take(moved || serving_changed == Some(true), now);
+        // Keep each line once, and only for apps this node was given.
+        let seen = entry.logs_seen;
+        if let Some(last) = sync
+            .logs_first_seq
+            .checked_add(sync.logs.len() as u64)
+            .and_then(|end| end.checked_sub(1))
+            .filter(|_| !sync.logs.is_empty())
+        {
+            entry.logs_seen = seen.max(last);
+        }
+        if back {
+            live.events.record(
+                crate::control::events::EventKind::NodeBack,
+                None,
+                format!("node {node} is back"),
+            );
+        }
+        for (app, component, versions) in std::mem::take(&mut reported_outcomes) {
+            // A version under rollout failing is judged now.
+            wake |=
+                crate::control::rollout::take_outcomes(&mut live, node, &app, &component, versions);
+        }
+        for (app, component, error) in failed_now {
+            live.events.record(
+                crate::control::events::EventKind::LoadFailed,
+                Some((&app, &component)),
+                format!("{app}/{component} failed to load on {node}: {error}"),
+            );
+        }
+        // Most heartbeats carry no lines: skip the scan of every replica.
+        let assigned: std::collections::BTreeSet<(&str, &str)> = if sync.logs.is_empty() {
+            Default::default()
+        } else {
+            live.replicas
+                .values()
+                .filter(|r| r.node.as_deref() == Some(node))
+                .map(|r| (r.app.as_str(), r.component.as_str()))
+                .collect()
+        };
+        fresh_logs = crate::control::logs::bounded(
+            node,
+            sync.logs
+                .into_iter()
+                .zip(sync.logs_first_seq..=u64::MAX)
+                .filter(|(line, seq)| {
+                    *seq > seen && assigned.contains(&(line.app.as_str(), line.component.as_str()))
+                })
+                .map(|(line, _)| line),
+        );
+    }
+    shared.logs.append(node, fresh_logs);
+    if wake {
+        shared.wake.notify_one();
+    }
+    if bump {
+        shared.bump();
+    }
+    shared.metrics.record_heartbeat(started.elapsed());
+    Ok(Taken {
+        heartbeat,
+        version: sync.version,
+        epoch: sync.epoch,
+        status_known,
+        status_seq,
+        placed_by,
+        news,
+    })
+}
+
+/// Holds a heartbeat while the node is up to date both ways, until the
+/// desired state changes, the node has news, or a heartbeat interval has
+/// passed; a status the control plane could not take is asked for again
+/// at once, without holding.
+pub(crate) async fn hold(shared: &Shared, node: &str, taken: &Taken) {
+    let epoch = shared.desired.lock().expect("desired state lock").epoch();
+    let mut version = shared.version.subscribe();
+    let heartbeat = taken.heartbeat;
+    if *version.borrow_and_update() == taken.version && taken.epoch == epoch && taken.status_known {
+        let mut held = HeldHeartbeat::hold(shared, node, heartbeat);
+        tokio::select! {
+            _ = version.changed() => {}
+            // The node has something to report (see [`news`]).
+            () = taken.news.notified() => {}
+            () = tokio::time::sleep(shared.config.heartbeat) => {}
+        }
+        held.armed = false;
+        // Held this long, the node was listening all along.
+        shared.with_node(node, |entry| {
+            if entry.heartbeats == heartbeat {
+                entry.last_seen = Instant::now();
+            }
+        });
+    }
+}
+
+/// The answer to a heartbeat taken: the desired-state version, and what
+/// changed for the node since the version it applied (computed once per
+/// version for every node, and no more often than the last computation's
+/// cost allows).
+pub(crate) async fn answer(
+    shared: &Shared,
+    caller: &NodeCert,
+    taken: &Taken,
+) -> Result<SyncResponse, Refused> {
+    let node = caller.name.as_str();
+    let epoch = shared.desired.lock().expect("desired state lock").epoch();
+    let mut current = *shared.version.borrow();
+    let desired = if current != taken.version || taken.epoch != epoch {
+        // Computing the desired state is work in proportion to the whole
+        // cluster: with many apps, versions moving fast share computations.
+        let rest = shared
+            .desired
+            .lock()
+            .expect("desired state lock")
+            .rest_before(current);
+        if !rest.is_zero() {
+            tokio::time::sleep(rest).await;
+        }
+        let live = shared.live.lock().expect("live state lock");
+        // Forgotten while its heartbeat was held: it learns nothing more.
+        if live
+            .nodes
+            .get(node)
+            .is_none_or(|n| n.record.incarnation != caller.incarnation)
+        {
+            return Err(not_a_member(caller));
+        }
+        let mut log = shared.desired.lock().expect("desired state lock");
+        // Read under the state lock: a change made after the version was
+        // read above must not be stamped with that older version.
+        current = log.refresh(&live, *shared.version.borrow());
+        Some(log.change_for(node, taken.epoch, taken.version))
+    } else {
+        None
+    };
+    Ok(SyncResponse {
+        version: current,
+        epoch,
+        status_seq: taken.status_seq,
+        desired,
+        heartbeat_ms: shared.config.heartbeat.as_millis() as u64,
+        labels: taken.placed_by.0.clone(),
+        memory: taken.placed_by.1,
+    })
+}
+
+/// `POST /v1/node/news`: the calling node has something to report (a
+/// replica loaded, memory pressure): its heartbeat being held is answered
+/// now rather than at the end of the heartbeat interval, and the node
+/// reports with the next one. Asking, rather than abandoning the held
+/// heartbeat, keeps its connection: a node starting thousands of replicas
+/// has news every few milliseconds, and a new connection (and TLS
+/// handshake) per news would keep its heartbeats from ever arriving.
+/// News that arrives between two heartbeats answers the next one at once.
+pub(crate) fn news(shared: &Shared, caller: &NodeCert) -> Result<(), Refused> {
+    let live = shared.live.lock().expect("live state lock");
+    let node = live
+        .nodes
+        .get(&caller.name)
+        .filter(|n| n.record.incarnation == caller.incarnation)
+        .ok_or_else(|| not_a_member(caller))?;
+    node.news.notify_one();
+    Ok(())
+}
+
+/// Checks an address a node reports for itself (`what`: ingress or mesh):
+/// `ip:port` with a real port, not multicast or broadcast, not the control
+/// plane's own API (`api`, or any of `hosts` at its port when it listens
+/// on every address), and for the mesh, which other nodes dial, not
+/// unspecified. (Ingress may listen on every address: it is only shown.)
+pub(crate) fn check_reported_address(
+    what: &str,
+    addr: &str,
+    api: std::net::SocketAddr,
+    hosts: &[String],
+) -> Result<std::net::SocketAddr, String> {
+    let parsed: std::net::SocketAddr = addr
+        .parse()
+        .map_err(|_| format!("invalid {what} address {addr:?}: expected ip:port"))?;
+    let ip = parsed.ip().to_canonical();
+    let broadcast = ip == std::net::IpAddr::V4(std::net::Ipv4Addr::BROADCAST);
+    let reason = if parsed.port() == 0 {
+        Some("port 0 cannot be dialled")
+    } else if ip.is_multicast() || broadcast {
+        Some("it is a multicast or broadcast address")
+    } else if what == "mesh" && ip.is_unspecified() {
+        Some("it is unspecified; report an address other nodes can reach")
+    } else if parsed.port() == api.port()
+        && (ip == api.ip().to_canonical()
+            || (api.ip().is_unspecified()
+                && (ip.is_loopback()
+                    || ip.is_unspecified()
+                    || hosts.iter().any(|h| h.parse() == Ok(ip)))))
+    {
+        Some("it is the control plane's own API address")
+    } else {
+        None
+    };
+    match reason {
+        Some(reason) => Err(format!(
+            "invalid {what} address {addr:?}: {reason}; start the node with a --listen or --mesh-listen address of its own"
+        )),
+        None => Ok(parsed),
+    }
+}

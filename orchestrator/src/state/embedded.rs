@@ -1,0 +1,292 @@
+//! [`RedbStore`]: the cluster's records in an embedded transactional
+//! database (redb), one table per kind of record; the default store, and
+//! the one `skiff up` uses.
+
+use super::{
+    AppRecord, Applied, ClusterStore, NodeRecord, ReplicaChange, ReplicaRecord, SetAside,
+    StateError, WRITE_DURATIONS, check, decode, next_generation, store_err, token_hash,
+};
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use serde::Serialize;
+use std::path::Path;
+
+pub(super) const APPS: TableDefinition<&str, &[u8]> = TableDefinition::new("apps");
+const JOIN_TOKENS: TableDefinition<&str, u64> = TableDefinition::new("join_tokens");
+pub(super) const NODES: TableDefinition<&str, &[u8]> = TableDefinition::new("nodes");
+const REPLICAS: TableDefinition<&str, &[u8]> = TableDefinition::new("replicas");
+/// Records that could not be decoded, keyed `table/key`, kept as they
+/// were so an operator can look at them; nothing reads them back.
+const QUARANTINE: TableDefinition<&str, &[u8]> = TableDefinition::new("quarantine");
+
+/// The cluster's records in one redb database file.
+pub struct RedbStore {
+    pub(super) db: Database,
+}
+
+impl RedbStore {
+    /// Opens (creating if needed) the store at `path`.
+    ///
+    /// # Errors
+    ///
+    /// When the file cannot be opened or is not a redb database.
+    pub fn open(path: &Path) -> Result<RedbStore, StateError> {
+        let db = Database::create(path).map_err(|e| match e {
+            // redb locks the file: another control plane has it open.
+            redb::DatabaseError::DatabaseAlreadyOpen => StateError::Store(format!(
+                "{} is in use by another control plane (a `skiff server` or `skiff up` with the same data directory or SKIFF_HOME); stop it, or give this one another --data-dir or SKIFF_HOME",
+                path.display()
+            )),
+            e => StateError::Store(format!("{}: {e}", path.display())),
+        })?;
+        let tx = db.begin_write().map_err(store_err)?;
+        tx.open_table(APPS).map_err(store_err)?;
+        tx.open_table(JOIN_TOKENS).map_err(store_err)?;
+        tx.open_table(NODES).map_err(store_err)?;
+        tx.open_table(REPLICAS).map_err(store_err)?;
+        tx.open_table(QUARANTINE).map_err(store_err)?;
+        commit(tx)?;
+        Ok(RedbStore { db })
+    }
+}
+
+impl ClusterStore for RedbStore {
+    fn set_aside_damaged(&self) -> Result<Vec<SetAside>, StateError> {
+        let tx = self.db.begin_write().map_err(store_err)?;
+        let mut set_aside = Vec::new();
+        {
+            let mut quarantine = tx.open_table(QUARANTINE).map_err(store_err)?;
+            for (name, definition, check) in [
+                (
+                    "apps",
+                    APPS,
+                    check::<AppRecord> as fn(&[u8]) -> Result<(), String>,
+                ),
+                ("nodes", NODES, check::<NodeRecord>),
+                ("replicas", REPLICAS, check::<ReplicaRecord>),
+            ] {
+                let mut table = tx.open_table(definition).map_err(store_err)?;
+                let mut damaged = Vec::new();
+                for entry in table.iter().map_err(store_err)? {
+                    let (key, value) = entry.map_err(store_err)?;
+                    if let Err(message) = check(value.value()) {
+                        damaged.push((key.value().to_string(), value.value().to_vec(), message));
+                    }
+                }
+                for (key, bytes, message) in damaged {
+                    quarantine
+                        .insert(format!("{name}/{key}").as_str(), bytes.as_slice())
+                        .map_err(store_err)?;
+                    table.remove(key.as_str()).map_err(store_err)?;
+                    set_aside.push(SetAside {
+                        table: name,
+                        key,
+                        message,
+                    });
+                }
+            }
+        }
+        commit(tx)?;
+        Ok(set_aside)
+    }
+
+    fn quarantined(&self) -> Result<Vec<String>, StateError> {
+        let tx = self.db.begin_read().map_err(store_err)?;
+        let table = tx.open_table(QUARANTINE).map_err(store_err)?;
+        let mut keys = Vec::new();
+        for entry in table.iter().map_err(store_err)? {
+            keys.push(entry.map_err(store_err)?.0.value().to_string());
+        }
+        Ok(keys)
+    }
+
+    fn update_app(
+        &self,
+        name: &str,
+        change: &mut dyn FnMut(Option<&AppRecord>) -> Result<AppRecord, StateError>,
+    ) -> Result<(Applied, AppRecord), StateError> {
+        let tx = self.db.begin_write().map_err(store_err)?;
+        let (applied, record) = {
+            let mut apps = tx.open_table(APPS).map_err(store_err)?;
+            let current = match apps.get(name).map_err(store_err)? {
+                Some(bytes) => Some(decode::<AppRecord>(name, bytes.value())?),
+                None => None,
+            };
+            let (applied, record) =
+                next_generation(name, current.as_ref(), change(current.as_ref())?);
+            if applied != Applied::Unchanged {
+                let bytes = serde_json::to_vec(&record).expect("a record serializes");
+                apps.insert(name, bytes.as_slice()).map_err(store_err)?;
+            }
+            (applied, record)
+        };
+        commit(tx)?;
+        Ok((applied, record))
+    }
+
+    fn app(&self, name: &str) -> Result<Option<AppRecord>, StateError> {
+        let tx = self.db.begin_read().map_err(store_err)?;
+        let apps = tx.open_table(APPS).map_err(store_err)?;
+        match apps.get(name).map_err(store_err)? {
+            Some(bytes) => Ok(Some(decode(name, bytes.value())?)),
+            None => Ok(None),
+        }
+    }
+
+    fn apps(&self) -> Result<Vec<AppRecord>, StateError> {
+        all_json(&self.db, APPS)
+    }
+
+    fn delete_app(&self, name: &str) -> Result<bool, StateError> {
+        let tx = self.db.begin_write().map_err(store_err)?;
+        let existed = tx
+            .open_table(APPS)
+            .map_err(store_err)?
+            .remove(name)
+            .map_err(store_err)?
+            .is_some();
+        {
+            let mut replicas = tx.open_table(REPLICAS).map_err(store_err)?;
+            let prefix = format!("{name}/");
+            let ids: Vec<String> = replicas
+                .iter()
+                .map_err(store_err)?
+                .filter_map(|entry| entry.ok().map(|(key, _)| key.value().to_string()))
+                .filter(|id| id.starts_with(&prefix))
+                .collect();
+            for id in ids {
+                replicas.remove(id.as_str()).map_err(store_err)?;
+            }
+        }
+        commit(tx)?;
+        Ok(existed)
+    }
+
+    fn put_node(&self, record: &NodeRecord) -> Result<(), StateError> {
+        put_json(&self.db, NODES, &record.name, record)
+    }
+
+    fn delete_node(&self, name: &str) -> Result<bool, StateError> {
+        let tx = self.db.begin_write().map_err(store_err)?;
+        let existed = tx
+            .open_table(NODES)
+            .map_err(store_err)?
+            .remove(name)
+            .map_err(store_err)?
+            .is_some();
+        commit(tx)?;
+        Ok(existed)
+    }
+
+    fn admit_node(
+        &self,
+        token: &str,
+        record: &NodeRecord,
+        now_unix: u64,
+    ) -> Result<bool, StateError> {
+        let tx = self.db.begin_write().map_err(store_err)?;
+        let valid = tx
+            .open_table(JOIN_TOKENS)
+            .map_err(store_err)?
+            .remove(token_hash(token).as_str())
+            .map_err(store_err)?
+            .is_some_and(|expires| expires.value() > now_unix);
+        if !valid {
+            tx.abort().map_err(store_err)?;
+            return Ok(false);
+        }
+        let bytes = serde_json::to_vec(record).expect("a record serializes");
+        tx.open_table(NODES)
+            .map_err(store_err)?
+            .insert(record.name.as_str(), bytes.as_slice())
+            .map_err(store_err)?;
+        commit(tx)?;
+        Ok(true)
+    }
+
+    fn nodes(&self) -> Result<Vec<NodeRecord>, StateError> {
+        all_json(&self.db, NODES)
+    }
+
+    fn replicas(&self) -> Result<Vec<ReplicaRecord>, StateError> {
+        all_json(&self.db, REPLICAS)
+    }
+
+    fn change_replicas(&self, changes: &[ReplicaChange]) -> Result<(), StateError> {
+        if changes.is_empty() {
+            return Ok(());
+        }
+        let tx = self.db.begin_write().map_err(store_err)?;
+        {
+            let mut replicas = tx.open_table(REPLICAS).map_err(store_err)?;
+            for change in changes {
+                match change {
+                    ReplicaChange::Put(record) => {
+                        let bytes = serde_json::to_vec(record).expect("a record serializes");
+                        replicas
+                            .insert(record.id.as_str(), bytes.as_slice())
+                            .map_err(store_err)?;
+                    }
+                    ReplicaChange::Remove(id) => {
+                        replicas.remove(id.as_str()).map_err(store_err)?;
+                    }
+                }
+            }
+        }
+        commit(tx)
+    }
+
+    fn add_join_token(&self, token: &str, expires_unix: u64) -> Result<(), StateError> {
+        let tx = self.db.begin_write().map_err(store_err)?;
+        tx.open_table(JOIN_TOKENS)
+            .map_err(store_err)?
+            .insert(token_hash(token).as_str(), expires_unix)
+            .map_err(store_err)?;
+        commit(tx)
+    }
+
+    fn join_token_valid(&self, token: &str, now_unix: u64) -> Result<bool, StateError> {
+        let tx = self.db.begin_read().map_err(store_err)?;
+        let tokens = tx.open_table(JOIN_TOKENS).map_err(store_err)?;
+        Ok(tokens
+            .get(token_hash(token).as_str())
+            .map_err(store_err)?
+            .is_some_and(|expires| expires.value() > now_unix))
+    }
+}
+
+/// Commits `tx`, timing it for [`WRITE_DURATIONS`].
+fn commit(tx: redb::WriteTransaction) -> Result<(), StateError> {
+    let started = std::time::Instant::now();
+    let committed = tx.commit().map_err(store_err);
+    WRITE_DURATIONS.observe(started.elapsed().as_secs_f64());
+    committed
+}
+
+fn put_json<T: Serialize>(
+    db: &Database,
+    table: TableDefinition<&str, &[u8]>,
+    key: &str,
+    value: &T,
+) -> Result<(), StateError> {
+    let bytes = serde_json::to_vec(value).expect("a record serializes");
+    let tx = db.begin_write().map_err(store_err)?;
+    tx.open_table(table)
+        .map_err(store_err)?
+        .insert(key, bytes.as_slice())
+        .map_err(store_err)?;
+    commit(tx)
+}
+
+fn all_json<T: serde::de::DeserializeOwned>(
+    db: &Database,
+    table: TableDefinition<&str, &[u8]>,
+) -> Result<Vec<T>, StateError> {
+    let tx = db.begin_read().map_err(store_err)?;
+    let table = tx.open_table(table).map_err(store_err)?;
+    let mut all = Vec::new();
+    for entry in table.iter().map_err(store_err)? {
+        let (key, value) = entry.map_err(store_err)?;
+        all.push(decode(key.value(), value.value())?);
+    }
+    Ok(all)
+}
