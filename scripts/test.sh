@@ -11,6 +11,12 @@ if ! command -v docker-registry >/dev/null; then
   echo "== installing docker-registry"
   (apt-get update -qq && apt-get install -y -qq docker-registry) >/dev/null
 fi
+# The etcd client compiles etcd's protobufs at build time with protoc, and
+# the store tests run real etcd members on loopback.
+if ! command -v protoc >/dev/null || ! command -v etcd >/dev/null; then
+  echo "== installing protobuf-compiler and etcd-server"
+  (apt-get update -qq && apt-get install -y -qq protobuf-compiler etcd-server) >/dev/null
+fi
 # The observability tests scrape a test cluster with a real Prometheus,
 # which they start on loopback themselves.
 if ! command -v prometheus >/dev/null; then

@@ -4,7 +4,7 @@
 use super::run::shutdown_signal;
 use super::telemetry::Metrics;
 use crate::cluster_config::{self, ClusterConfig};
-use crate::control::{ControlPlane, ControlPlaneConfig};
+use crate::control::{ControlPlane, ControlPlaneConfig, StoreChoice};
 use crate::deploy;
 use crate::home;
 use crate::node::{Node, NodeConfig};
@@ -70,8 +70,22 @@ pub struct ServerArgs {
     /// How long a dashboard login lasts, e.g. `12h`.
     #[arg(long, default_value = "12h", value_parser = humantime::parse_duration, hide = true)]
     ui_session_lifetime: Duration,
+    /// Where the cluster's state, CA and admin token are kept:
+    /// `embedded` (a file in the data directory, the default) or
+    /// `etcd://HOST:PORT[,HOST:PORT...][/PREFIX]`. Uploaded packages stay
+    /// in the data directory either way.
+    #[arg(long, default_value = "embedded", value_parser = parse_store)]
+    store: StoreChoice,
     #[command(flatten)]
     metrics: super::telemetry::MetricsArgs,
+}
+
+/// Reads `--store`.
+fn parse_store(text: &str) -> Result<StoreChoice, String> {
+    if text == "embedded" {
+        return Ok(StoreChoice::Embedded);
+    }
+    crate::state::EtcdTarget::parse(text).map(StoreChoice::Etcd)
 }
 
 /// Runs the control plane until Ctrl-C or SIGTERM.
@@ -93,6 +107,7 @@ pub fn server(args: ServerArgs) -> anyhow::Result<()> {
     config.package_grace = args.package_grace;
     config.overcommit = crate::control::Overcommit::new(args.overcommit)?;
     config.ui_session_lifetime = args.ui_session_lifetime;
+    config.store = args.store;
     runtime()?.block_on(async {
         let metrics = args.metrics.bind().await?;
         let control = ControlPlane::start(config).await?;

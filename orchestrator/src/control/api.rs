@@ -149,6 +149,7 @@ impl From<Refused> for Refusal {
             Refused::Forbidden(_) => StatusCode::FORBIDDEN,
             Refused::NotFound(_) => StatusCode::NOT_FOUND,
             Refused::Conflict(_) => StatusCode::CONFLICT,
+            Refused::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Refused::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         };
         Refusal(status, refused.message().to_string())
@@ -452,7 +453,7 @@ async fn admin(
             ok(&serde_json::json!({"forgotten": name}))
         }
         (&Method::POST, ["v1", "join-tokens"]) => {
-            let token = shared.new_join_token().map_err(Refusal::internal)?;
+            let token = shared.new_join_token().map_err(Refused::from)?;
             json(StatusCode::CREATED, &token)
         }
         _ => Err(Refusal::not_found(format!(

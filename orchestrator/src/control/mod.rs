@@ -33,7 +33,10 @@ pub use deadline::{BODY_TIMEOUT, MIN_UPLOAD_RATE};
 
 use crate::api::{ComponentStatus, JoinTokenResponse, StatusReport};
 use crate::mesh::ClusterCa;
-use crate::state::{AppRecord, ClusterStore, NodeRecord, RedbStore, ReplicaRecord};
+use crate::state::{
+    AppRecord, ClusterSecrets, ClusterStore, EtcdStore, EtcdTarget, NodeRecord, RedbStore,
+    ReplicaRecord,
+};
 use anyhow::Context;
 use skiff_runtime::package::Store;
 use std::collections::{BTreeMap, HashMap};
@@ -85,6 +88,21 @@ pub struct ControlPlaneConfig {
     pub overcommit: Overcommit,
     /// How long a dashboard login lasts; default 12 hours.
     pub ui_session_lifetime: Duration,
+    /// Where the cluster's state is kept; default the embedded store in
+    /// `data_dir`.
+    pub store: StoreChoice,
+}
+
+/// Where a control plane keeps the cluster's state.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum StoreChoice {
+    /// In `state.redb` in the data directory, with the CA and admin token
+    /// beside it.
+    #[default]
+    Embedded,
+    /// In etcd, CA and admin token included; uploaded packages stay in
+    /// the data directory.
+    Etcd(EtcdTarget),
 }
 
 impl ControlPlaneConfig {
@@ -104,6 +122,7 @@ impl ControlPlaneConfig {
             package_grace: collect::GRACE,
             overcommit: Overcommit::default(),
             ui_session_lifetime: ui::SESSION_LIFETIME,
+            store: StoreChoice::Embedded,
         }
     }
 }
@@ -182,6 +201,9 @@ pub(crate) struct Live {
     /// When this control plane read its state, Unix milliseconds: what
     /// nodes reported before is in no tally.
     started_unix_ms: u64,
+    /// The replicas in memory are a pass ahead of the store's (it failed
+    /// to store them and to read them back): read before the next pass.
+    replicas_unsaved: bool,
 }
 
 /// How far the replicas placed on a node may reserve beyond the memory it
@@ -601,28 +623,35 @@ impl ControlPlane {
         let dir = &config.data_dir;
         std::fs::create_dir_all(dir)
             .with_context(|| format!("cannot create the data directory {}", dir.display()))?;
-        let ca_cert = dir.join("ca.pem");
-        let first_start = !ca_cert.exists();
-        let cluster = crate::mesh::CLUSTER.to_string();
-        let mut ca = if first_start {
-            let ca = ClusterCa::create(&cluster)?;
-            crate::home::write_private(&dir.join("ca.key"), ca.key_pem().as_bytes())?;
-            crate::home::write_private(&ca_cert, ca.cert_pem().as_bytes())?;
-            ca
-        } else {
-            ClusterCa::load(&cluster, &read(&ca_cert)?, &read(&dir.join("ca.key"))?)?
+        let store: Box<dyn ClusterStore> = match &config.store {
+            StoreChoice::Embedded => Box::new(RedbStore::open(&dir.join("state.redb"))?),
+            StoreChoice::Etcd(target) => {
+                let store = EtcdStore::connect(target.clone())?;
+                refuse_another_cluster(dir, &store)?;
+                Box::new(store)
+            }
         };
+        let cluster = crate::mesh::CLUSTER.to_string();
+        let (secrets, first_start) = match store.secrets()? {
+            Some(secrets) => (secrets, false),
+            None => {
+                let ca = ClusterCa::create(&cluster)?;
+                let fresh = ClusterSecrets {
+                    ca_cert_pem: ca.cert_pem().to_string(),
+                    ca_key_pem: ca.key_pem().to_string(),
+                    admin_token: random_hex(32),
+                };
+                let kept = store.create_secrets(fresh.clone())?;
+                // Another control plane may have created the cluster first.
+                let first = kept.ca_cert_pem == fresh.ca_cert_pem;
+                (kept, first)
+            }
+        };
+        let mut ca = ClusterCa::load(&cluster, &secrets.ca_cert_pem, &secrets.ca_key_pem)
+            .with_context(|| format!("the cluster CA in {}", store.describe()))?;
         ca.set_node_lifetime(config.node_cert_lifetime);
         ca.set_workload_lifetime(config.workload_cert_lifetime);
-        let token_file = dir.join("admin-token");
-        let admin_token = if token_file.exists() {
-            read(&token_file)?.trim().to_string()
-        } else {
-            let token = random_hex(32);
-            crate::home::write_private(&token_file, token.as_bytes())?;
-            token
-        };
-        let store: Box<dyn ClusterStore> = Box::new(RedbStore::open(&dir.join("state.redb"))?);
+        let admin_token = secrets.admin_token;
         let packages = Store::open(&dir.join("packages"))?;
 
         let listener = TcpListener::bind(config.listen).await.map_err(|e| {
@@ -928,8 +957,25 @@ impl Live {
     }
 }
 
-fn read(path: &Path) -> anyhow::Result<String> {
-    std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))
+/// Refuses to keep a cluster in `store` (etcd) when the data directory
+/// `dir` holds the CA of another cluster, created there with the embedded
+/// store: its nodes would be refused, and its state would not follow.
+fn refuse_another_cluster(dir: &Path, store: &dyn ClusterStore) -> anyhow::Result<()> {
+    let local = dir.join("ca.pem");
+    let Ok(local_ca) = std::fs::read_to_string(&local) else {
+        return Ok(());
+    };
+    let same = store
+        .secrets()?
+        .is_some_and(|kept| kept.ca_cert_pem == local_ca);
+    if !same {
+        anyhow::bail!(
+            "{} holds the CA of another cluster than the one in {} (its state is in the data directory, not there); give this control plane a data directory of its own (--data-dir)",
+            local.display(),
+            store.describe()
+        );
+    }
+    Ok(())
 }
 
 /// `bytes` random bytes, hex.

@@ -64,6 +64,21 @@ pub(super) async fn run(shared: Arc<Shared>) {
 fn pass(shared: &Shared) {
     read_missing_specs(shared);
     let mut live = shared.live.lock().expect("live state lock");
+    if live.replicas_unsaved {
+        // A pass's changes were not stored, nor could the stored replicas
+        // be read back: read them now, or pass no judgement on a state
+        // the store does not hold.
+        match shared.store.replicas() {
+            Ok(replicas) => {
+                live.replicas = replicas.into_iter().map(|r| (r.id.clone(), r)).collect();
+                live.replicas_unsaved = false;
+            }
+            Err(e) => {
+                tracing::debug!("controller pass skipped: cannot read replicas: {e}");
+                return;
+            }
+        }
+    }
     live.passes += 1;
     let number = live.passes;
     let outcome = reconcile(
@@ -79,7 +94,10 @@ fn pass(shared: &Shared) {
             Ok(replicas) => {
                 live.replicas = replicas.into_iter().map(|r| (r.id.clone(), r)).collect();
             }
-            Err(e) => tracing::error!("cannot reload replicas: {e}"),
+            Err(e) => {
+                tracing::error!("cannot reload replicas: {e}");
+                live.replicas_unsaved = true;
+            }
         }
     }
     for app in &outcome.apps {

@@ -3,12 +3,12 @@
 //! the one `skiff up` uses.
 
 use super::{
-    AppRecord, Applied, ClusterStore, NodeRecord, ReplicaChange, ReplicaRecord, SetAside,
-    StateError, WRITE_DURATIONS, check, decode, next_generation, store_err, token_hash,
+    AppRecord, Applied, ClusterSecrets, ClusterStore, NodeRecord, ReplicaChange, ReplicaRecord,
+    SetAside, StateError, WRITE_DURATIONS, check, decode, next_generation, store_err, token_hash,
 };
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::Serialize;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 pub(super) const APPS: TableDefinition<&str, &[u8]> = TableDefinition::new("apps");
 const JOIN_TOKENS: TableDefinition<&str, u64> = TableDefinition::new("join_tokens");
@@ -21,6 +21,9 @@ const QUARANTINE: TableDefinition<&str, &[u8]> = TableDefinition::new("quarantin
 /// The cluster's records in one redb database file.
 pub struct RedbStore {
     pub(super) db: Database,
+    /// The database file; the cluster's CA and admin token are files
+    /// beside it.
+    path: PathBuf,
 }
 
 impl RedbStore {
@@ -45,11 +48,94 @@ impl RedbStore {
         tx.open_table(REPLICAS).map_err(store_err)?;
         tx.open_table(QUARANTINE).map_err(store_err)?;
         commit(tx)?;
-        Ok(RedbStore { db })
+        Ok(RedbStore {
+            db,
+            path: path.to_path_buf(),
+        })
     }
 }
 
+impl RedbStore {
+    /// The file `name` beside the database.
+    fn beside(&self, name: &str) -> PathBuf {
+        self.path.with_file_name(name)
+    }
+
+    fn read_beside(&self, name: &str) -> Result<String, StateError> {
+        let path = self.beside(name);
+        std::fs::read_to_string(&path)
+            .map_err(|e| StateError::Store(format!("cannot read {}: {e}", path.display())))
+    }
+
+    fn write_beside(&self, name: &str, text: &str) -> Result<(), StateError> {
+        crate::home::write_private(&self.beside(name), text.as_bytes())
+            .map_err(|e| StateError::Store(format!("{e:#}")))
+    }
+
+    /// The admin token kept beside the database, if there is one.
+    fn admin_token(&self) -> Result<Option<String>, StateError> {
+        if !self.beside(ADMIN_TOKEN).exists() {
+            return Ok(None);
+        }
+        Ok(Some(self.read_beside(ADMIN_TOKEN)?.trim().to_string()))
+    }
+}
+
+/// The files beside the database that hold the cluster's secrets; the
+/// CA certificate's presence says the cluster was created.
+const CA_CERT: &str = "ca.pem";
+const CA_KEY: &str = "ca.key";
+const ADMIN_TOKEN: &str = "admin-token";
+
 impl ClusterStore for RedbStore {
+    fn describe(&self) -> String {
+        self.path.display().to_string()
+    }
+
+    fn secrets(&self) -> Result<Option<ClusterSecrets>, StateError> {
+        if !self.beside(CA_CERT).exists() {
+            return Ok(None);
+        }
+        let admin_token = match self.admin_token()? {
+            Some(token) => token,
+            // Deleted by hand: a new one, which the operator reads here.
+            None => {
+                let mut bytes = [0u8; 32];
+                getrandom::fill(&mut bytes).expect("the OS random source works");
+                let token = hex::encode(bytes);
+                self.write_beside(ADMIN_TOKEN, &token)?;
+                token
+            }
+        };
+        Ok(Some(ClusterSecrets {
+            ca_cert_pem: self.read_beside(CA_CERT)?,
+            ca_key_pem: self.read_beside(CA_KEY)?,
+            admin_token,
+        }))
+    }
+
+    fn create_secrets(&self, fresh: ClusterSecrets) -> Result<ClusterSecrets, StateError> {
+        // One control plane per data directory (redb locks the file): no
+        // other creates them meanwhile.
+        if let Some(kept) = self.secrets()? {
+            return Ok(kept);
+        }
+        // The key first: the certificate's presence says both are there.
+        self.write_beside(CA_KEY, &fresh.ca_key_pem)?;
+        self.write_beside(CA_CERT, &fresh.ca_cert_pem)?;
+        let admin_token = match self.admin_token()? {
+            Some(token) => token,
+            None => {
+                self.write_beside(ADMIN_TOKEN, &fresh.admin_token)?;
+                fresh.admin_token
+            }
+        };
+        Ok(ClusterSecrets {
+            admin_token,
+            ..fresh
+        })
+    }
+
     fn set_aside_damaged(&self) -> Result<Vec<SetAside>, StateError> {
         let tx = self.db.begin_write().map_err(store_err)?;
         let mut set_aside = Vec::new();

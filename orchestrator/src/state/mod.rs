@@ -5,14 +5,17 @@
 //! mid-write reopens to the state before or after that write, never
 //! between. Applying the same declaration twice changes nothing.
 //!
-//! [`RedbStore`] keeps them in an embedded database file.
+//! [`RedbStore`] keeps them in an embedded database file (the default);
+//! [`EtcdStore`] in etcd, which several control planes can share.
 
 #[cfg(test)]
 mod tests;
 
 mod embedded;
+mod etcd;
 
 pub use embedded::RedbStore;
+pub use etcd::{EtcdStore, EtcdTarget};
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -224,6 +227,10 @@ pub enum StateError {
     /// The database could not be opened, read or written.
     #[error("cluster state store: {0}")]
     Store(String),
+    /// The store cannot be reached, or cannot take writes now (etcd
+    /// without quorum); nothing was changed, and trying later may work.
+    #[error("cluster state store unavailable: {0}")]
+    Unavailable(String),
     /// A record could not be decoded.
     #[error("cluster state store: damaged record {key:?}: {message}")]
     Damaged {
@@ -245,9 +252,48 @@ pub enum StateError {
     },
 }
 
+/// What makes a cluster itself: its CA, which signs every node's and
+/// workload's certificate, and the admin token the CLI presents. Every
+/// control plane of a cluster has the same.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ClusterSecrets {
+    /// The CA certificate, PEM.
+    pub ca_cert_pem: String,
+    /// The CA's private key, PEM.
+    pub ca_key_pem: String,
+    /// The admin token.
+    pub admin_token: String,
+}
+
+impl std::fmt::Debug for ClusterSecrets {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the key or the token, wherever this is logged.
+        f.debug_struct("ClusterSecrets").finish_non_exhaustive()
+    }
+}
+
 /// Where the cluster's durable records are kept. Every method is one
 /// transaction: it happens whole or not at all.
 pub trait ClusterStore: Send + Sync {
+    /// Where the records are, for messages: a file, or etcd's members.
+    fn describe(&self) -> String;
+
+    /// The cluster's CA and admin token, if the cluster was created.
+    ///
+    /// # Errors
+    ///
+    /// Store failures, or secrets only partly there.
+    fn secrets(&self) -> Result<Option<ClusterSecrets>, StateError>;
+
+    /// Keeps `fresh` as the cluster's secrets unless some are kept
+    /// already (another control plane created the cluster first); returns
+    /// the ones kept.
+    ///
+    /// # Errors
+    ///
+    /// Store failures.
+    fn create_secrets(&self, fresh: ClusterSecrets) -> Result<ClusterSecrets, StateError>;
+
     /// Moves every app, node and replica record that does not decode out
     /// of the way (kept as it was, under `table/key`, for an operator to
     /// look at), so one damaged record does not stop the control plane and

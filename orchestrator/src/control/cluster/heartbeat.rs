@@ -147,7 +147,7 @@ pub(crate) fn take(
         };
         let moved = entry.record != updated;
         if moved {
-            shared.store.put_node(&updated).map_err(Refused::internal)?;
+            shared.store.put_node(&updated)?;
             entry.record = updated;
             wake = true;
         }

@@ -45,8 +45,7 @@ pub(crate) fn join(shared: &Shared, join: JoinRequest) -> Result<JoinResponse, R
         };
         let valid = shared
             .store
-            .join_token_valid(&join.token, crate::clock::unix_secs())
-            .map_err(Refused::internal)?;
+            .join_token_valid(&join.token, crate::clock::unix_secs())?;
         if !valid {
             return Err(refused());
         }
@@ -75,8 +74,7 @@ pub(crate) fn join(shared: &Shared, join: JoinRequest) -> Result<JoinResponse, R
         };
         let admitted = shared
             .store
-            .admit_node(&join.token, &record, crate::clock::unix_secs())
-            .map_err(Refused::internal)?;
+            .admit_node(&join.token, &record, crate::clock::unix_secs())?;
         if !admitted {
             return Err(refused());
         }
@@ -113,7 +111,7 @@ pub(crate) fn renew(
                 incarnation: crate::control::random_hex(16),
                 ..entry.record.clone()
             };
-            shared.store.put_node(&record).map_err(Refused::internal)?;
+            shared.store.put_node(&record)?;
             entry.record = record;
         }
         entry.record.incarnation.clone()

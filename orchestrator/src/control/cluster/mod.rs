@@ -27,6 +27,9 @@ pub(crate) enum Refused {
     NotFound(String),
     /// It clashes with the cluster as it is.
     Conflict(String),
+    /// The store cannot take the change now (etcd without quorum):
+    /// nothing changed, and it may work later.
+    Unavailable(String),
     /// The control plane failed (its store).
     Internal(String),
 }
@@ -40,12 +43,9 @@ impl Refused {
             | Refused::Forbidden(m)
             | Refused::NotFound(m)
             | Refused::Conflict(m)
+            | Refused::Unavailable(m)
             | Refused::Internal(m) => m,
         }
-    }
-
-    fn internal(e: impl std::fmt::Display) -> Refused {
-        Refused::Internal(e.to_string())
     }
 
     /// No app by that name.
@@ -65,6 +65,9 @@ impl From<StateError> for Refused {
             StateError::UnknownApp(_) | StateError::UnknownComponent { .. } => {
                 Refused::NotFound(e.to_string())
             }
+            StateError::Unavailable(_) => Refused::Unavailable(format!(
+                "{e}; the change may not have been made: check, and try again once the store is back"
+            )),
             e => Refused::Internal(e.to_string()),
         }
     }

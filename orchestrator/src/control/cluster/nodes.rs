@@ -96,7 +96,7 @@ pub(crate) fn forget(shared: &Shared, name: &str) -> Result<(), Refused> {
                 "node {name:?} is not down; drain it and stop it before forgetting it"
             )));
         }
-        shared.store.delete_node(name).map_err(Refused::internal)?;
+        shared.store.delete_node(name)?;
         live.nodes.remove(name);
     }
     tracing::info!(node = name, "node forgotten");

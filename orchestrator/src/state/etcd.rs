@@ -1,0 +1,686 @@
+//! [`EtcdStore`]: the cluster's records in etcd, for control planes that
+//! outgrow one server's disk. Each record is one JSON value under the
+//! store's prefix (`apps/NAME`, `nodes/NAME`, `replicas/APP/COMPONENT/N`,
+//! `join-tokens/SHA256`, `quarantine/TABLE/KEY`), the cluster's CA and
+//! admin token under `cluster/`; every change is one etcd transaction,
+//! and a read-modify-write is a compare-and-swap on the record's revision,
+//! retried when another writer got there first.
+//!
+//! The [`ClusterStore`] methods are synchronous, like redb's: each call
+//! runs on the store's own runtime and the caller waits for its answer, as
+//! it waits for a redb commit. Every call is bounded by
+//! [`REQUEST_TIMEOUT`], and asks for an etcd leader, so a cluster that
+//! lost quorum refuses at once, with the reason, rather than hang.
+
+use super::{
+    AppRecord, Applied, ClusterSecrets, ClusterStore, NodeRecord, ReplicaChange, ReplicaRecord,
+    SetAside, StateError, WRITE_DURATIONS, check, decode, next_generation, token_hash,
+};
+use etcd_client::{
+    Client, Compare, CompareOp, ConnectOptions, DeleteOptions, GetOptions, KeyValue, KvClient, Txn,
+    TxnOp, TxnResponse,
+};
+use std::time::{Duration, Instant};
+
+/// The longest one etcd request may take.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// How long to try to reach an etcd member.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// After etcd was found unavailable, how long calls fail at once before
+/// one tries again.
+const RETRY_AFTER: Duration = Duration::from_secs(2);
+
+/// Operations in one etcd transaction: etcd refuses more than 128 by
+/// default (`--max-txn-ops`).
+const MAX_TXN_OPS: usize = 128;
+
+/// How often a compare-and-swap is retried when other writers keep
+/// changing the record under it.
+const MAX_ATTEMPTS: usize = 32;
+
+/// The key prefix used when none is given.
+pub const DEFAULT_PREFIX: &str = "/skiff/";
+
+/// Where a control plane's state is kept, as `--store` gives it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EtcdTarget {
+    /// `http://host:port` of each etcd member.
+    pub endpoints: Vec<String>,
+    /// The prefix of every key, ending in `/`.
+    pub prefix: String,
+}
+
+impl EtcdTarget {
+    /// Reads `etcd://HOST:PORT[,HOST:PORT...][/PREFIX]`.
+    ///
+    /// # Errors
+    ///
+    /// Another scheme, no member, or a member that is not `host:port`.
+    pub fn parse(text: &str) -> Result<EtcdTarget, String> {
+        let rest = text.strip_prefix("etcd://").ok_or_else(|| {
+            format!("--store {text:?}: expected etcd://HOST:PORT[,HOST:PORT...][/PREFIX]")
+        })?;
+        let (members, prefix) = match rest.split_once('/') {
+            Some((members, prefix)) => (members, format!("/{}/", prefix.trim_matches('/'))),
+            None => (rest, DEFAULT_PREFIX.to_string()),
+        };
+        if prefix == "//" {
+            return Err(format!("--store {text:?}: the key prefix is empty"));
+        }
+        let mut endpoints = Vec::new();
+        for member in members.split(',') {
+            let (host, port) = member
+                .rsplit_once(':')
+                .filter(|(host, _)| !host.is_empty())
+                .ok_or_else(|| {
+                    format!("--store {text:?}: etcd member {member:?} is not HOST:PORT")
+                })?;
+            port.parse::<u16>()
+                .ok()
+                .filter(|p| *p != 0)
+                .ok_or_else(|| {
+                    format!("--store {text:?}: etcd member {member:?} has no valid port")
+                })?;
+            if host.contains(['/', '@', '?', '#']) {
+                return Err(format!(
+                    "--store {text:?}: etcd member {member:?} is not HOST:PORT"
+                ));
+            }
+            endpoints.push(format!("http://{host}:{port}"));
+        }
+        Ok(EtcdTarget { endpoints, prefix })
+    }
+
+    /// The members, as the user wrote them: for messages.
+    pub fn describe(&self) -> String {
+        let members: Vec<&str> = self
+            .endpoints
+            .iter()
+            .map(|e| e.trim_start_matches("http://"))
+            .collect();
+        format!("etcd at {} (prefix {})", members.join(","), self.prefix)
+    }
+}
+
+/// The cluster's records in etcd.
+pub struct EtcdStore {
+    target: EtcdTarget,
+    client: Client,
+    /// After etcd was found unavailable, until when calls fail at once
+    /// with the same reason, so that callers holding the control plane's
+    /// state lock do not each wait out a timeout.
+    down_until: std::sync::Mutex<Option<(Instant, String)>>,
+    /// Runs the etcd calls: its own, so that a caller on any thread (an
+    /// async task of another runtime among them) can wait for one. Taken
+    /// only when the store is dropped.
+    runtime: Option<tokio::runtime::Runtime>,
+}
+
+impl Drop for EtcdStore {
+    fn drop(&mut self) {
+        // Dropped where blocking is not allowed (in an async task) too.
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_background();
+        }
+    }
+}
+
+impl EtcdStore {
+    /// Connects to `target` and checks it answers.
+    ///
+    /// # Errors
+    ///
+    /// No member answered within a few seconds, or the cluster has no
+    /// leader: the error names the members.
+    pub fn connect(target: EtcdTarget) -> Result<EtcdStore, StateError> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("skiff-etcd")
+            .enable_all()
+            .build()
+            .map_err(|e| StateError::Store(format!("cannot start the etcd client: {e}")))?;
+        let options = ConnectOptions::new()
+            .with_connect_timeout(CONNECT_TIMEOUT)
+            .with_timeout(REQUEST_TIMEOUT)
+            .with_keep_alive(Duration::from_secs(5), Duration::from_secs(3))
+            .with_require_leader(true);
+        let endpoints = target.endpoints.clone();
+        let client = match wait(&runtime, async move {
+            Client::connect(endpoints, Some(options)).await
+        }) {
+            Ok(client) => client,
+            Err(e) => {
+                // Dropped where blocking is not allowed (in an async task)
+                // too.
+                runtime.shutdown_background();
+                return Err(unreachable_error(&target, &e));
+            }
+        };
+        let store = EtcdStore {
+            target,
+            client,
+            down_until: std::sync::Mutex::new(None),
+            runtime: Some(runtime),
+        };
+        // Connecting is lazy: ask for something, so that an etcd that is
+        // not there is said at start, not at the first write.
+        store
+            .range(store.key("cluster/ca.pem"), false)
+            .map_err(|e| match e {
+                StateError::Unavailable(_) => StateError::Unavailable(format!(
+                    "{} does not answer: {e}; start etcd, or check --store",
+                    store.target.describe()
+                )),
+                e => e,
+            })?;
+        Ok(store)
+    }
+
+    /// The full key of `key`.
+    fn key(&self, key: &str) -> String {
+        format!("{}{key}", self.target.prefix)
+    }
+
+    /// Sends `request` on the store's runtime and waits for the answer.
+    /// A request etcd refused without applying it (its leader changed or
+    /// is being elected, a member is unreachable) is sent again, for up
+    /// to [`REQUEST_TIMEOUT`]; a read is sent again after any failure.
+    fn send(&self, request: Request) -> Result<Answer, StateError> {
+        if let Some((until, why)) = self.down_until.lock().expect("etcd state lock").as_ref()
+            && Instant::now() < *until
+        {
+            return Err(StateError::Unavailable(why.clone()));
+        }
+        let kv = self.client.kv_client();
+        let target = self.target.clone();
+        let runtime = self
+            .runtime
+            .as_ref()
+            .expect("the runtime lives as long as the store");
+        let result = wait(runtime, async move {
+            let started = tokio::time::Instant::now();
+            let mut pause = Duration::from_millis(50);
+            loop {
+                // Bounded here too: the client's timeout covers a request,
+                // not a connection that never comes back.
+                let sent = tokio::time::timeout(REQUEST_TIMEOUT, request.clone().send(kv.clone()));
+                let error = match sent.await {
+                    Ok(Ok(answer)) => return Ok(answer),
+                    Ok(Err(e)) => e,
+                    Err(_) => {
+                        return Err(StateError::Unavailable(format!(
+                            "{} did not answer within {}s",
+                            target.describe(),
+                            REQUEST_TIMEOUT.as_secs()
+                        )));
+                    }
+                };
+                let again = (request.is_read() || not_applied(&error))
+                    && started.elapsed() + pause < REQUEST_TIMEOUT;
+                if !again {
+                    return Err(store_error(&target, &error));
+                }
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_millis(500));
+            }
+        });
+        let mut down = self.down_until.lock().expect("etcd state lock");
+        *down = match &result {
+            Err(StateError::Unavailable(why)) => Some((Instant::now() + RETRY_AFTER, why.clone())),
+            _ => None,
+        };
+        result
+    }
+
+    /// The records at `key`, or under it with `prefix`.
+    fn range(&self, key: String, prefix: bool) -> Result<Vec<KeyValue>, StateError> {
+        match self.send(Request::Range { key, prefix })? {
+            Answer::Range(kvs) => Ok(kvs),
+            Answer::Txn(_) => unreachable!("a range is answered with records"),
+        }
+    }
+
+    /// Every record under `table/`, as `(key without the prefix, bytes,
+    /// revision)`.
+    fn list(&self, table: &str) -> Result<Vec<(String, Vec<u8>, i64)>, StateError> {
+        let prefix = self.key(&format!("{table}/"));
+        let strip = prefix.len();
+        Ok(self
+            .range(prefix, true)?
+            .into_iter()
+            .map(|kv| {
+                let revision = kv.mod_revision();
+                let (key, value) = kv.into_key_value();
+                (
+                    String::from_utf8_lossy(&key[strip.min(key.len())..]).into_owned(),
+                    value,
+                    revision,
+                )
+            })
+            .collect())
+    }
+
+    /// Every record of `table`, decoded.
+    fn all<T: serde::de::DeserializeOwned>(&self, table: &str) -> Result<Vec<T>, StateError> {
+        self.list(table)?
+            .into_iter()
+            .map(|(key, bytes, _)| decode(&format!("{table}/{key}"), &bytes))
+            .collect()
+    }
+
+    /// The value at `key` and its revision (0 when absent).
+    fn get(&self, key: &str) -> Result<(Option<Vec<u8>>, i64), StateError> {
+        Ok(match self.range(self.key(key), false)?.pop() {
+            Some(found) => {
+                let revision = found.mod_revision();
+                (Some(found.into_key_value().1), revision)
+            }
+            None => (None, 0),
+        })
+    }
+
+    /// Commits `txn`, timing it for [`WRITE_DURATIONS`].
+    fn transact(&self, txn: Txn) -> Result<TxnResponse, StateError> {
+        let started = Instant::now();
+        let answer = self.send(Request::Txn(txn));
+        WRITE_DURATIONS.observe(started.elapsed().as_secs_f64());
+        match answer? {
+            Answer::Txn(response) => Ok(response),
+            Answer::Range(_) => unreachable!("a transaction is answered with its outcome"),
+        }
+    }
+
+    /// Commits `txn`; whether its comparisons held.
+    fn commit(&self, txn: Txn) -> Result<bool, StateError> {
+        Ok(self.transact(txn)?.succeeded())
+    }
+
+    /// Deletes the records `delete` names; whether one was there.
+    fn delete(&self, delete: TxnOp) -> Result<bool, StateError> {
+        Ok(first_deleted(
+            &self.transact(Txn::new().and_then([delete]))?,
+        ))
+    }
+
+    /// A put of `value` at `key` (without the prefix).
+    fn put_op(&self, key: &str, value: impl Into<Vec<u8>>) -> TxnOp {
+        TxnOp::put(self.key(key), value, None)
+    }
+
+    /// That `key` is at `revision` (0: absent).
+    fn unchanged(&self, key: &str, revision: i64) -> Compare {
+        Compare::mod_revision(self.key(key), CompareOp::Equal, revision)
+    }
+}
+
+impl ClusterStore for EtcdStore {
+    fn describe(&self) -> String {
+        self.target.describe()
+    }
+
+    fn set_aside_damaged(&self) -> Result<Vec<SetAside>, StateError> {
+        let mut set_aside = Vec::new();
+        for (table, check) in [
+            (
+                "apps",
+                check::<AppRecord> as fn(&[u8]) -> Result<(), String>,
+            ),
+            ("nodes", check::<NodeRecord>),
+            ("replicas", check::<ReplicaRecord>),
+        ] {
+            for (key, bytes, revision) in self.list(table)? {
+                let Err(message) = check(&bytes) else {
+                    continue;
+                };
+                let original = format!("{table}/{key}");
+                // Moved only as it was read: a record rewritten meanwhile
+                // is judged again at the next start.
+                let txn = Txn::new()
+                    .when([self.unchanged(&original, revision)])
+                    .and_then([
+                        self.put_op(&format!("quarantine/{original}"), bytes),
+                        TxnOp::delete(self.key(&original), None),
+                    ]);
+                if self.commit(txn)? {
+                    set_aside.push(SetAside {
+                        table,
+                        key,
+                        message,
+                    });
+                }
+            }
+        }
+        Ok(set_aside)
+    }
+
+    fn quarantined(&self) -> Result<Vec<String>, StateError> {
+        Ok(self
+            .list("quarantine")?
+            .into_iter()
+            .map(|(key, _, _)| key)
+            .collect())
+    }
+
+    fn update_app(
+        &self,
+        name: &str,
+        change: &mut dyn FnMut(Option<&AppRecord>) -> Result<AppRecord, StateError>,
+    ) -> Result<(Applied, AppRecord), StateError> {
+        let key = format!("apps/{name}");
+        for attempt in 0..MAX_ATTEMPTS {
+            if attempt > 0 {
+                backoff(attempt);
+            }
+            let (bytes, revision) = self.get(&key)?;
+            let current = bytes
+                .map(|bytes| decode::<AppRecord>(&key, &bytes))
+                .transpose()?;
+            let (applied, record) =
+                next_generation(name, current.as_ref(), change(current.as_ref())?);
+            if applied == Applied::Unchanged {
+                return Ok((applied, record));
+            }
+            let value = serde_json::to_vec(&record).expect("a record serializes");
+            let txn = Txn::new()
+                .when([self.unchanged(&key, revision)])
+                .and_then([self.put_op(&key, value)]);
+            if self.commit(txn)? {
+                return Ok((applied, record));
+            }
+        }
+        Err(StateError::Store(format!(
+            "app {name:?} kept changing under this write ({MAX_ATTEMPTS} attempts); try again"
+        )))
+    }
+
+    fn app(&self, name: &str) -> Result<Option<AppRecord>, StateError> {
+        let key = format!("apps/{name}");
+        self.get(&key)?
+            .0
+            .map(|bytes| decode(&key, &bytes))
+            .transpose()
+    }
+
+    fn apps(&self) -> Result<Vec<AppRecord>, StateError> {
+        self.all("apps")
+    }
+
+    fn delete_app(&self, name: &str) -> Result<bool, StateError> {
+        let app = self.key(&format!("apps/{name}"));
+        let replicas = self.key(&format!("replicas/{name}/"));
+        let response = self.transact(Txn::new().and_then([
+            TxnOp::delete(app, Some(DeleteOptions::new().with_prev_key())),
+            TxnOp::delete(replicas, Some(DeleteOptions::new().with_prefix())),
+        ]))?;
+        Ok(first_deleted(&response))
+    }
+
+    fn put_node(&self, record: &NodeRecord) -> Result<(), StateError> {
+        let value = serde_json::to_vec(record).expect("a record serializes");
+        self.commit(Txn::new().and_then([self.put_op(&format!("nodes/{}", record.name), value)]))
+            .map(drop)
+    }
+
+    fn delete_node(&self, name: &str) -> Result<bool, StateError> {
+        self.delete(TxnOp::delete(
+            self.key(&format!("nodes/{name}")),
+            Some(DeleteOptions::new().with_prev_key()),
+        ))
+    }
+
+    fn admit_node(
+        &self,
+        token: &str,
+        record: &NodeRecord,
+        now_unix: u64,
+    ) -> Result<bool, StateError> {
+        let key = format!("join-tokens/{}", token_hash(token));
+        let (expires, revision) = self.get(&key)?;
+        if !unexpired(expires, now_unix) {
+            return Ok(false);
+        }
+        // The token is used up in the same transaction that records the
+        // node, and only if no one used it meanwhile.
+        let value = serde_json::to_vec(record).expect("a record serializes");
+        self.commit(Txn::new().when([self.unchanged(&key, revision)]).and_then([
+            TxnOp::delete(self.key(&key), None),
+            self.put_op(&format!("nodes/{}", record.name), value),
+        ]))
+    }
+
+    fn nodes(&self) -> Result<Vec<NodeRecord>, StateError> {
+        self.all("nodes")
+    }
+
+    fn replicas(&self) -> Result<Vec<ReplicaRecord>, StateError> {
+        self.all("replicas")
+    }
+
+    fn change_replicas(&self, changes: &[ReplicaChange]) -> Result<(), StateError> {
+        // etcd takes at most MAX_TXN_OPS operations a transaction: more
+        // changes are applied a transaction per batch. Each replica is its
+        // own record, so a control plane stopped between batches leaves
+        // every replica as before or after its change, and the next pass
+        // completes the rest.
+        //
+        // A pass may change one replica twice (created, then placed);
+        // etcd refuses a key twice in a transaction, so only the last
+        // change of each stands, as it would applied in order.
+        let mut last: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
+        for (i, change) in changes.iter().enumerate() {
+            let id = match change {
+                ReplicaChange::Put(record) => record.id.as_str(),
+                ReplicaChange::Remove(id) => id.as_str(),
+            };
+            last.insert(id, i);
+        }
+        let mut kept: Vec<usize> = last.into_values().collect();
+        kept.sort_unstable();
+        let changes: Vec<&ReplicaChange> = kept.into_iter().map(|i| &changes[i]).collect();
+        for batch in changes.chunks(MAX_TXN_OPS) {
+            let ops: Vec<TxnOp> = batch
+                .iter()
+                .map(|change| match change {
+                    ReplicaChange::Put(record) => self.put_op(
+                        &format!("replicas/{}", record.id),
+                        serde_json::to_vec(record).expect("a record serializes"),
+                    ),
+                    ReplicaChange::Remove(id) => {
+                        TxnOp::delete(self.key(&format!("replicas/{id}")), None)
+                    }
+                })
+                .collect();
+            self.commit(Txn::new().and_then(ops))?;
+        }
+        Ok(())
+    }
+
+    fn add_join_token(&self, token: &str, expires_unix: u64) -> Result<(), StateError> {
+        let key = format!("join-tokens/{}", token_hash(token));
+        self.commit(Txn::new().and_then([self.put_op(&key, expires_unix.to_string())]))
+            .map(drop)
+    }
+
+    fn join_token_valid(&self, token: &str, now_unix: u64) -> Result<bool, StateError> {
+        let (expires, _) = self.get(&format!("join-tokens/{}", token_hash(token)))?;
+        Ok(unexpired(expires, now_unix))
+    }
+
+    fn secrets(&self) -> Result<Option<ClusterSecrets>, StateError> {
+        let read = |key: &str| -> Result<Option<String>, StateError> {
+            self.get(&format!("cluster/{key}"))?
+                .0
+                .map(|bytes| {
+                    String::from_utf8(bytes).map_err(|_| StateError::Damaged {
+                        key: format!("cluster/{key}"),
+                        message: "not UTF-8".to_string(),
+                    })
+                })
+                .transpose()
+        };
+        // Written together, so all three are there or none is.
+        match (read("ca.pem")?, read("ca.key")?, read("admin-token")?) {
+            (Some(ca_cert_pem), Some(ca_key_pem), Some(admin_token)) => Ok(Some(ClusterSecrets {
+                ca_cert_pem,
+                ca_key_pem,
+                admin_token,
+            })),
+            (None, None, None) => Ok(None),
+            _ => Err(StateError::Damaged {
+                key: "cluster/".to_string(),
+                message: "the cluster's CA and admin token are incomplete".to_string(),
+            }),
+        }
+    }
+
+    fn create_secrets(&self, fresh: ClusterSecrets) -> Result<ClusterSecrets, StateError> {
+        // Only the first control plane's are kept: two starting at once on
+        // an empty etcd end up with one CA.
+        let txn = Txn::new()
+            .when([Compare::version(
+                self.key("cluster/ca.pem"),
+                CompareOp::Equal,
+                0,
+            )])
+            .and_then([
+                self.put_op("cluster/ca.pem", fresh.ca_cert_pem.clone()),
+                self.put_op("cluster/ca.key", fresh.ca_key_pem.clone()),
+                self.put_op("cluster/admin-token", fresh.admin_token.clone()),
+            ]);
+        if self.commit(txn)? {
+            return Ok(fresh);
+        }
+        self.secrets()?.ok_or_else(|| StateError::Damaged {
+            key: "cluster/".to_string(),
+            message: "the cluster's CA vanished while it was being created".to_string(),
+        })
+    }
+}
+
+/// Whether a join token's stored expiry (Unix seconds, in decimal) is
+/// after `now_unix`.
+fn unexpired(expires: Option<Vec<u8>>, now_unix: u64) -> bool {
+    expires
+        .and_then(|bytes| String::from_utf8(bytes).ok()?.parse::<u64>().ok())
+        .is_some_and(|expires| expires > now_unix)
+}
+
+/// Whether the first operation of a transaction, a delete asking for
+/// what it deleted, deleted something.
+fn first_deleted(response: &TxnResponse) -> bool {
+    response.op_responses().first().is_some_and(
+        |r| matches!(r, etcd_client::TxnOpResponse::Delete(d) if !d.prev_kvs().is_empty()),
+    )
+}
+
+/// One request to etcd: the two the store makes.
+#[derive(Clone)]
+enum Request {
+    /// The records at `key`, or under it with `prefix`.
+    Range { key: String, prefix: bool },
+    /// A transaction.
+    Txn(Txn),
+}
+
+/// etcd's answer to a [`Request`].
+enum Answer {
+    Range(Vec<KeyValue>),
+    Txn(TxnResponse),
+}
+
+impl Request {
+    fn is_read(&self) -> bool {
+        matches!(self, Request::Range { .. })
+    }
+
+    async fn send(self, mut kv: KvClient) -> Result<Answer, etcd_client::Error> {
+        match self {
+            Request::Range { key, prefix } => {
+                let options = prefix.then(|| GetOptions::new().with_prefix());
+                Ok(Answer::Range(kv.get(key, options).await?.take_kvs()))
+            }
+            Request::Txn(txn) => Ok(Answer::Txn(kv.txn(txn).await?)),
+        }
+    }
+}
+
+/// Whether etcd refused a request before applying it (it cannot have
+/// taken effect), so that sending it again is safe.
+fn not_applied(e: &etcd_client::Error) -> bool {
+    use etcd_client::Error;
+    match e {
+        // No connection was made.
+        Error::TransportError(_) | Error::IoError(_) => true,
+        Error::GRpcStatus(status) => {
+            let message = status.message();
+            message.contains("leader changed")
+                || message.contains("no leader")
+                || message.contains("tcp connect error")
+        }
+        _ => false,
+    }
+}
+
+/// Waits before retry number `attempt` of a compare-and-swap another
+/// writer won: a random while, growing with the attempts, so writers
+/// racing on one record take turns rather than collide again.
+fn backoff(attempt: usize) {
+    let mut byte = [0u8; 1];
+    getrandom::fill(&mut byte).expect("the OS random source works");
+    let most_ms = (attempt as u64 * 4).min(50);
+    std::thread::sleep(Duration::from_millis(
+        1 + u64::from(byte[0]) * most_ms / 255,
+    ));
+}
+
+/// Runs `future` on `runtime` and waits for it, from any thread.
+fn wait<T: Send + 'static>(
+    runtime: &tokio::runtime::Runtime,
+    future: impl Future<Output = T> + Send + 'static,
+) -> T {
+    let (answer, answered) = std::sync::mpsc::sync_channel(1);
+    runtime.spawn(async move {
+        let _ = answer.send(future.await);
+    });
+    answered
+        .recv()
+        .expect("the etcd runtime answers every call it is given")
+}
+
+/// The error of a call to `target` that failed: etcd refusing the
+/// request itself is [`StateError::Store`]; anything else (unreachable,
+/// no leader, no answer in time, a connection broken mid-request) is
+/// [`StateError::Unavailable`].
+fn store_error(target: &EtcdTarget, e: &etcd_client::Error) -> StateError {
+    use etcd_client::Error;
+    use tonic::Code;
+    match e {
+        Error::GRpcStatus(status)
+            if matches!(
+                status.code(),
+                Code::InvalidArgument
+                    | Code::FailedPrecondition
+                    | Code::OutOfRange
+                    | Code::ResourceExhausted
+                    | Code::PermissionDenied
+                    | Code::Unauthenticated
+                    | Code::AlreadyExists
+                    | Code::NotFound
+            ) =>
+        {
+            StateError::Store(format!("{}: {}", target.describe(), status.message()))
+        }
+        Error::GRpcStatus(status) => StateError::Unavailable(format!(
+            "{} cannot take requests: {}",
+            target.describe(),
+            status.message()
+        )),
+        e => unreachable_error(target, e),
+    }
+}
+
+fn unreachable_error(target: &EtcdTarget, e: &etcd_client::Error) -> StateError {
+    StateError::Unavailable(format!("{} is unreachable: {e}", target.describe()))
+}

@@ -1,0 +1,442 @@
+//! The cluster store's contract, kept by both stores: the embedded redb
+//! file and a real etcd (Debian's etcd-server, on loopback). Then what is
+//! etcd's alone: writers racing on one record, a damaged value, an etcd
+//! that is not there.
+
+mod support;
+
+use skiff_orchestrator::state::{
+    Applied, ClusterSecrets, ClusterStore, EtcdStore, EtcdTarget, NodeRecord, RedbStore,
+    ReplicaChange, ReplicaRecord, Replicas, StateError,
+};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use support::cluster::{Cluster, deploy_probe, one_at_a_time};
+use support::etcd::Etcd;
+use support::{get, skiff, start_server, wait_until};
+
+fn scale(pairs: &[(&str, u32)]) -> BTreeMap<String, Replicas> {
+    pairs
+        .iter()
+        .map(|(c, n)| (c.to_string(), Replicas::Fixed(*n)))
+        .collect()
+}
+
+fn node(name: &str) -> NodeRecord {
+    NodeRecord {
+        name: name.to_string(),
+        labels: BTreeMap::from([("zone".to_string(), "a".to_string())]),
+        memory: 1 << 30,
+        ingress: "127.0.0.2:3000".to_string(),
+        mesh: "127.0.0.2:4000".to_string(),
+        cordoned: false,
+        drained: false,
+        incarnation: "0123".to_string(),
+    }
+}
+
+fn replica(id: &str) -> ReplicaRecord {
+    let mut parts = id.split('/');
+    ReplicaRecord {
+        id: id.to_string(),
+        app: parts.next().unwrap().to_string(),
+        component: parts.next().unwrap().to_string(),
+        node: Some("edge-1".to_string()),
+        created_unix: 1,
+        package: "sha256:aa".to_string(),
+    }
+}
+
+fn secrets(tag: &str) -> ClusterSecrets {
+    ClusterSecrets {
+        ca_cert_pem: format!("cert {tag}"),
+        ca_key_pem: format!("key {tag}"),
+        admin_token: format!("token {tag}"),
+    }
+}
+
+/// What every store must do, on an empty one.
+fn keeps_the_contract(store: &dyn ClusterStore) {
+    // The cluster's secrets: created once, whoever asks second.
+    assert_eq!(store.secrets().unwrap(), None);
+    assert_eq!(store.create_secrets(secrets("a")).unwrap(), secrets("a"));
+    assert_eq!(store.create_secrets(secrets("b")).unwrap(), secrets("a"));
+    assert_eq!(store.secrets().unwrap(), Some(secrets("a")));
+
+    // Apps: idempotent declarations, generations, scale.
+    let web = scale(&[("api", 3)]);
+    assert_eq!(
+        store.apply_app("web", "sha256:aa", web.clone()).unwrap(),
+        Applied::Created
+    );
+    assert_eq!(
+        store.apply_app("web", "sha256:aa", web.clone()).unwrap(),
+        Applied::Unchanged
+    );
+    assert_eq!(
+        store.apply_app("web", "sha256:bb", web).unwrap(),
+        Applied::Updated(2)
+    );
+    let (applied, record) = store.scale("web", "api", Replicas::Fixed(5)).unwrap();
+    assert_eq!(applied, Applied::Updated(3));
+    assert_eq!(record.generation, 3);
+    assert_eq!(record.scale["api"], Replicas::Fixed(5));
+    assert!(matches!(
+        store.scale("web", "nope", Replicas::Fixed(1)),
+        Err(StateError::UnknownComponent { .. })
+    ));
+    assert!(matches!(
+        store.scale("none", "api", Replicas::Fixed(1)),
+        Err(StateError::UnknownApp(_))
+    ));
+    assert_eq!(store.app("web").unwrap().unwrap().package, "sha256:bb");
+    assert_eq!(store.app("none").unwrap(), None);
+    store
+        .apply_app("web2", "sha256:cc", scale(&[("api", 1)]))
+        .unwrap();
+    let names: Vec<String> = store.apps().unwrap().into_iter().map(|a| a.name).collect();
+    assert_eq!(names, ["web", "web2"]);
+
+    // Replicas, in more changes than one etcd transaction takes.
+    let puts: Vec<ReplicaChange> = (0..300)
+        .map(|i| ReplicaChange::Put(replica(&format!("web/api/{i}"))))
+        .chain([ReplicaChange::Put(replica("web2/api/0"))])
+        .collect();
+    store.change_replicas(&puts).unwrap();
+    assert_eq!(store.replicas().unwrap().len(), 301);
+    let removes: Vec<ReplicaChange> = (0..150)
+        .map(|i| ReplicaChange::Remove(format!("web/api/{i}")))
+        .collect();
+    store.change_replicas(&removes).unwrap();
+    assert_eq!(store.replicas().unwrap().len(), 151);
+    // One replica changed twice in one go (created, then placed): the
+    // last change stands.
+    let mut placed = replica("web/api/500");
+    placed.node = Some("edge-2".to_string());
+    store
+        .change_replicas(&[
+            ReplicaChange::Put(replica("web/api/500")),
+            ReplicaChange::Put(placed.clone()),
+            ReplicaChange::Put(replica("web/api/501")),
+            ReplicaChange::Remove("web/api/501".to_string()),
+        ])
+        .unwrap();
+    let stored = store.replicas().unwrap();
+    assert!(stored.contains(&placed));
+    assert!(!stored.iter().any(|r| r.id == "web/api/501"));
+
+    // Deleting an app takes its replicas, and only its own ("web2"'s
+    // ids start with "web" too).
+    assert!(store.delete_app("web").unwrap());
+    assert!(!store.delete_app("web").unwrap());
+    let left: Vec<String> = store
+        .replicas()
+        .unwrap()
+        .into_iter()
+        .map(|r| r.id)
+        .collect();
+    assert_eq!(left, ["web2/api/0"]);
+    assert!(store.app("web").unwrap().is_none());
+
+    // Nodes and join tokens: a token admits one node, once, unexpired.
+    store.add_join_token("skt1.x.good", 2_000).unwrap();
+    store.add_join_token("skt1.x.old", 1_000).unwrap();
+    assert!(store.join_token_valid("skt1.x.good", 1_500).unwrap());
+    assert!(!store.join_token_valid("skt1.x.old", 1_500).unwrap());
+    assert!(!store.join_token_valid("skt1.x.unknown", 1_500).unwrap());
+    assert!(
+        !store
+            .admit_node("skt1.x.old", &node("late"), 1_500)
+            .unwrap()
+    );
+    assert!(
+        store
+            .admit_node("skt1.x.good", &node("edge-1"), 1_500)
+            .unwrap()
+    );
+    assert!(
+        !store
+            .admit_node("skt1.x.good", &node("edge-2"), 1_500)
+            .unwrap()
+    );
+    assert!(!store.join_token_valid("skt1.x.good", 1_500).unwrap());
+    let mut moved = node("edge-1");
+    moved.mesh = "127.0.0.2:5000".to_string();
+    store.put_node(&moved).unwrap();
+    assert_eq!(store.nodes().unwrap(), [moved]);
+    assert!(store.delete_node("edge-1").unwrap());
+    assert!(!store.delete_node("edge-1").unwrap());
+    assert!(store.nodes().unwrap().is_empty());
+
+    assert!(store.set_aside_damaged().unwrap().is_empty());
+    assert!(store.quarantined().unwrap().is_empty());
+}
+
+/// An etcd store on `etcd`, under a prefix of its own.
+fn etcd_store(etcd: &Etcd, prefix: &str) -> EtcdStore {
+    let target = EtcdTarget::parse(&format!("{}/{prefix}", etcd.store_arg())).unwrap();
+    EtcdStore::connect(target).unwrap()
+}
+
+#[test]
+fn the_embedded_store_keeps_the_contract() {
+    let dir = support::temp_dir();
+    let store = RedbStore::open(&dir.path().join("state.redb")).unwrap();
+    keeps_the_contract(&store);
+}
+
+#[test]
+fn etcd_keeps_the_contract_and_a_second_prefix_is_another_cluster() {
+    let etcd = Etcd::start(1);
+    keeps_the_contract(&etcd_store(&etcd, "one"));
+    // Nothing of the first cluster shows under another prefix.
+    keeps_the_contract(&etcd_store(&etcd, "two"));
+}
+
+#[test]
+fn writers_racing_on_one_app_in_etcd_lose_no_update() {
+    let etcd = Etcd::start(1);
+    let stores: Vec<Arc<EtcdStore>> = (0..4)
+        .map(|_| Arc::new(etcd_store(&etcd, "race")))
+        .collect();
+    stores[0]
+        .apply_app("web", "sha256:aa", scale(&[("api", 0)]))
+        .unwrap();
+    // Four control planes each add one replica 25 times: every
+    // read-modify-write must see the one before it.
+    let writers: Vec<_> = stores
+        .iter()
+        .cloned()
+        .map(|store| {
+            std::thread::spawn(move || {
+                for _ in 0..25 {
+                    store
+                        .update_app("web", &mut |current| {
+                            let mut record = current.unwrap().clone();
+                            let Replicas::Fixed(n) = record.scale["api"] else {
+                                unreachable!()
+                            };
+                            record.scale.insert("api".into(), Replicas::Fixed(n + 1));
+                            Ok(record)
+                        })
+                        .unwrap();
+                }
+            })
+        })
+        .collect();
+    for writer in writers {
+        writer.join().unwrap();
+    }
+    let app = stores[0].app("web").unwrap().unwrap();
+    assert_eq!(app.scale["api"], Replicas::Fixed(100));
+    assert_eq!(app.generation, 101);
+}
+
+#[test]
+fn control_planes_creating_one_cluster_at_once_keep_one_ca() {
+    let etcd = Etcd::start(1);
+    let racers: Vec<_> = (0..4)
+        .map(|i| {
+            let store = etcd_store(&etcd, "ca");
+            std::thread::spawn(move || store.create_secrets(secrets(&i.to_string())).unwrap())
+        })
+        .collect();
+    let kept: Vec<ClusterSecrets> = racers.into_iter().map(|r| r.join().unwrap()).collect();
+    assert!(kept.iter().all(|k| *k == kept[0]), "{kept:?}");
+}
+
+#[test]
+fn a_damaged_value_in_etcd_is_named_and_set_aside_and_the_rest_loads() {
+    let etcd = Etcd::start(1);
+    let store = etcd_store(&etcd, "damaged");
+    store
+        .apply_app("good", "sha256:aa", scale(&[("api", 1)]))
+        .unwrap();
+    put_raw(&etcd, "/damaged/apps/bad", b"{not json");
+    put_raw(&etcd, "/damaged/replicas/bad/api/0", b"\xff\xfe");
+    let error = store.apps().unwrap_err().to_string();
+    assert!(error.contains("apps/bad"), "{error}");
+    let set_aside = store.set_aside_damaged().unwrap();
+    let named: Vec<String> = set_aside
+        .iter()
+        .map(|s| format!("{}/{}", s.table, s.key))
+        .collect();
+    assert_eq!(named, ["apps/bad", "replicas/bad/api/0"]);
+    assert_eq!(
+        store.quarantined().unwrap(),
+        ["apps/bad", "replicas/bad/api/0"]
+    );
+    let names: Vec<String> = store.apps().unwrap().into_iter().map(|a| a.name).collect();
+    assert_eq!(names, ["good"]);
+    assert!(store.replicas().unwrap().is_empty());
+}
+
+/// Writes `value` at `key` in `etcd` with etcd's own client, as something
+/// other than Skiff would.
+fn put_raw(etcd: &Etcd, key: &str, value: &[u8]) {
+    let endpoints = etcd.endpoints();
+    let (key, value) = (key.to_string(), value.to_vec());
+    tokio::runtime::Runtime::new()
+        .unwrap()
+        .block_on(async move {
+            let mut client = etcd_client::Client::connect(endpoints, None).await.unwrap();
+            client.put(key, value, None).await.unwrap();
+        });
+}
+
+#[test]
+fn an_etcd_that_is_not_there_is_named_at_once() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let started = Instant::now();
+    let target = EtcdTarget::parse(&format!("etcd://127.0.0.1:{port}")).unwrap();
+    let Err(error) = EtcdStore::connect(target) else {
+        panic!("connected to nothing");
+    };
+    let message = error.to_string();
+    assert!(matches!(error, StateError::Unavailable(_)), "{message}");
+    assert!(
+        message.contains(&format!("etcd at 127.0.0.1:{port}")),
+        "{message}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(15), "{message}");
+}
+
+#[test]
+fn store_addresses_are_read_strictly() {
+    let target = EtcdTarget::parse("etcd://10.0.0.1:2379,etcd-2.internal:2379/prod").unwrap();
+    assert_eq!(
+        target.endpoints,
+        ["http://10.0.0.1:2379", "http://etcd-2.internal:2379"]
+    );
+    assert_eq!(target.prefix, "/prod/");
+    assert_eq!(
+        EtcdTarget::parse("etcd://[::1]:2379").unwrap().endpoints,
+        ["http://[::1]:2379"]
+    );
+    for bad in [
+        "http://10.0.0.1:2379",
+        "etcd://",
+        "etcd://10.0.0.1",
+        "etcd://10.0.0.1:0",
+        "etcd://10.0.0.1:99999",
+        "etcd://:2379",
+        "etcd://user@10.0.0.1:2379",
+        "etcd://10.0.0.1:2379,",
+    ] {
+        let error = EtcdTarget::parse(bad).unwrap_err();
+        assert!(error.contains("--store"), "{bad}: {error}");
+    }
+}
+
+/// The replica ids of `app` and where each runs.
+fn placement(cluster: &Cluster, app: &str) -> Vec<(String, Option<String>)> {
+    cluster
+        .replicas(app)
+        .into_iter()
+        .map(|(id, node, _)| (id, node))
+        .collect()
+}
+
+#[test]
+fn a_control_plane_on_etcd_survives_its_own_death_and_etcd_members_dying() {
+    let mut etcd = Etcd::start(3);
+    let store = etcd.store_arg();
+    let mut cluster = Cluster::start(2, &["--store", &store]);
+    deploy_probe(&cluster, "hello", 2);
+    let before = placement(&cluster, "hello");
+    let node = cluster.nodes[0].process.url.clone();
+    assert_eq!(get(&format!("{node}/version")).0, 200);
+    // The cluster is in etcd: the data directory keeps only packages.
+    for kept_elsewhere in ["state.redb", "ca.pem", "ca.key", "admin-token"] {
+        assert!(
+            !cluster.home().join("server").join(kept_elsewhere).exists(),
+            "{kept_elsewhere} written to the data directory"
+        );
+    }
+
+    // Killed and started again: the same cluster, nothing moved.
+    let port = cluster.api.rsplit(':').next().unwrap().to_string();
+    cluster.server.kill();
+    cluster.server = start_server(
+        cluster.home(),
+        &format!("127.0.0.1:{port}"),
+        &["--store", &store],
+    );
+    assert!(!cluster.server.banner.contains("Join a node with"));
+    cluster.wait_running("hello", 2);
+    assert_eq!(placement(&cluster, "hello"), before);
+    let nodes = cluster.json(&["nodes"]);
+    assert_eq!(nodes.as_array().unwrap().len(), 2, "{nodes}");
+
+    // One member of three gone: quorum holds and writes go on.
+    etcd.kill(0);
+    cluster.cli(&["scale", "hello", "3"]);
+    cluster.wait_running("hello", 3);
+
+    // Two gone: writes are refused with the reason, reads and the data
+    // plane go on.
+    etcd.kill(1);
+    let refused = cluster.cli_fails(&["scale", "hello", "1"]);
+    assert!(
+        refused.contains("unavailable") && refused.contains("etcd at"),
+        "{refused}"
+    );
+    assert_eq!(cluster.replicas("hello").len(), 3);
+    assert_eq!(get(&format!("{node}/version")).0, 200);
+
+    // Back: everything resumes, and the refused change was not made.
+    etcd.restart(0);
+    etcd.restart(1);
+    etcd.wait_healthy();
+    assert_eq!(cluster.replicas("hello").len(), 3);
+    wait_until(Duration::from_secs(30), "a write once etcd is back", || {
+        let output = skiff(cluster.home())
+            .args(["scale", "hello", "1"])
+            .output()
+            .unwrap();
+        output.status.success().then_some(())
+    });
+    cluster.wait_running("hello", 1);
+}
+
+#[test]
+fn a_data_directory_of_another_cluster_is_refused_on_etcd() {
+    let _serial = one_at_a_time();
+    let etcd = Etcd::start(1);
+    let home = support::temp_dir();
+    // A cluster of its own, made with the embedded store.
+    let mut embedded = start_server(home.path(), "127.0.0.1:0", &[]);
+    embedded.kill();
+    let refused = support::expect_failure(
+        home.path(),
+        &[
+            "server",
+            "--listen",
+            "127.0.0.1:0",
+            "--data-dir",
+            home.path().join("server").to_str().unwrap(),
+            "--store",
+            &etcd.store_arg(),
+        ],
+    );
+    assert!(
+        refused.contains("ca.pem") && refused.contains("another cluster"),
+        "{refused}"
+    );
+    let unreachable = support::expect_failure(
+        home.path(),
+        &[
+            "server",
+            "--listen",
+            "127.0.0.1:0",
+            "--store",
+            "etcd://127.0.0.1:1",
+        ],
+    );
+    assert!(unreachable.contains("etcd at 127.0.0.1:1"), "{unreachable}");
+}
