@@ -469,7 +469,7 @@ impl SimNode {
             .await?;
         let identity = NodeIdentity::new(key_pem, joined.cert_pem, joined.ca_pem);
         let api = ApiClient::new(
-            client.server(),
+            &client.servers(),
             identity.control_plane_client_config()?,
             None,
         );

@@ -300,6 +300,10 @@ pub struct SyncResponse {
     /// given.
     #[serde(default)]
     pub memory: u64,
+    /// The URLs of the cluster's control planes (the leader and those
+    /// standing by), for the node to turn to when this one goes.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub servers: Vec<String>,
 }
 
 /// `POST /v1/nodes/NAME/labels` (admin): sets and removes labels of a node.

@@ -1,6 +1,12 @@
 //! A client of the control plane's `/v1` API over TLS: JSON in and out,
 //! errors turned into messages naming the server and what it said. The
 //! CLI uses it with the admin token; nodes use it with their certificate.
+//!
+//! A cluster may have several control planes (on one etcd), of which one
+//! leads and the rest stand by: the client knows their URLs, sends to the
+//! one that answered last, follows a standby's pointer to the leader
+//! ([`LEADER_HEADER`]), and moves on to the next when one cannot be
+//! reached.
 
 use crate::api::ErrorBody;
 use bytes::Bytes;
@@ -17,6 +23,13 @@ use std::time::Duration;
 
 /// How long one API call may take unless the caller says otherwise.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How long a call waits for the control planes to elect a leader.
+const ELECTION_WAIT: Duration = Duration::from_secs(10);
+
+/// The header a standby control plane names the leader's URL in, with
+/// its 503.
+pub const LEADER_HEADER: &str = "skiff-leader";
 
 /// Why an API call failed.
 #[derive(Debug, thiserror::Error)]
@@ -61,18 +74,40 @@ impl ApiError {
     }
 }
 
-/// A client of one control plane.
+/// A client of a cluster's control planes.
 #[derive(Clone)]
 pub struct ApiClient {
-    server: String,
+    servers: Arc<std::sync::Mutex<Servers>>,
     token: Option<String>,
     client: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
 }
 
+/// The control planes' URLs, the one to try first at the front.
+#[derive(Debug, Clone)]
+struct Servers(Vec<String>);
+
+impl Servers {
+    /// `first` moves to the front (added if new).
+    fn prefer(&mut self, first: &str) {
+        self.0.retain(|s| s != first);
+        self.0.insert(0, first.to_string());
+    }
+}
+
+/// How a try at one server failed.
+enum Failed {
+    /// Nothing was sent (no connection): the next server may take it.
+    NotSent(ApiError),
+    /// A standby refused it, naming the leader (if it knows one).
+    Standby(ApiError, Option<String>),
+    /// Anything else: the answer.
+    Final(ApiError),
+}
+
 impl ApiClient {
-    /// A client of `server` (`https://host:port`) with `tls` settings and,
-    /// for admin calls, a bearer `token`.
-    pub fn new(server: &str, tls: Arc<rustls::ClientConfig>, token: Option<String>) -> ApiClient {
+    /// A client of `servers` (`https://host:port`, or several separated by
+    /// commas) with `tls` settings and, for admin calls, a bearer `token`.
+    pub fn new(servers: &str, tls: Arc<rustls::ClientConfig>, token: Option<String>) -> ApiClient {
         let mut http = HttpConnector::new();
         http.enforce_http(false);
         http.set_connect_timeout(Some(Duration::from_secs(5)));
@@ -83,7 +118,7 @@ impl ApiClient {
             .enable_http1()
             .wrap_connector(http);
         ApiClient {
-            server: server.trim_end_matches('/').to_string(),
+            servers: Arc::new(std::sync::Mutex::new(Servers(split_servers(servers)))),
             token,
             client: Client::builder(TokioExecutor::new())
                 .pool_idle_timeout(Duration::from_secs(30))
@@ -91,9 +126,140 @@ impl ApiClient {
         }
     }
 
-    /// The server's URL.
-    pub fn server(&self) -> &str {
-        &self.server
+    /// The server tried first: the one that answered last.
+    pub fn server(&self) -> String {
+        self.servers.lock().expect("servers lock").0[0].clone()
+    }
+
+    /// Every server known, the one tried first at the front, separated by
+    /// commas (as [`ApiClient::new`] takes them).
+    pub fn servers(&self) -> String {
+        self.servers.lock().expect("servers lock").0.join(",")
+    }
+
+    /// Learns of the cluster's control planes (a heartbeat names them):
+    /// new ones are added after those known, which stay (a URL given by
+    /// hand may name one by another address).
+    pub fn set_servers(&self, servers: &[String]) {
+        let mut known = self.servers.lock().expect("servers lock");
+        for server in servers {
+            let server = server.trim_end_matches('/');
+            if server.starts_with("https://") && !known.0.iter().any(|k| k == server) {
+                known.0.push(server.to_string());
+            }
+        }
+    }
+
+    /// Runs `attempt` against the servers in turn: the one that answered
+    /// last, then a leader a standby names, then the others; at most one
+    /// try each. While no control plane leads (an election is under way),
+    /// tries again for up to [`ELECTION_WAIT`].
+    async fn with_failover<T, F, Fut>(&self, mut attempt: F) -> Result<T, ApiError>
+    where
+        F: FnMut(String) -> Fut,
+        Fut: Future<Output = Result<T, Failed>>,
+    {
+        let deadline = tokio::time::Instant::now() + ELECTION_WAIT;
+        loop {
+            let mut queue = self.servers.lock().expect("servers lock").0.clone();
+            let mut tried: Vec<String> = Vec::new();
+            let mut last = None;
+            let mut electing = false;
+            while let Some(server) = queue.first().cloned() {
+                queue.remove(0);
+                if tried.contains(&server) {
+                    continue;
+                }
+                tried.push(server.clone());
+                match attempt(server.clone()).await {
+                    Ok(answer) => {
+                        self.servers.lock().expect("servers lock").prefer(&server);
+                        return Ok(answer);
+                    }
+                    Err(Failed::Final(e)) => return Err(e),
+                    Err(Failed::NotSent(e)) => last = Some(e),
+                    Err(Failed::Standby(e, leader)) => {
+                        // A leader already tried is a run of it that is
+                        // gone, whose lease has not expired yet.
+                        match leader.filter(|l| l.starts_with("https://") && !tried.contains(l)) {
+                            Some(leader) => queue.insert(0, leader),
+                            None => electing = true,
+                        }
+                        last = Some(e);
+                    }
+                }
+            }
+            if !electing || tokio::time::Instant::now() >= deadline {
+                return Err(last.expect("there is always a server to try"));
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+
+    /// Sends `request` (whose URI is a path) to `server`; the answer's
+    /// status and head, or how it failed.
+    async fn exchange(
+        &self,
+        server: &str,
+        method: &Method,
+        path: &str,
+        body: Option<&(Bytes, &str)>,
+        timeout: Duration,
+    ) -> Result<hyper::Response<hyper::body::Incoming>, Failed> {
+        let unreachable = |reason: String| ApiError::Unreachable {
+            server: server.to_string(),
+            reason,
+        };
+        let mut request = http::Request::builder()
+            .method(method.clone())
+            .uri(format!("{server}{path}"));
+        if let Some(token) = &self.token {
+            request = request.header(http::header::AUTHORIZATION, format!("Bearer {token}"));
+        }
+        let body = match body {
+            Some((bytes, content_type)) => {
+                request = request.header(http::header::CONTENT_TYPE, *content_type);
+                Full::new(bytes.clone())
+            }
+            None => Full::new(Bytes::new()),
+        };
+        let request = request
+            .body(body)
+            .map_err(|e| Failed::Final(unreachable(format!("bad request {path}: {e}"))))?;
+        let response = match tokio::time::timeout(timeout, self.client.request(request)).await {
+            Err(_) => {
+                return Err(Failed::Final(unreachable(format!(
+                    "no answer within {timeout:?}"
+                ))));
+            }
+            Ok(Err(e)) => {
+                let not_sent = e.is_connect();
+                let mut reason = e.to_string();
+                let mut source = std::error::Error::source(&e);
+                while let Some(inner) = source {
+                    reason = format!("{reason}: {inner}");
+                    source = inner.source();
+                }
+                let error = unreachable(reason);
+                return Err(if not_sent {
+                    Failed::NotSent(error)
+                } else {
+                    Failed::Final(error)
+                });
+            }
+            Ok(Ok(response)) => response,
+        };
+        if response.status() == StatusCode::SERVICE_UNAVAILABLE
+            && let Some(leader) = response.headers().get(LEADER_HEADER)
+        {
+            let leader = leader
+                .to_str()
+                .ok()
+                .map(|l| l.trim_end_matches('/').to_string());
+            let error = refusal(response, timeout).await;
+            return Err(Failed::Standby(error, leader.filter(|l| !l.is_empty())));
+        }
+        Ok(response)
     }
 
     /// Sends one request and returns the body of a 2xx answer.
@@ -109,55 +275,28 @@ impl ApiClient {
         body: Option<(Bytes, &str)>,
         timeout: Duration,
     ) -> Result<Bytes, ApiError> {
-        let unreachable = |reason: String| ApiError::Unreachable {
-            server: self.server.clone(),
-            reason,
-        };
-        let mut request = http::Request::builder()
-            .method(method)
-            .uri(format!("{}{path}", self.server));
-        if let Some(token) = &self.token {
-            request = request.header(http::header::AUTHORIZATION, format!("Bearer {token}"));
-        }
-        let body = match body {
-            Some((bytes, content_type)) => {
-                request = request.header(http::header::CONTENT_TYPE, content_type);
-                Full::new(bytes)
-            }
-            None => Full::new(Bytes::new()),
-        };
-        let request = request
-            .body(body)
-            .map_err(|e| unreachable(format!("bad request {path}: {e}")))?;
-        let exchange = async {
-            let response = self.client.request(request).await.map_err(|e| {
-                let mut reason = e.to_string();
-                let mut source = std::error::Error::source(&e);
-                while let Some(inner) = source {
-                    reason = format!("{reason}: {inner}");
-                    source = inner.source();
+        self.with_failover(|server| {
+            let (method, body) = (&method, body.as_ref());
+            async move {
+                let response = self.exchange(&server, method, path, body, timeout).await?;
+                if !response.status().is_success() {
+                    return Err(Failed::Final(refusal(response, timeout).await));
                 }
-                unreachable(reason)
-            })?;
-            let status = response.status();
-            let bytes = response
-                .into_body()
-                .collect()
-                .await
-                .map_err(|e| unreachable(e.to_string()))?
-                .to_bytes();
-            Ok::<_, ApiError>((status, bytes))
-        };
-        let (status, bytes) = tokio::time::timeout(timeout, exchange)
-            .await
-            .map_err(|_| unreachable(format!("no answer within {timeout:?}")))??;
-        if status.is_success() {
-            return Ok(bytes);
-        }
-        let message = serde_json::from_slice::<ErrorBody>(&bytes)
-            .map(|e| e.error)
-            .unwrap_or_else(|_| format!("{status}: {}", String::from_utf8_lossy(&bytes).trim()));
-        Err(ApiError::Refused { status, message })
+                let collected = tokio::time::timeout(timeout, response.into_body().collect());
+                match collected.await {
+                    Ok(Ok(body)) => Ok(body.to_bytes()),
+                    Ok(Err(e)) => Err(Failed::Final(ApiError::Unreachable {
+                        server,
+                        reason: e.to_string(),
+                    })),
+                    Err(_) => Err(Failed::Final(ApiError::Unreachable {
+                        server,
+                        reason: format!("no answer within {timeout:?}"),
+                    })),
+                }
+            }
+        })
+        .await
     }
 
     /// `GET path`, answering with the body of a 2xx answer as a stream, for
@@ -172,41 +311,16 @@ impl ApiClient {
         path: &str,
         timeout: Duration,
     ) -> Result<http_body_util::BodyDataStream<hyper::body::Incoming>, ApiError> {
-        let unreachable = |reason: String| ApiError::Unreachable {
-            server: self.server.clone(),
-            reason,
-        };
-        let mut request = http::Request::builder()
-            .method(Method::GET)
-            .uri(format!("{}{path}", self.server));
-        if let Some(token) = &self.token {
-            request = request.header(http::header::AUTHORIZATION, format!("Bearer {token}"));
-        }
-        let request = request
-            .body(Full::new(Bytes::new()))
-            .map_err(|e| unreachable(format!("bad request {path}: {e}")))?;
-        let response = tokio::time::timeout(timeout, self.client.request(request))
-            .await
-            .map_err(|_| unreachable(format!("no answer within {timeout:?}")))?
-            .map_err(|e| unreachable(e.to_string()))?;
-        let status = response.status();
-        if status.is_success() {
-            return Ok(response.into_body().into_data_stream());
-        }
-        // An error answer is small; read at most 64 KiB of it.
-        let bytes = tokio::time::timeout(
-            timeout,
-            http_body_util::Limited::new(response.into_body(), 64 << 10).collect(),
-        )
+        self.with_failover(|server| async move {
+            let response = self
+                .exchange(&server, &Method::GET, path, None, timeout)
+                .await?;
+            if response.status().is_success() {
+                return Ok(response.into_body().into_data_stream());
+            }
+            Err(Failed::Final(refusal(response, timeout).await))
+        })
         .await
-        .ok()
-        .and_then(Result::ok)
-        .map(|c| c.to_bytes())
-        .unwrap_or_default();
-        let message = serde_json::from_slice::<ErrorBody>(&bytes)
-            .map(|e| e.error)
-            .unwrap_or_else(|_| format!("{status}: {}", String::from_utf8_lossy(&bytes).trim()));
-        Err(ApiError::Refused { status, message })
     }
 
     /// `GET path`, decoding JSON.
@@ -250,6 +364,39 @@ impl ApiClient {
     ) -> Result<T, ApiError> {
         self.call(Method::POST, path, body, DEFAULT_TIMEOUT).await
     }
+}
+
+/// The servers in `text`, separated by commas, without trailing slashes.
+fn split_servers(text: &str) -> Vec<String> {
+    let servers: Vec<String> = text
+        .split(',')
+        .map(|s| s.trim().trim_end_matches('/').to_string())
+        .filter(|s| !s.is_empty())
+        .collect();
+    if servers.is_empty() {
+        vec![text.to_string()]
+    } else {
+        servers
+    }
+}
+
+/// The error an answer that is not 2xx says: its JSON message, else its
+/// status and text (at most 64 KiB of it is read).
+async fn refusal(response: hyper::Response<hyper::body::Incoming>, timeout: Duration) -> ApiError {
+    let status = response.status();
+    let bytes = tokio::time::timeout(
+        timeout,
+        http_body_util::Limited::new(response.into_body(), 64 << 10).collect(),
+    )
+    .await
+    .ok()
+    .and_then(Result::ok)
+    .map(|c| c.to_bytes())
+    .unwrap_or_default();
+    let message = serde_json::from_slice::<ErrorBody>(&bytes)
+        .map(|e| e.error)
+        .unwrap_or_else(|_| format!("{status}: {}", String::from_utf8_lossy(&bytes).trim()));
+    ApiError::Refused { status, message }
 }
 
 fn decode<T: DeserializeOwned>(path: &str, bytes: &[u8]) -> Result<T, ApiError> {

@@ -19,6 +19,9 @@ pub struct ClusterConfig {
     pub token: String,
     /// The cluster CA certificate, PEM.
     pub ca_pem: String,
+    /// The cluster's other control planes (standing by on one etcd), which
+    /// the CLI turns to when `server` does not answer.
+    pub also: Vec<String>,
 }
 
 /// The file: every known cluster, and the current one.
@@ -32,6 +35,8 @@ struct Settings {
 struct Credentials {
     token: String,
     ca_pem: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    also: Vec<String>,
 }
 
 /// Where the settings live.
@@ -72,6 +77,7 @@ impl ClusterConfig {
             Credentials {
                 token: self.token.clone(),
                 ca_pem: self.ca_pem.clone(),
+                also: self.also.clone(),
             },
         );
         write(path, &settings)?;
@@ -121,6 +127,7 @@ impl ClusterConfig {
             server,
             token,
             ca_pem: credentials.ca_pem,
+            also: credentials.also,
         })
     }
 
@@ -131,7 +138,14 @@ impl ClusterConfig {
     /// An unreadable CA certificate.
     pub fn client(&self) -> anyhow::Result<ApiClient> {
         let tls = crate::mesh::tls::client_trusting(&self.ca_pem)?;
-        Ok(ApiClient::new(&self.server, tls, Some(self.token.clone())))
+        let servers: Vec<&str> = std::iter::once(self.server.as_str())
+            .chain(self.also.iter().map(String::as_str))
+            .collect();
+        Ok(ApiClient::new(
+            &servers.join(","),
+            tls,
+            Some(self.token.clone()),
+        ))
     }
 }
 

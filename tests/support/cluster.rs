@@ -249,7 +249,16 @@ impl Cluster {
 
     /// The cluster CA certificate, PEM.
     pub fn ca_pem(&self) -> String {
-        std::fs::read_to_string(self.home().join("server/ca.pem")).unwrap()
+        // From the CLI's settings: a control plane on etcd keeps its CA
+        // there, not in its data directory.
+        let settings: Value =
+            serde_json::from_slice(&std::fs::read(self.home().join("cluster.json")).unwrap())
+                .unwrap();
+        let current = settings["current"].as_str().unwrap();
+        settings["clusters"][current]["ca_pem"]
+            .as_str()
+            .unwrap()
+            .to_string()
     }
 
     /// The desired state node `name` last heard from the control plane,

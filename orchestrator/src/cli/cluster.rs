@@ -118,6 +118,14 @@ pub fn server(args: ServerArgs) -> anyhow::Result<()> {
         let url = control.url();
         let previous = admin_config(&control).save(&cluster_config::path())?;
         let mut out = std::io::stdout().lock();
+        let others: Vec<String> = control.servers().into_iter().skip(1).collect();
+        if !others.is_empty() {
+            writeln!(
+                out,
+                "Other control planes of this cluster: {} (one leads, the rest stand by)",
+                others.join(", ")
+            )?;
+        }
         writeln!(out, "Control plane serving {url}")?;
         writeln!(
             out,
@@ -135,8 +143,9 @@ pub fn server(args: ServerArgs) -> anyhow::Result<()> {
             writeln!(out, "Join a node with:")?;
             writeln!(
                 out,
-                "  {} node --server {url} --token {} --name <name> --listen <its ip>:3000",
+                "  {} node --server {} --token {} --name <name> --listen <its ip>:3000",
                 super::invocation(),
+                control.servers().join(","),
                 token.token
             )?;
         } else {
@@ -157,13 +166,21 @@ fn admin_config(control: &ControlPlane) -> ClusterConfig {
         server: control.url(),
         token: control.admin_token().to_string(),
         ca_pem: control.ca_pem().to_string(),
+        also: control
+            .servers()
+            .into_iter()
+            .filter(|s| *s != control.url())
+            .collect(),
     }
 }
 
 /// Arguments of `skiff node`.
 #[derive(Debug, clap::Args)]
 pub struct NodeArgs {
-    /// The control plane's URL, e.g. `https://10.0.0.1:7070`.
+    /// The control plane's URL, e.g. `https://10.0.0.1:7070`; several,
+    /// separated by commas, when the cluster has several (on etcd): the
+    /// node turns to the next when one does not answer, and learns of
+    /// others from its heartbeats.
     #[arg(long)]
     server: String,
     /// A join token (needed only the first time this node starts).
@@ -492,7 +509,8 @@ pub fn join_token(args: JoinTokenArgs) -> anyhow::Result<()> {
         out!("{}", token.token)?;
         eprintln!(
             "valid once, for 24 h: skiff node --server {} --token {}",
-            config.server, token.token
+            client.servers(),
+            token.token
         );
     }
     Ok(())

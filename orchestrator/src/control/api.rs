@@ -5,8 +5,10 @@
 
 use super::cluster::{Refused, apps, heartbeat, members, nodes};
 use super::deadline::{self, BodyError, TimedBody};
+use super::leader::Role;
 use super::{Shared, views};
 use crate::api::ErrorBody;
+use crate::api_client::LEADER_HEADER;
 use crate::mesh::NodeCert;
 use crate::mesh::admission::{Admission, Trust};
 use crate::state::ReplicaRecord;
@@ -91,9 +93,11 @@ pub(super) async fn serve(
                     .and_then(|cert| NodeCert::of(cert, &shared.cluster));
                 // Only a current member escapes the per-address cap: a
                 // forgotten node's certificate still chains to the CA.
-                if node
-                    .as_ref()
-                    .is_some_and(|n| members::member(&shared, n).is_ok())
+                let leading = *shared.role.borrow() == Role::Leading;
+                if leading
+                    && node
+                        .as_ref()
+                        .is_some_and(|n| members::member(&shared, n).is_ok())
                 {
                     slot.trusted();
                 }
@@ -172,13 +176,37 @@ async fn handle(
     let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
     // The body's deadline runs from now, whoever reads it.
     let deadline = match (&method, segments.as_slice()) {
-        (&Method::PUT, ["v1", "blobs", _]) => deadline::for_upload(
+        (&Method::PUT, ["v1", "blobs", _] | ["v1", "standby", "blobs", _]) => deadline::for_upload(
             shared.config.body_timeout,
             content_length(&request).unwrap_or(MAX_BLOB),
         ),
         _ => shared.config.body_timeout,
     };
     let request = request.map(|body| TimedBody::new(body, deadline));
+    let role = shared.role.borrow().clone();
+    // The leader pushes a package to its standbys before a deploy declares
+    // it (`/v1/standby/blobs/DIGEST`, with the admin token); the CLI's
+    // uploads (`/v1/blobs/DIGEST`) go to the leader.
+    let blob = matches!(method, Method::HEAD | Method::PUT)
+        && segments.starts_with(&["v1", "standby", "blobs"]);
+    let refused = match role {
+        Role::Leading => None,
+        Role::Standing(_) if blob => None,
+        Role::Standing(leader) => Some(standing_by(&method, &path, leader.as_deref())),
+        // Cut off from etcd: the last state, read only, and not to nodes.
+        Role::CutOff
+            if method == Method::GET
+                && segments.first() == Some(&"v1")
+                && segments.get(1) != Some(&"node") =>
+        {
+            None
+        }
+        Role::CutOff => Some(cut_off()),
+    };
+    if let Some(response) = refused {
+        shared.metrics.record_api(&method, &path, response.status());
+        return response;
+    }
     let result = route(shared, node, &method, &path, &segments, &query, request).await;
     let response = result.unwrap_or_else(|Refusal(status, error)| {
         if status.is_server_error() {
@@ -188,6 +216,45 @@ async fn handle(
     });
     shared.metrics.record_api(&method, &path, response.status());
     response
+}
+
+/// The answer of a control plane standing by for the leader at `leader`:
+/// its health, a browser sent to the leader's dashboard, and for anything
+/// else a 503 naming the leader in [`LEADER_HEADER`], which the CLI and
+/// nodes follow.
+fn standing_by(method: &Method, path: &str, leader: Option<&str>) -> Response {
+    let says = match leader {
+        Some(leader) => format!("this control plane is standing by; the leader is {leader}"),
+        None => "this control plane is standing by, and no control plane leads right now (an election is under way); try again in a few seconds".to_string(),
+    };
+    if path == "/v1/health" {
+        let health = serde_json::json!({"ok": true, "role": "standby", "leader": leader});
+        return json(StatusCode::OK, &health).expect("health serializes");
+    }
+    if let (&Method::GET, Some(leader)) = (method, leader)
+        && path.starts_with("/ui")
+    {
+        return hyper::Response::builder()
+            .status(StatusCode::TEMPORARY_REDIRECT)
+            .header(http::header::LOCATION, format!("{leader}{path}"))
+            .body(full(Bytes::new()))
+            .expect("a redirect builds");
+    }
+    let mut response = json(StatusCode::SERVICE_UNAVAILABLE, &ErrorBody { error: says })
+        .expect("an error serializes");
+    // Empty while no control plane leads: clients wait for the election.
+    let value = leader
+        .and_then(|l| http::HeaderValue::from_str(l).ok())
+        .unwrap_or(http::HeaderValue::from_static(""));
+    response.headers_mut().insert(LEADER_HEADER, value);
+    response
+}
+
+/// The answer of a control plane that led and lost etcd, to anything but
+/// a read.
+fn cut_off() -> Response {
+    let error = "cluster state store unavailable: this control plane cannot reach etcd: changes are refused until it can (reads show the state as it last knew it); nodes keep serving what they run".to_string();
+    json(StatusCode::SERVICE_UNAVAILABLE, &ErrorBody { error }).expect("an error serializes")
 }
 
 /// Routes a request by caller: joins, nodes (by client certificate),
@@ -202,7 +269,7 @@ async fn route(
     request: Request,
 ) -> Handled {
     match (method, segments) {
-        (&Method::GET, ["v1", "health"]) => json(StatusCode::OK, &serde_json::json!({"ok": true})),
+        (&Method::GET, ["v1", "health"]) => ok(&serde_json::json!({"ok": true, "role": "leader"})),
         (&Method::POST, ["v1", "join"]) => {
             let join = read_json_within(request, MAX_JOIN).await?;
             ok(&members::join(shared, join)?)
@@ -299,7 +366,7 @@ async fn admin(
     request: Request,
 ) -> Handled {
     match (method, segments) {
-        (&Method::HEAD, ["v1", "blobs", digest]) => {
+        (&Method::HEAD, ["v1", "blobs", digest] | ["v1", "standby", "blobs", digest]) => {
             let digest = parse_digest(digest)?;
             // A deploy is in progress: keep what it relies on.
             shared.collector.touch();
@@ -310,7 +377,12 @@ async fn admin(
             };
             Ok(empty(status))
         }
-        (&Method::PUT, ["v1", "blobs", digest]) => {
+        (&Method::GET, ["v1", "blobs", digest]) => {
+            // Any blob, to an admin: a control plane standing by copies
+            // the leader's packages this way.
+            stream_blob(shared, &parse_digest(digest)?)
+        }
+        (&Method::PUT, ["v1", "blobs", digest] | ["v1", "standby", "blobs", digest]) => {
             // Streamed to a temporary file while hashing; stored under its
             // digest only when complete and matching.
             let digest = parse_digest(digest)?;
@@ -466,10 +538,15 @@ async fn admin(
 fn get_blob(shared: &Shared, node: &str, digest: &str, app: Option<&str>) -> Handled {
     let digest = parse_digest(digest)?;
     blob_assigned(shared, node, &digest, app)?;
-    // Streamed from the file; the node verifies the digest as it writes.
+    stream_blob(shared, &digest)
+}
+
+/// Blob `digest`, streamed from its file; the receiver verifies the
+/// digest as it writes.
+fn stream_blob(shared: &Shared, digest: &Digest) -> Handled {
     let (file, size) = shared
         .packages
-        .open_blob(&digest)
+        .open_blob(digest)
         .map_err(|e| Refusal::not_found(e.to_string()))?;
     let chunks =
         tokio_util::io::ReaderStream::with_capacity(tokio::fs::File::from_std(file), 256 << 10)

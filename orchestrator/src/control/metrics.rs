@@ -19,7 +19,7 @@ use std::time::Duration;
 /// The API's routes, as route labels name them: `:name` stands for any
 /// one segment. A request on no route is labelled `unmatched`, so the
 /// label's values are these whatever clients ask for.
-const ROUTES: [&str; 29] = [
+const ROUTES: [&str; 30] = [
     "/v1/health",
     "/v1/join",
     "/v1/node/sync",
@@ -28,6 +28,7 @@ const ROUTES: [&str; 29] = [
     "/v1/node/workload-cert",
     "/v1/node/blobs/:name",
     "/v1/blobs/:name",
+    "/v1/standby/blobs/:name",
     "/v1/apps",
     "/v1/apps/:name",
     "/v1/apps/:name/scale",

@@ -16,8 +16,10 @@ mod collect;
 mod deadline;
 mod desired;
 mod events;
+mod leader;
 mod logs;
 mod metrics;
+mod mirror;
 mod reconcile;
 mod rollout;
 #[cfg(test)]
@@ -140,7 +142,15 @@ pub struct ControlPlane {
 pub(crate) struct Shared {
     config: ControlPlaneConfig,
     cluster: String,
-    store: Box<dyn ClusterStore>,
+    store: Arc<dyn ClusterStore>,
+    /// The same store when it is etcd: the leader is elected there.
+    etcd: Option<Arc<EtcdStore>>,
+    /// Whether this control plane leads, or stands by for another.
+    role: watch::Sender<leader::Role>,
+    /// This control plane's URL, as nodes and the CLI reach it.
+    url: String,
+    /// The URLs of the cluster's control planes, nodes are told of.
+    servers: Mutex<Vec<String>>,
     packages: Store,
     ca: ClusterCa,
     /// Where the API listens, as bound.
@@ -623,12 +633,12 @@ impl ControlPlane {
         let dir = &config.data_dir;
         std::fs::create_dir_all(dir)
             .with_context(|| format!("cannot create the data directory {}", dir.display()))?;
-        let store: Box<dyn ClusterStore> = match &config.store {
-            StoreChoice::Embedded => Box::new(RedbStore::open(&dir.join("state.redb"))?),
+        let (store, etcd): (Arc<dyn ClusterStore>, _) = match &config.store {
+            StoreChoice::Embedded => (Arc::new(RedbStore::open(&dir.join("state.redb"))?), None),
             StoreChoice::Etcd(target) => {
-                let store = EtcdStore::connect(target.clone())?;
-                refuse_another_cluster(dir, &store)?;
-                Box::new(store)
+                let store = Arc::new(EtcdStore::connect(target.clone())?);
+                refuse_another_cluster(dir, store.as_ref())?;
+                (store.clone(), Some(store))
             }
         };
         let cluster = crate::mesh::CLUSTER.to_string();
@@ -676,7 +686,7 @@ impl ControlPlane {
         let tls = crate::mesh::tls::control_plane_server(ca.cert_pem(), &chain, &key)?;
         let api_fingerprint = fingerprint(&chain);
 
-        let mut live = Live::load(store.as_ref(), &packages, &dir.join("state.redb"))?;
+        let mut live = Live::load(store.as_ref(), &packages)?;
         live.overcommit = config.overcommit;
         if let Some(node) = live
             .nodes
@@ -692,10 +702,27 @@ impl ControlPlane {
         // while the control plane restarted takes the full state again.
         let version = crate::clock::unix_ms().max(1);
         let ui_session_lifetime = config.ui_session_lifetime;
+        let url = advertised_url(api_addr, &config.hosts);
+        // The others already standing by or leading, for the CLI and the
+        // join command; nodes learn of later ones with their heartbeats.
+        let mut servers = vec![url.clone()];
+        if let Some(etcd) = &etcd {
+            servers.extend(etcd.servers()?.into_iter().filter(|s| *s != url));
+        }
+        // Without etcd this one always leads; with it, it stands by until
+        // it wins the election.
+        let role = match etcd {
+            None => leader::Role::Leading,
+            Some(_) => leader::Role::Standing(None),
+        };
         let shared = Arc::new(Shared {
             config,
             cluster,
             store,
+            etcd,
+            role: watch::Sender::new(role),
+            url,
+            servers: Mutex::new(servers),
             packages,
             ca,
             api_addr,
@@ -703,9 +730,7 @@ impl ControlPlane {
             admin_token,
             live: Mutex::new(live),
             // Never 0, the epoch of a node that has heard nothing yet.
-            desired: Mutex::new(desired::DesiredLog::new(
-                u64::from_str_radix(&random_hex(8), 16).expect("hex") | 1,
-            )),
+            desired: Mutex::new(desired::DesiredLog::new(new_epoch())),
             version: watch::Sender::new(version),
             wake: Notify::new(),
             passed: watch::Sender::new(0),
@@ -724,18 +749,16 @@ impl ControlPlane {
         })
     }
 
-    /// The API's URL, `https://ip:port`.
+    /// The API's URL, `https://host:port`: the listen address, or when
+    /// it is every address, the first `--host` (else 127.0.0.1).
     pub fn url(&self) -> String {
-        let addr = self
-            .listener
-            .local_addr()
-            .expect("a bound listener has an address");
-        let host = if addr.ip().is_unspecified() {
-            "127.0.0.1".to_string()
-        } else {
-            addr.ip().to_string()
-        };
-        format!("https://{host}:{}", addr.port())
+        self.shared.url.clone()
+    }
+
+    /// The URLs of the cluster's control planes known at start, this
+    /// one's first.
+    pub fn servers(&self) -> Vec<String> {
+        self.shared.servers.lock().expect("servers lock").clone()
     }
 
     /// The admin token the CLI presents.
@@ -806,16 +829,29 @@ impl ControlPlane {
         {
             node.last_seen = now;
         }
-        let mut controller = tokio::spawn(reconcile::run(self.shared.clone()));
-        let collector = tokio::spawn(collect::run(self.shared.clone()));
-        let api = api::serve(self.shared, self.listener, self.tls, shutdown);
+        let api = api::serve(self.shared.clone(), self.listener, self.tls, shutdown);
+        let Some(etcd) = self.shared.etcd.clone() else {
+            let mut controller = tokio::spawn(reconcile::run(self.shared.clone()));
+            let collector = tokio::spawn(collect::run(self.shared));
+            return tokio::select! {
+                () = api => {
+                    controller.abort();
+                    collector.abort();
+                    Ok(())
+                }
+                stopped = &mut controller => {
+                    anyhow::bail!("the cluster controller stopped unexpectedly: {stopped:?}")
+                }
+            };
+        };
+        let url = self.shared.url.clone();
+        let mut election = tokio::spawn(leader::run(self.shared, etcd, url));
         tokio::select! {
             () = api => {
-                controller.abort();
-                collector.abort();
+                election.abort();
                 Ok(())
             }
-            stopped = &mut controller => {
+            stopped = &mut election => {
                 anyhow::bail!("the cluster controller stopped unexpectedly: {stopped:?}")
             }
         }
@@ -871,7 +907,7 @@ impl Live {
 
     /// Reads the durable state from `store` (at `path`), setting aside
     /// records that do not decode, and each app's package from `packages`.
-    fn load(store: &dyn ClusterStore, packages: &Store, path: &Path) -> anyhow::Result<Live> {
+    fn load(store: &dyn ClusterStore, packages: &Store) -> anyhow::Result<Live> {
         let mut live = Live {
             started_unix_ms: crate::clock::unix_ms(),
             ..Live::default()
@@ -881,7 +917,7 @@ impl Live {
                 table = aside.table,
                 key = aside.key,
                 "cluster state {}: the {} record {:?} is damaged ({}); it was moved to the \"quarantine\" table and the control plane runs without it: {}",
-                path.display(),
+                store.describe(),
                 aside.table,
                 aside.key,
                 aside.message,
@@ -976,6 +1012,28 @@ fn refuse_another_cluster(dir: &Path, store: &dyn ClusterStore) -> anyhow::Resul
         );
     }
     Ok(())
+}
+
+/// A number for a run of the control plane (or a leadership): never 0,
+/// the epoch of a node that has heard nothing yet.
+fn new_epoch() -> u64 {
+    u64::from_str_radix(&random_hex(8), 16).expect("hex") | 1
+}
+
+/// The URL nodes and the CLI reach the API at `addr` by: `addr`, or when
+/// it is every address, the first of `hosts` (else 127.0.0.1).
+fn advertised_url(addr: SocketAddr, hosts: &[String]) -> String {
+    if !addr.ip().is_unspecified() {
+        return format!("https://{addr}");
+    }
+    let host = hosts
+        .first()
+        .map(|h| match h.parse::<std::net::Ipv6Addr>() {
+            Ok(_) => format!("[{h}]"),
+            Err(_) => h.clone(),
+        })
+        .unwrap_or_else(|| "127.0.0.1".to_string());
+    format!("https://{host}:{}", addr.port())
 }
 
 /// `bytes` random bytes, hex.

@@ -165,7 +165,8 @@ pub(crate) async fn renew_if_due(shared: &Arc<NodeShared>) {
         )?;
         let identity = NodeIdentity::new(key_pem, issued.cert_pem, issued.ca_pem);
         shared.forwarder.use_identity(&identity)?;
-        Current::new(identity, &shared.config.server, now(), &shared.members)
+        // The control planes it knows now, not only the one it was given.
+        Current::new(identity, &shared.api().servers(), now(), &shared.members)
     };
     match renewed.await {
         Ok(current) => {

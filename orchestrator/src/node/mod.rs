@@ -567,6 +567,7 @@ async fn sync_loop(shared: Arc<NodeShared>) -> String {
                 }
                 warn_if_declared_differently(&shared.config, &response, &mut warned);
                 heartbeat = Duration::from_millis(response.heartbeat_ms.max(100));
+                api.set_servers(&response.servers);
                 acknowledged = response.status_seq;
                 shared.replicas.acknowledged(acknowledged);
                 if let Some(change) = response.desired {

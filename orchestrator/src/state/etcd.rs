@@ -17,8 +17,8 @@ use super::{
     SetAside, StateError, WRITE_DURATIONS, check, decode, next_generation, token_hash,
 };
 use etcd_client::{
-    Client, Compare, CompareOp, ConnectOptions, DeleteOptions, GetOptions, KeyValue, KvClient, Txn,
-    TxnOp, TxnResponse,
+    Client, Compare, CompareOp, ConnectOptions, DeleteOptions, GetOptions, KeyValue, KvClient,
+    PutOptions, Txn, TxnOp, TxnResponse,
 };
 use std::time::{Duration, Instant};
 
@@ -39,6 +39,18 @@ const MAX_TXN_OPS: usize = 128;
 /// How often a compare-and-swap is retried when other writers keep
 /// changing the record under it.
 const MAX_ATTEMPTS: usize = 32;
+
+/// The key naming the leader's URL, held with its lease.
+const LEADER: &str = "leader";
+
+/// The outcome of [`EtcdStore::lead`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Leadership {
+    /// This control plane leads now.
+    Won,
+    /// Another leads, at this URL (none when it just went).
+    Held(Option<String>),
+}
 
 /// The key prefix used when none is given.
 pub const DEFAULT_PREFIX: &str = "/skiff/";
@@ -108,6 +120,11 @@ impl EtcdTarget {
 pub struct EtcdStore {
     target: EtcdTarget,
     client: Client,
+    /// While this control plane leads: the revision its leadership was
+    /// won at. Every write is made only if that leadership still stands,
+    /// so a leader that lost it (its lease expired while it was cut off)
+    /// cannot overwrite its successor's changes.
+    fence: std::sync::Mutex<Option<i64>>,
     /// After etcd was found unavailable, until when calls fail at once
     /// with the same reason, so that callers holding the control plane's
     /// state lock do not each wait out a timeout.
@@ -161,6 +178,7 @@ impl EtcdStore {
         let store = EtcdStore {
             target,
             client,
+            fence: std::sync::Mutex::new(None),
             down_until: std::sync::Mutex::new(None),
             runtime: Some(runtime),
         };
@@ -281,15 +299,174 @@ impl EtcdStore {
         })
     }
 
-    /// Commits `txn`, timing it for [`WRITE_DURATIONS`].
+    /// Commits `txn`, timing it for [`WRITE_DURATIONS`]; while fenced
+    /// (see [`EtcdStore::lead`]), only if this control plane still leads.
     fn transact(&self, txn: Txn) -> Result<TxnResponse, StateError> {
+        let fence = *self.fence.lock().expect("fence lock");
+        let txn = match fence {
+            Some(won_at) => Txn::new()
+                .when([Compare::create_revision(
+                    self.key(LEADER),
+                    CompareOp::Equal,
+                    won_at,
+                )])
+                .and_then([TxnOp::txn(txn)]),
+            None => txn,
+        };
         let started = Instant::now();
         let answer = self.send(Request::Txn(txn));
         WRITE_DURATIONS.observe(started.elapsed().as_secs_f64());
-        match answer? {
-            Answer::Txn(response) => Ok(response),
+        let response = match answer? {
+            Answer::Txn(response) => response,
             Answer::Range(_) => unreachable!("a transaction is answered with its outcome"),
+        };
+        if fence.is_none() {
+            return Ok(response);
         }
+        if !response.succeeded() {
+            return Err(StateError::NotLeader);
+        }
+        match response.op_responses().into_iter().next() {
+            Some(etcd_client::TxnOpResponse::Txn(inner)) => Ok(inner),
+            _ => Err(StateError::Store(format!(
+                "{}: a fenced transaction came back without its inner answer",
+                self.target.describe()
+            ))),
+        }
+    }
+
+    /// Runs `call` with the client on the store's runtime, bounded by
+    /// [`REQUEST_TIMEOUT`]: the lease and election calls.
+    fn with_client<T, Fut>(
+        &self,
+        call: impl FnOnce(Client) -> Fut + Send + 'static,
+    ) -> Result<T, StateError>
+    where
+        T: Send + 'static,
+        Fut: Future<Output = Result<T, etcd_client::Error>> + Send + 'static,
+    {
+        let client = self.client.clone();
+        let target = self.target.clone();
+        let runtime = self
+            .runtime
+            .as_ref()
+            .expect("the runtime lives as long as the store");
+        wait(runtime, async move {
+            match tokio::time::timeout(REQUEST_TIMEOUT, call(client)).await {
+                Ok(result) => result.map_err(|e| store_error(&target, &e)),
+                Err(_) => Err(StateError::Unavailable(format!(
+                    "{} did not answer within {}s",
+                    target.describe(),
+                    REQUEST_TIMEOUT.as_secs()
+                ))),
+            }
+        })
+    }
+
+    /// A new lease of `ttl` seconds: keys put with it go when it is not
+    /// kept alive.
+    ///
+    /// # Errors
+    ///
+    /// etcd unavailable.
+    pub fn grant_lease(&self, ttl: i64) -> Result<i64, StateError> {
+        self.with_client(
+            move |mut client| async move { Ok(client.lease_grant(ttl, None).await?.id()) },
+        )
+    }
+
+    /// Keeps `lease` alive for another term; false when it has expired.
+    ///
+    /// # Errors
+    ///
+    /// etcd unavailable.
+    pub fn keep_alive(&self, lease: i64) -> Result<bool, StateError> {
+        self.with_client(move |mut client| async move {
+            let (mut keeper, mut answers) = client.lease_keep_alive(lease).await?;
+            keeper.keep_alive().await?;
+            Ok(answers.message().await?.is_some_and(|a| a.ttl() > 0))
+        })
+    }
+
+    /// Ends `lease` now, and the keys held with it.
+    ///
+    /// # Errors
+    ///
+    /// etcd unavailable.
+    pub fn revoke(&self, lease: i64) -> Result<(), StateError> {
+        self.with_client(
+            move |mut client| async move { client.lease_revoke(lease).await.map(drop) },
+        )
+    }
+
+    /// Records control plane `id` as serving `url`, for as long as
+    /// `lease` lives.
+    ///
+    /// # Errors
+    ///
+    /// etcd unavailable.
+    pub fn register(&self, id: &str, url: &str, lease: i64) -> Result<(), StateError> {
+        let put = TxnOp::put(
+            self.key(&format!("servers/{id}")),
+            url,
+            Some(PutOptions::new().with_lease(lease)),
+        );
+        self.send(Request::Txn(Txn::new().and_then([put])))
+            .map(drop)
+    }
+
+    /// The URLs of the control planes registered, by id.
+    ///
+    /// # Errors
+    ///
+    /// etcd unavailable.
+    pub fn servers(&self) -> Result<Vec<String>, StateError> {
+        Ok(self
+            .list("servers")?
+            .into_iter()
+            .map(|(_, url, _)| String::from_utf8_lossy(&url).into_owned())
+            .collect())
+    }
+
+    /// Tries to become the leader, announcing `url`, for as long as
+    /// `lease` lives: [`Leadership::Won`] when no control plane leads
+    /// (its writes are fenced from then on), else who does.
+    ///
+    /// # Errors
+    ///
+    /// etcd unavailable.
+    pub fn lead(&self, url: &str, lease: i64) -> Result<Leadership, StateError> {
+        let key = self.key(LEADER);
+        let txn = Txn::new()
+            .when([Compare::create_revision(key.clone(), CompareOp::Equal, 0)])
+            .and_then([TxnOp::put(
+                key.clone(),
+                url,
+                Some(PutOptions::new().with_lease(lease)),
+            )])
+            .or_else([TxnOp::get(key, None)]);
+        let response = match self.send(Request::Txn(txn))? {
+            Answer::Txn(response) => response,
+            Answer::Range(_) => unreachable!("a transaction is answered with its outcome"),
+        };
+        if response.succeeded() {
+            let won_at = response.header().map_or(0, |h| h.revision());
+            *self.fence.lock().expect("fence lock") = Some(won_at);
+            return Ok(Leadership::Won);
+        }
+        let leader = response.op_responses().into_iter().find_map(|r| match r {
+            etcd_client::TxnOpResponse::Get(get) => get
+                .kvs()
+                .first()
+                .map(|kv| String::from_utf8_lossy(kv.value()).into_owned()),
+            _ => None,
+        });
+        Ok(Leadership::Held(leader))
+    }
+
+    /// Stops fencing writes: this control plane no longer leads.
+    pub fn stand_down(&self) {
+        *self.fence.lock().expect("fence lock") = None;
     }
 
     /// Commits `txn`; whether its comparisons held.

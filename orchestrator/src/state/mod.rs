@@ -15,7 +15,7 @@ mod embedded;
 mod etcd;
 
 pub use embedded::RedbStore;
-pub use etcd::{EtcdStore, EtcdTarget};
+pub use etcd::{EtcdStore, EtcdTarget, Leadership};
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -231,6 +231,10 @@ pub enum StateError {
     /// without quorum); nothing was changed, and trying later may work.
     #[error("cluster state store unavailable: {0}")]
     Unavailable(String),
+    /// The write was refused because this control plane no longer leads
+    /// the cluster: another took over.
+    #[error("this control plane no longer leads the cluster; another took over")]
+    NotLeader,
     /// A record could not be decoded.
     #[error("cluster state store: damaged record {key:?}: {message}")]
     Damaged {

@@ -151,6 +151,9 @@ pub(crate) async fn deploy(
         .map(|(name, plan)| (name.clone(), plan.replicas))
         .collect();
     let canary = requested_canary(&request, &spec).map_err(Refused::Invalid)?;
+    // Standbys get the package before the app names it: whichever takes
+    // over can serve it.
+    let copy_warnings = crate::control::mirror::push(shared, &spec.blobs).await;
     let (applied, generation, passes_before, rollout_note) = {
         let mut live = shared.live.lock().expect("live state lock");
         let now_ms = crate::clock::unix_ms();
@@ -209,6 +212,7 @@ pub(crate) async fn deploy(
         warnings: route_overlaps(shared, &spec),
     };
     response.warnings.extend(spec.reachability_warnings());
+    response.warnings.extend(copy_warnings);
     if applied != Applied::Unchanged {
         if !placed_after(shared, passes_before).await {
             response.warnings.push(not_placed_yet(&spec.name));

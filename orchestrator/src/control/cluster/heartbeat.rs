@@ -387,6 +387,11 @@ pub(crate) async fn answer(
         heartbeat_ms: shared.config.heartbeat.as_millis() as u64,
         labels: taken.placed_by.0.clone(),
         memory: taken.placed_by.1,
+        // Only a cluster of several control planes (on etcd) has others.
+        servers: match shared.etcd {
+            Some(_) => shared.servers.lock().expect("servers lock").clone(),
+            None => Vec::new(),
+        },
     })
 }
 

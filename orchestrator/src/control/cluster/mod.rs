@@ -65,6 +65,9 @@ impl From<StateError> for Refused {
             StateError::UnknownApp(_) | StateError::UnknownComponent { .. } => {
                 Refused::NotFound(e.to_string())
             }
+            StateError::NotLeader => {
+                Refused::Unavailable(format!("{e}: the change was not made; try again"))
+            }
             StateError::Unavailable(_) => Refused::Unavailable(format!(
                 "{e}; the change may not have been made: check, and try again once the store is back"
             )),
