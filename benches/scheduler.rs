@@ -29,17 +29,14 @@
 //!
 //! Run: `cargo bench -p skiff-orchestrator --bench scheduler`.
 
+#[path = "support/sim.rs"]
+mod sim;
 #[path = "../tests/support/mod.rs"]
 mod support;
 
-use http::Method;
-use serde::Deserialize;
-use skiff_orchestrator::api::{
-    Assignment, JoinRequest, JoinResponse, JoinTokenResponse, NodeView, ReplicaView, ScaleRequest,
-    StatusReport, SyncRequest,
-};
+use sim::SimNode;
+use skiff_orchestrator::api::{JoinTokenResponse, NodeView, ReplicaView, ScaleRequest};
 use skiff_orchestrator::api_client::ApiClient;
-use skiff_orchestrator::mesh::NodeIdentity;
 use skiff_orchestrator::scheduler::{
     ClusterSnapshot, Decision, NodeInfo, ReplicaRequest, Scheduler, Strategy,
 };
@@ -47,7 +44,7 @@ use skiff_test_guests::HELLO;
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 use support::{skiff, start_server, temp_dir, toml_path, write_manifest};
 
@@ -211,7 +208,7 @@ fn through_api() {
                 ApiClient::new(&server.url, tls, None)
             });
             fleet.push(Arc::new(
-                SimNode::join(joining, &token.token, i)
+                SimNode::join(joining, &token.token, i, SIM_NODE_MEMORY)
                     .await
                     .unwrap_or_else(|e| panic!("simulated node {i} cannot join: {e:#}")),
             ));
@@ -411,132 +408,6 @@ fn wait_delivered(fleet: &[Arc<SimNode>], replicas: usize) -> Option<()> {
             return None;
         }
         std::thread::sleep(Duration::from_millis(5));
-    }
-}
-
-/// A node that joins and heartbeats like `skiff node`, with the same
-/// requests and certificates, but runs nothing.
-struct SimNode {
-    api: ApiClient,
-    ingress: std::net::TcpListener,
-    mesh: std::net::TcpListener,
-    /// Replicas in the assignments last received.
-    held: AtomicU64,
-    /// Heartbeats that failed.
-    errors: AtomicU64,
-}
-
-/// The parts of a sync answer a simulated node reads.
-#[derive(Deserialize)]
-struct Synced {
-    version: u64,
-    #[serde(default)]
-    epoch: u64,
-    heartbeat_ms: u64,
-    #[serde(default)]
-    desired: Option<Desired>,
-}
-
-#[derive(Deserialize)]
-struct Desired {
-    #[serde(default)]
-    full: bool,
-    #[serde(default)]
-    assignments: Vec<Assignment>,
-    #[serde(default)]
-    unassigned: Vec<(String, String)>,
-}
-
-impl SimNode {
-    /// Joins as `sim-I` with `token` through `client` (which trusts the
-    /// token's CA pin), in one of three zones.
-    async fn join(client: &ApiClient, token: &str, i: usize) -> anyhow::Result<SimNode> {
-        let (key_pem, csr_pem) = NodeIdentity::request()?;
-        let joined: JoinResponse = client
-            .post(
-                "/v1/join",
-                &JoinRequest {
-                    token: token.to_string(),
-                    name: format!("sim-{i}"),
-                    csr_pem,
-                    labels: BTreeMap::from([(
-                        "zone".to_string(),
-                        ["a", "b", "c"][i % 3].to_string(),
-                    )]),
-                    memory: SIM_NODE_MEMORY,
-                },
-            )
-            .await?;
-        let identity = NodeIdentity::new(key_pem, joined.cert_pem, joined.ca_pem);
-        let api = ApiClient::new(
-            &client.servers(),
-            identity.control_plane_client_config()?,
-            None,
-        );
-        Ok(SimNode {
-            api,
-            ingress: std::net::TcpListener::bind("127.0.0.1:0")?,
-            mesh: std::net::TcpListener::bind("127.0.0.1:0")?,
-            held: AtomicU64::new(0),
-            errors: AtomicU64::new(0),
-        })
-    }
-
-    /// Heartbeats as `skiff node` does: each sync is held by the control
-    /// plane until the desired state changes or a heartbeat passes.
-    async fn heartbeat(self: Arc<Self>) {
-        let (mut version, mut epoch) = (0, 0);
-        let mut heartbeat = Duration::from_secs(1);
-        // What it holds, by (app, component): the control plane sends only
-        // what changed since `version`.
-        let mut assigned: BTreeMap<(String, String), u32> = BTreeMap::new();
-        loop {
-            let request = SyncRequest {
-                used: 0,
-                pressure: false,
-                version,
-                epoch,
-                status: StatusReport::default(),
-                memory: SIM_NODE_MEMORY,
-                ingress: self.ingress.local_addr().unwrap().to_string(),
-                mesh: self.mesh.local_addr().unwrap().to_string(),
-                logs_first_seq: 0,
-                logs: Vec::new(),
-                load: Vec::new(),
-            };
-            let answer = self
-                .api
-                .call::<_, Synced>(
-                    Method::POST,
-                    "/v1/node/sync",
-                    &request,
-                    heartbeat + Duration::from_secs(10),
-                )
-                .await;
-            match answer {
-                Ok(synced) => {
-                    (version, epoch) = (synced.version, synced.epoch);
-                    heartbeat = Duration::from_millis(synced.heartbeat_ms.max(100));
-                    if let Some(desired) = synced.desired {
-                        if desired.full {
-                            assigned.clear();
-                        }
-                        for key in desired.unassigned {
-                            assigned.remove(&key);
-                        }
-                        for a in desired.assignments {
-                            assigned.insert((a.app, a.component), a.replicas);
-                        }
-                        let held = assigned.values().map(|n| u64::from(*n));
-                        self.held.store(held.sum(), Ordering::Relaxed);
-                    }
-                }
-                Err(_) => {
-                    self.errors.fetch_add(1, Ordering::Relaxed);
-                    tokio::time::sleep(Duration::from_millis(500)).await;
-                }
-            }
-        }
     }
 }
 

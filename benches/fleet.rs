@@ -1,0 +1,466 @@
+//! Benchmark: the control plane at fleet scale, as kwok and Nomad's
+//! nomad-nodesim measure theirs. One real `skiff server` (embedded store,
+//! or etcd with `SKIFF_FLEET_STORE=etcd`, which starts a local etcd
+//! member), `SKIFF_FLEET_NODES` simulated nodes (default 5,000) in this
+//! process, each with its own certificate and connection, heartbeating
+//! every second over the real API and mTLS and reporting what it is
+//! assigned as running; then `SKIFF_FLEET_APPS` apps (default 10,000) of
+//! `SKIFF_FLEET_REPLICAS` replicas (default 5: 50,000 in all), packed in
+//! process and deployed 32 at a time through the API as `skiff deploy`
+//! does; then `SKIFF_FLEET_FAIL` nodes (default 500) stop heartbeating.
+//!
+//! It prints: the control plane's time over each heartbeat (p50/p99, from
+//! its `skiff_heartbeat_duration_seconds`; the heartbeat is then held
+//! until something changes for the node, so a round trip says nothing),
+//! its CPU and resident memory, how long placing every replica took and
+//! how long until every node held its assignments, how long the failed
+//! nodes took to be found down and their replicas placed elsewhere, and
+//! the store's write rate. Targets: heartbeats p99 under 100 ms, every
+//! replica placed within 60 s. The simulated nodes share the machine's
+//! two cores with the control plane.
+//!
+//! Run: `cargo bench -p skiff-orchestrator --bench fleet`.
+
+#[path = "support/sim.rs"]
+mod sim;
+#[path = "../tests/support/mod.rs"]
+mod support;
+#[path = "support/mod.rs"]
+mod tools;
+
+use futures::StreamExt;
+use sim::SimNode;
+use skiff_orchestrator::api::{JoinTokenResponse, NodeView, ReplicaView};
+use skiff_orchestrator::api_client::ApiClient;
+use skiff_orchestrator::deploy::{Prepared, RolloutChoice, upload_and_declare};
+use skiff_runtime::manifest::Manifest;
+use skiff_runtime::package::{self, Store};
+use skiff_test_guests::HELLO;
+use std::collections::HashSet;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+use support::{start_server, temp_dir, toml_path};
+
+const GIB: u64 = 1 << 30;
+/// What each simulated node offers.
+const NODE_MEMORY: u64 = 8 * GIB;
+/// Deploys in flight at once.
+const DEPLOYS_AT_ONCE: usize = 32;
+/// How long any one wait may take.
+const PATIENCE: Duration = Duration::from_secs(600);
+/// How long each steady-state measurement lasts.
+const WINDOW: Duration = Duration::from_secs(10);
+
+fn main() {
+    let nodes = env_or("SKIFF_FLEET_NODES", 5_000);
+    let apps = env_or("SKIFF_FLEET_APPS", 10_000);
+    let per_app = env_or("SKIFF_FLEET_REPLICAS", 5);
+    let fail = env_or("SKIFF_FLEET_FAIL", 500).min(nodes);
+    let total = apps * per_app;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let home = temp_dir();
+    let etcd = (std::env::var("SKIFF_FLEET_STORE").as_deref() == Ok("etcd"))
+        .then(|| support::etcd::Etcd::start(1));
+    let metrics_port = tools::free_port();
+    let metrics_listen = format!("127.0.0.1:{metrics_port}");
+    let mut args = vec![
+        "--max-connections".to_string(),
+        "20000".to_string(),
+        "--max-connections-per-ip".to_string(),
+        "20000".to_string(),
+        "--metrics-listen".to_string(),
+        metrics_listen.clone(),
+    ];
+    if let Some(etcd) = &etcd {
+        args.extend(["--store".to_string(), etcd.store_arg()]);
+    }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let server = start_server(home.path(), "127.0.0.1:0", &args);
+    let plane = Process(server.pid());
+    let metrics = format!("http://{metrics_listen}/metrics");
+    let admin = runtime.block_on(admin_client(home.path()));
+    println!(
+        "fleet: {nodes} simulated nodes, {apps} apps x {per_app} replicas = {total}, {fail} nodes failing; store: {}",
+        if etcd.is_some() { "etcd" } else { "embedded" }
+    );
+
+    // Joins, 16 at a time, then heartbeats.
+    let started = Instant::now();
+    let fleet: Vec<Arc<SimNode>> = runtime.block_on(async {
+        let token: JoinTokenResponse = admin
+            .post("/v1/join-tokens", &serde_json::json!({}))
+            .await
+            .expect("a join token");
+        let pin = token.token.split('.').nth(1).expect("a token has a CA pin");
+        let tls = skiff_orchestrator::mesh::tls::client_pinned(pin).expect("a pinned client");
+        let joining = ApiClient::new(&server.url, tls, None);
+        futures::stream::iter(0..nodes)
+            .map(|i| {
+                let (admin, joining) = (admin.clone(), joining.clone());
+                async move {
+                    let token: JoinTokenResponse = admin
+                        .post("/v1/join-tokens", &serde_json::json!({}))
+                        .await
+                        .expect("a join token");
+                    let node = SimNode::join(&joining, &token.token, i, NODE_MEMORY)
+                        .await
+                        .unwrap_or_else(|e| panic!("simulated node {i} cannot join: {e:#}"));
+                    Arc::new(node)
+                }
+            })
+            .buffer_unordered(16)
+            .collect()
+            .await
+    });
+    let joined = started.elapsed();
+    for node in &fleet {
+        runtime.spawn(node.clone().heartbeat());
+    }
+    let ready = |views: &[NodeView]| views.iter().filter(|n| n.state == "ready").count();
+    poll(&runtime, &admin, "/v1/nodes", |views: Vec<NodeView>| {
+        (ready(&views) == nodes).then_some(())
+    });
+    println!(
+        "  joined in {:.1} s, all ready after {:.1} s",
+        joined.as_secs_f64(),
+        started.elapsed().as_secs_f64()
+    );
+    let idle = steady(&plane, &metrics);
+    println!("  idle, {nodes} nodes heartbeating: {idle}");
+
+    // Packs every app in process (one shared component, a config each),
+    // then deploys them through the API.
+    let packing = Instant::now();
+    let local = temp_dir();
+    let store_path = local.path().join("store");
+    let store = Store::open(&store_path).unwrap();
+    let packages: Vec<_> = (0..apps)
+        .map(|i| {
+            let name = format!("fleet-{i}");
+            let text = format!(
+                "[app]\nname = \"{name}\"\n[component.web]\nsource = {}\nroute = \"/{name}/...\"\n\
+                 [component.web.scale]\nreplicas = {per_app}\n\
+                 [component.web.placement]\nmemory = \"16MiB\"\n",
+                toml_path(HELLO)
+            );
+            let manifest = Manifest::parse(&text, Path::new("skiff.toml")).unwrap();
+            package::pack(&manifest, Path::new("/"), &store)
+                .unwrap()
+                .descriptor
+        })
+        .collect();
+    println!(
+        "  packed {apps} apps in {:.1} s (not counted below)",
+        packing.elapsed().as_secs_f64()
+    );
+    let writes_before = scrape(&metrics, "skiff_store_write_duration_seconds_count");
+    let deploying = Instant::now();
+    runtime.block_on(async {
+        futures::stream::iter(packages)
+            .map(|descriptor| {
+                let admin = admin.clone();
+                let prepared = Prepared {
+                    store: Store::open(&store_path).unwrap(),
+                    descriptor,
+                };
+                async move {
+                    upload_and_declare(&admin, &prepared, &RolloutChoice::default())
+                        .await
+                        .unwrap_or_else(|e| panic!("deploy: {e:#}"))
+                }
+            })
+            .buffer_unordered(DEPLOYS_AT_ONCE)
+            .for_each(|_| async {})
+            .await
+    });
+    let declared = deploying.elapsed();
+    let (placed, pending) = poll(
+        &runtime,
+        &admin,
+        "/v1/replicas",
+        |views: Vec<ReplicaView>| settled(&views, total),
+    );
+    let placing = deploying.elapsed();
+    let writes = scrape(&metrics, "skiff_store_write_duration_seconds_count") - writes_before;
+    println!(
+        "  {apps} deploys answered in {:.1} s; {placed} replicas placed ({pending} unschedulable) {:.1} s after the first deploy: {:.0} placements/s (target: all within 60 s)",
+        declared.as_secs_f64(),
+        placing.as_secs_f64(),
+        placed as f64 / placing.as_secs_f64()
+    );
+    println!(
+        "    store writes meanwhile: {writes:.0}, {:.0}/s",
+        writes / placing.as_secs_f64()
+    );
+    match wait_held(&fleet, placed as u64) {
+        Some(()) => println!(
+            "    every node held its assignments {:.1} s after the first deploy",
+            deploying.elapsed().as_secs_f64()
+        ),
+        None => println!(
+            "    the nodes did not all hold their assignments within {PATIENCE:?} (they hold {})",
+            held(&fleet)
+        ),
+    }
+    let busy = steady(&plane, &metrics);
+    println!("  steady, {nodes} nodes and {placed} replicas: {busy}");
+
+    // A batch of nodes dies: found down, and their replicas placed
+    // elsewhere.
+    let views: Vec<ReplicaView> = runtime.block_on(admin.get("/v1/replicas")).unwrap();
+    let failing: HashSet<String> = fleet.iter().take(fail).map(|n| n.name.clone()).collect();
+    let stranded = views
+        .iter()
+        .filter(|r| r.node.as_ref().is_some_and(|n| failing.contains(n)))
+        .count();
+    let failed_at = Instant::now();
+    for node in fleet.iter().take(fail) {
+        node.alive.store(false, Ordering::Relaxed);
+    }
+    poll(&runtime, &admin, "/v1/nodes", |views: Vec<NodeView>| {
+        let down = views
+            .iter()
+            .filter(|n| failing.contains(&n.name) && n.state == "down")
+            .count();
+        (down == fail).then_some(())
+    });
+    let detected = failed_at.elapsed();
+    poll(
+        &runtime,
+        &admin,
+        "/v1/replicas",
+        |views: Vec<ReplicaView>| {
+            let on_failed = views
+                .iter()
+                .any(|r| r.node.as_ref().is_some_and(|n| failing.contains(n)));
+            (!on_failed && settled(&views, total).is_some()).then_some(())
+        },
+    );
+    println!(
+        "  {fail} nodes stopped: all found down after {:.1} s, their {stranded} replicas placed elsewhere after {:.1} s",
+        detected.as_secs_f64(),
+        failed_at.elapsed().as_secs_f64()
+    );
+    let errors: u64 = fleet.iter().map(|n| n.errors.load(Ordering::Relaxed)).sum();
+    let log = server.stderr();
+    println!(
+        "  failed heartbeats: {errors}; \"node is down\" in the control plane's log: {} (the {fail} stopped ones included)",
+        log.matches("node is down").count()
+    );
+    drop(server);
+}
+
+/// The admin client the CLI would use, from `HOME/cluster.json`.
+async fn admin_client(home: &Path) -> ApiClient {
+    let settings: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(home.join("cluster.json")).unwrap()).unwrap();
+    let server = settings["current"].as_str().unwrap();
+    let cluster = &settings["clusters"][server];
+    let tls = skiff_orchestrator::mesh::tls::client_trusting(cluster["ca_pem"].as_str().unwrap())
+        .expect("the cluster CA");
+    ApiClient::new(
+        server,
+        tls,
+        Some(cluster["token"].as_str().unwrap().to_string()),
+    )
+}
+
+/// The control plane's figures over a [`WINDOW`]: heartbeat time, CPU,
+/// memory and store writes.
+fn steady(plane: &Process, metrics: &str) -> String {
+    let before = Sample::take(plane, metrics);
+    std::thread::sleep(WINDOW);
+    let after = Sample::take(plane, metrics);
+    let seconds = after.at.duration_since(before.at).as_secs_f64();
+    let heartbeats: Vec<(f64, f64)> = after
+        .heartbeats
+        .iter()
+        .zip(&before.heartbeats)
+        .map(|((le, a), (_, b))| (*le, a - b))
+        .collect();
+    let count = heartbeats.last().map_or(0.0, |(_, n)| *n);
+    format!(
+        "{:.0} heartbeats/s, the control plane's time over each p50 {} p99 {} (target p99 < 100 ms); CPU {:.0}% of one core; RSS {:.0} MiB; store writes {:.1}/s",
+        count / seconds,
+        quantile(&heartbeats, 0.5),
+        quantile(&heartbeats, 0.99),
+        100.0 * (after.cpu - before.cpu) / seconds,
+        after.rss as f64 / (1 << 20) as f64,
+        (after.writes - before.writes) / seconds
+    )
+}
+
+/// The quantile `q` of a cumulative histogram `(le, count)`, as
+/// Prometheus' `histogram_quantile` reads it: interpolated in its bucket.
+fn quantile(buckets: &[(f64, f64)], q: f64) -> String {
+    let Some(&(_, total)) = buckets.last() else {
+        return "-".to_string();
+    };
+    if total <= 0.0 {
+        return "-".to_string();
+    }
+    let rank = q * total;
+    let mut lower = (0.0, 0.0);
+    for &(le, count) in buckets {
+        if count >= rank {
+            if le.is_infinite() {
+                return format!("> {:.0} ms", lower.0 * 1000.0);
+            }
+            let within = (rank - lower.1) / (count - lower.1).max(f64::MIN_POSITIVE);
+            return format!("{:.1} ms", 1000.0 * (lower.0 + (le - lower.0) * within));
+        }
+        lower = (le, count);
+    }
+    "-".to_string()
+}
+
+/// One reading of the control plane.
+struct Sample {
+    at: Instant,
+    /// CPU seconds used so far.
+    cpu: f64,
+    rss: u64,
+    writes: f64,
+    /// `skiff_heartbeat_duration_seconds` buckets: `(le, count)`.
+    heartbeats: Vec<(f64, f64)>,
+}
+
+impl Sample {
+    fn take(plane: &Process, metrics: &str) -> Sample {
+        let text = tools_get(metrics);
+        let heartbeats = text
+            .lines()
+            .filter(|l| l.starts_with("skiff_heartbeat_duration_seconds_bucket"))
+            .filter_map(|l| {
+                let le = l.split("le=\"").nth(1)?.split('"').next()?;
+                let le = if le == "+Inf" {
+                    f64::INFINITY
+                } else {
+                    le.parse().ok()?
+                };
+                Some((le, l.rsplit(' ').next()?.parse().ok()?))
+            })
+            .collect();
+        Sample {
+            at: Instant::now(),
+            cpu: plane.cpu_seconds(),
+            rss: plane.rss(),
+            writes: metric(&text, "skiff_store_write_duration_seconds_count"),
+            heartbeats,
+        }
+    }
+}
+
+/// The control plane's process.
+struct Process(u32);
+
+impl Process {
+    fn cpu_seconds(&self) -> f64 {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.0)).unwrap_or_default();
+        // Fields after the command's closing parenthesis; utime and stime
+        // are the 14th and 15th fields of the line.
+        let rest = stat.rsplit(')').next().unwrap_or_default();
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        let ticks = |i: usize| {
+            fields
+                .get(i)
+                .and_then(|f| f.parse::<f64>().ok())
+                .unwrap_or(0.0)
+        };
+        (ticks(11) + ticks(12)) / 100.0
+    }
+
+    fn rss(&self) -> u64 {
+        std::fs::read_to_string(format!("/proc/{}/status", self.0))
+            .unwrap_or_default()
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .map_or(0, |kb| kb * 1024)
+    }
+}
+
+/// `GET url`'s body.
+fn tools_get(url: &str) -> String {
+    support::get(url).1
+}
+
+/// The value of the unlabelled metric `name` in `text`.
+fn metric(text: &str, name: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// Scrapes `url` for metric `name`.
+fn scrape(url: &str, name: &str) -> f64 {
+    metric(&tools_get(url), name)
+}
+
+/// Polls `GET path` every second until `done` returns a value.
+fn poll<T: serde::de::DeserializeOwned, R>(
+    runtime: &tokio::runtime::Runtime,
+    admin: &ApiClient,
+    path: &str,
+    mut done: impl FnMut(T) -> Option<R>,
+) -> R {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let answer: T = runtime
+            .block_on(admin.get(path))
+            .unwrap_or_else(|e| panic!("GET {path}: {e}"));
+        if let Some(value) = done(answer) {
+            return value;
+        }
+        assert!(Instant::now() < deadline, "GET {path} never showed it done");
+        std::thread::sleep(Duration::from_secs(1));
+    }
+}
+
+/// When all `expected` replicas exist and each is on a node or was found
+/// unschedulable by the controller: (placed, unschedulable).
+fn settled(views: &[ReplicaView], expected: usize) -> Option<(usize, usize)> {
+    let placed = views.iter().filter(|r| r.node.is_some()).count();
+    let unschedulable = views
+        .iter()
+        .filter(|r| r.node.is_none())
+        .filter(|r| {
+            r.reason
+                .as_deref()
+                .is_some_and(|why| why != "not placed yet")
+        })
+        .count();
+    (views.len() == expected && placed + unschedulable == expected)
+        .then_some((placed, unschedulable))
+}
+
+/// Replicas the nodes hold in their assignments, together.
+fn held(fleet: &[Arc<SimNode>]) -> u64 {
+    fleet.iter().map(|n| n.held.load(Ordering::Relaxed)).sum()
+}
+
+/// Waits until the nodes together hold `replicas`; `None` if they do not
+/// within [`PATIENCE`].
+fn wait_held(fleet: &[Arc<SimNode>], replicas: u64) -> Option<()> {
+    let deadline = Instant::now() + PATIENCE;
+    while Instant::now() < deadline {
+        if held(fleet) == replicas {
+            return Some(());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    None
+}
+
+fn env_or(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}

@@ -1,0 +1,198 @@
+//! Simulated nodes for the control-plane benchmarks, as kwok and Nomad's
+//! nomad-nodesim simulate them: each joins with a one-time token and its
+//! own certificate, and heartbeats over mTLS with the requests `skiff
+//! node` sends, reporting what it is assigned as running; it runs,
+//! serves and pulls nothing.
+
+#![allow(dead_code)]
+
+use http::Method;
+use serde::Deserialize;
+use skiff_orchestrator::api::{
+    ComponentStatus, JoinRequest, JoinResponse, LoadState, StatusReport, SyncRequest,
+};
+use skiff_orchestrator::api_client::ApiClient;
+use skiff_orchestrator::mesh::NodeIdentity;
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+/// A node that joins and heartbeats like `skiff node`, and runs nothing.
+pub struct SimNode {
+    /// Its name, `sim-I`.
+    pub name: String,
+    api: ApiClient,
+    /// Its ingress and mesh addresses, as it reports them (nothing
+    /// listens there: no one dials a simulated node).
+    addresses: (String, String),
+    memory: u64,
+    /// Replicas in the assignments last received.
+    pub held: AtomicU64,
+    /// Heartbeats that failed.
+    pub errors: AtomicU64,
+    /// Cleared to stop heartbeating, as a node that died.
+    pub alive: AtomicBool,
+    /// What it holds, by (app, component): package and replicas.
+    assigned: Mutex<BTreeMap<(String, String), (String, u32)>>,
+}
+
+/// The parts of a sync answer a simulated node reads.
+#[derive(Deserialize)]
+struct Synced {
+    version: u64,
+    #[serde(default)]
+    epoch: u64,
+    heartbeat_ms: u64,
+    #[serde(default)]
+    desired: Option<Desired>,
+}
+
+#[derive(Deserialize)]
+struct Desired {
+    #[serde(default)]
+    full: bool,
+    #[serde(default)]
+    assignments: Vec<skiff_orchestrator::api::Assignment>,
+    #[serde(default)]
+    unassigned: Vec<(String, String, String)>,
+}
+
+impl SimNode {
+    /// Joins as `sim-I` with `token` through `client` (which trusts the
+    /// token's CA pin), offering `memory`, labelled with one of three
+    /// zones.
+    ///
+    /// # Errors
+    ///
+    /// The join refused, or the control plane unreachable.
+    pub async fn join(
+        client: &ApiClient,
+        token: &str,
+        i: usize,
+        memory: u64,
+    ) -> anyhow::Result<SimNode> {
+        let (key_pem, csr_pem) = NodeIdentity::request()?;
+        let name = format!("sim-{i}");
+        let joined: JoinResponse = client
+            .post(
+                "/v1/join",
+                &JoinRequest {
+                    token: token.to_string(),
+                    name: name.clone(),
+                    csr_pem,
+                    labels: BTreeMap::from([(
+                        "zone".to_string(),
+                        ["a", "b", "c"][i % 3].to_string(),
+                    )]),
+                    memory,
+                },
+            )
+            .await?;
+        let identity = NodeIdentity::new(key_pem, joined.cert_pem, joined.ca_pem);
+        let api = ApiClient::new(
+            &client.servers(),
+            identity.control_plane_client_config()?,
+            None,
+        );
+        // Distinct loopback addresses, one per node.
+        let host = format!("127.{}.{}.{}", 1 + i / 62_500, (i / 250) % 250, 2 + i % 250);
+        Ok(SimNode {
+            name,
+            api,
+            addresses: (format!("{host}:3000"), format!("{host}:3001")),
+            memory,
+            held: AtomicU64::new(0),
+            errors: AtomicU64::new(0),
+            alive: AtomicBool::new(true),
+            assigned: Mutex::new(BTreeMap::new()),
+        })
+    }
+
+    /// Heartbeats as `skiff node` does, until `alive` is cleared: each
+    /// sync is held by the control plane until the desired state changes
+    /// or a heartbeat passes; each reports every component assigned as
+    /// running.
+    pub async fn heartbeat(self: std::sync::Arc<Self>) {
+        let (mut version, mut epoch) = (0, 0);
+        let mut heartbeat = Duration::from_secs(1);
+        let run = 1 + rand_u64() % 1_000_000;
+        let mut seq = 0;
+        while self.alive.load(Ordering::Relaxed) {
+            seq += 1;
+            let components: Vec<ComponentStatus> = self
+                .assigned
+                .lock()
+                .unwrap()
+                .iter()
+                .map(|((app, component), (package, _))| ComponentStatus {
+                    app: app.clone(),
+                    component: component.clone(),
+                    package: package.clone(),
+                    state: LoadState::Running,
+                    serving: Some(package.clone()),
+                    error: None,
+                })
+                .collect();
+            let request = SyncRequest {
+                used: 20 << 20,
+                pressure: false,
+                version,
+                epoch,
+                status: StatusReport {
+                    run,
+                    seq,
+                    base: None,
+                    components,
+                    removed: Vec::new(),
+                },
+                memory: self.memory,
+                ingress: self.addresses.0.clone(),
+                mesh: self.addresses.1.clone(),
+                logs_first_seq: 0,
+                logs: Vec::new(),
+                load: Vec::new(),
+            };
+            let answer = self
+                .api
+                .call::<_, Synced>(
+                    Method::POST,
+                    "/v1/node/sync",
+                    &request,
+                    heartbeat + Duration::from_secs(10),
+                )
+                .await;
+            match answer {
+                Ok(synced) => {
+                    (version, epoch) = (synced.version, synced.epoch);
+                    heartbeat = Duration::from_millis(synced.heartbeat_ms.max(100));
+                    if let Some(desired) = synced.desired {
+                        let mut assigned = self.assigned.lock().unwrap();
+                        if desired.full {
+                            assigned.clear();
+                        }
+                        for (app, component, _) in desired.unassigned {
+                            assigned.remove(&(app, component));
+                        }
+                        for a in desired.assignments {
+                            assigned.insert((a.app, a.component), (a.package, a.replicas));
+                        }
+                        let held = assigned.values().map(|(_, n)| u64::from(*n));
+                        self.held.store(held.sum(), Ordering::Relaxed);
+                    }
+                }
+                Err(_) => {
+                    self.errors.fetch_add(1, Ordering::Relaxed);
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+            }
+        }
+    }
+}
+
+/// A random number, from the OS.
+fn rand_u64() -> u64 {
+    let mut bytes = [0u8; 8];
+    getrandom::fill(&mut bytes).expect("the OS random source works");
+    u64::from_le_bytes(bytes)
+}
