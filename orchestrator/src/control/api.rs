@@ -449,7 +449,7 @@ async fn admin(
                 .and_then(|v| v.parse().ok())
                 .unwrap_or(0);
             let app = params.get("app").map(String::as_str);
-            let live = shared.live.lock().expect("live state lock");
+            let live = shared.live();
             if let Some(app) = app
                 && !live.apps.contains_key(app)
             {
@@ -471,7 +471,7 @@ async fn admin(
                 .map(|ms: u64| Duration::from_millis(ms.min(30_000)));
             let component = params.get("component").map(String::as_str);
             {
-                let live = shared.live.lock().expect("live state lock");
+                let live = shared.live();
                 if !live.apps.contains_key(*app) {
                     return Err(Refusal::not_found(format!(
                         "no app {app:?}; see `skiff apps`"
@@ -496,12 +496,7 @@ async fn admin(
         (&Method::GET, ["v1", "replicas"]) => {
             let params = query_params(query);
             if let Some(app) = params.get("app")
-                && !shared
-                    .live
-                    .lock()
-                    .expect("live state lock")
-                    .apps
-                    .contains_key(app)
+                && !shared.live().apps.contains_key(app)
             {
                 return Err(Refusal::not_found(format!(
                     "no app {app:?}; see `skiff apps`"
@@ -572,7 +567,7 @@ fn blob_assigned(
     digest: &Digest,
     app: Option<&str>,
 ) -> Result<(), Refusal> {
-    let live = shared.live.lock().expect("live state lock");
+    let live = shared.live();
     let on_node = |r: &&ReplicaRecord| r.node.as_deref() == Some(node);
     let has_blob = |r: &ReplicaRecord| live.spec(&r.app).is_some_and(|s| s.blobs.contains(digest));
     let assigned = match app {

@@ -105,7 +105,7 @@ fn collect(shared: &Shared) {
         return;
     }
     let in_use: Vec<Digest> = {
-        let mut live = shared.live.lock().expect("live state lock");
+        let mut live = shared.live();
         let used: BTreeSet<String> = live
             .apps
             .values()

@@ -99,7 +99,7 @@ async fn stand_by(
                 });
                 if was_cut_off {
                     // Another leads: what this one showed is stale.
-                    *shared.live.lock().expect("live state lock") = Live::default();
+                    *shared.live() = Live::default();
                 }
                 if changed {
                     tracing::info!(leader = ?leader, "standing by");
@@ -177,7 +177,7 @@ async fn take_over(shared: &Arc<Shared>) -> anyhow::Result<()> {
         tokio::task::spawn_blocking(move || Live::load(shared.store.as_ref(), &shared.packages))
             .await??
     };
-    let mut live = shared.live.lock().expect("live state lock");
+    let mut live = shared.live();
     let overcommit = live.overcommit;
     *live = loaded;
     live.overcommit = overcommit;
@@ -185,8 +185,7 @@ async fn take_over(shared: &Arc<Shared>) -> anyhow::Result<()> {
     for node in live.nodes.values_mut() {
         node.last_seen = now;
     }
-    *shared.desired.lock().expect("desired state lock") =
-        desired::DesiredLog::new(super::new_epoch());
+    *shared.desired() = desired::DesiredLog::new(super::new_epoch());
     drop(live);
     shared
         .version

@@ -802,7 +802,7 @@ impl ControlPlane {
     ///
     /// Store failures.
     pub fn forget_node(&self, name: &str) -> anyhow::Result<bool> {
-        let mut live = self.shared.live.lock().expect("live state lock");
+        let mut live = self.shared.live();
         let known = self.shared.store.delete_node(name)?;
         live.nodes.remove(name);
         Ok(known)
@@ -819,14 +819,7 @@ impl ControlPlane {
         // state was read: reading thousands of packages takes seconds,
         // and no node could reach the API meanwhile.
         let now = Instant::now();
-        for node in self
-            .shared
-            .live
-            .lock()
-            .expect("live state lock")
-            .nodes
-            .values_mut()
-        {
+        for node in self.shared.live().nodes.values_mut() {
             node.last_seen = now;
         }
         let api = api::serve(self.shared.clone(), self.listener, self.tls, shutdown);
@@ -859,6 +852,29 @@ impl ControlPlane {
 }
 
 impl Shared {
+    /// The live state, locked. A handler that panicked while holding the
+    /// lock left the state as it was then: the control plane logs it and
+    /// carries on (the store holds every change committed), rather than
+    /// refuse every later call and heartbeat.
+    fn live(&self) -> std::sync::MutexGuard<'_, Live> {
+        self.live.lock().unwrap_or_else(|poisoned| {
+            tracing::error!(
+                "a request failed while changing the cluster's live state; carrying on with the state as it left it"
+            );
+            self.live.clear_poison();
+            poisoned.into_inner()
+        })
+    }
+
+    /// The desired-state log, locked (after the live state, if both are);
+    /// poisoning is survived as for [`Shared::live`].
+    fn desired(&self) -> std::sync::MutexGuard<'_, desired::DesiredLog> {
+        self.desired.lock().unwrap_or_else(|poisoned| {
+            self.desired.clear_poison();
+            poisoned.into_inner()
+        })
+    }
+
     fn new_join_token(&self) -> Result<JoinTokenResponse, crate::state::StateError> {
         let pin = crate::mesh::tls::ca_pin(self.ca.cert_pem()).expect("the cluster CA is readable");
         let token = format!("skt1.{pin}.{}", random_hex(16));
@@ -872,13 +888,7 @@ impl Shared {
 
     /// Runs `f` on node `name` under the state lock, if the node is known.
     fn with_node(&self, name: &str, f: impl FnOnce(&mut LiveNode)) {
-        if let Some(node) = self
-            .live
-            .lock()
-            .expect("live state lock")
-            .nodes
-            .get_mut(name)
-        {
+        if let Some(node) = self.live().nodes.get_mut(name) {
             f(node);
         }
     }

@@ -36,9 +36,7 @@ pub(super) async fn run(shared: Arc<Shared>) {
         let due = woken
             || last_pass.elapsed() >= shared.config.heartbeat
             || shared
-                .live
-                .lock()
-                .expect("live state lock")
+                .live()
                 .a_node_fell_silent(Instant::now(), &shared.config);
         if due {
             tokio::time::sleep(rest.saturating_sub(last_pass.elapsed())).await;
@@ -63,7 +61,7 @@ pub(super) async fn run(shared: Arc<Shared>) {
 /// number in `shared.passed`.
 fn pass(shared: &Shared) {
     read_missing_specs(shared);
-    let mut live = shared.live.lock().expect("live state lock");
+    let mut live = shared.live();
     if live.replicas_unsaved {
         // A pass's changes were not stored, nor could the stored replicas
         // be read back: read them now, or pass no judgement on a state
@@ -123,7 +121,7 @@ fn pass(shared: &Shared) {
 /// read and hashed.
 fn read_missing_specs(shared: &Shared) {
     let due: BTreeSet<String> = {
-        let live = shared.live.lock().expect("live state lock");
+        let live = shared.live();
         let now = Instant::now();
         live.apps
             .values()
@@ -139,7 +137,7 @@ fn read_missing_specs(shared: &Shared) {
     };
     for package in due {
         let read = super::catalog::read(&shared.packages, &package);
-        let mut live = shared.live.lock().expect("live state lock");
+        let mut live = shared.live();
         match read {
             Ok(spec) => {
                 tracing::info!(package, "package readable again");

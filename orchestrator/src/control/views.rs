@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 /// Every app as `skiff apps` shows it.
 pub(super) fn app_views(shared: &Shared) -> Vec<AppView> {
-    let live = shared.live.lock().expect("live state lock");
+    let live = shared.live();
     let replicas_of = live.replicas_by(|r| Some(&r.app));
     live.apps
         .values()
@@ -128,7 +128,7 @@ pub(super) fn version_of(live: &Live, package: &str) -> String {
 }
 
 pub(super) fn replica_views(shared: &Shared, app: Option<&str>) -> Vec<ReplicaView> {
-    let live = shared.live.lock().expect("live state lock");
+    let live = shared.live();
     let now = crate::clock::unix_secs();
     live.replicas
         .values()
@@ -202,7 +202,7 @@ fn make_top_view(shared: &Shared) -> crate::api::TopView {
     let replicas = replica_views(shared, None);
     let nodes = node_views(shared);
     let traffic = {
-        let live = shared.live.lock().expect("live state lock");
+        let live = shared.live();
         super::top::snapshot(
             live.nodes
                 .iter()
@@ -216,7 +216,7 @@ fn make_top_view(shared: &Shared) -> crate::api::TopView {
 
 /// Every node as `skiff nodes` shows it.
 pub(super) fn node_views(shared: &Shared) -> Vec<NodeView> {
-    let live = shared.live.lock().expect("live state lock");
+    let live = shared.live();
     let replicas_on = live.replicas_by(|r| r.node.as_deref());
     live.nodes
         .values()

@@ -21,7 +21,7 @@ pub(crate) async fn scale(
 ) -> Result<ScaleResponse, Refused> {
     let component = request.component.as_str();
     let (before, replicas, applied, passes_before) = {
-        let mut live = shared.live.lock().expect("live state lock");
+        let mut live = shared.live();
         let record = live.apps.get(app).ok_or_else(|| Refused::no_app(app))?;
         let before = record.scale.get(component).copied().ok_or_else(|| {
             Refused::NotFound(format!(
@@ -155,7 +155,7 @@ pub(crate) async fn deploy(
     // over can serve it.
     let copy_warnings = crate::control::mirror::push(shared, &spec.blobs).await;
     let (applied, generation, passes_before, rollout_note) = {
-        let mut live = shared.live.lock().expect("live state lock");
+        let mut live = shared.live();
         let now_ms = crate::clock::unix_ms();
         let mut notes = Vec::new();
         let (applied, record) = shared.store.update_app(&spec.name, &mut |current| {
@@ -228,10 +228,9 @@ pub(crate) async fn deploy(
     response
         .warnings
         .extend(unplaceable(shared, &format!("{}/", spec.name)));
-    response.warnings.extend(reconcile::headroom_warnings(
-        &shared.live.lock().expect("live state lock"),
-        &spec.name,
-    ));
+    response
+        .warnings
+        .extend(reconcile::headroom_warnings(&shared.live(), &spec.name));
     Ok(response)
 }
 
@@ -327,7 +326,7 @@ fn change_rollout(
     change: impl Fn(&AppRecord, u64) -> Result<(AppRecord, String), String>,
 ) -> Result<RolloutResponse, Refused> {
     let message = {
-        let mut live = shared.live.lock().expect("live state lock");
+        let mut live = shared.live();
         let now_ms = crate::clock::unix_ms();
         let mut message = String::new();
         let mut refused = None;
@@ -369,7 +368,7 @@ pub(crate) fn delete(shared: &Shared, app: &str) -> Result<(), Refused> {
     // Store and memory change under one lock, so a controller pass
     // cannot slip between them.
     {
-        let mut live = shared.live.lock().expect("live state lock");
+        let mut live = shared.live();
         if !shared.store.delete_app(app)? {
             return Err(Refused::no_app(app));
         }
@@ -407,7 +406,7 @@ fn not_placed_yet(app: &str) -> String {
 fn unplaceable(shared: &Shared, prefix: &str) -> Vec<String> {
     /// Replicas named in one warning; the rest are counted.
     const NAMED: usize = 3;
-    let live = shared.live.lock().expect("live state lock");
+    let live = shared.live();
     let mut by_reason: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
     // Replica ids start with the prefix: no scan of every replica.
     for (id, _) in live
@@ -446,7 +445,7 @@ fn unplaceable(shared: &Shared, prefix: &str) -> Vec<String> {
 fn route_overlaps(shared: &Shared, spec: &catalog::AppSpec) -> Vec<String> {
     /// Other apps named in one warning; the rest are counted.
     const NAMED: usize = 3;
-    let live = shared.live.lock().expect("live state lock");
+    let live = shared.live();
     let mut warnings = Vec::new();
     for (component, plan) in &spec.components {
         let Some(route) = &plan.route else { continue };

@@ -127,7 +127,7 @@ pub(crate) fn take(
     let status_known;
     let news;
     {
-        let mut live = shared.live.lock().expect("live state lock");
+        let mut live = shared.live();
         let now = Instant::now();
         // Only a join makes a node, and only that join's certificate speaks
         // for it: a node forgotten (or joined again) while this body was
@@ -197,11 +197,7 @@ pub(crate) fn take(
         // holds, decides whose traffic it may report.
         let assigned = if sync.load.iter().any(|l| l.traffic.is_some()) || !entry.traffic_is_empty()
         {
-            shared
-                .desired
-                .lock()
-                .expect("desired state lock")
-                .assigned_to(node)
+            shared.desired().assigned_to(node)
         } else {
             Default::default()
         };
@@ -318,7 +314,7 @@ pub(crate) fn take(
 /// passed; a status the control plane could not take is asked for again
 /// at once, without holding.
 pub(crate) async fn hold(shared: &Shared, node: &str, taken: &Taken) {
-    let epoch = shared.desired.lock().expect("desired state lock").epoch();
+    let epoch = shared.desired().epoch();
     let mut version = shared.version.subscribe();
     let heartbeat = taken.heartbeat;
     if *version.borrow_and_update() == taken.version && taken.epoch == epoch && taken.status_known {
@@ -349,20 +345,16 @@ pub(crate) async fn answer(
     taken: &Taken,
 ) -> Result<SyncResponse, Refused> {
     let node = caller.name.as_str();
-    let epoch = shared.desired.lock().expect("desired state lock").epoch();
+    let epoch = shared.desired().epoch();
     let mut current = *shared.version.borrow();
     let desired = if current != taken.version || taken.epoch != epoch {
         // Computing the desired state is work in proportion to the whole
         // cluster: with many apps, versions moving fast share computations.
-        let rest = shared
-            .desired
-            .lock()
-            .expect("desired state lock")
-            .rest_before(current);
+        let rest = shared.desired().rest_before(current);
         if !rest.is_zero() {
             tokio::time::sleep(rest).await;
         }
-        let live = shared.live.lock().expect("live state lock");
+        let live = shared.live();
         // Forgotten while its heartbeat was held: it learns nothing more.
         if live
             .nodes
@@ -371,7 +363,7 @@ pub(crate) async fn answer(
         {
             return Err(not_a_member(caller));
         }
-        let mut log = shared.desired.lock().expect("desired state lock");
+        let mut log = shared.desired();
         // Read under the state lock: a change made after the version was
         // read above must not be stamped with that older version.
         current = log.refresh(&live, *shared.version.borrow());
@@ -404,7 +396,7 @@ pub(crate) async fn answer(
 /// handshake) per news would keep its heartbeats from ever arriving.
 /// News that arrives between two heartbeats answers the next one at once.
 pub(crate) fn news(shared: &Shared, caller: &NodeCert) -> Result<(), Refused> {
-    let live = shared.live.lock().expect("live state lock");
+    let live = shared.live();
     let node = live
         .nodes
         .get(&caller.name)

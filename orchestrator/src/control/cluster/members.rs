@@ -37,7 +37,7 @@ pub(crate) fn join(shared: &Shared, join: JoinRequest) -> Result<JoinResponse, R
         .sign_node(&join.name, &incarnation, &join.csr_pem)
         .map_err(|e| Refused::Invalid(e.to_string()))?;
     {
-        let mut live = shared.live.lock().expect("live state lock");
+        let mut live = shared.live();
         let refused = || {
             tracing::warn!(node = join.name, "join refused: bad token");
             Refused::Unauthorized("the join token is not valid: it is unknown, expired or already used; make a new one with `skiff join-token`".to_string(),
@@ -100,7 +100,7 @@ pub(crate) fn renew(
     // incarnation; a certificate from before incarnations existed gets
     // one now, so that it too can be revoked.
     let incarnation = {
-        let mut live = shared.live.lock().expect("live state lock");
+        let mut live = shared.live();
         let entry = live
             .nodes
             .get_mut(&node.name)
@@ -155,7 +155,7 @@ pub(crate) fn workload_cert(
             ))
         })?;
     let incarnation = {
-        let live = shared.live.lock().expect("live state lock");
+        let live = shared.live();
         let entry = live
             .nodes
             .get(&node.name)
@@ -187,7 +187,7 @@ pub(crate) fn workload_cert(
 /// of the incarnation in its certificate: a node forgotten (or joined
 /// again since the certificate was issued) is refused.
 pub(crate) fn member<'a>(shared: &Shared, caller: &'a NodeCert) -> Result<&'a str, Refused> {
-    let live = shared.live.lock().expect("live state lock");
+    let live = shared.live();
     match live.nodes.get(&caller.name) {
         Some(node) if node.record.incarnation == caller.incarnation => Ok(&caller.name),
         _ => Err(not_a_member(caller)),

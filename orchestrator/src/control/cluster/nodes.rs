@@ -69,7 +69,7 @@ fn change_record(
     name: &str,
     change: impl FnOnce(&mut NodeRecord) -> Result<(), Refused>,
 ) -> Result<(bool, NodeRecord), Refused> {
-    let mut live = shared.live.lock().expect("live state lock");
+    let mut live = shared.live();
     let node = live
         .nodes
         .get_mut(name)
@@ -89,7 +89,7 @@ fn change_record(
 /// heartbeat.
 pub(crate) fn forget(shared: &Shared, name: &str) -> Result<(), Refused> {
     {
-        let mut live = shared.live.lock().expect("live state lock");
+        let mut live = shared.live();
         let node = live.nodes.get(name).ok_or_else(|| Refused::no_node(name))?;
         if !node.down {
             return Err(Refused::Conflict(format!(

@@ -379,3 +379,21 @@ async fn guest_lines_are_kept_once_and_only_for_apps_placed_on_the_node() {
             .is_empty()
     );
 }
+
+#[tokio::test]
+async fn a_panic_while_the_state_is_locked_does_not_stop_the_control_plane() {
+    let (shared, _dir) = control_plane().await;
+    let poisoner = shared.clone();
+    let failed = std::thread::spawn(move || {
+        let _locked = poisoner.live.lock().unwrap();
+        panic!("a handler fails while holding the state lock");
+    })
+    .join();
+    assert!(failed.is_err());
+    assert!(shared.live.is_poisoned());
+    // Joins and heartbeats go on.
+    let node = joined(&shared, "edge-1", GIB);
+    let answer = beat(&shared, &node, first_heartbeat(GIB)).await;
+    assert_eq!(answer.memory, GIB);
+    assert!(!shared.live.is_poisoned());
+}
