@@ -7,8 +7,8 @@ mod support;
 
 use skiff_orchestrator::api_client::ApiClient;
 use skiff_orchestrator::state::{
-    Applied, ClusterSecrets, ClusterStore, EtcdStore, EtcdTarget, NodeRecord, RedbStore,
-    ReplicaChange, ReplicaRecord, Replicas, StateError,
+    Applied, ClusterSecrets, ClusterStore, EtcdStore, EtcdTarget, Leadership, NodeRecord,
+    RedbStore, ReplicaChange, ReplicaRecord, Replicas, StateError,
 };
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -328,10 +328,54 @@ fn store_addresses_are_read_strictly() {
         "etcd://:2379",
         "etcd://user@10.0.0.1:2379",
         "etcd://10.0.0.1:2379,",
+        "etcd://a:1;b:2",
+        "etcd://10.0.0.1:2379/prod/apps",
+        "etcd://10.0.0.1:2379/cluster",
     ] {
         let error = EtcdTarget::parse(bad).unwrap_err();
         assert!(error.contains("--store"), "{bad}: {error}");
     }
+    let nested = EtcdTarget::parse("etcd://10.0.0.1:2379/prod/apps").unwrap_err();
+    assert!(nested.contains("\"apps\""), "{nested}");
+    let scheme = EtcdTarget::parse("etcd://http://10.0.0.1:2379").unwrap_err();
+    assert!(scheme.contains("without http://"), "{scheme}");
+    // A password in the address is refused, and not repeated.
+    let secret = EtcdTarget::parse("etcd://root:hunter2@10.0.0.1:2379").unwrap_err();
+    assert!(!secret.contains("hunter2"), "{secret}");
+}
+
+#[test]
+fn a_deposed_leader_cannot_write_even_for_a_request_it_was_still_answering() {
+    let etcd = Etcd::start(1);
+    let (old, new) = (etcd_store(&etcd, "fence"), etcd_store(&etcd, "fence"));
+    let old_lease = old.grant_lease(30).unwrap();
+    assert_eq!(old.lead("https://old", old_lease).unwrap(), Leadership::Won);
+    old.apply_app("web", "sha256:aa", scale(&[("api", 1)]))
+        .unwrap();
+    let new_lease = new.grant_lease(30).unwrap();
+    assert_eq!(
+        new.lead("https://new", new_lease).unwrap(),
+        Leadership::Held(Some("https://old".to_string()))
+    );
+    // The old leader's lease ends (as when it expires while it is cut
+    // off), and the other wins.
+    old.revoke(old_lease).unwrap();
+    assert_eq!(new.lead("https://new", new_lease).unwrap(), Leadership::Won);
+    // A request the old one was still answering: refused, nothing written.
+    assert!(matches!(
+        old.apply_app("web", "sha256:bb", scale(&[("api", 9)])),
+        Err(StateError::NotLeader)
+    ));
+    assert!(matches!(
+        old.change_replicas(&[ReplicaChange::Put(replica("web/api/0"))]),
+        Err(StateError::NotLeader)
+    ));
+    assert_eq!(new.app("web").unwrap().unwrap().package, "sha256:aa");
+    assert!(new.replicas().unwrap().is_empty());
+    new.apply_app("web", "sha256:cc", scale(&[("api", 2)]))
+        .unwrap();
+    // An expired lease is said as such, not as an error.
+    assert!(!old.keep_alive(old_lease).unwrap());
 }
 
 /// The replica ids of `app` and where each runs.
@@ -429,6 +473,44 @@ fn a_data_directory_of_another_cluster_is_refused_on_etcd() {
         refused.contains("ca.pem") && refused.contains("another cluster"),
         "{refused}"
     );
+    // A data directory in use by a control plane on etcd is refused to
+    // another, whatever its store.
+    let elsewhere = support::temp_dir();
+    let data = elsewhere.path().join("server");
+    let data = data.to_str().unwrap();
+    let store = etcd.store_arg();
+    let _running = Running::launch(
+        elsewhere.path(),
+        &[
+            "server",
+            "--listen",
+            "127.0.0.1:0",
+            "--data-dir",
+            data,
+            "--store",
+            &store,
+        ],
+        "Control plane serving ",
+    );
+    for store in ["embedded", store.as_str()] {
+        let in_use = support::expect_failure(
+            elsewhere.path(),
+            &[
+                "server",
+                "--listen",
+                "127.0.0.1:0",
+                "--data-dir",
+                data,
+                "--store",
+                store,
+            ],
+        );
+        assert!(
+            in_use.contains("is in use by another control plane"),
+            "{in_use}"
+        );
+    }
+    assert!(!elsewhere.path().join("server/ca.pem").exists());
     let unreachable = support::expect_failure(
         home.path(),
         &[
@@ -440,6 +522,11 @@ fn a_data_directory_of_another_cluster_is_refused_on_etcd() {
         ],
     );
     assert!(unreachable.contains("etcd at 127.0.0.1:1"), "{unreachable}");
+    assert_eq!(
+        unreachable.matches("unavailable").count(),
+        1,
+        "{unreachable}"
+    );
 }
 
 /// Starts another control plane of `cluster` on `store`, with a data
@@ -559,6 +646,60 @@ fn three_control_planes_on_one_etcd_hand_over_when_the_leader_is_killed() {
             .iter()
             .all(|n| n["state"] == "ready"),
         "{nodes}"
+    );
+
+    // A standby that froze past its lease's life takes part again; and a
+    // leader that freezes, rather than dies, is replaced: nodes turn to
+    // the new one in time, nothing moves, and the frozen one stands by
+    // once it wakes.
+    let leading = leader_of(&cluster, &servers);
+    let other = 3 - leading;
+    let before = placement(&cluster, "hello");
+    standbys[other - 1].signal("STOP");
+    std::thread::sleep(Duration::from_secs(6));
+    standbys[other - 1].signal("CONT");
+    standbys[leading - 1].signal("STOP");
+    wait_until(Duration::from_secs(30), "the other standby to lead", || {
+        (role(&cluster, &servers[other]).as_deref() == Some("leader")).then_some(())
+    });
+    // Past the new leader's grace for nodes still waiting on the frozen
+    // one, and past --down-after.
+    std::thread::sleep(Duration::from_secs(16));
+    let on = |args: &[&str]| {
+        let mut all = args.to_vec();
+        all.extend(["--server", servers[other].as_str()]);
+        cluster.json(&all)
+    };
+    let nodes = on(&["nodes"]);
+    assert!(
+        nodes
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|n| n["state"] == "ready"),
+        "{nodes}"
+    );
+    let after: Vec<(String, Option<String>)> = on(&["ps", "hello"])
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["id"].as_str().unwrap().to_string(),
+                r["node"].as_str().map(str::to_string),
+            )
+        })
+        .collect();
+    let mut before = before;
+    let mut after = after;
+    before.sort();
+    after.sort();
+    assert_eq!(after, before);
+    standbys[leading - 1].signal("CONT");
+    wait_until(
+        Duration::from_secs(20),
+        "the frozen leader to stand by",
+        || (role(&cluster, &servers[leading]).as_deref() == Some("standby")).then_some(()),
     );
     drop(standbys);
 }

@@ -24,6 +24,10 @@ use std::time::Duration;
 /// How long one API call may take unless the caller says otherwise.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// The header an error answer repeats its reason in, for answers without
+/// a body (a HEAD's).
+pub const REASON_HEADER: &str = "skiff-error";
+
 /// How long a call waits for the control planes to elect a leader.
 const ELECTION_WAIT: Duration = Duration::from_secs(10);
 
@@ -96,7 +100,10 @@ impl Servers {
 
 /// How a try at one server failed.
 enum Failed {
-    /// Nothing was sent (no connection): the next server may take it.
+    /// Nothing was sent (no connection), or no answer came (a control
+    /// plane frozen, or cut off): the next server may take it. A request
+    /// that did arrive is one a standby refuses, or a leader makes as it
+    /// would once: deploys and scales are declarations.
     NotSent(ApiError),
     /// A standby refused it, naming the leader (if it knows one).
     Standby(ApiError, Option<String>),
@@ -144,7 +151,10 @@ impl ApiClient {
         let mut known = self.servers.lock().expect("servers lock");
         for server in servers {
             let server = server.trim_end_matches('/');
-            if server.starts_with("https://") && !known.0.iter().any(|k| k == server) {
+            let usable = server
+                .parse::<http::Uri>()
+                .is_ok_and(|uri| uri.scheme_str() == Some("https") && uri.host().is_some());
+            if usable && !known.0.iter().any(|k| k == server) {
                 known.0.push(server.to_string());
             }
         }
@@ -223,12 +233,13 @@ impl ApiClient {
             }
             None => Full::new(Bytes::new()),
         };
+        // A URL that makes no request (a bad one learned) is skipped.
         let request = request
             .body(body)
-            .map_err(|e| Failed::Final(unreachable(format!("bad request {path}: {e}"))))?;
+            .map_err(|e| Failed::NotSent(unreachable(format!("bad request {path}: {e}"))))?;
         let response = match tokio::time::timeout(timeout, self.client.request(request)).await {
             Err(_) => {
-                return Err(Failed::Final(unreachable(format!(
+                return Err(Failed::NotSent(unreachable(format!(
                     "no answer within {timeout:?}"
                 ))));
             }
@@ -384,6 +395,12 @@ fn split_servers(text: &str) -> Vec<String> {
 /// status and text (at most 64 KiB of it is read).
 async fn refusal(response: hyper::Response<hyper::body::Incoming>, timeout: Duration) -> ApiError {
     let status = response.status();
+    let reason = response
+        .headers()
+        .get(REASON_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty())
+        .map(str::to_string);
     let bytes = tokio::time::timeout(
         timeout,
         http_body_util::Limited::new(response.into_body(), 64 << 10).collect(),
@@ -395,7 +412,9 @@ async fn refusal(response: hyper::Response<hyper::body::Incoming>, timeout: Dura
     .unwrap_or_default();
     let message = serde_json::from_slice::<ErrorBody>(&bytes)
         .map(|e| e.error)
-        .unwrap_or_else(|_| format!("{status}: {}", String::from_utf8_lossy(&bytes).trim()));
+        .ok()
+        .or(reason)
+        .unwrap_or_else(|| format!("{status}: {}", String::from_utf8_lossy(&bytes).trim()));
     ApiError::Refused { status, message }
 }
 

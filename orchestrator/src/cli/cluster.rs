@@ -237,9 +237,27 @@ fn parse_hold_limit(text: &str) -> Result<Duration, String> {
     Ok(limit)
 }
 
+/// Refuses a `--server` that is not one or more `https://HOST:PORT`
+/// separated by commas.
+fn check_servers(servers: &str) -> anyhow::Result<()> {
+    for server in servers.split(',') {
+        let usable = server
+            .trim()
+            .parse::<http::Uri>()
+            .is_ok_and(|uri| uri.scheme_str() == Some("https") && uri.host().is_some());
+        if !usable {
+            anyhow::bail!(
+                "--server {server:?} is not a control plane's URL: give https://HOST:PORT, or several separated by commas (https://10.0.0.1:7070,https://10.0.0.2:7070)"
+            );
+        }
+    }
+    Ok(())
+}
+
 /// Runs a node until Ctrl-C or SIGTERM.
 pub fn node(args: NodeArgs) -> anyhow::Result<()> {
     args.metrics.apart_from(args.listen, "--listen")?;
+    check_servers(&args.server)?;
     let name = args.name.unwrap_or_else(host_name);
     crate::mesh::ca::check_node_name(&name)?;
     let mut labels = BTreeMap::new();

@@ -8,7 +8,7 @@ use super::deadline::{self, BodyError, TimedBody};
 use super::leader::Role;
 use super::{Shared, views};
 use crate::api::ErrorBody;
-use crate::api_client::LEADER_HEADER;
+use crate::api_client::{LEADER_HEADER, REASON_HEADER};
 use crate::mesh::NodeCert;
 use crate::mesh::admission::{Admission, Trust};
 use crate::state::ReplicaRecord;
@@ -212,9 +212,38 @@ async fn handle(
         if status.is_server_error() {
             tracing::error!("{method} {path}: {error}");
         }
-        json(status, &ErrorBody { error }).expect("an error serializes")
+        with_reason(
+            json(
+                status,
+                &ErrorBody {
+                    error: error.clone(),
+                },
+            )
+            .expect("an error serializes"),
+            &error,
+        )
     });
     shared.metrics.record_api(&method, &path, response.status());
+    response
+}
+
+/// `response` with `reason` also in [`REASON_HEADER`], where a client
+/// reads it when the answer has no body (a HEAD's).
+fn with_reason(mut response: Response, reason: &str) -> Response {
+    let printable: String = reason
+        .chars()
+        .map(|c| {
+            if c.is_ascii_graphic() || c == ' ' {
+                c
+            } else {
+                '?'
+            }
+        })
+        .take(1000)
+        .collect();
+    if let Ok(value) = http::HeaderValue::from_str(&printable) {
+        response.headers_mut().insert(REASON_HEADER, value);
+    }
     response
 }
 
@@ -240,8 +269,16 @@ fn standing_by(method: &Method, path: &str, leader: Option<&str>) -> Response {
             .body(full(Bytes::new()))
             .expect("a redirect builds");
     }
-    let mut response = json(StatusCode::SERVICE_UNAVAILABLE, &ErrorBody { error: says })
-        .expect("an error serializes");
+    let mut response = with_reason(
+        json(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &ErrorBody {
+                error: says.clone(),
+            },
+        )
+        .expect("an error serializes"),
+        &says,
+    );
     // Empty while no control plane leads: clients wait for the election.
     let value = leader
         .and_then(|l| http::HeaderValue::from_str(l).ok())
@@ -253,8 +290,22 @@ fn standing_by(method: &Method, path: &str, leader: Option<&str>) -> Response {
 /// The answer of a control plane that led and lost etcd, to anything but
 /// a read.
 fn cut_off() -> Response {
-    let error = "cluster state store unavailable: this control plane cannot reach etcd: changes are refused until it can (reads show the state as it last knew it); nodes keep serving what they run".to_string();
-    json(StatusCode::SERVICE_UNAVAILABLE, &ErrorBody { error }).expect("an error serializes")
+    let error = "cluster state store unavailable: this control plane lost its leadership because etcd could not take its writes (unreachable, or without a majority); changes are refused until it leads again, and reads show the state as it last knew it".to_string();
+    let mut response = with_reason(
+        json(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &ErrorBody {
+                error: error.clone(),
+            },
+        )
+        .expect("an error serializes"),
+        &error,
+    );
+    // No leader it knows of: clients try the other control planes.
+    response
+        .headers_mut()
+        .insert(LEADER_HEADER, http::HeaderValue::from_static(""));
+    response
 }
 
 /// Routes a request by caller: joins, nodes (by client certificate),
@@ -269,7 +320,10 @@ async fn route(
     request: Request,
 ) -> Handled {
     match (method, segments) {
-        (&Method::GET, ["v1", "health"]) => ok(&serde_json::json!({"ok": true, "role": "leader"})),
+        (&Method::GET, ["v1", "health"]) => ok(&match *shared.role.borrow() {
+            Role::CutOff => serde_json::json!({"ok": false, "role": "cut-off"}),
+            _ => serde_json::json!({"ok": true, "role": "leader"}),
+        }),
         (&Method::POST, ["v1", "join"]) => {
             let join = read_json_within(request, MAX_JOIN).await?;
             ok(&members::join(shared, join)?)

@@ -18,6 +18,11 @@ use tokio::task::JoinHandle;
 /// how long a dead leader is waited for.
 const LEASE_TTL: i64 = 4;
 
+/// How long after taking over a leader waits before counting a node's
+/// silence: a node's heartbeat to a frozen old leader times out after a
+/// heartbeat interval plus 10 s before it turns to another.
+const TAKEOVER_GRACE: Duration = Duration::from_secs(12);
+
 /// How often leases are kept alive and standbys try to take over.
 const TICK: Duration = Duration::from_secs(1);
 
@@ -76,6 +81,7 @@ async fn stand_by(
     url: &str,
     lease: i64,
 ) -> Option<String> {
+    let mut kept_alive = Instant::now();
     loop {
         refresh_servers(shared, etcd).await;
         let attempt = {
@@ -91,6 +97,9 @@ async fn stand_by(
                 }
             }
             Ok(Leadership::Held(leader)) => {
+                // Its own URL is a run of this control plane that is gone,
+                // whose lease has not expired yet: no leader to point at.
+                let leader = leader.filter(|l| l != url);
                 let mut was_cut_off = false;
                 let changed = shared.role.send_if_modified(|role| {
                     let standing = Role::Standing(leader.clone());
@@ -102,15 +111,23 @@ async fn stand_by(
                     *shared.live() = Live::default();
                 }
                 if changed {
-                    tracing::info!(leader = ?leader, "standing by");
+                    match &leader {
+                        Some(leader) => tracing::info!(leader = leader.as_str(), "standing by"),
+                        None => tracing::info!("standing by; no control plane leads yet"),
+                    }
                 }
             }
+            Err(e) if e.to_string().contains("lease not found") => return None,
             Err(e) => tracing::debug!("cannot take part in the election now: {e}"),
         }
         tokio::time::sleep(TICK).await;
         match blocking(etcd, move |e| e.keep_alive(lease)).await {
-            Ok(true) => {}
+            Ok(true) => kept_alive = Instant::now(),
             Ok(false) => return None,
+            // Past its TTL, a lease not kept alive is gone: a new one.
+            Err(_) if kept_alive.elapsed() >= Duration::from_secs(LEASE_TTL as u64) => {
+                return None;
+            }
             Err(e) => tracing::debug!("cannot keep this control plane's lease alive: {e}"),
         }
     }
@@ -181,9 +198,12 @@ async fn take_over(shared: &Arc<Shared>) -> anyhow::Result<()> {
     let overcommit = live.overcommit;
     *live = loaded;
     live.overcommit = overcommit;
-    let now = Instant::now();
+    // Each node gets a fresh window, beginning once a heartbeat it sent
+    // to the old leader (which may be frozen rather than dead) has timed
+    // out and it has turned to this one.
+    let window_starts = Instant::now() + TAKEOVER_GRACE;
     for node in live.nodes.values_mut() {
-        node.last_seen = now;
+        node.last_seen = window_starts;
     }
     *shared.desired() = desired::DesiredLog::new(super::new_epoch());
     drop(live);
@@ -207,7 +227,8 @@ async fn stand_down(
     for task in tasks {
         task.abort();
     }
-    etcd.stand_down();
+    // Writes stay fenced by the leadership just lost: a request this one
+    // was still answering cannot change what its successor decides.
     if let Err(e) = blocking(etcd, move |e| e.revoke(lease)).await {
         tracing::debug!("cannot revoke the lease: {e}");
     }

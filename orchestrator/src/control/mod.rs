@@ -142,6 +142,8 @@ pub struct ControlPlane {
 pub(crate) struct Shared {
     config: ControlPlaneConfig,
     cluster: String,
+    /// Held while this control plane runs: one per data directory.
+    _lock: std::fs::File,
     store: Arc<dyn ClusterStore>,
     /// The same store when it is etcd: the leader is elected there.
     etcd: Option<Arc<EtcdStore>>,
@@ -633,6 +635,7 @@ impl ControlPlane {
         let dir = &config.data_dir;
         std::fs::create_dir_all(dir)
             .with_context(|| format!("cannot create the data directory {}", dir.display()))?;
+        let lock = lock_data_dir(dir)?;
         let (store, etcd): (Arc<dyn ClusterStore>, _) = match &config.store {
             StoreChoice::Embedded => (Arc::new(RedbStore::open(&dir.join("state.redb"))?), None),
             StoreChoice::Etcd(target) => {
@@ -686,11 +689,28 @@ impl ControlPlane {
         let tls = crate::mesh::tls::control_plane_server(ca.cert_pem(), &chain, &key)?;
         let api_fingerprint = fingerprint(&chain);
 
-        let mut live = Live::load(store.as_ref(), &packages)?;
+        // On etcd the state is read when this control plane wins the
+        // election (its packages may still be on their way to it).
+        let (mut live, node_names) = match etcd {
+            None => {
+                let live = Live::load(store.as_ref(), &packages)?;
+                let names: Vec<String> = live.nodes.keys().cloned().collect();
+                (live, names)
+            }
+            Some(_) => {
+                let names = store.nodes().unwrap_or_default();
+                (
+                    Live {
+                        started_unix_ms: crate::clock::unix_ms(),
+                        ..Live::default()
+                    },
+                    names.into_iter().map(|n| n.name).collect(),
+                )
+            }
+        };
         live.overcommit = config.overcommit;
-        if let Some(node) = live
-            .nodes
-            .keys()
+        if let Some(node) = node_names
+            .iter()
             .find(|n| hosts.iter().any(|h| h.eq_ignore_ascii_case(n)))
         {
             anyhow::bail!(
@@ -718,6 +738,7 @@ impl ControlPlane {
         let shared = Arc::new(Shared {
             config,
             cluster,
+            _lock: lock,
             store,
             etcd,
             role: watch::Sender::new(role),
@@ -1000,6 +1021,24 @@ impl Live {
         self.apps
             .get(app)
             .and_then(|record| self.specs.get(&record.package))
+    }
+}
+
+/// Locks data directory `dir` for this control plane: another one there
+/// (with any store) would serve the same packages as its own.
+fn lock_data_dir(dir: &Path) -> anyhow::Result<std::fs::File> {
+    let path = dir.join("lock");
+    let file = std::fs::File::create(&path)
+        .with_context(|| format!("cannot create {}", path.display()))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => anyhow::bail!(
+            "{} is in use by another control plane (a `skiff server` or `skiff up` with the same data directory or SKIFF_HOME); stop it, or give this one another --data-dir or SKIFF_HOME",
+            dir.display()
+        ),
+        Err(std::fs::TryLockError::Error(e)) => {
+            Err(e).with_context(|| format!("cannot lock {}", path.display()))
+        }
     }
 }
 

@@ -124,7 +124,7 @@ pub(crate) async fn load_or_join(
     tracing::info!(
         node = config.name,
         "joined the cluster at {}",
-        config.server
+        client.server()
     );
     Current::new(
         NodeIdentity::new(key_pem, joined.cert_pem, joined.ca_pem),

@@ -40,6 +40,19 @@ const MAX_TXN_OPS: usize = 128;
 /// changing the record under it.
 const MAX_ATTEMPTS: usize = 32;
 
+/// The names under the prefix: the tables of records, and the keys of
+/// the cluster itself.
+const TABLES: [&str; 8] = [
+    "apps",
+    "nodes",
+    "replicas",
+    "join-tokens",
+    "quarantine",
+    "cluster",
+    "servers",
+    "leader",
+];
+
 /// The key naming the leader's URL, held with its lease.
 const LEADER: &str = "leader";
 
@@ -71,15 +84,37 @@ impl EtcdTarget {
     ///
     /// Another scheme, no member, or a member that is not `host:port`.
     pub fn parse(text: &str) -> Result<EtcdTarget, String> {
+        // Credentials in the address are refused, and not echoed.
+        let shown = match text.split_once('@') {
+            Some((_, host)) => format!("etcd://***@{host}"),
+            None => text.to_string(),
+        };
         let rest = text.strip_prefix("etcd://").ok_or_else(|| {
-            format!("--store {text:?}: expected etcd://HOST:PORT[,HOST:PORT...][/PREFIX]")
+            format!("--store {shown:?}: expected etcd://HOST:PORT[,HOST:PORT...][/PREFIX]")
         })?;
+        if text.contains('@') {
+            return Err(format!(
+                "--store {shown:?}: credentials in the address are not supported; keep etcd on a private network"
+            ));
+        }
+        if rest.contains("://") {
+            return Err(format!(
+                "--store {shown:?}: give etcd's members as HOST:PORT, without http:// (etcd://10.0.0.5:2379,10.0.0.6:2379)"
+            ));
+        }
         let (members, prefix) = match rest.split_once('/') {
             Some((members, prefix)) => (members, format!("/{}/", prefix.trim_matches('/'))),
             None => (rest, DEFAULT_PREFIX.to_string()),
         };
         if prefix == "//" {
-            return Err(format!("--store {text:?}: the key prefix is empty"));
+            return Err(format!("--store {shown:?}: the key prefix is empty"));
+        }
+        // Inside another cluster's tables, this cluster's keys would be
+        // taken for that cluster's records, and the reverse.
+        if let Some(table) = prefix.split('/').find(|segment| TABLES.contains(segment)) {
+            return Err(format!(
+                "--store {shown:?}: the key prefix must not have a segment named {table:?} (the name of a table of the cluster's records): choose another"
+            ));
         }
         let mut endpoints = Vec::new();
         for member in members.split(',') {
@@ -87,17 +122,26 @@ impl EtcdTarget {
                 .rsplit_once(':')
                 .filter(|(host, _)| !host.is_empty())
                 .ok_or_else(|| {
-                    format!("--store {text:?}: etcd member {member:?} is not HOST:PORT")
+                    format!("--store {shown:?}: etcd member {member:?} is not HOST:PORT")
                 })?;
             port.parse::<u16>()
                 .ok()
                 .filter(|p| *p != 0)
                 .ok_or_else(|| {
-                    format!("--store {text:?}: etcd member {member:?} has no valid port")
+                    format!("--store {shown:?}: etcd member {member:?} has no valid port")
                 })?;
-            if host.contains(['/', '@', '?', '#']) {
+            let bracketed = host.starts_with('[') && host.ends_with(']');
+            let plain = host
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '-');
+            if !(plain
+                || bracketed
+                    && host[1..host.len() - 1]
+                        .parse::<std::net::Ipv6Addr>()
+                        .is_ok())
+            {
                 return Err(format!(
-                    "--store {text:?}: etcd member {member:?} is not HOST:PORT"
+                    "--store {shown:?}: etcd member {member:?} is not HOST:PORT"
                 ));
             }
             endpoints.push(format!("http://{host}:{port}"));
@@ -120,10 +164,11 @@ impl EtcdTarget {
 pub struct EtcdStore {
     target: EtcdTarget,
     client: Client,
-    /// While this control plane leads: the revision its leadership was
-    /// won at. Every write is made only if that leadership still stands,
-    /// so a leader that lost it (its lease expired while it was cut off)
-    /// cannot overwrite its successor's changes.
+    /// Once this control plane has led: the revision its last leadership
+    /// was won at. Every write is made only if that leadership still
+    /// stands, so a leader that lost it (its lease expired while it was
+    /// cut off), and requests it was still answering, cannot overwrite
+    /// its successor's changes; it is replaced only by a new win.
     fence: std::sync::Mutex<Option<i64>>,
     /// After etcd was found unavailable, until when calls fail at once
     /// with the same reason, so that callers holding the control plane's
@@ -187,10 +232,9 @@ impl EtcdStore {
         store
             .range(store.key("cluster/ca.pem"), false)
             .map_err(|e| match e {
-                StateError::Unavailable(_) => StateError::Unavailable(format!(
-                    "{} does not answer: {e}; start etcd, or check --store",
-                    store.target.describe()
-                )),
+                StateError::Unavailable(why) => {
+                    StateError::Unavailable(format!("{why}; start etcd, or check --store"))
+                }
                 e => e,
             })?;
         Ok(store)
@@ -265,6 +309,10 @@ impl EtcdStore {
     fn list(&self, table: &str) -> Result<Vec<(String, Vec<u8>, i64)>, StateError> {
         let prefix = self.key(&format!("{table}/"));
         let strip = prefix.len();
+        // A replica's id is `app/component/N`; every other record's key is
+        // one name. Anything else under the table is not this cluster's
+        // (another cluster's keys nested there): left alone.
+        let slashes = if table == "replicas" { 2 } else { 0 };
         Ok(self
             .range(prefix, true)?
             .into_iter()
@@ -277,6 +325,7 @@ impl EtcdStore {
                     revision,
                 )
             })
+            .filter(|(key, _, _)| table == "quarantine" || key.matches('/').count() == slashes)
             .collect())
     }
 
@@ -336,10 +385,11 @@ impl EtcdStore {
     }
 
     /// Runs `call` with the client on the store's runtime, bounded by
-    /// [`REQUEST_TIMEOUT`]: the lease and election calls.
+    /// [`REQUEST_TIMEOUT`]: the lease and election calls. A call that
+    /// reached no member (one of them is down) is made again meanwhile.
     fn with_client<T, Fut>(
         &self,
-        call: impl FnOnce(Client) -> Fut + Send + 'static,
+        call: impl Fn(Client) -> Fut + Send + 'static,
     ) -> Result<T, StateError>
     where
         T: Send + 'static,
@@ -352,13 +402,26 @@ impl EtcdStore {
             .as_ref()
             .expect("the runtime lives as long as the store");
         wait(runtime, async move {
-            match tokio::time::timeout(REQUEST_TIMEOUT, call(client)).await {
-                Ok(result) => result.map_err(|e| store_error(&target, &e)),
-                Err(_) => Err(StateError::Unavailable(format!(
-                    "{} did not answer within {}s",
-                    target.describe(),
-                    REQUEST_TIMEOUT.as_secs()
-                ))),
+            let started = tokio::time::Instant::now();
+            let mut pause = Duration::from_millis(50);
+            loop {
+                let left = REQUEST_TIMEOUT.saturating_sub(started.elapsed());
+                let error = match tokio::time::timeout(left, call(client.clone())).await {
+                    Ok(Ok(answer)) => return Ok(answer),
+                    Ok(Err(e)) => e,
+                    Err(_) => {
+                        return Err(StateError::Unavailable(format!(
+                            "{} did not answer within {}s",
+                            target.describe(),
+                            REQUEST_TIMEOUT.as_secs()
+                        )));
+                    }
+                };
+                if !not_applied(&error) || started.elapsed() + pause >= REQUEST_TIMEOUT {
+                    return Err(store_error(&target, &error));
+                }
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_millis(500));
             }
         })
     }
@@ -381,11 +444,20 @@ impl EtcdStore {
     ///
     /// etcd unavailable.
     pub fn keep_alive(&self, lease: i64) -> Result<bool, StateError> {
-        self.with_client(move |mut client| async move {
+        let kept = self.with_client(move |mut client| async move {
             let (mut keeper, mut answers) = client.lease_keep_alive(lease).await?;
             keeper.keep_alive().await?;
             Ok(answers.message().await?.is_some_and(|a| a.ttl() > 0))
-        })
+        });
+        match kept {
+            // etcd forgot it: it expired.
+            Err(StateError::Store(why) | StateError::Unavailable(why))
+                if why.contains("lease not found") =>
+            {
+                Ok(false)
+            }
+            kept => kept,
+        }
     }
 
     /// Ends `lease` now, and the keys held with it.
@@ -462,11 +534,6 @@ impl EtcdStore {
             _ => None,
         });
         Ok(Leadership::Held(leader))
-    }
-
-    /// Stops fencing writes: this control plane no longer leads.
-    pub fn stand_down(&self) {
-        *self.fence.lock().expect("fence lock") = None;
     }
 
     /// Commits `txn`; whether its comparisons held.
