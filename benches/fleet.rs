@@ -160,19 +160,31 @@ fn main() {
         packing.elapsed().as_secs_f64()
     );
     let writes_before = scrape(&metrics, "skiff_store_write_duration_seconds_count");
+    let cpu_before = plane.cpu_seconds();
     let deploying = Instant::now();
+    // A deploy that gets no answer in time is sent again (a declaration
+    // made twice changes nothing); how many needed it is printed.
+    let retried = std::sync::atomic::AtomicU64::new(0);
     runtime.block_on(async {
         futures::stream::iter(packages)
             .map(|descriptor| {
-                let admin = admin.clone();
+                let (admin, retried) = (admin.clone(), &retried);
                 let prepared = Prepared {
                     store: Store::open(&store_path).unwrap(),
                     descriptor,
                 };
                 async move {
-                    upload_and_declare(&admin, &prepared, &RolloutChoice::default())
-                        .await
-                        .unwrap_or_else(|e| panic!("deploy: {e:#}"))
+                    for attempt in 1.. {
+                        match upload_and_declare(&admin, &prepared, &RolloutChoice::default()).await
+                        {
+                            Ok(_) => break,
+                            Err(e) if attempt < 5 => {
+                                retried.fetch_add(1, Ordering::Relaxed);
+                                eprintln!("  a deploy is sent again: {e:#}");
+                            }
+                            Err(e) => panic!("deploy: {e:#}"),
+                        }
+                    }
                 }
             })
             .buffer_unordered(DEPLOYS_AT_ONCE)
@@ -180,6 +192,7 @@ fn main() {
             .await
     });
     let declared = deploying.elapsed();
+    let retried = retried.load(Ordering::Relaxed);
     let (placed, pending) = poll(
         &runtime,
         &admin,
@@ -195,8 +208,9 @@ fn main() {
         placed as f64 / placing.as_secs_f64()
     );
     println!(
-        "    store writes meanwhile: {writes:.0}, {:.0}/s",
-        writes / placing.as_secs_f64()
+        "    store writes meanwhile: {writes:.0}, {:.0}/s; control plane CPU {:.0}% of one core; deploys sent again after no answer within 30 s: {retried}",
+        writes / placing.as_secs_f64(),
+        100.0 * (plane.cpu_seconds() - cpu_before) / placing.as_secs_f64()
     );
     match wait_held(&fleet, placed as u64) {
         Some(()) => println!(

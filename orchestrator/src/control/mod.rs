@@ -553,18 +553,16 @@ impl LiveNode {
 /// for any one segment (`/v1/apps/:name/logs`); empty segments are
 /// ignored, as the API's router does.
 pub(crate) fn path_fits(template: &str, path: &str) -> bool {
-    let segments = |text: &str| -> Vec<String> {
-        text.split('/')
-            .filter(|s| !s.is_empty())
-            .map(str::to_string)
-            .collect()
-    };
-    let (pattern, actual) = (segments(template), segments(path));
-    pattern.len() == actual.len()
-        && pattern
-            .iter()
-            .zip(&actual)
-            .all(|(want, got)| want == ":name" || want == got)
+    // Without allocating: every API request is labelled by it.
+    let mut pattern = template.split('/').filter(|s| !s.is_empty());
+    let mut actual = path.split('/').filter(|s| !s.is_empty());
+    loop {
+        match (pattern.next(), actual.next()) {
+            (None, None) => return true,
+            (Some(want), Some(got)) if want == ":name" || want == got => {}
+            _ => return false,
+        }
+    }
 }
 
 /// The SHA-256 of the first certificate in the PEM `chain`, as browsers

@@ -815,13 +815,21 @@ fn snapshot(
 /// still to come on what is left, and each component that would have
 /// some pending says how many fit and why the rest would not.
 pub(super) fn headroom_warnings(live: &Live, app: &str) -> Vec<String> {
-    let specs = AppSpecs::of(live);
     let Some(record) = live.apps.get(app) else {
         return Vec::new();
     };
     let Some(spec) = live.specs.get(&record.package) else {
         return Vec::new();
     };
+    // A snapshot of every node costs the cluster's size: only for an app
+    // with an autoscaled component.
+    let autoscaled = spec.components.iter().any(|(component, plan)| {
+        matches!(plan.replicas_in(record, component), Replicas::Auto { .. })
+    });
+    if !autoscaled {
+        return Vec::new();
+    }
+    let specs = AppSpecs::of(live);
     let (_, snapshot) = snapshot(live, &specs, &BTreeSet::new());
     let mut warnings = Vec::new();
     for (component, plan) in &spec.components {

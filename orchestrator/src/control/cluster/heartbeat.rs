@@ -367,6 +367,10 @@ pub(crate) async fn answer(
         // Read under the state lock: a change made after the version was
         // read above must not be stamped with that older version.
         current = log.refresh(&live, *shared.version.borrow());
+        // What changed for this node is read off the log alone: thousands
+        // of nodes answered after one change must not hold up deploys, the
+        // controller and heartbeats waiting for the state.
+        drop(live);
         Some(log.change_for(node, taken.epoch, taken.version))
     } else {
         None
