@@ -165,10 +165,24 @@ fn main() {
     // A deploy that gets no answer in time is sent again (a declaration
     // made twice changes nothing); how many needed it is printed.
     let retried = std::sync::atomic::AtomicU64::new(0);
+    let declared_so_far = std::sync::atomic::AtomicU64::new(0);
+    let at_once = env_or("SKIFF_FLEET_DEPLOYS_AT_ONCE", DEPLOYS_AT_ONCE);
     runtime.block_on(async {
-        futures::stream::iter(packages)
+        // Says how far the deploys are every 10 s: where it bends, the
+        // rate shows it.
+        let progress = async {
+            loop {
+                tokio::time::sleep(Duration::from_secs(10)).await;
+                println!(
+                    "    {:.0} s: {} of {apps} deploys answered",
+                    deploying.elapsed().as_secs_f64(),
+                    declared_so_far.load(Ordering::Relaxed)
+                );
+            }
+        };
+        let deploys = futures::stream::iter(packages)
             .map(|descriptor| {
-                let (admin, retried) = (admin.clone(), &retried);
+                let (admin, retried, declared_so_far) = (admin.clone(), &retried, &declared_so_far);
                 let prepared = Prepared {
                     store: Store::open(&store_path).unwrap(),
                     descriptor,
@@ -177,7 +191,10 @@ fn main() {
                     for attempt in 1.. {
                         match upload_and_declare(&admin, &prepared, &RolloutChoice::default()).await
                         {
-                            Ok(_) => break,
+                            Ok(_) => {
+                                declared_so_far.fetch_add(1, Ordering::Relaxed);
+                                break;
+                            }
                             Err(e) if attempt < 5 => {
                                 retried.fetch_add(1, Ordering::Relaxed);
                                 eprintln!("  a deploy is sent again: {e:#}");
@@ -187,9 +204,12 @@ fn main() {
                     }
                 }
             })
-            .buffer_unordered(DEPLOYS_AT_ONCE)
-            .for_each(|_| async {})
-            .await
+            .buffer_unordered(at_once)
+            .for_each(|_| async {});
+        tokio::select! {
+            () = deploys => {}
+            () = progress => {}
+        }
     });
     let declared = deploying.elapsed();
     let retried = retried.load(Ordering::Relaxed);
