@@ -511,6 +511,40 @@ fn a_data_directory_of_another_cluster_is_refused_on_etcd() {
         );
     }
     assert!(!elsewhere.path().join("server/ca.pem").exists());
+    // The lock is never taken through a link (a file elsewhere would be
+    // created or truncated).
+    let linked = support::temp_dir();
+    std::fs::create_dir_all(linked.path().join("server")).unwrap();
+    let victim = linked.path().join("victim.txt");
+    std::fs::write(&victim, "keep me").unwrap();
+    std::os::unix::fs::symlink(&victim, linked.path().join("server/lock")).unwrap();
+    let refused = support::expect_failure(
+        linked.path(),
+        &[
+            "server",
+            "--listen",
+            "127.0.0.1:0",
+            "--data-dir",
+            linked.path().join("server").to_str().unwrap(),
+        ],
+    );
+    assert!(refused.contains("must not be a link"), "{refused}");
+    assert_eq!(std::fs::read_to_string(&victim).unwrap(), "keep me");
+    // Credentials in --store are refused without being repeated.
+    let secret = support::expect_failure(
+        linked.path(),
+        &[
+            "server",
+            "--listen",
+            "127.0.0.1:0",
+            "--store",
+            "etcd://admin:pw@d@127.0.0.1:1",
+        ],
+    );
+    assert!(
+        !secret.contains("pw@") && !secret.contains("admin"),
+        "{secret}"
+    );
     let unreachable = support::expect_failure(
         home.path(),
         &[

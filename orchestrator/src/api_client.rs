@@ -195,7 +195,12 @@ impl ApiClient {
                             Some(leader) => queue.insert(0, leader),
                             None => electing = true,
                         }
-                        last = Some(e);
+                        // Why no control plane can lead (its store) says
+                        // more than a standby's pointer: it is kept.
+                        let says_why = |e: &ApiError| e.to_string().contains("store unavailable");
+                        if !last.as_ref().is_some_and(says_why) || says_why(&e) {
+                            last = Some(e);
+                        }
                     }
                 }
             }

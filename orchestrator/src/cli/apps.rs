@@ -749,9 +749,11 @@ pub fn dashboard(args: DashboardArgs) -> anyhow::Result<()> {
         &serde_json::json!({}),
         std::time::Duration::from_secs(30),
     ))?;
+    // The control plane that made the link (the leader, when the one
+    // configured stands by): the fingerprint is its certificate's.
     let url = format!(
         "{}/ui/login?once={}",
-        config.server.trim_end_matches('/'),
+        client.server().trim_end_matches('/'),
         link.once
     );
     if args.cluster.json() {

@@ -74,8 +74,10 @@ pub struct ServerArgs {
     /// `embedded` (a file in the data directory, the default) or
     /// `etcd://HOST:PORT[,HOST:PORT...][/PREFIX]`. Uploaded packages stay
     /// in the data directory either way.
-    #[arg(long, default_value = "embedded", value_parser = parse_store)]
-    store: StoreChoice,
+    // Read after clap, whose own error would repeat the value as given
+    // (credentials and all).
+    #[arg(long, default_value = "embedded")]
+    store: String,
     #[command(flatten)]
     metrics: super::telemetry::MetricsArgs,
 }
@@ -107,7 +109,7 @@ pub fn server(args: ServerArgs) -> anyhow::Result<()> {
     config.package_grace = args.package_grace;
     config.overcommit = crate::control::Overcommit::new(args.overcommit)?;
     config.ui_session_lifetime = args.ui_session_lifetime;
-    config.store = args.store;
+    config.store = parse_store(&args.store).map_err(|e| anyhow::anyhow!(e))?;
     runtime()?.block_on(async {
         let metrics = args.metrics.bind().await?;
         let control = ControlPlane::start(config).await?;

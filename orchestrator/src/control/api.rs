@@ -184,6 +184,10 @@ async fn handle(
     };
     let request = request.map(|body| TimedBody::new(body, deadline));
     let role = shared.role.borrow().clone();
+    let path_and_query = match query.is_empty() {
+        true => path.clone(),
+        false => format!("{path}?{query}"),
+    };
     // The leader pushes a package to its standbys before a deploy declares
     // it (`/v1/standby/blobs/DIGEST`, with the admin token); the CLI's
     // uploads (`/v1/blobs/DIGEST`) go to the leader.
@@ -192,12 +196,18 @@ async fn handle(
     let refused = match role {
         Role::Leading => None,
         Role::Standing(_) if blob => None,
-        Role::Standing(leader) => Some(standing_by(&method, &path, leader.as_deref())),
+        Role::Standing(leader) => Some(standing_by(
+            &method,
+            &path,
+            &path_and_query,
+            leader.as_deref(),
+        )),
         // Cut off from etcd: the last state, read only, and not to nodes.
+        // (and the dashboard's pages, which read it).
         Role::CutOff
             if method == Method::GET
-                && segments.first() == Some(&"v1")
-                && segments.get(1) != Some(&"node") =>
+                && (segments.first() == Some(&"ui")
+                    || segments.first() == Some(&"v1") && segments.get(1) != Some(&"node")) =>
         {
             None
         }
@@ -251,7 +261,12 @@ fn with_reason(mut response: Response, reason: &str) -> Response {
 /// its health, a browser sent to the leader's dashboard, and for anything
 /// else a 503 naming the leader in [`LEADER_HEADER`], which the CLI and
 /// nodes follow.
-fn standing_by(method: &Method, path: &str, leader: Option<&str>) -> Response {
+fn standing_by(
+    method: &Method,
+    path: &str,
+    path_and_query: &str,
+    leader: Option<&str>,
+) -> Response {
     let says = match leader {
         Some(leader) => format!("this control plane is standing by; the leader is {leader}"),
         None => "this control plane is standing by, and no control plane leads right now (an election is under way); try again in a few seconds".to_string(),
@@ -265,7 +280,7 @@ fn standing_by(method: &Method, path: &str, leader: Option<&str>) -> Response {
     {
         return hyper::Response::builder()
             .status(StatusCode::TEMPORARY_REDIRECT)
-            .header(http::header::LOCATION, format!("{leader}{path}"))
+            .header(http::header::LOCATION, format!("{leader}{path_and_query}"))
             .body(full(Bytes::new()))
             .expect("a redirect builds");
     }

@@ -9,19 +9,27 @@
 //! [`crate::state::EtcdStore::lead`]), so two never act at once.
 
 use super::{Live, Shared, desired};
+use crate::state::REQUEST_TIMEOUT;
 use crate::state::{EtcdStore, Leadership, StateError};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::task::JoinHandle;
 
 /// How long a control plane's lease lives unless kept alive, seconds:
-/// how long a dead leader is waited for.
-const LEASE_TTL: i64 = 4;
+/// how long a dead leader is waited for. Room for a tick, a keep-alive
+/// call that fails ([`REQUEST_TIMEOUT`]) and a margin.
+const LEASE_TTL: i64 = 6;
 
 /// How long after taking over a leader waits before counting a node's
 /// silence: a node's heartbeat to a frozen old leader times out after a
 /// heartbeat interval plus 10 s before it turns to another.
 const TAKEOVER_GRACE: Duration = Duration::from_secs(12);
+
+/// The control planes' URLs are read again every tick while etcd answers
+/// a keep-alive within [`SLOW`], else every this many ticks, so that a
+/// slow etcd is asked only what keeps leases alive.
+const REFRESH_EVERY: u64 = 5;
+const SLOW: Duration = Duration::from_millis(300);
 
 /// How often leases are kept alive and standbys try to take over.
 const TICK: Duration = Duration::from_secs(1);
@@ -64,7 +72,10 @@ pub(super) async fn run(shared: Arc<Shared>, etcd: Arc<EtcdStore>, url: String) 
             blocking(&etcd, move |e| e.register(&id, &url, lease)).await
         };
         if let Err(e) = registered {
-            tracing::warn!("cannot register this control plane: {e}");
+            if !std::mem::replace(&mut complained, true) {
+                tracing::warn!("cannot register this control plane: {e}");
+            }
+            tokio::time::sleep(TICK).await;
             continue;
         }
         if let Some(stopped) = stand_by(&shared, &etcd, &url, lease).await {
@@ -82,8 +93,10 @@ async fn stand_by(
     lease: i64,
 ) -> Option<String> {
     let mut kept_alive = Instant::now();
+    let mut ticks: u64 = 0;
+    let mut etcd_was_quick = true;
     loop {
-        refresh_servers(shared, etcd).await;
+        ticks += 1;
         let attempt = {
             let url = url.to_string();
             blocking(etcd, move |e| e.lead(&url, lease)).await
@@ -120,8 +133,14 @@ async fn stand_by(
             Err(e) if e.to_string().contains("lease not found") => return None,
             Err(e) => tracing::debug!("cannot take part in the election now: {e}"),
         }
+        if ticks % REFRESH_EVERY == 1 || etcd_was_quick {
+            refresh_servers(shared, etcd).await;
+        }
         tokio::time::sleep(TICK).await;
-        match blocking(etcd, move |e| e.keep_alive(lease)).await {
+        let asked = Instant::now();
+        let kept = blocking(etcd, move |e| e.keep_alive(lease)).await;
+        etcd_was_quick = asked.elapsed() < SLOW;
+        match kept {
             Ok(true) => kept_alive = Instant::now(),
             Ok(false) => return None,
             // Past its TTL, a lease not kept alive is gone: a new one.
@@ -148,15 +167,20 @@ async fn lead(shared: &Arc<Shared>, etcd: &Arc<EtcdStore>, lease: i64) -> Led {
     if let Err(e) = take_over(shared).await {
         tracing::error!("cannot read the cluster's state to lead it: {e:#}; standing down");
         stand_down(shared, etcd, lease, Vec::new()).await;
+        // It has no state to show: it stands by, rather than answer reads
+        // with an empty cluster.
+        *shared.live() = Live::default();
+        shared.role.send_replace(Role::Standing(None));
         return Led::LostLease;
     }
     let mut controller = tokio::spawn(super::reconcile::run(shared.clone()));
     let collector = tokio::spawn(super::collect::run(shared.clone()));
     shared.role.send_replace(Role::Leading);
     let mut kept_alive = Instant::now();
-    // Stand down while the lease surely still lives: its TTL, less a
-    // tick for the last keep-alive's round trip.
-    let give_up_after = Duration::from_secs(LEASE_TTL as u64) - TICK;
+    // Stand down while the lease surely still lives: its TTL, less a tick
+    // and a whole keep-alive call (which may take that long to fail).
+    let give_up_after = Duration::from_secs(LEASE_TTL as u64) - TICK - REQUEST_TIMEOUT;
+    let mut ticks: u64 = 0;
     loop {
         tokio::select! {
             stopped = &mut controller => {
@@ -165,8 +189,13 @@ async fn lead(shared: &Arc<Shared>, etcd: &Arc<EtcdStore>, lease: i64) -> Led {
             }
             () = tokio::time::sleep(TICK) => {}
         }
-        refresh_servers(shared, etcd).await;
-        match blocking(etcd, move |e| e.keep_alive(lease)).await {
+        ticks += 1;
+        let asked = Instant::now();
+        let kept = blocking(etcd, move |e| e.keep_alive(lease)).await;
+        if kept.is_ok() && (asked.elapsed() < SLOW || ticks.is_multiple_of(REFRESH_EVERY)) {
+            refresh_servers(shared, etcd).await;
+        }
+        match kept {
             Ok(true) => kept_alive = Instant::now(),
             Ok(false) => {
                 tracing::error!("this control plane's lease expired: standing down");

@@ -21,6 +21,11 @@ const EVERY: Duration = Duration::from_secs(2);
 /// The longest one blob may take to arrive.
 const BLOB_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// How long the leader waits on a standby for a deploy's package: a
+/// standby that hangs must not hold up deploys (it copies the package
+/// itself later).
+const PUSH_TIMEOUT: Duration = Duration::from_secs(3);
+
 /// A blob that failed is tried again after this.
 const RETRY_AFTER: Duration = Duration::from_secs(30);
 
@@ -56,7 +61,7 @@ pub(super) async fn push(shared: &Shared, blobs: &BTreeSet<Digest>) -> Vec<Strin
             let pushed = async {
                 let path = format!("/v1/standby/blobs/{digest}");
                 let here = client
-                    .send(http::Method::HEAD, &path, None, BLOB_TIMEOUT)
+                    .send(http::Method::HEAD, &path, None, PUSH_TIMEOUT)
                     .await;
                 match here {
                     Ok(_) => return Ok(()),
@@ -69,7 +74,7 @@ pub(super) async fn push(shared: &Shared, blobs: &BTreeSet<Digest>) -> Vec<Strin
                         http::Method::PUT,
                         &path,
                         Some((bytes.into(), "application/octet-stream")),
-                        BLOB_TIMEOUT,
+                        PUSH_TIMEOUT * 4,
                     )
                     .await
                     .map(drop)

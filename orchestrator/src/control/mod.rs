@@ -1022,12 +1022,24 @@ impl Live {
     }
 }
 
+/// `open(2)`'s flag refusing a symbolic link as the last component.
+const O_NOFOLLOW: i32 = 0o400_000;
+
 /// Locks data directory `dir` for this control plane: another one there
 /// (with any store) would serve the same packages as its own.
 fn lock_data_dir(dir: &Path) -> anyhow::Result<std::fs::File> {
     let path = dir.join("lock");
-    let file = std::fs::File::create(&path)
-        .with_context(|| format!("cannot create {}", path.display()))?;
+    // Never through a link, and never truncating: only a file of its own.
+    let file = {
+        use std::os::unix::fs::OpenOptionsExt;
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .custom_flags(O_NOFOLLOW)
+            .open(&path)
+            .with_context(|| format!("cannot open {} (it must not be a link)", path.display()))?
+    };
     match file.try_lock() {
         Ok(()) => Ok(file),
         Err(std::fs::TryLockError::WouldBlock) => anyhow::bail!(

@@ -25,6 +25,10 @@ use std::time::{Duration, Instant};
 /// The longest one etcd request may take.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(3);
 
+/// The longest one try of a request may take; a request is tried again
+/// (on another member, most likely) within [`REQUEST_TIMEOUT`].
+const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(1);
+
 /// How long to try to reach an etcd member.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -85,7 +89,7 @@ impl EtcdTarget {
     /// Another scheme, no member, or a member that is not `host:port`.
     pub fn parse(text: &str) -> Result<EtcdTarget, String> {
         // Credentials in the address are refused, and not echoed.
-        let shown = match text.split_once('@') {
+        let shown = match text.rsplit_once('@') {
             Some((_, host)) => format!("etcd://***@{host}"),
             None => text.to_string(),
         };
@@ -205,7 +209,7 @@ impl EtcdStore {
             .map_err(|e| StateError::Store(format!("cannot start the etcd client: {e}")))?;
         let options = ConnectOptions::new()
             .with_connect_timeout(CONNECT_TIMEOUT)
-            .with_timeout(REQUEST_TIMEOUT)
+            .with_timeout(ATTEMPT_TIMEOUT)
             .with_keep_alive(Duration::from_secs(5), Duration::from_secs(3))
             .with_require_leader(true);
         let endpoints = target.endpoints.clone();
@@ -265,24 +269,33 @@ impl EtcdStore {
             let started = tokio::time::Instant::now();
             let mut pause = Duration::from_millis(50);
             loop {
-                // Bounded here too: the client's timeout covers a request,
-                // not a connection that never comes back.
-                let sent = tokio::time::timeout(REQUEST_TIMEOUT, request.clone().send(kv.clone()));
-                let error = match sent.await {
+                // Each try is bounded on its own: a member that hangs (frozen,
+                // not dead) must not take the whole budget. A try that got
+                // no answer may have been applied, and is sent again: every
+                // request the store makes may be (reads; puts and deletes of
+                // whole records; transactions that compare revisions first).
+                let left = REQUEST_TIMEOUT.saturating_sub(started.elapsed());
+                let sent = tokio::time::timeout(
+                    ATTEMPT_TIMEOUT.min(left),
+                    request.clone().send(kv.clone()),
+                );
+                let (error, again) = match sent.await {
                     Ok(Ok(answer)) => return Ok(answer),
-                    Ok(Err(e)) => e,
-                    Err(_) => {
-                        return Err(StateError::Unavailable(format!(
+                    Ok(Err(e)) => {
+                        let again = request.is_read() || not_applied(&e);
+                        (store_error(&target, &e), again)
+                    }
+                    Err(_) => (
+                        StateError::Unavailable(format!(
                             "{} did not answer within {}s",
                             target.describe(),
                             REQUEST_TIMEOUT.as_secs()
-                        )));
-                    }
+                        )),
+                        true,
+                    ),
                 };
-                let again = (request.is_read() || not_applied(&error))
-                    && started.elapsed() + pause < REQUEST_TIMEOUT;
-                if !again {
-                    return Err(store_error(&target, &error));
+                if !again || started.elapsed() + pause >= REQUEST_TIMEOUT {
+                    return Err(error);
                 }
                 tokio::time::sleep(pause).await;
                 pause = (pause * 2).min(Duration::from_millis(500));
@@ -405,20 +418,27 @@ impl EtcdStore {
             let started = tokio::time::Instant::now();
             let mut pause = Duration::from_millis(50);
             loop {
+                // As in `send`: each try bounded on its own; lease calls
+                // may be repeated.
                 let left = REQUEST_TIMEOUT.saturating_sub(started.elapsed());
-                let error = match tokio::time::timeout(left, call(client.clone())).await {
+                let tried = tokio::time::timeout(ATTEMPT_TIMEOUT.min(left), call(client.clone()));
+                let (error, again) = match tried.await {
                     Ok(Ok(answer)) => return Ok(answer),
-                    Ok(Err(e)) => e,
-                    Err(_) => {
-                        return Err(StateError::Unavailable(format!(
+                    Ok(Err(e)) => {
+                        let again = not_applied(&e);
+                        (store_error(&target, &e), again)
+                    }
+                    Err(_) => (
+                        StateError::Unavailable(format!(
                             "{} did not answer within {}s",
                             target.describe(),
                             REQUEST_TIMEOUT.as_secs()
-                        )));
-                    }
+                        )),
+                        true,
+                    ),
                 };
-                if !not_applied(&error) || started.elapsed() + pause >= REQUEST_TIMEOUT {
-                    return Err(store_error(&target, &error));
+                if !again || started.elapsed() + pause >= REQUEST_TIMEOUT {
+                    return Err(error);
                 }
                 tokio::time::sleep(pause).await;
                 pause = (pause * 2).min(Duration::from_millis(500));

@@ -15,7 +15,7 @@ mod embedded;
 mod etcd;
 
 pub use embedded::RedbStore;
-pub use etcd::{EtcdStore, EtcdTarget, Leadership};
+pub use etcd::{EtcdStore, EtcdTarget, Leadership, REQUEST_TIMEOUT};
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
