@@ -15,13 +15,17 @@ use support::{Running, get, http, temp_dir, wait_until, write_manifest};
 
 /// The address a process printed as `Metrics at http://ADDR/metrics`.
 fn metrics_addr(process: &Running) -> String {
-    let stderr = process.wait_for_stderr("Metrics at http://");
-    stderr
-        .split("Metrics at http://")
-        .nth(1)
-        .and_then(|rest| rest.split("/metrics").next())
-        .expect("the metrics address is printed")
-        .to_string()
+    // Waits for the whole line: the log may be read mid-line.
+    wait_until(
+        Duration::from_secs(30),
+        "the metrics address to be printed",
+        || {
+            let stderr = process.stderr();
+            let rest = stderr.split("Metrics at http://").nth(1)?;
+            rest.split_once("/metrics")
+                .map(|(addr, _)| addr.to_string())
+        },
+    )
 }
 
 /// The text of `http://ADDR/metrics`.
