@@ -29,7 +29,7 @@ mod support;
 mod tools;
 
 use futures::StreamExt;
-use sim::SimNode;
+use sim::{SimNode, admin_client, poll, settled};
 use skiff_orchestrator::api::{JoinTokenResponse, NodeView, ReplicaView};
 use skiff_orchestrator::api_client::ApiClient;
 use skiff_orchestrator::deploy::{Prepared, RolloutChoice, upload_and_declare};
@@ -50,6 +50,8 @@ const NODE_MEMORY: u64 = 8 * GIB;
 const DEPLOYS_AT_ONCE: usize = 32;
 /// How long any one wait may take.
 const PATIENCE: Duration = Duration::from_secs(600);
+/// How often the API is polled for progress.
+const POLL_EVERY: Duration = Duration::from_secs(1);
 /// How long each steady-state measurement lasts.
 const WINDOW: Duration = Duration::from_secs(10);
 
@@ -123,9 +125,14 @@ fn main() {
         runtime.spawn(node.clone().heartbeat());
     }
     let ready = |views: &[NodeView]| views.iter().filter(|n| n.state == "ready").count();
-    poll(&runtime, &admin, "/v1/nodes", |views: Vec<NodeView>| {
-        (ready(&views) == nodes).then_some(())
-    });
+    poll(
+        &runtime,
+        &admin,
+        "/v1/nodes",
+        POLL_EVERY,
+        PATIENCE,
+        |views: Vec<NodeView>| (ready(&views) == nodes).then_some(()),
+    );
     println!(
         "  joined in {:.1} s, all ready after {:.1} s",
         joined.as_secs_f64(),
@@ -217,6 +224,8 @@ fn main() {
         &runtime,
         &admin,
         "/v1/replicas",
+        POLL_EVERY,
+        PATIENCE,
         |views: Vec<ReplicaView>| settled(&views, total),
     );
     let placing = deploying.elapsed();
@@ -257,18 +266,27 @@ fn main() {
     for node in fleet.iter().take(fail) {
         node.alive.store(false, Ordering::Relaxed);
     }
-    poll(&runtime, &admin, "/v1/nodes", |views: Vec<NodeView>| {
-        let down = views
-            .iter()
-            .filter(|n| failing.contains(&n.name) && n.state == "down")
-            .count();
-        (down == fail).then_some(())
-    });
+    poll(
+        &runtime,
+        &admin,
+        "/v1/nodes",
+        POLL_EVERY,
+        PATIENCE,
+        |views: Vec<NodeView>| {
+            let down = views
+                .iter()
+                .filter(|n| failing.contains(&n.name) && n.state == "down")
+                .count();
+            (down == fail).then_some(())
+        },
+    );
     let detected = failed_at.elapsed();
     poll(
         &runtime,
         &admin,
         "/v1/replicas",
+        POLL_EVERY,
+        PATIENCE,
         |views: Vec<ReplicaView>| {
             let on_failed = views
                 .iter()
@@ -288,21 +306,6 @@ fn main() {
         log.matches("node is down").count()
     );
     drop(server);
-}
-
-/// The admin client the CLI would use, from `HOME/cluster.json`.
-async fn admin_client(home: &Path) -> ApiClient {
-    let settings: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(home.join("cluster.json")).unwrap()).unwrap();
-    let server = settings["current"].as_str().unwrap();
-    let cluster = &settings["clusters"][server];
-    let tls = skiff_orchestrator::mesh::tls::client_trusting(cluster["ca_pem"].as_str().unwrap())
-        .expect("the cluster CA");
-    ApiClient::new(
-        server,
-        tls,
-        Some(cluster["token"].as_str().unwrap().to_string()),
-    )
 }
 
 /// The control plane's figures over a [`WINDOW`]: heartbeat time, CPU,
@@ -435,43 +438,6 @@ fn metric(text: &str, name: &str) -> f64 {
 /// Scrapes `url` for metric `name`.
 fn scrape(url: &str, name: &str) -> f64 {
     metric(&tools_get(url), name)
-}
-
-/// Polls `GET path` every second until `done` returns a value.
-fn poll<T: serde::de::DeserializeOwned, R>(
-    runtime: &tokio::runtime::Runtime,
-    admin: &ApiClient,
-    path: &str,
-    mut done: impl FnMut(T) -> Option<R>,
-) -> R {
-    let deadline = Instant::now() + PATIENCE;
-    loop {
-        let answer: T = runtime
-            .block_on(admin.get(path))
-            .unwrap_or_else(|e| panic!("GET {path}: {e}"));
-        if let Some(value) = done(answer) {
-            return value;
-        }
-        assert!(Instant::now() < deadline, "GET {path} never showed it done");
-        std::thread::sleep(Duration::from_secs(1));
-    }
-}
-
-/// When all `expected` replicas exist and each is on a node or was found
-/// unschedulable by the controller: (placed, unschedulable).
-fn settled(views: &[ReplicaView], expected: usize) -> Option<(usize, usize)> {
-    let placed = views.iter().filter(|r| r.node.is_some()).count();
-    let unschedulable = views
-        .iter()
-        .filter(|r| r.node.is_none())
-        .filter(|r| {
-            r.reason
-                .as_deref()
-                .is_some_and(|why| why != "not placed yet")
-        })
-        .count();
-    (views.len() == expected && placed + unschedulable == expected)
-        .then_some((placed, unschedulable))
 }
 
 /// Replicas the nodes hold in their assignments, together.

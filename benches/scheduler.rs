@@ -34,7 +34,7 @@ mod sim;
 #[path = "../tests/support/mod.rs"]
 mod support;
 
-use sim::SimNode;
+use sim::{SimNode, admin_client, poll, settled};
 use skiff_orchestrator::api::{JoinTokenResponse, NodeView, ReplicaView, ScaleRequest};
 use skiff_orchestrator::api_client::ApiClient;
 use skiff_orchestrator::scheduler::{
@@ -42,7 +42,6 @@ use skiff_orchestrator::scheduler::{
 };
 use skiff_test_guests::HELLO;
 use std::collections::BTreeMap;
-use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -172,6 +171,8 @@ fn in_process() {
 /// Memory each simulated node offers, and each replica reserves.
 const SIM_NODE_MEMORY: u64 = 4 * GIB;
 const REPLICA_MEMORY: &str = "64MiB";
+/// How often the API is polled for progress.
+const POLL_EVERY: Duration = Duration::from_millis(10);
 /// How long any one wait of the run through the API may take.
 const PATIENCE: Duration = Duration::from_secs(120);
 
@@ -219,9 +220,14 @@ fn through_api() {
         runtime.spawn(node.clone().heartbeat());
     }
     let ready = |views: &[NodeView]| views.iter().filter(|n| n.state == "ready").count();
-    poll(&runtime, &admin, "/v1/nodes", |views: Vec<NodeView>| {
-        (ready(&views) == nodes).then_some(())
-    });
+    poll(
+        &runtime,
+        &admin,
+        "/v1/nodes",
+        POLL_EVERY,
+        PATIENCE,
+        |views: Vec<NodeView>| (ready(&views) == nodes).then_some(()),
+    );
     println!(
         "through the API of a running control plane ({nodes} simulated nodes joined over the API and ready after {:.1} s):",
         started.elapsed().as_secs_f64()
@@ -255,9 +261,14 @@ fn through_api() {
             String::from_utf8_lossy(&output.stderr)
         );
         let path = format!("/v1/replicas?app={name}");
-        let (placed, pending) = poll(&runtime, &admin, &path, |views: Vec<ReplicaView>| {
-            settled(&views, replicas)
-        });
+        let (placed, pending) = poll(
+            &runtime,
+            &admin,
+            &path,
+            POLL_EVERY,
+            PATIENCE,
+            |views: Vec<ReplicaView>| settled(&views, replicas),
+        );
         deploy_time += begun.elapsed();
         placed_by_deploy += placed;
         unschedulable += pending;
@@ -304,6 +315,8 @@ fn through_api() {
         &runtime,
         &admin,
         "/v1/replicas",
+        POLL_EVERY,
+        PATIENCE,
         |views: Vec<ReplicaView>| settled(&views, total),
     );
     let scale_time = begun.elapsed();
@@ -340,58 +353,6 @@ fn through_api() {
         "  comparable in kind to Nomad C1M (~3,750 placements/s) and kube-scheduler (~100-300 pods/s): each counts placements made through an API and stored; theirs also include consensus among several servers and real networks, this one is one control plane on loopback, with nodes that start nothing"
     );
     drop(server);
-}
-
-/// The admin client the CLI would use, from `HOME/cluster.json`.
-async fn admin_client(home: &Path) -> ApiClient {
-    let settings: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(home.join("cluster.json")).unwrap()).unwrap();
-    let server = settings["current"].as_str().unwrap();
-    let cluster = &settings["clusters"][server];
-    let tls = skiff_orchestrator::mesh::tls::client_trusting(cluster["ca_pem"].as_str().unwrap())
-        .expect("the cluster CA");
-    ApiClient::new(
-        server,
-        tls,
-        Some(cluster["token"].as_str().unwrap().to_string()),
-    )
-}
-
-/// Polls `GET path` every 10 ms until `done` returns a value.
-fn poll<T: serde::de::DeserializeOwned, R>(
-    runtime: &tokio::runtime::Runtime,
-    admin: &ApiClient,
-    path: &str,
-    mut done: impl FnMut(T) -> Option<R>,
-) -> R {
-    let deadline = Instant::now() + PATIENCE;
-    loop {
-        let answer: T = runtime
-            .block_on(admin.get(path))
-            .unwrap_or_else(|e| panic!("GET {path}: {e}"));
-        if let Some(value) = done(answer) {
-            return value;
-        }
-        assert!(Instant::now() < deadline, "GET {path} never showed it done");
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
-
-/// When all `expected` replicas exist and each is on a node or was found
-/// unschedulable by the controller: (placed, unschedulable).
-fn settled(views: &[ReplicaView], expected: usize) -> Option<(usize, usize)> {
-    let placed = views.iter().filter(|r| r.node.is_some()).count();
-    let unschedulable = views
-        .iter()
-        .filter(|r| r.node.is_none())
-        .filter(|r| {
-            r.reason
-                .as_deref()
-                .is_some_and(|why| why != "not placed yet")
-        })
-        .count();
-    (views.len() == expected && placed + unschedulable == expected)
-        .then_some((placed, unschedulable))
 }
 
 /// Waits until the nodes together hold `replicas` replicas in the

@@ -1,5 +1,5 @@
 //! Simulated nodes for the control-plane benchmarks, as kwok and Nomad's
-//! nomad-nodesim simulate them: each joins with a one-time token and its
+//! nomad-nodesim simulate them, and the benchmarks' admin calls. Nodes: each joins with a one-time token and its
 //! own certificate, and heartbeats over mTLS with the requests `skiff
 //! node` sends, reporting what it is assigned as running; it runs,
 //! serves and pulls nothing.
@@ -188,6 +188,67 @@ impl SimNode {
             }
         }
     }
+}
+
+/// The admin client the CLI would use, from `HOME/cluster.json`.
+pub async fn admin_client(home: &std::path::Path) -> ApiClient {
+    let settings: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(home.join("cluster.json")).unwrap()).unwrap();
+    let server = settings["current"].as_str().unwrap();
+    let cluster = &settings["clusters"][server];
+    let tls = skiff_orchestrator::mesh::tls::client_trusting(cluster["ca_pem"].as_str().unwrap())
+        .expect("the cluster CA");
+    ApiClient::new(
+        server,
+        tls,
+        Some(cluster["token"].as_str().unwrap().to_string()),
+    )
+}
+
+/// Polls `GET path` every `every` until `done` returns a value; panics
+/// after `patience`.
+pub fn poll<T: serde::de::DeserializeOwned, R>(
+    runtime: &tokio::runtime::Runtime,
+    admin: &ApiClient,
+    path: &str,
+    every: Duration,
+    patience: Duration,
+    mut done: impl FnMut(T) -> Option<R>,
+) -> R {
+    let deadline = std::time::Instant::now() + patience;
+    loop {
+        let answer: T = runtime
+            .block_on(admin.get(path))
+            .unwrap_or_else(|e| panic!("GET {path}: {e}"));
+        if let Some(value) = done(answer) {
+            return value;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "GET {path} never showed it done"
+        );
+        std::thread::sleep(every);
+    }
+}
+
+/// When all `expected` replicas exist and each is on a node or was found
+/// unschedulable by the controller: (placed, unschedulable).
+pub fn settled(
+    views: &[skiff_orchestrator::api::ReplicaView],
+    expected: usize,
+) -> Option<(usize, usize)> {
+    let placed = views.iter().filter(|r| r.node.is_some()).count();
+    let unschedulable = views
+        .iter()
+        .filter(|r| r.node.is_none())
+        .filter(|r| {
+            r.reason
+                .as_deref()
+                .is_some_and(|why| why != "not placed yet")
+        })
+        .count();
+    (views.len() == expected && placed + unschedulable == expected)
+        .then_some((placed, unschedulable))
 }
 
 /// A random number, from the OS.

@@ -265,42 +265,11 @@ impl EtcdStore {
             .runtime
             .as_ref()
             .expect("the runtime lives as long as the store");
-        let result = wait(runtime, async move {
-            let started = tokio::time::Instant::now();
-            let mut pause = Duration::from_millis(50);
-            loop {
-                // Each try is bounded on its own: a member that hangs (frozen,
-                // not dead) must not take the whole budget. A try that got
-                // no answer may have been applied, and is sent again: every
-                // request the store makes may be (reads; puts and deletes of
-                // whole records; transactions that compare revisions first).
-                let left = REQUEST_TIMEOUT.saturating_sub(started.elapsed());
-                let sent = tokio::time::timeout(
-                    ATTEMPT_TIMEOUT.min(left),
-                    request.clone().send(kv.clone()),
-                );
-                let (error, again) = match sent.await {
-                    Ok(Ok(answer)) => return Ok(answer),
-                    Ok(Err(e)) => {
-                        let again = request.is_read() || not_applied(&e);
-                        (store_error(&target, &e), again)
-                    }
-                    Err(_) => (
-                        StateError::Unavailable(format!(
-                            "{} did not answer within {}s",
-                            target.describe(),
-                            REQUEST_TIMEOUT.as_secs()
-                        )),
-                        true,
-                    ),
-                };
-                if !again || started.elapsed() + pause >= REQUEST_TIMEOUT {
-                    return Err(error);
-                }
-                tokio::time::sleep(pause).await;
-                pause = (pause * 2).min(Duration::from_millis(500));
-            }
-        });
+        let is_read = request.is_read();
+        let result = wait(
+            runtime,
+            retrying(target, is_read, move || request.clone().send(kv.clone())),
+        );
         let mut down = self.down_until.lock().expect("etcd state lock");
         *down = match &result {
             Err(StateError::Unavailable(why)) => Some((Instant::now() + RETRY_AFTER, why.clone())),
@@ -414,36 +383,10 @@ impl EtcdStore {
             .runtime
             .as_ref()
             .expect("the runtime lives as long as the store");
-        wait(runtime, async move {
-            let started = tokio::time::Instant::now();
-            let mut pause = Duration::from_millis(50);
-            loop {
-                // As in `send`: each try bounded on its own; lease calls
-                // may be repeated.
-                let left = REQUEST_TIMEOUT.saturating_sub(started.elapsed());
-                let tried = tokio::time::timeout(ATTEMPT_TIMEOUT.min(left), call(client.clone()));
-                let (error, again) = match tried.await {
-                    Ok(Ok(answer)) => return Ok(answer),
-                    Ok(Err(e)) => {
-                        let again = not_applied(&e);
-                        (store_error(&target, &e), again)
-                    }
-                    Err(_) => (
-                        StateError::Unavailable(format!(
-                            "{} did not answer within {}s",
-                            target.describe(),
-                            REQUEST_TIMEOUT.as_secs()
-                        )),
-                        true,
-                    ),
-                };
-                if !again || started.elapsed() + pause >= REQUEST_TIMEOUT {
-                    return Err(error);
-                }
-                tokio::time::sleep(pause).await;
-                pause = (pause * 2).min(Duration::from_millis(500));
-            }
-        })
+        wait(
+            runtime,
+            retrying(target, false, move || call(client.clone())),
+        )
     }
 
     /// A new lease of `ttl` seconds: keys put with it go when it is not
@@ -884,6 +827,50 @@ fn not_applied(e: &etcd_client::Error) -> bool {
                 || message.contains("tcp connect error")
         }
         _ => false,
+    }
+}
+
+/// Runs `attempt` until it answers, for up to [`REQUEST_TIMEOUT`]: each
+/// try is bounded on its own ([`ATTEMPT_TIMEOUT`]), so a member that hangs
+/// (frozen, not dead) does not take the whole budget. A try that got no
+/// answer may have been applied and is made again: every request the
+/// store makes may be (reads; puts and deletes of whole records;
+/// transactions that compare revisions first; lease calls). A try etcd
+/// refused is made again when it was a read (`any_failure`) or was
+/// refused before it could apply.
+async fn retrying<T, Fut>(
+    target: EtcdTarget,
+    any_failure: bool,
+    attempt: impl Fn() -> Fut,
+) -> Result<T, StateError>
+where
+    Fut: Future<Output = Result<T, etcd_client::Error>>,
+{
+    let started = tokio::time::Instant::now();
+    let mut pause = Duration::from_millis(50);
+    loop {
+        let left = REQUEST_TIMEOUT.saturating_sub(started.elapsed());
+        let (error, again) = match tokio::time::timeout(ATTEMPT_TIMEOUT.min(left), attempt()).await
+        {
+            Ok(Ok(answer)) => return Ok(answer),
+            Ok(Err(e)) => {
+                let again = any_failure || not_applied(&e);
+                (store_error(&target, &e), again)
+            }
+            Err(_) => (
+                StateError::Unavailable(format!(
+                    "{} did not answer within {}s",
+                    target.describe(),
+                    REQUEST_TIMEOUT.as_secs()
+                )),
+                true,
+            ),
+        };
+        if !again || started.elapsed() + pause >= REQUEST_TIMEOUT {
+            return Err(error);
+        }
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_millis(500));
     }
 }
 
