@@ -29,9 +29,8 @@ mod support;
 mod tools;
 
 use futures::StreamExt;
-use sim::{SimNode, admin_client, poll, settled};
-use skiff_orchestrator::api::{JoinTokenResponse, NodeView, ReplicaView};
-use skiff_orchestrator::api_client::ApiClient;
+use sim::{SimNode, admin_client, join_fleet, poll, settled};
+use skiff_orchestrator::api::{NodeView, ReplicaView};
 use skiff_orchestrator::deploy::{Prepared, RolloutChoice, upload_and_declare};
 use skiff_runtime::manifest::Manifest;
 use skiff_runtime::package::{self, Store};
@@ -94,48 +93,17 @@ fn main() {
 
     // Joins, 16 at a time, then heartbeats.
     let started = Instant::now();
-    let fleet: Vec<Arc<SimNode>> = runtime.block_on(async {
-        let token: JoinTokenResponse = admin
-            .post("/v1/join-tokens", &serde_json::json!({}))
-            .await
-            .expect("a join token");
-        let pin = token.token.split('.').nth(1).expect("a token has a CA pin");
-        let tls = skiff_orchestrator::mesh::tls::client_pinned(pin).expect("a pinned client");
-        let joining = ApiClient::new(&server.url, tls, None);
-        futures::stream::iter(0..nodes)
-            .map(|i| {
-                let (admin, joining) = (admin.clone(), joining.clone());
-                async move {
-                    let token: JoinTokenResponse = admin
-                        .post("/v1/join-tokens", &serde_json::json!({}))
-                        .await
-                        .expect("a join token");
-                    let node = SimNode::join(&joining, &token.token, i, NODE_MEMORY)
-                        .await
-                        .unwrap_or_else(|e| panic!("simulated node {i} cannot join: {e:#}"));
-                    Arc::new(node)
-                }
-            })
-            .buffer_unordered(16)
-            .collect()
-            .await
-    });
-    let joined = started.elapsed();
-    for node in &fleet {
-        runtime.spawn(node.clone().heartbeat());
-    }
-    let ready = |views: &[NodeView]| views.iter().filter(|n| n.state == "ready").count();
-    poll(
+    let fleet = join_fleet(
         &runtime,
         &admin,
-        "/v1/nodes",
-        POLL_EVERY,
+        &server.url,
+        nodes,
+        NODE_MEMORY,
+        16,
         PATIENCE,
-        |views: Vec<NodeView>| (ready(&views) == nodes).then_some(()),
     );
     println!(
-        "  joined in {:.1} s, all ready after {:.1} s",
-        joined.as_secs_f64(),
+        "  joined (16 at a time) and all ready after {:.1} s",
         started.elapsed().as_secs_f64()
     );
     let idle = steady(&plane, &metrics);

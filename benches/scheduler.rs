@@ -34,9 +34,8 @@ mod sim;
 #[path = "../tests/support/mod.rs"]
 mod support;
 
-use sim::{SimNode, admin_client, poll, settled};
-use skiff_orchestrator::api::{JoinTokenResponse, NodeView, ReplicaView, ScaleRequest};
-use skiff_orchestrator::api_client::ApiClient;
+use sim::{SimNode, admin_client, join_fleet, poll, settled};
+use skiff_orchestrator::api::{NodeView, ReplicaView, ScaleRequest};
 use skiff_orchestrator::scheduler::{
     ClusterSnapshot, Decision, NodeInfo, ReplicaRequest, Scheduler, Strategy,
 };
@@ -192,41 +191,15 @@ fn through_api() {
 
     // Joins first, then heartbeats: as many nodes started at once would.
     let started = Instant::now();
-    let fleet: Vec<Arc<SimNode>> = runtime.block_on(async {
-        let mut fleet = Vec::new();
-        let mut joining = None;
-        for i in 0..nodes {
-            let token: JoinTokenResponse = admin
-                .post("/v1/join-tokens", &serde_json::json!({}))
-                .await
-                .expect("a join token");
-            // A node that has not joined trusts the CA pinned in its token;
-            // one client (and connection) for every join.
-            let joining = joining.get_or_insert_with(|| {
-                let pin = token.token.split('.').nth(1).expect("a token has a CA pin");
-                let tls =
-                    skiff_orchestrator::mesh::tls::client_pinned(pin).expect("a pinned client");
-                ApiClient::new(&server.url, tls, None)
-            });
-            fleet.push(Arc::new(
-                SimNode::join(joining, &token.token, i, SIM_NODE_MEMORY)
-                    .await
-                    .unwrap_or_else(|e| panic!("simulated node {i} cannot join: {e:#}")),
-            ));
-        }
-        fleet
-    });
-    for node in &fleet {
-        runtime.spawn(node.clone().heartbeat());
-    }
     let ready = |views: &[NodeView]| views.iter().filter(|n| n.state == "ready").count();
-    poll(
+    let fleet = join_fleet(
         &runtime,
         &admin,
-        "/v1/nodes",
-        POLL_EVERY,
+        &server.url,
+        nodes,
+        SIM_NODE_MEMORY,
+        1,
         PATIENCE,
-        |views: Vec<NodeView>| (ready(&views) == nodes).then_some(()),
     );
     println!(
         "through the API of a running control plane ({nodes} simulated nodes joined over the API and ready after {:.1} s):",

@@ -190,6 +190,65 @@ impl SimNode {
     }
 }
 
+/// Joins `nodes` simulated nodes (`sim-0`...) offering `memory` each, with
+/// a one-time token apiece from `admin`, `at_once` joins in flight; then
+/// starts their heartbeats on `runtime` and waits (at most `patience`)
+/// until the control plane counts them all ready.
+pub fn join_fleet(
+    runtime: &tokio::runtime::Runtime,
+    admin: &ApiClient,
+    server: &str,
+    nodes: usize,
+    memory: u64,
+    at_once: usize,
+    patience: Duration,
+) -> Vec<std::sync::Arc<SimNode>> {
+    use futures::StreamExt;
+    use skiff_orchestrator::api::{JoinTokenResponse, NodeView};
+    let fleet: Vec<std::sync::Arc<SimNode>> = runtime.block_on(async {
+        let token = || async {
+            let token: JoinTokenResponse = admin
+                .post("/v1/join-tokens", &serde_json::json!({}))
+                .await
+                .expect("a join token");
+            token.token
+        };
+        // A node that has not joined trusts the CA pinned in its token;
+        // one client (and connection) for every join.
+        let first = token().await;
+        let pin = first.split('.').nth(1).expect("a token has a CA pin");
+        let tls = skiff_orchestrator::mesh::tls::client_pinned(pin).expect("a pinned client");
+        let joining = ApiClient::new(server, tls, None);
+        futures::stream::iter(0..nodes)
+            .map(|i| {
+                let (joining, token) = (joining.clone(), token);
+                async move {
+                    let node = SimNode::join(&joining, &token().await, i, memory)
+                        .await
+                        .unwrap_or_else(|e| panic!("simulated node {i} cannot join: {e:#}"));
+                    std::sync::Arc::new(node)
+                }
+            })
+            .buffered(at_once)
+            .collect()
+            .await
+    });
+    for node in &fleet {
+        runtime.spawn(node.clone().heartbeat());
+    }
+    poll(
+        runtime,
+        admin,
+        "/v1/nodes",
+        Duration::from_millis(100),
+        patience,
+        |views: Vec<NodeView>| {
+            (views.iter().filter(|n| n.state == "ready").count() == nodes).then_some(())
+        },
+    );
+    fleet
+}
+
 /// The admin client the CLI would use, from `HOME/cluster.json`.
 pub async fn admin_client(home: &std::path::Path) -> ApiClient {
     let settings: serde_json::Value =
