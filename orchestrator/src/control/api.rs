@@ -183,25 +183,17 @@ async fn handle(
         _ => shared.config.body_timeout,
     };
     let request = request.map(|body| TimedBody::new(body, deadline));
-    let role = shared.role.borrow().clone();
-    let path_and_query = match query.is_empty() {
-        true => path.clone(),
-        false => format!("{path}?{query}"),
-    };
     // The leader pushes a package to its standbys before a deploy declares
     // it (`/v1/standby/blobs/DIGEST`, with the admin token); the CLI's
     // uploads (`/v1/blobs/DIGEST`) go to the leader.
     let blob = matches!(method, Method::HEAD | Method::PUT)
         && segments.starts_with(&["v1", "standby", "blobs"]);
-    let refused = match role {
+    // Read without copying (every heartbeat passes here), in a block of
+    // its own: the guard must not live across an await.
+    let refused = match &*shared.role.borrow() {
         Role::Leading => None,
         Role::Standing(_) if blob => None,
-        Role::Standing(leader) => Some(standing_by(
-            &method,
-            &path,
-            &path_and_query,
-            leader.as_deref(),
-        )),
+        Role::Standing(leader) => Some(standing_by(&method, &path, &query, leader.as_deref())),
         // Cut off from etcd: the last state, read only, and not to nodes.
         // (and the dashboard's pages, which read it).
         Role::CutOff
@@ -261,12 +253,7 @@ fn with_reason(mut response: Response, reason: &str) -> Response {
 /// its health, a browser sent to the leader's dashboard, and for anything
 /// else a 503 naming the leader in [`LEADER_HEADER`], which the CLI and
 /// nodes follow.
-fn standing_by(
-    method: &Method,
-    path: &str,
-    path_and_query: &str,
-    leader: Option<&str>,
-) -> Response {
+fn standing_by(method: &Method, path: &str, query: &str, leader: Option<&str>) -> Response {
     let says = match leader {
         Some(leader) => format!("this control plane is standing by; the leader is {leader}"),
         None => "this control plane is standing by, and no control plane leads right now (an election is under way); try again in a few seconds".to_string(),
@@ -280,7 +267,13 @@ fn standing_by(
     {
         return hyper::Response::builder()
             .status(StatusCode::TEMPORARY_REDIRECT)
-            .header(http::header::LOCATION, format!("{leader}{path_and_query}"))
+            .header(
+                http::header::LOCATION,
+                match query {
+                    "" => format!("{leader}{path}"),
+                    query => format!("{leader}{path}?{query}"),
+                },
+            )
             .body(full(Bytes::new()))
             .expect("a redirect builds");
     }
