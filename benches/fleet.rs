@@ -38,7 +38,7 @@ use skiff_test_guests::HELLO;
 use std::collections::HashSet;
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 use support::{start_server, temp_dir, toml_path};
 
@@ -106,6 +106,10 @@ fn main() {
         "  joined (16 at a time) and all ready after {:.1} s",
         started.elapsed().as_secs_f64()
     );
+    // How far the simulator's own runtime falls behind: a simulated node
+    // it cannot run in time is silent, and rightly taken for down.
+    let behind = Arc::new(AtomicU64::new(0));
+    runtime.spawn(lag_monitor(behind.clone()));
     let idle = steady(&plane, &metrics);
     println!("  idle, {nodes} nodes heartbeating: {idle}");
 
@@ -136,11 +140,12 @@ fn main() {
     );
     let writes_before = scrape(&metrics, "skiff_store_write_duration_seconds_count");
     let cpu_before = plane.cpu_seconds();
+    behind.store(0, Ordering::Relaxed);
     let deploying = Instant::now();
     // A deploy that gets no answer in time is sent again (a declaration
     // made twice changes nothing); how many needed it is printed.
-    let retried = std::sync::atomic::AtomicU64::new(0);
-    let declared_so_far = std::sync::atomic::AtomicU64::new(0);
+    let retried = AtomicU64::new(0);
+    let declared_so_far = AtomicU64::new(0);
     let at_once = env_or("SKIFF_FLEET_DEPLOYS_AT_ONCE", DEPLOYS_AT_ONCE);
     runtime.block_on(async {
         // Says how far the deploys are every 10 s: where it bends, the
@@ -203,6 +208,14 @@ fn main() {
         declared.as_secs_f64(),
         placing.as_secs_f64(),
         placed as f64 / placing.as_secs_f64()
+    );
+    println!(
+        "    the simulator's own runtime fell behind by up to {:.1} s (over 3 s, its nodes are late by its doing)",
+        behind.swap(0, Ordering::Relaxed) as f64 / 1000.0
+    );
+    let (p50, p99) = deploy_times(&metrics);
+    println!(
+        "    the control plane's time over each deploy (placement included): p50 {p50} p99 {p99}"
     );
     println!(
         "    store writes meanwhile: {writes:.0}, {:.0}/s; control plane CPU {:.0}% of one core; deploys sent again after no answer within 30 s: {retried}",
@@ -273,7 +286,22 @@ fn main() {
         "  failed heartbeats: {errors}; \"node is down\" in the control plane's log: {} (the {fail} stopped ones included)",
         log.matches("node is down").count()
     );
+    for line in log.lines().filter(|l| l.contains("panicked")).take(3) {
+        println!("  the control plane panicked: {line}");
+    }
     drop(server);
+}
+
+/// Keeps in `behind` the most the simulator's runtime was late waking a
+/// task, in milliseconds.
+async fn lag_monitor(behind: Arc<AtomicU64>) {
+    const TICK: Duration = Duration::from_millis(100);
+    loop {
+        let asleep = Instant::now();
+        tokio::time::sleep(TICK).await;
+        let late = asleep.elapsed().saturating_sub(TICK);
+        behind.fetch_max(late.as_millis() as u64, Ordering::Relaxed);
+    }
 }
 
 /// The control plane's figures over a [`WINDOW`]: heartbeat time, CPU,
@@ -325,6 +353,34 @@ fn quantile(buckets: &[(f64, f64)], q: f64) -> String {
     "-".to_string()
 }
 
+/// The buckets `(le, count)` of the histogram lines starting with `name`
+/// that contain `labels`.
+fn buckets(text: &str, name: &str, labels: &str) -> Vec<(f64, f64)> {
+    text.lines()
+        .filter(|l| l.starts_with(name) && l.contains(labels))
+        .filter_map(|l| {
+            let le = l.split("le=\"").nth(1)?.split('"').next()?;
+            let le = if le == "+Inf" {
+                f64::INFINITY
+            } else {
+                le.parse().ok()?
+            };
+            Some((le, l.rsplit(' ').next()?.parse().ok()?))
+        })
+        .collect()
+}
+
+/// The control plane's time over a deploy (`POST /v1/apps`, which waits
+/// for the replicas' placement), p50 and p99, from `metrics`.
+fn deploy_times(metrics: &str) -> (String, String) {
+    let deploys = buckets(
+        &tools_get(metrics),
+        "skiff_api_request_duration_seconds_bucket",
+        "method=\"POST\",route=\"/v1/apps\"}",
+    );
+    (quantile(&deploys, 0.5), quantile(&deploys, 0.99))
+}
+
 /// One reading of the control plane.
 struct Sample {
     at: Instant,
@@ -339,19 +395,7 @@ struct Sample {
 impl Sample {
     fn take(plane: &Process, metrics: &str) -> Sample {
         let text = tools_get(metrics);
-        let heartbeats = text
-            .lines()
-            .filter(|l| l.starts_with("skiff_heartbeat_duration_seconds_bucket"))
-            .filter_map(|l| {
-                let le = l.split("le=\"").nth(1)?.split('"').next()?;
-                let le = if le == "+Inf" {
-                    f64::INFINITY
-                } else {
-                    le.parse().ok()?
-                };
-                Some((le, l.rsplit(' ').next()?.parse().ok()?))
-            })
-            .collect();
+        let heartbeats = buckets(&text, "skiff_heartbeat_duration_seconds_bucket", "");
         Sample {
             at: Instant::now(),
             cpu: plane.cpu_seconds(),

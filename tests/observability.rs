@@ -210,6 +210,11 @@ fn prometheus_scrapes_a_node_and_the_control_plane() {
         .query(r#"sum(skiff_api_requests_total{route="/v1/node/sync",status="200"})"#)
         .expect("syncs counted");
     assert!(syncs >= 1.0, "{syncs}");
+    // The deploy was timed, its placement included.
+    let deploys = prometheus
+        .query(r#"sum(skiff_api_request_duration_seconds_count{route="/v1/apps",method="POST"})"#)
+        .expect("deploys timed");
+    assert!(deploys >= 1.0, "{deploys}");
     let placed = prometheus
         .query(r#"sum(skiff_scheduling_decisions_total{outcome="placed"})"#)
         .expect("a placement counted");

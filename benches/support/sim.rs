@@ -46,6 +46,8 @@ struct Synced {
     heartbeat_ms: u64,
     #[serde(default)]
     desired: Option<Desired>,
+    #[serde(default)]
+    status_seq: Option<u64>,
 }
 
 #[derive(Deserialize)]
@@ -118,14 +120,33 @@ impl SimNode {
         let mut heartbeat = Duration::from_secs(1);
         let run = 1 + rand_u64() % 1_000_000;
         let mut seq = 0;
+        // What the status numbered `seq` said: once the control plane
+        // holds it, the next reports say only what changed, as a node's do.
+        let mut reported: BTreeMap<(String, String), String> = BTreeMap::new();
+        let mut acknowledged = None;
         while self.alive.load(Ordering::Relaxed) {
-            seq += 1;
-            let components: Vec<ComponentStatus> = self
+            let now: BTreeMap<(String, String), String> = self
                 .assigned
                 .lock()
                 .unwrap()
                 .iter()
-                .map(|((app, component), (package, _))| ComponentStatus {
+                .map(|(key, (package, _))| (key.clone(), package.clone()))
+                .collect();
+            let base = acknowledged.filter(|held| *held == seq);
+            let removed: Vec<(String, String, String)> = match base {
+                Some(_) => reported
+                    .iter()
+                    .filter(|(key, package)| now.get(*key) != Some(*package))
+                    .map(|((app, component), package)| {
+                        (app.clone(), component.clone(), package.clone())
+                    })
+                    .collect(),
+                None => Vec::new(),
+            };
+            let components: Vec<ComponentStatus> = now
+                .iter()
+                .filter(|(key, package)| base.is_none() || reported.get(*key) != Some(*package))
+                .map(|((app, component), package)| ComponentStatus {
                     app: app.clone(),
                     component: component.clone(),
                     package: package.clone(),
@@ -134,6 +155,10 @@ impl SimNode {
                     error: None,
                 })
                 .collect();
+            if base.is_none() || !components.is_empty() || !removed.is_empty() {
+                seq += 1;
+            }
+            reported = now;
             let request = SyncRequest {
                 used: 20 << 20,
                 pressure: false,
@@ -142,9 +167,9 @@ impl SimNode {
                 status: StatusReport {
                     run,
                     seq,
-                    base: None,
+                    base,
                     components,
-                    removed: Vec::new(),
+                    removed,
                 },
                 memory: self.memory,
                 ingress: self.addresses.0.clone(),
@@ -165,6 +190,7 @@ impl SimNode {
             match answer {
                 Ok(synced) => {
                     (version, epoch) = (synced.version, synced.epoch);
+                    acknowledged = synced.status_seq;
                     heartbeat = Duration::from_millis(synced.heartbeat_ms.max(100));
                     if let Some(desired) = synced.desired {
                         let mut assigned = self.assigned.lock().unwrap();
@@ -181,8 +207,14 @@ impl SimNode {
                         self.held.store(held.sum(), Ordering::Relaxed);
                     }
                 }
-                Err(_) => {
-                    self.errors.fetch_add(1, Ordering::Relaxed);
+                Err(e) => {
+                    // The control plane may or may not hold that report.
+                    acknowledged = None;
+                    if self.errors.fetch_add(1, Ordering::Relaxed) == 0
+                        && std::env::var_os("SKIFF_SIM_DEBUG").is_some()
+                    {
+                        eprintln!("{}: heartbeat failed: {e:#}", self.name);
+                    }
                     tokio::time::sleep(Duration::from_millis(500)).await;
                 }
             }

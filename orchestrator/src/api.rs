@@ -3,6 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 /// An error reply: every non-2xx answer carries one.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -271,9 +272,9 @@ impl GuestLine {
     }
 }
 
-/// The answer to a sync.
+/// The answer to a sync (`Apps` as in [`DesiredChange`]).
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct SyncResponse {
+pub struct SyncResponse<Apps = Vec<AppRouting>> {
     /// The current desired-state version.
     pub version: u64,
     /// A number of this run of the control plane: versions of another
@@ -284,7 +285,7 @@ pub struct SyncResponse {
     /// How the node's desired state changed since its version (or all of
     /// it), when it moved.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub desired: Option<DesiredChange>,
+    pub desired: Option<DesiredChange<Apps>>,
     /// The node's status (`StatusReport::seq`) the control plane
     /// holds now; when it is not one the node sent, the node sends its
     /// whole status next.
@@ -422,8 +423,12 @@ fn merge_sorted<T: Clone>(
 /// How a node's desired state changed: all of it, or only what changed
 /// since the version the node last applied, so a change to one app costs
 /// one app's worth, not the whole cluster's.
+///
+/// A node decodes the apps' routing (`Apps` is `Vec<AppRouting>`); the
+/// control plane sends it as [`SharedJson`], encoded once for every node
+/// brought up from the same version.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct DesiredChange {
+pub struct DesiredChange<Apps = Vec<AppRouting>> {
     /// This is the whole state: the node replaces what it has.
     #[serde(default)]
     pub full: bool,
@@ -438,13 +443,33 @@ pub struct DesiredChange {
     /// Apps whose routes or endpoints are new or changed (all of them
     /// when `full`).
     #[serde(default)]
-    pub apps: Vec<AppRouting>,
+    pub apps: Apps,
     /// Apps deleted.
     #[serde(default)]
     pub removed_apps: Vec<String>,
     /// The cluster's members, when they changed (always when `full`).
     #[serde(default)]
     pub members: Option<BTreeMap<String, String>>,
+}
+
+/// A JSON value encoded once and written as it is into many answers:
+/// thousands of nodes brought up from one version are sent the same apps'
+/// routing, which is then not cloned and encoded once per node.
+#[derive(Debug, Clone)]
+pub struct SharedJson(Arc<serde_json::value::RawValue>);
+
+impl SharedJson {
+    /// Encodes `value`.
+    pub fn encode<T: Serialize + ?Sized>(value: &T) -> SharedJson {
+        let raw = serde_json::value::to_raw_value(value).expect("API values encode");
+        SharedJson(Arc::from(raw))
+    }
+}
+
+impl Serialize for SharedJson {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        self.0.serialize(serializer)
+    }
 }
 
 /// One version of a component a node should run.

@@ -217,6 +217,21 @@ impl Drop for Running {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        // A panic in skiff fails the test that ran it, even when the test
+        // saw nothing wrong: a handler that panics is a defect whatever
+        // the client got.
+        let stderr = self.stderr();
+        if !std::thread::panicking()
+            && let Some(at) = stderr.find("panicked at")
+        {
+            let from = stderr[..at].rfind('\n').map_or(0, |i| i + 1);
+            let line: String = stderr[from..]
+                .lines()
+                .take(3)
+                .collect::<Vec<_>>()
+                .join("\n");
+            panic!("skiff panicked: {line}");
+        }
     }
 }
 

@@ -170,6 +170,7 @@ async fn handle(
     node: Option<&NodeCert>,
     request: hyper::Request<Incoming>,
 ) -> Response {
+    let started = std::time::Instant::now();
     let method = request.method().clone();
     let path = request.uri().path().to_string();
     let query = request.uri().query().unwrap_or("").to_string();
@@ -206,7 +207,9 @@ async fn handle(
         Role::CutOff => Some(cut_off()),
     };
     if let Some(response) = refused {
-        shared.metrics.record_api(&method, &path, response.status());
+        shared
+            .metrics
+            .record_api(&method, &path, response.status(), started.elapsed());
         return response;
     }
     let result = route(shared, node, &method, &path, &segments, &query, request).await;
@@ -225,7 +228,9 @@ async fn handle(
             &error,
         )
     });
-    shared.metrics.record_api(&method, &path, response.status());
+    shared
+        .metrics
+        .record_api(&method, &path, response.status(), started.elapsed());
     response
 }
 

@@ -60,6 +60,20 @@ struct ApiLabels {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RouteLabels {
+    method: &'static str,
+    route: &'static str,
+}
+
+/// Buckets of API request durations, seconds: a node's heartbeat is held
+/// up to its interval, a deploy waits for its placement.
+fn api_duration_histogram() -> Histogram {
+    Histogram::new([
+        0.000_5, 0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+    ])
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct DecisionLabels {
     outcome: &'static str,
 }
@@ -68,6 +82,7 @@ struct DecisionLabels {
 #[derive(Debug)]
 pub(crate) struct ControlMetrics {
     api_requests: Family<ApiLabels, Counter>,
+    api_durations: Family<RouteLabels, Histogram, fn() -> Histogram>,
     heartbeats: Histogram,
     decisions: Family<DecisionLabels, Counter>,
     scheduling: Histogram,
@@ -77,6 +92,7 @@ impl Default for ControlMetrics {
     fn default() -> Self {
         ControlMetrics {
             api_requests: Family::default(),
+            api_durations: Family::new_with_constructor(api_duration_histogram),
             heartbeats: Histogram::new([
                 0.000_1, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
             ]),
@@ -89,15 +105,26 @@ impl Default for ControlMetrics {
 }
 
 impl ControlMetrics {
-    /// Counts an API request `method` `path` answered with `status`.
-    pub(crate) fn record_api(&self, method: &http::Method, path: &str, status: http::StatusCode) {
+    /// Counts an API request `method` `path` answered with `status`
+    /// after `took`.
+    pub(crate) fn record_api(
+        &self,
+        method: &http::Method,
+        path: &str,
+        status: http::StatusCode,
+        took: Duration,
+    ) {
+        let (method, route) = (method_label(method), route_label(path));
         self.api_requests
             .get_or_create(&ApiLabels {
-                method: method_label(method),
-                route: route_label(path),
+                method,
+                route,
                 status: status.as_u16(),
             })
             .inc();
+        self.api_durations
+            .get_or_create(&RouteLabels { method, route })
+            .observe(took.as_secs_f64());
     }
 
     /// Records how long the control plane took over one heartbeat (up to
@@ -127,6 +154,12 @@ pub(crate) fn register(shared: &Arc<Shared>, registry: &mut Registry) {
         "api_requests",
         "Control plane API requests, by method, route and status",
         metrics.api_requests.clone(),
+    );
+    registry.register_with_unit(
+        "api_request_duration",
+        "Time the control plane took to answer an API request, by method and route (a node's sync is held while nothing changes for it)",
+        Unit::Seconds,
+        metrics.api_durations.clone(),
     );
     registry.register_with_unit(
         "heartbeat_duration",

@@ -302,6 +302,9 @@ pub(crate) struct LiveNode {
     /// holds, by app and then `(component, package)`, so a replica's state
     /// is found without scanning every component.
     components: HashMap<String, HashMap<(String, String), ComponentStatus>>,
+    /// Counts changes to `components`: the desired state recomputes the
+    /// routing of the apps on a node whose count moved.
+    status_changes: u64,
     /// The node's run (the first number it gave) and number for the status
     /// in `components`, when it is whole as of that number; none until a
     /// heartbeat brought all of it.
@@ -385,6 +388,7 @@ impl LiveNode {
             heard: false,
             down: false,
             components: HashMap::new(),
+            status_changes: 0,
             status_seq: None,
             reported_memory: record.memory,
             used: 0,
@@ -442,12 +446,15 @@ impl LiveNode {
                 }
                 let before = running_set(self.components.values().flat_map(|c| c.values()));
                 let routed = before != running_set(components.iter());
-                self.components.clear();
+                let mut now: HashMap<_, HashMap<_, _>> = HashMap::new();
                 for status in components {
-                    self.components
-                        .entry(status.app.clone())
+                    now.entry(status.app.clone())
                         .or_default()
                         .insert((status.component.clone(), status.package.clone()), status);
+                }
+                if now != self.components {
+                    self.components = now;
+                    self.status_changes += 1;
                 }
                 routed
             }
@@ -464,6 +471,7 @@ impl LiveNode {
                     };
                     if let Some(gone) = held.remove(&(component, package)) {
                         routed |= gone.serving.is_some();
+                        self.status_changes += 1;
                     }
                     if held.is_empty() {
                         self.components.remove(&app);
@@ -473,10 +481,15 @@ impl LiveNode {
                     let held = self.components.entry(status.app.clone()).or_default();
                     let serving = status.serving.clone();
                     let key = (status.component.clone(), status.package.clone());
-                    match held.insert(key, status) {
-                        Some(old) => routed |= old.serving != serving,
-                        None => routed |= serving.is_some(),
+                    match held.get_mut(&key) {
+                        Some(old) if *old == status => continue,
+                        Some(old) => routed |= std::mem::replace(old, status).serving != serving,
+                        None => {
+                            held.insert(key, status);
+                            routed |= serving.is_some();
+                        }
                     }
+                    self.status_changes += 1;
                 }
                 routed
             }
@@ -487,7 +500,10 @@ impl LiveNode {
 
     /// Forgets what the node said it holds (it is down).
     fn forget_status(&mut self) {
-        self.components.clear();
+        if !self.components.is_empty() {
+            self.components.clear();
+            self.status_changes += 1;
+        }
         self.status_seq = None;
         self.load.clear();
         // What it reported of each version stays the baseline: a node

@@ -4,12 +4,12 @@
 
 use super::Refused;
 use super::members::not_a_member;
-use crate::api::{LoadState, SyncRequest, SyncResponse};
+use crate::api::{LoadState, SharedJson, SyncRequest, SyncResponse};
 use crate::control::Shared;
 use crate::mesh::NodeCert;
 use crate::state::NodeRecord;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 use tokio::sync::Notify;
 
 /// A heartbeat being held. While any is, the node is known to be
@@ -84,6 +84,26 @@ pub(crate) struct Taken {
     placed_by: (std::collections::BTreeMap<String, String>, u64),
     /// Signalled when the node has news to send.
     news: Arc<Notify>,
+    /// The least time between two answers to the node that a change of
+    /// the desired state calls for (see [`answer_gap`]).
+    gap: Duration,
+}
+
+/// Per node in the cluster, the time added to the least gap between two
+/// answers a change calls for: every change answers every node's held
+/// heartbeat, so with thousands of nodes and changes every few
+/// milliseconds (a fleet deploying), answers would come in storms of
+/// thousands, each taking the node's whole heartbeat round again.
+/// 5,000 nodes are answered at most every half second each (a change
+/// reaches all of them within that), 10 nodes within a millisecond.
+const GAP_PER_NODE: Duration = Duration::from_micros(100);
+
+/// The least gap between two answers to a node that a change calls for,
+/// in a cluster of `nodes`, answered at least every `heartbeat` anyway.
+fn answer_gap(nodes: usize, heartbeat: Duration) -> Duration {
+    GAP_PER_NODE
+        .saturating_mul(u32::try_from(nodes).unwrap_or(u32::MAX))
+        .min(heartbeat)
 }
 
 /// A node's heartbeat (`POST /v1/node/sync`), whole: takes what it
@@ -93,7 +113,7 @@ pub(crate) async fn heartbeat(
     shared: &Shared,
     caller: &NodeCert,
     sync: SyncRequest,
-) -> Result<SyncResponse, Refused> {
+) -> Result<SyncResponse<SharedJson>, Refused> {
     let taken = take(shared, caller, sync)?;
     hold(shared, &caller.name, &taken).await;
     answer(shared, caller, &taken).await
@@ -126,8 +146,10 @@ pub(crate) fn take(
     let status_seq;
     let status_known;
     let news;
+    let gap;
     {
         let mut live = shared.live();
+        gap = answer_gap(live.nodes.len(), shared.config.heartbeat);
         let now = Instant::now();
         // Only a join makes a node, and only that join's certificate speaks
         // for it: a node forgotten (or joined again) while this body was
@@ -306,24 +328,33 @@ pub(crate) fn take(
         status_seq,
         placed_by,
         news,
+        gap,
     })
 }
 
 /// Holds a heartbeat while the node is up to date both ways, until the
-/// desired state changes, the node has news, or a heartbeat interval has
-/// passed; a status the control plane could not take is asked for again
-/// at once, without holding.
+/// desired state changes (and the node's answer gap has passed), the node
+/// has news, or a heartbeat interval has passed; a status the control
+/// plane could not take is asked for again at once, without holding.
 pub(crate) async fn hold(shared: &Shared, node: &str, taken: &Taken) {
     let epoch = shared.desired().epoch();
     let mut version = shared.version.subscribe();
     let heartbeat = taken.heartbeat;
     if *version.borrow_and_update() == taken.version && taken.epoch == epoch && taken.status_known {
         let mut held = HeldHeartbeat::hold(shared, node, heartbeat);
-        tokio::select! {
-            _ = version.changed() => {}
+        let since = tokio::time::Instant::now();
+        let changed = tokio::select! {
+            _ = version.changed() => true,
             // The node has something to report (see [`news`]).
-            () = taken.news.notified() => {}
-            () = tokio::time::sleep(shared.config.heartbeat) => {}
+            () = taken.news.notified() => false,
+            () = tokio::time::sleep(shared.config.heartbeat) => false,
+        };
+        if changed {
+            // The node's last answer was just before this heartbeat.
+            tokio::select! {
+                () = taken.news.notified() => {}
+                () = tokio::time::sleep_until(since + taken.gap) => {}
+            }
         }
         held.armed = false;
         // Held this long, the node was listening all along.
@@ -343,14 +374,14 @@ pub(crate) async fn answer(
     shared: &Shared,
     caller: &NodeCert,
     taken: &Taken,
-) -> Result<SyncResponse, Refused> {
+) -> Result<SyncResponse<SharedJson>, Refused> {
     let node = caller.name.as_str();
     let epoch = shared.desired().epoch();
     let mut current = *shared.version.borrow();
     let desired = if current != taken.version || taken.epoch != epoch {
         // Computing the desired state is work in proportion to the whole
         // cluster: with many apps, versions moving fast share computations.
-        let rest = shared.desired().rest_before(current);
+        let rest = shared.desired().rest_before(current, taken.gap / 4);
         if !rest.is_zero() {
             tokio::time::sleep(rest).await;
         }

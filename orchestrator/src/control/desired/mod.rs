@@ -6,15 +6,17 @@
 //! A node of 10,000 apps then hears of one new app as one app's routing
 //! and one assignment, not the whole cluster's state again.
 
+mod inputs;
+mod stamped;
+
 use super::Live;
 use super::reconcile::endpoint_node;
-use crate::api::{AppRouting, Assignment, DesiredChange, Endpoint};
-use std::collections::BTreeMap;
+use crate::api::{AppRouting, Assignment, DesiredChange, Endpoint, SharedJson};
+use crate::state::{AppRecord, ReplicaRecord};
+use inputs::Inputs;
+use stamped::Stamped;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::{Duration, Instant};
-
-/// Removals remembered per part before the oldest are forgotten; a node
-/// whose version is older than a forgotten removal gets the whole state.
-const MAX_TOMBSTONES: usize = 20_000;
 
 /// `(app, component, package)`: one version of a component.
 type ComponentKey = (String, String, String);
@@ -37,7 +39,19 @@ pub(super) struct DesiredLog {
     members: (BTreeMap<String, String>, u64),
     /// When the last computation ended, and how long it took.
     last: Option<(Instant, Duration)>,
+    /// What the parts were computed from, to tell what a change touched.
+    inputs: Inputs,
+    /// When every part was last computed from scratch.
+    last_full: Option<Instant>,
+    /// The apps' routing changed after a version (0: all of it), encoded
+    /// at the computed version: the nodes brought up from one version are
+    /// sent one encoding.
+    encoded: HashMap<u64, SharedJson>,
 }
+
+/// Encodings of apps' routing kept per computed version: nodes at more
+/// versions than this have theirs encoded each time.
+const MAX_ENCODINGS: usize = 64;
 
 /// After a computation that took `d`, the next waits until `REST_FACTOR`
 /// x `d` has passed: with many apps and fast-moving versions, computing
@@ -56,17 +70,22 @@ impl DesiredLog {
             assignments: BTreeMap::new(),
             members: (BTreeMap::new(), 0),
             last: None,
+            inputs: Inputs::default(),
+            last_full: None,
+            encoded: HashMap::new(),
         }
     }
 
     /// How long to wait before computing version `version` (nothing when
     /// it is computed already, or the last computation was long enough
-    /// ago).
-    pub(super) fn rest_before(&self, version: u64) -> Duration {
+    /// ago): at least `least` after the last one, so that a cluster whose
+    /// version moves hundreds of times a second computes one state for
+    /// many of them.
+    pub(super) fn rest_before(&self, version: u64, least: Duration) -> Duration {
         match self.last {
-            Some((ended, took)) if self.computed_at != version => {
-                (took * REST_FACTOR).saturating_sub(ended.elapsed())
-            }
+            Some((ended, took)) if self.computed_at != version => (took * REST_FACTOR)
+                .max(least)
+                .saturating_sub(ended.elapsed()),
             _ => Duration::ZERO,
         }
     }
@@ -76,38 +95,137 @@ impl DesiredLog {
         self.epoch
     }
 
-    /// Recomputes every part from `live` at `version`, once per version,
+    /// Brings every part up to `live` at `version`, once per version,
     /// stamping what differs from the last computation; returns the
     /// version the parts are at. Call it with `live` locked and `version`
     /// read under that lock, so versions only grow and a change is never
     /// stamped with a version from before it.
+    ///
+    /// Only the apps a change touched are computed again (see
+    /// [`Inputs::touched`]); every [`FULL_EVERY`], all of them are.
     pub(super) fn refresh(&mut self, live: &Live, version: u64) -> u64 {
         if version <= self.computed_at {
             return self.computed_at;
         }
         let started = Instant::now();
-        let (apps, mut assignments) = routing_and_assignments(live);
-        let mut horizon = self.apps.update(apps, version);
-        // Nodes gone from the cluster are never asked for again.
-        self.assignments
-            .retain(|node, _| assignments.contains_key(node));
-        for (node, now) in &mut assignments {
-            let log = self.assignments.entry(node.clone()).or_default();
-            horizon = horizon.max(log.update(std::mem::take(now), version));
+        let mut touched = self.inputs.touched(live);
+        // An app with a replica on a node that changed may route
+        // differently: such a replica was on the node as last computed,
+        // or it changed (and its app is touched already)...
+        for node in &touched.nodes {
+            if let Some(log) = self.assignments.get(node) {
+                for (app, _, _) in log.values.keys() {
+                    if !touched.apps.contains(app) {
+                        touched.apps.insert(app.clone());
+                    }
+                }
+            }
         }
-        let members = members(live);
-        if members != self.members.0 {
-            self.members = (members, version);
+        // ...or it names a node new to the cluster (one joining again).
+        if !touched.came.is_empty() {
+            for replica in live.replicas.values() {
+                if replica
+                    .node
+                    .as_ref()
+                    .is_some_and(|n| touched.came.contains(n))
+                {
+                    touched.apps.insert(replica.app.clone());
+                }
+            }
         }
+        let full = self.last_full.is_none_or(|at| at.elapsed() >= FULL_EVERY);
+        let only = (!full).then_some(&touched.apps);
+        let (mut apps, mut assignments) = routing_and_assignments(live, only);
+        let mut horizon = match only {
+            None => self.apps.update_where(apps, |_| true, version),
+            Some(only) => {
+                for app in only {
+                    self.apps.set(app, apps.remove(app), version);
+                }
+                self.apps.forget_oldest_removals()
+            }
+        };
+        if touched.members {
+            // Nodes gone from the cluster are never asked for again.
+            self.assignments
+                .retain(|node, _| live.nodes.contains_key(node));
+        }
+        match only {
+            None => {
+                for (node, log) in &mut self.assignments {
+                    let now = assignments.remove(node).unwrap_or_default();
+                    horizon = horizon.max(log.update_where(now, |_| true, version));
+                }
+            }
+            // A node's assignments change only with the replicas on it,
+            // or when it comes.
+            Some(only) => {
+                for node in touched.placed.iter().chain(&touched.came) {
+                    let Some(log) = self.assignments.get_mut(node) else {
+                        continue;
+                    };
+                    let now = assignments.remove(node).unwrap_or_default();
+                    let in_scope = |(app, _, _): &ComponentKey| only.contains(app);
+                    horizon = horizon.max(log.update_where(now, in_scope, version));
+                }
+            }
+        }
+        // Nodes given their first assignments.
+        for (node, now) in assignments {
+            if self.assignments.contains_key(&node) || !live.nodes.contains_key(&node) {
+                continue;
+            }
+            let mut log = Stamped::default();
+            horizon = horizon.max(log.update_where(now, |_| true, version));
+            self.assignments.insert(node, log);
+        }
+        if full || touched.members {
+            let members = members(live);
+            if members != self.members.0 {
+                self.members = (members, version);
+            }
+        }
+        if full {
+            self.last_full = Some(Instant::now());
+        }
+        #[cfg(debug_assertions)]
+        self.check_against_scratch(live);
         self.horizon = self.horizon.max(horizon);
         self.computed_at = version;
+        self.encoded.clear();
         self.last = Some((Instant::now(), started.elapsed()));
         version
     }
 
-    /// What node `name` must change to be at the computed version, having
-    /// applied `since` (a version of `epoch`): everything when that
-    /// version cannot be brought up to date by a change.
+    /// Panics when the parts differ from what a computation from scratch
+    /// gives: a change of the live state that [`Inputs`] does not see.
+    #[cfg(debug_assertions)]
+    fn check_against_scratch(&self, live: &Live) {
+        let (apps, assignments) = routing_and_assignments(live, None);
+        let held: BTreeMap<&String, &AppRouting> =
+            self.apps.values.iter().map(|(k, (v, _))| (k, v)).collect();
+        let scratch: BTreeMap<&String, &AppRouting> = apps.iter().collect();
+        assert_eq!(
+            held, scratch,
+            "the desired routing drifted from the live state"
+        );
+        for node in live.nodes.keys() {
+            let held: BTreeMap<_, _> = self
+                .assignments
+                .get(node)
+                .map(|log| log.values.iter().map(|(k, (v, _))| (k, v)).collect())
+                .unwrap_or_default();
+            let scratch: BTreeMap<_, _> = assignments
+                .get(node)
+                .map(|now| now.iter().collect())
+                .unwrap_or_default();
+            assert_eq!(
+                held, scratch,
+                "node {node}'s assignments drifted from the live state"
+            );
+        }
+    }
+
     /// The `(app, component)`s assigned to node `name`, as last computed.
     pub(super) fn assigned_to(&self, name: &str) -> std::collections::HashSet<(String, String)> {
         self.assignments
@@ -121,97 +239,49 @@ impl DesiredLog {
             })
     }
 
-    pub(super) fn change_for(&self, name: &str, epoch: u64, since: u64) -> DesiredChange {
-        let none = Stamped::default();
-        let assigned = self.assignments.get(name).unwrap_or(&none);
+    /// What node `name` must change to be at the computed version, having
+    /// applied `since` (a version of `epoch`): everything when that
+    /// version cannot be brought up to date by a change.
+    pub(super) fn change_for(
+        &mut self,
+        name: &str,
+        epoch: u64,
+        since: u64,
+    ) -> DesiredChange<SharedJson> {
         let full = epoch != self.epoch || since <= self.horizon || since > self.computed_at;
         let after = if full { 0 } else { since };
+        let apps = self.apps_changed_after(after);
+        let none = Stamped::default();
+        let assigned = self.assignments.get(name).unwrap_or(&none);
         DesiredChange {
             full,
             assignments: assigned.changed_after(after).cloned().collect(),
             unassigned: assigned.removed_after(after).cloned().collect(),
-            apps: self.apps.changed_after(after).cloned().collect(),
+            apps,
             removed_apps: self.apps.removed_after(after).cloned().collect(),
             members: (full || self.members.1 > since).then(|| self.members.0.clone()),
         }
     }
-}
 
-/// Values by key, each with the version it last changed at, and the keys
-/// removed with the version they went at.
-struct Stamped<K, V> {
-    values: BTreeMap<K, (V, u64)>,
-    removed: BTreeMap<K, u64>,
-}
-
-impl<K, V> Default for Stamped<K, V> {
-    fn default() -> Self {
-        Stamped {
-            values: BTreeMap::new(),
-            removed: BTreeMap::new(),
+    /// The apps' routing changed after version `after`, encoded once per
+    /// computed version.
+    fn apps_changed_after(&mut self, after: u64) -> SharedJson {
+        if let Some(encoded) = self.encoded.get(&after) {
+            return encoded.clone();
         }
-    }
-}
-
-impl<K: Ord + Clone, V: PartialEq> Stamped<K, V> {
-    /// Takes `now` as the values at `version`; returns the newest version
-    /// whose removals were forgotten (0 when none were).
-    fn update(&mut self, mut now: BTreeMap<K, V>, version: u64) -> u64 {
-        let removed: Vec<K> = self
-            .values
-            .keys()
-            .filter(|k| !now.contains_key(*k))
-            .cloned()
-            .collect();
-        for key in removed {
-            self.values.remove(&key);
-            self.removed.insert(key, version);
+        let apps: Vec<&AppRouting> = self.apps.changed_after(after).collect();
+        let encoded = SharedJson::encode(&apps);
+        if self.encoded.len() < MAX_ENCODINGS {
+            self.encoded.insert(after, encoded.clone());
         }
-        for (key, value) in std::mem::take(&mut now) {
-            match self.values.get_mut(&key) {
-                Some((old, _)) if *old == value => {}
-                Some(entry) => *entry = (value, version),
-                None => {
-                    self.removed.remove(&key);
-                    self.values.insert(key, (value, version));
-                }
-            }
-        }
-        self.forget_oldest_removals()
-    }
-
-    /// Keeps at most [`MAX_TOMBSTONES`] removals, forgetting the oldest
-    /// half when there are more; returns the newest version forgotten.
-    fn forget_oldest_removals(&mut self) -> u64 {
-        if self.removed.len() <= MAX_TOMBSTONES {
-            return 0;
-        }
-        let mut stamps: Vec<u64> = self.removed.values().copied().collect();
-        stamps.sort_unstable();
-        let cut = stamps[stamps.len() / 2];
-        self.removed.retain(|_, at| *at > cut);
-        cut
-    }
-
-    fn changed_after(&self, version: u64) -> impl Iterator<Item = &V> {
-        self.values
-            .values()
-            .filter(move |(_, at)| *at > version)
-            .map(|(value, _)| value)
-    }
-
-    fn removed_after(&self, version: u64) -> impl Iterator<Item = &K> {
-        self.removed
-            .iter()
-            .filter(move |(_, at)| **at > version)
-            .map(|(key, _)| key)
+        encoded
     }
 }
 
 /// What node `name` should run, and where every app's running replicas are.
 #[cfg(test)]
 pub(super) fn desired_for(live: &Live, name: &str) -> crate::api::DesiredState {
-    let (apps, mut assignments) = routing_and_assignments(live);
+    let (apps, mut assignments) = routing_and_assignments(live, None);
     crate::api::DesiredState {
         assignments: assignments
             .remove(name)
@@ -223,22 +293,56 @@ pub(super) fn desired_for(live: &Live, name: &str) -> crate::api::DesiredState {
     }
 }
 
+/// How often every part of the desired state is computed from scratch,
+/// whatever [`Inputs`] says changed.
+const FULL_EVERY: Duration = Duration::from_secs(10);
+
 /// Every app's routes and the nodes serving each of its components, and
 /// per node the components placed on it with their replica count: one
-/// walk over the apps and their replicas.
-fn routing_and_assignments(live: &Live) -> (BTreeMap<String, AppRouting>, Assignments) {
-    let replicas_of = live.replicas_by(|r| Some(&r.app));
-    let mut per_node: Assignments = live
-        .nodes
-        .keys()
-        .map(|n| (n.clone(), BTreeMap::new()))
-        .collect();
+/// walk over the apps and their replicas. With `only`, of those apps alone
+/// (an app in `only` that is gone has no routing), and per node only their
+/// components.
+fn routing_and_assignments(
+    live: &Live,
+    only: Option<&BTreeSet<String>>,
+) -> (BTreeMap<String, AppRouting>, Assignments) {
+    let replicas_of: std::collections::HashMap<&str, Vec<&ReplicaRecord>> = match only {
+        None => live.replicas_by(|r| Some(r.app.as_str())),
+        // Replica ids start with `app/`: no walk over every replica.
+        Some(only) => only
+            .iter()
+            .map(|app| {
+                let prefix = format!("{app}/");
+                let replicas = live
+                    .replicas
+                    .range(prefix.clone()..)
+                    .take_while(|(id, _)| id.starts_with(&prefix))
+                    .map(|(_, replica)| replica)
+                    .filter(|replica| replica.app == *app)
+                    .collect();
+                (app.as_str(), replicas)
+            })
+            .collect(),
+    };
+    let mut per_node: Assignments = BTreeMap::new();
     let mut apps = BTreeMap::new();
-    for (app, record) in &live.apps {
+    let records: Box<dyn Iterator<Item = (&String, &AppRecord)>> = match only {
+        None => Box::new(live.apps.iter()),
+        Some(only) => Box::new(only.iter().filter_map(|app| live.apps.get_key_value(app))),
+    };
+    for (app, record) in records {
         let replicas = replicas_of.get(app.as_str()).map_or(&[][..], Vec::as_slice);
         for replica in replicas {
-            let Some(node) = replica.node.as_ref().and_then(|n| per_node.get_mut(n)) else {
+            let Some(node) = replica
+                .node
+                .as_ref()
+                .filter(|n| live.nodes.contains_key(*n))
+            else {
                 continue;
+            };
+            let node = match per_node.get_mut(node) {
+                Some(node) => node,
+                None => per_node.entry(node.clone()).or_default(),
             };
             node.entry((
                 app.clone(),
