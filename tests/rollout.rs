@@ -255,6 +255,48 @@ fn a_version_that_cannot_start_never_takes_traffic_and_rollback_by_hand_walks_ba
     assert!(promote.contains("no canary"), "{promote}");
 }
 
+/// Where the old version's replica of a canary runs, as `skiff ps`
+/// shows it, when it runs; `canary` is the start of the canary's digest.
+fn old_version_running_on(cluster: &Cluster, canary: &str) -> Option<String> {
+    let replicas = cluster.json(&["ps", "shop"]);
+    let old = replicas
+        .as_array()?
+        .iter()
+        .find(|r| !r["version"].as_str().unwrap_or("").contains(canary))?;
+    (old["state"] == "running").then(|| old["node"].as_str().map(str::to_string))?
+}
+
+#[test]
+fn a_replica_of_the_old_version_moved_during_a_canary_fetches_and_runs_its_own_version() {
+    let cluster = Cluster::start(3, &[]);
+    let dir = temp_dir();
+    cluster.cli(&["deploy", &shop(dir.path(), "1", 200, 1, ""), "--wait"]);
+    cluster.cli(&[
+        "deploy",
+        &shop(dir.path(), "2", 200, 1, ""),
+        "--canary",
+        "50",
+        "--canary-interval",
+        "1h",
+    ]);
+    let canary =
+        shop_view(&cluster)["package"].as_str().unwrap()["sha256:".len()..][..12].to_string();
+    let first = wait_until(Duration::from_secs(30), "the old version running", || {
+        old_version_running_on(&cluster, &canary)
+    });
+    // Its node drained, the old version's replica goes to a node that
+    // never held that version, which must be let fetch it.
+    cluster.cli(&["drain", &first]);
+    let moved = wait_until(
+        Duration::from_secs(60),
+        "the old version running elsewhere",
+        || old_version_running_on(&cluster, &canary).filter(|node| *node != first),
+    );
+    assert_ne!(moved, first);
+    let view = shop_view(&cluster);
+    assert_eq!(view["rollout"]["share"], 50, "{view}");
+}
+
 #[test]
 fn a_ten_percent_canary_gets_ten_percent_of_requests_then_is_promoted() {
     let cluster = Cluster::start(3, &[]);

@@ -459,10 +459,24 @@ pub struct DesiredChange<Apps = Vec<AppRouting>> {
 pub struct SharedJson(Arc<serde_json::value::RawValue>);
 
 impl SharedJson {
-    /// Encodes `value`.
-    pub fn encode<T: Serialize + ?Sized>(value: &T) -> SharedJson {
-        let raw = serde_json::value::to_raw_value(value).expect("API values encode");
+    /// Takes `json`, JSON put together from encoded values.
+    ///
+    /// # Panics
+    ///
+    /// `json` is not JSON: a defect in whatever put it together.
+    pub fn from_json(json: String) -> SharedJson {
+        let raw = serde_json::value::RawValue::from_string(json).expect("put-together JSON");
         SharedJson(Arc::from(raw))
+    }
+
+    /// Its length in bytes.
+    pub fn len(&self) -> usize {
+        self.0.get().len()
+    }
+
+    /// Whether it is empty (never: it is JSON).
+    pub fn is_empty(&self) -> bool {
+        self.0.get().is_empty()
     }
 }
 

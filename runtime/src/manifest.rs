@@ -269,6 +269,7 @@ impl Replicas {
 impl fmt::Display for Replicas {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
+            Replicas::Fixed(1) => write!(f, "1 replica"),
             Replicas::Fixed(n) => write!(f, "{n} replicas"),
             Replicas::Auto { min, max } => {
                 write!(f, "autoscaled between {min} and {max} replicas")

@@ -294,17 +294,17 @@ fn scale_column(component: &crate::api::ComponentView) -> String {
 fn scale_outcome(app: &str, component: &str, answer: &crate::api::ScaleResponse) -> String {
     use skiff_runtime::manifest::Replicas;
     let now = match answer.replicas {
-        Replicas::Fixed(n) if matches!(answer.before, Replicas::Auto { .. }) => {
+        fixed @ Replicas::Fixed(_) if matches!(answer.before, Replicas::Auto { .. }) => {
             format!(
-                "pinned at {n} replicas; autoscaling is off until `skiff scale --min/--max` or the next deploy"
+                "pinned at {fixed}; autoscaling is off until `skiff scale --min/--max` or the next deploy"
             )
         }
-        Replicas::Fixed(n) => format!("pinned at {n} replicas"),
+        fixed @ Replicas::Fixed(_) => format!("pinned at {fixed}"),
         auto => auto.to_string(),
     };
     if !answer.changed {
         return match answer.replicas {
-            Replicas::Fixed(n) => format!("{app}/{component} already has {n} replicas"),
+            fixed @ Replicas::Fixed(_) => format!("{app}/{component} already has {fixed}"),
             auto => format!("{app}/{component} is already {auto}"),
         };
     }

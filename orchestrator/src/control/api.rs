@@ -173,6 +173,13 @@ async fn handle(
     let started = std::time::Instant::now();
     let method = request.method().clone();
     let path = request.uri().path().to_string();
+    let mut accounted = Accounted {
+        shared,
+        method: &method,
+        path: &path,
+        started,
+        status: None,
+    };
     let query = request.uri().query().unwrap_or("").to_string();
     let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
     // The body's deadline runs from now, whoever reads it.
@@ -207,9 +214,7 @@ async fn handle(
         Role::CutOff => Some(cut_off()),
     };
     if let Some(response) = refused {
-        shared
-            .metrics
-            .record_api(&method, &path, response.status(), started.elapsed());
+        accounted.status = Some(response.status());
         return response;
     }
     let result = route(shared, node, &method, &path, &segments, &query, request).await;
@@ -228,10 +233,35 @@ async fn handle(
             &error,
         )
     });
-    shared
-        .metrics
-        .record_api(&method, &path, response.status(), started.elapsed());
+    accounted.status = Some(response.status());
     response
+}
+
+/// Counts and times a request in the API metrics when it is answered, or
+/// when it is dropped unanswered, as 499 (its client left: a held
+/// heartbeat whose node died, a call given up on), so the longest waits
+/// are not the ones missing.
+struct Accounted<'a> {
+    shared: &'a Shared,
+    method: &'a Method,
+    path: &'a str,
+    started: std::time::Instant,
+    /// The answer's status, once answered.
+    status: Option<StatusCode>,
+}
+
+/// nginx's status for a request whose client closed the connection first.
+const CLIENT_LEFT: u16 = 499;
+
+impl Drop for Accounted<'_> {
+    fn drop(&mut self) {
+        let status = self.status.unwrap_or_else(|| {
+            StatusCode::from_u16(CLIENT_LEFT).expect("499 is a valid status code")
+        });
+        self.shared
+            .metrics
+            .record_api(self.method, self.path, status, self.started.elapsed());
+    }
 }
 
 /// `response` with `reason` also in [`REASON_HEADER`], where a client
@@ -636,7 +666,12 @@ fn blob_assigned(
 ) -> Result<(), Refusal> {
     let live = shared.live();
     let on_node = |r: &&ReplicaRecord| r.node.as_deref() == Some(node);
-    let has_blob = |r: &ReplicaRecord| live.spec(&r.app).is_some_and(|s| s.blobs.contains(digest));
+    // The replica's own version: during a rollout, an old one moves too.
+    let has_blob = |r: &ReplicaRecord| {
+        live.specs
+            .get(&r.package)
+            .is_some_and(|s| s.blobs.contains(digest))
+    };
     let assigned = match app {
         // Replica ids start with `app/`.
         Some(app) => {

@@ -157,7 +157,7 @@ pub(crate) fn register(shared: &Arc<Shared>, registry: &mut Registry) {
     );
     registry.register_with_unit(
         "api_request_duration",
-        "Time the control plane took to answer an API request, by method and route (a node's sync is held while nothing changes for it)",
+        "Time the control plane took to answer an API request, by method and route (a deploy waits for its placement; a node's sync is held while nothing changes for it)",
         Unit::Seconds,
         metrics.api_durations.clone(),
     );

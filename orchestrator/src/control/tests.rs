@@ -259,8 +259,7 @@ fn scaling_down_removes_from_the_most_crowded_node_first() {
 #[test]
 fn drained_nodes_give_up_replicas_and_cordoned_ones_keep_theirs() {
     let now = Instant::now();
-    let mut live = cluster(&[("a", 1024 * MIB), ("b", 1024 * MIB)], 2, 64 * MIB, now);
-    reconcile(&mut live, now, &config(), 0);
+    let mut live = placed_on_a_and_b(now);
     live.nodes.get_mut("a").unwrap().record.cordoned = true;
     reconcile(&mut live, now, &config(), 0);
     assert_eq!(
@@ -474,6 +473,13 @@ fn serving(app: &str) -> crate::api::ComponentStatus {
     }
 }
 
+/// Nodes "a" and "b", and app "web" of two replicas placed on them.
+fn placed_on_a_and_b(now: Instant) -> Live {
+    let mut live = cluster(&[("a", 1024 * MIB), ("b", 1024 * MIB)], 2, 64 * MIB, now);
+    reconcile(&mut live, now, &config(), 0);
+    live
+}
+
 /// `change` as a node reads it.
 fn as_read(change: crate::api::DesiredChange<crate::api::SharedJson>) -> crate::api::DesiredChange {
     serde_json::from_slice(&serde_json::to_vec(&change).unwrap()).unwrap()
@@ -483,8 +489,7 @@ fn as_read(change: crate::api::DesiredChange<crate::api::SharedJson>) -> crate::
 fn a_node_brought_forward_by_changes_holds_the_whole_desired_state() {
     use super::desired::{DesiredLog, desired_for};
     let now = Instant::now();
-    let mut live = cluster(&[("a", 1024 * MIB), ("b", 1024 * MIB)], 2, 64 * MIB, now);
-    reconcile(&mut live, now, &config(), 0);
+    let mut live = placed_on_a_and_b(now);
     let mut log = DesiredLog::new(7);
     // What node "a" holds, and the version and epoch it applied.
     let mut held = crate::api::DesiredState::default();
@@ -565,8 +570,7 @@ fn a_node_brought_forward_by_changes_holds_the_whole_desired_state() {
 fn the_desired_state_worked_out_from_changes_matches_one_from_scratch() {
     use super::desired::{DesiredLog, desired_for};
     let now = Instant::now();
-    let mut live = cluster(&[("a", 1024 * MIB), ("b", 1024 * MIB)], 2, 64 * MIB, now);
-    reconcile(&mut live, now, &config(), 0);
+    let mut live = placed_on_a_and_b(now);
     let mut log = DesiredLog::new(1);
     let mut version = 0;
     let mut refresh = |live: &Live| {
@@ -605,6 +609,30 @@ fn the_desired_state_worked_out_from_changes_matches_one_from_scratch() {
     b.down = false;
     assert_eq!(b.take_status(report(2, None, 1, &["web"], &[])), Some(true));
     assert_eq!(refresh(&live).apps[0].endpoints["api"].len(), 2);
+}
+
+/// A node naming versions the control plane never sent gets its answer
+/// put together each time, and keeps no encoding: it cannot fill the
+/// shared encodings with near-whole copies of the routing.
+#[test]
+fn encodings_are_kept_only_for_versions_nodes_were_sent() {
+    use super::desired::DesiredLog;
+    let now = Instant::now();
+    let mut live = placed_on_a_and_b(now);
+    let mut log = DesiredLog::new(1);
+    log.refresh(&live, 10);
+    let a = live.nodes.get_mut("a").unwrap();
+    assert_eq!(a.take_status(report(1, None, 1, &["web"], &[])), Some(true));
+    log.refresh(&live, 20);
+    for since in 11..20 {
+        let change = as_read(log.change_for("b", 1, since));
+        assert!(!change.full && change.apps.len() == 1, "{change:?}");
+    }
+    assert_eq!(log.encoded_bytes(), 0);
+    // A version sent is shared by every node at it.
+    let change = as_read(log.change_for("b", 1, 10));
+    assert_eq!(change.apps.len(), 1);
+    assert!(log.encoded_bytes() > 0);
 }
 
 /// A report of run `run`, numbered `seq`, changing `base` (whole when

@@ -87,6 +87,10 @@ pub(crate) struct Taken {
     /// The least time between two answers to the node that a change of
     /// the desired state calls for (see [`answer_gap`]).
     gap: Duration,
+    /// About when the node was last answered: when it was last heard
+    /// from before this heartbeat (the end of its last hold, or its last
+    /// heartbeat when that was answered at once).
+    last_answered: Instant,
 }
 
 /// Per node in the cluster, the time added to the least gap between two
@@ -147,6 +151,7 @@ pub(crate) fn take(
     let status_known;
     let news;
     let gap;
+    let last_answered;
     {
         let mut live = shared.live();
         gap = answer_gap(live.nodes.len(), shared.config.heartbeat);
@@ -198,6 +203,7 @@ pub(crate) fn take(
         }
         placed_by = (entry.record.labels.clone(), entry.record.memory);
         news = entry.news.clone();
+        last_answered = entry.last_seen;
         entry.last_seen = now;
         // First word since the control plane started: endpoints that were
         // trusted from the store now follow what the node reports.
@@ -329,41 +335,51 @@ pub(crate) fn take(
         placed_by,
         news,
         gap,
+        last_answered,
     })
 }
 
 /// Holds a heartbeat while the node is up to date both ways, until the
-/// desired state changes (and the node's answer gap has passed), the node
-/// has news, or a heartbeat interval has passed; a status the control
-/// plane could not take is asked for again at once, without holding.
+/// desired state changes, the node has news, or a heartbeat interval has
+/// passed. A change is answered no sooner than the node's answer gap
+/// after its last answer (whether this heartbeat was up to date or not:
+/// with versions moving every few milliseconds, a node answered at once
+/// would come straight back for the next). A node of another run of the
+/// control plane, or whose status the control plane could not take, is
+/// answered at once.
 pub(crate) async fn hold(shared: &Shared, node: &str, taken: &Taken) {
     let epoch = shared.desired().epoch();
     let mut version = shared.version.subscribe();
     let heartbeat = taken.heartbeat;
-    if *version.borrow_and_update() == taken.version && taken.epoch == epoch && taken.status_known {
-        let mut held = HeldHeartbeat::hold(shared, node, heartbeat);
-        let since = tokio::time::Instant::now();
-        let changed = tokio::select! {
+    if taken.epoch != epoch || !taken.status_known {
+        return;
+    }
+    let up_to_date = *version.borrow_and_update() == taken.version;
+    let paced = tokio::time::Instant::from_std(taken.last_answered + taken.gap);
+    if !up_to_date && paced <= tokio::time::Instant::now() {
+        return;
+    }
+    let mut held = HeldHeartbeat::hold(shared, node, heartbeat);
+    let changed = !up_to_date
+        || tokio::select! {
             _ = version.changed() => true,
             // The node has something to report (see [`news`]).
             () = taken.news.notified() => false,
             () = tokio::time::sleep(shared.config.heartbeat) => false,
         };
-        if changed {
-            // The node's last answer was just before this heartbeat.
-            tokio::select! {
-                () = taken.news.notified() => {}
-                () = tokio::time::sleep_until(since + taken.gap) => {}
-            }
+    if changed {
+        tokio::select! {
+            () = taken.news.notified() => {}
+            () = tokio::time::sleep_until(paced) => {}
         }
-        held.armed = false;
-        // Held this long, the node was listening all along.
-        shared.with_node(node, |entry| {
-            if entry.heartbeats == heartbeat {
-                entry.last_seen = Instant::now();
-            }
-        });
     }
+    held.armed = false;
+    // Held this long, the node was listening all along.
+    shared.with_node(node, |entry| {
+        if entry.heartbeats == heartbeat {
+            entry.last_seen = Instant::now();
+        }
+    });
 }
 
 /// The answer to a heartbeat taken: the desired-state version, and what

@@ -50,6 +50,8 @@ pub(super) struct Touched {
     /// Nodes new to the cluster.
     pub(super) came: BTreeSet<String>,
     pub(super) placed: BTreeSet<String>,
+    /// Apps whose record came or went.
+    pub(super) recorded: BTreeSet<String>,
     pub(super) members: bool,
 }
 
@@ -129,8 +131,11 @@ impl Inputs {
                 record: record.clone(),
                 specs: AppInputs::specs(live, record),
             },
-            |name, _, _| {
+            |name, seen, record| {
                 touched.apps.insert(name.to_string());
+                if seen.is_none() || record.is_none() {
+                    touched.recorded.insert(name.to_string());
+                }
             },
         );
         follow(

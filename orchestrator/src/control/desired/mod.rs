@@ -33,7 +33,7 @@ pub(super) struct DesiredLog {
     computed_at: u64,
     /// Versions at or below this may miss a removal that was forgotten.
     horizon: u64,
-    apps: Stamped<String, AppRouting>,
+    apps: Stamped<String, Routing>,
     /// Per node, what it runs.
     assignments: BTreeMap<String, Stamped<ComponentKey, Assignment>>,
     members: (BTreeMap<String, String>, u64),
@@ -47,11 +47,57 @@ pub(super) struct DesiredLog {
     /// at the computed version: the nodes brought up from one version are
     /// sent one encoding.
     encoded: HashMap<u64, SharedJson>,
+    /// The bytes in `encoded`.
+    encoded_bytes: usize,
+    /// The latest versions computed, oldest first: nodes answered since
+    /// hold one of them.
+    recent: std::collections::VecDeque<u64>,
 }
 
-/// Encodings of apps' routing kept per computed version: nodes at more
-/// versions than this have theirs encoded each time.
+/// An app's routing, encoded when first sent: an app that changed once
+/// is encoded once, however many nodes hear of it, and whichever version
+/// each heard last.
+struct Routing {
+    value: AppRouting,
+    json: std::sync::OnceLock<String>,
+}
+
+impl Routing {
+    fn new(value: AppRouting) -> Routing {
+        Routing {
+            value,
+            json: std::sync::OnceLock::new(),
+        }
+    }
+
+    fn all(apps: BTreeMap<String, AppRouting>) -> BTreeMap<String, Routing> {
+        apps.into_iter()
+            .map(|(name, value)| (name, Routing::new(value)))
+            .collect()
+    }
+
+    /// The routing as JSON.
+    fn json(&self) -> &str {
+        self.json
+            .get_or_init(|| serde_json::to_string(&self.value).expect("routing encodes"))
+    }
+}
+
+/// Routings are the same when their values are: the encoding follows.
+impl PartialEq for Routing {
+    fn eq(&self, other: &Routing) -> bool {
+        self.value == other.value
+    }
+}
+
+/// Encodings of apps' routing kept per computed version, for nodes at
+/// that many of the latest versions: a node at another version (none an
+/// honest node holds) has its answer put together each time.
 const MAX_ENCODINGS: usize = 64;
+
+/// The most bytes of encodings kept per computed version, whatever the
+/// versions nodes ask from.
+const MAX_ENCODED_BYTES: usize = 64 << 20;
 
 /// After a computation that took `d`, the next waits until `REST_FACTOR`
 /// x `d` has passed: with many apps and fast-moving versions, computing
@@ -73,6 +119,8 @@ impl DesiredLog {
             inputs: Inputs::default(),
             last_full: None,
             encoded: HashMap::new(),
+            encoded_bytes: 0,
+            recent: std::collections::VecDeque::new(),
         }
     }
 
@@ -133,14 +181,34 @@ impl DesiredLog {
                 }
             }
         }
-        let full = self.last_full.is_none_or(|at| at.elapsed() >= FULL_EVERY);
+        // Nodes of an app whose record came or went, or whose replicas
+        // did: their assignments count only apps with a record.
+        for app in &touched.recorded {
+            let prefix = format!("{app}/");
+            for (_, replica) in live
+                .replicas
+                .range(prefix.clone()..)
+                .take_while(|(id, _)| id.starts_with(&prefix))
+            {
+                if let Some(node) = &replica.node {
+                    touched.placed.insert(node.clone());
+                }
+            }
+        }
+        // Taken while computing: a computation that does not finish (a
+        // panic) leaves what it saw as seen, and the next computes all.
+        let last_full = self.last_full.take();
+        let full = last_full.is_none_or(|at| at.elapsed() >= FULL_EVERY);
         let only = (!full).then_some(&touched.apps);
         let (mut apps, mut assignments) = routing_and_assignments(live, only);
         let mut horizon = match only {
-            None => self.apps.update_where(apps, |_| true, version),
+            None => self
+                .apps
+                .update_where(Routing::all(apps), |_| true, version),
             Some(only) => {
                 for app in only {
-                    self.apps.set(app, apps.remove(app), version);
+                    self.apps
+                        .set(app, apps.remove(app).map(Routing::new), version);
                 }
                 self.apps.forget_oldest_removals()
             }
@@ -185,14 +253,21 @@ impl DesiredLog {
                 self.members = (members, version);
             }
         }
-        if full {
-            self.last_full = Some(Instant::now());
-        }
         #[cfg(debug_assertions)]
         self.check_against_scratch(live);
+        self.last_full = if full {
+            Some(Instant::now())
+        } else {
+            last_full
+        };
         self.horizon = self.horizon.max(horizon);
         self.computed_at = version;
         self.encoded.clear();
+        self.encoded_bytes = 0;
+        if self.recent.len() == MAX_ENCODINGS {
+            self.recent.pop_front();
+        }
+        self.recent.push_back(version);
         self.last = Some((Instant::now(), started.elapsed()));
         version
     }
@@ -202,8 +277,12 @@ impl DesiredLog {
     #[cfg(debug_assertions)]
     fn check_against_scratch(&self, live: &Live) {
         let (apps, assignments) = routing_and_assignments(live, None);
-        let held: BTreeMap<&String, &AppRouting> =
-            self.apps.values.iter().map(|(k, (v, _))| (k, v)).collect();
+        let held: BTreeMap<&String, &AppRouting> = self
+            .apps
+            .values
+            .iter()
+            .map(|(k, (v, _))| (k, &v.value))
+            .collect();
         let scratch: BTreeMap<&String, &AppRouting> = apps.iter().collect();
         assert_eq!(
             held, scratch,
@@ -263,15 +342,30 @@ impl DesiredLog {
         }
     }
 
-    /// The apps' routing changed after version `after`, encoded once per
-    /// computed version.
+    /// The bytes of encodings kept for the computed version.
+    #[cfg(test)]
+    pub(super) fn encoded_bytes(&self) -> usize {
+        self.encoded_bytes
+    }
+
+    /// The apps' routing changed after version `after`, as a JSON array
+    /// of each app's encoding, put together once per computed version.
     fn apps_changed_after(&mut self, after: u64) -> SharedJson {
         if let Some(encoded) = self.encoded.get(&after) {
             return encoded.clone();
         }
-        let apps: Vec<&AppRouting> = self.apps.changed_after(after).collect();
-        let encoded = SharedJson::encode(&apps);
-        if self.encoded.len() < MAX_ENCODINGS {
+        let mut json = String::from("[");
+        for (i, routing) in self.apps.changed_after(after).enumerate() {
+            if i > 0 {
+                json.push(',');
+            }
+            json.push_str(routing.json());
+        }
+        json.push(']');
+        let encoded = SharedJson::from_json(json);
+        let shared = after == 0 || self.recent.contains(&after);
+        if shared && self.encoded_bytes + encoded.len() <= MAX_ENCODED_BYTES {
+            self.encoded_bytes += encoded.len();
             self.encoded.insert(after, encoded.clone());
         }
         encoded
