@@ -219,18 +219,17 @@ impl Drop for Running {
         let _ = self.child.wait();
         // A panic in skiff fails the test that ran it, even when the test
         // saw nothing wrong: a handler that panics is a defect whatever
-        // the client got.
+        // the client got. (A guest's own panic is a line of its output,
+        // `[app] thread ... panicked`, and is no defect of skiff's.)
         let stderr = self.stderr();
+        let mut lines = stderr.lines();
         if !std::thread::panicking()
-            && let Some(at) = stderr.find("panicked at")
+            && let Some(line) = lines
+                .by_ref()
+                .find(|l| l.starts_with("thread '") && l.contains(" panicked at "))
         {
-            let from = stderr[..at].rfind('\n').map_or(0, |i| i + 1);
-            let line: String = stderr[from..]
-                .lines()
-                .take(3)
-                .collect::<Vec<_>>()
-                .join("\n");
-            panic!("skiff panicked: {line}");
+            let message: Vec<&str> = lines.take(2).collect();
+            panic!("skiff {line}\n{}", message.join("\n"));
         }
     }
 }
