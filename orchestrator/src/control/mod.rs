@@ -287,6 +287,8 @@ pub(crate) struct LiveNode {
     last_seen: Instant,
     /// When its held heartbeat connection broke, if it has not come back.
     connection_lost: Option<Instant>,
+    /// When a heartbeat last moved its addresses.
+    moved_at: Option<Instant>,
     /// Counts heartbeats, so a broken one that a newer one already
     /// replaced is not taken for a lost connection.
     heartbeats: u64,
@@ -382,6 +384,7 @@ impl LiveNode {
         LiveNode {
             last_seen: Instant::now(),
             connection_lost: None,
+            moved_at: None,
             heartbeats: 0,
             logs_seen: 0,
             holding: 0,

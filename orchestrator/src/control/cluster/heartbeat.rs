@@ -93,6 +93,10 @@ pub(crate) struct Taken {
     last_answered: Instant,
 }
 
+/// The least time between two moves of a node's addresses that are
+/// taken (and written to the store).
+pub(crate) const MOVE_EVERY: Duration = Duration::from_secs(1);
+
 /// Per node in the cluster, the time added to the least gap between two
 /// answers a change calls for: every change answers every node's held
 /// heartbeat, so with thousands of nodes and changes every few
@@ -172,10 +176,18 @@ pub(crate) fn take(
             mesh: sync.mesh.clone(),
             ..entry.record.clone()
         };
-        let moved = entry.record != updated;
+        // A node moves when it restarts: one whose addresses change again
+        // within [`MOVE_EVERY`] keeps those it had until the next
+        // heartbeat after that, so it cannot have the store written at
+        // the rate it sends heartbeats.
+        let moved = entry.record != updated
+            && entry
+                .moved_at
+                .is_none_or(|at| now.saturating_duration_since(at) >= MOVE_EVERY);
         if moved {
             shared.store.put_node(&updated)?;
             entry.record = updated;
+            entry.moved_at = Some(now);
             wake = true;
         }
         if entry.reported_memory != sync.memory {

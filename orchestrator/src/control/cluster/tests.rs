@@ -219,7 +219,17 @@ async fn a_heartbeat_stores_moved_addresses_and_never_raises_the_memory_declared
         shared.live.lock().unwrap().nodes["edge-1"].memory(),
         2 * GIB
     );
-    // Restarted on other ports, offering less.
+    // Addresses changing again at once (a hostile node flapping them to
+    // have the store written at its heartbeat rate) are not taken yet.
+    let mut flapping = first_heartbeat(2 * GIB);
+    flapping.mesh = "127.0.0.1:38443".to_string();
+    beat(&shared, &node, flapping).await;
+    assert_eq!(
+        stored_node(&shared, "edge-1").unwrap().mesh,
+        "127.0.0.1:18443"
+    );
+    // Restarted on other ports a while later, offering less.
+    tokio::time::sleep(heartbeat::MOVE_EVERY).await;
     let mut moved = first_heartbeat(GIB / 2);
     moved.mesh = "127.0.0.1:28443".to_string();
     beat(&shared, &node, moved).await;
