@@ -673,16 +673,10 @@ fn blob_assigned(
             .is_some_and(|s| s.blobs.contains(digest))
     };
     let assigned = match app {
-        // Replica ids start with `app/`.
-        Some(app) => {
-            let prefix = format!("{app}/");
-            live.replicas
-                .range(prefix.clone()..)
-                .take_while(|(id, _)| id.starts_with(&prefix))
-                .map(|(_, r)| r)
-                .filter(on_node)
-                .any(has_blob)
-        }
+        Some(app) => live
+            .replicas_under(&format!("{app}/"))
+            .filter(on_node)
+            .any(has_blob),
         None => live.replicas.values().filter(on_node).any(has_blob),
     };
     if assigned {

@@ -938,6 +938,17 @@ impl Shared {
 }
 
 impl Live {
+    /// The replicas whose ids start with `prefix` (`app/` or
+    /// `app/component/`: ids are `app/component/N`), found without a walk
+    /// over every replica.
+    fn replicas_under<'a>(&'a self, prefix: &str) -> impl Iterator<Item = &'a ReplicaRecord> {
+        use std::ops::Bound;
+        self.replicas
+            .range::<str, _>((Bound::Included(prefix), Bound::Unbounded))
+            .take_while(move |(id, _)| id.starts_with(prefix))
+            .map(|(_, replica)| replica)
+    }
+
     /// Every replica grouped by `key` (its app, its node...), in one pass,
     /// so views of thousands of apps need no scan of all replicas per app.
     fn replicas_by<'a>(

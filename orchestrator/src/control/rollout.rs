@@ -411,10 +411,8 @@ pub(crate) fn take_outcomes(
             continue;
         }
         let held = live
-            .replicas
-            .range(prefix.clone()..)
-            .take_while(|(id, _)| id.starts_with(&prefix))
-            .any(|(_, r)| r.node.as_deref() == Some(node) && r.package == version.package);
+            .replicas_under(&prefix)
+            .any(|r| r.node.as_deref() == Some(node) && r.package == version.package);
         let Some(seen) = live.nodes.get_mut(node).map(|n| &mut n.outcomes_seen) else {
             return failures;
         };
@@ -693,12 +691,7 @@ fn all_moved(live: &Live, record: &AppRecord) -> bool {
         return false;
     };
     let prefix = format!("{}/", record.name);
-    let replicas: Vec<_> = live
-        .replicas
-        .range(prefix.clone()..)
-        .take_while(|(id, _)| id.starts_with(&prefix))
-        .map(|(_, r)| r)
-        .collect();
+    let replicas: Vec<_> = live.replicas_under(&prefix).collect();
     if replicas.iter().any(|r| r.package != record.package) {
         return false;
     }
@@ -722,10 +715,7 @@ fn failing(live: &Live, record: &AppRecord) -> Option<String> {
     // serves elsewhere failed only on that node (its replica moves).
     let prefix = format!("{}/", record.name);
     let placed: Vec<&crate::state::ReplicaRecord> = live
-        .replicas
-        .range(prefix.clone()..)
-        .take_while(|(id, _)| id.starts_with(&prefix))
-        .map(|(_, r)| r)
+        .replicas_under(&prefix)
         .filter(|r| r.package == record.package)
         .collect();
     let serves_somewhere = placed

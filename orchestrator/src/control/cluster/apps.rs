@@ -408,14 +408,9 @@ fn unplaceable(shared: &Shared, prefix: &str) -> Vec<String> {
     const NAMED: usize = 3;
     let live = shared.live();
     let mut by_reason: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
-    // Replica ids start with the prefix: no scan of every replica.
-    for (id, _) in live
-        .replicas
-        .range(prefix.to_string()..)
-        .take_while(|(id, _)| id.starts_with(prefix))
-    {
-        if let Some(reason) = live.pending.get(id) {
-            by_reason.entry(reason).or_default().push(id);
+    for replica in live.replicas_under(prefix) {
+        if let Some(reason) = live.pending.get(&replica.id) {
+            by_reason.entry(reason).or_default().push(&replica.id);
         }
     }
     by_reason

@@ -184,12 +184,7 @@ impl DesiredLog {
         // Nodes of an app whose record came or went, or whose replicas
         // did: their assignments count only apps with a record.
         for app in &touched.recorded {
-            let prefix = format!("{app}/");
-            for (_, replica) in live
-                .replicas
-                .range(prefix.clone()..)
-                .take_while(|(id, _)| id.starts_with(&prefix))
-            {
+            for replica in live.replicas_under(&format!("{app}/")) {
                 if let Some(node) = &replica.node {
                     touched.placed.insert(node.clone());
                 }
@@ -406,12 +401,8 @@ fn routing_and_assignments(
         Some(only) => only
             .iter()
             .map(|app| {
-                let prefix = format!("{app}/");
                 let replicas = live
-                    .replicas
-                    .range(prefix.clone()..)
-                    .take_while(|(id, _)| id.starts_with(&prefix))
-                    .map(|(_, replica)| replica)
+                    .replicas_under(&format!("{app}/"))
                     .filter(|replica| replica.app == *app)
                     .collect();
                 (app.as_str(), replicas)
