@@ -177,6 +177,8 @@ impl SimNode {
                 logs_first_seq: 0,
                 logs: Vec::new(),
                 load: Vec::new(),
+                // The fleet has no certificates: its bundle is empty.
+                tls: String::new(),
             };
             let answer = self
                 .api

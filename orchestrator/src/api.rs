@@ -155,6 +155,10 @@ pub struct SyncRequest {
     /// a component absent has none.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub load: Vec<ComponentLoad>,
+    /// The digest of the TLS bundle the node holds ([`TlsBundle::digest`]);
+    /// empty before it has one.
+    #[serde(default)]
+    pub tls: String,
 }
 
 /// The demand on one component at a node, as its heartbeat reports it.
@@ -305,6 +309,101 @@ pub struct SyncResponse<Apps = Vec<AppRouting>> {
     /// standing by), for the node to turn to when this one goes.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub servers: Vec<String>,
+    /// The cluster's TLS bundle, when the node's is not this one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<Arc<TlsBundle>>,
+}
+
+/// What every node needs to serve HTTPS: the cluster's certificates with
+/// their keys, and the ACME HTTP-01 challenges it answers meanwhile.
+/// Sent only to nodes, over mTLS.
+#[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TlsBundle {
+    /// A digest of the rest: a node holding this one is sent nothing.
+    pub digest: String,
+    /// Every certificate, by the name it is kept under.
+    pub certificates: Vec<ServedCertificate>,
+    /// Pending HTTP-01 challenges: token to key authorization, answered
+    /// at `/.well-known/acme-challenge/TOKEN` on plain HTTP.
+    pub challenges: BTreeMap<String, String>,
+}
+
+impl std::fmt::Debug for TlsBundle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the keys, wherever this is logged.
+        f.debug_struct("TlsBundle")
+            .field("digest", &self.digest)
+            .field("certificates", &self.certificates.len())
+            .field("challenges", &self.challenges.len())
+            .finish()
+    }
+}
+
+/// A certificate as nodes serve it.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServedCertificate {
+    /// The name it is kept under (an exact domain or `*.parent`).
+    pub domain: String,
+    /// Its chain, PEM, leaf first.
+    pub chain_pem: String,
+    /// Its private key, PEM.
+    pub key_pem: String,
+}
+
+/// `POST /v1/certs` (admin): a certificate and key for a domain.
+#[derive(Clone, Serialize, Deserialize)]
+pub struct CertAddRequest {
+    /// The domain (or `*.parent`) it serves.
+    pub domain: String,
+    /// The chain, PEM, leaf first.
+    pub chain_pem: String,
+    /// The private key, PEM.
+    pub key_pem: String,
+}
+
+/// The answer to `POST /v1/certs`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CertAddResponse {
+    /// The certificate as stored.
+    pub certificate: CertificateView,
+    /// Whether it replaced one for the same domain.
+    pub replaced: bool,
+    /// What the user should know (it expires soon, no app uses it).
+    #[serde(default)]
+    pub warnings: Vec<String>,
+}
+
+/// A domain's certificate, as `skiff certs` shows it: never its key.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CertificateView {
+    /// The domain, or `*.parent` for a wildcard.
+    pub domain: String,
+    /// `uploaded`, `acme`, or `none` (an app's domain with no certificate).
+    pub source: String,
+    /// The names the certificate is valid for.
+    #[serde(default)]
+    pub names: Vec<String>,
+    /// Who issued it.
+    #[serde(default)]
+    pub issuer: String,
+    /// Its serial number, hex.
+    #[serde(default)]
+    pub serial: String,
+    /// Valid until, Unix seconds; 0 without a certificate.
+    #[serde(default)]
+    pub not_after_unix: i64,
+    /// The apps it serves.
+    #[serde(default)]
+    pub apps: Vec<String>,
+    /// In a few words: `valid`, `expires soon`, `expired`, `ordering`,
+    /// `renewing`, `failing`, `no certificate`.
+    pub status: String,
+    /// Why the last order or renewal failed, if it did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// When the control plane tries again after a failure, Unix seconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_try_unix: Option<i64>,
 }
 
 /// `POST /v1/nodes/NAME/labels` (admin): sets and removes labels of a node.
@@ -540,6 +639,13 @@ pub struct AppRouting {
     /// milliseconds: how long a caller waits for its answer.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub request_timeouts_ms: BTreeMap<String, u64>,
+    /// `[app] domains`: host names that pick this app, whatever the path.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub domains: Vec<String>,
+    /// `[app] https_redirect`: plain-HTTP requests for its domains are
+    /// redirected to HTTPS where the node serves it a certificate.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub https_redirect: bool,
 }
 
 /// A node running a replica.

@@ -9,6 +9,7 @@ pub mod api;
 pub mod api_client;
 pub mod app_source;
 pub mod autoscaler;
+pub mod certs;
 pub mod cli;
 pub mod clock;
 pub mod cluster_config;

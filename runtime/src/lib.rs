@@ -15,6 +15,7 @@ pub mod cache;
 pub mod capability;
 pub mod component;
 pub mod cpu_lane;
+pub mod domain;
 pub mod engine;
 pub mod fd_limit;
 pub mod instance;

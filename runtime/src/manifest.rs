@@ -90,6 +90,17 @@ pub struct AppInfo {
     /// [`rollout::DEFAULT_CANARY_INTERVAL`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub canary_interval: Option<DurationSpec>,
+    /// `domains = ["shop.example.com"]`: host names ingress serves the app
+    /// at, whatever the path; over HTTPS too once the cluster holds a
+    /// certificate for them (`skiff cert add`, or ACME). No two apps may
+    /// claim one domain.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub domains: Vec<crate::domain::Domain>,
+    /// `https_redirect = true`: plain-HTTP requests for the app's domains
+    /// are redirected (308) to HTTPS, on nodes serving HTTPS with a
+    /// certificate for the domain.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub https_redirect: bool,
 }
 
 fn default_version() -> String {
@@ -595,6 +606,8 @@ impl Manifest {
                 description: None,
                 canary: Vec::new(),
                 canary_interval: None,
+                domains: Vec::new(),
+                https_redirect: false,
             },
             component: BTreeMap::from([(name, spec)]),
         }
@@ -614,6 +627,16 @@ impl Manifest {
         }
         rollout::canary_steps(&self.app.canary).map_err(|e| format!("[app] {e}"))?;
         rollout::canary_interval(self.app.canary_interval).map_err(|e| format!("[app] {e}"))?;
+        let mut domains = std::collections::BTreeSet::new();
+        if let Some(twice) = self.app.domains.iter().find(|d| !domains.insert(*d)) {
+            return Err(format!("[app] domains lists \"{twice}\" twice"));
+        }
+        if self.app.https_redirect && self.app.domains.is_empty() {
+            return Err(
+                "[app] https_redirect applies to the app's domains, and it has none: add `domains = [\"...\"]`"
+                    .to_string(),
+            );
+        }
         let mut routes: BTreeMap<&Route, &ComponentName> = BTreeMap::new();
         for (name, spec) in &self.component {
             if spec.request_timeout.is_some_and(|t| {

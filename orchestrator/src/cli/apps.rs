@@ -498,7 +498,11 @@ pub fn forget(args: NameArgs) -> anyhow::Result<()> {
 }
 
 /// `DELETE path`; prints the answer with `-o json`, else `done`.
-fn delete_and_report(cluster: &ClusterArgs, path: &str, done: &str) -> anyhow::Result<()> {
+pub(super) fn delete_and_report(
+    cluster: &ClusterArgs,
+    path: &str,
+    done: &str,
+) -> anyhow::Result<()> {
     let client = cluster.client()?;
     let answer: serde_json::Value = runtime()?.block_on(async {
         let bytes = client

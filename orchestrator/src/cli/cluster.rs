@@ -78,8 +78,59 @@ pub struct ServerArgs {
     // (credentials and all).
     #[arg(long, default_value = "embedded")]
     store: String,
+    /// An ACME server's directory URL: certificates for app domains no
+    /// certificate was given for are ordered there (HTTP-01, answered by
+    /// every node's ingress on port 80 of the domain) and renewed. Let's
+    /// Encrypt: https://acme-v02.api.letsencrypt.org/directory
+    #[arg(long)]
+    acme_directory: Option<String>,
+    /// A contact address for the ACME account (repeatable), e.g.
+    /// `ops@example.com`.
+    #[arg(long = "acme-email", requires = "acme_directory")]
+    acme_emails: Vec<String>,
+    /// A PEM file of roots to trust for the ACME server's own HTTPS,
+    /// besides the usual ones (a private or test ACME server's).
+    #[arg(long, requires = "acme_directory")]
+    acme_ca_roots: Option<PathBuf>,
+    /// Renew ACME certificates this long before they expire, e.g. `30d`;
+    /// default when a third of their lifetime is left.
+    #[arg(long, requires = "acme_directory", value_parser = humantime::parse_duration)]
+    acme_renew_before: Option<Duration>,
     #[command(flatten)]
     metrics: super::telemetry::MetricsArgs,
+}
+
+/// Reads the `--acme-*` flags.
+fn acme_config(args: &ServerArgs) -> anyhow::Result<Option<crate::control::AcmeConfig>> {
+    let Some(directory) = &args.acme_directory else {
+        return Ok(None);
+    };
+    if !directory
+        .parse::<http::Uri>()
+        .is_ok_and(|uri| uri.scheme_str() == Some("https") && uri.host().is_some())
+    {
+        anyhow::bail!(
+            "--acme-directory {directory:?} is not an ACME directory URL: give https://HOST/PATH, such as https://acme-v02.api.letsencrypt.org/directory"
+        );
+    }
+    let mut contact = Vec::new();
+    for email in &args.acme_emails {
+        let email = email.strip_prefix("mailto:").unwrap_or(email);
+        if !email.contains('@') || email.contains(char::is_whitespace) {
+            anyhow::bail!("--acme-email {email:?} is not an email address");
+        }
+        contact.push(format!("mailto:{email}"));
+    }
+    if let Some(roots) = &args.acme_ca_roots {
+        std::fs::metadata(roots)
+            .with_context(|| format!("cannot read --acme-ca-roots {}", roots.display()))?;
+    }
+    Ok(Some(crate::control::AcmeConfig {
+        directory: directory.clone(),
+        contact,
+        ca_roots: args.acme_ca_roots.clone(),
+        renew_before: args.acme_renew_before,
+    }))
 }
 
 /// Reads `--store`.
@@ -93,6 +144,7 @@ fn parse_store(text: &str) -> Result<StoreChoice, String> {
 /// Runs the control plane until Ctrl-C or SIGTERM.
 pub fn server(args: ServerArgs) -> anyhow::Result<()> {
     args.metrics.apart_from(args.listen, "--listen")?;
+    let acme = acme_config(&args)?;
     let mut config = ControlPlaneConfig::new(
         args.data_dir
             .unwrap_or_else(|| home::skiff_home().join("server")),
@@ -110,6 +162,8 @@ pub fn server(args: ServerArgs) -> anyhow::Result<()> {
     config.overcommit = crate::control::Overcommit::new(args.overcommit)?;
     config.ui_session_lifetime = args.ui_session_lifetime;
     config.store = parse_store(&args.store).map_err(|e| anyhow::anyhow!(e))?;
+    config.acme = acme;
+
     runtime()?.block_on(async {
         let metrics = args.metrics.bind().await?;
         let control = ControlPlane::start(config).await?;
@@ -205,6 +259,11 @@ pub struct NodeArgs {
     /// HTTP ingress address.
     #[arg(long, default_value = "127.0.0.1:3000")]
     listen: SocketAddr,
+    /// HTTPS ingress address, e.g. `0.0.0.0:443`: apps' domains served
+    /// with the cluster's certificates (`skiff certs`), HTTP/2 and
+    /// HTTP/1.1.
+    #[arg(long)]
+    https_listen: Option<SocketAddr>,
     /// Mesh (mTLS) address; default the ingress IP with a free port.
     #[arg(long)]
     mesh_listen: Option<SocketAddr>,
@@ -285,6 +344,7 @@ pub fn node(args: NodeArgs) -> anyhow::Result<()> {
         labels,
         memory,
         listen: args.listen,
+        https_listen: args.https_listen,
         mesh_listen: args
             .mesh_listen
             .unwrap_or_else(|| SocketAddr::new(args.listen.ip(), 0)),
@@ -305,8 +365,12 @@ pub fn node(args: NodeArgs) -> anyhow::Result<()> {
         node.register_metrics(&mut registry);
         crate::mesh::metrics::register_handshakes(&mut registry);
         metrics.serve(registry);
+        let https = node
+            .https_addr()
+            .map(|addr| format!(" and https://{addr}"))
+            .unwrap_or_default();
         out!(
-            "Node {} serving ingress on http://{} (mesh {}), control plane {}",
+            "Node {} serving ingress on http://{}{https} (mesh {}), control plane {}",
             config.name,
             node.ingress_addr(),
             node.mesh_addr(),
@@ -327,6 +391,10 @@ pub struct UpArgs {
     /// HTTP ingress address.
     #[arg(long, default_value = "127.0.0.1:3000")]
     listen: SocketAddr,
+    /// HTTPS ingress address, e.g. `127.0.0.1:3443`: apps' domains served
+    /// with the certificates given by `skiff cert add`.
+    #[arg(long)]
+    https_listen: Option<SocketAddr>,
     /// Address of the control plane's HTTPS API.
     #[arg(long, default_value = "127.0.0.1:7070")]
     api: SocketAddr,
@@ -411,6 +479,7 @@ pub fn up(args: UpArgs) -> anyhow::Result<()> {
             // whatever is deployed, however much it reserves.
             memory: UNLIMITED_MEMORY,
             listen: args.listen,
+            https_listen: args.https_listen,
             // The mesh of a one-node cluster has no peers: loopback when
             // ingress listens on every address, so the address reported
             // is one a node could dial.
@@ -428,6 +497,7 @@ pub fn up(args: UpArgs) -> anyhow::Result<()> {
         })
         .await?;
         let ingress = node.ingress_addr();
+        let node_https = node.https_addr();
         node.register_metrics(&mut registry);
         metrics.serve(registry);
         let node_task = tokio::spawn(node.run(wait(stopped)));
@@ -470,7 +540,12 @@ pub fn up(args: UpArgs) -> anyhow::Result<()> {
                 out!("{note}")?;
             }
         }
-        out!("Serving http://{ingress} (control plane {url}; Ctrl-C to stop)")?;
+        match node_https {
+            Some(https) => out!(
+                "Serving http://{ingress} and https://{https} (control plane {url}; Ctrl-C to stop)"
+            )?,
+            None => out!("Serving http://{ingress} (control plane {url}; Ctrl-C to stop)")?,
+        }
         if let Some(previous) = &previous {
             out!("The CLI talks to this cluster until it stops, then to {previous} again")?;
         }

@@ -11,6 +11,7 @@ macro_rules! out {
 }
 
 mod apps;
+mod certs;
 mod cluster;
 mod events;
 mod new;
@@ -106,6 +107,11 @@ enum Command {
     Forget(apps::NameArgs),
     /// Set or remove a node's placement labels.
     Label(apps::LabelArgs),
+    /// Give the cluster a certificate for a domain, or remove one.
+    Cert(certs::CertArgs),
+    /// List the cluster's certificates (domain, status, issuer, expiry),
+    /// and app domains without one.
+    Certs(certs::CertsArgs),
     /// Print (and with -f follow) the guest output of an app's replicas.
     Logs(apps::LogsArgs),
     /// Print a shell completion script, e.g. `source <(skiff completions
@@ -179,6 +185,8 @@ pub fn main() -> ExitCode {
         Command::Apps(args) => apps::apps(args),
         Command::Ps(args) => apps::ps(args),
         Command::Nodes(args) => apps::nodes(args),
+        Command::Cert(args) => certs::cert(args),
+        Command::Certs(args) => certs::certs(args),
         Command::Scale(args) => apps::scale(args),
         Command::Top(args) => top::top(args),
         Command::Dashboard(args) => apps::dashboard(args),

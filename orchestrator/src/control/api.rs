@@ -3,7 +3,7 @@
 //! joining nodes (a one-time join token in the body). Every refusal is a
 //! JSON `{"error": ...}` naming what was wrong.
 
-use super::cluster::{Refused, apps, heartbeat, members, nodes};
+use super::cluster::{Refused, apps, certs, heartbeat, members, nodes};
 use super::deadline::{self, BodyError, TimedBody};
 use super::leader::Role;
 use super::{Shared, views};
@@ -38,6 +38,9 @@ const MAX_JSON: usize = 16 << 20;
 /// Largest join body: a join is a token, a name and a CSR, a few KiB. It
 /// is read before any credential is checked, so it is kept small.
 const MAX_JOIN: usize = 64 << 10;
+/// Largest certificate body: a chain and a key, each at most
+/// [`crate::certs::MAX_PEM_BYTES`], JSON-escaped.
+const MAX_CERT: usize = 4 * crate::certs::MAX_PEM_BYTES;
 
 /// A response body: a small buffer, or a blob streamed from its file.
 pub(super) type Body = http_body_util::combinators::UnsyncBoxBody<Bytes, std::io::Error>;
@@ -605,6 +608,15 @@ async fn admin(
             )
         }
         (&Method::GET, ["v1", "nodes"]) => ok(&views::node_views(shared)),
+        (&Method::GET, ["v1", "certs"]) => ok(&certs::list(shared)),
+        (&Method::POST, ["v1", "certs"]) => {
+            let request = read_json_within(request, MAX_CERT).await?;
+            json(StatusCode::CREATED, &certs::add(shared, request)?)
+        }
+        (&Method::DELETE, ["v1", "certs", domain]) => {
+            certs::remove(shared, domain)?;
+            ok(&serde_json::json!({"removed": domain}))
+        }
         (&Method::POST, ["v1", "nodes", name, "labels"]) => {
             ok(&nodes::label(shared, name, read_json(request).await?)?)
         }

@@ -26,6 +26,10 @@ pub struct AppSpec {
     /// `[app] canary` steps (ending at 100) and interval, when it has
     /// some: a deploy of this version over another is a canary.
     pub canary: Option<(Vec<u32>, Duration)>,
+    /// `[app] domains`: host names ingress serves the app at.
+    pub domains: Vec<String>,
+    /// `[app] https_redirect`: plain HTTP for its domains goes to HTTPS.
+    pub https_redirect: bool,
 }
 
 impl AppSpec {
@@ -175,6 +179,8 @@ pub fn read(store: &Store, digest: &str) -> Result<AppSpec, String> {
         components,
         blobs,
         canary,
+        domains: manifest.app.domains.iter().map(|d| d.to_string()).collect(),
+        https_redirect: manifest.app.https_redirect,
     })
 }
 

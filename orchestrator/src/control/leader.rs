@@ -175,6 +175,7 @@ async fn lead(shared: &Arc<Shared>, etcd: &Arc<EtcdStore>, lease: i64) -> Led {
     }
     let mut controller = tokio::spawn(super::reconcile::run(shared.clone()));
     let collector = tokio::spawn(super::collect::run(shared.clone()));
+    let acme = tokio::spawn(super::acme::run(shared.clone()));
     shared.role.send_replace(Role::Leading);
     let mut kept_alive = Instant::now();
     // Stand down while the lease surely still lives: its TTL, less a tick
@@ -185,6 +186,7 @@ async fn lead(shared: &Arc<Shared>, etcd: &Arc<EtcdStore>, lease: i64) -> Led {
         tokio::select! {
             stopped = &mut controller => {
                 collector.abort();
+                acme.abort();
                 return Led::ControllerStopped(format!("{stopped:?}"));
             }
             () = tokio::time::sleep(TICK) => {}
@@ -210,7 +212,7 @@ async fn lead(shared: &Arc<Shared>, etcd: &Arc<EtcdStore>, lease: i64) -> Led {
             Err(e) => tracing::warn!("cannot keep this control plane's lease alive yet: {e}"),
         }
     }
-    stand_down(shared, etcd, lease, vec![controller, collector]).await;
+    stand_down(shared, etcd, lease, vec![controller, collector, acme]).await;
     Led::LostLease
 }
 
@@ -235,6 +237,7 @@ async fn take_over(shared: &Arc<Shared>) -> anyhow::Result<()> {
         node.last_seen = window_starts;
     }
     *shared.desired() = desired::DesiredLog::new(super::new_epoch());
+    shared.publish_tls(&live);
     drop(live);
     shared
         .version

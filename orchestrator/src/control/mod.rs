@@ -9,8 +9,10 @@
 //! restart every known node gets a fresh heartbeat window to reconnect, so
 //! nothing is moved just because the control plane was away.
 
+mod acme;
 mod api;
 mod catalog;
+mod certs;
 mod cluster;
 mod collect;
 mod deadline;
@@ -93,7 +95,12 @@ pub struct ControlPlaneConfig {
     /// Where the cluster's state is kept; default the embedded store in
     /// `data_dir`.
     pub store: StoreChoice,
+    /// Where certificates for app domains without one are ordered; none:
+    /// only certificates given with `skiff cert add` are served.
+    pub acme: Option<AcmeConfig>,
 }
+
+pub use acme::AcmeConfig;
 
 /// Where a control plane keeps the cluster's state.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -125,6 +132,7 @@ impl ControlPlaneConfig {
             overcommit: Overcommit::default(),
             ui_session_lifetime: ui::SESSION_LIFETIME,
             store: StoreChoice::Embedded,
+            acme: None,
         }
     }
 }
@@ -180,6 +188,9 @@ pub(crate) struct Shared {
     api_fingerprint: String,
     /// The last `skiff top` view and when it was made; locked alone.
     top: Mutex<Option<(Instant, Arc<crate::api::TopView>)>>,
+    /// What nodes need to serve HTTPS, as last published from the live
+    /// state: read by every heartbeat without the state lock.
+    tls: watch::Sender<Arc<crate::api::TlsBundle>>,
 }
 
 /// The in-memory view: the durable records plus liveness.
@@ -207,6 +218,8 @@ pub(crate) struct Live {
     /// Per `(app, package)` under a rollout, what became of the requests
     /// that version answered since it began.
     tallies: HashMap<(String, String), rollout::Tally>,
+    /// The certificates apps are served with over HTTPS, and ACME's work.
+    certs: certs::Certs,
     /// Replicas that failed to start on a node, by id: since when, and
     /// the nodes they failed on (not tried again).
     unready: HashMap<String, reconcile::Unready>,
@@ -322,6 +335,8 @@ pub(crate) struct LiveNode {
     load: HashMap<(String, String), crate::api::ComponentLoad>,
     /// How often its heartbeats may move the desired-state version.
     bumps: BumpBudget,
+    /// The digest of the TLS bundle its last heartbeat said it holds.
+    tls: String,
     /// Signalled when the node has news: its held heartbeat is answered
     /// at once, so it can send the next one with the news.
     news: Arc<tokio::sync::Notify>,
@@ -398,6 +413,7 @@ impl LiveNode {
             pressure: false,
             load: HashMap::new(),
             bumps: BumpBudget::default(),
+            tls: String::new(),
             news: Arc::new(tokio::sync::Notify::new()),
             outcomes_seen: HashMap::new(),
             traffic: top::TrafficLog::default(),
@@ -778,7 +794,9 @@ impl ControlPlane {
             ui: ui::Sessions::new(ui_session_lifetime),
             api_fingerprint,
             top: Mutex::default(),
+            tls: watch::Sender::new(certs::empty_bundle()),
         });
+        shared.publish_tls(&shared.live());
         Ok(ControlPlane {
             shared,
             listener,
@@ -863,10 +881,12 @@ impl ControlPlane {
         let api = api::serve(self.shared.clone(), self.listener, self.tls, shutdown);
         let Some(etcd) = self.shared.etcd.clone() else {
             let mut controller = tokio::spawn(reconcile::run(self.shared.clone()));
+            let acme = tokio::spawn(acme::run(self.shared.clone()));
             let collector = tokio::spawn(collect::run(self.shared));
             return tokio::select! {
                 () = api => {
                     controller.abort();
+                    acme.abort();
                     collector.abort();
                     Ok(())
                 }
@@ -934,6 +954,17 @@ impl Shared {
     /// Marks the desired state changed: held heartbeats return at once.
     fn bump(&self) {
         self.version.send_modify(|v| *v += 1);
+    }
+
+    /// Publishes the TLS bundle of `live`'s certificates and challenges
+    /// to nodes, when it changed: held heartbeats are answered with it.
+    fn publish_tls(&self, live: &Live) {
+        let bundle = live.certs.bundle();
+        if self.tls.borrow().digest == bundle.digest {
+            return;
+        }
+        self.tls.send_replace(Arc::new(bundle));
+        self.bump();
     }
 }
 
@@ -1004,6 +1035,7 @@ impl Live {
                 Err(e) => live.mark_unreadable(&package, e, Instant::now()),
             }
         }
+        live.certs = certs::Certs::load(store.certificates()?);
         for mut replica in store.replicas()? {
             // Stored before versions were: it runs the app's package.
             if replica.package.is_empty()

@@ -67,6 +67,8 @@ fn cluster(nodes: &[(&str, u64)], replicas: u32, memory: u64, now: Instant) -> L
             components: BTreeMap::from([("api".to_string(), plan)]),
             blobs: Default::default(),
             canary: None,
+            domains: Vec::new(),
+            https_redirect: false,
         }),
     );
     live.apps.insert(

@@ -267,6 +267,8 @@ mod tests {
                 timeouts_ms: Default::default(),
                 split: Default::default(),
                 request_timeouts_ms: Default::default(),
+                domains: Vec::new(),
+                https_redirect: false,
             }],
             &[],
         );

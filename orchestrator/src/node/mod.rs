@@ -10,6 +10,7 @@
 //! across its own restarts: the last desired state is kept on disk.
 
 mod hold;
+mod https;
 mod identity;
 mod ingress;
 mod load;
@@ -114,6 +115,8 @@ pub struct NodeConfig {
     pub memory: u64,
     /// HTTP ingress address.
     pub listen: SocketAddr,
+    /// HTTPS ingress address, if the node serves HTTPS.
+    pub https_listen: Option<SocketAddr>,
     /// Mesh (mTLS) address; port 0 picks a free one.
     pub mesh_listen: SocketAddr,
     /// Where the node's identity, packages and cache live.
@@ -129,6 +132,7 @@ pub struct NodeConfig {
 pub struct Node {
     shared: Arc<NodeShared>,
     ingress: TcpListener,
+    https: Option<(TcpListener, tokio_rustls::TlsAcceptor)>,
     mesh: TcpListener,
 }
 
@@ -138,6 +142,8 @@ pub(crate) struct NodeShared {
     pub(crate) replicas: replicas::LocalReplicas,
     pub(crate) config: NodeConfig,
     ingress_addr: SocketAddr,
+    /// Where HTTPS ingress listens, if it does.
+    pub(crate) https_addr: Option<SocketAddr>,
     mesh_addr: SocketAddr,
     engine: SkiffEngine,
     cache: CompileCache,
@@ -174,6 +180,16 @@ pub(crate) struct NodeShared {
     pub(crate) workload_identities: crate::mesh::workload_certs::WorkloadIdentities,
     /// What ingress answered.
     pub(crate) ingress_metrics: ingress::IngressMetrics,
+    /// The certificates HTTPS ingress serves, and ACME challenges.
+    pub(crate) tls: Arc<https::ServedTls>,
+}
+
+impl std::fmt::Debug for NodeShared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NodeShared")
+            .field("name", &self.config.name)
+            .finish_non_exhaustive()
+    }
 }
 
 impl NodeShared {
@@ -229,6 +245,11 @@ impl Node {
         let members = crate::mesh::Members::new(crate::mesh::CLUSTER);
         let current = identity::load_or_join(&config, &members).await?;
         let ingress = bind_as(config.listen, "ingress").await?;
+        let https = match config.https_listen {
+            Some(addr) => Some(bind_as(addr, "HTTPS ingress").await?),
+            None => None,
+        };
+        let https_addr = https.as_ref().map(TcpListener::local_addr).transpose()?;
         let mesh = bind_mesh(config.mesh_listen, &config.data_dir).await?;
         let ingress_addr = ingress.local_addr()?;
         let mesh_addr = mesh.local_addr()?;
@@ -245,10 +266,17 @@ impl Node {
             .with_balancer(config.balancer);
         let workload_identities =
             crate::mesh::workload_certs::WorkloadIdentities::new(&config.data_dir);
+        let tls = Arc::new(https::ServedTls::load(&config.data_dir));
+        let https = match https {
+            Some(listener) => Some((listener, https::acceptor(tls.clone())?)),
+            None => None,
+        };
         let shared = Arc::new_cyclic(|weak| NodeShared {
             replicas: replicas::LocalReplicas::default(),
             config,
             ingress_addr,
+            https_addr,
+            tls,
             mesh_addr,
             engine,
             cache,
@@ -279,6 +307,7 @@ impl Node {
         Ok(Node {
             shared,
             ingress,
+            https,
             mesh,
         })
     }
@@ -286,6 +315,11 @@ impl Node {
     /// Where ingress listens.
     pub fn ingress_addr(&self) -> SocketAddr {
         self.shared.ingress_addr
+    }
+
+    /// Where HTTPS ingress listens, if it does.
+    pub fn https_addr(&self) -> Option<SocketAddr> {
+        self.shared.https_addr
     }
 
     /// Where the mesh endpoint listens.
@@ -361,6 +395,14 @@ impl Node {
             self.mesh,
             wait_for(stopped.clone()),
         ));
+        let https = self.https.map(|(listener, acceptor)| {
+            tokio::spawn(https::serve(
+                self.shared.clone(),
+                listener,
+                acceptor,
+                wait_for(stopped.clone()),
+            ))
+        });
         let ingress = tokio::spawn(ingress::serve(
             self.shared.clone(),
             self.ingress,
@@ -386,6 +428,9 @@ impl Node {
         self.shared.save_desired();
         let _ = stop.send(true);
         let _ = ingress.await;
+        if let Some(https) = https {
+            let _ = https.await;
+        }
         let _ = mesh.await;
         outcome
     }
@@ -517,6 +562,7 @@ async fn sync_loop(shared: Arc<NodeShared>) -> String {
                 shared.load.changed_outcomes(&shared),
                 shared.load.changed_traffic(&shared),
             ),
+            tls: shared.tls.digest(),
         };
         // The control plane holds a heartbeat while the node is up to date
         // both ways. News while it is held (a replica loaded, memory
@@ -572,6 +618,9 @@ async fn sync_loop(shared: Arc<NodeShared>) -> String {
                 shared.replicas.acknowledged(acknowledged);
                 if let Some(change) = response.desired {
                     shared.apply(change);
+                }
+                if let Some(bundle) = &response.tls {
+                    shared.tls.apply(bundle, &shared.config.data_dir);
                 }
                 (version, epoch) = (response.version, response.epoch);
                 identity::renew_if_due(&shared).await;
@@ -747,6 +796,7 @@ mod tests {
                 .collect(),
             memory,
             listen: "127.0.0.1:0".parse().unwrap(),
+            https_listen: None,
             mesh_listen: "127.0.0.1:0".parse().unwrap(),
             data_dir: PathBuf::from("/nonexistent"),
             hold_limit: hold::HOLD_LIMIT,

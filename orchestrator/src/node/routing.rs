@@ -17,10 +17,14 @@ pub(crate) struct Routing {
     /// Sorted by name. Shared with the routing this one was made from, so
     /// a change to one app rebuilds only that app.
     apps: Vec<Arc<AppRoutes>>,
+    /// Each app domain (`[app] domains`), to the app's index in `apps`.
+    domains: HashMap<String, usize>,
 }
 
 pub(crate) struct AppRoutes {
     pub(crate) name: String,
+    /// Whether plain-HTTP requests for its domains go to HTTPS.
+    pub(crate) https_redirect: bool,
     routes: Vec<(Route, String)>,
     /// Every component of the app, sorted.
     components: Vec<String>,
@@ -50,6 +54,7 @@ impl AppRoutes {
     fn new(app: &AppRouting) -> AppRoutes {
         AppRoutes {
             name: app.name.clone(),
+            https_redirect: app.https_redirect,
             routes: app
                 .routes
                 .iter()
@@ -209,7 +214,30 @@ impl Routing {
             .chain(changed.iter().map(|a| Arc::new(AppRoutes::new(a))))
             .collect();
         apps.sort_by(|a, b| a.name.cmp(&b.name));
-        Routing { apps }
+        // The control plane lets no two apps claim a domain; were it to,
+        // the first by name keeps it.
+        let mut domains = HashMap::new();
+        let named_domains = changed.iter().map(|a| (a.name.as_str(), &a.domains));
+        let kept_domains = self.domains.iter().filter_map(|(domain, i)| {
+            let app = &self.apps[*i];
+            (!whole && !replaced.contains(app.name.as_str())).then_some((app.name.as_str(), domain))
+        });
+        let index: HashMap<&str, usize> = apps
+            .iter()
+            .enumerate()
+            .map(|(i, a)| (a.name.as_str(), i))
+            .collect();
+        for (app, domain) in named_domains
+            .flat_map(|(app, ds)| ds.iter().map(move |d| (app, d)))
+            .chain(kept_domains)
+        {
+            let i = index[app];
+            domains
+                .entry(domain.clone())
+                .and_modify(|held: &mut usize| *held = (*held).min(i))
+                .or_insert(i);
+        }
+        Routing { apps, domains }
     }
 
     /// The app named `name` (app names are lower case; host names are
@@ -233,13 +261,23 @@ impl Routing {
         Some(self.apps[i].clone())
     }
 
-    /// The app a `Host` header names: `Host: shop.example.com`, or just
-    /// `Host: shop` (host names are case-insensitive, app names lower
-    /// case).
+    /// The app a `Host` header names: one of its `[app] domains`, else
+    /// by its first label (`Host: shop.example.com` or just `Host: shop`;
+    /// host names are case-insensitive, app names lower case).
     pub(crate) fn named_by_host(&self, host: Option<&str>) -> Option<&AppRoutes> {
-        host.map(|h| h.split(':').next().unwrap_or(h))
-            .map(|h| h.split_once('.').map_or(h, |(first, _)| first))
-            .and_then(|first| self.named(first))
+        let host = host_name(host?);
+        if let Some(i) = self.domains.get(host.as_str()) {
+            return Some(&self.apps[*i]);
+        }
+        self.named(
+            host.split_once('.')
+                .map_or(host.as_str(), |(first, _)| first),
+        )
+    }
+
+    /// The app whose `[app] domains` lists `host` (a host name).
+    pub(crate) fn by_domain(&self, host: &str) -> Option<&AppRoutes> {
+        self.domains.get(host).map(|i| &*self.apps[*i])
     }
 
     /// The app and component for a request.
@@ -263,4 +301,14 @@ impl Routing {
         }
         best.map(|(_, app, component)| (app, component))
     }
+}
+
+/// The host name of a `Host` header or authority (`shop.example.com:8443`,
+/// `[::1]:80`), in lower case, without port or a trailing dot.
+pub(crate) fn host_name(host: &str) -> String {
+    let name = match host.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or(v6),
+        None => host.rsplit_once(':').map_or(host, |(name, _)| name),
+    };
+    name.trim_end_matches('.').to_ascii_lowercase()
 }

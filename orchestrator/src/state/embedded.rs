@@ -3,8 +3,9 @@
 //! the one `skiff up` uses.
 
 use super::{
-    AppRecord, Applied, ClusterSecrets, ClusterStore, NodeRecord, ReplicaChange, ReplicaRecord,
-    SetAside, StateError, WRITE_DURATIONS, check, decode, next_generation, store_err, token_hash,
+    AppRecord, Applied, CertificateRecord, ClusterSecrets, ClusterStore, NodeRecord, ReplicaChange,
+    ReplicaRecord, SetAside, StateError, WRITE_DURATIONS, acme_key, check, decode, next_generation,
+    store_err, token_hash,
 };
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::Serialize;
@@ -14,6 +15,9 @@ pub(super) const APPS: TableDefinition<&str, &[u8]> = TableDefinition::new("apps
 const JOIN_TOKENS: TableDefinition<&str, u64> = TableDefinition::new("join_tokens");
 pub(super) const NODES: TableDefinition<&str, &[u8]> = TableDefinition::new("nodes");
 const REPLICAS: TableDefinition<&str, &[u8]> = TableDefinition::new("replicas");
+const CERTIFICATES: TableDefinition<&str, &[u8]> = TableDefinition::new("certificates");
+/// ACME accounts, by [`acme_key`] of their directory.
+const ACME_ACCOUNTS: TableDefinition<&str, &str> = TableDefinition::new("acme_accounts");
 /// Records that could not be decoded, keyed `table/key`, kept as they
 /// were so an operator can look at them; nothing reads them back.
 const QUARANTINE: TableDefinition<&str, &[u8]> = TableDefinition::new("quarantine");
@@ -47,6 +51,8 @@ impl RedbStore {
         tx.open_table(NODES).map_err(store_err)?;
         tx.open_table(REPLICAS).map_err(store_err)?;
         tx.open_table(QUARANTINE).map_err(store_err)?;
+        tx.open_table(CERTIFICATES).map_err(store_err)?;
+        tx.open_table(ACME_ACCOUNTS).map_err(store_err)?;
         commit(tx)?;
         Ok(RedbStore {
             db,
@@ -149,6 +155,7 @@ impl ClusterStore for RedbStore {
                 ),
                 ("nodes", NODES, check::<NodeRecord>),
                 ("replicas", REPLICAS, check::<ReplicaRecord>),
+                ("certificates", CERTIFICATES, check::<CertificateRecord>),
             ] {
                 let mut table = tx.open_table(definition).map_err(store_err)?;
                 let mut damaged = Vec::new();
@@ -249,6 +256,44 @@ impl ClusterStore for RedbStore {
 
     fn put_node(&self, record: &NodeRecord) -> Result<(), StateError> {
         put_json(&self.db, NODES, &record.name, record)
+    }
+
+    fn certificates(&self) -> Result<Vec<CertificateRecord>, StateError> {
+        all_json(&self.db, CERTIFICATES)
+    }
+
+    fn put_certificate(&self, record: &CertificateRecord) -> Result<(), StateError> {
+        put_json(&self.db, CERTIFICATES, &record.domain, record)
+    }
+
+    fn delete_certificate(&self, domain: &str) -> Result<bool, StateError> {
+        let tx = self.db.begin_write().map_err(store_err)?;
+        let existed = tx
+            .open_table(CERTIFICATES)
+            .map_err(store_err)?
+            .remove(domain)
+            .map_err(store_err)?
+            .is_some();
+        commit(tx)?;
+        Ok(existed)
+    }
+
+    fn acme_account(&self, directory: &str) -> Result<Option<String>, StateError> {
+        let tx = self.db.begin_read().map_err(store_err)?;
+        let table = tx.open_table(ACME_ACCOUNTS).map_err(store_err)?;
+        Ok(table
+            .get(acme_key(directory).as_str())
+            .map_err(store_err)?
+            .map(|v| v.value().to_string()))
+    }
+
+    fn put_acme_account(&self, directory: &str, account: &str) -> Result<(), StateError> {
+        let tx = self.db.begin_write().map_err(store_err)?;
+        tx.open_table(ACME_ACCOUNTS)
+            .map_err(store_err)?
+            .insert(acme_key(directory).as_str(), account)
+            .map_err(store_err)?;
+        commit(tx)
     }
 
     fn delete_node(&self, name: &str) -> Result<bool, StateError> {

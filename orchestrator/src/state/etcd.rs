@@ -13,8 +13,9 @@
 //! lost quorum refuses at once, with the reason, rather than hang.
 
 use super::{
-    AppRecord, Applied, ClusterSecrets, ClusterStore, NodeRecord, ReplicaChange, ReplicaRecord,
-    SetAside, StateError, WRITE_DURATIONS, check, decode, next_generation, token_hash,
+    AppRecord, Applied, CertificateRecord, ClusterSecrets, ClusterStore, NodeRecord, ReplicaChange,
+    ReplicaRecord, SetAside, StateError, WRITE_DURATIONS, acme_key, check, decode, next_generation,
+    token_hash,
 };
 use etcd_client::{
     Client, Compare, CompareOp, ConnectOptions, DeleteOptions, GetOptions, KeyValue, KvClient,
@@ -536,6 +537,7 @@ impl ClusterStore for EtcdStore {
             ),
             ("nodes", check::<NodeRecord>),
             ("replicas", check::<ReplicaRecord>),
+            ("certificates", check::<CertificateRecord>),
         ] {
             for (key, bytes, revision) in self.list(table)? {
                 let Err(message) = check(&bytes) else {
@@ -635,6 +637,43 @@ impl ClusterStore for EtcdStore {
             self.key(&format!("nodes/{name}")),
             Some(DeleteOptions::new().with_prev_key()),
         ))
+    }
+
+    fn certificates(&self) -> Result<Vec<CertificateRecord>, StateError> {
+        self.all("certificates")
+    }
+
+    fn put_certificate(&self, record: &CertificateRecord) -> Result<(), StateError> {
+        let value = serde_json::to_vec(record).expect("a record serializes");
+        let key = format!("certificates/{}", record.domain);
+        self.commit(Txn::new().and_then([self.put_op(&key, value)]))
+            .map(drop)
+    }
+
+    fn delete_certificate(&self, domain: &str) -> Result<bool, StateError> {
+        self.delete(TxnOp::delete(
+            self.key(&format!("certificates/{domain}")),
+            Some(DeleteOptions::new().with_prev_key()),
+        ))
+    }
+
+    fn acme_account(&self, directory: &str) -> Result<Option<String>, StateError> {
+        let key = format!("acme-accounts/{}", acme_key(directory));
+        self.get(&key)?
+            .0
+            .map(|bytes| {
+                String::from_utf8(bytes).map_err(|_| StateError::Damaged {
+                    key,
+                    message: "not UTF-8".to_string(),
+                })
+            })
+            .transpose()
+    }
+
+    fn put_acme_account(&self, directory: &str, account: &str) -> Result<(), StateError> {
+        let key = format!("acme-accounts/{}", acme_key(directory));
+        self.commit(Txn::new().and_then([self.put_op(&key, account.to_string())]))
+            .map(drop)
     }
 
     fn admit_node(

@@ -276,6 +276,42 @@ impl std::fmt::Debug for ClusterSecrets {
     }
 }
 
+/// A certificate the cluster serves over HTTPS for `domain`, with its key.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CertificateRecord {
+    /// The name it is kept under and served for: an app's domain, or a
+    /// wildcard (`*.example.com`) serving every domain one label below.
+    pub domain: String,
+    /// The certificate and its chain, PEM, leaf first.
+    pub chain_pem: String,
+    /// Its private key, PEM.
+    pub key_pem: String,
+    /// Where it came from.
+    pub source: CertificateSource,
+    /// When it was stored, Unix seconds.
+    pub added_unix: u64,
+}
+
+impl std::fmt::Debug for CertificateRecord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the key, wherever this is logged.
+        f.debug_struct("CertificateRecord")
+            .field("domain", &self.domain)
+            .field("source", &self.source)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Where a certificate came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CertificateSource {
+    /// Given with `skiff cert add`: never replaced by the cluster.
+    Uploaded,
+    /// Ordered by the control plane from an ACME server, and renewed by it.
+    Acme,
+}
+
 /// Where the cluster's durable records are kept. Every method is one
 /// transaction: it happens whole or not at all.
 pub trait ClusterStore: Send + Sync {
@@ -416,6 +452,42 @@ pub trait ClusterStore: Send + Sync {
     /// Store failures.
     fn join_token_valid(&self, token: &str, now_unix: u64) -> Result<bool, StateError>;
 
+    /// Every certificate the cluster serves, by domain.
+    ///
+    /// # Errors
+    ///
+    /// Store failures or a damaged record.
+    fn certificates(&self) -> Result<Vec<CertificateRecord>, StateError>;
+
+    /// Keeps `record`, replacing the one for its domain.
+    ///
+    /// # Errors
+    ///
+    /// Store failures.
+    fn put_certificate(&self, record: &CertificateRecord) -> Result<(), StateError>;
+
+    /// Removes the certificate for `domain`; whether there was one.
+    ///
+    /// # Errors
+    ///
+    /// Store failures.
+    fn delete_certificate(&self, domain: &str) -> Result<bool, StateError>;
+
+    /// The cluster's account at the ACME server `directory`, as its
+    /// client saved it (it holds the account's private key).
+    ///
+    /// # Errors
+    ///
+    /// Store failures.
+    fn acme_account(&self, directory: &str) -> Result<Option<String>, StateError>;
+
+    /// Keeps the cluster's account at the ACME server `directory`.
+    ///
+    /// # Errors
+    ///
+    /// Store failures.
+    fn put_acme_account(&self, directory: &str, account: &str) -> Result<(), StateError>;
+
     /// Declares `name` to run `package` at `scale`; idempotent.
     ///
     /// # Errors
@@ -521,6 +593,12 @@ fn decode<T: serde::de::DeserializeOwned>(key: &str, bytes: &[u8]) -> Result<T, 
 }
 
 /// Tokens are stored hashed, so a copy of the store does not reveal them.
+/// The key an ACME directory's account is kept under: its URL's hash
+/// (a URL is no key for every store).
+fn acme_key(directory: &str) -> String {
+    token_hash(directory)
+}
+
 fn token_hash(token: &str) -> String {
     hex::encode(Sha256::digest(token.as_bytes()))
 }

@@ -308,3 +308,27 @@ fn autoscaling_keys_that_contradict_are_refused_by_name() {
         other => panic!("{other:?}"),
     }
 }
+
+#[test]
+fn domains_are_checked_where_they_are_written() {
+    let component = "\n[component.web]\nsource = \"web.wasm\"\nroute = \"/...\"\n";
+    let ok = parse(&format!(
+        "[app]\nname = \"shop\"\ndomains = [\"shop.example.com\", \"www.shop.example.com\"]\nhttps_redirect = true\n{component}"
+    ))
+    .unwrap();
+    assert_eq!(ok.app.domains.len(), 2);
+    assert!(ok.app.https_redirect);
+    let (line, _, message) = syntax(&format!(
+        "[app]\nname = \"shop\"\ndomains = [\"Shop.Example.com\"]\n{component}"
+    ));
+    assert_eq!(line, 3);
+    assert!(message.contains("lower case"), "{message}");
+    let message = invalid(&format!(
+        "[app]\nname = \"shop\"\ndomains = [\"a.example.com\", \"a.example.com\"]\n{component}"
+    ));
+    assert!(message.contains("twice"), "{message}");
+    let message = invalid(&format!(
+        "[app]\nname = \"shop\"\nhttps_redirect = true\n{component}"
+    ));
+    assert!(message.contains("has none"), "{message}");
+}

@@ -156,6 +156,7 @@ pub(crate) async fn deploy(
     let copy_warnings = crate::control::mirror::push(shared, &spec.blobs).await;
     let (applied, generation, passes_before, rollout_note) = {
         let mut live = shared.live();
+        claimed_elsewhere(&live, &spec).map_err(Refused::Conflict)?;
         let now_ms = crate::clock::unix_ms();
         let mut notes = Vec::new();
         let (applied, record) = shared.store.update_app(&spec.name, &mut |current| {
@@ -232,6 +233,29 @@ pub(crate) async fn deploy(
         .warnings
         .extend(reconcile::headroom_warnings(&shared.live(), &spec.name));
     Ok(response)
+}
+
+/// Refuses a deploy of `spec` whose `[app] domains` another app claims
+/// (with any version it runs): one host name picks one app.
+fn claimed_elsewhere(live: &Live, spec: &catalog::AppSpec) -> Result<(), String> {
+    for (name, record) in &live.apps {
+        if *name == spec.name {
+            continue;
+        }
+        let theirs = record
+            .versions()
+            .filter_map(|package| live.specs.get(package))
+            .flat_map(|other| other.domains.iter());
+        for domain in theirs {
+            if spec.domains.contains(domain) {
+                return Err(format!(
+                    "domain \"{domain}\" is claimed by app \"{name}\"; app \"{}\" cannot claim it too: remove it from one of the two manifests (deploy app \"{name}\" without it first to move it)",
+                    spec.name
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// The canary a deploy asks for: its own `canary` steps, else the

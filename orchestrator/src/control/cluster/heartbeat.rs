@@ -84,6 +84,8 @@ pub(crate) struct Taken {
     placed_by: (std::collections::BTreeMap<String, String>, u64),
     /// Signalled when the node has news to send.
     news: Arc<Notify>,
+    /// The digest of the TLS bundle the node holds.
+    tls: String,
     /// The least time between two answers to the node that a change of
     /// the desired state calls for (see [`answer_gap`]).
     gap: Duration,
@@ -196,6 +198,10 @@ pub(crate) fn take(
             wake |= entry.memory() != before;
         }
         entry.used = sync.used;
+        // A digest is 64 hex digits: anything else is held by no node.
+        if sync.tls.len() <= 64 && entry.tls != sync.tls {
+            entry.tls.clone_from(&sync.tls);
+        }
         if entry.pressure != sync.pressure {
             if sync.pressure {
                 tracing::warn!(
@@ -348,6 +354,11 @@ pub(crate) fn take(
         news,
         gap,
         last_answered,
+        tls: if sync.tls.len() <= 64 {
+            sync.tls
+        } else {
+            String::new()
+        },
     })
 }
 
@@ -363,7 +374,9 @@ pub(crate) async fn hold(shared: &Shared, node: &str, taken: &Taken) {
     let epoch = shared.desired().epoch();
     let mut version = shared.version.subscribe();
     let heartbeat = taken.heartbeat;
-    if taken.epoch != epoch || !taken.status_known {
+    // A node without the cluster's certificates (or an ACME challenge
+    // the cluster waits on) is answered at once.
+    if taken.epoch != epoch || !taken.status_known || taken.tls != shared.tls.borrow().digest {
         return;
     }
     let up_to_date = *version.borrow_and_update() == taken.version;
@@ -446,6 +459,10 @@ pub(crate) async fn answer(
         servers: match shared.etcd {
             Some(_) => shared.servers.lock().expect("servers lock").clone(),
             None => Vec::new(),
+        },
+        tls: {
+            let bundle = shared.tls.borrow();
+            (taken.tls != bundle.digest).then(|| bundle.clone())
         },
     })
 }

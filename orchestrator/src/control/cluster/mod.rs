@@ -6,6 +6,7 @@
 //! directly.
 
 pub(super) mod apps;
+pub(super) mod certs;
 pub(super) mod heartbeat;
 pub(super) mod members;
 pub(super) mod nodes;

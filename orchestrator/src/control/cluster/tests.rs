@@ -69,6 +69,7 @@ fn first_heartbeat(memory: u64) -> SyncRequest {
         logs_first_seq: 1,
         logs: Vec::new(),
         load: Vec::new(),
+        tls: String::new(),
     }
 }
 

@@ -499,6 +499,8 @@ fn routing_and_assignments(
                 .map(|(c, plan)| (c.clone(), plan.timeout.as_millis() as u64))
                 .collect(),
             request_timeouts_ms: request_timeouts(live, record, spec),
+            domains: spec.domains.clone(),
+            https_redirect: spec.https_redirect,
         };
         apps.insert(app.clone(), routing);
     }

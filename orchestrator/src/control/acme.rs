@@ -1,0 +1,409 @@
+//! Certificates ordered from an ACME server (RFC 8555, as Let's Encrypt
+//! speaks it) for app domains no certificate was given for, and renewed
+//! before they expire. The leading control plane orders each domain once
+//! for the whole cluster: the HTTP-01 challenge is sent to every node
+//! with the TLS bundle, each node's ingress answers it, and the
+//! certificate goes to every node the same way. A failed order is tried
+//! again with backoff, its reason shown by `skiff certs`; a certificate
+//! being renewed keeps serving until it expires.
+
+use super::Shared;
+use super::certs::AcmeProgress;
+use crate::state::{CertificateRecord, CertificateSource};
+use http_body_util::BodyExt;
+use instant_acme::{
+    Account, AccountCredentials, AuthorizationStatus, BodyWrapper, BytesResponse, ChallengeType,
+    HttpClient, Identifier, NewAccount, NewOrder, OrderStatus, RetryPolicy,
+};
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Where and how a control plane orders certificates.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AcmeConfig {
+    /// The ACME server's directory URL (Let's Encrypt's is
+    /// `https://acme-v02.api.letsencrypt.org/directory`).
+    pub directory: String,
+    /// Contact addresses for the account (`mailto:` URLs).
+    pub contact: Vec<String>,
+    /// A PEM file of roots the directory's own HTTPS certificate is
+    /// checked against, besides the Mozilla roots (a test server's).
+    pub ca_roots: Option<PathBuf>,
+    /// How long before expiry a certificate is renewed; none: when a
+    /// third of its lifetime is left (30 days of Let's Encrypt's 90).
+    pub renew_before: Option<Duration>,
+}
+
+/// How often the domains are looked over.
+const EVERY: Duration = Duration::from_secs(2);
+
+/// The longest one order may take, from new order to certificate.
+const ORDER_TIMEOUT: Duration = Duration::from_secs(180);
+
+/// The longest one request to the ACME server may take to answer.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The most bytes of one answer from the ACME server.
+const MAX_ANSWER: usize = 1 << 20;
+
+/// How long the challenge waits for every node to hold it.
+const SPREAD_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// The first wait after a failure; it doubles with each failure in a row.
+const FIRST_BACKOFF_SECS: i64 = 10;
+
+/// The longest wait after failures.
+const MAX_BACKOFF_SECS: i64 = 3600;
+
+/// Orders and renews certificates while this control plane leads.
+pub(super) async fn run(shared: Arc<Shared>) {
+    let Some(config) = shared.config.acme.clone() else {
+        return;
+    };
+    let mut account: Option<Account> = None;
+    loop {
+        tokio::time::sleep(EVERY).await;
+        while let Some(domain) = next_due(&shared, &config) {
+            let ordered = tokio::time::timeout(
+                ORDER_TIMEOUT,
+                order(&shared, &config, &mut account, &domain),
+            )
+            .await
+            .unwrap_or_else(|_| {
+                Err(format!(
+                    "the order did not complete within {}s",
+                    ORDER_TIMEOUT.as_secs()
+                ))
+            });
+            settle(&shared, &domain, ordered);
+        }
+    }
+}
+
+/// The next app domain to order a certificate for: one with none (or an
+/// ACME one due for renewal), not waiting out a failure. Marked as being
+/// ordered.
+fn next_due(shared: &Shared, config: &AcmeConfig) -> Option<String> {
+    let mut live = shared.live();
+    let now = crate::clock::unix_secs() as i64;
+    let domains = super::cluster::certs::app_domains(&live);
+    let due = domains.values().flatten().find(|domain| {
+        let progress = live.certs.acme.get(domain.as_str());
+        if progress.is_some_and(|p| p.ordering || p.next_try_unix > now) {
+            return false;
+        }
+        match live.certs.covering(domain) {
+            None => true,
+            Some(held) if held.record.source == CertificateSource::Uploaded => false,
+            Some(held) => {
+                let lifetime = held.info.not_after - held.info.not_before;
+                let before = config
+                    .renew_before
+                    .map_or(lifetime / 3, |d| d.as_secs() as i64);
+                held.info.not_after - before <= now
+            }
+        }
+    })?;
+    let due = due.clone();
+    live.certs.acme.entry(due.clone()).or_default().ordering = true;
+    Some(due)
+}
+
+/// Keeps what ordering `domain` came to: the certificate, or why not
+/// (and when to try again).
+fn settle(shared: &Shared, domain: &str, ordered: Result<CertificateRecord, String>) {
+    let mut live = shared.live();
+    live.certs.challenges.clear();
+    let now = crate::clock::unix_secs() as i64;
+    match ordered {
+        Ok(record) => {
+            let kept = shared
+                .store
+                .put_certificate(&record)
+                .map_err(|e| format!("cannot store the certificate: {e}"))
+                .and_then(|()| live.certs.keep(record).map(drop));
+            match kept {
+                Ok(()) => {
+                    tracing::info!(domain, "certificate ordered from the ACME server");
+                    live.certs.acme.remove(domain);
+                }
+                Err(e) => failed(&mut live.certs.acme, domain, e, now),
+            }
+        }
+        Err(e) => failed(&mut live.certs.acme, domain, e, now),
+    }
+    shared.publish_tls(&live);
+}
+
+/// Records that ordering `domain` failed with `error` at `now`.
+fn failed(
+    progress: &mut std::collections::BTreeMap<String, AcmeProgress>,
+    domain: &str,
+    error: String,
+    now: i64,
+) {
+    let entry = progress.entry(domain.to_string()).or_default();
+    entry.ordering = false;
+    entry.failures += 1;
+    let backoff = FIRST_BACKOFF_SECS
+        .saturating_mul(1 << (entry.failures - 1).min(20))
+        .min(MAX_BACKOFF_SECS);
+    entry.next_try_unix = now + backoff;
+    tracing::warn!(
+        domain,
+        "cannot get a certificate for {domain} from the ACME server: {error}; trying again in {backoff}s"
+    );
+    entry.error = Some(error);
+}
+
+/// Orders a certificate for `domain`: the account (made once and kept in
+/// the store), the order, its HTTP-01 challenge spread to every node,
+/// then a new key, its CSR, and the certificate.
+async fn order(
+    shared: &Shared,
+    config: &AcmeConfig,
+    account: &mut Option<Account>,
+    domain: &str,
+) -> Result<CertificateRecord, String> {
+    let acme = match account {
+        Some(account) => account.clone(),
+        None => account.insert(open_account(shared, config).await?).clone(),
+    };
+    let identifiers = [Identifier::Dns(domain.to_string())];
+    let mut order = acme
+        .new_order(&NewOrder::new(&identifiers))
+        .await
+        .map_err(|e| format!("the ACME server refused the order: {e}"))?;
+    let mut authorizations = order.authorizations();
+    while let Some(authorization) = authorizations.next().await {
+        let mut authorization =
+            authorization.map_err(|e| format!("cannot read the order's authorization: {e}"))?;
+        match authorization.status {
+            AuthorizationStatus::Valid => continue,
+            AuthorizationStatus::Pending => {}
+            status => return Err(format!("the authorization is {status:?}")),
+        }
+        let mut challenge = authorization
+            .challenge(ChallengeType::Http01)
+            .ok_or("the ACME server offers no HTTP-01 challenge for the domain")?;
+        let token = challenge.token.clone();
+        let key_authorization = challenge.key_authorization().as_str().to_string();
+        spread_challenge(shared, token, key_authorization).await?;
+        challenge
+            .set_ready()
+            .await
+            .map_err(|e| format!("the ACME server refused the challenge: {e}"))?;
+    }
+    let retries = RetryPolicy::new().timeout(Duration::from_secs(90));
+    let status = order
+        .poll_ready(&retries)
+        .await
+        .map_err(|e| format!("the domain was not validated: {e}"))?;
+    if status != OrderStatus::Ready {
+        return Err(format!(
+            "the domain was not validated (the order is {status:?}): the ACME server could not fetch the challenge from http://{domain}/.well-known/acme-challenge/ on a node"
+        ));
+    }
+    let key = rcgen::KeyPair::generate().map_err(|e| format!("cannot make a key: {e}"))?;
+    let mut params = rcgen::CertificateParams::new(vec![domain.to_string()])
+        .map_err(|e| format!("cannot make the request: {e}"))?;
+    params.distinguished_name = rcgen::DistinguishedName::new();
+    let csr = params
+        .serialize_request(&key)
+        .map_err(|e| format!("cannot make the request: {e}"))?;
+    order
+        .finalize_csr(csr.der())
+        .await
+        .map_err(|e| format!("the ACME server refused to finalize the order: {e}"))?;
+    let chain_pem = order
+        .poll_certificate(&retries)
+        .await
+        .map_err(|e| format!("the ACME server issued no certificate: {e}"))?;
+    let record = CertificateRecord {
+        domain: domain.to_string(),
+        chain_pem,
+        key_pem: key.serialize_pem(),
+        source: CertificateSource::Acme,
+        added_unix: crate::clock::unix_secs(),
+    };
+    let issued = crate::certs::read(&record.chain_pem, &record.key_pem)
+        .map_err(|e| format!("the ACME server issued an unusable certificate: {e}"))?;
+    if !issued.info.covers(domain) {
+        return Err(format!(
+            "the ACME server issued a certificate for {} instead",
+            issued.info.names.join(", ")
+        ));
+    }
+    Ok(record)
+}
+
+/// The cluster's account at the directory: the one kept in the store,
+/// else a new one (then kept).
+async fn open_account(shared: &Shared, config: &AcmeConfig) -> Result<Account, String> {
+    let http = || -> Result<Box<dyn HttpClient>, String> { Ok(Box::new(Client::new(config)?)) };
+    let kept = shared
+        .store
+        .acme_account(&config.directory)
+        .map_err(|e| format!("cannot read the ACME account: {e}"))?;
+    if let Some(kept) = kept {
+        match serde_json::from_str::<AccountCredentials>(&kept) {
+            Ok(credentials) => {
+                return Account::builder_with_http(http()?)
+                    .from_credentials(credentials)
+                    .await
+                    .map_err(|e| {
+                        format!("cannot reach the ACME server {}: {e}", config.directory)
+                    });
+            }
+            Err(e) => {
+                tracing::error!("the stored ACME account does not read ({e}); making a new one")
+            }
+        }
+    }
+    let contact: Vec<&str> = config.contact.iter().map(String::as_str).collect();
+    let (account, credentials) = Account::builder_with_http(http()?)
+        .create(
+            &NewAccount {
+                contact: &contact,
+                terms_of_service_agreed: true,
+                only_return_existing: false,
+            },
+            config.directory.clone(),
+            None,
+        )
+        .await
+        .map_err(|e| {
+            format!(
+                "cannot make an account at the ACME server {}: {e}",
+                config.directory
+            )
+        })?;
+    let saved = serde_json::to_string(&credentials).expect("credentials serialize");
+    shared
+        .store
+        .put_acme_account(&config.directory, &saved)
+        .map_err(|e| format!("cannot store the ACME account: {e}"))?;
+    Ok(account)
+}
+
+/// Sends the challenge's answer to every node, and waits until each that
+/// is up holds it (or [`SPREAD_TIMEOUT`] passes: the ACME server may well
+/// reach one that does).
+async fn spread_challenge(
+    shared: &Shared,
+    token: String,
+    key_authorization: String,
+) -> Result<(), String> {
+    if token.is_empty()
+        || !token
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    {
+        return Err(format!(
+            "the ACME server sent a challenge token that is not base64url: {token:?}"
+        ));
+    }
+    let digest = {
+        let mut live = shared.live();
+        live.certs.challenges.insert(token, key_authorization);
+        shared.publish_tls(&live);
+        shared.tls.borrow().digest.clone()
+    };
+    let deadline = tokio::time::Instant::now() + SPREAD_TIMEOUT;
+    loop {
+        let waiting = {
+            let live = shared.live();
+            live.nodes
+                .values()
+                .filter(|n| n.heard && !n.down && n.tls != digest)
+                .count()
+        };
+        if waiting == 0 || tokio::time::Instant::now() >= deadline {
+            if waiting > 0 {
+                tracing::warn!(
+                    "{waiting} nodes do not hold the ACME challenge yet; asking the ACME server to check anyway"
+                );
+            }
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The HTTP client the ACME account speaks through: HTTPS only, the
+/// Mozilla roots and any given, bounded answers and waits.
+struct Client {
+    inner: hyper_util::client::legacy::Client<
+        hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>,
+        BodyWrapper<bytes::Bytes>,
+    >,
+}
+
+impl Client {
+    fn new(config: &AcmeConfig) -> Result<Client, String> {
+        let mut roots = rustls::RootCertStore::empty();
+        roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+        if let Some(path) = &config.ca_roots {
+            use rustls::pki_types::{CertificateDer, pem::PemObject};
+            let pem = std::fs::read(path)
+                .map_err(|e| format!("cannot read --acme-ca-roots {}: {e}", path.display()))?;
+            for cert in CertificateDer::pem_slice_iter(&pem) {
+                let cert = cert.map_err(|e| format!("--acme-ca-roots {}: {e}", path.display()))?;
+                roots
+                    .add(cert)
+                    .map_err(|e| format!("--acme-ca-roots {}: {e}", path.display()))?;
+            }
+        }
+        let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+        let connector = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_only()
+            .enable_http1()
+            .build();
+        Ok(Client {
+            inner:
+                hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+                    .build(connector),
+        })
+    }
+}
+
+impl HttpClient for Client {
+    fn request(
+        &self,
+        request: http::Request<BodyWrapper<bytes::Bytes>>,
+    ) -> Pin<Box<dyn Future<Output = Result<BytesResponse, instant_acme::Error>> + Send>> {
+        let answer = self.inner.request(request);
+        Box::pin(async move {
+            let answer = tokio::time::timeout(REQUEST_TIMEOUT, answer)
+                .await
+                .map_err(|_| instant_acme::Error::Str("the ACME server did not answer within 30s"))?
+                .map_err(|e| instant_acme::Error::Other(Box::new(e)))?;
+            // Read here, bounded in size and time: the account reads
+            // whatever it is given.
+            let (parts, body) = answer.into_parts();
+            let body = tokio::time::timeout(
+                REQUEST_TIMEOUT,
+                http_body_util::Limited::new(body, MAX_ANSWER).collect(),
+            )
+            .await
+            .map_err(|_| {
+                instant_acme::Error::Str("the ACME server's answer did not arrive within 30s")
+            })?
+            .map_err(instant_acme::Error::Other)?
+            .to_bytes();
+            Ok(BytesResponse::from(http::Response::from_parts(
+                parts,
+                http_body_util::Full::new(body),
+            )))
+        })
+    }
+}

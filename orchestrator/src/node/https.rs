@@ -1,0 +1,242 @@
+//! HTTPS ingress: TLS terminated with the cluster's certificates, the one
+//! for the name the client asks for (SNI) and no other, HTTP/2 or
+//! HTTP/1.1 as the client offers (ALPN); the requests are then served as
+//! plain ingress serves them. Also the TLS bundle the control plane sends
+//! (certificates and ACME challenges), kept on disk so a node restarted
+//! while the control plane is away serves HTTPS all the same.
+
+use super::NodeShared;
+use crate::api::TlsBundle;
+use crate::mesh::admission::{Admission, Trust};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
+use skiff_runtime::server::{DRAIN_TIMEOUT, HEADER_READ_TIMEOUT, accept_until};
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+use tokio::net::TcpListener;
+
+/// The file in the data directory the last TLS bundle is kept in.
+const LAST_TLS: &str = "tls.json";
+
+/// TLS handshakes in progress at once; more connections are closed at
+/// once (a flood of client hellos costs nothing more).
+pub const MAX_HANDSHAKES: usize = 1024;
+
+/// Of those, from one address (an IPv6 /64).
+pub const MAX_HANDSHAKES_PER_IP: usize = 64;
+
+/// How long a client may take over its handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// HTTP/2 streams one connection may have open at once.
+const MAX_STREAMS: u32 = 256;
+
+/// The certificates this node serves and the ACME challenges it answers,
+/// as last heard from the control plane.
+#[derive(Debug, Default)]
+pub(crate) struct ServedTls {
+    current: RwLock<Arc<Held>>,
+}
+
+#[derive(Debug, Default)]
+struct Held {
+    /// The bundle's digest, told to the control plane.
+    digest: String,
+    /// By the name each is kept under (`shop.example.com`, `*.example.com`).
+    keys: HashMap<String, Arc<CertifiedKey>>,
+    /// Token to key authorization.
+    challenges: BTreeMap<String, String>,
+}
+
+impl ServedTls {
+    /// The bundle last kept in `data_dir`, if any.
+    pub(crate) fn load(data_dir: &Path) -> ServedTls {
+        let served = ServedTls::default();
+        let path = data_dir.join(LAST_TLS);
+        match std::fs::read(&path).map(|bytes| serde_json::from_slice::<TlsBundle>(&bytes)) {
+            Ok(Ok(bundle)) => served.hold(&bundle),
+            Ok(Err(e)) => tracing::warn!(
+                "ignoring the saved certificates in {}: {e}; the control plane sends them again",
+                path.display()
+            ),
+            Err(_) => {}
+        }
+        served
+    }
+
+    /// The digest of the bundle held; empty before the first.
+    pub(crate) fn digest(&self) -> String {
+        self.current.read().expect("tls lock").digest.clone()
+    }
+
+    /// Serves `bundle` from now on, and keeps it in `data_dir`. A
+    /// certificate that does not read is left out (and logged).
+    pub(crate) fn apply(&self, bundle: &TlsBundle, data_dir: &Path) {
+        self.hold(bundle);
+        let saved = serde_json::to_vec(bundle).expect("a bundle serializes");
+        if let Err(e) = crate::home::write_private(&data_dir.join(LAST_TLS), &saved) {
+            tracing::warn!("cannot save the cluster's certificates: {e:#}");
+        }
+    }
+
+    fn hold(&self, bundle: &TlsBundle) {
+        let mut keys = HashMap::new();
+        for cert in &bundle.certificates {
+            match crate::certs::read(&cert.chain_pem, &cert.key_pem) {
+                Ok(read) => {
+                    keys.insert(cert.domain.clone(), read.key);
+                }
+                Err(e) => tracing::warn!(
+                    domain = cert.domain,
+                    "cannot serve the certificate for {}: {e}",
+                    cert.domain
+                ),
+            }
+        }
+        *self.current.write().expect("tls lock") = Arc::new(Held {
+            digest: bundle.digest.clone(),
+            keys,
+            challenges: bundle.challenges.clone(),
+        });
+    }
+
+    /// The certificate for `host`: its own, else a wildcard one label up.
+    fn key_for(&self, host: &str) -> Option<Arc<CertifiedKey>> {
+        let held = self.current.read().expect("tls lock").clone();
+        if let Some(key) = held.keys.get(host) {
+            return Some(key.clone());
+        }
+        let (first, parent) = host.split_once('.')?;
+        if first.is_empty() || first == "*" {
+            return None;
+        }
+        held.keys.get(&format!("*.{parent}")).cloned()
+    }
+
+    /// Whether this node serves a certificate for `host`.
+    pub(crate) fn covers(&self, host: &str) -> bool {
+        self.key_for(host).is_some()
+    }
+
+    /// The key authorization for ACME challenge `token`, if pending.
+    pub(crate) fn challenge(&self, token: &str) -> Option<String> {
+        self.current
+            .read()
+            .expect("tls lock")
+            .challenges
+            .get(token)
+            .cloned()
+    }
+}
+
+/// Picks the certificate by the name the client asked for. A client that
+/// names no host, or one the cluster has no certificate for, gets none:
+/// its handshake fails, and no other domain's certificate is shown.
+#[derive(Debug)]
+struct BySni(Arc<ServedTls>);
+
+impl ResolvesServerCert for BySni {
+    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        let name = hello
+            .server_name()?
+            .trim_end_matches('.')
+            .to_ascii_lowercase();
+        self.0.key_for(&name)
+    }
+}
+
+/// HTTPS ingress's TLS: the certificates in `tls`, by SNI; HTTP/2 and
+/// HTTP/1.1 by ALPN.
+pub(crate) fn acceptor(tls: Arc<ServedTls>) -> anyhow::Result<tokio_rustls::TlsAcceptor> {
+    let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()?
+    .with_no_client_auth()
+    .with_cert_resolver(Arc::new(BySni(tls)));
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
+}
+
+/// Serves HTTPS ingress on `listener` with `acceptor` until `shutdown`,
+/// then drains.
+pub(crate) async fn serve(
+    node: Arc<NodeShared>,
+    listener: TcpListener,
+    acceptor: tokio_rustls::TlsAcceptor,
+    shutdown: impl Future<Output = ()>,
+) {
+    let admission = Admission::new(
+        "HTTPS ingress handshake",
+        MAX_HANDSHAKES,
+        MAX_HANDSHAKES_PER_IP,
+        ["a fixed cap", "a fixed cap per address"],
+        Trust::Both,
+    );
+    accept_until(listener, shutdown, DRAIN_TIMEOUT, move |accepted| {
+        // Over a limit, closed here, before the handshake costs anything.
+        let Some(mut slot) = admission.admit(accepted.peer.ip()) else {
+            return;
+        };
+        let acceptor = acceptor.clone();
+        let node = node.clone();
+        tokio::spawn(async move {
+            let count = |outcome| {
+                crate::mesh::metrics::count_handshake(
+                    "ingress",
+                    crate::mesh::metrics::Side::Server,
+                    outcome,
+                )
+            };
+            let stream =
+                match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(accepted.stream))
+                    .await
+                {
+                    Ok(Ok(stream)) => stream,
+                    Ok(Err(e)) => {
+                        count("refused");
+                        // Scanners and unknown names are the public
+                        // internet's weather: not a warning.
+                        tracing::debug!(peer = %accepted.peer, "HTTPS handshake refused: {e}");
+                        return;
+                    }
+                    Err(_) => {
+                        count("timeout");
+                        return;
+                    }
+                };
+            count("ok");
+            // Handshaken: the connection no longer counts toward the caps
+            // on handshakes.
+            slot.trusted();
+            drop(slot);
+            let service = hyper::service::service_fn(move |request| {
+                let node = node.clone();
+                async move {
+                    Ok::<_, std::convert::Infallible>(
+                        super::ingress::dispatch(&node, request, super::ingress::Over::Https).await,
+                    )
+                }
+            });
+            let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+            builder
+                .http1()
+                .keep_alive(true)
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_READ_TIMEOUT);
+            builder
+                .http2()
+                .timer(TokioTimer::new())
+                .max_concurrent_streams(MAX_STREAMS)
+                .keep_alive_interval(Some(Duration::from_secs(30)));
+            let connection = builder.serve_connection(TokioIo::new(stream), service);
+            if let Err(e) = accepted.watcher.watch(connection.into_owned()).await {
+                tracing::debug!("HTTPS connection ended with error: {e}");
+            }
+        });
+    })
+    .await;
+}
