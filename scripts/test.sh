@@ -23,6 +23,12 @@ if ! command -v prometheus >/dev/null; then
   echo "== installing prometheus"
   (apt-get update -qq && apt-get install -y -qq --no-install-recommends prometheus) >/dev/null
 fi
+# The HTTPS tests order certificates from Let's Encrypt's test ACME
+# server, pebble, which they start on loopback themselves.
+if ! command -v pebble >/dev/null || ! command -v pebble-challtestsrv >/dev/null; then
+  echo "== installing pebble"
+  (apt-get update -qq && apt-get install -y -qq pebble) >/dev/null
+fi
 # The dashboard tests drive a real headless Chromium over WebDriver.
 if ! command -v chromedriver >/dev/null; then
   echo "== installing chromium and chromium-driver"

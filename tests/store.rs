@@ -7,8 +7,9 @@ mod support;
 
 use skiff_orchestrator::api_client::ApiClient;
 use skiff_orchestrator::state::{
-    Applied, ClusterSecrets, ClusterStore, EtcdStore, EtcdTarget, Leadership, NodeRecord,
-    RedbStore, ReplicaChange, ReplicaRecord, Replicas, StateError,
+    Applied, CertificateRecord, CertificateSource, ClusterSecrets, ClusterStore, EtcdStore,
+    EtcdTarget, Leadership, NodeRecord, RedbStore, ReplicaChange, ReplicaRecord, Replicas,
+    StateError,
 };
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -169,6 +170,43 @@ fn keeps_the_contract(store: &dyn ClusterStore) {
     assert!(store.delete_node("edge-1").unwrap());
     assert!(!store.delete_node("edge-1").unwrap());
     assert!(store.nodes().unwrap().is_empty());
+
+    // Certificates, by domain (wildcards too), and ACME accounts, by
+    // directory.
+    let cert = |domain: &str, source| CertificateRecord {
+        domain: domain.to_string(),
+        chain_pem: format!("chain of {domain}"),
+        key_pem: format!("key of {domain}"),
+        source,
+        added_unix: 7,
+    };
+    assert!(store.certificates().unwrap().is_empty());
+    store
+        .put_certificate(&cert("shop.example.com", CertificateSource::Acme))
+        .unwrap();
+    store
+        .put_certificate(&cert("*.example.com", CertificateSource::Uploaded))
+        .unwrap();
+    store
+        .put_certificate(&cert("shop.example.com", CertificateSource::Uploaded))
+        .unwrap();
+    assert_eq!(
+        store.certificates().unwrap(),
+        [
+            cert("*.example.com", CertificateSource::Uploaded),
+            cert("shop.example.com", CertificateSource::Uploaded)
+        ]
+    );
+    assert!(store.delete_certificate("*.example.com").unwrap());
+    assert!(!store.delete_certificate("*.example.com").unwrap());
+    let directory = "https://acme.example/dir";
+    assert_eq!(store.acme_account(directory).unwrap(), None);
+    store.put_acme_account(directory, "{\"id\":1}").unwrap();
+    store.put_acme_account("https://other/dir", "{}").unwrap();
+    assert_eq!(
+        store.acme_account(directory).unwrap().as_deref(),
+        Some("{\"id\":1}")
+    );
 
     assert!(store.set_aside_damaged().unwrap().is_empty());
     assert!(store.quarantined().unwrap().is_empty());

@@ -22,7 +22,7 @@ struct Member {
 }
 
 /// A free loopback port (free when asked; etcd binds it right after).
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()

@@ -3,6 +3,7 @@
 
 #![allow(dead_code)]
 
+pub mod acme;
 pub mod cluster;
 pub mod etcd;
 pub mod load;

@@ -92,3 +92,109 @@ pub fn unix_now() -> i64 {
         .unwrap()
         .as_secs() as i64
 }
+
+/// What an HTTPS request came back with.
+#[derive(Debug)]
+pub struct HttpsAnswer {
+    /// The HTTP version spoken (ALPN's choice).
+    pub version: http::Version,
+    /// The status.
+    pub status: u16,
+    /// The headers.
+    pub headers: http::HeaderMap,
+    /// The body, as text.
+    pub body: String,
+    /// The certificate the server presented.
+    pub certificate: CertificateDer<'static>,
+}
+
+/// A TLS client trusting only the roots in `roots_pem`, offering `alpn`.
+pub fn client_trusting(roots_pem: &str, alpn: &[&[u8]]) -> Arc<rustls::ClientConfig> {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(roots_pem.as_bytes()) {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    Arc::new(config)
+}
+
+/// `GET path` over TLS at `addr` as `host` (its SNI and authority),
+/// speaking HTTP/2 if ALPN chose it, else HTTP/1.1; `Err` with the
+/// handshake's or request's error.
+pub fn https_get(
+    addr: &str,
+    host: &str,
+    tls: Arc<rustls::ClientConfig>,
+    path: &str,
+) -> Result<HttpsAnswer, String> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let fetch = async {
+            let stream = tokio::net::TcpStream::connect(addr)
+                .await
+                .map_err(|e| e.to_string())?;
+            let name = rustls::pki_types::ServerName::try_from(host.to_string())
+                .map_err(|e| e.to_string())?;
+            let stream = tokio_rustls::TlsConnector::from(tls)
+                .connect(name, stream)
+                .await
+                .map_err(|e| format!("handshake: {e}"))?;
+            let certificate = stream.get_ref().1.peer_certificates().unwrap()[0].clone();
+            let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
+            let io = hyper_util::rt::TokioIo::new(stream);
+            let empty = http_body_util::Empty::<bytes::Bytes>::new();
+            let response = if h2 {
+                let (mut sender, connection) =
+                    hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), io)
+                        .await
+                        .map_err(|e| e.to_string())?;
+                tokio::spawn(connection);
+                let request = http::Request::get(format!("https://{host}{path}"))
+                    .body(empty)
+                    .unwrap();
+                sender.send_request(request).await
+            } else {
+                let (mut sender, connection) = hyper::client::conn::http1::handshake(io)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                tokio::spawn(connection);
+                let request = http::Request::get(path)
+                    .header(http::header::HOST, host)
+                    .body(empty)
+                    .unwrap();
+                sender.send_request(request).await
+            }
+            .map_err(|e| e.to_string())?;
+            let version = response.version();
+            let status = response.status().as_u16();
+            let headers = response.headers().clone();
+            use http_body_util::BodyExt;
+            let body = response
+                .into_body()
+                .collect()
+                .await
+                .map_err(|e| e.to_string())?
+                .to_bytes();
+            Ok(HttpsAnswer {
+                version,
+                status,
+                headers,
+                body: String::from_utf8_lossy(&body).into_owned(),
+                certificate,
+            })
+        };
+        tokio::time::timeout(Duration::from_secs(30), fetch)
+            .await
+            .unwrap_or_else(|_| Err("no answer within 30s".to_string()))
+    })
+}

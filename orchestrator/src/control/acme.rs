@@ -332,6 +332,18 @@ async fn spread_challenge(
     }
 }
 
+/// `error` and what caused it, innermost last: "client error (Connect)"
+/// alone says nothing of a refused connection or a bad certificate.
+fn causes(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(&format!(": {cause}"));
+        source = cause.source();
+    }
+    text
+}
+
 /// The HTTP client the ACME account speaks through: HTTPS only, the
 /// Mozilla roots and any given, bounded answers and waits.
 struct Client {
@@ -386,7 +398,14 @@ impl HttpClient for Client {
             let answer = tokio::time::timeout(REQUEST_TIMEOUT, answer)
                 .await
                 .map_err(|_| instant_acme::Error::Str("the ACME server did not answer within 30s"))?
-                .map_err(|e| instant_acme::Error::Other(Box::new(e)))?;
+                .map_err(|e| {
+                    let what = if e.is_connect() {
+                        "cannot reach it"
+                    } else {
+                        "the request failed"
+                    };
+                    instant_acme::Error::Other(format!("{what}: {}", causes(&e)).into())
+                })?;
             // Read here, bounded in size and time: the account reads
             // whatever it is given.
             let (parts, body) = answer.into_parts();

@@ -410,3 +410,49 @@ async fn a_panic_while_the_state_is_locked_does_not_stop_the_control_plane() {
     assert_eq!(answer.memory, GIB);
     assert!(!shared.live.is_poisoned());
 }
+
+#[tokio::test]
+async fn a_node_is_sent_the_certificates_until_it_holds_them_and_they_survive_a_restart() {
+    let (shared, dir) = control_plane().await;
+    let node = joined(&shared, "edge-1", GIB);
+    // No certificates: nothing to send, and a node holding none is up to
+    // date (its heartbeat is held as usual).
+    let answer = beat(&shared, &node, first_heartbeat(GIB)).await;
+    assert!(answer.tls.is_none());
+
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["shop.example.com".to_string()])
+        .unwrap()
+        .self_signed(&key)
+        .unwrap();
+    let request = crate::api::CertAddRequest {
+        domain: "shop.example.com".to_string(),
+        chain_pem: cert.pem(),
+        key_pem: key.serialize_pem(),
+    };
+    let added = super::certs::add(&shared, request).unwrap();
+    assert!(!added.replaced);
+    assert_eq!(added.certificate.source, "uploaded");
+    let answer = beat(&shared, &node, first_heartbeat(GIB)).await;
+    let bundle = answer.tls.expect("the node is sent the certificates");
+    assert_eq!(bundle.certificates.len(), 1);
+    assert_eq!(bundle.certificates[0].key_pem, key.serialize_pem());
+    let holding = SyncRequest {
+        tls: bundle.digest.clone(),
+        ..first_heartbeat(GIB)
+    };
+    assert!(beat(&shared, &node, holding).await.tls.is_none());
+
+    // Read back from the store by the next control plane on the data
+    // directory: the same bundle.
+    drop(shared);
+    let config = ControlPlaneConfig::new(dir.path().join("data"), "127.0.0.1:0".parse().unwrap());
+    let again = ControlPlane::start(config).await.unwrap().shared;
+    assert_eq!(again.tls.borrow().digest, bundle.digest);
+    super::certs::remove(&again, "shop.example.com").unwrap();
+    assert_eq!(again.tls.borrow().digest, "");
+    assert!(matches!(
+        super::certs::remove(&again, "shop.example.com"),
+        Err(Refused::NotFound(_))
+    ));
+}
