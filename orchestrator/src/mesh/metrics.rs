@@ -95,7 +95,8 @@ struct HandshakeLabels {
 /// `skiff up` runs them all in one process.
 static HANDSHAKES: LazyLock<Family<HandshakeLabels, Counter>> = LazyLock::new(Family::default);
 
-/// Counts one handshake on `endpoint` (`api`, `mesh`): `outcome` is
+/// Counts one handshake on `endpoint` (`api`, `mesh`, `ingress` for
+/// HTTPS ingress): `outcome` is
 /// `ok`, `refused` or `timeout` (client side: `failed` covers the TCP
 /// connect too).
 pub fn count_handshake(endpoint: &'static str, side: Side, outcome: &'static str) {
@@ -115,7 +116,7 @@ pub fn count_handshake(endpoint: &'static str, side: Side, outcome: &'static str
 pub fn register_handshakes(registry: &mut Registry) {
     registry.register(
         "tls_handshakes",
-        "TLS handshakes, by endpoint (api, mesh), side and outcome",
+        "TLS handshakes, by endpoint (api, mesh, ingress), side and outcome",
         HANDSHAKES.clone(),
     );
 }
