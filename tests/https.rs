@@ -501,3 +501,89 @@ fn an_acme_server_that_is_down_shows_why_in_certs_and_serving_goes_on() {
     let (status, body) = get_as_host(&cluster.nodes[0].process.url, Some("shop.acme.test"), "/");
     assert_eq!((status, body.as_str()), (200, "shop from Skiff!\n"));
 }
+
+// === Handshake floods ===
+
+/// A TCP connection to `addr` from `source` (an address of 127/8).
+fn connect_from(source: &str, addr: &str) -> std::net::TcpStream {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind(format!("{source}:0").parse().unwrap()).unwrap();
+        let stream = socket.connect(addr.parse().unwrap()).await.unwrap();
+        stream.into_std().unwrap()
+    })
+}
+
+/// Whether the node closed `stream` within `within` (rather than wait
+/// for its client hello).
+fn closed_within(stream: &mut std::net::TcpStream, within: Duration) -> bool {
+    use std::io::Read;
+    stream.set_nonblocking(false).unwrap();
+    stream.set_read_timeout(Some(within)).unwrap();
+    let mut byte = [0u8; 1];
+    match stream.read(&mut byte) {
+        Ok(0) => true,
+        Ok(_) => false,
+        Err(e) => !matches!(
+            e.kind(),
+            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+        ),
+    }
+}
+
+#[test]
+fn a_flood_of_unfinished_handshakes_from_one_address_is_closed_at_the_door() {
+    let cluster = https_cluster(1, &[]);
+    let ca = TestCa::new();
+    let certs = temp_dir();
+    let now = unix_now();
+    let [cert, key] = ca.issue(
+        certs.path(),
+        "flood",
+        &["flood.example.test"],
+        now - 60,
+        now + 86_400,
+    );
+    cluster.cli(&[
+        "cert",
+        "add",
+        "flood.example.test",
+        "--cert",
+        &cert,
+        "--key",
+        &key,
+    ]);
+    let dir = temp_dir();
+    let app = domain_app(dir.path(), "flood", HELLO, &["flood.example.test"], "");
+    cluster.cli(&["deploy", &app, "--wait"]);
+    let addr = https_addr(&cluster, 0);
+    let tls = client_trusting(&ca.pem, &[b"h2", b"http/1.1"]);
+    wait_until(Duration::from_secs(20), "HTTPS to serve", || {
+        https_get(&addr, "flood.example.test", tls.clone(), "/").ok()
+    });
+
+    // 64 connections from one address that never send a client hello
+    // take that address's places; the next is closed at once.
+    let mut stalled: Vec<_> = (0..64).map(|_| connect_from("127.0.0.10", &addr)).collect();
+    let mut extra = connect_from("127.0.0.10", &addr);
+    assert!(closed_within(&mut extra, Duration::from_secs(5)));
+    // Those waiting are not closed before their 10 s are up...
+    assert!(!closed_within(&mut stalled[0], Duration::from_millis(500)));
+    // ...and a client from elsewhere is served meanwhile.
+    let served = https_get(&addr, "flood.example.test", tls.clone(), "/").unwrap();
+    assert_eq!(served.body, "flood from Skiff!\n");
+    // The places come back when the stalled connections go.
+    drop(stalled);
+    wait_until(
+        Duration::from_secs(10),
+        "the address's places to come back",
+        || {
+            let mut again = connect_from("127.0.0.10", &addr);
+            (!closed_within(&mut again, Duration::from_millis(500))).then_some(())
+        },
+    );
+}

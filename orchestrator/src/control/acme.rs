@@ -117,7 +117,17 @@ fn settle(shared: &Shared, domain: &str, ordered: Result<CertificateRecord, Stri
     let mut live = shared.live();
     live.certs.challenges.clear();
     let now = crate::clock::unix_secs() as i64;
+    // A certificate given by hand while the order ran is the domain's:
+    // the order's is dropped.
+    let given = live
+        .certs
+        .stored
+        .get(domain)
+        .is_some_and(|held| held.record.source == CertificateSource::Uploaded);
     match ordered {
+        Ok(_) if given => {
+            live.certs.acme.remove(domain);
+        }
         Ok(record) => {
             let kept = shared
                 .store
