@@ -109,6 +109,28 @@ fn echoed(headers: &http::HeaderMap) -> Vec<String> {
     seen
 }
 
+/// The status of `GET /` over HTTP/1.1 on a connection opened for `sni`,
+/// naming `host`.
+fn https_get_as(
+    addr: &str,
+    sni: &str,
+    host: &str,
+    tls: std::sync::Arc<rustls::ClientConfig>,
+) -> u16 {
+    let request = format!("GET / HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let exchange = support::tls::exchange(&runtime, addr, sni, tls, request.as_bytes());
+    let (_, answer) = exchange.answer.unwrap();
+    answer
+        .split_whitespace()
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .unwrap_or_else(|| panic!("no status in {answer:?}"))
+}
+
 // === Certificates given to the cluster ===
 
 #[test]
@@ -237,6 +259,11 @@ fn given_certificates_are_checked_then_served_by_sni_on_every_node_over_http2_an
         "--key",
         &wild[1],
     ]);
+    // The store holding the keys is the owner's alone.
+    use std::os::unix::fs::PermissionsExt;
+    let store = cluster.home().join("server/state.redb");
+    let mode = std::fs::metadata(&store).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600, "{}", store.display());
 
     // Two apps: one redirecting plain HTTP to HTTPS, one served on both.
     let (shop_dir, blog_dir, rival_dir) = (temp_dir(), temp_dir(), temp_dir());
@@ -315,6 +342,9 @@ fn given_certificates_are_checked_then_served_by_sni_on_every_node_over_http2_an
         // A name the cluster has no certificate for, or no name at all
         // (an IP address sends no SNI): the handshake is refused, and no
         // other domain's certificate is shown.
+        // Nor is another app reached under this one's certificate.
+        let misdirected = https_get_as(&addr, "shop.example.test", "www.blog.test", h1.clone());
+        assert_eq!(misdirected, 421);
         let unknown = https_get(&addr, "other.example.test", h2.clone(), "/").unwrap_err();
         assert!(unknown.contains("handshake"), "{unknown}");
         let ip = addr.split(':').next().unwrap();

@@ -395,8 +395,10 @@ pub struct CertificateView {
     /// The apps it serves.
     #[serde(default)]
     pub apps: Vec<String>,
-    /// In a few words: `valid`, `expires soon`, `expired`, `ordering`,
-    /// `renewing`, `failing`, `no certificate`.
+    /// In a few words: `valid`, `expires soon`, `not yet valid`,
+    /// `expired`, `expired, renewal failing`, `renewing`, `renewal
+    /// failing`; for a domain without one, `waiting to order`, `ordering`,
+    /// `order failing` or `no certificate`.
     pub status: String,
     /// Why the last order or renewal failed, if it did.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -82,6 +82,12 @@ pub fn read(chain_pem: &str, key_pem: &str) -> Result<Certificate, String> {
         );
     };
     let info = info(leaf)?;
+    if key_pem.contains("ENCRYPTED") {
+        return Err(
+            "the key is encrypted: give it decrypted (`openssl pkey -in KEY -out plain.key`)"
+                .to_string(),
+        );
+    }
     let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).map_err(|e| {
         format!("the key file holds no private key (a PKCS#8, PKCS#1 or SEC1 PEM block): {e}")
     })?;
@@ -89,10 +95,19 @@ pub fn read(chain_pem: &str, key_pem: &str) -> Result<Certificate, String> {
         .key_provider
         .load_private_key(key)
         .map_err(|e| format!("the key cannot sign TLS handshakes: {e}"))?;
-    let certified = CertifiedKey::new(chain, signing);
-    match certified.keys_match() {
+    let matches = |cert: &CertificateDer<'static>| {
+        CertifiedKey::new(vec![cert.clone()], signing.clone()).keys_match()
+    };
+    match matches(leaf) {
         Ok(()) => {}
         Err(rustls::Error::InconsistentKeys(_)) => {
+            // The domain's certificate may be there, but not first.
+            if let Some(n) = chain.iter().skip(1).position(|c| matches(c).is_ok()) {
+                return Err(format!(
+                    "the key is that of certificate {} in the file, not the first: put the domain's certificate first, then the chain that signed it",
+                    n + 2
+                ));
+            }
             return Err(
                 "the key does not match the certificate: it is another certificate's key"
                     .to_string(),
@@ -100,6 +115,7 @@ pub fn read(chain_pem: &str, key_pem: &str) -> Result<Certificate, String> {
         }
         Err(e) => return Err(format!("cannot check the key against the certificate: {e}")),
     }
+    let certified = CertifiedKey::new(chain, signing);
     Ok(Certificate {
         key: Arc::new(certified),
         info,
@@ -183,6 +199,21 @@ mod tests {
         assert!(error.contains("no certificate"), "{error}");
         let error = super::read(&cert, "garbage").unwrap_err();
         assert!(error.contains("no private key"), "{error}");
+    }
+
+    #[test]
+    fn a_chain_out_of_order_or_an_encrypted_key_is_named() {
+        let (cert, key) = self_signed(&["shop.example.com"]);
+        let (other, _) = self_signed(&["ca.example.com"]);
+        let error = read(&format!("{other}{cert}"), &key).unwrap_err();
+        assert!(
+            error.contains("certificate 2 in the file, not the first"),
+            "{error}"
+        );
+        let encrypted =
+            "-----BEGIN ENCRYPTED PRIVATE KEY-----\nAAAA\n-----END ENCRYPTED PRIVATE KEY-----\n";
+        let error = read(&cert, encrypted).unwrap_err();
+        assert!(error.contains("the key is encrypted"), "{error}");
     }
 
     #[test]

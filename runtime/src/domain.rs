@@ -86,8 +86,17 @@ fn check_name(name: &str, wildcard: bool) -> Result<(), String> {
         Some("it is longer than 253 characters".to_string())
     } else if bare.parse::<std::net::IpAddr>().is_ok() {
         Some("it is an IP address, not a host name".to_string())
+    } else if bare.contains(':') {
+        Some("a domain has no port: give the name alone".to_string())
     } else if bare.bytes().any(|b| b.is_ascii_uppercase()) {
         Some("host names are written in lower case here".to_string())
+    } else if let Some(bad) = bare
+        .chars()
+        .find(|c| !(c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '-' | '.')))
+    {
+        Some(format!(
+            "{bad:?} is not allowed: letters, digits, '-' and '.' only (write an internationalized name in its xn-- form)"
+        ))
     } else if !bare.contains('.') {
         Some("it needs at least two labels, such as \"shop.example.com\"".to_string())
     } else {
@@ -130,6 +139,8 @@ mod tests {
             ("-a.example.com", "begin or end"),
             ("a..b", "1 to 63"),
             ("a_b.example.com", "letters, digits"),
+            ("bad domain", "' ' is not allowed"),
+            ("a.example.com:443", "no port"),
             ("*.example.com", "wildcard"),
         ] {
             let error = bad.parse::<Domain>().unwrap_err();

@@ -497,14 +497,10 @@ pub fn forget(args: NameArgs) -> anyhow::Result<()> {
     )
 }
 
-/// `DELETE path`; prints the answer with `-o json`, else `done`.
-pub(super) fn delete_and_report(
-    cluster: &ClusterArgs,
-    path: &str,
-    done: &str,
-) -> anyhow::Result<()> {
+/// `DELETE path`; the answer.
+pub(super) fn send_delete(cluster: &ClusterArgs, path: &str) -> anyhow::Result<serde_json::Value> {
     let client = cluster.client()?;
-    let answer: serde_json::Value = runtime()?.block_on(async {
+    runtime()?.block_on(async {
         let bytes = client
             .send(
                 Method::DELETE,
@@ -514,7 +510,12 @@ pub(super) fn delete_and_report(
             )
             .await?;
         Ok::<_, anyhow::Error>(serde_json::from_slice(&bytes)?)
-    })?;
+    })
+}
+
+/// `DELETE path`; prints the answer with `-o json`, else `done`.
+fn delete_and_report(cluster: &ClusterArgs, path: &str, done: &str) -> anyhow::Result<()> {
+    let answer = send_delete(cluster, path)?;
     if cluster.json() {
         return print_json(&answer);
     }

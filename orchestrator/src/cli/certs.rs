@@ -2,7 +2,7 @@
 //! the cluster serves apps' domains with over HTTPS. A key is sent once,
 //! to the control plane, and never shown again.
 
-use super::apps::{ClusterArgs, delete_and_report, print_json, table, warn_all};
+use super::apps::{ClusterArgs, print_json, table, warn_all};
 use super::cluster::runtime;
 use crate::api::{CertAddRequest, CertAddResponse, CertificateView};
 use skiff_runtime::printable::printable;
@@ -53,16 +53,27 @@ struct RmArgs {
 pub fn cert(args: CertArgs) -> anyhow::Result<()> {
     match args.command {
         CertCommand::Add(args) => add(args),
-        CertCommand::Rm(args) => {
-            skiff_runtime::domain::check_certificate_name(&args.domain)
-                .map_err(|e| anyhow::anyhow!(e))?;
-            delete_and_report(
-                &args.cluster,
-                &format!("/v1/certs/{}", args.domain),
-                &format!("certificate for {} removed", args.domain),
-            )
-        }
+        CertCommand::Rm(args) => remove(args),
     }
+}
+
+fn remove(args: RmArgs) -> anyhow::Result<()> {
+    skiff_runtime::domain::check_certificate_name(&args.domain).map_err(|e| anyhow::anyhow!(e))?;
+    let answer = super::apps::send_delete(&args.cluster, &format!("/v1/certs/{}", args.domain))?;
+    if args.cluster.json() {
+        return print_json(&answer);
+    }
+    match answer["served_by"].as_str() {
+        Some(wildcard) => out!(
+            "certificate for {} removed; {wildcard} serves it from now on",
+            args.domain
+        )?,
+        None => out!(
+            "certificate for {} removed; nodes stop serving it from their next heartbeat",
+            args.domain
+        )?,
+    }
+    Ok(())
 }
 
 fn add(args: AddArgs) -> anyhow::Result<()> {
@@ -146,9 +157,13 @@ pub fn certs(args: CertsArgs) -> anyhow::Result<()> {
     )?;
     for c in &certs {
         if let Some(error) = &c.error {
+            let now = crate::clock::unix_secs() as i64;
             let retry = c
                 .next_try_unix
-                .map(|at| format!(" (next try {})", crate::certs::date(at)))
+                .map(|at| match at - now {
+                    wait if wait > 0 => format!(" (next try in {wait}s)"),
+                    _ => " (next try now)".to_string(),
+                })
                 .unwrap_or_default();
             out!("{}: {}{retry}", c.domain, printable(error))?;
         }

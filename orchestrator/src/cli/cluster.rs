@@ -122,8 +122,18 @@ fn acme_config(args: &ServerArgs) -> anyhow::Result<Option<crate::control::AcmeC
         contact.push(format!("mailto:{email}"));
     }
     if let Some(roots) = &args.acme_ca_roots {
-        std::fs::metadata(roots)
+        use rustls::pki_types::{CertificateDer, pem::PemObject};
+        let pem = std::fs::read(roots)
             .with_context(|| format!("cannot read --acme-ca-roots {}", roots.display()))?;
+        let certs: Vec<_> = CertificateDer::pem_slice_iter(&pem)
+            .collect::<Result<_, _>>()
+            .map_err(|e| anyhow::anyhow!("--acme-ca-roots {}: {e}", roots.display()))?;
+        if certs.is_empty() {
+            anyhow::bail!(
+                "--acme-ca-roots {} holds no PEM certificate: give the CA certificate the ACME server's own HTTPS certificate chains to",
+                roots.display()
+            );
+        }
     }
     Ok(Some(crate::control::AcmeConfig {
         directory: directory.clone(),

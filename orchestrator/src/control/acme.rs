@@ -89,26 +89,46 @@ fn next_due(shared: &Shared, config: &AcmeConfig) -> Option<String> {
     let mut live = shared.live();
     let now = crate::clock::unix_secs() as i64;
     let domains = super::cluster::certs::app_domains(&live);
-    let due = domains.values().flatten().find(|domain| {
-        let progress = live.certs.acme.get(domain.as_str());
-        if progress.is_some_and(|p| p.ordering || p.next_try_unix > now) {
-            return false;
-        }
-        match live.certs.covering(domain) {
-            None => true,
-            Some(held) if held.record.source == CertificateSource::Uploaded => false,
-            Some(held) => {
-                let lifetime = held.info.not_after - held.info.not_before;
-                let before = config
-                    .renew_before
-                    .map_or(lifetime / 3, |d| d.as_secs() as i64);
-                held.info.not_after - before <= now
-            }
-        }
-    })?;
-    let due = due.clone();
+    // The most pressing first (none yet, then the one renewal is due
+    // soonest for), so a domain ordered again and again cannot keep the
+    // others waiting.
+    let due = domains
+        .values()
+        .flatten()
+        .filter(|domain| {
+            !live
+                .certs
+                .acme
+                .get(domain.as_str())
+                .is_some_and(|p| p.ordering || p.next_try_unix > now)
+        })
+        .filter_map(|domain| {
+            let due_at = match live.certs.covering(domain) {
+                None => i64::MIN,
+                Some(held) if held.record.source == CertificateSource::Uploaded => return None,
+                Some(held) => renew_at(&held.info, config),
+            };
+            (due_at <= now).then_some((due_at, domain))
+        })
+        .min()
+        .map(|(_, domain)| domain.clone())?;
     live.certs.acme.entry(due.clone()).or_default().ordering = true;
     Some(due)
+}
+
+/// When a certificate ordered from the ACME server is renewed: when a
+/// third of its lifetime is left, or `--acme-renew-before`, but never
+/// before half its lifetime is up (a value past its lifetime would have
+/// it ordered again at once, and again, into the server's rate limits).
+pub(super) fn renew_at(info: &crate::certs::CertificateInfo, config: &AcmeConfig) -> i64 {
+    let lifetime = (info.not_after - info.not_before).max(0);
+    let before = config
+        .renew_before
+        .map_or(lifetime / 3, |d| {
+            i64::try_from(d.as_secs()).unwrap_or(i64::MAX)
+        })
+        .min(lifetime / 2);
+    info.not_after - before
 }
 
 /// Keeps what ordering `domain` came to: the certificate, or why not
@@ -124,6 +144,7 @@ fn settle(shared: &Shared, domain: &str, ordered: Result<CertificateRecord, Stri
         .stored
         .get(domain)
         .is_some_and(|held| held.record.source == CertificateSource::Uploaded);
+    let renewing = live.certs.stored.contains_key(domain);
     match ordered {
         Ok(_) if given => {
             live.certs.acme.remove(domain);
@@ -136,7 +157,8 @@ fn settle(shared: &Shared, domain: &str, ordered: Result<CertificateRecord, Stri
                 .and_then(|()| live.certs.keep(record).map(drop));
             match kept {
                 Ok(()) => {
-                    tracing::info!(domain, "certificate ordered from the ACME server");
+                    let what = if renewing { "renewed" } else { "ordered" };
+                    tracing::info!(domain, "certificate {what} from the ACME server");
                     live.certs.acme.remove(domain);
                 }
                 Err(e) => failed(&mut live.certs.acme, domain, e, now),
@@ -177,15 +199,41 @@ async fn order(
     account: &mut Option<Account>,
     domain: &str,
 ) -> Result<CertificateRecord, String> {
+    let identifiers = [Identifier::Dns(domain.to_string())];
+    let refused = |e: instant_acme::Error| {
+        format!(
+            "cannot place an order with the ACME server {}: {e}",
+            config.directory
+        )
+    };
     let acme = match account {
         Some(account) => account.clone(),
-        None => account.insert(open_account(shared, config).await?).clone(),
+        None => account
+            .insert(open_account(shared, config, false).await?)
+            .clone(),
     };
-    let identifiers = [Identifier::Dns(domain.to_string())];
-    let mut order = acme
-        .new_order(&NewOrder::new(&identifiers))
-        .await
-        .map_err(|e| format!("the ACME server refused the order: {e}"))?;
+    let mut order = match acme.new_order(&NewOrder::new(&identifiers)).await {
+        Ok(order) => order,
+        // The server forgot the account (reset, or deactivated on its
+        // side): a new one, kept in place of the old.
+        Err(instant_acme::Error::Api(problem))
+            if problem
+                .r#type
+                .as_deref()
+                .is_some_and(|t| t.ends_with(":accountDoesNotExist")) =>
+        {
+            tracing::warn!(
+                "the ACME server {} does not know the cluster's account; making a new one",
+                config.directory
+            );
+            let fresh = account.insert(open_account(shared, config, true).await?);
+            fresh
+                .new_order(&NewOrder::new(&identifiers))
+                .await
+                .map_err(refused)?
+        }
+        Err(e) => return Err(refused(e)),
+    };
     let mut authorizations = order.authorizations();
     while let Some(authorization) = authorizations.next().await {
         let mut authorization =
@@ -249,15 +297,19 @@ async fn order(
     Ok(record)
 }
 
-/// The cluster's account at the directory: the one kept in the store,
-/// else a new one (then kept).
-async fn open_account(shared: &Shared, config: &AcmeConfig) -> Result<Account, String> {
+/// The cluster's account at the directory: the one kept in the store
+/// (unless `fresh`), else a new one (then kept).
+async fn open_account(
+    shared: &Shared,
+    config: &AcmeConfig,
+    fresh: bool,
+) -> Result<Account, String> {
     let http = || -> Result<Box<dyn HttpClient>, String> { Ok(Box::new(Client::new(config)?)) };
     let kept = shared
         .store
         .acme_account(&config.directory)
         .map_err(|e| format!("cannot read the ACME account: {e}"))?;
-    if let Some(kept) = kept {
+    if let Some(kept) = kept.filter(|_| !fresh) {
         match serde_json::from_str::<AccountCredentials>(&kept) {
             Ok(credentials) => {
                 return Account::builder_with_http(http()?)
@@ -434,5 +486,40 @@ impl HttpClient for Client {
                 http_body_util::Full::new(body),
             )))
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lasting(seconds: i64) -> crate::certs::CertificateInfo {
+        crate::certs::CertificateInfo {
+            names: vec!["shop.example.com".to_string()],
+            issuer: String::new(),
+            serial: String::new(),
+            not_before: 1_000,
+            not_after: 1_000 + seconds,
+        }
+    }
+
+    #[test]
+    fn renewal_comes_a_third_before_expiry_and_never_before_half_the_lifetime() {
+        let mut config = AcmeConfig {
+            directory: "https://acme.example/dir".to_string(),
+            contact: Vec::new(),
+            ca_roots: None,
+            renew_before: None,
+        };
+        let days = |n: i64| n * 86_400;
+        assert_eq!(renew_at(&lasting(days(90)), &config), 1_000 + days(60));
+        config.renew_before = Some(Duration::from_secs(days(10) as u64));
+        assert_eq!(renew_at(&lasting(days(90)), &config), 1_000 + days(80));
+        // Past the lifetime (or a year for a 90-day certificate): not at
+        // once, again and again, but half way.
+        config.renew_before = Some(Duration::from_secs(days(365) as u64));
+        assert_eq!(renew_at(&lasting(days(90)), &config), 1_000 + days(45));
+        config.renew_before = Some(Duration::MAX);
+        assert_eq!(renew_at(&lasting(days(90)), &config), 1_000 + days(45));
     }
 }

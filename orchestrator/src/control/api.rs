@@ -614,8 +614,8 @@ async fn admin(
             json(StatusCode::CREATED, &certs::add(shared, request)?)
         }
         (&Method::DELETE, ["v1", "certs", domain]) => {
-            certs::remove(shared, domain)?;
-            ok(&serde_json::json!({"removed": domain}))
+            let served_by = certs::remove(shared, domain)?;
+            ok(&serde_json::json!({"removed": domain, "served_by": served_by}))
         }
         (&Method::POST, ["v1", "nodes", name, "labels"]) => {
             ok(&nodes::label(shared, name, read_json(request).await?)?)

@@ -149,11 +149,19 @@ impl Certs {
             .values()
             .map(|held| {
                 let progress = self.acme.get(&held.record.domain);
+                // A short-lived certificate is not "soon" to expire until
+                // a third of its life is left.
+                let lifetime = held.info.not_after - held.info.not_before;
+                let soon = EXPIRES_SOON_SECS.min(lifetime / 3);
                 let status = match progress {
+                    _ if held.info.not_after <= now_unix => match progress {
+                        Some(p) if p.error.is_some() => "expired, renewal failing",
+                        _ => "expired",
+                    },
+                    _ if held.info.not_before > now_unix => "not yet valid",
                     Some(p) if p.ordering => "renewing",
                     Some(p) if p.error.is_some() => "renewal failing",
-                    _ if held.info.not_after <= now_unix => "expired",
-                    _ if held.info.not_after - now_unix < EXPIRES_SOON_SECS => "expires soon",
+                    _ if held.info.not_after - now_unix < soon => "expires soon",
                     _ => "valid",
                 };
                 CertificateView {

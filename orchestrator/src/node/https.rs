@@ -45,8 +45,9 @@ pub(crate) struct ServedTls {
 struct Held {
     /// The bundle's digest, told to the control plane.
     digest: String,
-    /// By the name each is kept under (`shop.example.com`, `*.example.com`).
-    keys: HashMap<String, Arc<CertifiedKey>>,
+    /// By the name each is kept under (`shop.example.com`,
+    /// `*.example.com`), with when it expires (Unix seconds).
+    keys: HashMap<String, (Arc<CertifiedKey>, i64)>,
     /// Token to key authorization.
     challenges: BTreeMap<String, String>,
 }
@@ -87,7 +88,7 @@ impl ServedTls {
         for cert in &bundle.certificates {
             match crate::certs::read(&cert.chain_pem, &cert.key_pem) {
                 Ok(read) => {
-                    keys.insert(cert.domain.clone(), read.key);
+                    keys.insert(cert.domain.clone(), (read.key, read.info.not_after));
                 }
                 Err(e) => tracing::warn!(
                     domain = cert.domain,
@@ -103,17 +104,22 @@ impl ServedTls {
         });
     }
 
-    /// The certificate for `host`: its own, else a wildcard one label up.
-    fn key_for(&self, host: &str) -> Option<Arc<CertifiedKey>> {
+    /// The certificate for `host`: its own, else a wildcard one label up;
+    /// never one that has expired (a client would refuse it, and a
+    /// redirect to it would take the app down).
+    pub(crate) fn key_for(&self, host: &str) -> Option<Arc<CertifiedKey>> {
         let held = self.current.read().expect("tls lock").clone();
+        let now = crate::clock::unix_secs() as i64;
+        let live =
+            |(key, not_after): &(Arc<CertifiedKey>, i64)| (*not_after > now).then(|| key.clone());
         if let Some(key) = held.keys.get(host) {
-            return Some(key.clone());
+            return live(key);
         }
         let (first, parent) = host.split_once('.')?;
         if first.is_empty() || first == "*" {
             return None;
         }
-        held.keys.get(&format!("*.{parent}")).cloned()
+        held.keys.get(&format!("*.{parent}")).and_then(live)
     }
 
     /// Whether this node serves a certificate for `host`.
@@ -146,6 +152,46 @@ impl ResolvesServerCert for BySni {
             .to_ascii_lowercase();
         self.0.key_for(&name)
     }
+}
+
+/// `request` on a connection whose handshake named `sni`, if this
+/// connection may answer for the host it names: the certificate shown in
+/// the handshake must be the one that host gets (a wildcard's may serve
+/// several). Else 421 (RFC 9110, 7.4): a client cannot reach one app
+/// under another's certificate. A request naming no host is for `sni`.
+#[allow(clippy::result_large_err)]
+fn misdirected(
+    tls: &ServedTls,
+    sni: &str,
+    mut request: hyper::Request<hyper::body::Incoming>,
+) -> Result<hyper::Request<hyper::body::Incoming>, skiff_runtime::invoke::Answer> {
+    let named = request
+        .headers()
+        .get(http::header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .or_else(|| request.uri().authority().map(|a| a.as_str()))
+        .map(super::routing::host_name);
+    let host = match named {
+        Some(host) => host,
+        None => {
+            if let Ok(value) = http::HeaderValue::from_str(sni) {
+                request.headers_mut().insert(http::header::HOST, value);
+            }
+            return Ok(request);
+        }
+    };
+    let same = host == sni
+        || matches!(
+            (tls.key_for(sni), tls.key_for(&host)),
+            (Some(shown), Some(theirs)) if Arc::ptr_eq(&shown, &theirs)
+        );
+    if same {
+        return Ok(request);
+    }
+    Err(skiff_runtime::invoke::plain(
+        http::StatusCode::MISDIRECTED_REQUEST,
+        format!("this connection was opened for {sni}, not {host}: open one for {host}\n"),
+    ))
 }
 
 /// HTTPS ingress's TLS: the certificates in `tls`, by SNI; HTTP/2 and
@@ -213,12 +259,27 @@ pub(crate) async fn serve(
             // on handshakes.
             slot.trusted();
             drop(slot);
+            // The handshake named a host (else it had no certificate).
+            let sni: Arc<str> = stream
+                .get_ref()
+                .1
+                .server_name()
+                .unwrap_or_default()
+                .trim_end_matches('.')
+                .to_ascii_lowercase()
+                .into();
             let service = hyper::service::service_fn(move |request| {
                 let node = node.clone();
+                let sni = sni.clone();
                 async move {
-                    Ok::<_, std::convert::Infallible>(
-                        super::ingress::dispatch(&node, request, super::ingress::Over::Https).await,
-                    )
+                    let answer = match misdirected(&node.tls, &sni, request) {
+                        Err(answer) => answer,
+                        Ok(request) => {
+                            super::ingress::dispatch(&node, request, super::ingress::Over::Https)
+                                .await
+                        }
+                    };
+                    Ok::<_, std::convert::Infallible>(answer)
                 }
             });
             let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());

@@ -37,6 +37,22 @@ impl RedbStore {
     ///
     /// When the file cannot be opened or is not a redb database.
     pub fn open(path: &Path) -> Result<RedbStore, StateError> {
+        // It holds certificates' keys and ACME accounts: the owner's
+        // alone, from its first byte (and for a file made by an earlier
+        // version, from now on).
+        {
+            use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+            let made = std::fs::OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .mode(0o600)
+                .open(path)
+                .and_then(|file| file.set_permissions(std::fs::Permissions::from_mode(0o600)));
+            if let Err(e) = made {
+                return Err(StateError::Store(format!("{}: {e}", path.display())));
+            }
+        }
         let db = Database::create(path).map_err(|e| match e {
             // redb locks the file: another control plane has it open.
             redb::DatabaseError::DatabaseAlreadyOpen => StateError::Store(format!(

@@ -93,7 +93,9 @@ pub(crate) fn add(shared: &Shared, request: CertAddRequest) -> Result<CertAddRes
 
 /// `DELETE /v1/certs/DOMAIN`: removes a certificate; nodes stop serving
 /// it from their next heartbeat (with ACME, the domain is ordered anew).
-pub(crate) fn remove(shared: &Shared, domain: &str) -> Result<(), Refused> {
+/// Returns the wildcard certificate that serves the domain now, if one
+/// does.
+pub(crate) fn remove(shared: &Shared, domain: &str) -> Result<Option<String>, Refused> {
     let mut live = shared.live();
     if !live.certs.stored.contains_key(domain) {
         return Err(Refused::NotFound(format!(
@@ -105,7 +107,10 @@ pub(crate) fn remove(shared: &Shared, domain: &str) -> Result<(), Refused> {
     live.certs.acme.remove(domain);
     shared.publish_tls(&live);
     tracing::info!(domain, "certificate removed");
-    Ok(())
+    Ok(live
+        .certs
+        .covering(domain)
+        .map(|held| held.record.domain.clone()))
 }
 
 /// `GET /v1/certs`: every certificate and every app domain without one.
