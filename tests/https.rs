@@ -617,3 +617,80 @@ fn a_flood_of_unfinished_handshakes_from_one_address_is_closed_at_the_door() {
         },
     );
 }
+
+#[test]
+fn connections_from_one_address_are_capped_and_idle_ones_closed() {
+    let cluster = https_cluster(1, &[]);
+    let ca = TestCa::new();
+    let certs = temp_dir();
+    let now = unix_now();
+    let [cert, key] = ca.issue(
+        certs.path(),
+        "idle",
+        &["idle.example.test"],
+        now - 60,
+        now + 86_400,
+    );
+    cluster.cli(&[
+        "cert",
+        "add",
+        "idle.example.test",
+        "--cert",
+        &cert,
+        "--key",
+        &key,
+    ]);
+    let addr = https_addr(&cluster, 0);
+    let tls = client_trusting(&ca.pem, &[b"h2"]);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let open = |source: &str| {
+        runtime.block_on(async {
+            let socket = tokio::net::TcpSocket::new_v4().unwrap();
+            socket.bind(format!("{source}:0").parse().unwrap()).unwrap();
+            let tcp = socket.connect(addr.parse().unwrap()).await.unwrap();
+            let name = rustls::pki_types::ServerName::try_from("idle.example.test").unwrap();
+            tokio_rustls::TlsConnector::from(tls.clone())
+                .connect(name, tcp)
+                .await
+        })
+    };
+    wait_until(
+        Duration::from_secs(20),
+        "the node to hold the certificate",
+        || open("127.0.0.11").ok(),
+    );
+    // Handshaken connections that send nothing still count: 256 from one
+    // address, then the next is closed at once, handshake and all.
+    let idle: Vec<_> = (0..256).map(|_| open("127.0.0.12").unwrap()).collect();
+    assert!(
+        open("127.0.0.12").is_err(),
+        "a 257th connection from one address"
+    );
+    assert!(open("127.0.0.13").is_ok(), "another address is served");
+    drop(idle);
+    // One that never sends its HTTP/2 preface is closed after 10 s.
+    let mut silent = open("127.0.0.14").unwrap();
+    let started = std::time::Instant::now();
+    let read = runtime.block_on(async {
+        use tokio::io::AsyncReadExt;
+        let mut buf = vec![0u8; 4096];
+        tokio::time::timeout(Duration::from_secs(30), async {
+            loop {
+                match silent.read(&mut buf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(_) => {} // the server's SETTINGS, pings
+                }
+            }
+        })
+        .await
+    });
+    assert!(read.is_ok(), "an idle HTTP/2 connection stays open");
+    assert!(
+        started.elapsed() >= Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+}

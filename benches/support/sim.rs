@@ -179,6 +179,7 @@ impl SimNode {
                 load: Vec::new(),
                 // The fleet has no certificates: its bundle is empty.
                 tls: String::new(),
+                https: false,
             };
             let answer = self
                 .api

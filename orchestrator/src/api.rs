@@ -159,6 +159,10 @@ pub struct SyncRequest {
     /// empty before it has one.
     #[serde(default)]
     pub tls: String,
+    /// Whether the node serves HTTPS: only then is it sent certificates
+    /// and their keys (every node is sent ACME challenges).
+    #[serde(default)]
+    pub https: bool,
 }
 
 /// The demand on one component at a node, as its heartbeat reports it.

@@ -74,7 +74,7 @@ pub fn read(chain_pem: &str, key_pem: &str) -> Result<Certificate, String> {
     }
     let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(chain_pem.as_bytes())
         .collect::<Result<_, _>>()
-        .map_err(|e| format!("the certificate is not valid PEM: {e}"))?;
+        .map_err(|e| format!("the certificate is not valid PEM: {}", pem_problem(&e)))?;
     let Some(leaf) = chain.first() else {
         return Err(
             "the certificate file holds no certificate (no \"BEGIN CERTIFICATE\" block)"
@@ -89,7 +89,10 @@ pub fn read(chain_pem: &str, key_pem: &str) -> Result<Certificate, String> {
         );
     }
     let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).map_err(|e| {
-        format!("the key file holds no private key (a PKCS#8, PKCS#1 or SEC1 PEM block): {e}")
+        format!(
+            "the key file holds no private key (a PKCS#8, PKCS#1 or SEC1 PEM block): {}",
+            pem_problem(&e)
+        )
     })?;
     let signing = rustls::crypto::ring::default_provider()
         .key_provider
@@ -120,6 +123,22 @@ pub fn read(chain_pem: &str, key_pem: &str) -> Result<Certificate, String> {
         key: Arc::new(certified),
         info,
     })
+}
+
+/// What is wrong with a PEM file, in words that never quote it: the PEM
+/// parser's own errors carry the offending line, and a key's line is the
+/// key.
+fn pem_problem(error: &rustls::pki_types::pem::Error) -> &'static str {
+    use rustls::pki_types::pem::Error;
+    match error {
+        Error::MissingSectionEnd { .. } => {
+            "a BEGIN line has no END line (a PEM file keeps its line breaks)"
+        }
+        Error::IllegalSectionStart { .. } => "a BEGIN line is malformed",
+        Error::Base64Decode(_) => "a block is not base64",
+        Error::NoItemsFound => "no PEM block of that kind",
+        _ => "it does not read as PEM",
+    }
 }
 
 /// What the certificate `der` says of itself.
@@ -199,6 +218,17 @@ mod tests {
         assert!(error.contains("no certificate"), "{error}");
         let error = super::read(&cert, "garbage").unwrap_err();
         assert!(error.contains("no private key"), "{error}");
+        // A key on one line (as secret stores keep them) is refused
+        // without quoting a byte of it.
+        let one_line = key.replace('\n', "");
+        let error = super::read(&cert, &one_line).unwrap_err();
+        assert!(error.contains("has no END line"), "{error}");
+        let body: String = key.lines().nth(1).unwrap().chars().take(12).collect();
+        let bytes = format!("{:?}", body.as_bytes());
+        assert!(
+            !error.contains(&body) && !error.contains(&bytes[1..20]),
+            "{error}"
+        );
     }
 
     #[test]

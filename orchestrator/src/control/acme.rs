@@ -169,6 +169,26 @@ fn settle(shared: &Shared, domain: &str, ordered: Result<CertificateRecord, Stri
     shared.publish_tls(&live);
 }
 
+/// The longest challenge token taken.
+const MAX_TOKEN: usize = 256;
+
+/// The most of an error kept to show (an ACME server writes its own
+/// problem details, of any length).
+const MAX_ERROR: usize = 1024;
+
+/// `text` with control characters escaped, cut to [`MAX_ERROR`] bytes.
+fn printable_clipped(text: &str) -> String {
+    let text = skiff_runtime::printable::printable(text);
+    if text.len() <= MAX_ERROR {
+        return text.into_owned();
+    }
+    let mut end = MAX_ERROR;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{} … ({} bytes cut)", &text[..end], text.len() - end)
+}
+
 /// Records that ordering `domain` failed with `error` at `now`.
 fn failed(
     progress: &mut std::collections::BTreeMap<String, AcmeProgress>,
@@ -176,6 +196,7 @@ fn failed(
     error: String,
     now: i64,
 ) {
+    let error = printable_clipped(&error);
     let entry = progress.entry(domain.to_string()).or_default();
     entry.ordering = false;
     entry.failures += 1;
@@ -234,10 +255,23 @@ async fn order(
         }
         Err(e) => return Err(refused(e)),
     };
+    if order.state().authorizations.len() != 1 {
+        return Err(format!(
+            "the ACME server asks for {} authorizations for one domain",
+            order.state().authorizations.len()
+        ));
+    }
     let mut authorizations = order.authorizations();
     while let Some(authorization) = authorizations.next().await {
         let mut authorization =
             authorization.map_err(|e| format!("cannot read the order's authorization: {e}"))?;
+        let named = authorization.identifier().to_string();
+        if named != domain {
+            return Err(format!(
+                "the ACME server asks to authorize {} for an order of {domain}",
+                printable_clipped(&named)
+            ));
+        }
         match authorization.status {
             AuthorizationStatus::Valid => continue,
             AuthorizationStatus::Pending => {}
@@ -288,6 +322,14 @@ async fn order(
     };
     let issued = crate::certs::read(&record.chain_pem, &record.key_pem)
         .map_err(|e| format!("the ACME server issued an unusable certificate: {e}"))?;
+    // Renewed half way through its life at the soonest: one that is over
+    // on arrival would be ordered again at once, and again.
+    if issued.info.not_after <= crate::clock::unix_secs() as i64 {
+        return Err(format!(
+            "the ACME server issued a certificate that has expired ({})",
+            crate::certs::date(issued.info.not_after)
+        ));
+    }
     if !issued.info.covers(domain) {
         return Err(format!(
             "the ACME server issued a certificate for {} instead",
@@ -358,20 +400,25 @@ async fn spread_challenge(
     token: String,
     key_authorization: String,
 ) -> Result<(), String> {
+    // RFC 8555 tokens are base64url, 128 bits or more: 22 characters and
+    // up; none needs more than a few hundred.
     if token.is_empty()
+        || token.len() > MAX_TOKEN
+        || key_authorization.len() > 2 * MAX_TOKEN
         || !token
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
     {
         return Err(format!(
-            "the ACME server sent a challenge token that is not base64url: {token:?}"
+            "the ACME server sent a challenge token that is not base64url of at most {MAX_TOKEN} characters: {}",
+            printable_clipped(&token)
         ));
     }
-    let digest = {
+    let published = {
         let mut live = shared.live();
         live.certs.challenges.insert(token, key_authorization);
         shared.publish_tls(&live);
-        shared.tls.borrow().digest.clone()
+        shared.tls.borrow().clone()
     };
     let deadline = tokio::time::Instant::now() + SPREAD_TIMEOUT;
     loop {
@@ -379,7 +426,7 @@ async fn spread_challenge(
             let live = shared.live();
             live.nodes
                 .values()
-                .filter(|n| n.heard && !n.down && n.tls != digest)
+                .filter(|n| n.heard && !n.down && n.tls != published.for_node(n.https).digest)
                 .count()
         };
         if waiting == 0 || tokio::time::Instant::now() >= deadline {

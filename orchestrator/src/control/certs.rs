@@ -88,20 +88,23 @@ impl Certs {
         })
     }
 
-    /// The bundle nodes are sent: every certificate with its key, and the
-    /// pending challenges, with a digest of them (empty when there are
-    /// none).
-    pub(crate) fn bundle(&self) -> TlsBundle {
+    /// The bundle nodes are sent: every certificate with its key (for
+    /// nodes serving HTTPS, `keys`), and the pending challenges, with a
+    /// digest of them (empty when there are none).
+    pub(crate) fn bundle(&self, keys: bool) -> TlsBundle {
         use sha2::{Digest as _, Sha256};
-        let certificates: Vec<ServedCertificate> = self
-            .stored
-            .values()
-            .map(|held| ServedCertificate {
-                domain: held.record.domain.clone(),
-                chain_pem: held.record.chain_pem.clone(),
-                key_pem: held.record.key_pem.clone(),
-            })
-            .collect();
+        let certificates: Vec<ServedCertificate> = if keys {
+            self.stored
+                .values()
+                .map(|held| ServedCertificate {
+                    domain: held.record.domain.clone(),
+                    chain_pem: held.record.chain_pem.clone(),
+                    key_pem: held.record.key_pem.clone(),
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
         let mut hash = Sha256::new();
         for cert in &certificates {
             for part in [&cert.domain, &cert.chain_pem, &cert.key_pem] {
@@ -125,6 +128,14 @@ impl Certs {
             },
             certificates,
             challenges: self.challenges.clone(),
+        }
+    }
+
+    /// What nodes are sent now.
+    pub(crate) fn published(&self) -> Published {
+        Published {
+            full: Arc::new(self.bundle(true)),
+            challenges: Arc::new(self.bundle(false)),
         }
     }
 
@@ -226,7 +237,18 @@ pub(crate) fn source_name(source: CertificateSource) -> &'static str {
     }
 }
 
-/// The bundle nodes hold before the control plane has one: nothing.
-pub(crate) fn empty_bundle() -> Arc<TlsBundle> {
-    Arc::new(Certs::default().bundle())
+/// The TLS bundles nodes are sent: the whole one to nodes serving HTTPS;
+/// to the others only the ACME challenges (every node's plain HTTP
+/// answers them), and never a key.
+#[derive(Clone, Default)]
+pub(crate) struct Published {
+    pub(crate) full: Arc<TlsBundle>,
+    pub(crate) challenges: Arc<TlsBundle>,
+}
+
+impl Published {
+    /// The bundle for a node that serves HTTPS (`https`) or not.
+    pub(crate) fn for_node(&self, https: bool) -> &Arc<TlsBundle> {
+        if https { &self.full } else { &self.challenges }
+    }
 }

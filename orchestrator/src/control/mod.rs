@@ -190,7 +190,7 @@ pub(crate) struct Shared {
     top: Mutex<Option<(Instant, Arc<crate::api::TopView>)>>,
     /// What nodes need to serve HTTPS, as last published from the live
     /// state: read by every heartbeat without the state lock.
-    tls: watch::Sender<Arc<crate::api::TlsBundle>>,
+    tls: watch::Sender<certs::Published>,
 }
 
 /// The in-memory view: the durable records plus liveness.
@@ -337,6 +337,10 @@ pub(crate) struct LiveNode {
     bumps: BumpBudget,
     /// The digest of the TLS bundle its last heartbeat said it holds.
     tls: String,
+    /// Whether it serves HTTPS (so is sent certificates and keys).
+    https: bool,
+    /// The digest of the TLS bundle it was last sent, and when.
+    tls_sent: Option<(String, Instant)>,
     /// Signalled when the node has news: its held heartbeat is answered
     /// at once, so it can send the next one with the news.
     news: Arc<tokio::sync::Notify>,
@@ -414,6 +418,8 @@ impl LiveNode {
             load: HashMap::new(),
             bumps: BumpBudget::default(),
             tls: String::new(),
+            https: false,
+            tls_sent: None,
             news: Arc::new(tokio::sync::Notify::new()),
             outcomes_seen: HashMap::new(),
             traffic: top::TrafficLog::default(),
@@ -794,7 +800,7 @@ impl ControlPlane {
             ui: ui::Sessions::new(ui_session_lifetime),
             api_fingerprint,
             top: Mutex::default(),
-            tls: watch::Sender::new(certs::empty_bundle()),
+            tls: watch::Sender::new(certs::Published::default()),
         });
         shared.publish_tls(&shared.live());
         Ok(ControlPlane {
@@ -959,11 +965,11 @@ impl Shared {
     /// Publishes the TLS bundle of `live`'s certificates and challenges
     /// to nodes, when it changed: held heartbeats are answered with it.
     fn publish_tls(&self, live: &Live) {
-        let bundle = live.certs.bundle();
-        if self.tls.borrow().digest == bundle.digest {
+        let published = live.certs.published();
+        if self.tls.borrow().full.digest == published.full.digest {
             return;
         }
-        self.tls.send_replace(Arc::new(bundle));
+        self.tls.send_replace(published);
         self.bump();
     }
 }

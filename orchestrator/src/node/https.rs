@@ -165,12 +165,26 @@ fn misdirected(
     sni: &str,
     mut request: hyper::Request<hyper::body::Incoming>,
 ) -> Result<hyper::Request<hyper::body::Incoming>, skiff_runtime::invoke::Answer> {
-    let named = request
+    let header = request
         .headers()
         .get(http::header::HOST)
         .and_then(|h| h.to_str().ok())
-        .or_else(|| request.uri().authority().map(|a| a.as_str()))
         .map(super::routing::host_name);
+    let authority = request
+        .uri()
+        .authority()
+        .map(|a| super::routing::host_name(a.as_str()));
+    // HTTP/2 names the host twice when a client sends `host` too: two
+    // hosts make the request malformed (RFC 9113, 8.3.1).
+    if let (Some(header), Some(authority)) = (&header, &authority)
+        && header != authority
+    {
+        return Err(skiff_runtime::invoke::plain(
+            http::StatusCode::BAD_REQUEST,
+            format!("the request names two hosts, {authority} and {header}\n"),
+        ));
+    }
+    let named = header.or(authority);
     let host = match named {
         Some(host) => host,
         None => {
@@ -215,20 +229,38 @@ pub(crate) async fn serve(
     acceptor: tokio_rustls::TlsAcceptor,
     shutdown: impl Future<Output = ()>,
 ) {
-    let admission = Admission::new(
+    let handshakes = Admission::new(
         "HTTPS ingress handshake",
         MAX_HANDSHAKES,
         MAX_HANDSHAKES_PER_IP,
         ["a fixed cap", "a fixed cap per address"],
         Trust::Both,
     );
+    let connections = Admission::new(
+        "HTTPS ingress",
+        MAX_CONNECTIONS,
+        MAX_CONNECTIONS_PER_IP,
+        ["a fixed cap", "a fixed cap per address"],
+        Trust::Address,
+    );
+    // HTTP/2 connections are closed gracefully (in-flight streams finish)
+    // when ingress stops; HTTP/1.1 ones by the graceful watcher.
+    let (stop, stopping) = tokio::sync::watch::channel(false);
+    let shutdown = async move {
+        shutdown.await;
+        let _ = stop.send(true);
+    };
     accept_until(listener, shutdown, DRAIN_TIMEOUT, move |accepted| {
         // Over a limit, closed here, before the handshake costs anything.
-        let Some(mut slot) = admission.admit(accepted.peer.ip()) else {
+        let Some(connection_slot) = connections.admit(accepted.peer.ip()) else {
+            return;
+        };
+        let Some(mut handshake_slot) = handshakes.admit(accepted.peer.ip()) else {
             return;
         };
         let acceptor = acceptor.clone();
         let node = node.clone();
+        let stopping = stopping.clone();
         tokio::spawn(async move {
             let count = |outcome| {
                 crate::mesh::metrics::count_handshake(
@@ -256,21 +288,24 @@ pub(crate) async fn serve(
                 };
             count("ok");
             // Handshaken: the connection no longer counts toward the caps
-            // on handshakes.
-            slot.trusted();
-            drop(slot);
+            // on handshakes, only toward those on connections.
+            handshake_slot.trusted();
+            drop(handshake_slot);
+            let (_, connection) = stream.get_ref();
             // The handshake named a host (else it had no certificate).
-            let sni: Arc<str> = stream
-                .get_ref()
-                .1
+            let sni: Arc<str> = connection
                 .server_name()
                 .unwrap_or_default()
                 .trim_end_matches('.')
                 .to_ascii_lowercase()
                 .into();
+            let h2 = connection.alpn_protocol() == Some(b"h2");
+            let last_request = Arc::new(std::sync::Mutex::new(None::<tokio::time::Instant>));
+            let seen = last_request.clone();
             let service = hyper::service::service_fn(move |request| {
                 let node = node.clone();
                 let sni = sni.clone();
+                *seen.lock().expect("last request lock") = Some(tokio::time::Instant::now());
                 async move {
                     let answer = match misdirected(&node.tls, &sni, request) {
                         Err(answer) => answer,
@@ -282,22 +317,87 @@ pub(crate) async fn serve(
                     Ok::<_, std::convert::Infallible>(answer)
                 }
             });
-            let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-            builder
-                .http1()
-                .keep_alive(true)
-                .timer(TokioTimer::new())
-                .header_read_timeout(HEADER_READ_TIMEOUT);
-            builder
-                .http2()
-                .timer(TokioTimer::new())
-                .max_concurrent_streams(MAX_STREAMS)
-                .keep_alive_interval(Some(Duration::from_secs(30)));
-            let connection = builder.serve_connection(TokioIo::new(stream), service);
-            if let Err(e) = accepted.watcher.watch(connection.into_owned()).await {
-                tracing::debug!("HTTPS connection ended with error: {e}");
+            let io = TokioIo::new(stream);
+            if h2 {
+                serve_http2(io, service, last_request, stopping).await;
+                drop(accepted.watcher);
+            } else {
+                // As plain HTTP/1.1 is served: keep-alive, and a client
+                // slow to send a request head is cut off.
+                skiff_runtime::server::serve_http1(accepted.watcher, io, service).await;
             }
+            drop(connection_slot);
         });
     })
     .await;
+}
+
+/// HTTPS connections open at once; more are closed at once.
+pub const MAX_CONNECTIONS: usize = 8192;
+
+/// Of those, from one address (an IPv6 /64).
+pub const MAX_CONNECTIONS_PER_IP: usize = 256;
+
+/// An HTTP/2 connection with no new request this long is closed
+/// (gracefully: streams in flight finish).
+const HTTP2_IDLE: Duration = Duration::from_secs(60);
+
+/// Serves HTTP/2 on `io` with `service` (which stamps `last_request`):
+/// at most [`MAX_STREAMS`] streams at once, peers that stop answering
+/// pings dropped, a connection that sends no request within
+/// [`HEADER_READ_TIMEOUT`] of opening, or none for [`HTTP2_IDLE`], closed
+/// gracefully, as is every connection once `stopping`.
+async fn serve_http2<S>(
+    io: TokioIo<tokio_rustls::server::TlsStream<tokio::net::TcpStream>>,
+    service: S,
+    last_request: Arc<std::sync::Mutex<Option<tokio::time::Instant>>>,
+    mut stopping: tokio::sync::watch::Receiver<bool>,
+) where
+    S: hyper::service::HttpService<
+            hyper::body::Incoming,
+            ResBody = skiff_runtime::invoke::ResponseBody,
+        > + Send
+        + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let opened = tokio::time::Instant::now();
+    let connection = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(MAX_STREAMS)
+        .keep_alive_interval(Some(Duration::from_secs(20)))
+        .keep_alive_timeout(Duration::from_secs(20))
+        .serve_connection(io, service);
+    let mut connection = std::pin::pin!(connection);
+    let mut closing = false;
+    let idle_until = || match *last_request.lock().expect("last request lock") {
+        None => opened + HEADER_READ_TIMEOUT,
+        Some(at) => at + HTTP2_IDLE,
+    };
+    loop {
+        tokio::select! {
+            ended = connection.as_mut() => {
+                if let Err(e) = ended {
+                    tracing::debug!("HTTP/2 connection ended with error: {e}");
+                }
+                return;
+            }
+            () = tokio::time::sleep_until(idle_until()), if !closing => {
+                // No request ever (not even the preface, perhaps, which
+                // a graceful close would wait for): nothing to finish.
+                if last_request.lock().expect("last request lock").is_none() {
+                    return;
+                }
+                // A request may have come while asleep.
+                if idle_until() <= tokio::time::Instant::now() {
+                    connection.as_mut().graceful_shutdown();
+                    closing = true;
+                }
+            }
+            _ = stopping.wait_for(|stop| *stop), if !closing => {
+                connection.as_mut().graceful_shutdown();
+                closing = true;
+            }
+        }
+    }
 }

@@ -59,7 +59,10 @@ pub(crate) async fn dispatch(
     // further than here, not even to the node a request is forwarded to.
     skiff_runtime::invoke::strip_platform_cookies(request.headers_mut());
     as_http1(&mut request);
-    // Said by the node that took the request, whatever a client claims.
+    // Said by the node that took the request, whatever a client claims:
+    // this node is the edge, so no proxy before it speaks of the scheme.
+    request.headers_mut().remove(http::header::FORWARDED);
+    request.headers_mut().remove("x-forwarded-ssl");
     request.headers_mut().insert(
         FORWARDED_PROTO,
         http::HeaderValue::from_static(match over {
@@ -148,6 +151,10 @@ fn to_https(
     uri: &http::Uri,
 ) -> Option<Answer> {
     let https = node.https_addr?;
+    // `OPTIONS *` names no resource to send elsewhere.
+    if uri.path() == "*" {
+        return None;
+    }
     let name = super::routing::host_name(host?);
     if !routing.by_domain(&name)?.https_redirect || !node.tls.covers(&name) {
         return None;

@@ -84,8 +84,12 @@ pub(crate) struct Taken {
     placed_by: (std::collections::BTreeMap<String, String>, u64),
     /// Signalled when the node has news to send.
     news: Arc<Notify>,
-    /// The digest of the TLS bundle the node holds.
-    tls: String,
+    /// The digest of the TLS bundle the node holds, and whether it serves
+    /// HTTPS.
+    tls: (String, bool),
+    /// Whether the node lacks the TLS bundle meant for it and is due to
+    /// be sent it (see [`tls_due`]): then it is answered at once.
+    tls_due: bool,
     /// The least time between two answers to the node that a change of
     /// the desired state calls for (see [`answer_gap`]).
     gap: Duration,
@@ -158,6 +162,7 @@ pub(crate) fn take(
     let news;
     let gap;
     let last_answered;
+    let tls_due_now;
     {
         let mut live = shared.live();
         gap = answer_gap(live.nodes.len(), shared.config.heartbeat);
@@ -202,6 +207,8 @@ pub(crate) fn take(
         if sync.tls.len() <= 64 && entry.tls != sync.tls {
             entry.tls.clone_from(&sync.tls);
         }
+        entry.https = sync.https;
+        tls_due_now = tls_due(entry, &shared.tls.borrow(), now);
         if entry.pressure != sync.pressure {
             if sync.pressure {
                 tracing::warn!(
@@ -354,12 +361,44 @@ pub(crate) fn take(
         news,
         gap,
         last_answered,
-        tls: if sync.tls.len() <= 64 {
-            sync.tls
-        } else {
-            String::new()
-        },
+        tls: (
+            if sync.tls.len() <= 64 {
+                sync.tls
+            } else {
+                String::new()
+            },
+            sync.https,
+        ),
+        tls_due: tls_due_now,
     })
+}
+
+#[cfg(test)]
+impl Taken {
+    /// Whether the heartbeat is answered at once to send the TLS bundle.
+    pub(crate) fn tls_due_for_tests(&self) -> bool {
+        self.tls_due
+    }
+}
+
+/// A node whose TLS bundle is not the one meant for it is sent it again
+/// no more often than this, unless the bundle changed: a node that does
+/// not take it (one of an earlier release, or a hostile one) is not
+/// answered at once with every certificate on every heartbeat.
+const TLS_RESEND_EVERY: Duration = Duration::from_secs(30);
+
+/// Whether `node` is due to be sent the bundle of `published` meant for
+/// it at `now`: it lacks it, and was not sent that same bundle lately.
+fn tls_due(
+    node: &crate::control::LiveNode,
+    published: &crate::control::certs::Published,
+    now: Instant,
+) -> bool {
+    let meant = published.for_node(node.https);
+    node.tls != meant.digest
+        && node.tls_sent.as_ref().is_none_or(|(digest, at)| {
+            *digest != meant.digest || now.saturating_duration_since(*at) >= TLS_RESEND_EVERY
+        })
 }
 
 /// Holds a heartbeat while the node is up to date both ways, until the
@@ -376,7 +415,7 @@ pub(crate) async fn hold(shared: &Shared, node: &str, taken: &Taken) {
     let heartbeat = taken.heartbeat;
     // A node without the cluster's certificates (or an ACME challenge
     // the cluster waits on) is answered at once.
-    if taken.epoch != epoch || !taken.status_known || taken.tls != shared.tls.borrow().digest {
+    if taken.epoch != epoch || !taken.status_known || taken.tls_due {
         return;
     }
     let up_to_date = *version.borrow_and_update() == taken.version;
@@ -460,11 +499,27 @@ pub(crate) async fn answer(
             Some(_) => shared.servers.lock().expect("servers lock").clone(),
             None => Vec::new(),
         },
-        tls: {
-            let bundle = shared.tls.borrow();
-            (taken.tls != bundle.digest).then(|| bundle.clone())
-        },
+        tls: tls_to_send(shared, node, taken),
     })
+}
+
+/// The TLS bundle to send with an answer to `node`, if it is due one
+/// (recorded as sent).
+fn tls_to_send(shared: &Shared, node: &str, taken: &Taken) -> Option<Arc<crate::api::TlsBundle>> {
+    let published = shared.tls.borrow().clone();
+    let (held, https) = &taken.tls;
+    let meant = published.for_node(*https);
+    if *held == meant.digest {
+        return None;
+    }
+    let mut due = false;
+    shared.with_node(node, |entry| {
+        due = tls_due(entry, &published, Instant::now());
+        if due {
+            entry.tls_sent = Some((meant.digest.clone(), Instant::now()));
+        }
+    });
+    due.then(|| meant.clone())
 }
 
 /// `POST /v1/node/news`: the calling node has something to report (a

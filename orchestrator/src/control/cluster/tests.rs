@@ -70,6 +70,7 @@ fn first_heartbeat(memory: u64) -> SyncRequest {
         logs: Vec::new(),
         load: Vec::new(),
         tls: String::new(),
+        https: false,
     }
 }
 
@@ -412,7 +413,7 @@ async fn a_panic_while_the_state_is_locked_does_not_stop_the_control_plane() {
 }
 
 #[tokio::test]
-async fn a_node_is_sent_the_certificates_until_it_holds_them_and_they_survive_a_restart() {
+async fn certificates_go_once_to_nodes_serving_https_never_to_others_and_survive_a_restart() {
     let (shared, dir) = control_plane().await;
     let node = joined(&shared, "edge-1", GIB);
     // No certificates: nothing to send, and a node holding none is up to
@@ -433,13 +434,31 @@ async fn a_node_is_sent_the_certificates_until_it_holds_them_and_they_survive_a_
     let added = super::certs::add(&shared, request).unwrap();
     assert!(!added.replaced);
     assert_eq!(added.certificate.source, "uploaded");
+    // A node that serves no HTTPS is never sent a key.
     let answer = beat(&shared, &node, first_heartbeat(GIB)).await;
+    assert!(answer.tls.is_none());
+    let serving = || SyncRequest {
+        https: true,
+        ..first_heartbeat(GIB)
+    };
+    let answer = beat(&shared, &node, serving()).await;
     let bundle = answer.tls.expect("the node is sent the certificates");
     assert_eq!(bundle.certificates.len(), 1);
     assert_eq!(bundle.certificates[0].key_pem, key.serialize_pem());
+    // One that does not take it (an earlier release, a hostile node) is
+    // not sent it again with every heartbeat, nor answered at once.
+    let taken = heartbeat::take(&shared, &node, serving()).unwrap();
+    assert!(!taken.tls_due_for_tests());
+    assert!(
+        heartbeat::answer(&shared, &node, &taken)
+            .await
+            .unwrap()
+            .tls
+            .is_none()
+    );
     let holding = SyncRequest {
         tls: bundle.digest.clone(),
-        ..first_heartbeat(GIB)
+        ..serving()
     };
     assert!(beat(&shared, &node, holding).await.tls.is_none());
 
@@ -448,9 +467,9 @@ async fn a_node_is_sent_the_certificates_until_it_holds_them_and_they_survive_a_
     drop(shared);
     let config = ControlPlaneConfig::new(dir.path().join("data"), "127.0.0.1:0".parse().unwrap());
     let again = ControlPlane::start(config).await.unwrap().shared;
-    assert_eq!(again.tls.borrow().digest, bundle.digest);
+    assert_eq!(again.tls.borrow().full.digest, bundle.digest);
     super::certs::remove(&again, "shop.example.com").unwrap();
-    assert_eq!(again.tls.borrow().digest, "");
+    assert_eq!(again.tls.borrow().full.digest, "");
     assert!(matches!(
         super::certs::remove(&again, "shop.example.com"),
         Err(Refused::NotFound(_))
