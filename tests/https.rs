@@ -345,6 +345,15 @@ fn given_certificates_are_checked_then_served_by_sni_on_every_node_over_http2_an
         // Nor is another app reached under this one's certificate.
         let misdirected = https_get_as(&addr, "shop.example.test", "www.blog.test", h1.clone());
         assert_eq!(misdirected, 421);
+        // A Host that is no text names no app: refused, not routed
+        // among every app by path.
+        let unreadable = https_get_as(
+            &addr,
+            "shop.example.test",
+            "www.blog.test\u{ff}",
+            h1.clone(),
+        );
+        assert_eq!(unreadable, 400);
         let unknown = https_get(&addr, "other.example.test", h2.clone(), "/").unwrap_err();
         assert!(unknown.contains("handshake"), "{unknown}");
         let ip = addr.split(':').next().unwrap();

@@ -128,7 +128,7 @@ pub fn read(chain_pem: &str, key_pem: &str) -> Result<Certificate, String> {
 /// What is wrong with a PEM file, in words that never quote it: the PEM
 /// parser's own errors carry the offending line, and a key's line is the
 /// key.
-fn pem_problem(error: &rustls::pki_types::pem::Error) -> &'static str {
+pub fn pem_problem(error: &rustls::pki_types::pem::Error) -> &'static str {
     use rustls::pki_types::pem::Error;
     match error {
         Error::MissingSectionEnd { .. } => {

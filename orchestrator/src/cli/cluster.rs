@@ -127,7 +127,13 @@ fn acme_config(args: &ServerArgs) -> anyhow::Result<Option<crate::control::AcmeC
             .with_context(|| format!("cannot read --acme-ca-roots {}", roots.display()))?;
         let certs: Vec<_> = CertificateDer::pem_slice_iter(&pem)
             .collect::<Result<_, _>>()
-            .map_err(|e| anyhow::anyhow!("--acme-ca-roots {}: {e}", roots.display()))?;
+            .map_err(|e| {
+                anyhow::anyhow!(
+                    "--acme-ca-roots {}: {}",
+                    roots.display(),
+                    crate::certs::pem_problem(&e)
+                )
+            })?;
         if certs.is_empty() {
             anyhow::bail!(
                 "--acme-ca-roots {} holds no PEM certificate: give the CA certificate the ACME server's own HTTPS certificate chains to",

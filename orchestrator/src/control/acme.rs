@@ -141,8 +141,7 @@ fn settle(shared: &Shared, domain: &str, ordered: Result<CertificateRecord, Stri
     // the order's is dropped.
     let given = live
         .certs
-        .stored
-        .get(domain)
+        .covering(domain)
         .is_some_and(|held| held.record.source == CertificateSource::Uploaded);
     let renewing = live.certs.stored.contains_key(domain);
     match ordered {
@@ -471,7 +470,13 @@ impl Client {
             let pem = std::fs::read(path)
                 .map_err(|e| format!("cannot read --acme-ca-roots {}: {e}", path.display()))?;
             for cert in CertificateDer::pem_slice_iter(&pem) {
-                let cert = cert.map_err(|e| format!("--acme-ca-roots {}: {e}", path.display()))?;
+                let cert = cert.map_err(|e| {
+                    format!(
+                        "--acme-ca-roots {}: {}",
+                        path.display(),
+                        crate::certs::pem_problem(&e)
+                    )
+                })?;
                 roots
                     .add(cert)
                     .map_err(|e| format!("--acme-ca-roots {}: {e}", path.display()))?;

@@ -339,7 +339,8 @@ pub(crate) struct LiveNode {
     tls: String,
     /// Whether it serves HTTPS (so is sent certificates and keys).
     https: bool,
-    /// The digest of the TLS bundle it was last sent, and when.
+    /// When it was last sent a TLS bundle, and of which publication (the
+    /// whole bundle's digest).
     tls_sent: Option<(String, Instant)>,
     /// Signalled when the node has news: its held heartbeat is answered
     /// at once, so it can send the next one with the news.

@@ -165,11 +165,20 @@ fn misdirected(
     sni: &str,
     mut request: hyper::Request<hyper::body::Incoming>,
 ) -> Result<hyper::Request<hyper::body::Incoming>, skiff_runtime::invoke::Answer> {
-    let header = request
-        .headers()
-        .get(http::header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .map(super::routing::host_name);
+    let header = match request.headers().get(http::header::HOST) {
+        None => None,
+        Some(value) => match value.to_str() {
+            Ok(host) => Some(super::routing::host_name(host)),
+            // Routing could not read it either, and would pick among
+            // every app by path.
+            Err(_) => {
+                return Err(skiff_runtime::invoke::plain(
+                    http::StatusCode::BAD_REQUEST,
+                    "the Host header is not a host name\n".to_string(),
+                ));
+            }
+        },
+    };
     let authority = request
         .uri()
         .authority()

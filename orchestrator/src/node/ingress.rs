@@ -61,8 +61,9 @@ pub(crate) async fn dispatch(
     as_http1(&mut request);
     // Said by the node that took the request, whatever a client claims:
     // this node is the edge, so no proxy before it speaks of the scheme.
-    request.headers_mut().remove(http::header::FORWARDED);
-    request.headers_mut().remove("x-forwarded-ssl");
+    for claim in CLIENT_PROXY_HEADERS {
+        request.headers_mut().remove(claim);
+    }
     request.headers_mut().insert(
         FORWARDED_PROTO,
         http::HeaderValue::from_static(match over {
@@ -109,6 +110,21 @@ pub(crate) async fn dispatch(
         .record(&app.name, component, answer.status());
     answer
 }
+
+/// Headers by which a proxy before this one would speak of the client,
+/// the scheme or the host: the node is the edge, so a client's own are
+/// claims, and go (apps read them to build links, or to trust a scheme).
+const CLIENT_PROXY_HEADERS: [&str; 9] = [
+    "forwarded",
+    "x-forwarded-for",
+    "x-forwarded-host",
+    "x-forwarded-port",
+    "x-forwarded-protocol",
+    "x-forwarded-scheme",
+    "x-forwarded-ssl",
+    "x-url-scheme",
+    "front-end-https",
+];
 
 /// The header telling a guest whether the client came over HTTPS.
 const FORWARDED_PROTO: http::HeaderName = http::HeaderName::from_static("x-forwarded-proto");

@@ -388,16 +388,19 @@ impl Taken {
 const TLS_RESEND_EVERY: Duration = Duration::from_secs(30);
 
 /// Whether `node` is due to be sent the bundle of `published` meant for
-/// it at `now`: it lacks it, and was not sent that same bundle lately.
+/// it at `now`: it lacks it, and was sent none since this publication,
+/// or none lately. (Keyed on the publication, not on the bundle meant: a
+/// node saying it serves HTTPS one heartbeat and not the next must not
+/// be sent a bundle on every one.)
 fn tls_due(
     node: &crate::control::LiveNode,
     published: &crate::control::certs::Published,
     now: Instant,
 ) -> bool {
-    let meant = published.for_node(node.https);
-    node.tls != meant.digest
-        && node.tls_sent.as_ref().is_none_or(|(digest, at)| {
-            *digest != meant.digest || now.saturating_duration_since(*at) >= TLS_RESEND_EVERY
+    node.tls != published.for_node(node.https).digest
+        && node.tls_sent.as_ref().is_none_or(|(publication, at)| {
+            *publication != published.full.digest
+                || now.saturating_duration_since(*at) >= TLS_RESEND_EVERY
         })
 }
 
@@ -516,7 +519,7 @@ fn tls_to_send(shared: &Shared, node: &str, taken: &Taken) -> Option<Arc<crate::
     shared.with_node(node, |entry| {
         due = tls_due(entry, &published, Instant::now());
         if due {
-            entry.tls_sent = Some((meant.digest.clone(), Instant::now()));
+            entry.tls_sent = Some((published.full.digest.clone(), Instant::now()));
         }
     });
     due.then(|| meant.clone())

@@ -456,6 +456,19 @@ async fn certificates_go_once_to_nodes_serving_https_never_to_others_and_survive
             .tls
             .is_none()
     );
+    // Nor one holding another bundle and saying it serves HTTPS, then
+    // not, then again.
+    for https in [false, true, false, true] {
+        let flipping = SyncRequest {
+            https,
+            tls: "x".to_string(),
+            ..first_heartbeat(GIB)
+        };
+        let taken = heartbeat::take(&shared, &node, flipping).unwrap();
+        assert!(!taken.tls_due_for_tests(), "https: {https}");
+        let answer = heartbeat::answer(&shared, &node, &taken).await.unwrap();
+        assert!(answer.tls.is_none(), "https: {https}");
+    }
     let holding = SyncRequest {
         tls: bundle.digest.clone(),
         ..serving()
