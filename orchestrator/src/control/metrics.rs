@@ -19,7 +19,7 @@ use std::time::Duration;
 /// The API's routes, as route labels name them: `:name` stands for any
 /// one segment. A request on no route is labelled `unmatched`, so the
 /// label's values are these whatever clients ask for.
-const ROUTES: [&str; 30] = [
+const ROUTES: [&str; 32] = [
     "/v1/health",
     "/v1/join",
     "/v1/node/sync",
@@ -42,6 +42,8 @@ const ROUTES: [&str; 30] = [
     "/v1/nodes/:name/labels",
     "/v1/nodes/:name/:name",
     "/v1/replicas",
+    "/v1/certs",
+    "/v1/certs/:name",
     "/v1/top",
     "/v1/ui/links",
     "/ui",
@@ -255,6 +257,52 @@ impl Collector for ClusterState {
                     .encode(family.encode_family(&[("state", state.as_str())])?)?;
             }
         }
+        // Each certificate the cluster serves apps with, and each domain
+        // whose order or renewal is failing: what an alert on expiry, or
+        // on ACME, watches.
+        let (expiries, failing) = {
+            let live = shared.live();
+            let expiries: Vec<(String, &'static str, i64)> = live
+                .certs
+                .stored
+                .values()
+                .map(|held| {
+                    (
+                        held.record.domain.clone(),
+                        super::certs::source_name(held.record.source),
+                        held.info.not_after,
+                    )
+                })
+                .collect();
+            let failing: Vec<String> = live
+                .certs
+                .acme
+                .iter()
+                .filter(|(_, progress)| progress.error.is_some())
+                .map(|(domain, _)| domain.clone())
+                .collect();
+            (expiries, failing)
+        };
+        let mut family = encoder.encode_descriptor(
+            "app_certificate_expiry_timestamp",
+            "When each certificate the cluster serves apps with over HTTPS stops being valid, Unix time, by domain and source (uploaded, acme).",
+            Some(&Unit::Seconds),
+            MetricType::Gauge,
+        )?;
+        for (domain, source, not_after) in &expiries {
+            ConstGauge::new(*not_after).encode(
+                family.encode_family(&[("domain", domain.as_str()), ("source", *source)])?,
+            )?;
+        }
+        let mut family = encoder.encode_descriptor(
+            "app_certificate_order_failing",
+            "Domains whose ACME order or renewal failed last time (1), by domain; `skiff certs` says why.",
+            None,
+            MetricType::Gauge,
+        )?;
+        for domain in &failing {
+            ConstGauge::new(1).encode(family.encode_family(&[("domain", domain.as_str())])?)?;
+        }
         let pending = replicas.get("pending").copied().unwrap_or(0);
         ConstGauge::new(pending).encode(encoder.encode_descriptor(
             "replicas_pending",
@@ -289,6 +337,7 @@ mod tests {
         assert_eq!(route_label("/v1/nodes/a/drain"), "/v1/nodes/:name/:name");
         assert_eq!(route_label("/v1/blobs/sha256:abc"), "/v1/blobs/:name");
         assert_eq!(route_label("/"), "/");
+        assert_eq!(route_label("/v1/certs/*.example.com"), "/v1/certs/:name");
         assert_eq!(route_label("/health/rollback/nodes/node"), "unmatched");
         assert_eq!(route_label("/a/b/c/d/e/f/g/h"), "unmatched");
         assert_eq!(method_label(&http::Method::PATCH), "OTHER");

@@ -434,6 +434,16 @@ async fn certificates_go_once_to_nodes_serving_https_never_to_others_and_survive
     let added = super::certs::add(&shared, request).unwrap();
     assert!(!added.replaced);
     assert_eq!(added.certificate.source, "uploaded");
+    // Its expiry is a metric, for alerts.
+    let mut registry = prometheus_client::registry::Registry::with_prefix("skiff");
+    crate::control::metrics::register(&shared, &mut registry);
+    let mut text = String::new();
+    prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+    let expiry = format!(
+        "skiff_app_certificate_expiry_timestamp_seconds{{domain=\"shop.example.com\",source=\"uploaded\"}} {}",
+        added.certificate.not_after_unix
+    );
+    assert!(text.contains(&expiry), "{text}");
     // A node that serves no HTTPS is never sent a key.
     let answer = beat(&shared, &node, first_heartbeat(GIB)).await;
     assert!(answer.tls.is_none());
