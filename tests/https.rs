@@ -305,6 +305,19 @@ fn given_certificates_are_checked_then_served_by_sni_on_every_node_over_http2_an
     assert!(!listed.to_string().contains("PRIVATE KEY"), "{listed}");
     let table = cluster.cli(&["certs"]);
     assert!(table.contains("CN=Skiff HTTPS test CA"), "{table}");
+    assert!(!table.contains("no node serves HTTPS"), "{table}");
+    // `skiff nodes` says where each node serves HTTPS.
+    let nodes = cluster.json(&["nodes"]);
+    for i in 0..2 {
+        let name = format!("node-{}", i + 1);
+        let node = nodes
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|n| n["name"] == name.as_str())
+            .unwrap();
+        assert_eq!(node["https"], https_addr(&cluster, i).as_str(), "{nodes}");
+    }
 
     for node in 0..2 {
         let addr = https_addr(&cluster, node);

@@ -179,7 +179,7 @@ impl SimNode {
                 load: Vec::new(),
                 // The fleet has no certificates: its bundle is empty.
                 tls: String::new(),
-                https: false,
+                https: None,
             };
             let answer = self
                 .api

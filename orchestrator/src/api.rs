@@ -159,10 +159,11 @@ pub struct SyncRequest {
     /// empty before it has one.
     #[serde(default)]
     pub tls: String,
-    /// Whether the node serves HTTPS: only then is it sent certificates
-    /// and their keys (every node is sent ACME challenges).
-    #[serde(default)]
-    pub https: bool,
+    /// The node's HTTPS ingress address, `ip:port`, when it serves HTTPS:
+    /// only then is it sent certificates and their keys (every node is
+    /// sent ACME challenges).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub https: Option<String>,
 }
 
 /// The demand on one component at a node, as its heartbeat reports it.
@@ -978,6 +979,9 @@ pub struct NodeView {
     pub replicas: u32,
     /// Ingress address.
     pub ingress: String,
+    /// HTTPS ingress address, when the node serves HTTPS.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub https: Option<String>,
     /// Milliseconds since its last heartbeat.
     pub last_seen_ms: u64,
 }

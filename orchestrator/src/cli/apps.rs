@@ -383,7 +383,10 @@ pub fn nodes(args: ListArgs) -> anyhow::Result<()> {
                 format!("{}/{}", size(n.reserved), size(n.placeable)),
                 size(n.used),
                 size(n.memory),
-                printable(&n.ingress).into_owned(),
+                match &n.https {
+                    Some(https) => printable(&format!("{} https {https}", n.ingress)).into_owned(),
+                    None => printable(&n.ingress).into_owned(),
+                },
                 if labels.is_empty() {
                     "-".to_string()
                 } else {

@@ -155,6 +155,10 @@ pub fn certs(args: CertsArgs) -> anyhow::Result<()> {
         &["DOMAIN", "STATUS", "SOURCE", "ISSUER", "EXPIRES", "APPS"],
         rows,
     )?;
+    let nodes: Vec<crate::api::NodeView> = runtime()?.block_on(client.get("/v1/nodes"))?;
+    if !certs.is_empty() && nodes.iter().all(|n| n.https.is_none()) {
+        out!("no node serves HTTPS: start nodes with --https-listen (skiff up --https-listen)")?;
+    }
     for c in &certs {
         if let Some(error) = &c.error {
             let now = crate::clock::unix_secs() as i64;

@@ -425,7 +425,9 @@ async fn spread_challenge(
             let live = shared.live();
             live.nodes
                 .values()
-                .filter(|n| n.heard && !n.down && n.tls != published.for_node(n.https).digest)
+                .filter(|n| {
+                    n.heard && !n.down && n.tls != published.for_node(n.https.is_some()).digest
+                })
                 .count()
         };
         if waiting == 0 || tokio::time::Instant::now() >= deadline {

@@ -337,8 +337,9 @@ pub(crate) struct LiveNode {
     bumps: BumpBudget,
     /// The digest of the TLS bundle its last heartbeat said it holds.
     tls: String,
-    /// Whether it serves HTTPS (so is sent certificates and keys).
-    https: bool,
+    /// Where it serves HTTPS, if it does (then it is sent certificates
+    /// and keys), as its last heartbeat said.
+    https: Option<String>,
     /// When it was last sent a TLS bundle, and of which publication (the
     /// whole bundle's digest).
     tls_sent: Option<(String, Instant)>,
@@ -419,7 +420,7 @@ impl LiveNode {
             load: HashMap::new(),
             bumps: BumpBudget::default(),
             tls: String::new(),
-            https: false,
+            https: None,
             tls_sent: None,
             news: Arc::new(tokio::sync::Notify::new()),
             outcomes_seen: HashMap::new(),

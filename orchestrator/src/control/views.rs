@@ -253,6 +253,7 @@ pub(super) fn node_views(shared: &Shared) -> Vec<NodeView> {
                 pressure: n.pressure,
                 replicas: on_node.len() as u32,
                 ingress: n.record.ingress.clone(),
+                https: n.https.clone(),
                 last_seen_ms: n.last_seen.elapsed().as_millis() as u64,
             }
         })

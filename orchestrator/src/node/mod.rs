@@ -563,7 +563,7 @@ async fn sync_loop(shared: Arc<NodeShared>) -> String {
                 shared.load.changed_traffic(&shared),
             ),
             tls: shared.tls.digest(),
-            https: shared.https_addr.is_some(),
+            https: shared.https_addr.map(|addr| addr.to_string()),
         };
         // The control plane holds a heartbeat while the node is up to date
         // both ways. News while it is held (a replica loaded, memory

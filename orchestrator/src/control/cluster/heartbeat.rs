@@ -147,7 +147,11 @@ pub(crate) fn take(
 ) -> Result<Taken, Refused> {
     let node = caller.name.as_str();
     let started = Instant::now();
-    for (what, addr) in [("ingress", &sync.ingress), ("mesh", &sync.mesh)] {
+    let https = sync.https.iter().map(|addr| ("https", addr));
+    for (what, addr) in [("ingress", &sync.ingress), ("mesh", &sync.mesh)]
+        .into_iter()
+        .chain(https)
+    {
         check_reported_address(what, addr, shared.api_addr, &shared.hosts)
             .map_err(Refused::Invalid)?;
     }
@@ -207,7 +211,9 @@ pub(crate) fn take(
         if sync.tls.len() <= 64 && entry.tls != sync.tls {
             entry.tls.clone_from(&sync.tls);
         }
-        entry.https = sync.https;
+        if entry.https != sync.https {
+            entry.https.clone_from(&sync.https);
+        }
         tls_due_now = tls_due(entry, &shared.tls.borrow(), now);
         if entry.pressure != sync.pressure {
             if sync.pressure {
@@ -367,7 +373,7 @@ pub(crate) fn take(
             } else {
                 String::new()
             },
-            sync.https,
+            sync.https.is_some(),
         ),
         tls_due: tls_due_now,
     })
@@ -397,7 +403,7 @@ fn tls_due(
     published: &crate::control::certs::Published,
     now: Instant,
 ) -> bool {
-    node.tls != published.for_node(node.https).digest
+    node.tls != published.for_node(node.https.is_some()).digest
         && node.tls_sent.as_ref().is_none_or(|(publication, at)| {
             *publication != published.full.digest
                 || now.saturating_duration_since(*at) >= TLS_RESEND_EVERY

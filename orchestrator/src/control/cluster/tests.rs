@@ -70,7 +70,7 @@ fn first_heartbeat(memory: u64) -> SyncRequest {
         logs: Vec::new(),
         load: Vec::new(),
         tls: String::new(),
-        https: false,
+        https: None,
     }
 }
 
@@ -448,7 +448,7 @@ async fn certificates_go_once_to_nodes_serving_https_never_to_others_and_survive
     let answer = beat(&shared, &node, first_heartbeat(GIB)).await;
     assert!(answer.tls.is_none());
     let serving = || SyncRequest {
-        https: true,
+        https: Some("127.0.0.1:18443".to_string()),
         ..first_heartbeat(GIB)
     };
     let answer = beat(&shared, &node, serving()).await;
@@ -470,7 +470,7 @@ async fn certificates_go_once_to_nodes_serving_https_never_to_others_and_survive
     // not, then again.
     for https in [false, true, false, true] {
         let flipping = SyncRequest {
-            https,
+            https: https.then(|| "127.0.0.1:18443".to_string()),
             tls: "x".to_string(),
             ..first_heartbeat(GIB)
         };
