@@ -57,6 +57,15 @@ struct Run {
 }
 
 impl Run {
+    fn empty() -> Run {
+        Run {
+            ok: 0,
+            failed: 0,
+            seconds: 0.0,
+            latencies: Vec::new(),
+        }
+    }
+
     fn rate(&self) -> f64 {
         self.ok as f64 / self.seconds
     }
@@ -73,10 +82,8 @@ impl Run {
 
     fn merge(runs: Vec<Run>, seconds: f64) -> Run {
         let mut all = Run {
-            ok: 0,
-            failed: 0,
             seconds,
-            latencies: Vec::new(),
+            ..Run::empty()
         };
         for run in runs {
             all.ok += run.ok;
@@ -145,6 +152,16 @@ where
     Ok(sender)
 }
 
+/// The load generator's runtime: two workers, as many as the node has
+/// cores.
+fn client_runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
 /// One GET of `/` for the domain; whether it was answered 200.
 async fn get(sender: &mut Sender) -> bool {
     let request = http::Request::get("/")
@@ -163,11 +180,7 @@ async fn get(sender: &mut Sender) -> bool {
 /// `connections` connections sending requests one after another for
 /// `seconds`; with `fresh`, a new connection (and handshake) per request.
 fn load(transport: &Transport, connections: usize, seconds: u64, fresh: bool) -> Run {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let runtime = client_runtime();
     let started = Instant::now();
     let until = started + Duration::from_secs(seconds);
     let runs = runtime.block_on(async {
@@ -175,12 +188,7 @@ fn load(transport: &Transport, connections: usize, seconds: u64, fresh: bool) ->
             .map(|_| {
                 let transport = transport.clone();
                 tokio::spawn(async move {
-                    let mut run = Run {
-                        ok: 0,
-                        failed: 0,
-                        seconds: 0.0,
-                        latencies: Vec::new(),
-                    };
+                    let mut run = Run::empty();
                     let mut kept: Option<Sender> = None;
                     while Instant::now() < until {
                         let asked = Instant::now();
@@ -219,11 +227,7 @@ fn load(transport: &Transport, connections: usize, seconds: u64, fresh: bool) ->
 /// One HTTP/2 connection with [`STREAMS`] requests in flight for
 /// `seconds`.
 fn multiplexed(addr: &str, tls: Arc<rustls::ClientConfig>, seconds: u64) -> Run {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let runtime = client_runtime();
     let started = Instant::now();
     let until = started + Duration::from_secs(seconds);
     let addr = addr.to_string();
@@ -245,12 +249,7 @@ fn multiplexed(addr: &str, tls: Arc<rustls::ClientConfig>, seconds: u64) -> Run 
             .map(|_| {
                 let mut sender = sender.clone();
                 tokio::spawn(async move {
-                    let mut run = Run {
-                        ok: 0,
-                        failed: 0,
-                        seconds: 0.0,
-                        latencies: Vec::new(),
-                    };
+                    let mut run = Run::empty();
                     while Instant::now() < until {
                         let asked = Instant::now();
                         let request = http::Request::get(format!("https://{DOMAIN}/"))

@@ -53,6 +53,23 @@ impl TestCa {
     }
 }
 
+/// `skiff cert add DOMAIN --cert CERT --key KEY` args.
+fn cert_add<'a>(domain: &'a str, [cert, key]: &'a [String; 2]) -> [&'a str; 7] {
+    ["cert", "add", domain, "--cert", cert, "--key", key]
+}
+
+/// A cluster of one node serving HTTPS, and the CA of the certificate
+/// for `domain` given to it.
+fn one_node_serving(domain: &str) -> (Cluster, TestCa) {
+    let cluster = https_cluster(1, &[]);
+    let ca = TestCa::new();
+    let certs = temp_dir();
+    let now = unix_now();
+    let issued = ca.issue(certs.path(), "cert", &[domain], now - 60, now + 86_400);
+    cluster.cli(&cert_add(domain, &issued));
+    (cluster, ca)
+}
+
 /// A cluster of `nodes` nodes, each also serving HTTPS on its own
 /// loopback address; with the control plane's `server_args`.
 fn https_cluster(nodes: usize, server_args: &[&str]) -> Cluster {
@@ -164,101 +181,52 @@ fn given_certificates_are_checked_then_served_by_sni_on_every_node_over_http2_an
     );
 
     // What `skiff cert add` refuses, each with what was wrong.
-    let refused = cluster.cli_fails(&[
-        "cert",
-        "add",
-        "shop.example.test",
-        "--cert",
-        &shop[0],
-        "--key",
-        &wild[1],
-    ]);
-    assert!(
-        refused.contains("the key does not match the certificate"),
-        "{refused}"
-    );
-    let refused = cluster.cli_fails(&[
-        "cert",
-        "add",
-        "shop.example.test",
-        "--cert",
-        &wild[0],
-        "--key",
-        &wild[1],
-    ]);
-    assert!(
-        refused.contains("it is not valid for shop.example.test; it names *.blog.test"),
-        "{refused}"
-    );
-    let refused = cluster.cli_fails(&[
-        "cert",
-        "add",
-        "shop.example.test",
-        "--cert",
-        &expired[0],
-        "--key",
-        &expired[1],
-    ]);
-    assert!(refused.contains("it expired on "), "{refused}");
-    let refused = cluster.cli_fails(&[
-        "cert",
-        "add",
-        "shop.example.test",
-        "--cert",
-        &shop[1],
-        "--key",
-        &shop[1],
-    ]);
-    assert!(refused.contains("holds no certificate"), "{refused}");
-    let refused = cluster.cli_fails(&[
-        "cert",
-        "add",
-        "Shop..test",
-        "--cert",
-        &shop[0],
-        "--key",
-        &shop[1],
-    ]);
-    assert!(refused.contains("not a valid domain"), "{refused}");
+    let refusals = [
+        (
+            "shop.example.test",
+            &shop[0],
+            &wild[1],
+            "the key does not match the certificate",
+        ),
+        (
+            "shop.example.test",
+            &wild[0],
+            &wild[1],
+            "it is not valid for shop.example.test; it names *.blog.test",
+        ),
+        (
+            "shop.example.test",
+            &expired[0],
+            &expired[1],
+            "it expired on ",
+        ),
+        (
+            "shop.example.test",
+            &shop[1],
+            &shop[1],
+            "holds no certificate",
+        ),
+        ("Shop..test", &shop[0], &shop[1], "not a valid domain"),
+    ];
+    for (domain, cert, key, why) in refusals {
+        let refused = cluster.cli_fails(&["cert", "add", domain, "--cert", cert, "--key", key]);
+        assert!(refused.contains(why), "{domain} {cert} {key}: {refused}");
+    }
     // One about to expire is taken, with the date.
-    let (_, warned) = cluster.cli_with_stderr(&[
-        "cert",
-        "add",
-        "shop.example.test",
-        "--cert",
-        &soon[0],
-        "--key",
-        &soon[1],
-    ]);
+    let (_, warned) = cluster.cli_with_stderr(&cert_add("shop.example.test", &soon));
     assert!(warned.contains("warning: it expires on "), "{warned}");
     assert!(
         warned.contains("no app lists shop.example.test"),
         "{warned}"
     );
-    let (added, _) = cluster.cli_with_stderr(&[
-        "cert",
-        "add",
-        "shop.example.test",
-        "--cert",
-        &shop[0],
-        "--key",
-        &shop[1],
-    ]);
+    let (added, _) = cluster.cli_with_stderr(&cert_add("shop.example.test", &shop));
     assert!(
         added.contains(
             "certificate for shop.example.test replaced (issued by CN=Skiff HTTPS test CA"
         ),
         "{added}"
     );
-    cluster.cli(&[
-        "cert",
-        "add",
-        "*.blog.test",
-        "--cert",
-        &wild[0],
-        "--key",
-        &wild[1],
-    ]);
+    cluster.cli(&cert_add("*.blog.test", &wild));
     // The store holding the keys is the owner's alone.
     use std::os::unix::fs::PermissionsExt;
     let store = cluster.home().join("server/state.redb");
@@ -589,26 +557,7 @@ fn closed_within(stream: &mut std::net::TcpStream, within: Duration) -> bool {
 
 #[test]
 fn a_flood_of_unfinished_handshakes_from_one_address_is_closed_at_the_door() {
-    let cluster = https_cluster(1, &[]);
-    let ca = TestCa::new();
-    let certs = temp_dir();
-    let now = unix_now();
-    let [cert, key] = ca.issue(
-        certs.path(),
-        "flood",
-        &["flood.example.test"],
-        now - 60,
-        now + 86_400,
-    );
-    cluster.cli(&[
-        "cert",
-        "add",
-        "flood.example.test",
-        "--cert",
-        &cert,
-        "--key",
-        &key,
-    ]);
+    let (cluster, ca) = one_node_serving("flood.example.test");
     let dir = temp_dir();
     let app = domain_app(dir.path(), "flood", HELLO, &["flood.example.test"], "");
     cluster.cli(&["deploy", &app, "--wait"]);
@@ -642,26 +591,7 @@ fn a_flood_of_unfinished_handshakes_from_one_address_is_closed_at_the_door() {
 
 #[test]
 fn connections_from_one_address_are_capped_and_idle_ones_closed() {
-    let cluster = https_cluster(1, &[]);
-    let ca = TestCa::new();
-    let certs = temp_dir();
-    let now = unix_now();
-    let [cert, key] = ca.issue(
-        certs.path(),
-        "idle",
-        &["idle.example.test"],
-        now - 60,
-        now + 86_400,
-    );
-    cluster.cli(&[
-        "cert",
-        "add",
-        "idle.example.test",
-        "--cert",
-        &cert,
-        "--key",
-        &key,
-    ]);
+    let (cluster, ca) = one_node_serving("idle.example.test");
     let addr = https_addr(&cluster, 0);
     let tls = client_trusting(&ca.pem, &[b"h2"]);
     let runtime = tokio::runtime::Builder::new_current_thread()
