@@ -66,6 +66,25 @@ impl Run {
         }
     }
 
+    /// Counts one request: answered 200 after `took`, or not.
+    fn record(&mut self, ok: bool, took: Duration) {
+        if ok {
+            self.ok += 1;
+            self.latencies.push(took);
+        } else {
+            self.failed += 1;
+        }
+    }
+
+    /// The runs of `tasks`, merged, over the time since `started`.
+    async fn join(tasks: Vec<tokio::task::JoinHandle<Run>>, started: Instant) -> Run {
+        let mut runs = Vec::new();
+        for task in tasks {
+            runs.push(task.await.unwrap());
+        }
+        Run::merge(runs, started.elapsed().as_secs_f64())
+    }
+
     fn rate(&self) -> f64 {
         self.ok as f64 / self.seconds
     }
@@ -183,7 +202,7 @@ fn load(transport: &Transport, connections: usize, seconds: u64, fresh: bool) ->
     let runtime = client_runtime();
     let started = Instant::now();
     let until = started + Duration::from_secs(seconds);
-    let runs = runtime.block_on(async {
+    runtime.block_on(async {
         let tasks: Vec<_> = (0..connections)
             .map(|_| {
                 let transport = transport.clone();
@@ -203,25 +222,18 @@ fn load(transport: &Transport, connections: usize, seconds: u64, fresh: bool) ->
                                 }
                             },
                         };
-                        if get(&mut sender).await {
-                            run.ok += 1;
-                            run.latencies.push(asked.elapsed());
+                        let ok = get(&mut sender).await;
+                        run.record(ok, asked.elapsed());
+                        if ok {
                             kept = Some(sender);
-                        } else {
-                            run.failed += 1;
                         }
                     }
                     run
                 })
             })
             .collect();
-        let mut runs = Vec::new();
-        for task in tasks {
-            runs.push(task.await.unwrap());
-        }
-        runs
-    });
-    Run::merge(runs, started.elapsed().as_secs_f64())
+        Run::join(tasks, started).await
+    })
 }
 
 /// One HTTP/2 connection with [`STREAMS`] requests in flight for
@@ -231,7 +243,7 @@ fn multiplexed(addr: &str, tls: Arc<rustls::ClientConfig>, seconds: u64) -> Run 
     let started = Instant::now();
     let until = started + Duration::from_secs(seconds);
     let addr = addr.to_string();
-    let runs = runtime.block_on(async move {
+    runtime.block_on(async move {
         let tcp = tokio::net::TcpStream::connect(&addr).await.unwrap();
         let _ = tcp.set_nodelay(true);
         let name = rustls::pki_types::ServerName::try_from(DOMAIN).unwrap();
@@ -262,24 +274,14 @@ fn multiplexed(addr: &str, tls: Arc<rustls::ClientConfig>, seconds: u64) -> Run 
                             }
                             Err(_) => false,
                         };
-                        if ok {
-                            run.ok += 1;
-                            run.latencies.push(asked.elapsed());
-                        } else {
-                            run.failed += 1;
-                        }
+                        run.record(ok, asked.elapsed());
                     }
                     run
                 })
             })
             .collect();
-        let mut runs = Vec::new();
-        for task in tasks {
-            runs.push(task.await.unwrap());
-        }
-        runs
-    });
-    Run::merge(runs, started.elapsed().as_secs_f64())
+        Run::join(tasks, started).await
+    })
 }
 
 /// A CA, and a certificate and key for [`DOMAIN`] it signed (PEM).

@@ -375,9 +375,10 @@ fn given_certificates_are_checked_then_served_by_sni_on_every_node_over_http2_an
 // === Certificates ordered from an ACME server ===
 
 /// A cluster whose control plane orders certificates from `directory`
-/// (with `acme_args`), and two nodes whose plain-HTTP ingress listens on
-/// `http_port` of 127.0.0.2 and .3 (where the ACME server checks
-/// challenges), and HTTPS on a port of their own.
+/// (with `acme_args`), serving app `shop` at shop.acme.test; its two
+/// nodes' plain-HTTP ingress listens on `http_port` of 127.0.0.2 and .3
+/// (where the ACME server checks challenges), HTTPS on a port of their
+/// own.
 fn acme_cluster(directory: &str, acme_args: &[&str], http_port: u16) -> Cluster {
     let mut args = vec!["--acme-directory", directory];
     args.extend_from_slice(acme_args);
@@ -399,6 +400,17 @@ fn acme_cluster(directory: &str, acme_args: &[&str], http_port: u16) -> Cluster 
         );
         cluster.nodes.push(node);
     }
+    // `shop` at shop.acme.test, redirected to HTTPS once a node holds its
+    // certificate.
+    let dir = temp_dir();
+    let app = domain_app(
+        dir.path(),
+        "shop",
+        HELLO,
+        &["shop.acme.test"],
+        "https_redirect = true",
+    );
+    cluster.cli(&["deploy", &app, "--wait"]);
     cluster
 }
 
@@ -432,15 +444,6 @@ fn a_domain_is_ordered_once_through_pebble_served_on_every_node_and_renewed() {
         ],
         http_port,
     );
-    let dir = temp_dir();
-    let app = domain_app(
-        dir.path(),
-        "shop",
-        HELLO,
-        &["shop.acme.test"],
-        "https_redirect = true",
-    );
-    cluster.cli(&["deploy", &app, "--wait"]);
     let ordered = wait_until(
         Duration::from_secs(60),
         "the certificate to be ordered",
@@ -492,15 +495,6 @@ fn an_acme_server_that_is_down_shows_why_in_certs_and_serving_goes_on() {
     let http_port = support::etcd::free_port();
     let directory = format!("https://127.0.0.1:{}/dir", support::etcd::free_port());
     let cluster = acme_cluster(&directory, &[], http_port);
-    let dir = temp_dir();
-    let app = domain_app(
-        dir.path(),
-        "shop",
-        HELLO,
-        &["shop.acme.test"],
-        "https_redirect = true",
-    );
-    cluster.cli(&["deploy", &app, "--wait"]);
     let failing = wait_until(Duration::from_secs(30), "the order to fail", || {
         let row = cert_row(&cluster, "shop.acme.test");
         (row["status"] == "order failing").then_some(row)
